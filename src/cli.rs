@@ -1,0 +1,356 @@
+//! The command line: clap types, then one function per command that resolves settings,
+//! calls into [`crate::ops`] and prints. stdout carries only data (ids, tables, JSON);
+//! messages, progress and errors go to stderr.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::ops;
+use crate::progress::{self, bytes, Progress};
+use crate::repo::Repository;
+use crate::settings::Settings;
+use crate::store;
+
+#[derive(Parser, Debug)]
+#[command(name = "freezer", version, about = "Freeze container sites into S3-compatible storage and thaw them anywhere")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+#[derive(Args, Debug)]
+pub struct Global {
+    /// Repository: s3://BUCKET/PREFIX, file:///PATH or a directory path.
+    #[arg(long, global = true, env = "FREEZER_REPO")]
+    pub repo: Option<String>,
+    /// Config file (default: ./freezer.toml, then /etc/freezer/freezer.toml).
+    #[arg(long, global = true, env = "FREEZER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print results as JSON on stdout (documented in SPEC.md, "JSON output").
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress line and no summary on stderr; errors are still printed.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new, empty repository.
+    Init,
+    /// Snapshot a site's directories into the repository.
+    Freeze {
+        site: String,
+        /// A directory of the site, as DIR or NAME=DIR; repeatable. Default: the config file's.
+        #[arg(long = "path", value_name = "[NAME=]DIR")]
+        paths: Vec<String>,
+        /// Print what would be frozen and exit.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Restore a snapshot (the latest unless SITE:SNAPSHOT names one).
+    Thaw {
+        #[arg(value_name = "SITE[:SNAPSHOT]")]
+        target: String,
+        /// Restore every tree under this directory instead of its original path.
+        #[arg(long)]
+        into: Option<PathBuf>,
+        /// Replace destinations that exist and are not empty.
+        #[arg(long)]
+        replace: bool,
+        /// Verify the snapshot's metadata, print the plan and exit without writing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List snapshots.
+    Snapshots { site: Option<String> },
+    /// Re-read and hash every blob the snapshots reference.
+    Verify {
+        #[arg(value_name = "SITE[:SNAPSHOT]")]
+        target: Option<String>,
+    },
+    /// Write one snapshot as a standalone OCI image layout.
+    Export {
+        #[arg(value_name = "SITE[:SNAPSHOT]")]
+        target: String,
+        /// The directory to write (must be new or empty).
+        #[arg(long)]
+        oci: PathBuf,
+    },
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    let json = cli.global.json;
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            report_error(&e, json);
+            e.kind.exit_code()
+        }
+    }
+}
+
+pub fn report_error(e: &Error, json: bool) {
+    if json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            error: Inner<'a>,
+        }
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            kind: String,
+            exit_code: i32,
+            message: String,
+            hint: Option<&'a str>,
+        }
+        let out = Out {
+            error: Inner {
+                kind: format!("{:?}", e.kind).to_lowercase(),
+                exit_code: e.kind.exit_code(),
+                message: e.to_string(),
+                hint: e.hint.as_deref(),
+            },
+        };
+        print_json(&out);
+    }
+    eprintln!("freezer: error: {e}");
+    if let Some(h) = &e.hint {
+        eprintln!("hint: {h}");
+    }
+}
+
+fn print_json<T: Serialize>(v: &T) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer_pretty(&mut out, v);
+    let _ = writeln!(out);
+}
+
+fn split_target(t: &str) -> (&str, Option<&str>) {
+    match t.split_once(':') {
+        Some((s, snap)) if !snap.is_empty() => (s, Some(snap)),
+        Some((s, _)) => (s, None),
+        None => (t, None),
+    }
+}
+
+fn open_repo(settings: &Settings) -> Result<Repository> {
+    let url = settings.repo_url()?;
+    Repository::open(store::open(&url, &settings.s3)?)
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    let g = &cli.global;
+    let settings = Settings::load(g.config.as_deref(), g.repo.as_deref())?;
+    let say = |msg: String| {
+        if !g.quiet {
+            eprintln!("{msg}");
+        }
+    };
+    match &cli.command {
+        Command::Init => {
+            let url = settings.repo_url()?;
+            let repo = Repository::init(store::open(&url, &settings.s3)?)?;
+            if g.json {
+                print_json(&serde_json::json!({"repo": repo.location(), "id": repo.config.id, "version": repo.config.version}));
+            } else {
+                say(format!("freezer: initialized repository {}", repo.location()));
+            }
+            Ok(0)
+        }
+        Command::Freeze { site, paths, dry_run } => {
+            let trees = settings.trees(site, paths)?;
+            let repo = open_repo(&settings)?;
+            let plan = ops::plan_freeze(&repo, site, trees)?;
+            if *dry_run {
+                if g.json {
+                    print_json(&plan);
+                } else {
+                    println!("freeze site {} into {}", plan.site, plan.repo);
+                    match &plan.parent {
+                        Some(p) => println!("  previous snapshot {p}: unchanged files are not read again"),
+                        None => println!("  no previous snapshot: every file is read"),
+                    }
+                    for t in &plan.trees {
+                        println!("  tree {:<16} {}", t.name, t.path.display());
+                    }
+                }
+                return Ok(0);
+            }
+            let progress = Arc::new(Progress::default());
+            let guard = progress::start(progress.clone(), g.quiet || g.json);
+            let report = ops::freeze(&repo, &plan, &progress);
+            drop(guard);
+            let report = report?;
+            for w in &report.warnings {
+                eprintln!("freezer: warning: {w}");
+            }
+            if g.json {
+                print_json(&report);
+            } else {
+                println!("{}:{}", report.site, report.snapshot);
+                say(format!(
+                    "froze {} as snapshot {} in {:.1}s",
+                    report.site, report.snapshot, report.seconds
+                ));
+                for t in &report.trees {
+                    let s = &t.stats;
+                    say(format!(
+                        "  {:<12} {} files, {}; read {} files ({}), {} deleted; {} layers ({} new){}",
+                        t.name,
+                        s.files,
+                        bytes(s.bytes),
+                        s.files_read,
+                        bytes(s.bytes_read),
+                        s.deleted,
+                        s.layers,
+                        s.new_layers,
+                        if s.rebased { ", rebased" } else { "" }
+                    ));
+                }
+                say(format!(
+                    "  uploaded {} blobs ({}), reused {} ({})",
+                    report.blobs_uploaded,
+                    bytes(report.bytes_uploaded),
+                    report.blobs_reused,
+                    bytes(report.bytes_reused)
+                ));
+            }
+            Ok(0)
+        }
+        Command::Thaw { target, into, replace, dry_run } => {
+            let (site, snap) = split_target(target);
+            let repo = open_repo(&settings)?;
+            let plan = ops::plan_thaw(&repo, site, snap, into.as_deref(), *replace)?;
+            if *dry_run {
+                let view = plan.view();
+                if g.json {
+                    print_json(&view);
+                } else {
+                    println!("thaw {}:{} from {}", view.site, view.snapshot, repo.location());
+                    for t in &view.trees {
+                        println!(
+                            "  {} {:<12} -> {}  ({} files, {}, {} layers)",
+                            t.action,
+                            t.name,
+                            t.dest.display(),
+                            t.files,
+                            bytes(t.bytes),
+                            t.layers
+                        );
+                    }
+                }
+                return Ok(0);
+            }
+            let progress = Arc::new(Progress::default());
+            let guard = progress::start(progress.clone(), g.quiet || g.json);
+            let report = ops::thaw(&repo, &plan, &progress);
+            drop(guard);
+            let report = report?;
+            if g.json {
+                print_json(&report);
+            } else {
+                say(format!("thawed {}:{} in {:.1}s", report.site, report.snapshot, report.seconds));
+                for t in &report.trees {
+                    say(format!(
+                        "  {:<12} -> {}  ({} files, {})",
+                        t.name,
+                        t.dest.display(),
+                        t.stats.files,
+                        bytes(t.stats.bytes)
+                    ));
+                }
+            }
+            Ok(0)
+        }
+        Command::Snapshots { site } => {
+            let repo = open_repo(&settings)?;
+            let list = ops::snapshots(&repo, site.as_deref())?;
+            if g.json {
+                print_json(&list);
+            } else {
+                println!("{:<16} {:<30} {:<20} {:<16} {:>8} {:>10}", "SITE", "SNAPSHOT", "CREATED", "HOST", "FILES", "SIZE");
+                for s in &list {
+                    let files: u64 = s.trees.iter().map(|t| t.files).sum();
+                    let size: u64 = s.trees.iter().map(|t| t.bytes).sum();
+                    println!(
+                        "{:<16} {:<30} {:<20} {:<16} {:>8} {:>10}",
+                        s.site,
+                        s.id,
+                        s.created.get(..19).unwrap_or(&s.created),
+                        s.host,
+                        files,
+                        bytes(size)
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Verify { target } => {
+            let (site, snap) = match target {
+                Some(t) => {
+                    let (s, n) = split_target(t);
+                    (Some(s), n)
+                }
+                None => (None, None),
+            };
+            let repo = open_repo(&settings)?;
+            let progress = Arc::new(Progress::default());
+            let guard = progress::start(progress.clone(), g.quiet || g.json);
+            let report = ops::verify(&repo, site, snap, &progress);
+            drop(guard);
+            let report = report?;
+            if g.json {
+                print_json(&report);
+            }
+            for p in &report.problems {
+                eprintln!("freezer: damaged: {} (snapshot {}): {}", p.object, p.snapshot, p.error);
+            }
+            if report.ok {
+                say(format!(
+                    "verified {} snapshots: {} blobs, {}, all intact",
+                    report.snapshots,
+                    report.blobs,
+                    bytes(report.bytes)
+                ));
+                Ok(0)
+            } else {
+                eprintln!(
+                    "freezer: verification failed: {} problems in {} snapshots",
+                    report.problems.len(),
+                    report.snapshots
+                );
+                Ok(ErrorKind::Integrity.exit_code())
+            }
+        }
+        Command::Export { target, oci } => {
+            let (site, snap) = split_target(target);
+            let repo = open_repo(&settings)?;
+            let report = ops::export(&repo, site, snap, oci)?;
+            if g.json {
+                print_json(&report);
+            } else {
+                say(format!(
+                    "exported {}:{} to {} ({} blobs, {}); images: {}",
+                    report.site,
+                    report.snapshot,
+                    report.dir.display(),
+                    report.blobs,
+                    bytes(report.bytes),
+                    report.refs.join(", ")
+                ));
+                for r in &report.refs {
+                    println!("oci:{}:{r}", report.dir.display());
+                }
+            }
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! One error type for the whole library.
+//!
+//! Every error carries a kind (which decides the process exit code, see
+//! [`ErrorKind::exit_code`]), a message that names the path or object that
+//! failed, and optionally a hint that tells the user what to do next.
+
+use std::fmt;
+
+/// What class of failure happened. The exit code of the binary is derived from it,
+/// so cron jobs and CI can tell "the backup is damaged" from "the server was down".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Bad command line, config file or argument value.
+    Usage,
+    /// A store or service could not be reached, or refused our credentials.
+    Unreachable,
+    /// A repository, snapshot or object that was asked for does not exist.
+    NotFound,
+    /// Stored data failed verification: a digest mismatch, a malformed or hostile object.
+    Integrity,
+    /// The operation would destroy or overwrite something (non-empty target, existing repository).
+    Conflict,
+    /// Anything else: local I/O failure, disk full, internal error.
+    Other,
+}
+
+impl ErrorKind {
+    /// Documented exit codes (README "Exit codes").
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::Other => 1,
+            ErrorKind::Usage => 2,
+            ErrorKind::Unreachable => 3,
+            ErrorKind::Integrity => 4,
+            ErrorKind::NotFound => 6,
+            ErrorKind::Conflict => 7,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub hint: Option<String>,
+    pub source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            hint: None,
+            source: None,
+        }
+    }
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Usage, message)
+    }
+    pub fn integrity(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Integrity, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, message)
+    }
+    pub fn other(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Other, message)
+    }
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// An I/O error on a local path. Disk full gets its own hint because it is the
+    /// one local failure a user can fix right away.
+    pub fn io(what: impl fmt::Display, err: std::io::Error) -> Self {
+        let hint = match err.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
+                Some("the disk is full: free space (or point TMPDIR elsewhere) and run again")
+            }
+            Some(libc::EACCES) | Some(libc::EPERM) => {
+                Some("permission denied: run as a user that may read and write these paths")
+            }
+            _ => None,
+        };
+        let mut e = Error::new(ErrorKind::Other, format!("{what}: {err}"));
+        e.hint = hint.map(str::to_string);
+        e
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(source) = &self.source {
+            let text = source.to_string();
+            if !self.message.contains(&text) {
+                write!(f, ": {text}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Adds "what we were doing" to I/O results, so no error reaches the user without a path.
+pub trait IoContext<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| {
+            // An I/O error may wrap one of ours (readers that verify digests do this).
+            if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+                let inner = e.into_inner().unwrap().downcast::<Error>().unwrap();
+                return *inner;
+            }
+            Error::io(what(), e)
+        })
+    }
+}
+
+/// Wraps our error into an io::Error so it can travel through `Read`/`Write` and be
+/// recovered intact by [`IoContext::ctx`].
+pub fn into_io(err: Error) -> std::io::Error {
+    std::io::Error::other(err)
+}

@@ -1,0 +1,277 @@
+//! The repository's wire formats: OCI documents and freezer's own records.
+//!
+//! SPEC.md is the prose version of this file; `formats/` holds the fixtures that pin it.
+//!
+//! The OCI types are written here rather than taken from the oci-spec crate because
+//! freezer needs byte-for-byte deterministic JSON: the same tree must produce the same
+//! manifest digest on every run (that is what makes an unchanged night free), and
+//! oci-spec keeps annotations in a `HashMap`, whose order changes from run to run.
+//! Here annotations are a `BTreeMap` and field order is fixed by the struct.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Version of the repository layout and of every freezer record in it.
+pub const REPO_FORMAT_VERSION: u32 = 1;
+pub const REPO_CONFIG_KEY: &str = "freezer.json";
+pub const OCI_LAYOUT_KEY: &str = "oci-layout";
+pub const OCI_INDEX_KEY: &str = "index.json";
+pub const SNAPSHOTS_PREFIX: &str = "snapshots/";
+
+pub const MT_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MT_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MT_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+/// freezer's per-tree file index: zstd-compressed JSON lines (see `tree::index`).
+pub const MT_TREE_INDEX: &str = "application/vnd.freezer.tree.index.v1.jsonl+zstd";
+
+pub const A_CREATED: &str = "org.opencontainers.image.created";
+pub const A_REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub const A_TITLE: &str = "org.opencontainers.image.title";
+pub const A_FORMAT: &str = "dev.freezer.format";
+pub const A_SITE: &str = "dev.freezer.site";
+pub const A_MODE: &str = "dev.freezer.mode";
+pub const A_HOST: &str = "dev.freezer.host";
+pub const A_PARENT: &str = "dev.freezer.parent";
+pub const A_NONCE: &str = "dev.freezer.nonce";
+pub const A_TREE_NAME: &str = "dev.freezer.tree.name";
+pub const A_TREE_PATH: &str = "dev.freezer.tree.path";
+pub const A_TREE_INDEX: &str = "dev.freezer.tree.index";
+pub const A_TREE_INDEX_SIZE: &str = "dev.freezer.tree.index.size";
+pub const A_LAYER_KIND: &str = "dev.freezer.layer.kind";
+
+/// A `sha256:<64 hex>` content digest.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(String);
+
+impl Digest {
+    pub fn of(data: &[u8]) -> Digest {
+        Digest::from_hasher(Sha256::new_with_prefix(data))
+    }
+    pub fn from_hasher(h: Sha256) -> Digest {
+        Digest(format!("sha256:{}", hex::encode(h.finalize())))
+    }
+    pub fn hex(&self) -> &str {
+        &self.0[7..]
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// Where the blob lives, in the repository and in an OCI image layout alike.
+    pub fn key(&self) -> String {
+        format!("blobs/sha256/{}", self.hex())
+    }
+}
+
+impl FromStr for Digest {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Digest> {
+        let ok = s.len() == 71
+            && s.starts_with("sha256:")
+            && s[7..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !ok {
+            return Err(Error::integrity(format!("invalid digest {s:?}: expected sha256:<64 lowercase hex>")));
+        }
+        Ok(Digest(s.to_string()))
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(|e: Error| serde::de::Error::custom(e.message))
+    }
+}
+
+pub type Annotations = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Platform {
+    pub architecture: String,
+    pub os: String,
+}
+
+impl Platform {
+    /// The platform of this machine, in OCI (Go) names.
+    pub fn host() -> Platform {
+        let architecture = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64le",
+            other => other,
+        };
+        Platform {
+            architecture: architecture.to_string(),
+            os: "linux".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Descriptor {
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: Annotations,
+}
+
+impl Descriptor {
+    pub fn new(media_type: &str, digest: Digest, size: u64) -> Self {
+        Descriptor {
+            media_type: media_type.to_string(),
+            digest,
+            size,
+            platform: None,
+            annotations: Annotations::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageManifest {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: Annotations,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageIndex {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    #[serde(rename = "mediaType", default, skip_serializing_if = "String::is_empty")]
+    pub media_type: String,
+    pub manifests: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: Annotations,
+}
+
+/// The OCI image configuration of a tree. Stock tools need `rootfs.diff_ids` (the
+/// sha256 of each *uncompressed* layer) to accept the image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    pub architecture: String,
+    pub os: String,
+    pub rootfs: RootFs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootFs {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub diff_ids: Vec<Digest>,
+}
+
+/// `freezer.json` at the root of a repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    /// Always "freezer-repository"; tells a freezer repository from any other JSON file.
+    pub format: String,
+    pub version: u32,
+    /// Random, fixed at init. Lets tools tell two repositories apart.
+    pub id: String,
+    pub created: String,
+    /// How objects are protected. Version 1 knows only `{"scheme": "none"}`; an encrypted
+    /// repository will carry its scheme and wrapped keys here, and an older freezer will
+    /// refuse it instead of writing plaintext into it.
+    pub encryption: Encryption,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    pub scheme: String,
+}
+
+/// Serializes a document the way freezer stores it: compact JSON, fields in struct order.
+pub fn to_json<T: Serialize>(doc: &T) -> Vec<u8> {
+    serde_json::to_vec(doc).expect("freezer documents always serialize")
+}
+
+pub fn from_json<T: serde::de::DeserializeOwned>(data: &[u8], what: &str) -> Result<T> {
+    serde_json::from_slice(data).map_err(|e| Error::integrity(format!("{what} is not a valid document: {e}")))
+}
+
+/// RFC 3339 UTC time with nanoseconds, e.g. `2026-11-22T03:41:05.123456789Z`.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (y, mo, da, h, mi, s) = civil(d.as_secs() as i64);
+    format!("{y:04}-{mo:02}-{da:02}T{h:02}:{mi:02}:{s:02}.{:09}Z", d.subsec_nanos())
+}
+
+/// Compact form used in snapshot ids: `20261122T034105Z`.
+pub fn compact_time(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (y, mo, da, h, mi, s) = civil(d.as_secs() as i64);
+    format!("{y:04}{mo:02}{da:02}T{h:02}{mi:02}{s:02}Z")
+}
+
+/// Seconds since the epoch to (year, month, day, hour, minute, second), UTC.
+/// Howard Hinnant's days-from-civil inverse; avoids a date crate for one function.
+fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, (rem / 3600) as u32, (rem % 3600 / 60) as u32, (rem % 60) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn times_format_as_utc() {
+        let t = UNIX_EPOCH + Duration::new(1_795_405_265, 5);
+        assert_eq!(rfc3339(t), "2026-11-22T03:41:05.000000005Z");
+        assert_eq!(compact_time(t), "20261122T034105Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000000000Z");
+    }
+
+    #[test]
+    fn digests_are_validated() {
+        let d = Digest::of(b"");
+        assert_eq!(d.as_str(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert!(d.as_str().parse::<Digest>().is_ok());
+        assert!("sha256:../../etc".parse::<Digest>().is_err());
+        assert!("md5:abc".parse::<Digest>().is_err());
+    }
+}

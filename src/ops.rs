@@ -1,0 +1,666 @@
+//! The operations behind the commands, over a whole site: plan, then execute.
+//!
+//! Each takes explicit arguments and returns a report; printing is the binary's job.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::format::*;
+use crate::progress::Progress;
+use crate::repo::{Repository, Snapshot, SnapshotRef};
+use crate::tree::freeze::tree_index_digest;
+use crate::tree::thaw::TreePlan;
+use crate::tree::{freeze_tree, thaw_tree, FreezeStats, PrevTree, ThawStats};
+
+pub const A_TREE_FILES: &str = "dev.freezer.tree.files";
+pub const A_TREE_BYTES: &str = "dev.freezer.tree.bytes";
+
+/// One directory of a site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TreeSpec {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+// ---------------------------------------------------------------------------------------
+// freeze
+
+#[derive(Debug, Serialize)]
+pub struct FreezePlan {
+    pub site: String,
+    pub repo: String,
+    pub trees: Vec<TreeSpec>,
+    /// The snapshot whose indexes let unchanged files be skipped.
+    pub parent: Option<String>,
+}
+
+pub fn plan_freeze(repo: &Repository, site: &str, trees: Vec<TreeSpec>) -> Result<FreezePlan> {
+    crate::repo::check_site_name(site)?;
+    if trees.is_empty() {
+        return Err(Error::usage(format!("site {site} has no paths to freeze"))
+            .with_hint(format!("pass --path DIR, or list paths under [sites.{site}] in freezer.toml")));
+    }
+    let mut seen = HashMap::new();
+    for t in &trees {
+        let meta = fs::metadata(&t.path).ctx(|| format!("reading {}", t.path.display()))?;
+        if !meta.is_dir() {
+            return Err(Error::usage(format!("{} is not a directory", t.path.display())));
+        }
+        if let Some(other) = seen.insert(t.name.clone(), t.path.clone()) {
+            return Err(Error::usage(format!("tree name {} is used for {} and {}", t.name, other.display(), t.path.display())));
+        }
+    }
+    let parent = match repo.find_snapshot(site, None) {
+        Ok(s) => Some(s.id),
+        Err(e) if e.kind == ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    Ok(FreezePlan { site: site.to_string(), repo: repo.location(), trees, parent })
+}
+
+#[derive(Debug, Serialize)]
+pub struct FreezeReport {
+    pub site: String,
+    pub snapshot: String,
+    pub parent: Option<String>,
+    pub seconds: f64,
+    pub trees: Vec<TreeReport>,
+    pub blobs_uploaded: u64,
+    pub bytes_uploaded: u64,
+    pub blobs_reused: u64,
+    pub bytes_reused: u64,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TreeReport {
+    pub name: String,
+    pub path: PathBuf,
+    #[serde(flatten)]
+    pub stats: FreezeStats,
+}
+
+pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Result<FreezeReport> {
+    let started = Instant::now();
+    let created = SystemTime::now();
+    let mut warnings = Vec::new();
+
+    // The previous snapshot's trees, by path. A damaged or unreadable one is no reason to
+    // skip tonight's backup: freeze that tree in full and say so.
+    let mut prev: HashMap<PathBuf, PrevTree> = HashMap::new();
+    if let Some(id) = &plan.parent {
+        let snap = repo.read_snapshot(&SnapshotRef { site: plan.site.clone(), id: id.clone() })?;
+        for m in &snap.record.manifests {
+            let Some(path) = m.annotations.get(A_TREE_PATH) else { continue };
+            let path = PathBuf::from(path);
+            if !plan.trees.iter().any(|t| t.path == path) {
+                continue;
+            }
+            match PrevTree::load(repo, &m.digest) {
+                Ok(p) => {
+                    prev.insert(path, p);
+                }
+                Err(e) => warnings.push(format!(
+                    "previous snapshot {id} of {} is unreadable ({e}); freezing it in full",
+                    path.display()
+                )),
+            }
+        }
+    }
+
+    let mut manifests = Vec::new();
+    let mut trees = Vec::new();
+    for t in &plan.trees {
+        progress.set_label(format!("freezing {}", t.name));
+        progress.add_total(dir_size_hint(&prev, &t.path));
+        let mut ann = Annotations::new();
+        ann.insert(A_TREE_NAME.into(), t.name.clone());
+        ann.insert(A_TREE_PATH.into(), t.path.display().to_string());
+        ann.insert(A_TITLE.into(), t.name.clone());
+        let (mut desc, stats) = freeze_tree(repo, &t.path, prev.get(&t.path), ann, progress)
+            .map_err(|e| prefix(e, &format!("freezing {}", t.path.display())))?;
+        if stats.changed_during_read > 0 {
+            warnings.push(format!(
+                "{} files in {} changed while being read; they are stored as read and will be read again next time",
+                stats.changed_during_read,
+                t.path.display()
+            ));
+        }
+        if stats.skipped_sockets > 0 {
+            warnings.push(format!("{} sockets in {} were skipped", stats.skipped_sockets, t.path.display()));
+        }
+        desc.platform = Some(Platform::host());
+        desc.annotations.insert(A_REF_NAME.into(), t.name.clone());
+        desc.annotations.insert(A_TREE_NAME.into(), t.name.clone());
+        desc.annotations.insert(A_TREE_PATH.into(), t.path.display().to_string());
+        desc.annotations.insert(A_TREE_FILES.into(), stats.files.to_string());
+        desc.annotations.insert(A_TREE_BYTES.into(), stats.bytes.to_string());
+        manifests.push(desc);
+        trees.push(TreeReport { name: t.name.clone(), path: t.path.clone(), stats });
+    }
+
+    let mut record = ImageIndex {
+        schema_version: 2,
+        media_type: MT_INDEX.into(),
+        manifests,
+        annotations: Annotations::new(),
+    };
+    let mut nonce = [0u8; 8];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut nonce);
+    let a = &mut record.annotations;
+    a.insert(A_FORMAT.into(), REPO_FORMAT_VERSION.to_string());
+    a.insert(A_SITE.into(), plan.site.clone());
+    a.insert(A_MODE.into(), "files".into());
+    a.insert(A_HOST.into(), hostname());
+    a.insert(A_CREATED.into(), rfc3339(created));
+    a.insert(A_NONCE.into(), hex::encode(nonce));
+    if let Some(p) = &plan.parent {
+        a.insert(A_PARENT.into(), p.clone());
+    }
+    // Last: the record makes the snapshot visible, and every blob it names exists by now.
+    let r = repo.write_record(&plan.site, &record, created)?;
+    let s = &repo.stats;
+    Ok(FreezeReport {
+        site: plan.site.clone(),
+        snapshot: r.id,
+        parent: plan.parent.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+        trees,
+        blobs_uploaded: s.blobs_uploaded.load(Ordering::Relaxed),
+        bytes_uploaded: s.bytes_uploaded.load(Ordering::Relaxed),
+        blobs_reused: s.blobs_reused.load(Ordering::Relaxed),
+        bytes_reused: s.bytes_reused.load(Ordering::Relaxed),
+        warnings,
+    })
+}
+
+/// A progress total: the size the tree had last time (0 on a first freeze, when the
+/// progress line shows bytes and rate without ETA).
+fn dir_size_hint(prev: &HashMap<PathBuf, PrevTree>, path: &Path) -> u64 {
+    prev.get(path).map_or(0, |p| p.trailer.bytes)
+}
+
+fn prefix(mut e: Error, what: &str) -> Error {
+    if !e.message.contains(what) {
+        e.message = format!("{what}: {}", e.message);
+    }
+    e
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+// ---------------------------------------------------------------------------------------
+// snapshots
+
+#[derive(Debug, Serialize)]
+pub struct SnapshotInfo {
+    pub site: String,
+    pub id: String,
+    pub created: String,
+    pub host: String,
+    pub mode: String,
+    pub parent: Option<String>,
+    pub trees: Vec<TreeInfo>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TreeInfo {
+    pub name: String,
+    pub path: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub manifest: Digest,
+}
+
+impl From<&Snapshot> for SnapshotInfo {
+    fn from(s: &Snapshot) -> Self {
+        let num = |d: &Descriptor, k: &str| d.annotations.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        SnapshotInfo {
+            site: s.site.clone(),
+            id: s.id.clone(),
+            created: s.annotation(A_CREATED).into(),
+            host: s.annotation(A_HOST).into(),
+            mode: s.annotation(A_MODE).into(),
+            parent: s.record.annotations.get(A_PARENT).cloned(),
+            trees: s
+                .record
+                .manifests
+                .iter()
+                .map(|d| TreeInfo {
+                    name: d.annotations.get(A_TREE_NAME).cloned().unwrap_or_default(),
+                    path: d.annotations.get(A_TREE_PATH).cloned().unwrap_or_default(),
+                    files: num(d, A_TREE_FILES),
+                    bytes: num(d, A_TREE_BYTES),
+                    manifest: d.digest.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+pub fn snapshots(repo: &Repository, site: Option<&str>) -> Result<Vec<SnapshotInfo>> {
+    let mut out = Vec::new();
+    for r in repo.list_snapshots(site)? {
+        out.push(SnapshotInfo::from(&repo.read_snapshot(&r)?));
+    }
+    out.sort_by(|a, b| (&a.site, &a.created).cmp(&(&b.site, &b.created)));
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// thaw
+
+pub struct ThawPlan {
+    pub snapshot: Snapshot,
+    pub trees: Vec<ThawTree>,
+}
+
+pub struct ThawTree {
+    pub name: String,
+    pub source: PathBuf,
+    pub dest: PathBuf,
+    /// The destination exists and is not empty: it will be replaced (only with --replace).
+    pub replaces: bool,
+    pub plan: TreePlan,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ThawPlanView {
+    pub site: String,
+    pub snapshot: String,
+    pub trees: Vec<ThawTreeView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ThawTreeView {
+    pub name: String,
+    pub source: PathBuf,
+    pub dest: PathBuf,
+    pub action: &'static str,
+    pub files: u64,
+    pub bytes: u64,
+    pub layers: usize,
+}
+
+impl ThawPlan {
+    pub fn view(&self) -> ThawPlanView {
+        ThawPlanView {
+            site: self.snapshot.site.clone(),
+            snapshot: self.snapshot.id.clone(),
+            trees: self
+                .trees
+                .iter()
+                .map(|t| ThawTreeView {
+                    name: t.name.clone(),
+                    source: t.source.clone(),
+                    dest: t.dest.clone(),
+                    action: if t.replaces { "replace" } else { "create" },
+                    files: t.plan.trailer.files,
+                    bytes: t.plan.trailer.bytes,
+                    layers: t.plan.manifest.layers.len(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Resolves the snapshot, verifies manifests and indexes, checks every destination and the
+/// free space. Nothing is written.
+pub fn plan_thaw(repo: &Repository, site: &str, snap: Option<&str>, into: Option<&Path>, replace: bool) -> Result<ThawPlan> {
+    let snapshot = repo.find_snapshot(site, snap)?;
+    let into = match into {
+        Some(p) => Some(std::path::absolute(p).ctx(|| format!("resolving {}", p.display()))?),
+        None => None,
+    };
+    let mut trees = Vec::new();
+    let mut need: HashMap<PathBuf, u64> = HashMap::new();
+    for m in &snapshot.record.manifests {
+        let name = m.annotations.get(A_TREE_NAME).cloned().unwrap_or_default();
+        let source = PathBuf::from(m.annotations.get(A_TREE_PATH).cloned().unwrap_or_default());
+        if !source.is_absolute() {
+            return Err(Error::integrity(format!("snapshot {site}:{} names tree path {source:?}, which is not absolute", snapshot.id)));
+        }
+        let dest = match &into {
+            Some(root) => root.join(source.strip_prefix("/").expect("absolute")),
+            None => source.clone(),
+        };
+        let replaces = match fs::symlink_metadata(&dest) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(Error::io(format!("reading {}", dest.display()), e)),
+            Ok(meta) if meta.is_dir() => fs::read_dir(&dest).ctx(|| format!("reading {}", dest.display()))?.next().is_some(),
+            Ok(_) => true,
+        };
+        if replaces && !replace {
+            return Err(Error::conflict(format!("{} exists and is not empty", dest.display())).with_hint(
+                "thaw into a new directory with --into DIR, or pass --replace to replace it (the old contents are removed only after the new ones are complete)",
+            ));
+        }
+        let plan = TreePlan::load(repo, &m.digest).map_err(|e| prefix(e, &format!("snapshot {site}:{} tree {name}", snapshot.id)))?;
+        *need.entry(existing_ancestor(&dest)).or_default() += plan.trailer.bytes;
+        trees.push(ThawTree { name, source, dest, replaces, plan });
+    }
+    for (fs_path, bytes) in need {
+        if let Ok(free) = crate::sys::free_space(&fs_path) {
+            if free < bytes + bytes / 100 {
+                return Err(Error::other(format!(
+                    "not enough space at {}: the snapshot needs {}, {} is free",
+                    fs_path.display(),
+                    crate::progress::bytes(bytes),
+                    crate::progress::bytes(free)
+                ))
+                .with_hint("free space there, or thaw elsewhere with --into DIR"));
+            }
+        }
+    }
+    Ok(ThawPlan { snapshot, trees })
+}
+
+fn existing_ancestor(p: &Path) -> PathBuf {
+    let mut p = p.to_path_buf();
+    while !p.exists() {
+        if !p.pop() {
+            return PathBuf::from("/");
+        }
+    }
+    p
+}
+
+#[derive(Debug, Serialize)]
+pub struct ThawReport {
+    pub site: String,
+    pub snapshot: String,
+    pub seconds: f64,
+    pub trees: Vec<ThawTreeReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ThawTreeReport {
+    pub name: String,
+    pub dest: PathBuf,
+    #[serde(flatten)]
+    pub stats: ThawStats,
+}
+
+/// Restores every tree into a staging directory beside its destination, and only when all
+/// of them are complete and verified moves them into place. On failure the staging
+/// directories are removed and the destinations are exactly as they were.
+pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<ThawReport> {
+    let started = Instant::now();
+    let mut staged: Vec<PathBuf> = Vec::new();
+    let mut created_dirs: Vec<PathBuf> = Vec::new();
+    let result = (|| -> Result<Vec<ThawTreeReport>> {
+        let mut reports = Vec::new();
+        for t in &plan.trees {
+            progress.add_total(t.plan.trailer.bytes);
+        }
+        for t in &plan.trees {
+            progress.set_label(format!("thawing {}", t.name));
+            let parent = t.dest.parent().ok_or_else(|| Error::usage(format!("cannot thaw onto {}", t.dest.display())))?;
+            create_parents(parent, &mut created_dirs)?;
+            let staging = parent.join(format!(".freezer-thaw.{}.{}", t.name, random_suffix()));
+            fs::create_dir(&staging).ctx(|| format!("creating {}", staging.display()))?;
+            staged.push(staging.clone());
+            let stats = thaw_tree(repo, &t.plan, &staging, progress)
+                .map_err(|e| prefix(e, &format!("thawing {} from {}:{}", t.name, plan.snapshot.site, plan.snapshot.id)))?;
+            reports.push(ThawTreeReport { name: t.name.clone(), dest: t.dest.clone(), stats });
+        }
+        Ok(reports)
+    })();
+    let reports = match result {
+        Ok(r) => r,
+        Err(mut e) => {
+            for s in &staged {
+                let _ = fs::remove_dir_all(s);
+            }
+            for d in created_dirs.iter().rev() {
+                let _ = fs::remove_dir(d);
+            }
+            if e.hint.is_none() {
+                e.hint = Some("nothing was changed at the destination".into());
+            }
+            return Err(e);
+        }
+    };
+    for (t, staging) in plan.trees.iter().zip(&staged) {
+        install(staging, &t.dest)?;
+    }
+    Ok(ThawReport {
+        site: plan.snapshot.site.clone(),
+        snapshot: plan.snapshot.id.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+        trees: reports,
+    })
+}
+
+fn create_parents(dir: &Path, created: &mut Vec<PathBuf>) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut p = dir.to_path_buf();
+    while !p.exists() {
+        missing.push(p.clone());
+        if !p.pop() {
+            break;
+        }
+    }
+    for d in missing.into_iter().rev() {
+        fs::create_dir(&d).ctx(|| format!("creating {}", d.display()))?;
+        created.push(d);
+    }
+    Ok(())
+}
+
+/// Moves a complete staging directory to its destination. An existing destination is
+/// swapped out atomically where the file system allows it, then removed.
+fn install(staging: &Path, dest: &Path) -> Result<()> {
+    let exists = fs::symlink_metadata(dest).is_ok();
+    if !exists || fs::rename(staging, dest).is_ok() {
+        if !exists {
+            fs::rename(staging, dest).ctx(|| format!("moving {} to {}", staging.display(), dest.display()))?;
+        }
+        return Ok(());
+    }
+    // dest is a non-empty directory (or a file): swap, then remove the old contents.
+    let old = if crate::sys::exchange(staging, dest).is_ok() {
+        staging.to_path_buf()
+    } else {
+        let old = dest.with_file_name(format!(
+            ".freezer-old.{}.{}",
+            dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            random_suffix()
+        ));
+        fs::rename(dest, &old).ctx(|| format!("moving {} aside", dest.display()))?;
+        fs::rename(staging, dest).map_err(|e| {
+            Error::io(format!("moving {} to {}", staging.display(), dest.display()), e)
+                .with_hint(format!("the previous contents are at {}", old.display()))
+        })?;
+        old
+    };
+    let meta = fs::symlink_metadata(&old).ctx(|| format!("reading {}", old.display()))?;
+    if meta.is_dir() {
+        fs::remove_dir_all(&old).ctx(|| format!("removing the replaced {}", old.display()))
+    } else {
+        fs::remove_file(&old).ctx(|| format!("removing the replaced {}", old.display()))
+    }
+}
+
+fn random_suffix() -> String {
+    let mut b = [0u8; 4];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut b);
+    hex::encode(b)
+}
+
+// ---------------------------------------------------------------------------------------
+// verify
+
+#[derive(Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub ok: bool,
+    pub snapshots: u64,
+    pub blobs: u64,
+    pub bytes: u64,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub snapshot: String,
+    pub object: String,
+    pub error: String,
+}
+
+/// Re-reads and hashes every blob the selected snapshots reference. Each blob is read once
+/// even when many snapshots share it; every problem is reported, not just the first.
+pub fn verify(repo: &Repository, site: Option<&str>, snap: Option<&str>, progress: &Progress) -> Result<VerifyReport> {
+    let refs: Vec<SnapshotRef> = match (site, snap) {
+        (Some(site), Some(_)) => {
+            let s = repo.find_snapshot(site, snap)?;
+            vec![SnapshotRef { site: s.site, id: s.id }]
+        }
+        (site, _) => repo.list_snapshots(site)?,
+    };
+    let mut report = VerifyReport::default();
+    let mut checked: HashMap<Digest, Option<String>> = HashMap::new();
+    for r in &refs {
+        report.snapshots += 1;
+        let name = format!("{}:{}", r.site, r.id);
+        let problem = |object: String, error: String| Problem { snapshot: name.clone(), object, error };
+        let snap = match repo.read_snapshot(r) {
+            Ok(s) => s,
+            Err(e) => {
+                report.problems.push(problem(r.key(), e.to_string()));
+                continue;
+            }
+        };
+        for m in &snap.record.manifests {
+            let mut blobs: Vec<Descriptor> = vec![m.clone()];
+            match repo.read_blob(&m.digest).and_then(|d| from_json::<ImageManifest>(&d, &m.digest.key())) {
+                Ok(manifest) => {
+                    blobs.push(manifest.config.clone());
+                    match tree_index_digest(&manifest) {
+                        Ok(d) => {
+                            let size = manifest.annotations.get(A_TREE_INDEX_SIZE).and_then(|s| s.parse().ok()).unwrap_or(0);
+                            blobs.push(Descriptor::new(MT_TREE_INDEX, d, size));
+                        }
+                        Err(e) => report.problems.push(problem(m.digest.key(), e.to_string())),
+                    }
+                    blobs.extend(manifest.layers.iter().cloned());
+                }
+                Err(e) => report.problems.push(problem(m.digest.key(), e.to_string())),
+            }
+            for b in blobs {
+                if !checked.contains_key(&b.digest) {
+                    progress.set_label(format!("verifying {}", &b.digest.hex()[..12]));
+                    let outcome = check_blob(repo, &b, progress);
+                    if let Ok(n) = outcome {
+                        report.blobs += 1;
+                        report.bytes += n;
+                    }
+                    checked.insert(b.digest.clone(), outcome.err().map(|e| e.to_string()));
+                }
+                if let Some(err) = checked[&b.digest].clone() {
+                    report.problems.push(problem(b.digest.key(), err));
+                }
+            }
+        }
+    }
+    report.ok = report.problems.is_empty();
+    Ok(report)
+}
+
+fn check_blob(repo: &Repository, d: &Descriptor, progress: &Progress) -> Result<u64> {
+    let mut r = repo.open_blob(&d.digest)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut r, &mut buf).ctx(|| format!("reading {}", d.digest.key()))?;
+        if n == 0 {
+            break;
+        }
+        progress.add_done(n as u64);
+    }
+    let n = r.bytes_read();
+    if d.size != 0 && n != d.size {
+        return Err(Error::integrity(format!("object {} has {n} bytes, its descriptor says {}", d.digest.key(), d.size)));
+    }
+    Ok(n)
+}
+
+// ---------------------------------------------------------------------------------------
+// export
+
+#[derive(Debug, Serialize)]
+pub struct ExportReport {
+    pub site: String,
+    pub snapshot: String,
+    pub dir: PathBuf,
+    pub refs: Vec<String>,
+    pub blobs: u64,
+    pub bytes: u64,
+}
+
+/// Writes one snapshot as a standalone OCI image layout, one image per tree, each named
+/// by its tree name (`skopeo inspect oci:DIR:NAME`).
+pub fn export(repo: &Repository, site: &str, snap: Option<&str>, dir: &Path) -> Result<ExportReport> {
+    let snapshot = repo.find_snapshot(site, snap)?;
+    if dir.exists() && fs::read_dir(dir).ctx(|| format!("reading {}", dir.display()))?.next().is_some() {
+        return Err(Error::conflict(format!("{} exists and is not empty", dir.display())).with_hint("export into a new directory"));
+    }
+    let blob_dir = dir.join("blobs/sha256");
+    fs::create_dir_all(&blob_dir).ctx(|| format!("creating {}", blob_dir.display()))?;
+    let mut report = ExportReport {
+        site: site.into(),
+        snapshot: snapshot.id.clone(),
+        dir: dir.to_path_buf(),
+        refs: vec![],
+        blobs: 0,
+        bytes: 0,
+    };
+    let mut copied: BTreeMap<Digest, ()> = BTreeMap::new();
+    let mut copy = |d: &Digest| -> Result<()> {
+        if copied.insert(d.clone(), ()).is_some() {
+            return Ok(());
+        }
+        let dest = blob_dir.join(d.hex());
+        let mut tmp = tempfile::NamedTempFile::new_in(&blob_dir).ctx(|| format!("creating a file in {}", blob_dir.display()))?;
+        let mut r = repo.open_blob(d)?;
+        let n = std::io::copy(&mut r, tmp.as_file_mut()).ctx(|| format!("exporting {}", d.key()))?;
+        tmp.as_file_mut().flush().ctx(|| format!("writing {}", dest.display()))?;
+        tmp.persist(&dest).map_err(|e| Error::io(format!("writing {}", dest.display()), e.error))?;
+        report.blobs += 1;
+        report.bytes += n;
+        Ok(())
+    };
+    let mut index = ImageIndex { schema_version: 2, media_type: MT_INDEX.into(), manifests: vec![], annotations: Annotations::new() };
+    for m in &snapshot.record.manifests {
+        let manifest: ImageManifest = from_json(&repo.read_blob(&m.digest)?, &m.digest.key())?;
+        copy(&m.digest)?;
+        copy(&manifest.config.digest)?;
+        copy(&tree_index_digest(&manifest)?)?;
+        for l in &manifest.layers {
+            copy(&l.digest)?;
+        }
+        let mut d = m.clone();
+        d.annotations.insert(A_SITE.into(), site.into());
+        d.annotations.insert("dev.freezer.snapshot".into(), snapshot.id.clone());
+        if let Some(c) = snapshot.record.annotations.get(A_CREATED) {
+            d.annotations.insert(A_CREATED.into(), c.clone());
+        }
+        if let Some(name) = d.annotations.get(A_REF_NAME) {
+            report.refs.push(name.clone());
+        }
+        index.manifests.push(d);
+    }
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).ctx(|| format!("writing {}/oci-layout", dir.display()))?;
+    fs::write(dir.join("index.json"), to_json(&index)).ctx(|| format!("writing {}/index.json", dir.display()))?;
+    Ok(report)
+}

@@ -1,0 +1,100 @@
+//! Progress and messages on stderr.
+//!
+//! On a terminal: one line redrawn a few times a second with bytes, rate and ETA.
+//! Otherwise (cron, CI, pipes): no progress line at all, only the plain messages and the
+//! final summary, so logs stay readable.
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+pub struct Progress {
+    pub total: AtomicU64,
+    pub done: AtomicU64,
+    label: Mutex<String>,
+    stop: AtomicBool,
+    drawn: AtomicBool,
+}
+
+impl Progress {
+    pub fn set_label(&self, label: impl Into<String>) {
+        *self.label.lock().unwrap() = label.into();
+    }
+    pub fn add_total(&self, n: u64) {
+        self.total.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn add_done(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Starts the redraw thread when stderr is a terminal; stops and clears the line on drop.
+pub struct ProgressGuard {
+    progress: Arc<Progress>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub fn start(progress: Arc<Progress>, quiet: bool) -> ProgressGuard {
+    let tty = std::io::stderr().is_terminal() && !quiet;
+    let thread = tty.then(|| {
+        let p = progress.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while !p.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                let line = render(&p, start.elapsed());
+                eprint!("\r\x1b[2K{line}");
+                let _ = std::io::stderr().flush();
+                p.drawn.store(true, Ordering::Relaxed);
+            }
+        })
+    });
+    ProgressGuard { progress, thread }
+}
+
+impl Drop for ProgressGuard {
+    fn drop(&mut self) {
+        self.progress.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+            if self.progress.drawn.load(Ordering::Relaxed) {
+                eprint!("\r\x1b[2K");
+            }
+        }
+    }
+}
+
+fn render(p: &Progress, elapsed: Duration) -> String {
+    let done = p.done.load(Ordering::Relaxed);
+    let total = p.total.load(Ordering::Relaxed);
+    let secs = elapsed.as_secs_f64().max(0.001);
+    let rate = done as f64 / secs;
+    let label = p.label.lock().unwrap().clone();
+    let mut line = format!("{label} {}", bytes(done));
+    if total > 0 {
+        line += &format!(" / {} ({:.0}%)", bytes(total), 100.0 * done as f64 / total as f64);
+    }
+    line += &format!(", {}/s", bytes(rate as u64));
+    if total > done && rate > 0.0 {
+        line += &format!(", ETA {}s", ((total - done) as f64 / rate).ceil() as u64);
+    }
+    line
+}
+
+/// Human byte counts: `512 B`, `1.5 MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

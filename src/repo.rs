@@ -1,0 +1,400 @@
+//! The repository: an OCI-layout-shaped set of immutable objects in a [`Store`].
+//!
+//! ```text
+//! oci-layout                      {"imageLayoutVersion":"1.0.0"}
+//! index.json                      empty OCI index, written once at init
+//! freezer.json                    repository config: format version, id, encryption
+//! blobs/sha256/<hex>              content-addressed blobs (layers, configs, manifests, indexes)
+//! snapshots/<site>/<id>.json      one record per snapshot, an OCI image index
+//! ```
+//!
+//! Nothing is ever overwritten: blobs are named by their digest and records by their time
+//! and digest, so correctness never depends on conditional writes. A record is written
+//! last, after every blob it references exists: a snapshot is visible only when complete.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{into_io, Error, ErrorKind, IoContext, Result};
+use crate::format::*;
+use crate::store::Store;
+
+/// Counters for the summary of a run ("uploaded 3 blobs, 12 MB; reused 40").
+#[derive(Debug, Default)]
+pub struct TransferStats {
+    pub blobs_uploaded: AtomicU64,
+    pub bytes_uploaded: AtomicU64,
+    pub blobs_reused: AtomicU64,
+    pub bytes_reused: AtomicU64,
+}
+
+pub struct Repository {
+    store: Box<dyn Store>,
+    pub config: RepoConfig,
+    pub stats: TransferStats,
+}
+
+/// A snapshot as named in the repository, before its record is read.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SnapshotRef {
+    pub site: String,
+    pub id: String,
+}
+
+impl SnapshotRef {
+    pub fn key(&self) -> String {
+        format!("{SNAPSHOTS_PREFIX}{}/{}.json", self.site, self.id)
+    }
+}
+
+/// A snapshot record, read and verified.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub site: String,
+    pub id: String,
+    pub record: ImageIndex,
+}
+
+impl Snapshot {
+    pub fn annotation(&self, key: &str) -> &str {
+        self.record.annotations.get(key).map(String::as_str).unwrap_or("")
+    }
+}
+
+pub fn check_site_name(site: &str) -> Result<()> {
+    let ok = !site.is_empty()
+        && site.len() <= 63
+        && site.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && site.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !ok {
+        return Err(Error::usage(format!("invalid site name {site:?}"))
+            .with_hint("site names are 1-63 characters: letters, digits, '.', '_' and '-', starting with a letter or digit"));
+    }
+    Ok(())
+}
+
+impl Repository {
+    /// Creates a new repository. Refuses to touch a location that already has one.
+    pub fn init(store: Box<dyn Store>) -> Result<Repository> {
+        if store.size(REPO_CONFIG_KEY)?.is_some() {
+            return Err(Error::conflict(format!(
+                "{} already holds a freezer repository",
+                store.location()
+            ))
+            .with_hint("use it as it is, or choose another location"));
+        }
+        let mut id = [0u8; 16];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut id);
+        let config = RepoConfig {
+            format: "freezer-repository".into(),
+            version: REPO_FORMAT_VERSION,
+            id: hex::encode(id),
+            created: rfc3339(SystemTime::now()),
+            encryption: Encryption { scheme: "none".into() },
+        };
+        store.put(OCI_LAYOUT_KEY, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        let mut index = ImageIndex {
+            schema_version: 2,
+            media_type: MT_INDEX.into(),
+            manifests: vec![],
+            annotations: Default::default(),
+        };
+        index.annotations.insert(
+            "dev.freezer.note".into(),
+            "snapshots are recorded under snapshots/; `freezer export` writes one as a standalone OCI layout".into(),
+        );
+        store.put(OCI_INDEX_KEY, &to_json(&index))?;
+        // The config goes last: its presence is what makes this a repository.
+        store.put(REPO_CONFIG_KEY, &to_json(&config))?;
+        Ok(Repository { store, config, stats: Default::default() })
+    }
+
+    pub fn open(store: Box<dyn Store>) -> Result<Repository> {
+        let data = match store.get(REPO_CONFIG_KEY) {
+            Ok(d) => d,
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                return Err(Error::not_found(format!("no freezer repository at {}", store.location()))
+                    .with_hint(format!("create one with: freezer init --repo {}", store.location())));
+            }
+            Err(e) => return Err(e),
+        };
+        let value: serde_json::Value = serde_json::from_slice(&data).map_err(|e| {
+            Error::integrity(format!("{}/{REPO_CONFIG_KEY} is not valid JSON: {e}", store.location()))
+        })?;
+        if value.get("format").and_then(|v| v.as_str()) != Some("freezer-repository") {
+            return Err(Error::integrity(format!(
+                "{}/{REPO_CONFIG_KEY} is not a freezer repository config",
+                store.location()
+            )));
+        }
+        let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
+        if version != u64::from(REPO_FORMAT_VERSION) {
+            return Err(Error::usage(format!(
+                "repository {} has format version {version}; this freezer reads version {REPO_FORMAT_VERSION} only",
+                store.location()
+            ))
+            .with_hint("use the freezer release that wrote this repository"));
+        }
+        let config: RepoConfig = from_json(&data, &format!("{}/{REPO_CONFIG_KEY}", store.location()))?;
+        if config.encryption.scheme != "none" {
+            return Err(Error::usage(format!(
+                "repository {} uses encryption scheme {:?}, which this freezer does not support",
+                store.location(),
+                config.encryption.scheme
+            )));
+        }
+        Ok(Repository { store, config, stats: Default::default() })
+    }
+
+    pub fn location(&self) -> String {
+        self.store.location()
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// The size of a stored blob, or None.
+    pub fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        self.store.size(&digest.key())
+    }
+
+    /// Stores a small blob unless it is already there.
+    pub fn put_blob(&self, data: &[u8]) -> Result<(Digest, u64)> {
+        let digest = Digest::of(data);
+        let size = data.len() as u64;
+        if self.store.size(&digest.key())? == Some(size) {
+            self.count_reused(size);
+        } else {
+            self.store.put(&digest.key(), data)?;
+            self.count_uploaded(size);
+        }
+        Ok((digest, size))
+    }
+
+    /// Moves a staged file whose digest is known into the repository, unless a blob with
+    /// that digest is already there (then the file is simply removed).
+    pub fn put_blob_file(&self, file: &Path, digest: &Digest, size: u64) -> Result<()> {
+        if self.store.size(&digest.key())? == Some(size) {
+            let _ = std::fs::remove_file(file);
+            self.count_reused(size);
+            return Ok(());
+        }
+        self.store.put_file(&digest.key(), file)?;
+        self.count_uploaded(size);
+        Ok(())
+    }
+
+    fn count_reused(&self, size: u64) {
+        self.stats.blobs_reused.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_reused.fetch_add(size, Ordering::Relaxed);
+    }
+
+    fn count_uploaded(&self, size: u64) {
+        let n = self.stats.blobs_uploaded.fetch_add(1, Ordering::Relaxed) + 1;
+        self.stats.bytes_uploaded.fetch_add(size, Ordering::Relaxed);
+        fault_point_after_upload(n);
+    }
+
+    /// Reads a whole small blob and checks it against its digest.
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let data = self.store.get(&digest.key())?;
+        let actual = Digest::of(&data);
+        if &actual != digest {
+            return Err(self.damaged(digest, &actual));
+        }
+        Ok(data)
+    }
+
+    /// Streams a blob; the reader fails at the end if the content does not match its digest,
+    /// so callers must read to EOF before trusting what they wrote.
+    pub fn open_blob(&self, digest: &Digest) -> Result<VerifyingReader<Box<dyn Read + Send>>> {
+        let inner = self.store.open(&digest.key())?;
+        Ok(VerifyingReader::new(inner, digest.clone(), self.location()))
+    }
+
+    /// Downloads a blob to a temporary file, verified, for data that is read several times.
+    pub fn fetch_blob(&self, digest: &Digest) -> Result<tempfile::NamedTempFile> {
+        let mut tmp = tempfile::NamedTempFile::new().ctx(|| "creating a temporary file".into())?;
+        let mut r = self.open_blob(digest)?;
+        std::io::copy(&mut r, tmp.as_file_mut()).ctx(|| format!("downloading {}", digest.key()))?;
+        tmp.as_file_mut().flush().ctx(|| "writing a temporary file".into())?;
+        Ok(tmp)
+    }
+
+    fn damaged(&self, digest: &Digest, actual: &Digest) -> Error {
+        Error::integrity(format!(
+            "object {} in {} is damaged: its content hashes to {actual}",
+            digest.key(),
+            self.location()
+        ))
+        .with_hint("restore that object from another copy of the repository, or thaw an older snapshot")
+    }
+
+    /// Writes a snapshot record, the last step of a freeze. Returns its id.
+    pub fn write_record(&self, site: &str, record: &ImageIndex, created: SystemTime) -> Result<SnapshotRef> {
+        check_site_name(site)?;
+        let data = to_json(record);
+        let hash = hex::encode(Sha256::digest(&data));
+        let r = SnapshotRef {
+            site: site.to_string(),
+            id: format!("{}-{}", compact_time(created), &hash[..12]),
+        };
+        self.store.put(&r.key(), &data)?;
+        Ok(r)
+    }
+
+    /// Lists snapshot names, oldest first, for one site or all.
+    pub fn list_snapshots(&self, site: Option<&str>) -> Result<Vec<SnapshotRef>> {
+        let prefix = match site {
+            Some(s) => {
+                check_site_name(s)?;
+                format!("{SNAPSHOTS_PREFIX}{s}/")
+            }
+            None => SNAPSHOTS_PREFIX.to_string(),
+        };
+        let mut out: Vec<SnapshotRef> = self
+            .store
+            .list(&prefix)?
+            .into_iter()
+            .filter_map(|o| {
+                let rest = o.key.strip_prefix(SNAPSHOTS_PREFIX)?;
+                let (site, file) = rest.split_once('/')?;
+                let id = file.strip_suffix(".json")?;
+                Some(SnapshotRef { site: site.into(), id: id.into() })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.site, &a.id).cmp(&(&b.site, &b.id)));
+        Ok(out)
+    }
+
+    /// Reads a record and checks it against the digest prefix in its name.
+    pub fn read_snapshot(&self, r: &SnapshotRef) -> Result<Snapshot> {
+        let key = r.key();
+        let data = self.store.get(&key)?;
+        let hash = hex::encode(Sha256::digest(&data));
+        let expected = r.id.rsplit('-').next().unwrap_or("");
+        if expected.len() != 12 || !hash.starts_with(expected) {
+            return Err(Error::integrity(format!(
+                "snapshot record {key} in {} is damaged: its content does not match its name",
+                self.location()
+            )));
+        }
+        let record: ImageIndex = from_json(&data, &key)?;
+        let version = record.annotations.get(A_FORMAT).map(String::as_str).unwrap_or("");
+        if version != REPO_FORMAT_VERSION.to_string() {
+            return Err(Error::usage(format!(
+                "snapshot {}:{} has format version {version:?}; this freezer reads version {REPO_FORMAT_VERSION}",
+                r.site, r.id
+            )));
+        }
+        Ok(Snapshot { site: r.site.clone(), id: r.id.clone(), record })
+    }
+
+    /// Finds `SITE[:SNAPSHOT]`: the latest snapshot, or the one whose id is or starts with `snap`.
+    pub fn find_snapshot(&self, site: &str, snap: Option<&str>) -> Result<Snapshot> {
+        let all = self.list_snapshots(Some(site))?;
+        if all.is_empty() {
+            return Err(Error::not_found(format!("site {site} has no snapshots in {}", self.location()))
+                .with_hint("list what the repository holds with: freezer snapshots"));
+        }
+        let chosen = match snap {
+            None | Some("latest") => self.latest(&all)?,
+            Some(s) => {
+                let matches: Vec<&SnapshotRef> = all.iter().filter(|r| r.id.starts_with(s)).collect();
+                match matches.as_slice() {
+                    [one] => (*one).clone(),
+                    [] => {
+                        return Err(Error::not_found(format!("site {site} has no snapshot {s}"))
+                            .with_hint(format!("list them with: freezer snapshots {site}")))
+                    }
+                    _ => return Err(Error::usage(format!("snapshot {site}:{s} is ambiguous ({} match)", matches.len()))),
+                }
+            }
+        };
+        self.read_snapshot(&chosen)
+    }
+
+    /// The newest of a site's snapshots. Ids sort by creation second; a tie within the same
+    /// second is broken by the nanosecond creation time inside the records.
+    fn latest(&self, all: &[SnapshotRef]) -> Result<SnapshotRef> {
+        let last = all.last().expect("non-empty");
+        let second = &last.id[..16.min(last.id.len())];
+        let same: Vec<&SnapshotRef> = all.iter().filter(|r| r.id.starts_with(second)).collect();
+        if same.len() == 1 {
+            return Ok(last.clone());
+        }
+        let mut best: Option<(String, &SnapshotRef)> = None;
+        for r in same {
+            let created = self.read_snapshot(r)?.annotation(A_CREATED).to_string();
+            if best.as_ref().is_none_or(|(c, _)| created > *c) {
+                best = Some((created, r));
+            }
+        }
+        Ok(best.expect("non-empty").1.clone())
+    }
+}
+
+/// Hashes everything read through it and fails at EOF when the digest does not match.
+pub struct VerifyingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    digest: Digest,
+    location: String,
+    read: u64,
+    checked: bool,
+}
+
+impl<R: Read> VerifyingReader<R> {
+    pub fn new(inner: R, digest: Digest, location: String) -> Self {
+        VerifyingReader { inner, hasher: Sha256::new(), digest, location, read: 0, checked: false }
+    }
+    pub fn bytes_read(&self) -> u64 {
+        self.read
+    }
+    /// Reads whatever is left and checks the digest; for callers that may stop early
+    /// (the end of a tar archive comes before the end of its zstd frame).
+    pub fn finish(mut self) -> Result<u64> {
+        std::io::copy(&mut self, &mut std::io::sink()).ctx(|| format!("reading {}", self.digest.key()))?;
+        Ok(self.read)
+    }
+}
+
+impl<R: Read> Read for VerifyingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.hasher.update(&buf[..n]);
+            self.read += n as u64;
+        } else if !buf.is_empty() && !self.checked {
+            self.checked = true;
+            let actual = Digest::from_hasher(std::mem::take(&mut self.hasher));
+            if actual != self.digest {
+                return Err(into_io(
+                    Error::integrity(format!(
+                        "object {} in {} is damaged: its content hashes to {actual}",
+                        self.digest.key(),
+                        self.location
+                    ))
+                    .with_hint("restore that object from another copy of the repository, or thaw an older snapshot"),
+                ));
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Test hook: `FREEZER_FAULT_ABORT_AFTER_UPLOADS=N` kills the process right after the N-th
+/// blob upload, the way `kill -9` or a power cut would. Used by the interrupted-freeze test.
+fn fault_point_after_upload(n: u64) {
+    if let Ok(v) = std::env::var("FREEZER_FAULT_ABORT_AFTER_UPLOADS") {
+        if v.parse::<u64>().ok() == Some(n) {
+            eprintln!("freezer: fault injection: aborting after {n} uploads");
+            std::process::abort();
+        }
+    }
+}

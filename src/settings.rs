@@ -1,0 +1,160 @@
+//! Resolved settings: command-line flags over environment over the config file.
+//!
+//! The config file is `freezer.toml` (see README, "Configuration"): `--config FILE` or
+//! `FREEZER_CONFIG`, else `./freezer.toml`, else `/etc/freezer/freezer.toml`, else none.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::ops::TreeSpec;
+use crate::store::{S3Options, StoreUrl};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub repo: Option<String>,
+    #[serde(default)]
+    pub s3: S3Section,
+    #[serde(default)]
+    pub sites: BTreeMap<String, SiteSection>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Section {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub allow_http: Option<bool>,
+}
+
+impl std::fmt::Debug for S3Section {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Section")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSection {
+    /// Directories; each tree is named after its last path component.
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+    /// Directories with explicit tree names.
+    #[serde(default)]
+    pub trees: BTreeMap<String, PathBuf>,
+}
+
+pub struct Settings {
+    pub config_path: Option<PathBuf>,
+    pub config: ConfigFile,
+    pub repo: Option<String>,
+    pub s3: S3Options,
+}
+
+impl Settings {
+    /// `repo_flag` is `--repo` (clap already folds in `FREEZER_REPO`).
+    pub fn load(config_flag: Option<&Path>, repo_flag: Option<&str>) -> Result<Settings> {
+        let env_config = std::env::var_os("FREEZER_CONFIG").map(PathBuf::from);
+        let explicit = config_flag.map(Path::to_path_buf).or(env_config);
+        let path = match explicit {
+            Some(p) => Some(p),
+            None => ["freezer.toml", "/etc/freezer/freezer.toml"].iter().map(PathBuf::from).find(|p| p.is_file()),
+        };
+        let config = match &path {
+            None => ConfigFile::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| Error::io(format!("reading config file {}", p.display()), e))?;
+                toml::from_str(&text).map_err(|e| Error::usage(format!("config file {}: {e}", p.display())))?
+            }
+        };
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let s3 = S3Options {
+            endpoint: env("AWS_ENDPOINT_URL").or_else(|| env("AWS_ENDPOINT")).or(config.s3.endpoint.clone()),
+            region: env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")).or(config.s3.region.clone()),
+            access_key_id: env("AWS_ACCESS_KEY_ID").or(config.s3.access_key_id.clone()),
+            secret_access_key: env("AWS_SECRET_ACCESS_KEY").or(config.s3.secret_access_key.clone()),
+            session_token: env("AWS_SESSION_TOKEN"),
+            allow_http: env("AWS_ALLOW_HTTP").map(|v| v == "true" || v == "1").or(config.s3.allow_http),
+        };
+        let repo = repo_flag.map(str::to_string).or(config.repo.clone());
+        Ok(Settings { config_path: path, config, repo, s3 })
+    }
+
+    pub fn repo_url(&self) -> Result<StoreUrl> {
+        let url = self.repo.as_deref().ok_or_else(|| {
+            Error::usage("no repository given").with_hint("pass --repo URL, set FREEZER_REPO, or set `repo` in freezer.toml")
+        })?;
+        StoreUrl::parse(url)
+    }
+
+    /// The trees of a site: `--path` flags if any, else the config file's.
+    pub fn trees(&self, site: &str, path_flags: &[String]) -> Result<Vec<TreeSpec>> {
+        let mut named: Vec<(Option<String>, PathBuf)> = Vec::new();
+        if !path_flags.is_empty() {
+            for p in path_flags {
+                match p.split_once('=') {
+                    Some((name, dir)) if !name.contains('/') && !name.is_empty() => named.push((Some(name.to_string()), dir.into())),
+                    _ => named.push((None, p.into())),
+                }
+            }
+        } else if let Some(s) = self.config.sites.get(site) {
+            named.extend(s.paths.iter().map(|p| (None, p.clone())));
+            named.extend(s.trees.iter().map(|(n, p)| (Some(n.clone()), p.clone())));
+        } else {
+            let known: Vec<&String> = self.config.sites.keys().collect();
+            return Err(Error::usage(format!("site {site} has no paths")).with_hint(if known.is_empty() {
+                "pass --path DIR (repeatable), or define [sites.NAME] in freezer.toml".to_string()
+            } else {
+                format!("pass --path DIR, or use a site from the config file: {known:?}")
+            }));
+        }
+        let mut out: Vec<TreeSpec> = Vec::new();
+        for (name, dir) in named {
+            let path = std::fs::canonicalize(&dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+            let name = match name {
+                Some(n) => check_tree_name(&n)?,
+                None => {
+                    let base = sanitize(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+                    let mut candidate = base.clone();
+                    let mut i = 2;
+                    while out.iter().any(|t| t.name == candidate) {
+                        candidate = format!("{base}-{i}");
+                        i += 1;
+                    }
+                    candidate
+                }
+            };
+            out.push(TreeSpec { name, path });
+        }
+        Ok(out)
+    }
+}
+
+fn check_tree_name(n: &str) -> Result<String> {
+    if n.is_empty() || n.len() > 63 || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return Err(Error::usage(format!("invalid tree name {n:?}: use letters, digits, '.', '_' and '-'")));
+    }
+    Ok(n.to_string())
+}
+
+/// A tree name usable as an OCI reference name.
+fn sanitize(s: String) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c.to_ascii_lowercase() } else { '-' })
+        .take(63)
+        .collect();
+    if out.is_empty() || !out.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        out.insert_str(0, "tree");
+    }
+    out
+}

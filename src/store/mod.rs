@@ -1,0 +1,108 @@
+//! Where repository objects live: a local directory or an S3-compatible bucket.
+//!
+//! The store knows nothing about snapshots, sites or formats: it moves named byte
+//! strings. Keys are relative, `/`-separated (`blobs/sha256/ab…`). The interface is
+//! synchronous on purpose: the heavy work (walking trees, tar, zstd) runs on plain
+//! threads, and the S3 backend drives its async client from there with `block_on`.
+
+mod local;
+mod s3;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub use local::LocalStore;
+pub use s3::{S3Options, S3Store};
+
+use crate::error::{Error, Result};
+
+/// One object as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+}
+
+pub trait Store: Send + Sync {
+    /// Human-readable location, e.g. `s3://bucket/prefix` or `/srv/backups`; used in messages.
+    fn location(&self) -> String;
+    /// Reads a whole (small) object. A missing object is an `ErrorKind::NotFound` error.
+    fn get(&self, key: &str) -> Result<Vec<u8>>;
+    /// Streams an object; memory stays bounded whatever its size.
+    fn open(&self, key: &str) -> Result<Box<dyn Read + Send>>;
+    /// The size of an object, or None when it does not exist.
+    fn size(&self, key: &str) -> Result<Option<u64>>;
+    /// Writes a small object in one request. Writes are atomic: readers see all or nothing.
+    fn put(&self, key: &str, data: &[u8]) -> Result<()>;
+    /// Moves a finished local file (created in [`Store::spool_dir`]) into the store, atomically.
+    /// Large files go up in parts; the local file is gone afterwards.
+    fn put_file(&self, key: &str, file: &Path) -> Result<()>;
+    /// Lists every object under a key prefix (`blobs/`, `snapshots/site/`).
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    /// Deletes one object. Freeze never calls it; prune and tests do.
+    fn delete(&self, key: &str) -> Result<()>;
+    /// Where to stage files before `put_file`; for a local store this is inside the
+    /// repository, so that `put_file` is a rename.
+    fn spool_dir(&self) -> Result<PathBuf>;
+}
+
+/// A repository address as the user writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Local(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+impl StoreUrl {
+    pub fn parse(url: &str) -> Result<Self> {
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(Error::usage(format!("repository URL {url:?} has no bucket"))
+                    .with_hint("write it as s3://BUCKET/PREFIX"));
+            }
+            let prefix = prefix.trim_matches('/').to_string();
+            return Ok(StoreUrl::S3 {
+                bucket: bucket.to_string(),
+                prefix,
+            });
+        }
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(Error::usage(format!(
+                    "repository URL {url:?}: file:// URLs take an absolute path"
+                )));
+            }
+            return Ok(StoreUrl::Local(PathBuf::from(path)));
+        }
+        if url.contains("://") {
+            return Err(Error::usage(format!(
+                "repository URL {url:?} has a scheme freezer does not know"
+            ))
+            .with_hint("use s3://BUCKET/PREFIX, file:///PATH or a plain directory path"));
+        }
+        if url.is_empty() {
+            return Err(Error::usage("the repository URL is empty"));
+        }
+        Ok(StoreUrl::Local(PathBuf::from(url)))
+    }
+}
+
+/// Opens the store behind a URL. S3 settings come from `s3` (config file and `AWS_*`).
+pub fn open(url: &StoreUrl, s3: &S3Options) -> Result<Box<dyn Store>> {
+    Ok(match url {
+        StoreUrl::Local(path) => Box::new(LocalStore::new(path.clone())),
+        StoreUrl::S3 { bucket, prefix } => Box::new(S3Store::new(bucket, prefix, s3)?),
+    })
+}
+
+/// Rejects keys that could step outside the repository on a local store.
+pub(crate) fn check_key(key: &str) -> Result<()> {
+    let bad = key.is_empty()
+        || key.starts_with('/')
+        || key.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+    if bad {
+        return Err(Error::integrity(format!("invalid object key {key:?}")));
+    }
+    Ok(())
+}

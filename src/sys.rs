@@ -1,0 +1,74 @@
+//! The few system calls std does not wrap. This is the only module with `unsafe`:
+//! each block is one libc call on values we own.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Creates a FIFO or a device node (`kind` is `libc::S_IFIFO`, `S_IFCHR` or `S_IFBLK`).
+pub fn mknod(path: &Path, kind: libc::mode_t, perm: u32, rdev: u64) -> io::Result<()> {
+    let c = cpath(path)?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let r = unsafe { libc::mknod(c.as_ptr(), kind | (perm as libc::mode_t & 0o7777), rdev as libc::dev_t) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Atomically swaps two paths (renameat2 RENAME_EXCHANGE). Fails with EINVAL or ENOSYS
+/// where the file system does not support it; callers fall back to two renames.
+pub fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    let ca = cpath(a)?;
+    let cb = cpath(b)?;
+    // SAFETY: both strings are valid and NUL-terminated for the duration of the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Bytes available to this user on the file system holding `path`.
+pub fn free_space(path: &Path) -> io::Result<u64> {
+    let c = cpath(path)?;
+    // SAFETY: statvfs writes into the zeroed struct we pass; `c` is valid.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if r == 0 {
+        Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Restores the default SIGPIPE action, so `freezer snapshots | head` ends quietly like
+/// any Unix tool instead of panicking on a closed stdout.
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal disposition to SIG_DFL has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

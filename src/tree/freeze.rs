@@ -1,0 +1,608 @@
+//! Freezing one directory tree into the repository.
+//!
+//! The walk is merged with the previous snapshot's index of the same tree. An entry whose
+//! stat data (type, mode, owner, size, mtime, ctime, inode) is unchanged is carried over
+//! without reading it; everything else goes into a new changeset layer, and entries that
+//! disappeared become whiteouts. When the chain of layers gets long, or most bytes in it
+//! are superseded, the tree is written afresh as a full layer ("rebase").
+//!
+//! Layers are cut into parts of [`PART_BYTES`] so the local spool stays small, and each
+//! finished part is uploaded on a second thread while the next one is being compressed.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use sha2::{Digest as _, Sha256};
+
+use super::index::{cmp_paths, is_within, Entry, IndexReader, IndexWriter, Kind, Trailer};
+use super::walk::{Walked, Walker};
+use crate::error::{Error, IoContext, Result};
+use crate::format::*;
+use crate::progress::Progress;
+use crate::repo::Repository;
+
+/// Uncompressed tar bytes per layer part.
+pub const PART_BYTES: u64 = 256 << 20;
+/// Rebase when the chain is longer than this...
+pub const MAX_LAYERS: usize = 24;
+/// ...or when less than this share of the content bytes in the layers is still live.
+pub const MIN_LIVE_RATIO: f64 = 0.6;
+
+/// What the previous snapshot of this tree left, verified and ready to merge against.
+pub struct PrevTree {
+    pub manifest: ImageManifest,
+    pub config: ImageConfig,
+    pub index: tempfile::NamedTempFile,
+    pub trailer: Trailer,
+}
+
+impl PrevTree {
+    /// Loads and verifies the manifest, config and index of a tree from an earlier snapshot.
+    pub fn load(repo: &Repository, manifest_digest: &Digest) -> Result<PrevTree> {
+        let manifest: ImageManifest = from_json(&repo.read_blob(manifest_digest)?, &manifest_digest.key())?;
+        let config: ImageConfig = from_json(&repo.read_blob(&manifest.config.digest)?, &manifest.config.digest.key())?;
+        let index_digest = tree_index_digest(&manifest)?;
+        let index = repo.fetch_blob(&index_digest)?;
+        let trailer = IndexReader::new(File::open(index.path()).ctx(|| "reopening the index".into())?, &index_digest.key())?.trailer()?;
+        if trailer.layer_content.len() != manifest.layers.len() || config.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(Error::integrity(format!("tree manifest {} disagrees with its index about its layers", manifest_digest.key())));
+        }
+        Ok(PrevTree { manifest, config, index, trailer })
+    }
+
+    fn needs_rebase(&self) -> bool {
+        let content: u64 = self.trailer.layer_content.iter().sum();
+        self.manifest.layers.len() >= MAX_LAYERS || (content > 0 && (self.trailer.bytes as f64) < MIN_LIVE_RATIO * content as f64)
+    }
+}
+
+pub fn tree_index_digest(manifest: &ImageManifest) -> Result<Digest> {
+    manifest
+        .annotations
+        .get(A_TREE_INDEX)
+        .ok_or_else(|| Error::integrity(format!("tree manifest has no {A_TREE_INDEX} annotation")))?
+        .parse()
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct FreezeStats {
+    pub entries: u64,
+    pub files: u64,
+    pub bytes: u64,
+    /// Files (and bytes) read because they were new or changed.
+    pub files_read: u64,
+    pub bytes_read: u64,
+    pub deleted: u64,
+    pub new_layers: u64,
+    pub layers: u64,
+    pub rebased: bool,
+    /// Entries that changed while being read or vanished during the walk.
+    pub changed_during_read: u64,
+    pub vanished: u64,
+    pub skipped_sockets: u64,
+}
+
+/// Freezes `root`, returning the descriptor of the tree's image manifest (already stored).
+pub fn freeze_tree(
+    repo: &Repository,
+    root: &Path,
+    prev: Option<&PrevTree>,
+    annotations: Annotations,
+    progress: &Progress,
+) -> Result<(Descriptor, FreezeStats)> {
+    let mut stats = FreezeStats::default();
+    let incremental = prev.filter(|p| !p.needs_rebase());
+    stats.rebased = prev.is_some() && incremental.is_none();
+
+    let (mut layers, mut diff_ids, mut layer_content) = match incremental {
+        Some(p) => (p.manifest.layers.clone(), p.config.rootfs.diff_ids.clone(), p.trailer.layer_content.clone()),
+        None => (Vec::new(), Vec::new(), Vec::new()),
+    };
+    let base = layers.len() as u32;
+
+    let spool = repo.store().spool_dir()?;
+    let index_tmp = tempfile::NamedTempFile::new_in(&spool).ctx(|| format!("creating a file in {}", spool.display()))?;
+    let mut index = IndexWriter::new(BufWriter::new(index_tmp.reopen().ctx(|| "reopening the index".into())?))?;
+
+    let finished: Vec<FinishedPart> = std::thread::scope(|scope| -> Result<Vec<FinishedPart>> {
+        // Parts travel to the uploader through a one-slot channel: at most one finished
+        // part waits on local disk while the next is written.
+        let (tx, rx) = mpsc::sync_channel::<FinishedPart>(1);
+        let uploader = scope.spawn(move || -> Result<Vec<FinishedPart>> {
+            let mut done = Vec::new();
+            for part in rx {
+                repo.put_blob_file(part.path.as_ref(), &part.digest, part.size)?;
+                done.push(part);
+            }
+            Ok(done)
+        });
+        let mut m = Merge {
+            layers: LayerSink { spool: spool.clone(), current: None, next_ordinal: base, tx },
+            index: &mut index,
+            stats: &mut stats,
+            gone_dir: None,
+            leaders: Default::default(),
+            progress,
+        };
+        let walk_result = m.run(root, incremental);
+        let close_result = walk_result.and_then(|()| m.layers.close());
+        drop(m);
+        let uploaded = uploader.join().map_err(|_| Error::other("the upload thread panicked"))?;
+        close_result?;
+        uploaded
+    })?;
+
+    stats.new_layers = finished.len() as u64;
+    for part in finished {
+        let mut d = Descriptor::new(MT_LAYER_ZSTD, part.digest, part.size);
+        d.annotations.insert(A_LAYER_KIND.into(), if base == 0 && part.ordinal == 0 { "full" } else { "changes" }.into());
+        layers.push(d);
+        diff_ids.push(part.diff_id);
+        layer_content.push(part.content);
+    }
+    stats.layers = layers.len() as u64;
+
+    let (w, trailer) = index.finish(layer_content)?;
+    w.into_inner()
+        .map_err(|e| Error::io("writing the tree index", e.into_error()))?
+        .sync_all()
+        .ctx(|| "writing the tree index".into())?;
+    stats.entries = trailer.entries;
+    stats.files = trailer.files;
+    stats.bytes = trailer.bytes;
+
+    let index_digest = digest_file(index_tmp.path())?;
+    let index_size = std::fs::metadata(index_tmp.path()).ctx(|| "reading the tree index".into())?.len();
+    repo.put_blob_file(&index_tmp.into_temp_path(), &index_digest, index_size)?;
+
+    let platform = Platform::host();
+    let config = ImageConfig {
+        architecture: platform.architecture,
+        os: platform.os,
+        rootfs: RootFs { kind: "layers".into(), diff_ids },
+    };
+    let (config_digest, config_size) = repo.put_blob(&to_json(&config))?;
+    let mut manifest = ImageManifest {
+        schema_version: 2,
+        media_type: MT_MANIFEST.into(),
+        config: Descriptor::new(MT_CONFIG, config_digest, config_size),
+        layers,
+        annotations,
+    };
+    manifest.annotations.insert(A_TREE_INDEX.into(), index_digest.to_string());
+    manifest.annotations.insert(A_TREE_INDEX_SIZE.into(), index_size.to_string());
+    let (digest, size) = repo.put_blob(&to_json(&manifest))?;
+    Ok((Descriptor::new(MT_MANIFEST, digest, size), stats))
+}
+
+fn digest_file(path: &Path) -> Result<Digest> {
+    let mut f = File::open(path).ctx(|| format!("reading {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).ctx(|| format!("reading {}", path.display()))?;
+    Ok(Digest::from_hasher(h))
+}
+
+struct Merge<'a> {
+    layers: LayerSink,
+    index: &'a mut IndexWriter<BufWriter<File>>,
+    stats: &'a mut FreezeStats,
+    /// A directory of the previous snapshot that is gone: its old children need no whiteouts.
+    gone_dir: Option<Vec<u8>>,
+    /// Inode -> path of the first name of each multiply-linked file seen so far.
+    leaders: std::collections::HashMap<(u64, u64), Vec<u8>>,
+    progress: &'a Progress,
+}
+
+impl Merge<'_> {
+    fn run(&mut self, root: &Path, prev: Option<&PrevTree>) -> Result<()> {
+        let mut old = match prev {
+            Some(p) => Some(IndexReader::new(File::open(p.index.path()).ctx(|| "reopening the index".into())?, "previous")?),
+            None => None,
+        };
+        let mut next_old = match &mut old {
+            Some(r) => r.next_entry()?,
+            None => None,
+        };
+        let mut walker = Walker::new(root);
+        while let Some(w) = walker.next_entry()? {
+            while let Some(o) = next_old.take_if(|o| cmp_paths(&o.path, &w.rel).is_lt()) {
+                self.deleted(&o)?;
+                next_old = old.as_mut().map_or(Ok(None), |r| r.next_entry())?;
+            }
+            let same = next_old.take_if(|o| o.path == w.rel);
+            if same.is_some() {
+                next_old = old.as_mut().map_or(Ok(None), |r| r.next_entry())?;
+            }
+            self.entry(w, same)?;
+        }
+        while let Some(o) = next_old {
+            self.deleted(&o)?;
+            next_old = old.as_mut().map_or(Ok(None), |r| r.next_entry())?;
+        }
+        self.stats.vanished = walker.vanished;
+        Ok(())
+    }
+
+    fn deleted(&mut self, o: &Entry) -> Result<()> {
+        if self.gone_dir.as_deref().is_some_and(|d| is_within(&o.path, d)) {
+            return Ok(());
+        }
+        self.stats.deleted += 1;
+        self.layers.whiteout(&o.path)?;
+        if o.kind == Kind::Dir {
+            self.gone_dir = Some(o.path.clone());
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, w: Walked, old: Option<Entry>) -> Result<()> {
+        let ft = w.meta.file_type();
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_file() {
+            Kind::File
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else if ft.is_fifo() {
+            Kind::Fifo
+        } else if ft.is_char_device() {
+            Kind::CharDev
+        } else if ft.is_block_device() {
+            Kind::BlockDev
+        } else {
+            // Sockets belong to a running process and cannot be restored meaningfully.
+            self.stats.skipped_sockets += 1;
+            return Ok(());
+        };
+        let m = &w.meta;
+        let mut e = Entry {
+            path: w.rel,
+            kind,
+            mode: m.mode() & 0o7777,
+            uid: m.uid(),
+            gid: m.gid(),
+            mtime: (m.mtime(), m.mtime_nsec() as u32),
+            size: if kind == Kind::File { m.size() } else { 0 },
+            layer: None,
+            link: Vec::new(),
+            rdev: if matches!(kind, Kind::CharDev | Kind::BlockDev) { m.rdev() } else { 0 },
+            xattrs: Vec::new(),
+            leader: false,
+            ino: m.ino(),
+            ctime: (m.ctime(), m.ctime_nsec() as u32),
+        };
+        let multi = kind == Kind::File && m.nlink() > 1;
+        let inode = (m.dev(), m.ino());
+
+        if let Some(o) = old {
+            let same_kind = o.kind == kind || (o.kind == Kind::HardLink && kind == Kind::File);
+            let unchanged = same_kind
+                && o.mode == e.mode
+                && o.uid == e.uid
+                && o.gid == e.gid
+                && (o.kind == Kind::HardLink || o.size == e.size)
+                && o.mtime == e.mtime
+                && o.ctime == e.ctime
+                && o.ino == e.ino
+                && o.rdev == e.rdev;
+            if unchanged {
+                if o.leader {
+                    self.leaders.insert(inode, o.path.clone());
+                }
+                if o.kind == Kind::File {
+                    self.progress.add_done(o.size);
+                }
+                return self.index.push(&o);
+            }
+            if !same_kind {
+                // A type change: remove the old entry (and, for a directory, its contents).
+                self.deleted(&o)?;
+                self.stats.deleted -= 1;
+            }
+        }
+
+        e.xattrs = read_xattrs(&w.abs);
+        match kind {
+            Kind::Dir => {
+                if e.path != b"." {
+                    self.layers.header(&e, tar::EntryType::Directory, &[])?;
+                }
+            }
+            Kind::Symlink => {
+                let target = std::fs::read_link(&w.abs).ctx(|| format!("reading link {}", w.abs.display()))?;
+                e.link = target.as_os_str().as_bytes().to_vec();
+                self.layers.header(&e, tar::EntryType::Symlink, &e.link)?;
+            }
+            Kind::Fifo => self.layers.header(&e, tar::EntryType::Fifo, &[])?,
+            Kind::CharDev => self.layers.header(&e, tar::EntryType::Char, &[])?,
+            Kind::BlockDev => self.layers.header(&e, tar::EntryType::Block, &[])?,
+            Kind::File if multi && self.leaders.contains_key(&inode) => {
+                e.kind = Kind::HardLink;
+                e.link = self.leaders[&inode].clone();
+                e.size = 0;
+                self.layers.header(&e, tar::EntryType::Link, &e.link)?;
+            }
+            Kind::File => {
+                if multi {
+                    e.leader = true;
+                    self.leaders.insert(inode, e.path.clone());
+                }
+                let (ordinal, changed) = self.layers.file(&e, &w.abs, self.progress)?;
+                e.layer = Some(ordinal);
+                self.stats.files_read += 1;
+                self.stats.bytes_read += e.size;
+                if changed {
+                    self.stats.changed_during_read += 1;
+                }
+            }
+            Kind::HardLink => unreachable!("the walk never yields hard links"),
+        }
+        self.index.push(&e)?;
+        self.layers.maybe_cut()
+    }
+}
+
+/// Extended attributes worth keeping. overlayfs' own `trusted.overlay.*` describe the
+/// host's storage, not the data, and would be wrong anywhere else.
+fn read_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let Ok(names) = xattr::list(path) else { return Vec::new() };
+    let mut out = Vec::new();
+    for name in names {
+        let Some(n) = name.to_str() else { continue };
+        if n.starts_with("trusted.overlay.") {
+            continue;
+        }
+        if let Ok(Some(v)) = xattr::get(path, &name) {
+            out.push((n.to_string(), v));
+        }
+    }
+    out.sort();
+    out
+}
+
+struct FinishedPart {
+    ordinal: u32,
+    path: tempfile::TempPath,
+    digest: Digest,
+    size: u64,
+    diff_id: Digest,
+    content: u64,
+}
+
+/// Counts and hashes what passes through.
+struct HashCount<W> {
+    inner: W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W: Write> Write for HashCount<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+type Compressed = HashCount<BufWriter<File>>;
+type TarOut = BufWriter<HashCount<zstd::stream::write::Encoder<'static, Compressed>>>;
+
+struct Part {
+    ordinal: u32,
+    path: tempfile::TempPath,
+    tar: tar::Builder<TarOut>,
+    content: u64,
+}
+
+struct LayerSink {
+    spool: PathBuf,
+    current: Option<Part>,
+    next_ordinal: u32,
+    tx: mpsc::SyncSender<FinishedPart>,
+}
+
+impl LayerSink {
+    fn part(&mut self) -> Result<&mut Part> {
+        if self.current.is_none() {
+            let tmp = tempfile::NamedTempFile::new_in(&self.spool).ctx(|| format!("creating a file in {}", self.spool.display()))?;
+            let file = tmp.reopen().ctx(|| "reopening a spool file".into())?;
+            let compressed = HashCount { inner: BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), count: 0 };
+            let mut enc = zstd::stream::write::Encoder::new(compressed, 3).ctx(|| "starting zstd".into())?;
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+            enc.multithread(workers).ctx(|| "starting zstd workers".into())?;
+            enc.include_contentsize(false).ctx(|| "configuring zstd".into())?;
+            let plain = HashCount { inner: enc, hasher: Sha256::new(), count: 0 };
+            let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, plain));
+            tar.mode(tar::HeaderMode::Complete);
+            self.current = Some(Part { ordinal: self.next_ordinal, path: tmp.into_temp_path(), tar, content: 0 });
+            self.next_ordinal += 1;
+        }
+        Ok(self.current.as_mut().expect("just set"))
+    }
+
+    /// Starts a new part once the current one is big enough. Called between entries only,
+    /// so a file never spans two layers.
+    fn maybe_cut(&mut self) -> Result<()> {
+        let full = self.current.as_ref().is_some_and(|p| p.tar.get_ref().get_ref().count >= PART_BYTES);
+        if full {
+            self.finish_part()?;
+        }
+        Ok(())
+    }
+
+    fn finish_part(&mut self) -> Result<()> {
+        let Some(part) = self.current.take() else { return Ok(()) };
+        let plain = part
+            .tar
+            .into_inner()
+            .ctx(|| "finishing a layer".into())?
+            .into_inner()
+            .map_err(|e| Error::io("finishing a layer", e.into_error()))?;
+        let diff_id = Digest::from_hasher(plain.hasher);
+        let compressed = plain.inner.finish().ctx(|| "finishing zstd".into())?;
+        let digest = Digest::from_hasher(compressed.hasher);
+        let size = compressed.count;
+        compressed
+            .inner
+            .into_inner()
+            .map_err(|e| Error::io("writing a layer", e.into_error()))?
+            .flush()
+            .ctx(|| "writing a layer".into())?;
+        let finished = FinishedPart { ordinal: part.ordinal, path: part.path, digest, size, diff_id, content: part.content };
+        self.tx.send(finished).map_err(|_| Error::other("the upload thread stopped"))
+    }
+
+    fn close(&mut self) -> Result<()> {
+        self.finish_part()
+    }
+
+    fn header(&mut self, e: &Entry, kind: tar::EntryType, link: &[u8]) -> Result<()> {
+        let mut h = header_for(e, kind);
+        let part = self.part()?;
+        write_xattrs(&mut part.tar, &e.xattrs)?;
+        let path = tar_path(&e.path, kind == tar::EntryType::Directory);
+        if kind == tar::EntryType::Symlink || kind == tar::EntryType::Link {
+            let target = std::path::Path::new(OsStr::from_bytes(link));
+            part.tar.append_link(&mut h, &path, target)
+        } else {
+            part.tar.append_data(&mut h, &path, std::io::empty())
+        }
+        .ctx(|| format!("adding {} to a layer", e.display_path()))
+    }
+
+    fn whiteout(&mut self, path: &[u8]) -> Result<()> {
+        let parent = super::index::parent(path);
+        let name = &path[parent.len() + usize::from(parent != b".")..];
+        let mut wh = Vec::new();
+        if parent != b"." {
+            wh.extend_from_slice(parent);
+            wh.push(b'/');
+        }
+        wh.extend_from_slice(b".wh.");
+        wh.extend_from_slice(name);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(0);
+        let part = self.part()?;
+        part.tar
+            .append_data(&mut h, tar_path(&wh, false), std::io::empty())
+            .ctx(|| format!("adding a whiteout for {} to a layer", String::from_utf8_lossy(path)))
+    }
+
+    /// Appends a regular file, reading exactly the size the walk saw. Returns the layer
+    /// ordinal and whether the file changed while it was read.
+    fn file(&mut self, e: &Entry, abs: &Path, progress: &Progress) -> Result<(u32, bool)> {
+        let f = open_noatime(abs).ctx(|| format!("opening {}", abs.display()))?;
+        let mut h = header_for(e, tar::EntryType::Regular);
+        let part = self.part()?;
+        write_xattrs(&mut part.tar, &e.xattrs)?;
+        let mut reader = ExactReader { inner: f, left: e.size, short: false, progress };
+        part.tar
+            .append_data(&mut h, tar_path(&e.path, false), &mut reader)
+            .ctx(|| format!("reading {}", abs.display()))?;
+        part.content += e.size;
+        let mut probe = [0u8; 1];
+        let grew = reader.inner.read(&mut probe).map(|n| n > 0).unwrap_or(false);
+        Ok((part.ordinal, reader.short || grew))
+    }
+}
+
+fn open_noatime(path: &Path) -> std::io::Result<File> {
+    // O_NOATIME keeps a backup from touching every file's atime; only the owner or root
+    // may use it, so fall back to a plain open.
+    match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOATIME).open(path) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
+        r => r,
+    }
+}
+
+/// Yields exactly `left` bytes: a file that shrank while being read is padded with zeros
+/// (and flagged), one that grew is cut, so the tar entry always matches its header.
+struct ExactReader<'a> {
+    inner: File,
+    left: u64,
+    short: bool,
+    progress: &'a Progress,
+}
+
+impl Read for ExactReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let mut n = if self.short { 0 } else { self.inner.read(&mut buf[..want])? };
+        if n == 0 {
+            self.short = true;
+            buf[..want].fill(0);
+            n = want;
+        }
+        self.left -= n as u64;
+        self.progress.add_done(n as u64);
+        Ok(n)
+    }
+}
+
+fn header_for(e: &Entry, kind: tar::EntryType) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(e.mode);
+    h.set_uid(u64::from(e.uid));
+    h.set_gid(u64::from(e.gid));
+    h.set_mtime(e.mtime.0.max(0) as u64);
+    h.set_size(if kind == tar::EntryType::Regular { e.size } else { 0 });
+    if matches!(kind, tar::EntryType::Char | tar::EntryType::Block) {
+        let _ = h.set_device_major(libc::major(e.rdev as libc::dev_t));
+        let _ = h.set_device_minor(libc::minor(e.rdev as libc::dev_t));
+    }
+    h
+}
+
+fn tar_path(path: &[u8], dir: bool) -> PathBuf {
+    let mut p = path.to_vec();
+    if dir {
+        p.push(b'/');
+    }
+    PathBuf::from(OsString::from_vec(p))
+}
+
+/// Writes a PAX extended header carrying xattrs (`SCHILY.xattr.NAME`, as GNU tar does)
+/// in front of the next entry, so stock tools can restore them too.
+fn write_xattrs<W: Write>(tar: &mut tar::Builder<W>, xattrs: &[(String, Vec<u8>)]) -> Result<()> {
+    if xattrs.is_empty() {
+        return Ok(());
+    }
+    let mut data = Vec::new();
+    for (name, value) in xattrs {
+        let mut rec = Vec::new();
+        rec.extend_from_slice(b" SCHILY.xattr.");
+        rec.extend_from_slice(name.as_bytes());
+        rec.push(b'=');
+        rec.extend_from_slice(value);
+        rec.push(b'\n');
+        // The length prefix counts itself.
+        let mut len = rec.len() + 1;
+        while len.to_string().len() + rec.len() != len {
+            len = len.to_string().len() + rec.len();
+        }
+        data.extend_from_slice(len.to_string().as_bytes());
+        data.extend_from_slice(&rec);
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::XHeader);
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_path("PaxHeader").ctx(|| "writing xattrs".into())?;
+    h.set_cksum();
+    tar.append(&h, &data[..]).ctx(|| "writing xattrs".into())
+}

@@ -1,0 +1,15 @@
+//! File trees: the base of every snapshot mode (a container volume is a file tree).
+//!
+//! A frozen tree is one OCI image: its layers are tar+zstd changesets (the first a full
+//! copy, later ones only what changed, with whiteouts for deletions), its config is a
+//! plain OCI image config, and a freezer tree index ([`index`]) sits beside them.
+//! Stock OCI tools can apply the layers in order; freezer uses the index to restore
+//! exactly and to freeze only what changed.
+
+pub mod freeze;
+pub mod index;
+pub mod thaw;
+pub mod walk;
+
+pub use freeze::{freeze_tree, FreezeStats, PrevTree};
+pub use thaw::{thaw_tree, ThawStats};

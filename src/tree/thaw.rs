@@ -1,0 +1,357 @@
+//! Thawing one tree into an empty staging directory.
+//!
+//! The index drives everything: it is read in full first, and every path in it is checked
+//! (relative, no `..`, every parent a directory of the index, hard links only to earlier
+//! files) before anything is created. Then:
+//! 1. directories, symlinks, FIFOs and devices are created from the index;
+//! 2. each layer is streamed once and the files the index assigns to it are written,
+//!    their metadata set through the open file descriptor;
+//! 3. hard links are made;
+//! 4. directory metadata is applied deepest first (creating entries changes mtimes).
+//!
+//! Nothing is ever resolved through a symlink from the archive: parents are directories
+//! this code created itself. The caller renames the staging directory into place only
+//! after every layer has been verified against its digest.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use filetime::FileTime;
+
+use super::freeze::tree_index_digest;
+use super::index::{check_relative, cmp_paths, is_within, parent, Entry, IndexReader, Kind, Trailer};
+use crate::error::{Error, IoContext, Result};
+use crate::format::*;
+use crate::progress::Progress;
+use crate::repo::Repository;
+use crate::sys;
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ThawStats {
+    pub entries: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub layers: u64,
+}
+
+/// The verified, pre-checked plan for one tree: its index on local disk and its totals.
+pub struct TreePlan {
+    pub manifest: ImageManifest,
+    index: tempfile::NamedTempFile,
+    pub trailer: Trailer,
+}
+
+impl TreePlan {
+    /// Fetches and verifies the manifest and index and checks every index entry, so that a
+    /// hostile or damaged index is refused before anything is written.
+    pub fn load(repo: &Repository, manifest_digest: &Digest) -> Result<TreePlan> {
+        let manifest: ImageManifest = from_json(&repo.read_blob(manifest_digest)?, &manifest_digest.key())?;
+        for l in &manifest.layers {
+            if l.media_type != MT_LAYER_ZSTD {
+                return Err(Error::integrity(format!("layer {} has media type {}, expected {MT_LAYER_ZSTD}", l.digest.key(), l.media_type)));
+            }
+        }
+        let index_digest = tree_index_digest(&manifest)?;
+        let index = repo.fetch_blob(&index_digest)?;
+        let trailer = check_index(open_index(&index, &index_digest)?, manifest.layers.len())?;
+        Ok(TreePlan { manifest, index, trailer })
+    }
+
+    fn entries(&self) -> Result<IndexReader<File>> {
+        let digest = tree_index_digest(&self.manifest)?;
+        open_index(&self.index, &digest)
+    }
+}
+
+fn open_index(file: &tempfile::NamedTempFile, digest: &Digest) -> Result<IndexReader<File>> {
+    IndexReader::new(File::open(file.path()).ctx(|| "reopening the index".into())?, &digest.key())
+}
+
+/// One pass over the index: order, safe paths, parents that are directories, hard links to
+/// earlier files, layers that exist.
+fn check_index(mut r: IndexReader<File>, layers: usize) -> Result<Trailer> {
+    // The chain of directories from the root to the current entry.
+    let mut dirs: Vec<Vec<u8>> = Vec::new();
+    let mut leaders: HashSet<Vec<u8>> = HashSet::new();
+    let mut last: Option<Vec<u8>> = None;
+    while let Some(e) = r.next_entry()? {
+        check_relative(&e.path)?;
+        let name = e.display_path();
+        match &last {
+            None if e.path != b"." || e.kind != Kind::Dir => {
+                return Err(Error::integrity("tree index does not start with its root directory"));
+            }
+            Some(prev) if !cmp_paths(prev, &e.path).is_lt() => {
+                return Err(Error::integrity(format!("tree index is out of order at {name:?}")));
+            }
+            _ => {}
+        }
+        if e.path != b"." {
+            let p = parent(&e.path);
+            while dirs.last().is_some_and(|d| !is_within(p, d)) {
+                dirs.pop();
+            }
+            if dirs.last().map(Vec::as_slice) != Some(p) {
+                return Err(Error::integrity(format!(
+                    "refusing entry {name:?}: its parent is not a directory in the snapshot (a link may not be a parent)"
+                )));
+            }
+        }
+        match e.kind {
+            Kind::Dir => dirs.push(e.path.clone()),
+            Kind::File => {
+                let l = e.layer.unwrap_or(u32::MAX) as usize;
+                if l >= layers {
+                    return Err(Error::integrity(format!("tree index puts {name:?} in layer {l}, which does not exist")));
+                }
+                if e.leader {
+                    leaders.insert(e.path.clone());
+                }
+            }
+            Kind::HardLink => {
+                check_relative(&e.link)?;
+                if !leaders.contains(&e.link) {
+                    return Err(Error::integrity(format!(
+                        "refusing hard link {name:?}: its target {:?} is not a file earlier in the snapshot",
+                        String::from_utf8_lossy(&e.link)
+                    )));
+                }
+            }
+            _ => {}
+        }
+        last = Some(e.path);
+    }
+    r.trailer()
+}
+
+fn os(p: &[u8]) -> &OsStr {
+    OsStr::from_bytes(p)
+}
+
+fn at(root: &Path, rel: &[u8]) -> PathBuf {
+    if rel == b"." {
+        root.to_path_buf()
+    } else {
+        root.join(os(rel))
+    }
+}
+
+fn ftime(t: (i64, u32)) -> FileTime {
+    FileTime::from_unix_time(t.0, t.1)
+}
+
+/// Restores a tree into `staging`, an empty directory the caller created.
+pub fn thaw_tree(repo: &Repository, plan: &TreePlan, staging: &Path, progress: &Progress) -> Result<ThawStats> {
+    let root_owner = sys::is_root();
+    let mut stats = ThawStats { layers: plan.manifest.layers.len() as u64, ..Default::default() };
+
+    // 1. Directories and the entries that carry no data.
+    for e in plan.entries()? {
+        let e = e?;
+        stats.entries += 1;
+        let path = at(staging, &e.path);
+        let ctx = || format!("creating {}", path.display());
+        match e.kind {
+            Kind::Dir if e.path == b"." => {}
+            Kind::Dir => fs::create_dir(&path).ctx(ctx)?,
+            Kind::Symlink => {
+                std::os::unix::fs::symlink(os(&e.link), &path).ctx(ctx)?;
+                if root_owner {
+                    std::os::unix::fs::lchown(&path, Some(e.uid), Some(e.gid)).ctx(ctx)?;
+                }
+                set_xattrs_path(&path, &e.xattrs)?;
+                filetime::set_symlink_file_times(&path, ftime(e.mtime), ftime(e.mtime)).ctx(ctx)?;
+            }
+            Kind::Fifo | Kind::CharDev | Kind::BlockDev => {
+                let kind = match e.kind {
+                    Kind::Fifo => libc::S_IFIFO,
+                    Kind::CharDev => libc::S_IFCHR,
+                    _ => libc::S_IFBLK,
+                };
+                sys::mknod(&path, kind, e.mode, e.rdev).ctx(ctx)?;
+                apply_path_meta(&path, &e, root_owner)?;
+            }
+            Kind::File => {
+                stats.files += 1;
+                stats.bytes += e.size;
+            }
+            Kind::HardLink => {}
+        }
+    }
+
+    // 2. File contents, one pass per layer.
+    for (k, layer) in plan.manifest.layers.iter().enumerate() {
+        let wanted = plan
+            .entries()?
+            .filter(|e| e.as_ref().map_or(true, |e| e.kind == Kind::File && e.layer == Some(k as u32)));
+        extract_layer(repo, layer, wanted, staging, root_owner, progress)?;
+    }
+
+    // 3. Hard links, to files that now exist.
+    for e in plan.entries()? {
+        let e = e?;
+        if e.kind == Kind::HardLink {
+            let path = at(staging, &e.path);
+            fs::hard_link(at(staging, &e.link), &path).ctx(|| format!("creating hard link {}", path.display()))?;
+        }
+    }
+
+    // 4. Directory metadata, children before parents.
+    let mut open: Vec<Entry> = Vec::new();
+    for e in plan.entries()? {
+        let e = e?;
+        while open.last().is_some_and(|d| !is_within(&e.path, &d.path)) {
+            let d = open.pop().expect("checked");
+            apply_path_meta(&at(staging, &d.path), &d, root_owner)?;
+        }
+        if e.kind == Kind::Dir {
+            open.push(e);
+        }
+    }
+    while let Some(d) = open.pop() {
+        apply_path_meta(&at(staging, &d.path), &d, root_owner)?;
+    }
+    Ok(stats)
+}
+
+fn extract_layer(
+    repo: &Repository,
+    layer: &Descriptor,
+    mut wanted: impl Iterator<Item = Result<Entry>>,
+    staging: &Path,
+    root_owner: bool,
+    progress: &Progress,
+) -> Result<()> {
+    let mut next = wanted.next().transpose()?;
+    let name = layer.digest.key();
+    let mut blob = repo.open_blob(&layer.digest)?;
+    {
+        let dec = zstd::stream::read::Decoder::new(&mut blob).ctx(|| format!("reading layer {name}"))?;
+        let mut archive = tar::Archive::new(dec);
+        for entry in archive.entries().ctx(|| format!("reading layer {name}"))? {
+            let mut entry = entry.ctx(|| format!("reading layer {name}"))?;
+            let raw = entry.path_bytes().into_owned();
+            let path = normalize_tar_path(&raw)?;
+            // Only regular files carry data freezer restores from the archive; everything
+            // else (directories, links, whiteouts) comes from the index.
+            if entry.header().entry_type() != tar::EntryType::Regular && entry.header().entry_type() != tar::EntryType::Continuous {
+                continue;
+            }
+            let Some(want) = &next else { continue };
+            match cmp_paths(&path, &want.path) {
+                std::cmp::Ordering::Less => continue,
+                std::cmp::Ordering::Greater if !is_whiteout(&path) => {
+                    return Err(missing(&name, want));
+                }
+                std::cmp::Ordering::Greater => continue,
+                std::cmp::Ordering::Equal => {}
+            }
+            let want = next.take().expect("checked");
+            if entry.size() != want.size {
+                return Err(Error::integrity(format!(
+                    "layer {name}: {} has {} bytes, the index says {}",
+                    want.display_path(),
+                    entry.size(),
+                    want.size
+                )));
+            }
+            write_file(&mut entry, &at(staging, &want.path), &want, root_owner, progress)?;
+            next = wanted.next().transpose()?;
+        }
+    }
+    if let Some(want) = next {
+        return Err(missing(&name, &want));
+    }
+    // The tar end marker comes before the end of the blob: read the rest to check the digest.
+    blob.finish()?;
+    Ok(())
+}
+
+fn missing(layer: &str, want: &Entry) -> Error {
+    Error::integrity(format!("layer {layer} lacks {}, which the tree index places in it", want.display_path()))
+}
+
+fn is_whiteout(path: &[u8]) -> bool {
+    let name = &path[path.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1)..];
+    name.starts_with(b".wh.")
+}
+
+/// `./a/b/` -> `a/b`; refuses anything that could leave the target.
+fn normalize_tar_path(raw: &[u8]) -> Result<Vec<u8>> {
+    let mut p: &[u8] = raw;
+    while let Some(rest) = p.strip_prefix(b"./") {
+        p = rest;
+    }
+    while let Some(rest) = p.strip_suffix(b"/") {
+        p = rest;
+    }
+    if p.is_empty() || p == b"." {
+        return Ok(b".".to_vec());
+    }
+    check_relative(p)?;
+    Ok(p.to_vec())
+}
+
+const CHUNK: usize = 256 << 10;
+
+/// Writes a file's bytes, leaving holes where whole blocks are zero (so sparse files stay
+/// sparse), then sets owner, mode, xattrs and mtime through the open descriptor.
+fn write_file(src: &mut impl Read, path: &Path, e: &Entry, root_owner: bool, progress: &Progress) -> Result<()> {
+    let ctx = || format!("writing {}", path.display());
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).ctx(ctx)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut left = e.size;
+    let mut hole = false;
+    while left > 0 {
+        let want = CHUNK.min(left as usize);
+        src.read_exact(&mut buf[..want]).ctx(ctx)?;
+        if want % 4096 == 0 && is_zero(&buf[..want]) {
+            f.seek(SeekFrom::Current(want as i64)).ctx(ctx)?;
+            hole = true;
+        } else {
+            f.write_all(&buf[..want]).ctx(ctx)?;
+            hole = false;
+        }
+        left -= want as u64;
+        progress.add_done(want as u64);
+    }
+    if hole {
+        f.set_len(e.size).ctx(ctx)?;
+    }
+    if root_owner {
+        std::os::unix::fs::fchown(&f, Some(e.uid), Some(e.gid)).ctx(ctx)?;
+    }
+    // After chown, which clears setuid/setgid bits.
+    f.set_permissions(Permissions::from_mode(e.mode)).ctx(ctx)?;
+    for (name, value) in &e.xattrs {
+        xattr::FileExt::set_xattr(&f, name, value).ctx(|| format!("setting xattr {name} on {}", path.display()))?;
+    }
+    filetime::set_file_handle_times(&f, None, Some(ftime(e.mtime))).ctx(ctx)?;
+    Ok(())
+}
+
+fn is_zero(buf: &[u8]) -> bool {
+    buf.chunks_exact(16).all(|c| u128::from_ne_bytes(c.try_into().expect("16 bytes")) == 0)
+}
+
+fn set_xattrs_path(path: &Path, xattrs: &[(String, Vec<u8>)]) -> Result<()> {
+    for (name, value) in xattrs {
+        xattr::set(path, name, value).ctx(|| format!("setting xattr {name} on {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn apply_path_meta(path: &Path, e: &Entry, root_owner: bool) -> Result<()> {
+    let ctx = || format!("setting metadata of {}", path.display());
+    if root_owner {
+        std::os::unix::fs::lchown(path, Some(e.uid), Some(e.gid)).ctx(ctx)?;
+    }
+    fs::set_permissions(path, Permissions::from_mode(e.mode)).ctx(ctx)?;
+    set_xattrs_path(path, &e.xattrs)?;
+    filetime::set_file_mtime(path, ftime(e.mtime)).ctx(ctx)
+}
