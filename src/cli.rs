@@ -17,7 +17,11 @@ use crate::settings::Settings;
 use crate::store;
 
 #[derive(Parser, Debug)]
-#[command(name = "freezer", version, about = "Freeze container sites into S3-compatible storage and thaw them anywhere")]
+#[command(
+    name = "freezer",
+    version,
+    about = "Freeze container sites into S3-compatible storage and thaw them anywhere"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -159,13 +163,22 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let url = settings.repo_url()?;
             let repo = Repository::init(store::open(&url, &settings.s3)?)?;
             if g.json {
-                print_json(&serde_json::json!({"repo": repo.location(), "id": repo.config.id, "version": repo.config.version}));
+                print_json(
+                    &serde_json::json!({"repo": repo.location(), "id": repo.config.id, "version": repo.config.version}),
+                );
             } else {
-                say(format!("freezer: initialized repository {}", repo.location()));
+                say(format!(
+                    "freezer: initialized repository {}",
+                    repo.location()
+                ));
             }
             Ok(0)
         }
-        Command::Freeze { site, paths, dry_run } => {
+        Command::Freeze {
+            site,
+            paths,
+            dry_run,
+        } => {
             let trees = settings.trees(site, paths)?;
             let repo = open_repo(&settings)?;
             let plan = ops::plan_freeze(&repo, site, trees)?;
@@ -175,7 +188,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 } else {
                     println!("freeze site {} into {}", plan.site, plan.repo);
                     match &plan.parent {
-                        Some(p) => println!("  previous snapshot {p}: unchanged files are not read again"),
+                        Some(p) => {
+                            println!("  previous snapshot {p}: unchanged files are not read again")
+                        }
                         None => println!("  no previous snapshot: every file is read"),
                     }
                     for t in &plan.trees {
@@ -225,7 +240,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Thaw { target, into, replace, dry_run } => {
+        Command::Thaw {
+            target,
+            into,
+            replace,
+            dry_run,
+        } => {
             let (site, snap) = split_target(target);
             let repo = open_repo(&settings)?;
             let plan = ops::plan_thaw(&repo, site, snap, into.as_deref(), *replace)?;
@@ -234,7 +254,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 if g.json {
                     print_json(&view);
                 } else {
-                    println!("thaw {}:{} from {}", view.site, view.snapshot, repo.location());
+                    println!(
+                        "thaw {}:{} from {}",
+                        view.site,
+                        view.snapshot,
+                        repo.location()
+                    );
                     for t in &view.trees {
                         println!(
                             "  {} {:<12} -> {}  ({} files, {}, {} layers)",
@@ -257,7 +282,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
             if g.json {
                 print_json(&report);
             } else {
-                say(format!("thawed {}:{} in {:.1}s", report.site, report.snapshot, report.seconds));
+                say(format!(
+                    "thawed {}:{} in {:.1}s",
+                    report.site, report.snapshot, report.seconds
+                ));
                 for t in &report.trees {
                     say(format!(
                         "  {:<12} -> {}  ({} files, {})",
@@ -276,7 +304,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
             if g.json {
                 print_json(&list);
             } else {
-                println!("{:<16} {:<30} {:<20} {:<16} {:>8} {:>10}", "SITE", "SNAPSHOT", "CREATED", "HOST", "FILES", "SIZE");
+                println!(
+                    "{:<16} {:<30} {:<20} {:<16} {:>8} {:>10}",
+                    "SITE", "SNAPSHOT", "CREATED", "HOST", "FILES", "SIZE"
+                );
                 for s in &list {
                     let files: u64 = s.trees.iter().map(|t| t.files).sum();
                     let size: u64 = s.trees.iter().map(|t| t.bytes).sum();
@@ -311,7 +342,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 print_json(&report);
             }
             for p in &report.problems {
-                eprintln!("freezer: damaged: {} (snapshot {}): {}", p.object, p.snapshot, p.error);
+                eprintln!(
+                    "freezer: damaged: {} (snapshot {}): {}",
+                    p.object, p.snapshot, p.error
+                );
             }
             if report.ok {
                 say(format!(

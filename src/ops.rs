@@ -44,17 +44,28 @@ pub struct FreezePlan {
 pub fn plan_freeze(repo: &Repository, site: &str, trees: Vec<TreeSpec>) -> Result<FreezePlan> {
     crate::repo::check_site_name(site)?;
     if trees.is_empty() {
-        return Err(Error::usage(format!("site {site} has no paths to freeze"))
-            .with_hint(format!("pass --path DIR, or list paths under [sites.{site}] in freezer.toml")));
+        return Err(
+            Error::usage(format!("site {site} has no paths to freeze")).with_hint(format!(
+                "pass --path DIR, or list paths under [sites.{site}] in freezer.toml"
+            )),
+        );
     }
     let mut seen = HashMap::new();
     for t in &trees {
         let meta = fs::metadata(&t.path).ctx(|| format!("reading {}", t.path.display()))?;
         if !meta.is_dir() {
-            return Err(Error::usage(format!("{} is not a directory", t.path.display())));
+            return Err(Error::usage(format!(
+                "{} is not a directory",
+                t.path.display()
+            )));
         }
         if let Some(other) = seen.insert(t.name.clone(), t.path.clone()) {
-            return Err(Error::usage(format!("tree name {} is used for {} and {}", t.name, other.display(), t.path.display())));
+            return Err(Error::usage(format!(
+                "tree name {} is used for {} and {}",
+                t.name,
+                other.display(),
+                t.path.display()
+            )));
         }
     }
     let parent = match repo.find_snapshot(site, None) {
@@ -62,7 +73,12 @@ pub fn plan_freeze(repo: &Repository, site: &str, trees: Vec<TreeSpec>) -> Resul
         Err(e) if e.kind == ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
-    Ok(FreezePlan { site: site.to_string(), repo: repo.location(), trees, parent })
+    Ok(FreezePlan {
+        site: site.to_string(),
+        repo: repo.location(),
+        trees,
+        parent,
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -96,9 +112,14 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
     // skip tonight's backup: freeze that tree in full and say so.
     let mut prev: HashMap<PathBuf, PrevTree> = HashMap::new();
     if let Some(id) = &plan.parent {
-        let snap = repo.read_snapshot(&SnapshotRef { site: plan.site.clone(), id: id.clone() })?;
+        let snap = repo.read_snapshot(&SnapshotRef {
+            site: plan.site.clone(),
+            id: id.clone(),
+        })?;
         for m in &snap.record.manifests {
-            let Some(path) = m.annotations.get(A_TREE_PATH) else { continue };
+            let Some(path) = m.annotations.get(A_TREE_PATH) else {
+                continue;
+            };
             let path = PathBuf::from(path);
             if !plan.trees.iter().any(|t| t.path == path) {
                 continue;
@@ -134,16 +155,27 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
             ));
         }
         if stats.skipped_sockets > 0 {
-            warnings.push(format!("{} sockets in {} were skipped", stats.skipped_sockets, t.path.display()));
+            warnings.push(format!(
+                "{} sockets in {} were skipped",
+                stats.skipped_sockets,
+                t.path.display()
+            ));
         }
         desc.platform = Some(Platform::host());
         desc.annotations.insert(A_REF_NAME.into(), t.name.clone());
         desc.annotations.insert(A_TREE_NAME.into(), t.name.clone());
-        desc.annotations.insert(A_TREE_PATH.into(), t.path.display().to_string());
-        desc.annotations.insert(A_TREE_FILES.into(), stats.files.to_string());
-        desc.annotations.insert(A_TREE_BYTES.into(), stats.bytes.to_string());
+        desc.annotations
+            .insert(A_TREE_PATH.into(), t.path.display().to_string());
+        desc.annotations
+            .insert(A_TREE_FILES.into(), stats.files.to_string());
+        desc.annotations
+            .insert(A_TREE_BYTES.into(), stats.bytes.to_string());
         manifests.push(desc);
-        trees.push(TreeReport { name: t.name.clone(), path: t.path.clone(), stats });
+        trees.push(TreeReport {
+            name: t.name.clone(),
+            path: t.path.clone(),
+            stats,
+        });
     }
 
     let mut record = ImageIndex {
@@ -226,7 +258,12 @@ pub struct TreeInfo {
 
 impl From<&Snapshot> for SnapshotInfo {
     fn from(s: &Snapshot) -> Self {
-        let num = |d: &Descriptor, k: &str| d.annotations.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let num = |d: &Descriptor, k: &str| {
+            d.annotations
+                .get(k)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
         SnapshotInfo {
             site: s.site.clone(),
             id: s.id.clone(),
@@ -318,7 +355,13 @@ impl ThawPlan {
 
 /// Resolves the snapshot, verifies manifests and indexes, checks every destination and the
 /// free space. Nothing is written.
-pub fn plan_thaw(repo: &Repository, site: &str, snap: Option<&str>, into: Option<&Path>, replace: bool) -> Result<ThawPlan> {
+pub fn plan_thaw(
+    repo: &Repository,
+    site: &str,
+    snap: Option<&str>,
+    into: Option<&Path>,
+    replace: bool,
+) -> Result<ThawPlan> {
     let snapshot = repo.find_snapshot(site, snap)?;
     let into = match into {
         Some(p) => Some(std::path::absolute(p).ctx(|| format!("resolving {}", p.display()))?),
@@ -330,7 +373,10 @@ pub fn plan_thaw(repo: &Repository, site: &str, snap: Option<&str>, into: Option
         let name = m.annotations.get(A_TREE_NAME).cloned().unwrap_or_default();
         let source = PathBuf::from(m.annotations.get(A_TREE_PATH).cloned().unwrap_or_default());
         if !source.is_absolute() {
-            return Err(Error::integrity(format!("snapshot {site}:{} names tree path {source:?}, which is not absolute", snapshot.id)));
+            return Err(Error::integrity(format!(
+                "snapshot {site}:{} names tree path {source:?}, which is not absolute",
+                snapshot.id
+            )));
         }
         let dest = match &into {
             Some(root) => root.join(source.strip_prefix("/").expect("absolute")),
@@ -339,7 +385,10 @@ pub fn plan_thaw(repo: &Repository, site: &str, snap: Option<&str>, into: Option
         let replaces = match fs::symlink_metadata(&dest) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => return Err(Error::io(format!("reading {}", dest.display()), e)),
-            Ok(meta) if meta.is_dir() => fs::read_dir(&dest).ctx(|| format!("reading {}", dest.display()))?.next().is_some(),
+            Ok(meta) if meta.is_dir() => fs::read_dir(&dest)
+                .ctx(|| format!("reading {}", dest.display()))?
+                .next()
+                .is_some(),
             Ok(_) => true,
         };
         if replaces && !replace {
@@ -347,9 +396,16 @@ pub fn plan_thaw(repo: &Repository, site: &str, snap: Option<&str>, into: Option
                 "thaw into a new directory with --into DIR, or pass --replace to replace it (the old contents are removed only after the new ones are complete)",
             ));
         }
-        let plan = TreePlan::load(repo, &m.digest).map_err(|e| prefix(e, &format!("snapshot {site}:{} tree {name}", snapshot.id)))?;
+        let plan = TreePlan::load(repo, &m.digest)
+            .map_err(|e| prefix(e, &format!("snapshot {site}:{} tree {name}", snapshot.id)))?;
         *need.entry(existing_ancestor(&dest)).or_default() += plan.trailer.bytes;
-        trees.push(ThawTree { name, source, dest, replaces, plan });
+        trees.push(ThawTree {
+            name,
+            source,
+            dest,
+            replaces,
+            plan,
+        });
     }
     for (fs_path, bytes) in need {
         if let Ok(free) = crate::sys::free_space(&fs_path) {
@@ -407,14 +463,28 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
         }
         for t in &plan.trees {
             progress.set_label(format!("thawing {}", t.name));
-            let parent = t.dest.parent().ok_or_else(|| Error::usage(format!("cannot thaw onto {}", t.dest.display())))?;
+            let parent = t
+                .dest
+                .parent()
+                .ok_or_else(|| Error::usage(format!("cannot thaw onto {}", t.dest.display())))?;
             create_parents(parent, &mut created_dirs)?;
             let staging = parent.join(format!(".freezer-thaw.{}.{}", t.name, random_suffix()));
             fs::create_dir(&staging).ctx(|| format!("creating {}", staging.display()))?;
             staged.push(staging.clone());
-            let stats = thaw_tree(repo, &t.plan, &staging, progress)
-                .map_err(|e| prefix(e, &format!("thawing {} from {}:{}", t.name, plan.snapshot.site, plan.snapshot.id)))?;
-            reports.push(ThawTreeReport { name: t.name.clone(), dest: t.dest.clone(), stats });
+            let stats = thaw_tree(repo, &t.plan, &staging, progress).map_err(|e| {
+                prefix(
+                    e,
+                    &format!(
+                        "thawing {} from {}:{}",
+                        t.name, plan.snapshot.site, plan.snapshot.id
+                    ),
+                )
+            })?;
+            reports.push(ThawTreeReport {
+                name: t.name.clone(),
+                dest: t.dest.clone(),
+                stats,
+            });
         }
         Ok(reports)
     })();
@@ -466,7 +536,8 @@ fn install(staging: &Path, dest: &Path) -> Result<()> {
     let exists = fs::symlink_metadata(dest).is_ok();
     if !exists || fs::rename(staging, dest).is_ok() {
         if !exists {
-            fs::rename(staging, dest).ctx(|| format!("moving {} to {}", staging.display(), dest.display()))?;
+            fs::rename(staging, dest)
+                .ctx(|| format!("moving {} to {}", staging.display(), dest.display()))?;
         }
         return Ok(());
     }
@@ -476,13 +547,18 @@ fn install(staging: &Path, dest: &Path) -> Result<()> {
     } else {
         let old = dest.with_file_name(format!(
             ".freezer-old.{}.{}",
-            dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            dest.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             random_suffix()
         ));
         fs::rename(dest, &old).ctx(|| format!("moving {} aside", dest.display()))?;
         fs::rename(staging, dest).map_err(|e| {
-            Error::io(format!("moving {} to {}", staging.display(), dest.display()), e)
-                .with_hint(format!("the previous contents are at {}", old.display()))
+            Error::io(
+                format!("moving {} to {}", staging.display(), dest.display()),
+                e,
+            )
+            .with_hint(format!("the previous contents are at {}", old.display()))
         })?;
         old
     };
@@ -521,11 +597,19 @@ pub struct Problem {
 
 /// Re-reads and hashes every blob the selected snapshots reference. Each blob is read once
 /// even when many snapshots share it; every problem is reported, not just the first.
-pub fn verify(repo: &Repository, site: Option<&str>, snap: Option<&str>, progress: &Progress) -> Result<VerifyReport> {
+pub fn verify(
+    repo: &Repository,
+    site: Option<&str>,
+    snap: Option<&str>,
+    progress: &Progress,
+) -> Result<VerifyReport> {
     let refs: Vec<SnapshotRef> = match (site, snap) {
         (Some(site), Some(_)) => {
             let s = repo.find_snapshot(site, snap)?;
-            vec![SnapshotRef { site: s.site, id: s.id }]
+            vec![SnapshotRef {
+                site: s.site,
+                id: s.id,
+            }]
         }
         (site, _) => repo.list_snapshots(site)?,
     };
@@ -534,7 +618,11 @@ pub fn verify(repo: &Repository, site: Option<&str>, snap: Option<&str>, progres
     for r in &refs {
         report.snapshots += 1;
         let name = format!("{}:{}", r.site, r.id);
-        let problem = |object: String, error: String| Problem { snapshot: name.clone(), object, error };
+        let problem = |object: String, error: String| Problem {
+            snapshot: name.clone(),
+            object,
+            error,
+        };
         let snap = match repo.read_snapshot(r) {
             Ok(s) => s,
             Err(e) => {
@@ -544,12 +632,19 @@ pub fn verify(repo: &Repository, site: Option<&str>, snap: Option<&str>, progres
         };
         for m in &snap.record.manifests {
             let mut blobs: Vec<Descriptor> = vec![m.clone()];
-            match repo.read_blob(&m.digest).and_then(|d| from_json::<ImageManifest>(&d, &m.digest.key())) {
+            match repo
+                .read_blob(&m.digest)
+                .and_then(|d| from_json::<ImageManifest>(&d, &m.digest.key()))
+            {
                 Ok(manifest) => {
                     blobs.push(manifest.config.clone());
                     match tree_index_digest(&manifest) {
                         Ok(d) => {
-                            let size = manifest.annotations.get(A_TREE_INDEX_SIZE).and_then(|s| s.parse().ok()).unwrap_or(0);
+                            let size = manifest
+                                .annotations
+                                .get(A_TREE_INDEX_SIZE)
+                                .and_then(|s| s.parse().ok())
+                                .unwrap_or(0);
                             blobs.push(Descriptor::new(MT_TREE_INDEX, d, size));
                         }
                         Err(e) => report.problems.push(problem(m.digest.key(), e.to_string())),
@@ -582,7 +677,8 @@ fn check_blob(repo: &Repository, d: &Descriptor, progress: &Progress) -> Result<
     let mut r = repo.open_blob(&d.digest)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = std::io::Read::read(&mut r, &mut buf).ctx(|| format!("reading {}", d.digest.key()))?;
+        let n =
+            std::io::Read::read(&mut r, &mut buf).ctx(|| format!("reading {}", d.digest.key()))?;
         if n == 0 {
             break;
         }
@@ -590,7 +686,11 @@ fn check_blob(repo: &Repository, d: &Descriptor, progress: &Progress) -> Result<
     }
     let n = r.bytes_read();
     if d.size != 0 && n != d.size {
-        return Err(Error::integrity(format!("object {} has {n} bytes, its descriptor says {}", d.digest.key(), d.size)));
+        return Err(Error::integrity(format!(
+            "object {} has {n} bytes, its descriptor says {}",
+            d.digest.key(),
+            d.size
+        )));
     }
     Ok(n)
 }
@@ -610,10 +710,23 @@ pub struct ExportReport {
 
 /// Writes one snapshot as a standalone OCI image layout, one image per tree, each named
 /// by its tree name (`skopeo inspect oci:DIR:NAME`).
-pub fn export(repo: &Repository, site: &str, snap: Option<&str>, dir: &Path) -> Result<ExportReport> {
+pub fn export(
+    repo: &Repository,
+    site: &str,
+    snap: Option<&str>,
+    dir: &Path,
+) -> Result<ExportReport> {
     let snapshot = repo.find_snapshot(site, snap)?;
-    if dir.exists() && fs::read_dir(dir).ctx(|| format!("reading {}", dir.display()))?.next().is_some() {
-        return Err(Error::conflict(format!("{} exists and is not empty", dir.display())).with_hint("export into a new directory"));
+    if dir.exists()
+        && fs::read_dir(dir)
+            .ctx(|| format!("reading {}", dir.display()))?
+            .next()
+            .is_some()
+    {
+        return Err(
+            Error::conflict(format!("{} exists and is not empty", dir.display()))
+                .with_hint("export into a new directory"),
+        );
     }
     let blob_dir = dir.join("blobs/sha256");
     fs::create_dir_all(&blob_dir).ctx(|| format!("creating {}", blob_dir.display()))?;
@@ -631,16 +744,26 @@ pub fn export(repo: &Repository, site: &str, snap: Option<&str>, dir: &Path) -> 
             return Ok(());
         }
         let dest = blob_dir.join(d.hex());
-        let mut tmp = tempfile::NamedTempFile::new_in(&blob_dir).ctx(|| format!("creating a file in {}", blob_dir.display()))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&blob_dir)
+            .ctx(|| format!("creating a file in {}", blob_dir.display()))?;
         let mut r = repo.open_blob(d)?;
-        let n = std::io::copy(&mut r, tmp.as_file_mut()).ctx(|| format!("exporting {}", d.key()))?;
-        tmp.as_file_mut().flush().ctx(|| format!("writing {}", dest.display()))?;
-        tmp.persist(&dest).map_err(|e| Error::io(format!("writing {}", dest.display()), e.error))?;
+        let n =
+            std::io::copy(&mut r, tmp.as_file_mut()).ctx(|| format!("exporting {}", d.key()))?;
+        tmp.as_file_mut()
+            .flush()
+            .ctx(|| format!("writing {}", dest.display()))?;
+        tmp.persist(&dest)
+            .map_err(|e| Error::io(format!("writing {}", dest.display()), e.error))?;
         report.blobs += 1;
         report.bytes += n;
         Ok(())
     };
-    let mut index = ImageIndex { schema_version: 2, media_type: MT_INDEX.into(), manifests: vec![], annotations: Annotations::new() };
+    let mut index = ImageIndex {
+        schema_version: 2,
+        media_type: MT_INDEX.into(),
+        manifests: vec![],
+        annotations: Annotations::new(),
+    };
     for m in &snapshot.record.manifests {
         let manifest: ImageManifest = from_json(&repo.read_blob(&m.digest)?, &m.digest.key())?;
         copy(&m.digest)?;
@@ -651,7 +774,8 @@ pub fn export(repo: &Repository, site: &str, snap: Option<&str>, dir: &Path) -> 
         }
         let mut d = m.clone();
         d.annotations.insert(A_SITE.into(), site.into());
-        d.annotations.insert("dev.freezer.snapshot".into(), snapshot.id.clone());
+        d.annotations
+            .insert("dev.freezer.snapshot".into(), snapshot.id.clone());
         if let Some(c) = snapshot.record.annotations.get(A_CREATED) {
             d.annotations.insert(A_CREATED.into(), c.clone());
         }
@@ -660,7 +784,9 @@ pub fn export(repo: &Repository, site: &str, snap: Option<&str>, dir: &Path) -> 
         }
         index.manifests.push(d);
     }
-    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).ctx(|| format!("writing {}/oci-layout", dir.display()))?;
-    fs::write(dir.join("index.json"), to_json(&index)).ctx(|| format!("writing {}/index.json", dir.display()))?;
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .ctx(|| format!("writing {}/oci-layout", dir.display()))?;
+    fs::write(dir.join("index.json"), to_json(&index))
+        .ctx(|| format!("writing {}/index.json", dir.display()))?;
     Ok(report)
 }

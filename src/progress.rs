@@ -74,7 +74,11 @@ fn render(p: &Progress, elapsed: Duration) -> String {
     let label = p.label.lock().unwrap().clone();
     let mut line = format!("{label} {}", bytes(done));
     if total > 0 {
-        line += &format!(" / {} ({:.0}%)", bytes(total), 100.0 * done as f64 / total as f64);
+        line += &format!(
+            " / {} ({:.0}%)",
+            bytes(total),
+            100.0 * done as f64 / total as f64
+        );
     }
     line += &format!(", {}/s", bytes(rate as u64));
     if total > done && rate > 0.0 {

@@ -61,15 +61,24 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn annotation(&self, key: &str) -> &str {
-        self.record.annotations.get(key).map(String::as_str).unwrap_or("")
+        self.record
+            .annotations
+            .get(key)
+            .map(String::as_str)
+            .unwrap_or("")
     }
 }
 
 pub fn check_site_name(site: &str) -> Result<()> {
     let ok = !site.is_empty()
         && site.len() <= 63
-        && site.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && site.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && site
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && site
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if !ok {
         return Err(Error::usage(format!("invalid site name {site:?}"))
             .with_hint("site names are 1-63 characters: letters, digits, '.', '_' and '-', starting with a letter or digit"));
@@ -94,7 +103,9 @@ impl Repository {
             version: REPO_FORMAT_VERSION,
             id: hex::encode(id),
             created: rfc3339(SystemTime::now()),
-            encryption: Encryption { scheme: "none".into() },
+            encryption: Encryption {
+                scheme: "none".into(),
+            },
         };
         store.put(OCI_LAYOUT_KEY, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         let mut index = ImageIndex {
@@ -110,20 +121,33 @@ impl Repository {
         store.put(OCI_INDEX_KEY, &to_json(&index))?;
         // The config goes last: its presence is what makes this a repository.
         store.put(REPO_CONFIG_KEY, &to_json(&config))?;
-        Ok(Repository { store, config, stats: Default::default() })
+        Ok(Repository {
+            store,
+            config,
+            stats: Default::default(),
+        })
     }
 
     pub fn open(store: Box<dyn Store>) -> Result<Repository> {
         let data = match store.get(REPO_CONFIG_KEY) {
             Ok(d) => d,
             Err(e) if e.kind == ErrorKind::NotFound => {
-                return Err(Error::not_found(format!("no freezer repository at {}", store.location()))
-                    .with_hint(format!("create one with: freezer init --repo {}", store.location())));
+                return Err(Error::not_found(format!(
+                    "no freezer repository at {}",
+                    store.location()
+                ))
+                .with_hint(format!(
+                    "create one with: freezer init --repo {}",
+                    store.location()
+                )));
             }
             Err(e) => return Err(e),
         };
         let value: serde_json::Value = serde_json::from_slice(&data).map_err(|e| {
-            Error::integrity(format!("{}/{REPO_CONFIG_KEY} is not valid JSON: {e}", store.location()))
+            Error::integrity(format!(
+                "{}/{REPO_CONFIG_KEY} is not valid JSON: {e}",
+                store.location()
+            ))
         })?;
         if value.get("format").and_then(|v| v.as_str()) != Some("freezer-repository") {
             return Err(Error::integrity(format!(
@@ -139,7 +163,8 @@ impl Repository {
             ))
             .with_hint("use the freezer release that wrote this repository"));
         }
-        let config: RepoConfig = from_json(&data, &format!("{}/{REPO_CONFIG_KEY}", store.location()))?;
+        let config: RepoConfig =
+            from_json(&data, &format!("{}/{REPO_CONFIG_KEY}", store.location()))?;
         if config.encryption.scheme != "none" {
             return Err(Error::usage(format!(
                 "repository {} uses encryption scheme {:?}, which this freezer does not support",
@@ -147,7 +172,11 @@ impl Repository {
                 config.encryption.scheme
             )));
         }
-        Ok(Repository { store, config, stats: Default::default() })
+        Ok(Repository {
+            store,
+            config,
+            stats: Default::default(),
+        })
     }
 
     pub fn location(&self) -> String {
@@ -222,7 +251,9 @@ impl Repository {
         let mut tmp = tempfile::NamedTempFile::new().ctx(|| "creating a temporary file".into())?;
         let mut r = self.open_blob(digest)?;
         std::io::copy(&mut r, tmp.as_file_mut()).ctx(|| format!("downloading {}", digest.key()))?;
-        tmp.as_file_mut().flush().ctx(|| "writing a temporary file".into())?;
+        tmp.as_file_mut()
+            .flush()
+            .ctx(|| "writing a temporary file".into())?;
         Ok(tmp)
     }
 
@@ -232,11 +263,18 @@ impl Repository {
             digest.key(),
             self.location()
         ))
-        .with_hint("restore that object from another copy of the repository, or thaw an older snapshot")
+        .with_hint(
+            "restore that object from another copy of the repository, or thaw an older snapshot",
+        )
     }
 
     /// Writes a snapshot record, the last step of a freeze. Returns its id.
-    pub fn write_record(&self, site: &str, record: &ImageIndex, created: SystemTime) -> Result<SnapshotRef> {
+    pub fn write_record(
+        &self,
+        site: &str,
+        record: &ImageIndex,
+        created: SystemTime,
+    ) -> Result<SnapshotRef> {
         check_site_name(site)?;
         let data = to_json(record);
         let hash = hex::encode(Sha256::digest(&data));
@@ -265,7 +303,10 @@ impl Repository {
                 let rest = o.key.strip_prefix(SNAPSHOTS_PREFIX)?;
                 let (site, file) = rest.split_once('/')?;
                 let id = file.strip_suffix(".json")?;
-                Some(SnapshotRef { site: site.into(), id: id.into() })
+                Some(SnapshotRef {
+                    site: site.into(),
+                    id: id.into(),
+                })
             })
             .collect();
         out.sort_by(|a, b| (&a.site, &a.id).cmp(&(&b.site, &b.id)));
@@ -285,34 +326,51 @@ impl Repository {
             )));
         }
         let record: ImageIndex = from_json(&data, &key)?;
-        let version = record.annotations.get(A_FORMAT).map(String::as_str).unwrap_or("");
+        let version = record
+            .annotations
+            .get(A_FORMAT)
+            .map(String::as_str)
+            .unwrap_or("");
         if version != REPO_FORMAT_VERSION.to_string() {
             return Err(Error::usage(format!(
                 "snapshot {}:{} has format version {version:?}; this freezer reads version {REPO_FORMAT_VERSION}",
                 r.site, r.id
             )));
         }
-        Ok(Snapshot { site: r.site.clone(), id: r.id.clone(), record })
+        Ok(Snapshot {
+            site: r.site.clone(),
+            id: r.id.clone(),
+            record,
+        })
     }
 
     /// Finds `SITE[:SNAPSHOT]`: the latest snapshot, or the one whose id is or starts with `snap`.
     pub fn find_snapshot(&self, site: &str, snap: Option<&str>) -> Result<Snapshot> {
         let all = self.list_snapshots(Some(site))?;
         if all.is_empty() {
-            return Err(Error::not_found(format!("site {site} has no snapshots in {}", self.location()))
-                .with_hint("list what the repository holds with: freezer snapshots"));
+            return Err(Error::not_found(format!(
+                "site {site} has no snapshots in {}",
+                self.location()
+            ))
+            .with_hint("list what the repository holds with: freezer snapshots"));
         }
         let chosen = match snap {
             None | Some("latest") => self.latest(&all)?,
             Some(s) => {
-                let matches: Vec<&SnapshotRef> = all.iter().filter(|r| r.id.starts_with(s)).collect();
+                let matches: Vec<&SnapshotRef> =
+                    all.iter().filter(|r| r.id.starts_with(s)).collect();
                 match matches.as_slice() {
                     [one] => (*one).clone(),
                     [] => {
                         return Err(Error::not_found(format!("site {site} has no snapshot {s}"))
                             .with_hint(format!("list them with: freezer snapshots {site}")))
                     }
-                    _ => return Err(Error::usage(format!("snapshot {site}:{s} is ambiguous ({} match)", matches.len()))),
+                    _ => {
+                        return Err(Error::usage(format!(
+                            "snapshot {site}:{s} is ambiguous ({} match)",
+                            matches.len()
+                        )))
+                    }
                 }
             }
         };
@@ -351,7 +409,14 @@ pub struct VerifyingReader<R> {
 
 impl<R: Read> VerifyingReader<R> {
     pub fn new(inner: R, digest: Digest, location: String) -> Self {
-        VerifyingReader { inner, hasher: Sha256::new(), digest, location, read: 0, checked: false }
+        VerifyingReader {
+            inner,
+            hasher: Sha256::new(),
+            digest,
+            location,
+            read: 0,
+            checked: false,
+        }
     }
     pub fn bytes_read(&self) -> u64 {
         self.read
@@ -359,7 +424,8 @@ impl<R: Read> VerifyingReader<R> {
     /// Reads whatever is left and checks the digest; for callers that may stop early
     /// (the end of a tar archive comes before the end of its zstd frame).
     pub fn finish(mut self) -> Result<u64> {
-        std::io::copy(&mut self, &mut std::io::sink()).ctx(|| format!("reading {}", self.digest.key()))?;
+        std::io::copy(&mut self, &mut std::io::sink())
+            .ctx(|| format!("reading {}", self.digest.key()))?;
         Ok(self.read)
     }
 }

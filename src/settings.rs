@@ -37,7 +37,10 @@ impl std::fmt::Debug for S3Section {
         f.debug_struct("S3Section")
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
-            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -67,31 +70,48 @@ impl Settings {
         let explicit = config_flag.map(Path::to_path_buf).or(env_config);
         let path = match explicit {
             Some(p) => Some(p),
-            None => ["freezer.toml", "/etc/freezer/freezer.toml"].iter().map(PathBuf::from).find(|p| p.is_file()),
+            None => ["freezer.toml", "/etc/freezer/freezer.toml"]
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file()),
         };
         let config = match &path {
             None => ConfigFile::default(),
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| Error::io(format!("reading config file {}", p.display()), e))?;
-                toml::from_str(&text).map_err(|e| Error::usage(format!("config file {}: {e}", p.display())))?
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| Error::io(format!("reading config file {}", p.display()), e))?;
+                toml::from_str(&text)
+                    .map_err(|e| Error::usage(format!("config file {}: {e}", p.display())))?
             }
         };
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let s3 = S3Options {
-            endpoint: env("AWS_ENDPOINT_URL").or_else(|| env("AWS_ENDPOINT")).or(config.s3.endpoint.clone()),
-            region: env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")).or(config.s3.region.clone()),
+            endpoint: env("AWS_ENDPOINT_URL")
+                .or_else(|| env("AWS_ENDPOINT"))
+                .or(config.s3.endpoint.clone()),
+            region: env("AWS_REGION")
+                .or_else(|| env("AWS_DEFAULT_REGION"))
+                .or(config.s3.region.clone()),
             access_key_id: env("AWS_ACCESS_KEY_ID").or(config.s3.access_key_id.clone()),
             secret_access_key: env("AWS_SECRET_ACCESS_KEY").or(config.s3.secret_access_key.clone()),
             session_token: env("AWS_SESSION_TOKEN"),
-            allow_http: env("AWS_ALLOW_HTTP").map(|v| v == "true" || v == "1").or(config.s3.allow_http),
+            allow_http: env("AWS_ALLOW_HTTP")
+                .map(|v| v == "true" || v == "1")
+                .or(config.s3.allow_http),
         };
         let repo = repo_flag.map(str::to_string).or(config.repo.clone());
-        Ok(Settings { config_path: path, config, repo, s3 })
+        Ok(Settings {
+            config_path: path,
+            config,
+            repo,
+            s3,
+        })
     }
 
     pub fn repo_url(&self) -> Result<StoreUrl> {
         let url = self.repo.as_deref().ok_or_else(|| {
-            Error::usage("no repository given").with_hint("pass --repo URL, set FREEZER_REPO, or set `repo` in freezer.toml")
+            Error::usage("no repository given")
+                .with_hint("pass --repo URL, set FREEZER_REPO, or set `repo` in freezer.toml")
         })?;
         StoreUrl::parse(url)
     }
@@ -102,7 +122,9 @@ impl Settings {
         if !path_flags.is_empty() {
             for p in path_flags {
                 match p.split_once('=') {
-                    Some((name, dir)) if !name.contains('/') && !name.is_empty() => named.push((Some(name.to_string()), dir.into())),
+                    Some((name, dir)) if !name.contains('/') && !name.is_empty() => {
+                        named.push((Some(name.to_string()), dir.into()))
+                    }
                     _ => named.push((None, p.into())),
                 }
             }
@@ -111,19 +133,27 @@ impl Settings {
             named.extend(s.trees.iter().map(|(n, p)| (Some(n.clone()), p.clone())));
         } else {
             let known: Vec<&String> = self.config.sites.keys().collect();
-            return Err(Error::usage(format!("site {site} has no paths")).with_hint(if known.is_empty() {
-                "pass --path DIR (repeatable), or define [sites.NAME] in freezer.toml".to_string()
-            } else {
-                format!("pass --path DIR, or use a site from the config file: {known:?}")
-            }));
+            return Err(Error::usage(format!("site {site} has no paths")).with_hint(
+                if known.is_empty() {
+                    "pass --path DIR (repeatable), or define [sites.NAME] in freezer.toml"
+                        .to_string()
+                } else {
+                    format!("pass --path DIR, or use a site from the config file: {known:?}")
+                },
+            ));
         }
         let mut out: Vec<TreeSpec> = Vec::new();
         for (name, dir) in named {
-            let path = std::fs::canonicalize(&dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+            let path = std::fs::canonicalize(&dir)
+                .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
             let name = match name {
                 Some(n) => check_tree_name(&n)?,
                 None => {
-                    let base = sanitize(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+                    let base = sanitize(
+                        path.file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                    );
                     let mut candidate = base.clone();
                     let mut i = 2;
                     while out.iter().any(|t| t.name == candidate) {
@@ -140,8 +170,15 @@ impl Settings {
 }
 
 fn check_tree_name(n: &str) -> Result<String> {
-    if n.is_empty() || n.len() > 63 || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
-        return Err(Error::usage(format!("invalid tree name {n:?}: use letters, digits, '.', '_' and '-'")));
+    if n.is_empty()
+        || n.len() > 63
+        || !n
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(Error::usage(format!(
+            "invalid tree name {n:?}: use letters, digits, '.', '_' and '-'"
+        )));
     }
     Ok(n.to_string())
 }
@@ -150,7 +187,13 @@ fn check_tree_name(n: &str) -> Result<String> {
 fn sanitize(s: String) -> String {
     let mut out: String = s
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .take(63)
         .collect();
     if out.is_empty() || !out.starts_with(|c: char| c.is_ascii_alphanumeric()) {

@@ -8,7 +8,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 fn cpath(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
 }
 
 pub fn is_root() -> bool {
@@ -20,7 +21,13 @@ pub fn is_root() -> bool {
 pub fn mknod(path: &Path, kind: libc::mode_t, perm: u32, rdev: u64) -> io::Result<()> {
     let c = cpath(path)?;
     // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    let r = unsafe { libc::mknod(c.as_ptr(), kind | (perm as libc::mode_t & 0o7777), rdev as libc::dev_t) };
+    let r = unsafe {
+        libc::mknod(
+            c.as_ptr(),
+            kind | (perm as libc::mode_t & 0o7777),
+            rdev as libc::dev_t,
+        )
+    };
     if r == 0 {
         Ok(())
     } else {

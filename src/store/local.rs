@@ -76,7 +76,9 @@ impl Store for LocalStore {
         tmp.write_all(data)
             .and_then(|_| tmp.as_file().sync_all())
             .ctx(|| format!("writing {}", tmp.path().display()))?;
-        let (_, path) = tmp.keep().map_err(|e| Error::io("keeping a staged file", e.error))?;
+        let (_, path) = tmp
+            .keep()
+            .map_err(|e| Error::io("keeping a staged file", e.error))?;
         self.install(&path, key)
     }
 

@@ -58,8 +58,10 @@ impl StoreUrl {
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
-                return Err(Error::usage(format!("repository URL {url:?} has no bucket"))
-                    .with_hint("write it as s3://BUCKET/PREFIX"));
+                return Err(
+                    Error::usage(format!("repository URL {url:?} has no bucket"))
+                        .with_hint("write it as s3://BUCKET/PREFIX"),
+                );
             }
             let prefix = prefix.trim_matches('/').to_string();
             return Ok(StoreUrl::S3 {
@@ -100,7 +102,9 @@ pub fn open(url: &StoreUrl, s3: &S3Options) -> Result<Box<dyn Store>> {
 pub(crate) fn check_key(key: &str) -> Result<()> {
     let bad = key.is_empty()
         || key.starts_with('/')
-        || key.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+        || key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
     if bad {
         return Err(Error::integrity(format!("invalid object key {key:?}")));
     }

@@ -43,8 +43,14 @@ impl fmt::Debug for S3Options {
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
             .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
-            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("allow_http", &self.allow_http)
             .finish()
     }
@@ -113,7 +119,8 @@ impl S3Store {
         } else {
             format!("{}/{key}", self.prefix)
         };
-        ObjPath::parse(&full).map_err(|e| Error::integrity(format!("invalid object key {key:?}: {e}")))
+        ObjPath::parse(&full)
+            .map_err(|e| Error::integrity(format!("invalid object key {key:?}: {e}")))
     }
 
     fn url(&self, key: &str) -> String {
@@ -156,7 +163,11 @@ impl Store for S3Store {
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         let path = self.path(key)?;
         self.rt.block_on(async {
-            let r = self.client.get(&path).await.map_err(|e| self.err("reading", key, e))?;
+            let r = self
+                .client
+                .get(&path)
+                .await
+                .map_err(|e| self.err("reading", key, e))?;
             let bytes = r.bytes().await.map_err(|e| self.err("reading", key, e))?;
             Ok(bytes.to_vec())
         })
@@ -197,10 +208,14 @@ impl Store for S3Store {
     fn put_file(&self, key: &str, file: &Path) -> Result<()> {
         let path = self.path(key)?;
         let mut f = File::open(file).ctx(|| format!("opening {}", file.display()))?;
-        let len = f.metadata().ctx(|| format!("reading {}", file.display()))?.len();
+        let len = f
+            .metadata()
+            .ctx(|| format!("reading {}", file.display()))?
+            .len();
         if len <= PART_SIZE as u64 {
             let mut data = Vec::with_capacity(len as usize);
-            f.read_to_end(&mut data).ctx(|| format!("reading {}", file.display()))?;
+            f.read_to_end(&mut data)
+                .ctx(|| format!("reading {}", file.display()))?;
             self.put(key, &data)?;
         } else {
             let _guard = self.rt.enter();
@@ -211,7 +226,8 @@ impl Store for S3Store {
             let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
             let mut buf = vec![0u8; PART_SIZE];
             let result: Result<()> = (|| loop {
-                let n = read_full(&mut f, &mut buf).ctx(|| format!("reading {}", file.display()))?;
+                let n =
+                    read_full(&mut f, &mut buf).ctx(|| format!("reading {}", file.display()))?;
                 if n == 0 {
                     return Ok(());
                 }

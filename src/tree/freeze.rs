@@ -44,20 +44,39 @@ pub struct PrevTree {
 impl PrevTree {
     /// Loads and verifies the manifest, config and index of a tree from an earlier snapshot.
     pub fn load(repo: &Repository, manifest_digest: &Digest) -> Result<PrevTree> {
-        let manifest: ImageManifest = from_json(&repo.read_blob(manifest_digest)?, &manifest_digest.key())?;
-        let config: ImageConfig = from_json(&repo.read_blob(&manifest.config.digest)?, &manifest.config.digest.key())?;
+        let manifest: ImageManifest =
+            from_json(&repo.read_blob(manifest_digest)?, &manifest_digest.key())?;
+        let config: ImageConfig = from_json(
+            &repo.read_blob(&manifest.config.digest)?,
+            &manifest.config.digest.key(),
+        )?;
         let index_digest = tree_index_digest(&manifest)?;
         let index = repo.fetch_blob(&index_digest)?;
-        let trailer = IndexReader::new(File::open(index.path()).ctx(|| "reopening the index".into())?, &index_digest.key())?.trailer()?;
-        if trailer.layer_content.len() != manifest.layers.len() || config.rootfs.diff_ids.len() != manifest.layers.len() {
-            return Err(Error::integrity(format!("tree manifest {} disagrees with its index about its layers", manifest_digest.key())));
+        let trailer = IndexReader::new(
+            File::open(index.path()).ctx(|| "reopening the index".into())?,
+            &index_digest.key(),
+        )?
+        .trailer()?;
+        if trailer.layer_content.len() != manifest.layers.len()
+            || config.rootfs.diff_ids.len() != manifest.layers.len()
+        {
+            return Err(Error::integrity(format!(
+                "tree manifest {} disagrees with its index about its layers",
+                manifest_digest.key()
+            )));
         }
-        Ok(PrevTree { manifest, config, index, trailer })
+        Ok(PrevTree {
+            manifest,
+            config,
+            index,
+            trailer,
+        })
     }
 
     fn needs_rebase(&self) -> bool {
         let content: u64 = self.trailer.layer_content.iter().sum();
-        self.manifest.layers.len() >= MAX_LAYERS || (content > 0 && (self.trailer.bytes as f64) < MIN_LIVE_RATIO * content as f64)
+        self.manifest.layers.len() >= MAX_LAYERS
+            || (content > 0 && (self.trailer.bytes as f64) < MIN_LIVE_RATIO * content as f64)
     }
 }
 
@@ -100,14 +119,21 @@ pub fn freeze_tree(
     stats.rebased = prev.is_some() && incremental.is_none();
 
     let (mut layers, mut diff_ids, mut layer_content) = match incremental {
-        Some(p) => (p.manifest.layers.clone(), p.config.rootfs.diff_ids.clone(), p.trailer.layer_content.clone()),
+        Some(p) => (
+            p.manifest.layers.clone(),
+            p.config.rootfs.diff_ids.clone(),
+            p.trailer.layer_content.clone(),
+        ),
         None => (Vec::new(), Vec::new(), Vec::new()),
     };
     let base = layers.len() as u32;
 
     let spool = repo.store().spool_dir()?;
-    let index_tmp = tempfile::NamedTempFile::new_in(&spool).ctx(|| format!("creating a file in {}", spool.display()))?;
-    let mut index = IndexWriter::new(BufWriter::new(index_tmp.reopen().ctx(|| "reopening the index".into())?))?;
+    let index_tmp = tempfile::NamedTempFile::new_in(&spool)
+        .ctx(|| format!("creating a file in {}", spool.display()))?;
+    let mut index = IndexWriter::new(BufWriter::new(
+        index_tmp.reopen().ctx(|| "reopening the index".into())?,
+    ))?;
 
     let finished: Vec<FinishedPart> = std::thread::scope(|scope| -> Result<Vec<FinishedPart>> {
         // Parts travel to the uploader through a one-slot channel: at most one finished
@@ -122,7 +148,12 @@ pub fn freeze_tree(
             Ok(done)
         });
         let mut m = Merge {
-            layers: LayerSink { spool: spool.clone(), current: None, next_ordinal: base, tx },
+            layers: LayerSink {
+                spool: spool.clone(),
+                current: None,
+                next_ordinal: base,
+                tx,
+            },
             index: &mut index,
             stats: &mut stats,
             gone_dir: None,
@@ -132,7 +163,9 @@ pub fn freeze_tree(
         let walk_result = m.run(root, incremental);
         let close_result = walk_result.and_then(|()| m.layers.close());
         drop(m);
-        let uploaded = uploader.join().map_err(|_| Error::other("the upload thread panicked"))?;
+        let uploaded = uploader
+            .join()
+            .map_err(|_| Error::other("the upload thread panicked"))?;
         close_result?;
         uploaded
     })?;
@@ -140,7 +173,15 @@ pub fn freeze_tree(
     stats.new_layers = finished.len() as u64;
     for part in finished {
         let mut d = Descriptor::new(MT_LAYER_ZSTD, part.digest, part.size);
-        d.annotations.insert(A_LAYER_KIND.into(), if base == 0 && part.ordinal == 0 { "full" } else { "changes" }.into());
+        d.annotations.insert(
+            A_LAYER_KIND.into(),
+            if base == 0 && part.ordinal == 0 {
+                "full"
+            } else {
+                "changes"
+            }
+            .into(),
+        );
         layers.push(d);
         diff_ids.push(part.diff_id);
         layer_content.push(part.content);
@@ -157,14 +198,19 @@ pub fn freeze_tree(
     stats.bytes = trailer.bytes;
 
     let index_digest = digest_file(index_tmp.path())?;
-    let index_size = std::fs::metadata(index_tmp.path()).ctx(|| "reading the tree index".into())?.len();
+    let index_size = std::fs::metadata(index_tmp.path())
+        .ctx(|| "reading the tree index".into())?
+        .len();
     repo.put_blob_file(&index_tmp.into_temp_path(), &index_digest, index_size)?;
 
     let platform = Platform::host();
     let config = ImageConfig {
         architecture: platform.architecture,
         os: platform.os,
-        rootfs: RootFs { kind: "layers".into(), diff_ids },
+        rootfs: RootFs {
+            kind: "layers".into(),
+            diff_ids,
+        },
     };
     let (config_digest, config_size) = repo.put_blob(&to_json(&config))?;
     let mut manifest = ImageManifest {
@@ -174,8 +220,12 @@ pub fn freeze_tree(
         layers,
         annotations,
     };
-    manifest.annotations.insert(A_TREE_INDEX.into(), index_digest.to_string());
-    manifest.annotations.insert(A_TREE_INDEX_SIZE.into(), index_size.to_string());
+    manifest
+        .annotations
+        .insert(A_TREE_INDEX.into(), index_digest.to_string());
+    manifest
+        .annotations
+        .insert(A_TREE_INDEX_SIZE.into(), index_size.to_string());
     let (digest, size) = repo.put_blob(&to_json(&manifest))?;
     Ok((Descriptor::new(MT_MANIFEST, digest, size), stats))
 }
@@ -201,7 +251,10 @@ struct Merge<'a> {
 impl Merge<'_> {
     fn run(&mut self, root: &Path, prev: Option<&PrevTree>) -> Result<()> {
         let mut old = match prev {
-            Some(p) => Some(IndexReader::new(File::open(p.index.path()).ctx(|| "reopening the index".into())?, "previous")?),
+            Some(p) => Some(IndexReader::new(
+                File::open(p.index.path()).ctx(|| "reopening the index".into())?,
+                "previous",
+            )?),
             None => None,
         };
         let mut next_old = match &mut old {
@@ -229,7 +282,11 @@ impl Merge<'_> {
     }
 
     fn deleted(&mut self, o: &Entry) -> Result<()> {
-        if self.gone_dir.as_deref().is_some_and(|d| is_within(&o.path, d)) {
+        if self
+            .gone_dir
+            .as_deref()
+            .is_some_and(|d| is_within(&o.path, d))
+        {
             return Ok(());
         }
         self.stats.deleted += 1;
@@ -270,7 +327,11 @@ impl Merge<'_> {
             size: if kind == Kind::File { m.size() } else { 0 },
             layer: None,
             link: Vec::new(),
-            rdev: if matches!(kind, Kind::CharDev | Kind::BlockDev) { m.rdev() } else { 0 },
+            rdev: if matches!(kind, Kind::CharDev | Kind::BlockDev) {
+                m.rdev()
+            } else {
+                0
+            },
             xattrs: Vec::new(),
             leader: false,
             ino: m.ino(),
@@ -314,7 +375,8 @@ impl Merge<'_> {
                 }
             }
             Kind::Symlink => {
-                let target = std::fs::read_link(&w.abs).ctx(|| format!("reading link {}", w.abs.display()))?;
+                let target = std::fs::read_link(&w.abs)
+                    .ctx(|| format!("reading link {}", w.abs.display()))?;
                 e.link = target.as_os_str().as_bytes().to_vec();
                 self.layers.header(&e, tar::EntryType::Symlink, &e.link)?;
             }
@@ -350,7 +412,9 @@ impl Merge<'_> {
 /// Extended attributes worth keeping. overlayfs' own `trusted.overlay.*` describe the
 /// host's storage, not the data, and would be wrong anywhere else.
 fn read_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let Ok(names) = xattr::list(path) else { return Vec::new() };
+    let Ok(names) = xattr::list(path) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for name in names {
         let Some(n) = name.to_str() else { continue };
@@ -413,17 +477,34 @@ struct LayerSink {
 impl LayerSink {
     fn part(&mut self) -> Result<&mut Part> {
         if self.current.is_none() {
-            let tmp = tempfile::NamedTempFile::new_in(&self.spool).ctx(|| format!("creating a file in {}", self.spool.display()))?;
+            let tmp = tempfile::NamedTempFile::new_in(&self.spool)
+                .ctx(|| format!("creating a file in {}", self.spool.display()))?;
             let file = tmp.reopen().ctx(|| "reopening a spool file".into())?;
-            let compressed = HashCount { inner: BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), count: 0 };
-            let mut enc = zstd::stream::write::Encoder::new(compressed, 3).ctx(|| "starting zstd".into())?;
+            let compressed = HashCount {
+                inner: BufWriter::with_capacity(1 << 20, file),
+                hasher: Sha256::new(),
+                count: 0,
+            };
+            let mut enc =
+                zstd::stream::write::Encoder::new(compressed, 3).ctx(|| "starting zstd".into())?;
             let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-            enc.multithread(workers).ctx(|| "starting zstd workers".into())?;
-            enc.include_contentsize(false).ctx(|| "configuring zstd".into())?;
-            let plain = HashCount { inner: enc, hasher: Sha256::new(), count: 0 };
+            enc.multithread(workers)
+                .ctx(|| "starting zstd workers".into())?;
+            enc.include_contentsize(false)
+                .ctx(|| "configuring zstd".into())?;
+            let plain = HashCount {
+                inner: enc,
+                hasher: Sha256::new(),
+                count: 0,
+            };
             let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, plain));
             tar.mode(tar::HeaderMode::Complete);
-            self.current = Some(Part { ordinal: self.next_ordinal, path: tmp.into_temp_path(), tar, content: 0 });
+            self.current = Some(Part {
+                ordinal: self.next_ordinal,
+                path: tmp.into_temp_path(),
+                tar,
+                content: 0,
+            });
             self.next_ordinal += 1;
         }
         Ok(self.current.as_mut().expect("just set"))
@@ -432,7 +513,10 @@ impl LayerSink {
     /// Starts a new part once the current one is big enough. Called between entries only,
     /// so a file never spans two layers.
     fn maybe_cut(&mut self) -> Result<()> {
-        let full = self.current.as_ref().is_some_and(|p| p.tar.get_ref().get_ref().count >= PART_BYTES);
+        let full = self
+            .current
+            .as_ref()
+            .is_some_and(|p| p.tar.get_ref().get_ref().count >= PART_BYTES);
         if full {
             self.finish_part()?;
         }
@@ -440,7 +524,9 @@ impl LayerSink {
     }
 
     fn finish_part(&mut self) -> Result<()> {
-        let Some(part) = self.current.take() else { return Ok(()) };
+        let Some(part) = self.current.take() else {
+            return Ok(());
+        };
         let plain = part
             .tar
             .into_inner()
@@ -457,8 +543,17 @@ impl LayerSink {
             .map_err(|e| Error::io("writing a layer", e.into_error()))?
             .flush()
             .ctx(|| "writing a layer".into())?;
-        let finished = FinishedPart { ordinal: part.ordinal, path: part.path, digest, size, diff_id, content: part.content };
-        self.tx.send(finished).map_err(|_| Error::other("the upload thread stopped"))
+        let finished = FinishedPart {
+            ordinal: part.ordinal,
+            path: part.path,
+            digest,
+            size,
+            diff_id,
+            content: part.content,
+        };
+        self.tx
+            .send(finished)
+            .map_err(|_| Error::other("the upload thread stopped"))
     }
 
     fn close(&mut self) -> Result<()> {
@@ -496,7 +591,12 @@ impl LayerSink {
         let part = self.part()?;
         part.tar
             .append_data(&mut h, tar_path(&wh, false), std::io::empty())
-            .ctx(|| format!("adding a whiteout for {} to a layer", String::from_utf8_lossy(path)))
+            .ctx(|| {
+                format!(
+                    "adding a whiteout for {} to a layer",
+                    String::from_utf8_lossy(path)
+                )
+            })
     }
 
     /// Appends a regular file, reading exactly the size the walk saw. Returns the layer
@@ -506,13 +606,22 @@ impl LayerSink {
         let mut h = header_for(e, tar::EntryType::Regular);
         let part = self.part()?;
         write_xattrs(&mut part.tar, &e.xattrs)?;
-        let mut reader = ExactReader { inner: f, left: e.size, short: false, progress };
+        let mut reader = ExactReader {
+            inner: f,
+            left: e.size,
+            short: false,
+            progress,
+        };
         part.tar
             .append_data(&mut h, tar_path(&e.path, false), &mut reader)
             .ctx(|| format!("reading {}", abs.display()))?;
         part.content += e.size;
         let mut probe = [0u8; 1];
-        let grew = reader.inner.read(&mut probe).map(|n| n > 0).unwrap_or(false);
+        let grew = reader
+            .inner
+            .read(&mut probe)
+            .map(|n| n > 0)
+            .unwrap_or(false);
         Ok((part.ordinal, reader.short || grew))
     }
 }
@@ -520,7 +629,11 @@ impl LayerSink {
 fn open_noatime(path: &Path) -> std::io::Result<File> {
     // O_NOATIME keeps a backup from touching every file's atime; only the owner or root
     // may use it, so fall back to a plain open.
-    match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOATIME).open(path) {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(path)
+    {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
         r => r,
     }
@@ -541,7 +654,11 @@ impl Read for ExactReader<'_> {
             return Ok(0);
         }
         let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
-        let mut n = if self.short { 0 } else { self.inner.read(&mut buf[..want])? };
+        let mut n = if self.short {
+            0
+        } else {
+            self.inner.read(&mut buf[..want])?
+        };
         if n == 0 {
             self.short = true;
             buf[..want].fill(0);
@@ -560,7 +677,11 @@ fn header_for(e: &Entry, kind: tar::EntryType) -> tar::Header {
     h.set_uid(u64::from(e.uid));
     h.set_gid(u64::from(e.gid));
     h.set_mtime(e.mtime.0.max(0) as u64);
-    h.set_size(if kind == tar::EntryType::Regular { e.size } else { 0 });
+    h.set_size(if kind == tar::EntryType::Regular {
+        e.size
+    } else {
+        0
+    });
     if matches!(kind, tar::EntryType::Char | tar::EntryType::Block) {
         let _ = h.set_device_major(libc::major(e.rdev as libc::dev_t));
         let _ = h.set_device_minor(libc::minor(e.rdev as libc::dev_t));

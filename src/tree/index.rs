@@ -168,7 +168,9 @@ fn encode_bytes(b: &[u8]) -> (Option<String>, Option<String>) {
 fn decode_bytes(s: Option<String>, x: Option<String>) -> Result<Vec<u8>> {
     match (s, x) {
         (Some(s), None) => Ok(s.into_bytes()),
-        (None, Some(x)) => hex::decode(x).map_err(|e| Error::integrity(format!("tree index: bad hex: {e}"))),
+        (None, Some(x)) => {
+            hex::decode(x).map_err(|e| Error::integrity(format!("tree index: bad hex: {e}")))
+        }
         (None, None) => Ok(Vec::new()),
         _ => Err(Error::integrity("tree index: a field is given twice")),
     }
@@ -177,7 +179,11 @@ fn decode_bytes(s: Option<String>, x: Option<String>) -> Result<Vec<u8>> {
 impl Entry {
     fn to_line(&self) -> Line {
         let (p, px) = encode_bytes(&self.path);
-        let (k, kx) = if self.link.is_empty() { (None, None) } else { encode_bytes(&self.link) };
+        let (k, kx) = if self.link.is_empty() {
+            (None, None)
+        } else {
+            encode_bytes(&self.link)
+        };
         Line {
             p,
             px,
@@ -192,7 +198,11 @@ impl Entry {
             k,
             kx,
             rd: self.rdev,
-            x: self.xattrs.iter().map(|(n, v)| (n.clone(), hex::encode(v))).collect(),
+            x: self
+                .xattrs
+                .iter()
+                .map(|(n, v)| (n.clone(), hex::encode(v)))
+                .collect(),
             hl: self.leader,
             ino: self.ino,
             ct: self.ctime.0,
@@ -203,10 +213,12 @@ impl Entry {
 
     fn from_line(line: Line) -> Result<Entry> {
         let t = line.t.as_deref().unwrap_or("");
-        let kind = Kind::from_code(t).ok_or_else(|| Error::integrity(format!("tree index: unknown entry type {t:?}")))?;
+        let kind = Kind::from_code(t)
+            .ok_or_else(|| Error::integrity(format!("tree index: unknown entry type {t:?}")))?;
         let mut xattrs = Vec::with_capacity(line.x.len());
         for (n, v) in line.x {
-            let v = hex::decode(v).map_err(|e| Error::integrity(format!("tree index: bad xattr value: {e}")))?;
+            let v = hex::decode(v)
+                .map_err(|e| Error::integrity(format!("tree index: bad xattr value: {e}")))?;
             xattrs.push((n, v));
         }
         Ok(Entry {
@@ -279,7 +291,9 @@ pub fn check_relative(path: &[u8]) -> Result<()> {
     let bad = path.is_empty()
         || path[0] == b'/'
         || path.contains(&0)
-        || path.split(|&b| b == b'/').any(|c| c.is_empty() || c == b"." || c == b"..");
+        || path
+            .split(|&b| b == b'/')
+            .any(|c| c.is_empty() || c == b"." || c == b"..");
     if bad {
         return Err(Error::integrity(format!(
             "refusing entry {:?}: it would be written outside the target (absolute path, '..' or empty component)",
@@ -298,10 +312,19 @@ pub struct IndexWriter<W: Write> {
 impl<W: Write> IndexWriter<W> {
     pub fn new(w: W) -> Result<Self> {
         let mut out = zstd::Encoder::new(w, 3).ctx(|| "starting the tree index".into())?;
-        let header = Header { format: INDEX_FORMAT.into(), version: INDEX_VERSION };
-        serde_json::to_writer(&mut out, &header).map_err(|e| Error::other(format!("writing the tree index: {e}")))?;
-        out.write_all(b"\n").ctx(|| "writing the tree index".into())?;
-        Ok(IndexWriter { out, trailer: Trailer::default(), buf: Vec::with_capacity(256) })
+        let header = Header {
+            format: INDEX_FORMAT.into(),
+            version: INDEX_VERSION,
+        };
+        serde_json::to_writer(&mut out, &header)
+            .map_err(|e| Error::other(format!("writing the tree index: {e}")))?;
+        out.write_all(b"\n")
+            .ctx(|| "writing the tree index".into())?;
+        Ok(IndexWriter {
+            out,
+            trailer: Trailer::default(),
+            buf: Vec::with_capacity(256),
+        })
     }
 
     pub fn push(&mut self, e: &Entry) -> Result<()> {
@@ -313,15 +336,26 @@ impl<W: Write> IndexWriter<W> {
         self.buf.clear();
         serde_json::to_writer(&mut self.buf, &e.to_line()).expect("index lines serialize");
         self.buf.push(b'\n');
-        self.out.write_all(&self.buf).ctx(|| "writing the tree index".into())
+        self.out
+            .write_all(&self.buf)
+            .ctx(|| "writing the tree index".into())
     }
 
     pub fn finish(mut self, layer_content: Vec<u64>) -> Result<(W, Trailer)> {
         self.trailer.layer_content = layer_content;
-        let line = Line { end: Some(self.trailer.clone()), ..Default::default() };
-        serde_json::to_writer(&mut self.out, &line).map_err(|e| Error::other(format!("writing the tree index: {e}")))?;
-        self.out.write_all(b"\n").ctx(|| "writing the tree index".into())?;
-        let w = self.out.finish().ctx(|| "finishing the tree index".into())?;
+        let line = Line {
+            end: Some(self.trailer.clone()),
+            ..Default::default()
+        };
+        serde_json::to_writer(&mut self.out, &line)
+            .map_err(|e| Error::other(format!("writing the tree index: {e}")))?;
+        self.out
+            .write_all(b"\n")
+            .ctx(|| "writing the tree index".into())?;
+        let w = self
+            .out
+            .finish()
+            .ctx(|| "finishing the tree index".into())?;
         Ok((w, self.trailer))
     }
 }
@@ -350,7 +384,12 @@ impl<R: Read> IndexReader<R> {
                 header.format, header.version
             )));
         }
-        Ok(IndexReader { lines, trailer: None, seen: 0, name: name.to_string() })
+        Ok(IndexReader {
+            lines,
+            trailer: None,
+            seen: 0,
+            name: name.to_string(),
+        })
     }
 
     /// The next entry, or None after the trailer. A missing trailer is an error.
@@ -359,11 +398,17 @@ impl<R: Read> IndexReader<R> {
             return Ok(None);
         }
         let raw = match self.lines.next() {
-            None => return Err(Error::integrity(format!("tree index {} is truncated", self.name))),
+            None => {
+                return Err(Error::integrity(format!(
+                    "tree index {} is truncated",
+                    self.name
+                )))
+            }
             Some(r) => r.ctx(|| format!("reading tree index {}", self.name))?,
         };
-        let line: Line = serde_json::from_slice(&raw)
-            .map_err(|e| Error::integrity(format!("tree index {} has a bad line: {e}", self.name)))?;
+        let line: Line = serde_json::from_slice(&raw).map_err(|e| {
+            Error::integrity(format!("tree index {} has a bad line: {e}", self.name))
+        })?;
         if let Some(t) = line.end {
             if t.entries != self.seen {
                 return Err(Error::integrity(format!(
@@ -419,12 +464,20 @@ mod tests {
     fn depth_first_order() {
         let mut v: Vec<&[u8]> = vec![b"a-c", b"a/b", b".", b"a", b"b", b"a/b/c", b"\xff"];
         v.sort_by(|a, b| cmp_paths(a, b));
-        assert_eq!(v, vec![&b"."[..], b"a", b"a/b", b"a/b/c", b"a-c", b"b", b"\xff"]);
+        assert_eq!(
+            v,
+            vec![&b"."[..], b"a", b"a/b", b"a/b/c", b"a-c", b"b", b"\xff"]
+        );
     }
 
     #[test]
     fn round_trips_odd_names() {
-        let entries = vec![entry(b"."), entry(b"new\nline"), entry(b"bad\xffutf8"), entry("ünï €".as_bytes())];
+        let entries = vec![
+            entry(b"."),
+            entry(b"new\nline"),
+            entry(b"bad\xffutf8"),
+            entry("ünï €".as_bytes()),
+        ];
         let mut w = IndexWriter::new(Vec::new()).unwrap();
         for e in &entries {
             w.push(e).unwrap();
@@ -448,8 +501,19 @@ mod tests {
 
     #[test]
     fn unsafe_paths_are_refused() {
-        for p in [&b"../x"[..], b"/etc/passwd", b"a/../../x", b"a//b", b"", b"a/./b"] {
-            assert!(check_relative(p).is_err(), "{:?}", String::from_utf8_lossy(p));
+        for p in [
+            &b"../x"[..],
+            b"/etc/passwd",
+            b"a/../../x",
+            b"a//b",
+            b"",
+            b"a/./b",
+        ] {
+            assert!(
+                check_relative(p).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(p)
+            );
         }
         assert!(check_relative(b"a/b..c/.hidden").is_ok());
     }

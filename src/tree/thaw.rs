@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 use filetime::FileTime;
 
 use super::freeze::tree_index_digest;
-use super::index::{check_relative, cmp_paths, is_within, parent, Entry, IndexReader, Kind, Trailer};
+use super::index::{
+    check_relative, cmp_paths, is_within, parent, Entry, IndexReader, Kind, Trailer,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::format::*;
 use crate::progress::Progress;
@@ -50,16 +52,39 @@ impl TreePlan {
     /// Fetches and verifies the manifest and index and checks every index entry, so that a
     /// hostile or damaged index is refused before anything is written.
     pub fn load(repo: &Repository, manifest_digest: &Digest) -> Result<TreePlan> {
-        let manifest: ImageManifest = from_json(&repo.read_blob(manifest_digest)?, &manifest_digest.key())?;
+        let manifest: ImageManifest =
+            from_json(&repo.read_blob(manifest_digest)?, &manifest_digest.key())?;
         for l in &manifest.layers {
             if l.media_type != MT_LAYER_ZSTD {
-                return Err(Error::integrity(format!("layer {} has media type {}, expected {MT_LAYER_ZSTD}", l.digest.key(), l.media_type)));
+                return Err(Error::integrity(format!(
+                    "layer {} has media type {}, expected {MT_LAYER_ZSTD}",
+                    l.digest.key(),
+                    l.media_type
+                )));
             }
+        }
+        // The config is not needed to restore, but a damaged one would make the snapshot
+        // unusable to stock tools: refuse it like any other damaged blob.
+        let config: ImageConfig = from_json(
+            &repo.read_blob(&manifest.config.digest)?,
+            &manifest.config.digest.key(),
+        )?;
+        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(Error::integrity(format!(
+                "config {} lists {} layers, its manifest {}",
+                manifest.config.digest.key(),
+                config.rootfs.diff_ids.len(),
+                manifest.layers.len()
+            )));
         }
         let index_digest = tree_index_digest(&manifest)?;
         let index = repo.fetch_blob(&index_digest)?;
         let trailer = check_index(open_index(&index, &index_digest)?, manifest.layers.len())?;
-        Ok(TreePlan { manifest, index, trailer })
+        Ok(TreePlan {
+            manifest,
+            index,
+            trailer,
+        })
     }
 
     fn entries(&self) -> Result<IndexReader<File>> {
@@ -69,7 +94,10 @@ impl TreePlan {
 }
 
 fn open_index(file: &tempfile::NamedTempFile, digest: &Digest) -> Result<IndexReader<File>> {
-    IndexReader::new(File::open(file.path()).ctx(|| "reopening the index".into())?, &digest.key())
+    IndexReader::new(
+        File::open(file.path()).ctx(|| "reopening the index".into())?,
+        &digest.key(),
+    )
 }
 
 /// One pass over the index: order, safe paths, parents that are directories, hard links to
@@ -84,10 +112,14 @@ fn check_index(mut r: IndexReader<File>, layers: usize) -> Result<Trailer> {
         let name = e.display_path();
         match &last {
             None if e.path != b"." || e.kind != Kind::Dir => {
-                return Err(Error::integrity("tree index does not start with its root directory"));
+                return Err(Error::integrity(
+                    "tree index does not start with its root directory",
+                ));
             }
             Some(prev) if !cmp_paths(prev, &e.path).is_lt() => {
-                return Err(Error::integrity(format!("tree index is out of order at {name:?}")));
+                return Err(Error::integrity(format!(
+                    "tree index is out of order at {name:?}"
+                )));
             }
             _ => {}
         }
@@ -107,7 +139,9 @@ fn check_index(mut r: IndexReader<File>, layers: usize) -> Result<Trailer> {
             Kind::File => {
                 let l = e.layer.unwrap_or(u32::MAX) as usize;
                 if l >= layers {
-                    return Err(Error::integrity(format!("tree index puts {name:?} in layer {l}, which does not exist")));
+                    return Err(Error::integrity(format!(
+                        "tree index puts {name:?} in layer {l}, which does not exist"
+                    )));
                 }
                 if e.leader {
                     leaders.insert(e.path.clone());
@@ -146,9 +180,17 @@ fn ftime(t: (i64, u32)) -> FileTime {
 }
 
 /// Restores a tree into `staging`, an empty directory the caller created.
-pub fn thaw_tree(repo: &Repository, plan: &TreePlan, staging: &Path, progress: &Progress) -> Result<ThawStats> {
+pub fn thaw_tree(
+    repo: &Repository,
+    plan: &TreePlan,
+    staging: &Path,
+    progress: &Progress,
+) -> Result<ThawStats> {
     let root_owner = sys::is_root();
-    let mut stats = ThawStats { layers: plan.manifest.layers.len() as u64, ..Default::default() };
+    let mut stats = ThawStats {
+        layers: plan.manifest.layers.len() as u64,
+        ..Default::default()
+    };
 
     // 1. Directories and the entries that carry no data.
     for e in plan.entries()? {
@@ -186,9 +228,10 @@ pub fn thaw_tree(repo: &Repository, plan: &TreePlan, staging: &Path, progress: &
 
     // 2. File contents, one pass per layer.
     for (k, layer) in plan.manifest.layers.iter().enumerate() {
-        let wanted = plan
-            .entries()?
-            .filter(|e| e.as_ref().map_or(true, |e| e.kind == Kind::File && e.layer == Some(k as u32)));
+        let wanted = plan.entries()?.filter(|e| {
+            e.as_ref()
+                .map_or(true, |e| e.kind == Kind::File && e.layer == Some(k as u32))
+        });
         extract_layer(repo, layer, wanted, staging, root_owner, progress)?;
     }
 
@@ -197,7 +240,8 @@ pub fn thaw_tree(repo: &Repository, plan: &TreePlan, staging: &Path, progress: &
         let e = e?;
         if e.kind == Kind::HardLink {
             let path = at(staging, &e.path);
-            fs::hard_link(at(staging, &e.link), &path).ctx(|| format!("creating hard link {}", path.display()))?;
+            fs::hard_link(at(staging, &e.link), &path)
+                .ctx(|| format!("creating hard link {}", path.display()))?;
         }
     }
 
@@ -231,7 +275,8 @@ fn extract_layer(
     let name = layer.digest.key();
     let mut blob = repo.open_blob(&layer.digest)?;
     {
-        let dec = zstd::stream::read::Decoder::new(&mut blob).ctx(|| format!("reading layer {name}"))?;
+        let dec =
+            zstd::stream::read::Decoder::new(&mut blob).ctx(|| format!("reading layer {name}"))?;
         let mut archive = tar::Archive::new(dec);
         for entry in archive.entries().ctx(|| format!("reading layer {name}"))? {
             let mut entry = entry.ctx(|| format!("reading layer {name}"))?;
@@ -239,7 +284,9 @@ fn extract_layer(
             let path = normalize_tar_path(&raw)?;
             // Only regular files carry data freezer restores from the archive; everything
             // else (directories, links, whiteouts) comes from the index.
-            if entry.header().entry_type() != tar::EntryType::Regular && entry.header().entry_type() != tar::EntryType::Continuous {
+            if entry.header().entry_type() != tar::EntryType::Regular
+                && entry.header().entry_type() != tar::EntryType::Continuous
+            {
                 continue;
             }
             let Some(want) = &next else { continue };
@@ -260,7 +307,13 @@ fn extract_layer(
                     want.size
                 )));
             }
-            write_file(&mut entry, &at(staging, &want.path), &want, root_owner, progress)?;
+            write_file(
+                &mut entry,
+                &at(staging, &want.path),
+                &want,
+                root_owner,
+                progress,
+            )?;
             next = wanted.next().transpose()?;
         }
     }
@@ -273,7 +326,10 @@ fn extract_layer(
 }
 
 fn missing(layer: &str, want: &Entry) -> Error {
-    Error::integrity(format!("layer {layer} lacks {}, which the tree index places in it", want.display_path()))
+    Error::integrity(format!(
+        "layer {layer} lacks {}, which the tree index places in it",
+        want.display_path()
+    ))
 }
 
 fn is_whiteout(path: &[u8]) -> bool {
@@ -301,9 +357,20 @@ const CHUNK: usize = 256 << 10;
 
 /// Writes a file's bytes, leaving holes where whole blocks are zero (so sparse files stay
 /// sparse), then sets owner, mode, xattrs and mtime through the open descriptor.
-fn write_file(src: &mut impl Read, path: &Path, e: &Entry, root_owner: bool, progress: &Progress) -> Result<()> {
+fn write_file(
+    src: &mut impl Read,
+    path: &Path,
+    e: &Entry,
+    root_owner: bool,
+    progress: &Progress,
+) -> Result<()> {
     let ctx = || format!("writing {}", path.display());
-    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).ctx(ctx)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .ctx(ctx)?;
     let mut buf = vec![0u8; CHUNK];
     let mut left = e.size;
     let mut hole = false;
@@ -329,19 +396,22 @@ fn write_file(src: &mut impl Read, path: &Path, e: &Entry, root_owner: bool, pro
     // After chown, which clears setuid/setgid bits.
     f.set_permissions(Permissions::from_mode(e.mode)).ctx(ctx)?;
     for (name, value) in &e.xattrs {
-        xattr::FileExt::set_xattr(&f, name, value).ctx(|| format!("setting xattr {name} on {}", path.display()))?;
+        xattr::FileExt::set_xattr(&f, name, value)
+            .ctx(|| format!("setting xattr {name} on {}", path.display()))?;
     }
     filetime::set_file_handle_times(&f, None, Some(ftime(e.mtime))).ctx(ctx)?;
     Ok(())
 }
 
 fn is_zero(buf: &[u8]) -> bool {
-    buf.chunks_exact(16).all(|c| u128::from_ne_bytes(c.try_into().expect("16 bytes")) == 0)
+    buf.chunks_exact(16)
+        .all(|c| u128::from_ne_bytes(c.try_into().expect("16 bytes")) == 0)
 }
 
 fn set_xattrs_path(path: &Path, xattrs: &[(String, Vec<u8>)]) -> Result<()> {
     for (name, value) in xattrs {
-        xattr::set(path, name, value).ctx(|| format!("setting xattr {name} on {}", path.display()))?;
+        xattr::set(path, name, value)
+            .ctx(|| format!("setting xattr {name} on {}", path.display()))?;
     }
     Ok(())
 }
@@ -353,5 +423,6 @@ fn apply_path_meta(path: &Path, e: &Entry, root_owner: bool) -> Result<()> {
     }
     fs::set_permissions(path, Permissions::from_mode(e.mode)).ctx(ctx)?;
     set_xattrs_path(path, &e.xattrs)?;
-    filetime::set_file_mtime(path, ftime(e.mtime)).ctx(ctx)
+    // Path-based and without following links: opening a FIFO to set its time would block.
+    filetime::set_symlink_file_times(path, ftime(e.mtime), ftime(e.mtime)).ctx(ctx)
 }

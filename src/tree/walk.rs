@@ -32,7 +32,11 @@ pub struct Walker {
 
 impl Walker {
     pub fn new(root: &Path) -> Walker {
-        Walker { stack: Vec::new(), root: Some(root.to_path_buf()), vanished: 0 }
+        Walker {
+            stack: Vec::new(),
+            root: Some(root.to_path_buf()),
+            vanished: 0,
+        }
     }
 
     fn push_dir(&mut self, rel: Vec<u8>, abs: PathBuf) -> Result<()> {
@@ -50,13 +54,22 @@ impl Walker {
         if let Some(root) = self.root.take() {
             let meta = fs::symlink_metadata(&root).ctx(|| format!("reading {}", root.display()))?;
             if !meta.is_dir() {
-                return Err(Error::usage(format!("{} is not a directory", root.display())));
+                return Err(Error::usage(format!(
+                    "{} is not a directory",
+                    root.display()
+                )));
             }
             self.push_dir(b".".to_vec(), root.clone())?;
-            return Ok(Some(Walked { rel: b".".to_vec(), abs: root, meta }));
+            return Ok(Some(Walked {
+                rel: b".".to_vec(),
+                abs: root,
+                meta,
+            }));
         }
         loop {
-            let Some(level) = self.stack.last_mut() else { return Ok(None) };
+            let Some(level) = self.stack.last_mut() else {
+                return Ok(None);
+            };
             let Some(name) = level.names.pop() else {
                 self.stack.pop();
                 continue;

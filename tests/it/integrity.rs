@@ -1,0 +1,228 @@
+//! Damage, interruption and bad input: detected, named, and nothing lost.
+
+use std::fs;
+use std::path::Path;
+
+use crate::common::*;
+
+fn small_tree(root: &Path) {
+    fs::create_dir_all(root.join("sub")).unwrap();
+    fs::write(root.join("index.html"), "<p>hi</p>\n".repeat(1000)).unwrap();
+    fs::write(
+        root.join("sub/data.bin"),
+        (0..200_000u32)
+            .flat_map(|i| i.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+}
+
+fn flip_byte(store: &dyn freezer::store::Store, key: &str) -> Vec<u8> {
+    let original = store.get(key).unwrap();
+    let mut damaged = original.clone();
+    let i = damaged.len() / 2;
+    damaged[i] ^= 0x01;
+    store.delete(key).unwrap();
+    store.put(key, &damaged).unwrap();
+    original
+}
+
+fn restore(store: &dyn freezer::store::Store, key: &str, original: &[u8]) {
+    store.delete(key).unwrap();
+    store.put(key, original).unwrap();
+}
+
+/// Every blob of a snapshot (manifest, config, tree index, layers), damaged one at a time:
+/// `verify` exits 4 naming it, and `thaw` refuses without leaving anything at the target.
+#[test]
+fn a_flipped_byte_in_any_blob_is_caught_by_verify_and_thaw() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("www");
+    small_tree(&src);
+    for repo in TestRepo::both() {
+        let repo = repo.init();
+        freeze(&repo, "fragile", &[&src]);
+        let store = repo.store();
+        let blobs: Vec<String> = store
+            .list("blobs/")
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert!(
+            blobs.len() >= 4,
+            "manifest, config, index and a layer: {blobs:?}"
+        );
+        assert_ok(&freezer(&["verify", "--repo", &repo.url]));
+        for key in &blobs {
+            let original = flip_byte(store.as_ref(), key);
+
+            let out = freezer(&["verify", "--repo", &repo.url, "--json"]);
+            assert_eq!(
+                out.status.code(),
+                Some(4),
+                "verify with {key} damaged: {}",
+                stderr(&out)
+            );
+            assert!(
+                stderr(&out).contains(key.as_str()),
+                "verify names {key}: {}",
+                stderr(&out)
+            );
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(report["ok"], false);
+            assert!(report["problems"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["object"] == key.as_str()));
+
+            let into = work.path().join(unique("thaw"));
+            let out = freezer(&[
+                "thaw",
+                "fragile",
+                "--repo",
+                &repo.url,
+                "--into",
+                into.to_str().unwrap(),
+            ]);
+            assert_eq!(
+                out.status.code(),
+                Some(4),
+                "thaw with {key} damaged: {}",
+                stderr(&out)
+            );
+            assert!(
+                stderr(&out).contains(key.as_str()),
+                "thaw names {key}: {}",
+                stderr(&out)
+            );
+            assert!(
+                !into.exists(),
+                "thaw wrote {} although {key} is damaged",
+                into.display()
+            );
+
+            restore(store.as_ref(), key, &original);
+        }
+        assert_ok(&freezer(&["verify", "--repo", &repo.url]));
+    }
+}
+
+/// A freeze killed right after an upload (as by kill -9 or a power cut) leaves no snapshot;
+/// running it again completes and reuses what was already uploaded.
+#[test]
+fn an_interrupted_freeze_leaves_no_snapshot_and_resumes() {
+    let work = tempfile::tempdir().unwrap();
+    let a = work.path().join("a");
+    let b = work.path().join("b");
+    small_tree(&a);
+    every_case_tree(&b);
+    let repo = TestRepo::s3().init();
+    let args = [
+        "freeze",
+        "interrupted",
+        "--repo",
+        &repo.url,
+        "--path",
+        a.to_str().unwrap(),
+        "--path",
+        b.to_str().unwrap(),
+        "--json",
+    ];
+    let out = freezer_env(&args, &[("FREEZER_FAULT_ABORT_AFTER_UPLOADS", "3")]);
+    assert!(
+        !out.status.success(),
+        "the fault hook should have killed the freeze"
+    );
+    let list = json(&freezer(&["snapshots", "--repo", &repo.url, "--json"]));
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        0,
+        "no partial snapshot may be visible: {list:#}"
+    );
+    let uploaded_before = repo.store().list("blobs/").unwrap().len();
+    assert_eq!(uploaded_before, 3);
+
+    let report = json(&freezer(&args));
+    assert!(
+        report["blobs_reused"].as_u64().unwrap() >= 3,
+        "the re-run reuses the uploaded blobs: {report:#}"
+    );
+    let list = json(&freezer(&["snapshots", "--repo", &repo.url, "--json"]));
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let out = work.path().join("out");
+    assert_ok(&freezer(&[
+        "thaw",
+        "interrupted",
+        "--repo",
+        &repo.url,
+        "--into",
+        out.to_str().unwrap(),
+    ]));
+    assert_same_tree(&a, &under(&out, &a));
+    assert_same_tree(&b, &under(&out, &b));
+}
+
+#[test]
+fn an_unknown_repository_version_is_refused() {
+    let repo = TestRepo::local().init();
+    let config = repo.local.as_ref().unwrap().join("freezer.json");
+    let text = fs::read_to_string(&config)
+        .unwrap()
+        .replace("\"version\":1", "\"version\":99");
+    fs::write(&config, text).unwrap();
+    let out = freezer(&["snapshots", "--repo", &repo.url]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("format version 99"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn missing_repository_and_unreachable_or_unauthorized_store_are_clear_errors() {
+    let work = tempfile::tempdir().unwrap();
+    let nowhere = work.path().join("nothing-here");
+    let out = freezer(&["snapshots", "--repo", nowhere.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no freezer repository at"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("freezer init"), "{}", stderr(&out));
+
+    // Nothing listens on port 9 here.
+    let url = format!("s3://{}/x", bucket());
+    let out = freezer_env(
+        &["snapshots", "--repo", &url],
+        &[("AWS_ENDPOINT_URL", "http://127.0.0.1:9")],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("127.0.0.1:9") || stderr(&out).contains("s3://"),
+        "{}",
+        stderr(&out)
+    );
+
+    let secret = "wrong-secret-0123456789abcdef0123456789abcdef0123456789abcdef";
+    let out = freezer_env(
+        &["snapshots", "--repo", &url],
+        &[("AWS_SECRET_ACCESS_KEY", secret)],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains(secret),
+        "the secret must never be printed"
+    );
+}
+
+#[test]
+fn init_refuses_an_existing_repository() {
+    let repo = TestRepo::local().init();
+    let out = freezer(&["init", "--repo", &repo.url]);
+    assert_eq!(out.status.code(), Some(7));
+    assert!(stderr(&out).contains("already holds a freezer repository"));
+}

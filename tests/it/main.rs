@@ -1,0 +1,8 @@
+//! Integration tests: the real `freezer` binary against a local repository and a real
+//! Garage server (started by scripts/services). One test binary, many modules.
+
+mod common;
+mod hostile;
+mod integrity;
+mod roundtrip;
+mod store;
