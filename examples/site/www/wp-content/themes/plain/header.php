@@ -1,0 +1,1 @@
+<?php echo "<!doctype html><title>Example</title>\n";
