@@ -469,7 +469,10 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
                 .ok_or_else(|| Error::usage(format!("cannot thaw onto {}", t.dest.display())))?;
             create_parents(parent, &mut created_dirs)?;
             let staging = parent.join(format!(".freezer-thaw.{}.{}", t.name, random_suffix()));
-            fs::create_dir(&staging).ctx(|| format!("creating {}", staging.display()))?;
+            // Private while it fills; the snapshot's root mode is applied at the end.
+            std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
+                .create(&staging)
+                .ctx(|| format!("creating {}", staging.display()))?;
             staged.push(staging.clone());
             let stats = thaw_tree(repo, &t.plan, &staging, progress).map_err(|e| {
                 prefix(

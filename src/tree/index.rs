@@ -113,13 +113,13 @@ struct Line {
     px: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     t: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero32")]
     m: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero32")]
     u: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero32")]
     g: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
     mt: i64,
     #[serde(default, skip_serializing_if = "is_zero32")]
     mn: u32,
@@ -140,7 +140,7 @@ struct Line {
     hl: bool,
     #[serde(default, skip_serializing_if = "is_zero64")]
     ino: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
     ct: i64,
     #[serde(default, skip_serializing_if = "is_zero32")]
     cn: u32,
@@ -152,6 +152,9 @@ fn is_zero32(v: &u32) -> bool {
     *v == 0
 }
 fn is_zero64(v: &u64) -> bool {
+    *v == 0
+}
+fn is_zero_i64(v: &i64) -> bool {
     *v == 0
 }
 fn is_false(v: &bool) -> bool {

@@ -20,6 +20,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use filetime::FileTime;
 
@@ -226,14 +227,51 @@ pub fn thaw_tree(
         }
     }
 
-    // 2. File contents, one pass per layer.
-    for (k, layer) in plan.manifest.layers.iter().enumerate() {
-        let wanted = plan.entries()?.filter(|e| {
-            e.as_ref()
-                .map_or(true, |e| e.kind == Kind::File && e.layer == Some(k as u32))
-        });
-        extract_layer(repo, layer, wanted, staging, root_owner, progress)?;
-    }
+    // 2. File contents, one pass per layer. Creating files is what costs most (a create
+    // on ext4 takes far longer than writing a small file's bytes), so small files go to a
+    // pool of writer threads, each owning a share of the directories (creates in one
+    // directory serialize on its lock in the kernel anyway).
+    let owner = Owner::current(root_owner);
+    std::thread::scope(|scope| -> Result<()> {
+        let mut writers = Vec::new();
+        let mut handles = Vec::new();
+        for _ in 0..WRITERS {
+            let (tx, rx) = mpsc::sync_channel::<Job>(64);
+            writers.push(tx);
+            let owner = &owner;
+            handles.push(scope.spawn(move || -> Result<()> {
+                for job in rx {
+                    write_file(&mut &job.data[..], &job.path, &job.entry, owner, progress)?;
+                }
+                Ok(())
+            }));
+        }
+        let read = (|| -> Result<()> {
+            for (k, layer) in plan.manifest.layers.iter().enumerate() {
+                let wanted = plan.entries()?.filter(|e| {
+                    e.as_ref()
+                        .map_or(true, |e| e.kind == Kind::File && e.layer == Some(k as u32))
+                });
+                extract_layer(repo, layer, wanted, staging, &owner, progress, &writers)?;
+            }
+            Ok(())
+        })();
+        drop(writers);
+        let mut failed = None;
+        for h in handles {
+            if let Err(e) = h
+                .join()
+                .map_err(|_| Error::other("a writer thread panicked"))?
+            {
+                failed.get_or_insert(e);
+            }
+        }
+        // A writer's own error explains a reader's "writer stopped".
+        match failed {
+            Some(e) => Err(e),
+            None => read,
+        }
+    })?;
 
     // 3. Hard links, to files that now exist.
     for e in plan.entries()? {
@@ -263,13 +301,24 @@ pub fn thaw_tree(
     Ok(stats)
 }
 
+/// Files up to this size are read into memory and handed to a writer thread.
+const SMALL_FILE: u64 = 1 << 20;
+const WRITERS: usize = 3;
+
+struct Job {
+    path: PathBuf,
+    entry: Entry,
+    data: Vec<u8>,
+}
+
 fn extract_layer(
     repo: &Repository,
     layer: &Descriptor,
     mut wanted: impl Iterator<Item = Result<Entry>>,
     staging: &Path,
-    root_owner: bool,
+    owner: &Owner,
     progress: &Progress,
+    writers: &[mpsc::SyncSender<Job>],
 ) -> Result<()> {
     let mut next = wanted.next().transpose()?;
     let name = layer.digest.key();
@@ -307,13 +356,22 @@ fn extract_layer(
                     want.size
                 )));
             }
-            write_file(
-                &mut entry,
-                &at(staging, &want.path),
-                &want,
-                root_owner,
-                progress,
-            )?;
+            let path = at(staging, &want.path);
+            if want.size <= SMALL_FILE {
+                let mut data = vec![0u8; want.size as usize];
+                entry
+                    .read_exact(&mut data)
+                    .ctx(|| format!("reading layer {name}"))?;
+                let w = &writers[dir_hash(parent(&want.path)) % writers.len()];
+                w.send(Job {
+                    path,
+                    entry: want,
+                    data,
+                })
+                .map_err(|_| Error::other("a writer thread stopped"))?;
+            } else {
+                write_file(&mut entry, &path, &want, owner, progress)?;
+            }
             next = wanted.next().transpose()?;
         }
     }
@@ -361,14 +419,16 @@ fn write_file(
     src: &mut impl Read,
     path: &Path,
     e: &Entry,
-    root_owner: bool,
+    owner: &Owner,
     progress: &Progress,
 ) -> Result<()> {
     let ctx = || format!("writing {}", path.display());
+    // Create with the final mode when the umask leaves it intact, saving an fchmod per file.
+    let direct = e.mode & 0o7000 == 0 && e.mode & owner.umask == 0;
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(if direct { e.mode } else { 0o600 })
         .open(path)
         .ctx(ctx)?;
     let mut buf = vec![0u8; CHUNK];
@@ -390,17 +450,46 @@ fn write_file(
     if hole {
         f.set_len(e.size).ctx(ctx)?;
     }
-    if root_owner {
+    if owner.chown && (e.uid, e.gid) != (owner.uid, owner.gid) {
         std::os::unix::fs::fchown(&f, Some(e.uid), Some(e.gid)).ctx(ctx)?;
     }
     // After chown, which clears setuid/setgid bits.
-    f.set_permissions(Permissions::from_mode(e.mode)).ctx(ctx)?;
+    if !direct || owner.chown && (e.uid, e.gid) != (owner.uid, owner.gid) {
+        f.set_permissions(Permissions::from_mode(e.mode)).ctx(ctx)?;
+    }
     for (name, value) in &e.xattrs {
         xattr::FileExt::set_xattr(&f, name, value)
             .ctx(|| format!("setting xattr {name} on {}", path.display()))?;
     }
     filetime::set_file_handle_times(&f, None, Some(ftime(e.mtime))).ctx(ctx)?;
     Ok(())
+}
+
+/// Who we are, to skip ownership and mode calls that would change nothing.
+struct Owner {
+    chown: bool,
+    uid: u32,
+    gid: u32,
+    umask: u32,
+}
+
+impl Owner {
+    fn current(root: bool) -> Owner {
+        let (uid, gid, umask) = sys::ids_and_umask();
+        Owner {
+            chown: root,
+            uid,
+            gid,
+            umask,
+        }
+    }
+}
+
+fn dir_hash(dir: &[u8]) -> usize {
+    // FNV-1a: spreads directories over writers, stable within a run.
+    dir.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    }) as usize
 }
 
 fn is_zero(buf: &[u8]) -> bool {
