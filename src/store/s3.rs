@@ -235,6 +235,7 @@ impl Store for S3Store {
                     .block_on(w.wait_for_capacity(PARTS_IN_FLIGHT))
                     .map_err(|e| self.err("uploading", key, e))?;
                 w.write(&buf[..n]);
+                fault_point_in_multipart(&self.rt, &mut w);
             })();
             match result {
                 Ok(()) => {
@@ -290,6 +291,17 @@ impl Store for S3Store {
 
     fn spool_dir(&self) -> Result<PathBuf> {
         Ok(std::env::temp_dir())
+    }
+}
+
+/// Test hook: `FREEZER_FAULT_ABORT_IN_MULTIPART=1` kills the process once the first part
+/// of a multipart upload has reached the server, leaving the upload incomplete, as a
+/// `kill -9` in the middle of a large upload would. Used by the interrupted-freeze test.
+fn fault_point_in_multipart(rt: &tokio::runtime::Runtime, w: &mut WriteMultipart) {
+    if std::env::var_os("FREEZER_FAULT_ABORT_IN_MULTIPART").is_some() {
+        let _ = rt.block_on(w.wait_for_capacity(0));
+        eprintln!("freezer: fault injection: aborting in the middle of a multipart upload");
+        std::process::abort();
     }
 }
 

@@ -166,8 +166,10 @@ pub fn freeze_tree(
         let uploaded = uploader
             .join()
             .map_err(|_| Error::other("the upload thread panicked"))?;
+        // An upload error explains the walk's "upload thread stopped", so it comes first.
+        let uploaded = uploaded?;
         close_result?;
-        uploaded
+        Ok(uploaded)
     })?;
 
     stats.new_layers = finished.len() as u64;

@@ -164,6 +164,60 @@ fn an_interrupted_freeze_leaves_no_snapshot_and_resumes() {
     assert_same_tree(&b, &under(&out, &b));
 }
 
+/// Killed in the middle of a multipart upload of a large layer: no snapshot, no blob at the
+/// layer's key (S3 makes a multipart object visible only when completed), and the re-run
+/// completes.
+#[test]
+fn a_freeze_killed_mid_multipart_upload_leaves_no_snapshot() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("big");
+    fs::create_dir_all(&src).unwrap();
+    let mut data = vec![0u8; 24 << 20];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut data[..]);
+    fs::write(src.join("incompressible.bin"), &data).unwrap();
+    let repo = TestRepo::s3().init();
+    let args = [
+        "freeze",
+        "multipart",
+        "--repo",
+        &repo.url,
+        "--path",
+        src.to_str().unwrap(),
+        "--json",
+    ];
+    let out = freezer_env(&args, &[("FREEZER_FAULT_ABORT_IN_MULTIPART", "1")]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("middle of a multipart upload"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        json(&freezer(&["snapshots", "--repo", &repo.url, "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        repo.store().list("blobs/").unwrap().len(),
+        0,
+        "no half-uploaded blob is visible"
+    );
+    let report = json(&freezer(&args));
+    assert_eq!(report["blobs_uploaded"], 4);
+    let out = work.path().join("out");
+    assert_ok(&freezer(&[
+        "thaw",
+        "multipart",
+        "--repo",
+        &repo.url,
+        "--into",
+        out.to_str().unwrap(),
+    ]));
+    assert_same_tree(&src, &under(&out, &src));
+}
+
 #[test]
 fn an_unknown_repository_version_is_refused() {
     let repo = TestRepo::local().init();
