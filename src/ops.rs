@@ -506,8 +506,31 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
             return Err(e);
         }
     };
-    for (t, staging) in plan.trees.iter().zip(&staged) {
-        install(staging, &t.dest)?;
+    // Every tree is complete and verified; now move them into place. This step can still
+    // fail (a destination that is a mount point, permissions); then say exactly which
+    // trees are restored and which are not, and leave no staging directory behind.
+    let mut installed: Vec<String> = Vec::new();
+    for (i, (t, staging)) in plan.trees.iter().zip(&staged).enumerate() {
+        if let Err(mut e) = install(staging, &t.dest) {
+            for s in &staged[i..] {
+                let _ = fs::remove_dir_all(s);
+            }
+            let rest: Vec<String> = plan.trees[i..]
+                .iter()
+                .map(|t| t.dest.display().to_string())
+                .collect();
+            e.hint = Some(if installed.is_empty() {
+                "nothing was changed at the destinations".to_string()
+            } else {
+                format!(
+                    "partially restored: {} are restored, {} are not; run the thaw again with --replace",
+                    installed.join(", "),
+                    rest.join(", ")
+                )
+            });
+            return Err(e);
+        }
+        installed.push(t.dest.display().to_string());
     }
     Ok(ThawReport {
         site: plan.snapshot.site.clone(),
@@ -536,15 +559,18 @@ fn create_parents(dir: &Path, created: &mut Vec<PathBuf>) -> Result<()> {
 /// Moves a complete staging directory to its destination. An existing destination is
 /// swapped out atomically where the file system allows it, then removed.
 fn install(staging: &Path, dest: &Path) -> Result<()> {
-    let exists = fs::symlink_metadata(dest).is_ok();
-    if !exists || fs::rename(staging, dest).is_ok() {
-        if !exists {
-            fs::rename(staging, dest)
-                .ctx(|| format!("moving {} to {}", staging.display(), dest.display()))?;
+    // Onto nothing or an empty directory, one rename does it atomically.
+    match fs::rename(staging, dest) {
+        Ok(()) => return Ok(()),
+        Err(e) if fs::symlink_metadata(dest).is_err() => {
+            return Err(Error::io(
+                format!("moving {} to {}", staging.display(), dest.display()),
+                e,
+            ));
         }
-        return Ok(());
+        Err(_) => {}
     }
-    // dest is a non-empty directory (or a file): swap, then remove the old contents.
+    // dest is a non-empty directory (or not a directory): swap, then remove the old contents.
     let old = if crate::sys::exchange(staging, dest).is_ok() {
         staging.to_path_buf()
     } else {
@@ -556,13 +582,14 @@ fn install(staging: &Path, dest: &Path) -> Result<()> {
             random_suffix()
         ));
         fs::rename(dest, &old).ctx(|| format!("moving {} aside", dest.display()))?;
-        fs::rename(staging, dest).map_err(|e| {
-            Error::io(
+        if let Err(e) = fs::rename(staging, dest) {
+            // Put the old contents back rather than leave the destination missing.
+            let _ = fs::rename(&old, dest);
+            return Err(Error::io(
                 format!("moving {} to {}", staging.display(), dest.display()),
                 e,
-            )
-            .with_hint(format!("the previous contents are at {}", old.display()))
-        })?;
+            ));
+        }
         old
     };
     let meta = fs::symlink_metadata(&old).ctx(|| format!("reading {}", old.display()))?;

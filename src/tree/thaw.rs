@@ -453,8 +453,9 @@ fn write_file(
     if owner.chown && (e.uid, e.gid) != (owner.uid, owner.gid) {
         std::os::unix::fs::fchown(&f, Some(e.uid), Some(e.gid)).ctx(ctx)?;
     }
-    // After chown, which clears setuid/setgid bits.
-    if !direct || owner.chown && (e.uid, e.gid) != (owner.uid, owner.gid) {
+    // After chown, which clears setuid/setgid bits. A file created with its final mode
+    // has none of those, so chown cannot have changed it.
+    if !direct {
         f.set_permissions(Permissions::from_mode(e.mode)).ctx(ctx)?;
     }
     for (name, value) in &e.xattrs {

@@ -359,3 +359,27 @@ fn sites_from_the_config_file_and_freezer_repo_env() {
     );
     let _ = Path::new("");
 }
+
+#[test]
+fn freeze_dry_run_prints_the_plan_and_writes_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("www");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), "f").unwrap();
+    let repo = TestRepo::local().init();
+    let plan = json(&freezer(&[
+        "freeze",
+        "dry",
+        "--repo",
+        &repo.url,
+        "--path",
+        src.to_str().unwrap(),
+        "--dry-run",
+        "--json",
+    ]));
+    assert_eq!(plan["site"], "dry");
+    assert_eq!(plan["trees"][0]["name"], "www");
+    assert!(plan["parent"].is_null());
+    assert!(repo.store().list("blobs/").unwrap().is_empty());
+    assert!(repo.store().list("snapshots/").unwrap().is_empty());
+}
