@@ -463,3 +463,15 @@ pub fn copy_tree(from: &Path, to: &Path) {
         .unwrap();
     assert!(st.success());
 }
+
+/// `freezer thaw TARGET --into INTO` against a test repository.
+pub fn thaw_into(repo: &TestRepo, target: &str, into: &Path) -> Output {
+    freezer(&[
+        "thaw",
+        target,
+        "--repo",
+        &repo.url,
+        "--into",
+        into.to_str().unwrap(),
+    ])
+}

@@ -120,14 +120,7 @@ fn craft(repo: &TestRepo, tree_path: &Path, index: &[Entry], tar: Vec<u8>) {
 }
 
 fn thaw_refused(repo: &TestRepo, into: &Path, expect: &str) {
-    let out = freezer(&[
-        "thaw",
-        "evil",
-        "--repo",
-        &repo.url,
-        "--into",
-        into.to_str().unwrap(),
-    ]);
+    let out = thaw_into(repo, "evil", into);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(
         stderr(&out).contains(expect),
@@ -262,14 +255,7 @@ fn symlinks_pointing_outside_are_restored_as_links() {
         raw_tar(&[]),
     );
     let into = work.path().join("into");
-    assert_ok(&freezer(&[
-        "thaw",
-        "evil",
-        "--repo",
-        &repo.url,
-        "--into",
-        into.to_str().unwrap(),
-    ]));
+    assert_ok(&thaw_into(&repo, "evil", &into));
     let restored = into.join("srv/site/www/link");
     assert_eq!(fs::read_link(&restored).unwrap(), outside);
     assert_empty_dir(&outside);

@@ -78,14 +78,7 @@ fn a_flipped_byte_in_any_blob_is_caught_by_verify_and_thaw() {
                 .any(|p| p["object"] == key.as_str()));
 
             let into = work.path().join(unique("thaw"));
-            let out = freezer(&[
-                "thaw",
-                "fragile",
-                "--repo",
-                &repo.url,
-                "--into",
-                into.to_str().unwrap(),
-            ]);
+            let out = thaw_into(&repo, "fragile", &into);
             assert_eq!(
                 out.status.code(),
                 Some(4),
@@ -152,14 +145,7 @@ fn an_interrupted_freeze_leaves_no_snapshot_and_resumes() {
     let list = json(&freezer(&["snapshots", "--repo", &repo.url, "--json"]));
     assert_eq!(list.as_array().unwrap().len(), 1);
     let out = work.path().join("out");
-    assert_ok(&freezer(&[
-        "thaw",
-        "interrupted",
-        "--repo",
-        &repo.url,
-        "--into",
-        out.to_str().unwrap(),
-    ]));
+    assert_ok(&thaw_into(&repo, "interrupted", &out));
     assert_same_tree(&a, &under(&out, &a));
     assert_same_tree(&b, &under(&out, &b));
 }
@@ -207,14 +193,7 @@ fn a_freeze_killed_mid_multipart_upload_leaves_no_snapshot() {
     let report = json(&freezer(&args));
     assert_eq!(report["blobs_uploaded"], 4);
     let out = work.path().join("out");
-    assert_ok(&freezer(&[
-        "thaw",
-        "multipart",
-        "--repo",
-        &repo.url,
-        "--into",
-        out.to_str().unwrap(),
-    ]));
+    assert_ok(&thaw_into(&repo, "multipart", &out));
     assert_same_tree(&src, &under(&out, &src));
 }
 

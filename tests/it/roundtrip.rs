@@ -19,14 +19,7 @@ fn every_case_round_trips_through_local_and_garage() {
             "first freeze reads everything"
         );
         let out = work.path().join(format!("out-{}", unique("r")));
-        assert_ok(&freezer(&[
-            "thaw",
-            "every-case",
-            "--repo",
-            &repo.url,
-            "--into",
-            out.to_str().unwrap(),
-        ]));
+        assert_ok(&thaw_into(&repo, "every-case", &out));
         assert_same_tree(&src, &under(&out, &src));
     }
 }
@@ -58,14 +51,7 @@ fn unchanged_tree_uploads_no_new_blob_data() {
         ]));
         assert_eq!(list.as_array().unwrap().len(), 2);
         let out = work.path().join(unique("out"));
-        assert_ok(&freezer(&[
-            "thaw",
-            "steady",
-            "--repo",
-            &repo.url,
-            "--into",
-            out.to_str().unwrap(),
-        ]));
+        assert_ok(&thaw_into(&repo, "steady", &out));
         assert_same_tree(&src, &under(&out, &src));
     }
 }
@@ -113,28 +99,14 @@ fn incremental_freeze_reads_only_changes_and_restores_deletions() {
     );
 
     let latest = work.path().join("latest");
-    assert_ok(&freezer(&[
-        "thaw",
-        "nightly",
-        "--repo",
-        &repo.url,
-        "--into",
-        latest.to_str().unwrap(),
-    ]));
+    assert_ok(&thaw_into(&repo, "nightly", &latest));
     assert_same_tree(&src, &under(&latest, &src));
     assert!(!under(&latest, &src).join("d07").exists());
 
     let old_id = first["snapshot"].as_str().unwrap();
     let old = work.path().join("old");
     let target = format!("nightly:{old_id}");
-    assert_ok(&freezer(&[
-        "thaw",
-        &target,
-        "--repo",
-        &repo.url,
-        "--into",
-        old.to_str().unwrap(),
-    ]));
+    assert_ok(&thaw_into(&repo, &target, &old));
     assert_same_tree(&before, &under(&old, &src));
 
     // The changeset is a valid OCI layer chain too: stock tools see both layers.
@@ -302,14 +274,7 @@ fn thaw_refuses_a_non_empty_target_and_replace_swaps_it() {
     // An empty existing directory is fine without --replace.
     let empty = work.path().join("empty-target");
     fs::create_dir(&empty).unwrap();
-    assert_ok(&freezer(&[
-        "thaw",
-        "replace-me",
-        "--repo",
-        &repo.url,
-        "--into",
-        empty.to_str().unwrap(),
-    ]));
+    assert_ok(&thaw_into(&repo, "replace-me", &empty));
     assert!(under(&empty, &src).join("d/file").exists());
 }
 
