@@ -205,6 +205,20 @@ pub fn freeze_tree(
         .len();
     repo.put_blob_file(&index_tmp.into_temp_path(), &index_digest, index_size)?;
 
+    let index = Descriptor::new(MT_TREE_INDEX, index_digest, index_size);
+    let manifest = store_tree_image(repo, layers, diff_ids, &index, annotations)?;
+    Ok((manifest, stats))
+}
+
+/// Stores a tree's OCI config and manifest (§5 of SPEC.md) for layers and an index that
+/// are already stored. Returns the manifest's descriptor.
+pub fn store_tree_image(
+    repo: &Repository,
+    layers: Vec<Descriptor>,
+    diff_ids: Vec<Digest>,
+    index: &Descriptor,
+    mut annotations: Annotations,
+) -> Result<Descriptor> {
     let platform = Platform::host();
     let config = ImageConfig {
         architecture: platform.architecture,
@@ -215,21 +229,17 @@ pub fn freeze_tree(
         },
     };
     let (config_digest, config_size) = repo.put_blob(&to_json(&config))?;
-    let mut manifest = ImageManifest {
+    annotations.insert(A_TREE_INDEX.into(), index.digest.to_string());
+    annotations.insert(A_TREE_INDEX_SIZE.into(), index.size.to_string());
+    let manifest = ImageManifest {
         schema_version: 2,
         media_type: MT_MANIFEST.into(),
         config: Descriptor::new(MT_CONFIG, config_digest, config_size),
         layers,
         annotations,
     };
-    manifest
-        .annotations
-        .insert(A_TREE_INDEX.into(), index_digest.to_string());
-    manifest
-        .annotations
-        .insert(A_TREE_INDEX_SIZE.into(), index_size.to_string());
     let (digest, size) = repo.put_blob(&to_json(&manifest))?;
-    Ok((Descriptor::new(MT_MANIFEST, digest, size), stats))
+    Ok(Descriptor::new(MT_MANIFEST, digest, size))
 }
 
 fn digest_file(path: &Path) -> Result<Digest> {

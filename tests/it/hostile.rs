@@ -7,6 +7,7 @@ use std::path::Path;
 
 use freezer::format::*;
 use freezer::repo::Repository;
+use freezer::tree::freeze::store_tree_image;
 use freezer::tree::index::{Entry, IndexWriter, Kind};
 
 use crate::common::*;
@@ -78,30 +79,14 @@ fn craft(repo: &TestRepo, tree_path: &Path, index: &[Entry], tar: Vec<u8>) {
     }
     let (index_bytes, _) = w.finish(vec![0]).unwrap();
     let (index_digest, index_size) = r.put_blob(&index_bytes).unwrap();
-    let config = ImageConfig {
-        architecture: "amd64".into(),
-        os: "linux".into(),
-        rootfs: RootFs {
-            kind: "layers".into(),
-            diff_ids: vec![Digest::of(&tar)],
-        },
-    };
-    let (config_digest, config_size) = r.put_blob(&to_json(&config)).unwrap();
-    let mut manifest = ImageManifest {
-        schema_version: 2,
-        media_type: MT_MANIFEST.into(),
-        config: Descriptor::new(MT_CONFIG, config_digest, config_size),
-        layers: vec![Descriptor::new(MT_LAYER_ZSTD, layer_digest, layer_size)],
-        annotations: Default::default(),
-    };
-    manifest
-        .annotations
-        .insert(A_TREE_INDEX.into(), index_digest.to_string());
-    manifest
-        .annotations
-        .insert(A_TREE_INDEX_SIZE.into(), index_size.to_string());
-    let (md, ms) = r.put_blob(&to_json(&manifest)).unwrap();
-    let mut desc = Descriptor::new(MT_MANIFEST, md, ms);
+    let mut desc = store_tree_image(
+        &r,
+        vec![Descriptor::new(MT_LAYER_ZSTD, layer_digest, layer_size)],
+        vec![Digest::of(&tar)],
+        &Descriptor::new(MT_TREE_INDEX, index_digest, index_size),
+        Default::default(),
+    )
+    .unwrap();
     desc.annotations.insert(A_TREE_NAME.into(), "www".into());
     desc.annotations
         .insert(A_TREE_PATH.into(), tree_path.display().to_string());
