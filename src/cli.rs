@@ -95,6 +95,10 @@ pub fn run(cli: Cli) -> i32 {
     let json = cli.global.json;
     match dispatch(cli) {
         Ok(code) => code,
+        // The signal thread is cleaning up and will exit with its own report.
+        Err(_) if crate::interrupt::interrupted() => loop {
+            std::thread::park();
+        },
         Err(e) => {
             report_error(&e, json);
             e.kind.exit_code()
@@ -152,6 +156,13 @@ fn open_repo(settings: &Settings) -> Result<Repository> {
 
 fn dispatch(cli: Cli) -> Result<i32> {
     let g = &cli.global;
+    crate::interrupt::install(match &cli.command {
+        Command::Freeze { .. } => "freeze",
+        Command::Thaw { .. } => "thaw",
+        Command::Verify { .. } => "verify",
+        Command::Export { .. } => "export",
+        _ => "the command",
+    });
     let settings = Settings::load(g.config.as_deref(), g.repo.as_deref())?;
     let say = |msg: String| {
         if !g.quiet {

@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod error;
 pub mod format;
+pub mod interrupt;
 pub mod ops;
 pub mod progress;
 pub mod repo;

@@ -474,6 +474,7 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
                 .create(&staging)
                 .ctx(|| format!("creating {}", staging.display()))?;
             staged.push(staging.clone());
+            crate::interrupt::track(staging.clone());
             let stats = thaw_tree(repo, &t.plan, &staging, progress).map_err(|e| {
                 prefix(
                     e,
@@ -496,6 +497,7 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
         Err(mut e) => {
             for s in &staged {
                 let _ = fs::remove_dir_all(s);
+                crate::interrupt::untrack(s);
             }
             for d in created_dirs.iter().rev() {
                 let _ = fs::remove_dir(d);
@@ -530,6 +532,7 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
             });
             return Err(e);
         }
+        crate::interrupt::untrack(staging);
         installed.push(t.dest.display().to_string());
     }
     Ok(ThawReport {
@@ -551,6 +554,7 @@ fn create_parents(dir: &Path, created: &mut Vec<PathBuf>) -> Result<()> {
     }
     for d in missing.into_iter().rev() {
         fs::create_dir(&d).ctx(|| format!("creating {}", d.display()))?;
+        crate::interrupt::track_if_empty(d.clone());
         created.push(d);
     }
     Ok(())

@@ -1,0 +1,94 @@
+//! Ctrl-C and SIGTERM (cron timeouts, `systemctl stop`): stop cleanly and say what state
+//! things are in. A freeze that is interrupted has written no snapshot record, so there is
+//! nothing to undo; a thaw removes its unfinished staging directories, so destinations
+//! stay exactly as they were.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// (path, whole tree?): staging directories are removed whole, the parent directories a
+/// thaw created only when empty.
+static STAGING: Mutex<Vec<(PathBuf, bool)>> = Mutex::new(Vec::new());
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// True once a signal arrived: errors after that are consequences of the cleanup, and the
+/// signal thread reports and exits.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Exit code for a run ended by a signal (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Registers a directory to remove, with its contents, if the run is interrupted.
+pub fn track(path: PathBuf) {
+    STAGING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((path, true));
+}
+
+/// Registers a directory to remove if the run is interrupted while it is still empty.
+pub fn track_if_empty(path: PathBuf) {
+    STAGING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((path, false));
+}
+
+/// Forgets a directory (it was installed or cleaned up normally).
+pub fn untrack(path: &std::path::Path) {
+    STAGING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(p, _)| p != path);
+}
+
+/// Starts a thread that waits for SIGINT or SIGTERM, cleans up and exits.
+pub fn install(what: &'static str) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        });
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        let dirs: Vec<(PathBuf, bool)> = STAGING.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // Newest first: staging directories before the parents created for them.
+        for (d, whole) in dirs.iter().rev() {
+            if !whole {
+                let _ = std::fs::remove_dir(d);
+                continue;
+            }
+            // Writers may still be adding files for a moment: try a few times.
+            for _ in 0..5 {
+                if std::fs::remove_dir_all(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+        eprintln!("\nfreezer: interrupted during {what}");
+        match what {
+            "thaw" => eprintln!("freezer: the destinations were not changed; unfinished restores were removed"),
+            "freeze" => eprintln!("freezer: no snapshot was recorded; the next freeze reuses what was already uploaded"),
+            _ => {}
+        }
+        std::process::exit(EXIT_INTERRUPTED);
+    });
+}
