@@ -231,7 +231,10 @@ impl Repository {
 
     /// Reads a whole small blob and checks it against its digest.
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
-        let data = self.store.get(&digest.key())?;
+        let data = self
+            .store
+            .get(&digest.key())
+            .map_err(|e| self.missing(e, digest))?;
         let actual = Digest::of(&data);
         if &actual != digest {
             return Err(self.damaged(digest, &actual));
@@ -242,7 +245,10 @@ impl Repository {
     /// Streams a blob; the reader fails at the end if the content does not match its digest,
     /// so callers must read to EOF before trusting what they wrote.
     pub fn open_blob(&self, digest: &Digest) -> Result<VerifyingReader<Box<dyn Read + Send>>> {
-        let inner = self.store.open(&digest.key())?;
+        let inner = self
+            .store
+            .open(&digest.key())
+            .map_err(|e| self.missing(e, digest))?;
         Ok(VerifyingReader::new(inner, digest.clone(), self.location()))
     }
 
@@ -255,6 +261,22 @@ impl Repository {
             .flush()
             .ctx(|| "writing a temporary file".into())?;
         Ok(tmp)
+    }
+
+    /// A blob that a snapshot references and the store does not have is damage to the
+    /// repository, not a "not found" the user could fix by naming something else.
+    fn missing(&self, e: Error, digest: &Digest) -> Error {
+        if e.kind != ErrorKind::NotFound {
+            return e;
+        }
+        Error::integrity(format!(
+            "object {} is missing from {}",
+            digest.key(),
+            self.location()
+        ))
+        .with_hint(
+            "restore that object from another copy of the repository, or thaw an older snapshot",
+        )
     }
 
     fn damaged(&self, digest: &Digest, actual: &Digest) -> Error {

@@ -99,6 +99,23 @@ fn a_flipped_byte_in_any_blob_is_caught_by_verify_and_thaw() {
             restore(store.as_ref(), key, &original);
         }
         assert_ok(&freezer(&["verify", "--repo", &repo.url]));
+
+        // A missing blob is damage too, named the same way.
+        let layer = blobs.iter().max_by_key(|k| store.size(k).unwrap()).unwrap();
+        let original = store.get(layer).unwrap();
+        store.delete(layer).unwrap();
+        let out = freezer(&["verify", "--repo", &repo.url]);
+        assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("object {layer} is missing")),
+            "{}",
+            stderr(&out)
+        );
+        let into = work.path().join(unique("thaw"));
+        let out = thaw_into(&repo, "fragile", &into);
+        assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+        assert!(!into.exists());
+        restore(store.as_ref(), layer, &original);
     }
 }
 
