@@ -2,7 +2,7 @@
 //!
 //! Each takes explicit arguments and returns a report; printing is the binary's job.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -772,9 +772,9 @@ pub fn export(
         blobs: 0,
         bytes: 0,
     };
-    let mut copied: BTreeMap<Digest, ()> = BTreeMap::new();
+    let mut copied: BTreeSet<Digest> = BTreeSet::new();
     let mut copy = |d: &Digest| -> Result<()> {
-        if copied.insert(d.clone(), ()).is_some() {
+        if !copied.insert(d.clone()) {
             return Ok(());
         }
         let dest = blob_dir.join(d.hex());

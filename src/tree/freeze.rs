@@ -131,9 +131,12 @@ pub fn freeze_tree(
     let spool = repo.store().spool_dir()?;
     let index_tmp = tempfile::NamedTempFile::new_in(&spool)
         .ctx(|| format!("creating a file in {}", spool.display()))?;
-    let mut index = IndexWriter::new(BufWriter::new(
-        index_tmp.reopen().ctx(|| "reopening the index".into())?,
-    ))?;
+    // Hashed as it is written, so the index is never read back just to name it.
+    let mut index = IndexWriter::new(HashCount {
+        inner: BufWriter::new(index_tmp.reopen().ctx(|| "reopening the index".into())?),
+        hasher: Sha256::new(),
+        count: 0,
+    })?;
 
     let finished: Vec<FinishedPart> = std::thread::scope(|scope| -> Result<Vec<FinishedPart>> {
         // Parts travel to the uploader through a one-slot channel: at most one finished
@@ -161,7 +164,7 @@ pub fn freeze_tree(
             progress,
         };
         let walk_result = m.run(root, incremental);
-        let close_result = walk_result.and_then(|()| m.layers.close());
+        let close_result = walk_result.and_then(|()| m.layers.finish_part());
         drop(m);
         let uploaded = uploader
             .join()
@@ -191,18 +194,15 @@ pub fn freeze_tree(
     stats.layers = layers.len() as u64;
 
     let (w, trailer) = index.finish(layer_content)?;
-    w.into_inner()
-        .map_err(|e| Error::io("writing the tree index", e.into_error()))?
-        .sync_all()
-        .ctx(|| "writing the tree index".into())?;
+    let index_digest = Digest::from_hasher(w.hasher);
+    let index_size = w.count;
+    w.inner
+        .into_inner()
+        .map_err(|e| Error::io("writing the tree index", e.into_error()))?;
     stats.entries = trailer.entries;
     stats.files = trailer.files;
     stats.bytes = trailer.bytes;
 
-    let index_digest = digest_file(index_tmp.path())?;
-    let index_size = std::fs::metadata(index_tmp.path())
-        .ctx(|| "reading the tree index".into())?
-        .len();
     repo.put_blob_file(&index_tmp.into_temp_path(), &index_digest, index_size)?;
 
     let index = Descriptor::new(MT_TREE_INDEX, index_digest, index_size);
@@ -242,16 +242,9 @@ pub fn store_tree_image(
     Ok(Descriptor::new(MT_MANIFEST, digest, size))
 }
 
-fn digest_file(path: &Path) -> Result<Digest> {
-    let mut f = File::open(path).ctx(|| format!("reading {}", path.display()))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).ctx(|| format!("reading {}", path.display()))?;
-    Ok(Digest::from_hasher(h))
-}
-
 struct Merge<'a> {
     layers: LayerSink,
-    index: &'a mut IndexWriter<BufWriter<File>>,
+    index: &'a mut IndexWriter<HashedFile>,
     stats: &'a mut FreezeStats,
     /// A directory of the previous snapshot that is gone: its old children need no whiteouts.
     gone_dir: Option<Vec<u8>>,
@@ -469,8 +462,9 @@ impl<W: Write> Write for HashCount<W> {
     }
 }
 
-type Compressed = HashCount<BufWriter<File>>;
-type TarOut = BufWriter<HashCount<zstd::stream::write::Encoder<'static, Compressed>>>;
+/// A spool file that hashes and counts what is written to it.
+type HashedFile = HashCount<BufWriter<File>>;
+type TarOut = BufWriter<HashCount<zstd::stream::write::Encoder<'static, HashedFile>>>;
 
 struct Part {
     ordinal: u32,
@@ -566,10 +560,6 @@ impl LayerSink {
         self.tx
             .send(finished)
             .map_err(|_| Error::other("the upload thread stopped"))
-    }
-
-    fn close(&mut self) -> Result<()> {
-        self.finish_part()
     }
 
     fn header(&mut self, e: &Entry, kind: tar::EntryType, link: &[u8]) -> Result<()> {
