@@ -55,6 +55,21 @@ pub enum Command {
         /// A directory of the site, as DIR or NAME=DIR; repeatable. Default: the config file's.
         #[arg(long = "path", value_name = "[NAME=]DIR")]
         paths: Vec<String>,
+        /// A database to dump, as mysql://USER[:PASS]@HOST[:PORT]/DB (password also from
+        /// FREEZER_DB_PASSWORD); repeatable. Default: the config file's.
+        #[arg(long = "db", value_name = "URL")]
+        dbs: Vec<String>,
+        /// files (trees only) or dehydrated (SQL dumps and trees). Default: dehydrated
+        /// when the site has a database.
+        #[arg(long, value_parser = ["files", "dehydrated"])]
+        mode: Option<String>,
+        /// Database connections used in parallel (default: the number of CPUs).
+        #[arg(long, env = "FREEZER_JOBS")]
+        jobs: Option<usize>,
+        /// Average size of a database dump chunk (uncompressed SQL), e.g. 2M or 512K.
+        /// Smaller chunks deduplicate finer and make more objects.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        chunk_size: Option<u64>,
         /// Print what would be frozen and exit.
         #[arg(long)]
         dry_run: bool,
@@ -66,9 +81,19 @@ pub enum Command {
         /// Restore every tree under this directory instead of its original path.
         #[arg(long)]
         into: Option<PathBuf>,
-        /// Replace destinations that exist and are not empty.
+        /// Replace destinations that exist and are not empty (directories, databases).
         #[arg(long)]
         replace: bool,
+        /// Where to load the snapshot's database: [SOURCE=]mysql://USER@HOST[:PORT]/DB
+        /// (the target database is created; its name may differ). Repeatable.
+        #[arg(long = "db", value_name = "[SOURCE=]URL")]
+        dbs: Vec<String>,
+        /// Restore only the file trees, not the databases.
+        #[arg(long, conflicts_with = "dbs")]
+        no_db: bool,
+        /// Database connections used in parallel (default: the number of CPUs).
+        #[arg(long, env = "FREEZER_JOBS")]
+        jobs: Option<usize>,
         /// Verify the snapshot's metadata, print the plan and exit without writing.
         #[arg(long)]
         dry_run: bool,
@@ -141,6 +166,28 @@ fn print_json<T: Serialize>(v: &T) {
     let _ = writeln!(out);
 }
 
+/// `123`, `64K`, `2M`, `1G` (powers of 1024).
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 512K or 2M"))?;
+    let v = n.saturating_mul(mult);
+    if !(4096..=(1 << 30)).contains(&v) {
+        return Err(format!("{s} is out of range (4K to 1G)"));
+    }
+    Ok(v)
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 fn split_target(t: &str) -> (&str, Option<&str>) {
     match t.split_once(':') {
         Some((s, snap)) if !snap.is_empty() => (s, Some(snap)),
@@ -188,11 +235,32 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Freeze {
             site,
             paths,
+            dbs,
+            mode,
+            jobs,
+            chunk_size,
             dry_run,
         } => {
-            let trees = settings.trees(site, paths)?;
+            let (trees, mut databases) = settings.sources(site, paths, dbs)?;
+            match mode.as_deref() {
+                Some("files") => databases.clear(),
+                Some("dehydrated") if databases.is_empty() => {
+                    return Err(Error::usage(format!("site {site} has no database to dump"))
+                        .with_hint("pass --db mysql://USER@HOST/DB, or list databases under [sites.NAME] in freezer.toml"));
+                }
+                _ => {}
+            }
             let repo = open_repo(&settings)?;
-            let plan = ops::plan_freeze(&repo, site, trees)?;
+            let mut plan = ops::plan_freeze(
+                &repo,
+                site,
+                trees,
+                databases,
+                jobs.unwrap_or_else(default_jobs),
+            )?;
+            if let Some(c) = chunk_size {
+                plan.db_chunk_bytes = *c;
+            }
             if *dry_run {
                 if g.json {
                     print_json(&plan);
@@ -206,6 +274,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     }
                     for t in &plan.trees {
                         println!("  tree {:<16} {}", t.name, t.path.display());
+                    }
+                    for d in &plan.databases {
+                        println!(
+                            "  database {:<12} {d} ({} connections, consistent snapshot)",
+                            d.database, plan.db_jobs
+                        );
                     }
                 }
                 return Ok(0);
@@ -241,6 +315,18 @@ fn dispatch(cli: Cli) -> Result<i32> {
                         if s.rebased { ", rebased" } else { "" }
                     ));
                 }
+                for d in &report.databases {
+                    say(format!(
+                        "  database {:<12} {} tables, {} rows, {} chunks ({} of SQL, {} stored); tables locked {} ms",
+                        d.database,
+                        d.tables,
+                        d.rows,
+                        d.chunks,
+                        bytes(d.sql_bytes),
+                        bytes(d.stored_bytes),
+                        d.lock_ms
+                    ));
+                }
                 say(format!(
                     "  uploaded {} blobs ({}), reused {} ({})",
                     report.blobs_uploaded,
@@ -255,11 +341,19 @@ fn dispatch(cli: Cli) -> Result<i32> {
             target,
             into,
             replace,
+            dbs,
+            no_db,
+            jobs,
             dry_run,
         } => {
             let (site, snap) = split_target(target);
             let repo = open_repo(&settings)?;
-            let plan = ops::plan_thaw(&repo, site, snap, into.as_deref(), *replace)?;
+            let db = ops::DbThawFlags {
+                targets: dbs.clone(),
+                skip: *no_db,
+                jobs: jobs.unwrap_or_else(default_jobs),
+            };
+            let plan = ops::plan_thaw(&repo, site, snap, into.as_deref(), *replace, &db)?;
             if *dry_run {
                 let view = plan.view();
                 if g.json {
@@ -280,6 +374,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
                             t.files,
                             bytes(t.bytes),
                             t.layers
+                        );
+                    }
+                    for d in &view.databases {
+                        println!(
+                            "  {} database {:<12} -> {}  ({} tables, {} rows, {} chunks)",
+                            d.action, d.source, d.target, d.tables, d.rows, d.chunks
                         );
                     }
                 }
@@ -305,6 +405,17 @@ fn dispatch(cli: Cli) -> Result<i32> {
                         t.stats.files,
                         bytes(t.stats.bytes)
                     ));
+                }
+                for d in &report.databases {
+                    say(format!(
+                        "  database {:<12} -> {}  ({} tables, {} rows, {} objects; verified in {:.1}s)",
+                        d.source, d.target, d.tables, d.rows, d.objects, d.verify_seconds
+                    ));
+                }
+            }
+            for d in &report.databases {
+                for w in &d.warnings {
+                    eprintln!("freezer: warning: {w}");
                 }
             }
             Ok(0)

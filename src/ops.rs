@@ -11,6 +11,9 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
+use crate::db::dump::{freeze_database, DbReport, DumpOptions};
+use crate::db::load::{load_database, LoadOptions, LoadReport};
+use crate::db::{DbManifest, DbUrl, A_DB_NAME, A_DB_ROWS, A_DB_TABLES};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
 use crate::progress::Progress;
@@ -37,18 +40,38 @@ pub struct FreezePlan {
     pub site: String,
     pub repo: String,
     pub trees: Vec<TreeSpec>,
+    pub databases: Vec<DbUrl>,
+    /// Connections per database dump.
+    pub db_jobs: usize,
+    /// Target uncompressed size of a dump chunk.
+    pub db_chunk_bytes: u64,
     /// The snapshot whose indexes let unchanged files be skipped.
     pub parent: Option<String>,
 }
 
-pub fn plan_freeze(repo: &Repository, site: &str, trees: Vec<TreeSpec>) -> Result<FreezePlan> {
+pub fn plan_freeze(
+    repo: &Repository,
+    site: &str,
+    trees: Vec<TreeSpec>,
+    databases: Vec<DbUrl>,
+    db_jobs: usize,
+) -> Result<FreezePlan> {
     crate::repo::check_site_name(site)?;
-    if trees.is_empty() {
+    if trees.is_empty() && databases.is_empty() {
         return Err(
-            Error::usage(format!("site {site} has no paths to freeze")).with_hint(format!(
-                "pass --path DIR, or list paths under [sites.{site}] in freezer.toml"
+            Error::usage(format!("site {site} has nothing to freeze")).with_hint(format!(
+                "pass --path DIR or --db URL, or list paths and databases under [sites.{site}] in freezer.toml"
             )),
         );
+    }
+    let mut db_names = BTreeSet::new();
+    for d in &databases {
+        if !db_names.insert(d.database.clone()) {
+            return Err(Error::usage(format!(
+                "database {} is named twice; a snapshot holds each database name once",
+                d.database
+            )));
+        }
     }
     let mut seen = HashMap::new();
     for t in &trees {
@@ -77,6 +100,9 @@ pub fn plan_freeze(repo: &Repository, site: &str, trees: Vec<TreeSpec>) -> Resul
         site: site.to_string(),
         repo: repo.location(),
         trees,
+        databases,
+        db_jobs: db_jobs.max(1),
+        db_chunk_bytes: DumpOptions::default().chunk_bytes,
         parent,
     })
 }
@@ -88,6 +114,7 @@ pub struct FreezeReport {
     pub parent: Option<String>,
     pub seconds: f64,
     pub trees: Vec<TreeReport>,
+    pub databases: Vec<DbReport>,
     pub blobs_uploaded: u64,
     pub bytes_uploaded: u64,
     pub blobs_reused: u64,
@@ -111,12 +138,26 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
     // The previous snapshot's trees, by path. A damaged or unreadable one is no reason to
     // skip tonight's backup: freeze that tree in full and say so.
     let mut prev: HashMap<PathBuf, PrevTree> = HashMap::new();
+    let mut prev_db: HashMap<String, DbManifest> = HashMap::new();
     if let Some(id) = &plan.parent {
         let snap = repo.read_snapshot(&SnapshotRef {
             site: plan.site.clone(),
             id: id.clone(),
         })?;
         for m in &snap.record.manifests {
+            if let Some(db) = m.annotations.get(A_DB_NAME) {
+                if plan.databases.iter().any(|d| &d.database == db) {
+                    match crate::db::load::read_manifest(repo, &m.digest) {
+                        Ok((_, manifest)) => {
+                            prev_db.insert(db.clone(), manifest);
+                        }
+                        Err(e) => warnings.push(format!(
+                            "previous snapshot {id} of database {db} is unreadable ({e}); chunk sizes start afresh"
+                        )),
+                    }
+                }
+                continue;
+            }
             let Some(path) = m.annotations.get(A_TREE_PATH) else {
                 continue;
             };
@@ -178,6 +219,21 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
         });
     }
 
+    let mut databases = Vec::new();
+    let db_opts = DumpOptions {
+        jobs: plan.db_jobs,
+        chunk_bytes: plan.db_chunk_bytes,
+        ..DumpOptions::default()
+    };
+    for url in &plan.databases {
+        let (desc, report) =
+            freeze_database(repo, url, prev_db.get(&url.database), &db_opts, progress)
+                .map_err(|e| prefix(e, &format!("dumping {url}")))?;
+        warnings.extend(report.warnings.iter().cloned());
+        manifests.push(desc);
+        databases.push(report);
+    }
+
     let mut record = ImageIndex {
         schema_version: 2,
         media_type: MT_INDEX.into(),
@@ -189,7 +245,12 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
     let a = &mut record.annotations;
     a.insert(A_FORMAT.into(), REPO_FORMAT_VERSION.to_string());
     a.insert(A_SITE.into(), plan.site.clone());
-    a.insert(A_MODE.into(), "files".into());
+    let mode = if plan.databases.is_empty() {
+        "files"
+    } else {
+        "dehydrated"
+    };
+    a.insert(A_MODE.into(), mode.into());
     a.insert(A_HOST.into(), hostname());
     a.insert(A_CREATED.into(), rfc3339(created));
     a.insert(A_NONCE.into(), hex::encode(nonce));
@@ -205,6 +266,7 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
         parent: plan.parent.clone(),
         seconds: started.elapsed().as_secs_f64(),
         trees,
+        databases,
         blobs_uploaded: s.blobs_uploaded.load(Ordering::Relaxed),
         bytes_uploaded: s.bytes_uploaded.load(Ordering::Relaxed),
         blobs_reused: s.blobs_reused.load(Ordering::Relaxed),
@@ -245,6 +307,15 @@ pub struct SnapshotInfo {
     pub mode: String,
     pub parent: Option<String>,
     pub trees: Vec<TreeInfo>,
+    pub databases: Vec<DbInfo>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DbInfo {
+    pub name: String,
+    pub tables: u64,
+    pub rows: u64,
+    pub manifest: Digest,
 }
 
 #[derive(Debug, Serialize)]
@@ -271,10 +342,24 @@ impl From<&Snapshot> for SnapshotInfo {
             host: s.annotation(A_HOST).into(),
             mode: s.annotation(A_MODE).into(),
             parent: s.record.annotations.get(A_PARENT).cloned(),
+            databases: s
+                .record
+                .manifests
+                .iter()
+                .filter_map(|d| {
+                    Some(DbInfo {
+                        name: d.annotations.get(A_DB_NAME)?.clone(),
+                        tables: num(d, A_DB_TABLES),
+                        rows: num(d, A_DB_ROWS),
+                        manifest: d.digest.clone(),
+                    })
+                })
+                .collect(),
             trees: s
                 .record
                 .manifests
                 .iter()
+                .filter(|d| !d.annotations.contains_key(A_DB_NAME))
                 .map(|d| TreeInfo {
                     name: d.annotations.get(A_TREE_NAME).cloned().unwrap_or_default(),
                     path: d.annotations.get(A_TREE_PATH).cloned().unwrap_or_default(),
@@ -302,6 +387,27 @@ pub fn snapshots(repo: &Repository, site: Option<&str>) -> Result<Vec<SnapshotIn
 pub struct ThawPlan {
     pub snapshot: Snapshot,
     pub trees: Vec<ThawTree>,
+    pub databases: Vec<ThawDb>,
+    pub db_jobs: usize,
+}
+
+pub struct ThawDb {
+    /// The database's name in the snapshot.
+    pub source: String,
+    pub target: DbUrl,
+    /// The target database exists with objects in it and will be dropped (--replace).
+    pub replaces: bool,
+    pub manifest: DbManifest,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ThawDbView {
+    pub source: String,
+    pub target: DbUrl,
+    pub action: &'static str,
+    pub tables: usize,
+    pub rows: u64,
+    pub chunks: usize,
 }
 
 pub struct ThawTree {
@@ -318,6 +424,7 @@ pub struct ThawPlanView {
     pub site: String,
     pub snapshot: String,
     pub trees: Vec<ThawTreeView>,
+    pub databases: Vec<ThawDbView>,
 }
 
 #[derive(Debug, Serialize)]
@@ -349,8 +456,81 @@ impl ThawPlan {
                     layers: t.plan.manifest.layers.len(),
                 })
                 .collect(),
+            databases: self
+                .databases
+                .iter()
+                .map(|d| ThawDbView {
+                    source: d.source.clone(),
+                    target: d.target.clone(),
+                    action: if d.replaces { "replace" } else { "create" },
+                    tables: d.manifest.tables.len(),
+                    rows: d.manifest.tables.iter().map(|t| t.rows).sum(),
+                    chunks: d.manifest.tables.iter().map(|t| t.chunks.len()).sum(),
+                })
+                .collect(),
         }
     }
+}
+
+/// Where each database of a snapshot is loaded: `--db SRC=URL` names the snapshot's
+/// database, a bare `--db URL` is accepted when the snapshot has exactly one.
+fn db_targets(
+    snapshot: &Snapshot,
+    flags: &[String],
+    skip: bool,
+) -> Result<Vec<(String, Digest, DbUrl)>> {
+    let in_snapshot: Vec<(String, Digest)> = snapshot
+        .record
+        .manifests
+        .iter()
+        .filter_map(|m| Some((m.annotations.get(A_DB_NAME)?.clone(), m.digest.clone())))
+        .collect();
+    if skip {
+        return Ok(vec![]);
+    }
+    let mut named: HashMap<String, DbUrl> = HashMap::new();
+    let mut bare = Vec::new();
+    for f in flags {
+        match f.split_once('=') {
+            Some((src, url)) if !src.contains("://") => {
+                named.insert(src.to_string(), DbUrl::parse(url)?);
+            }
+            _ => bare.push(DbUrl::parse(f)?),
+        }
+    }
+    for src in named.keys() {
+        if !in_snapshot.iter().any(|(n, _)| n == src) {
+            return Err(Error::usage(format!(
+                "snapshot {}:{} has no database {src}",
+                snapshot.site, snapshot.id
+            )));
+        }
+    }
+    if bare.len() > 1 || (bare.len() == 1 && in_snapshot.len() > 1) {
+        return Err(Error::usage(format!(
+            "snapshot {}:{} has {} databases; say which goes where with --db SOURCE=URL",
+            snapshot.site,
+            snapshot.id,
+            in_snapshot.len()
+        )));
+    }
+    let mut out = Vec::new();
+    for (name, digest) in in_snapshot {
+        let url = match named.remove(&name) {
+            Some(u) => u,
+            None => bare.pop().ok_or_else(|| {
+                Error::usage(format!(
+                    "snapshot {}:{} holds database {name}; say where to load it",
+                    snapshot.site, snapshot.id
+                ))
+                .with_hint(format!(
+                    "pass --db mysql://USER@HOST/DB (or --db {name}=URL), or --no-db to restore only the files"
+                ))
+            })?,
+        };
+        out.push((name, digest, url));
+    }
+    Ok(out)
 }
 
 /// Resolves the snapshot, verifies manifests and indexes, checks every destination and the
@@ -361,8 +541,21 @@ pub fn plan_thaw(
     snap: Option<&str>,
     into: Option<&Path>,
     replace: bool,
+    db: &DbThawFlags,
 ) -> Result<ThawPlan> {
     let snapshot = repo.find_snapshot(site, snap)?;
+    let mut databases = Vec::new();
+    for (source, digest, target) in db_targets(&snapshot, &db.targets, db.skip)? {
+        let (_, manifest) = crate::db::load::read_manifest(repo, &digest)
+            .map_err(|e| prefix(e, &format!("snapshot {site}:{} database {source}", snapshot.id)))?;
+        let replaces = crate::db::load::check_target(&target, replace)?;
+        databases.push(ThawDb {
+            source,
+            target,
+            replaces,
+            manifest,
+        });
+    }
     let into = match into {
         Some(p) => Some(std::path::absolute(p).ctx(|| format!("resolving {}", p.display()))?),
         None => None,
@@ -370,6 +563,9 @@ pub fn plan_thaw(
     let mut trees = Vec::new();
     let mut need: HashMap<PathBuf, u64> = HashMap::new();
     for m in &snapshot.record.manifests {
+        if m.annotations.contains_key(A_DB_NAME) {
+            continue;
+        }
         let name = m.annotations.get(A_TREE_NAME).cloned().unwrap_or_default();
         let source = PathBuf::from(m.annotations.get(A_TREE_PATH).cloned().unwrap_or_default());
         if !source.is_absolute() {
@@ -420,7 +616,22 @@ pub fn plan_thaw(
             }
         }
     }
-    Ok(ThawPlan { snapshot, trees })
+    Ok(ThawPlan {
+        snapshot,
+        trees,
+        databases,
+        db_jobs: db.jobs.max(1),
+    })
+}
+
+/// The database side of `thaw`'s command line.
+#[derive(Debug, Default, Clone)]
+pub struct DbThawFlags {
+    /// `--db [SOURCE=]URL`.
+    pub targets: Vec<String>,
+    /// `--no-db`: restore only the file trees.
+    pub skip: bool,
+    pub jobs: usize,
 }
 
 fn existing_ancestor(p: &Path) -> PathBuf {
@@ -439,6 +650,7 @@ pub struct ThawReport {
     pub snapshot: String,
     pub seconds: f64,
     pub trees: Vec<ThawTreeReport>,
+    pub databases: Vec<LoadReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -456,6 +668,17 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
     let started = Instant::now();
     let mut staged: Vec<PathBuf> = Vec::new();
     let mut created_dirs: Vec<PathBuf> = Vec::new();
+    // Every file of every dump is downloaded and verified before any target is touched.
+    let mut prepared = Vec::new();
+    for d in &plan.databases {
+        prepared.push(
+            crate::db::load::fetch(repo, d.manifest.clone(), progress).map_err(|e| {
+                prefix(e, &format!("snapshot {}:{} database {}", plan.snapshot.site, plan.snapshot.id, d.source))
+                    .with_hint("nothing was changed at the destination")
+            })?,
+        );
+    }
+    let mut db_reports = Vec::new();
     let result = (|| -> Result<Vec<ThawTreeReport>> {
         let mut reports = Vec::new();
         for t in &plan.trees {
@@ -489,6 +712,19 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
                 dest: t.dest.clone(),
                 stats,
             });
+        }
+        let opts = LoadOptions {
+            jobs: plan.db_jobs,
+            replace: plan.databases.iter().any(|d| d.replaces),
+        };
+        for (d, p) in plan.databases.iter().zip(&prepared) {
+            let opts = LoadOptions {
+                replace: d.replaces,
+                ..opts.clone()
+            };
+            let r = load_database(p, &d.target, &opts, progress)
+                .map_err(|e| prefix(e, &format!("loading database {} into {}", d.source, d.target)))?;
+            db_reports.push(r);
         }
         Ok(reports)
     })();
@@ -540,6 +776,7 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
         snapshot: plan.snapshot.id.clone(),
         seconds: started.elapsed().as_secs_f64(),
         trees: reports,
+        databases: db_reports,
     })
 }
 
@@ -670,6 +907,10 @@ pub fn verify(
                 .read_blob(&m.digest)
                 .and_then(|d| from_json::<ImageManifest>(&d, &m.digest.key()))
             {
+                Ok(manifest) if m.annotations.contains_key(A_DB_NAME) => {
+                    blobs.push(manifest.config.clone());
+                    blobs.extend(manifest.layers.iter().cloned());
+                }
                 Ok(manifest) => {
                     blobs.push(manifest.config.clone());
                     match tree_index_digest(&manifest) {
@@ -802,7 +1043,9 @@ pub fn export(
         let manifest: ImageManifest = from_json(&repo.read_blob(&m.digest)?, &m.digest.key())?;
         copy(&m.digest)?;
         copy(&manifest.config.digest)?;
-        copy(&tree_index_digest(&manifest)?)?;
+        if !m.annotations.contains_key(A_DB_NAME) {
+            copy(&tree_index_digest(&manifest)?)?;
+        }
         for l in &manifest.layers {
             copy(&l.digest)?;
         }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::db::DbUrl;
 use crate::error::{Error, Result};
 use crate::ops::TreeSpec;
 use crate::store::{S3Options, StoreUrl};
@@ -54,6 +55,10 @@ pub struct SiteSection {
     /// Directories with explicit tree names.
     #[serde(default)]
     pub trees: BTreeMap<String, PathBuf>,
+    /// Databases, as `mysql://USER@HOST:PORT/DB` (the password from the URL or from
+    /// `FREEZER_DB_PASSWORD`).
+    #[serde(default)]
+    pub databases: Vec<String>,
 }
 
 pub struct Settings {
@@ -114,6 +119,36 @@ impl Settings {
                 .with_hint("pass --repo URL, set FREEZER_REPO, or set `repo` in freezer.toml")
         })?;
         StoreUrl::parse(url)
+    }
+
+    /// The trees and databases of a site: from `--path` and `--db` flags if any are
+    /// given, else from the config file.
+    pub fn sources(
+        &self,
+        site: &str,
+        path_flags: &[String],
+        db_flags: &[String],
+    ) -> Result<(Vec<TreeSpec>, Vec<DbUrl>)> {
+        let from_flags = !path_flags.is_empty() || !db_flags.is_empty();
+        let db_urls: Vec<&String> = if from_flags {
+            db_flags.iter().collect()
+        } else {
+            self.config
+                .sites
+                .get(site)
+                .map(|s| s.databases.iter().collect())
+                .unwrap_or_default()
+        };
+        let dbs = db_urls
+            .into_iter()
+            .map(|u| DbUrl::parse(u))
+            .collect::<Result<Vec<_>>>()?;
+        let trees = if from_flags && path_flags.is_empty() {
+            Vec::new()
+        } else {
+            self.trees(site, path_flags)?
+        };
+        Ok((trees, dbs))
     }
 
     /// The trees of a site: `--path` flags if any, else the config file's.

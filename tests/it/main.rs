@@ -2,6 +2,7 @@
 //! Garage server (started by scripts/services). One test binary, many modules.
 
 mod common;
+mod database;
 mod formats;
 mod hostile;
 mod integrity;

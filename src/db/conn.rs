@@ -1,0 +1,249 @@
+//! Database endpoints: URLs (never printed with their password), connections, and
+//! turning server errors into errors that say what failed and what to do.
+
+use std::fmt;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// `mysql://USER[:PASS]@HOST[:PORT]/DB`. Without a password in the URL, the password
+/// comes from `FREEZER_DB_PASSWORD` (so it need not appear on a command line, where
+/// every user of the machine can read it).
+#[derive(Clone)]
+pub struct DbUrl {
+    opts: Opts,
+    /// The database named in the URL's path.
+    pub database: String,
+}
+
+impl DbUrl {
+    pub fn parse(url: &str) -> Result<DbUrl> {
+        if !url.starts_with("mysql://") && !url.starts_with("mariadb://") {
+            return Err(Error::usage(format!(
+                "database URL {} is not mysql://USER@HOST[:PORT]/DB",
+                redact(url)
+            )));
+        }
+        let normal = url.replacen("mariadb://", "mysql://", 1);
+        let opts = Opts::from_url(&normal).map_err(|e| {
+            Error::usage(format!("invalid database URL {}: {e}", redact(url)))
+                .with_hint("the form is mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
+        })?;
+        let database = opts.db_name().unwrap_or_default().to_string();
+        if database.is_empty() {
+            return Err(Error::usage(format!(
+                "database URL {} names no database",
+                redact(url)
+            ))
+            .with_hint("add the database name as the path: mysql://USER@HOST/DATABASE"));
+        }
+        let mut b = OptsBuilder::from_opts(opts.clone())
+            // Dumps and loads stream for minutes; no statement cache is needed across them.
+            .stmt_cache_size(32usize)
+            .wait_timeout(Some(28_800));
+        if opts.pass().is_none() {
+            if let Ok(p) = std::env::var("FREEZER_DB_PASSWORD") {
+                b = b.pass(Some(p));
+            }
+        }
+        Ok(DbUrl {
+            opts: b.into(),
+            database,
+        })
+    }
+
+    /// The same server, another database.
+    pub fn with_database(&self, db: &str) -> DbUrl {
+        DbUrl {
+            opts: OptsBuilder::from_opts(self.opts.clone())
+                .db_name(Some(db))
+                .into(),
+            database: db.to_string(),
+        }
+    }
+
+    /// `host:port`, for messages.
+    pub fn server(&self) -> String {
+        format!("{}:{}", self.opts.ip_or_hostname(), self.opts.tcp_port())
+    }
+
+    pub fn user(&self) -> &str {
+        self.opts.user().unwrap_or("")
+    }
+
+    /// Connects with no default database (it may not exist yet).
+    pub async fn connect_server(&self) -> Result<Conn> {
+        let opts: Opts = OptsBuilder::from_opts(self.opts.clone())
+            .db_name(None::<String>)
+            .into();
+        Conn::new(opts)
+            .await
+            .map_err(|e| db_error(e, &format!("connecting to {}", self)))
+    }
+
+    /// Connects to the URL's database.
+    pub async fn connect(&self) -> Result<Conn> {
+        Conn::new(self.opts.clone())
+            .await
+            .map_err(|e| db_error(e, &format!("connecting to {}", self)))
+    }
+}
+
+/// Without the password, always.
+impl fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "mysql://{}@{}/{}",
+            self.user(),
+            self.server(),
+            self.database
+        )
+    }
+}
+
+impl fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl serde::Serialize for DbUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A URL as typed, with any password replaced, for error messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let cred = &url[s + 3..at];
+            match cred.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Maps a driver error to ours. Server error codes decide the kind: credentials and
+/// network failures are "unreachable" (exit 3), missing databases "not found", missing
+/// privileges name the privilege in the hint.
+pub fn db_error(e: mysql_async::Error, what: &str) -> Error {
+    use mysql_async::Error as E;
+    let (kind, hint): (ErrorKind, Option<String>) = match &e {
+        E::Io(_) => (
+            ErrorKind::Unreachable,
+            Some("is the database server running and reachable at that address?".into()),
+        ),
+        E::Driver(mysql_async::DriverError::ConnectionClosed) => (
+            ErrorKind::Unreachable,
+            Some("the server closed the connection; check its error log".into()),
+        ),
+        E::Server(s) => match s.code {
+            1045 => (
+                ErrorKind::Unreachable,
+                Some("check the user and password (FREEZER_DB_PASSWORD or the URL)".into()),
+            ),
+            1049 => (
+                ErrorKind::NotFound,
+                Some("check the database name in the URL".into()),
+            ),
+            1044 | 1142 | 1143 | 1227 | 1370 => (
+                ErrorKind::Other,
+                Some(privilege_hint(&s.message)),
+            ),
+            1205 => (
+                ErrorKind::Other,
+                Some("a lock was held too long by another session; try again when the site is quieter".into()),
+            ),
+            _ => (ErrorKind::Other, None),
+        },
+        _ => (ErrorKind::Other, None),
+    };
+    let mut err = Error::new(kind, format!("{what}: {}", describe(&e)));
+    err.hint = hint;
+    err
+}
+
+fn describe(e: &mysql_async::Error) -> String {
+    match e {
+        mysql_async::Error::Server(s) => format!("server error {}: {}", s.code, s.message),
+        other => other.to_string(),
+    }
+}
+
+fn privilege_hint(msg: &str) -> String {
+    // The server names the command or privilege ("LOCK TABLES command denied", "Access
+    // denied; you need (at least one of) the RELOAD privilege(s)").
+    format!("the database user lacks a privilege ({msg}); grant it, or use a user that has it")
+}
+
+/// `SELECT`s one row of strings (NULL as empty).
+pub async fn query_strings(conn: &mut Conn, sql: &str, what: &str) -> Result<Vec<Vec<String>>> {
+    let rows: Vec<mysql_async::Row> = conn.query(sql).await.map_err(|e| db_error(e, what))?;
+    Ok(rows.into_iter().map(row_strings).collect())
+}
+
+/// A prepared `SELECT` with parameters, rows as strings (NULL as empty).
+pub async fn exec_strings(
+    conn: &mut Conn,
+    sql: &str,
+    params: Vec<mysql_async::Value>,
+    what: &str,
+) -> Result<Vec<Vec<String>>> {
+    let rows: Vec<mysql_async::Row> = conn
+        .exec(sql, params)
+        .await
+        .map_err(|e| db_error(e, what))?;
+    Ok(rows.into_iter().map(row_strings).collect())
+}
+
+pub fn row_strings(row: mysql_async::Row) -> Vec<String> {
+    row.unwrap()
+        .into_iter()
+        .map(|v| match v {
+            mysql_async::Value::NULL => String::new(),
+            mysql_async::Value::Bytes(b) => String::from_utf8_lossy(&b).into_owned(),
+            mysql_async::Value::Int(i) => i.to_string(),
+            mysql_async::Value::UInt(u) => u.to_string(),
+            other => other.as_sql(true),
+        })
+        .collect()
+}
+
+pub async fn exec(conn: &mut Conn, sql: &str, what: &str) -> Result<()> {
+    conn.query_drop(sql).await.map_err(|e| db_error(e, what))
+}
+
+/// A runtime for the database code, which is async (mysql_async) while the rest of
+/// freezer is threads. One worker thread per connection at most.
+pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("freezer-db")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the database runtime", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_never_show_passwords() {
+        assert_eq!(
+            redact("mysql://u:secret@h:3306/db"),
+            "mysql://u:***@h:3306/db"
+        );
+        let u = DbUrl::parse("mysql://u:secret@h:3306/db").unwrap();
+        assert_eq!(u.to_string(), "mysql://u@h:3306/db");
+        assert!(!format!("{u:?}").contains("secret"));
+        assert!(DbUrl::parse("mysql://u@h/").is_err());
+    }
+}

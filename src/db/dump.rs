@@ -1,0 +1,774 @@
+//! Freeze side: a consistent, parallel dump of one database into deterministic chunks.
+//!
+//! 1. Read the schema (before any lock).
+//! 2. `LOCK TABLES … READ` on every table of the database, then every worker connection
+//!    starts `START TRANSACTION WITH CONSISTENT SNAPSHOT`: all of them now see the same
+//!    instant. Tables that are not transactional are read while the lock is held. Then
+//!    `UNLOCK TABLES`; the site was blocked from writing only for that window.
+//! 3. Large tables with a key are cut into chunks at *content-defined* boundaries: a row
+//!    starts a chunk when the hash of its key has its low `bits` bits zero. One cheap
+//!    pass over the key finds the boundaries; the chunks are then read in parallel by
+//!    key range. A row inserted or deleted moves no boundary but its own, so the other
+//!    chunks are byte-identical to last night's and are not uploaded again.
+//! 4. The schema is read again; if it changed (DDL ran during the dump), the dump is
+//!    thrown away and taken again, once, rather than recorded inconsistent.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Value};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::conn::{db_error, exec, query_strings, DbUrl};
+use super::schema::{read_schema, schema_files, Schema, Table};
+use super::sql::{ident, push_row, string_literal, ColumnKind, RowSum};
+use super::*;
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::{
+    rfc3339, to_json, Annotations, Descriptor, ImageManifest, A_TITLE, MT_MANIFEST,
+};
+use crate::progress::Progress;
+use crate::repo::Repository;
+
+#[derive(Debug, Clone)]
+pub struct DumpOptions {
+    /// Connections reading in parallel.
+    pub jobs: usize,
+    /// Average uncompressed size of a data chunk.
+    pub chunk_bytes: u64,
+    /// How long to wait for the table locks before giving up, in seconds.
+    pub lock_wait_timeout: u64,
+}
+
+impl Default for DumpOptions {
+    fn default() -> Self {
+        DumpOptions {
+            jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            chunk_bytes: 2 << 20,
+            lock_wait_timeout: 60,
+        }
+    }
+}
+
+/// INSERT statements are cut at this size, far below any server's max_allowed_packet
+/// default (16 MiB in MariaDB, 64 MiB in MySQL). A single larger row gets a statement
+/// of its own.
+const STATEMENT_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Serialize)]
+pub struct DbReport {
+    pub database: String,
+    pub url: String,
+    pub tables: usize,
+    pub rows: u64,
+    pub chunks: usize,
+    pub sql_bytes: u64,
+    pub stored_bytes: u64,
+    pub lock_ms: u64,
+    pub consistency: String,
+    pub seconds: f64,
+    pub warnings: Vec<String>,
+}
+
+/// Dumps the URL's database into the repository. Returns the descriptor of its image
+/// (for the snapshot record) and a report. `prev` is the same database's manifest from
+/// the previous snapshot: its chunk sizes are kept so boundaries stay put.
+pub fn freeze_database(
+    repo: &Repository,
+    url: &DbUrl,
+    prev: Option<&DbManifest>,
+    opts: &DumpOptions,
+    progress: &Progress,
+) -> Result<(Descriptor, DbReport)> {
+    let started = Instant::now();
+    let rt = super::conn::runtime(opts.jobs)?;
+    let mut warnings = Vec::new();
+    let mut attempt = 0;
+    let dumped = loop {
+        attempt += 1;
+        match dump_once(&rt, repo, url, prev, opts, progress)? {
+            Outcome::Done(d) => break d,
+            Outcome::SchemaChanged(what) if attempt == 1 => warnings.push(format!(
+                "the schema of {} changed during the dump ({}); dumped again",
+                url,
+                what.join(", ")
+            )),
+            Outcome::SchemaChanged(what) => {
+                return Err(Error::conflict(format!(
+                    "the schema of {} changed during the dump, twice ({}); nothing was recorded",
+                    url,
+                    what.join(", ")
+                ))
+                .with_hint("run the freeze again when no schema change (deploy, migration) is running"));
+            }
+        }
+    };
+    let Dumped {
+        schema,
+        manifest,
+        chunks,
+        sums,
+    } = dumped;
+    warnings.extend(schema.skipped.iter().map(|s| {
+        format!("{s} in {url} is not dumped: freezer does not dump that kind of object yet")
+    }));
+
+    // The schema files, then the image that lists every file in load order.
+    let (schema_sql, indexes_sql, objects_sql) = schema_files(&schema);
+    let put_sql = |text: &str| -> Result<FileRef> {
+        let z = zstd::bulk::compress(text.as_bytes(), 3)
+            .map_err(|e| Error::io("compressing a schema file", e))?;
+        let (digest, size) = repo.put_blob(&z)?;
+        Ok(FileRef { digest, size })
+    };
+    let mut manifest = manifest;
+    manifest.schema = put_sql(&schema_sql)?;
+    manifest.indexes = put_sql(&indexes_sql)?;
+    manifest.objects_file = put_sql(&objects_sql)?;
+    let mut by_table: Vec<Vec<((u32, u32), Chunk)>> = vec![Vec::new(); schema.tables.len()];
+    for (t, seq, c) in chunks {
+        by_table[t].push((seq, c));
+    }
+    for (i, t) in schema.tables.iter().enumerate() {
+        let mut list = std::mem::take(&mut by_table[i]);
+        list.sort_by_key(|(seq, _)| *seq);
+        let sum = sums[i];
+        manifest.tables.push(TableEntry {
+            name: t.name.clone(),
+            engine: t.engine.clone(),
+            columns: t.columns.clone(),
+            key: t.key.clone(),
+            chunk_bits: chunk_bits(t, prev, opts.chunk_bytes),
+            rows: sum.rows,
+            checksum: sum.hex(),
+            chunks: list.into_iter().map(|(_, c)| c).collect(),
+        });
+    }
+
+    let layer = |f: &FileRef, part: &str, title: String, table: Option<&str>| {
+        let mut d = Descriptor::new(MT_SQL_ZSTD, f.digest.clone(), f.size);
+        d.annotations.insert(A_SQL_PART.into(), part.into());
+        d.annotations.insert(A_TITLE.into(), title);
+        if let Some(t) = table {
+            d.annotations.insert(A_SQL_TABLE.into(), t.into());
+        }
+        d
+    };
+    let mut layers = vec![layer(&manifest.schema, "schema", "schema.sql".into(), None)];
+    for t in &manifest.tables {
+        for (n, c) in t.chunks.iter().enumerate() {
+            let f = FileRef {
+                digest: c.digest.clone(),
+                size: c.size,
+            };
+            layers.push(layer(
+                &f,
+                "data",
+                format!("data/{}/{:05}.sql", t.name, n),
+                Some(&t.name),
+            ));
+        }
+    }
+    layers.push(layer(&manifest.indexes, "indexes", "indexes.sql".into(), None));
+    layers.push(layer(&manifest.objects_file, "objects", "objects.sql".into(), None));
+
+    let rows: u64 = manifest.tables.iter().map(|t| t.rows).sum();
+    let n_chunks: usize = manifest.tables.iter().map(|t| t.chunks.len()).sum();
+    let sql_bytes: u64 = manifest
+        .tables
+        .iter()
+        .flat_map(|t| &t.chunks)
+        .map(|c| c.sql_bytes)
+        .sum();
+    let stored_bytes: u64 = layers.iter().map(|l| l.size).sum();
+    let (cd, cs) = repo.put_blob(&to_json(&manifest))?;
+    let mut ann = Annotations::new();
+    ann.insert(A_DB_NAME.into(), manifest.database.clone());
+    ann.insert(A_TITLE.into(), manifest.database.clone());
+    let image = ImageManifest {
+        schema_version: 2,
+        media_type: MT_MANIFEST.into(),
+        config: Descriptor::new(MT_DB_CONFIG, cd, cs),
+        layers,
+        annotations: ann,
+    };
+    let (md, ms) = repo.put_blob(&to_json(&image))?;
+    let mut desc = Descriptor::new(MT_MANIFEST, md, ms);
+    let a = &mut desc.annotations;
+    a.insert(A_DB_NAME.into(), manifest.database.clone());
+    a.insert(A_DB_TABLES.into(), manifest.tables.len().to_string());
+    a.insert(A_DB_ROWS.into(), rows.to_string());
+    a.insert(
+        crate::format::A_REF_NAME.into(),
+        format!("db-{}", manifest.database),
+    );
+    let report = DbReport {
+        database: manifest.database.clone(),
+        url: url.to_string(),
+        tables: manifest.tables.len(),
+        rows,
+        chunks: n_chunks,
+        sql_bytes,
+        stored_bytes,
+        lock_ms: manifest.consistency.lock_ms,
+        consistency: manifest.consistency.method.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+        warnings,
+    };
+    Ok((desc, report))
+}
+
+enum Outcome {
+    Done(Dumped),
+    /// What changed.
+    SchemaChanged(Vec<String>),
+}
+
+struct Dumped {
+    schema: Schema,
+    /// Without tables and files yet.
+    manifest: DbManifest,
+    chunks: Vec<(usize, (u32, u32), Chunk)>,
+    sums: Vec<RowSum>,
+}
+
+/// One chunk's SQL on its way to compression and upload.
+struct ChunkOut {
+    table: usize,
+    /// (range, part): sorts the chunks of a table into key order.
+    seq: (u32, u32),
+    sql: Vec<u8>,
+    rows: u64,
+}
+
+fn dump_once(
+    rt: &tokio::runtime::Runtime,
+    repo: &Repository,
+    url: &DbUrl,
+    prev: Option<&DbManifest>,
+    opts: &DumpOptions,
+    progress: &Progress,
+) -> Result<Outcome> {
+    let (tx, rx) = mpsc::channel::<ChunkOut>(opts.jobs * 2);
+    let rx = Mutex::new(rx);
+    let stored: Mutex<Vec<(usize, (u32, u32), Chunk)>> = Mutex::new(Vec::new());
+    let upload_error: Mutex<Option<Error>> = Mutex::new(None);
+    let cancel = Arc::new(AtomicBool::new(false));
+    std::thread::scope(|s| {
+        // Compression and upload run on plain threads: the store has its own runtime,
+        // which must not be entered from this one's workers.
+        for _ in 0..opts.jobs {
+            s.spawn(|| loop {
+                let Some(c) = rx.lock().unwrap().blocking_recv() else {
+                    break;
+                };
+                if upload_error.lock().unwrap().is_some() {
+                    continue; // keep draining so the readers never block
+                }
+                let r = zstd::bulk::compress(&c.sql, 3)
+                    .map_err(|e| Error::io("compressing a dump chunk", e))
+                    .and_then(|z| repo.put_blob(&z));
+                match r {
+                    Ok((digest, size)) => stored.lock().unwrap().push((
+                        c.table,
+                        c.seq,
+                        Chunk {
+                            digest,
+                            size,
+                            rows: c.rows,
+                            sql_bytes: c.sql.len() as u64,
+                        },
+                    )),
+                    Err(e) => {
+                        cancel.store(true, Ordering::Relaxed);
+                        *upload_error.lock().unwrap() = Some(e);
+                    }
+                }
+            });
+        }
+        let r = rt.block_on(dump(url, prev, opts, tx, cancel.clone(), progress));
+        // Dropping the sender (inside dump) ends the threads; the scope joins them.
+        r
+    })
+    .and_then(|outcome| {
+        if let Some(e) = upload_error.lock().unwrap().take() {
+            return Err(e);
+        }
+        Ok(match outcome {
+            Outcome::Done(mut d) => {
+                d.chunks = std::mem::take(&mut *stored.lock().unwrap());
+                Outcome::Done(d)
+            }
+            other => other,
+        })
+    })
+    .map_err(|e| {
+        // An upload failure makes the readers stop with a generic error; report the cause.
+        upload_error.lock().unwrap().take().unwrap_or(e)
+    })
+}
+
+/// How many low hash bits must be zero for a row to start a chunk: about `target`
+/// bytes of rows per chunk, estimated from the server's table statistics. The previous
+/// dump's value is kept unless the estimate moved by more than a factor of two, so
+/// statistics drifting from night to night do not move every boundary.
+fn chunk_bits(t: &Table, prev: Option<&DbManifest>, target: u64) -> u32 {
+    let row = (t.est_bytes / t.est_rows.max(1)).max(16);
+    let ideal = ((target / row).max(1) as f64).log2().round() as u32;
+    let ideal = ideal.min(24);
+    let old = prev
+        .and_then(|p| p.tables.iter().find(|e| e.name == t.name && e.key == t.key))
+        .map(|e| e.chunk_bits);
+    match old {
+        Some(b) if b.abs_diff(ideal) <= 1 => b,
+        _ => ideal,
+    }
+}
+
+enum Job {
+    /// Find the chunk boundaries of a large keyed table.
+    Boundaries { table: usize },
+    /// Read rows `lo <= key < hi` (unbounded where None) as one range of chunks.
+    Range {
+        table: usize,
+        range: u32,
+        lo: Option<Vec<Value>>,
+        hi: Option<Vec<Value>>,
+    },
+}
+
+struct Shared<'a> {
+    schema: &'a Schema,
+    bits: Vec<u32>,
+    max_chunk: usize,
+    tx: mpsc::Sender<ChunkOut>,
+    cancel: Arc<AtomicBool>,
+    sums: Mutex<Vec<RowSum>>,
+    progress: &'a Progress,
+}
+
+async fn session_setup(conn: &mut Conn, what: &str) -> Result<()> {
+    exec(
+        conn,
+        "SET SESSION time_zone='+00:00', NAMES binary, SESSION net_write_timeout=3600, \
+         SESSION net_read_timeout=3600",
+        what,
+    )
+    .await?;
+    exec(
+        conn,
+        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        what,
+    )
+    .await
+}
+
+async fn dump(
+    url: &DbUrl,
+    prev: Option<&DbManifest>,
+    opts: &DumpOptions,
+    tx: mpsc::Sender<ChunkOut>,
+    cancel: Arc<AtomicBool>,
+    progress: &Progress,
+) -> Result<Outcome> {
+    let db = url.database.clone();
+    let mut conn0 = url.connect().await?;
+    let info = query_strings(
+        &mut conn0,
+        "SELECT VERSION(), @@GLOBAL.sql_mode, @@GLOBAL.time_zone",
+        &format!("reading the server version of {url}"),
+    )
+    .await?
+    .pop()
+    .unwrap_or_default();
+    let before = read_schema(&mut conn0, &db).await?;
+    let bits: Vec<u32> = before
+        .tables
+        .iter()
+        .map(|t| chunk_bits(t, prev, opts.chunk_bytes))
+        .collect();
+    progress.set_label(format!("dumping {db}"));
+    progress.add_total(before.tables.iter().map(|t| t.est_bytes).sum());
+
+    let n_workers = opts.jobs.max(1);
+    let mut workers = Vec::new();
+    for _ in 0..n_workers {
+        let mut c = url.connect().await?;
+        session_setup(&mut c, &format!("setting up a session on {url}")).await?;
+        workers.push(c);
+    }
+    session_setup(&mut conn0, &format!("setting up a session on {url}")).await?;
+
+    let shared = Shared {
+        schema: &before,
+        bits,
+        max_chunk: (opts.chunk_bytes * 8) as usize,
+        tx,
+        cancel,
+        sums: Mutex::new(vec![RowSum::default(); before.tables.len()]),
+        progress,
+    };
+
+    // The lock window: from asking for the locks to releasing them.
+    exec(
+        &mut conn0,
+        &format!("SET SESSION lock_wait_timeout={}", opts.lock_wait_timeout),
+        "setting lock_wait_timeout",
+    )
+    .await?;
+    let lock_started = Instant::now();
+    let at = rfc3339(SystemTime::now());
+    if !before.tables.is_empty() {
+        let list: Vec<String> = before
+            .tables
+            .iter()
+            .map(|t| format!("{} READ", ident(&t.name)))
+            .collect();
+        exec(
+            &mut conn0,
+            &format!("LOCK TABLES {}", list.join(", ")),
+            &format!("locking the tables of {url} for a consistent snapshot"),
+        )
+        .await
+        .map_err(|mut e| {
+            if e.message.contains("1044") || e.message.contains("LOCK TABLES") {
+                e.hint = Some(format!(
+                    "the user needs the LOCK TABLES privilege on {}: GRANT LOCK TABLES ON {}.* TO ...",
+                    ident(&db),
+                    ident(&db)
+                ));
+            }
+            e
+        })?;
+    }
+    let starts = workers.iter_mut().map(|c| {
+        c.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+    });
+    futures::future::try_join_all(starts)
+        .await
+        .map_err(|e| db_error(e, &format!("starting the snapshot transactions on {url}")))?;
+    let gtid = first_value(&mut conn0, "SELECT @@GLOBAL.gtid_binlog_pos").await
+        .or(first_value(&mut conn0, "SELECT @@GLOBAL.gtid_executed").await);
+    let binlog = match query_strings(&mut conn0, "SHOW MASTER STATUS", "").await {
+        Ok(rows) => rows
+            .first()
+            .filter(|r| r.len() >= 2 && !r[0].is_empty())
+            .map(|r| format!("{}:{}", r[0], r[1])),
+        Err(_) => None,
+    };
+    // Tables outside the snapshot are read now, under the lock.
+    for (i, t) in before.tables.iter().enumerate() {
+        if !t.transactional() {
+            dump_range(&mut conn0, &shared, i, 0, None, None).await?;
+        }
+    }
+    if !before.tables.is_empty() {
+        exec(&mut conn0, "UNLOCK TABLES", "releasing the table locks").await?;
+    }
+    let lock_ms = lock_started.elapsed().as_millis() as u64;
+
+    // Phase 1: boundaries of the large keyed tables; phase 2: every range.
+    let mut boundary_jobs = VecDeque::new();
+    let mut range_jobs = VecDeque::new();
+    for (i, t) in before.tables.iter().enumerate() {
+        if !t.transactional() {
+            continue;
+        }
+        if !t.key.is_empty() && t.est_bytes > 2 * opts.chunk_bytes {
+            boundary_jobs.push_back(Job::Boundaries { table: i });
+        } else {
+            range_jobs.push_back((t.est_bytes, Job::Range { table: i, range: 0, lo: None, hi: None }));
+        }
+    }
+    let boundaries: Mutex<HashMap<usize, Vec<Vec<Value>>>> = Mutex::new(HashMap::new());
+    let queue = Mutex::new(boundary_jobs);
+    let results = futures::future::join_all(workers.iter_mut().map(|c| {
+        run_jobs(c, &queue, &shared, &boundaries)
+    }))
+    .await;
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    let found = std::mem::take(&mut *boundaries.lock().unwrap());
+    for (table, keys) in found {
+        let t = &before.tables[table];
+        let per = t.est_bytes / (keys.len() as u64 + 1);
+        let count = keys.len() as u32;
+        let mut lo: Option<Vec<Value>> = None;
+        for (n, k) in keys.into_iter().enumerate() {
+            let job = Job::Range { table, range: n as u32, lo: lo.take(), hi: Some(k.clone()) };
+            range_jobs.push_back((per, job));
+            lo = Some(k);
+        }
+        range_jobs.push_back((per, Job::Range { table, range: count, lo, hi: None }));
+    }
+    // Largest first, so no worker is left with one big table at the end.
+    let mut sorted: Vec<(u64, Job)> = range_jobs.into_iter().collect();
+    sorted.sort_by(|a, b| b.0.cmp(&a.0));
+    let queue = Mutex::new(sorted.into_iter().map(|(_, j)| j).collect::<VecDeque<_>>());
+    let results = futures::future::join_all(workers.iter_mut().map(|c| {
+        run_jobs(c, &queue, &shared, &boundaries)
+    }))
+    .await;
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    for c in workers {
+        let _ = c.disconnect().await;
+    }
+
+    // DDL check: anything that differs from the schema read before the lock.
+    let mut conn_check = url.connect().await?;
+    let after = read_schema(&mut conn_check, &db).await?;
+    let _ = conn_check.disconnect().await;
+    let (fa, fb) = (before.fingerprint(), after.fingerprint());
+    let mut changed: Vec<String> = fa
+        .iter()
+        .filter(|(k, v)| fb.get(*k) != Some(v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    changed.extend(fb.keys().filter(|k| !fa.contains_key(*k)).cloned());
+    if !changed.is_empty() {
+        return Ok(Outcome::SchemaChanged(changed));
+    }
+    let _ = conn0.disconnect().await;
+    let sums = shared.sums.into_inner().unwrap();
+    drop(shared.tx);
+
+    let empty = FileRef {
+        digest: crate::format::Digest::of(b""),
+        size: 0,
+    };
+    let manifest = DbManifest {
+        format: DB_FORMAT_VERSION,
+        database: db,
+        server: ServerInfo {
+            version: info.first().cloned().unwrap_or_default(),
+            sql_mode: info.get(1).cloned().unwrap_or_default(),
+            time_zone: info.get(2).cloned().unwrap_or_default(),
+        },
+        charset: before.charset.clone(),
+        collation: before.collation.clone(),
+        consistency: Consistency {
+            method: "lock-tables".into(),
+            lock_ms,
+            gtid: gtid.filter(|g| !g.is_empty()),
+            binlog,
+            at,
+        },
+        schema: empty.clone(),
+        indexes: empty.clone(),
+        objects_file: empty,
+        tables: vec![],
+        objects: before.objects.clone(),
+        skipped: before.skipped.clone(),
+    };
+    Ok(Outcome::Done(Dumped {
+        schema: before,
+        manifest,
+        chunks: vec![],
+        sums,
+    }))
+}
+
+async fn first_value(conn: &mut Conn, sql: &str) -> Option<String> {
+    query_strings(conn, sql, "")
+        .await
+        .ok()
+        .and_then(|r| r.into_iter().next())
+        .and_then(|r| r.into_iter().next())
+}
+
+async fn run_jobs(
+    conn: &mut Conn,
+    queue: &Mutex<VecDeque<Job>>,
+    shared: &Shared<'_>,
+    boundaries: &Mutex<HashMap<usize, Vec<Vec<Value>>>>,
+) -> Result<()> {
+    loop {
+        let Some(job) = queue.lock().unwrap().pop_front() else {
+            return Ok(());
+        };
+        match job {
+            Job::Boundaries { table } => {
+                let keys = find_boundaries(conn, shared, table).await?;
+                boundaries.lock().unwrap().insert(table, keys);
+            }
+            Job::Range { table, range, lo, hi } => {
+                dump_range(conn, shared, table, range, lo, hi).await?;
+            }
+        }
+    }
+}
+
+fn key_list(t: &Table) -> String {
+    t.key.iter().map(|k| ident(k)).collect::<Vec<_>>().join(",")
+}
+
+/// The key of every row that starts a chunk, in key order. The hash is CRC32 of the key
+/// columns' text joined by NUL, computed by the server so only boundary keys travel.
+async fn find_boundaries(conn: &mut Conn, s: &Shared<'_>, table: usize) -> Result<Vec<Vec<Value>>> {
+    let t = &s.schema.tables[table];
+    let keys = key_list(t);
+    let mask = (1u64 << s.bits[table]) - 1;
+    let sql = format!(
+        "SELECT {keys} FROM {} WHERE (CRC32(CONCAT_WS(0x00,{keys})) & {mask}) = 0 ORDER BY {keys}",
+        ident(&t.name)
+    );
+    let rows: Vec<mysql_async::Row> = conn
+        .exec(sql, ())
+        .await
+        .map_err(|e| db_error(e, &format!("finding the chunks of table {}", ident(&t.name))))?;
+    Ok(rows.into_iter().map(|r| r.unwrap()).collect())
+}
+
+/// `key >= lo AND key < hi` over a (possibly multi-column) key, written as ORs of
+/// equalities so every server version can use the index range for it.
+fn range_condition(key: &[String], bound: &[Value], lower: bool, params: &mut Vec<Value>) -> String {
+    let mut ors = Vec::new();
+    for i in 0..key.len() {
+        let mut ands = Vec::new();
+        for j in 0..i {
+            ands.push(format!("{} = ?", ident(&key[j])));
+            params.push(bound[j].clone());
+        }
+        let op = match (lower, i + 1 == key.len()) {
+            (true, true) => ">=",
+            (true, false) => ">",
+            (false, _) => "<",
+        };
+        ands.push(format!("{} {op} ?", ident(&key[i])));
+        params.push(bound[i].clone());
+        ors.push(format!("({})", ands.join(" AND ")));
+    }
+    format!("({})", ors.join(" OR "))
+}
+
+async fn dump_range(
+    conn: &mut Conn,
+    s: &Shared<'_>,
+    table: usize,
+    range: u32,
+    lo: Option<Vec<Value>>,
+    hi: Option<Vec<Value>>,
+) -> Result<()> {
+    let t = &s.schema.tables[table];
+    let cols: Vec<String> = t.columns.iter().map(|c| ident(&c.name)).collect();
+    let kinds: Vec<ColumnKind> = t.columns.iter().map(|c| c.kind()).collect();
+    let mut params = Vec::new();
+    let mut conds = Vec::new();
+    if let Some(lo) = &lo {
+        conds.push(range_condition(&t.key, lo, true, &mut params));
+    }
+    if let Some(hi) = &hi {
+        conds.push(range_condition(&t.key, hi, false, &mut params));
+    }
+    let mut sql = format!("SELECT {} FROM {}", cols.join(","), ident(&t.name));
+    if !conds.is_empty() {
+        sql.push_str(&format!(" WHERE {}", conds.join(" AND ")));
+    }
+    if !t.key.is_empty() {
+        sql.push_str(&format!(" ORDER BY {}", key_list(t)));
+    }
+    // Within a range, and in tables without a key, chunks are cut after a row whose own
+    // text hashes to a boundary (content-defined, like the key boundaries).
+    let mask = (1u64 << s.bits[table]) - 1;
+    let what = || format!("reading table {}", ident(&t.name));
+    let mut result = conn
+        .exec_iter(sql, params)
+        .await
+        .map_err(|e| db_error(e, &what()))?;
+    let mut builder = ChunkBuilder::new(&t.name, &cols);
+    let mut part = 0u32;
+    let mut sum = RowSum::default();
+    let mut row_text = Vec::with_capacity(256);
+    while let Some(row) = result.next().await.map_err(|e| db_error(e, &what()))? {
+        let values = row.unwrap();
+        row_text.clear();
+        push_row(&mut row_text, &values, &kinds);
+        sum.add_row(&row_text);
+        builder.push(&row_text);
+        let boundary = twox_hash::XxHash3_64::oneshot(&row_text) & mask == 0;
+        if boundary || builder.buf.len() >= s.max_chunk {
+            let done = std::mem::replace(&mut builder, ChunkBuilder::new(&t.name, &cols));
+            send(s, table, (range, part), done).await?;
+            part += 1;
+        }
+    }
+    drop(result);
+    if builder.rows > 0 {
+        send(s, table, (range, part), builder).await?;
+    }
+    s.sums.lock().unwrap()[table].merge(sum);
+    Ok(())
+}
+
+async fn send(s: &Shared<'_>, table: usize, seq: (u32, u32), b: ChunkBuilder) -> Result<()> {
+    if s.cancel.load(Ordering::Relaxed) {
+        return Err(Error::new(ErrorKind::Other, "the dump was stopped: an upload failed"));
+    }
+    let rows = b.rows;
+    let sql = b.finish();
+    s.progress.add_done(sql.len() as u64);
+    s.tx
+        .send(ChunkOut { table, seq, sql, rows })
+        .await
+        .map_err(|_| Error::other("the dump was stopped: the uploaders have ended"))
+}
+
+/// Accumulates the text of one chunk: a header that makes the file self-contained for
+/// the `mariadb` client, then INSERT statements of at most [`STATEMENT_BYTES`], one
+/// per line.
+struct ChunkBuilder {
+    buf: Vec<u8>,
+    insert: Vec<u8>,
+    statement_start: Option<usize>,
+    rows: u64,
+}
+
+impl ChunkBuilder {
+    fn new(table: &str, cols: &[String]) -> ChunkBuilder {
+        let mut buf = Vec::with_capacity(64 << 10);
+        buf.extend_from_slice(
+            format!(
+                "-- freezer dump v1: rows of {}\nSET NAMES binary;\nSET SESSION time_zone='+00:00';\nSET SESSION sql_mode={};\nSET SESSION foreign_key_checks=0;\nSET SESSION unique_checks=0;\n",
+                ident(table),
+                string_literal(super::schema::LOAD_SQL_MODE),
+            )
+            .as_bytes(),
+        );
+        let insert = format!("INSERT INTO {} ({}) VALUES ", ident(table), cols.join(",")).into_bytes();
+        ChunkBuilder {
+            buf,
+            insert,
+            statement_start: None,
+            rows: 0,
+        }
+    }
+
+    fn push(&mut self, row: &[u8]) {
+        match self.statement_start {
+            Some(start) if self.buf.len() - start + row.len() < STATEMENT_BYTES => {
+                self.buf.push(b',');
+            }
+            Some(_) => {
+                self.buf.extend_from_slice(b";\n");
+                self.statement_start = Some(self.buf.len());
+                self.buf.extend_from_slice(&self.insert);
+            }
+            None => {
+                self.statement_start = Some(self.buf.len());
+                self.buf.extend_from_slice(&self.insert);
+            }
+        }
+        self.buf.extend_from_slice(row);
+        self.rows += 1;
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        if self.statement_start.is_some() {
+            self.buf.extend_from_slice(b";\n");
+        }
+        self.buf
+    }
+}

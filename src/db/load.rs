@@ -1,0 +1,454 @@
+//! Thaw side: load a dump into a database, in parallel, then prove it loaded exactly.
+//!
+//! Every file of the dump is downloaded and checked against its digest before the
+//! target is touched. Then: schema.sql, the data chunks over N connections (largest
+//! first), indexes.sql (one ALTER per table, in parallel), objects.sql, and finally a
+//! re-read of every table whose row count and checksum must match the manifest.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+use serde::Serialize;
+
+use super::conn::{db_error, exec, exec_strings, DbUrl};
+use super::schema::strip_definer;
+use super::sql::{ident, push_row, statements, string_literal, ColumnKind, RowSum};
+use super::*;
+use crate::error::{Error, Result};
+use crate::format::{from_json, Digest, ImageManifest};
+use crate::progress::Progress;
+use crate::repo::Repository;
+
+/// A database image read from the repository: its manifest and every file, verified.
+pub struct PreparedDb {
+    pub manifest: DbManifest,
+    files: HashMap<Digest, tempfile::NamedTempFile>,
+}
+
+/// Reads a database image's manifest and config and checks that they agree. Cheap: no
+/// chunk is read (that is [`fetch`]).
+pub fn read_manifest(repo: &Repository, manifest_digest: &Digest) -> Result<(ImageManifest, DbManifest)> {
+    let image: ImageManifest = from_json(&repo.read_blob(manifest_digest)?, &manifest_digest.key())?;
+    if image.config.media_type != MT_DB_CONFIG {
+        return Err(Error::integrity(format!(
+            "{} is not a database image (config type {})",
+            manifest_digest.key(),
+            image.config.media_type
+        )));
+    }
+    let m: DbManifest = from_json(&repo.read_blob(&image.config.digest)?, &image.config.digest.key())?;
+    if m.format != DB_FORMAT_VERSION {
+        return Err(Error::integrity(format!(
+            "database dump {} has format {}; this freezer reads format {DB_FORMAT_VERSION}",
+            image.config.digest.key(),
+            m.format
+        ))
+        .with_hint("use a freezer release that reads this format"));
+    }
+    let layers: BTreeSet<&Digest> = image.layers.iter().map(|l| &l.digest).collect();
+    for d in files_of(&m) {
+        if !layers.contains(&d.digest) {
+            return Err(Error::integrity(format!(
+                "database dump {} names {} which its image does not list",
+                image.config.digest.key(),
+                d.digest.key()
+            )));
+        }
+    }
+    Ok((image, m))
+}
+
+fn files_of(m: &DbManifest) -> Vec<FileRef> {
+    let mut v = vec![m.schema.clone(), m.indexes.clone(), m.objects_file.clone()];
+    for t in &m.tables {
+        for c in &t.chunks {
+            v.push(FileRef {
+                digest: c.digest.clone(),
+                size: c.size,
+            });
+        }
+    }
+    v
+}
+
+/// Downloads every file of the dump and checks its digest, before anything is loaded.
+pub fn fetch(repo: &Repository, manifest: DbManifest, progress: &Progress) -> Result<PreparedDb> {
+    let mut files = HashMap::new();
+    for f in files_of(&manifest) {
+        if files.contains_key(&f.digest) {
+            continue;
+        }
+        progress.set_label(format!("fetching {}", &f.digest.hex()[..12]));
+        let tmp = repo.fetch_blob(&f.digest)?;
+        files.insert(f.digest.clone(), tmp);
+    }
+    Ok(PreparedDb { manifest, files })
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    pub jobs: usize,
+    /// Drop and recreate a target database that has objects.
+    pub replace: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LoadReport {
+    pub source: String,
+    pub target: String,
+    pub tables: usize,
+    pub rows: u64,
+    pub chunks: usize,
+    pub objects: usize,
+    pub seconds: f64,
+    pub verify_seconds: f64,
+    pub warnings: Vec<String>,
+}
+
+/// What the target holds now: whether the database exists and how many objects it has.
+pub async fn target_state(conn: &mut Conn, db: &str) -> Result<(bool, u64)> {
+    let what = format!("inspecting database {}", ident(db));
+    let exists = !exec_strings(
+        conn,
+        "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+        vec![db.into()],
+        &what,
+    )
+    .await?
+    .is_empty();
+    if !exists {
+        return Ok((false, 0));
+    }
+    let n = exec_strings(
+        conn,
+        "SELECT (SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?) \
+         + (SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = ?) \
+         + (SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA = ?)",
+        vec![db.into(), db.into(), db.into()],
+        &what,
+    )
+    .await?;
+    Ok((true, n.first().and_then(|r| r[0].parse().ok()).unwrap_or(0)))
+}
+
+/// Checks the target before a thaw: reachable, and empty unless `replace`.
+pub fn check_target(target: &DbUrl, replace: bool) -> Result<bool> {
+    let rt = super::conn::runtime(1)?;
+    rt.block_on(async {
+        let mut c = target.connect_server().await?;
+        let (exists, objects) = target_state(&mut c, &target.database).await?;
+        let _ = c.disconnect().await;
+        if objects > 0 && !replace {
+            return Err(Error::conflict(format!(
+                "database {} at {} has {objects} tables or other objects",
+                ident(&target.database),
+                target.server()
+            ))
+            .with_hint("load into a new database (--db NAME=mysql://…/NEWDB), or pass --replace to drop and reload it"));
+        }
+        Ok(exists && objects > 0)
+    })
+}
+
+pub fn load_database(
+    prepared: &PreparedDb,
+    target: &DbUrl,
+    opts: &LoadOptions,
+    progress: &Progress,
+) -> Result<LoadReport> {
+    let rt = super::conn::runtime(opts.jobs)?;
+    rt.block_on(load(prepared, target, opts, progress))
+}
+
+impl PreparedDb {
+    fn text(&self, f: &FileRef) -> Result<Vec<u8>> {
+        let tmp = self.files.get(&f.digest).expect("fetched");
+        let file = tmp.reopen().map_err(|e| Error::io("reading a fetched dump file", e))?;
+        zstd::stream::decode_all(file).map_err(|e| {
+            Error::integrity(format!("dump file {} does not decompress: {e}", f.digest.key()))
+        })
+    }
+}
+
+async fn load(
+    p: &PreparedDb,
+    target: &DbUrl,
+    opts: &LoadOptions,
+    progress: &Progress,
+) -> Result<LoadReport> {
+    let started = Instant::now();
+    let m = &p.manifest;
+    let db = &target.database;
+    let mut warnings = Vec::new();
+    let mut conn0 = target.connect_server().await?;
+    let (exists, objects) = target_state(&mut conn0, db).await?;
+    if objects > 0 {
+        if !opts.replace {
+            return Err(Error::conflict(format!(
+                "database {} at {} is not empty",
+                ident(db),
+                target.server()
+            ))
+            .with_hint("pass --replace to drop and reload it"));
+        }
+        exec(
+            &mut conn0,
+            &format!("DROP DATABASE {}", ident(db)),
+            &format!("dropping database {} to replace it", ident(db)),
+        )
+        .await?;
+    }
+    let charset = format!(
+        "CHARACTER SET {} COLLATE {}",
+        string_literal(&m.charset),
+        string_literal(&m.collation)
+    );
+    let create = if exists && objects == 0 {
+        format!("ALTER DATABASE {} {charset}", ident(db))
+    } else {
+        format!("CREATE DATABASE {} {charset}", ident(db))
+    };
+    exec(&mut conn0, &create, &format!("creating database {}", ident(db))).await?;
+    exec(&mut conn0, &format!("USE {}", ident(db)), "selecting the database").await?;
+
+    // From here on a failure leaves a partly loaded database: say so.
+    let partial = |mut e: Error| {
+        e.hint = Some(format!(
+            "database {} is partly loaded; fix the cause and run the thaw again with --replace",
+            ident(db)
+        ));
+        e
+    };
+    run_file(&mut conn0, &p.text(&m.schema)?, "schema.sql", &mut warnings)
+        .await
+        .map_err(partial)?;
+
+    // Data: every chunk, largest first, over `jobs` connections.
+    let mut chunks: Vec<(&TableEntry, &Chunk)> = m
+        .tables
+        .iter()
+        .flat_map(|t| t.chunks.iter().map(move |c| (t, c)))
+        .collect();
+    chunks.sort_by(|a, b| b.1.sql_bytes.cmp(&a.1.sql_bytes));
+    progress.set_label(format!("loading {db}"));
+    progress.add_total(chunks.iter().map(|(_, c)| c.sql_bytes).sum());
+    let queue = Mutex::new(chunks.into_iter().collect::<VecDeque<_>>());
+    let mut conns = Vec::new();
+    for _ in 0..opts.jobs.max(1) {
+        let mut c = target.connect().await.map_err(partial)?;
+        // Not replicated: the copy is for this server. Needs a privilege; skip without.
+        let _ = c.query_drop("SET SESSION sql_log_bin=0").await;
+        conns.push(c);
+    }
+    let results = futures::future::join_all(conns.iter_mut().map(|c| async {
+        loop {
+            let Some((t, chunk)) = queue.lock().unwrap().pop_front() else {
+                return Ok(());
+            };
+            let f = FileRef {
+                digest: chunk.digest.clone(),
+                size: chunk.size,
+            };
+            let text = p.text(&f)?;
+            for s in statements(&text) {
+                c.query_drop(s).await.map_err(|e| {
+                    let mut err = db_error(
+                        e,
+                        &format!(
+                            "loading rows of table {} (chunk {})",
+                            ident(&t.name),
+                            chunk.digest.key()
+                        ),
+                    );
+                    if err.message.contains("max_allowed_packet") || err.message.contains("1153") {
+                        err.hint = Some(format!(
+                            "a statement is {} bytes; raise max_allowed_packet on the target server above that",
+                            s.len()
+                        ));
+                    }
+                    err
+                })?;
+            }
+            progress.add_done(chunk.sql_bytes);
+        }
+    }))
+    .await;
+    results.into_iter().collect::<Result<Vec<()>>>().map_err(partial)?;
+
+    // Indexes: session settings on every connection, then the ALTERs in parallel.
+    progress.set_label(format!("indexing {db}"));
+    let idx = p.text(&m.indexes)?;
+    let (sets, alters): (Vec<&[u8]>, Vec<&[u8]>) =
+        statements(&idx).into_iter().partition(|s| s.starts_with(b"SET "));
+    let queue = Mutex::new(alters.into_iter().collect::<VecDeque<_>>());
+    let results = futures::future::join_all(conns.iter_mut().map(|c| async {
+        for s in &sets {
+            c.query_drop(*s)
+                .await
+                .map_err(|e| db_error(e, "indexes.sql"))?;
+        }
+        loop {
+            let Some(s) = queue.lock().unwrap().pop_front() else {
+                return Ok(());
+            };
+            c.query_drop(s).await.map_err(|e| {
+                db_error(e, &format!("indexes.sql: {}", preview(s)))
+            })?;
+        }
+    }))
+    .await;
+    results.into_iter().collect::<Result<Vec<()>>>().map_err(partial)?;
+
+    progress.set_label(format!("creating views, routines and triggers in {db}"));
+    run_file(&mut conn0, &p.text(&m.objects_file)?, "objects.sql", &mut warnings)
+        .await
+        .map_err(partial)?;
+
+    // Verify: the target must hold exactly what the manifest says.
+    let verify_started = Instant::now();
+    progress.set_label(format!("verifying {db}"));
+    let problems = verify(&mut conns, &mut conn0, m, db).await?;
+    for c in conns {
+        let _ = c.disconnect().await;
+    }
+    let _ = conn0.disconnect().await;
+    if !problems.is_empty() {
+        return Err(Error::integrity(format!(
+            "database {} did not load exactly: {}",
+            ident(db),
+            problems.join("; ")
+        ))
+        .with_hint("the loaded database differs from the snapshot; do not use it. Report this, with the server versions of source and target"));
+    }
+    Ok(LoadReport {
+        source: m.database.clone(),
+        target: target.to_string(),
+        tables: m.tables.len(),
+        rows: m.tables.iter().map(|t| t.rows).sum(),
+        chunks: m.tables.iter().map(|t| t.chunks.len()).sum(),
+        objects: m.objects.len(),
+        seconds: started.elapsed().as_secs_f64(),
+        verify_seconds: verify_started.elapsed().as_secs_f64(),
+        warnings,
+    })
+}
+
+fn preview(s: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&s[..s.len().min(120)]).into_owned();
+    s.replace('\n', " ")
+}
+
+/// Runs a schema file's statements in order. An object whose DEFINER account the
+/// loading user may not act for is created without the DEFINER clause (owned by the
+/// loading user), with a warning.
+async fn run_file(conn: &mut Conn, text: &[u8], name: &str, warnings: &mut Vec<String>) -> Result<()> {
+    for s in statements(text) {
+        match conn.query_drop(s).await {
+            Ok(()) => {}
+            Err(mysql_async::Error::Server(e)) if e.code == 1227 => {
+                let text = String::from_utf8_lossy(s);
+                let Some(stripped) = strip_definer(&text) else {
+                    return Err(db_error(mysql_async::Error::Server(e), &format!("{name}: {}", preview(s))));
+                };
+                conn.query_drop(stripped.as_str())
+                    .await
+                    .map_err(|e| db_error(e, &format!("{name}: {}", preview(s))))?;
+                warnings.push(format!(
+                    "created without its DEFINER (the loading user may not set it): {}",
+                    preview(s)
+                ));
+            }
+            Err(e) => return Err(db_error(e, &format!("{name}: {}", preview(s)))),
+        }
+    }
+    Ok(())
+}
+
+/// Re-reads every table (in parallel) and compares row counts and checksums with the
+/// manifest, and checks that every view, routine, trigger and event exists.
+async fn verify(conns: &mut [Conn], conn0: &mut Conn, m: &DbManifest, db: &str) -> Result<Vec<String>> {
+    let mut order: Vec<&TableEntry> = m.tables.iter().collect();
+    order.sort_by(|a, b| b.rows.cmp(&a.rows));
+    let queue = Mutex::new(order.into_iter().collect::<VecDeque<_>>());
+    let problems = Mutex::new(Vec::new());
+    let results = futures::future::join_all(conns.iter_mut().map(|c| async {
+        c.query_drop("SET SESSION time_zone='+00:00', NAMES binary")
+            .await
+            .map_err(|e| db_error(e, "setting up verification"))?;
+        loop {
+            let Some(t) = queue.lock().unwrap().pop_front() else {
+                return Ok::<(), Error>(());
+            };
+            let sum = table_sum(c, t).await?;
+            if sum.rows != t.rows {
+                problems.lock().unwrap().push(format!(
+                    "table {} has {} rows, the snapshot has {}",
+                    ident(&t.name),
+                    sum.rows,
+                    t.rows
+                ));
+            } else if sum.hex() != t.checksum {
+                problems.lock().unwrap().push(format!(
+                    "table {} has the right row count but different contents (checksum {} instead of {})",
+                    ident(&t.name),
+                    sum.hex(),
+                    t.checksum
+                ));
+            }
+        }
+    }))
+    .await;
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    let mut problems = problems.into_inner().unwrap();
+
+    let p = || vec![mysql_async::Value::from(db)];
+    let mut present: BTreeSet<(String, String)> = BTreeSet::new();
+    for (kind, sql) in [
+        ("view", "SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = ?"),
+        ("trigger", "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = ?"),
+        ("procedure", "SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = ? AND ROUTINE_TYPE = 'PROCEDURE'"),
+        ("function", "SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = ? AND ROUTINE_TYPE = 'FUNCTION'"),
+        ("event", "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = ?"),
+    ] {
+        for r in exec_strings(conn0, sql, p(), "listing the loaded objects").await? {
+            present.insert((kind.to_string(), r[0].clone()));
+        }
+    }
+    for o in &m.objects {
+        if !present.contains(&(o.kind.clone(), o.name.clone())) {
+            problems.push(format!("{} {} is missing", o.kind, ident(&o.name)));
+        }
+    }
+    Ok(problems)
+}
+
+/// The checksum of a table as loaded, computed exactly as the dump computed it.
+pub async fn table_sum(c: &mut Conn, t: &TableEntry) -> Result<RowSum> {
+    let cols: Vec<String> = t.columns.iter().map(|c| ident(&c.name)).collect();
+    let kinds: Vec<ColumnKind> = t.columns.iter().map(|c| c.kind()).collect();
+    let what = || format!("verifying table {}", ident(&t.name));
+    let mut result = c
+        .exec_iter(format!("SELECT {} FROM {}", cols.join(","), ident(&t.name)), ())
+        .await
+        .map_err(|e| db_error(e, &what()))?;
+    let mut sum = RowSum::default();
+    let mut text = Vec::with_capacity(256);
+    while let Some(row) = result.next().await.map_err(|e| db_error(e, &what()))? {
+        text.clear();
+        push_row(&mut text, &row.unwrap(), &kinds);
+        sum.add_row(&text);
+    }
+    Ok(sum)
+}
+
+impl std::fmt::Debug for PreparedDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedDb")
+            .field("database", &self.manifest.database)
+            .field("files", &self.files.len())
+            .finish()
+    }
+}

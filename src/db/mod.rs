@@ -1,0 +1,115 @@
+//! Logical dumps of MySQL and MariaDB databases: the data of a dehydrated snapshot.
+//!
+//! A database is stored as one OCI image manifest (SPEC.md §10) whose config is a
+//! [`DbManifest`] and whose layers are zstd-compressed SQL files in load order:
+//! `schema.sql`, the data chunks, `indexes.sql`, `objects.sql`. Each file loads with the
+//! stock `mariadb` client, so a dump outlives freezer.
+
+pub mod conn;
+pub mod dump;
+pub mod load;
+pub mod schema;
+pub mod sql;
+
+use serde::{Deserialize, Serialize};
+
+use crate::format::Digest;
+
+pub use conn::DbUrl;
+
+pub const MT_DB_CONFIG: &str = "application/vnd.freezer.db.config.v1+json";
+pub const MT_SQL_ZSTD: &str = "application/vnd.freezer.sql.v1+zstd";
+/// On a snapshot record's descriptor and the manifest: the source database's name.
+pub const A_DB_NAME: &str = "dev.freezer.db.name";
+pub const A_DB_TABLES: &str = "dev.freezer.db.tables";
+pub const A_DB_ROWS: &str = "dev.freezer.db.rows";
+/// On each layer: `schema`, `data`, `indexes` or `objects`.
+pub const A_SQL_PART: &str = "dev.freezer.sql.part";
+pub const A_SQL_TABLE: &str = "dev.freezer.sql.table";
+
+/// The config blob of a database image: everything needed to load and verify it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbManifest {
+    pub format: u32,
+    pub database: String,
+    pub server: ServerInfo,
+    pub charset: String,
+    pub collation: String,
+    pub consistency: Consistency,
+    pub schema: FileRef,
+    pub indexes: FileRef,
+    pub objects_file: FileRef,
+    pub tables: Vec<TableEntry>,
+    /// Routines, views, triggers and events, in load order.
+    pub objects: Vec<schema::Object>,
+    /// Objects that exist in the source but are not in the dump (sequences, for now).
+    #[serde(default)]
+    pub skipped: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerInfo {
+    /// `SELECT VERSION()`, e.g. `10.11.6-MariaDB-0+deb12u1`.
+    pub version: String,
+    /// The source server's global sql_mode and time_zone, for the record; data is
+    /// dumped and loaded in UTC with [`schema::LOAD_SQL_MODE`].
+    pub sql_mode: String,
+    pub time_zone: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consistency {
+    /// How the shared snapshot was taken: `lock-tables` (every table of the database
+    /// read-locked while each connection starts its transaction).
+    pub method: String,
+    /// How long the site's tables were read-locked, in milliseconds.
+    pub lock_ms: u64,
+    /// The server's GTID position at the snapshot, where it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gtid: Option<String>,
+    /// `file:position` of the binary log at the snapshot, where readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binlog: Option<String>,
+    /// When the snapshot was taken (RFC 3339).
+    pub at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRef {
+    pub digest: Digest,
+    /// Compressed size.
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableEntry {
+    pub name: String,
+    pub engine: String,
+    pub columns: Vec<schema::Column>,
+    /// Chunk boundaries follow this key; empty for a table without one.
+    pub key: Vec<String>,
+    /// A row starts a new chunk when the low `chunk_bits` bits of its key's hash are 0,
+    /// so one chunk holds 2^chunk_bits rows on average.
+    pub chunk_bits: u32,
+    pub rows: u64,
+    /// [`sql::RowSum`] of every row, as 32 hex digits.
+    pub checksum: String,
+    pub chunks: Vec<Chunk>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chunk {
+    pub digest: Digest,
+    pub size: u64,
+    pub rows: u64,
+    /// Uncompressed SQL bytes.
+    pub sql_bytes: u64,
+}
+
+pub const DB_FORMAT_VERSION: u32 = 1;
