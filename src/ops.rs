@@ -546,9 +546,13 @@ pub fn plan_thaw(
     let snapshot = repo.find_snapshot(site, snap)?;
     let mut databases = Vec::new();
     for (source, digest, target) in db_targets(&snapshot, &db.targets, db.skip)? {
-        let (_, manifest) = crate::db::load::read_manifest(repo, &digest)
-            .map_err(|e| prefix(e, &format!("snapshot {site}:{} database {source}", snapshot.id)))?;
-        let replaces = crate::db::load::check_target(&target, replace)?;
+        let (_, manifest) = crate::db::load::read_manifest(repo, &digest).map_err(|e| {
+            prefix(
+                e,
+                &format!("snapshot {site}:{} database {source}", snapshot.id),
+            )
+        })?;
+        let replaces = crate::db::load::check_target(&target, &manifest, replace)?;
         databases.push(ThawDb {
             source,
             target,
@@ -673,8 +677,14 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
     for d in &plan.databases {
         prepared.push(
             crate::db::load::fetch(repo, d.manifest.clone(), progress).map_err(|e| {
-                prefix(e, &format!("snapshot {}:{} database {}", plan.snapshot.site, plan.snapshot.id, d.source))
-                    .with_hint("nothing was changed at the destination")
+                prefix(
+                    e,
+                    &format!(
+                        "snapshot {}:{} database {}",
+                        plan.snapshot.site, plan.snapshot.id, d.source
+                    ),
+                )
+                .with_hint("nothing was changed at the destination")
             })?,
         );
     }
@@ -722,8 +732,12 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
                 replace: d.replaces,
                 ..opts.clone()
             };
-            let r = load_database(p, &d.target, &opts, progress)
-                .map_err(|e| prefix(e, &format!("loading database {} into {}", d.source, d.target)))?;
+            let r = load_database(p, &d.target, &opts, progress).map_err(|e| {
+                prefix(
+                    e,
+                    &format!("loading database {} into {}", d.source, d.target),
+                )
+            })?;
             db_reports.push(r);
         }
         Ok(reports)

@@ -33,15 +33,17 @@ impl DbUrl {
         })?;
         let database = opts.db_name().unwrap_or_default().to_string();
         if database.is_empty() {
-            return Err(Error::usage(format!(
-                "database URL {} names no database",
-                redact(url)
-            ))
-            .with_hint("add the database name as the path: mysql://USER@HOST/DATABASE"));
+            return Err(
+                Error::usage(format!("database URL {} names no database", redact(url)))
+                    .with_hint("add the database name as the path: mysql://USER@HOST/DATABASE"),
+            );
         }
         let mut b = OptsBuilder::from_opts(opts.clone())
             // Dumps and loads stream for minutes; no statement cache is needed across them.
             .stmt_cache_size(32usize)
+            // Rows as long as the server stores (up to 1 GiB) must be readable; the
+            // server itself limits what it accepts.
+            .max_allowed_packet(Some(1 << 30))
             .wait_timeout(Some(28_800));
         if opts.pass().is_none() {
             if let Ok(p) = std::env::var("FREEZER_DB_PASSWORD") {

@@ -91,7 +91,7 @@ pub fn freeze_database(
     let dumped = loop {
         attempt += 1;
         match dump_once(&rt, repo, url, prev, opts, progress)? {
-            Outcome::Done(d) => break d,
+            Outcome::Done(d) => break *d,
             Outcome::SchemaChanged(what) if attempt == 1 => warnings.push(format!(
                 "the schema of {} changed during the dump ({}); dumped again",
                 url,
@@ -103,7 +103,9 @@ pub fn freeze_database(
                     url,
                     what.join(", ")
                 ))
-                .with_hint("run the freeze again when no schema change (deploy, migration) is running"));
+                .with_hint(
+                    "run the freeze again when no schema change (deploy, migration) is running",
+                ));
             }
         }
     };
@@ -112,6 +114,7 @@ pub fn freeze_database(
         manifest,
         chunks,
         sums,
+        max_values,
     } = dumped;
     warnings.extend(schema.skipped.iter().map(|s| {
         format!("{s} in {url} is not dumped: freezer does not dump that kind of object yet")
@@ -144,6 +147,7 @@ pub fn freeze_database(
             key: t.key.clone(),
             chunk_bits: chunk_bits(t, prev, opts.chunk_bytes),
             rows: sum.rows,
+            max_value_bytes: max_values[i],
             checksum: sum.hex(),
             chunks: list.into_iter().map(|(_, c)| c).collect(),
         });
@@ -173,8 +177,18 @@ pub fn freeze_database(
             ));
         }
     }
-    layers.push(layer(&manifest.indexes, "indexes", "indexes.sql".into(), None));
-    layers.push(layer(&manifest.objects_file, "objects", "objects.sql".into(), None));
+    layers.push(layer(
+        &manifest.indexes,
+        "indexes",
+        "indexes.sql".into(),
+        None,
+    ));
+    layers.push(layer(
+        &manifest.objects_file,
+        "objects",
+        "objects.sql".into(),
+        None,
+    ));
 
     let rows: u64 = manifest.tables.iter().map(|t| t.rows).sum();
     let n_chunks: usize = manifest.tables.iter().map(|t| t.chunks.len()).sum();
@@ -223,17 +237,21 @@ pub fn freeze_database(
 }
 
 enum Outcome {
-    Done(Dumped),
+    Done(Box<Dumped>),
     /// What changed.
     SchemaChanged(Vec<String>),
 }
+
+/// A stored chunk: (table, seq, chunk).
+type StoredChunk = (usize, (u32, u32), Chunk);
 
 struct Dumped {
     schema: Schema,
     /// Without tables and files yet.
     manifest: DbManifest,
-    chunks: Vec<(usize, (u32, u32), Chunk)>,
+    chunks: Vec<StoredChunk>,
     sums: Vec<RowSum>,
+    max_values: Vec<u64>,
 }
 
 /// One chunk's SQL on its way to compression and upload.
@@ -255,7 +273,7 @@ fn dump_once(
 ) -> Result<Outcome> {
     let (tx, rx) = mpsc::channel::<ChunkOut>(opts.jobs * 2);
     let rx = Mutex::new(rx);
-    let stored: Mutex<Vec<(usize, (u32, u32), Chunk)>> = Mutex::new(Vec::new());
+    let stored: Mutex<Vec<StoredChunk>> = Mutex::new(Vec::new());
     let upload_error: Mutex<Option<Error>> = Mutex::new(None);
     let cancel = Arc::new(AtomicBool::new(false));
     std::thread::scope(|s| {
@@ -338,6 +356,8 @@ enum Job {
         range: u32,
         lo: Option<Vec<Value>>,
         hi: Option<Vec<Value>>,
+        /// Also cut after rows whose text hashes to a boundary (tables not cut by key).
+        cut_rows: bool,
     },
 }
 
@@ -347,7 +367,11 @@ struct Shared<'a> {
     max_chunk: usize,
     tx: mpsc::Sender<ChunkOut>,
     cancel: Arc<AtomicBool>,
+    /// The source is MariaDB (chunks may use its session variables).
+    mariadb: bool,
     sums: Mutex<Vec<RowSum>>,
+    /// Per table, the longest single value seen.
+    max_value: Mutex<Vec<u64>>,
     progress: &'a Progress,
 }
 
@@ -409,7 +433,9 @@ async fn dump(
         max_chunk: (opts.chunk_bytes * 8) as usize,
         tx,
         cancel,
+        mariadb: info.first().is_some_and(|v| v.contains("MariaDB")),
         sums: Mutex::new(vec![RowSum::default(); before.tables.len()]),
+        max_value: Mutex::new(vec![0; before.tables.len()]),
         progress,
     };
 
@@ -445,13 +471,14 @@ async fn dump(
             e
         })?;
     }
-    let starts = workers.iter_mut().map(|c| {
-        c.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-    });
+    let starts = workers
+        .iter_mut()
+        .map(|c| c.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"));
     futures::future::try_join_all(starts)
         .await
         .map_err(|e| db_error(e, &format!("starting the snapshot transactions on {url}")))?;
-    let gtid = first_value(&mut conn0, "SELECT @@GLOBAL.gtid_binlog_pos").await
+    let gtid = first_value(&mut conn0, "SELECT @@GLOBAL.gtid_binlog_pos")
+        .await
         .or(first_value(&mut conn0, "SELECT @@GLOBAL.gtid_executed").await);
     let binlog = match query_strings(&mut conn0, "SHOW MASTER STATUS", "").await {
         Ok(rows) => rows
@@ -463,7 +490,7 @@ async fn dump(
     // Tables outside the snapshot are read now, under the lock.
     for (i, t) in before.tables.iter().enumerate() {
         if !t.transactional() {
-            dump_range(&mut conn0, &shared, i, 0, None, None).await?;
+            dump_range(&mut conn0, &shared, i, 0, None, None, true).await?;
         }
     }
     if !before.tables.is_empty() {
@@ -481,14 +508,23 @@ async fn dump(
         if !t.key.is_empty() && t.est_bytes > 2 * opts.chunk_bytes {
             boundary_jobs.push_back(Job::Boundaries { table: i });
         } else {
-            range_jobs.push_back((t.est_bytes, Job::Range { table: i, range: 0, lo: None, hi: None }));
+            let job = Job::Range {
+                table: i,
+                range: 0,
+                lo: None,
+                hi: None,
+                cut_rows: true,
+            };
+            range_jobs.push_back((t.est_bytes, job));
         }
     }
     let boundaries: Mutex<HashMap<usize, Vec<Vec<Value>>>> = Mutex::new(HashMap::new());
     let queue = Mutex::new(boundary_jobs);
-    let results = futures::future::join_all(workers.iter_mut().map(|c| {
-        run_jobs(c, &queue, &shared, &boundaries)
-    }))
+    let results = futures::future::join_all(
+        workers
+            .iter_mut()
+            .map(|c| run_jobs(c, &queue, &shared, &boundaries)),
+    )
     .await;
     results.into_iter().collect::<Result<Vec<()>>>()?;
     let found = std::mem::take(&mut *boundaries.lock().unwrap());
@@ -498,19 +534,34 @@ async fn dump(
         let count = keys.len() as u32;
         let mut lo: Option<Vec<Value>> = None;
         for (n, k) in keys.into_iter().enumerate() {
-            let job = Job::Range { table, range: n as u32, lo: lo.take(), hi: Some(k.clone()) };
+            let job = Job::Range {
+                table,
+                range: n as u32,
+                lo: lo.take(),
+                hi: Some(k.clone()),
+                cut_rows: false,
+            };
             range_jobs.push_back((per, job));
             lo = Some(k);
         }
-        range_jobs.push_back((per, Job::Range { table, range: count, lo, hi: None }));
+        let job = Job::Range {
+            table,
+            range: count,
+            lo,
+            hi: None,
+            cut_rows: false,
+        };
+        range_jobs.push_back((per, job));
     }
     // Largest first, so no worker is left with one big table at the end.
     let mut sorted: Vec<(u64, Job)> = range_jobs.into_iter().collect();
-    sorted.sort_by(|a, b| b.0.cmp(&a.0));
+    sorted.sort_by_key(|j| std::cmp::Reverse(j.0));
     let queue = Mutex::new(sorted.into_iter().map(|(_, j)| j).collect::<VecDeque<_>>());
-    let results = futures::future::join_all(workers.iter_mut().map(|c| {
-        run_jobs(c, &queue, &shared, &boundaries)
-    }))
+    let results = futures::future::join_all(
+        workers
+            .iter_mut()
+            .map(|c| run_jobs(c, &queue, &shared, &boundaries)),
+    )
     .await;
     results.into_iter().collect::<Result<Vec<()>>>()?;
     for c in workers {
@@ -533,6 +584,7 @@ async fn dump(
     }
     let _ = conn0.disconnect().await;
     let sums = shared.sums.into_inner().unwrap();
+    let max_values = shared.max_value.into_inner().unwrap();
     drop(shared.tx);
 
     let empty = FileRef {
@@ -563,12 +615,13 @@ async fn dump(
         objects: before.objects.clone(),
         skipped: before.skipped.clone(),
     };
-    Ok(Outcome::Done(Dumped {
+    Ok(Outcome::Done(Box::new(Dumped {
         schema: before,
         manifest,
         chunks: vec![],
         sums,
-    }))
+        max_values,
+    })))
 }
 
 async fn first_value(conn: &mut Conn, sql: &str) -> Option<String> {
@@ -594,8 +647,14 @@ async fn run_jobs(
                 let keys = find_boundaries(conn, shared, table).await?;
                 boundaries.lock().unwrap().insert(table, keys);
             }
-            Job::Range { table, range, lo, hi } => {
-                dump_range(conn, shared, table, range, lo, hi).await?;
+            Job::Range {
+                table,
+                range,
+                lo,
+                hi,
+                cut_rows,
+            } => {
+                dump_range(conn, shared, table, range, lo, hi, cut_rows).await?;
             }
         }
     }
@@ -615,16 +674,23 @@ async fn find_boundaries(conn: &mut Conn, s: &Shared<'_>, table: usize) -> Resul
         "SELECT {keys} FROM {} WHERE (CRC32(CONCAT_WS(0x00,{keys})) & {mask}) = 0 ORDER BY {keys}",
         ident(&t.name)
     );
-    let rows: Vec<mysql_async::Row> = conn
-        .exec(sql, ())
-        .await
-        .map_err(|e| db_error(e, &format!("finding the chunks of table {}", ident(&t.name))))?;
+    let rows: Vec<mysql_async::Row> = conn.exec(sql, ()).await.map_err(|e| {
+        db_error(
+            e,
+            &format!("finding the chunks of table {}", ident(&t.name)),
+        )
+    })?;
     Ok(rows.into_iter().map(|r| r.unwrap()).collect())
 }
 
 /// `key >= lo AND key < hi` over a (possibly multi-column) key, written as ORs of
 /// equalities so every server version can use the index range for it.
-fn range_condition(key: &[String], bound: &[Value], lower: bool, params: &mut Vec<Value>) -> String {
+fn range_condition(
+    key: &[String],
+    bound: &[Value],
+    lower: bool,
+    params: &mut Vec<Value>,
+) -> String {
     let mut ors = Vec::new();
     for i in 0..key.len() {
         let mut ands = Vec::new();
@@ -651,6 +717,7 @@ async fn dump_range(
     range: u32,
     lo: Option<Vec<Value>>,
     hi: Option<Vec<Value>>,
+    cut_rows: bool,
 ) -> Result<()> {
     let t = &s.schema.tables[table];
     let cols: Vec<String> = t.columns.iter().map(|c| ident(&c.name)).collect();
@@ -670,27 +737,40 @@ async fn dump_range(
     if !t.key.is_empty() {
         sql.push_str(&format!(" ORDER BY {}", key_list(t)));
     }
-    // Within a range, and in tables without a key, chunks are cut after a row whose own
-    // text hashes to a boundary (content-defined, like the key boundaries).
+    // Tables not cut by key are cut after a row whose own text hashes to a boundary
+    // (content-defined too); every chunk is also cut at 8 times the target size.
     let mask = (1u64 << s.bits[table]) - 1;
     let what = || format!("reading table {}", ident(&t.name));
     let mut result = conn
         .exec_iter(sql, params)
         .await
         .map_err(|e| db_error(e, &what()))?;
-    let mut builder = ChunkBuilder::new(&t.name, &cols);
+    let new_builder = || ChunkBuilder::new(&t.name, &cols, s.mariadb);
+    let mut builder = new_builder();
     let mut part = 0u32;
     let mut sum = RowSum::default();
+    let mut max_value = 0u64;
     let mut row_text = Vec::with_capacity(256);
     while let Some(row) = result.next().await.map_err(|e| db_error(e, &what()))? {
         let values = row.unwrap();
         row_text.clear();
         push_row(&mut row_text, &values, &kinds);
         sum.add_row(&row_text);
-        builder.push(&row_text);
-        let boundary = twox_hash::XxHash3_64::oneshot(&row_text) & mask == 0;
+        if row_text.len() > STATEMENT_BYTES {
+            for v in &values {
+                if let Value::Bytes(b) = v {
+                    max_value = max_value.max(b.len() as u64);
+                }
+            }
+        }
+        if row_text.len() > STATEMENT_BYTES && !t.key.is_empty() {
+            builder.push_split(t, &values, &kinds);
+        } else {
+            builder.push(&row_text);
+        }
+        let boundary = cut_rows && twox_hash::XxHash3_64::oneshot(&row_text) & mask == 0;
         if boundary || builder.buf.len() >= s.max_chunk {
-            let done = std::mem::replace(&mut builder, ChunkBuilder::new(&t.name, &cols));
+            let done = std::mem::replace(&mut builder, new_builder());
             send(s, table, (range, part), done).await?;
             part += 1;
         }
@@ -700,25 +780,47 @@ async fn dump_range(
         send(s, table, (range, part), builder).await?;
     }
     s.sums.lock().unwrap()[table].merge(sum);
+    let mut m = s.max_value.lock().unwrap();
+    m[table] = m[table].max(max_value);
     Ok(())
 }
 
 async fn send(s: &Shared<'_>, table: usize, seq: (u32, u32), b: ChunkBuilder) -> Result<()> {
     if s.cancel.load(Ordering::Relaxed) {
-        return Err(Error::new(ErrorKind::Other, "the dump was stopped: an upload failed"));
+        return Err(Error::new(
+            ErrorKind::Other,
+            "the dump was stopped: an upload failed",
+        ));
     }
     let rows = b.rows;
     let sql = b.finish();
     s.progress.add_done(sql.len() as u64);
-    s.tx
-        .send(ChunkOut { table, seq, sql, rows })
-        .await
-        .map_err(|_| Error::other("the dump was stopped: the uploaders have ended"))
+    s.tx.send(ChunkOut {
+        table,
+        seq,
+        sql,
+        rows,
+    })
+    .await
+    .map_err(|_| Error::other("the dump was stopped: the uploaders have ended"))
 }
 
 /// Accumulates the text of one chunk: a header that makes the file self-contained for
 /// the `mariadb` client, then INSERT statements of at most [`STATEMENT_BYTES`], one
 /// per line.
+/// Where to cut `b` at about `at` bytes without splitting a UTF-8 character (a text
+/// column's intermediate value must stay valid in its charset).
+fn char_boundary(b: &[u8], at: usize) -> usize {
+    if b.len() <= at {
+        return b.len();
+    }
+    let mut cut = at;
+    while cut > at - 4 && (0x80..0xC0).contains(&b[cut]) {
+        cut -= 1;
+    }
+    cut
+}
+
 struct ChunkBuilder {
     buf: Vec<u8>,
     insert: Vec<u8>,
@@ -727,7 +829,7 @@ struct ChunkBuilder {
 }
 
 impl ChunkBuilder {
-    fn new(table: &str, cols: &[String]) -> ChunkBuilder {
+    fn new(table: &str, cols: &[String], mariadb: bool) -> ChunkBuilder {
         let mut buf = Vec::with_capacity(64 << 10);
         buf.extend_from_slice(
             format!(
@@ -737,7 +839,13 @@ impl ChunkBuilder {
             )
             .as_bytes(),
         );
-        let insert = format!("INSERT INTO {} ({}) VALUES ", ident(table), cols.join(",")).into_bytes();
+        if mariadb {
+            // The rows satisfied their CHECK constraints in the source; a row split into
+            // pieces (see push_split) may not until its last piece is in.
+            buf.extend_from_slice(b"SET SESSION check_constraint_checks=0;\n");
+        }
+        let insert =
+            format!("INSERT INTO {} ({}) VALUES ", ident(table), cols.join(",")).into_bytes();
         ChunkBuilder {
             buf,
             insert,
@@ -762,6 +870,75 @@ impl ChunkBuilder {
             }
         }
         self.buf.extend_from_slice(row);
+        self.rows += 1;
+    }
+
+    fn close_statement(&mut self) {
+        if self.statement_start.take().is_some() {
+            self.buf.extend_from_slice(b";\n");
+        }
+    }
+
+    /// A row too long for one statement: inserted with its long string values cut to a
+    /// first piece, then completed by `UPDATE … SET c = CONCAT(c, piece) WHERE key = …`
+    /// statements, so no statement exceeds about 1 MiB and any server's
+    /// max_allowed_packet accepts them. (Triggers do not exist yet while data loads.)
+    fn push_split(&mut self, t: &Table, values: &[Value], kinds: &[ColumnKind]) {
+        const PIECE: usize = 256 << 10;
+        let mut first = values.to_vec();
+        let mut rest: Vec<(usize, &[u8])> = Vec::new();
+        for (i, (v, k)) in values.iter().zip(kinds).enumerate() {
+            if let (Value::Bytes(b), ColumnKind::Bytes) = (v, k) {
+                if b.len() > PIECE {
+                    let cut = char_boundary(b, PIECE);
+                    first[i] = Value::Bytes(b[..cut].to_vec());
+                    rest.push((i, &b[cut..]));
+                }
+            }
+        }
+        self.close_statement();
+        let mut row = Vec::new();
+        push_row(&mut row, &first, kinds);
+        self.buf.extend_from_slice(&self.insert);
+        self.buf.extend_from_slice(&row);
+        self.buf.extend_from_slice(b";\n");
+        let mut cond = Vec::new();
+        for (n, k) in t.key.iter().enumerate() {
+            let i = t
+                .columns
+                .iter()
+                .position(|c| &c.name == k)
+                .expect("key columns are dumped");
+            if n > 0 {
+                cond.extend_from_slice(b" AND ");
+            }
+            cond.extend_from_slice(ident(k).as_bytes());
+            cond.push(b'=');
+            super::sql::push_value(&mut cond, &values[i], kinds[i]);
+        }
+        // Assigning a timestamp column explicitly keeps ON UPDATE CURRENT_TIMESTAMP off it.
+        let keep: String = t
+            .columns
+            .iter()
+            .zip(kinds)
+            .filter(|(_, k)| **k == ColumnKind::DateTime)
+            .map(|(c, _)| format!(",{0}={0}", ident(&c.name)))
+            .collect();
+        for (i, mut tail) in rest {
+            let col = ident(&t.columns[i].name);
+            while !tail.is_empty() {
+                let cut = char_boundary(tail, PIECE);
+                self.buf.extend_from_slice(
+                    format!("UPDATE {} SET {col}=CONCAT({col},", ident(&t.name)).as_bytes(),
+                );
+                super::sql::push_quoted(&mut self.buf, &tail[..cut]);
+                self.buf
+                    .extend_from_slice(format!("){keep} WHERE ").as_bytes());
+                self.buf.extend_from_slice(&cond);
+                self.buf.extend_from_slice(b";\n");
+                tail = &tail[cut..];
+            }
+        }
         self.rows += 1;
     }
 

@@ -30,8 +30,12 @@ pub struct PreparedDb {
 
 /// Reads a database image's manifest and config and checks that they agree. Cheap: no
 /// chunk is read (that is [`fetch`]).
-pub fn read_manifest(repo: &Repository, manifest_digest: &Digest) -> Result<(ImageManifest, DbManifest)> {
-    let image: ImageManifest = from_json(&repo.read_blob(manifest_digest)?, &manifest_digest.key())?;
+pub fn read_manifest(
+    repo: &Repository,
+    manifest_digest: &Digest,
+) -> Result<(ImageManifest, DbManifest)> {
+    let image: ImageManifest =
+        from_json(&repo.read_blob(manifest_digest)?, &manifest_digest.key())?;
     if image.config.media_type != MT_DB_CONFIG {
         return Err(Error::integrity(format!(
             "{} is not a database image (config type {})",
@@ -39,7 +43,10 @@ pub fn read_manifest(repo: &Repository, manifest_digest: &Digest) -> Result<(Ima
             image.config.media_type
         )));
     }
-    let m: DbManifest = from_json(&repo.read_blob(&image.config.digest)?, &image.config.digest.key())?;
+    let m: DbManifest = from_json(
+        &repo.read_blob(&image.config.digest)?,
+        &image.config.digest.key(),
+    )?;
     if m.format != DB_FORMAT_VERSION {
         return Err(Error::integrity(format!(
             "database dump {} has format {}; this freezer reads format {DB_FORMAT_VERSION}",
@@ -134,13 +141,39 @@ pub async fn target_state(conn: &mut Conn, db: &str) -> Result<(bool, u64)> {
     Ok((true, n.first().and_then(|r| r[0].parse().ok()).unwrap_or(0)))
 }
 
-/// Checks the target before a thaw: reachable, and empty unless `replace`.
-pub fn check_target(target: &DbUrl, replace: bool) -> Result<bool> {
+/// Checks the target before a thaw: reachable, able to hold the longest value, and
+/// empty unless `replace`. Returns whether it will be replaced.
+pub fn check_target(target: &DbUrl, m: &DbManifest, replace: bool) -> Result<bool> {
     let rt = super::conn::runtime(1)?;
     rt.block_on(async {
         let mut c = target.connect_server().await?;
         let (exists, objects) = target_state(&mut c, &target.database).await?;
+        let packet: u64 = super::conn::query_strings(
+            &mut c,
+            "SELECT @@GLOBAL.max_allowed_packet",
+            "reading max_allowed_packet",
+        )
+        .await?
+        .first()
+        .and_then(|r| r[0].parse().ok())
+        .unwrap_or(u64::MAX);
         let _ = c.disconnect().await;
+        if let Some(t) = m.tables.iter().max_by_key(|t| t.max_value_bytes) {
+            // The server builds such a value in one piece (CONCAT of the statement pieces),
+            // and refuses values longer than max_allowed_packet.
+            if t.max_value_bytes + 1024 > packet {
+                return Err(Error::other(format!(
+                    "table {} holds a value of {} bytes; max_allowed_packet of the server at {} is {packet}",
+                    ident(&t.name),
+                    t.max_value_bytes,
+                    target.server()
+                ))
+                .with_hint(format!(
+                    "raise it on the target server first: SET GLOBAL max_allowed_packet={}",
+                    (t.max_value_bytes + (1 << 20)).next_power_of_two()
+                )));
+            }
+        }
         if objects > 0 && !replace {
             return Err(Error::conflict(format!(
                 "database {} at {} has {objects} tables or other objects",
@@ -166,9 +199,14 @@ pub fn load_database(
 impl PreparedDb {
     fn text(&self, f: &FileRef) -> Result<Vec<u8>> {
         let tmp = self.files.get(&f.digest).expect("fetched");
-        let file = tmp.reopen().map_err(|e| Error::io("reading a fetched dump file", e))?;
+        let file = tmp
+            .reopen()
+            .map_err(|e| Error::io("reading a fetched dump file", e))?;
         zstd::stream::decode_all(file).map_err(|e| {
-            Error::integrity(format!("dump file {} does not decompress: {e}", f.digest.key()))
+            Error::integrity(format!(
+                "dump file {} does not decompress: {e}",
+                f.digest.key()
+            ))
         })
     }
 }
@@ -211,8 +249,18 @@ async fn load(
     } else {
         format!("CREATE DATABASE {} {charset}", ident(db))
     };
-    exec(&mut conn0, &create, &format!("creating database {}", ident(db))).await?;
-    exec(&mut conn0, &format!("USE {}", ident(db)), "selecting the database").await?;
+    exec(
+        &mut conn0,
+        &create,
+        &format!("creating database {}", ident(db)),
+    )
+    .await?;
+    exec(
+        &mut conn0,
+        &format!("USE {}", ident(db)),
+        "selecting the database",
+    )
+    .await?;
 
     // From here on a failure leaves a partly loaded database: say so.
     let partial = |mut e: Error| {
@@ -232,7 +280,7 @@ async fn load(
         .iter()
         .flat_map(|t| t.chunks.iter().map(move |c| (t, c)))
         .collect();
-    chunks.sort_by(|a, b| b.1.sql_bytes.cmp(&a.1.sql_bytes));
+    chunks.sort_by_key(|c| std::cmp::Reverse(c.1.sql_bytes));
     progress.set_label(format!("loading {db}"));
     progress.add_total(chunks.iter().map(|(_, c)| c.sql_bytes).sum());
     let queue = Mutex::new(chunks.into_iter().collect::<VecDeque<_>>());
@@ -276,13 +324,17 @@ async fn load(
         }
     }))
     .await;
-    results.into_iter().collect::<Result<Vec<()>>>().map_err(partial)?;
+    results
+        .into_iter()
+        .collect::<Result<Vec<()>>>()
+        .map_err(partial)?;
 
     // Indexes: session settings on every connection, then the ALTERs in parallel.
     progress.set_label(format!("indexing {db}"));
     let idx = p.text(&m.indexes)?;
-    let (sets, alters): (Vec<&[u8]>, Vec<&[u8]>) =
-        statements(&idx).into_iter().partition(|s| s.starts_with(b"SET "));
+    let (sets, alters): (Vec<&[u8]>, Vec<&[u8]>) = statements(&idx)
+        .into_iter()
+        .partition(|s| s.starts_with(b"SET "));
     let queue = Mutex::new(alters.into_iter().collect::<VecDeque<_>>());
     let results = futures::future::join_all(conns.iter_mut().map(|c| async {
         for s in &sets {
@@ -294,18 +346,26 @@ async fn load(
             let Some(s) = queue.lock().unwrap().pop_front() else {
                 return Ok(());
             };
-            c.query_drop(s).await.map_err(|e| {
-                db_error(e, &format!("indexes.sql: {}", preview(s)))
-            })?;
+            c.query_drop(s)
+                .await
+                .map_err(|e| db_error(e, &format!("indexes.sql: {}", preview(s))))?;
         }
     }))
     .await;
-    results.into_iter().collect::<Result<Vec<()>>>().map_err(partial)?;
+    results
+        .into_iter()
+        .collect::<Result<Vec<()>>>()
+        .map_err(partial)?;
 
     progress.set_label(format!("creating views, routines and triggers in {db}"));
-    run_file(&mut conn0, &p.text(&m.objects_file)?, "objects.sql", &mut warnings)
-        .await
-        .map_err(partial)?;
+    run_file(
+        &mut conn0,
+        &p.text(&m.objects_file)?,
+        "objects.sql",
+        &mut warnings,
+    )
+    .await
+    .map_err(partial)?;
 
     // Verify: the target must hold exactly what the manifest says.
     let verify_started = Instant::now();
@@ -344,14 +404,22 @@ fn preview(s: &[u8]) -> String {
 /// Runs a schema file's statements in order. An object whose DEFINER account the
 /// loading user may not act for is created without the DEFINER clause (owned by the
 /// loading user), with a warning.
-async fn run_file(conn: &mut Conn, text: &[u8], name: &str, warnings: &mut Vec<String>) -> Result<()> {
+async fn run_file(
+    conn: &mut Conn,
+    text: &[u8],
+    name: &str,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
     for s in statements(text) {
         match conn.query_drop(s).await {
             Ok(()) => {}
             Err(mysql_async::Error::Server(e)) if e.code == 1227 => {
                 let text = String::from_utf8_lossy(s);
                 let Some(stripped) = strip_definer(&text) else {
-                    return Err(db_error(mysql_async::Error::Server(e), &format!("{name}: {}", preview(s))));
+                    return Err(db_error(
+                        mysql_async::Error::Server(e),
+                        &format!("{name}: {}", preview(s)),
+                    ));
                 };
                 conn.query_drop(stripped.as_str())
                     .await
@@ -369,9 +437,14 @@ async fn run_file(conn: &mut Conn, text: &[u8], name: &str, warnings: &mut Vec<S
 
 /// Re-reads every table (in parallel) and compares row counts and checksums with the
 /// manifest, and checks that every view, routine, trigger and event exists.
-async fn verify(conns: &mut [Conn], conn0: &mut Conn, m: &DbManifest, db: &str) -> Result<Vec<String>> {
+async fn verify(
+    conns: &mut [Conn],
+    conn0: &mut Conn,
+    m: &DbManifest,
+    db: &str,
+) -> Result<Vec<String>> {
     let mut order: Vec<&TableEntry> = m.tables.iter().collect();
-    order.sort_by(|a, b| b.rows.cmp(&a.rows));
+    order.sort_by_key(|t| std::cmp::Reverse(t.rows));
     let queue = Mutex::new(order.into_iter().collect::<VecDeque<_>>());
     let problems = Mutex::new(Vec::new());
     let results = futures::future::join_all(conns.iter_mut().map(|c| async {
@@ -431,7 +504,10 @@ pub async fn table_sum(c: &mut Conn, t: &TableEntry) -> Result<RowSum> {
     let kinds: Vec<ColumnKind> = t.columns.iter().map(|c| c.kind()).collect();
     let what = || format!("verifying table {}", ident(&t.name));
     let mut result = c
-        .exec_iter(format!("SELECT {} FROM {}", cols.join(","), ident(&t.name)), ())
+        .exec_iter(
+            format!("SELECT {} FROM {}", cols.join(","), ident(&t.name)),
+            (),
+        )
         .await
         .map_err(|e| db_error(e, &what()))?;
     let mut sum = RowSum::default();

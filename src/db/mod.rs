@@ -97,6 +97,10 @@ pub struct TableEntry {
     /// so one chunk holds 2^chunk_bits rows on average.
     pub chunk_bits: u32,
     pub rows: u64,
+    /// The longest single value (string or BLOB) in bytes: a target server whose
+    /// max_allowed_packet is smaller cannot hold it.
+    #[serde(default)]
+    pub max_value_bytes: u64,
     /// [`sql::RowSum`] of every row, as 32 hex digits.
     pub checksum: String,
     pub chunks: Vec<Chunk>,

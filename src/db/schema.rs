@@ -128,8 +128,10 @@ pub async fn read_schema(conn: &mut Conn, db: &str) -> Result<Schema> {
     )
     .await?;
     let Some(cs) = cs.into_iter().next() else {
-        return Err(Error::not_found(format!("database {} does not exist", ident(db)))
-            .with_hint("check the database name in the URL, and that the user may see it"));
+        return Err(
+            Error::not_found(format!("database {} does not exist", ident(db)))
+                .with_hint("check the database name in the URL, and that the user may see it"),
+        );
     };
     exec(conn, &format!("USE {}", ident(db)), &what("USE")).await?;
 
@@ -207,11 +209,7 @@ pub async fn read_schema(conn: &mut Conn, db: &str) -> Result<Schema> {
                 data_type: c[2].clone(),
             });
         }
-        let key = choose_key(
-            stats.iter().filter(|s| &s[0] == name),
-            &nullable,
-            &columns,
-        );
+        let key = choose_key(stats.iter().filter(|s| &s[0] == name), &nullable, &columns);
         let create = show_create(conn, "TABLE", name, 1).await?;
         tables.push(Table {
             name: name.clone(),
@@ -308,9 +306,8 @@ fn choose_key<'a>(
         let e = indexes
             .entry(s[1].clone())
             .or_insert((s[2] == "0", Vec::new(), true));
-        let usable = !nullable.contains(&s[3])
-            && s[5] == "0"
-            && columns.iter().any(|c| c.name == s[3]);
+        let usable =
+            !nullable.contains(&s[3]) && s[5] == "0" && columns.iter().any(|c| c.name == s[3]);
         e.2 &= usable;
         e.1.push(s[3].clone());
     }
@@ -328,7 +325,11 @@ async fn show_create(conn: &mut Conn, kind: &str, name: &str, col: usize) -> Res
     let rows = query_strings(
         conn,
         &format!("SHOW CREATE {kind} {}", ident(name)),
-        &format!("reading the definition of {} {}", kind.to_lowercase(), ident(name)),
+        &format!(
+            "reading the definition of {} {}",
+            kind.to_lowercase(),
+            ident(name)
+        ),
     )
     .await?;
     rows.into_iter()
@@ -350,7 +351,11 @@ async fn show_object(conn: &mut Conn, kind: &str, name: &str) -> Result<Object> 
     let rows = query_strings(
         conn,
         &format!("SHOW CREATE {kind} {}", ident(name)),
-        &format!("reading the definition of {} {}", kind.to_lowercase(), ident(name)),
+        &format!(
+            "reading the definition of {} {}",
+            kind.to_lowercase(),
+            ident(name)
+        ),
     )
     .await?;
     let r = rows.into_iter().next().unwrap_or_default();
@@ -438,7 +443,8 @@ fn split_table(t: &Table) -> SplitTable {
     let Some(close) = lines.iter().rposition(|l| l.starts_with(')')) else {
         return whole;
     };
-    if close < 2 || !lines[0].ends_with('(') || !lines[1..close].iter().all(|l| l.starts_with("  ")) {
+    if close < 2 || !lines[0].ends_with('(') || !lines[1..close].iter().all(|l| l.starts_with("  "))
+    {
         return whole;
     }
     let auto_first = t
@@ -520,7 +526,11 @@ pub fn schema_files(s: &Schema) -> (String, String, String) {
         if !split.indexes.is_empty() {
             stmt(
                 &mut indexes,
-                &format!("ALTER TABLE {} {}", ident(&t.name), split.indexes.join(", ")),
+                &format!(
+                    "ALTER TABLE {} {}",
+                    ident(&t.name),
+                    split.indexes.join(", ")
+                ),
             );
         }
         if !split.foreign_keys.is_empty() {

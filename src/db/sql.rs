@@ -42,8 +42,8 @@ impl ColumnKind {
         match t.to_ascii_lowercase().as_str() {
             "decimal" | "numeric" => ColumnKind::Decimal,
             "bit" => ColumnKind::Bit,
-            "geometry" | "point" | "linestring" | "polygon" | "multipoint"
-            | "multilinestring" | "multipolygon" | "geometrycollection" => ColumnKind::Geometry,
+            "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring"
+            | "multipolygon" | "geometrycollection" => ColumnKind::Geometry,
             "date" => ColumnKind::Date,
             "datetime" | "timestamp" => ColumnKind::DateTime,
             "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" | "float"
@@ -265,7 +265,12 @@ mod tests {
 
     #[test]
     fn every_double_reads_back_exactly() {
-        for bits in [1u64, 0x3fb999999999999a, 0x7fefffffffffffff, 0x8000000000000000] {
+        for bits in [
+            1u64,
+            0x3fb999999999999a,
+            0x7fefffffffffffff,
+            0x8000000000000000,
+        ] {
             let d = f64::from_bits(bits);
             let s = lit(Value::Double(d), ColumnKind::Other);
             assert_eq!(s.parse::<f64>().unwrap().to_bits(), bits, "{s}");
@@ -282,7 +287,8 @@ mod tests {
                 b"INSERT INTO `t` VALUES ('a;b\xff')".as_slice()
             ]
         );
-        let schema = b"DELIMITER ;;\n-- x\nCREATE TRIGGER t BEGIN a; b; END\n;;\nSET x=1\n;;\nDELIMITER ;\n";
+        let schema =
+            b"DELIMITER ;;\n-- x\nCREATE TRIGGER t BEGIN a; b; END\n;;\nSET x=1\n;;\nDELIMITER ;\n";
         assert_eq!(
             statements(schema),
             vec![

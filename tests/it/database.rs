@@ -12,7 +12,8 @@ use crate::common::*;
 /// `mysql://freezer:PASS@127.0.0.1:3306` from scripts/services.
 fn server_url() -> String {
     services();
-    std::env::var("FREEZER_TEST_MYSQL_URL").expect("FREEZER_TEST_MYSQL_URL is set by scripts/services")
+    std::env::var("FREEZER_TEST_MYSQL_URL")
+        .expect("FREEZER_TEST_MYSQL_URL is set by scripts/services")
 }
 
 pub fn db_url(db: &str) -> String {
@@ -29,16 +30,28 @@ fn password() -> String {
 /// values escaped) and returns its output. The password travels in the environment.
 pub fn sql(db: Option<&str>, script: &str) -> String {
     let mut cmd = Command::new("mariadb");
-    cmd.args(["-h127.0.0.1", "-P3306", "-ufreezer", "--batch", "--skip-column-names"])
-        .env("MYSQL_PWD", password())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-h127.0.0.1",
+        "-P3306",
+        "-ufreezer",
+        "--batch",
+        "--skip-column-names",
+        "--default-character-set=utf8mb4",
+    ])
+    .env("MYSQL_PWD", password())
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     if let Some(db) = db {
         cmd.arg(db);
     }
     let mut child = cmd.spawn().expect("running mariadb");
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -57,13 +70,14 @@ pub fn fixture(db: &str) {
     drop_db(db);
     sql(
         None,
-        &format!(
-            "CREATE DATABASE `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;"
-        ),
+        &format!("CREATE DATABASE `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;"),
     );
     sql(Some(db), FIXTURE);
     // Fresh statistics, so table sizes (which choose how tables are chunked) are known.
-    sql(Some(db), "ANALYZE TABLE types, pairs, wide, nokey, legacy, parts, parent, child, places;");
+    sql(
+        Some(db),
+        "ANALYZE TABLE types, pairs, wide, nokey, legacy, parts, parent, child, places;",
+    );
 }
 
 const FIXTURE: &str = r#"
@@ -201,15 +215,25 @@ pub fn describe(db: &str) -> BTreeMap<String, String> {
     for line in tables.lines() {
         let (name, ttype) = line.split_once('\t').unwrap();
         if ttype == "VIEW" {
-            m.insert(format!("view {name}"), norm(sql(Some(db), &format!("SHOW CREATE VIEW `{name}`;"))));
+            m.insert(
+                format!("view {name}"),
+                norm(sql(Some(db), &format!("SHOW CREATE VIEW `{name}`;"))),
+            );
             continue;
         }
-        m.insert(format!("table {name} create"), sql(Some(db), &format!("SHOW CREATE TABLE `{name}`;")));
+        m.insert(
+            format!("table {name} create"),
+            sql(Some(db), &format!("SHOW CREATE TABLE `{name}`;")),
+        );
         m.insert(
             format!("table {name} checksum"),
-            sql(Some(db), &format!("CHECKSUM TABLE `{name}` EXTENDED;")).replace(&format!("{db}."), "DB."),
+            sql(Some(db), &format!("CHECKSUM TABLE `{name}` EXTENDED;"))
+                .replace(&format!("{db}."), "DB."),
         );
-        m.insert(format!("table {name} rows"), sql(Some(db), &format!("SELECT COUNT(*) FROM `{name}`;")));
+        m.insert(
+            format!("table {name} rows"),
+            sql(Some(db), &format!("SELECT COUNT(*) FROM `{name}`;")),
+        );
     }
     for (kind, list) in [
         ("TRIGGER", format!("SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA='{db}'")),
@@ -237,7 +261,11 @@ pub fn describe(db: &str) -> BTreeMap<String, String> {
 
 fn assert_same_db(source: &str, copy: &str) {
     let (a, b) = (describe(source), describe(copy));
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "object lists differ");
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "object lists differ"
+    );
     for (k, v) in &a {
         assert_eq!(v, &b[k], "{k} differs between {source} and {copy}");
     }
@@ -246,7 +274,15 @@ fn assert_same_db(source: &str, copy: &str) {
 fn freeze_db(repo: &TestRepo, site: &str, db: &str) -> serde_json::Value {
     // Small chunks, so the fixture's tables span many of them.
     json(&freezer(&[
-        "freeze", site, "--repo", &repo.url, "--db", &db_url(db), "--chunk-size", "256K", "--json",
+        "freeze",
+        site,
+        "--repo",
+        &repo.url,
+        "--db",
+        &db_url(db),
+        "--chunk-size",
+        "256K",
+        "--json",
     ]))
 }
 
@@ -259,9 +295,20 @@ fn fixture_round_trips_exactly_through_local_and_garage() {
         let report = freeze_db(&repo, "shop", &src);
         let d = &report["databases"][0];
         assert_eq!(d["tables"], 9, "{report}");
-        assert!(d["chunks"].as_u64().unwrap() > 9, "large tables are chunked: {report}");
+        assert!(
+            d["chunks"].as_u64().unwrap() > 9,
+            "large tables are chunked: {report}"
+        );
         let copy = unique("fxcopy").replace('-', "_");
-        let out = freezer(&["thaw", "shop", "--repo", &repo.url, "--db", &db_url(&copy), "--json"]);
+        let out = freezer(&[
+            "thaw",
+            "shop",
+            "--repo",
+            &repo.url,
+            "--db",
+            &db_url(&copy),
+            "--json",
+        ]);
         let r = json(&out);
         assert_eq!(r["databases"][0]["rows"], d["rows"]);
         assert_same_db(&src, &copy);
@@ -270,7 +317,15 @@ fn fixture_round_trips_exactly_through_local_and_garage() {
         let again = freezer(&["thaw", "shop", "--repo", &repo.url, "--db", &db_url(&copy)]);
         assert_eq!(again.status.code(), Some(7), "{}", stderr(&again));
         sql(Some(&copy), "DELETE FROM pairs WHERE a < 100;");
-        assert_ok(&freezer(&["thaw", "shop", "--repo", &repo.url, "--db", &db_url(&copy), "--replace"]));
+        assert_ok(&freezer(&[
+            "thaw",
+            "shop",
+            "--repo",
+            &repo.url,
+            "--db",
+            &db_url(&copy),
+            "--replace",
+        ]));
         assert_same_db(&src, &copy);
         drop_db(&copy);
     }
@@ -284,7 +339,10 @@ fn unchanged_chunks_are_not_uploaded_again() {
     let repo = TestRepo::local().init();
     let first = freeze_db(&repo, "inc", &src);
     let unchanged = freeze_db(&repo, "inc", &src);
-    assert_eq!(unchanged["databases"][0]["chunks"], first["databases"][0]["chunks"]);
+    assert_eq!(
+        unchanged["databases"][0]["chunks"],
+        first["databases"][0]["chunks"]
+    );
     // Nothing but the dump's config (it records when the snapshot was taken) and its
     // image manifest is new.
     assert_eq!(unchanged["blobs_uploaded"], 2, "{unchanged}");
@@ -303,7 +361,14 @@ fn unchanged_chunks_are_not_uploaded_again() {
         "three changed rows uploaded {moved} of {total} bytes: {changed}"
     );
     let copy = unique("inccopy").replace('-', "_");
-    assert_ok(&freezer(&["thaw", "inc", "--repo", &repo.url, "--db", &db_url(&copy)]));
+    assert_ok(&freezer(&[
+        "thaw",
+        "inc",
+        "--repo",
+        &repo.url,
+        "--db",
+        &db_url(&copy),
+    ]));
     assert_same_db(&src, &copy);
     drop_db(&copy);
     drop_db(&src);
@@ -339,7 +404,14 @@ DELIMITER ;
     // Transfers keep the total at 1,000,000 and add one ledger row each; a consistent
     // snapshot sees the total exactly and ledger rows equal to completed transfers.
     let mut writer = Command::new("mariadb")
-        .args(["-h127.0.0.1", "-P3306", "-ufreezer", &db, "-e", "CALL churn(20000);"])
+        .args([
+            "-h127.0.0.1",
+            "-P3306",
+            "-ufreezer",
+            &db,
+            "-e",
+            "CALL churn(20000);",
+        ])
         .env("MYSQL_PWD", password())
         .spawn()
         .unwrap();
@@ -349,16 +421,32 @@ DELIMITER ;
     for _ in 0..3 {
         freeze_db(&repo, "bank", &db);
         let copy = unique("bankcopy").replace('-', "_");
-        assert_ok(&freezer(&["thaw", "bank", "--repo", &repo.url, "--db", &db_url(&copy)]));
-        let out = sql(Some(&copy), "SELECT SUM(bal), (SELECT COUNT(*) FROM ledger), SUM(bal <> 1000) FROM acct;");
+        assert_ok(&freezer(&[
+            "thaw",
+            "bank",
+            "--repo",
+            &repo.url,
+            "--db",
+            &db_url(&copy),
+        ]));
+        let out = sql(
+            Some(&copy),
+            "SELECT SUM(bal), (SELECT COUNT(*) FROM ledger), SUM(bal <> 1000) FROM acct;",
+        );
         let cols: Vec<&str> = out.trim().split('\t').collect();
-        assert_eq!(cols[0], "1000000", "money appeared or vanished in the snapshot: {out}");
+        assert_eq!(
+            cols[0], "1000000",
+            "money appeared or vanished in the snapshot: {out}"
+        );
         seen_changes += (cols[2] != "0") as u32;
         drop_db(&copy);
     }
     let _ = writer.kill();
     let _ = writer.wait();
-    assert!(seen_changes > 0, "the freezes did not overlap the transfers");
+    assert!(
+        seen_changes > 0,
+        "the freezes did not overlap the transfers"
+    );
     drop_db(&db);
 }
 
@@ -383,8 +471,15 @@ fn a_damaged_chunk_is_refused_before_the_target_is_touched() {
     let copy = unique("dmgcopy").replace('-', "_");
     let out = freezer(&["thaw", "dmg", "--repo", &repo.url, "--db", &db_url(&copy)]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert!(stderr(&out).contains(largest.file_name().unwrap().to_str().unwrap()), "{}", stderr(&out));
-    let exists = sql(None, &format!("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME='{copy}';"));
+    assert!(
+        stderr(&out).contains(largest.file_name().unwrap().to_str().unwrap()),
+        "{}",
+        stderr(&out)
+    );
+    let exists = sql(
+        None,
+        &format!("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME='{copy}';"),
+    );
     assert_eq!(exists.trim(), "0", "the target database was created");
     drop_db(&src);
 }
@@ -413,7 +508,11 @@ fn the_stock_client_restores_a_dump_by_following_spec_md() {
         .env("MYSQL_USER", "freezer")
         .output()
         .unwrap();
-    assert!(out.status.success(), "manual restore failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "manual restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_same_db(&src, &copy);
     drop_db(&copy);
     drop_db(&src);
@@ -423,29 +522,98 @@ fn the_stock_client_restores_a_dump_by_following_spec_md() {
 fn database_errors_say_what_failed() {
     let repo = TestRepo::local().init();
     // Unreachable server.
-    let out = freezer(&["freeze", "x", "--repo", &repo.url, "--db", "mysql://u:p@127.0.0.1:1/db"]);
+    let out = freezer(&[
+        "freeze",
+        "x",
+        "--repo",
+        &repo.url,
+        "--db",
+        "mysql://u:p@127.0.0.1:1/db",
+    ]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(!stderr(&out).contains(":p@"), "the password was printed: {}", stderr(&out));
+    assert!(
+        !stderr(&out).contains(":p@"),
+        "the password was printed: {}",
+        stderr(&out)
+    );
     // Wrong password: the server says so; the password is not printed.
     let url = db_url("mysql").replace(&password(), "wrong-secret");
     let out = freezer(&["freeze", "x", "--repo", &repo.url, "--db", &url]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(!stderr(&out).contains("wrong-secret"), "{}", stderr(&out));
     // A database that does not exist.
-    let out = freezer(&["freeze", "x", "--repo", &repo.url, "--db", &db_url("no_such_database_here")]);
+    let out = freezer(&[
+        "freeze",
+        "x",
+        "--repo",
+        &repo.url,
+        "--db",
+        &db_url("no_such_database_here"),
+    ]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
-    assert!(stderr(&out).contains("no_such_database_here"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no_such_database_here"),
+        "{}",
+        stderr(&out)
+    );
     // A user without LOCK TABLES: the privilege is named.
     let db = unique("priv").replace('-', "_");
     drop_db(&db);
-    sql(None, &format!(
-        "CREATE DATABASE `{db}`; CREATE TABLE `{db}`.t (id INT PRIMARY KEY); \
+    sql(
+        None,
+        &format!(
+            "CREATE DATABASE `{db}`; CREATE TABLE `{db}`.t (id INT PRIMARY KEY); \
          CREATE USER IF NOT EXISTS 'freezer_ro'@'%' IDENTIFIED BY 'ro-pass'; \
          GRANT SELECT, SHOW VIEW ON `{db}`.* TO 'freezer_ro'@'%';"
-    ));
-    let out = freezer(&["freeze", "x", "--repo", &repo.url, "--db", &format!("mysql://freezer_ro:ro-pass@127.0.0.1:3306/{db}")]);
+        ),
+    );
+    let out = freezer(&[
+        "freeze",
+        "x",
+        "--repo",
+        &repo.url,
+        "--db",
+        &format!("mysql://freezer_ro:ro-pass@127.0.0.1:3306/{db}"),
+    ]);
     assert_ne!(out.status.code(), Some(0));
     assert!(stderr(&out).contains("LOCK TABLES"), "{}", stderr(&out));
     assert!(!stderr(&out).contains("ro-pass"), "{}", stderr(&out));
+    drop_db(&db);
+}
+
+#[test]
+fn rows_longer_than_max_allowed_packet_round_trip() {
+    let db = unique("big").replace('-', "_");
+    drop_db(&db);
+    // A 20 MB value only exists on a server that allowed it when it was written.
+    sql(None, "SET GLOBAL max_allowed_packet = 67108864;");
+    sql(None, &format!(
+        "CREATE DATABASE `{db}`; CREATE TABLE `{db}`.t (id INT PRIMARY KEY, body LONGTEXT CHARACTER SET utf8mb4, ts TIMESTAMP NOT NULL DEFAULT '2001-02-03 04:05:06' ON UPDATE CURRENT_TIMESTAMP); \
+         INSERT INTO `{db}`.t (id, body) VALUES (1, REPEAT('ä€🧊x', 2000000)), (2, 'small');"
+    ));
+    sql(None, "SET GLOBAL max_allowed_packet = 16777216;");
+    let repo = TestRepo::local().init();
+    freeze_db(&repo, "big", &db);
+    let copy = unique("bigcopy").replace('-', "_");
+    // The target cannot hold the value: said before anything is loaded.
+    let out = freezer(&["thaw", "big", "--repo", &repo.url, "--db", &db_url(&copy)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("max_allowed_packet"),
+        "{}",
+        stderr(&out)
+    );
+    let exists = sql(
+        None,
+        &format!("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME='{copy}';"),
+    );
+    assert_eq!(exists.trim(), "0");
+    // Raised, the row loads in statements of about 1 MiB each, exactly.
+    sql(None, "SET GLOBAL max_allowed_packet = 67108864;");
+    let out = freezer(&["thaw", "big", "--repo", &repo.url, "--db", &db_url(&copy)]);
+    sql(None, "SET GLOBAL max_allowed_packet = 16777216;");
+    assert_ok(&out);
+    assert_same_db(&db, &copy);
+    drop_db(&copy);
     drop_db(&db);
 }
