@@ -11,6 +11,22 @@ use std::sync::Mutex;
 /// thaw created only when empty.
 static STAGING: Mutex<Vec<(PathBuf, bool)>> = Mutex::new(Vec::new());
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// What is being changed that cannot be rolled back (a database being loaded), to be
+/// reported if the run is interrupted.
+static PARTIAL: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Registers a target that an interruption leaves partly written, with what to do.
+pub fn note_partial(what: String) {
+    PARTIAL.lock().unwrap_or_else(|e| e.into_inner()).push(what);
+}
+
+/// Forgets a target (it was completed, or its failure was reported).
+pub fn clear_partial(what: &str) {
+    PARTIAL
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|p| p != what);
+}
 
 /// True once a signal arrived: errors after that are consequences of the cleanup, and the
 /// signal thread reports and exits.
@@ -84,7 +100,12 @@ pub fn install(what: &'static str) {
             }
         }
         eprintln!("\nfreezer: interrupted during {what}");
+        let partial: Vec<String> = PARTIAL.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for p in &partial {
+            eprintln!("freezer: {p}");
+        }
         match what {
+            "thaw" if !partial.is_empty() => eprintln!("freezer: the directories were not changed; unfinished restores were removed"),
             "thaw" => eprintln!("freezer: the destinations were not changed; unfinished restores were removed"),
             "freeze" => eprintln!("freezer: no snapshot was recorded; the next freeze reuses what was already uploaded"),
             _ => {}

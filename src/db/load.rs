@@ -111,6 +111,9 @@ pub struct LoadReport {
     pub chunks: usize,
     pub objects: usize,
     pub seconds: f64,
+    /// Of which: loading rows, building indexes, verifying.
+    pub data_seconds: f64,
+    pub index_seconds: f64,
     pub verify_seconds: f64,
     pub warnings: Vec<String>,
 }
@@ -222,6 +225,15 @@ async fn load(
     let db = &target.database;
     let mut warnings = Vec::new();
     let mut conn0 = target.connect_server().await?;
+    let version =
+        super::conn::query_strings(&mut conn0, "SELECT VERSION()", "reading the server version")
+            .await?
+            .first()
+            .map(|r| r[0].clone())
+            .unwrap_or_default();
+    let mut schema_text = p.text(&m.schema)?;
+    schema_text.extend_from_slice(&p.text(&m.objects_file)?);
+    check_features(&String::from_utf8_lossy(&schema_text), &version, target)?;
     let (exists, objects) = target_state(&mut conn0, db).await?;
     if objects > 0 {
         if !opts.replace {
@@ -262,7 +274,43 @@ async fn load(
     )
     .await?;
 
-    // From here on a failure leaves a partly loaded database: say so.
+    // From here on a failure leaves a partly loaded database: say so, also on Ctrl-C.
+    let note = format!(
+        "database {} at {} is partly loaded: run the thaw again with --replace to complete it",
+        ident(db),
+        target.server()
+    );
+    crate::interrupt::note_partial(note.clone());
+    let result = load_into(p, target, opts, progress, &mut conn0, &mut warnings).await;
+    crate::interrupt::clear_partial(&note);
+    let (data_seconds, index_seconds, verify_seconds) = result?;
+    Ok(LoadReport {
+        source: m.database.clone(),
+        target: target.to_string(),
+        tables: m.tables.len(),
+        rows: m.tables.iter().map(|t| t.rows).sum(),
+        chunks: m.tables.iter().map(|t| t.chunks.len()).sum(),
+        objects: m.objects.len(),
+        seconds: started.elapsed().as_secs_f64(),
+        data_seconds,
+        index_seconds,
+        verify_seconds,
+        warnings,
+    })
+}
+
+/// Loads into the (created, selected) target database; returns the seconds spent on
+/// rows, indexes and verification.
+async fn load_into(
+    p: &PreparedDb,
+    target: &DbUrl,
+    opts: &LoadOptions,
+    progress: &Progress,
+    conn0: &mut Conn,
+    warnings: &mut Vec<String>,
+) -> Result<(f64, f64, f64)> {
+    let m = &p.manifest;
+    let db = &target.database;
     let partial = |mut e: Error| {
         e.hint = Some(format!(
             "database {} is partly loaded; fix the cause and run the thaw again with --replace",
@@ -270,11 +318,12 @@ async fn load(
         ));
         e
     };
-    run_file(&mut conn0, &p.text(&m.schema)?, "schema.sql", &mut warnings)
+    run_file(conn0, &p.text(&m.schema)?, "schema.sql", warnings)
         .await
         .map_err(partial)?;
 
     // Data: every chunk, largest first, over `jobs` connections.
+    let data_started = Instant::now();
     let mut chunks: Vec<(&TableEntry, &Chunk)> = m
         .tables
         .iter()
@@ -301,24 +350,36 @@ async fn load(
                 size: chunk.size,
             };
             let text = p.text(&f)?;
-            for s in statements(&text) {
-                c.query_drop(s).await.map_err(|e| {
-                    let mut err = db_error(
-                        e,
-                        &format!(
-                            "loading rows of table {} (chunk {})",
-                            ident(&t.name),
-                            chunk.digest.key()
-                        ),
-                    );
-                    if err.message.contains("max_allowed_packet") || err.message.contains("1153") {
-                        err.hint = Some(format!(
-                            "a statement is {} bytes; raise max_allowed_packet on the target server above that",
-                            s.len()
-                        ));
+            // One transaction per chunk: one redo log flush instead of one per statement,
+            // and a chunk that hits a deadlock (parallel inserts into one table can) is
+            // rolled back whole and loaded again.
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match load_chunk(c, &text).await {
+                    Ok(()) => break,
+                    Err((e, stmt_len)) => {
+                        let _ = c.query_drop("ROLLBACK").await;
+                        let retry = matches!(&e, mysql_async::Error::Server(s) if s.code == 1213 || s.code == 1205);
+                        if retry && attempt < 5 {
+                            continue;
+                        }
+                        let mut err = db_error(
+                            e,
+                            &format!(
+                                "loading rows of table {} (chunk {})",
+                                ident(&t.name),
+                                chunk.digest.key()
+                            ),
+                        );
+                        if err.message.contains("max_allowed_packet") || err.message.contains("1153") {
+                            err.hint = Some(format!(
+                                "a statement is {stmt_len} bytes; raise max_allowed_packet on the target server above that"
+                            ));
+                        }
+                        return Err(err);
                     }
-                    err
-                })?;
+                }
             }
             progress.add_done(chunk.sql_bytes);
         }
@@ -329,7 +390,9 @@ async fn load(
         .collect::<Result<Vec<()>>>()
         .map_err(partial)?;
 
+    let data_seconds = data_started.elapsed().as_secs_f64();
     // Indexes: session settings on every connection, then the ALTERs in parallel.
+    let index_started = Instant::now();
     progress.set_label(format!("indexing {db}"));
     let idx = p.text(&m.indexes)?;
     let (sets, alters): (Vec<&[u8]>, Vec<&[u8]>) = statements(&idx)
@@ -357,24 +420,19 @@ async fn load(
         .collect::<Result<Vec<()>>>()
         .map_err(partial)?;
 
+    let index_seconds = index_started.elapsed().as_secs_f64();
     progress.set_label(format!("creating views, routines and triggers in {db}"));
-    run_file(
-        &mut conn0,
-        &p.text(&m.objects_file)?,
-        "objects.sql",
-        &mut warnings,
-    )
-    .await
-    .map_err(partial)?;
+    run_file(conn0, &p.text(&m.objects_file)?, "objects.sql", warnings)
+        .await
+        .map_err(partial)?;
 
     // Verify: the target must hold exactly what the manifest says.
     let verify_started = Instant::now();
     progress.set_label(format!("verifying {db}"));
-    let problems = verify(&mut conns, &mut conn0, m, db).await?;
+    let problems = verify(&mut conns, conn0, m, db).await?;
     for c in conns {
         let _ = c.disconnect().await;
     }
-    let _ = conn0.disconnect().await;
     if !problems.is_empty() {
         return Err(Error::integrity(format!(
             "database {} did not load exactly: {}",
@@ -383,17 +441,75 @@ async fn load(
         ))
         .with_hint("the loaded database differs from the snapshot; do not use it. Report this, with the server versions of source and target"));
     }
-    Ok(LoadReport {
-        source: m.database.clone(),
-        target: target.to_string(),
-        tables: m.tables.len(),
-        rows: m.tables.iter().map(|t| t.rows).sum(),
-        chunks: m.tables.iter().map(|t| t.chunks.len()).sum(),
-        objects: m.objects.len(),
-        seconds: started.elapsed().as_secs_f64(),
-        verify_seconds: verify_started.elapsed().as_secs_f64(),
-        warnings,
-    })
+    Ok((
+        data_seconds,
+        index_seconds,
+        verify_started.elapsed().as_secs_f64(),
+    ))
+}
+
+/// Features a dump's schema may use that older MariaDB servers do not have: (text in
+/// the CREATE statements, what it is, first MariaDB version with it).
+const FEATURES: &[(&str, &str, (u32, u32, u32))] = &[
+    (" INVISIBLE", "invisible columns", (10, 3, 3)),
+    (
+        "WITH SYSTEM VERSIONING",
+        "system-versioned tables",
+        (10, 3, 4),
+    ),
+    (" inet6", "the INET6 type", (10, 5, 0)),
+    ("utf8mb3", "the utf8mb3 charset name", (10, 6, 1)),
+    (" uuid", "the UUID type", (10, 7, 0)),
+    ("uca1400", "UCA 14.0 collations", (10, 10, 1)),
+    (" inet4", "the INET4 type", (11, 3, 0)),
+    (" vector(", "the VECTOR type", (11, 7, 1)),
+];
+
+fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = v
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty());
+    Some((
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+    ))
+}
+
+/// Refuses, before the target is touched, a MariaDB server too old for a feature the
+/// dump's schema uses, naming the feature and the version it needs.
+fn check_features(schema: &str, target_version: &str, target: &DbUrl) -> Result<()> {
+    if !target_version.contains("MariaDB") {
+        return Ok(());
+    }
+    let Some(have) = parse_version(target_version) else {
+        return Ok(());
+    };
+    for (needle, what, need) in FEATURES {
+        if *need > have && schema.contains(needle) {
+            return Err(Error::other(format!(
+                "the dump uses {what}, which needs MariaDB {}.{}.{}; the server at {} is {target_version}",
+                need.0,
+                need.1,
+                need.2,
+                target.server()
+            ))
+            .with_hint("load it into a newer server"));
+        }
+    }
+    Ok(())
+}
+
+/// Runs one chunk's statements in a transaction. On failure: the error and the length
+/// of the statement that failed.
+async fn load_chunk(c: &mut Conn, text: &[u8]) -> Result<(), (mysql_async::Error, usize)> {
+    c.query_drop("START TRANSACTION")
+        .await
+        .map_err(|e| (e, 0))?;
+    for s in statements(text) {
+        c.query_drop(s).await.map_err(|e| (e, s.len()))?;
+    }
+    c.query_drop("COMMIT").await.map_err(|e| (e, 0))
 }
 
 fn preview(s: &[u8]) -> String {
@@ -526,5 +642,21 @@ impl std::fmt::Debug for PreparedDb {
             .field("database", &self.manifest.database)
             .field("files", &self.files.len())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_old_servers_are_named() {
+        let url = DbUrl::parse("mysql://u@h/db").unwrap();
+        let schema = "CREATE TABLE `t` (\n  `a` int(11) DEFAULT NULL INVISIBLE\n)";
+        let e = check_features(schema, "10.2.44-MariaDB", &url).unwrap_err();
+        assert!(e.message.contains("invisible columns"), "{e}");
+        assert!(e.message.contains("10.3.3"), "{e}");
+        assert!(check_features(schema, "10.11.6-MariaDB-0+deb12u1", &url).is_ok());
+        assert!(check_features(schema, "8.0.36", &url).is_ok());
     }
 }

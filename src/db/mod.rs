@@ -93,8 +93,10 @@ pub struct TableEntry {
     pub columns: Vec<schema::Column>,
     /// Chunk boundaries follow this key; empty for a table without one.
     pub key: Vec<String>,
-    /// A row starts a new chunk when the low `chunk_bits` bits of its key's hash are 0,
-    /// so one chunk holds 2^chunk_bits rows on average.
+    /// How rows were cut into chunks (SPEC.md §10.2): `key-range` (a chunk per key range
+    /// of width 2^chunk_bits), `key-hash` (a chunk starts at a key whose hash has its low
+    /// chunk_bits bits zero) or `row-hash` (a chunk ends after such a row).
+    pub chunking: String,
     pub chunk_bits: u32,
     pub rows: u64,
     /// The longest single value (string or BLOB) in bytes: a target server whose

@@ -48,6 +48,18 @@ pub struct Table {
 }
 
 impl Table {
+    /// A key of one integer column (cut into chunks by value ranges).
+    pub fn integer_key(&self) -> bool {
+        self.key.len() == 1
+            && self.columns.iter().any(|c| {
+                c.name == self.key[0]
+                    && matches!(
+                        c.data_type.to_ascii_lowercase().as_str(),
+                        "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint"
+                    )
+            })
+    }
+
     /// Whether rows are read inside the shared consistent snapshot. Other engines
     /// (MyISAM, Aria, MEMORY, …) are read while the site's tables are locked.
     pub fn transactional(&self) -> bool {

@@ -617,3 +617,73 @@ fn rows_longer_than_max_allowed_packet_round_trip() {
     drop_db(&copy);
     drop_db(&db);
 }
+
+#[test]
+fn ddl_during_a_dump_is_detected_and_never_recorded() {
+    let db = unique("ddl").replace('-', "_");
+    drop_db(&db);
+    sql(None, &format!("CREATE DATABASE `{db}`; CREATE TABLE `{db}`.t (id INT PRIMARY KEY, v INT); INSERT INTO `{db}`.t VALUES (1, 1), (2, 2);"));
+    let repo = TestRepo::local().init();
+    // A migration that lands once (the test hook runs it after each snapshot is taken; the
+    // second time it changes nothing): the dump is taken again and matches the new schema.
+    let out = freezer_env(
+        &[
+            "freeze",
+            "ddl",
+            "--repo",
+            &repo.url,
+            "--db",
+            &db_url(&db),
+            "--json",
+        ],
+        &[(
+            "FREEZER_FAULT_SQL_AFTER_SNAPSHOT",
+            "ALTER TABLE t ADD COLUMN IF NOT EXISTS added INT DEFAULT 7",
+        )],
+    );
+    let report = json(&out);
+    let warnings = report["warnings"].to_string();
+    assert!(warnings.contains("changed during the dump"), "{report}");
+    let copy = unique("ddlcopy").replace('-', "_");
+    assert_ok(&freezer(&[
+        "thaw",
+        "ddl",
+        "--repo",
+        &repo.url,
+        "--db",
+        &db_url(&copy),
+    ]));
+    assert_same_db(&db, &copy);
+    drop_db(&copy);
+
+    // Schema changes that keep coming: the freeze fails (exit 7) and records nothing.
+    let before = json(&freezer(&[
+        "snapshots",
+        "ddl",
+        "--repo",
+        &repo.url,
+        "--json",
+    ]));
+    let out = freezer_env(
+        &["freeze", "ddl", "--repo", &repo.url, "--db", &db_url(&db)],
+        &[(
+            "FREEZER_FAULT_SQL_AFTER_SNAPSHOT",
+            "EXECUTE IMMEDIATE CONCAT('ALTER TABLE t COMMENT = ', QUOTE(UUID()))",
+        )],
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("changed during the dump, twice"),
+        "{}",
+        stderr(&out)
+    );
+    let after = json(&freezer(&[
+        "snapshots",
+        "ddl",
+        "--repo",
+        &repo.url,
+        "--json",
+    ]));
+    assert_eq!(after, before, "a snapshot was recorded");
+    drop_db(&db);
+}
