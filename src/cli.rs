@@ -70,6 +70,10 @@ pub enum Command {
         /// Smaller chunks deduplicate finer and make more objects.
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         chunk_size: Option<u64>,
+        /// Also store the accounts that have privileges on each database (with their
+        /// password hashes) and those privileges.
+        #[arg(long)]
+        with_users: bool,
         /// Print what would be frozen and exit.
         #[arg(long)]
         dry_run: bool,
@@ -91,6 +95,10 @@ pub enum Command {
         /// Restore only the file trees, not the databases.
         #[arg(long, conflicts_with = "dbs")]
         no_db: bool,
+        /// Create the accounts stored with the database (freeze --with-users) and grant
+        /// them their privileges on the target database.
+        #[arg(long)]
+        with_users: bool,
         /// Database connections used in parallel (default: the number of CPUs).
         #[arg(long, env = "FREEZER_JOBS")]
         jobs: Option<usize>,
@@ -239,6 +247,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             mode,
             jobs,
             chunk_size,
+            with_users,
             dry_run,
         } => {
             let (trees, mut databases) = settings.sources(site, paths, dbs)?;
@@ -261,6 +270,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             if let Some(c) = chunk_size {
                 plan.db_chunk_bytes = *c;
             }
+            plan.db_with_users = *with_users || settings.database_users(site);
             if *dry_run {
                 if g.json {
                     print_json(&plan);
@@ -343,6 +353,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             replace,
             dbs,
             no_db,
+            with_users,
             jobs,
             dry_run,
         } => {
@@ -352,6 +363,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 targets: dbs.clone(),
                 skip: *no_db,
                 jobs: jobs.unwrap_or_else(default_jobs),
+                with_users: *with_users,
             };
             let plan = ops::plan_thaw(&repo, site, snap, into.as_deref(), *replace, &db)?;
             if *dry_run {

@@ -45,6 +45,8 @@ pub struct FreezePlan {
     pub db_jobs: usize,
     /// Target uncompressed size of a dump chunk.
     pub db_chunk_bytes: u64,
+    /// Also dump the accounts with privileges on each database.
+    pub db_with_users: bool,
     /// The snapshot whose indexes let unchanged files be skipped.
     pub parent: Option<String>,
 }
@@ -103,6 +105,7 @@ pub fn plan_freeze(
         databases,
         db_jobs: db_jobs.max(1),
         db_chunk_bytes: DumpOptions::default().chunk_bytes,
+        db_with_users: false,
         parent,
     })
 }
@@ -223,6 +226,7 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
     let db_opts = DumpOptions {
         jobs: plan.db_jobs,
         chunk_bytes: plan.db_chunk_bytes,
+        with_users: plan.db_with_users,
         ..DumpOptions::default()
     };
     for url in &plan.databases {
@@ -389,6 +393,7 @@ pub struct ThawPlan {
     pub trees: Vec<ThawTree>,
     pub databases: Vec<ThawDb>,
     pub db_jobs: usize,
+    pub db_with_users: bool,
 }
 
 pub struct ThawDb {
@@ -625,6 +630,7 @@ pub fn plan_thaw(
         trees,
         databases,
         db_jobs: db.jobs.max(1),
+        db_with_users: db.with_users,
     })
 }
 
@@ -636,6 +642,8 @@ pub struct DbThawFlags {
     /// `--no-db`: restore only the file trees.
     pub skip: bool,
     pub jobs: usize,
+    /// `--with-users`: create the dump's accounts and grant their privileges.
+    pub with_users: bool,
 }
 
 fn existing_ancestor(p: &Path) -> PathBuf {
@@ -725,7 +733,8 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
         }
         let opts = LoadOptions {
             jobs: plan.db_jobs,
-            replace: plan.databases.iter().any(|d| d.replaces),
+            replace: false,
+            with_users: plan.db_with_users,
         };
         for (d, p) in plan.databases.iter().zip(&prepared) {
             let opts = LoadOptions {

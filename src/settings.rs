@@ -59,6 +59,9 @@ pub struct SiteSection {
     /// `FREEZER_DB_PASSWORD`).
     #[serde(default)]
     pub databases: Vec<String>,
+    /// Also store the accounts with privileges on the databases (freeze --with-users).
+    #[serde(default)]
+    pub database_users: bool,
 }
 
 pub struct Settings {
@@ -149,6 +152,14 @@ impl Settings {
             self.trees(site, path_flags)?
         };
         Ok((trees, dbs))
+    }
+
+    /// Whether the config file asks for the site's database accounts.
+    pub fn database_users(&self, site: &str) -> bool {
+        self.config
+            .sites
+            .get(site)
+            .is_some_and(|s| s.database_users)
     }
 
     /// The trees of a site: `--path` flags if any, else the config file's.

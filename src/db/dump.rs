@@ -42,6 +42,8 @@ pub struct DumpOptions {
     pub chunk_bytes: u64,
     /// How long to wait for the table locks before giving up, in seconds.
     pub lock_wait_timeout: u64,
+    /// Also dump the accounts with privileges on the database, and those privileges.
+    pub with_users: bool,
 }
 
 impl Default for DumpOptions {
@@ -50,6 +52,7 @@ impl Default for DumpOptions {
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
             chunk_bytes: 2 << 20,
             lock_wait_timeout: 60,
+            with_users: false,
         }
     }
 }
@@ -120,6 +123,7 @@ pub fn freeze_database(
         sums,
         max_values,
         chunking,
+        users_sql,
     } = dumped;
     warnings.extend(schema.skipped.iter().map(|s| {
         format!("{s} in {url} is not dumped: freezer does not dump that kind of object yet")
@@ -137,6 +141,9 @@ pub fn freeze_database(
     manifest.schema = put_sql(&schema_sql)?;
     manifest.indexes = put_sql(&indexes_sql)?;
     manifest.objects_file = put_sql(&objects_sql)?;
+    if let Some(users_sql) = &users_sql {
+        manifest.users = Some(put_sql(users_sql)?);
+    }
     let mut by_table: Vec<Vec<((u32, u32), Chunk)>> = vec![Vec::new(); schema.tables.len()];
     for (t, seq, c) in chunks {
         by_table[t].push((seq, c));
@@ -195,6 +202,9 @@ pub fn freeze_database(
         "objects.sql".into(),
         None,
     ));
+    if let Some(u) = &manifest.users {
+        layers.push(layer(u, "users", "users.sql".into(), None));
+    }
 
     let rows: u64 = manifest.tables.iter().map(|t| t.rows).sum();
     let n_chunks: usize = manifest.tables.iter().map(|t| t.chunks.len()).sum();
@@ -260,6 +270,7 @@ struct Dumped {
     max_values: Vec<u64>,
     /// Per table: how it was cut into chunks, and the bits of that method.
     chunking: Vec<(&'static str, u32)>,
+    users_sql: Option<String>,
 }
 
 /// One chunk's SQL on its way to compression and upload.
@@ -620,6 +631,12 @@ async fn dump(
     if !changed.is_empty() {
         return Ok(Outcome::SchemaChanged(changed));
     }
+    let (accounts, users_sql) = if opts.with_users {
+        let (a, sql) = super::schema::read_users(&mut conn0, &db).await?;
+        (a, Some(sql))
+    } else {
+        (vec![], None)
+    };
     let _ = conn0.disconnect().await;
     let sums = shared.sums.into_inner().unwrap();
     let max_values = shared.max_value.into_inner().unwrap();
@@ -653,6 +670,8 @@ async fn dump(
         tables: vec![],
         objects: before.objects.clone(),
         skipped: before.skipped.clone(),
+        users: None,
+        accounts,
     };
     Ok(Outcome::Done(Box::new(Dumped {
         schema: before,
@@ -661,6 +680,7 @@ async fn dump(
         sums,
         max_values,
         chunking,
+        users_sql,
     })))
 }
 

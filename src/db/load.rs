@@ -70,6 +70,7 @@ pub fn read_manifest(
 
 fn files_of(m: &DbManifest) -> Vec<FileRef> {
     let mut v = vec![m.schema.clone(), m.indexes.clone(), m.objects_file.clone()];
+    v.extend(m.users.clone());
     for t in &m.tables {
         for c in &t.chunks {
             v.push(FileRef {
@@ -100,6 +101,9 @@ pub struct LoadOptions {
     pub jobs: usize,
     /// Drop and recreate a target database that has objects.
     pub replace: bool,
+    /// Create the dump's accounts (if it has them) and grant them their privileges on
+    /// the target database.
+    pub with_users: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -110,6 +114,8 @@ pub struct LoadReport {
     pub rows: u64,
     pub chunks: usize,
     pub objects: usize,
+    /// Accounts created or granted privileges (thaw --with-users).
+    pub accounts: Vec<String>,
     pub seconds: f64,
     /// Of which: loading rows, building indexes, verifying.
     pub data_seconds: f64,
@@ -284,6 +290,24 @@ async fn load(
     let result = load_into(p, target, opts, progress, &mut conn0, &mut warnings).await;
     crate::interrupt::clear_partial(&note);
     let (data_seconds, index_seconds, verify_seconds) = result?;
+    let mut accounts = Vec::new();
+    if opts.with_users {
+        match &m.users {
+            Some(f) => {
+                // The grants name the source database; they now apply to the target.
+                let text = String::from_utf8_lossy(&p.text(f)?).replace(
+                    &format!("{}.", ident(&m.database)),
+                    &format!("{}.", ident(db)),
+                );
+                run_file(&mut conn0, text.as_bytes(), "users.sql", &mut warnings).await?;
+                accounts = m.accounts.clone();
+            }
+            None => warnings.push(format!(
+                "the snapshot of {} has no accounts (it was not frozen --with-users)",
+                ident(&m.database)
+            )),
+        }
+    }
     Ok(LoadReport {
         source: m.database.clone(),
         target: target.to_string(),
@@ -291,6 +315,7 @@ async fn load(
         rows: m.tables.iter().map(|t| t.rows).sum(),
         chunks: m.tables.iter().map(|t| t.chunks.len()).sum(),
         objects: m.objects.len(),
+        accounts,
         seconds: started.elapsed().as_secs_f64(),
         data_seconds,
         index_seconds,

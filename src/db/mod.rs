@@ -46,6 +46,12 @@ pub struct DbManifest {
     /// Objects that exist in the source but are not in the dump (sequences, for now).
     #[serde(default)]
     pub skipped: Vec<String>,
+    /// `users.sql` (freeze `--with-users`): the accounts with privileges on the database
+    /// and those privileges. Loaded only on request (thaw `--with-users`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<FileRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accounts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -591,6 +591,66 @@ pub fn schema_files(s: &Schema) -> (String, String, String) {
     (schema, indexes, objects)
 }
 
+/// The accounts that hold privileges on `db` (as far as the dumping user may see) with
+/// their CREATE USER statement (which carries the password hash) and their grants on
+/// `db` only: global grants are never copied to another server.
+pub async fn read_users(conn: &mut Conn, db: &str) -> Result<(Vec<String>, String)> {
+    let p = || vec![mysql_async::Value::from(db)];
+    let what = format!("reading the accounts with privileges on {}", ident(db));
+    let grantees = exec_strings(
+        conn,
+        "SELECT GRANTEE FROM information_schema.SCHEMA_PRIVILEGES WHERE TABLE_SCHEMA = ? \
+         UNION SELECT GRANTEE FROM information_schema.TABLE_PRIVILEGES WHERE TABLE_SCHEMA = ? \
+         UNION SELECT GRANTEE FROM information_schema.COLUMN_PRIVILEGES WHERE TABLE_SCHEMA = ? ORDER BY 1",
+        vec![p()[0].clone(), p()[0].clone(), p()[0].clone()],
+        &what,
+    )
+    .await?;
+    let mut out = String::new();
+    file_header(
+        &mut out,
+        "accounts with privileges on the database (loaded only on request)",
+    );
+    stmt(&mut out, "SET NAMES utf8mb4");
+    let mut accounts = Vec::new();
+    let scope = format!("{}.", ident(db));
+    for g in grantees {
+        // 'user'@'host'; roles (no host) are not copied.
+        let Some((user, host)) = g[0].split_once("'@'") else {
+            continue;
+        };
+        let account = format!(
+            "{}@{}",
+            string_literal(user.trim_start_matches('\'')),
+            string_literal(host.trim_end_matches('\''))
+        );
+        let create = query_strings(conn, &format!("SHOW CREATE USER {account}"), &what)
+            .await
+            .map_err(|mut e| {
+                e.hint = Some(format!(
+                    "--with-users needs a user that may read other accounts (SELECT on mysql.* or CREATE USER) on {}",
+                    ident(db)
+                ));
+                e
+            })?;
+        let Some(create) = create.first().and_then(|r| r.first()) else {
+            continue;
+        };
+        stmt(
+            &mut out,
+            &create.replacen("CREATE USER ", "CREATE USER IF NOT EXISTS ", 1),
+        );
+        for r in query_strings(conn, &format!("SHOW GRANTS FOR {account}"), &what).await? {
+            if r[0].starts_with("GRANT ") && r[0].contains(&scope) {
+                stmt(&mut out, &r[0]);
+            }
+        }
+        accounts.push(g[0].clone());
+    }
+    out.push_str("DELIMITER ;\n");
+    Ok((accounts, out))
+}
+
 /// The statement without its `DEFINER=…` clause, for a target where the loading user may
 /// not create objects on behalf of another account; the object is then owned by the
 /// loading user. None when there is no such clause.

@@ -687,3 +687,94 @@ fn ddl_during_a_dump_is_detected_and_never_recorded() {
     assert_eq!(after, before, "a snapshot was recorded");
     drop_db(&db);
 }
+
+#[test]
+fn accounts_and_their_grants_come_along_on_request() {
+    let db = unique("acct").replace('-', "_");
+    let user = unique("app").replace('-', "_");
+    drop_db(&db);
+    sql(None, &format!(
+        "CREATE DATABASE `{db}`; CREATE TABLE `{db}`.t (id INT PRIMARY KEY); INSERT INTO `{db}`.t VALUES (1);
+         CREATE USER '{user}'@'%' IDENTIFIED BY 'app-pass-123';
+         GRANT SELECT, INSERT ON `{db}`.* TO '{user}'@'%';
+         GRANT PROCESS ON *.* TO '{user}'@'%';"
+    ));
+    let repo = TestRepo::local().init();
+    let out = freezer(&[
+        "freeze",
+        "acct",
+        "--repo",
+        &repo.url,
+        "--db",
+        &db_url(&db),
+        "--with-users",
+    ]);
+    assert_ok(&out);
+    assert!(
+        !stderr(&out).contains("app-pass") && !String::from_utf8_lossy(&out.stdout).contains("*"),
+        "{}",
+        stderr(&out)
+    );
+    sql(None, &format!("DROP USER '{user}'@'%';"));
+
+    // Without --with-users no account is created.
+    let copy = unique("acctcopy").replace('-', "_");
+    assert_ok(&freezer(&[
+        "thaw",
+        "acct",
+        "--repo",
+        &repo.url,
+        "--db",
+        &db_url(&copy),
+    ]));
+    let n = sql(
+        None,
+        &format!("SELECT COUNT(*) FROM mysql.user WHERE User = '{user}';"),
+    );
+    assert_eq!(n.trim(), "0");
+    drop_db(&copy);
+
+    // With it: the account (same password) and its grants, on the target database only.
+    let r = json(&freezer(&[
+        "thaw",
+        "acct",
+        "--repo",
+        &repo.url,
+        "--db",
+        &db_url(&copy),
+        "--with-users",
+        "--json",
+    ]));
+    assert_eq!(r["databases"][0]["accounts"][0], format!("'{user}'@'%'"));
+    let grants = sql(None, &format!("SHOW GRANTS FOR '{user}'@'%';"));
+    assert!(
+        grants.contains(&format!("GRANT SELECT, INSERT ON `{copy}`.*")),
+        "{grants}"
+    );
+    assert!(
+        !grants.contains("PROCESS"),
+        "a global privilege was copied: {grants}"
+    );
+    let login = Command::new("mariadb")
+        .args([
+            "-h127.0.0.1",
+            "-P3306",
+            &format!("-u{user}"),
+            &copy,
+            "-N",
+            "-e",
+            "SELECT COUNT(*) FROM t",
+        ])
+        .env("MYSQL_PWD", "app-pass-123")
+        .output()
+        .unwrap();
+    assert!(
+        login.status.success(),
+        "{}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&login.stdout).trim(), "1");
+    sql(None, &format!("DROP USER '{user}'@'%';"));
+    drop_db(&copy);
+    drop_db(&db);
+}
