@@ -218,7 +218,8 @@ impl Repository {
         Ok(())
     }
 
-    fn count_reused(&self, size: u64) {
+    /// Counts a blob that a freeze references without uploading it.
+    pub fn count_reused(&self, size: u64) {
         self.stats.blobs_reused.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes_reused.fetch_add(size, Ordering::Relaxed);
     }

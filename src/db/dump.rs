@@ -29,7 +29,7 @@ use super::sql::{ident, push_row, string_literal, ColumnKind, RowSum};
 use super::*;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{
-    rfc3339, to_json, Annotations, Descriptor, ImageManifest, A_TITLE, MT_MANIFEST,
+    rfc3339, to_json, Annotations, Descriptor, Digest, ImageManifest, A_TITLE, MT_MANIFEST,
 };
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -295,6 +295,13 @@ fn dump_once(
     let stored: Mutex<Vec<StoredChunk>> = Mutex::new(Vec::new());
     let upload_error: Mutex<Option<Error>> = Mutex::new(None);
     let cancel = Arc::new(AtomicBool::new(false));
+    // Last night's chunks by the digest of their SQL text.
+    let reuse: HashMap<Digest, (Digest, u64)> = prev
+        .iter()
+        .flat_map(|m| &m.tables)
+        .flat_map(|t| &t.chunks)
+        .filter_map(|c| Some((c.sql_digest.clone()?, (c.digest.clone(), c.size))))
+        .collect();
     std::thread::scope(|s| {
         // Compression and upload run on plain threads: the store has its own runtime,
         // which must not be entered from this one's workers.
@@ -306,9 +313,8 @@ fn dump_once(
                 if upload_error.lock().unwrap().is_some() {
                     continue; // keep draining so the readers never block
                 }
-                let r = zstd::bulk::compress(&c.sql, CHUNK_ZSTD_LEVEL)
-                    .map_err(|e| Error::io("compressing a dump chunk", e))
-                    .and_then(|z| repo.put_blob(&z));
+                let sql_digest = Digest::of(&c.sql);
+                let r = store_chunk(repo, &c.sql, &sql_digest, &reuse);
                 match r {
                     Ok((digest, size)) => stored.lock().unwrap().push((
                         c.table,
@@ -318,6 +324,7 @@ fn dump_once(
                             size,
                             rows: c.rows,
                             sql_bytes: c.sql.len() as u64,
+                            sql_digest: Some(sql_digest),
                         },
                     )),
                     Err(e) => {
@@ -347,6 +354,26 @@ fn dump_once(
         // An upload failure makes the readers stop with a generic error; report the cause.
         upload_error.lock().unwrap().take().unwrap_or(e)
     })
+}
+
+/// Stores one chunk: reused without compressing when last night's dump had the same SQL
+/// text and its blob is still in the repository, else compressed and uploaded (unless a
+/// blob with that content is already there).
+fn store_chunk(
+    repo: &Repository,
+    sql: &[u8],
+    sql_digest: &Digest,
+    reuse: &HashMap<Digest, (Digest, u64)>,
+) -> Result<(Digest, u64)> {
+    if let Some((digest, size)) = reuse.get(sql_digest) {
+        if repo.blob_size(digest)? == Some(*size) {
+            repo.count_reused(*size);
+            return Ok((digest.clone(), *size));
+        }
+    }
+    let z = zstd::bulk::compress(sql, CHUNK_ZSTD_LEVEL)
+        .map_err(|e| Error::io("compressing a dump chunk", e))?;
+    repo.put_blob(&z)
 }
 
 /// How many low hash bits must be zero for a row to start a chunk: about `target`

@@ -84,6 +84,21 @@ fn files_of(m: &DbManifest) -> Vec<FileRef> {
 
 /// Downloads every file of the dump and checks its digest, before anything is loaded.
 pub fn fetch(repo: &Repository, manifest: DbManifest, progress: &Progress) -> Result<PreparedDb> {
+    // The compressed dump is held in the temporary directory until it is loaded.
+    let need: u64 = files_of(&manifest).iter().map(|f| f.size).sum();
+    let tmp = std::env::temp_dir();
+    if let Ok(free) = crate::sys::free_space(&tmp) {
+        if free < need + need / 10 {
+            return Err(Error::other(format!(
+                "not enough space in {} for the dump of {}: it needs {}, {} is free",
+                tmp.display(),
+                ident(&manifest.database),
+                crate::progress::bytes(need),
+                crate::progress::bytes(free)
+            ))
+            .with_hint("set TMPDIR to a directory on a file system with more free space"));
+        }
+    }
     let mut files = HashMap::new();
     for f in files_of(&manifest) {
         if files.contains_key(&f.digest) {

@@ -29,7 +29,6 @@ pub const A_SQL_TABLE: &str = "dev.freezer.sql.table";
 
 /// The config blob of a database image: everything needed to load and verify it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DbManifest {
     pub format: u32,
     pub database: String,
@@ -55,7 +54,6 @@ pub struct DbManifest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ServerInfo {
     /// `SELECT VERSION()`, e.g. `10.11.6-MariaDB-0+deb12u1`.
     pub version: String,
@@ -66,7 +64,6 @@ pub struct ServerInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Consistency {
     /// How the shared snapshot was taken: `lock-tables` (every table of the database
     /// read-locked while each connection starts its transaction).
@@ -84,7 +81,6 @@ pub struct Consistency {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FileRef {
     pub digest: Digest,
     /// Compressed size.
@@ -92,7 +88,6 @@ pub struct FileRef {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TableEntry {
     pub name: String,
     pub engine: String,
@@ -115,13 +110,16 @@ pub struct TableEntry {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Chunk {
     pub digest: Digest,
     pub size: u64,
     pub rows: u64,
     /// Uncompressed SQL bytes.
     pub sql_bytes: u64,
+    /// SHA-256 of the uncompressed SQL: the next freeze reuses this chunk without
+    /// compressing it again when its text hashes the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql_digest: Option<Digest>,
 }
 
 pub const DB_FORMAT_VERSION: u32 = 1;
