@@ -595,51 +595,30 @@ async fn dump(
         }
     }
     let boundaries: Mutex<HashMap<usize, Vec<Vec<Value>>>> = Mutex::new(HashMap::new());
-    let queue = Mutex::new(boundary_jobs);
-    let results = futures::future::join_all(
-        workers
-            .iter_mut()
-            .map(|c| run_jobs(c, &queue, &shared, &boundaries)),
-    )
-    .await;
-    results.into_iter().collect::<Result<Vec<()>>>()?;
+    run_queue(&mut workers, boundary_jobs, &shared, &boundaries).await?;
     let found = std::mem::take(&mut *boundaries.lock().unwrap());
     for (table, keys) in found {
-        let t = &before.tables[table];
-        let per = t.est_bytes / (keys.len() as u64 + 1);
-        let count = keys.len() as u32;
-        let mut lo: Option<Vec<Value>> = None;
-        for (n, k) in keys.into_iter().enumerate() {
+        // Ranges between consecutive boundaries, open at both ends.
+        let per = before.tables[table].est_bytes / (keys.len() as u64 + 1);
+        let mut bounds = vec![None];
+        bounds.extend(keys.into_iter().map(Some));
+        bounds.push(None);
+        for (n, w) in bounds.windows(2).enumerate() {
             let job = Job::Range {
                 table,
                 range: n as u32,
-                lo: lo.take(),
-                hi: Some(k.clone()),
+                lo: w[0].clone(),
+                hi: w[1].clone(),
                 cut_rows: false,
             };
             range_jobs.push_back((per, job));
-            lo = Some(k);
         }
-        let job = Job::Range {
-            table,
-            range: count,
-            lo,
-            hi: None,
-            cut_rows: false,
-        };
-        range_jobs.push_back((per, job));
     }
     // Largest first, so no worker is left with one big table at the end.
     let mut sorted: Vec<(u64, Job)> = range_jobs.into_iter().collect();
     sorted.sort_by_key(|j| std::cmp::Reverse(j.0));
-    let queue = Mutex::new(sorted.into_iter().map(|(_, j)| j).collect::<VecDeque<_>>());
-    let results = futures::future::join_all(
-        workers
-            .iter_mut()
-            .map(|c| run_jobs(c, &queue, &shared, &boundaries)),
-    )
-    .await;
-    results.into_iter().collect::<Result<Vec<()>>>()?;
+    let jobs = sorted.into_iter().map(|(_, j)| j).collect();
+    run_queue(&mut workers, jobs, &shared, &boundaries).await?;
     for c in workers {
         let _ = c.disconnect().await;
     }
@@ -717,6 +696,24 @@ async fn first_value(conn: &mut Conn, sql: &str) -> Option<String> {
         .ok()
         .and_then(|r| r.into_iter().next())
         .and_then(|r| r.into_iter().next())
+}
+
+/// Runs the jobs over all worker connections, each taking the next job when it is free.
+async fn run_queue(
+    workers: &mut [Conn],
+    jobs: VecDeque<Job>,
+    shared: &Shared<'_>,
+    boundaries: &Mutex<HashMap<usize, Vec<Vec<Value>>>>,
+) -> Result<()> {
+    let queue = Mutex::new(jobs);
+    let results = futures::future::join_all(
+        workers
+            .iter_mut()
+            .map(|c| run_jobs(c, &queue, shared, boundaries)),
+    )
+    .await;
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(())
 }
 
 async fn run_jobs(
