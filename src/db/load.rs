@@ -373,6 +373,7 @@ async fn load_into(
     progress.set_label(format!("loading {db}"));
     progress.add_total(chunks.iter().map(|(_, c)| c.sql_bytes).sum());
     let queue = Mutex::new(chunks.into_iter().collect::<VecDeque<_>>());
+    let loaded = std::sync::atomic::AtomicU64::new(0);
     let mut conns = Vec::new();
     for _ in 0..opts.jobs.max(1) {
         let mut c = target.connect().await.map_err(partial)?;
@@ -422,6 +423,7 @@ async fn load_into(
                 }
             }
             progress.add_done(chunk.sql_bytes);
+            fault_point_after_chunk(loaded.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1);
         }
     }))
     .await;
@@ -538,6 +540,17 @@ fn check_features(schema: &str, target_version: &str, target: &DbUrl) -> Result<
         }
     }
     Ok(())
+}
+
+/// Test hook: `FREEZER_FAULT_ABORT_AFTER_CHUNKS=N` kills the process once N chunks are
+/// loaded, the way `kill -9` would, leaving a partly loaded database.
+fn fault_point_after_chunk(n: u64) {
+    if let Ok(v) = std::env::var("FREEZER_FAULT_ABORT_AFTER_CHUNKS") {
+        if v.parse::<u64>().ok() == Some(n) {
+            eprintln!("freezer: fault injection: aborting after {n} chunks");
+            std::process::abort();
+        }
+    }
 }
 
 /// Runs one chunk's statements in a transaction. On failure: the error and the length

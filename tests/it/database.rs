@@ -778,3 +778,77 @@ fn accounts_and_their_grants_come_along_on_request() {
     drop_db(&copy);
     drop_db(&db);
 }
+
+#[test]
+fn a_thaw_killed_halfway_is_completed_by_running_it_again() {
+    let src = unique("half").replace('-', "_");
+    fixture(&src);
+    let repo = TestRepo::local().init();
+    freeze_db(&repo, "half", &src);
+    let copy = unique("halfcopy").replace('-', "_");
+    let out = freezer_env(
+        &["thaw", "half", "--repo", &repo.url, "--db", &db_url(&copy)],
+        &[("FREEZER_FAULT_ABORT_AFTER_CHUNKS", "5")],
+    );
+    assert!(!out.status.success(), "the fault hook did not fire");
+    // Partly loaded: a plain re-run refuses to load over it and says what to do...
+    let again = freezer(&["thaw", "half", "--repo", &repo.url, "--db", &db_url(&copy)]);
+    assert_eq!(again.status.code(), Some(7), "{}", stderr(&again));
+    assert!(stderr(&again).contains("--replace"), "{}", stderr(&again));
+    // ...and --replace completes it, verified.
+    assert_ok(&freezer(&[
+        "thaw",
+        "half",
+        "--repo",
+        &repo.url,
+        "--db",
+        &db_url(&copy),
+        "--replace",
+    ]));
+    assert_same_db(&src, &copy);
+    drop_db(&copy);
+    drop_db(&src);
+}
+
+#[test]
+fn a_site_with_two_databases_maps_each_to_its_target() {
+    let (a, b) = (
+        unique("twoa").replace('-', "_"),
+        unique("twob").replace('-', "_"),
+    );
+    for (db, v) in [(&a, 1), (&b, 2)] {
+        drop_db(db);
+        sql(None, &format!("CREATE DATABASE `{db}`; CREATE TABLE `{db}`.t (id INT PRIMARY KEY); INSERT INTO `{db}`.t VALUES ({v});"));
+    }
+    let repo = TestRepo::local().init();
+    assert_ok(&freezer(&[
+        "freeze",
+        "two",
+        "--repo",
+        &repo.url,
+        "--db",
+        &db_url(&a),
+        "--db",
+        &db_url(&b),
+    ]));
+    let (ca, cb) = (
+        unique("twoca").replace('-', "_"),
+        unique("twocb").replace('-', "_"),
+    );
+    // One bare --db is ambiguous with two databases.
+    let out = freezer(&["thaw", "two", "--repo", &repo.url, "--db", &db_url(&ca)]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("SOURCE=URL"), "{}", stderr(&out));
+    let (fa, fb) = (
+        format!("{a}={}", db_url(&ca)),
+        format!("{b}={}", db_url(&cb)),
+    );
+    assert_ok(&freezer(&[
+        "thaw", "two", "--repo", &repo.url, "--db", &fa, "--db", &fb,
+    ]));
+    assert_eq!(sql(Some(&ca), "SELECT id FROM t;").trim(), "1");
+    assert_eq!(sql(Some(&cb), "SELECT id FROM t;").trim(), "2");
+    for db in [&a, &b, &ca, &cb] {
+        drop_db(db);
+    }
+}
