@@ -108,6 +108,26 @@ pub enum Command {
     },
     /// List snapshots.
     Snapshots { site: Option<String> },
+    /// Remove a site's snapshot records that a retention policy does not keep. The data
+    /// stays until `prune`.
+    Forget {
+        site: String,
+        /// Keep the N newest snapshots.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_last: u32,
+        /// Keep the newest snapshot of each of the last N days that have one (UTC).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_daily: u32,
+        /// Keep the newest snapshot of each of the last N ISO weeks that have one.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_weekly: u32,
+        /// Keep the newest snapshot of each of the last N months that have one.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_monthly: u32,
+        /// Print what would be kept and removed, and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Re-read and hash every blob the snapshots reference.
     Verify {
         #[arg(value_name = "SITE[:SNAPSHOT]")]
@@ -497,6 +517,55 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 );
                 Ok(ErrorKind::Integrity.exit_code())
             }
+        }
+        Command::Forget {
+            site,
+            keep_last,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            dry_run,
+        } => {
+            let repo = open_repo(&settings)?;
+            let policy = crate::retention::Policy {
+                last: *keep_last,
+                daily: *keep_daily,
+                weekly: *keep_weekly,
+                monthly: *keep_monthly,
+            };
+            let report = ops::forget(&repo, site, &policy, *dry_run)?;
+            if g.json {
+                print_json(&report);
+            } else {
+                for k in &report.kept {
+                    say(format!(
+                        "keep   {}:{}  ({})",
+                        site,
+                        k.id,
+                        k.reasons.join(", ")
+                    ));
+                }
+                for r in &report.removed {
+                    say(format!(
+                        "{} {}:{}",
+                        if *dry_run { "would remove" } else { "remove" },
+                        site,
+                        r.id
+                    ));
+                }
+                say(format!(
+                    "{} {} snapshots of {site}, kept {}{}",
+                    if *dry_run { "would remove" } else { "removed" },
+                    report.removed.len(),
+                    report.kept.len(),
+                    if report.removed.is_empty() || *dry_run {
+                        ""
+                    } else {
+                        "; `freezer prune` frees the data only they used"
+                    }
+                ));
+            }
+            Ok(0)
         }
         Command::Export { target, oci } => {
             let (site, snap) = split_target(target);

@@ -14,6 +14,7 @@ pub mod interrupt;
 pub mod ops;
 pub mod progress;
 pub mod repo;
+pub mod retention;
 pub mod settings;
 pub mod store;
 #[doc(hidden)]

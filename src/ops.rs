@@ -18,6 +18,7 @@ use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
 use crate::progress::Progress;
 use crate::repo::{Repository, Snapshot, SnapshotRef};
+use crate::retention::Policy;
 use crate::tree::freeze::tree_index_digest;
 use crate::tree::thaw::TreePlan;
 use crate::tree::{freeze_tree, thaw_tree, FreezeStats, PrevTree, ThawStats};
@@ -1088,5 +1089,73 @@ pub fn export(
         .ctx(|| format!("writing {}/oci-layout", dir.display()))?;
     fs::write(dir.join("index.json"), to_json(&index))
         .ctx(|| format!("writing {}/index.json", dir.display()))?;
+    Ok(report)
+}
+
+// ---------------------------------------------------------------------------------------
+// forget
+
+#[derive(Debug, Serialize)]
+pub struct ForgetReport {
+    pub site: String,
+    pub policy: Policy,
+    pub dry_run: bool,
+    pub kept: Vec<ForgetEntry>,
+    pub removed: Vec<ForgetEntry>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ForgetEntry {
+    pub id: String,
+    /// The rules that keep it (empty for removed snapshots).
+    pub reasons: Vec<&'static str>,
+}
+
+/// Removes the snapshot records of `site` that `policy` does not keep (SPEC.md §11). The
+/// blobs stay until `prune`, so a forget is cheap and a mistaken one is undone by
+/// writing the record back.
+pub fn forget(
+    repo: &Repository,
+    site: &str,
+    policy: &Policy,
+    dry_run: bool,
+) -> Result<ForgetReport> {
+    if policy.is_empty() {
+        return Err(Error::usage(format!(
+            "refusing to forget every snapshot of {site}: no --keep-* option was given"
+        ))
+        .with_hint(
+            "say what to keep, e.g. --keep-last 3 --keep-daily 7 --keep-weekly 5 --keep-monthly 12",
+        ));
+    }
+    let refs = repo.list_snapshots(Some(site))?;
+    if refs.is_empty() {
+        return Err(Error::not_found(format!(
+            "site {site} has no snapshots in {}",
+            repo.location()
+        )));
+    }
+    let ids: Vec<String> = refs.iter().map(|r| r.id.clone()).collect();
+    let mut report = ForgetReport {
+        site: site.to_string(),
+        policy: *policy,
+        dry_run,
+        kept: vec![],
+        removed: vec![],
+    };
+    for (id, reasons) in crate::retention::apply(policy, &ids) {
+        if reasons.is_empty() {
+            if !dry_run {
+                let r = SnapshotRef {
+                    site: site.to_string(),
+                    id: id.clone(),
+                };
+                repo.store().delete(&r.key())?;
+            }
+            report.removed.push(ForgetEntry { id, reasons });
+        } else {
+            report.kept.push(ForgetEntry { id, reasons });
+        }
+    }
     Ok(report)
 }

@@ -6,5 +6,6 @@ mod database;
 mod formats;
 mod hostile;
 mod integrity;
+mod retention;
 mod roundtrip;
 mod store;
