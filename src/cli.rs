@@ -74,6 +74,10 @@ pub enum Command {
         /// password hashes) and those privileges.
         #[arg(long)]
         with_users: bool,
+        /// How long to wait while a prune holds the repository (a freeze of the same site
+        /// that is still running fails at once, exit 5).
+        #[arg(long, default_value = "30m", value_parser = parse_duration)]
+        lock_wait: std::time::Duration,
         /// Print what would be frozen and exit.
         #[arg(long)]
         dry_run: bool,
@@ -132,6 +136,16 @@ pub enum Command {
     Verify {
         #[arg(value_name = "SITE[:SNAPSHOT]")]
         target: Option<String>,
+    },
+    /// Delete the data no snapshot references any more, in two phases: a prune marks
+    /// what is unreferenced; a later one, after the grace period, deletes it.
+    Prune {
+        /// How long a blob stays marked before a prune deletes it (e.g. 24h, 30m, 0).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        grace: std::time::Duration,
+        /// Report what would be marked and deleted, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Write one snapshot as a standalone OCI image layout.
     Export {
@@ -212,6 +226,21 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
     Ok(v)
 }
 
+/// `0`, `90s`, `30m`, `24h`, `7d`.
+fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1u64),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        Some((i, 'd')) => (&s[..i], 86_400),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30m, 24h or 7d"))?;
+    Ok(std::time::Duration::from_secs(n.saturating_mul(mult)))
+}
+
 fn default_jobs() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
@@ -236,6 +265,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Thaw { .. } => "thaw",
         Command::Verify { .. } => "verify",
         Command::Export { .. } => "export",
+        Command::Prune { .. } => "prune",
         _ => "the command",
     });
     let settings = Settings::load(g.config.as_deref(), g.repo.as_deref())?;
@@ -268,6 +298,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             jobs,
             chunk_size,
             with_users,
+            lock_wait,
             dry_run,
         } => {
             let (trees, mut databases) = settings.sources(site, paths, dbs)?;
@@ -291,6 +322,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 plan.db_chunk_bytes = *c;
             }
             plan.db_with_users = *with_users || settings.database_users(site);
+            plan.lock_wait = *lock_wait;
             if *dry_run {
                 if g.json {
                     print_json(&plan);
@@ -563,6 +595,35 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     } else {
                         "; `freezer prune` frees the data only they used"
                     }
+                ));
+            }
+            Ok(0)
+        }
+        Command::Prune { grace, dry_run } => {
+            let repo = open_repo(&settings)?;
+            let progress = Arc::new(Progress::default());
+            let guard = progress::start(progress.clone(), g.quiet || g.json);
+            let report = crate::prune::prune(&repo, *grace, *dry_run, &progress);
+            drop(guard);
+            let report = report?;
+            if g.json {
+                print_json(&report);
+            } else {
+                let would = if *dry_run { "would be " } else { "" };
+                say(format!(
+                    "{} snapshots reference {} of {} blobs; {} unreferenced",
+                    report.snapshots,
+                    report.referenced_blobs,
+                    report.blobs,
+                    report.unreferenced_blobs
+                ));
+                say(format!(
+                    "{would}deleted {} blobs, freeing {}; {} marked now; {} blobs ({}) wait for their grace period",
+                    report.deleted_blobs,
+                    bytes(report.freed_bytes),
+                    report.marked_blobs,
+                    report.pending_blobs,
+                    bytes(report.pending_bytes)
                 ));
             }
             Ok(0)

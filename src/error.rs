@@ -21,6 +21,8 @@ pub enum ErrorKind {
     Integrity,
     /// The operation would destroy or overwrite something (non-empty target, existing repository).
     Conflict,
+    /// Another run holds the lock this one needs (a freeze of the same site, a prune).
+    Locked,
     /// Anything else: local I/O failure, disk full, internal error.
     Other,
 }
@@ -33,6 +35,7 @@ impl ErrorKind {
             ErrorKind::Usage => 2,
             ErrorKind::Unreachable => 3,
             ErrorKind::Integrity => 4,
+            ErrorKind::Locked => 5,
             ErrorKind::NotFound => 6,
             ErrorKind::Conflict => 7,
         }

@@ -15,6 +15,25 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// reported if the run is interrupted.
 static PARTIAL: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
+/// Locks to release on interruption: (store, key, the released lock's bytes).
+type HeldLock = (std::sync::Arc<dyn crate::store::Store>, String, Vec<u8>);
+static LOCKS: Mutex<Vec<HeldLock>> = Mutex::new(Vec::new());
+
+/// Registers a held lock, released if the run is interrupted.
+pub fn track_lock(store: std::sync::Arc<dyn crate::store::Store>, key: String, released: Vec<u8>) {
+    LOCKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((store, key, released));
+}
+
+pub fn untrack_lock(key: &str) {
+    LOCKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(_, k, _)| k != key);
+}
+
 /// Registers a target that an interruption leaves partly written, with what to do.
 pub fn note_partial(what: String) {
     PARTIAL.lock().unwrap_or_else(|e| e.into_inner()).push(what);
@@ -98,6 +117,10 @@ pub fn install(what: &'static str) {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
+        }
+        let locks: Vec<HeldLock> = LOCKS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (store, key, released) in locks {
+            let _ = store.put(&key, &released);
         }
         eprintln!("\nfreezer: interrupted during {what}");
         let partial: Vec<String> = PARTIAL.lock().unwrap_or_else(|e| e.into_inner()).clone();

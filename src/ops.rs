@@ -48,6 +48,9 @@ pub struct FreezePlan {
     pub db_chunk_bytes: u64,
     /// Also dump the accounts with privileges on each database.
     pub db_with_users: bool,
+    /// How long to wait for a running prune before giving up.
+    #[serde(skip)]
+    pub lock_wait: std::time::Duration,
     /// The snapshot whose indexes let unchanged files be skipped.
     pub parent: Option<String>,
 }
@@ -107,6 +110,7 @@ pub fn plan_freeze(
         db_jobs: db_jobs.max(1),
         db_chunk_bytes: DumpOptions::default().chunk_bytes,
         db_with_users: false,
+        lock_wait: std::time::Duration::from_secs(1800),
         parent,
     })
 }
@@ -135,6 +139,9 @@ pub struct TreeReport {
 }
 
 pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Result<FreezeReport> {
+    // Held until the record is written: no prune may delete a blob this freeze reuses.
+    let _lock =
+        crate::lock::acquire_waiting(repo, "freeze", Some(&plan.site), plan.lock_wait, progress)?;
     let started = Instant::now();
     let created = SystemTime::now();
     let mut warnings = Vec::new();
@@ -293,7 +300,7 @@ fn prefix(mut e: Error, what: &str) -> Error {
     e
 }
 
-fn hostname() -> String {
+pub fn hostname() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| fs::read_to_string("/etc/hostname"))
         .map(|s| s.trim().to_string())
@@ -1135,7 +1142,12 @@ pub fn forget(
             repo.location()
         )));
     }
-    let ids: Vec<String> = refs.iter().map(|r| r.id.clone()).collect();
+    // The creation time (nanoseconds) orders snapshots taken within the same second.
+    let mut snapshots = Vec::new();
+    for r in &refs {
+        let created = repo.read_snapshot(r)?.annotation(A_CREATED).to_string();
+        snapshots.push((r.id.clone(), created));
+    }
     let mut report = ForgetReport {
         site: site.to_string(),
         policy: *policy,
@@ -1143,7 +1155,7 @@ pub fn forget(
         kept: vec![],
         removed: vec![],
     };
-    for (id, reasons) in crate::retention::apply(policy, &ids) {
+    for (id, reasons) in crate::retention::apply(policy, &snapshots) {
         if reasons.is_empty() {
             if !dry_run {
                 let r = SnapshotRef {

@@ -33,7 +33,7 @@ pub struct TransferStats {
 }
 
 pub struct Repository {
-    store: Box<dyn Store>,
+    store: std::sync::Arc<dyn Store>,
     pub config: RepoConfig,
     pub stats: TransferStats,
 }
@@ -122,7 +122,7 @@ impl Repository {
         // The config goes last: its presence is what makes this a repository.
         store.put(REPO_CONFIG_KEY, &to_json(&config))?;
         Ok(Repository {
-            store,
+            store: store.into(),
             config,
             stats: Default::default(),
         })
@@ -173,7 +173,7 @@ impl Repository {
             )));
         }
         Ok(Repository {
-            store,
+            store: store.into(),
             config,
             stats: Default::default(),
         })
@@ -185,6 +185,11 @@ impl Repository {
 
     pub fn store(&self) -> &dyn Store {
         self.store.as_ref()
+    }
+
+    /// The store, shared (for a lock's heartbeat thread).
+    pub fn shared_store(&self) -> std::sync::Arc<dyn Store> {
+        self.store.clone()
     }
 
     /// The size of a stored blob, or None.

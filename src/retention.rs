@@ -67,15 +67,16 @@ pub fn iso_week(y: i64, m: u32, d: u32) -> (i64, u32) {
     (ty, week as u32)
 }
 
-/// Decides for each id (any order) whether to keep it, with the rules that keep it.
-/// Returns (id, reasons) with reasons empty for snapshots to forget, newest first. Ids
-/// whose time cannot be read are always kept.
-pub fn apply(policy: &Policy, ids: &[String]) -> Vec<(String, Vec<&'static str>)> {
-    let mut sorted: Vec<&String> = ids.iter().collect();
-    sorted.sort_by(|a, b| b.cmp(a));
+/// Decides for each snapshot, given as (id, creation time in RFC 3339 with nanoseconds)
+/// in any order, whether to keep it, with the rules that keep it. Returns (id, reasons)
+/// with reasons empty for snapshots to forget, newest first by creation time (which also
+/// orders snapshots taken within one second). Ids whose time cannot be read are kept.
+pub fn apply(policy: &Policy, snapshots: &[(String, String)]) -> Vec<(String, Vec<&'static str>)> {
+    let mut sorted: Vec<&(String, String)> = snapshots.iter().collect();
+    sorted.sort_by(|a, b| (&b.1, &b.0).cmp(&(&a.1, &a.0)));
     let mut out: Vec<(String, Vec<&'static str>)> = sorted
         .iter()
-        .map(|id| ((*id).clone(), Vec::new()))
+        .map(|(id, _)| (id.clone(), Vec::new()))
         .collect();
     type Bucket = fn(&str) -> Option<String>;
     let rules: [(&'static str, u32, Bucket); 4] = [

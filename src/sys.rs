@@ -94,3 +94,14 @@ pub fn ids_and_umask() -> (u32, u32, u32) {
         .unwrap_or(0o077);
     (uid, gid, umask)
 }
+
+/// Whether a process with this pid exists on this machine (signal 0 probes without
+/// sending anything; EPERM means it exists but belongs to someone else).
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 performs only the existence and permission check.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}

@@ -115,6 +115,7 @@ impl Store for LocalStore {
                         out.push(ObjectInfo {
                             key: key.to_string(),
                             size: meta.len(),
+                            modified: meta.modified().ok(),
                         });
                     }
                 }

@@ -21,6 +21,8 @@ use crate::error::{Error, Result};
 pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
+    /// When the object was last written, by the store's clock (None if unknown).
+    pub modified: Option<std::time::SystemTime>,
 }
 
 pub trait Store: Send + Sync {

@@ -272,6 +272,7 @@ impl Store for S3Store {
                     out.push(ObjectInfo {
                         key: key.to_string(),
                         size: meta.size,
+                        modified: Some(meta.last_modified.into()),
                     });
                 }
             }

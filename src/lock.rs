@@ -1,0 +1,227 @@
+//! Repository locks, without conditional writes (Garage ignores them).
+//!
+//! A lock is an object `locks/<kind>-<scope>-<random>.json`. To take one, a run writes its
+//! object, then lists `locks/`: if it sees a live lock it conflicts with, it releases its
+//! own and fails. Two runs that race both write before they list, so at least one of them
+//! sees the other (listing is read-after-write consistent on S3 and Garage). A live lock
+//! is rewritten every [`HEARTBEAT`]; one whose object is older than [`STALE`] by the
+//! store's own clock belongs to a run that died, and is ignored, so a crash never blocks
+//! the next night; so is, at once, a lock of this host whose process no longer exists. Released locks are overwritten as released rather than deleted, so a
+//! freeze needs no delete permission; prune removes them.
+//!
+//! Freezes of different sites run side by side; a freeze of the same site, or a prune,
+//! conflicts.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::repo::Repository;
+use crate::store::Store;
+
+pub const LOCKS_PREFIX: &str = "locks/";
+pub const HEARTBEAT: Duration = Duration::from_secs(300);
+pub const STALE: Duration = Duration::from_secs(1800);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    /// `freeze` or `prune`.
+    pub kind: String,
+    /// The site, for a freeze.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    pub host: String,
+    pub pid: u32,
+    pub started: String,
+    #[serde(default)]
+    pub released: bool,
+}
+
+impl LockInfo {
+    fn conflicts(&self, other: &LockInfo) -> bool {
+        self.kind == "prune" || other.kind == "prune" || self.site == other.site
+    }
+
+    fn describe(&self) -> String {
+        match &self.site {
+            Some(site) => format!(
+                "a {} of site {site} (host {}, pid {}, since {})",
+                self.kind, self.host, self.pid, self.started
+            ),
+            None => format!(
+                "a {} (host {}, pid {}, since {})",
+                self.kind, self.host, self.pid, self.started
+            ),
+        }
+    }
+}
+
+/// A held lock. Dropping it releases it.
+pub struct Lock {
+    store: Arc<dyn Store>,
+    key: String,
+    info: LockInfo,
+    stop: Arc<AtomicBool>,
+    heartbeat: Option<std::thread::JoinHandle<()>>,
+    /// When the lock object was written, by the store's clock.
+    pub written: SystemTime,
+    /// Prune (which may delete) removes its lock object; a freeze (which need not be
+    /// allowed to delete) overwrites it as released.
+    delete_on_release: bool,
+}
+
+/// Takes a lock for a freeze of `site`, or for a prune (`site` None). While a prune holds
+/// the repository, waits up to `wait_for_prune` (polling with jitter); any other conflict
+/// fails at once.
+pub fn acquire_waiting(
+    repo: &Repository,
+    kind: &str,
+    site: Option<&str>,
+    wait_for_prune: Duration,
+    progress: &crate::progress::Progress,
+) -> Result<Lock> {
+    let started = std::time::Instant::now();
+    // One lock object per run, however often it retries.
+    let key = lock_key(kind, site);
+    loop {
+        match try_acquire(repo, kind, site, &key) {
+            Ok(lock) => return Ok(lock),
+            Err(c)
+                if c.1.as_ref().is_some_and(|o| o.kind == "prune")
+                    && started.elapsed() < wait_for_prune =>
+            {
+                progress.set_label("waiting for a prune to finish");
+                let jitter = rand::Rng::gen_range(&mut rand::thread_rng(), 500..1500);
+                std::thread::sleep(Duration::from_millis(jitter));
+            }
+            Err(c) => return Err(c.0),
+        }
+    }
+}
+
+/// Takes a lock, failing at once on any conflict.
+pub fn acquire(repo: &Repository, kind: &str, site: Option<&str>) -> Result<Lock> {
+    try_acquire(repo, kind, site, &lock_key(kind, site)).map_err(|c| c.0)
+}
+
+fn lock_key(kind: &str, site: Option<&str>) -> String {
+    let mut rand = [0u8; 6];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut rand);
+    format!(
+        "{LOCKS_PREFIX}{kind}-{}-{}.json",
+        site.unwrap_or("repository"),
+        hex::encode(rand)
+    )
+}
+
+/// A failed attempt: the error, and the lock that conflicts (when there is one).
+type Conflict = Box<(Error, Option<LockInfo>)>;
+
+fn try_acquire(
+    repo: &Repository,
+    kind: &str,
+    site: Option<&str>,
+    key: &str,
+) -> std::result::Result<Lock, Conflict> {
+    let plain = |e: Error| Box::new((e, None));
+    let store = repo.shared_store();
+    let key = key.to_string();
+    let info = LockInfo {
+        kind: kind.into(),
+        site: site.map(String::from),
+        host: crate::ops::hostname(),
+        pid: std::process::id(),
+        started: crate::format::rfc3339(SystemTime::now()),
+        released: false,
+    };
+    store
+        .put(&key, &crate::format::to_json(&info))
+        .map_err(plain)?;
+    let listed = store.list(LOCKS_PREFIX).map_err(plain)?;
+    let written = listed
+        .iter()
+        .find(|o| o.key == key)
+        .and_then(|o| o.modified)
+        .unwrap_or_else(SystemTime::now);
+    let mut lock = Lock {
+        store: store.clone(),
+        key,
+        info,
+        stop: Arc::new(AtomicBool::new(false)),
+        heartbeat: None,
+        written,
+        delete_on_release: kind == "prune",
+    };
+    for o in &listed {
+        if o.key == lock.key || o.modified.is_some_and(|m| m + STALE < written) {
+            continue;
+        }
+        let Ok(data) = store.get(&o.key) else {
+            continue; // released and removed meanwhile
+        };
+        let Ok(other) = serde_json::from_slice::<LockInfo>(&data) else {
+            continue;
+        };
+        // A lock of this host whose process is gone belongs to a run that was killed.
+        let dead = other.host == lock.info.host && !crate::sys::process_alive(other.pid);
+        if !other.released && !dead && lock.info.conflicts(&other) {
+            let what = other.describe();
+            drop(lock);
+            let e = Error::new(
+                ErrorKind::Locked,
+                format!("{} is running on {}", what, repo.location()),
+            )
+            .with_hint(format!(
+                "wait for it to finish; a lock whose run died is ignored {} minutes after its last heartbeat",
+                STALE.as_secs() / 60
+            ));
+            return Err(Box::new((e, Some(other))));
+        }
+    }
+    let (store, key, info, stop) = (
+        lock.store.clone(),
+        lock.key.clone(),
+        lock.info.clone(),
+        lock.stop.clone(),
+    );
+    lock.heartbeat = Some(std::thread::spawn(move || {
+        let step = Duration::from_millis(250);
+        let mut waited = Duration::ZERO;
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(step);
+            waited += step;
+            if waited >= HEARTBEAT {
+                waited = Duration::ZERO;
+                let _ = store.put(&key, &crate::format::to_json(&info));
+            }
+        }
+    }));
+    crate::interrupt::track_lock(
+        lock.store.clone(),
+        lock.key.clone(),
+        release_bytes(&lock.info),
+    );
+    Ok(lock)
+}
+
+fn release_bytes(info: &LockInfo) -> Vec<u8> {
+    let mut released = info.clone();
+    released.released = true;
+    crate::format::to_json(&released)
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.heartbeat.take() {
+            let _ = t.join();
+        }
+        if !(self.delete_on_release && self.store.delete(&self.key).is_ok()) {
+            let _ = self.store.put(&self.key, &release_bytes(&self.info));
+        }
+        crate::interrupt::untrack_lock(&self.key);
+    }
+}
