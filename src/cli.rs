@@ -43,6 +43,14 @@ pub struct Global {
     /// No progress line and no summary on stderr; errors are still printed.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Healthchecks-style URL: POSTed to as URL/start when the run starts, URL on
+    /// success, URL/fail (with the error) on failure.
+    #[arg(long, global = true, env = "FREEZER_PING_URL", value_name = "URL")]
+    pub ping: Option<String>,
+    /// Prometheus textfile to update after the run (last run and success times, exit
+    /// code, duration, bytes uploaded), per command and site.
+    #[arg(long, global = true, env = "FREEZER_METRICS_FILE", value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -160,16 +168,56 @@ pub enum Command {
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let json = cli.global.json;
+    let (command, site) = describe(&cli.command);
+    let monitor = crate::monitor::Monitor {
+        ping: cli.global.ping.clone(),
+        metrics_file: cli.global.metrics_file.clone(),
+        command,
+        site,
+    };
+    monitor.start();
+    let started = std::time::Instant::now();
     match dispatch(cli) {
-        Ok(code) => code,
+        Ok(code) => {
+            monitor.finish(
+                code,
+                started.elapsed(),
+                format!("freezer {command}: exit {code}"),
+            );
+            code
+        }
         // The signal thread is cleaning up and will exit with its own report.
         Err(_) if crate::interrupt::interrupted() => loop {
             std::thread::park();
         },
         Err(e) => {
             report_error(&e, json);
-            e.kind.exit_code()
+            let code = e.kind.exit_code();
+            let mut msg = format!("freezer {command}: exit {code}: {e}");
+            if let Some(h) = &e.hint {
+                msg.push_str(&format!("\nhint: {h}"));
+            }
+            monitor.finish(code, started.elapsed(), msg);
+            code
         }
+    }
+}
+
+/// The command's name and the site it works on (empty for repository-wide commands),
+/// for pings and metrics.
+fn describe(c: &Command) -> (&'static str, String) {
+    let site_of = |t: &str| split_target(t).0.to_string();
+    match c {
+        Command::Init => ("init", String::new()),
+        Command::Freeze { site, .. } => ("freeze", site.clone()),
+        Command::Thaw { target, .. } => ("thaw", site_of(target)),
+        Command::Snapshots { site } => ("snapshots", site.clone().unwrap_or_default()),
+        Command::Forget { site, .. } => ("forget", site.clone()),
+        Command::Verify { target } => {
+            ("verify", target.as_deref().map(site_of).unwrap_or_default())
+        }
+        Command::Prune { .. } => ("prune", String::new()),
+        Command::Export { target, .. } => ("export", site_of(target)),
     }
 }
 
@@ -351,6 +399,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let report = ops::freeze(&repo, &plan, &progress);
             drop(guard);
             let report = report?;
+            crate::monitor::note_bytes_uploaded(report.bytes_uploaded);
             for w in &report.warnings {
                 eprintln!("freezer: warning: {w}");
             }

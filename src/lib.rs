@@ -12,6 +12,7 @@ pub mod error;
 pub mod format;
 pub mod interrupt;
 pub mod lock;
+pub mod monitor;
 pub mod ops;
 pub mod progress;
 pub mod prune;

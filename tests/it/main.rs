@@ -6,6 +6,7 @@ mod database;
 mod formats;
 mod hostile;
 mod integrity;
+mod monitor;
 mod retention;
 mod roundtrip;
 mod store;

@@ -1,0 +1,179 @@
+//! Unattended runs report out: healthchecks-style pings and a Prometheus textfile.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::{Arc, Mutex};
+
+use crate::common::*;
+
+/// `(method, path, body)` of each request received.
+type Requests = Arc<Mutex<Vec<(String, String, String)>>>;
+
+/// A tiny HTTP server that records the requests it gets.
+fn recorder() -> (String, Requests) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/ping-token", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let mut parts = line.split_whitespace();
+            let (method, path) = (
+                parts.next().unwrap_or("").to_string(),
+                parts.next().unwrap_or("").to_string(),
+            );
+            let mut len = 0;
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).unwrap();
+                if h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0u8; len];
+            r.read_exact(&mut body).unwrap();
+            log.lock()
+                .unwrap()
+                .push((method, path, String::from_utf8_lossy(&body).into_owned()));
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn pings_say_start_success_and_failure() {
+    let (url, seen) = recorder();
+    let repo = TestRepo::local().init();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    assert_ok(&freezer(&[
+        "freeze",
+        "s",
+        "--repo",
+        &repo.url,
+        "--path",
+        dir.path().to_str().unwrap(),
+        "--ping",
+        &url,
+    ]));
+    let out = freezer(&[
+        "freeze",
+        "s",
+        "--repo",
+        &repo.url,
+        "--path",
+        "/nonexistent/dir",
+        "--ping",
+        &url,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let seen = seen.lock().unwrap().clone();
+    let paths: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|(m, p, _)| (m.as_str(), p.as_str()))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("POST", "/ping-token/start"),
+            ("POST", "/ping-token"),
+            ("POST", "/ping-token/start"),
+            ("POST", "/ping-token/fail"),
+        ]
+    );
+    assert!(
+        seen[3].2.contains("/nonexistent/dir"),
+        "the failure ping carries the error: {:?}",
+        seen[3]
+    );
+    // An unreachable ping URL is a warning, never a failed backup.
+    let out = freezer(&[
+        "freeze",
+        "s",
+        "--repo",
+        &repo.url,
+        "--path",
+        dir.path().to_str().unwrap(),
+        "--ping",
+        "http://127.0.0.1:1/x",
+    ]);
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("ping http://127.0.0.1:1/… failed"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn the_metrics_textfile_tracks_each_site_and_keeps_the_last_success() {
+    let repo = TestRepo::local().init();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    let metrics = dir.path().join("freezer.prom");
+    let m = metrics.to_str().unwrap();
+    let path = dir.path().to_str().unwrap();
+    let sample = |name: &str, site: &str| -> Option<f64> {
+        let text = std::fs::read_to_string(&metrics).unwrap();
+        let key = format!("{name}{{command=\"freeze\",site=\"{site}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .map(|v| v.parse().unwrap())
+    };
+    assert_ok(&freezer(&[
+        "freeze",
+        "a",
+        "--repo",
+        &repo.url,
+        "--path",
+        path,
+        "--metrics-file",
+        m,
+    ]));
+    assert_ok(&freezer(&[
+        "freeze",
+        "b",
+        "--repo",
+        &repo.url,
+        "--path",
+        path,
+        "--metrics-file",
+        m,
+    ]));
+    let success_a = sample("freezer_last_success_timestamp_seconds", "a").unwrap();
+    assert_eq!(sample("freezer_last_exit_code", "a"), Some(0.0));
+    assert!(sample("freezer_last_bytes_uploaded", "a").unwrap() > 0.0);
+    assert!(sample("freezer_last_success_timestamp_seconds", "b").is_some());
+    // A failed run records its exit code and keeps the time of the last success.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let out = freezer(&[
+        "freeze",
+        "a",
+        "--repo",
+        &repo.url,
+        "--path",
+        "/nonexistent",
+        "--metrics-file",
+        m,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(sample("freezer_last_exit_code", "a"), Some(1.0));
+    assert_eq!(
+        sample("freezer_last_success_timestamp_seconds", "a"),
+        Some(success_a)
+    );
+    assert!(sample("freezer_last_run_timestamp_seconds", "a").unwrap() > success_a);
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        text.contains("# TYPE freezer_last_exit_code gauge"),
+        "{text}"
+    );
+}
