@@ -540,20 +540,27 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 print_json(&list);
             } else {
                 println!(
-                    "{:<16} {:<30} {:<20} {:<16} {:>8} {:>10}",
-                    "SITE", "SNAPSHOT", "CREATED", "HOST", "FILES", "SIZE"
+                    "{:<16} {:<30} {:<20} {:<16} {:<10} {:>8} {:>10} {:>12}",
+                    "SITE", "SNAPSHOT", "CREATED", "HOST", "MODE", "FILES", "SIZE", "DB ROWS"
                 );
                 for s in &list {
                     let files: u64 = s.trees.iter().map(|t| t.files).sum();
                     let size: u64 = s.trees.iter().map(|t| t.bytes).sum();
+                    let rows: u64 = s.databases.iter().map(|d| d.rows).sum();
                     println!(
-                        "{:<16} {:<30} {:<20} {:<16} {:>8} {:>10}",
+                        "{:<16} {:<30} {:<20} {:<16} {:<10} {:>8} {:>10} {:>12}",
                         s.site,
                         s.id,
                         s.created.get(..19).unwrap_or(&s.created),
                         s.host,
+                        s.mode,
                         files,
-                        bytes(size)
+                        bytes(size),
+                        if s.databases.is_empty() {
+                            "-".to_string()
+                        } else {
+                            rows.to_string()
+                        }
                     );
                 }
             }
