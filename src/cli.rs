@@ -37,7 +37,8 @@ pub struct Global {
     /// Config file (default: ./freezer.toml, then /etc/freezer/freezer.toml).
     #[arg(long, global = true, env = "FREEZER_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Print results as JSON on stdout (documented in SPEC.md, "JSON output").
+    /// JSON lines on stdout: progress events while a long command runs, then the
+    /// result as the last line (SPEC.md, "JSON output").
     #[arg(long, global = true)]
     pub json: bool,
     /// No progress line and no summary on stderr; errors are still printed.
@@ -250,10 +251,22 @@ pub fn report_error(e: &Error, json: bool) {
     }
 }
 
+/// The command's result: one JSON line, always the last line on stdout (progress events
+/// may come before it).
 fn print_json<T: Serialize>(v: &T) {
     let mut out = std::io::stdout().lock();
-    let _ = serde_json::to_writer_pretty(&mut out, v);
+    let _ = serde_json::to_writer(&mut out, v);
     let _ = writeln!(out);
+}
+
+fn progress_mode(g: &Global) -> progress::Mode {
+    if g.json {
+        progress::Mode::Json
+    } else if g.quiet {
+        progress::Mode::Off
+    } else {
+        progress::Mode::Human
+    }
 }
 
 /// `123`, `64K`, `2M`, `1G` (powers of 1024).
@@ -395,7 +408,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 return Ok(0);
             }
             let progress = Arc::new(Progress::default());
-            let guard = progress::start(progress.clone(), g.quiet || g.json);
+            let guard = progress::start(progress.clone(), progress_mode(g));
             let report = ops::freeze(&repo, &plan, &progress);
             drop(guard);
             let report = report?;
@@ -499,7 +512,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 return Ok(0);
             }
             let progress = Arc::new(Progress::default());
-            let guard = progress::start(progress.clone(), g.quiet || g.json);
+            let guard = progress::start(progress.clone(), progress_mode(g));
             let report = ops::thaw(&repo, &plan, &progress);
             drop(guard);
             let report = report?;
@@ -576,7 +589,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             };
             let repo = open_repo(&settings)?;
             let progress = Arc::new(Progress::default());
-            let guard = progress::start(progress.clone(), g.quiet || g.json);
+            let guard = progress::start(progress.clone(), progress_mode(g));
             let report = ops::verify(&repo, site, snap, &progress);
             drop(guard);
             let report = report?;
@@ -658,7 +671,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Prune { grace, dry_run } => {
             let repo = open_repo(&settings)?;
             let progress = Arc::new(Progress::default());
-            let guard = progress::start(progress.clone(), g.quiet || g.json);
+            let guard = progress::start(progress.clone(), progress_mode(g));
             let report = crate::prune::prune(&repo, *grace, *dry_run, &progress);
             drop(guard);
             let report = report?;

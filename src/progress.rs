@@ -36,11 +36,24 @@ pub struct ProgressGuard {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-pub fn start(progress: Arc<Progress>, quiet: bool) -> ProgressGuard {
-    let tty = std::io::stderr().is_terminal() && !quiet;
-    let thread = tty.then(|| {
-        let p = progress.clone();
-        std::thread::spawn(move || {
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A redrawn line on stderr when it is a terminal, else nothing.
+    Human,
+    /// `--json`: a JSON line on stdout every [`JSON_EVERY`] (SPEC.md §9).
+    Json,
+    /// `-q`: nothing.
+    Off,
+}
+
+pub const JSON_EVERY: Duration = Duration::from_secs(2);
+
+pub fn start(progress: Arc<Progress>, mode: Mode) -> ProgressGuard {
+    let tty = mode == Mode::Human && std::io::stderr().is_terminal();
+    let p = progress.clone();
+    let thread = if tty {
+        Some(std::thread::spawn(move || {
             let start = Instant::now();
             while !p.stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(200));
@@ -49,9 +62,39 @@ pub fn start(progress: Arc<Progress>, quiet: bool) -> ProgressGuard {
                 let _ = std::io::stderr().flush();
                 p.drawn.store(true, Ordering::Relaxed);
             }
-        })
-    });
+        }))
+    } else if mode == Mode::Json {
+        // One event at once (so every run shows the shape), then one every JSON_EVERY.
+        let start = Instant::now();
+        json_event(&p, Duration::ZERO);
+        Some(std::thread::spawn(move || {
+            let mut next = JSON_EVERY;
+            while !p.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                let elapsed = start.elapsed();
+                if elapsed >= next {
+                    next += JSON_EVERY;
+                    json_event(&p, elapsed);
+                }
+            }
+        }))
+    } else {
+        None
+    };
     ProgressGuard { progress, thread }
+}
+
+fn json_event(p: &Progress, elapsed: Duration) {
+    let event = serde_json::json!({
+        "event": "progress",
+        "label": p.label.lock().unwrap().clone(),
+        "done_bytes": p.done.load(Ordering::Relaxed),
+        "total_bytes": p.total.load(Ordering::Relaxed),
+        "seconds": elapsed.as_secs_f64(),
+    });
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{event}");
+    let _ = out.flush();
 }
 
 impl Drop for ProgressGuard {

@@ -118,8 +118,27 @@ pub fn stderr(out: &Output) -> String {
 
 pub fn json(out: &Output) -> serde_json::Value {
     assert_ok(out);
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    result_line(&out.stdout)
+}
+
+/// The result of a `--json` run: stdout is JSON lines, progress events first, the
+/// result last (SPEC.md §9). Checks that every line is JSON and every earlier one an event.
+pub fn result_line(stdout: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(stdout);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line ({e}): {l}")))
+        .collect();
+    let (last, events) = lines
+        .split_last()
+        .unwrap_or_else(|| panic!("no JSON on stdout"));
+    for e in events {
+        assert_eq!(
+            e["event"], "progress",
+            "a line before the result is not an event: {e}"
+        );
+    }
+    last.clone()
 }
 
 /// Freezes `paths` as `site` and returns the JSON report.

@@ -69,7 +69,7 @@ fn a_flipped_byte_in_any_blob_is_caught_by_verify_and_thaw() {
                 "verify names {key}: {}",
                 stderr(&out)
             );
-            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let report = result_line(&out.stdout);
             assert_eq!(report["ok"], false);
             assert!(report["problems"]
                 .as_array()

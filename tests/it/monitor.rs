@@ -177,3 +177,36 @@ fn the_metrics_textfile_tracks_each_site_and_keeps_the_last_success() {
         "{text}"
     );
 }
+
+#[test]
+fn json_output_is_progress_events_then_the_result() {
+    let repo = TestRepo::local().init();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    let out = freezer(&[
+        "freeze",
+        "s",
+        "--repo",
+        &repo.url,
+        "--path",
+        dir.path().to_str().unwrap(),
+        "--json",
+    ]);
+    assert_ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 2, "{text}");
+    assert_eq!(lines[0]["event"], "progress", "{text}");
+    assert!(lines[0]["done_bytes"].is_u64(), "{text}");
+    let result = lines.last().unwrap();
+    assert_eq!(result["site"], "s", "{text}");
+    assert!(result["snapshot"].is_string(), "{text}");
+    // Errors are JSON too, as the last line, with the exit code.
+    let out = freezer(&["thaw", "nope", "--repo", &repo.url, "--json"]);
+    assert_eq!(out.status.code(), Some(6));
+    let err = result_line(&out.stdout);
+    assert_eq!(err["error"]["exit_code"], 6);
+}
