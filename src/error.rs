@@ -23,6 +23,9 @@ pub enum ErrorKind {
     Conflict,
     /// Another run holds the lock this one needs (a freeze of the same site, a prune).
     Locked,
+    /// Part of the work is done and part is not (a thaw that restored some destinations
+    /// and then failed); the message says which.
+    Partial,
     /// Anything else: local I/O failure, disk full, internal error.
     Other,
 }
@@ -38,6 +41,7 @@ impl ErrorKind {
             ErrorKind::Locked => 5,
             ErrorKind::NotFound => 6,
             ErrorKind::Conflict => 7,
+            ErrorKind::Partial => 8,
         }
     }
 }

@@ -788,8 +788,17 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
                 .iter()
                 .map(|t| t.dest.display().to_string())
                 .collect();
-            e.hint = Some(if installed.is_empty() {
+            if !installed.is_empty() || !plan.databases.is_empty() {
+                // Some of the snapshot is in place (trees before this one, databases).
+                e.kind = ErrorKind::Partial;
+            }
+            e.hint = Some(if installed.is_empty() && plan.databases.is_empty() {
                 "nothing was changed at the destinations".to_string()
+            } else if installed.is_empty() {
+                format!(
+                    "partially restored: the databases are loaded; {} are not restored; run the thaw again with --replace",
+                    rest.join(", ")
+                )
             } else {
                 format!(
                     "partially restored: {} are restored, {} are not; run the thaw again with --replace",
