@@ -121,6 +121,9 @@ pub enum Command {
     },
     /// List snapshots.
     Snapshots { site: Option<String> },
+    /// List the sites on this host's Docker engine (DOCKER_HOST): containers grouped by
+    /// the dev.freezer.site label, else by docker compose project.
+    Sites,
     /// Remove a site's snapshot records that a retention policy does not keep. The data
     /// stays until `prune`.
     Forget {
@@ -213,6 +216,7 @@ fn describe(c: &Command) -> (&'static str, String) {
         Command::Freeze { site, .. } => ("freeze", site.clone()),
         Command::Thaw { target, .. } => ("thaw", site_of(target)),
         Command::Snapshots { site } => ("snapshots", site.clone().unwrap_or_default()),
+        Command::Sites => ("sites", String::new()),
         Command::Forget { site, .. } => ("forget", site.clone()),
         Command::Verify { target } => {
             ("verify", target.as_deref().map(site_of).unwrap_or_default())
@@ -575,6 +579,23 @@ fn dispatch(cli: Cli) -> Result<i32> {
                             rows.to_string()
                         }
                     );
+                }
+            }
+            Ok(0)
+        }
+        Command::Sites => {
+            let sites = crate::docker::list_sites()?;
+            if g.json {
+                print_json(&sites);
+            } else {
+                println!("{:<24} {:<8} CONTAINERS", "SITE", "SOURCE");
+                for s in &sites {
+                    let list: Vec<String> = s
+                        .containers
+                        .iter()
+                        .map(|c| format!("{} ({})", c.name, c.state))
+                        .collect();
+                    println!("{:<24} {:<8} {}", s.name, s.source, list.join(", "));
                 }
             }
             Ok(0)

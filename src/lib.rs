@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod db;
+pub mod docker;
 pub mod error;
 pub mod format;
 pub mod interrupt;

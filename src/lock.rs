@@ -38,6 +38,10 @@ pub struct LockInfo {
     pub started: String,
     #[serde(default)]
     pub released: bool,
+    /// When the lock was first written, by the store's clock (ns since the epoch); set
+    /// by heartbeats, so rewriting a lock never makes it look younger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ns: Option<u128>,
 }
 
 impl LockInfo {
@@ -86,6 +90,7 @@ pub fn acquire_waiting(
     let started = std::time::Instant::now();
     // One lock object per run, however often it retries.
     let key = lock_key(kind, site);
+    let mut ties = 0;
     loop {
         match try_acquire(repo, kind, site, &key) {
             Ok(lock) => return Ok(lock),
@@ -97,6 +102,12 @@ pub fn acquire_waiting(
                 let jitter = rand::Rng::gen_range(&mut rand::thread_rng(), 500..1500);
                 std::thread::sleep(Duration::from_millis(jitter));
             }
+            // A tie: both runs backed off; try again after a random pause.
+            Err(c) if c.1.is_none() && c.0.kind == ErrorKind::Locked && ties < 20 => {
+                ties += 1;
+                let pause = rand::Rng::gen_range(&mut rand::thread_rng(), 200..2000);
+                std::thread::sleep(Duration::from_millis(pause));
+            }
             Err(c) => return Err(c.0),
         }
     }
@@ -104,7 +115,13 @@ pub fn acquire_waiting(
 
 /// Takes a lock, failing at once on any conflict.
 pub fn acquire(repo: &Repository, kind: &str, site: Option<&str>) -> Result<Lock> {
-    try_acquire(repo, kind, site, &lock_key(kind, site)).map_err(|c| c.0)
+    acquire_waiting(
+        repo,
+        kind,
+        site,
+        Duration::ZERO,
+        &crate::progress::Progress::default(),
+    )
 }
 
 fn lock_key(kind: &str, site: Option<&str>) -> String {
@@ -136,6 +153,7 @@ fn try_acquire(
         pid: std::process::id(),
         started: crate::format::rfc3339(SystemTime::now()),
         released: false,
+        since_ns: None,
     };
     store
         .put(&key, &crate::format::to_json(&info))
@@ -167,7 +185,26 @@ fn try_acquire(
         };
         // A lock of this host whose process is gone belongs to a run that was killed.
         let dead = other.host == lock.info.host && !crate::sys::process_alive(other.pid);
-        if !other.released && !dead && lock.info.conflicts(&other) {
+        if other.released || dead || !lock.info.conflicts(&other) {
+            continue;
+        }
+        // The older lock wins; the younger run backs off. Lock times come from the
+        // store, whose clock may tick only once a second (S3): two locks of the same
+        // tick both back off, and their runs try again after a random pause.
+        let theirs = other.since_ns.or_else(|| o.modified.map(ns)).unwrap_or(0);
+        let mine = ns(written);
+        if theirs > mine {
+            continue;
+        }
+        if theirs == mine {
+            drop(lock);
+            let e = Error::new(
+                ErrorKind::Locked,
+                "another run took a lock at the same instant",
+            );
+            return Err(Box::new((e, None)));
+        }
+        {
             let what = other.describe();
             drop(lock);
             let e = Error::new(
@@ -181,6 +218,7 @@ fn try_acquire(
             return Err(Box::new((e, Some(other))));
         }
     }
+    lock.info.since_ns = Some(ns(written));
     let (store, key, info, stop) = (
         lock.store.clone(),
         lock.key.clone(),
@@ -205,6 +243,12 @@ fn try_acquire(
         release_bytes(&lock.info),
     );
     Ok(lock)
+}
+
+fn ns(t: SystemTime) -> u128 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
 }
 
 fn release_bytes(info: &LockInfo) -> Vec<u8> {

@@ -3,6 +3,7 @@
 
 mod common;
 mod database;
+mod docker;
 mod formats;
 mod hostile;
 mod integrity;

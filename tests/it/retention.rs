@@ -412,25 +412,31 @@ fn concurrent_freezes_of_two_sites_both_land_and_one_site_runs_once() {
         p1.wait_with_output().unwrap(),
         p2.wait_with_output().unwrap(),
     );
+    // Never both refused, never both at once: one freezes and the other is told the site
+    // is busy, or (when the two took their locks in the same tick of the store's clock and
+    // both backed off) the one that retried later ran after the first had finished.
     let mut codes = [o1.status.code(), o2.status.code()];
     codes.sort();
-    assert_eq!(
-        codes,
-        [Some(0), Some(5)],
-        "{}\n{}",
+    assert!(
+        codes == [Some(0), Some(0)] || codes == [Some(0), Some(5)],
+        "{codes:?}\n{}\n{}",
         stderr(&o1),
         stderr(&o2)
     );
-    let busy = if o1.status.code() == Some(5) {
-        &o1
+    if codes[1] == Some(5) {
+        let busy = if o1.status.code() == Some(5) {
+            &o1
+        } else {
+            &o2
+        };
+        assert!(
+            stderr(busy).contains("freeze of site site-a"),
+            "{}",
+            stderr(busy)
+        );
+        assert_eq!(snapshot_count(&repo, "site-a"), 2);
     } else {
-        &o2
-    };
-    assert!(
-        stderr(busy).contains("freeze of site site-a"),
-        "{}",
-        stderr(busy)
-    );
-    assert_eq!(snapshot_count(&repo, "site-a"), 2);
+        assert_eq!(snapshot_count(&repo, "site-a"), 3);
+    }
     assert_ok(&freezer(&["verify", "--repo", &repo.url]));
 }
