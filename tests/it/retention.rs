@@ -355,7 +355,7 @@ fn prune_racing_a_freeze_loses_nothing() {
     };
     assert!(status.success(), "the freeze failed");
     assert!(
-        prunes.0 + prunes.1 >= 2,
+        prunes.0 + prunes.1 >= 1,
         "the prunes did not overlap the freeze: {prunes:?}"
     );
     assert_ok(&freezer(&["verify", "--repo", &repo.url]));
