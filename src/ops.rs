@@ -947,24 +947,12 @@ pub fn verify(
                 .read_blob(&m.digest)
                 .and_then(|d| from_json::<ImageManifest>(&d, &m.digest.key()))
             {
-                Ok(manifest) if m.annotations.contains_key(A_DB_NAME) => {
-                    blobs.push(manifest.config.clone());
-                    blobs.extend(manifest.layers.iter().cloned());
-                }
                 Ok(manifest) => {
-                    blobs.push(manifest.config.clone());
-                    match tree_index_digest(&manifest) {
-                        Ok(d) => {
-                            let size = manifest
-                                .annotations
-                                .get(A_TREE_INDEX_SIZE)
-                                .and_then(|s| s.parse().ok())
-                                .unwrap_or(0);
-                            blobs.push(Descriptor::new(MT_TREE_INDEX, d, size));
-                        }
-                        Err(e) => report.problems.push(problem(m.digest.key(), e.to_string())),
+                    let (more, err) = image_blobs(&manifest);
+                    blobs.extend(more);
+                    if let Some(e) = err {
+                        report.problems.push(problem(m.digest.key(), e.to_string()));
                     }
-                    blobs.extend(manifest.layers.iter().cloned());
                 }
                 Err(e) => report.problems.push(problem(m.digest.key(), e.to_string())),
             }
@@ -986,6 +974,29 @@ pub fn verify(
     }
     report.ok = report.problems.is_empty();
     Ok(report)
+}
+
+/// Every blob an image manifest references besides itself: its config, the tree index
+/// of a tree image, and its layers. A tree image whose index cannot be named yields the
+/// error alongside the blobs that can be named.
+pub fn image_blobs(manifest: &ImageManifest) -> (Vec<Descriptor>, Option<Error>) {
+    let mut blobs = vec![manifest.config.clone()];
+    let mut err = None;
+    if manifest.config.media_type != crate::db::MT_DB_CONFIG {
+        match tree_index_digest(manifest) {
+            Ok(d) => {
+                let size = manifest
+                    .annotations
+                    .get(A_TREE_INDEX_SIZE)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                blobs.push(Descriptor::new(MT_TREE_INDEX, d, size));
+            }
+            Err(e) => err = Some(e),
+        }
+    }
+    blobs.extend(manifest.layers.iter().cloned());
+    (blobs, err)
 }
 
 fn check_blob(repo: &Repository, d: &Descriptor, progress: &Progress) -> Result<u64> {
@@ -1082,12 +1093,12 @@ pub fn export(
     for m in &snapshot.record.manifests {
         let manifest: ImageManifest = from_json(&repo.read_blob(&m.digest)?, &m.digest.key())?;
         copy(&m.digest)?;
-        copy(&manifest.config.digest)?;
-        if !m.annotations.contains_key(A_DB_NAME) {
-            copy(&tree_index_digest(&manifest)?)?;
+        let (blobs, err) = image_blobs(&manifest);
+        if let Some(e) = err {
+            return Err(e);
         }
-        for l in &manifest.layers {
-            copy(&l.digest)?;
+        for b in &blobs {
+            copy(&b.digest)?;
         }
         let mut d = m.clone();
         d.annotations.insert(A_SITE.into(), site.into());

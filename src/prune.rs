@@ -198,14 +198,11 @@ fn referenced_blobs(repo: &Repository, report: &mut PruneReport) -> Result<HashS
                 .read_blob(&m.digest)
                 .and_then(|d| from_json(&d, &m.digest.key()))
                 .map_err(unreadable)?;
-            out.insert(manifest.config.digest.hex().to_string());
-            for l in &manifest.layers {
-                out.insert(l.digest.hex().to_string());
+            let (blobs, err) = crate::ops::image_blobs(&manifest);
+            if let Some(e) = err {
+                return Err(unreadable(e));
             }
-            if manifest.annotations.contains_key(A_TREE_INDEX) {
-                let d = crate::tree::freeze::tree_index_digest(&manifest).map_err(unreadable)?;
-                out.insert(d.hex().to_string());
-            }
+            out.extend(blobs.iter().map(|b| b.digest.hex().to_string()));
         }
     }
     Ok(out)
