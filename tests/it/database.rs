@@ -271,6 +271,14 @@ fn assert_same_db(source: &str, copy: &str) {
     }
 }
 
+/// `freezer thaw SITE --db URL-of-db` plus `extra` flags.
+fn thaw_db(repo: &TestRepo, site: &str, db: &str, extra: &[&str]) -> std::process::Output {
+    let url = db_url(db);
+    let mut args = vec!["thaw", site, "--repo", &repo.url, "--db", &url];
+    args.extend(extra);
+    freezer(&args)
+}
+
 fn freeze_db(repo: &TestRepo, site: &str, db: &str) -> serde_json::Value {
     // Small chunks, so the fixture's tables span many of them.
     json(&freezer(&[
@@ -300,32 +308,16 @@ fn fixture_round_trips_exactly_through_local_and_garage() {
             "large tables are chunked: {report}"
         );
         let copy = unique("fxcopy").replace('-', "_");
-        let out = freezer(&[
-            "thaw",
-            "shop",
-            "--repo",
-            &repo.url,
-            "--db",
-            &db_url(&copy),
-            "--json",
-        ]);
+        let out = thaw_db(&repo, "shop", &copy, &["--json"]);
         let r = json(&out);
         assert_eq!(r["databases"][0]["rows"], d["rows"]);
         assert_same_db(&src, &copy);
 
         // A second thaw into the now non-empty database is refused, and --replace works.
-        let again = freezer(&["thaw", "shop", "--repo", &repo.url, "--db", &db_url(&copy)]);
+        let again = thaw_db(&repo, "shop", &copy, &[]);
         assert_eq!(again.status.code(), Some(7), "{}", stderr(&again));
         sql(Some(&copy), "DELETE FROM pairs WHERE a < 100;");
-        assert_ok(&freezer(&[
-            "thaw",
-            "shop",
-            "--repo",
-            &repo.url,
-            "--db",
-            &db_url(&copy),
-            "--replace",
-        ]));
+        assert_ok(&thaw_db(&repo, "shop", &copy, &["--replace"]));
         assert_same_db(&src, &copy);
         drop_db(&copy);
     }
@@ -361,14 +353,7 @@ fn unchanged_chunks_are_not_uploaded_again() {
         "three changed rows uploaded {moved} of {total} bytes: {changed}"
     );
     let copy = unique("inccopy").replace('-', "_");
-    assert_ok(&freezer(&[
-        "thaw",
-        "inc",
-        "--repo",
-        &repo.url,
-        "--db",
-        &db_url(&copy),
-    ]));
+    assert_ok(&thaw_db(&repo, "inc", &copy, &[]));
     assert_same_db(&src, &copy);
     drop_db(&copy);
     drop_db(&src);
@@ -421,14 +406,7 @@ DELIMITER ;
     for _ in 0..3 {
         freeze_db(&repo, "bank", &db);
         let copy = unique("bankcopy").replace('-', "_");
-        assert_ok(&freezer(&[
-            "thaw",
-            "bank",
-            "--repo",
-            &repo.url,
-            "--db",
-            &db_url(&copy),
-        ]));
+        assert_ok(&thaw_db(&repo, "bank", &copy, &[]));
         let out = sql(
             Some(&copy),
             "SELECT SUM(bal), (SELECT COUNT(*) FROM ledger), SUM(bal <> 1000) FROM acct;",
@@ -469,7 +447,7 @@ fn a_damaged_chunk_is_refused_before_the_target_is_touched() {
     std::fs::write(&largest, data).unwrap();
 
     let copy = unique("dmgcopy").replace('-', "_");
-    let out = freezer(&["thaw", "dmg", "--repo", &repo.url, "--db", &db_url(&copy)]);
+    let out = thaw_db(&repo, "dmg", &copy, &[]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(
         stderr(&out).contains(largest.file_name().unwrap().to_str().unwrap()),
@@ -596,7 +574,7 @@ fn rows_longer_than_max_allowed_packet_round_trip() {
     freeze_db(&repo, "big", &db);
     let copy = unique("bigcopy").replace('-', "_");
     // The target cannot hold the value: said before anything is loaded.
-    let out = freezer(&["thaw", "big", "--repo", &repo.url, "--db", &db_url(&copy)]);
+    let out = thaw_db(&repo, "big", &copy, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("max_allowed_packet"),
@@ -610,7 +588,7 @@ fn rows_longer_than_max_allowed_packet_round_trip() {
     assert_eq!(exists.trim(), "0");
     // Raised, the row loads in statements of about 1 MiB each, exactly.
     sql(None, "SET GLOBAL max_allowed_packet = 67108864;");
-    let out = freezer(&["thaw", "big", "--repo", &repo.url, "--db", &db_url(&copy)]);
+    let out = thaw_db(&repo, "big", &copy, &[]);
     sql(None, "SET GLOBAL max_allowed_packet = 16777216;");
     assert_ok(&out);
     assert_same_db(&db, &copy);
@@ -645,14 +623,7 @@ fn ddl_during_a_dump_is_detected_and_never_recorded() {
     let warnings = report["warnings"].to_string();
     assert!(warnings.contains("changed during the dump"), "{report}");
     let copy = unique("ddlcopy").replace('-', "_");
-    assert_ok(&freezer(&[
-        "thaw",
-        "ddl",
-        "--repo",
-        &repo.url,
-        "--db",
-        &db_url(&copy),
-    ]));
+    assert_ok(&thaw_db(&repo, "ddl", &copy, &[]));
     assert_same_db(&db, &copy);
     drop_db(&copy);
 
@@ -719,14 +690,7 @@ fn accounts_and_their_grants_come_along_on_request() {
 
     // Without --with-users no account is created.
     let copy = unique("acctcopy").replace('-', "_");
-    assert_ok(&freezer(&[
-        "thaw",
-        "acct",
-        "--repo",
-        &repo.url,
-        "--db",
-        &db_url(&copy),
-    ]));
+    assert_ok(&thaw_db(&repo, "acct", &copy, &[]));
     let n = sql(
         None,
         &format!("SELECT COUNT(*) FROM mysql.user WHERE User = '{user}';"),
@@ -735,16 +699,7 @@ fn accounts_and_their_grants_come_along_on_request() {
     drop_db(&copy);
 
     // With it: the account (same password) and its grants, on the target database only.
-    let r = json(&freezer(&[
-        "thaw",
-        "acct",
-        "--repo",
-        &repo.url,
-        "--db",
-        &db_url(&copy),
-        "--with-users",
-        "--json",
-    ]));
+    let r = json(&thaw_db(&repo, "acct", &copy, &["--with-users", "--json"]));
     assert_eq!(r["databases"][0]["accounts"][0], format!("'{user}'@'%'"));
     let grants = sql(None, &format!("SHOW GRANTS FOR '{user}'@'%';"));
     assert!(
@@ -792,19 +747,11 @@ fn a_thaw_killed_halfway_is_completed_by_running_it_again() {
     );
     assert!(!out.status.success(), "the fault hook did not fire");
     // Partly loaded: a plain re-run refuses to load over it and says what to do...
-    let again = freezer(&["thaw", "half", "--repo", &repo.url, "--db", &db_url(&copy)]);
+    let again = thaw_db(&repo, "half", &copy, &[]);
     assert_eq!(again.status.code(), Some(7), "{}", stderr(&again));
     assert!(stderr(&again).contains("--replace"), "{}", stderr(&again));
     // ...and --replace completes it, verified.
-    assert_ok(&freezer(&[
-        "thaw",
-        "half",
-        "--repo",
-        &repo.url,
-        "--db",
-        &db_url(&copy),
-        "--replace",
-    ]));
+    assert_ok(&thaw_db(&repo, "half", &copy, &["--replace"]));
     assert_same_db(&src, &copy);
     drop_db(&copy);
     drop_db(&src);
@@ -836,7 +783,7 @@ fn a_site_with_two_databases_maps_each_to_its_target() {
         unique("twocb").replace('-', "_"),
     );
     // One bare --db is ambiguous with two databases.
-    let out = freezer(&["thaw", "two", "--repo", &repo.url, "--db", &db_url(&ca)]);
+    let out = thaw_db(&repo, "two", &ca, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("SOURCE=URL"), "{}", stderr(&out));
     let (fa, fb) = (
