@@ -68,10 +68,20 @@ pub enum Command {
         /// FREEZER_DB_PASSWORD); repeatable. Default: the config file's.
         #[arg(long = "db", value_name = "URL")]
         dbs: Vec<String>,
-        /// files (trees only) or dehydrated (SQL dumps and trees). Default: dehydrated
-        /// when the site has a database.
-        #[arg(long, value_parser = ["files", "dehydrated"])]
+        /// files (trees only), dehydrated (SQL dumps and trees) or hydrated (a Docker
+        /// site's containers with their volumes and bind mounts). Default: dehydrated when
+        /// the site has a database, hydrated when it has neither paths nor databases
+        /// configured but runs on the Docker engine.
+        #[arg(long, value_parser = ["files", "dehydrated", "hydrated"])]
         mode: Option<String>,
+        /// Hydrated: stop the running containers for the copy (a clean shutdown, e.g. for
+        /// databases) instead of pausing them. They are started again afterwards.
+        #[arg(long)]
+        stop: bool,
+        /// Hydrated: also store each container's image, so a host without it (or without
+        /// registry access) can thaw the site.
+        #[arg(long)]
+        with_images: bool,
         /// Database connections used in parallel (default: the number of CPUs).
         #[arg(long, env = "FREEZER_JOBS")]
         jobs: Option<usize>,
@@ -115,6 +125,14 @@ pub enum Command {
         /// Database connections used in parallel (default: the number of CPUs).
         #[arg(long, env = "FREEZER_JOBS")]
         jobs: Option<usize>,
+        /// Docker sites: thaw under another site name (containers, volumes, networks and
+        /// labels renamed), so a copy runs beside the original.
+        #[arg(long = "as", value_name = "NAME")]
+        rename: Option<String>,
+        /// Docker sites: publish a container port on host port NEW where it was OLD;
+        /// repeatable.
+        #[arg(long, value_name = "OLD=NEW", value_parser = parse_port_map)]
+        publish: Vec<(String, String)>,
         /// Verify the snapshot's metadata, print the plan and exit without writing.
         #[arg(long)]
         dry_run: bool,
@@ -310,6 +328,17 @@ fn default_jobs() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
+fn parse_port_map(s: &str) -> std::result::Result<(String, String), String> {
+    let (a, b) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected OLD=NEW, e.g. 8080=8081"))?;
+    for p in [a, b] {
+        p.parse::<u16>()
+            .map_err(|_| format!("{p:?} is not a port number"))?;
+    }
+    Ok((a.to_string(), b.to_string()))
+}
+
 fn split_target(t: &str) -> (&str, Option<&str>) {
     match t.split_once(':') {
         Some((s, snap)) if !snap.is_empty() => (s, Some(snap)),
@@ -360,13 +389,39 @@ fn dispatch(cli: Cli) -> Result<i32> {
             paths,
             dbs,
             mode,
+            stop,
+            with_images,
             jobs,
             chunk_size,
             with_users,
             lock_wait,
             dry_run,
         } => {
-            let (trees, mut databases) = settings.sources(site, paths, dbs)?;
+            let (mut trees, mut databases) = settings.sources(site, paths, dbs)?;
+            let hydrated = match mode.as_deref() {
+                Some("hydrated") => true,
+                None => trees.is_empty() && databases.is_empty(),
+                _ => false,
+            };
+            if (*stop || *with_images) && !hydrated {
+                return Err(Error::usage(
+                    "--stop and --with-images apply to hydrated freezes of Docker sites (--mode hydrated)",
+                ));
+            }
+            let mut docker = None;
+            if hydrated {
+                let engine = crate::docker::Engine::connect()?;
+                let captured = crate::docker::capture::capture(&engine, site)?;
+                trees = captured.trees.clone();
+                databases.clear();
+                docker = Some(ops::DockerFreeze {
+                    engine_host: engine.host.clone(),
+                    engine,
+                    site: captured,
+                    stop: *stop,
+                    with_images: *with_images,
+                });
+            }
             match mode.as_deref() {
                 Some("files") => databases.clear(),
                 Some("dehydrated") if databases.is_empty() => {
@@ -388,6 +443,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
             plan.db_with_users = *with_users || settings.database_users(site);
             plan.lock_wait = *lock_wait;
+            plan.docker = docker;
             if *dry_run {
                 if g.json {
                     print_json(&plan);
@@ -398,6 +454,18 @@ fn dispatch(cli: Cli) -> Result<i32> {
                             println!("  previous snapshot {p}: unchanged files are not read again")
                         }
                         None => println!("  no previous snapshot: every file is read"),
+                    }
+                    if let Some(d) = &plan.docker {
+                        println!(
+                            "  Docker site on {}: {} containers, {} while the volumes are copied{}",
+                            d.engine_host,
+                            d.site.containers.len(),
+                            if d.stop { "stopped" } else { "paused" },
+                            if d.with_images { "; images stored" } else { "" }
+                        );
+                        for c in &d.site.containers {
+                            println!("  container {:<16} {} ({})", c.name, c.image, c.state);
+                        }
                     }
                     for t in &plan.trees {
                         println!("  tree {:<16} {}", t.name, t.path.display());
@@ -428,6 +496,19 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     "froze {} as snapshot {} in {:.1}s",
                     report.site, report.snapshot, report.seconds
                 ));
+                if let Some(w) = &report.window {
+                    say(format!(
+                        "  {} containers ({}), {} for {} ms while the volumes were copied",
+                        report.containers.len(),
+                        report.containers.join(", "),
+                        if w.mode == "stop" {
+                            "stopped"
+                        } else {
+                            "paused"
+                        },
+                        w.ms
+                    ));
+                }
                 for t in &report.trees {
                     let s = &t.stats;
                     say(format!(
@@ -473,10 +554,30 @@ fn dispatch(cli: Cli) -> Result<i32> {
             no_db,
             with_users,
             jobs,
+            rename,
+            publish,
             dry_run,
         } => {
             let (site, snap) = split_target(target);
             let repo = open_repo(&settings)?;
+            let snapshot = repo.find_snapshot(site, snap)?;
+            if snapshot.annotation(crate::format::A_MODE) == "hydrated" {
+                let opts = crate::docker::recreate::SiteOptions {
+                    rename: rename.clone(),
+                    publish: publish.clone(),
+                    replace: *replace,
+                    bind_root: into.clone(),
+                };
+                return thaw_docker_site(g, &repo, snapshot, &opts, *dry_run);
+            }
+            if rename.is_some() || !publish.is_empty() {
+                return Err(Error::usage(format!(
+                    "--as and --publish apply to Docker sites; snapshot {site}:{} is a {} snapshot",
+                    snapshot.id,
+                    snapshot.annotation(crate::format::A_MODE)
+                )));
+            }
+            let snap = Some(snapshot.id.as_str());
             let db = ops::DbThawFlags {
                 targets: dbs.clone(),
                 skip: *no_db,
@@ -741,4 +842,124 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// `thaw` of a hydrated snapshot: the site is recreated on the Docker engine.
+fn thaw_docker_site(
+    g: &Global,
+    repo: &Repository,
+    snapshot: crate::repo::Snapshot,
+    opts: &crate::docker::recreate::SiteOptions,
+    dry_run: bool,
+) -> Result<i32> {
+    use crate::docker::recreate;
+    let say = |msg: String| {
+        if !g.quiet {
+            eprintln!("{msg}");
+        }
+    };
+    let engine = crate::docker::Engine::connect()?;
+    let plan = recreate::plan(repo, &engine, snapshot, opts)?;
+    if dry_run {
+        if g.json {
+            print_json(&plan);
+        } else {
+            println!(
+                "thaw {}:{} as site {} on the Docker engine at {}",
+                plan.site, plan.snapshot, plan.target, plan.engine
+            );
+            if !plan.replaces.is_empty() {
+                println!(
+                    "  freeze site {} (safety snapshot), then remove {}",
+                    plan.target,
+                    plan.replaces.join(", ")
+                );
+            }
+            for i in &plan.images {
+                println!("  image     {:<24} {}", i.image, i.action);
+            }
+            for n in &plan.networks {
+                println!("  network   {:<24} {}", n.name, n.action);
+            }
+            for v in &plan.volumes {
+                println!(
+                    "  volume    {:<24} {} from tree {}",
+                    v.name,
+                    v.action,
+                    v.tree.as_deref().unwrap_or("")
+                );
+            }
+            for b in &plan.binds {
+                println!(
+                    "  directory {:<24} {} from tree {}",
+                    b.path
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    b.action,
+                    b.tree.as_deref().unwrap_or("")
+                );
+            }
+            for c in &plan.containers {
+                println!(
+                    "  container {:<24} {} -> {}{}",
+                    c.name,
+                    c.image,
+                    c.state,
+                    if c.ports.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", ports {}", c.ports.join(" "))
+                    }
+                );
+            }
+        }
+        return Ok(0);
+    }
+    let progress = Arc::new(Progress::default());
+    let guard = progress::start(progress.clone(), progress_mode(g));
+    let target = plan.target.clone();
+    let report = recreate::execute(repo, &engine, plan, &progress, || {
+        let engine = crate::docker::Engine::connect()?;
+        let captured = crate::docker::capture::capture(&engine, &target)?;
+        let mut fp = ops::plan_freeze(repo, &target, captured.trees.clone(), vec![], 1)?;
+        fp.docker = Some(ops::DockerFreeze {
+            engine_host: engine.host.clone(),
+            engine,
+            site: captured,
+            stop: false,
+            with_images: false,
+        });
+        Ok(ops::freeze(repo, &fp, &progress)?.snapshot)
+    });
+    drop(guard);
+    let report = report?;
+    if g.json {
+        print_json(&report);
+    } else {
+        if let Some(s) = &report.safety_snapshot {
+            say(format!(
+                "froze the replaced site {} as {}:{s}",
+                report.target, report.target
+            ));
+        }
+        say(format!(
+            "thawed {}:{} as site {} in {:.1}s",
+            report.site, report.snapshot, report.target, report.seconds
+        ));
+        for i in &report.images_loaded {
+            say(format!("  loaded image {i} from the snapshot"));
+        }
+        for t in &report.trees {
+            say(format!(
+                "  {:<20} -> {}  ({} files, {})",
+                t.name,
+                t.dest.display(),
+                t.stats.files,
+                bytes(t.stats.bytes)
+            ));
+        }
+        say(format!("  containers: {}", report.containers.join(", ")));
+    }
+    Ok(0)
 }

@@ -19,6 +19,29 @@ static PARTIAL: Mutex<Vec<String>> = Mutex::new(Vec::new());
 type HeldLock = (std::sync::Arc<dyn crate::store::Store>, String, Vec<u8>);
 static LOCKS: Mutex<Vec<HeldLock>> = Mutex::new(Vec::new());
 
+/// Actions that put things back (resume a paused site), run first on interruption.
+type Cleanup = Box<dyn Fn() + Send>;
+static CLEANUPS: Mutex<Vec<(u64, Cleanup)>> = Mutex::new(Vec::new());
+static NEXT_CLEANUP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Registers an action to run if the run is interrupted; returns its handle.
+pub fn on_interrupt(f: Cleanup) -> u64 {
+    let id = NEXT_CLEANUP.fetch_add(1, Ordering::SeqCst);
+    CLEANUPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((id, f));
+    id
+}
+
+/// Forgets an action registered with [`on_interrupt`] (its work was done normally).
+pub fn remove_cleanup(id: u64) {
+    CLEANUPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(i, _)| *i != id);
+}
+
 /// Registers a held lock, released if the run is interrupted.
 pub fn track_lock(store: std::sync::Arc<dyn crate::store::Store>, key: String, released: Vec<u8>) {
     LOCKS
@@ -103,6 +126,10 @@ pub fn install(what: &'static str) {
             }
         });
         INTERRUPTED.store(true, Ordering::SeqCst);
+        // Most urgent first: a paused site is down until it is resumed.
+        for (_, f) in CLEANUPS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            f();
+        }
         let dirs: Vec<(PathBuf, bool)> = STAGING.lock().unwrap_or_else(|e| e.into_inner()).clone();
         // Newest first: staging directories before the parents created for them.
         for (d, whole) in dirs.iter().rev() {

@@ -14,6 +14,9 @@ use serde::Serialize;
 use crate::db::dump::{freeze_database, DbReport, DumpOptions};
 use crate::db::load::{load_database, LoadOptions, LoadReport};
 use crate::db::{DbManifest, DbUrl, A_DB_NAME, A_DB_ROWS, A_DB_TABLES};
+use crate::docker::capture::{
+    store_container, CapturedSite, KnownLayers, WindowReport, A_CONTAINER_NAME,
+};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
 use crate::progress::Progress;
@@ -53,6 +56,39 @@ pub struct FreezePlan {
     pub lock_wait: std::time::Duration,
     /// The snapshot whose indexes let unchanged files be skipped.
     pub parent: Option<String>,
+    /// The containers of a Docker site (hydrated freeze); its trees are their mounts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerFreeze>,
+}
+
+/// A Docker site to freeze hydrated.
+#[derive(Serialize)]
+pub struct DockerFreeze {
+    #[serde(skip)]
+    pub engine: crate::docker::Engine,
+    pub engine_host: String,
+    #[serde(rename = "containers", serialize_with = "container_names")]
+    pub site: CapturedSite,
+    /// Stop the containers for the copy instead of pausing them.
+    pub stop: bool,
+    /// Also store each container's image layers.
+    pub with_images: bool,
+}
+
+impl std::fmt::Debug for DockerFreeze {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerFreeze")
+            .field("engine", &self.engine_host)
+            .field("containers", &self.site.containers.len())
+            .finish()
+    }
+}
+
+fn container_names<S: serde::Serializer>(
+    site: &CapturedSite,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(site.containers.iter().map(|c| &c.name))
 }
 
 pub fn plan_freeze(
@@ -112,6 +148,7 @@ pub fn plan_freeze(
         db_with_users: false,
         lock_wait: std::time::Duration::from_secs(1800),
         parent,
+        docker: None,
     })
 }
 
@@ -121,6 +158,14 @@ pub struct FreezeReport {
     pub snapshot: String,
     pub parent: Option<String>,
     pub seconds: f64,
+    /// `files`, `dehydrated` or `hydrated`.
+    pub mode: &'static str,
+    /// The containers of a Docker site.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<String>,
+    /// How long the site was paused or stopped (Docker sites).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowReport>,
     pub trees: Vec<TreeReport>,
     pub databases: Vec<DbReport>,
     pub blobs_uploaded: u64,
@@ -150,12 +195,22 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
     // skip tonight's backup: freeze that tree in full and say so.
     let mut prev: HashMap<PathBuf, PrevTree> = HashMap::new();
     let mut prev_db: HashMap<String, DbManifest> = HashMap::new();
+    let mut parent_containers: Vec<ImageManifest> = Vec::new();
     if let Some(id) = &plan.parent {
         let snap = repo.read_snapshot(&SnapshotRef {
             site: plan.site.clone(),
             id: id.clone(),
         })?;
         for m in &snap.record.manifests {
+            if m.annotations.contains_key(A_CONTAINER_NAME) {
+                if let Ok(manifest) = repo
+                    .read_blob(&m.digest)
+                    .and_then(|b| from_json::<ImageManifest>(&b, &m.digest.key()))
+                {
+                    parent_containers.push(manifest);
+                }
+                continue;
+            }
             if let Some(db) = m.annotations.get(A_DB_NAME) {
                 if plan.databases.iter().any(|d| &d.database == db) {
                     match crate::db::load::read_manifest(repo, &m.digest) {
@@ -188,11 +243,122 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
         }
     }
 
+    // A Docker site: the containers' images first (outside the window), then the volumes
+    // while the site is held still.
     let mut manifests = Vec::new();
+    let mut window = None;
+    let trees = match &plan.docker {
+        None => freeze_trees(repo, plan, &prev, progress, &mut warnings, &mut manifests)?,
+        Some(d) => {
+            progress.set_label("storing container configurations".to_string());
+            let mut known = KnownLayers::new();
+            for m in &parent_containers {
+                if let Ok(k) = crate::docker::capture::known_layers(repo, m) {
+                    known.extend(k);
+                }
+            }
+            for spec in &d.site.containers {
+                manifests.push(
+                    store_container(repo, &d.engine, spec, d.with_images, &mut known)
+                        .map_err(|e| prefix(e, &format!("storing container {}", spec.name)))?,
+                );
+            }
+            let mut tree_manifests = Vec::new();
+            let (trees, w) = crate::docker::capture::hold(&d.engine, &d.site, d.stop, || {
+                freeze_trees(
+                    repo,
+                    plan,
+                    &prev,
+                    progress,
+                    &mut warnings,
+                    &mut tree_manifests,
+                )
+            })?;
+            manifests.extend(tree_manifests);
+            window = Some(w);
+            trees
+        }
+    };
+
+    let mut databases = Vec::new();
+    let db_opts = DumpOptions {
+        jobs: plan.db_jobs,
+        chunk_bytes: plan.db_chunk_bytes,
+        with_users: plan.db_with_users,
+        ..DumpOptions::default()
+    };
+    for url in &plan.databases {
+        let (desc, report) =
+            freeze_database(repo, url, prev_db.get(&url.database), &db_opts, progress)
+                .map_err(|e| prefix(e, &format!("dumping {url}")))?;
+        warnings.extend(report.warnings.iter().cloned());
+        manifests.push(desc);
+        databases.push(report);
+    }
+
+    let mut record = ImageIndex {
+        schema_version: 2,
+        media_type: MT_INDEX.into(),
+        manifests,
+        annotations: Annotations::new(),
+    };
+    let mut nonce = [0u8; 8];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut nonce);
+    let a = &mut record.annotations;
+    a.insert(A_FORMAT.into(), REPO_FORMAT_VERSION.to_string());
+    a.insert(A_SITE.into(), plan.site.clone());
+    let mode = if plan.docker.is_some() {
+        "hydrated"
+    } else if plan.databases.is_empty() {
+        "files"
+    } else {
+        "dehydrated"
+    };
+    a.insert(A_MODE.into(), mode.into());
+    a.insert(A_HOST.into(), hostname());
+    a.insert(A_CREATED.into(), rfc3339(created));
+    a.insert(A_NONCE.into(), hex::encode(nonce));
+    if let Some(p) = &plan.parent {
+        a.insert(A_PARENT.into(), p.clone());
+    }
+    // Last: the record makes the snapshot visible, and every blob it names exists by now.
+    let r = repo.write_record(&plan.site, &record, created)?;
+    let s = &repo.stats;
+    Ok(FreezeReport {
+        site: plan.site.clone(),
+        snapshot: r.id,
+        parent: plan.parent.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+        mode,
+        containers: plan
+            .docker
+            .as_ref()
+            .map(|d| d.site.containers.iter().map(|c| c.name.clone()).collect())
+            .unwrap_or_default(),
+        window,
+        trees,
+        databases,
+        blobs_uploaded: s.blobs_uploaded.load(Ordering::Relaxed),
+        bytes_uploaded: s.bytes_uploaded.load(Ordering::Relaxed),
+        blobs_reused: s.blobs_reused.load(Ordering::Relaxed),
+        bytes_reused: s.bytes_reused.load(Ordering::Relaxed),
+        warnings,
+    })
+}
+
+/// Freezes every tree of the plan; appends their image descriptors to `manifests`.
+fn freeze_trees(
+    repo: &Repository,
+    plan: &FreezePlan,
+    prev: &HashMap<PathBuf, PrevTree>,
+    progress: &Progress,
+    warnings: &mut Vec<String>,
+    manifests: &mut Vec<Descriptor>,
+) -> Result<Vec<TreeReport>> {
     let mut trees = Vec::new();
     for t in &plan.trees {
         progress.set_label(format!("freezing {}", t.name));
-        progress.add_total(dir_size_hint(&prev, &t.path));
+        progress.add_total(dir_size_hint(prev, &t.path));
         let mut ann = Annotations::new();
         ann.insert(A_TREE_NAME.into(), t.name.clone());
         ann.insert(A_TREE_PATH.into(), t.path.display().to_string());
@@ -229,62 +395,7 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
             stats,
         });
     }
-
-    let mut databases = Vec::new();
-    let db_opts = DumpOptions {
-        jobs: plan.db_jobs,
-        chunk_bytes: plan.db_chunk_bytes,
-        with_users: plan.db_with_users,
-        ..DumpOptions::default()
-    };
-    for url in &plan.databases {
-        let (desc, report) =
-            freeze_database(repo, url, prev_db.get(&url.database), &db_opts, progress)
-                .map_err(|e| prefix(e, &format!("dumping {url}")))?;
-        warnings.extend(report.warnings.iter().cloned());
-        manifests.push(desc);
-        databases.push(report);
-    }
-
-    let mut record = ImageIndex {
-        schema_version: 2,
-        media_type: MT_INDEX.into(),
-        manifests,
-        annotations: Annotations::new(),
-    };
-    let mut nonce = [0u8; 8];
-    rand::Rng::fill(&mut rand::thread_rng(), &mut nonce);
-    let a = &mut record.annotations;
-    a.insert(A_FORMAT.into(), REPO_FORMAT_VERSION.to_string());
-    a.insert(A_SITE.into(), plan.site.clone());
-    let mode = if plan.databases.is_empty() {
-        "files"
-    } else {
-        "dehydrated"
-    };
-    a.insert(A_MODE.into(), mode.into());
-    a.insert(A_HOST.into(), hostname());
-    a.insert(A_CREATED.into(), rfc3339(created));
-    a.insert(A_NONCE.into(), hex::encode(nonce));
-    if let Some(p) = &plan.parent {
-        a.insert(A_PARENT.into(), p.clone());
-    }
-    // Last: the record makes the snapshot visible, and every blob it names exists by now.
-    let r = repo.write_record(&plan.site, &record, created)?;
-    let s = &repo.stats;
-    Ok(FreezeReport {
-        site: plan.site.clone(),
-        snapshot: r.id,
-        parent: plan.parent.clone(),
-        seconds: started.elapsed().as_secs_f64(),
-        trees,
-        databases,
-        blobs_uploaded: s.blobs_uploaded.load(Ordering::Relaxed),
-        bytes_uploaded: s.bytes_uploaded.load(Ordering::Relaxed),
-        blobs_reused: s.blobs_reused.load(Ordering::Relaxed),
-        bytes_reused: s.bytes_reused.load(Ordering::Relaxed),
-        warnings,
-    })
+    Ok(trees)
 }
 
 /// A progress total: the size the tree had last time (0 on a first freeze, when the
@@ -293,7 +404,7 @@ fn dir_size_hint(prev: &HashMap<PathBuf, PrevTree>, path: &Path) -> u64 {
     prev.get(path).map_or(0, |p| p.trailer.bytes)
 }
 
-fn prefix(mut e: Error, what: &str) -> Error {
+pub fn prefix(mut e: Error, what: &str) -> Error {
     if !e.message.contains(what) {
         e.message = format!("{what}: {}", e.message);
     }
@@ -982,7 +1093,10 @@ pub fn verify(
 pub fn image_blobs(manifest: &ImageManifest) -> (Vec<Descriptor>, Option<Error>) {
     let mut blobs = vec![manifest.config.clone()];
     let mut err = None;
-    if manifest.config.media_type != crate::db::MT_DB_CONFIG {
+    // Database and container images have no tree index.
+    if manifest.config.media_type != crate::db::MT_DB_CONFIG
+        && !manifest.annotations.contains_key(A_CONTAINER_NAME)
+    {
         match tree_index_digest(manifest) {
             Ok(d) => {
                 let size = manifest

@@ -146,7 +146,9 @@ impl Settings {
             .into_iter()
             .map(|u| DbUrl::parse(u))
             .collect::<Result<Vec<_>>>()?;
-        let trees = if from_flags && path_flags.is_empty() {
+        // Nothing configured and nothing given: the site may be a Docker site.
+        let unconfigured = !from_flags && !self.config.sites.contains_key(site);
+        let trees = if (from_flags && path_flags.is_empty()) || unconfigured {
             Vec::new()
         } else {
             self.trees(site, path_flags)?

@@ -105,3 +105,11 @@ pub fn process_alive(pid: u32) -> bool {
     let r = unsafe { libc::kill(pid, 0) };
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
+
+/// Test hook: sleeps for the milliseconds the environment variable `var` names, so a test
+/// can interrupt a run at a known point. Unset (always, in real use): does nothing.
+pub fn fault_sleep(var: &str) {
+    if let Some(ms) = std::env::var(var).ok().and_then(|v| v.parse::<u64>().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}

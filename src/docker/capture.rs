@@ -1,0 +1,721 @@
+//! Reading a Docker site: each container's configuration as a [`ContainerSpec`], its
+//! volumes and bind mounts as file trees, optionally its image's layers; and holding the
+//! whole site still (paused or stopped) while the trees are copied.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bollard::query_parameters::StopContainerOptionsBuilder;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+use super::Engine;
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::format::*;
+use crate::ops::TreeSpec;
+use crate::repo::Repository;
+
+/// Manifest and record annotations of a container image.
+pub const A_CONTAINER_NAME: &str = "dev.freezer.container.name";
+pub const A_CONTAINER_IMAGE: &str = "dev.freezer.container.image";
+pub const A_CONTAINER_STATE: &str = "dev.freezer.container.state";
+/// Set on a container image whose layers are its image's layers (`--with-images`).
+pub const A_CONTAINER_WITH_IMAGE: &str = "dev.freezer.container.with-image";
+/// The key of the container's full configuration inside its OCI image config.
+pub const CONFIG_KEY: &str = "dev.freezer.container";
+/// Tree images of a Docker site name the mount they hold.
+pub const A_VOLUME_NAME: &str = "dev.freezer.volume.name";
+pub const A_BIND_SOURCE: &str = "dev.freezer.bind.source";
+
+/// Everything needed to create the container again (SPEC.md §13).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub name: String,
+    /// The image reference the container was created from (`Config.Image`).
+    pub image: String,
+    /// The image's id (`sha256:…`) at freeze time.
+    pub image_id: String,
+    /// `running`, `paused`, `exited` or `created`: what thaw brings it back to.
+    pub state: String,
+    pub platform: Platform,
+    /// The engine's `Config` of the container, as the engine reported it.
+    pub config: Value,
+    /// The engine's `HostConfig` (ports, restart policy, binds, tmpfs, limits, …).
+    pub host_config: Value,
+    /// User-defined networks it is attached to, by name.
+    pub networks: BTreeMap<String, NetworkSpec>,
+    /// Volumes and bind mounts, each stored as a tree of the snapshot.
+    pub mounts: Vec<MountSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    pub aliases: Vec<String>,
+    pub driver: String,
+    pub internal: bool,
+    pub attachable: bool,
+    pub labels: BTreeMap<String, String>,
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// `volume` or `bind`.
+    pub kind: String,
+    /// The volume's name (volumes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The host path at freeze time: the bind source, or the volume's mount point.
+    pub source: String,
+    pub destination: String,
+    pub read_only: bool,
+    /// The volume's driver, labels and options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+    /// The snapshot tree that holds its contents.
+    pub tree: String,
+}
+
+/// A site as read from the engine.
+#[derive(Clone)]
+pub struct CapturedSite {
+    pub containers: Vec<ContainerSpec>,
+    /// Engine ids, in the order of `containers`.
+    pub ids: Vec<String>,
+    /// One tree per distinct volume or bind source.
+    pub trees: Vec<TreeSpec>,
+}
+
+/// Reads every container of `site` and the mounts to copy.
+pub fn capture(engine: &Engine, site: &str) -> Result<CapturedSite> {
+    let list = engine.site_containers(site)?;
+    if list.is_empty() {
+        return Err(Error::not_found(format!(
+            "the Docker engine at {} has no containers of site {site}",
+            engine.host
+        ))
+        .with_hint(format!(
+            "`freezer sites` lists the Docker sites (containers labelled {}={site}, or of compose project {site}); for a site of directories and databases pass --path DIR or --db URL, or define [sites.{site}] in freezer.toml",
+            super::SITE_LABEL
+        )));
+    }
+    if !engine.is_local() {
+        return Err(Error::usage(format!(
+            "the Docker engine at {} is not on this machine; freezer reads volumes from their host paths and cannot copy them through a remote engine yet",
+            engine.host
+        ))
+        .with_hint("run freezer on the Docker host itself"));
+    }
+    let mut networks: HashMap<String, NetworkSpec> = HashMap::new();
+    let mut containers = Vec::new();
+    let mut ids = Vec::new();
+    let mut trees: Vec<TreeSpec> = Vec::new();
+    for c in list {
+        let what = format!("inspecting container {}", c.name);
+        let id = c.id.clone();
+        let info = engine.call(&what, |d| async move {
+            d.inspect_container(
+                &id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+        })?;
+        let config = info.config.clone().unwrap_or_default();
+        let image = config.image.clone().unwrap_or_default();
+        let image_id = info.image.clone().unwrap_or_default();
+        let iid = image_id.clone();
+        let img = engine.call(&format!("inspecting image {image}"), |d| async move {
+            d.inspect_image(&iid).await
+        })?;
+        let short = &c.id[..12.min(c.id.len())];
+        let mut config = canonical(serde_json::to_value(&config).unwrap_or(Value::Null));
+        // The default hostname is the old container's id; a new container gets its own.
+        if config["Hostname"].as_str() == Some(short) {
+            config.as_object_mut().map(|o| o.remove("Hostname"));
+        }
+        let host_config = canonical(
+            serde_json::to_value(info.host_config.clone().unwrap_or_default())
+                .unwrap_or(Value::Null),
+        );
+        let mut nets = BTreeMap::new();
+        let endpoints = info
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.networks.clone())
+            .unwrap_or_default();
+        for (net, ep) in endpoints {
+            if matches!(net.as_str(), "bridge" | "host" | "none") {
+                continue;
+            }
+            if !networks.contains_key(&net) {
+                let n = net.clone();
+                let info = engine.call(&format!("inspecting network {net}"), |d| async move {
+                    d.inspect_network(&n, None::<bollard::query_parameters::InspectNetworkOptions>)
+                        .await
+                })?;
+                networks.insert(
+                    net.clone(),
+                    NetworkSpec {
+                        aliases: vec![],
+                        driver: info.driver.unwrap_or_else(|| "bridge".into()),
+                        internal: info.internal.unwrap_or(false),
+                        attachable: info.attachable.unwrap_or(false),
+                        labels: info.labels.unwrap_or_default().into_iter().collect(),
+                        options: info.options.unwrap_or_default().into_iter().collect(),
+                    },
+                );
+            }
+            let mut spec = networks[&net].clone();
+            // The engine adds the container's short id as an alias; a new container gets
+            // its own.
+            spec.aliases = ep
+                .aliases
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|a| a != short)
+                .collect();
+            spec.aliases.sort();
+            spec.aliases.dedup();
+            nets.insert(net, spec);
+        }
+        let mut mounts = Vec::new();
+        for m in info.mounts.clone().unwrap_or_default() {
+            let kind = m.typ.map(|t| t.to_string()).unwrap_or_default();
+            let source = m.source.clone().unwrap_or_default();
+            let destination = m.destination.clone().unwrap_or_default();
+            let (tree, name, driver, labels, options) = match kind.as_str() {
+                "volume" => {
+                    let name = m.name.clone().unwrap_or_default();
+                    let n = name.clone();
+                    let v = engine.call(&format!("inspecting volume {name}"), |d| async move {
+                        d.inspect_volume(&n).await
+                    })?;
+                    (
+                        tree_name("volume", &name),
+                        Some(name),
+                        Some(v.driver),
+                        v.labels.into_iter().collect(),
+                        v.options.into_iter().collect(),
+                    )
+                }
+                "bind" => (
+                    tree_name("bind", source.trim_start_matches('/')),
+                    None,
+                    None,
+                    BTreeMap::new(),
+                    BTreeMap::new(),
+                ),
+                // tmpfs and the like hold nothing to keep; HostConfig recreates them.
+                _ => continue,
+            };
+            if kind == "volume" && m.driver.as_deref().is_some_and(|d| d != "local") {
+                return Err(Error::usage(format!(
+                    "container {} mounts volume {} of driver {}; freezer copies only local volumes",
+                    c.name,
+                    name.as_deref().unwrap_or(""),
+                    m.driver.as_deref().unwrap_or("")
+                )));
+            }
+            let path = PathBuf::from(&source);
+            match trees.iter().find(|t| t.path == path) {
+                Some(t) if t.name != tree => {
+                    return Err(Error::usage(format!(
+                        "{} is mounted as {} and as {tree}",
+                        path.display(),
+                        t.name
+                    )))
+                }
+                Some(_) => {}
+                None => {
+                    if !path.is_dir() {
+                        return Err(Error::usage(format!(
+                            "container {} mounts {} at {destination}, which is not a directory; freezer copies directories",
+                            c.name,
+                            path.display()
+                        )));
+                    }
+                    trees.push(TreeSpec {
+                        name: tree.clone(),
+                        path,
+                    });
+                }
+            }
+            mounts.push(MountSpec {
+                kind,
+                name,
+                source,
+                destination,
+                read_only: !m.rw.unwrap_or(true),
+                driver,
+                labels,
+                options,
+                tree,
+            });
+        }
+        mounts.sort_by(|a, b| a.destination.cmp(&b.destination));
+        containers.push(ContainerSpec {
+            name: c.name.clone(),
+            image,
+            image_id,
+            state: c.state.clone(),
+            platform: Platform {
+                architecture: img
+                    .architecture
+                    .unwrap_or_else(|| Platform::host().architecture),
+                os: img.os.unwrap_or_else(|| "linux".into()),
+            },
+            config,
+            host_config,
+            networks: nets,
+            mounts,
+        });
+        ids.push(c.id);
+    }
+    trees.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(CapturedSite {
+        containers,
+        ids,
+        trees,
+    })
+}
+
+/// A tree name (`[A-Za-z0-9._-]{1,63}`) for a volume or bind source; long or unusual
+/// names keep a readable prefix and a hash that keeps them apart.
+pub fn tree_name(kind: &str, s: &str) -> String {
+    let clean: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    let name = format!("{kind}.{clean}");
+    if name.len() <= 63 && clean == s.replace('/', ".") {
+        return name;
+    }
+    let hash = hex::encode(&Sha256::digest(s.as_bytes())[..6]);
+    let keep: String = name.chars().take(63 - 13).collect();
+    format!("{keep}-{hash}")
+}
+
+/// JSON with every object's keys sorted, so the same configuration always serializes to
+/// the same bytes (engine maps come back in random order).
+pub fn canonical(v: Value) -> Value {
+    match v {
+        Value::Object(o) => {
+            let sorted: BTreeMap<String, Value> =
+                o.into_iter().map(|(k, v)| (k, canonical(v))).collect();
+            Value::Object(sorted.into_iter().collect())
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(canonical).collect()),
+        v => v,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// container images
+
+/// Layers of the images already stored, by diff_id: a parent snapshot's images are not
+/// read from the engine again.
+pub type KnownLayers = HashMap<Digest, Descriptor>;
+
+/// The image layers a container manifest lists, by diff_id, for reuse by the next freeze.
+pub fn known_layers(repo: &Repository, manifest: &ImageManifest) -> Result<KnownLayers> {
+    let config: Value = from_json(
+        &repo.read_blob(&manifest.config.digest)?,
+        &manifest.config.digest.key(),
+    )?;
+    let diff_ids: Vec<Digest> =
+        serde_json::from_value(config["rootfs"]["diff_ids"].clone()).unwrap_or_default();
+    Ok(diff_ids
+        .into_iter()
+        .zip(manifest.layers.iter().cloned())
+        .collect())
+}
+
+/// Stores one container as an OCI image: the config carries its configuration (the
+/// standard runtime fields, and all of it under [`CONFIG_KEY`]); with `with_image` the
+/// layers are its image's layers, so a host without the image can still run it.
+pub fn store_container(
+    repo: &Repository,
+    engine: &Engine,
+    spec: &ContainerSpec,
+    with_image: bool,
+    known: &mut KnownLayers,
+) -> Result<Descriptor> {
+    let mut layers = Vec::new();
+    let mut diff_ids: Vec<Digest> = Vec::new();
+    let mut history = Value::Null;
+    if with_image {
+        let id = spec.image_id.clone();
+        let img = engine.call(
+            &format!("inspecting image {}", spec.image),
+            |d| async move { d.inspect_image(&id).await },
+        )?;
+        let ids: Vec<Digest> = img
+            .root_fs
+            .and_then(|r| r.layers)
+            .unwrap_or_default()
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_>>()?;
+        if !ids.iter().all(|d| known.contains_key(d)) {
+            for (diff_id, desc) in save_image(repo, engine, spec)? {
+                known.insert(diff_id, desc);
+            }
+        }
+        for d in &ids {
+            let desc = known.get(d).ok_or_else(|| {
+                Error::other(format!(
+                    "image {} lists layer {d}, which `docker save` did not return",
+                    spec.image
+                ))
+            })?;
+            repo.count_reused(0);
+            layers.push(desc.clone());
+        }
+        diff_ids = ids;
+        history = image_history(engine, spec)?;
+    }
+    let mut oci = serde_json::Map::new();
+    for key in [
+        "User",
+        "ExposedPorts",
+        "Env",
+        "Entrypoint",
+        "Cmd",
+        "Volumes",
+        "WorkingDir",
+        "Labels",
+        "StopSignal",
+    ] {
+        if let Some(v) = spec.config.get(key).filter(|v| !v.is_null()) {
+            oci.insert(key.into(), v.clone());
+        }
+    }
+    let mut config = serde_json::json!({
+        "architecture": spec.platform.architecture,
+        "os": spec.platform.os,
+        "config": oci,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        CONFIG_KEY: spec,
+    });
+    if !history.is_null() {
+        config["history"] = history;
+    }
+    let (config_digest, config_size) = repo.put_blob(&to_json(&canonical(config)))?;
+    let mut manifest = ImageManifest {
+        schema_version: 2,
+        media_type: MT_MANIFEST.into(),
+        config: Descriptor::new(MT_CONFIG, config_digest, config_size),
+        layers,
+        annotations: Annotations::new(),
+    };
+    let a = &mut manifest.annotations;
+    a.insert(A_CONTAINER_NAME.into(), spec.name.clone());
+    a.insert(A_TITLE.into(), spec.name.clone());
+    if with_image {
+        a.insert(A_CONTAINER_WITH_IMAGE.into(), "true".into());
+    }
+    let (digest, size) = repo.put_blob(&to_json(&manifest))?;
+    let mut desc = Descriptor::new(MT_MANIFEST, digest, size);
+    desc.platform = Some(spec.platform.clone());
+    let a = &mut desc.annotations;
+    a.insert(A_REF_NAME.into(), spec.name.clone());
+    a.insert(A_CONTAINER_NAME.into(), spec.name.clone());
+    a.insert(A_CONTAINER_IMAGE.into(), spec.image.clone());
+    a.insert(A_CONTAINER_STATE.into(), spec.state.clone());
+    Ok(desc)
+}
+
+/// The image's history, for tools that show it; the engine's own record of the build.
+fn image_history(engine: &Engine, spec: &ContainerSpec) -> Result<Value> {
+    let id = spec.image_id.clone();
+    let h = engine.call(
+        &format!("reading the history of image {}", spec.image),
+        |d| async move { d.image_history(&id).await },
+    )?;
+    // Oldest first, as in an image config.
+    let items: Vec<Value> = h
+        .into_iter()
+        .rev()
+        .map(|i| {
+            let mut v = serde_json::json!({"created_by": i.created_by});
+            if i.size == 0 {
+                v["empty_layer"] = Value::Bool(true);
+            }
+            v
+        })
+        .collect();
+    Ok(Value::Array(items))
+}
+
+/// `docker save`s the container's image and stores each layer as a tar+zstd blob.
+/// Returns (diff_id, layer descriptor) per layer.
+fn save_image(
+    repo: &Repository,
+    engine: &Engine,
+    spec: &ContainerSpec,
+) -> Result<Vec<(Digest, Descriptor)>> {
+    let dir = tempfile::tempdir().ctx(|| "creating a temporary directory".into())?;
+    let archive = dir.path().join("image.tar");
+    let mut file =
+        std::fs::File::create(&archive).ctx(|| format!("creating {}", archive.display()))?;
+    let id = spec.image_id.clone();
+    engine.block_on(async {
+        use futures::StreamExt;
+        let mut s = engine.docker.export_image(&id);
+        while let Some(chunk) = s.next().await {
+            let chunk =
+                chunk.map_err(|e| engine.error(&format!("saving image {}", spec.image), e))?;
+            file.write_all(&chunk)
+                .ctx(|| format!("writing {}", archive.display()))?;
+        }
+        Ok::<_, Error>(())
+    })?;
+    drop(file);
+    let unpacked = dir.path().join("x");
+    tar::Archive::new(
+        std::fs::File::open(&archive).ctx(|| format!("reading {}", archive.display()))?,
+    )
+    .unpack(&unpacked)
+    .ctx(|| format!("unpacking the saved image {}", spec.image))?;
+    #[derive(Deserialize)]
+    struct Saved {
+        #[serde(rename = "Layers")]
+        layers: Vec<String>,
+    }
+    let manifest: Vec<Saved> = from_json(
+        &std::fs::read(unpacked.join("manifest.json"))
+            .ctx(|| format!("reading the saved image {}", spec.image))?,
+        "manifest.json of a saved image",
+    )?;
+    let saved = manifest
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::other(format!("`docker save {}` returned no image", spec.image)))?;
+    let mut out = Vec::new();
+    for l in saved.layers {
+        out.push(store_layer(repo, &unpacked.join(&l), dir.path())?);
+    }
+    Ok(out)
+}
+
+/// Compresses one uncompressed layer tar into a blob; returns its diff_id and descriptor.
+fn store_layer(repo: &Repository, tar: &Path, tmp: &Path) -> Result<(Digest, Descriptor)> {
+    let mut input = std::fs::File::open(tar).ctx(|| format!("reading {}", tar.display()))?;
+    let staged = tempfile::NamedTempFile::new_in(tmp).ctx(|| "creating a temporary file".into())?;
+    let mut diff = Sha256::new();
+    let mut out = HashWriter {
+        inner: staged.as_file(),
+        hash: Sha256::new(),
+        n: 0,
+    };
+    {
+        let mut z = zstd::Encoder::new(&mut out, 3).ctx(|| "starting zstd".into())?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = input
+                .read(&mut buf)
+                .ctx(|| format!("reading {}", tar.display()))?;
+            if n == 0 {
+                break;
+            }
+            diff.update(&buf[..n]);
+            z.write_all(&buf[..n])
+                .ctx(|| "compressing a layer".into())?;
+        }
+        z.finish().ctx(|| "compressing a layer".into())?;
+    }
+    let (digest, size) = (Digest::from_hasher(out.hash), out.n);
+    let path = staged.into_temp_path();
+    repo.put_blob_file(&path, &digest, size)?;
+    Ok((
+        Digest::from_hasher(diff),
+        Descriptor::new(MT_LAYER_ZSTD, digest, size),
+    ))
+}
+
+struct HashWriter<W> {
+    inner: W,
+    hash: Sha256,
+    n: u64,
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// the window
+
+/// How the site was held still while its volumes were copied.
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowReport {
+    /// `pause` or `stop`.
+    pub mode: &'static str,
+    /// The containers paused or stopped for the copy.
+    pub containers: Vec<String>,
+    /// From the first pause (or stop) to the last container running again.
+    pub ms: u64,
+}
+
+#[derive(Clone)]
+struct Held {
+    id: String,
+    name: String,
+    /// true: we stopped it (start it again); false: we paused it (unpause it).
+    stopped: bool,
+}
+
+/// Pauses (or with `stop`, stops) every running container of the site, runs `copy`, and
+/// returns every container to the state it had, also when `copy` fails or the run is
+/// interrupted (SIGINT/SIGTERM).
+pub fn hold<T>(
+    engine: &Engine,
+    site: &CapturedSite,
+    stop: bool,
+    copy: impl FnOnce() -> Result<T>,
+) -> Result<(T, WindowReport)> {
+    let held: Arc<Mutex<Vec<Held>>> = Arc::default();
+    let cleanup = {
+        let held = held.clone();
+        crate::interrupt::on_interrupt(Box::new(move || {
+            // Held throughout: the main thread is not pausing or resuming meanwhile.
+            let mut list = held.lock().unwrap_or_else(|e| e.into_inner());
+            if list.is_empty() {
+                return;
+            }
+            let Ok(engine) = Engine::connect() else {
+                eprintln!("freezer: could not reach the Docker engine to resume the site; resume these containers by hand:");
+                for h in list.iter() {
+                    eprintln!(
+                        "freezer:   {} ({})",
+                        h.name,
+                        if h.stopped {
+                            "docker start"
+                        } else {
+                            "docker unpause"
+                        }
+                    );
+                }
+                return;
+            };
+            for e in release(&engine, &list) {
+                eprintln!("freezer: {e}");
+            }
+            let names: Vec<&str> = list.iter().map(|h| h.name.as_str()).collect();
+            eprintln!("freezer: resumed {}", names.join(", "));
+            list.clear();
+        }))
+    };
+    let started = Instant::now();
+    let result = (|| {
+        for (spec, id) in site.containers.iter().zip(&site.ids) {
+            if spec.state != "running" {
+                continue;
+            }
+            // Holding the list while the call runs: an interrupt's cleanup waits for it,
+            // so no container is paused after the cleanup has resumed the others.
+            let mut list = held.lock().unwrap_or_else(|e| e.into_inner());
+            if crate::interrupt::interrupted() {
+                return Err(Error::other("interrupted"));
+            }
+            let (cid, name) = (id.clone(), spec.name.clone());
+            if stop {
+                let timeout = spec.config["StopTimeout"].as_i64().unwrap_or(10) as i32;
+                engine.call(&format!("stopping container {name}"), |d| async move {
+                    d.stop_container(
+                        &cid,
+                        Some(StopContainerOptionsBuilder::new().t(timeout).build()),
+                    )
+                    .await
+                })?;
+            } else {
+                engine.call(&format!("pausing container {name}"), |d| async move {
+                    d.pause_container(&cid).await
+                })?;
+            }
+            list.push(Held {
+                id: id.clone(),
+                name,
+                stopped: stop,
+            });
+        }
+        crate::sys::fault_sleep("FREEZER_FAULT_HOLD_WINDOW_MS");
+        copy()
+    })();
+    let (names, errors) = {
+        let mut list = held.lock().unwrap_or_else(|e| e.into_inner());
+        let errors = release(engine, &list);
+        let names: Vec<String> = list.iter().map(|h| h.name.clone()).collect();
+        list.clear();
+        (names, errors)
+    };
+    crate::interrupt::remove_cleanup(cleanup);
+    let report = WindowReport {
+        mode: if stop { "stop" } else { "pause" },
+        containers: names,
+        ms: started.elapsed().as_millis() as u64,
+    };
+    if !errors.is_empty() {
+        let mut e = Error::other(errors.join("; ")).with_hint(
+            "the site is not fully running again: resume the containers named with `docker unpause` or `docker start`",
+        );
+        if let Err(first) = result {
+            e.message = format!("{}; then {}", first.message, e.message);
+        }
+        return Err(e);
+    }
+    Ok((result?, report))
+}
+
+/// Resumes what [`hold`] paused or stopped, in reverse order; returns what failed.
+fn release(engine: &Engine, held: &[Held]) -> Vec<String> {
+    let mut errors = Vec::new();
+    for h in held.iter().rev() {
+        let id = h.id.clone();
+        let r = if h.stopped {
+            engine.call(
+                &format!("starting container {} again", h.name),
+                |d| async move {
+                    d.start_container(
+                        &id,
+                        None::<bollard::query_parameters::StartContainerOptions>,
+                    )
+                    .await
+                },
+            )
+        } else {
+            engine.call(&format!("unpausing container {}", h.name), |d| async move {
+                d.unpause_container(&id).await
+            })
+        };
+        match r {
+            Ok(()) => {}
+            // Someone else resumed it already.
+            Err(e) if e.kind == ErrorKind::Conflict && e.message.contains("not paused") => {}
+            Err(e) => errors.push(e.message),
+        }
+    }
+    errors
+}

@@ -1,0 +1,193 @@
+//! Sites as a Docker engine sees them, and the engine calls freezer makes.
+//!
+//! A site is the set of containers with freezer's site label, else with one docker compose
+//! project. The engine is the one `DOCKER_HOST` names (default: the local socket).
+//! [`capture`] reads a site's containers into [`ContainerSpec`]s and holds the site still
+//! while its volumes are copied; [`recreate`] brings a captured site back on an engine.
+
+pub mod capture;
+pub mod recreate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+
+use bollard::query_parameters::ListContainersOptionsBuilder;
+use bollard::Docker;
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// A label that puts a container in a site explicitly; it wins over the compose project.
+pub const SITE_LABEL: &str = "dev.freezer.site";
+pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
+pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
+
+#[derive(Debug, Serialize)]
+pub struct DockerSite {
+    pub name: String,
+    /// `label` (freezer's site label) or `compose` (the compose project).
+    pub source: &'static str,
+    pub containers: Vec<ContainerInfo>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ContainerInfo {
+    pub name: String,
+    pub id: String,
+    pub image: String,
+    /// `running`, `paused`, `exited`, `created`, …
+    pub state: String,
+    /// The compose service, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+/// A connection to one Docker engine, with the runtime its async client needs. Every
+/// method blocks; freezer's operations are sequential at this level.
+pub struct Engine {
+    rt: tokio::runtime::Runtime,
+    pub docker: Docker,
+    /// `DOCKER_HOST` as given (for messages).
+    pub host: String,
+}
+
+impl Engine {
+    /// Connects to the engine `DOCKER_HOST` names and checks that it answers.
+    pub fn connect() -> Result<Engine> {
+        let host = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the Docker client", e))?;
+        let docker = Docker::connect_with_defaults().map_err(|e| unreachable(&host, e))?;
+        let engine = Engine { rt, docker, host };
+        engine.call("asking the engine for its version", |d| async move {
+            d.version().await
+        })?;
+        Ok(engine)
+    }
+
+    /// True when the engine runs on this machine, so a volume's mount point is a path
+    /// freezer can read and write directly.
+    pub fn is_local(&self) -> bool {
+        self.host.starts_with("unix://")
+    }
+
+    /// Runs one engine call; `what` names it in errors ("inspecting container web").
+    pub fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
+    where
+        F: FnOnce(Docker) -> Fut,
+        Fut: Future<Output = std::result::Result<T, bollard::errors::Error>>,
+    {
+        self.rt
+            .block_on(f(self.docker.clone()))
+            .map_err(|e| engine_error(&self.host, what, e))
+    }
+
+    /// Runs an async block that makes several calls (streams, uploads).
+    pub fn block_on<T>(&self, f: impl Future<Output = T>) -> T {
+        self.rt.block_on(f)
+    }
+
+    pub fn error(&self, what: &str, e: bollard::errors::Error) -> Error {
+        engine_error(&self.host, what, e)
+    }
+
+    /// Every site on the engine, by name.
+    pub fn list_sites(&self) -> Result<Vec<DockerSite>> {
+        let containers = self.call("listing containers", |d| async move {
+            d.list_containers(Some(ListContainersOptionsBuilder::new().all(true).build()))
+                .await
+        })?;
+        let mut sites: BTreeMap<String, DockerSite> = BTreeMap::new();
+        for c in containers {
+            let labels = c.labels.clone().unwrap_or_default();
+            let Some((name, source)) = site_of_labels(&labels) else {
+                continue;
+            };
+            let site = sites.entry(name.clone()).or_insert(DockerSite {
+                name,
+                source,
+                containers: vec![],
+            });
+            site.containers.push(ContainerInfo {
+                name: c
+                    .names
+                    .as_ref()
+                    .and_then(|n| n.first())
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .unwrap_or_default(),
+                id: c.id.clone().unwrap_or_default(),
+                image: c.image.clone().unwrap_or_default(),
+                state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                service: labels.get(COMPOSE_SERVICE).cloned(),
+            });
+        }
+        let mut out: Vec<DockerSite> = sites.into_values().collect();
+        for s in &mut out {
+            s.containers.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        Ok(out)
+    }
+
+    /// The containers of one site (an empty list when the engine has none).
+    pub fn site_containers(&self, site: &str) -> Result<Vec<ContainerInfo>> {
+        Ok(self
+            .list_sites()?
+            .into_iter()
+            .find(|s| s.name == site)
+            .map(|s| s.containers)
+            .unwrap_or_default())
+    }
+}
+
+/// Which site labels put a container in: freezer's label wins over the compose project.
+pub fn site_of_labels(labels: &HashMap<String, String>) -> Option<(String, &'static str)> {
+    match (labels.get(SITE_LABEL), labels.get(COMPOSE_PROJECT)) {
+        (Some(s), _) => Some((s.clone(), "label")),
+        (None, Some(p)) => Some((p.clone(), "compose")),
+        (None, None) => None,
+    }
+}
+
+fn unreachable(host: &str, e: bollard::errors::Error) -> Error {
+    Error::new(
+        ErrorKind::Unreachable,
+        format!("the Docker engine at {host} did not answer: {e}"),
+    )
+    .with_hint(
+        "is dockerd running, and may this user use its socket? DOCKER_HOST selects another engine",
+    )
+}
+
+fn engine_error(host: &str, what: &str, e: bollard::errors::Error) -> Error {
+    use bollard::errors::Error as B;
+    match e {
+        B::DockerResponseServerError {
+            status_code,
+            message,
+        } => {
+            let kind = match status_code {
+                404 => ErrorKind::NotFound,
+                409 => ErrorKind::Conflict,
+                400 => ErrorKind::Usage,
+                _ => ErrorKind::Other,
+            };
+            Error::new(kind, format!("{what} on {host}: {message}"))
+        }
+        B::JsonDataError { .. } | B::JsonSerdeError { .. } => {
+            Error::other(format!("{what} on {host}: unexpected answer: {e}"))
+        }
+        other => unreachable(host, other).with_hint(format!(
+            "{what} failed; is dockerd running, and may this user use its socket? DOCKER_HOST selects another engine"
+        )),
+    }
+}
+
+/// Every site on the engine `DOCKER_HOST` names.
+pub fn list_sites() -> Result<Vec<DockerSite>> {
+    Engine::connect()?.list_sites()
+}

@@ -1,0 +1,893 @@
+//! Bringing a hydrated snapshot back on a Docker engine: images, networks, volumes (their
+//! contents restored as trees), then containers in their captured state.
+//!
+//! [`plan`] reads and checks everything first and changes nothing (`--dry-run` prints
+//! it); [`execute`] applies it and, on failure, removes what it created.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use bollard::models::{ContainerCreateBody, EndpointSettings, NetworkConnectRequest};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ImportImageOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::capture::{ContainerSpec, NetworkSpec, CONFIG_KEY};
+use super::{Engine, COMPOSE_PROJECT, SITE_LABEL};
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::format::*;
+use crate::ops::{ThawPlan, ThawTree};
+use crate::progress::Progress;
+use crate::repo::{Repository, Snapshot};
+use crate::tree::thaw::TreePlan;
+
+/// `thaw`'s options for a Docker site.
+#[derive(Debug, Default, Clone)]
+pub struct SiteOptions {
+    /// `--as NAME`: the site's new name (containers, volumes, networks, labels).
+    pub rename: Option<String>,
+    /// `--publish OLD=NEW`: host ports to publish elsewhere.
+    pub publish: Vec<(String, String)>,
+    /// `--replace`: an existing site of the same name is frozen, then replaced.
+    pub replace: bool,
+    /// `--into DIR`: bind-mounted directories are restored under DIR.
+    pub bind_root: Option<PathBuf>,
+}
+
+/// What a thaw will do on the engine; printed by `--dry-run`.
+#[derive(Serialize)]
+pub struct SitePlan {
+    pub site: String,
+    pub snapshot: String,
+    /// The name the site gets on the engine.
+    pub target: String,
+    pub engine: String,
+    /// Containers of the target site on the engine now: frozen as a safety snapshot,
+    /// then removed (only with --replace).
+    pub replaces: Vec<String>,
+    pub images: Vec<ImageStep>,
+    pub networks: Vec<Step>,
+    pub volumes: Vec<Step>,
+    /// Bind-mounted directories: tree, destination.
+    pub binds: Vec<Step>,
+    pub containers: Vec<ContainerStep>,
+    #[serde(skip)]
+    specs: Vec<(ContainerSpec, ImageManifest, Digest)>,
+    #[serde(skip)]
+    trees: HashMap<String, TreePlan>,
+    #[serde(skip)]
+    snap: Snapshot,
+    #[serde(skip)]
+    network_specs: BTreeMap<String, NetworkSpec>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Step {
+    pub name: String,
+    /// `create`, `reuse` (networks), `replace` (contents of an existing volume or
+    /// directory, with --replace).
+    pub action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tree: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ImageStep {
+    pub image: String,
+    /// `present` (the engine has it) or `load` (from the snapshot).
+    pub action: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ContainerStep {
+    pub name: String,
+    pub image: String,
+    /// The state it is brought back to: `running`, `paused`, `exited`, `created`.
+    pub state: String,
+    /// Published ports as HOST_IP:HOST_PORT->PORT/PROTO.
+    pub ports: Vec<String>,
+}
+
+/// Renames a container, volume or network of site `old` for site `new`: the site prefix
+/// compose puts on names is replaced, other names get the new site's name in front.
+pub fn rename(name: &str, old: &str, new: &str) -> String {
+    if old == new {
+        return name.to_string();
+    }
+    if name == old {
+        return new.to_string();
+    }
+    match name.strip_prefix(old) {
+        Some(rest) if rest.starts_with(['-', '_', '.']) => format!("{new}{rest}"),
+        _ => format!("{new}-{name}"),
+    }
+}
+
+/// Reads the snapshot's containers and trees and checks the engine: nothing is changed.
+pub fn plan(
+    repo: &Repository,
+    engine: &Engine,
+    snap: Snapshot,
+    opts: &SiteOptions,
+) -> Result<SitePlan> {
+    if !engine.is_local() {
+        return Err(Error::usage(format!(
+            "the Docker engine at {} is not on this machine; freezer restores volumes through their host paths and cannot write them through a remote engine yet",
+            engine.host
+        ))
+        .with_hint("run freezer on the Docker host itself"));
+    }
+    let site = snap.site.clone();
+    let target = opts.rename.clone().unwrap_or_else(|| site.clone());
+    crate::repo::check_site_name(&target)?;
+    let mut specs = Vec::new();
+    let mut trees = HashMap::new();
+    for m in &snap.record.manifests {
+        let what = format!("snapshot {site}:{}", snap.id);
+        let manifest: ImageManifest = from_json(&repo.read_blob(&m.digest)?, &m.digest.key())?;
+        if m.annotations.contains_key(super::capture::A_CONTAINER_NAME) {
+            let config: Value = from_json(
+                &repo.read_blob(&manifest.config.digest)?,
+                &manifest.config.digest.key(),
+            )?;
+            let spec: ContainerSpec =
+                serde_json::from_value(config[CONFIG_KEY].clone()).map_err(|e| {
+                    Error::integrity(format!(
+                        "{what}: container configuration {} is not valid: {e}",
+                        manifest.config.digest.key()
+                    ))
+                })?;
+            specs.push((spec, manifest, m.digest.clone()));
+        } else if let Some(tree) = m.annotations.get(A_TREE_NAME) {
+            let plan = TreePlan::load(repo, &m.digest)
+                .map_err(|e| crate::ops::prefix(e, &format!("{what} tree {tree}")))?;
+            trees.insert(tree.clone(), plan);
+        }
+    }
+    if specs.is_empty() {
+        return Err(Error::usage(format!(
+            "snapshot {site}:{} holds no containers",
+            snap.id
+        )));
+    }
+
+    // What is on the engine now.
+    let existing = engine.site_containers(&target)?;
+    if !existing.is_empty() && !opts.replace {
+        return Err(Error::conflict(format!(
+            "site {target} exists on the Docker engine at {} ({})",
+            engine.host,
+            existing.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+        ))
+        .with_hint(
+            "pass --replace to replace it (it is frozen first, as a safety snapshot), or --as NAME to run a copy beside it",
+        ));
+    }
+
+    let mut plan = SitePlan {
+        site: site.clone(),
+        snapshot: snap.id.clone(),
+        target: target.clone(),
+        engine: engine.host.clone(),
+        replaces: existing.iter().map(|c| c.name.clone()).collect(),
+        images: vec![],
+        networks: vec![],
+        volumes: vec![],
+        binds: vec![],
+        containers: vec![],
+        specs: vec![],
+        trees: HashMap::new(),
+        snap: snap.clone(),
+        network_specs: BTreeMap::new(),
+    };
+    for (mut spec, manifest, digest) in specs {
+        rename_spec(&mut spec, &site, &target, opts);
+        // A container of another site with this name is never touched.
+        if !existing.iter().any(|c| c.name == spec.name) {
+            let name = spec.name.clone();
+            match engine.call(&format!("inspecting container {name}"), |d| async move {
+                d.inspect_container(&name, None::<bollard::query_parameters::InspectContainerOptions>)
+                    .await
+            }) {
+                Ok(_) => {
+                    return Err(Error::conflict(format!(
+                        "a container named {} exists on the Docker engine at {} and is not part of site {target}",
+                        spec.name, engine.host
+                    ))
+                    .with_hint("remove or rename it, or thaw with --as NAME"))
+                }
+                Err(e) if e.kind == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !plan.images.iter().any(|i| i.image == spec.image) {
+            let image = spec.image.clone();
+            let action = match engine.call(&format!("inspecting image {image}"), |d| async move {
+                d.inspect_image(&image).await
+            }) {
+                Ok(_) => "present",
+                Err(e) if e.kind == ErrorKind::NotFound => {
+                    if manifest.layers.is_empty() {
+                        return Err(Error::not_found(format!(
+                            "image {} of container {} is not on the Docker engine at {}, and snapshot {site}:{} does not hold it",
+                            spec.image, spec.name, engine.host, snap.id
+                        ))
+                        .with_hint("pull or load the image on that engine first, or freeze the site with --with-images"));
+                    }
+                    "load"
+                }
+                Err(e) => return Err(e),
+            };
+            plan.images.push(ImageStep {
+                image: spec.image.clone(),
+                action,
+            });
+        }
+        for (net, ns) in &spec.networks {
+            if plan.network_specs.contains_key(net) {
+                continue;
+            }
+            let n = net.clone();
+            let action = match engine.call(&format!("inspecting network {net}"), |d| async move {
+                d.inspect_network(&n, None::<bollard::query_parameters::InspectNetworkOptions>)
+                    .await
+            }) {
+                Ok(_) => "reuse",
+                Err(e) if e.kind == ErrorKind::NotFound => "create",
+                Err(e) => return Err(e),
+            };
+            plan.networks.push(Step {
+                name: net.clone(),
+                action,
+                tree: None,
+                path: None,
+            });
+            plan.network_specs.insert(net.clone(), ns.clone());
+        }
+        for m in &spec.mounts {
+            if !trees.contains_key(&m.tree) {
+                return Err(Error::integrity(format!(
+                    "snapshot {site}:{}: container {} mounts tree {}, which the snapshot does not hold",
+                    snap.id, spec.name, m.tree
+                )));
+            }
+            if m.kind == "volume" {
+                let name = m.name.clone().unwrap_or_default();
+                if plan.volumes.iter().any(|v| v.name == name) {
+                    continue;
+                }
+                let n = name.clone();
+                let action = match engine
+                    .call(&format!("inspecting volume {name}"), |d| async move {
+                        d.inspect_volume(&n).await
+                    }) {
+                    Ok(v) if dir_is_empty(Path::new(&v.mountpoint)) => "reuse",
+                    Ok(_) if opts.replace => "replace",
+                    Ok(_) => {
+                        return Err(Error::conflict(format!(
+                            "volume {name} exists on the Docker engine at {} and is not empty",
+                            engine.host
+                        ))
+                        .with_hint(
+                            "pass --replace to replace its contents, or thaw with --as NAME",
+                        ))
+                    }
+                    Err(e) if e.kind == ErrorKind::NotFound => "create",
+                    Err(e) => return Err(e),
+                };
+                plan.volumes.push(Step {
+                    name,
+                    action,
+                    tree: Some(m.tree.clone()),
+                    path: None,
+                });
+            } else {
+                let path = PathBuf::from(&m.source);
+                if plan.binds.iter().any(|b| b.path.as_ref() == Some(&path)) {
+                    continue;
+                }
+                let action = if dir_is_empty(&path) {
+                    "create"
+                } else if opts.replace {
+                    "replace"
+                } else {
+                    return Err(Error::conflict(format!(
+                        "{} (bind-mounted by container {}) exists and is not empty",
+                        path.display(),
+                        spec.name
+                    ))
+                    .with_hint("pass --replace to replace it, or --into DIR to restore bind-mounted directories under DIR"));
+                };
+                plan.binds.push(Step {
+                    name: m.destination.clone(),
+                    action,
+                    tree: Some(m.tree.clone()),
+                    path: Some(path),
+                });
+            }
+        }
+        // Pre-flight: a host port that is taken would fail the start after everything
+        // else is created. (A replaced site's own ports are freed when it is removed.)
+        if existing.is_empty() {
+            for (ip, port) in host_ports(&spec.host_config) {
+                let addr = if ip.is_empty() {
+                    "0.0.0.0"
+                } else {
+                    ip.as_str()
+                };
+                if std::net::TcpListener::bind((addr, port)).is_err() {
+                    return Err(Error::conflict(format!(
+                        "port {addr}:{port}, published by container {}, is in use on this host",
+                        spec.name
+                    ))
+                    .with_hint(format!(
+                        "publish it elsewhere with --publish {port}=OTHER, or stop what uses it"
+                    )));
+                }
+            }
+        }
+        plan.containers.push(ContainerStep {
+            name: spec.name.clone(),
+            image: spec.image.clone(),
+            state: spec.state.clone(),
+            ports: ports(&spec.host_config),
+        });
+        plan.specs.push((spec, manifest, digest));
+    }
+    plan.trees = trees;
+    Ok(plan)
+}
+
+fn dir_is_empty(p: &Path) -> bool {
+    std::fs::read_dir(p).map_or(true, |mut d| d.next().is_none())
+}
+
+/// Published TCP host ports: (host IP, port).
+fn host_ports(host_config: &Value) -> Vec<(String, u16)> {
+    let mut out = Vec::new();
+    if let Some(map) = host_config["PortBindings"].as_object() {
+        for (port, binds) in map {
+            if !port.ends_with("/tcp") {
+                continue;
+            }
+            for b in binds.as_array().into_iter().flatten() {
+                if let Some(p) = b["HostPort"].as_str().and_then(|p| p.parse().ok()) {
+                    out.push((b["HostIp"].as_str().unwrap_or("").to_string(), p));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn ports(host_config: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(map) = host_config["PortBindings"].as_object() {
+        for (port, binds) in map {
+            for b in binds.as_array().into_iter().flatten() {
+                out.push(format!(
+                    "{}:{}->{port}",
+                    b["HostIp"].as_str().unwrap_or(""),
+                    b["HostPort"].as_str().unwrap_or("")
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Applies `--as`, `--publish` and `--into` to a captured container.
+fn rename_spec(spec: &mut ContainerSpec, old: &str, new: &str, opts: &SiteOptions) {
+    spec.name = rename(&spec.name, old, new);
+    for key in [SITE_LABEL, COMPOSE_PROJECT] {
+        if let Some(v) = spec.config["Labels"].get_mut(key) {
+            *v = Value::String(new.to_string());
+        }
+    }
+    if old != new && spec.config["Labels"].get(COMPOSE_PROJECT).is_none() {
+        // Keep the copy findable as a site of its own.
+        if let Some(labels) = spec.config["Labels"].as_object_mut() {
+            labels.insert(SITE_LABEL.into(), Value::String(new.to_string()));
+        } else {
+            spec.config["Labels"] = json!({ SITE_LABEL: new });
+        }
+    }
+    spec.networks = std::mem::take(&mut spec.networks)
+        .into_iter()
+        .map(|(n, mut ns)| {
+            for key in [SITE_LABEL, COMPOSE_PROJECT] {
+                if let Some(v) = ns.labels.get_mut(key) {
+                    *v = new.to_string();
+                }
+            }
+            (rename(&n, old, new), ns)
+        })
+        .collect();
+    if let Some(mode) = spec.host_config["NetworkMode"].as_str() {
+        if !matches!(mode, "default" | "bridge" | "host" | "none")
+            && !mode.starts_with("container:")
+        {
+            spec.host_config["NetworkMode"] = Value::String(rename(mode, old, new));
+        }
+    }
+    for m in &mut spec.mounts {
+        if let Some(name) = &m.name {
+            m.name = Some(rename(name, old, new));
+            for key in [SITE_LABEL, COMPOSE_PROJECT] {
+                if let Some(v) = m.labels.get_mut(key) {
+                    *v = new.to_string();
+                }
+            }
+        } else if let Some(root) = &opts.bind_root {
+            m.source = root
+                .join(m.source.trim_start_matches('/'))
+                .display()
+                .to_string();
+        }
+    }
+    if let Some(map) = spec.host_config["PortBindings"].as_object_mut() {
+        for binds in map.values_mut() {
+            for b in binds.as_array_mut().into_iter().flatten() {
+                if let Some(p) = b["HostPort"].as_str() {
+                    if let Some((_, to)) = opts.publish.iter().find(|(from, _)| from == p) {
+                        b["HostPort"] = Value::String(to.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a thaw did on the engine.
+#[derive(Debug, Serialize)]
+pub struct SiteReport {
+    pub site: String,
+    pub snapshot: String,
+    pub target: String,
+    /// The snapshot of what --replace replaced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety_snapshot: Option<String>,
+    pub images_loaded: Vec<String>,
+    pub containers: Vec<String>,
+    pub trees: Vec<crate::ops::ThawTreeReport>,
+    pub seconds: f64,
+}
+
+/// Things created so far, removed again if the thaw fails.
+#[derive(Default)]
+struct Created {
+    containers: Vec<String>,
+    volumes: Vec<String>,
+    networks: Vec<String>,
+}
+
+/// Applies a plan. `safety` freezes the existing site before it is replaced and returns
+/// the snapshot id (the caller owns freezing, which needs the repository's lock).
+pub fn execute(
+    repo: &Repository,
+    engine: &Engine,
+    mut plan: SitePlan,
+    progress: &Progress,
+    safety: impl FnOnce() -> Result<String>,
+) -> Result<SiteReport> {
+    let started = std::time::Instant::now();
+    let mut safety_snapshot = None;
+    if !plan.replaces.is_empty() {
+        progress.set_label(format!("freezing {} before replacing it", plan.target));
+        let id = safety()?;
+        safety_snapshot = Some(id.clone());
+        for name in &plan.replaces {
+            let n = name.clone();
+            engine
+                .call(&format!("removing container {name}"), |d| async move {
+                    d.remove_container(
+                        &n,
+                        Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+                    )
+                    .await
+                })
+                .map_err(|e| {
+                    let mut e = e.with_hint(format!(
+                        "site {} is frozen as {}:{id}; thaw that to get it back",
+                        plan.target, plan.target
+                    ));
+                    e.kind = ErrorKind::Partial;
+                    e
+                })?;
+        }
+    }
+    let mut created = Created::default();
+    let result = apply(repo, engine, &mut plan, progress, &mut created);
+    match result {
+        Ok((images_loaded, trees)) => Ok(SiteReport {
+            site: plan.site.clone(),
+            snapshot: plan.snapshot.clone(),
+            target: plan.target.clone(),
+            safety_snapshot,
+            images_loaded,
+            containers: plan.containers.iter().map(|c| c.name.clone()).collect(),
+            trees,
+            seconds: started.elapsed().as_secs_f64(),
+        }),
+        Err(mut e) => {
+            undo(engine, &created);
+            match &safety_snapshot {
+                Some(id) => {
+                    e.kind = ErrorKind::Partial;
+                    e.hint = Some(format!(
+                        "the previous site {} was removed and is frozen as {}:{id}; thaw that to get it back (what this thaw created was removed)",
+                        plan.target, plan.target
+                    ));
+                }
+                None => {
+                    e.hint = Some(format!(
+                        "what this thaw created on {} was removed; nothing else was changed",
+                        engine.host
+                    ))
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+fn apply(
+    repo: &Repository,
+    engine: &Engine,
+    plan: &mut SitePlan,
+    progress: &Progress,
+    created: &mut Created,
+) -> Result<(Vec<String>, Vec<crate::ops::ThawTreeReport>)> {
+    // 1. Images the engine lacks, from the snapshot.
+    let mut loaded = Vec::new();
+    for step in &plan.images {
+        if step.action != "load" {
+            continue;
+        }
+        let (spec, manifest, _) = plan
+            .specs
+            .iter()
+            .find(|(s, m, _)| s.image == step.image && !m.layers.is_empty())
+            .expect("planned from a container with layers");
+        progress.set_label(format!("loading image {}", spec.image));
+        load_image(repo, engine, spec, manifest)?;
+        loaded.push(spec.image.clone());
+    }
+    // 2. Networks and volumes.
+    for step in &plan.networks {
+        if step.action != "create" {
+            continue;
+        }
+        let ns = &plan.network_specs[&step.name];
+        let body: bollard::models::NetworkCreateRequest = serde_json::from_value(json!({
+            "Name": step.name,
+            "Driver": ns.driver,
+            "Internal": ns.internal,
+            "Attachable": ns.attachable,
+            "Labels": ns.labels,
+            "Options": ns.options,
+        }))
+        .map_err(|e| Error::other(format!("network {}: {e}", step.name)))?;
+        engine.call(&format!("creating network {}", step.name), |d| async move {
+            d.create_network(body).await
+        })?;
+        created.networks.push(step.name.clone());
+    }
+    let mut mountpoints: HashMap<String, PathBuf> = HashMap::new();
+    for step in &plan.volumes {
+        let m = plan
+            .specs
+            .iter()
+            .flat_map(|(s, _, _)| &s.mounts)
+            .find(|m| m.name.as_deref() == Some(step.name.as_str()))
+            .expect("planned from a mount");
+        if step.action == "create" {
+            let body: bollard::models::VolumeCreateOptions = serde_json::from_value(json!({
+                "Name": step.name,
+                "Driver": m.driver.clone().unwrap_or_else(|| "local".into()),
+                "DriverOpts": m.options,
+                "Labels": m.labels,
+            }))
+            .map_err(|e| Error::other(format!("volume {}: {e}", step.name)))?;
+            engine.call(&format!("creating volume {}", step.name), |d| async move {
+                d.create_volume(body).await
+            })?;
+            created.volumes.push(step.name.clone());
+        }
+        let n = step.name.clone();
+        let v = engine.call(
+            &format!("inspecting volume {}", step.name),
+            |d| async move { d.inspect_volume(&n).await },
+        )?;
+        mountpoints.insert(step.name.clone(), PathBuf::from(v.mountpoint));
+    }
+    // 3. Contents: every volume and bind mount through the tree thaw (staged, verified,
+    // then moved into place all together).
+    let mut trees = Vec::new();
+    let dests: Vec<(String, PathBuf, bool)> = plan
+        .volumes
+        .iter()
+        .map(|s| {
+            (
+                s.tree.clone().unwrap_or_default(),
+                mountpoints[&s.name].clone(),
+                s.action == "replace",
+            )
+        })
+        .chain(plan.binds.iter().map(|s| {
+            (
+                s.tree.clone().unwrap_or_default(),
+                s.path.clone().unwrap_or_default(),
+                s.action == "replace",
+            )
+        }))
+        .collect();
+    for (tree, dest, replaces) in dests {
+        let Some(tp) = plan.trees.remove(&tree) else {
+            continue; // mounted twice: restored once
+        };
+        trees.push(ThawTree {
+            name: tree,
+            source: dest.clone(),
+            dest,
+            replaces,
+            plan: tp,
+        });
+    }
+    let thaw = ThawPlan {
+        snapshot: plan.snap.clone(),
+        trees,
+        databases: vec![],
+        db_jobs: 1,
+        db_with_users: false,
+    };
+    let report = crate::ops::thaw(repo, &thaw, progress)?;
+    // 4. Containers, in their captured state.
+    for (spec, _, _) in &plan.specs {
+        progress.set_label(format!("creating container {}", spec.name));
+        let body = create_body(spec)?;
+        let name = spec.name.clone();
+        engine.call(
+            &format!("creating container {}", spec.name),
+            |d| async move {
+                d.create_container(
+                    Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                    body,
+                )
+                .await
+            },
+        )?;
+        created.containers.push(spec.name.clone());
+        for (net, ns) in spec.networks.iter().skip(1) {
+            let req = NetworkConnectRequest {
+                container: Some(spec.name.clone()),
+                endpoint_config: Some(EndpointSettings {
+                    aliases: Some(ns.aliases.clone()),
+                    ..Default::default()
+                }),
+            };
+            let n = net.clone();
+            engine.call(
+                &format!("connecting {} to network {net}", spec.name),
+                |d| async move { d.connect_network(&n, req).await },
+            )?;
+        }
+    }
+    for (spec, _, _) in &plan.specs {
+        if !matches!(spec.state.as_str(), "running" | "paused") {
+            continue;
+        }
+        let name = spec.name.clone();
+        engine.call(
+            &format!("starting container {}", spec.name),
+            |d| async move {
+                d.start_container(
+                    &name,
+                    None::<bollard::query_parameters::StartContainerOptions>,
+                )
+                .await
+            },
+        )?;
+        if spec.state == "paused" {
+            let name = spec.name.clone();
+            engine.call(
+                &format!("pausing container {}", spec.name),
+                |d| async move { d.pause_container(&name).await },
+            )?;
+        }
+    }
+    Ok((loaded, report.trees))
+}
+
+/// The engine's create request for a captured container: its `Config`, its `HostConfig`
+/// with the mounts pointing at the (renamed) volumes and directories, and its first
+/// network (the others are connected after creation, as API 1.41 requires).
+fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody> {
+    let mut body = spec.config.clone();
+    body["Image"] = Value::String(spec.image.clone());
+    let mut hc = spec.host_config.clone();
+    let mut mounts: Vec<Value> = hc["Mounts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| !matches!(m["Type"].as_str(), Some("volume" | "bind")))
+        .collect();
+    for m in &spec.mounts {
+        let source = match m.kind.as_str() {
+            "volume" => m.name.clone().unwrap_or_default(),
+            _ => m.source.clone(),
+        };
+        mounts.push(json!({
+            "Type": m.kind,
+            "Source": source,
+            "Target": m.destination,
+            "ReadOnly": m.read_only,
+        }));
+    }
+    if let Some(o) = hc.as_object_mut() {
+        o.remove("Binds");
+        o.insert("Mounts".into(), Value::Array(mounts));
+    }
+    body["HostConfig"] = hc;
+    if let Some((net, ns)) = spec.networks.iter().next() {
+        body["NetworkingConfig"] = json!({"EndpointsConfig": {net: {"Aliases": ns.aliases}}});
+    }
+    serde_json::from_value(body).map_err(|e| {
+        Error::integrity(format!(
+            "the configuration of container {} cannot be used: {e}",
+            spec.name
+        ))
+    })
+}
+
+/// Loads a container's image from the snapshot into the engine (`docker load` of a
+/// docker-archive built from the stored layers), tagged with the container's reference.
+fn load_image(
+    repo: &Repository,
+    engine: &Engine,
+    spec: &ContainerSpec,
+    manifest: &ImageManifest,
+) -> Result<()> {
+    let dir = tempfile::tempdir().ctx(|| "creating a temporary directory".into())?;
+    let archive = dir.path().join("image.tar");
+    {
+        let file =
+            std::fs::File::create(&archive).ctx(|| format!("creating {}", archive.display()))?;
+        let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
+        let mut layer_names = Vec::new();
+        for (i, l) in manifest.layers.iter().enumerate() {
+            // The layer uncompressed, checked against the blob's digest as it streams.
+            let staged = dir.path().join(format!("{i}.tar"));
+            let mut out =
+                std::fs::File::create(&staged).ctx(|| format!("creating {}", staged.display()))?;
+            let mut r = repo.open_blob(&l.digest)?;
+            {
+                let mut z =
+                    zstd::Decoder::new(&mut r).ctx(|| format!("reading {}", l.digest.key()))?;
+                std::io::copy(&mut z, &mut out)
+                    .ctx(|| format!("decompressing {}", l.digest.key()))?;
+            }
+            std::io::copy(&mut r, &mut std::io::sink())
+                .ctx(|| format!("reading {}", l.digest.key()))?;
+            r.finish()?;
+            let name = format!("{i}/layer.tar");
+            tar.append_path_with_name(&staged, &name)
+                .ctx(|| format!("writing {}", archive.display()))?;
+            std::fs::remove_file(&staged).ctx(|| format!("removing {}", staged.display()))?;
+            layer_names.push(name);
+        }
+        let config = repo.read_blob(&manifest.config.digest)?;
+        append_bytes(&mut tar, "config.json", &config)?;
+        let tag = if spec.image.starts_with("sha256:") {
+            vec![]
+        } else if spec
+            .image
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':') || last.contains('@'))
+        {
+            vec![spec.image.clone()]
+        } else {
+            vec![format!("{}:latest", spec.image)]
+        };
+        let docker_manifest =
+            json!([{"Config": "config.json", "RepoTags": tag, "Layers": layer_names}]);
+        append_bytes(
+            &mut tar,
+            "manifest.json",
+            &serde_json::to_vec(&docker_manifest).expect("json"),
+        )?;
+        tar.into_inner()
+            .and_then(|mut w| w.flush())
+            .ctx(|| format!("writing {}", archive.display()))?;
+    }
+    let mut file =
+        std::fs::File::open(&archive).ctx(|| format!("reading {}", archive.display()))?;
+    let body = futures::stream::iter(std::iter::from_fn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        match file.read(&mut buf) {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some(Ok(bytes::Bytes::from(buf)))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }));
+    engine.block_on(async {
+        use futures::StreamExt;
+        let mut s = engine.docker.import_image(
+            ImportImageOptionsBuilder::new().quiet(true).build(),
+            bollard::body_try_stream(body),
+            None,
+        );
+        while let Some(item) = s.next().await {
+            let item =
+                item.map_err(|e| engine.error(&format!("loading image {}", spec.image), e))?;
+            if let Some(err) = item.error {
+                return Err(Error::other(format!(
+                    "loading image {} into the Docker engine at {}: {err}",
+                    spec.image, engine.host
+                )));
+            }
+        }
+        Ok(())
+    })
+}
+
+fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, name: &str, data: &[u8]) -> Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, name, data)
+        .ctx(|| format!("writing {name} of an image archive"))
+}
+
+/// Removes what a failed thaw created, newest first; best effort.
+fn undo(engine: &Engine, created: &Created) {
+    for c in created.containers.iter().rev() {
+        let n = c.clone();
+        let _ = engine.call("removing a container", |d| async move {
+            d.remove_container(
+                &n,
+                Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+            )
+            .await
+        });
+    }
+    for v in created.volumes.iter().rev() {
+        let n = v.clone();
+        let _ = engine.call("removing a volume", |d| async move {
+            d.remove_volume(&n, None::<bollard::query_parameters::RemoveVolumeOptions>)
+                .await
+        });
+    }
+    for net in created.networks.iter().rev() {
+        let n = net.clone();
+        let _ = engine.call("removing a network", |d| async move {
+            d.remove_network(&n).await
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rename;
+
+    #[test]
+    fn renames_follow_compose_prefixes() {
+        assert_eq!(rename("shop-web-1", "shop", "copy"), "copy-web-1");
+        assert_eq!(rename("shop_data", "shop", "copy"), "copy_data");
+        assert_eq!(rename("shop", "shop", "copy"), "copy");
+        assert_eq!(rename("shopping", "shop", "copy"), "copy-shopping");
+        assert_eq!(rename("db", "shop", "copy"), "copy-db");
+        assert_eq!(rename("db", "shop", "shop"), "db");
+    }
+}
