@@ -105,7 +105,8 @@ pub enum Command {
     Thaw {
         #[arg(value_name = "SITE[:SNAPSHOT]")]
         target: String,
-        /// Restore every tree under this directory instead of its original path.
+        /// Restore every tree under this directory instead of its original path (Docker
+        /// sites: the bind-mounted directories; volumes are the engine's).
         #[arg(long)]
         into: Option<PathBuf>,
         /// Replace destinations that exist and are not empty (directories, databases).
@@ -184,6 +185,11 @@ pub enum Command {
         /// The directory to write (must be new or empty).
         #[arg(long)]
         oci: PathBuf,
+        /// Layer compression in the layout: zstd (as stored, copied unchanged) or gzip
+        /// (recompressed, for Docker 20.10 and `skopeo copy … docker-daemon:`, which
+        /// cannot read zstd layers).
+        #[arg(long, default_value = "zstd", value_parser = ["zstd", "gzip"])]
+        compression: String,
     },
 }
 
@@ -819,10 +825,14 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Export { target, oci } => {
+        Command::Export {
+            target,
+            oci,
+            compression,
+        } => {
             let (site, snap) = split_target(target);
             let repo = open_repo(&settings)?;
-            let report = ops::export(&repo, site, snap, oci)?;
+            let report = ops::export(&repo, site, snap, oci, compression == "gzip")?;
             if g.json {
                 print_json(&report);
             } else {

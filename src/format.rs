@@ -28,6 +28,8 @@ pub const MT_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MT_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MT_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+/// Only in exports made with `--compression gzip`, for tools that cannot read zstd.
+pub const MT_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// freezer's per-tree file index: zstd-compressed JSON lines (see `tree::index`).
 pub const MT_TREE_INDEX: &str = "application/vnd.freezer.tree.index.v1.jsonl+zstd";
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
@@ -1155,6 +1155,7 @@ pub fn export(
     site: &str,
     snap: Option<&str>,
     dir: &Path,
+    gzip: bool,
 ) -> Result<ExportReport> {
     let snapshot = repo.find_snapshot(site, snap)?;
     if dir.exists()
@@ -1179,6 +1180,11 @@ pub fn export(
         bytes: 0,
     };
     let mut copied: BTreeSet<Digest> = BTreeSet::new();
+    let (blobs, bytes) = (AtomicU64::new(0), AtomicU64::new(0));
+    let count = |n: u64| {
+        blobs.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(n, Ordering::Relaxed);
+    };
     let mut copy = |d: &Digest| -> Result<()> {
         if !copied.insert(d.clone()) {
             return Ok(());
@@ -1194,8 +1200,7 @@ pub fn export(
             .ctx(|| format!("writing {}", dest.display()))?;
         tmp.persist(&dest)
             .map_err(|e| Error::io(format!("writing {}", dest.display()), e.error))?;
-        report.blobs += 1;
-        report.bytes += n;
+        count(n);
         Ok(())
     };
     let mut index = ImageIndex {
@@ -1205,16 +1210,37 @@ pub fn export(
         annotations: Annotations::new(),
     };
     for m in &snapshot.record.manifests {
-        let manifest: ImageManifest = from_json(&repo.read_blob(&m.digest)?, &m.digest.key())?;
-        copy(&m.digest)?;
+        let mut manifest: ImageManifest = from_json(&repo.read_blob(&m.digest)?, &m.digest.key())?;
         let (blobs, err) = image_blobs(&manifest);
         if let Some(e) = err {
             return Err(e);
         }
-        for b in &blobs {
-            copy(&b.digest)?;
-        }
         let mut d = m.clone();
+        if gzip && !manifest.layers.is_empty() {
+            // The same layers (same diff_ids, so the config stays), compressed anew: a new
+            // manifest names them.
+            for l in &mut manifest.layers {
+                if l.media_type == MT_LAYER_ZSTD {
+                    *l = regzip(repo, l, &blob_dir)?;
+                    count(l.size);
+                }
+            }
+            for b in blobs.iter().filter(|b| b.media_type != MT_LAYER_ZSTD) {
+                copy(&b.digest)?;
+            }
+            let data = to_json(&manifest);
+            let digest = Digest::of(&data);
+            fs::write(blob_dir.join(digest.hex()), &data)
+                .ctx(|| format!("writing {}", blob_dir.join(digest.hex()).display()))?;
+            count(data.len() as u64);
+            d.digest = digest;
+            d.size = data.len() as u64;
+        } else {
+            copy(&m.digest)?;
+            for b in &blobs {
+                copy(&b.digest)?;
+            }
+        }
         d.annotations.insert(A_SITE.into(), site.into());
         d.annotations
             .insert("dev.freezer.snapshot".into(), snapshot.id.clone());
@@ -1226,11 +1252,62 @@ pub fn export(
         }
         index.manifests.push(d);
     }
+    report.blobs = blobs.into_inner();
+    report.bytes = bytes.into_inner();
     fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
         .ctx(|| format!("writing {}/oci-layout", dir.display()))?;
     fs::write(dir.join("index.json"), to_json(&index))
         .ctx(|| format!("writing {}/index.json", dir.display()))?;
     Ok(report)
+}
+
+/// Writes a zstd layer of the repository into `blob_dir` as a gzip layer (verified as it
+/// streams); returns its descriptor.
+fn regzip(repo: &Repository, layer: &Descriptor, blob_dir: &Path) -> Result<Descriptor> {
+    let mut tmp = tempfile::NamedTempFile::new_in(blob_dir)
+        .ctx(|| format!("creating a file in {}", blob_dir.display()))?;
+    let mut r = repo.open_blob(&layer.digest)?;
+    let mut hash = <sha2::Sha256 as sha2::Digest>::new();
+    let mut size = 0u64;
+    {
+        struct Tee<'a, W> {
+            w: W,
+            hash: &'a mut sha2::Sha256,
+            size: &'a mut u64,
+        }
+        impl<W: Write> Write for Tee<'_, W> {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                let n = self.w.write(b)?;
+                sha2::Digest::update(self.hash, &b[..n]);
+                *self.size += n as u64;
+                Ok(n)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                self.w.flush()
+            }
+        }
+        let tee = Tee {
+            w: std::io::BufWriter::new(tmp.as_file_mut()),
+            hash: &mut hash,
+            size: &mut size,
+        };
+        let mut gz = flate2::write::GzEncoder::new(tee, flate2::Compression::fast());
+        let mut z = zstd::Decoder::new(&mut r).ctx(|| format!("reading {}", layer.digest.key()))?;
+        std::io::copy(&mut z, &mut gz).ctx(|| format!("recompressing {}", layer.digest.key()))?;
+        gz.finish()
+            .and_then(|mut t| t.flush())
+            .ctx(|| format!("writing {}", blob_dir.display()))?;
+    }
+    std::io::copy(&mut r, &mut std::io::sink())
+        .ctx(|| format!("reading {}", layer.digest.key()))?;
+    r.finish()?;
+    let digest = Digest::from_hasher(hash);
+    let dest = blob_dir.join(digest.hex());
+    tmp.persist(&dest)
+        .map_err(|e| Error::io(format!("writing {}", dest.display()), e.error))?;
+    let mut d = Descriptor::new(MT_LAYER_GZIP, digest, size);
+    d.annotations = layer.annotations.clone();
+    Ok(d)
 }
 
 // ---------------------------------------------------------------------------------------

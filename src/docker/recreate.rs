@@ -108,6 +108,30 @@ pub fn rename(name: &str, old: &str, new: &str) -> String {
     }
 }
 
+/// Where a renamed site's bind-mounted directory goes, so the copy never shares the
+/// original's: the last path component named after the site is renamed
+/// (`/srv/shop/files` → `/srv/copy/files`); without one, the directory gets the new name
+/// as a suffix (`/srv/files` → `/srv/files.copy`).
+pub fn rename_path(path: &str, old: &str, new: &str) -> String {
+    if old == new {
+        return path.to_string();
+    }
+    let mut parts: Vec<String> = path.split('/').map(str::to_string).collect();
+    let named = parts.iter().rposition(|p| {
+        p == old
+            || p.strip_prefix(old)
+                .is_some_and(|r| r.starts_with(['-', '_', '.']))
+    });
+    match named {
+        Some(i) => parts[i] = rename(&parts[i], old, new),
+        None => {
+            let last = parts.len() - 1;
+            parts[last] = format!("{}.{new}", parts[last]);
+        }
+    }
+    parts.join("/")
+}
+
 /// Reads the snapshot's containers and trees and checks the engine: nothing is changed.
 pub fn plan(
     repo: &Repository,
@@ -428,6 +452,8 @@ fn rename_spec(spec: &mut ContainerSpec, old: &str, new: &str, opts: &SiteOption
                 .join(m.source.trim_start_matches('/'))
                 .display()
                 .to_string();
+        } else {
+            m.source = rename_path(&m.source, old, new);
         }
     }
     if let Some(map) = spec.host_config["PortBindings"].as_object_mut() {
@@ -889,5 +915,20 @@ mod tests {
         assert_eq!(rename("shopping", "shop", "copy"), "copy-shopping");
         assert_eq!(rename("db", "shop", "copy"), "copy-db");
         assert_eq!(rename("db", "shop", "shop"), "db");
+    }
+
+    #[test]
+    fn renamed_sites_get_their_own_bind_directories() {
+        use super::rename_path;
+        assert_eq!(
+            rename_path("/srv/shop/files", "shop", "copy"),
+            "/srv/copy/files"
+        );
+        assert_eq!(
+            rename_path("/srv/shop_data", "shop", "copy"),
+            "/srv/copy_data"
+        );
+        assert_eq!(rename_path("/srv/files", "shop", "copy"), "/srv/files.copy");
+        assert_eq!(rename_path("/srv/files", "shop", "shop"), "/srv/files");
     }
 }

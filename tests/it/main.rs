@@ -6,6 +6,7 @@ mod database;
 mod docker;
 mod formats;
 mod hostile;
+mod hydrated;
 mod integrity;
 mod monitor;
 mod retention;

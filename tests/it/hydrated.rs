@@ -1,0 +1,722 @@
+//! Hydrated snapshots of Docker sites, on the two real engines scripts/services starts
+//! (`DOCKER_HOST` and `FREEZER_TEST_DOCKER_HOST_B`, standing for two hosts).
+//!
+//! The test site: a web container serving a volume over HTTP (busybox httpd, published
+//! port), a data container writing to a second volume and reading a bind-mounted
+//! directory, and a job container that was created and never started.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+fn host_a() -> String {
+    services();
+    std::env::var("DOCKER_HOST").expect("DOCKER_HOST is set by scripts/services")
+}
+
+fn host_b() -> String {
+    services();
+    std::env::var("FREEZER_TEST_DOCKER_HOST_B")
+        .expect("FREEZER_TEST_DOCKER_HOST_B is set by scripts/services")
+}
+
+fn image() -> String {
+    services();
+    std::env::var("FREEZER_TEST_DOCKER_IMAGE").expect("set by scripts/services")
+}
+
+fn docker_try(host: &str, args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .env("DOCKER_HOST", host)
+        .output()
+        .expect("running docker")
+}
+
+fn docker(host: &str, args: &[&str]) -> String {
+    let out = docker_try(host, args);
+    assert!(
+        out.status.success(),
+        "docker {args:?} on {host}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn state(host: &str, container: &str) -> String {
+    docker(host, &["inspect", "-f", "{{.State.Status}}", container])
+}
+
+fn mountpoint(host: &str, volume: &str) -> PathBuf {
+    docker(
+        host,
+        &["volume", "inspect", "-f", "{{.Mountpoint}}", volume],
+    )
+    .into()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET over plain HTTP/1.0; retries while the server starts (up to 15 s).
+fn http_get(port: u16, path: &str) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let attempt = (|| -> std::io::Result<Vec<u8>> {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf)?;
+            let end = buf
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .ok_or_else(|| std::io::Error::other("no HTTP header"))?;
+            if !buf.starts_with(b"HTTP/1.0 200") && !buf.starts_with(b"HTTP/1.1 200") {
+                return Err(std::io::Error::other(
+                    String::from_utf8_lossy(&buf[..end]).into_owned(),
+                ));
+            }
+            Ok(buf[end + 4..].to_vec())
+        })();
+        match attempt {
+            Ok(body) => return body,
+            Err(e) if Instant::now() > deadline => panic!("GET {path} on port {port}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+fn big_file() -> Vec<u8> {
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    (0..1 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+struct Site {
+    name: String,
+    host: String,
+    bind: tempfile::TempDir,
+    /// Other sites a test made from this one, (engine, name): removed with it.
+    copies: std::cell::RefCell<Vec<(String, String)>>,
+}
+
+/// A failing test still removes what it started, so runs do not pile up containers.
+impl Drop for Site {
+    fn drop(&mut self) {
+        for (host, name) in self.copies.borrow().iter() {
+            remove_site(host, name);
+        }
+        remove_site(&self.host, &self.name);
+    }
+}
+
+impl Site {
+    /// Registers a site made from this one, to be removed with it.
+    fn made(&self, host: &str, name: &str) {
+        self.copies
+            .borrow_mut()
+            .push((host.to_string(), name.to_string()));
+    }
+    fn c(&self, service: &str) -> String {
+        format!("{}-{service}-1", self.name)
+    }
+    fn marker(&self) -> Vec<u8> {
+        format!("<h1>{}</h1>\n", self.name).into_bytes()
+    }
+}
+
+/// Starts the test site on `host`, as docker compose would name it.
+fn start_site(host: &str, name: &str, image: &str, port: u16) -> Site {
+    let bind = tempfile::tempdir().unwrap();
+    fs::create_dir_all(bind.path().join("conf")).unwrap();
+    fs::write(bind.path().join("conf/app.ini"), b"[site]\nname=test\n").unwrap();
+    let project = format!("com.docker.compose.project={name}");
+    docker(
+        host,
+        &[
+            "network",
+            "create",
+            "--label",
+            &project,
+            &format!("{name}_default"),
+        ],
+    );
+    for v in ["www", "data"] {
+        docker(
+            host,
+            &[
+                "volume",
+                "create",
+                "--label",
+                &project,
+                &format!("{name}_{v}"),
+            ],
+        );
+    }
+    // Contents written straight into the volumes (the engine is local).
+    let www = mountpoint(host, &format!("{name}_www"));
+    fs::write(www.join("index.html"), format!("<h1>{name}</h1>\n")).unwrap();
+    fs::create_dir_all(www.join("sub")).unwrap();
+    fs::write(www.join("sub/big.bin"), big_file()).unwrap();
+    std::os::unix::fs::symlink("../index.html", www.join("sub/link")).unwrap();
+    let data = mountpoint(host, &format!("{name}_data"));
+    fs::create_dir_all(data.join("db")).unwrap();
+    fs::write(data.join("db/table.dat"), b"rows 1 2 3\n").unwrap();
+
+    let net = format!("{name}_default");
+    let publish = format!("127.0.0.1:{port}:80");
+    let www_mount = format!("{name}_www:/www");
+    let data_mount = format!("{name}_data:/data");
+    let bind_mount = format!("{}:/conf:ro", bind.path().display());
+    let marker_env = format!("SITE_MARKER={name}");
+    #[rustfmt::skip]
+    docker(host, &[
+        "run", "-d", "--name", &format!("{name}-web-1"), "--label", &project,
+        "--label", "com.docker.compose.service=web", "--network", &net, "--network-alias", "web",
+        "-v", &www_mount, "-p", &publish, "--restart", "unless-stopped", "-e", &marker_env,
+        image, "httpd", "-f", "-p", "80", "-h", "/www",
+    ]);
+    #[rustfmt::skip]
+    docker(host, &[
+        "run", "-d", "--name", &format!("{name}-data-1"), "--label", &project,
+        "--label", "com.docker.compose.service=data", "--network", &net,
+        "-v", &data_mount, "-v", &bind_mount, image, "sh", "-c",
+        "while true; do date > /data/tick.tmp; mv /data/tick.tmp /data/tick; sleep 0.1; done",
+    ]);
+    #[rustfmt::skip]
+    docker(host, &[
+        "create", "--name", &format!("{name}-job-1"), "--label", &project,
+        "--label", "com.docker.compose.service=job", image, "true",
+    ]);
+    Site {
+        name: name.to_string(),
+        host: host.to_string(),
+        bind,
+        copies: Default::default(),
+    }
+}
+
+/// Removes a site's containers, volumes and network from an engine (what a lost host
+/// would have lost).
+fn remove_site(host: &str, name: &str) {
+    let ids = docker(
+        host,
+        &[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=com.docker.compose.project={name}"),
+        ],
+    );
+    for id in ids.lines() {
+        docker(host, &["rm", "-f", id]);
+    }
+    for v in ["www", "data"] {
+        let _ = docker_try(host, &["volume", "rm", &format!("{name}_{v}")]);
+    }
+    let _ = docker_try(host, &["network", "rm", &format!("{name}_default")]);
+}
+
+fn freezer_on(host: &str, args: &[&str]) -> Output {
+    freezer_env(args, &[("DOCKER_HOST", host)])
+}
+
+#[test]
+fn hydrated_round_trip_a_renamed_copy_and_replace() {
+    let a = host_a();
+    let repo = TestRepo::local().init();
+    let name = unique("hy");
+    let port = free_port();
+    let site = start_site(&a, &name, &image(), port);
+    assert_eq!(http_get(port, "/index.html"), site.marker());
+    let www = mountpoint(&a, &format!("{name}_www"));
+    let reference = tempfile::tempdir().unwrap();
+    copy_tree(&www, reference.path());
+
+    let out = freezer_on(&a, &["freeze", &name, "--repo", &repo.url, "--json"]);
+    let report = json(&out);
+    assert_eq!(report["mode"], "hydrated");
+    assert_eq!(report["window"]["mode"], "pause");
+    assert_eq!(report["containers"].as_array().unwrap().len(), 3);
+    let id = report["snapshot"].as_str().unwrap().to_string();
+    // Every container is as it was: paused ones resumed, the job never started.
+    assert_eq!(state(&a, &site.c("web")), "running");
+    assert_eq!(state(&a, &site.c("data")), "running");
+    assert_eq!(state(&a, &site.c("job")), "created");
+
+    // A renamed copy beside the original, on another port.
+    let copy = unique("cp");
+    site.made(&a, &copy);
+    let port2 = free_port();
+    let out = freezer_on(
+        &a,
+        &[
+            "thaw",
+            &format!("{name}:{id}"),
+            "--repo",
+            &repo.url,
+            "--as",
+            &copy,
+            "--publish",
+            &format!("{port}={port2}"),
+        ],
+    );
+    assert_ok(&out);
+    assert_eq!(http_get(port2, "/index.html"), site.marker());
+    assert_eq!(http_get(port2, "/sub/big.bin"), big_file());
+    assert_eq!(http_get(port, "/index.html"), site.marker());
+    let web = format!("{copy}-web-1");
+    let inspect: serde_json::Value = serde_json::from_str(&docker(&a, &["inspect", &web])).unwrap();
+    let c = &inspect[0];
+    assert!(c["Config"]["Env"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!(format!("SITE_MARKER={name}"))));
+    assert_eq!(
+        c["Config"]["Labels"]["com.docker.compose.project"],
+        copy.as_str()
+    );
+    assert_eq!(c["Config"]["Labels"]["com.docker.compose.service"], "web");
+    assert_eq!(c["HostConfig"]["RestartPolicy"]["Name"], "unless-stopped");
+    let aliases = &c["NetworkSettings"]["Networks"][format!("{copy}_default")]["Aliases"];
+    assert!(
+        aliases
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("web")),
+        "{aliases}"
+    );
+    assert_eq!(state(&a, &format!("{copy}-job-1")), "created");
+    assert_eq!(
+        fs::read(mountpoint(&a, &format!("{copy}_data")).join("db/table.dat")).unwrap(),
+        b"rows 1 2 3\n"
+    );
+    // The copy has its own bind-mounted directory, beside the original's.
+    let copy_bind = PathBuf::from(format!("{}.{copy}", site.bind.path().display()));
+    assert_eq!(
+        fs::read(copy_bind.join("conf/app.ini")).unwrap(),
+        b"[site]\nname=test\n"
+    );
+    let sites = json(&freezer_on(&a, &["sites", "--json"]));
+    let listed = sites
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == copy.as_str())
+        .unwrap_or_else(|| panic!("{copy} not listed: {sites}"));
+    assert_eq!(listed["containers"].as_array().unwrap().len(), 3);
+    // The same name again is refused: the copy is never touched without --replace.
+    let out = freezer_on(&a, &["thaw", &name, "--repo", &repo.url, "--as", &copy]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    remove_site(&a, &copy);
+    fs::remove_dir_all(&copy_bind).unwrap();
+
+    // The host loses the site: thaw brings back the exact volume and the bind mount.
+    remove_site(&a, &name);
+    fs::remove_dir_all(site.bind.path().join("conf")).unwrap();
+    let out = freezer_on(&a, &["thaw", &format!("{name}:{id}"), "--repo", &repo.url]);
+    assert_ok(&out);
+    assert_eq!(http_get(port, "/index.html"), site.marker());
+    assert_same_tree(reference.path(), &mountpoint(&a, &format!("{name}_www")));
+    assert_eq!(
+        fs::read(site.bind.path().join("conf/app.ini")).unwrap(),
+        b"[site]\nname=test\n"
+    );
+    assert_eq!(state(&a, &site.c("data")), "running");
+    assert_eq!(state(&a, &site.c("job")), "created");
+
+    // --replace: what is replaced is frozen first, and can be brought back.
+    docker(
+        &a,
+        &[
+            "exec",
+            &site.c("web"),
+            "sh",
+            "-c",
+            "echo changed > /www/index.html",
+        ],
+    );
+    assert_eq!(http_get(port, "/index.html"), b"changed\n");
+    let out = freezer_on(&a, &["thaw", &format!("{name}:{id}"), "--repo", &repo.url]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert_eq!(http_get(port, "/index.html"), b"changed\n");
+    let out = freezer_on(
+        &a,
+        &[
+            "thaw",
+            &format!("{name}:{id}"),
+            "--repo",
+            &repo.url,
+            "--replace",
+            "--json",
+        ],
+    );
+    let report = json(&out);
+    let safety = report["safety_snapshot"].as_str().unwrap().to_string();
+    assert_eq!(http_get(port, "/index.html"), site.marker());
+    let port3 = free_port();
+    let safe = unique("safe");
+    site.made(&a, &safe);
+    assert_ok(&freezer_on(
+        &a,
+        &[
+            "thaw",
+            &format!("{name}:{safety}"),
+            "--repo",
+            &repo.url,
+            "--as",
+            &safe,
+            "--publish",
+            &format!("{port}={port3}"),
+        ],
+    ));
+    assert_eq!(http_get(port3, "/index.html"), b"changed\n");
+    fs::remove_dir_all(format!("{}.{safe}", site.bind.path().display())).unwrap();
+}
+
+#[test]
+fn hydrated_across_two_engines_with_images_and_export() {
+    let (a, b) = (host_a(), host_b());
+    let repo = TestRepo::s3().init();
+    let name = unique("xe");
+    // An image only engine A has: engine B must get it from the snapshot.
+    let tag = format!("freezer-test/only-a:{}", unique("t"));
+    docker(&a, &["tag", &image(), &tag]);
+    let port = free_port();
+    let site = start_site(&a, &name, &tag, port);
+    site.made(&b, &name);
+
+    let plain = json(&freezer_on(
+        &a,
+        &["freeze", &name, "--repo", &repo.url, "--json"],
+    ))["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = freezer_on(
+        &a,
+        &[
+            "freeze",
+            &name,
+            "--repo",
+            &repo.url,
+            "--with-images",
+            "--json",
+        ],
+    );
+    let with_images = json(&out)["snapshot"].as_str().unwrap().to_string();
+
+    // Without the image, B refuses before creating anything.
+    let out = freezer_on(
+        &b,
+        &["thaw", &format!("{name}:{plain}"), "--repo", &repo.url],
+    );
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&tag) && stderr(&out).contains("--with-images"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        docker(
+            &b,
+            &[
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=com.docker.compose.project={name}")
+            ]
+        ),
+        ""
+    );
+    assert!(
+        !docker_try(&b, &["volume", "inspect", &format!("{name}_www")])
+            .status
+            .success()
+    );
+
+    // With the image in the snapshot, B runs the site (on another port: both engines
+    // share this machine's ports).
+    let port_b = free_port();
+    let bind_b = tempfile::tempdir().unwrap();
+    let out = freezer_on(
+        &b,
+        &[
+            "thaw",
+            &format!("{name}:{with_images}"),
+            "--repo",
+            &repo.url,
+            "--publish",
+            &format!("{port}={port_b}"),
+            "--into",
+            bind_b.path().to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let report = json(&out);
+    assert_eq!(report["images_loaded"], serde_json::json!([tag]));
+    assert_eq!(http_get(port_b, "/index.html"), site.marker());
+    assert_eq!(http_get(port_b, "/sub/big.bin"), big_file());
+    assert_same_tree(
+        &mountpoint(&a, &format!("{name}_www")),
+        &mountpoint(&b, &format!("{name}_www")),
+    );
+    let bind_copy = under(bind_b.path(), site.bind.path());
+    assert_eq!(
+        fs::read(bind_copy.join("conf/app.ini")).unwrap(),
+        b"[site]\nname=test\n"
+    );
+    docker(&b, &["image", "inspect", &tag]);
+
+    // Export: stock tools read the images, and Docker loads them (gzip layers).
+    let dir = tempfile::tempdir().unwrap();
+    let oci = dir.path().join("oci");
+    assert_ok(&freezer(&[
+        "export",
+        &format!("{name}:{with_images}"),
+        "--repo",
+        &repo.url,
+        "--oci",
+        oci.to_str().unwrap(),
+        "--compression",
+        "gzip",
+    ]));
+    let skopeo = |args: &[&str]| {
+        let out = Command::new("skopeo")
+            .args(args)
+            .env("DOCKER_HOST", &a)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let web_ref = format!("oci:{}:{}", oci.display(), site.c("web"));
+    let inspected: serde_json::Value =
+        serde_json::from_str(&skopeo(&["inspect", &web_ref])).unwrap();
+    assert!(!inspected["Layers"].as_array().unwrap().is_empty());
+    assert!(inspected["Env"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!(format!("SITE_MARKER={name}"))));
+    let loaded = format!("freezer-test/exported:{}", unique("t"));
+    skopeo(&["copy", &web_ref, &format!("docker-daemon:{loaded}")]);
+    assert_eq!(docker(&a, &["run", "--rm", &loaded, "echo", "ran"]), "ran");
+    let vol_loaded = format!("freezer-test/exported-www:{}", unique("t"));
+    skopeo(&[
+        "copy",
+        &format!("oci:{}:volume.{name}_www", oci.display()),
+        &format!("docker-daemon:{vol_loaded}"),
+    ]);
+    let c = docker(&a, &["create", &vol_loaded, "x"]);
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("docker cp {c}:/index.html - | tar -xO"))
+        .env("DOCKER_HOST", &a)
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, site.marker());
+    docker(&a, &["rm", &c]);
+
+    for img in [&loaded, &vol_loaded, &tag] {
+        let _ = docker_try(&a, &["rmi", img]);
+    }
+    let _ = docker_try(&b, &["rmi", &tag]);
+}
+
+/// Runs freezer in the background (for interrupting it).
+fn spawn_freezer(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    services();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_freezer"));
+    cmd.args(args)
+        .env_remove("FREEZER_REPO")
+        .env("FREEZER_CONFIG", "/dev/null")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("starting freezer")
+}
+
+fn wait_for_state(host: &str, container: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state(host, container) != want {
+        assert!(
+            Instant::now() < deadline,
+            "{container} did not become {want}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_interrupted_freeze_leaves_every_container_as_it_was() {
+    let a = host_a();
+    let repo = TestRepo::local().init();
+    let name = unique("in");
+    let port = free_port();
+    let site = start_site(&a, &name, &image(), port);
+    docker(&a, &["pause", &site.c("data")]);
+    let states = || {
+        ["web", "data", "job"]
+            .iter()
+            .map(|c| state(&a, &site.c(c)))
+            .collect::<Vec<_>>()
+    };
+    let before = vec!["running", "paused", "created"];
+    assert_eq!(states(), before);
+
+    for (flag, held_state, signal) in [(None, "paused", "TERM"), (Some("--stop"), "exited", "INT")]
+    {
+        let mut args = vec!["freeze", name.as_str(), "--repo", &repo.url];
+        args.extend(flag);
+        let child = spawn_freezer(
+            &args,
+            &[
+                ("DOCKER_HOST", &a),
+                ("FREEZER_FAULT_HOLD_WINDOW_MS", "60000"),
+            ],
+        );
+        // The window is open: the web container is held.
+        wait_for_state(&a, &site.c("web"), held_state);
+        let st = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+        assert!(stderr(&out).contains("resumed"), "{}", stderr(&out));
+        assert_eq!(states(), before, "after SIG{signal} during {flag:?}");
+        assert_eq!(http_get(port, "/index.html"), site.marker());
+    }
+    let list = json(&freezer(&[
+        "snapshots",
+        &name,
+        "--repo",
+        &repo.url,
+        "--json",
+    ]));
+    assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
+
+    // A whole --stop freeze: stopped for the copy, then exactly as before.
+    let report = json(&freezer_on(
+        &a,
+        &["freeze", &name, "--repo", &repo.url, "--stop", "--json"],
+    ));
+    assert_eq!(report["window"]["mode"], "stop");
+    assert_eq!(
+        report["window"]["containers"],
+        serde_json::json!([site.c("web")])
+    );
+    assert_eq!(states(), before);
+    assert_eq!(http_get(port, "/index.html"), site.marker());
+}
+
+/// The dry run names every step and changes nothing.
+#[test]
+fn thaw_dry_run_prints_the_plan_and_changes_nothing() {
+    let a = host_a();
+    let repo = TestRepo::local().init();
+    let name = unique("dr");
+    let port = free_port();
+    let site = start_site(&a, &name, &image(), port);
+    let id = json(&freezer_on(
+        &a,
+        &["freeze", &name, "--repo", &repo.url, "--json"],
+    ))["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let copy = unique("dc");
+    site.made(&a, &copy);
+    let port2 = free_port();
+    let plan = json(&freezer_on(
+        &a,
+        &[
+            "thaw",
+            &format!("{name}:{id}"),
+            "--repo",
+            &repo.url,
+            "--as",
+            &copy,
+            "--publish",
+            &format!("{port}={port2}"),
+            "--dry-run",
+            "--json",
+        ],
+    ));
+    assert_eq!(plan["target"], copy.as_str());
+    let names: Vec<&str> = plan["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            format!("{copy}-data-1"),
+            format!("{copy}-job-1"),
+            format!("{copy}-web-1")
+        ]
+    );
+    let web = &plan["containers"][2];
+    assert_eq!(
+        web["ports"],
+        serde_json::json!([format!("127.0.0.1:{port2}->80/tcp")])
+    );
+    assert_eq!(plan["volumes"][0]["action"], "create");
+    assert_eq!(
+        docker(
+            &a,
+            &[
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=com.docker.compose.project={copy}")
+            ]
+        ),
+        ""
+    );
+    assert!(
+        !docker_try(&a, &["volume", "inspect", &format!("{copy}_www")])
+            .status
+            .success()
+    );
+    // Without --publish the taken port is found before anything is created.
+    let out = freezer_on(
+        &a,
+        &[
+            "thaw",
+            &format!("{name}:{id}"),
+            "--repo",
+            &repo.url,
+            "--as",
+            &copy,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&port.to_string()), "{}", stderr(&out));
+    assert!(!PathBuf::from(format!("{}.{copy}", site.bind.path().display())).exists());
+}
