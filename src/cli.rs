@@ -404,26 +404,42 @@ fn dispatch(cli: Cli) -> Result<i32> {
             dry_run,
         } => {
             let (mut trees, mut databases) = settings.sources(site, paths, dbs)?;
-            let hydrated = match mode.as_deref() {
-                Some("hydrated") => true,
-                None => trees.is_empty() && databases.is_empty(),
-                _ => false,
+            // A site with nothing configured is a Docker site: hydrated unless asked
+            // for a dehydrated one (its database containers dumped).
+            let unconfigured = trees.is_empty() && databases.is_empty();
+            let docker_mode = match mode.as_deref() {
+                Some("hydrated") => Some(true),
+                Some("dehydrated") if unconfigured => Some(false),
+                None if unconfigured => Some(true),
+                _ => None,
             };
-            if (*stop || *with_images) && !hydrated {
+            if (*stop && docker_mode != Some(true)) || (*with_images && docker_mode.is_none()) {
                 return Err(Error::usage(
-                    "--stop and --with-images apply to hydrated freezes of Docker sites (--mode hydrated)",
+                    "--stop applies to hydrated freezes of Docker sites, --with-images to Docker sites",
                 ));
             }
             let mut docker = None;
-            if hydrated {
+            if let Some(hydrated) = docker_mode {
                 let engine = crate::docker::Engine::connect()?;
-                let captured = crate::docker::capture::capture(&engine, site)?;
+                let mut captured = crate::docker::capture::capture(&engine, site)?;
+                if hydrated {
+                    databases.clear();
+                } else {
+                    databases = captured.databases()?;
+                    if databases.is_empty() {
+                        return Err(Error::usage(format!(
+                            "Docker site {site} has no MariaDB or MySQL container (one whose environment names MARIADB_DATABASE or MYSQL_DATABASE) to dump"
+                        ))
+                        .with_hint("freeze it hydrated (--mode hydrated), or pass --db URL"));
+                    }
+                    captured.drop_database_volumes();
+                }
                 trees = captured.trees.clone();
-                databases.clear();
                 docker = Some(ops::DockerFreeze {
                     engine_host: engine.host.clone(),
                     engine,
                     site: captured,
+                    hold: hydrated,
                     stop: *stop,
                     with_images: *with_images,
                 });
@@ -463,10 +479,14 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     }
                     if let Some(d) = &plan.docker {
                         println!(
-                            "  Docker site on {}: {} containers, {} while the volumes are copied{}",
+                            "  Docker site on {}: {} containers, {}{}",
                             d.engine_host,
                             d.site.containers.len(),
-                            if d.stop { "stopped" } else { "paused" },
+                            match (d.hold, d.stop) {
+                                (false, _) => "running while the files are copied",
+                                (true, true) => "stopped while the volumes are copied",
+                                (true, false) => "paused while the volumes are copied",
+                            },
                             if d.with_images { "; images stored" } else { "" }
                         );
                         for c in &d.site.containers {
@@ -567,7 +587,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let (site, snap) = split_target(target);
             let repo = open_repo(&settings)?;
             let snapshot = repo.find_snapshot(site, snap)?;
-            if snapshot.annotation(crate::format::A_MODE) == "hydrated" {
+            let docker_site = snapshot.record.manifests.iter().any(|m| {
+                m.annotations
+                    .contains_key(crate::docker::capture::A_CONTAINER_NAME)
+            });
+            if docker_site {
                 let opts = crate::docker::recreate::SiteOptions {
                     rename: rename.clone(),
                     publish: publish.clone(),
@@ -892,12 +916,13 @@ fn thaw_docker_site(
                 println!("  network   {:<24} {}", n.name, n.action);
             }
             for v in &plan.volumes {
-                println!(
-                    "  volume    {:<24} {} from tree {}",
-                    v.name,
-                    v.action,
-                    v.tree.as_deref().unwrap_or("")
-                );
+                match &v.tree {
+                    Some(t) => println!("  volume    {:<24} {} from tree {t}", v.name, v.action),
+                    None => println!(
+                        "  volume    {:<24} {} empty (its database is loaded from the dump)",
+                        v.name, v.action
+                    ),
+                }
             }
             for b in &plan.binds {
                 println!(
@@ -908,6 +933,12 @@ fn thaw_docker_site(
                         .unwrap_or_default(),
                     b.action,
                     b.tree.as_deref().unwrap_or("")
+                );
+            }
+            for d in &plan.databases {
+                println!(
+                    "  database  {:<24} into container {} once it accepts connections ({} tables, {} rows)",
+                    d.database, d.container, d.tables, d.rows
                 );
             }
             for c in &plan.containers {
@@ -937,6 +968,7 @@ fn thaw_docker_site(
             engine_host: engine.host.clone(),
             engine,
             site: captured,
+            hold: true,
             stop: false,
             with_images: false,
         });
@@ -967,6 +999,12 @@ fn thaw_docker_site(
                 t.dest.display(),
                 t.stats.files,
                 bytes(t.stats.bytes)
+            ));
+        }
+        for d in &report.databases {
+            say(format!(
+                "  database {:<12} -> {}  ({} tables, {} rows, {} objects; verified in {:.1}s)",
+                d.source, d.target, d.tables, d.rows, d.objects, d.verify_seconds
             ));
         }
         say(format!("  containers: {}", report.containers.join(", ")));

@@ -69,6 +69,9 @@ pub struct DockerFreeze {
     pub engine_host: String,
     #[serde(rename = "containers", serialize_with = "container_names")]
     pub site: CapturedSite,
+    /// Hold the site still (pause or stop) while its trees are copied: hydrated. A
+    /// dehydrated freeze dumps the databases instead and copies the other trees live.
+    pub hold: bool,
     /// Stop the containers for the copy instead of pausing them.
     pub stop: bool,
     /// Also store each container's image layers.
@@ -263,20 +266,24 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
                         .map_err(|e| prefix(e, &format!("storing container {}", spec.name)))?,
                 );
             }
-            let mut tree_manifests = Vec::new();
-            let (trees, w) = crate::docker::capture::hold(&d.engine, &d.site, d.stop, || {
-                freeze_trees(
-                    repo,
-                    plan,
-                    &prev,
-                    progress,
-                    &mut warnings,
-                    &mut tree_manifests,
-                )
-            })?;
-            manifests.extend(tree_manifests);
-            window = Some(w);
-            trees
+            if d.hold {
+                let mut tree_manifests = Vec::new();
+                let (trees, w) = crate::docker::capture::hold(&d.engine, &d.site, d.stop, || {
+                    freeze_trees(
+                        repo,
+                        plan,
+                        &prev,
+                        progress,
+                        &mut warnings,
+                        &mut tree_manifests,
+                    )
+                })?;
+                manifests.extend(tree_manifests);
+                window = Some(w);
+                trees
+            } else {
+                freeze_trees(repo, plan, &prev, progress, &mut warnings, &mut manifests)?
+            }
         }
     };
 
@@ -307,7 +314,7 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
     let a = &mut record.annotations;
     a.insert(A_FORMAT.into(), REPO_FORMAT_VERSION.to_string());
     a.insert(A_SITE.into(), plan.site.clone());
-    let mode = if plan.docker.is_some() {
+    let mode = if plan.docker.as_ref().is_some_and(|d| d.hold) {
         "hydrated"
     } else if plan.databases.is_empty() {
         "files"

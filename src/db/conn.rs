@@ -38,13 +38,7 @@ impl DbUrl {
                     .with_hint("add the database name as the path: mysql://USER@HOST/DATABASE"),
             );
         }
-        let mut b = OptsBuilder::from_opts(opts.clone())
-            // Dumps and loads stream for minutes; no statement cache is needed across them.
-            .stmt_cache_size(32usize)
-            // Rows as long as the server stores (up to 1 GiB) must be readable; the
-            // server itself limits what it accepts.
-            .max_allowed_packet(Some(1 << 30))
-            .wait_timeout(Some(28_800));
+        let mut b = tuned(OptsBuilder::from_opts(opts.clone()));
         if opts.pass().is_none() {
             if let Ok(p) = std::env::var("FREEZER_DB_PASSWORD") {
                 b = b.pass(Some(p));
@@ -54,6 +48,21 @@ impl DbUrl {
             opts: b.into(),
             database,
         })
+    }
+
+    /// An endpoint from its parts (a database found in a container's environment), so
+    /// no password needs URL-escaping.
+    pub fn from_parts(host: &str, port: u16, user: &str, password: &str, database: &str) -> DbUrl {
+        let b = OptsBuilder::default()
+            .ip_or_hostname(host)
+            .tcp_port(port)
+            .user(Some(user))
+            .pass(Some(password))
+            .db_name(Some(database));
+        DbUrl {
+            opts: tuned(b).into(),
+            database: database.to_string(),
+        }
     }
 
     /// The same server, another database.
@@ -119,6 +128,15 @@ impl serde::Serialize for DbUrl {
 }
 
 /// A URL as typed, with any password replaced, for error messages.
+fn tuned(b: OptsBuilder) -> OptsBuilder {
+    // Dumps and loads stream for minutes; no statement cache is needed across them.
+    b.stmt_cache_size(32usize)
+        // Rows as long as the server stores (up to 1 GiB) must be readable; the server
+        // itself limits what it accepts.
+        .max_allowed_packet(Some(1 << 30))
+        .wait_timeout(Some(28_800))
+}
+
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {

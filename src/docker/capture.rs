@@ -14,6 +14,7 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use super::Engine;
+use crate::db::DbUrl;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
 use crate::ops::TreeSpec;
@@ -50,6 +51,36 @@ pub struct ContainerSpec {
     pub networks: BTreeMap<String, NetworkSpec>,
     /// Volumes and bind mounts, each stored as a tree of the snapshot.
     pub mounts: Vec<MountSpec>,
+    /// A MariaDB/MySQL container: the database its environment names
+    /// (`MARIADB_DATABASE`/`MYSQL_DATABASE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+}
+
+impl ContainerSpec {
+    fn env(&self, key: &str) -> Option<String> {
+        self.config["Env"].as_array()?.iter().find_map(|e| {
+            e.as_str()?
+                .strip_prefix(key)?
+                .strip_prefix('=')
+                .map(str::to_string)
+        })
+    }
+
+    /// The database endpoint of a MariaDB/MySQL container at `address`, with the
+    /// credentials from its environment: the application user if there is one, else root.
+    pub fn database_url(&self, address: &str) -> Option<DbUrl> {
+        let db = self.database.as_ref()?;
+        let get = |suffix: &str| {
+            self.env(&format!("MARIADB_{suffix}"))
+                .or_else(|| self.env(&format!("MYSQL_{suffix}")))
+        };
+        let (user, password) = match (get("USER"), get("PASSWORD")) {
+            (Some(u), Some(p)) if !u.is_empty() => (u, p),
+            _ => ("root".to_string(), get("ROOT_PASSWORD")?),
+        };
+        Some(DbUrl::from_parts(address, 3306, &user, &password, db))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,7 +111,9 @@ pub struct MountSpec {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,
-    /// The snapshot tree that holds its contents.
+    /// The snapshot tree that holds its contents; empty when they are not stored (a
+    /// database container's volume in a dehydrated snapshot).
+    #[serde(default)]
     pub tree: String,
 }
 
@@ -92,6 +125,53 @@ pub struct CapturedSite {
     pub ids: Vec<String>,
     /// One tree per distinct volume or bind source.
     pub trees: Vec<TreeSpec>,
+    /// Each container's address on its first network (for reaching its database).
+    pub addresses: Vec<Option<String>>,
+}
+
+impl CapturedSite {
+    /// The databases of the site's MariaDB/MySQL containers, reachable from this host.
+    pub fn databases(&self) -> Result<Vec<DbUrl>> {
+        let mut out = Vec::new();
+        for (spec, addr) in self.containers.iter().zip(&self.addresses) {
+            let Some(db) = &spec.database else { continue };
+            if spec.state != "running" {
+                return Err(Error::usage(format!(
+                    "container {} holds database {db} but is {}; a dump needs it running",
+                    spec.name, spec.state
+                )));
+            }
+            let url = addr.as_deref().and_then(|a| spec.database_url(a)).ok_or_else(|| {
+                Error::usage(format!(
+                    "container {} holds database {db}, but its address or credentials are not known (MARIADB_USER/MARIADB_PASSWORD or MARIADB_ROOT_PASSWORD)",
+                    spec.name
+                ))
+            })?;
+            out.push(url);
+        }
+        Ok(out)
+    }
+
+    /// Dehydrated: the database containers' own volumes are not copied (the dump stands
+    /// for them); thaw creates them empty and loads the dump.
+    pub fn drop_database_volumes(&mut self) {
+        let mut dropped = Vec::new();
+        for spec in &mut self.containers {
+            if spec.database.is_some() {
+                for m in &mut spec.mounts {
+                    dropped.push(std::mem::take(&mut m.tree));
+                }
+            }
+        }
+        let used: Vec<&str> = self
+            .containers
+            .iter()
+            .flat_map(|c| &c.mounts)
+            .map(|m| m.tree.as_str())
+            .collect();
+        self.trees
+            .retain(|t| !dropped.contains(&t.name) || used.contains(&t.name.as_str()));
+    }
 }
 
 /// Reads every container of `site` and the mounts to copy.
@@ -117,6 +197,7 @@ pub fn capture(engine: &Engine, site: &str) -> Result<CapturedSite> {
     let mut networks: HashMap<String, NetworkSpec> = HashMap::new();
     let mut containers = Vec::new();
     let mut ids = Vec::new();
+    let mut addresses = Vec::new();
     let mut trees: Vec<TreeSpec> = Vec::new();
     for c in list {
         let what = format!("inspecting container {}", c.name);
@@ -151,7 +232,11 @@ pub fn capture(engine: &Engine, site: &str) -> Result<CapturedSite> {
             .as_ref()
             .and_then(|n| n.networks.clone())
             .unwrap_or_default();
+        let mut address = None;
         for (net, ep) in endpoints {
+            if address.is_none() {
+                address = ep.ip_address.clone().filter(|a| !a.is_empty());
+            }
             if matches!(net.as_str(), "bridge" | "host" | "none") {
                 continue;
             }
@@ -261,7 +346,7 @@ pub fn capture(engine: &Engine, site: &str) -> Result<CapturedSite> {
             });
         }
         mounts.sort_by(|a, b| a.destination.cmp(&b.destination));
-        containers.push(ContainerSpec {
+        let mut spec = ContainerSpec {
             name: c.name.clone(),
             image,
             image_id,
@@ -276,14 +361,22 @@ pub fn capture(engine: &Engine, site: &str) -> Result<CapturedSite> {
             host_config,
             networks: nets,
             mounts,
-        });
+            database: None,
+        };
+        spec.database = ["MARIADB_DATABASE", "MYSQL_DATABASE"]
+            .iter()
+            .find_map(|k| spec.env(k))
+            .filter(|d| !d.is_empty());
+        containers.push(spec);
         ids.push(c.id);
+        addresses.push(address);
     }
     trees.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(CapturedSite {
         containers,
         ids,
         trees,
+        addresses,
     })
 }
 

@@ -54,8 +54,12 @@ pub struct SitePlan {
     /// Bind-mounted directories: tree, destination.
     pub binds: Vec<Step>,
     pub containers: Vec<ContainerStep>,
+    /// Dumps loaded into database containers (dehydrated snapshots).
+    pub databases: Vec<DbStep>,
     #[serde(skip)]
     specs: Vec<(ContainerSpec, ImageManifest, Digest)>,
+    #[serde(skip)]
+    dumps: Vec<crate::db::DbManifest>,
     #[serde(skip)]
     trees: HashMap<String, TreePlan>,
     #[serde(skip)]
@@ -74,6 +78,15 @@ pub struct Step {
     pub tree: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DbStep {
+    pub database: String,
+    /// The container whose server gets it, once it accepts connections.
+    pub container: String,
+    pub tables: usize,
+    pub rows: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -151,8 +164,15 @@ pub fn plan(
     crate::repo::check_site_name(&target)?;
     let mut specs = Vec::new();
     let mut trees = HashMap::new();
+    let mut dumps = Vec::new();
     for m in &snap.record.manifests {
         let what = format!("snapshot {site}:{}", snap.id);
+        if let Some(db) = m.annotations.get(crate::db::A_DB_NAME) {
+            let (_, manifest) = crate::db::load::read_manifest(repo, &m.digest)
+                .map_err(|e| crate::ops::prefix(e, &format!("{what} database {db}")))?;
+            dumps.push(manifest);
+            continue;
+        }
         let manifest: ImageManifest = from_json(&repo.read_blob(&m.digest)?, &m.digest.key())?;
         if m.annotations.contains_key(super::capture::A_CONTAINER_NAME) {
             let config: Value = from_json(
@@ -204,7 +224,9 @@ pub fn plan(
         volumes: vec![],
         binds: vec![],
         containers: vec![],
+        databases: vec![],
         specs: vec![],
+        dumps: vec![],
         trees: HashMap::new(),
         snap: snap.clone(),
         network_specs: BTreeMap::new(),
@@ -274,7 +296,7 @@ pub fn plan(
             plan.network_specs.insert(net.clone(), ns.clone());
         }
         for m in &spec.mounts {
-            if !trees.contains_key(&m.tree) {
+            if !m.tree.is_empty() && !trees.contains_key(&m.tree) {
                 return Err(Error::integrity(format!(
                     "snapshot {site}:{}: container {} mounts tree {}, which the snapshot does not hold",
                     snap.id, spec.name, m.tree
@@ -291,6 +313,8 @@ pub fn plan(
                         d.inspect_volume(&n).await
                     }) {
                     Ok(v) if dir_is_empty(Path::new(&v.mountpoint)) => "reuse",
+                    // A database's own volume: the server starts afresh, then gets the dump.
+                    Ok(_) if opts.replace && m.tree.is_empty() => "recreate",
                     Ok(_) if opts.replace => "replace",
                     Ok(_) => {
                         return Err(Error::conflict(format!(
@@ -307,7 +331,7 @@ pub fn plan(
                 plan.volumes.push(Step {
                     name,
                     action,
-                    tree: Some(m.tree.clone()),
+                    tree: Some(m.tree.clone()).filter(|t| !t.is_empty()),
                     path: None,
                 });
             } else {
@@ -361,8 +385,41 @@ pub fn plan(
             state: spec.state.clone(),
             ports: ports(&spec.host_config),
         });
+        if let Some(db) = &spec.database {
+            if let Some(d) = dumps.iter().find(|d| &d.database == db) {
+                if spec.database_url("127.0.0.1").is_none() {
+                    return Err(Error::usage(format!(
+                        "container {} holds database {db}, but its environment has no credentials (MARIADB_USER/MARIADB_PASSWORD or MARIADB_ROOT_PASSWORD) to load it with",
+                        spec.name
+                    )));
+                }
+                plan.databases.push(DbStep {
+                    database: db.clone(),
+                    container: spec.name.clone(),
+                    tables: d.tables.len(),
+                    rows: d.tables.iter().map(|t| t.rows).sum(),
+                });
+            }
+        }
         plan.specs.push((spec, manifest, digest));
     }
+    // In load order: the plan's database steps, each with its dump.
+    let mut ordered = Vec::new();
+    for step in &plan.databases {
+        let i = dumps
+            .iter()
+            .position(|d| d.database == step.database)
+            .expect("matched above");
+        ordered.push(dumps.remove(i));
+    }
+    if let Some(d) = dumps.first() {
+        return Err(Error::usage(format!(
+            "snapshot {site}:{} holds database {}, which no container of the site serves",
+            snap.id, d.database
+        ))
+        .with_hint("freeze the site hydrated, or dump that database on its own with --db"));
+    }
+    plan.dumps = ordered;
     plan.trees = trees;
     Ok(plan)
 }
@@ -481,8 +538,15 @@ pub struct SiteReport {
     pub images_loaded: Vec<String>,
     pub containers: Vec<String>,
     pub trees: Vec<crate::ops::ThawTreeReport>,
+    pub databases: Vec<crate::db::load::LoadReport>,
     pub seconds: f64,
 }
+
+type Applied = (
+    Vec<String>,
+    Vec<crate::ops::ThawTreeReport>,
+    Vec<crate::db::load::LoadReport>,
+);
 
 /// Things created so far, removed again if the thaw fails.
 #[derive(Default)]
@@ -530,7 +594,7 @@ pub fn execute(
     let mut created = Created::default();
     let result = apply(repo, engine, &mut plan, progress, &mut created);
     match result {
-        Ok((images_loaded, trees)) => Ok(SiteReport {
+        Ok((images_loaded, trees, databases)) => Ok(SiteReport {
             site: plan.site.clone(),
             snapshot: plan.snapshot.clone(),
             target: plan.target.clone(),
@@ -538,6 +602,7 @@ pub fn execute(
             images_loaded,
             containers: plan.containers.iter().map(|c| c.name.clone()).collect(),
             trees,
+            databases,
             seconds: started.elapsed().as_secs_f64(),
         }),
         Err(mut e) => {
@@ -568,7 +633,12 @@ fn apply(
     plan: &mut SitePlan,
     progress: &Progress,
     created: &mut Created,
-) -> Result<(Vec<String>, Vec<crate::ops::ThawTreeReport>)> {
+) -> Result<Applied> {
+    // 0. Every dump downloaded and verified before the engine is touched.
+    let mut prepared = Vec::new();
+    for m in &plan.dumps {
+        prepared.push(crate::db::load::fetch(repo, m.clone(), progress)?);
+    }
     // 1. Images the engine lacks, from the snapshot.
     let mut loaded = Vec::new();
     for step in &plan.images {
@@ -612,7 +682,14 @@ fn apply(
             .flat_map(|(s, _, _)| &s.mounts)
             .find(|m| m.name.as_deref() == Some(step.name.as_str()))
             .expect("planned from a mount");
-        if step.action == "create" {
+        if step.action == "recreate" {
+            let n = step.name.clone();
+            engine.call(&format!("removing volume {}", step.name), |d| async move {
+                d.remove_volume(&n, None::<bollard::query_parameters::RemoveVolumeOptions>)
+                    .await
+            })?;
+        }
+        if step.action == "create" || step.action == "recreate" {
             let body: bollard::models::VolumeCreateOptions = serde_json::from_value(json!({
                 "Name": step.name,
                 "Driver": m.driver.clone().unwrap_or_else(|| "local".into()),
@@ -638,12 +715,12 @@ fn apply(
     let dests: Vec<(String, PathBuf, bool)> = plan
         .volumes
         .iter()
-        .map(|s| {
-            (
-                s.tree.clone().unwrap_or_default(),
+        .filter_map(|s| {
+            Some((
+                s.tree.clone()?,
                 mountpoints[&s.name].clone(),
                 s.action == "replace",
-            )
+            ))
         })
         .chain(plan.binds.iter().map(|s| {
             (
@@ -704,8 +781,46 @@ fn apply(
             )?;
         }
     }
+    // 5. Database containers first: started, waited for, loaded with their dumps.
+    let mut db_reports = Vec::new();
+    for (step, p) in plan.databases.iter().zip(&prepared) {
+        let (spec, _, _) = plan
+            .specs
+            .iter()
+            .find(|(s, _, _)| s.name == step.container)
+            .expect("planned");
+        let name = spec.name.clone();
+        engine.call(&format!("starting container {name}"), |d| async move {
+            d.start_container(
+                &name,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+        })?;
+        let address = container_address(engine, &spec.name)?;
+        let url = spec.database_url(&address).expect("checked by plan");
+        progress.set_label(format!("waiting for the database in {}", spec.name));
+        wait_for_database(&url, &spec.name)?;
+        let opts = crate::db::load::LoadOptions {
+            jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            replace: false,
+            with_users: false,
+        };
+        let r = crate::db::load::load_database(p, &url, &opts, progress).map_err(|e| {
+            crate::ops::prefix(
+                e,
+                &format!(
+                    "loading database {} into container {}",
+                    step.database, spec.name
+                ),
+            )
+        })?;
+        db_reports.push(r);
+    }
     for (spec, _, _) in &plan.specs {
-        if !matches!(spec.state.as_str(), "running" | "paused") {
+        if !matches!(spec.state.as_str(), "running" | "paused")
+            || plan.databases.iter().any(|d| d.container == spec.name)
+        {
             continue;
         }
         let name = spec.name.clone();
@@ -727,7 +842,47 @@ fn apply(
             )?;
         }
     }
-    Ok((loaded, report.trees))
+    Ok((loaded, report.trees, db_reports))
+}
+
+/// The container's address on its first network.
+fn container_address(engine: &Engine, name: &str) -> Result<String> {
+    let n = name.to_string();
+    let info = engine.call(&format!("inspecting container {name}"), |d| async move {
+        d.inspect_container(
+            &n,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+    })?;
+    info.network_settings
+        .and_then(|n| n.networks)
+        .and_then(|n| {
+            n.into_values()
+                .find_map(|e| e.ip_address.filter(|a| !a.is_empty()))
+        })
+        .ok_or_else(|| Error::other(format!("container {name} has no network address")))
+}
+
+/// Waits until the database server in a new container accepts the application's login
+/// (its first start initializes the data directory; that takes seconds to minutes).
+fn wait_for_database(url: &crate::db::DbUrl, container: &str) -> Result<()> {
+    let rt = crate::db::conn::runtime(1)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        match rt.block_on(url.connect()) {
+            Ok(c) => {
+                let _ = rt.block_on(c.disconnect());
+                return Ok(());
+            }
+            Err(e) if std::time::Instant::now() > deadline => {
+                return Err(e.with_hint(format!(
+                    "the database in container {container} did not accept connections within 5 minutes; `docker logs {container}` says why"
+                )))
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(500)),
+        }
+    }
 }
 
 /// The engine's create request for a captured container: its `Config`, its `HostConfig`

@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -227,7 +227,7 @@ fn remove_site(host: &str, name: &str) {
     for id in ids.lines() {
         docker(host, &["rm", "-f", id]);
     }
-    for v in ["www", "data"] {
+    for v in ["www", "data", "db"] {
         let _ = docker_try(host, &["volume", "rm", &format!("{name}_{v}")]);
     }
     let _ = docker_try(host, &["network", "rm", &format!("{name}_default")]);
@@ -719,4 +719,242 @@ fn thaw_dry_run_prints_the_plan_and_changes_nothing() {
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert!(stderr(&out).contains(&port.to_string()), "{}", stderr(&out));
     assert!(!PathBuf::from(format!("{}.{copy}", site.bind.path().display())).exists());
+}
+
+fn mariadb_image() -> String {
+    services();
+    std::env::var("FREEZER_TEST_MARIADB_IMAGE").expect("set by scripts/services")
+}
+
+/// A container's address on its network (reachable from this host).
+fn address(host: &str, container: &str) -> String {
+    docker(
+        host,
+        &[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            container,
+        ],
+    )
+}
+
+/// Runs SQL with the mariadb client against a container's server; retries while it starts.
+fn sql_at(ip: &str, user: &str, password: &str, db: &str, sql: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new("mariadb")
+            .args(["-h", ip, "-u", user, "-N", "-B", db, "-e", sql])
+            .env("MYSQL_PWD", password)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mariadb at {ip}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// What a restored shop database must equal: every table's extended checksum and the
+/// view's definition.
+fn shop_facts(ip: &str, password: &str) -> String {
+    let sums = sql_at(
+        ip,
+        "shop",
+        password,
+        "shop",
+        "CHECKSUM TABLE customers, orders, products EXTENDED",
+    );
+    let view = sql_at(
+        ip,
+        "shop",
+        password,
+        "shop",
+        "SELECT * FROM order_totals ORDER BY id",
+    );
+    format!("{sums}\n{view}")
+}
+
+#[test]
+fn a_docker_site_with_its_database_container_dehydrated_and_hydrated() {
+    let (a, b) = (host_a(), host_b());
+    let repo = TestRepo::s3().init();
+    let name = unique("db");
+    let port = free_port();
+    // The web part as in the other tests, plus a MariaDB container like compose's.
+    let site = start_site(&a, &name, &image(), port);
+    site.made(&b, &name);
+    let password = format!("pw/{}@x", unique("s"));
+    let project = format!("com.docker.compose.project={name}");
+    let db_volume = format!("{name}_db:/var/lib/mysql");
+    let pw_env = format!("MARIADB_PASSWORD={password}");
+    let root_env = format!("MARIADB_ROOT_PASSWORD=root-{password}");
+    #[rustfmt::skip]
+    docker(&a, &[
+        "run", "-d", "--name", &site.c("db"), "--label", &project,
+        "--label", "com.docker.compose.service=db", "--network", &format!("{name}_default"),
+        "--network-alias", "db", "-v", &db_volume, "-e", &root_env, "-e", "MARIADB_DATABASE=shop",
+        "-e", "MARIADB_USER=shop", "-e", &pw_env, &mariadb_image(),
+    ]);
+    let ip = address(&a, &site.c("db"));
+    let fixture =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/shop.sql"))
+            .unwrap();
+    sql_at(&ip, "shop", &password, "shop", "SELECT 1");
+    let out = Command::new("mariadb")
+        .args([
+            "-h",
+            &ip,
+            "-u",
+            "shop",
+            "--default-character-set=utf8mb4",
+            "shop",
+        ])
+        .env("MYSQL_PWD", &password)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(fixture.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let facts = shop_facts(&ip, &password);
+    let no_secret = |out: &Output| {
+        for text in [
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        ] {
+            assert!(
+                !text.contains(&password),
+                "the database password was printed: {text}"
+            );
+        }
+    };
+
+    // Dehydrated: the database is found from its container and dumped; its volume is not
+    // copied.
+    let out = freezer_on(
+        &a,
+        &[
+            "freeze",
+            &name,
+            "--repo",
+            &repo.url,
+            "--mode",
+            "dehydrated",
+            "--json",
+        ],
+    );
+    no_secret(&out);
+    let report = json(&out);
+    assert_eq!(report["mode"], "dehydrated");
+    assert_eq!(report["databases"][0]["database"], "shop");
+    let trees: Vec<&str> = report["trees"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        !trees.contains(&format!("volume.{name}_db").as_str()),
+        "{trees:?}"
+    );
+    let dehydrated = report["snapshot"].as_str().unwrap().to_string();
+
+    // Hydrated with --stop (a clean shutdown of the database) and the images.
+    let out = freezer_on(
+        &a,
+        &[
+            "freeze",
+            &name,
+            "--repo",
+            &repo.url,
+            "--stop",
+            "--with-images",
+            "--json",
+        ],
+    );
+    no_secret(&out);
+    let report = json(&out);
+    assert_eq!(report["window"]["mode"], "stop");
+    let hydrated = report["snapshot"].as_str().unwrap().to_string();
+    assert_eq!(state(&a, &site.c("db")), "running");
+    assert_eq!(shop_facts(&address(&a, &site.c("db")), &password), facts);
+
+    // The dehydrated snapshot thaws as a copy: a fresh database container gets the dump.
+    let copy = unique("dbc");
+    site.made(&a, &copy);
+    let port2 = free_port();
+    let out = freezer_on(
+        &a,
+        &[
+            "thaw",
+            &format!("{name}:{dehydrated}"),
+            "--repo",
+            &repo.url,
+            "--as",
+            &copy,
+            "--publish",
+            &format!("{port}={port2}"),
+            "--dry-run",
+        ],
+    );
+    assert_ok(&out);
+    no_secret(&out);
+    let out = freezer_on(
+        &a,
+        &[
+            "thaw",
+            &format!("{name}:{dehydrated}"),
+            "--repo",
+            &repo.url,
+            "--as",
+            &copy,
+            "--publish",
+            &format!("{port}={port2}"),
+            "--json",
+        ],
+    );
+    no_secret(&out);
+    let report = json(&out);
+    assert_eq!(report["databases"][0]["source"], "shop");
+    assert_eq!(
+        shop_facts(&address(&a, &format!("{copy}-db-1")), &password),
+        facts
+    );
+    assert_eq!(http_get(port2, "/index.html"), site.marker());
+    fs::remove_dir_all(format!("{}.{copy}", site.bind.path().display())).unwrap();
+
+    // The hydrated snapshot on the other engine: the database's files as they were.
+    let port_b = free_port();
+    let bind_b = tempfile::tempdir().unwrap();
+    let out = freezer_on(
+        &b,
+        &[
+            "thaw",
+            &format!("{name}:{hydrated}"),
+            "--repo",
+            &repo.url,
+            "--publish",
+            &format!("{port}={port_b}"),
+            "--into",
+            bind_b.path().to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out);
+    no_secret(&out);
+    assert_eq!(shop_facts(&address(&b, &site.c("db")), &password), facts);
+    assert_eq!(http_get(port_b, "/index.html"), site.marker());
 }
