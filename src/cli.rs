@@ -960,9 +960,26 @@ fn thaw_docker_site(
     let progress = Arc::new(Progress::default());
     let guard = progress::start(progress.clone(), progress_mode(g));
     let target = plan.target.clone();
+    let replaced_paths = plan.replaced_paths.clone();
+    // The safety snapshot: the site as it runs (hydrated); or, when only its volumes and
+    // directories are left, those.
     let report = recreate::execute(repo, &engine, plan, &progress, || {
         let engine = crate::docker::Engine::connect()?;
-        let captured = crate::docker::capture::capture(&engine, &target)?;
+        let captured = match crate::docker::capture::capture(&engine, &target) {
+            Ok(c) => c,
+            Err(e) if e.kind == crate::ErrorKind::NotFound => {
+                let trees = replaced_paths
+                    .iter()
+                    .map(|(name, path)| ops::TreeSpec {
+                        name: name.clone(),
+                        path: path.clone(),
+                    })
+                    .collect();
+                let fp = ops::plan_freeze(repo, &target, trees, vec![], 1)?;
+                return Ok(ops::freeze(repo, &fp, &progress)?.snapshot);
+            }
+            Err(e) => return Err(e),
+        };
         let mut fp = ops::plan_freeze(repo, &target, captured.trees.clone(), vec![], 1)?;
         fp.docker = Some(ops::DockerFreeze {
             engine_host: engine.host.clone(),

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use bollard::models::{ContainerCreateBody, EndpointSettings, NetworkConnectRequest};
 use bollard::query_parameters::{
@@ -48,6 +49,9 @@ pub struct SitePlan {
     /// Containers of the target site on the engine now: frozen as a safety snapshot,
     /// then removed (only with --replace).
     pub replaces: Vec<String>,
+    /// Volumes and directories whose contents are replaced (only with --replace), as
+    /// (tree name, path): frozen first when there are no containers to freeze them with.
+    pub replaced_paths: Vec<(String, PathBuf)>,
     pub images: Vec<ImageStep>,
     pub networks: Vec<Step>,
     pub volumes: Vec<Step>,
@@ -219,6 +223,7 @@ pub fn plan(
         target: target.clone(),
         engine: engine.host.clone(),
         replaces: existing.iter().map(|c| c.name.clone()).collect(),
+        replaced_paths: vec![],
         images: vec![],
         networks: vec![],
         volumes: vec![],
@@ -313,9 +318,17 @@ pub fn plan(
                         d.inspect_volume(&n).await
                     }) {
                     Ok(v) if dir_is_empty(Path::new(&v.mountpoint)) => "reuse",
-                    // A database's own volume: the server starts afresh, then gets the dump.
-                    Ok(_) if opts.replace && m.tree.is_empty() => "recreate",
-                    Ok(_) if opts.replace => "replace",
+                    Ok(v) if opts.replace => {
+                        plan.replaced_paths.push((
+                            super::capture::tree_name("volume", &name),
+                            PathBuf::from(&v.mountpoint),
+                        ));
+                        if m.tree.is_empty() {
+                            "recreate"
+                        } else {
+                            "replace"
+                        }
+                    }
                     Ok(_) => {
                         return Err(Error::conflict(format!(
                             "volume {name} exists on the Docker engine at {} and is not empty",
@@ -342,6 +355,10 @@ pub fn plan(
                 let action = if dir_is_empty(&path) {
                     "create"
                 } else if opts.replace {
+                    plan.replaced_paths.push((
+                        super::capture::tree_name("bind", m.source.trim_start_matches('/')),
+                        path.clone(),
+                    ));
                     "replace"
                 } else {
                     return Err(Error::conflict(format!(
@@ -554,6 +571,9 @@ struct Created {
     containers: Vec<String>,
     volumes: Vec<String>,
     networks: Vec<String>,
+    /// Bind-mounted directories restored where there was nothing: (path, an empty
+    /// directory was there before).
+    dirs: Vec<(PathBuf, bool)>,
 }
 
 /// Applies a plan. `safety` freezes the existing site before it is replaced and returns
@@ -567,7 +587,7 @@ pub fn execute(
 ) -> Result<SiteReport> {
     let started = std::time::Instant::now();
     let mut safety_snapshot = None;
-    if !plan.replaces.is_empty() {
+    if !plan.replaces.is_empty() || !plan.replaced_paths.is_empty() {
         progress.set_label(format!("freezing {} before replacing it", plan.target));
         let id = safety()?;
         safety_snapshot = Some(id.clone());
@@ -591,8 +611,24 @@ pub fn execute(
                 })?;
         }
     }
-    let mut created = Created::default();
-    let result = apply(repo, engine, &mut plan, progress, &mut created);
+    // What this thaw creates is removed again if it fails or is interrupted.
+    let created: Arc<Mutex<Created>> = Arc::default();
+    let cleanup = {
+        let created = created.clone();
+        let target = plan.target.clone();
+        crate::interrupt::on_interrupt(Box::new(move || {
+            let created = created.lock().unwrap_or_else(|e| e.into_inner());
+            if let Ok(engine) = Engine::connect() {
+                undo(&engine, &created);
+                eprintln!(
+                    "freezer: removed what the thaw of site {target} had created on the engine"
+                );
+            }
+        }))
+    };
+    let result = apply(repo, engine, &mut plan, progress, &created);
+    crate::interrupt::remove_cleanup(cleanup);
+    let created = std::mem::take(&mut *created.lock().unwrap_or_else(|e| e.into_inner()));
     match result {
         Ok((images_loaded, trees, databases)) => Ok(SiteReport {
             site: plan.site.clone(),
@@ -632,8 +668,17 @@ fn apply(
     engine: &Engine,
     plan: &mut SitePlan,
     progress: &Progress,
-    created: &mut Created,
+    created: &Mutex<Created>,
 ) -> Result<Applied> {
+    // Each creation holds the list while the engine call runs, so an interrupt's cleanup
+    // sees everything created, and nothing is created after it ran.
+    let track = || {
+        let list = created.lock().unwrap_or_else(|e| e.into_inner());
+        if crate::interrupt::interrupted() {
+            return Err(Error::other("interrupted"));
+        }
+        Ok(list)
+    };
     // 0. Every dump downloaded and verified before the engine is touched.
     let mut prepared = Vec::new();
     for m in &plan.dumps {
@@ -669,10 +714,11 @@ fn apply(
             "Options": ns.options,
         }))
         .map_err(|e| Error::other(format!("network {}: {e}", step.name)))?;
+        let mut list = track()?;
         engine.call(&format!("creating network {}", step.name), |d| async move {
             d.create_network(body).await
         })?;
-        created.networks.push(step.name.clone());
+        list.networks.push(step.name.clone());
     }
     let mut mountpoints: HashMap<String, PathBuf> = HashMap::new();
     for step in &plan.volumes {
@@ -697,10 +743,11 @@ fn apply(
                 "Labels": m.labels,
             }))
             .map_err(|e| Error::other(format!("volume {}: {e}", step.name)))?;
+            let mut list = track()?;
             engine.call(&format!("creating volume {}", step.name), |d| async move {
                 d.create_volume(body).await
             })?;
-            created.volumes.push(step.name.clone());
+            list.volumes.push(step.name.clone());
         }
         let n = step.name.clone();
         let v = engine.call(
@@ -749,12 +796,24 @@ fn apply(
         db_jobs: 1,
         db_with_users: false,
     };
+    let new_dirs: Vec<(PathBuf, bool)> = plan
+        .binds
+        .iter()
+        .filter(|b| b.action == "create")
+        .filter_map(|b| b.path.clone())
+        .map(|p| {
+            let existed = p.exists();
+            (p, existed)
+        })
+        .collect();
     let report = crate::ops::thaw(repo, &thaw, progress)?;
+    track()?.dirs.extend(new_dirs);
     // 4. Containers, in their captured state.
     for (spec, _, _) in &plan.specs {
         progress.set_label(format!("creating container {}", spec.name));
         let body = create_body(spec)?;
         let name = spec.name.clone();
+        let mut list = track()?;
         engine.call(
             &format!("creating container {}", spec.name),
             |d| async move {
@@ -765,7 +824,8 @@ fn apply(
                 .await
             },
         )?;
-        created.containers.push(spec.name.clone());
+        list.containers.push(spec.name.clone());
+        drop(list);
         for (net, ns) in spec.networks.iter().skip(1) {
             let req = NetworkConnectRequest {
                 container: Some(spec.name.clone()),
@@ -781,6 +841,7 @@ fn apply(
             )?;
         }
     }
+    crate::sys::fault_sleep("FREEZER_FAULT_THAW_CREATED_MS");
     // 5. Database containers first: started, waited for, loaded with their dumps.
     let mut db_reports = Vec::new();
     for (step, p) in plan.databases.iter().zip(&prepared) {
@@ -1033,6 +1094,12 @@ fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, name: &str, data: &[u8]) ->
 
 /// Removes what a failed thaw created, newest first; best effort.
 fn undo(engine: &Engine, created: &Created) {
+    for (dir, existed) in &created.dirs {
+        let _ = std::fs::remove_dir_all(dir);
+        if *existed {
+            let _ = std::fs::create_dir(dir);
+        }
+    }
     for c in created.containers.iter().rev() {
         let n = c.clone();
         let _ = engine.call("removing a container", |d| async move {

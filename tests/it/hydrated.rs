@@ -558,9 +558,14 @@ fn spawn_freezer(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
     cmd.spawn().expect("starting freezer")
 }
 
+/// Waits until a container exists and is in state `want`.
 fn wait_for_state(host: &str, container: &str, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while state(host, container) != want {
+    let now = || {
+        let out = docker_try(host, &["inspect", "-f", "{{.State.Status}}", container]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    while now() != want {
         assert!(
             Instant::now() < deadline,
             "{container} did not become {want}"
@@ -618,6 +623,58 @@ fn an_interrupted_freeze_leaves_every_container_as_it_was() {
         "--json",
     ]));
     assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
+
+    // A thaw interrupted after creating the site's containers removes what it created.
+    let id = json(&freezer_on(
+        &a,
+        &["freeze", &name, "--repo", &repo.url, "--json"],
+    ))["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let copy = unique("ic");
+    site.made(&a, &copy);
+    let port2 = free_port();
+    let child = spawn_freezer(
+        &[
+            "thaw",
+            &format!("{name}:{id}"),
+            "--repo",
+            &repo.url,
+            "--as",
+            &copy,
+            "--publish",
+            &format!("{port}={port2}"),
+        ],
+        &[
+            ("DOCKER_HOST", &a),
+            ("FREEZER_FAULT_THAW_CREATED_MS", "60000"),
+        ],
+    );
+    wait_for_state(&a, &format!("{copy}-web-1"), "created");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let project = format!("label=com.docker.compose.project={copy}");
+    assert_eq!(docker(&a, &["ps", "-aq", "--filter", &project]), "");
+    for v in ["www", "data"] {
+        let vol = format!("{copy}_{v}");
+        assert!(
+            !docker_try(&a, &["volume", "inspect", &vol])
+                .status
+                .success(),
+            "{vol} left behind"
+        );
+    }
+    let net = format!("{copy}_default");
+    assert!(!docker_try(&a, &["network", "inspect", &net])
+        .status
+        .success());
+    let copy_bind = format!("{}.{copy}", site.bind.path().display());
+    assert!(!Path::new(&copy_bind).exists(), "{copy_bind} left behind");
 
     // A whole --stop freeze: stopped for the copy, then exactly as before.
     let report = json(&freezer_on(
@@ -719,6 +776,34 @@ fn thaw_dry_run_prints_the_plan_and_changes_nothing() {
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert!(stderr(&out).contains(&port.to_string()), "{}", stderr(&out));
     assert!(!PathBuf::from(format!("{}.{copy}", site.bind.path().display())).exists());
+
+    // Only the volumes are left: --replace still keeps what it replaces.
+    for c in ["web", "data", "job"] {
+        docker(&a, &["rm", "-f", &site.c(c)]);
+    }
+    let www = mountpoint(&a, &format!("{name}_www"));
+    fs::write(www.join("index.html"), b"orphan\n").unwrap();
+    let out = freezer_on(&a, &["thaw", &format!("{name}:{id}"), "--repo", &repo.url]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let report = json(&freezer_on(
+        &a,
+        &[
+            "thaw",
+            &format!("{name}:{id}"),
+            "--repo",
+            &repo.url,
+            "--replace",
+            "--json",
+        ],
+    ));
+    let safety = report["safety_snapshot"].as_str().unwrap();
+    assert_eq!(http_get(port, "/index.html"), site.marker());
+    let kept = tempfile::tempdir().unwrap();
+    assert_ok(&thaw_into(&repo, &format!("{name}:{safety}"), kept.path()));
+    assert_eq!(
+        fs::read(under(kept.path(), &www).join("index.html")).unwrap(),
+        b"orphan\n"
+    );
 }
 
 fn mariadb_image() -> String {
