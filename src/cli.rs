@@ -142,7 +142,11 @@ pub enum Command {
     Snapshots { site: Option<String> },
     /// List the sites on this host's Docker engine (DOCKER_HOST): containers grouped by
     /// the dev.freezer.site label, else by docker compose project.
-    Sites,
+    Sites {
+        /// A host of the config file's [hosts] (default: local, the engine DOCKER_HOST
+        /// names).
+        host: Option<String>,
+    },
     /// Remove a site's snapshot records that a retention policy does not keep. The data
     /// stays until `prune`.
     Forget {
@@ -234,13 +238,13 @@ pub fn run(cli: Cli) -> i32 {
 /// The command's name and the site it works on (empty for repository-wide commands),
 /// for pings and metrics.
 fn describe(c: &Command) -> (&'static str, String) {
-    let site_of = |t: &str| split_target(t).0.to_string();
+    let site_of = |t: &str| split_target(split_host(t).0).0.to_string();
     match c {
         Command::Init => ("init", String::new()),
-        Command::Freeze { site, .. } => ("freeze", site.clone()),
+        Command::Freeze { site, .. } => ("freeze", site_of(site)),
         Command::Thaw { target, .. } => ("thaw", site_of(target)),
         Command::Snapshots { site } => ("snapshots", site.clone().unwrap_or_default()),
-        Command::Sites => ("sites", String::new()),
+        Command::Sites { .. } => ("sites", String::new()),
         Command::Forget { site, .. } => ("forget", site.clone()),
         Command::Verify { target } => {
             ("verify", target.as_deref().map(site_of).unwrap_or_default())
@@ -345,6 +349,15 @@ fn parse_port_map(s: &str) -> std::result::Result<(String, String), String> {
     Ok((a.to_string(), b.to_string()))
 }
 
+/// `SITE[:SNAPSHOT]@HOST` → (`SITE[:SNAPSHOT]`, HOST).
+fn split_host(t: &str) -> (&str, Option<&str>) {
+    match t.rsplit_once('@') {
+        Some((s, h)) if !h.is_empty() => (s, Some(h)),
+        Some((s, _)) => (s, None),
+        None => (t, None),
+    }
+}
+
 fn split_target(t: &str) -> (&str, Option<&str>) {
     match t.split_once(':') {
         Some((s, snap)) if !snap.is_empty() => (s, Some(snap)),
@@ -403,6 +416,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             lock_wait,
             dry_run,
         } => {
+            let (site, host) = split_host(site);
             let (mut trees, mut databases) = settings.sources(site, paths, dbs)?;
             // A site with nothing configured is a Docker site: hydrated unless asked
             // for a dehydrated one (its database containers dumped).
@@ -418,9 +432,15 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     "--stop applies to hydrated freezes of Docker sites, --with-images to Docker sites",
                 ));
             }
+            if host.is_some() && docker_mode.is_none() {
+                return Err(Error::usage(format!(
+                    "site {site} is a site of directories and databases on this machine; SITE@HOST applies to Docker sites"
+                )));
+            }
             let mut docker = None;
             if let Some(hydrated) = docker_mode {
-                let engine = crate::docker::Engine::connect()?;
+                let host = settings.host(host)?;
+                let engine = crate::docker::Engine::connect_to(&host.docker)?;
                 let mut captured = crate::docker::capture::capture(&engine, site)?;
                 if hydrated {
                     databases.clear();
@@ -584,6 +604,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             publish,
             dry_run,
         } => {
+            let (target, host) = split_host(target);
             let (site, snap) = split_target(target);
             let repo = open_repo(&settings)?;
             let snapshot = repo.find_snapshot(site, snap)?;
@@ -592,13 +613,21 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     .contains_key(crate::docker::capture::A_CONTAINER_NAME)
             });
             if docker_site {
+                let host = settings.host(host)?;
                 let opts = crate::docker::recreate::SiteOptions {
                     rename: rename.clone(),
                     publish: publish.clone(),
                     replace: *replace,
-                    bind_root: into.clone(),
+                    bind_root: into.clone().or(host.bind_root.clone()),
                 };
-                return thaw_docker_site(g, &repo, snapshot, &opts, *dry_run);
+                return thaw_docker_site(g, &repo, &host, snapshot, &opts, *dry_run);
+            }
+            if let Some(h) = host.filter(|h| *h != "local") {
+                return Err(Error::usage(format!(
+                    "snapshot {site}:{} holds no containers; only Docker sites thaw onto a host (@{h})",
+                    snapshot.id
+                ))
+                .with_hint("thaw it on that machine, or here with --into DIR"));
             }
             if rename.is_some() || !publish.is_empty() {
                 return Err(Error::usage(format!(
@@ -714,8 +743,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Sites => {
-            let sites = crate::docker::list_sites()?;
+        Command::Sites { host } => {
+            let host = settings.host(host.as_deref())?;
+            let sites = crate::docker::Engine::connect_to(&host.docker)?.list_sites()?;
             if g.json {
                 print_json(&sites);
             } else {
@@ -882,6 +912,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
 fn thaw_docker_site(
     g: &Global,
     repo: &Repository,
+    host: &crate::settings::Host,
     snapshot: crate::repo::Snapshot,
     opts: &crate::docker::recreate::SiteOptions,
     dry_run: bool,
@@ -892,7 +923,7 @@ fn thaw_docker_site(
             eprintln!("{msg}");
         }
     };
-    let engine = crate::docker::Engine::connect()?;
+    let engine = crate::docker::Engine::connect_to(&host.docker)?;
     let plan = recreate::plan(repo, &engine, snapshot, opts)?;
     if dry_run {
         if g.json {
@@ -964,7 +995,7 @@ fn thaw_docker_site(
     // The safety snapshot: the site as it runs (hydrated); or, when only its volumes and
     // directories are left, those.
     let report = recreate::execute(repo, &engine, plan, &progress, || {
-        let engine = crate::docker::Engine::connect()?;
+        let engine = crate::docker::Engine::connect_to(&host.docker)?;
         let captured = match crate::docker::capture::capture(&engine, &target) {
             Ok(c) => c,
             Err(e) if e.kind == crate::ErrorKind::NotFound => {

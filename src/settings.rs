@@ -21,6 +21,28 @@ pub struct ConfigFile {
     pub s3: S3Section,
     #[serde(default)]
     pub sites: BTreeMap<String, SiteSection>,
+    #[serde(default)]
+    pub hosts: BTreeMap<String, HostSection>,
+}
+
+/// A host that sites are frozen from and thawed onto (`SITE@HOST`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSection {
+    /// Its Docker engine: `unix:///PATH` (this machine), or `tcp://HOST:PORT`.
+    pub docker: Option<String>,
+    /// Where bind-mounted directories of sites thawed onto it go (default: their
+    /// original paths).
+    pub bind_root: Option<PathBuf>,
+}
+
+/// A resolved host.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub name: String,
+    /// The Docker endpoint.
+    pub docker: String,
+    pub bind_root: Option<PathBuf>,
 }
 
 #[derive(Default, Deserialize)]
@@ -113,6 +135,40 @@ impl Settings {
             config,
             repo,
             s3,
+        })
+    }
+
+    /// The host `name` names: `local` (this machine: `DOCKER_HOST`, else the default
+    /// socket, unless the config file defines `local`) or one of the config file's.
+    pub fn host(&self, name: Option<&str>) -> Result<Host> {
+        let name = name.unwrap_or("local");
+        let section = match self.config.hosts.get(name) {
+            Some(h) => h.clone(),
+            None if name == "local" => HostSection::default(),
+            None => {
+                let known: Vec<&str> = self.config.hosts.keys().map(String::as_str).collect();
+                return Err(Error::usage(format!("host {name} is not defined")).with_hint(
+                    format!(
+                        "define it under [hosts.{name}] in the config file (docker = \"unix:///var/run/docker.sock\"); defined: local{}{}",
+                        if known.is_empty() { "" } else { ", " },
+                        known.join(", ")
+                    ),
+                ));
+            }
+        };
+        let docker = section
+            .docker
+            .or_else(|| {
+                (name == "local")
+                    .then(|| std::env::var("DOCKER_HOST").ok())
+                    .flatten()
+                    .filter(|h| !h.is_empty())
+            })
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+        Ok(Host {
+            name: name.to_string(),
+            docker,
+            bind_root: section.bind_root,
         })
     }
 

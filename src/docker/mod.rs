@@ -58,11 +58,30 @@ impl Engine {
             .ok()
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+        Engine::connect_to(&host)
+    }
+
+    /// Connects to the engine at `host` (`unix:///PATH` or `tcp://HOST:PORT`) and checks
+    /// that it answers.
+    pub fn connect_to(host: &str) -> Result<Engine> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the Docker client", e))?;
-        let docker = Docker::connect_with_defaults().map_err(|e| unreachable(&host, e))?;
+        let host = host.to_string();
+        // bollard's request paths carry no version prefix, so the engine answers in its
+        // own API version (Docker 20.10 refuses prefixes newer than 1.41).
+        let docker = if let Some(path) = host.strip_prefix("unix://") {
+            Docker::connect_with_unix(path, 300, bollard::API_DEFAULT_VERSION)
+        } else if host.starts_with("tcp://") || host.starts_with("http://") {
+            Docker::connect_with_http(&host, 300, bollard::API_DEFAULT_VERSION)
+        } else {
+            return Err(Error::usage(format!(
+                "Docker endpoint {host} is not unix:///PATH or tcp://HOST:PORT"
+            ))
+            .with_hint("TLS and ssh:// endpoints are not supported yet; reach a remote engine through an SSH tunnel to a local socket"));
+        }
+        .map_err(|e| unreachable(&host, e))?;
         let engine = Engine { rt, docker, host };
         engine.call("asking the engine for its version", |d| async move {
             d.version().await
@@ -185,9 +204,4 @@ fn engine_error(host: &str, what: &str, e: bollard::errors::Error) -> Error {
             "{what} failed; is dockerd running, and may this user use its socket? DOCKER_HOST selects another engine"
         )),
     }
-}
-
-/// Every site on the engine `DOCKER_HOST` names.
-pub fn list_sites() -> Result<Vec<DockerSite>> {
-    Engine::connect()?.list_sites()
 }

@@ -401,10 +401,33 @@ fn hydrated_across_two_engines_with_images_and_export() {
     let port = free_port();
     let site = start_site(&a, &name, &tag, port);
     site.made(&b, &name);
+    // The two engines as two named hosts of the config file; B restores bind-mounted
+    // directories under its bind_root.
+    let bind_b = tempfile::tempdir().unwrap();
+    let config = bind_b.path().join("freezer.toml");
+    fs::write(
+        &config,
+        format!(
+            "[hosts.a]\ndocker = \"{a}\"\n[hosts.b]\ndocker = \"{b}\"\nbind_root = \"{}\"\n",
+            bind_b.path().join("binds").display()
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    // DOCKER_HOST points nowhere: only the config file's hosts are used.
+    let nowhere = "unix:///nonexistent/docker.sock";
 
     let plain = json(&freezer_on(
-        &a,
-        &["freeze", &name, "--repo", &repo.url, "--json"],
+        nowhere,
+        &[
+            "freeze",
+            &format!("{name}@a"),
+            "--repo",
+            &repo.url,
+            "--config",
+            cfg,
+            "--json",
+        ],
     ))["snapshot"]
         .as_str()
         .unwrap()
@@ -424,8 +447,15 @@ fn hydrated_across_two_engines_with_images_and_export() {
 
     // Without the image, B refuses before creating anything.
     let out = freezer_on(
-        &b,
-        &["thaw", &format!("{name}:{plain}"), "--repo", &repo.url],
+        nowhere,
+        &[
+            "thaw",
+            &format!("{name}:{plain}@b"),
+            "--repo",
+            &repo.url,
+            "--config",
+            cfg,
+        ],
     );
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(
@@ -454,18 +484,17 @@ fn hydrated_across_two_engines_with_images_and_export() {
     // With the image in the snapshot, B runs the site (on another port: both engines
     // share this machine's ports).
     let port_b = free_port();
-    let bind_b = tempfile::tempdir().unwrap();
     let out = freezer_on(
-        &b,
+        nowhere,
         &[
             "thaw",
-            &format!("{name}:{with_images}"),
+            &format!("{name}:{with_images}@b"),
             "--repo",
             &repo.url,
+            "--config",
+            cfg,
             "--publish",
             &format!("{port}={port_b}"),
-            "--into",
-            bind_b.path().to_str().unwrap(),
             "--json",
         ],
     );
@@ -477,7 +506,7 @@ fn hydrated_across_two_engines_with_images_and_export() {
         &mountpoint(&a, &format!("{name}_www")),
         &mountpoint(&b, &format!("{name}_www")),
     );
-    let bind_copy = under(bind_b.path(), site.bind.path());
+    let bind_copy = under(&bind_b.path().join("binds"), site.bind.path());
     assert_eq!(
         fs::read(bind_copy.join("conf/app.ini")).unwrap(),
         b"[site]\nname=test\n"
