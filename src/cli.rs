@@ -619,6 +619,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     publish: publish.clone(),
                     replace: *replace,
                     bind_root: into.clone().or(host.bind_root.clone()),
+                    isolated: false,
                 };
                 return thaw_docker_site(g, &repo, &host, snapshot, &opts, *dry_run);
             }
@@ -939,6 +940,9 @@ fn thaw_docker_site(
                     plan.target,
                     plan.replaces.join(", ")
                 );
+            }
+            for c in &plan.checks {
+                println!("  checked: {c}");
             }
             for i in &plan.images {
                 println!("  image     {:<24} {}", i.image, i.action);

@@ -738,19 +738,7 @@ pub fn plan_thaw(
             plan,
         });
     }
-    for (fs_path, bytes) in need {
-        if let Ok(free) = crate::sys::free_space(&fs_path) {
-            if free < bytes + bytes / 100 {
-                return Err(Error::other(format!(
-                    "not enough space at {}: the snapshot needs {}, {} is free",
-                    fs_path.display(),
-                    crate::progress::bytes(bytes),
-                    crate::progress::bytes(free)
-                ))
-                .with_hint("free space there, or thaw elsewhere with --into DIR"));
-            }
-        }
-    }
+    check_free_space(&need)?;
     Ok(ThawPlan {
         snapshot,
         trees,
@@ -758,6 +746,25 @@ pub fn plan_thaw(
         db_jobs: db.jobs.max(1),
         db_with_users: db.with_users,
     })
+}
+
+/// Refuses a thaw whose trees do not fit: bytes needed per existing directory (the
+/// nearest existing ancestor of each destination).
+pub fn check_free_space(need: &HashMap<PathBuf, u64>) -> Result<()> {
+    for (fs_path, bytes) in need {
+        if let Ok(free) = crate::sys::free_space(fs_path) {
+            if free < bytes + bytes / 100 {
+                return Err(Error::other(format!(
+                    "not enough space at {}: the snapshot needs {}, {} is free",
+                    fs_path.display(),
+                    crate::progress::bytes(*bytes),
+                    crate::progress::bytes(free)
+                ))
+                .with_hint("free space there, or thaw elsewhere"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The database side of `thaw`'s command line.
@@ -772,7 +779,8 @@ pub struct DbThawFlags {
     pub with_users: bool,
 }
 
-fn existing_ancestor(p: &Path) -> PathBuf {
+/// The nearest of `p` and its ancestors that exists.
+pub fn existing_ancestor(p: &Path) -> PathBuf {
     let mut p = p.to_path_buf();
     while !p.exists() {
         if !p.pop() {

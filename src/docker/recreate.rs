@@ -36,6 +36,8 @@ pub struct SiteOptions {
     pub replace: bool,
     /// `--into DIR`: bind-mounted directories are restored under DIR.
     pub bind_root: Option<PathBuf>,
+    /// A restore drill: no published ports, no restart policy.
+    pub isolated: bool,
 }
 
 /// What a thaw will do on the engine; printed by `--dry-run`.
@@ -58,6 +60,8 @@ pub struct SitePlan {
     /// Bind-mounted directories: tree, destination.
     pub binds: Vec<Step>,
     pub containers: Vec<ContainerStep>,
+    /// What the pre-flight checked, for the printed plan.
+    pub checks: Vec<String>,
     /// Dumps loaded into database containers (dehydrated snapshots).
     pub databases: Vec<DbStep>,
     #[serde(skip)]
@@ -204,6 +208,33 @@ pub fn plan(
         )));
     }
 
+    // The engine: reachable, and of the architecture the containers were built for.
+    let info = engine.call("asking the engine for its properties", |d| async move {
+        d.info().await
+    })?;
+    let arch = match info.architecture.as_deref().unwrap_or("") {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+    .to_string();
+    let root = info.docker_root_dir.clone().unwrap_or_default();
+    let mut checks = vec![format!(
+        "engine {} answers: Docker {}, {arch}, data in {root}",
+        engine.host,
+        info.server_version.as_deref().unwrap_or("?"),
+    )];
+    if let Some((spec, _, _)) = specs
+        .iter()
+        .find(|(s, _, _)| !arch.is_empty() && s.platform.architecture != arch)
+    {
+        return Err(Error::conflict(format!(
+            "container {} was frozen on {}; the Docker engine at {} runs {arch}",
+            spec.name, spec.platform.architecture, engine.host
+        ))
+        .with_hint("thaw onto a host of the same CPU architecture"));
+    }
+
     // What is on the engine now.
     let existing = engine.site_containers(&target)?;
     if !existing.is_empty() && !opts.replace {
@@ -229,6 +260,7 @@ pub fn plan(
         volumes: vec![],
         binds: vec![],
         containers: vec![],
+        checks: vec![],
         databases: vec![],
         specs: vec![],
         dumps: vec![],
@@ -437,6 +469,31 @@ pub fn plan(
         .with_hint("freeze the site hydrated, or dump that database on its own with --db"));
     }
     plan.dumps = ordered;
+    // Room for every tree: volumes under the engine's data root, directories where they go.
+    let mut need: HashMap<PathBuf, u64> = HashMap::new();
+    for v in &plan.volumes {
+        if let Some(t) = v.tree.as_ref().and_then(|t| trees.get(t)) {
+            *need.entry(PathBuf::from(&root)).or_default() += t.trailer.bytes;
+        }
+    }
+    for b in &plan.binds {
+        if let (Some(t), Some(p)) = (b.tree.as_ref().and_then(|t| trees.get(t)), &b.path) {
+            *need.entry(crate::ops::existing_ancestor(p)).or_default() += t.trailer.bytes;
+        }
+    }
+    crate::ops::check_free_space(&need)?;
+    let total: u64 = need.values().sum();
+    checks.push(format!(
+        "space for {} of files",
+        crate::progress::bytes(total)
+    ));
+    let loads = plan.images.iter().filter(|i| i.action == "load").count();
+    checks.push(format!(
+        "images: {} on the engine, {loads} to load from the snapshot",
+        plan.images.len() - loads
+    ));
+    checks.push("no name, volume, directory or published port in the way".into());
+    plan.checks = checks;
     plan.trees = trees;
     Ok(plan)
 }
@@ -530,6 +587,11 @@ fn rename_spec(spec: &mut ContainerSpec, old: &str, new: &str, opts: &SiteOption
             m.source = rename_path(&m.source, old, new);
         }
     }
+    if opts.isolated {
+        spec.host_config["PortBindings"] = json!({});
+        spec.host_config["PublishAllPorts"] = Value::Bool(false);
+        spec.host_config["RestartPolicy"] = json!({"Name": "no"});
+    }
     if let Some(map) = spec.host_config["PortBindings"].as_object_mut() {
         for binds in map.values_mut() {
             for b in binds.as_array_mut().into_iter().flatten() {
@@ -556,6 +618,9 @@ pub struct SiteReport {
     pub containers: Vec<String>,
     pub trees: Vec<crate::ops::ThawTreeReport>,
     pub databases: Vec<crate::db::load::LoadReport>,
+    /// Volumes and networks this thaw created.
+    pub volumes: Vec<String>,
+    pub networks: Vec<String>,
     pub seconds: f64,
 }
 
@@ -640,6 +705,8 @@ pub fn execute(
             containers: plan.containers.iter().map(|c| c.name.clone()).collect(),
             trees,
             databases,
+            volumes: created.volumes.clone(),
+            networks: created.networks.clone(),
             seconds: started.elapsed().as_secs_f64(),
         }),
         Err(mut e) => {
@@ -1091,6 +1158,20 @@ fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, name: &str, data: &[u8]) ->
     h.set_cksum();
     tar.append_data(&mut h, name, data)
         .ctx(|| format!("writing {name} of an image archive"))
+}
+
+/// Removes a thawed site: its containers, and the volumes and networks the thaw created
+/// (a drill's teardown); best effort.
+pub fn remove(engine: &Engine, report: &SiteReport) {
+    undo(
+        engine,
+        &Created {
+            containers: report.containers.clone(),
+            volumes: report.volumes.clone(),
+            networks: report.networks.clone(),
+            dirs: vec![],
+        },
+    );
 }
 
 /// Removes what a failed thaw created, newest first; best effort.

@@ -753,6 +753,7 @@ fn thaw_dry_run_prints_the_plan_and_changes_nothing() {
         ],
     ));
     assert_eq!(plan["target"], copy.as_str());
+    assert!(plan["checks"].as_array().unwrap().len() >= 3, "{plan}");
     let names: Vec<&str> = plan["containers"]
         .as_array()
         .unwrap()
