@@ -138,6 +138,30 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Prove a snapshot restores: thaw it under a scratch name (no published ports, its
+    /// own network and volumes, scratch databases), check it, time it, remove it.
+    Drill {
+        #[arg(value_name = "SITE[:SNAPSHOT][@HOST]")]
+        target: String,
+        /// Docker sites: run `sh -c COMMAND` in the container of compose service SERVICE
+        /// (e.g. web='wget -qO- http://localhost/'); fails the drill unless it exits 0.
+        /// Repeatable.
+        #[arg(long = "probe", value_name = "SERVICE=COMMAND", value_parser = parse_probe)]
+        probes: Vec<(String, String)>,
+        /// Leave the restored copy in place (and print where it is).
+        #[arg(long)]
+        keep: bool,
+        /// How long containers get to be running (and healthy, when they have a check).
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+        /// Snapshots with databases that are not in containers: the server for scratch
+        /// databases, mysql://USER@HOST:PORT/PREFIX (loaded as PREFIX_DB_<hex>, then dropped).
+        #[arg(long = "db", value_name = "URL")]
+        db: Option<String>,
+        /// Database connections used in parallel (default: the number of CPUs).
+        #[arg(long, env = "FREEZER_JOBS")]
+        jobs: Option<usize>,
+    },
     /// List snapshots.
     Snapshots { site: Option<String> },
     /// List the sites on this host's Docker engine (DOCKER_HOST): containers grouped by
@@ -243,6 +267,7 @@ fn describe(c: &Command) -> (&'static str, String) {
         Command::Init => ("init", String::new()),
         Command::Freeze { site, .. } => ("freeze", site_of(site)),
         Command::Thaw { target, .. } => ("thaw", site_of(target)),
+        Command::Drill { target, .. } => ("drill", site_of(target)),
         Command::Snapshots { site } => ("snapshots", site.clone().unwrap_or_default()),
         Command::Sites { .. } => ("sites", String::new()),
         Command::Forget { site, .. } => ("forget", site.clone()),
@@ -338,6 +363,17 @@ fn default_jobs() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
+fn parse_probe(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((svc, cmd)) if !svc.is_empty() && !cmd.trim().is_empty() => {
+            Ok((svc.to_string(), cmd.to_string()))
+        }
+        _ => Err(format!(
+            "{s:?}: expected SERVICE=COMMAND, e.g. web='wget -qO- http://localhost/'"
+        )),
+    }
+}
+
 fn parse_port_map(s: &str) -> std::result::Result<(String, String), String> {
     let (a, b) = s
         .split_once('=')
@@ -376,6 +412,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
     crate::interrupt::install(match &cli.command {
         Command::Freeze { .. } => "freeze",
         Command::Thaw { .. } => "thaw",
+        Command::Drill { .. } => "drill",
         Command::Verify { .. } => "verify",
         Command::Export { .. } => "export",
         Command::Prune { .. } => "prune",
@@ -710,6 +747,72 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 }
             }
             Ok(0)
+        }
+        Command::Drill {
+            target,
+            probes,
+            keep,
+            timeout,
+            db,
+            jobs,
+        } => {
+            let (target, host) = split_host(target);
+            let (site, snap) = split_target(target);
+            let repo = open_repo(&settings)?;
+            let snapshot = repo.find_snapshot(site, snap)?;
+            let opts = crate::drill::DrillOptions {
+                probes: probes.clone(),
+                keep: *keep,
+                timeout: *timeout,
+                db_server: db.clone(),
+                jobs: jobs.unwrap_or_else(default_jobs),
+            };
+            let docker_site = snapshot.record.manifests.iter().any(|m| {
+                m.annotations
+                    .contains_key(crate::docker::capture::A_CONTAINER_NAME)
+            });
+            let progress = Arc::new(Progress::default());
+            let guard = progress::start(progress.clone(), progress_mode(g));
+            let report = if docker_site {
+                let host = settings.host(host)?;
+                let engine = crate::docker::Engine::connect_to(&host.docker)?;
+                crate::drill::drill_docker(&repo, &engine, snapshot, &opts, &progress)
+            } else {
+                if !probes.is_empty() {
+                    return Err(Error::usage("--probe applies to Docker sites"));
+                }
+                crate::drill::drill_files(&repo, snapshot, &opts, &progress)
+            };
+            drop(guard);
+            let report = report?;
+            if g.json {
+                print_json(&report);
+            } else {
+                println!(
+                    "drill {}:{} as {}: {} in {:.1}s (restore {:.1}s)",
+                    report.site,
+                    report.snapshot,
+                    report.target,
+                    if report.ok { "PASSED" } else { "FAILED" },
+                    report.seconds,
+                    report.restore_seconds
+                );
+                for c in &report.checks {
+                    println!(
+                        "  {:<4}  {}: {}",
+                        if c.ok { "ok" } else { "FAIL" },
+                        c.name,
+                        c.detail
+                    );
+                }
+                if let Some(e) = report.error.as_ref().and_then(|e| e.hint.as_ref()) {
+                    println!("  hint: {e}");
+                }
+                if report.kept {
+                    println!("  kept: site {} is left in place", report.target);
+                }
+            }
+            Ok(report.exit_code())
         }
         Command::Snapshots { site } => {
             let repo = open_repo(&settings)?;

@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod db;
 pub mod docker;
+pub mod drill;
 pub mod error;
 pub mod format;
 pub mod interrupt;

@@ -616,6 +616,9 @@ pub struct SiteReport {
     pub safety_snapshot: Option<String>,
     pub images_loaded: Vec<String>,
     pub containers: Vec<String>,
+    /// Each container's state as captured, which thaw brought it back to.
+    #[serde(skip)]
+    pub states: Vec<(String, String)>,
     pub trees: Vec<crate::ops::ThawTreeReport>,
     pub databases: Vec<crate::db::load::LoadReport>,
     /// Volumes and networks this thaw created.
@@ -703,6 +706,11 @@ pub fn execute(
             safety_snapshot,
             images_loaded,
             containers: plan.containers.iter().map(|c| c.name.clone()).collect(),
+            states: plan
+                .containers
+                .iter()
+                .map(|c| (c.name.clone(), c.state.clone()))
+                .collect(),
             trees,
             databases,
             volumes: created.volumes.clone(),

@@ -13,23 +13,23 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-fn host_a() -> String {
+pub fn host_a() -> String {
     services();
     std::env::var("DOCKER_HOST").expect("DOCKER_HOST is set by scripts/services")
 }
 
-fn host_b() -> String {
+pub fn host_b() -> String {
     services();
     std::env::var("FREEZER_TEST_DOCKER_HOST_B")
         .expect("FREEZER_TEST_DOCKER_HOST_B is set by scripts/services")
 }
 
-fn image() -> String {
+pub fn image() -> String {
     services();
     std::env::var("FREEZER_TEST_DOCKER_IMAGE").expect("set by scripts/services")
 }
 
-fn docker_try(host: &str, args: &[&str]) -> Output {
+pub fn docker_try(host: &str, args: &[&str]) -> Output {
     Command::new("docker")
         .args(args)
         .env("DOCKER_HOST", host)
@@ -37,7 +37,7 @@ fn docker_try(host: &str, args: &[&str]) -> Output {
         .expect("running docker")
 }
 
-fn docker(host: &str, args: &[&str]) -> String {
+pub fn docker(host: &str, args: &[&str]) -> String {
     let out = docker_try(host, args);
     assert!(
         out.status.success(),
@@ -47,11 +47,11 @@ fn docker(host: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn state(host: &str, container: &str) -> String {
+pub fn state(host: &str, container: &str) -> String {
     docker(host, &["inspect", "-f", "{{.State.Status}}", container])
 }
 
-fn mountpoint(host: &str, volume: &str) -> PathBuf {
+pub fn mountpoint(host: &str, volume: &str) -> PathBuf {
     docker(
         host,
         &["volume", "inspect", "-f", "{{.Mountpoint}}", volume],
@@ -59,7 +59,7 @@ fn mountpoint(host: &str, volume: &str) -> PathBuf {
     .into()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -68,7 +68,7 @@ fn free_port() -> u16 {
 }
 
 /// GET over plain HTTP/1.0; retries while the server starts (up to 15 s).
-fn http_get(port: u16, path: &str) -> Vec<u8> {
+pub fn http_get(port: u16, path: &str) -> Vec<u8> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let attempt = (|| -> std::io::Result<Vec<u8>> {
@@ -96,7 +96,7 @@ fn http_get(port: u16, path: &str) -> Vec<u8> {
     }
 }
 
-fn big_file() -> Vec<u8> {
+pub fn big_file() -> Vec<u8> {
     let mut x: u64 = 0x9e3779b97f4a7c15;
     (0..1 << 20)
         .map(|_| {
@@ -108,10 +108,10 @@ fn big_file() -> Vec<u8> {
         .collect()
 }
 
-struct Site {
-    name: String,
-    host: String,
-    bind: tempfile::TempDir,
+pub struct Site {
+    pub name: String,
+    pub host: String,
+    pub bind: tempfile::TempDir,
     /// Other sites a test made from this one, (engine, name): removed with it.
     copies: std::cell::RefCell<Vec<(String, String)>>,
 }
@@ -128,21 +128,21 @@ impl Drop for Site {
 
 impl Site {
     /// Registers a site made from this one, to be removed with it.
-    fn made(&self, host: &str, name: &str) {
+    pub fn made(&self, host: &str, name: &str) {
         self.copies
             .borrow_mut()
             .push((host.to_string(), name.to_string()));
     }
-    fn c(&self, service: &str) -> String {
+    pub fn c(&self, service: &str) -> String {
         format!("{}-{service}-1", self.name)
     }
-    fn marker(&self) -> Vec<u8> {
+    pub fn marker(&self) -> Vec<u8> {
         format!("<h1>{}</h1>\n", self.name).into_bytes()
     }
 }
 
 /// Starts the test site on `host`, as docker compose would name it.
-fn start_site(host: &str, name: &str, image: &str, port: u16) -> Site {
+pub fn start_site(host: &str, name: &str, image: &str, port: u16) -> Site {
     let bind = tempfile::tempdir().unwrap();
     fs::create_dir_all(bind.path().join("conf")).unwrap();
     fs::write(bind.path().join("conf/app.ini"), b"[site]\nname=test\n").unwrap();
@@ -214,7 +214,7 @@ fn start_site(host: &str, name: &str, image: &str, port: u16) -> Site {
 
 /// Removes a site's containers, volumes and network from an engine (what a lost host
 /// would have lost).
-fn remove_site(host: &str, name: &str) {
+pub fn remove_site(host: &str, name: &str) {
     let ids = docker(
         host,
         &[
@@ -233,7 +233,7 @@ fn remove_site(host: &str, name: &str) {
     let _ = docker_try(host, &["network", "rm", &format!("{name}_default")]);
 }
 
-fn freezer_on(host: &str, args: &[&str]) -> Output {
+pub fn freezer_on(host: &str, args: &[&str]) -> Output {
     freezer_env(args, &[("DOCKER_HOST", host)])
 }
 
@@ -573,7 +573,7 @@ fn hydrated_across_two_engines_with_images_and_export() {
 }
 
 /// Runs freezer in the background (for interrupting it).
-fn spawn_freezer(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+pub fn spawn_freezer(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
     services();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_freezer"));
     cmd.args(args)
@@ -588,7 +588,7 @@ fn spawn_freezer(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
 }
 
 /// Waits until a container exists and is in state `want`.
-fn wait_for_state(host: &str, container: &str, want: &str) {
+pub fn wait_for_state(host: &str, container: &str, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let now = || {
         let out = docker_try(host, &["inspect", "-f", "{{.State.Status}}", container]);
@@ -836,13 +836,13 @@ fn thaw_dry_run_prints_the_plan_and_changes_nothing() {
     );
 }
 
-fn mariadb_image() -> String {
+pub fn mariadb_image() -> String {
     services();
     std::env::var("FREEZER_TEST_MARIADB_IMAGE").expect("set by scripts/services")
 }
 
 /// A container's address on its network (reachable from this host).
-fn address(host: &str, container: &str) -> String {
+pub fn address(host: &str, container: &str) -> String {
     docker(
         host,
         &[
@@ -855,7 +855,7 @@ fn address(host: &str, container: &str) -> String {
 }
 
 /// Runs SQL with the mariadb client against a container's server; retries while it starts.
-fn sql_at(ip: &str, user: &str, password: &str, db: &str, sql: &str) -> String {
+pub fn sql_at(ip: &str, user: &str, password: &str, db: &str, sql: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = Command::new("mariadb")
@@ -877,7 +877,7 @@ fn sql_at(ip: &str, user: &str, password: &str, db: &str, sql: &str) -> String {
 
 /// What a restored shop database must equal: every table's extended checksum and the
 /// view's definition.
-fn shop_facts(ip: &str, password: &str) -> String {
+pub fn shop_facts(ip: &str, password: &str) -> String {
     let sums = sql_at(
         ip,
         "shop",
@@ -905,46 +905,8 @@ fn a_docker_site_with_its_database_container_dehydrated_and_hydrated() {
     let site = start_site(&a, &name, &image(), port);
     site.made(&b, &name);
     let password = format!("pw/{}@x", unique("s"));
-    let project = format!("com.docker.compose.project={name}");
-    let db_volume = format!("{name}_db:/var/lib/mysql");
-    let pw_env = format!("MARIADB_PASSWORD={password}");
-    let root_env = format!("MARIADB_ROOT_PASSWORD=root-{password}");
-    #[rustfmt::skip]
-    docker(&a, &[
-        "run", "-d", "--name", &site.c("db"), "--label", &project,
-        "--label", "com.docker.compose.service=db", "--network", &format!("{name}_default"),
-        "--network-alias", "db", "-v", &db_volume, "-e", &root_env, "-e", "MARIADB_DATABASE=shop",
-        "-e", "MARIADB_USER=shop", "-e", &pw_env, &mariadb_image(),
-    ]);
+    add_shop_database(&site, &password);
     let ip = address(&a, &site.c("db"));
-    let fixture =
-        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/shop.sql"))
-            .unwrap();
-    sql_at(&ip, "shop", &password, "shop", "SELECT 1");
-    let out = Command::new("mariadb")
-        .args([
-            "-h",
-            &ip,
-            "-u",
-            "shop",
-            "--default-character-set=utf8mb4",
-            "shop",
-        ])
-        .env("MYSQL_PWD", &password)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdin.take().unwrap().write_all(fixture.as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let facts = shop_facts(&ip, &password);
     let no_secret = |out: &Output| {
         for text in [
@@ -1072,4 +1034,50 @@ fn a_docker_site_with_its_database_container_dehydrated_and_hydrated() {
     no_secret(&out);
     assert_eq!(shop_facts(&address(&b, &site.c("db")), &password), facts);
     assert_eq!(http_get(port_b, "/index.html"), site.marker());
+}
+
+/// Adds a MariaDB container (service `db`, database `shop` for user `shop` with
+/// `password`) to a test site and loads examples/shop.sql into it.
+pub fn add_shop_database(site: &Site, password: &str) {
+    let name = &site.name;
+    let project = format!("com.docker.compose.project={name}");
+    let db_volume = format!("{name}_db:/var/lib/mysql");
+    let pw_env = format!("MARIADB_PASSWORD={password}");
+    let root_env = format!("MARIADB_ROOT_PASSWORD=root-{password}");
+    #[rustfmt::skip]
+    docker(&site.host, &[
+        "run", "-d", "--name", &site.c("db"), "--label", &project,
+        "--label", "com.docker.compose.service=db", "--network", &format!("{name}_default"),
+        "--network-alias", "db", "-v", &db_volume, "-e", &root_env, "-e", "MARIADB_DATABASE=shop",
+        "-e", "MARIADB_USER=shop", "-e", &pw_env, &mariadb_image(),
+    ]);
+    let ip = address(&site.host, &site.c("db"));
+    let fixture =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/shop.sql"))
+            .unwrap();
+    sql_at(&ip, "shop", password, "shop", "SELECT 1");
+    let out = Command::new("mariadb")
+        .args([
+            "-h",
+            &ip,
+            "-u",
+            "shop",
+            "--default-character-set=utf8mb4",
+            "shop",
+        ])
+        .env("MYSQL_PWD", password)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(fixture.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -4,6 +4,7 @@
 mod common;
 mod database;
 mod docker;
+mod drill;
 mod formats;
 mod hostile;
 mod hydrated;

@@ -1,0 +1,474 @@
+//! Restore drills: prove a snapshot restores, without touching the live site.
+//!
+//! A drill thaws the snapshot under a scratch name (a Docker site: its own containers,
+//! volumes and network, no published ports, no restart policy; files: a temporary
+//! directory; databases: scratch databases), checks that it works, measures how long the
+//! restore took, and removes everything again unless `--keep`.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::db::DbUrl;
+use crate::docker::recreate::{self, SiteOptions};
+use crate::docker::Engine;
+use crate::error::{Error, ErrorKind, Result};
+use crate::ops::{self, DbThawFlags};
+use crate::progress::Progress;
+use crate::repo::{Repository, Snapshot};
+
+pub struct DrillOptions {
+    /// `--probe SERVICE=COMMAND`: run `sh -c COMMAND` in the site's SERVICE container.
+    pub probes: Vec<(String, String)>,
+    /// Leave the restored copy in place.
+    pub keep: bool,
+    /// How long containers get to be running (and healthy, when they have a check).
+    pub timeout: Duration,
+    /// Files and dehydrated snapshots: the server for scratch databases, as
+    /// `mysql://USER@HOST:PORT/PREFIX` (as given: the password, if in it, stays escaped).
+    pub db_server: Option<String>,
+    pub jobs: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DrillReport {
+    pub site: String,
+    pub snapshot: String,
+    /// The scratch name the snapshot was restored under.
+    pub target: String,
+    pub ok: bool,
+    /// How long the restore took (thaw, including verification).
+    pub restore_seconds: f64,
+    /// The whole drill.
+    pub seconds: f64,
+    pub checks: Vec<Check>,
+    /// The restored copy was left in place (`--keep`).
+    pub kept: bool,
+    /// Why the restore itself failed, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<DrillError>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DrillError {
+    pub kind: String,
+    pub exit_code: i32,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl DrillReport {
+    /// The exit code: 0, the restore's own error code, or 4 when a check failed.
+    pub fn exit_code(&self) -> i32 {
+        match (&self.error, self.ok) {
+            (Some(e), _) => e.exit_code,
+            (None, true) => 0,
+            (None, false) => ErrorKind::Integrity.exit_code(),
+        }
+    }
+}
+
+fn check(name: impl Into<String>, ok: bool, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        ok,
+        detail: detail.into(),
+    }
+}
+
+/// A scratch name: `drill-SITE-<6 hex>`, within the 63 characters site names allow.
+fn scratch_name(site: &str) -> String {
+    let mut b = [0u8; 3];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut b);
+    let keep: String = site.chars().take(63 - 13).collect();
+    format!("drill-{keep}-{}", hex::encode(b))
+}
+
+fn failed(report: &mut DrillReport, e: Error) {
+    report.checks.push(check("restore", false, e.to_string()));
+    report.error = Some(DrillError {
+        kind: format!("{:?}", e.kind).to_lowercase(),
+        exit_code: e.kind.exit_code(),
+        message: e.to_string(),
+        hint: e.hint.clone(),
+    });
+    report.ok = false;
+}
+
+/// Runs a drill of a Docker site's snapshot on `engine`.
+pub fn drill_docker(
+    repo: &Repository,
+    engine: &Engine,
+    snapshot: Snapshot,
+    opts: &DrillOptions,
+    progress: &Progress,
+) -> Result<DrillReport> {
+    let started = Instant::now();
+    let target = scratch_name(&snapshot.site);
+    let mut report = DrillReport {
+        site: snapshot.site.clone(),
+        snapshot: snapshot.id.clone(),
+        target: target.clone(),
+        ok: true,
+        restore_seconds: 0.0,
+        seconds: 0.0,
+        checks: vec![],
+        kept: opts.keep,
+        error: None,
+    };
+    let binds = tempfile::Builder::new()
+        .prefix("freezer-drill.")
+        .tempdir()
+        .map_err(|e| Error::io("creating a directory for the drill's bind mounts", e))?;
+    let site_opts = SiteOptions {
+        rename: Some(target.clone()),
+        publish: vec![],
+        replace: false,
+        bind_root: Some(binds.path().to_path_buf()),
+        isolated: true,
+    };
+    let restored = recreate::plan(repo, engine, snapshot, &site_opts).and_then(|plan| {
+        recreate::execute(repo, engine, plan, progress, || {
+            Err(Error::other("a drill never replaces anything"))
+        })
+    });
+    report.restore_seconds = started.elapsed().as_secs_f64();
+    let thawed = match restored {
+        Ok(r) => r,
+        Err(e) => {
+            failed(&mut report, e);
+            report.seconds = started.elapsed().as_secs_f64();
+            return Ok(report);
+        }
+    };
+    report.checks.push(check(
+        "restore",
+        true,
+        format!(
+            "restored as site {target} in {:.1}s",
+            report.restore_seconds
+        ),
+    ));
+    for t in &thawed.trees {
+        report.checks.push(check(
+            format!("tree {}", t.name),
+            true,
+            format!(
+                "{} files, {} restored; every layer matched its digest",
+                t.stats.files,
+                crate::progress::bytes(t.stats.bytes)
+            ),
+        ));
+    }
+    for d in &thawed.databases {
+        report.checks.push(check(
+            format!("database {}", d.source),
+            true,
+            format!(
+                "{} tables, {} rows: row counts and checksums match the snapshot",
+                d.tables, d.rows
+            ),
+        ));
+    }
+    progress.set_label("waiting for the containers".to_string());
+    report
+        .checks
+        .extend(container_checks(engine, &thawed, opts.timeout));
+    for (service, command) in &opts.probes {
+        report
+            .checks
+            .push(probe(engine, &thawed, &target, service, command));
+    }
+    report.ok = report.checks.iter().all(|c| c.ok);
+    if opts.keep {
+        // The bind directories stay with the copy.
+        let _ = binds.keep();
+    } else {
+        progress.set_label(format!("removing {target}"));
+        recreate::remove(engine, &thawed);
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Every container that was running must be running (and healthy, if it has a
+/// healthcheck) within `timeout`, and still be running a moment later.
+fn container_checks(
+    engine: &Engine,
+    thawed: &recreate::SiteReport,
+    timeout: Duration,
+) -> Vec<Check> {
+    let mut out = Vec::new();
+    for (name, state) in &thawed.states {
+        if state != "running" {
+            continue;
+        }
+        let deadline = Instant::now() + timeout;
+        let mut stable = 0;
+        let result = loop {
+            let n = name.clone();
+            let info = engine.call(&format!("inspecting container {name}"), |d| async move {
+                d.inspect_container(
+                    &n,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+            });
+            let (status, health) = match info {
+                Ok(i) => {
+                    let st = i.state.unwrap_or_default();
+                    (
+                        st.status.map(|s| s.to_string()).unwrap_or_default(),
+                        st.health
+                            .and_then(|h| h.status)
+                            .map(|s| s.to_string())
+                            .filter(|s| !s.is_empty() && s != "none"),
+                    )
+                }
+                Err(e) => break Err(e.to_string()),
+            };
+            let good = status == "running" && health.as_deref().is_none_or(|h| h == "healthy");
+            if good {
+                stable += 1;
+                // Twice, a second apart: a process that dies at once is caught.
+                if stable >= 2 {
+                    break Ok(match health {
+                        Some(_) => "running and healthy".to_string(),
+                        None => "running".to_string(),
+                    });
+                }
+            } else {
+                stable = 0;
+                if status == "exited" || status == "dead" {
+                    break Err(format!("{status}; `docker logs {name}` says why"));
+                }
+            }
+            if Instant::now() > deadline {
+                break Err(format!(
+                    "not running{} after {}s (state {status}{})",
+                    if health.is_some() { " and healthy" } else { "" },
+                    timeout.as_secs(),
+                    health.map(|h| format!(", health {h}")).unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        };
+        out.push(match result {
+            Ok(d) => check(format!("container {name}"), true, d),
+            Err(d) => check(format!("container {name}"), false, d),
+        });
+    }
+    out
+}
+
+/// Runs `sh -c COMMAND` in the container of the given compose service (or name suffix).
+fn probe(
+    engine: &Engine,
+    thawed: &recreate::SiteReport,
+    target: &str,
+    service: &str,
+    command: &str,
+) -> Check {
+    let name = format!("probe {service}: {command}");
+    let Some(container) = thawed
+        .containers
+        .iter()
+        .find(|c| {
+            *c == service
+                || c.strip_prefix(target).is_some_and(|rest| {
+                    rest == format!("-{service}-1")
+                        || rest == format!("_{service}_1")
+                        || rest == format!("-{service}")
+                })
+        })
+        .cloned()
+    else {
+        return check(
+            name,
+            false,
+            format!(
+                "no container of service {service}; the site has {}",
+                thawed.containers.join(", ")
+            ),
+        );
+    };
+    let cmd = command.to_string();
+    let result = engine.block_on(async {
+        use futures::StreamExt;
+        let exec = engine
+            .docker
+            .create_exec(
+                &container,
+                bollard::models::ExecConfig {
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    cmd: Some(vec!["sh".into(), "-c".into(), cmd]),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let mut output = String::new();
+        if let bollard::exec::StartExecResults::Attached { output: mut s, .. } =
+            engine.docker.start_exec(&exec.id, None).await?
+        {
+            while let Some(chunk) = s.next().await {
+                output.push_str(&chunk?.to_string());
+            }
+        }
+        let inspect = engine.docker.inspect_exec(&exec.id).await?;
+        Ok::<_, bollard::errors::Error>((inspect.exit_code.unwrap_or(-1), output))
+    });
+    match result {
+        Ok((0, out)) => check(name, true, format!("exit 0 in {container}{}", tail(&out))),
+        Ok((code, out)) => check(
+            name,
+            false,
+            format!("exit {code} in {container}{}", tail(&out)),
+        ),
+        Err(e) => check(name, false, format!("could not run it in {container}: {e}")),
+    }
+}
+
+/// The last line of a probe's output, for the report.
+fn tail(out: &str) -> String {
+    match out.trim().lines().last() {
+        Some(l) if !l.is_empty() => format!(": {}", l.chars().take(200).collect::<String>()),
+        _ => String::new(),
+    }
+}
+
+/// Runs a drill of a files or dehydrated snapshot: trees into a temporary directory,
+/// databases into scratch databases on `opts.db_server`.
+pub fn drill_files(
+    repo: &Repository,
+    snapshot: Snapshot,
+    opts: &DrillOptions,
+    progress: &Progress,
+) -> Result<DrillReport> {
+    let started = Instant::now();
+    let target = scratch_name(&snapshot.site);
+    let mut report = DrillReport {
+        site: snapshot.site.clone(),
+        snapshot: snapshot.id.clone(),
+        target: target.clone(),
+        ok: true,
+        restore_seconds: 0.0,
+        seconds: 0.0,
+        checks: vec![],
+        kept: opts.keep,
+        error: None,
+    };
+    let databases: Vec<String> = snapshot
+        .record
+        .manifests
+        .iter()
+        .filter_map(|m| m.annotations.get(crate::db::A_DB_NAME).cloned())
+        .collect();
+    let mut targets = Vec::new();
+    let mut scratch = Vec::new();
+    for db in &databases {
+        let raw = opts.db_server.as_ref().ok_or_else(|| {
+            Error::usage(format!(
+                "snapshot {}:{} holds database {db}; a drill loads it into a scratch database",
+                snapshot.site, snapshot.id
+            ))
+            .with_hint("pass --db mysql://USER@HOST:PORT/PREFIX: databases are loaded as PREFIX_DB_<hex> and dropped afterwards")
+        })?;
+        let server = DbUrl::parse(raw)?;
+        let name = format!(
+            "{}_{}_{}",
+            server.database,
+            db,
+            target.rsplit('-').next().unwrap_or("0")
+        );
+        // The URL as given, with the scratch database as its path.
+        let base = raw.split('?').next().unwrap_or(raw);
+        let (base, _) = base.rsplit_once('/').expect("a URL that parsed has a path");
+        targets.push(format!("{db}={base}/{name}"));
+        scratch.push(server.with_database(&name));
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("freezer-drill.")
+        .tempdir()
+        .map_err(|e| Error::io("creating the drill's directory", e))?;
+    let flags = DbThawFlags {
+        targets,
+        skip: false,
+        jobs: opts.jobs,
+        with_users: false,
+    };
+    let restored = ops::plan_thaw(
+        repo,
+        &snapshot.site,
+        Some(&snapshot.id),
+        Some(dir.path()),
+        false,
+        &flags,
+    )
+    .and_then(|plan| ops::thaw(repo, &plan, progress));
+    report.restore_seconds = started.elapsed().as_secs_f64();
+    match restored {
+        Err(e) => failed(&mut report, e),
+        Ok(r) => {
+            report.checks.push(check(
+                "restore",
+                true,
+                format!("restored in {:.1}s", report.restore_seconds),
+            ));
+            for t in &r.trees {
+                report.checks.push(check(
+                    format!("tree {}", t.name),
+                    true,
+                    format!(
+                        "{} files, {} restored; every layer matched its digest",
+                        t.stats.files,
+                        crate::progress::bytes(t.stats.bytes)
+                    ),
+                ));
+            }
+            for d in &r.databases {
+                report.checks.push(check(
+                    format!("database {}", d.source),
+                    true,
+                    format!(
+                        "{} tables, {} rows: row counts and checksums match the snapshot",
+                        d.tables, d.rows
+                    ),
+                ));
+            }
+        }
+    }
+    if opts.keep {
+        let _ = dir.keep();
+    } else {
+        for url in &scratch {
+            let _ = drop_database(url);
+        }
+    }
+    report.ok = report.error.is_none() && report.checks.iter().all(|c| c.ok);
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn drop_database(url: &DbUrl) -> Result<()> {
+    let rt = crate::db::conn::runtime(1)?;
+    rt.block_on(async {
+        let mut c = url.connect_server().await?;
+        crate::db::conn::exec(
+            &mut c,
+            &format!(
+                "DROP DATABASE IF EXISTS `{}`",
+                url.database.replace('`', "``")
+            ),
+            "dropping the drill's scratch database",
+        )
+        .await
+    })
+}
