@@ -266,9 +266,18 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
                         .map_err(|e| prefix(e, &format!("storing container {}", spec.name)))?,
                 );
             }
+            // A remote engine's volumes are mirrored here first (inside the window).
+            let pull = || -> Result<()> {
+                if !d.engine.is_local() {
+                    progress.set_label("copying the volumes through the engine".to_string());
+                    crate::docker::remote::pull_all(&d.engine, &d.site)?;
+                }
+                Ok(())
+            };
             if d.hold {
                 let mut tree_manifests = Vec::new();
                 let (trees, w) = crate::docker::capture::hold(&d.engine, &d.site, d.stop, || {
+                    pull()?;
                     freeze_trees(
                         repo,
                         plan,
@@ -282,6 +291,7 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
                 window = Some(w);
                 trees
             } else {
+                pull()?;
                 freeze_trees(repo, plan, &prev, progress, &mut warnings, &mut manifests)?
             }
         }

@@ -187,13 +187,9 @@ pub fn capture(engine: &Engine, site: &str) -> Result<CapturedSite> {
             super::SITE_LABEL
         )));
     }
-    if !engine.is_local() {
-        return Err(Error::usage(format!(
-            "the Docker engine at {} is not on this machine; freezer reads volumes from their host paths and cannot copy them through a remote engine yet",
-            engine.host
-        ))
-        .with_hint("run freezer on the Docker host itself"));
-    }
+    // A local engine's volumes are read where they are; a remote one's are mirrored here
+    // through the engine (see `remote`).
+    let local = engine.is_local();
     let mut networks: HashMap<String, NetworkSpec> = HashMap::new();
     let mut containers = Vec::new();
     let mut ids = Vec::new();
@@ -309,7 +305,14 @@ pub fn capture(engine: &Engine, site: &str) -> Result<CapturedSite> {
                     m.driver.as_deref().unwrap_or("")
                 )));
             }
-            let path = PathBuf::from(&source);
+            let path = if local {
+                PathBuf::from(&source)
+            } else {
+                let mirror = super::remote::mirror_path(&engine.host, &source, &tree);
+                std::fs::create_dir_all(&mirror)
+                    .ctx(|| format!("creating {}", mirror.display()))?;
+                mirror
+            };
             match trees.iter().find(|t| t.path == path) {
                 Some(t) if t.name != tree => {
                     return Err(Error::usage(format!(
@@ -320,7 +323,7 @@ pub fn capture(engine: &Engine, site: &str) -> Result<CapturedSite> {
                 }
                 Some(_) => {}
                 None => {
-                    if !path.is_dir() {
+                    if local && !path.is_dir() {
                         return Err(Error::usage(format!(
                             "container {} mounts {} at {destination}, which is not a directory; freezer copies directories",
                             c.name,

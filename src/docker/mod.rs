@@ -7,6 +7,7 @@
 
 pub mod capture;
 pub mod recreate;
+pub mod remote;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;

@@ -160,13 +160,9 @@ pub fn plan(
     snap: Snapshot,
     opts: &SiteOptions,
 ) -> Result<SitePlan> {
-    if !engine.is_local() {
-        return Err(Error::usage(format!(
-            "the Docker engine at {} is not on this machine; freezer restores volumes through their host paths and cannot write them through a remote engine yet",
-            engine.host
-        ))
-        .with_hint("run freezer on the Docker host itself"));
-    }
+    // A local engine's volumes are written where they are; a remote one's through the
+    // engine, after the containers are created (see `remote`).
+    let local = engine.is_local();
     let site = snap.site.clone();
     let target = opts.rename.clone().unwrap_or_else(|| site.clone());
     crate::repo::check_site_name(&target)?;
@@ -349,7 +345,17 @@ pub fn plan(
                     .call(&format!("inspecting volume {name}"), |d| async move {
                         d.inspect_volume(&n).await
                     }) {
-                    Ok(v) if dir_is_empty(Path::new(&v.mountpoint)) => "reuse",
+                    Ok(v) if local && dir_is_empty(Path::new(&v.mountpoint)) => "reuse",
+                    // Through a remote engine a volume is replaced whole, and only when
+                    // the containers it belongs to are frozen first.
+                    Ok(_) if !local && opts.replace && !existing.is_empty() => "recreate",
+                    Ok(_) if !local => {
+                        return Err(Error::conflict(format!(
+                            "volume {name} exists on the Docker engine at {}",
+                            engine.host
+                        ))
+                        .with_hint("remove it, or thaw with --as NAME"))
+                    }
                     Ok(v) if opts.replace => {
                         plan.replaced_paths.push((
                             super::capture::tree_name("volume", &name),
@@ -384,7 +390,10 @@ pub fn plan(
                 if plan.binds.iter().any(|b| b.path.as_ref() == Some(&path)) {
                     continue;
                 }
-                let action = if dir_is_empty(&path) {
+                let action = if !local {
+                    // Written through the engine into the (created) directory.
+                    "write"
+                } else if dir_is_empty(&path) {
                     "create"
                 } else if opts.replace {
                     plan.replaced_paths.push((
@@ -410,7 +419,7 @@ pub fn plan(
         }
         // Pre-flight: a host port that is taken would fail the start after everything
         // else is created. (A replaced site's own ports are freed when it is removed.)
-        if existing.is_empty() {
+        if existing.is_empty() && local {
             for (ip, port) in host_ports(&spec.host_config) {
                 let addr = if ip.is_empty() {
                     "0.0.0.0"
@@ -481,7 +490,9 @@ pub fn plan(
             *need.entry(crate::ops::existing_ancestor(p)).or_default() += t.trailer.bytes;
         }
     }
-    crate::ops::check_free_space(&need)?;
+    if local {
+        crate::ops::check_free_space(&need)?;
+    }
     let total: u64 = need.values().sum();
     checks.push(format!(
         "space for {} of files",
@@ -797,6 +808,12 @@ fn apply(
         list.networks.push(step.name.clone());
     }
     let mut mountpoints: HashMap<String, PathBuf> = HashMap::new();
+    // Through a remote engine, trees are restored here first, then written into the
+    // created containers.
+    let stage = tempfile::Builder::new()
+        .prefix("freezer-thaw.")
+        .tempdir()
+        .ctx(|| "creating a staging directory".into())?;
     for step in &plan.volumes {
         let m = plan
             .specs
@@ -831,6 +848,9 @@ fn apply(
             |d| async move { d.inspect_volume(&n).await },
         )?;
         mountpoints.insert(step.name.clone(), PathBuf::from(v.mountpoint));
+        if !engine.is_local() {
+            mountpoints.insert(step.name.clone(), stage.path().join(&step.name));
+        }
     }
     // 3. Contents: every volume and bind mount through the tree thaw (staged, verified,
     // then moved into place all together).
@@ -846,9 +866,18 @@ fn apply(
             ))
         })
         .chain(plan.binds.iter().map(|s| {
+            let path = s.path.clone().unwrap_or_default();
+            let dest = if engine.is_local() {
+                path
+            } else {
+                stage.path().join(super::capture::tree_name(
+                    "bind",
+                    &path.display().to_string(),
+                ))
+            };
             (
                 s.tree.clone().unwrap_or_default(),
-                s.path.clone().unwrap_or_default(),
+                dest,
                 s.action == "replace",
             )
         }))
@@ -917,6 +946,19 @@ fn apply(
             )?;
         }
     }
+    let mut report = report;
+    if !engine.is_local() {
+        for t in &mut report.trees {
+            progress.set_label(format!("writing {} through the engine", t.name));
+            t.dest = match writer(plan, &t.name) {
+                Some((container, dest)) => {
+                    super::remote::push(engine, &container, &dest, &t.dest)?;
+                    PathBuf::from(format!("{container}:{dest}"))
+                }
+                None => push_through_helper(engine, plan, &t.name, &t.dest)?,
+            };
+        }
+    }
     crate::sys::fault_sleep("FREEZER_FAULT_THAW_CREATED_MS");
     // 5. Database containers first: started, waited for, loaded with their dumps.
     let mut db_reports = Vec::new();
@@ -982,6 +1024,64 @@ fn apply(
     Ok((loaded, report.trees, db_reports))
 }
 
+/// A created container that mounts `tree` writable, and where.
+fn writer(plan: &SitePlan, tree: &str) -> Option<(String, String)> {
+    plan.specs.iter().find_map(|(s, _, _)| {
+        s.mounts
+            .iter()
+            .find(|m| m.tree == tree && !m.read_only)
+            .map(|m| (s.name.clone(), m.destination.clone()))
+    })
+}
+
+/// Writes a tree that every container mounts read-only: through a helper container of
+/// the same image that mounts it writable, created (never started) and removed again.
+fn push_through_helper(
+    engine: &Engine,
+    plan: &SitePlan,
+    tree: &str,
+    dir: &Path,
+) -> Result<PathBuf> {
+    let (spec, m) = plan
+        .specs
+        .iter()
+        .find_map(|(s, _, _)| s.mounts.iter().find(|m| m.tree == tree).map(|m| (s, m)))
+        .expect("a planned tree is mounted");
+    let mut b = [0u8; 4];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut b);
+    let helper = format!("freezer-restore-{}", hex::encode(b));
+    let mount = match m.kind.as_str() {
+        "volume" => json!({"Type": "volume", "Source": m.name, "Target": "/freezer-restore"}),
+        _ => json!({"Type": "bind", "Source": m.source, "Target": "/freezer-restore"}),
+    };
+    let body: ContainerCreateBody = serde_json::from_value(json!({
+        "Image": spec.image,
+        "Cmd": ["true"],
+        "Entrypoint": [],
+        "HostConfig": {"Mounts": [mount]},
+    }))
+    .map_err(|e| Error::other(format!("a helper container: {e}")))?;
+    let name = helper.clone();
+    engine.call("creating a helper container", |d| async move {
+        d.create_container(
+            Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+            body,
+        )
+        .await
+    })?;
+    let result = super::remote::push(engine, &helper, "/freezer-restore", dir);
+    let name = helper.clone();
+    let _ = engine.call("removing a helper container", |d| async move {
+        d.remove_container(
+            &name,
+            Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+        )
+        .await
+    });
+    result?;
+    Ok(PathBuf::from(format!("{}:{}", spec.name, m.destination)))
+}
+
 /// The container's address on its first network.
 fn container_address(engine: &Engine, name: &str) -> Result<String> {
     let n = name.to_string();
@@ -1036,20 +1136,28 @@ fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody> {
         .into_iter()
         .filter(|m| !matches!(m["Type"].as_str(), Some("volume" | "bind")))
         .collect();
+    let mut binds = Vec::new();
     for m in &spec.mounts {
-        let source = match m.kind.as_str() {
-            "volume" => m.name.clone().unwrap_or_default(),
-            _ => m.source.clone(),
+        let (source, kind) = match m.kind.as_str() {
+            "volume" => (m.name.clone().unwrap_or_default(), "volume"),
+            _ => (m.source.clone(), "bind"),
         };
+        // A bind as a Binds string: the engine creates a missing directory (a remote
+        // host's, written through the engine after creation).
+        if kind == "bind" && !source.contains(':') && !m.destination.contains(':') {
+            let ro = if m.read_only { ":ro" } else { "" };
+            binds.push(Value::String(format!("{source}:{}{ro}", m.destination)));
+            continue;
+        }
         mounts.push(json!({
-            "Type": m.kind,
+            "Type": kind,
             "Source": source,
             "Target": m.destination,
             "ReadOnly": m.read_only,
         }));
     }
     if let Some(o) = hc.as_object_mut() {
-        o.remove("Binds");
+        o.insert("Binds".into(), Value::Array(binds));
         o.insert("Mounts".into(), Value::Array(mounts));
     }
     body["HostConfig"] = hc;

@@ -1081,3 +1081,78 @@ pub fn add_shop_database(site: &Site, password: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An engine reached over TCP is treated as remote: volumes and bind mounts travel
+/// through the Engine API (a local mirror keeps nightly change detection working).
+#[test]
+fn a_site_on_a_remote_engine_through_the_engine_api() {
+    let b = host_b();
+    services();
+    let tcp = std::env::var("FREEZER_TEST_DOCKER_HOST_B_TCP").expect("set by scripts/services");
+    // The image, on B as a registry pull would have put it.
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "docker save {} | DOCKER_HOST={b} docker load -q",
+            image()
+        ))
+        .env("DOCKER_HOST", host_a())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let repo = TestRepo::local().init();
+    let name = unique("rm");
+    let port = free_port();
+    let site = start_site(&b, &name, &image(), port);
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("freezer.toml");
+    fs::write(&config, format!("[hosts.far]\ndocker = \"{tcp}\"\n")).unwrap();
+    let cache = work.path().join("cache");
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--repo", &repo.url, "--config", config.to_str().unwrap()]);
+        freezer_env(
+            &all,
+            &[
+                ("DOCKER_HOST", "unix:///nonexistent/docker.sock"),
+                ("FREEZER_CACHE_DIR", cache.to_str().unwrap()),
+            ],
+        )
+    };
+    let www = mountpoint(&b, &format!("{name}_www"));
+    let reference = tempfile::tempdir().unwrap();
+    copy_tree(&www, reference.path());
+
+    let report = json(&run(&["freeze", &format!("{name}@far"), "--json"]));
+    assert_eq!(report["window"]["mode"], "pause");
+    let id = report["snapshot"].as_str().unwrap().to_string();
+    assert_eq!(state(&b, &site.c("web")), "running");
+    // The next night reads nothing that did not change.
+    let report = json(&run(&["freeze", &format!("{name}@far"), "--json"]));
+    let www_tree = report["trees"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == format!("volume.{name}_www"))
+        .unwrap()
+        .clone();
+    assert_eq!(www_tree["files_read"], 0, "{report}");
+
+    remove_site(&b, &name);
+    fs::remove_dir_all(site.bind.path().join("conf")).unwrap();
+    let port2 = free_port();
+    assert_ok(&run(&[
+        "thaw",
+        &format!("{name}:{id}@far"),
+        "--publish",
+        &format!("{port}={port2}"),
+    ]));
+    assert_eq!(http_get(port2, "/index.html"), site.marker());
+    assert_eq!(http_get(port2, "/sub/big.bin"), big_file());
+    assert_same_tree_to_seconds(reference.path(), &mountpoint(&b, &format!("{name}_www")));
+    assert_eq!(
+        fs::read(site.bind.path().join("conf/app.ini")).unwrap(),
+        b"[site]\nname=test\n"
+    );
+    assert_eq!(state(&b, &site.c("job")), "created");
+}

@@ -1,0 +1,315 @@
+//! Volumes of an engine on another machine, through the Engine API's archive endpoints.
+//!
+//! Freezing pulls each volume as a tar stream (`GET /containers/{id}/archive`) into a local
+//! **mirror** that is only touched where the stream differs from it, so the tree freeze's
+//! change detection (inode, ctime) still skips what did not change since last night; only
+//! the reading travels again. Thawing restores each tree into a local staging directory
+//! and pushes it as a tar stream into a created container (`PUT …/archive`).
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use bollard::query_parameters::{
+    DownloadFromContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+};
+use sha2::{Digest as _, Sha256};
+
+use super::capture::CapturedSite;
+use super::Engine;
+use crate::error::{Error, IoContext, Result};
+
+/// Where the mirror of one volume of one engine lives: `FREEZER_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/freezer`, else `~/.cache/freezer`, then `mirror/<hash>-<tree>`.
+pub fn mirror_path(engine_host: &str, source: &str, tree: &str) -> PathBuf {
+    let base = std::env::var_os("FREEZER_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("freezer")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/freezer")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache/freezer"));
+    let key = hex::encode(&Sha256::digest(format!("{engine_host}\0{source}").as_bytes())[..8]);
+    base.join("mirror").join(format!("{key}-{tree}"))
+}
+
+/// Brings every tree's mirror up to date from the engine (the site is held still).
+pub fn pull_all(engine: &Engine, site: &CapturedSite) -> Result<()> {
+    for t in &site.trees {
+        let (spec, id) = site
+            .containers
+            .iter()
+            .zip(&site.ids)
+            .find(|(c, _)| c.mounts.iter().any(|m| m.tree == t.name))
+            .expect("every tree comes from a mount");
+        let m = spec
+            .mounts
+            .iter()
+            .find(|m| m.tree == t.name)
+            .expect("found above");
+        pull(engine, id, &spec.name, &m.destination, &t.path).map_err(|e| {
+            crate::ops::prefix(
+                e,
+                &format!("copying {} of container {}", m.destination, spec.name),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn pull(engine: &Engine, id: &str, name: &str, dest: &str, mirror: &Path) -> Result<()> {
+    fs::create_dir_all(mirror).ctx(|| format!("creating {}", mirror.display()))?;
+    let mut tmp = tempfile::tempfile().ctx(|| "creating a temporary file".into())?;
+    engine.block_on(async {
+        use futures::StreamExt;
+        let mut s = engine.docker.download_from_container(
+            id,
+            Some(
+                DownloadFromContainerOptionsBuilder::new()
+                    .path(dest)
+                    .build(),
+            ),
+        );
+        while let Some(chunk) = s.next().await {
+            let chunk = chunk
+                .map_err(|e| engine.error(&format!("reading {dest} of container {name}"), e))?;
+            tmp.write_all(&chunk)
+                .ctx(|| "writing a temporary file".into())?;
+        }
+        Ok::<_, Error>(())
+    })?;
+    use std::io::Seek;
+    tmp.rewind().ctx(|| "reading a temporary file".into())?;
+    sync(tmp, mirror)
+}
+
+/// Makes `mirror` equal to the tar stream (whose entries sit under one top directory, as
+/// the archive endpoint sends them), touching only what differs.
+fn sync(tar: impl Read, mirror: &Path) -> Result<()> {
+    let mut archive = tar::Archive::new(tar);
+    let mut seen: HashSet<PathBuf> = HashSet::new();
+    let mut dirs: Vec<(PathBuf, u32, u64, u64, i64)> = Vec::new();
+    let root_owner = crate::sys::is_root();
+    for entry in archive
+        .entries()
+        .ctx(|| "reading the volume's archive".into())?
+    {
+        let mut entry = entry.ctx(|| "reading the volume's archive".into())?;
+        let raw = entry
+            .path()
+            .ctx(|| "reading the volume's archive".into())?
+            .into_owned();
+        let rel: PathBuf = raw.components().skip(1).collect();
+        if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+            return Err(Error::integrity(format!(
+                "the engine's archive holds the path {}, which leaves the volume",
+                raw.display()
+            )));
+        }
+        let h = entry.header();
+        let mode = h.mode().unwrap_or(0o644) & 0o7777;
+        let (uid, gid) = (h.uid().unwrap_or(0), h.gid().unwrap_or(0));
+        let mtime = h.mtime().unwrap_or(0) as i64;
+        let dst = mirror.join(&rel);
+        seen.insert(rel.clone());
+        let kind = h.entry_type();
+        let existing = fs::symlink_metadata(&dst).ok();
+        match kind {
+            tar::EntryType::Directory => {
+                if !existing.as_ref().is_some_and(|m| m.is_dir()) {
+                    remove_any(&dst)?;
+                    fs::create_dir_all(&dst).ctx(|| format!("creating {}", dst.display()))?;
+                }
+                dirs.push((dst, mode, uid, gid, mtime));
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let same = existing.as_ref().is_some_and(|m| {
+                    m.is_file()
+                        && m.len() == h.size().unwrap_or(u64::MAX)
+                        && m.mtime() == mtime
+                        && m.mode() & 0o7777 == mode
+                        && (!root_owner || (m.uid() as u64 == uid && m.gid() as u64 == gid))
+                });
+                if same {
+                    continue;
+                }
+                remove_any(&dst)?;
+                let parent = dst.parent().expect("below the mirror");
+                let mut t = tempfile::NamedTempFile::new_in(parent)
+                    .ctx(|| format!("creating a file in {}", parent.display()))?;
+                std::io::copy(&mut entry, t.as_file_mut())
+                    .ctx(|| format!("writing {}", dst.display()))?;
+                let f = t.as_file();
+                f.set_permissions(fs::Permissions::from_mode(mode))
+                    .ctx(|| format!("setting the mode of {}", dst.display()))?;
+                if root_owner {
+                    std::os::unix::fs::fchown(f, Some(uid as u32), Some(gid as u32))
+                        .ctx(|| format!("setting the owner of {}", dst.display()))?;
+                }
+                filetime::set_file_handle_times(
+                    f,
+                    None,
+                    Some(filetime::FileTime::from_unix_time(mtime, 0)),
+                )
+                .ctx(|| format!("setting the mtime of {}", dst.display()))?;
+                t.persist(&dst)
+                    .map_err(|e| Error::io(format!("writing {}", dst.display()), e.error))?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .ctx(|| "reading the volume's archive".into())?
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                if existing.is_some() && fs::read_link(&dst).ok().as_ref() == Some(&target) {
+                    continue;
+                }
+                remove_any(&dst)?;
+                std::os::unix::fs::symlink(&target, &dst)
+                    .ctx(|| format!("creating {}", dst.display()))?;
+                if root_owner {
+                    let _ = std::os::unix::fs::lchown(&dst, Some(uid as u32), Some(gid as u32));
+                }
+                let t = filetime::FileTime::from_unix_time(mtime, 0);
+                let _ = filetime::set_symlink_file_times(&dst, t, t);
+            }
+            tar::EntryType::Link => {
+                let target: PathBuf = entry
+                    .link_name()
+                    .ctx(|| "reading the volume's archive".into())?
+                    .map(|t| t.components().skip(1).collect())
+                    .unwrap_or_default();
+                let src = mirror.join(&target);
+                let same = match (&existing, fs::symlink_metadata(&src)) {
+                    (Some(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+                    _ => false,
+                };
+                if !same {
+                    remove_any(&dst)?;
+                    fs::hard_link(&src, &dst).ctx(|| format!("linking {}", dst.display()))?;
+                }
+            }
+            // FIFOs and devices in a volume are rare; they are not mirrored.
+            _ => {
+                seen.remove(&rel);
+            }
+        }
+    }
+    // What the volume no longer has.
+    remove_unseen(mirror, Path::new(""), &seen)?;
+    // Directory metadata last, deepest first (writing into a directory moves its mtime).
+    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    for (dir, mode, uid, gid, mtime) in dirs {
+        let meta = fs::metadata(&dir).ctx(|| format!("reading {}", dir.display()))?;
+        if meta.mode() & 0o7777 != mode {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
+                .ctx(|| format!("setting the mode of {}", dir.display()))?;
+        }
+        if root_owner && (meta.uid() as u64 != uid || meta.gid() as u64 != gid) {
+            std::os::unix::fs::chown(&dir, Some(uid as u32), Some(gid as u32))
+                .ctx(|| format!("setting the owner of {}", dir.display()))?;
+        }
+        if meta.mtime() != mtime {
+            filetime::set_file_mtime(&dir, filetime::FileTime::from_unix_time(mtime, 0))
+                .ctx(|| format!("setting the mtime of {}", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_any(p: &Path) -> Result<()> {
+    match fs::symlink_metadata(p) {
+        Err(_) => Ok(()),
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p).ctx(|| format!("removing {}", p.display())),
+        Ok(_) => fs::remove_file(p).ctx(|| format!("removing {}", p.display())),
+    }
+}
+
+fn remove_unseen(root: &Path, rel: &Path, seen: &HashSet<PathBuf>) -> Result<()> {
+    let dir = root.join(rel);
+    let Ok(read) = fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    for e in read {
+        let e = e.ctx(|| format!("reading {}", dir.display()))?;
+        let r = rel.join(e.file_name());
+        if !seen.contains(&r) {
+            remove_any(&e.path())?;
+        } else if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_unseen(root, &r, seen)?;
+        }
+    }
+    Ok(())
+}
+
+/// Appends `root/rel` and everything below it; a file with several names is stored once,
+/// later names as hard links to the first (tar's `append_dir_all` would copy it).
+fn pack<W: Write>(
+    b: &mut tar::Builder<W>,
+    root: &Path,
+    rel: &Path,
+    links: &mut std::collections::HashMap<(u64, u64), PathBuf>,
+) -> std::io::Result<()> {
+    let path = root.join(rel);
+    let meta = fs::symlink_metadata(&path)?;
+    if meta.is_file() && meta.nlink() > 1 {
+        if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
+            let mut h = tar::Header::new_gnu();
+            h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+            h.set_entry_type(tar::EntryType::Link);
+            h.set_size(0);
+            return b.append_link(&mut h, rel, first);
+        }
+        links.insert((meta.dev(), meta.ino()), rel.to_path_buf());
+    }
+    b.append_path_with_name(&path, rel)?;
+    if meta.is_dir() {
+        let mut names: Vec<_> = fs::read_dir(&path)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()?;
+        names.sort();
+        for n in names {
+            pack(b, root, &rel.join(n), links)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a restored directory into a created container at `dest` (a volume or bind
+/// mount), as the archive endpoint extracts it: owners, modes and times kept.
+pub fn push(engine: &Engine, container: &str, dest: &str, dir: &Path) -> Result<()> {
+    let mut tmp = tempfile::tempfile().ctx(|| "creating a temporary file".into())?;
+    {
+        let mut b = tar::Builder::new(&mut tmp);
+        b.follow_symlinks(false);
+        b.mode(tar::HeaderMode::Complete);
+        let mut links = std::collections::HashMap::new();
+        pack(&mut b, dir, Path::new("."), &mut links)
+            .ctx(|| format!("packing {}", dir.display()))?;
+        b.finish().ctx(|| format!("packing {}", dir.display()))?;
+    }
+    use std::io::Seek;
+    tmp.rewind().ctx(|| "reading a temporary file".into())?;
+    let body = futures::stream::iter(std::iter::from_fn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        match tmp.read(&mut buf) {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some(Ok(bytes::Bytes::from(buf)))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }));
+    engine.call(
+        &format!("writing {dest} of container {container}"),
+        |d| async move {
+            d.upload_to_container(
+                container,
+                Some(UploadToContainerOptionsBuilder::new().path(dest).build()),
+                bollard::body_try_stream(body),
+            )
+            .await
+        },
+    )
+}
