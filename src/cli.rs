@@ -82,6 +82,10 @@ pub enum Command {
         /// registry access) can thaw the site.
         #[arg(long)]
         with_images: bool,
+        /// Hydrated: also store each container's writable layer (files it changed
+        /// outside its volumes). Local engines with overlay2.
+        #[arg(long)]
+        with_writable_layer: bool,
         /// Database connections used in parallel (default: the number of CPUs).
         #[arg(long, env = "FREEZER_JOBS")]
         jobs: Option<usize>,
@@ -447,6 +451,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             mode,
             stop,
             with_images,
+            with_writable_layer,
             jobs,
             chunk_size,
             with_users,
@@ -464,9 +469,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 None if unconfigured => Some(true),
                 _ => None,
             };
-            if (*stop && docker_mode != Some(true)) || (*with_images && docker_mode.is_none()) {
+            if ((*stop || *with_writable_layer) && docker_mode != Some(true))
+                || (*with_images && docker_mode.is_none())
+            {
                 return Err(Error::usage(
-                    "--stop applies to hydrated freezes of Docker sites, --with-images to Docker sites",
+                    "--stop and --with-writable-layer apply to hydrated freezes of Docker sites, --with-images to Docker sites",
                 ));
             }
             if host.is_some() && docker_mode.is_none() {
@@ -481,6 +488,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 let mut captured = crate::docker::capture::capture(&engine, site)?;
                 if hydrated {
                     databases.clear();
+                    if *with_writable_layer {
+                        captured.include_writable_layers()?;
+                    }
                 } else {
                     databases = captured.databases()?;
                     if databases.is_empty() {
@@ -516,13 +526,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 trees,
                 databases,
                 jobs.unwrap_or_else(default_jobs),
+                docker,
             )?;
             if let Some(c) = chunk_size {
                 plan.db_chunk_bytes = *c;
             }
             plan.db_with_users = *with_users || settings.database_users(site);
             plan.lock_wait = *lock_wait;
-            plan.docker = docker;
             if *dry_run {
                 if g.json {
                     print_json(&plan);
@@ -1113,20 +1123,21 @@ fn thaw_docker_site(
                         path: path.clone(),
                     })
                     .collect();
-                let fp = ops::plan_freeze(repo, &target, trees, vec![], 1)?;
+                let fp = ops::plan_freeze(repo, &target, trees, vec![], 1, None)?;
                 return Ok(ops::freeze(repo, &fp, &progress)?.snapshot);
             }
             Err(e) => return Err(e),
         };
-        let mut fp = ops::plan_freeze(repo, &target, captured.trees.clone(), vec![], 1)?;
-        fp.docker = Some(ops::DockerFreeze {
+        let trees = captured.trees.clone();
+        let docker = ops::DockerFreeze {
             engine_host: engine.host.clone(),
             engine,
             site: captured,
             hold: true,
             stop: false,
             with_images: false,
-        });
+        };
+        let fp = ops::plan_freeze(repo, &target, trees, vec![], 1, Some(docker))?;
         Ok(ops::freeze(repo, &fp, &progress)?.snapshot)
     });
     drop(guard);

@@ -100,9 +100,10 @@ pub fn plan_freeze(
     trees: Vec<TreeSpec>,
     databases: Vec<DbUrl>,
     db_jobs: usize,
+    docker: Option<DockerFreeze>,
 ) -> Result<FreezePlan> {
     crate::repo::check_site_name(site)?;
-    if trees.is_empty() && databases.is_empty() {
+    if trees.is_empty() && databases.is_empty() && docker.is_none() {
         return Err(
             Error::usage(format!("site {site} has nothing to freeze")).with_hint(format!(
                 "pass --path DIR or --db URL, or list paths and databases under [sites.{site}] in freezer.toml"
@@ -151,7 +152,7 @@ pub fn plan_freeze(
         db_with_users: false,
         lock_wait: std::time::Duration::from_secs(1800),
         parent,
-        docker: None,
+        docker,
     })
 }
 

@@ -55,6 +55,9 @@ pub struct ContainerSpec {
     /// (`MARIADB_DATABASE`/`MYSQL_DATABASE`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
+    /// The tree holding the container's writable layer (`--with-writable-layer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writable_layer: Option<String>,
 }
 
 impl ContainerSpec {
@@ -127,6 +130,8 @@ pub struct CapturedSite {
     pub trees: Vec<TreeSpec>,
     /// Each container's address on its first network (for reaching its database).
     pub addresses: Vec<Option<String>>,
+    /// Each container's writable layer on this machine (overlay2's upper directory).
+    pub upper_dirs: Vec<Option<PathBuf>>,
 }
 
 impl CapturedSite {
@@ -150,6 +155,27 @@ impl CapturedSite {
             out.push(url);
         }
         Ok(out)
+    }
+
+    /// Also copies each container's writable layer (what it changed in its image's
+    /// files), as a tree `writable.<container>`. Needs overlay2 on a local engine.
+    pub fn include_writable_layers(&mut self) -> Result<()> {
+        for (spec, upper) in self.containers.iter_mut().zip(&self.upper_dirs) {
+            let Some(upper) = upper else {
+                return Err(Error::usage(format!(
+                    "the writable layer of container {} is not readable here: it needs a local engine with the overlay2 storage driver",
+                    spec.name
+                )));
+            };
+            let tree = tree_name("writable", &spec.name);
+            self.trees.push(TreeSpec {
+                name: tree.clone(),
+                path: upper.clone(),
+            });
+            spec.writable_layer = Some(tree);
+        }
+        self.trees.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(())
     }
 
     /// Dehydrated: the database containers' own volumes are not copied (the dump stands
@@ -194,6 +220,7 @@ pub fn capture(engine: &Engine, site: &str) -> Result<CapturedSite> {
     let mut containers = Vec::new();
     let mut ids = Vec::new();
     let mut addresses = Vec::new();
+    let mut upper_dirs = Vec::new();
     let mut trees: Vec<TreeSpec> = Vec::new();
     for c in list {
         let what = format!("inspecting container {}", c.name);
@@ -365,6 +392,7 @@ pub fn capture(engine: &Engine, site: &str) -> Result<CapturedSite> {
             networks: nets,
             mounts,
             database: None,
+            writable_layer: None,
         };
         spec.database = ["MARIADB_DATABASE", "MYSQL_DATABASE"]
             .iter()
@@ -373,6 +401,13 @@ pub fn capture(engine: &Engine, site: &str) -> Result<CapturedSite> {
         containers.push(spec);
         ids.push(c.id);
         addresses.push(address);
+        upper_dirs.push(
+            info.graph_driver
+                .as_ref()
+                .filter(|g| g.name == "overlay2" && local)
+                .and_then(|g| g.data.get("UpperDir"))
+                .map(PathBuf::from),
+        );
     }
     trees.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(CapturedSite {
@@ -380,6 +415,7 @@ pub fn capture(engine: &Engine, site: &str) -> Result<CapturedSite> {
         ids,
         trees,
         addresses,
+        upper_dirs,
     })
 }
 

@@ -437,6 +437,12 @@ pub fn plan(
                 }
             }
         }
+        if spec.writable_layer.is_some() && !local {
+            return Err(Error::usage(format!(
+                "container {} has a stored writable layer, which can be restored only on a local engine with overlay2",
+                spec.name
+            )));
+        }
         plan.containers.push(ContainerStep {
             name: spec.name.clone(),
             image: spec.image.clone(),
@@ -958,6 +964,58 @@ fn apply(
                 None => push_through_helper(engine, plan, &t.name, &t.dest)?,
             };
         }
+    }
+    // Writable layers into the created containers' own (not yet started) upper directories.
+    let mut layers = Vec::new();
+    for (spec, _, _) in &plan.specs {
+        let Some(tree) = &spec.writable_layer else {
+            continue;
+        };
+        let Some(tp) = plan.trees.remove(tree) else {
+            continue;
+        };
+        let n = spec.name.clone();
+        let info = engine.call(
+            &format!("inspecting container {}", spec.name),
+            |d| async move {
+                d.inspect_container(
+                    &n,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+            },
+        )?;
+        let upper = info
+            .graph_driver
+            .filter(|g| g.name == "overlay2")
+            .and_then(|g| g.data.get("UpperDir").cloned())
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "container {} has no overlay2 upper directory to restore its writable layer into",
+                    spec.name
+                ))
+            })?;
+        layers.push(ThawTree {
+            name: tree.clone(),
+            source: PathBuf::from(&upper),
+            dest: PathBuf::from(upper),
+            replaces: true,
+            plan: tp,
+        });
+    }
+    if !layers.is_empty() {
+        let r = crate::ops::thaw(
+            repo,
+            &ThawPlan {
+                snapshot: plan.snap.clone(),
+                trees: layers,
+                databases: vec![],
+                db_jobs: 1,
+                db_with_users: false,
+            },
+            progress,
+        )?;
+        report.trees.extend(r.trees);
     }
     crate::sys::fault_sleep("FREEZER_FAULT_THAW_CREATED_MS");
     // 5. Database containers first: started, waited for, loaded with their dumps.

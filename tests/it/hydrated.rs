@@ -113,7 +113,7 @@ pub struct Site {
     pub host: String,
     pub bind: tempfile::TempDir,
     /// Other sites a test made from this one, (engine, name): removed with it.
-    copies: std::cell::RefCell<Vec<(String, String)>>,
+    pub copies: std::cell::RefCell<Vec<(String, String)>>,
 }
 
 /// A failing test still removes what it started, so runs do not pile up containers.
@@ -1155,4 +1155,78 @@ fn a_site_on_a_remote_engine_through_the_engine_api() {
         b"[site]\nname=test\n"
     );
     assert_eq!(state(&b, &site.c("job")), "created");
+}
+
+/// `--with-writable-layer` keeps what a container changed in its image's files (new files
+/// and deletions); without it a thawed container starts from its image.
+#[test]
+fn a_container_s_writable_layer_comes_back_when_asked_for() {
+    let a = host_a();
+    let repo = TestRepo::local().init();
+    let name = unique("wl");
+    let c = format!("{name}-app-1");
+    let project = format!("com.docker.compose.project={name}");
+    #[rustfmt::skip]
+    docker(&a, &["run", "-d", "--name", &c, "--label", &project, &image(), "sleep", "3600"]);
+    // Guarded like a Site: removed even if the test fails.
+    let _guard = Site {
+        name: name.clone(),
+        host: a.clone(),
+        bind: tempfile::tempdir().unwrap(),
+        copies: Default::default(),
+    };
+    docker(
+        &a,
+        &[
+            "exec",
+            &c,
+            "sh",
+            "-c",
+            "echo configured > /etc/app.conf && rm /bin/true",
+        ],
+    );
+    let with = json(&freezer_on(
+        &a,
+        &[
+            "freeze",
+            &name,
+            "--repo",
+            &repo.url,
+            "--with-writable-layer",
+            "--json",
+        ],
+    ))["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let without = json(&freezer_on(
+        &a,
+        &["freeze", &name, "--repo", &repo.url, "--json"],
+    ))["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    docker(&a, &["rm", "-f", &c]);
+    assert_ok(&freezer_on(
+        &a,
+        &["thaw", &format!("{name}:{with}"), "--repo", &repo.url],
+    ));
+    assert_eq!(
+        docker(&a, &["exec", &c, "cat", "/etc/app.conf"]),
+        "configured"
+    );
+    assert!(!docker_try(&a, &["exec", &c, "ls", "/bin/true"])
+        .status
+        .success());
+
+    docker(&a, &["rm", "-f", &c]);
+    assert_ok(&freezer_on(
+        &a,
+        &["thaw", &format!("{name}:{without}"), "--repo", &repo.url],
+    ));
+    assert!(!docker_try(&a, &["exec", &c, "cat", "/etc/app.conf"])
+        .status
+        .success());
+    docker(&a, &["exec", &c, "ls", "/bin/true"]);
 }
