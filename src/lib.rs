@@ -7,6 +7,7 @@
 //! of file trees; `tree` knows nothing of S3.
 
 pub mod cli;
+pub mod crypto;
 pub mod db;
 pub mod docker;
 pub mod drill;

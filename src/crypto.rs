@@ -1,0 +1,619 @@
+//! Client-side encryption of a repository (SPEC.md §14).
+//!
+//! Keys: a repository holds a **keyring** — a random identity key (names objects) and one
+//! data key per epoch (encrypts them) — stored only wrapped with age: to X25519 recipients
+//! (`keys/recipients.age`) and/or to a passphrase (`keys/passphrase.age`, scrypt). Removing
+//! a key starts a new epoch whose data key the removed party never saw.
+//!
+//! Objects: every blob and record is sealed in 1 MiB segments with AES-256-GCM under a
+//! per-object key derived from the epoch's data key and a random salt; each segment's
+//! nonce is its counter and a last-segment flag, and the object's key in the store is the
+//! associated data, so a modified, truncated, reordered or swapped object fails to open.
+//! Blob names are HMAC-SHA256 of the plaintext digest under the identity key: the same
+//! content gets the same name (deduplication), and nobody without the key can tell what
+//! content a name stands for.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::Aes256Gcm;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::error::{into_io, Error, ErrorKind, IoContext, Result};
+use crate::format::Digest;
+use crate::store::Store;
+
+pub const SCHEME: &str = "aes-256-gcm-stream/hmac-sha256-names/age-keyring";
+pub const RECIPIENTS_KEY: &str = "keys/recipients.age";
+pub const PASSPHRASE_KEY: &str = "keys/passphrase.age";
+
+const MAGIC: &[u8; 4] = b"FRZ1";
+const HEADER: usize = 4 + 4 + 16;
+const SEGMENT: usize = 1 << 20;
+const TAG: usize = 16;
+
+/// The secrets of an encrypted repository, as decrypted from its keyring.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Keys {
+    pub format: String,
+    /// Names objects: blob names and site directories.
+    #[serde(with = "hex_key")]
+    pub id_key: [u8; 32],
+    /// The epoch new objects are sealed in.
+    pub epoch: u32,
+    /// Every epoch's data key, so that current keys read all earlier snapshots.
+    #[serde(with = "hex_keys")]
+    pub data_keys: BTreeMap<u32, [u8; 32]>,
+    /// The X25519 recipients (public keys) the keyring is wrapped to.
+    pub recipients: Vec<String>,
+    /// Whether it is also wrapped to a passphrase.
+    pub passphrase: bool,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("epoch", &self.epoch)
+            .field("recipients", &self.recipients)
+            .field("passphrase", &self.passphrase)
+            .finish_non_exhaustive()
+    }
+}
+
+mod hex_key {
+    pub fn serialize<S: serde::Serializer>(k: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(k))
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s: String = serde::Deserialize::deserialize(d)?;
+        let v = hex::decode(s).map_err(serde::de::Error::custom)?;
+        v.try_into()
+            .map_err(|_| serde::de::Error::custom("a key is 32 bytes"))
+    }
+}
+
+mod hex_keys {
+    use std::collections::BTreeMap;
+    pub fn serialize<S: serde::Serializer>(
+        k: &BTreeMap<u32, [u8; 32]>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_map(k.iter().map(|(e, k)| (e.to_string(), hex::encode(k))))
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<u32, [u8; 32]>, D::Error> {
+        let m: BTreeMap<String, String> = serde::Deserialize::deserialize(d)?;
+        m.into_iter()
+            .map(|(e, k)| {
+                let e = e.parse().map_err(serde::de::Error::custom)?;
+                let v = hex::decode(k).map_err(serde::de::Error::custom)?;
+                let k: [u8; 32] = v
+                    .try_into()
+                    .map_err(|_| serde::de::Error::custom("a key is 32 bytes"))?;
+                Ok((e, k))
+            })
+            .collect()
+    }
+}
+
+fn random32() -> [u8; 32] {
+    let mut k = [0u8; 32];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut k);
+    k
+}
+
+impl Keys {
+    /// A new keyring: fresh identity key, epoch 0.
+    pub fn generate() -> Keys {
+        Keys {
+            format: "freezer-keyring-v1".into(),
+            id_key: random32(),
+            epoch: 0,
+            data_keys: BTreeMap::from([(0, random32())]),
+            recipients: vec![],
+            passphrase: false,
+        }
+    }
+
+    /// Starts a new epoch (after a key is removed): new objects use a data key that no
+    /// earlier keyring held.
+    pub fn rotate(&mut self) {
+        self.epoch += 1;
+        self.data_keys.insert(self.epoch, random32());
+    }
+
+    fn mac(key: &[u8; 32], label: &str, data: &[u8]) -> [u8; 32] {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key length");
+        m.update(label.as_bytes());
+        m.update(&[0]);
+        m.update(data);
+        m.finalize().into_bytes().into()
+    }
+
+    /// The stored name of a blob: keyed, so equal content gets equal names.
+    pub fn blob_name(&self, d: &Digest) -> String {
+        hex::encode(Self::mac(&self.id_key, "blob", d.hex().as_bytes()))
+    }
+
+    /// The directory of a site's records.
+    pub fn site_dir(&self, site: &str) -> String {
+        hex::encode(&Self::mac(&self.id_key, "site", site.as_bytes())[..16])
+    }
+
+    fn object_key(&self, epoch: u32, salt: &[u8]) -> Result<Aes256Gcm> {
+        let data_key = self.data_keys.get(&epoch).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unreachable,
+                format!("the object is sealed in key epoch {epoch}, which the given key cannot open"),
+            )
+            .with_hint("a key that was removed from the repository cannot read what was written after its removal")
+        })?;
+        let k = Self::mac(data_key, "object", salt);
+        Ok(Aes256Gcm::new_from_slice(&k).expect("32 bytes"))
+    }
+
+    /// The size of a sealed object of `n` plaintext bytes.
+    pub fn sealed_size(n: u64) -> u64 {
+        let segments = n.div_ceil(SEGMENT as u64).max(1);
+        HEADER as u64 + n + segments * TAG as u64
+    }
+
+    /// Seals a whole (small) object stored under `name`.
+    pub fn seal(&self, name: &str, plain: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::sealed_size(plain.len() as u64) as usize);
+        let mut w = self.sealer(name, &mut out, plain.len() as u64);
+        w.write_all(plain).expect("writing to memory");
+        w.finish().expect("writing to memory");
+        out
+    }
+
+    /// A writer that seals `len` bytes into `out`.
+    pub fn sealer<'a, W: Write>(&self, name: &str, out: W, len: u64) -> Sealer<'a, W> {
+        let mut salt = [0u8; 16];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut salt);
+        Sealer {
+            cipher: self.object_key(self.epoch, &salt).expect("the current epoch has a key"),
+            header: Some({
+                let mut h = Vec::with_capacity(HEADER);
+                h.extend_from_slice(MAGIC);
+                h.extend_from_slice(&self.epoch.to_be_bytes());
+                h.extend_from_slice(&salt);
+                h
+            }),
+            name: name.to_string(),
+            out,
+            buf: Vec::with_capacity(SEGMENT),
+            counter: 0,
+            left: len,
+            _p: std::marker::PhantomData,
+        }
+    }
+
+    /// Seals a local file into another; returns the sealed size.
+    pub fn seal_file(&self, name: &str, src: &Path, dst: &Path) -> Result<u64> {
+        let len = std::fs::metadata(src).ctx(|| format!("reading {}", src.display()))?.len();
+        let mut input = std::fs::File::open(src).ctx(|| format!("reading {}", src.display()))?;
+        let out = std::fs::File::create(dst).ctx(|| format!("creating {}", dst.display()))?;
+        let mut w = self.sealer(name, std::io::BufWriter::with_capacity(1 << 20, out), len);
+        std::io::copy(&mut input, &mut w).ctx(|| format!("encrypting {}", src.display()))?;
+        w.finish().ctx(|| format!("writing {}", dst.display()))?;
+        Ok(Self::sealed_size(len))
+    }
+
+    /// Opens a whole (small) sealed object stored under `name`.
+    pub fn open(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(sealed.len());
+        self.opener(name, sealed)
+            .read_to_end(&mut out)
+            .ctx(|| format!("decrypting {name}"))?;
+        Ok(out)
+    }
+
+    /// A reader that opens a sealed object as it streams.
+    pub fn opener<R: Read>(&self, name: &str, input: R) -> Opener<R> {
+        Opener {
+            keys: self.clone(),
+            name: name.to_string(),
+            input,
+            cipher: None,
+            plain: Vec::new(),
+            pos: 0,
+            counter: 0,
+            done: false,
+            peek: None,
+        }
+    }
+}
+
+fn nonce(counter: u64, last: bool) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[..8].copy_from_slice(&counter.to_be_bytes());
+    n[11] = last as u8;
+    n
+}
+
+fn damaged(name: &str, why: &str) -> Error {
+    Error::integrity(format!(
+        "object {name} is damaged or was tampered with: {why}"
+    ))
+    .with_hint("restore that object from another copy of the repository, or thaw an older snapshot")
+}
+
+/// Seals segment by segment; `finish` seals the last one.
+pub struct Sealer<'a, W: Write> {
+    cipher: Aes256Gcm,
+    header: Option<Vec<u8>>,
+    name: String,
+    out: W,
+    buf: Vec<u8>,
+    counter: u64,
+    /// Plaintext bytes still expected (the last segment is the one that ends them).
+    left: u64,
+    _p: std::marker::PhantomData<&'a ()>,
+}
+
+impl<W: Write> Sealer<'_, W> {
+    fn emit(&mut self, last: bool) -> std::io::Result<()> {
+        if let Some(h) = self.header.take() {
+            self.out.write_all(&h)?;
+        }
+        let ct = self
+            .cipher
+            .encrypt(
+                &nonce(self.counter, last).into(),
+                Payload {
+                    msg: &self.buf,
+                    aad: self.name.as_bytes(),
+                },
+            )
+            .map_err(|_| std::io::Error::other("encryption failed"))?;
+        self.out.write_all(&ct)?;
+        self.counter += 1;
+        self.buf.clear();
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> std::io::Result<W> {
+        if self.left != 0 {
+            return Err(std::io::Error::other(format!(
+                "{} bytes fewer than announced were sealed",
+                self.left
+            )));
+        }
+        self.emit(true)?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+impl<W: Write> Write for Sealer<'_, W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut rest = data;
+        while !rest.is_empty() {
+            // A full segment is sealed only once more data follows it: the last segment
+            // carries the flag, and is never empty unless the whole object is.
+            if self.buf.len() == SEGMENT {
+                self.emit(false)?;
+            }
+            let n = rest.len().min(SEGMENT - self.buf.len());
+            self.buf.extend_from_slice(&rest[..n]);
+            self.left = self.left.saturating_sub(n as u64);
+            rest = &rest[n..];
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Opens segment by segment; every segment is authenticated before a byte of it is
+/// returned, and a missing last segment (truncation) is an error.
+pub struct Opener<R> {
+    keys: Keys,
+    name: String,
+    input: R,
+    cipher: Option<Aes256Gcm>,
+    plain: Vec<u8>,
+    pos: usize,
+    counter: u64,
+    done: bool,
+    peek: Option<u8>,
+}
+
+impl<R: Read> Opener<R> {
+    fn read_full(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut n = 0;
+        if let (Some(b), false) = (self.peek.take(), buf.is_empty()) {
+            buf[0] = b;
+            n = 1;
+        }
+        while n < buf.len() {
+            match self.input.read(&mut buf[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        Ok(n)
+    }
+
+    fn next_segment(&mut self) -> Result<()> {
+        if self.cipher.is_none() {
+            let mut h = [0u8; HEADER];
+            let n = self.read_full(&mut h).map_err(|e| Error::io(format!("reading {}", self.name), e))?;
+            if n < HEADER || &h[..4] != MAGIC {
+                return Err(damaged(&self.name, "it has no valid header"));
+            }
+            let epoch = u32::from_be_bytes(h[4..8].try_into().expect("4 bytes"));
+            self.cipher = Some(self.keys.object_key(epoch, &h[8..24])?);
+        }
+        let mut seg = vec![0u8; SEGMENT + TAG];
+        let n = self.read_full(&mut seg).map_err(|e| Error::io(format!("reading {}", self.name), e))?;
+        seg.truncate(n);
+        // The last segment is the one not followed by more data.
+        let last = if n < SEGMENT + TAG {
+            true
+        } else {
+            let mut b = [0u8; 1];
+            let more = self.input.read(&mut b).map_err(|e| Error::io(format!("reading {}", self.name), e))?;
+            if more == 1 {
+                self.peek = Some(b[0]);
+            }
+            more == 0
+        };
+        if n < TAG {
+            return Err(damaged(&self.name, "it is truncated"));
+        }
+        let plain = self
+            .cipher
+            .as_ref()
+            .expect("set above")
+            .decrypt(
+                &nonce(self.counter, last).into(),
+                Payload {
+                    msg: &seg,
+                    aad: self.name.as_bytes(),
+                },
+            )
+            .map_err(|_| {
+                damaged(
+                    &self.name,
+                    "its authentication failed (modified, truncated, or not the object stored under this name)",
+                )
+            })?;
+        self.counter += 1;
+        self.plain = plain;
+        self.pos = 0;
+        self.done = last;
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for Opener<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.plain.len() {
+            if self.done {
+                return Ok(0);
+            }
+            self.next_segment().map_err(into_io)?;
+        }
+        let n = buf.len().min(self.plain.len() - self.pos);
+        buf[..n].copy_from_slice(&self.plain[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// the keyring and who can open it
+
+/// What the user gave to open (or create) an encrypted repository. Never printed.
+#[derive(Default, Clone)]
+pub struct Credentials {
+    /// age X25519 identities (`AGE-SECRET-KEY-1…`).
+    pub identities: Vec<String>,
+    pub passphrase: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("identities", &self.identities.len())
+            .field("passphrase", &self.passphrase.is_some())
+            .finish()
+    }
+}
+
+impl Credentials {
+    pub fn is_empty(&self) -> bool {
+        self.identities.is_empty() && self.passphrase.is_none()
+    }
+}
+
+/// Parses age identities from the text of an identity file (or one key).
+pub fn parse_identities(text: &str, what: &str) -> Result<Vec<String>> {
+    let keys: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    for k in &keys {
+        k.parse::<age::x25519::Identity>().map_err(|_| {
+            Error::usage(format!(
+                "{what} holds a line that is not an age identity (AGE-SECRET-KEY-1…)"
+            ))
+        })?;
+    }
+    if keys.is_empty() {
+        return Err(Error::usage(format!("{what} holds no age identity")));
+    }
+    Ok(keys)
+}
+
+/// Checks an age recipient (`age1…`).
+pub fn parse_recipient(s: &str) -> Result<String> {
+    let s = s.trim();
+    s.parse::<age::x25519::Recipient>()
+        .map_err(|e| Error::usage(format!("{s:?} is not an age recipient (age1…): {e}")))?;
+    Ok(s.to_string())
+}
+
+/// Writes the keyring wrapped to its recipients and passphrase; removes a wrapping that
+/// no longer applies.
+pub fn write_keyring(store: &dyn Store, keys: &Keys, new_passphrase: Option<&str>) -> Result<()> {
+    let plain = serde_json::to_vec(keys).expect("keys serialize");
+    if keys.recipients.is_empty() {
+        let _ = store.delete(RECIPIENTS_KEY);
+    } else {
+        let recipients: Vec<age::x25519::Recipient> = keys
+            .recipients
+            .iter()
+            .map(|r| r.parse().map_err(|e| Error::usage(format!("recipient {r}: {e}"))))
+            .collect::<Result<_>>()?;
+        let enc = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+            .map_err(|e| Error::other(format!("wrapping the keyring: {e}")))?;
+        store.put(RECIPIENTS_KEY, &age_wrap(enc, &plain)?)?;
+    }
+    match (keys.passphrase, new_passphrase) {
+        (false, _) => {
+            let _ = store.delete(PASSPHRASE_KEY);
+        }
+        (true, Some(p)) => {
+            let enc = age::Encryptor::with_user_passphrase(age::secrecy::SecretString::from(p.to_string()));
+            store.put(PASSPHRASE_KEY, &age_wrap(enc, &plain)?)?;
+        }
+        (true, None) => {
+            return Err(Error::usage(
+                "the keyring changed and is also wrapped to a passphrase: give the passphrase (FREEZER_PASSPHRASE or --passphrase-file) so it can be wrapped again",
+            ))
+        }
+    }
+    Ok(())
+}
+
+fn age_wrap(enc: age::Encryptor, plain: &[u8]) -> Result<Vec<u8>> {
+    let mut out = vec![];
+    let mut w = enc
+        .wrap_output(&mut out)
+        .map_err(|e| Error::other(format!("wrapping the keyring: {e}")))?;
+    w.write_all(plain)
+        .and_then(|_| w.finish())
+        .map_err(|e| Error::other(format!("wrapping the keyring: {e}")))?;
+    Ok(out)
+}
+
+/// Opens the keyring with whatever the user gave.
+pub fn open_keyring(store: &dyn Store, creds: &Credentials) -> Result<Keys> {
+    if creds.is_empty() {
+        return Err(Error::usage(format!(
+            "repository {} is encrypted, and no key was given",
+            store.location()
+        ))
+        .with_hint("pass --identity FILE (or FREEZER_IDENTITY) with an age identity it is encrypted to, or set FREEZER_PASSPHRASE (or --passphrase-file FILE)"));
+    }
+    let mut tried = Vec::new();
+    if !creds.identities.is_empty() {
+        match store.get(RECIPIENTS_KEY) {
+            Ok(data) => {
+                let ids: Vec<age::x25519::Identity> = creds
+                    .identities
+                    .iter()
+                    .filter_map(|k| k.parse().ok())
+                    .collect();
+                if let Some(keys) = age_open(&data, ids.iter().map(|i| i as &dyn age::Identity))? {
+                    return Ok(keys);
+                }
+                tried.push("the given identities");
+            }
+            Err(e) if e.kind == ErrorKind::NotFound => tried.push("identities (the repository has no recipients)"),
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(p) = &creds.passphrase {
+        match store.get(PASSPHRASE_KEY) {
+            Ok(data) => {
+                let id = age::scrypt::Identity::new(age::secrecy::SecretString::from(p.clone()));
+                if let Some(keys) = age_open(&data, std::iter::once(&id as &dyn age::Identity))? {
+                    return Ok(keys);
+                }
+                tried.push("the passphrase");
+            }
+            Err(e) if e.kind == ErrorKind::NotFound => tried.push("a passphrase (the repository has none)"),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::new(
+        ErrorKind::Unreachable,
+        format!(
+            "none of the keys given opens repository {} (tried {})",
+            store.location(),
+            tried.join(" and ")
+        ),
+    )
+    .with_hint("`freezer key list` (with a working key) shows who can open it"))
+}
+
+fn age_open<'a>(
+    data: &[u8],
+    ids: impl Iterator<Item = &'a dyn age::Identity>,
+) -> Result<Option<Keys>> {
+    let d = age::Decryptor::new_buffered(data)
+        .map_err(|e| Error::integrity(format!("the keyring is damaged: {e}")))?;
+    match d.decrypt(ids) {
+        Ok(mut r) => {
+            let mut plain = vec![];
+            r.read_to_end(&mut plain)
+                .map_err(|e| Error::integrity(format!("the keyring is damaged: {e}")))?;
+            let keys: Keys = serde_json::from_slice(&plain)
+                .map_err(|e| Error::integrity(format!("the keyring is not valid: {e}")))?;
+            Ok(Some(keys))
+        }
+        Err(age::DecryptError::NoMatchingKeys) | Err(age::DecryptError::DecryptionFailed) => Ok(None),
+        Err(e) => Err(Error::integrity(format!("the keyring cannot be opened: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_objects_round_trip_and_refuse_tampering() {
+        let keys = Keys::generate();
+        for len in [0usize, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let sealed = keys.seal("blobs/sha256/x", &plain);
+            assert_eq!(sealed.len() as u64, Keys::sealed_size(len as u64), "len {len}");
+            assert_eq!(keys.open("blobs/sha256/x", &sealed).unwrap(), plain);
+            // Another name (a swapped object) does not open.
+            assert!(keys.open("blobs/sha256/y", &sealed).is_err());
+            // A flipped bit anywhere does not open.
+            for at in [0, HEADER, sealed.len() / 2, sealed.len() - 1] {
+                let mut bad = sealed.clone();
+                bad[at] ^= 1;
+                assert!(keys.open("blobs/sha256/x", &bad).is_err(), "len {len} at {at}");
+            }
+            // Truncated at a segment boundary (the flag) or anywhere does not open.
+            if len > SEGMENT {
+                let cut = HEADER + SEGMENT + TAG;
+                assert!(keys.open("blobs/sha256/x", &sealed[..cut]).is_err());
+            }
+            assert!(keys.open("blobs/sha256/x", &sealed[..sealed.len() - 1]).is_err());
+        }
+    }
+
+    #[test]
+    fn names_are_keyed() {
+        let (a, b) = (Keys::generate(), Keys::generate());
+        let d = Digest::of(b"content");
+        assert_eq!(a.blob_name(&d), a.blob_name(&d));
+        assert_ne!(a.blob_name(&d), b.blob_name(&d));
+        assert_ne!(a.blob_name(&d), d.hex());
+    }
+}
