@@ -37,6 +37,13 @@ pub struct Global {
     /// Config file (default: ./freezer.toml, then /etc/freezer/freezer.toml).
     #[arg(long, global = true, env = "FREEZER_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Encrypted repositories: an age identity file (AGE-SECRET-KEY-1… lines), or in
+    /// FREEZER_IDENTITY the file or the key itself.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Encrypted repositories: a file holding the passphrase (else FREEZER_PASSPHRASE).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
     /// JSON lines on stdout: progress events while a long command runs, then the
     /// result as the last line (SPEC.md, "JSON output").
     #[arg(long, global = true)]
@@ -57,7 +64,24 @@ pub struct Global {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a new, empty repository.
-    Init,
+    Init {
+        /// Encrypt everything stored (SPEC.md §14): to the --recipient keys and/or the
+        /// passphrase (FREEZER_PASSPHRASE or --passphrase-file).
+        #[arg(long)]
+        encrypt: bool,
+        /// An age recipient (age1…) that can open the repository; repeatable.
+        #[arg(long = "recipient", value_name = "KEY", requires = "encrypt")]
+        recipients: Vec<String>,
+        /// A file of age recipients, one per line.
+        #[arg(long, value_name = "FILE", requires = "encrypt")]
+        recipients_file: Option<PathBuf>,
+    },
+    /// Who can open an encrypted repository: list, add or remove keys. Data is not
+    /// uploaded again; removing a key starts a new key epoch for what is written next.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
     /// Snapshot a site's directories into the repository.
     Freeze {
         site: String,
@@ -225,6 +249,95 @@ pub enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum KeyAction {
+    /// The recipients and whether a passphrase opens the repository.
+    List,
+    /// Let more keys open the repository.
+    Add {
+        /// An age recipient (age1…); repeatable.
+        #[arg(long = "recipient", value_name = "KEY")]
+        recipients: Vec<String>,
+        /// A file of age recipients, one per line.
+        #[arg(long, value_name = "FILE")]
+        recipients_file: Option<PathBuf>,
+        /// Also (or instead) open with this passphrase: a file holding it, or
+        /// FREEZER_NEW_PASSPHRASE.
+        #[arg(long, value_name = "FILE")]
+        new_passphrase_file: Option<PathBuf>,
+    },
+    /// Stop a key from opening what is written from now on: an age1… recipient, or
+    /// `passphrase`.
+    Remove { key: String },
+}
+
+/// The identities and passphrase given for an encrypted repository. Never printed.
+fn credentials(g: &Global) -> Result<crate::crypto::Credentials> {
+    let mut c = crate::crypto::Credentials::default();
+    let env_identity = std::env::var("FREEZER_IDENTITY")
+        .ok()
+        .filter(|v| !v.is_empty());
+    match (&g.identity, env_identity) {
+        (Some(f), _) => {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| Error::io(format!("reading identity file {}", f.display()), e))?;
+            c.identities = crate::crypto::parse_identities(&text, &f.display().to_string())?;
+        }
+        (None, Some(v)) if v.trim_start().starts_with("AGE-SECRET-KEY-") => {
+            c.identities = crate::crypto::parse_identities(&v, "FREEZER_IDENTITY")?;
+        }
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                Error::io(
+                    format!("reading identity file {path} (FREEZER_IDENTITY)"),
+                    e,
+                )
+            })?;
+            c.identities = crate::crypto::parse_identities(&text, &path)?;
+        }
+        (None, None) => {}
+    }
+    c.passphrase = match &g.passphrase_file {
+        Some(f) => Some(read_secret_file(f)?),
+        None => std::env::var("FREEZER_PASSPHRASE")
+            .ok()
+            .filter(|v| !v.is_empty()),
+    };
+    Ok(c)
+}
+
+/// A secret from a file: its first line.
+fn read_secret_file(f: &std::path::Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(f).map_err(|e| Error::io(format!("reading {}", f.display()), e))?;
+    let line = text.lines().next().unwrap_or("").to_string();
+    if line.is_empty() {
+        return Err(Error::usage(format!("{} is empty", f.display())));
+    }
+    Ok(line)
+}
+
+/// Recipients from --recipient flags and a --recipients-file.
+fn recipients(flags: &[String], file: Option<&std::path::Path>) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for r in flags {
+        out.push(crate::crypto::parse_recipient(r)?);
+    }
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| Error::io(format!("reading {}", f.display()), e))?;
+        for l in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            out.push(crate::crypto::parse_recipient(l)?);
+        }
+    }
+    out.dedup();
+    Ok(out)
+}
+
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let json = cli.global.json;
@@ -268,7 +381,8 @@ pub fn run(cli: Cli) -> i32 {
 fn describe(c: &Command) -> (&'static str, String) {
     let site_of = |t: &str| split_target(split_host(t).0).0.to_string();
     match c {
-        Command::Init => ("init", String::new()),
+        Command::Init { .. } => ("init", String::new()),
+        Command::Key { .. } => ("key", String::new()),
         Command::Freeze { site, .. } => ("freeze", site_of(site)),
         Command::Thaw { target, .. } => ("thaw", site_of(target)),
         Command::Drill { target, .. } => ("drill", site_of(target)),
@@ -406,9 +520,9 @@ fn split_target(t: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn open_repo(settings: &Settings) -> Result<Repository> {
+fn open_repo(settings: &Settings, g: &Global) -> Result<Repository> {
     let url = settings.repo_url()?;
-    Repository::open(store::open(&url, &settings.s3)?)
+    Repository::open_with(store::open(&url, &settings.s3)?, &credentials(g)?)
 }
 
 fn dispatch(cli: Cli) -> Result<i32> {
@@ -429,9 +543,26 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
     };
     match &cli.command {
-        Command::Init => {
+        Command::Init {
+            encrypt,
+            recipients: recipient_flags,
+            recipients_file,
+        } => {
             let url = settings.repo_url()?;
-            let repo = Repository::init(store::open(&url, &settings.s3)?)?;
+            let keys = if *encrypt {
+                let creds = credentials(g)?;
+                let mut keys = crate::crypto::Keys::generate();
+                keys.recipients = recipients(recipient_flags, recipients_file.as_deref())?;
+                keys.passphrase = creds.passphrase.is_some();
+                if keys.recipients.is_empty() && !keys.passphrase {
+                    return Err(Error::usage("--encrypt needs a key that can open the repository")
+                        .with_hint("pass --recipient age1… (repeatable) or --recipients-file FILE, and/or set FREEZER_PASSPHRASE (or --passphrase-file FILE)"));
+                }
+                Some((keys, creds.passphrase))
+            } else {
+                None
+            };
+            let repo = Repository::init_with(store::open(&url, &settings.s3)?, keys)?;
             if g.json {
                 print_json(
                     &serde_json::json!({"repo": repo.location(), "id": repo.config.id, "version": repo.config.version}),
@@ -519,7 +650,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 }
                 _ => {}
             }
-            let repo = open_repo(&settings)?;
+            let repo = open_repo(&settings, g)?;
             let mut plan = ops::plan_freeze(
                 &repo,
                 site,
@@ -653,7 +784,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         } => {
             let (target, host) = split_host(target);
             let (site, snap) = split_target(target);
-            let repo = open_repo(&settings)?;
+            let repo = open_repo(&settings, g)?;
             let snapshot = repo.find_snapshot(site, snap)?;
             let docker_site = snapshot.record.manifests.iter().any(|m| {
                 m.annotations
@@ -768,7 +899,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         } => {
             let (target, host) = split_host(target);
             let (site, snap) = split_target(target);
-            let repo = open_repo(&settings)?;
+            let repo = open_repo(&settings, g)?;
             let snapshot = repo.find_snapshot(site, snap)?;
             let opts = crate::drill::DrillOptions {
                 probes: probes.clone(),
@@ -824,8 +955,91 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(report.exit_code())
         }
+        Command::Key { action } => {
+            let mut repo = open_repo(&settings, g)?;
+            let Some(keys) = repo.keys().cloned() else {
+                return Err(Error::usage(format!(
+                    "repository {} is not encrypted",
+                    repo.location()
+                )));
+            };
+            let creds = credentials(g)?;
+            let mut keys = keys;
+            match action {
+                KeyAction::List => {}
+                KeyAction::Add {
+                    recipients: flags,
+                    recipients_file,
+                    new_passphrase_file,
+                } => {
+                    let added = recipients(flags, recipients_file.as_deref())?;
+                    let new_passphrase = match new_passphrase_file {
+                        Some(f) => Some(read_secret_file(f)?),
+                        None => std::env::var("FREEZER_NEW_PASSPHRASE")
+                            .ok()
+                            .filter(|v| !v.is_empty()),
+                    };
+                    if added.is_empty() && new_passphrase.is_none() {
+                        return Err(Error::usage("key add: nothing to add").with_hint(
+                            "pass --recipient age1…, --recipients-file FILE or --new-passphrase-file FILE",
+                        ));
+                    }
+                    for r in added {
+                        if !keys.recipients.contains(&r) {
+                            keys.recipients.push(r);
+                        }
+                    }
+                    keys.passphrase |= new_passphrase.is_some();
+                    let wrap = new_passphrase.or(creds.passphrase.clone());
+                    repo.set_keys(keys.clone(), wrap.as_deref())?;
+                }
+                KeyAction::Remove { key } => {
+                    if key == "passphrase" {
+                        if !keys.passphrase {
+                            return Err(Error::usage("the repository has no passphrase"));
+                        }
+                        keys.passphrase = false;
+                    } else {
+                        let r = crate::crypto::parse_recipient(key)?;
+                        let before = keys.recipients.len();
+                        keys.recipients.retain(|x| *x != r);
+                        if keys.recipients.len() == before {
+                            return Err(Error::not_found(format!(
+                                "recipient {r} does not open the repository"
+                            )));
+                        }
+                    }
+                    if keys.recipients.is_empty() && !keys.passphrase {
+                        return Err(Error::usage(
+                            "that is the last key: nobody could open the repository any more",
+                        )
+                        .with_hint("add another key first (freezer key add)"));
+                    }
+                    // What is written from now on uses a data key the removed key never saw.
+                    keys.rotate();
+                    repo.set_keys(keys.clone(), creds.passphrase.as_deref())?;
+                }
+            }
+            if g.json {
+                print_json(&serde_json::json!({
+                    "repo": repo.location(),
+                    "recipients": keys.recipients,
+                    "passphrase": keys.passphrase,
+                    "epoch": keys.epoch,
+                }));
+            } else {
+                println!("repository {} (key epoch {})", repo.location(), keys.epoch);
+                for r in &keys.recipients {
+                    println!("  recipient  {r}");
+                }
+                if keys.passphrase {
+                    println!("  passphrase");
+                }
+            }
+            Ok(0)
+        }
         Command::Snapshots { site } => {
-            let repo = open_repo(&settings)?;
+            let repo = open_repo(&settings, g)?;
             let list = ops::snapshots(&repo, site.as_deref())?;
             if g.json {
                 print_json(&list);
@@ -883,7 +1097,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 }
                 None => (None, None),
             };
-            let repo = open_repo(&settings)?;
+            let repo = open_repo(&settings, g)?;
             let progress = Arc::new(Progress::default());
             let guard = progress::start(progress.clone(), progress_mode(g));
             let report = ops::verify(&repo, site, snap, &progress);
@@ -923,7 +1137,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             keep_monthly,
             dry_run,
         } => {
-            let repo = open_repo(&settings)?;
+            let repo = open_repo(&settings, g)?;
             let policy = crate::retention::Policy {
                 last: *keep_last,
                 daily: *keep_daily,
@@ -965,7 +1179,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Prune { grace, dry_run } => {
-            let repo = open_repo(&settings)?;
+            let repo = open_repo(&settings, g)?;
             let progress = Arc::new(Progress::default());
             let guard = progress::start(progress.clone(), progress_mode(g));
             let report = crate::prune::prune(&repo, *grace, *dry_run, &progress);
@@ -999,7 +1213,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             compression,
         } => {
             let (site, snap) = split_target(target);
-            let repo = open_repo(&settings)?;
+            let repo = open_repo(&settings, g)?;
             let report = ops::export(&repo, site, snap, oci, compression == "gzip")?;
             if g.json {
                 print_json(&report);
@@ -1013,6 +1227,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     bytes(report.bytes),
                     report.refs.join(", ")
                 ));
+                if report.decrypted {
+                    say(format!(
+                        "  decrypted: the repository is encrypted, {} is plaintext; keep it where only trusted people can read it",
+                        report.dir.display()
+                    ));
+                }
                 for r in &report.refs {
                     println!("oci:{}:{r}", report.dir.display());
                 }

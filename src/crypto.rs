@@ -177,7 +177,9 @@ impl Keys {
         let mut salt = [0u8; 16];
         rand::Rng::fill(&mut rand::thread_rng(), &mut salt);
         Sealer {
-            cipher: self.object_key(self.epoch, &salt).expect("the current epoch has a key"),
+            cipher: self
+                .object_key(self.epoch, &salt)
+                .expect("the current epoch has a key"),
             header: Some({
                 let mut h = Vec::with_capacity(HEADER);
                 h.extend_from_slice(MAGIC);
@@ -196,7 +198,9 @@ impl Keys {
 
     /// Seals a local file into another; returns the sealed size.
     pub fn seal_file(&self, name: &str, src: &Path, dst: &Path) -> Result<u64> {
-        let len = std::fs::metadata(src).ctx(|| format!("reading {}", src.display()))?.len();
+        let len = std::fs::metadata(src)
+            .ctx(|| format!("reading {}", src.display()))?
+            .len();
         let mut input = std::fs::File::open(src).ctx(|| format!("reading {}", src.display()))?;
         let out = std::fs::File::create(dst).ctx(|| format!("creating {}", dst.display()))?;
         let mut w = self.sealer(name, std::io::BufWriter::with_capacity(1 << 20, out), len);
@@ -345,22 +349,33 @@ impl<R: Read> Opener<R> {
     fn next_segment(&mut self) -> Result<()> {
         if self.cipher.is_none() {
             let mut h = [0u8; HEADER];
-            let n = self.read_full(&mut h).map_err(|e| Error::io(format!("reading {}", self.name), e))?;
+            let n = self
+                .read_full(&mut h)
+                .map_err(|e| Error::io(format!("reading {}", self.name), e))?;
             if n < HEADER || &h[..4] != MAGIC {
                 return Err(damaged(&self.name, "it has no valid header"));
             }
             let epoch = u32::from_be_bytes(h[4..8].try_into().expect("4 bytes"));
-            self.cipher = Some(self.keys.object_key(epoch, &h[8..24])?);
+            self.cipher = Some(
+                self.keys
+                    .object_key(epoch, &h[8..24])
+                    .map_err(|e| crate::ops::prefix(e, &format!("opening {}", self.name)))?,
+            );
         }
         let mut seg = vec![0u8; SEGMENT + TAG];
-        let n = self.read_full(&mut seg).map_err(|e| Error::io(format!("reading {}", self.name), e))?;
+        let n = self
+            .read_full(&mut seg)
+            .map_err(|e| Error::io(format!("reading {}", self.name), e))?;
         seg.truncate(n);
         // The last segment is the one not followed by more data.
         let last = if n < SEGMENT + TAG {
             true
         } else {
             let mut b = [0u8; 1];
-            let more = self.input.read(&mut b).map_err(|e| Error::io(format!("reading {}", self.name), e))?;
+            let more = self
+                .input
+                .read(&mut b)
+                .map_err(|e| Error::io(format!("reading {}", self.name), e))?;
             if more == 1 {
                 self.peek = Some(b[0]);
             }
@@ -474,10 +489,14 @@ pub fn write_keyring(store: &dyn Store, keys: &Keys, new_passphrase: Option<&str
         let recipients: Vec<age::x25519::Recipient> = keys
             .recipients
             .iter()
-            .map(|r| r.parse().map_err(|e| Error::usage(format!("recipient {r}: {e}"))))
+            .map(|r| {
+                r.parse()
+                    .map_err(|e| Error::usage(format!("recipient {r}: {e}")))
+            })
             .collect::<Result<_>>()?;
-        let enc = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
-            .map_err(|e| Error::other(format!("wrapping the keyring: {e}")))?;
+        let enc =
+            age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+                .map_err(|e| Error::other(format!("wrapping the keyring: {e}")))?;
         store.put(RECIPIENTS_KEY, &age_wrap(enc, &plain)?)?;
     }
     match (keys.passphrase, new_passphrase) {
@@ -531,7 +550,9 @@ pub fn open_keyring(store: &dyn Store, creds: &Credentials) -> Result<Keys> {
                 }
                 tried.push("the given identities");
             }
-            Err(e) if e.kind == ErrorKind::NotFound => tried.push("identities (the repository has no recipients)"),
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                tried.push("identities (the repository has no recipients)")
+            }
             Err(e) => return Err(e),
         }
     }
@@ -544,7 +565,9 @@ pub fn open_keyring(store: &dyn Store, creds: &Credentials) -> Result<Keys> {
                 }
                 tried.push("the passphrase");
             }
-            Err(e) if e.kind == ErrorKind::NotFound => tried.push("a passphrase (the repository has none)"),
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                tried.push("a passphrase (the repository has none)")
+            }
             Err(e) => return Err(e),
         }
     }
@@ -574,8 +597,12 @@ fn age_open<'a>(
                 .map_err(|e| Error::integrity(format!("the keyring is not valid: {e}")))?;
             Ok(Some(keys))
         }
-        Err(age::DecryptError::NoMatchingKeys) | Err(age::DecryptError::DecryptionFailed) => Ok(None),
-        Err(e) => Err(Error::integrity(format!("the keyring cannot be opened: {e}"))),
+        Err(age::DecryptError::NoMatchingKeys) | Err(age::DecryptError::DecryptionFailed) => {
+            Ok(None)
+        }
+        Err(e) => Err(Error::integrity(format!(
+            "the keyring cannot be opened: {e}"
+        ))),
     }
 }
 
@@ -589,7 +616,11 @@ mod tests {
         for len in [0usize, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT] {
             let plain: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
             let sealed = keys.seal("blobs/sha256/x", &plain);
-            assert_eq!(sealed.len() as u64, Keys::sealed_size(len as u64), "len {len}");
+            assert_eq!(
+                sealed.len() as u64,
+                Keys::sealed_size(len as u64),
+                "len {len}"
+            );
             assert_eq!(keys.open("blobs/sha256/x", &sealed).unwrap(), plain);
             // Another name (a swapped object) does not open.
             assert!(keys.open("blobs/sha256/y", &sealed).is_err());
@@ -597,14 +628,19 @@ mod tests {
             for at in [0, HEADER, sealed.len() / 2, sealed.len() - 1] {
                 let mut bad = sealed.clone();
                 bad[at] ^= 1;
-                assert!(keys.open("blobs/sha256/x", &bad).is_err(), "len {len} at {at}");
+                assert!(
+                    keys.open("blobs/sha256/x", &bad).is_err(),
+                    "len {len} at {at}"
+                );
             }
             // Truncated at a segment boundary (the flag) or anywhere does not open.
             if len > SEGMENT {
                 let cut = HEADER + SEGMENT + TAG;
                 assert!(keys.open("blobs/sha256/x", &sealed[..cut]).is_err());
             }
-            assert!(keys.open("blobs/sha256/x", &sealed[..sealed.len() - 1]).is_err());
+            assert!(keys
+                .open("blobs/sha256/x", &sealed[..sealed.len() - 1])
+                .is_err());
         }
     }
 

@@ -89,6 +89,9 @@ pub fn acquire_waiting(
 ) -> Result<Lock> {
     let started = std::time::Instant::now();
     // One lock object per run, however often it retries.
+    // An encrypted repository's locks name sites as its records do: by keyed name.
+    let site_dir = site.map(|s| repo.site_dir(s));
+    let site = site_dir.as_deref();
     let key = lock_key(kind, site);
     let mut ties = 0;
     loop {

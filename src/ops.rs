@@ -1074,7 +1074,9 @@ pub fn verify(
         let snap = match repo.read_snapshot(r) {
             Ok(s) => s,
             Err(e) => {
-                report.problems.push(problem(r.key(), e.to_string()));
+                report
+                    .problems
+                    .push(problem(repo.record_key(r), e.to_string()));
                 continue;
             }
         };
@@ -1168,6 +1170,8 @@ fn check_blob(repo: &Repository, d: &Descriptor, progress: &Progress) -> Result<
 pub struct ExportReport {
     pub site: String,
     pub snapshot: String,
+    /// The repository is encrypted and the layout was written decrypted (plaintext).
+    pub decrypted: bool,
     pub dir: PathBuf,
     pub refs: Vec<String>,
     pub blobs: u64,
@@ -1200,6 +1204,7 @@ pub fn export(
     let mut report = ExportReport {
         site: site.into(),
         snapshot: snapshot.id.clone(),
+        decrypted: repo.keys().is_some(),
         dir: dir.to_path_buf(),
         refs: vec![],
         blobs: 0,
@@ -1399,7 +1404,7 @@ pub fn forget(
                     site: site.to_string(),
                     id: id.clone(),
                 };
-                repo.store().delete(&r.key())?;
+                repo.store().delete(&repo.record_key(&r))?;
             }
             report.removed.push(ForgetEntry { id, reasons });
         } else {

@@ -193,7 +193,8 @@ fn referenced_blobs(repo: &Repository, report: &mut PruneReport) -> Result<HashS
         };
         let snap = repo.read_snapshot(&r).map_err(unreadable)?;
         for m in &snap.record.manifests {
-            out.insert(m.digest.hex().to_string());
+            // Stored names: in an encrypted repository, keyed names of the digests.
+            out.insert(repo.blob_name(&m.digest));
             let manifest: ImageManifest = repo
                 .read_blob(&m.digest)
                 .and_then(|d| from_json(&d, &m.digest.key()))
@@ -202,7 +203,7 @@ fn referenced_blobs(repo: &Repository, report: &mut PruneReport) -> Result<HashS
             if let Some(e) = err {
                 return Err(unreadable(e));
             }
-            out.extend(blobs.iter().map(|b| b.digest.hex().to_string()));
+            out.extend(blobs.iter().map(|b| repo.blob_name(&b.digest)));
         }
     }
     Ok(out)

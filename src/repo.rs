@@ -19,6 +19,7 @@ use std::time::SystemTime;
 
 use sha2::{Digest as _, Sha256};
 
+use crate::crypto::{Credentials, Keys};
 use crate::error::{into_io, Error, ErrorKind, IoContext, Result};
 use crate::format::*;
 use crate::store::Store;
@@ -36,6 +37,8 @@ pub struct Repository {
     store: std::sync::Arc<dyn Store>,
     pub config: RepoConfig,
     pub stats: TransferStats,
+    /// The keyring of an encrypted repository (SPEC.md §14).
+    keys: Option<Keys>,
 }
 
 /// A snapshot as named in the repository, before its record is read.
@@ -43,12 +46,6 @@ pub struct Repository {
 pub struct SnapshotRef {
     pub site: String,
     pub id: String,
-}
-
-impl SnapshotRef {
-    pub fn key(&self) -> String {
-        format!("{SNAPSHOTS_PREFIX}{}/{}.json", self.site, self.id)
-    }
 }
 
 /// A snapshot record, read and verified.
@@ -89,6 +86,15 @@ pub fn check_site_name(site: &str) -> Result<()> {
 impl Repository {
     /// Creates a new repository. Refuses to touch a location that already has one.
     pub fn init(store: Box<dyn Store>) -> Result<Repository> {
+        Self::init_with(store, None)
+    }
+
+    /// Creates a repository; with `keys` an encrypted one whose keyring is wrapped to the
+    /// keys' recipients and (when given) the passphrase.
+    pub fn init_with(
+        store: Box<dyn Store>,
+        keys: Option<(Keys, Option<String>)>,
+    ) -> Result<Repository> {
         if store.size(REPO_CONFIG_KEY)?.is_some() {
             return Err(Error::conflict(format!(
                 "{} already holds a freezer repository",
@@ -104,9 +110,16 @@ impl Repository {
             id: hex::encode(id),
             created: rfc3339(SystemTime::now()),
             encryption: Encryption {
-                scheme: "none".into(),
+                scheme: if keys.is_some() {
+                    crate::crypto::SCHEME.into()
+                } else {
+                    "none".into()
+                },
             },
         };
+        if let Some((k, passphrase)) = &keys {
+            crate::crypto::write_keyring(store.as_ref(), k, passphrase.as_deref())?;
+        }
         store.put(OCI_LAYOUT_KEY, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         let mut index = ImageIndex {
             schema_version: 2,
@@ -125,10 +138,17 @@ impl Repository {
             store: store.into(),
             config,
             stats: Default::default(),
+            keys: keys.map(|(k, _)| k),
         })
     }
 
+    /// Opens a repository that is not encrypted (an encrypted one asks for a key).
     pub fn open(store: Box<dyn Store>) -> Result<Repository> {
+        Self::open_with(store, &Credentials::default())
+    }
+
+    /// Opens a repository; an encrypted one with the given identities or passphrase.
+    pub fn open_with(store: Box<dyn Store>, creds: &Credentials) -> Result<Repository> {
         let data = match store.get(REPO_CONFIG_KEY) {
             Ok(d) => d,
             Err(e) if e.kind == ErrorKind::NotFound => {
@@ -165,18 +185,86 @@ impl Repository {
         }
         let config: RepoConfig =
             from_json(&data, &format!("{}/{REPO_CONFIG_KEY}", store.location()))?;
-        if config.encryption.scheme != "none" {
-            return Err(Error::usage(format!(
-                "repository {} uses encryption scheme {:?}, which this freezer does not support",
-                store.location(),
-                config.encryption.scheme
-            )));
-        }
+        let keys = match config.encryption.scheme.as_str() {
+            "none" => None,
+            crate::crypto::SCHEME => Some(crate::crypto::open_keyring(store.as_ref(), creds)?),
+            other => {
+                return Err(Error::usage(format!(
+                    "repository {} uses encryption scheme {other:?}, which this freezer does not support",
+                    store.location(),
+                )))
+            }
+        };
         Ok(Repository {
             store: store.into(),
             config,
             stats: Default::default(),
+            keys,
         })
+    }
+
+    /// The keyring, for an encrypted repository.
+    pub fn keys(&self) -> Option<&Keys> {
+        self.keys.as_ref()
+    }
+
+    /// Replaces the keyring (key add/remove) and writes it.
+    pub fn set_keys(&mut self, keys: Keys, passphrase: Option<&str>) -> Result<()> {
+        crate::crypto::write_keyring(self.store.as_ref(), &keys, passphrase)?;
+        self.keys = Some(keys);
+        Ok(())
+    }
+
+    /// The store key of a blob: its digest, or in an encrypted repository its keyed name.
+    pub fn blob_key(&self, digest: &Digest) -> String {
+        format!("blobs/sha256/{}", self.blob_name(digest))
+    }
+
+    /// The name (last key component) a blob is stored under.
+    pub fn blob_name(&self, digest: &Digest) -> String {
+        match &self.keys {
+            None => digest.hex().to_string(),
+            Some(k) => k.blob_name(digest),
+        }
+    }
+
+    /// The directory of a site's records, and the name locks use for it: the site, or in
+    /// an encrypted repository a keyed name that does not reveal it.
+    pub fn site_dir(&self, site: &str) -> String {
+        match &self.keys {
+            None => site.to_string(),
+            Some(k) => k.site_dir(site),
+        }
+    }
+
+    /// The store key of a snapshot record.
+    pub fn record_key(&self, r: &SnapshotRef) -> String {
+        format!("{SNAPSHOTS_PREFIX}{}/{}.json", self.site_dir(&r.site), r.id)
+    }
+
+    /// Reads a whole object and, in an encrypted repository, opens it.
+    fn get_object(&self, key: &str) -> Result<Vec<u8>> {
+        let data = self.store.get(key)?;
+        match &self.keys {
+            None => Ok(data),
+            Some(k) => k.open(key, &data),
+        }
+    }
+
+    /// Writes a whole object, sealed in an encrypted repository.
+    fn put_object(&self, key: &str, data: &[u8]) -> Result<()> {
+        match &self.keys {
+            None => self.store.put(key, data),
+            Some(k) => self.store.put(key, &k.seal(key, data)),
+        }
+    }
+
+    /// The stored size of a blob of `size` bytes.
+    fn stored_size(&self, size: u64) -> u64 {
+        match &self.keys {
+            None => size,
+            Some(_) => Keys::sealed_size(size),
+        }
     }
 
     pub fn location(&self) -> String {
@@ -194,17 +282,27 @@ impl Repository {
 
     /// The size of a stored blob, or None.
     pub fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
-        self.store.size(&digest.key())
+        let stored = self.store.size(&self.blob_key(digest))?;
+        Ok(match (&self.keys, stored) {
+            (Some(_), Some(s)) => {
+                // Invert sealed_size: one 16-byte tag per (up to) 1 MiB segment.
+                let rest = s.saturating_sub(24);
+                let segments = rest.div_ceil((1 << 20) + 16).max(1);
+                Some(rest.saturating_sub(16 * segments))
+            }
+            (_, s) => s,
+        })
     }
 
     /// Stores a small blob unless it is already there.
     pub fn put_blob(&self, data: &[u8]) -> Result<(Digest, u64)> {
         let digest = Digest::of(data);
         let size = data.len() as u64;
-        if self.store.size(&digest.key())? == Some(size) {
+        let key = self.blob_key(&digest);
+        if self.store.size(&key)? == Some(self.stored_size(size)) {
             self.count_reused(size);
         } else {
-            self.store.put(&digest.key(), data)?;
+            self.put_object(&key, data)?;
             self.count_uploaded(size);
         }
         Ok((digest, size))
@@ -213,12 +311,26 @@ impl Repository {
     /// Moves a staged file whose digest is known into the repository, unless a blob with
     /// that digest is already there (then the file is simply removed).
     pub fn put_blob_file(&self, file: &Path, digest: &Digest, size: u64) -> Result<()> {
-        if self.store.size(&digest.key())? == Some(size) {
+        let key = self.blob_key(digest);
+        if self.store.size(&key)? == Some(self.stored_size(size)) {
             let _ = std::fs::remove_file(file);
             self.count_reused(size);
             return Ok(());
         }
-        self.store.put_file(&digest.key(), file)?;
+        match &self.keys {
+            None => self.store.put_file(&key, file)?,
+            Some(k) => {
+                // Sealed beside the plaintext, which goes at once.
+                let sealed = file.with_extension("sealed");
+                let r = k.seal_file(&key, file, &sealed);
+                let _ = std::fs::remove_file(file);
+                if let Err(e) = r {
+                    let _ = std::fs::remove_file(&sealed);
+                    return Err(e);
+                }
+                self.store.put_file(&key, &sealed)?;
+            }
+        }
         self.count_uploaded(size);
         Ok(())
     }
@@ -238,8 +350,7 @@ impl Repository {
     /// Reads a whole small blob and checks it against its digest.
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
         let data = self
-            .store
-            .get(&digest.key())
+            .get_object(&self.blob_key(digest))
             .map_err(|e| self.missing(e, digest))?;
         let actual = Digest::of(&data);
         if &actual != digest {
@@ -251,10 +362,12 @@ impl Repository {
     /// Streams a blob; the reader fails at the end if the content does not match its digest,
     /// so callers must read to EOF before trusting what they wrote.
     pub fn open_blob(&self, digest: &Digest) -> Result<VerifyingReader<Box<dyn Read + Send>>> {
-        let inner = self
-            .store
-            .open(&digest.key())
-            .map_err(|e| self.missing(e, digest))?;
+        let key = self.blob_key(digest);
+        let inner = self.store.open(&key).map_err(|e| self.missing(e, digest))?;
+        let inner: Box<dyn Read + Send> = match &self.keys {
+            None => inner,
+            Some(k) => Box::new(k.opener(&key, inner)),
+        };
         Ok(VerifyingReader::new(inner, digest.clone(), self.location()))
     }
 
@@ -276,8 +389,8 @@ impl Repository {
             return e;
         }
         Error::integrity(format!(
-            "object {} is missing from {}",
-            digest.key(),
+            "object {} ({digest}) is missing from {}",
+            self.blob_key(digest),
             self.location()
         ))
         .with_hint(
@@ -310,7 +423,7 @@ impl Repository {
             site: site.to_string(),
             id: format!("{}-{}", compact_time(created), &hash[..12]),
         };
-        self.store.put(&r.key(), &data)?;
+        self.put_object(&self.record_key(&r), &data)?;
         Ok(r)
     }
 
@@ -319,7 +432,7 @@ impl Repository {
         let prefix = match site {
             Some(s) => {
                 check_site_name(s)?;
-                format!("{SNAPSHOTS_PREFIX}{s}/")
+                format!("{SNAPSHOTS_PREFIX}{}/", self.site_dir(s))
             }
             None => SNAPSHOTS_PREFIX.to_string(),
         };
@@ -337,14 +450,39 @@ impl Repository {
                 })
             })
             .collect();
+        // An encrypted repository's directories are keyed names: the sites are known
+        // from the records (one read each; checked against the name in read_snapshot).
+        if self.keys.is_some() {
+            for r in &mut out {
+                let dir = std::mem::take(&mut r.site);
+                r.site = match site {
+                    Some(s) => s.to_string(),
+                    None => self.record_site(&dir, &r.id)?,
+                };
+            }
+        }
         out.sort_by(|a, b| (&a.site, &a.id).cmp(&(&b.site, &b.id)));
         Ok(out)
     }
 
     /// Reads a record and checks it against the digest prefix in its name.
+    /// The site an encrypted record belongs to, read from the record.
+    fn record_site(&self, dir: &str, id: &str) -> Result<String> {
+        let key = format!("{SNAPSHOTS_PREFIX}{dir}/{id}.json");
+        let record: ImageIndex = from_json(&self.get_object(&key)?, &key)?;
+        let site = record.annotations.get(A_SITE).cloned().unwrap_or_default();
+        if self.site_dir(&site) != dir {
+            return Err(Error::integrity(format!(
+                "snapshot record {key} in {} names site {site:?}, which is not the site it is stored under",
+                self.location()
+            )));
+        }
+        Ok(site)
+    }
+
     pub fn read_snapshot(&self, r: &SnapshotRef) -> Result<Snapshot> {
-        let key = r.key();
-        let data = self.store.get(&key)?;
+        let key = self.record_key(r);
+        let data = self.get_object(&key)?;
         let hash = hex::encode(Sha256::digest(&data));
         let expected = r.id.rsplit('-').next().unwrap_or("");
         if expected.len() != 12 || !hash.starts_with(expected) {
@@ -354,6 +492,12 @@ impl Repository {
             )));
         }
         let record: ImageIndex = from_json(&data, &key)?;
+        if self.keys.is_some() && record.annotations.get(A_SITE).is_some_and(|s| *s != r.site) {
+            return Err(Error::integrity(format!(
+                "snapshot record {key} in {} belongs to another site",
+                self.location()
+            )));
+        }
         let version = record
             .annotations
             .get(A_FORMAT)
