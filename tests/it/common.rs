@@ -77,6 +77,19 @@ impl TestRepo {
         assert_ok(&out);
         self
     }
+    /// An encrypted repository that the age `recipient` opens.
+    pub fn init_encrypted(self, recipient: &str) -> TestRepo {
+        let out = freezer(&[
+            "init",
+            "--repo",
+            &self.url,
+            "--encrypt",
+            "--recipient",
+            recipient,
+        ]);
+        assert_ok(&out);
+        self
+    }
     /// The store behind this repository, for tests that reach into objects.
     pub fn store(&self) -> Box<dyn freezer::store::Store> {
         let url = freezer::store::StoreUrl::parse(&self.url).unwrap();

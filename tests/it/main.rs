@@ -5,6 +5,7 @@ mod common;
 mod database;
 mod docker;
 mod drill;
+mod encryption;
 mod formats;
 mod hostile;
 mod hydrated;
