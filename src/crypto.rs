@@ -30,6 +30,10 @@ use crate::store::Store;
 pub const SCHEME: &str = "aes-256-gcm-stream/hmac-sha256-names/age-keyring";
 pub const RECIPIENTS_KEY: &str = "keys/recipients.age";
 pub const PASSPHRASE_KEY: &str = "keys/passphrase.age";
+/// The associated data of every blob. A blob is written before its digest (and so its
+/// name) is known; a blob stored under another name is caught by the digest check that
+/// follows every read.
+pub const BLOB_AAD: &str = "freezer blob";
 
 const MAGIC: &[u8; 4] = b"FRZ1";
 const HEADER: usize = 4 + 4 + 16;
@@ -163,17 +167,18 @@ impl Keys {
         HEADER as u64 + n + segments * TAG as u64
     }
 
-    /// Seals a whole (small) object stored under `name`.
-    pub fn seal(&self, name: &str, plain: &[u8]) -> Vec<u8> {
+    /// Seals a whole (small) object; `aad` binds it to where it belongs (a record's key,
+    /// or [`BLOB_AAD`]).
+    pub fn seal(&self, aad: &str, plain: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(Self::sealed_size(plain.len() as u64) as usize);
-        let mut w = self.sealer(name, &mut out, plain.len() as u64);
+        let mut w = self.sealer(aad, &mut out);
         w.write_all(plain).expect("writing to memory");
         w.finish().expect("writing to memory");
         out
     }
 
-    /// A writer that seals `len` bytes into `out`.
-    pub fn sealer<'a, W: Write>(&self, name: &str, out: W, len: u64) -> Sealer<'a, W> {
+    /// A writer that seals everything written to it into `out`; `finish` ends the object.
+    pub fn sealer<'a, W: Write>(&self, aad: &str, out: W) -> Sealer<'a, W> {
         let mut salt = [0u8; 16];
         rand::Rng::fill(&mut rand::thread_rng(), &mut salt);
         Sealer {
@@ -187,41 +192,38 @@ impl Keys {
                 h.extend_from_slice(&salt);
                 h
             }),
-            name: name.to_string(),
+            aad: aad.to_string(),
             out,
             buf: Vec::with_capacity(SEGMENT),
             counter: 0,
-            left: len,
             _p: std::marker::PhantomData,
         }
     }
 
-    /// Seals a local file into another; returns the sealed size.
-    pub fn seal_file(&self, name: &str, src: &Path, dst: &Path) -> Result<u64> {
-        let len = std::fs::metadata(src)
-            .ctx(|| format!("reading {}", src.display()))?
-            .len();
+    /// Seals a local file into another.
+    pub fn seal_file(&self, aad: &str, src: &Path, dst: &Path) -> Result<()> {
         let mut input = std::fs::File::open(src).ctx(|| format!("reading {}", src.display()))?;
         let out = std::fs::File::create(dst).ctx(|| format!("creating {}", dst.display()))?;
-        let mut w = self.sealer(name, std::io::BufWriter::with_capacity(1 << 20, out), len);
+        let mut w = self.sealer(aad, std::io::BufWriter::with_capacity(1 << 20, out));
         std::io::copy(&mut input, &mut w).ctx(|| format!("encrypting {}", src.display()))?;
         w.finish().ctx(|| format!("writing {}", dst.display()))?;
-        Ok(Self::sealed_size(len))
+        Ok(())
     }
 
-    /// Opens a whole (small) sealed object stored under `name`.
-    pub fn open(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+    /// Opens a whole (small) sealed object; `name` names it in errors.
+    pub fn open(&self, aad: &str, name: &str, sealed: &[u8]) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(sealed.len());
-        self.opener(name, sealed)
+        self.opener(aad, name, sealed)
             .read_to_end(&mut out)
             .ctx(|| format!("decrypting {name}"))?;
         Ok(out)
     }
 
     /// A reader that opens a sealed object as it streams.
-    pub fn opener<R: Read>(&self, name: &str, input: R) -> Opener<R> {
+    pub fn opener<R: Read>(&self, aad: &str, name: &str, input: R) -> Opener<R> {
         Opener {
             keys: self.clone(),
+            aad: aad.to_string(),
             name: name.to_string(),
             input,
             cipher: None,
@@ -252,12 +254,10 @@ fn damaged(name: &str, why: &str) -> Error {
 pub struct Sealer<'a, W: Write> {
     cipher: Aes256Gcm,
     header: Option<Vec<u8>>,
-    name: String,
+    aad: String,
     out: W,
     buf: Vec<u8>,
     counter: u64,
-    /// Plaintext bytes still expected (the last segment is the one that ends them).
-    left: u64,
     _p: std::marker::PhantomData<&'a ()>,
 }
 
@@ -272,7 +272,7 @@ impl<W: Write> Sealer<'_, W> {
                 &nonce(self.counter, last).into(),
                 Payload {
                     msg: &self.buf,
-                    aad: self.name.as_bytes(),
+                    aad: self.aad.as_bytes(),
                 },
             )
             .map_err(|_| std::io::Error::other("encryption failed"))?;
@@ -283,12 +283,6 @@ impl<W: Write> Sealer<'_, W> {
     }
 
     pub fn finish(mut self) -> std::io::Result<W> {
-        if self.left != 0 {
-            return Err(std::io::Error::other(format!(
-                "{} bytes fewer than announced were sealed",
-                self.left
-            )));
-        }
         self.emit(true)?;
         self.out.flush()?;
         Ok(self.out)
@@ -306,7 +300,6 @@ impl<W: Write> Write for Sealer<'_, W> {
             }
             let n = rest.len().min(SEGMENT - self.buf.len());
             self.buf.extend_from_slice(&rest[..n]);
-            self.left = self.left.saturating_sub(n as u64);
             rest = &rest[n..];
         }
         Ok(data.len())
@@ -320,6 +313,7 @@ impl<W: Write> Write for Sealer<'_, W> {
 /// returned, and a missing last segment (truncation) is an error.
 pub struct Opener<R> {
     keys: Keys,
+    aad: String,
     name: String,
     input: R,
     cipher: Option<Aes256Gcm>,
@@ -392,7 +386,7 @@ impl<R: Read> Opener<R> {
                 &nonce(self.counter, last).into(),
                 Payload {
                     msg: &seg,
-                    aad: self.name.as_bytes(),
+                    aad: self.aad.as_bytes(),
                 },
             )
             .map_err(|_| {
@@ -615,31 +609,31 @@ mod tests {
         let keys = Keys::generate();
         for len in [0usize, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT] {
             let plain: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-            let sealed = keys.seal("blobs/sha256/x", &plain);
+            let sealed = keys.seal("snapshots/x", &plain);
             assert_eq!(
                 sealed.len() as u64,
                 Keys::sealed_size(len as u64),
                 "len {len}"
             );
-            assert_eq!(keys.open("blobs/sha256/x", &sealed).unwrap(), plain);
+            assert_eq!(keys.open("snapshots/x", "x", &sealed).unwrap(), plain);
             // Another name (a swapped object) does not open.
-            assert!(keys.open("blobs/sha256/y", &sealed).is_err());
+            assert!(keys.open("snapshots/y", "y", &sealed).is_err());
             // A flipped bit anywhere does not open.
             for at in [0, HEADER, sealed.len() / 2, sealed.len() - 1] {
                 let mut bad = sealed.clone();
                 bad[at] ^= 1;
                 assert!(
-                    keys.open("blobs/sha256/x", &bad).is_err(),
+                    keys.open("snapshots/x", "x", &bad).is_err(),
                     "len {len} at {at}"
                 );
             }
             // Truncated at a segment boundary (the flag) or anywhere does not open.
             if len > SEGMENT {
                 let cut = HEADER + SEGMENT + TAG;
-                assert!(keys.open("blobs/sha256/x", &sealed[..cut]).is_err());
+                assert!(keys.open("snapshots/x", "x", &sealed[..cut]).is_err());
             }
             assert!(keys
-                .open("blobs/sha256/x", &sealed[..sealed.len() - 1])
+                .open("snapshots/x", "x", &sealed[..sealed.len() - 1])
                 .is_err());
         }
     }

@@ -19,7 +19,7 @@ use std::time::SystemTime;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::crypto::{Credentials, Keys};
+use crate::crypto::{Credentials, Keys, Sealer, BLOB_AAD};
 use crate::error::{into_io, Error, ErrorKind, IoContext, Result};
 use crate::format::*;
 use crate::store::Store;
@@ -242,21 +242,46 @@ impl Repository {
         format!("{SNAPSHOTS_PREFIX}{}/{}.json", self.site_dir(&r.site), r.id)
     }
 
-    /// Reads a whole object and, in an encrypted repository, opens it.
-    fn get_object(&self, key: &str) -> Result<Vec<u8>> {
+    /// Reads a whole object and, in an encrypted repository, opens it (`aad`: the
+    /// record's key, or [`BLOB_AAD`]).
+    fn get_object(&self, key: &str, aad: &str) -> Result<Vec<u8>> {
         let data = self.store.get(key)?;
         match &self.keys {
             None => Ok(data),
-            Some(k) => k.open(key, &data),
+            Some(k) => k.open(aad, key, &data),
         }
     }
 
     /// Writes a whole object, sealed in an encrypted repository.
-    fn put_object(&self, key: &str, data: &[u8]) -> Result<()> {
+    fn put_object(&self, key: &str, aad: &str, data: &[u8]) -> Result<()> {
         match &self.keys {
             None => self.store.put(key, data),
-            Some(k) => self.store.put(key, &k.seal(key, data)),
+            Some(k) => self.store.put(key, &k.seal(aad, data)),
         }
+    }
+
+    /// A writer for a blob staged in the spool directory: sealed as it is written in an
+    /// encrypted repository, so the file is ready for [`Repository::put_spooled`].
+    pub fn spool_writer(&self, file: std::fs::File) -> SpoolWriter {
+        let w = std::io::BufWriter::with_capacity(1 << 20, file);
+        match &self.keys {
+            None => SpoolWriter::Plain(w),
+            Some(k) => SpoolWriter::Sealed(Box::new(k.sealer(BLOB_AAD, w))),
+        }
+    }
+
+    /// Moves a blob written through [`Repository::spool_writer`] into the repository
+    /// (unless one with that digest is there already).
+    pub fn put_spooled(&self, file: &Path, digest: &Digest, size: u64) -> Result<()> {
+        let key = self.blob_key(digest);
+        if self.store.size(&key)? == Some(self.stored_size(size)) {
+            let _ = std::fs::remove_file(file);
+            self.count_reused(size);
+            return Ok(());
+        }
+        self.store.put_file(&key, file)?;
+        self.count_uploaded(size);
+        Ok(())
     }
 
     /// The stored size of a blob of `size` bytes.
@@ -302,7 +327,7 @@ impl Repository {
         if self.store.size(&key)? == Some(self.stored_size(size)) {
             self.count_reused(size);
         } else {
-            self.put_object(&key, data)?;
+            self.put_object(&key, BLOB_AAD, data)?;
             self.count_uploaded(size);
         }
         Ok((digest, size))
@@ -322,7 +347,7 @@ impl Repository {
             Some(k) => {
                 // Sealed beside the plaintext, which goes at once.
                 let sealed = file.with_extension("sealed");
-                let r = k.seal_file(&key, file, &sealed);
+                let r = k.seal_file(BLOB_AAD, file, &sealed);
                 let _ = std::fs::remove_file(file);
                 if let Err(e) = r {
                     let _ = std::fs::remove_file(&sealed);
@@ -350,7 +375,7 @@ impl Repository {
     /// Reads a whole small blob and checks it against its digest.
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
         let data = self
-            .get_object(&self.blob_key(digest))
+            .get_object(&self.blob_key(digest), BLOB_AAD)
             .map_err(|e| self.missing(e, digest))?;
         let actual = Digest::of(&data);
         if &actual != digest {
@@ -366,9 +391,11 @@ impl Repository {
         let inner = self.store.open(&key).map_err(|e| self.missing(e, digest))?;
         let inner: Box<dyn Read + Send> = match &self.keys {
             None => inner,
-            Some(k) => Box::new(k.opener(&key, inner)),
+            Some(k) => Box::new(k.opener(BLOB_AAD, &key, inner)),
         };
-        Ok(VerifyingReader::new(inner, digest.clone(), self.location()))
+        let mut r = VerifyingReader::new(inner, digest.clone(), self.location());
+        r.name = key;
+        Ok(r)
     }
 
     /// Downloads a blob to a temporary file, verified, for data that is read several times.
@@ -400,8 +427,8 @@ impl Repository {
 
     fn damaged(&self, digest: &Digest, actual: &Digest) -> Error {
         Error::integrity(format!(
-            "object {} in {} is damaged: its content hashes to {actual}",
-            digest.key(),
+            "object {} in {} is damaged: its content hashes to {actual}, not {digest}",
+            self.blob_key(digest),
             self.location()
         ))
         .with_hint(
@@ -423,7 +450,8 @@ impl Repository {
             site: site.to_string(),
             id: format!("{}-{}", compact_time(created), &hash[..12]),
         };
-        self.put_object(&self.record_key(&r), &data)?;
+        let key = self.record_key(&r);
+        self.put_object(&key, &key, &data)?;
         Ok(r)
     }
 
@@ -469,7 +497,7 @@ impl Repository {
     /// The site an encrypted record belongs to, read from the record.
     fn record_site(&self, dir: &str, id: &str) -> Result<String> {
         let key = format!("{SNAPSHOTS_PREFIX}{dir}/{id}.json");
-        let record: ImageIndex = from_json(&self.get_object(&key)?, &key)?;
+        let record: ImageIndex = from_json(&self.get_object(&key, &key)?, &key)?;
         let site = record.annotations.get(A_SITE).cloned().unwrap_or_default();
         if self.site_dir(&site) != dir {
             return Err(Error::integrity(format!(
@@ -482,7 +510,7 @@ impl Repository {
 
     pub fn read_snapshot(&self, r: &SnapshotRef) -> Result<Snapshot> {
         let key = self.record_key(r);
-        let data = self.get_object(&key)?;
+        let data = self.get_object(&key, &key)?;
         let hash = hex::encode(Sha256::digest(&data));
         let expected = r.id.rsplit('-').next().unwrap_or("");
         if expected.len() != 12 || !hash.starts_with(expected) {
@@ -574,6 +602,8 @@ pub struct VerifyingReader<R> {
     inner: R,
     hasher: Sha256,
     digest: Digest,
+    /// The object's key in the store, for messages.
+    pub name: String,
     location: String,
     read: u64,
     checked: bool,
@@ -584,6 +614,7 @@ impl<R: Read> VerifyingReader<R> {
         VerifyingReader {
             inner,
             hasher: Sha256::new(),
+            name: digest.key(),
             digest,
             location,
             read: 0,
@@ -614,9 +645,10 @@ impl<R: Read> Read for VerifyingReader<R> {
             if actual != self.digest {
                 return Err(into_io(
                     Error::integrity(format!(
-                        "object {} in {} is damaged: its content hashes to {actual}",
-                        self.digest.key(),
-                        self.location
+                        "object {} in {} is damaged: its content hashes to {actual}, not {}",
+                        self.name,
+                        self.location,
+                        self.digest
                     ))
                     .with_hint("restore that object from another copy of the repository, or thaw an older snapshot"),
                 ));
@@ -633,6 +665,37 @@ fn fault_point_after_upload(n: u64) {
         if v.parse::<u64>().ok() == Some(n) {
             eprintln!("freezer: fault injection: aborting after {n} uploads");
             std::process::abort();
+        }
+    }
+}
+
+/// A staged blob's file: plain, or sealed as it is written (encrypted repositories).
+pub enum SpoolWriter {
+    Plain(std::io::BufWriter<std::fs::File>),
+    Sealed(Box<Sealer<'static, std::io::BufWriter<std::fs::File>>>),
+}
+
+impl SpoolWriter {
+    /// Ends the object (the last sealed segment) and flushes it to the file.
+    pub fn finish(self) -> std::io::Result<()> {
+        match self {
+            SpoolWriter::Plain(mut w) => w.flush(),
+            SpoolWriter::Sealed(s) => s.finish().and_then(|mut w| w.flush()),
+        }
+    }
+}
+
+impl Write for SpoolWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            SpoolWriter::Plain(w) => w.write(buf),
+            SpoolWriter::Sealed(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            SpoolWriter::Plain(w) => w.flush(),
+            SpoolWriter::Sealed(s) => s.flush(),
         }
     }
 }

@@ -133,7 +133,7 @@ pub fn freeze_tree(
         .ctx(|| format!("creating a file in {}", spool.display()))?;
     // Hashed as it is written, so the index is never read back just to name it.
     let mut index = IndexWriter::new(HashCount {
-        inner: BufWriter::new(index_tmp.reopen().ctx(|| "reopening the index".into())?),
+        inner: repo.spool_writer(index_tmp.reopen().ctx(|| "reopening the index".into())?),
         hasher: Sha256::new(),
         count: 0,
     })?;
@@ -145,13 +145,14 @@ pub fn freeze_tree(
         let uploader = scope.spawn(move || -> Result<Vec<FinishedPart>> {
             let mut done = Vec::new();
             for part in rx {
-                repo.put_blob_file(part.path.as_ref(), &part.digest, part.size)?;
+                repo.put_spooled(part.path.as_ref(), &part.digest, part.size)?;
                 done.push(part);
             }
             Ok(done)
         });
         let mut m = Merge {
             layers: LayerSink {
+                repo,
                 spool: spool.clone(),
                 current: None,
                 next_ordinal: base,
@@ -196,14 +197,12 @@ pub fn freeze_tree(
     let (w, trailer) = index.finish(layer_content)?;
     let index_digest = Digest::from_hasher(w.hasher);
     let index_size = w.count;
-    w.inner
-        .into_inner()
-        .map_err(|e| Error::io("writing the tree index", e.into_error()))?;
+    w.inner.finish().ctx(|| "writing the tree index".into())?;
     stats.entries = trailer.entries;
     stats.files = trailer.files;
     stats.bytes = trailer.bytes;
 
-    repo.put_blob_file(&index_tmp.into_temp_path(), &index_digest, index_size)?;
+    repo.put_spooled(&index_tmp.into_temp_path(), &index_digest, index_size)?;
 
     let index = Descriptor::new(MT_TREE_INDEX, index_digest, index_size);
     let manifest = store_tree_image(repo, layers, diff_ids, &index, annotations)?;
@@ -243,7 +242,7 @@ pub fn store_tree_image(
 }
 
 struct Merge<'a> {
-    layers: LayerSink,
+    layers: LayerSink<'a>,
     index: &'a mut IndexWriter<HashedFile>,
     stats: &'a mut FreezeStats,
     /// A directory of the previous snapshot that is gone: its old children need no whiteouts.
@@ -463,7 +462,7 @@ impl<W: Write> Write for HashCount<W> {
 }
 
 /// A spool file that hashes and counts what is written to it.
-type HashedFile = HashCount<BufWriter<File>>;
+type HashedFile = HashCount<crate::repo::SpoolWriter>;
 type TarOut = BufWriter<HashCount<zstd::stream::write::Encoder<'static, HashedFile>>>;
 
 struct Part {
@@ -473,21 +472,22 @@ struct Part {
     content: u64,
 }
 
-struct LayerSink {
+struct LayerSink<'r> {
+    repo: &'r Repository,
     spool: PathBuf,
     current: Option<Part>,
     next_ordinal: u32,
     tx: mpsc::SyncSender<FinishedPart>,
 }
 
-impl LayerSink {
+impl LayerSink<'_> {
     fn part(&mut self) -> Result<&mut Part> {
         if self.current.is_none() {
             let tmp = tempfile::NamedTempFile::new_in(&self.spool)
                 .ctx(|| format!("creating a file in {}", self.spool.display()))?;
             let file = tmp.reopen().ctx(|| "reopening a spool file".into())?;
             let compressed = HashCount {
-                inner: BufWriter::with_capacity(1 << 20, file),
+                inner: self.repo.spool_writer(file),
                 hasher: Sha256::new(),
                 count: 0,
             };
@@ -543,12 +543,7 @@ impl LayerSink {
         let compressed = plain.inner.finish().ctx(|| "finishing zstd".into())?;
         let digest = Digest::from_hasher(compressed.hasher);
         let size = compressed.count;
-        compressed
-            .inner
-            .into_inner()
-            .map_err(|e| Error::io("writing a layer", e.into_error()))?
-            .flush()
-            .ctx(|| "writing a layer".into())?;
+        compressed.inner.finish().ctx(|| "writing a layer".into())?;
         let finished = FinishedPart {
             ordinal: part.ordinal,
             path: part.path,
