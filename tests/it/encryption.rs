@@ -118,6 +118,32 @@ fn encrypted_round_trips_with_a_recipient_and_with_a_passphrase() {
             "a passphrase was printed"
         );
 
+        // Export writes a plain, decrypted layout that stock tools read, and says so.
+        let exp = tempfile::tempdir().unwrap();
+        let oci = exp.path().join("oci");
+        let report = json(&run(
+            &repo,
+            &with_id(
+                &["export", site, "--oci", oci.to_str().unwrap(), "--json"],
+                &id1,
+            ),
+            &[],
+        ));
+        assert_eq!(report["decrypted"], true);
+        let out = Command::new("skopeo")
+            .args(["inspect", &format!("oci:{}:site", oci.display())])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for (path, bytes) in stored_files(&oci.join("blobs/sha256")) {
+            let hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            assert_eq!(path.file_name().unwrap().to_string_lossy(), hex);
+        }
+
         // Nothing stored reveals the content, the file names or the site.
         if let Some(dir) = &repo.local {
             for (path, bytes) in stored_files(dir) {
