@@ -415,8 +415,13 @@ impl Repository {
         if e.kind != ErrorKind::NotFound {
             return e;
         }
+        // In an encrypted repository the stored name does not show the digest: give both.
+        let also = match self.keys {
+            Some(_) => format!(" (blob {digest})"),
+            None => String::new(),
+        };
         Error::integrity(format!(
-            "object {} ({digest}) is missing from {}",
+            "object {}{also} is missing from {}",
             self.blob_key(digest),
             self.location()
         ))
