@@ -431,3 +431,31 @@ fn deduplication_is_as_good_with_encryption_as_without() {
     // And it is incremental: the second night uploads a fraction of the first.
     assert!(second.1 .1 * 4 < first.1 .1, "{first:?} then {second:?}");
 }
+
+/// A Docker site's container configuration (its environment holds secrets) is sealed
+/// like everything else, and thaws from the encrypted repository.
+#[test]
+fn a_docker_site_s_configuration_is_sealed() {
+    use crate::hydrated::*;
+    let keys = tempfile::tempdir().unwrap();
+    let (id1, r1) = keygen(keys.path(), "id1.txt");
+    let a = host_a();
+    let repo = TestRepo::local().init_encrypted(&r1);
+    let name = unique("ec");
+    let port = free_port();
+    let site = start_site(&a, &name, &image(), port);
+    // start_site gives the web container SITE_MARKER=<name> in its environment.
+    let env = [("DOCKER_HOST", a.as_str())];
+    assert_ok(&run(&repo, &with_id(&["freeze", &name], &id1), &env));
+    for (path, bytes) in stored_files(repo.local.as_ref().unwrap()) {
+        assert!(
+            !contains(&bytes, format!("SITE_MARKER={name}").as_bytes()),
+            "{} holds the container's environment in the clear",
+            path.display()
+        );
+    }
+    remove_site(&a, &name);
+    fs::remove_dir_all(site.bind.path().join("conf")).unwrap();
+    assert_ok(&run(&repo, &with_id(&["thaw", &name], &id1), &env));
+    assert_eq!(http_get(port, "/index.html"), site.marker());
+}
