@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::Aes256Gcm;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -266,17 +266,17 @@ impl<W: Write> Sealer<'_, W> {
         if let Some(h) = self.header.take() {
             self.out.write_all(&h)?;
         }
-        let ct = self
+        // In place: no copy of the segment on the way out.
+        let tag = self
             .cipher
-            .encrypt(
+            .encrypt_in_place_detached(
                 &nonce(self.counter, last).into(),
-                Payload {
-                    msg: &self.buf,
-                    aad: self.aad.as_bytes(),
-                },
+                self.aad.as_bytes(),
+                &mut self.buf,
             )
             .map_err(|_| std::io::Error::other("encryption failed"))?;
-        self.out.write_all(&ct)?;
+        self.out.write_all(&self.buf)?;
+        self.out.write_all(&tag)?;
         self.counter += 1;
         self.buf.clear();
         Ok(())
