@@ -866,21 +866,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     "thawed {}:{} in {:.1}s",
                     report.site, report.snapshot, report.seconds
                 ));
-                for t in &report.trees {
-                    say(format!(
-                        "  {:<12} -> {}  ({} files, {})",
-                        t.name,
-                        t.dest.display(),
-                        t.stats.files,
-                        bytes(t.stats.bytes)
-                    ));
-                }
-                for d in &report.databases {
-                    say(format!(
-                        "  database {:<12} -> {}  ({} tables, {} rows, {} objects; verified in {:.1}s)",
-                        d.source, d.target, d.tables, d.rows, d.objects, d.verify_seconds
-                    ));
-                }
+                say_restored(&say, &report.trees, &report.databases);
             }
             for d in &report.databases {
                 for w in &d.warnings {
@@ -1378,22 +1364,31 @@ fn thaw_docker_site(
         for i in &report.images_loaded {
             say(format!("  loaded image {i} from the snapshot"));
         }
-        for t in &report.trees {
-            say(format!(
-                "  {:<20} -> {}  ({} files, {})",
-                t.name,
-                t.dest.display(),
-                t.stats.files,
-                bytes(t.stats.bytes)
-            ));
-        }
-        for d in &report.databases {
-            say(format!(
-                "  database {:<12} -> {}  ({} tables, {} rows, {} objects; verified in {:.1}s)",
-                d.source, d.target, d.tables, d.rows, d.objects, d.verify_seconds
-            ));
-        }
+        say_restored(&say, &report.trees, &report.databases);
         say(format!("  containers: {}", report.containers.join(", ")));
     }
     Ok(0)
+}
+
+/// The lines a thaw prints for what it restored.
+fn say_restored(
+    say: &dyn Fn(String),
+    trees: &[ops::ThawTreeReport],
+    databases: &[crate::db::load::LoadReport],
+) {
+    for t in trees {
+        say(format!(
+            "  {:<12} -> {}  ({} files, {})",
+            t.name,
+            t.dest.display(),
+            t.stats.files,
+            bytes(t.stats.bytes)
+        ));
+    }
+    for d in databases {
+        say(format!(
+            "  database {:<12} -> {}  ({} tables, {} rows, {} objects; verified in {:.1}s)",
+            d.source, d.target, d.tables, d.rows, d.objects, d.verify_seconds
+        ));
+    }
 }

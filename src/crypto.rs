@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::path::Path;
 
 use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::Aes256Gcm;
@@ -167,6 +166,13 @@ impl Keys {
         HEADER as u64 + n + segments * TAG as u64
     }
 
+    /// The plaintext size of a sealed object of `n` bytes (the inverse of `sealed_size`).
+    pub fn plain_size(n: u64) -> u64 {
+        let rest = n.saturating_sub(HEADER as u64);
+        let segments = rest.div_ceil((SEGMENT + TAG) as u64).max(1);
+        rest.saturating_sub(segments * TAG as u64)
+    }
+
     /// Seals a whole (small) object; `aad` binds it to where it belongs (a record's key,
     /// or [`BLOB_AAD`]).
     pub fn seal(&self, aad: &str, plain: &[u8]) -> Vec<u8> {
@@ -198,16 +204,6 @@ impl Keys {
             counter: 0,
             _p: std::marker::PhantomData,
         }
-    }
-
-    /// Seals a local file into another.
-    pub fn seal_file(&self, aad: &str, src: &Path, dst: &Path) -> Result<()> {
-        let mut input = std::fs::File::open(src).ctx(|| format!("reading {}", src.display()))?;
-        let out = std::fs::File::create(dst).ctx(|| format!("creating {}", dst.display()))?;
-        let mut w = self.sealer(aad, std::io::BufWriter::with_capacity(1 << 20, out));
-        std::io::copy(&mut input, &mut w).ctx(|| format!("encrypting {}", src.display()))?;
-        w.finish().ctx(|| format!("writing {}", dst.display()))?;
-        Ok(())
     }
 
     /// Opens a whole (small) sealed object; `name` names it in errors.
@@ -615,6 +611,7 @@ mod tests {
                 Keys::sealed_size(len as u64),
                 "len {len}"
             );
+            assert_eq!(Keys::plain_size(sealed.len() as u64), len as u64);
             assert_eq!(keys.open("snapshots/x", "x", &sealed).unwrap(), plain);
             // Another name (a swapped object) does not open.
             assert!(keys.open("snapshots/y", "y", &sealed).is_err());

@@ -156,27 +156,9 @@ pub fn drill_docker(
             report.restore_seconds
         ),
     ));
-    for t in &thawed.trees {
-        report.checks.push(check(
-            format!("tree {}", t.name),
-            true,
-            format!(
-                "{} files, {} restored; every layer matched its digest",
-                t.stats.files,
-                crate::progress::bytes(t.stats.bytes)
-            ),
-        ));
-    }
-    for d in &thawed.databases {
-        report.checks.push(check(
-            format!("database {}", d.source),
-            true,
-            format!(
-                "{} tables, {} rows: row counts and checksums match the snapshot",
-                d.tables, d.rows
-            ),
-        ));
-    }
+    report
+        .checks
+        .extend(restored_checks(&thawed.trees, &thawed.databases));
     progress.set_label("waiting for the containers".to_string());
     report
         .checks
@@ -198,6 +180,36 @@ pub fn drill_docker(
     Ok(report)
 }
 
+/// What a completed restore proved: every tree's layers matched their digests, every
+/// database its row counts and checksums.
+fn restored_checks(
+    trees: &[crate::ops::ThawTreeReport],
+    databases: &[crate::db::load::LoadReport],
+) -> Vec<Check> {
+    let trees = trees.iter().map(|t| {
+        check(
+            format!("tree {}", t.name),
+            true,
+            format!(
+                "{} files, {} restored; every layer matched its digest",
+                t.stats.files,
+                crate::progress::bytes(t.stats.bytes)
+            ),
+        )
+    });
+    let databases = databases.iter().map(|d| {
+        check(
+            format!("database {}", d.source),
+            true,
+            format!(
+                "{} tables, {} rows: row counts and checksums match the snapshot",
+                d.tables, d.rows
+            ),
+        )
+    });
+    trees.chain(databases).collect()
+}
+
 /// Every container that was running must be running (and healthy, if it has a
 /// healthcheck) within `timeout`, and still be running a moment later.
 fn container_checks(
@@ -213,14 +225,7 @@ fn container_checks(
         let deadline = Instant::now() + timeout;
         let mut stable = 0;
         let result = loop {
-            let n = name.clone();
-            let info = engine.call(&format!("inspecting container {name}"), |d| async move {
-                d.inspect_container(
-                    &n,
-                    None::<bollard::query_parameters::InspectContainerOptions>,
-                )
-                .await
-            });
+            let info = engine.inspect_container(name);
             let (status, health) = match info {
                 Ok(i) => {
                     let st = i.state.unwrap_or_default();
@@ -422,27 +427,9 @@ pub fn drill_files(
                 true,
                 format!("restored in {:.1}s", report.restore_seconds),
             ));
-            for t in &r.trees {
-                report.checks.push(check(
-                    format!("tree {}", t.name),
-                    true,
-                    format!(
-                        "{} files, {} restored; every layer matched its digest",
-                        t.stats.files,
-                        crate::progress::bytes(t.stats.bytes)
-                    ),
-                ));
-            }
-            for d in &r.databases {
-                report.checks.push(check(
-                    format!("database {}", d.source),
-                    true,
-                    format!(
-                        "{} tables, {} rows: row counts and checksums match the snapshot",
-                        d.tables, d.rows
-                    ),
-                ));
-            }
+            report
+                .checks
+                .extend(restored_checks(&r.trees, &r.databases));
         }
     }
     if opts.keep {

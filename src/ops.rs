@@ -207,9 +207,12 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
         })?;
         for m in &snap.record.manifests {
             if m.annotations.contains_key(A_CONTAINER_NAME) {
-                if let Ok(manifest) = repo
-                    .read_blob(&m.digest)
-                    .and_then(|b| from_json::<ImageManifest>(&b, &m.digest.key()))
+                // Only image layers are reused from a parent container image.
+                let with_images = plan.docker.as_ref().is_some_and(|d| d.with_images);
+                if let Some(manifest) = with_images
+                    .then(|| repo.read_blob(&m.digest))
+                    .and_then(|r| r.ok())
+                    .and_then(|b| from_json::<ImageManifest>(&b, &m.digest.key()).ok())
                 {
                     parent_containers.push(manifest);
                 }

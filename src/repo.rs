@@ -309,12 +309,7 @@ impl Repository {
     pub fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
         let stored = self.store.size(&self.blob_key(digest))?;
         Ok(match (&self.keys, stored) {
-            (Some(_), Some(s)) => {
-                // Invert sealed_size: one 16-byte tag per (up to) 1 MiB segment.
-                let rest = s.saturating_sub(24);
-                let segments = rest.div_ceil((1 << 20) + 16).max(1);
-                Some(rest.saturating_sub(16 * segments))
-            }
+            (Some(_), Some(s)) => Some(Keys::plain_size(s)),
             (_, s) => s,
         })
     }
@@ -331,33 +326,6 @@ impl Repository {
             self.count_uploaded(size);
         }
         Ok((digest, size))
-    }
-
-    /// Moves a staged file whose digest is known into the repository, unless a blob with
-    /// that digest is already there (then the file is simply removed).
-    pub fn put_blob_file(&self, file: &Path, digest: &Digest, size: u64) -> Result<()> {
-        let key = self.blob_key(digest);
-        if self.store.size(&key)? == Some(self.stored_size(size)) {
-            let _ = std::fs::remove_file(file);
-            self.count_reused(size);
-            return Ok(());
-        }
-        match &self.keys {
-            None => self.store.put_file(&key, file)?,
-            Some(k) => {
-                // Sealed beside the plaintext, which goes at once.
-                let sealed = file.with_extension("sealed");
-                let r = k.seal_file(BLOB_AAD, file, &sealed);
-                let _ = std::fs::remove_file(file);
-                if let Err(e) = r {
-                    let _ = std::fs::remove_file(&sealed);
-                    return Err(e);
-                }
-                self.store.put_file(&key, &sealed)?;
-            }
-        }
-        self.count_uploaded(size);
-        Ok(())
     }
 
     /// Counts a blob that a freeze references without uploading it.

@@ -3,7 +3,7 @@
 //! whole site still (paused or stopped) while the trees are copied.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -19,6 +19,7 @@ use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
 use crate::ops::TreeSpec;
 use crate::repo::Repository;
+use crate::tree::freeze::HashCount;
 
 /// Manifest and record annotations of a container image.
 pub const A_CONTAINER_NAME: &str = "dev.freezer.container.name";
@@ -223,15 +224,7 @@ pub fn capture(engine: &Engine, site: &str) -> Result<CapturedSite> {
     let mut upper_dirs = Vec::new();
     let mut trees: Vec<TreeSpec> = Vec::new();
     for c in list {
-        let what = format!("inspecting container {}", c.name);
-        let id = c.id.clone();
-        let info = engine.call(&what, |d| async move {
-            d.inspect_container(
-                &id,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
-        })?;
+        let info = engine.inspect_container(&c.id)?;
         let config = info.config.clone().unwrap_or_default();
         let image = config.image.clone().unwrap_or_default();
         let image_id = info.image.clone().unwrap_or_default();
@@ -302,10 +295,7 @@ pub fn capture(engine: &Engine, site: &str) -> Result<CapturedSite> {
             let (tree, name, driver, labels, options) = match kind.as_str() {
                 "volume" => {
                     let name = m.name.clone().unwrap_or_default();
-                    let n = name.clone();
-                    let v = engine.call(&format!("inspecting volume {name}"), |d| async move {
-                        d.inspect_volume(&n).await
-                    })?;
+                    let v = engine.inspect_volume(&name)?;
                     (
                         tree_name("volume", &name),
                         Some(name),
@@ -639,62 +629,34 @@ fn save_image(
         .ok_or_else(|| Error::other(format!("`docker save {}` returned no image", spec.image)))?;
     let mut out = Vec::new();
     for l in saved.layers {
-        out.push(store_layer(repo, &unpacked.join(&l), dir.path())?);
+        out.push(store_layer(repo, &unpacked.join(&l))?);
     }
     Ok(out)
 }
 
-/// Compresses one uncompressed layer tar into a blob; returns its diff_id and descriptor.
-fn store_layer(repo: &Repository, tar: &Path, tmp: &Path) -> Result<(Digest, Descriptor)> {
+/// Compresses one uncompressed layer tar into a blob (sealed as it is written in an
+/// encrypted repository); returns its diff_id and descriptor.
+fn store_layer(repo: &Repository, tar: &Path) -> Result<(Digest, Descriptor)> {
     let mut input = std::fs::File::open(tar).ctx(|| format!("reading {}", tar.display()))?;
-    let staged = tempfile::NamedTempFile::new_in(tmp).ctx(|| "creating a temporary file".into())?;
-    let mut diff = Sha256::new();
-    let mut out = HashWriter {
-        inner: staged.as_file(),
-        hash: Sha256::new(),
-        n: 0,
+    let spool = repo.store().spool_dir()?;
+    let staged = tempfile::NamedTempFile::new_in(&spool)
+        .ctx(|| format!("creating a file in {}", spool.display()))?;
+    let file = staged.reopen().ctx(|| "reopening a spool file".into())?;
+    let mut out = HashCount::new(repo.spool_writer(file));
+    let diff = {
+        let z = zstd::Encoder::new(&mut out, 3).ctx(|| "starting zstd".into())?;
+        let mut plain = HashCount::new(z);
+        std::io::copy(&mut input, &mut plain).ctx(|| format!("compressing {}", tar.display()))?;
+        plain.inner.finish().ctx(|| "compressing a layer".into())?;
+        plain.hasher
     };
-    {
-        let mut z = zstd::Encoder::new(&mut out, 3).ctx(|| "starting zstd".into())?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = input
-                .read(&mut buf)
-                .ctx(|| format!("reading {}", tar.display()))?;
-            if n == 0 {
-                break;
-            }
-            diff.update(&buf[..n]);
-            z.write_all(&buf[..n])
-                .ctx(|| "compressing a layer".into())?;
-        }
-        z.finish().ctx(|| "compressing a layer".into())?;
-    }
-    let (digest, size) = (Digest::from_hasher(out.hash), out.n);
-    let path = staged.into_temp_path();
-    repo.put_blob_file(&path, &digest, size)?;
+    let (digest, size) = (Digest::from_hasher(out.hasher), out.count);
+    out.inner.finish().ctx(|| "writing a layer".into())?;
+    repo.put_spooled(&staged.into_temp_path(), &digest, size)?;
     Ok((
         Digest::from_hasher(diff),
         Descriptor::new(MT_LAYER_ZSTD, digest, size),
     ))
-}
-
-struct HashWriter<W> {
-    inner: W,
-    hash: Sha256,
-    n: u64,
-}
-
-impl<W: Write> Write for HashWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.n += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -828,16 +790,7 @@ fn release(engine: &Engine, held: &[Held]) -> Vec<String> {
     for h in held.iter().rev() {
         let id = h.id.clone();
         let r = if h.stopped {
-            engine.call(
-                &format!("starting container {} again", h.name),
-                |d| async move {
-                    d.start_container(
-                        &id,
-                        None::<bollard::query_parameters::StartContainerOptions>,
-                    )
-                    .await
-                },
-            )
+            engine.start_container(&id)
         } else {
             engine.call(&format!("unpausing container {}", h.name), |d| async move {
                 d.unpause_container(&id).await

@@ -107,6 +107,52 @@ impl Engine {
             .map_err(|e| engine_error(&self.host, what, e))
     }
 
+    /// The engine's view of one container (by name or id).
+    pub fn inspect_container(
+        &self,
+        name: &str,
+    ) -> Result<bollard::models::ContainerInspectResponse> {
+        let n = name.to_string();
+        self.call(&format!("inspecting container {name}"), |d| async move {
+            d.inspect_container(
+                &n,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+        })
+    }
+
+    pub fn start_container(&self, name: &str) -> Result<()> {
+        let n = name.to_string();
+        self.call(&format!("starting container {name}"), |d| async move {
+            d.start_container(&n, None::<bollard::query_parameters::StartContainerOptions>)
+                .await
+        })
+    }
+
+    /// Removes a container whatever its state (its named volumes stay).
+    pub fn remove_container(&self, name: &str) -> Result<()> {
+        let n = name.to_string();
+        self.call(&format!("removing container {name}"), |d| async move {
+            d.remove_container(
+                &n,
+                Some(
+                    bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                        .force(true)
+                        .build(),
+                ),
+            )
+            .await
+        })
+    }
+
+    pub fn inspect_volume(&self, name: &str) -> Result<bollard::models::Volume> {
+        let n = name.to_string();
+        self.call(&format!("inspecting volume {name}"), |d| async move {
+            d.inspect_volume(&n).await
+        })
+    }
+
     /// Runs an async block that makes several calls (streams, uploads).
     pub fn block_on<T>(&self, f: impl Future<Output = T>) -> T {
         self.rt.block_on(f)
@@ -162,6 +208,25 @@ impl Engine {
             .map(|s| s.containers)
             .unwrap_or_default())
     }
+}
+
+/// A request body's stream of a local file in 1 MiB pieces (image archives, volume
+/// contents), so memory stays bounded whatever its size.
+pub fn file_stream(
+    mut file: std::fs::File,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    use std::io::Read;
+    futures::stream::iter(std::iter::from_fn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        match file.read(&mut buf) {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some(Ok(bytes::Bytes::from(buf)))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }))
 }
 
 /// Which site labels put a container in: freezer's label wins over the compose project.

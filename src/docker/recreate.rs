@@ -5,14 +5,12 @@
 //! it); [`execute`] applies it and, on failure, removes what it created.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bollard::models::{ContainerCreateBody, EndpointSettings, NetworkConnectRequest};
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ImportImageOptionsBuilder, RemoveContainerOptionsBuilder,
-};
+use bollard::query_parameters::{CreateContainerOptionsBuilder, ImportImageOptionsBuilder};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -269,10 +267,7 @@ pub fn plan(
         // A container of another site with this name is never touched.
         if !existing.iter().any(|c| c.name == spec.name) {
             let name = spec.name.clone();
-            match engine.call(&format!("inspecting container {name}"), |d| async move {
-                d.inspect_container(&name, None::<bollard::query_parameters::InspectContainerOptions>)
-                    .await
-            }) {
+            match engine.inspect_container(&name) {
                 Ok(_) => {
                     return Err(Error::conflict(format!(
                         "a container named {} exists on the Docker engine at {} and is not part of site {target}",
@@ -340,11 +335,7 @@ pub fn plan(
                 if plan.volumes.iter().any(|v| v.name == name) {
                     continue;
                 }
-                let n = name.clone();
-                let action = match engine
-                    .call(&format!("inspecting volume {name}"), |d| async move {
-                        d.inspect_volume(&n).await
-                    }) {
+                let action = match engine.inspect_volume(&name) {
                     Ok(v) if local && dir_is_empty(Path::new(&v.mountpoint)) => "reuse",
                     // Through a remote engine a volume is replaced whole, and only when
                     // the containers it belongs to are frozen first.
@@ -677,23 +668,14 @@ pub fn execute(
         let id = safety()?;
         safety_snapshot = Some(id.clone());
         for name in &plan.replaces {
-            let n = name.clone();
-            engine
-                .call(&format!("removing container {name}"), |d| async move {
-                    d.remove_container(
-                        &n,
-                        Some(RemoveContainerOptionsBuilder::new().force(true).build()),
-                    )
-                    .await
-                })
-                .map_err(|e| {
-                    let mut e = e.with_hint(format!(
-                        "site {} is frozen as {}:{id}; thaw that to get it back",
-                        plan.target, plan.target
-                    ));
-                    e.kind = ErrorKind::Partial;
-                    e
-                })?;
+            engine.remove_container(name).map_err(|e| {
+                let mut e = e.with_hint(format!(
+                    "site {} is frozen as {}:{id}; thaw that to get it back",
+                    plan.target, plan.target
+                ));
+                e.kind = ErrorKind::Partial;
+                e
+            })?;
         }
     }
     // What this thaw creates is removed again if it fails or is interrupted.
@@ -848,11 +830,7 @@ fn apply(
             })?;
             list.volumes.push(step.name.clone());
         }
-        let n = step.name.clone();
-        let v = engine.call(
-            &format!("inspecting volume {}", step.name),
-            |d| async move { d.inspect_volume(&n).await },
-        )?;
+        let v = engine.inspect_volume(&step.name)?;
         mountpoints.insert(step.name.clone(), PathBuf::from(v.mountpoint));
         if !engine.is_local() {
             mountpoints.insert(step.name.clone(), stage.path().join(&step.name));
@@ -974,17 +952,7 @@ fn apply(
         let Some(tp) = plan.trees.remove(tree) else {
             continue;
         };
-        let n = spec.name.clone();
-        let info = engine.call(
-            &format!("inspecting container {}", spec.name),
-            |d| async move {
-                d.inspect_container(
-                    &n,
-                    None::<bollard::query_parameters::InspectContainerOptions>,
-                )
-                .await
-            },
-        )?;
+        let info = engine.inspect_container(&spec.name)?;
         let upper = info
             .graph_driver
             .filter(|g| g.name == "overlay2")
@@ -1027,13 +995,7 @@ fn apply(
             .find(|(s, _, _)| s.name == step.container)
             .expect("planned");
         let name = spec.name.clone();
-        engine.call(&format!("starting container {name}"), |d| async move {
-            d.start_container(
-                &name,
-                None::<bollard::query_parameters::StartContainerOptions>,
-            )
-            .await
-        })?;
+        engine.start_container(&name)?;
         let address = container_address(engine, &spec.name)?;
         let url = spec.database_url(&address).expect("checked by plan");
         progress.set_label(format!("waiting for the database in {}", spec.name));
@@ -1061,16 +1023,7 @@ fn apply(
             continue;
         }
         let name = spec.name.clone();
-        engine.call(
-            &format!("starting container {}", spec.name),
-            |d| async move {
-                d.start_container(
-                    &name,
-                    None::<bollard::query_parameters::StartContainerOptions>,
-                )
-                .await
-            },
-        )?;
+        engine.start_container(&name)?;
         if spec.state == "paused" {
             let name = spec.name.clone();
             engine.call(
@@ -1129,13 +1082,7 @@ fn push_through_helper(
     })?;
     let result = super::remote::push(engine, &helper, "/freezer-restore", dir);
     let name = helper.clone();
-    let _ = engine.call("removing a helper container", |d| async move {
-        d.remove_container(
-            &name,
-            Some(RemoveContainerOptionsBuilder::new().force(true).build()),
-        )
-        .await
-    });
+    let _ = engine.remove_container(&name);
     result?;
     Ok(PathBuf::from(format!("{}:{}", spec.name, m.destination)))
 }
@@ -1143,13 +1090,7 @@ fn push_through_helper(
 /// The container's address on its first network.
 fn container_address(engine: &Engine, name: &str) -> Result<String> {
     let n = name.to_string();
-    let info = engine.call(&format!("inspecting container {name}"), |d| async move {
-        d.inspect_container(
-            &n,
-            None::<bollard::query_parameters::InspectContainerOptions>,
-        )
-        .await
-    })?;
+    let info = engine.inspect_container(&n)?;
     info.network_settings
         .and_then(|n| n.networks)
         .and_then(|n| {
@@ -1291,24 +1232,13 @@ fn load_image(
             .and_then(|mut w| w.flush())
             .ctx(|| format!("writing {}", archive.display()))?;
     }
-    let mut file =
-        std::fs::File::open(&archive).ctx(|| format!("reading {}", archive.display()))?;
-    let body = futures::stream::iter(std::iter::from_fn(move || {
-        let mut buf = vec![0u8; 1 << 20];
-        match file.read(&mut buf) {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some(Ok(bytes::Bytes::from(buf)))
-            }
-            Err(e) => Some(Err(e)),
-        }
-    }));
+    let file = std::fs::File::open(&archive).ctx(|| format!("reading {}", archive.display()))?;
+    let body = bollard::body_try_stream(super::file_stream(file));
     engine.block_on(async {
         use futures::StreamExt;
         let mut s = engine.docker.import_image(
             ImportImageOptionsBuilder::new().quiet(true).build(),
-            bollard::body_try_stream(body),
+            body,
             None,
         );
         while let Some(item) = s.next().await {
@@ -1357,14 +1287,7 @@ fn undo(engine: &Engine, created: &Created) {
         }
     }
     for c in created.containers.iter().rev() {
-        let n = c.clone();
-        let _ = engine.call("removing a container", |d| async move {
-            d.remove_container(
-                &n,
-                Some(RemoveContainerOptionsBuilder::new().force(true).build()),
-            )
-            .await
-        });
+        let _ = engine.remove_container(c);
     }
     for v in created.volumes.iter().rev() {
         let n = v.clone();

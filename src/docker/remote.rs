@@ -290,24 +290,14 @@ pub fn push(engine: &Engine, container: &str, dest: &str, dir: &Path) -> Result<
     }
     use std::io::Seek;
     tmp.rewind().ctx(|| "reading a temporary file".into())?;
-    let body = futures::stream::iter(std::iter::from_fn(move || {
-        let mut buf = vec![0u8; 1 << 20];
-        match tmp.read(&mut buf) {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some(Ok(bytes::Bytes::from(buf)))
-            }
-            Err(e) => Some(Err(e)),
-        }
-    }));
+    let body = bollard::body_try_stream(super::file_stream(tmp));
     engine.call(
         &format!("writing {dest} of container {container}"),
         |d| async move {
             d.upload_to_container(
                 container,
                 Some(UploadToContainerOptionsBuilder::new().path(dest).build()),
-                bollard::body_try_stream(body),
+                body,
             )
             .await
         },

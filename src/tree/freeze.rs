@@ -443,10 +443,20 @@ struct FinishedPart {
 }
 
 /// Counts and hashes what passes through.
-struct HashCount<W> {
-    inner: W,
-    hasher: Sha256,
-    count: u64,
+pub struct HashCount<W> {
+    pub inner: W,
+    pub hasher: Sha256,
+    pub count: u64,
+}
+
+impl<W> HashCount<W> {
+    pub fn new(inner: W) -> Self {
+        HashCount {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
 }
 
 impl<W: Write> Write for HashCount<W> {
