@@ -16,8 +16,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
-use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
-use aes_gcm::Aes256Gcm;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -148,7 +147,7 @@ impl Keys {
         hex::encode(&Self::mac(&self.id_key, "site", site.as_bytes())[..16])
     }
 
-    fn object_key(&self, epoch: u32, salt: &[u8]) -> Result<Aes256Gcm> {
+    fn object_key(&self, epoch: u32, salt: &[u8]) -> Result<LessSafeKey> {
         let data_key = self.data_keys.get(&epoch).ok_or_else(|| {
             Error::new(
                 ErrorKind::Unreachable,
@@ -157,7 +156,9 @@ impl Keys {
             .with_hint("a key that was removed from the repository cannot read what was written after its removal")
         })?;
         let k = Self::mac(data_key, "object", salt);
-        Ok(Aes256Gcm::new_from_slice(&k).expect("32 bytes"))
+        Ok(LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, &k).expect("32 bytes"),
+        ))
     }
 
     /// The size of a sealed object of `n` plaintext bytes.
@@ -232,11 +233,13 @@ impl Keys {
     }
 }
 
-fn nonce(counter: u64, last: bool) -> [u8; 12] {
+/// Segment nonces never repeat under one key: each object has its own key (random salt)
+/// and numbers its segments.
+fn nonce(counter: u64, last: bool) -> Nonce {
     let mut n = [0u8; 12];
     n[..8].copy_from_slice(&counter.to_be_bytes());
     n[11] = last as u8;
-    n
+    Nonce::assume_unique_for_key(n)
 }
 
 fn damaged(name: &str, why: &str) -> Error {
@@ -248,7 +251,10 @@ fn damaged(name: &str, why: &str) -> Error {
 
 /// Seals segment by segment; `finish` seals the last one.
 pub struct Sealer<'a, W: Write> {
-    cipher: Aes256Gcm,
+    // ring's AES-GCM, not the aes-gcm crate: about six times faster on this project's
+    // machines (AES-NI with AVX2/VAES in assembly), which is most of what encryption
+    // costs a freeze. The bytes are the same standard AES-256-GCM.
+    cipher: LessSafeKey,
     header: Option<Vec<u8>>,
     aad: String,
     out: W,
@@ -265,14 +271,14 @@ impl<W: Write> Sealer<'_, W> {
         // In place: no copy of the segment on the way out.
         let tag = self
             .cipher
-            .encrypt_in_place_detached(
-                &nonce(self.counter, last).into(),
-                self.aad.as_bytes(),
+            .seal_in_place_separate_tag(
+                nonce(self.counter, last),
+                Aad::from(self.aad.as_bytes()),
                 &mut self.buf,
             )
             .map_err(|_| std::io::Error::other("encryption failed"))?;
         self.out.write_all(&self.buf)?;
-        self.out.write_all(&tag)?;
+        self.out.write_all(tag.as_ref())?;
         self.counter += 1;
         self.buf.clear();
         Ok(())
@@ -312,7 +318,7 @@ pub struct Opener<R> {
     aad: String,
     name: String,
     input: R,
-    cipher: Option<Aes256Gcm>,
+    cipher: Option<LessSafeKey>,
     plain: Vec<u8>,
     pos: usize,
     counter: u64,
@@ -352,7 +358,9 @@ impl<R: Read> Opener<R> {
                     .map_err(|e| crate::ops::prefix(e, &format!("opening {}", self.name)))?,
             );
         }
-        let mut seg = vec![0u8; SEGMENT + TAG];
+        // Decrypted in place, in the buffer of the previous segment.
+        let mut seg = std::mem::take(&mut self.plain);
+        seg.resize(SEGMENT + TAG, 0);
         let n = self
             .read_full(&mut seg)
             .map_err(|e| Error::io(format!("reading {}", self.name), e))?;
@@ -378,21 +386,21 @@ impl<R: Read> Opener<R> {
             .cipher
             .as_ref()
             .expect("set above")
-            .decrypt(
-                &nonce(self.counter, last).into(),
-                Payload {
-                    msg: &seg,
-                    aad: self.aad.as_bytes(),
-                },
+            .open_in_place(
+                nonce(self.counter, last),
+                Aad::from(self.aad.as_bytes()),
+                &mut seg,
             )
             .map_err(|_| {
                 damaged(
                     &self.name,
                     "its authentication failed (modified, truncated, or not the object stored under this name)",
                 )
-            })?;
+            })?
+            .len();
+        seg.truncate(plain);
         self.counter += 1;
-        self.plain = plain;
+        self.plain = seg;
         self.pos = 0;
         self.done = last;
         Ok(())
