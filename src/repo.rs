@@ -39,6 +39,9 @@ pub struct Repository {
     pub stats: TransferStats,
     /// The keyring of an encrypted repository (SPEC.md §14).
     keys: Option<Keys>,
+    /// Encrypted records read by `list_snapshots` to learn their site, kept (decrypted)
+    /// until `read_snapshot` takes them, so listing and then reading costs one GET each.
+    listed_records: std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>,
 }
 
 /// A snapshot as named in the repository, before its record is read.
@@ -135,6 +138,7 @@ impl Repository {
         // The config goes last: its presence is what makes this a repository.
         store.put(REPO_CONFIG_KEY, &to_json(&config))?;
         Ok(Repository {
+            listed_records: Default::default(),
             store: store.into(),
             config,
             stats: Default::default(),
@@ -196,6 +200,7 @@ impl Repository {
             }
         };
         Ok(Repository {
+            listed_records: Default::default(),
             store: store.into(),
             config,
             stats: Default::default(),
@@ -466,11 +471,11 @@ impl Repository {
         Ok(out)
     }
 
-    /// Reads a record and checks it against the digest prefix in its name.
     /// The site an encrypted record belongs to, read from the record.
     fn record_site(&self, dir: &str, id: &str) -> Result<String> {
         let key = format!("{SNAPSHOTS_PREFIX}{dir}/{id}.json");
-        let record: ImageIndex = from_json(&self.get_object(&key, &key)?, &key)?;
+        let data = self.get_object(&key, &key)?;
+        let record: ImageIndex = from_json(&data, &key)?;
         let site = record.annotations.get(A_SITE).cloned().unwrap_or_default();
         if self.site_dir(&site) != dir {
             return Err(Error::integrity(format!(
@@ -478,12 +483,18 @@ impl Repository {
                 self.location()
             )));
         }
+        self.listed_records.lock().unwrap().insert(key, data);
         Ok(site)
     }
 
+    /// Reads a record and checks it against the digest prefix in its name.
     pub fn read_snapshot(&self, r: &SnapshotRef) -> Result<Snapshot> {
         let key = self.record_key(r);
-        let data = self.get_object(&key, &key)?;
+        let listed = self.listed_records.lock().unwrap().remove(&key);
+        let data = match listed {
+            Some(data) => data,
+            None => self.get_object(&key, &key)?,
+        };
         let hash = hex::encode(Sha256::digest(&data));
         let expected = r.id.rsplit('-').next().unwrap_or("");
         if expected.len() != 12 || !hash.starts_with(expected) {
