@@ -229,13 +229,12 @@ fn try_acquire(
         lock.stop.clone(),
     );
     lock.heartbeat = Some(std::thread::spawn(move || {
-        let step = Duration::from_millis(250);
-        let mut waited = Duration::ZERO;
+        // Parked, not sleeping: the release unparks it, so a run ends without waiting.
+        let mut last = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(step);
-            waited += step;
-            if waited >= HEARTBEAT {
-                waited = Duration::ZERO;
+            std::thread::park_timeout(HEARTBEAT.saturating_sub(last.elapsed()));
+            if !stop.load(Ordering::Relaxed) && last.elapsed() >= HEARTBEAT {
+                last = std::time::Instant::now();
                 let _ = store.put(&key, &crate::format::to_json(&info));
             }
         }
@@ -264,6 +263,7 @@ impl Drop for Lock {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.heartbeat.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
         if !(self.delete_on_release && self.store.delete(&self.key).is_ok()) {

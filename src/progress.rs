@@ -56,7 +56,7 @@ pub fn start(progress: Arc<Progress>, mode: Mode) -> ProgressGuard {
         Some(std::thread::spawn(move || {
             let start = Instant::now();
             while !p.stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(200));
+                std::thread::park_timeout(Duration::from_millis(200));
                 let line = render(&p, start.elapsed());
                 eprint!("\r\x1b[2K{line}");
                 let _ = std::io::stderr().flush();
@@ -70,7 +70,7 @@ pub fn start(progress: Arc<Progress>, mode: Mode) -> ProgressGuard {
         Some(std::thread::spawn(move || {
             let mut next = JSON_EVERY;
             while !p.stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::park_timeout(Duration::from_millis(100));
                 let elapsed = start.elapsed();
                 if elapsed >= next {
                     next += JSON_EVERY;
@@ -101,6 +101,8 @@ impl Drop for ProgressGuard {
     fn drop(&mut self) {
         self.progress.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
+            // The thread parks between updates; waking it ends the run without a wait.
+            t.thread().unpark();
             let _ = t.join();
             if self.progress.drawn.load(Ordering::Relaxed) {
                 eprint!("\r\x1b[2K");
