@@ -1,0 +1,149 @@
+//! Bringing a hydrated snapshot back on a Docker engine: images, networks, volumes (their
+//! contents restored as trees), then containers in their captured state.
+//!
+//! [`plan`] reads and checks everything first and changes nothing (`--dry-run` prints
+//! it); [`execute`] applies it and, on failure, removes what it created.
+
+mod apply;
+mod plan;
+
+pub use apply::*;
+pub use plan::*;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::capture::{ContainerSpec, NetworkSpec};
+use crate::format::*;
+use crate::repo::Snapshot;
+use crate::tree::thaw::TreePlan;
+
+/// `thaw`'s options for a Docker site.
+#[derive(Debug, Default, Clone)]
+pub struct SiteOptions {
+    /// `--as NAME`: the site's new name (containers, volumes, networks, labels).
+    pub rename: Option<String>,
+    /// `--publish OLD=NEW`: host ports to publish elsewhere.
+    pub publish: Vec<(String, String)>,
+    /// `--replace`: an existing site of the same name is frozen, then replaced.
+    pub replace: bool,
+    /// `--into DIR`: bind-mounted directories are restored under DIR.
+    pub bind_root: Option<PathBuf>,
+    /// A restore drill: no published ports, no restart policy.
+    pub isolated: bool,
+}
+
+/// What a thaw will do on the engine; printed by `--dry-run`.
+#[derive(Serialize)]
+pub struct SitePlan {
+    pub site: String,
+    pub snapshot: String,
+    /// The name the site gets on the engine.
+    pub target: String,
+    pub engine: String,
+    /// Containers of the target site on the engine now: frozen as a safety snapshot,
+    /// then removed (only with --replace).
+    pub replaces: Vec<String>,
+    /// Volumes and directories whose contents are replaced (only with --replace), as
+    /// (tree name, path): frozen first when there are no containers to freeze them with.
+    pub replaced_paths: Vec<(String, PathBuf)>,
+    pub images: Vec<ImageStep>,
+    pub networks: Vec<Step>,
+    pub volumes: Vec<Step>,
+    /// Bind-mounted directories: tree, destination.
+    pub binds: Vec<Step>,
+    pub containers: Vec<ContainerStep>,
+    /// What the pre-flight checked, for the printed plan.
+    pub checks: Vec<String>,
+    /// Dumps loaded into database containers (dehydrated snapshots).
+    pub databases: Vec<DbStep>,
+    #[serde(skip)]
+    specs: Vec<(ContainerSpec, ImageManifest, Digest)>,
+    #[serde(skip)]
+    dumps: Vec<crate::db::DbManifest>,
+    #[serde(skip)]
+    trees: HashMap<String, TreePlan>,
+    #[serde(skip)]
+    snap: Snapshot,
+    #[serde(skip)]
+    network_specs: BTreeMap<String, NetworkSpec>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Step {
+    pub name: String,
+    /// `create`, `reuse` (networks), `replace` (contents of an existing volume or
+    /// directory, with --replace).
+    pub action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tree: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DbStep {
+    pub database: String,
+    /// The container whose server gets it, once it accepts connections.
+    pub container: String,
+    pub tables: usize,
+    pub rows: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ImageStep {
+    pub image: String,
+    /// `present` (the engine has it) or `load` (from the snapshot).
+    pub action: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ContainerStep {
+    pub name: String,
+    pub image: String,
+    /// The state it is brought back to: `running`, `paused`, `exited`, `created`.
+    pub state: String,
+    /// Published ports as HOST_IP:HOST_PORT->PORT/PROTO.
+    pub ports: Vec<String>,
+}
+
+/// Renames a container, volume or network of site `old` for site `new`: the site prefix
+/// compose puts on names is replaced, other names get the new site's name in front.
+pub fn rename(name: &str, old: &str, new: &str) -> String {
+    if old == new {
+        return name.to_string();
+    }
+    if name == old {
+        return new.to_string();
+    }
+    match name.strip_prefix(old) {
+        Some(rest) if rest.starts_with(['-', '_', '.']) => format!("{new}{rest}"),
+        _ => format!("{new}-{name}"),
+    }
+}
+
+/// Where a renamed site's bind-mounted directory goes, so the copy never shares the
+/// original's: the last path component named after the site is renamed
+/// (`/srv/shop/files` → `/srv/copy/files`); without one, the directory gets the new name
+/// as a suffix (`/srv/files` → `/srv/files.copy`).
+pub fn rename_path(path: &str, old: &str, new: &str) -> String {
+    if old == new {
+        return path.to_string();
+    }
+    let mut parts: Vec<String> = path.split('/').map(str::to_string).collect();
+    let named = parts.iter().rposition(|p| {
+        p == old
+            || p.strip_prefix(old)
+                .is_some_and(|r| r.starts_with(['-', '_', '.']))
+    });
+    match named {
+        Some(i) => parts[i] = rename(&parts[i], old, new),
+        None => {
+            let last = parts.len() - 1;
+            parts[last] = format!("{}.{new}", parts[last]);
+        }
+    }
+    parts.join("/")
+}

@@ -1,0 +1,478 @@
+//! Planning a thaw onto an engine: read the snapshot, rename for `--as`, check the engine.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::docker::capture::{ContainerSpec, CONFIG_KEY};
+use crate::docker::{Engine, COMPOSE_PROJECT, SITE_LABEL};
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::*;
+use crate::repo::{Repository, Snapshot};
+use crate::tree::thaw::TreePlan;
+
+/// Reads the snapshot's containers and trees and checks the engine: nothing is changed.
+pub fn plan(
+    repo: &Repository,
+    engine: &Engine,
+    snap: Snapshot,
+    opts: &SiteOptions,
+) -> Result<SitePlan> {
+    // A local engine's volumes are written where they are; a remote one's through the
+    // engine, after the containers are created (see `remote`).
+    let local = engine.is_local();
+    let site = snap.site.clone();
+    let target = opts.rename.clone().unwrap_or_else(|| site.clone());
+    crate::repo::check_site_name(&target)?;
+    let mut specs = Vec::new();
+    let mut trees = HashMap::new();
+    let mut dumps = Vec::new();
+    for m in &snap.record.manifests {
+        let what = format!("snapshot {site}:{}", snap.id);
+        if let Some(db) = m.annotations.get(crate::db::A_DB_NAME) {
+            let (_, manifest) = crate::db::load::read_manifest(repo, &m.digest)
+                .map_err(|e| crate::ops::prefix(e, &format!("{what} database {db}")))?;
+            dumps.push(manifest);
+            continue;
+        }
+        let manifest: ImageManifest = from_json(&repo.read_blob(&m.digest)?, &m.digest.key())?;
+        if m.annotations
+            .contains_key(crate::docker::capture::A_CONTAINER_NAME)
+        {
+            let config: Value = from_json(
+                &repo.read_blob(&manifest.config.digest)?,
+                &manifest.config.digest.key(),
+            )?;
+            let spec: ContainerSpec =
+                serde_json::from_value(config[CONFIG_KEY].clone()).map_err(|e| {
+                    Error::integrity(format!(
+                        "{what}: container configuration {} is not valid: {e}",
+                        manifest.config.digest.key()
+                    ))
+                })?;
+            specs.push((spec, manifest, m.digest.clone()));
+        } else if let Some(tree) = m.annotations.get(A_TREE_NAME) {
+            let plan = TreePlan::load(repo, &m.digest)
+                .map_err(|e| crate::ops::prefix(e, &format!("{what} tree {tree}")))?;
+            trees.insert(tree.clone(), plan);
+        }
+    }
+    if specs.is_empty() {
+        return Err(Error::usage(format!(
+            "snapshot {site}:{} holds no containers",
+            snap.id
+        )));
+    }
+
+    // The engine: reachable, and of the architecture the containers were built for.
+    let info = engine.call("asking the engine for its properties", |d| async move {
+        d.info().await
+    })?;
+    let arch = match info.architecture.as_deref().unwrap_or("") {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+    .to_string();
+    let root = info.docker_root_dir.clone().unwrap_or_default();
+    let mut checks = vec![format!(
+        "engine {} answers: Docker {}, {arch}, data in {root}",
+        engine.host,
+        info.server_version.as_deref().unwrap_or("?"),
+    )];
+    if let Some((spec, _, _)) = specs
+        .iter()
+        .find(|(s, _, _)| !arch.is_empty() && s.platform.architecture != arch)
+    {
+        return Err(Error::conflict(format!(
+            "container {} was frozen on {}; the Docker engine at {} runs {arch}",
+            spec.name, spec.platform.architecture, engine.host
+        ))
+        .with_hint("thaw onto a host of the same CPU architecture"));
+    }
+
+    // What is on the engine now.
+    let existing = engine.site_containers(&target)?;
+    if !existing.is_empty() && !opts.replace {
+        return Err(Error::conflict(format!(
+            "site {target} exists on the Docker engine at {} ({})",
+            engine.host,
+            existing.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+        ))
+        .with_hint(
+            "pass --replace to replace it (it is frozen first, as a safety snapshot), or --as NAME to run a copy beside it",
+        ));
+    }
+
+    let mut plan = SitePlan {
+        site: site.clone(),
+        snapshot: snap.id.clone(),
+        target: target.clone(),
+        engine: engine.host.clone(),
+        replaces: existing.iter().map(|c| c.name.clone()).collect(),
+        replaced_paths: vec![],
+        images: vec![],
+        networks: vec![],
+        volumes: vec![],
+        binds: vec![],
+        containers: vec![],
+        checks: vec![],
+        databases: vec![],
+        specs: vec![],
+        dumps: vec![],
+        trees: HashMap::new(),
+        snap: snap.clone(),
+        network_specs: BTreeMap::new(),
+    };
+    for (mut spec, manifest, digest) in specs {
+        rename_spec(&mut spec, &site, &target, opts);
+        // A container of another site with this name is never touched.
+        if !existing.iter().any(|c| c.name == spec.name) {
+            let name = spec.name.clone();
+            match engine.inspect_container(&name) {
+                Ok(_) => {
+                    return Err(Error::conflict(format!(
+                        "a container named {} exists on the Docker engine at {} and is not part of site {target}",
+                        spec.name, engine.host
+                    ))
+                    .with_hint("remove or rename it, or thaw with --as NAME"))
+                }
+                Err(e) if e.kind == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !plan.images.iter().any(|i| i.image == spec.image) {
+            let image = spec.image.clone();
+            let action = match engine.call(&format!("inspecting image {image}"), |d| async move {
+                d.inspect_image(&image).await
+            }) {
+                Ok(_) => "present",
+                Err(e) if e.kind == ErrorKind::NotFound => {
+                    if manifest.layers.is_empty() {
+                        return Err(Error::not_found(format!(
+                            "image {} of container {} is not on the Docker engine at {}, and snapshot {site}:{} does not hold it",
+                            spec.image, spec.name, engine.host, snap.id
+                        ))
+                        .with_hint("pull or load the image on that engine first, or freeze the site with --with-images"));
+                    }
+                    "load"
+                }
+                Err(e) => return Err(e),
+            };
+            plan.images.push(ImageStep {
+                image: spec.image.clone(),
+                action,
+            });
+        }
+        for (net, ns) in &spec.networks {
+            if plan.network_specs.contains_key(net) {
+                continue;
+            }
+            let n = net.clone();
+            let action = match engine.call(&format!("inspecting network {net}"), |d| async move {
+                d.inspect_network(&n, None::<bollard::query_parameters::InspectNetworkOptions>)
+                    .await
+            }) {
+                Ok(_) => "reuse",
+                Err(e) if e.kind == ErrorKind::NotFound => "create",
+                Err(e) => return Err(e),
+            };
+            plan.networks.push(Step {
+                name: net.clone(),
+                action,
+                tree: None,
+                path: None,
+            });
+            plan.network_specs.insert(net.clone(), ns.clone());
+        }
+        for m in &spec.mounts {
+            if !m.tree.is_empty() && !trees.contains_key(&m.tree) {
+                return Err(Error::integrity(format!(
+                    "snapshot {site}:{}: container {} mounts tree {}, which the snapshot does not hold",
+                    snap.id, spec.name, m.tree
+                )));
+            }
+            if m.kind == "volume" {
+                let name = m.name.clone().unwrap_or_default();
+                if plan.volumes.iter().any(|v| v.name == name) {
+                    continue;
+                }
+                let action = match engine.inspect_volume(&name) {
+                    Ok(v) if local && dir_is_empty(Path::new(&v.mountpoint)) => "reuse",
+                    // Through a remote engine a volume is replaced whole, and only when
+                    // the containers it belongs to are frozen first.
+                    Ok(_) if !local && opts.replace && !existing.is_empty() => "recreate",
+                    Ok(_) if !local => {
+                        return Err(Error::conflict(format!(
+                            "volume {name} exists on the Docker engine at {}",
+                            engine.host
+                        ))
+                        .with_hint("remove it, or thaw with --as NAME"))
+                    }
+                    Ok(v) if opts.replace => {
+                        plan.replaced_paths.push((
+                            crate::docker::capture::tree_name("volume", &name),
+                            PathBuf::from(&v.mountpoint),
+                        ));
+                        if m.tree.is_empty() {
+                            "recreate"
+                        } else {
+                            "replace"
+                        }
+                    }
+                    Ok(_) => {
+                        return Err(Error::conflict(format!(
+                            "volume {name} exists on the Docker engine at {} and is not empty",
+                            engine.host
+                        ))
+                        .with_hint(
+                            "pass --replace to replace its contents, or thaw with --as NAME",
+                        ))
+                    }
+                    Err(e) if e.kind == ErrorKind::NotFound => "create",
+                    Err(e) => return Err(e),
+                };
+                plan.volumes.push(Step {
+                    name,
+                    action,
+                    tree: Some(m.tree.clone()).filter(|t| !t.is_empty()),
+                    path: None,
+                });
+            } else {
+                let path = PathBuf::from(&m.source);
+                if plan.binds.iter().any(|b| b.path.as_ref() == Some(&path)) {
+                    continue;
+                }
+                let action = if !local {
+                    // Written through the engine into the (created) directory.
+                    "write"
+                } else if dir_is_empty(&path) {
+                    "create"
+                } else if opts.replace {
+                    plan.replaced_paths.push((
+                        crate::docker::capture::tree_name("bind", m.source.trim_start_matches('/')),
+                        path.clone(),
+                    ));
+                    "replace"
+                } else {
+                    return Err(Error::conflict(format!(
+                        "{} (bind-mounted by container {}) exists and is not empty",
+                        path.display(),
+                        spec.name
+                    ))
+                    .with_hint("pass --replace to replace it, or --into DIR to restore bind-mounted directories under DIR"));
+                };
+                plan.binds.push(Step {
+                    name: m.destination.clone(),
+                    action,
+                    tree: Some(m.tree.clone()),
+                    path: Some(path),
+                });
+            }
+        }
+        // Pre-flight: a host port that is taken would fail the start after everything
+        // else is created. (A replaced site's own ports are freed when it is removed.)
+        if existing.is_empty() && local {
+            for (ip, port) in host_ports(&spec.host_config) {
+                let addr = if ip.is_empty() {
+                    "0.0.0.0"
+                } else {
+                    ip.as_str()
+                };
+                if std::net::TcpListener::bind((addr, port)).is_err() {
+                    return Err(Error::conflict(format!(
+                        "port {addr}:{port}, published by container {}, is in use on this host",
+                        spec.name
+                    ))
+                    .with_hint(format!(
+                        "publish it elsewhere with --publish {port}=OTHER, or stop what uses it"
+                    )));
+                }
+            }
+        }
+        if spec.writable_layer.is_some() && !local {
+            return Err(Error::usage(format!(
+                "container {} has a stored writable layer, which can be restored only on a local engine with overlay2",
+                spec.name
+            )));
+        }
+        plan.containers.push(ContainerStep {
+            name: spec.name.clone(),
+            image: spec.image.clone(),
+            state: spec.state.clone(),
+            ports: ports(&spec.host_config),
+        });
+        if let Some(db) = &spec.database {
+            if let Some(d) = dumps.iter().find(|d| &d.database == db) {
+                if spec.database_url("127.0.0.1").is_none() {
+                    return Err(Error::usage(format!(
+                        "container {} holds database {db}, but its environment has no credentials (MARIADB_USER/MARIADB_PASSWORD or MARIADB_ROOT_PASSWORD) to load it with",
+                        spec.name
+                    )));
+                }
+                plan.databases.push(DbStep {
+                    database: db.clone(),
+                    container: spec.name.clone(),
+                    tables: d.tables.len(),
+                    rows: d.tables.iter().map(|t| t.rows).sum(),
+                });
+            }
+        }
+        plan.specs.push((spec, manifest, digest));
+    }
+    // In load order: the plan's database steps, each with its dump.
+    let mut ordered = Vec::new();
+    for step in &plan.databases {
+        let i = dumps
+            .iter()
+            .position(|d| d.database == step.database)
+            .expect("matched above");
+        ordered.push(dumps.remove(i));
+    }
+    if let Some(d) = dumps.first() {
+        return Err(Error::usage(format!(
+            "snapshot {site}:{} holds database {}, which no container of the site serves",
+            snap.id, d.database
+        ))
+        .with_hint("freeze the site hydrated, or dump that database on its own with --db"));
+    }
+    plan.dumps = ordered;
+    // Room for every tree: volumes under the engine's data root, directories where they go.
+    let mut need: HashMap<PathBuf, u64> = HashMap::new();
+    for v in &plan.volumes {
+        if let Some(t) = v.tree.as_ref().and_then(|t| trees.get(t)) {
+            *need.entry(PathBuf::from(&root)).or_default() += t.trailer.bytes;
+        }
+    }
+    for b in &plan.binds {
+        if let (Some(t), Some(p)) = (b.tree.as_ref().and_then(|t| trees.get(t)), &b.path) {
+            *need.entry(crate::ops::existing_ancestor(p)).or_default() += t.trailer.bytes;
+        }
+    }
+    if local {
+        crate::ops::check_free_space(&need)?;
+    }
+    let total: u64 = need.values().sum();
+    checks.push(format!(
+        "space for {} of files",
+        crate::progress::bytes(total)
+    ));
+    let loads = plan.images.iter().filter(|i| i.action == "load").count();
+    checks.push(format!(
+        "images: {} on the engine, {loads} to load from the snapshot",
+        plan.images.len() - loads
+    ));
+    checks.push("no name, volume, directory or published port in the way".into());
+    plan.checks = checks;
+    plan.trees = trees;
+    Ok(plan)
+}
+
+fn dir_is_empty(p: &Path) -> bool {
+    std::fs::read_dir(p).map_or(true, |mut d| d.next().is_none())
+}
+
+/// Published TCP host ports: (host IP, port).
+fn host_ports(host_config: &Value) -> Vec<(String, u16)> {
+    let mut out = Vec::new();
+    if let Some(map) = host_config["PortBindings"].as_object() {
+        for (port, binds) in map {
+            if !port.ends_with("/tcp") {
+                continue;
+            }
+            for b in binds.as_array().into_iter().flatten() {
+                if let Some(p) = b["HostPort"].as_str().and_then(|p| p.parse().ok()) {
+                    out.push((b["HostIp"].as_str().unwrap_or("").to_string(), p));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn ports(host_config: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(map) = host_config["PortBindings"].as_object() {
+        for (port, binds) in map {
+            for b in binds.as_array().into_iter().flatten() {
+                out.push(format!(
+                    "{}:{}->{port}",
+                    b["HostIp"].as_str().unwrap_or(""),
+                    b["HostPort"].as_str().unwrap_or("")
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Applies `--as`, `--publish` and `--into` to a captured container.
+fn rename_spec(spec: &mut ContainerSpec, old: &str, new: &str, opts: &SiteOptions) {
+    spec.name = rename(&spec.name, old, new);
+    for key in [SITE_LABEL, COMPOSE_PROJECT] {
+        if let Some(v) = spec.config["Labels"].get_mut(key) {
+            *v = Value::String(new.to_string());
+        }
+    }
+    if old != new && spec.config["Labels"].get(COMPOSE_PROJECT).is_none() {
+        // Keep the copy findable as a site of its own.
+        if let Some(labels) = spec.config["Labels"].as_object_mut() {
+            labels.insert(SITE_LABEL.into(), Value::String(new.to_string()));
+        } else {
+            spec.config["Labels"] = json!({ SITE_LABEL: new });
+        }
+    }
+    spec.networks = std::mem::take(&mut spec.networks)
+        .into_iter()
+        .map(|(n, mut ns)| {
+            for key in [SITE_LABEL, COMPOSE_PROJECT] {
+                if let Some(v) = ns.labels.get_mut(key) {
+                    *v = new.to_string();
+                }
+            }
+            (rename(&n, old, new), ns)
+        })
+        .collect();
+    if let Some(mode) = spec.host_config["NetworkMode"].as_str() {
+        if !matches!(mode, "default" | "bridge" | "host" | "none")
+            && !mode.starts_with("container:")
+        {
+            spec.host_config["NetworkMode"] = Value::String(rename(mode, old, new));
+        }
+    }
+    for m in &mut spec.mounts {
+        if let Some(name) = &m.name {
+            m.name = Some(rename(name, old, new));
+            for key in [SITE_LABEL, COMPOSE_PROJECT] {
+                if let Some(v) = m.labels.get_mut(key) {
+                    *v = new.to_string();
+                }
+            }
+        } else if let Some(root) = &opts.bind_root {
+            m.source = root
+                .join(m.source.trim_start_matches('/'))
+                .display()
+                .to_string();
+        } else {
+            m.source = rename_path(&m.source, old, new);
+        }
+    }
+    if opts.isolated {
+        spec.host_config["PortBindings"] = json!({});
+        spec.host_config["PublishAllPorts"] = Value::Bool(false);
+        spec.host_config["RestartPolicy"] = json!({"Name": "no"});
+    }
+    if let Some(map) = spec.host_config["PortBindings"].as_object_mut() {
+        for binds in map.values_mut() {
+            for b in binds.as_array_mut().into_iter().flatten() {
+                if let Some(p) = b["HostPort"].as_str() {
+                    if let Some((_, to)) = opts.publish.iter().find(|(from, _)| from == p) {
+                        b["HostPort"] = Value::String(to.clone());
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! `freezer export`: a snapshot as a standalone OCI image layout.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use super::*;
+use crate::error::{Error, IoContext, Result};
+use crate::format::*;
+use crate::repo::Repository;
+
+#[derive(Debug, Serialize)]
+pub struct ExportReport {
+    pub site: String,
+    pub snapshot: String,
+    /// The repository is encrypted and the layout was written decrypted (plaintext).
+    pub decrypted: bool,
+    pub dir: PathBuf,
+    pub refs: Vec<String>,
+    pub blobs: u64,
+    pub bytes: u64,
+}
+
+/// Writes one snapshot as a standalone OCI image layout, one image per tree, each named
+/// by its tree name (`skopeo inspect oci:DIR:NAME`).
+pub fn export(
+    repo: &Repository,
+    site: &str,
+    snap: Option<&str>,
+    dir: &Path,
+    gzip: bool,
+) -> Result<ExportReport> {
+    let snapshot = repo.find_snapshot(site, snap)?;
+    if dir.exists()
+        && fs::read_dir(dir)
+            .ctx(|| format!("reading {}", dir.display()))?
+            .next()
+            .is_some()
+    {
+        return Err(
+            Error::conflict(format!("{} exists and is not empty", dir.display()))
+                .with_hint("export into a new directory"),
+        );
+    }
+    let blob_dir = dir.join("blobs/sha256");
+    fs::create_dir_all(&blob_dir).ctx(|| format!("creating {}", blob_dir.display()))?;
+    let mut report = ExportReport {
+        site: site.into(),
+        snapshot: snapshot.id.clone(),
+        decrypted: repo.keys().is_some(),
+        dir: dir.to_path_buf(),
+        refs: vec![],
+        blobs: 0,
+        bytes: 0,
+    };
+    let mut copied: BTreeSet<Digest> = BTreeSet::new();
+    let (blobs, bytes) = (AtomicU64::new(0), AtomicU64::new(0));
+    let count = |n: u64| {
+        blobs.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(n, Ordering::Relaxed);
+    };
+    let mut copy = |d: &Digest| -> Result<()> {
+        if !copied.insert(d.clone()) {
+            return Ok(());
+        }
+        let dest = blob_dir.join(d.hex());
+        let mut tmp = tempfile::NamedTempFile::new_in(&blob_dir)
+            .ctx(|| format!("creating a file in {}", blob_dir.display()))?;
+        let mut r = repo.open_blob(d)?;
+        let n =
+            std::io::copy(&mut r, tmp.as_file_mut()).ctx(|| format!("exporting {}", d.key()))?;
+        tmp.as_file_mut()
+            .flush()
+            .ctx(|| format!("writing {}", dest.display()))?;
+        tmp.persist(&dest)
+            .map_err(|e| Error::io(format!("writing {}", dest.display()), e.error))?;
+        count(n);
+        Ok(())
+    };
+    let mut index = ImageIndex {
+        schema_version: 2,
+        media_type: MT_INDEX.into(),
+        manifests: vec![],
+        annotations: Annotations::new(),
+    };
+    for m in &snapshot.record.manifests {
+        let mut manifest: ImageManifest = from_json(&repo.read_blob(&m.digest)?, &m.digest.key())?;
+        let (blobs, err) = image_blobs(&manifest);
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let mut d = m.clone();
+        if gzip && !manifest.layers.is_empty() {
+            // The same layers (same diff_ids, so the config stays), compressed anew: a new
+            // manifest names them.
+            for l in &mut manifest.layers {
+                if l.media_type == MT_LAYER_ZSTD {
+                    *l = regzip(repo, l, &blob_dir)?;
+                    count(l.size);
+                }
+            }
+            for b in blobs.iter().filter(|b| b.media_type != MT_LAYER_ZSTD) {
+                copy(&b.digest)?;
+            }
+            let data = to_json(&manifest);
+            let digest = Digest::of(&data);
+            fs::write(blob_dir.join(digest.hex()), &data)
+                .ctx(|| format!("writing {}", blob_dir.join(digest.hex()).display()))?;
+            count(data.len() as u64);
+            d.digest = digest;
+            d.size = data.len() as u64;
+        } else {
+            copy(&m.digest)?;
+            for b in &blobs {
+                copy(&b.digest)?;
+            }
+        }
+        d.annotations.insert(A_SITE.into(), site.into());
+        d.annotations
+            .insert("dev.freezer.snapshot".into(), snapshot.id.clone());
+        if let Some(c) = snapshot.record.annotations.get(A_CREATED) {
+            d.annotations.insert(A_CREATED.into(), c.clone());
+        }
+        if let Some(name) = d.annotations.get(A_REF_NAME) {
+            report.refs.push(name.clone());
+        }
+        index.manifests.push(d);
+    }
+    report.blobs = blobs.into_inner();
+    report.bytes = bytes.into_inner();
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .ctx(|| format!("writing {}/oci-layout", dir.display()))?;
+    fs::write(dir.join("index.json"), to_json(&index))
+        .ctx(|| format!("writing {}/index.json", dir.display()))?;
+    Ok(report)
+}
+
+/// Writes a zstd layer of the repository into `blob_dir` as a gzip layer (verified as it
+/// streams); returns its descriptor.
+fn regzip(repo: &Repository, layer: &Descriptor, blob_dir: &Path) -> Result<Descriptor> {
+    let mut tmp = tempfile::NamedTempFile::new_in(blob_dir)
+        .ctx(|| format!("creating a file in {}", blob_dir.display()))?;
+    let mut r = repo.open_blob(&layer.digest)?;
+    let mut hash = <sha2::Sha256 as sha2::Digest>::new();
+    let mut size = 0u64;
+    {
+        struct Tee<'a, W> {
+            w: W,
+            hash: &'a mut sha2::Sha256,
+            size: &'a mut u64,
+        }
+        impl<W: Write> Write for Tee<'_, W> {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                let n = self.w.write(b)?;
+                sha2::Digest::update(self.hash, &b[..n]);
+                *self.size += n as u64;
+                Ok(n)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                self.w.flush()
+            }
+        }
+        let tee = Tee {
+            w: std::io::BufWriter::new(tmp.as_file_mut()),
+            hash: &mut hash,
+            size: &mut size,
+        };
+        let mut gz = flate2::write::GzEncoder::new(tee, flate2::Compression::fast());
+        let mut z = zstd::Decoder::new(&mut r).ctx(|| format!("reading {}", layer.digest.key()))?;
+        std::io::copy(&mut z, &mut gz).ctx(|| format!("recompressing {}", layer.digest.key()))?;
+        gz.finish()
+            .and_then(|mut t| t.flush())
+            .ctx(|| format!("writing {}", blob_dir.display()))?;
+    }
+    std::io::copy(&mut r, &mut std::io::sink())
+        .ctx(|| format!("reading {}", layer.digest.key()))?;
+    r.finish()?;
+    let digest = Digest::from_hasher(hash);
+    let dest = blob_dir.join(digest.hex());
+    tmp.persist(&dest)
+        .map_err(|e| Error::io(format!("writing {}", dest.display()), e.error))?;
+    let mut d = Descriptor::new(MT_LAYER_GZIP, digest, size);
+    d.annotations = layer.annotations.clone();
+    Ok(d)
+}

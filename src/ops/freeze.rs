@@ -1,0 +1,408 @@
+//! `freezer freeze`: plan what a site is made of (trees, databases, containers), then
+//! store it as one snapshot record.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+
+use super::*;
+use crate::db::dump::{freeze_database, DbReport, DumpOptions};
+use crate::db::{DbManifest, DbUrl, A_DB_NAME};
+use crate::docker::capture::{
+    store_container, CapturedSite, KnownLayers, WindowReport, A_CONTAINER_NAME,
+};
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::format::*;
+use crate::progress::Progress;
+use crate::repo::{Repository, SnapshotRef};
+use crate::tree::{freeze_tree, FreezeStats, PrevTree};
+
+#[derive(Debug, Serialize)]
+pub struct FreezePlan {
+    pub site: String,
+    pub repo: String,
+    pub trees: Vec<TreeSpec>,
+    pub databases: Vec<DbUrl>,
+    /// Connections per database dump.
+    pub db_jobs: usize,
+    /// Target uncompressed size of a dump chunk.
+    pub db_chunk_bytes: u64,
+    /// Also dump the accounts with privileges on each database.
+    pub db_with_users: bool,
+    /// How long to wait for a running prune before giving up.
+    #[serde(skip)]
+    pub lock_wait: std::time::Duration,
+    /// The snapshot whose indexes let unchanged files be skipped.
+    pub parent: Option<String>,
+    /// The containers of a Docker site (hydrated freeze); its trees are their mounts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerFreeze>,
+}
+
+/// A Docker site to freeze hydrated.
+#[derive(Serialize)]
+pub struct DockerFreeze {
+    #[serde(skip)]
+    pub engine: crate::docker::Engine,
+    pub engine_host: String,
+    #[serde(rename = "containers", serialize_with = "container_names")]
+    pub site: CapturedSite,
+    /// Hold the site still (pause or stop) while its trees are copied: hydrated. A
+    /// dehydrated freeze dumps the databases instead and copies the other trees live.
+    pub hold: bool,
+    /// Stop the containers for the copy instead of pausing them.
+    pub stop: bool,
+    /// Also store each container's image layers.
+    pub with_images: bool,
+}
+
+impl std::fmt::Debug for DockerFreeze {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerFreeze")
+            .field("engine", &self.engine_host)
+            .field("containers", &self.site.containers.len())
+            .finish()
+    }
+}
+
+fn container_names<S: serde::Serializer>(
+    site: &CapturedSite,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(site.containers.iter().map(|c| &c.name))
+}
+
+pub fn plan_freeze(
+    repo: &Repository,
+    site: &str,
+    trees: Vec<TreeSpec>,
+    databases: Vec<DbUrl>,
+    db_jobs: usize,
+    docker: Option<DockerFreeze>,
+) -> Result<FreezePlan> {
+    crate::repo::check_site_name(site)?;
+    if trees.is_empty() && databases.is_empty() && docker.is_none() {
+        return Err(
+            Error::usage(format!("site {site} has nothing to freeze")).with_hint(format!(
+                "pass --path DIR or --db URL, or list paths and databases under [sites.{site}] in freezer.toml"
+            )),
+        );
+    }
+    let mut db_names = BTreeSet::new();
+    for d in &databases {
+        if !db_names.insert(d.database.clone()) {
+            return Err(Error::usage(format!(
+                "database {} is named twice; a snapshot holds each database name once",
+                d.database
+            )));
+        }
+    }
+    let mut seen = HashMap::new();
+    for t in &trees {
+        let meta = fs::metadata(&t.path).ctx(|| format!("reading {}", t.path.display()))?;
+        if !meta.is_dir() {
+            return Err(Error::usage(format!(
+                "{} is not a directory",
+                t.path.display()
+            )));
+        }
+        if let Some(other) = seen.insert(t.name.clone(), t.path.clone()) {
+            return Err(Error::usage(format!(
+                "tree name {} is used for {} and {}",
+                t.name,
+                other.display(),
+                t.path.display()
+            )));
+        }
+    }
+    let parent = match repo.find_snapshot(site, None) {
+        Ok(s) => Some(s.id),
+        Err(e) if e.kind == ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    Ok(FreezePlan {
+        site: site.to_string(),
+        repo: repo.location(),
+        trees,
+        databases,
+        db_jobs: db_jobs.max(1),
+        db_chunk_bytes: DumpOptions::default().chunk_bytes,
+        db_with_users: false,
+        lock_wait: std::time::Duration::from_secs(1800),
+        parent,
+        docker,
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct FreezeReport {
+    pub site: String,
+    pub snapshot: String,
+    pub parent: Option<String>,
+    pub seconds: f64,
+    /// `files`, `dehydrated` or `hydrated`.
+    pub mode: &'static str,
+    /// The containers of a Docker site.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<String>,
+    /// How long the site was paused or stopped (Docker sites).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowReport>,
+    pub trees: Vec<TreeReport>,
+    pub databases: Vec<DbReport>,
+    pub blobs_uploaded: u64,
+    pub bytes_uploaded: u64,
+    pub blobs_reused: u64,
+    pub bytes_reused: u64,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TreeReport {
+    pub name: String,
+    pub path: PathBuf,
+    #[serde(flatten)]
+    pub stats: FreezeStats,
+}
+
+pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Result<FreezeReport> {
+    // Held until the record is written: no prune may delete a blob this freeze reuses.
+    let _lock =
+        crate::lock::acquire_waiting(repo, "freeze", Some(&plan.site), plan.lock_wait, progress)?;
+    let started = Instant::now();
+    let created = SystemTime::now();
+    let mut warnings = Vec::new();
+
+    // The previous snapshot's trees, by path. A damaged or unreadable one is no reason to
+    // skip tonight's backup: freeze that tree in full and say so.
+    let mut prev: HashMap<PathBuf, PrevTree> = HashMap::new();
+    let mut prev_db: HashMap<String, DbManifest> = HashMap::new();
+    let mut parent_containers: Vec<ImageManifest> = Vec::new();
+    if let Some(id) = &plan.parent {
+        let snap = repo.read_snapshot(&SnapshotRef {
+            site: plan.site.clone(),
+            id: id.clone(),
+        })?;
+        for m in &snap.record.manifests {
+            if m.annotations.contains_key(A_CONTAINER_NAME) {
+                // Only image layers are reused from a parent container image.
+                let with_images = plan.docker.as_ref().is_some_and(|d| d.with_images);
+                if let Some(manifest) = with_images
+                    .then(|| repo.read_blob(&m.digest))
+                    .and_then(|r| r.ok())
+                    .and_then(|b| from_json::<ImageManifest>(&b, &m.digest.key()).ok())
+                {
+                    parent_containers.push(manifest);
+                }
+                continue;
+            }
+            if let Some(db) = m.annotations.get(A_DB_NAME) {
+                if plan.databases.iter().any(|d| &d.database == db) {
+                    match crate::db::load::read_manifest(repo, &m.digest) {
+                        Ok((_, manifest)) => {
+                            prev_db.insert(db.clone(), manifest);
+                        }
+                        Err(e) => warnings.push(format!(
+                            "previous snapshot {id} of database {db} is unreadable ({e}); chunk sizes start afresh"
+                        )),
+                    }
+                }
+                continue;
+            }
+            let Some(path) = m.annotations.get(A_TREE_PATH) else {
+                continue;
+            };
+            let path = PathBuf::from(path);
+            if !plan.trees.iter().any(|t| t.path == path) {
+                continue;
+            }
+            match PrevTree::load(repo, &m.digest) {
+                Ok(p) => {
+                    prev.insert(path, p);
+                }
+                Err(e) => warnings.push(format!(
+                    "previous snapshot {id} of {} is unreadable ({e}); freezing it in full",
+                    path.display()
+                )),
+            }
+        }
+    }
+
+    // A Docker site: the containers' images first (outside the window), then the volumes
+    // while the site is held still.
+    let mut manifests = Vec::new();
+    let mut window = None;
+    let trees = match &plan.docker {
+        None => freeze_trees(repo, plan, &prev, progress, &mut warnings, &mut manifests)?,
+        Some(d) => {
+            progress.set_label("storing container configurations".to_string());
+            let mut known = KnownLayers::new();
+            for m in &parent_containers {
+                if let Ok(k) = crate::docker::capture::known_layers(repo, m) {
+                    known.extend(k);
+                }
+            }
+            for spec in &d.site.containers {
+                manifests.push(
+                    store_container(repo, &d.engine, spec, d.with_images, &mut known)
+                        .map_err(|e| prefix(e, &format!("storing container {}", spec.name)))?,
+                );
+            }
+            // A remote engine's volumes are mirrored here first (inside the window).
+            let pull = || -> Result<()> {
+                if !d.engine.is_local() {
+                    progress.set_label("copying the volumes through the engine".to_string());
+                    crate::docker::remote::pull_all(&d.engine, &d.site)?;
+                }
+                Ok(())
+            };
+            if d.hold {
+                let mut tree_manifests = Vec::new();
+                let (trees, w) = crate::docker::capture::hold(&d.engine, &d.site, d.stop, || {
+                    pull()?;
+                    freeze_trees(
+                        repo,
+                        plan,
+                        &prev,
+                        progress,
+                        &mut warnings,
+                        &mut tree_manifests,
+                    )
+                })?;
+                manifests.extend(tree_manifests);
+                window = Some(w);
+                trees
+            } else {
+                pull()?;
+                freeze_trees(repo, plan, &prev, progress, &mut warnings, &mut manifests)?
+            }
+        }
+    };
+
+    let mut databases = Vec::new();
+    let db_opts = DumpOptions {
+        jobs: plan.db_jobs,
+        chunk_bytes: plan.db_chunk_bytes,
+        with_users: plan.db_with_users,
+        ..DumpOptions::default()
+    };
+    for url in &plan.databases {
+        let (desc, report) =
+            freeze_database(repo, url, prev_db.get(&url.database), &db_opts, progress)
+                .map_err(|e| prefix(e, &format!("dumping {url}")))?;
+        warnings.extend(report.warnings.iter().cloned());
+        manifests.push(desc);
+        databases.push(report);
+    }
+
+    let mut record = ImageIndex {
+        schema_version: 2,
+        media_type: MT_INDEX.into(),
+        manifests,
+        annotations: Annotations::new(),
+    };
+    let mut nonce = [0u8; 8];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut nonce);
+    let a = &mut record.annotations;
+    a.insert(A_FORMAT.into(), REPO_FORMAT_VERSION.to_string());
+    a.insert(A_SITE.into(), plan.site.clone());
+    let mode = if plan.docker.as_ref().is_some_and(|d| d.hold) {
+        "hydrated"
+    } else if plan.databases.is_empty() {
+        "files"
+    } else {
+        "dehydrated"
+    };
+    a.insert(A_MODE.into(), mode.into());
+    a.insert(A_HOST.into(), hostname());
+    a.insert(A_CREATED.into(), rfc3339(created));
+    a.insert(A_NONCE.into(), hex::encode(nonce));
+    if let Some(p) = &plan.parent {
+        a.insert(A_PARENT.into(), p.clone());
+    }
+    // Last: the record makes the snapshot visible, and every blob it names exists by now.
+    let r = repo.write_record(&plan.site, &record, created)?;
+    let s = &repo.stats;
+    Ok(FreezeReport {
+        site: plan.site.clone(),
+        snapshot: r.id,
+        parent: plan.parent.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+        mode,
+        containers: plan
+            .docker
+            .as_ref()
+            .map(|d| d.site.containers.iter().map(|c| c.name.clone()).collect())
+            .unwrap_or_default(),
+        window,
+        trees,
+        databases,
+        blobs_uploaded: s.blobs_uploaded.load(Ordering::Relaxed),
+        bytes_uploaded: s.bytes_uploaded.load(Ordering::Relaxed),
+        blobs_reused: s.blobs_reused.load(Ordering::Relaxed),
+        bytes_reused: s.bytes_reused.load(Ordering::Relaxed),
+        warnings,
+    })
+}
+
+/// Freezes every tree of the plan; appends their image descriptors to `manifests`.
+fn freeze_trees(
+    repo: &Repository,
+    plan: &FreezePlan,
+    prev: &HashMap<PathBuf, PrevTree>,
+    progress: &Progress,
+    warnings: &mut Vec<String>,
+    manifests: &mut Vec<Descriptor>,
+) -> Result<Vec<TreeReport>> {
+    let mut trees = Vec::new();
+    for t in &plan.trees {
+        progress.set_label(format!("freezing {}", t.name));
+        progress.add_total(dir_size_hint(prev, &t.path));
+        let mut ann = Annotations::new();
+        ann.insert(A_TREE_NAME.into(), t.name.clone());
+        ann.insert(A_TREE_PATH.into(), t.path.display().to_string());
+        ann.insert(A_TITLE.into(), t.name.clone());
+        let (mut desc, stats) = freeze_tree(repo, &t.path, prev.get(&t.path), ann, progress)
+            .map_err(|e| prefix(e, &format!("freezing {}", t.path.display())))?;
+        if stats.changed_during_read > 0 {
+            warnings.push(format!(
+                "{} files in {} changed while being read; they are stored as read and will be read again next time",
+                stats.changed_during_read,
+                t.path.display()
+            ));
+        }
+        if stats.skipped_sockets > 0 {
+            warnings.push(format!(
+                "{} sockets in {} were skipped",
+                stats.skipped_sockets,
+                t.path.display()
+            ));
+        }
+        desc.platform = Some(Platform::host());
+        desc.annotations.insert(A_REF_NAME.into(), t.name.clone());
+        desc.annotations.insert(A_TREE_NAME.into(), t.name.clone());
+        desc.annotations
+            .insert(A_TREE_PATH.into(), t.path.display().to_string());
+        desc.annotations
+            .insert(A_TREE_FILES.into(), stats.files.to_string());
+        desc.annotations
+            .insert(A_TREE_BYTES.into(), stats.bytes.to_string());
+        manifests.push(desc);
+        trees.push(TreeReport {
+            name: t.name.clone(),
+            path: t.path.clone(),
+            stats,
+        });
+    }
+    Ok(trees)
+}
+
+/// A progress total: the size the tree had last time (0 on a first freeze, when the
+/// progress line shows bytes and rate without ETA).
+fn dir_size_hint(prev: &HashMap<PathBuf, PrevTree>, path: &Path) -> u64 {
+    prev.get(path).map_or(0, |p| p.trailer.bytes)
+}

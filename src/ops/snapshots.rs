@@ -1,0 +1,92 @@
+//! `freezer snapshots`: what a repository holds, as the listing shows it.
+
+use serde::Serialize;
+
+use super::*;
+use crate::db::{A_DB_NAME, A_DB_ROWS, A_DB_TABLES};
+use crate::error::Result;
+use crate::format::*;
+use crate::repo::{Repository, Snapshot};
+
+#[derive(Debug, Serialize)]
+pub struct SnapshotInfo {
+    pub site: String,
+    pub id: String,
+    pub created: String,
+    pub host: String,
+    pub mode: String,
+    pub parent: Option<String>,
+    pub trees: Vec<TreeInfo>,
+    pub databases: Vec<DbInfo>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DbInfo {
+    pub name: String,
+    pub tables: u64,
+    pub rows: u64,
+    pub manifest: Digest,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TreeInfo {
+    pub name: String,
+    pub path: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub manifest: Digest,
+}
+
+impl From<&Snapshot> for SnapshotInfo {
+    fn from(s: &Snapshot) -> Self {
+        let num = |d: &Descriptor, k: &str| {
+            d.annotations
+                .get(k)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        SnapshotInfo {
+            site: s.site.clone(),
+            id: s.id.clone(),
+            created: s.annotation(A_CREATED).into(),
+            host: s.annotation(A_HOST).into(),
+            mode: s.annotation(A_MODE).into(),
+            parent: s.record.annotations.get(A_PARENT).cloned(),
+            databases: s
+                .record
+                .manifests
+                .iter()
+                .filter_map(|d| {
+                    Some(DbInfo {
+                        name: d.annotations.get(A_DB_NAME)?.clone(),
+                        tables: num(d, A_DB_TABLES),
+                        rows: num(d, A_DB_ROWS),
+                        manifest: d.digest.clone(),
+                    })
+                })
+                .collect(),
+            trees: s
+                .record
+                .manifests
+                .iter()
+                .filter(|d| !d.annotations.contains_key(A_DB_NAME))
+                .map(|d| TreeInfo {
+                    name: d.annotations.get(A_TREE_NAME).cloned().unwrap_or_default(),
+                    path: d.annotations.get(A_TREE_PATH).cloned().unwrap_or_default(),
+                    files: num(d, A_TREE_FILES),
+                    bytes: num(d, A_TREE_BYTES),
+                    manifest: d.digest.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+pub fn snapshots(repo: &Repository, site: Option<&str>) -> Result<Vec<SnapshotInfo>> {
+    let mut out = Vec::new();
+    for r in repo.list_snapshots(site)? {
+        out.push(SnapshotInfo::from(&repo.read_snapshot(&r)?));
+    }
+    out.sort_by(|a, b| (&a.site, &a.created).cmp(&(&b.site, &b.created)));
+    Ok(out)
+}

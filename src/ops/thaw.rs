@@ -1,0 +1,518 @@
+//! `freezer thaw` of trees and databases: plan and check the targets first, then restore
+//! into staging and install, so a failure leaves the targets as they were.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::*;
+use crate::db::load::{load_database, LoadOptions, LoadReport};
+use crate::db::{DbManifest, DbUrl, A_DB_NAME};
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::format::*;
+use crate::progress::Progress;
+use crate::repo::{Repository, Snapshot};
+use crate::tree::thaw::TreePlan;
+use crate::tree::{thaw_tree, ThawStats};
+
+pub struct ThawPlan {
+    pub snapshot: Snapshot,
+    pub trees: Vec<ThawTree>,
+    pub databases: Vec<ThawDb>,
+    pub db_jobs: usize,
+    pub db_with_users: bool,
+}
+
+pub struct ThawDb {
+    /// The database's name in the snapshot.
+    pub source: String,
+    pub target: DbUrl,
+    /// The target database exists with objects in it and will be dropped (--replace).
+    pub replaces: bool,
+    pub manifest: DbManifest,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ThawDbView {
+    pub source: String,
+    pub target: DbUrl,
+    pub action: &'static str,
+    pub tables: usize,
+    pub rows: u64,
+    pub chunks: usize,
+}
+
+pub struct ThawTree {
+    pub name: String,
+    pub source: PathBuf,
+    pub dest: PathBuf,
+    /// The destination exists and is not empty: it will be replaced (only with --replace).
+    pub replaces: bool,
+    pub plan: TreePlan,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ThawPlanView {
+    pub site: String,
+    pub snapshot: String,
+    pub trees: Vec<ThawTreeView>,
+    pub databases: Vec<ThawDbView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ThawTreeView {
+    pub name: String,
+    pub source: PathBuf,
+    pub dest: PathBuf,
+    pub action: &'static str,
+    pub files: u64,
+    pub bytes: u64,
+    pub layers: usize,
+}
+
+impl ThawPlan {
+    pub fn view(&self) -> ThawPlanView {
+        ThawPlanView {
+            site: self.snapshot.site.clone(),
+            snapshot: self.snapshot.id.clone(),
+            trees: self
+                .trees
+                .iter()
+                .map(|t| ThawTreeView {
+                    name: t.name.clone(),
+                    source: t.source.clone(),
+                    dest: t.dest.clone(),
+                    action: if t.replaces { "replace" } else { "create" },
+                    files: t.plan.trailer.files,
+                    bytes: t.plan.trailer.bytes,
+                    layers: t.plan.manifest.layers.len(),
+                })
+                .collect(),
+            databases: self
+                .databases
+                .iter()
+                .map(|d| ThawDbView {
+                    source: d.source.clone(),
+                    target: d.target.clone(),
+                    action: if d.replaces { "replace" } else { "create" },
+                    tables: d.manifest.tables.len(),
+                    rows: d.manifest.tables.iter().map(|t| t.rows).sum(),
+                    chunks: d.manifest.tables.iter().map(|t| t.chunks.len()).sum(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Where each database of a snapshot is loaded: `--db SRC=URL` names the snapshot's
+/// database, a bare `--db URL` is accepted when the snapshot has exactly one.
+fn db_targets(
+    snapshot: &Snapshot,
+    flags: &[String],
+    skip: bool,
+) -> Result<Vec<(String, Digest, DbUrl)>> {
+    let in_snapshot: Vec<(String, Digest)> = snapshot
+        .record
+        .manifests
+        .iter()
+        .filter_map(|m| Some((m.annotations.get(A_DB_NAME)?.clone(), m.digest.clone())))
+        .collect();
+    if skip {
+        return Ok(vec![]);
+    }
+    let mut named: HashMap<String, DbUrl> = HashMap::new();
+    let mut bare = Vec::new();
+    for f in flags {
+        match f.split_once('=') {
+            Some((src, url)) if !src.contains("://") => {
+                named.insert(src.to_string(), DbUrl::parse(url)?);
+            }
+            _ => bare.push(DbUrl::parse(f)?),
+        }
+    }
+    for src in named.keys() {
+        if !in_snapshot.iter().any(|(n, _)| n == src) {
+            return Err(Error::usage(format!(
+                "snapshot {}:{} has no database {src}",
+                snapshot.site, snapshot.id
+            )));
+        }
+    }
+    if bare.len() > 1 || (bare.len() == 1 && in_snapshot.len() > 1) {
+        return Err(Error::usage(format!(
+            "snapshot {}:{} has {} databases; say which goes where with --db SOURCE=URL",
+            snapshot.site,
+            snapshot.id,
+            in_snapshot.len()
+        )));
+    }
+    let mut out = Vec::new();
+    for (name, digest) in in_snapshot {
+        let url = match named.remove(&name) {
+            Some(u) => u,
+            None => bare.pop().ok_or_else(|| {
+                Error::usage(format!(
+                    "snapshot {}:{} holds database {name}; say where to load it",
+                    snapshot.site, snapshot.id
+                ))
+                .with_hint(format!(
+                    "pass --db mysql://USER@HOST/DB (or --db {name}=URL), or --no-db to restore only the files"
+                ))
+            })?,
+        };
+        out.push((name, digest, url));
+    }
+    Ok(out)
+}
+
+/// Resolves the snapshot, verifies manifests and indexes, checks every destination and the
+/// free space. Nothing is written.
+pub fn plan_thaw(
+    repo: &Repository,
+    site: &str,
+    snap: Option<&str>,
+    into: Option<&Path>,
+    replace: bool,
+    db: &DbThawFlags,
+) -> Result<ThawPlan> {
+    let snapshot = repo.find_snapshot(site, snap)?;
+    let mut databases = Vec::new();
+    for (source, digest, target) in db_targets(&snapshot, &db.targets, db.skip)? {
+        let (_, manifest) = crate::db::load::read_manifest(repo, &digest).map_err(|e| {
+            prefix(
+                e,
+                &format!("snapshot {site}:{} database {source}", snapshot.id),
+            )
+        })?;
+        let replaces = crate::db::load::check_target(&target, &manifest, replace)?;
+        databases.push(ThawDb {
+            source,
+            target,
+            replaces,
+            manifest,
+        });
+    }
+    let into = match into {
+        Some(p) => Some(std::path::absolute(p).ctx(|| format!("resolving {}", p.display()))?),
+        None => None,
+    };
+    let mut trees = Vec::new();
+    let mut need: HashMap<PathBuf, u64> = HashMap::new();
+    for m in &snapshot.record.manifests {
+        if m.annotations.contains_key(A_DB_NAME) {
+            continue;
+        }
+        let name = m.annotations.get(A_TREE_NAME).cloned().unwrap_or_default();
+        let source = PathBuf::from(m.annotations.get(A_TREE_PATH).cloned().unwrap_or_default());
+        if !source.is_absolute() {
+            return Err(Error::integrity(format!(
+                "snapshot {site}:{} names tree path {source:?}, which is not absolute",
+                snapshot.id
+            )));
+        }
+        let dest = match &into {
+            Some(root) => root.join(source.strip_prefix("/").expect("absolute")),
+            None => source.clone(),
+        };
+        let replaces = match fs::symlink_metadata(&dest) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(Error::io(format!("reading {}", dest.display()), e)),
+            Ok(meta) if meta.is_dir() => fs::read_dir(&dest)
+                .ctx(|| format!("reading {}", dest.display()))?
+                .next()
+                .is_some(),
+            Ok(_) => true,
+        };
+        if replaces && !replace {
+            return Err(Error::conflict(format!("{} exists and is not empty", dest.display())).with_hint(
+                "thaw into a new directory with --into DIR, or pass --replace to replace it (the old contents are removed only after the new ones are complete)",
+            ));
+        }
+        let plan = TreePlan::load(repo, &m.digest)
+            .map_err(|e| prefix(e, &format!("snapshot {site}:{} tree {name}", snapshot.id)))?;
+        *need.entry(existing_ancestor(&dest)).or_default() += plan.trailer.bytes;
+        trees.push(ThawTree {
+            name,
+            source,
+            dest,
+            replaces,
+            plan,
+        });
+    }
+    check_free_space(&need)?;
+    Ok(ThawPlan {
+        snapshot,
+        trees,
+        databases,
+        db_jobs: db.jobs.max(1),
+        db_with_users: db.with_users,
+    })
+}
+
+/// Refuses a thaw whose trees do not fit: bytes needed per existing directory (the
+/// nearest existing ancestor of each destination).
+pub fn check_free_space(need: &HashMap<PathBuf, u64>) -> Result<()> {
+    for (fs_path, bytes) in need {
+        if let Ok(free) = crate::sys::free_space(fs_path) {
+            if free < bytes + bytes / 100 {
+                return Err(Error::other(format!(
+                    "not enough space at {}: the snapshot needs {}, {} is free",
+                    fs_path.display(),
+                    crate::progress::bytes(*bytes),
+                    crate::progress::bytes(free)
+                ))
+                .with_hint("free space there, or thaw elsewhere"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The database side of `thaw`'s command line.
+#[derive(Debug, Default, Clone)]
+pub struct DbThawFlags {
+    /// `--db [SOURCE=]URL`.
+    pub targets: Vec<String>,
+    /// `--no-db`: restore only the file trees.
+    pub skip: bool,
+    pub jobs: usize,
+    /// `--with-users`: create the dump's accounts and grant their privileges.
+    pub with_users: bool,
+}
+
+/// The nearest of `p` and its ancestors that exists.
+pub fn existing_ancestor(p: &Path) -> PathBuf {
+    let mut p = p.to_path_buf();
+    while !p.exists() {
+        if !p.pop() {
+            return PathBuf::from("/");
+        }
+    }
+    p
+}
+
+#[derive(Debug, Serialize)]
+pub struct ThawReport {
+    pub site: String,
+    pub snapshot: String,
+    pub seconds: f64,
+    pub trees: Vec<ThawTreeReport>,
+    pub databases: Vec<LoadReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ThawTreeReport {
+    pub name: String,
+    pub dest: PathBuf,
+    #[serde(flatten)]
+    pub stats: ThawStats,
+}
+
+/// Restores every tree into a staging directory beside its destination, and only when all
+/// of them are complete and verified moves them into place. On failure the staging
+/// directories are removed and the destinations are exactly as they were.
+pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<ThawReport> {
+    let started = Instant::now();
+    let mut staged: Vec<PathBuf> = Vec::new();
+    let mut created_dirs: Vec<PathBuf> = Vec::new();
+    // Every file of every dump is downloaded and verified before any target is touched.
+    let mut prepared = Vec::new();
+    for d in &plan.databases {
+        prepared.push(
+            crate::db::load::fetch(repo, d.manifest.clone(), progress).map_err(|e| {
+                prefix(
+                    e,
+                    &format!(
+                        "snapshot {}:{} database {}",
+                        plan.snapshot.site, plan.snapshot.id, d.source
+                    ),
+                )
+                .with_hint("nothing was changed at the destination")
+            })?,
+        );
+    }
+    let mut db_reports = Vec::new();
+    let result = (|| -> Result<Vec<ThawTreeReport>> {
+        let mut reports = Vec::new();
+        for t in &plan.trees {
+            progress.add_total(t.plan.trailer.bytes);
+        }
+        for t in &plan.trees {
+            progress.set_label(format!("thawing {}", t.name));
+            let parent = t
+                .dest
+                .parent()
+                .ok_or_else(|| Error::usage(format!("cannot thaw onto {}", t.dest.display())))?;
+            create_parents(parent, &mut created_dirs)?;
+            let staging = parent.join(format!(".freezer-thaw.{}.{}", t.name, random_suffix()));
+            // Private while it fills; the snapshot's root mode is applied at the end.
+            std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
+                .create(&staging)
+                .ctx(|| format!("creating {}", staging.display()))?;
+            staged.push(staging.clone());
+            crate::interrupt::track(staging.clone());
+            let stats = thaw_tree(repo, &t.plan, &staging, progress).map_err(|e| {
+                prefix(
+                    e,
+                    &format!(
+                        "thawing {} from {}:{}",
+                        t.name, plan.snapshot.site, plan.snapshot.id
+                    ),
+                )
+            })?;
+            reports.push(ThawTreeReport {
+                name: t.name.clone(),
+                dest: t.dest.clone(),
+                stats,
+            });
+        }
+        let opts = LoadOptions {
+            jobs: plan.db_jobs,
+            replace: false,
+            with_users: plan.db_with_users,
+        };
+        for (d, p) in plan.databases.iter().zip(&prepared) {
+            let opts = LoadOptions {
+                replace: d.replaces,
+                ..opts.clone()
+            };
+            let r = load_database(p, &d.target, &opts, progress).map_err(|e| {
+                prefix(
+                    e,
+                    &format!("loading database {} into {}", d.source, d.target),
+                )
+            })?;
+            db_reports.push(r);
+        }
+        Ok(reports)
+    })();
+    let reports = match result {
+        Ok(r) => r,
+        Err(mut e) => {
+            for s in &staged {
+                let _ = fs::remove_dir_all(s);
+                crate::interrupt::untrack(s);
+            }
+            for d in created_dirs.iter().rev() {
+                let _ = fs::remove_dir(d);
+            }
+            if e.hint.is_none() {
+                e.hint = Some("nothing was changed at the destination".into());
+            }
+            return Err(e);
+        }
+    };
+    // Every tree is complete and verified; now move them into place. This step can still
+    // fail (a destination that is a mount point, permissions); then say exactly which
+    // trees are restored and which are not, and leave no staging directory behind.
+    let mut installed: Vec<String> = Vec::new();
+    for (i, (t, staging)) in plan.trees.iter().zip(&staged).enumerate() {
+        if let Err(mut e) = install(staging, &t.dest) {
+            for s in &staged[i..] {
+                let _ = fs::remove_dir_all(s);
+            }
+            let rest: Vec<String> = plan.trees[i..]
+                .iter()
+                .map(|t| t.dest.display().to_string())
+                .collect();
+            if !installed.is_empty() || !plan.databases.is_empty() {
+                // Some of the snapshot is in place (trees before this one, databases).
+                e.kind = ErrorKind::Partial;
+            }
+            e.hint = Some(if installed.is_empty() && plan.databases.is_empty() {
+                "nothing was changed at the destinations".to_string()
+            } else if installed.is_empty() {
+                format!(
+                    "partially restored: the databases are loaded; {} are not restored; run the thaw again with --replace",
+                    rest.join(", ")
+                )
+            } else {
+                format!(
+                    "partially restored: {} are restored, {} are not; run the thaw again with --replace",
+                    installed.join(", "),
+                    rest.join(", ")
+                )
+            });
+            return Err(e);
+        }
+        crate::interrupt::untrack(staging);
+        installed.push(t.dest.display().to_string());
+    }
+    Ok(ThawReport {
+        site: plan.snapshot.site.clone(),
+        snapshot: plan.snapshot.id.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+        trees: reports,
+        databases: db_reports,
+    })
+}
+
+fn create_parents(dir: &Path, created: &mut Vec<PathBuf>) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut p = dir.to_path_buf();
+    while !p.exists() {
+        missing.push(p.clone());
+        if !p.pop() {
+            break;
+        }
+    }
+    for d in missing.into_iter().rev() {
+        fs::create_dir(&d).ctx(|| format!("creating {}", d.display()))?;
+        crate::interrupt::track_if_empty(d.clone());
+        created.push(d);
+    }
+    Ok(())
+}
+
+/// Moves a complete staging directory to its destination. An existing destination is
+/// swapped out atomically where the file system allows it, then removed.
+fn install(staging: &Path, dest: &Path) -> Result<()> {
+    // Onto nothing or an empty directory, one rename does it atomically.
+    match fs::rename(staging, dest) {
+        Ok(()) => return Ok(()),
+        Err(e) if fs::symlink_metadata(dest).is_err() => {
+            return Err(Error::io(
+                format!("moving {} to {}", staging.display(), dest.display()),
+                e,
+            ));
+        }
+        Err(_) => {}
+    }
+    // dest is a non-empty directory (or not a directory): swap, then remove the old contents.
+    let old = if crate::sys::exchange(staging, dest).is_ok() {
+        staging.to_path_buf()
+    } else {
+        let old = dest.with_file_name(format!(
+            ".freezer-old.{}.{}",
+            dest.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            random_suffix()
+        ));
+        fs::rename(dest, &old).ctx(|| format!("moving {} aside", dest.display()))?;
+        if let Err(e) = fs::rename(staging, dest) {
+            // Put the old contents back rather than leave the destination missing.
+            let _ = fs::rename(&old, dest);
+            return Err(Error::io(
+                format!("moving {} to {}", staging.display(), dest.display()),
+                e,
+            ));
+        }
+        old
+    };
+    let meta = fs::symlink_metadata(&old).ctx(|| format!("reading {}", old.display()))?;
+    if meta.is_dir() {
+        fs::remove_dir_all(&old).ctx(|| format!("removing the replaced {}", old.display()))
+    } else {
+        fs::remove_file(&old).ctx(|| format!("removing the replaced {}", old.display()))
+    }
+}
+
+fn random_suffix() -> String {
+    let mut b = [0u8; 4];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut b);
+    hex::encode(b)
+}
