@@ -49,6 +49,23 @@ pub struct DrillReport {
     pub error: Option<DrillError>,
 }
 
+impl DrillReport {
+    /// A passing report for a drill of `snapshot` under a new scratch name.
+    fn new(snapshot: &Snapshot, keep: bool) -> DrillReport {
+        DrillReport {
+            site: snapshot.site.clone(),
+            snapshot: snapshot.id.clone(),
+            target: scratch_name(&snapshot.site),
+            ok: true,
+            restore_seconds: 0.0,
+            seconds: 0.0,
+            checks: vec![],
+            kept: keep,
+            error: None,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct DrillError {
     pub kind: String,
@@ -111,18 +128,8 @@ pub fn drill_docker(
     progress: &Progress,
 ) -> Result<DrillReport> {
     let started = Instant::now();
-    let target = scratch_name(&snapshot.site);
-    let mut report = DrillReport {
-        site: snapshot.site.clone(),
-        snapshot: snapshot.id.clone(),
-        target: target.clone(),
-        ok: true,
-        restore_seconds: 0.0,
-        seconds: 0.0,
-        checks: vec![],
-        kept: opts.keep,
-        error: None,
-    };
+    let mut report = DrillReport::new(&snapshot, opts.keep);
+    let target = report.target.clone();
     let binds = tempfile::Builder::new()
         .prefix("freezer-drill.")
         .tempdir()
@@ -358,18 +365,8 @@ pub fn drill_files(
     progress: &Progress,
 ) -> Result<DrillReport> {
     let started = Instant::now();
-    let target = scratch_name(&snapshot.site);
-    let mut report = DrillReport {
-        site: snapshot.site.clone(),
-        snapshot: snapshot.id.clone(),
-        target: target.clone(),
-        ok: true,
-        restore_seconds: 0.0,
-        seconds: 0.0,
-        checks: vec![],
-        kept: opts.keep,
-        error: None,
-    };
+    let mut report = DrillReport::new(&snapshot, opts.keep);
+    let target = report.target.clone();
     let databases: Vec<String> = snapshot
         .record
         .manifests

@@ -16,16 +16,6 @@ fn drill(host: &str, args: &[&str]) -> (Option<i32>, serde_json::Value) {
     (out.status.code(), result_line(&out.stdout))
 }
 
-/// Nothing of a drill's scratch site is left on the engine.
-fn assert_gone(host: &str, target: &str) {
-    let label = format!("label=com.docker.compose.project={target}");
-    assert_eq!(docker(host, &["ps", "-aq", "--filter", &label]), "");
-    let volumes = docker(host, &["volume", "ls", "-q"]);
-    assert!(!volumes.contains(target), "volumes left: {volumes}");
-    let networks = docker(host, &["network", "ls", "--format", "{{.Name}}"]);
-    assert!(!networks.contains(target), "networks left: {networks}");
-}
-
 fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
 }

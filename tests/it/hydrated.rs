@@ -47,6 +47,16 @@ pub fn docker(host: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Nothing of site `target` (containers, volumes, networks) is on the engine.
+pub fn assert_gone(host: &str, target: &str) {
+    let label = format!("label=com.docker.compose.project={target}");
+    assert_eq!(docker(host, &["ps", "-aq", "--filter", &label]), "");
+    let volumes = docker(host, &["volume", "ls", "-q"]);
+    assert!(!volumes.contains(target), "volumes left: {volumes}");
+    let networks = docker(host, &["network", "ls", "--format", "{{.Name}}"]);
+    assert!(!networks.contains(target), "networks left: {networks}");
+}
+
 pub fn state(host: &str, container: &str) -> String {
     docker(host, &["inspect", "-f", "{{.State.Status}}", container])
 }
@@ -463,23 +473,7 @@ fn hydrated_across_two_engines_with_images_and_export() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(
-        docker(
-            &b,
-            &[
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=com.docker.compose.project={name}")
-            ]
-        ),
-        ""
-    );
-    assert!(
-        !docker_try(&b, &["volume", "inspect", &format!("{name}_www")])
-            .status
-            .success()
-    );
+    assert_gone(&b, &name);
 
     // With the image in the snapshot, B runs the site (on another port: both engines
     // share this machine's ports).
@@ -687,17 +681,7 @@ fn an_interrupted_freeze_leaves_every_container_as_it_was() {
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
-    let project = format!("label=com.docker.compose.project={copy}");
-    assert_eq!(docker(&a, &["ps", "-aq", "--filter", &project]), "");
-    for v in ["www", "data"] {
-        let vol = format!("{copy}_{v}");
-        assert!(
-            !docker_try(&a, &["volume", "inspect", &vol])
-                .status
-                .success(),
-            "{vol} left behind"
-        );
-    }
+    assert_gone(&a, &copy);
     let net = format!("{copy}_default");
     assert!(!docker_try(&a, &["network", "inspect", &net])
         .status
@@ -774,23 +758,7 @@ fn thaw_dry_run_prints_the_plan_and_changes_nothing() {
         serde_json::json!([format!("127.0.0.1:{port2}->80/tcp")])
     );
     assert_eq!(plan["volumes"][0]["action"], "create");
-    assert_eq!(
-        docker(
-            &a,
-            &[
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=com.docker.compose.project={copy}")
-            ]
-        ),
-        ""
-    );
-    assert!(
-        !docker_try(&a, &["volume", "inspect", &format!("{copy}_www")])
-            .status
-            .success()
-    );
+    assert_gone(&a, &copy);
     // Without --publish the taken port is found before anything is created.
     let out = freezer_on(
         &a,
