@@ -31,6 +31,9 @@ pub struct ConfigFile {
 pub struct HostSection {
     /// Its Docker engine: `unix:///PATH` (this machine), or `tcp://HOST:PORT`.
     pub docker: Option<String>,
+    /// For a `tcp://` engine: a directory with the TLS client certificates `ca.pem`,
+    /// `cert.pem` and `key.pem` (as for `docker --tlsverify`); the connection is TLS then.
+    pub tls_certs: Option<PathBuf>,
     /// Where bind-mounted directories of sites thawed onto it go (default: their
     /// original paths).
     pub bind_root: Option<PathBuf>,
@@ -41,7 +44,7 @@ pub struct HostSection {
 pub struct Host {
     pub name: String,
     /// The Docker endpoint.
-    pub docker: String,
+    pub docker: crate::docker::Endpoint,
     pub bind_root: Option<PathBuf>,
 }
 
@@ -156,15 +159,16 @@ impl Settings {
                 ));
             }
         };
-        let docker = section
-            .docker
-            .or_else(|| {
-                (name == "local")
-                    .then(|| std::env::var("DOCKER_HOST").ok())
-                    .flatten()
-                    .filter(|h| !h.is_empty())
-            })
-            .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+        // `local` without a section of its own is what the environment names, as for
+        // the docker CLI.
+        let env = (name == "local").then(crate::docker::Endpoint::from_env);
+        let docker = crate::docker::Endpoint {
+            host: section
+                .docker
+                .or_else(|| env.as_ref().map(|e| e.host.clone()))
+                .unwrap_or_else(|| "unix:///var/run/docker.sock".into()),
+            tls: section.tls_certs.or_else(|| env.and_then(|e| e.tls)),
+        };
         Ok(Host {
             name: name.to_string(),
             docker,

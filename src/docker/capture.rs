@@ -693,14 +693,14 @@ pub fn hold<T>(
     let held: Arc<Mutex<Vec<Held>>> = Arc::default();
     let cleanup = {
         let held = held.clone();
-        let host = engine.host.clone();
+        let endpoint = engine.endpoint();
         crate::interrupt::on_interrupt(Box::new(move || {
             // Held throughout: the main thread is not pausing or resuming meanwhile.
             let mut list = held.lock().unwrap_or_else(|e| e.into_inner());
             if list.is_empty() {
                 return;
             }
-            let Ok(engine) = Engine::connect_to(&host) else {
+            let Ok(engine) = Engine::connect_to(&endpoint) else {
                 eprintln!("freezer: could not reach the Docker engine to resume the site; resume these containers by hand:");
                 for h in list.iter() {
                     eprintln!(

@@ -11,6 +11,7 @@ pub mod remote;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::path::PathBuf;
 
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use bollard::Docker;
@@ -50,44 +51,100 @@ pub struct Engine {
     pub docker: Docker,
     /// `DOCKER_HOST` as given (for messages).
     pub host: String,
+    tls: Option<PathBuf>,
+}
+
+/// How to reach an engine: `unix:///PATH` or `tcp://HOST:PORT`, the latter with TLS when
+/// `tls` names a directory of client certificates (`ca.pem`, `cert.pem`, `key.pem`, the
+/// layout `docker --tlsverify` uses). The engine's certificate is verified against
+/// `ca.pem`, and freezer authenticates with `cert.pem`.
+#[derive(Debug, Clone, Default)]
+pub struct Endpoint {
+    pub host: String,
+    pub tls: Option<PathBuf>,
+}
+
+impl Endpoint {
+    /// The engine the environment names, the way the docker CLI reads it: `DOCKER_HOST`
+    /// (default the local socket); TLS when `DOCKER_TLS_VERIFY` is set, with the
+    /// certificates in `DOCKER_CERT_PATH` (default `~/.docker`).
+    pub fn from_env() -> Endpoint {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let host = var("DOCKER_HOST").unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+        let tls = var("DOCKER_TLS_VERIFY").filter(|v| v != "0").map(|_| {
+            var("DOCKER_CERT_PATH")
+                .map(PathBuf::from)
+                .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".docker")))
+                .unwrap_or_else(|| PathBuf::from(".docker"))
+        });
+        Endpoint { host, tls }
+    }
 }
 
 impl Engine {
-    /// Connects to the engine `DOCKER_HOST` names and checks that it answers.
+    /// Connects to the engine the environment names (`DOCKER_HOST`, and as the docker CLI
+    /// does, `DOCKER_TLS_VERIFY` / `DOCKER_CERT_PATH`) and checks that it answers.
     pub fn connect() -> Result<Engine> {
-        let host = std::env::var("DOCKER_HOST")
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
-        Engine::connect_to(&host)
+        Engine::connect_to(&Endpoint::from_env())
     }
 
-    /// Connects to the engine at `host` (`unix:///PATH` or `tcp://HOST:PORT`) and checks
-    /// that it answers.
-    pub fn connect_to(host: &str) -> Result<Engine> {
+    /// Connects to the engine at `endpoint` and checks that it answers.
+    pub fn connect_to(endpoint: &Endpoint) -> Result<Engine> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the Docker client", e))?;
-        let host = host.to_string();
+        let host = endpoint.host.clone();
         // bollard's request paths carry no version prefix, so the engine answers in its
         // own API version (Docker 20.10 refuses prefixes newer than 1.41).
         let docker = if let Some(path) = host.strip_prefix("unix://") {
             Docker::connect_with_unix(path, 300, bollard::API_DEFAULT_VERSION)
+        } else if let (true, Some(dir)) = (host.starts_with("tcp://"), &endpoint.tls) {
+            let (ca, cert, key) = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+            for f in [&ca, &cert, &key] {
+                if !f.is_file() {
+                    return Err(Error::usage(format!(
+                        "the TLS certificates for {host} are incomplete: {} is missing",
+                        f.display()
+                    ))
+                    .with_hint("the directory needs ca.pem, cert.pem and key.pem, as for `docker --tlsverify`"));
+                }
+            }
+            Docker::connect_with_ssl(
+                &host,
+                &key,
+                &cert,
+                &ca,
+                300,
+                bollard::API_DEFAULT_VERSION,
+            )
         } else if host.starts_with("tcp://") || host.starts_with("http://") {
             Docker::connect_with_http(&host, 300, bollard::API_DEFAULT_VERSION)
         } else {
             return Err(Error::usage(format!(
                 "Docker endpoint {host} is not unix:///PATH or tcp://HOST:PORT"
             ))
-            .with_hint("TLS and ssh:// endpoints are not supported yet; reach a remote engine through an SSH tunnel to a local socket"));
+            .with_hint("ssh:// endpoints are not supported; reach a remote engine through TLS (tls_certs) or an SSH tunnel to a local socket"));
         }
         .map_err(|e| unreachable(&host, e))?;
-        let engine = Engine { rt, docker, host };
+        let engine = Engine {
+            rt,
+            docker,
+            host,
+            tls: endpoint.tls.clone(),
+        };
         engine.call("asking the engine for its version", |d| async move {
             d.version().await
         })?;
         Ok(engine)
+    }
+
+    /// Where this engine was reached, to reach it again (e.g. from an interrupt handler).
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            host: self.host.clone(),
+            tls: self.tls.clone(),
+        }
     }
 
     /// True when the engine runs on this machine, so a volume's mount point is a path
@@ -239,13 +296,30 @@ pub fn site_of_labels(labels: &HashMap<String, String>) -> Option<(String, &'sta
 }
 
 fn unreachable(host: &str, e: bollard::errors::Error) -> Error {
+    // The client's own message ("client error (Connect)") hides the cause, e.g. a
+    // certificate the engine's CA did not sign: give the whole chain.
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        source = cause.source();
+    }
     Error::new(
         ErrorKind::Unreachable,
-        format!("the Docker engine at {host} did not answer: {e}"),
+        format!("the Docker engine at {host} did not answer: {message}"),
     )
-    .with_hint(
-        "is dockerd running, and may this user use its socket? DOCKER_HOST selects another engine",
-    )
+    .with_hint(reach_hint(host))
+}
+
+fn reach_hint(host: &str) -> &'static str {
+    if host.starts_with("tcp://") {
+        "is dockerd listening there, and do tls_certs (or DOCKER_TLS_VERIFY and DOCKER_CERT_PATH) name certificates it accepts?"
+    } else {
+        "is dockerd running, and may this user use its socket? DOCKER_HOST selects another engine"
+    }
 }
 
 fn engine_error(host: &str, what: &str, e: bollard::errors::Error) -> Error {
@@ -261,13 +335,15 @@ fn engine_error(host: &str, what: &str, e: bollard::errors::Error) -> Error {
                 400 => ErrorKind::Usage,
                 _ => ErrorKind::Other,
             };
-            Error::new(kind, format!("{what} on {host}: {message}"))
+            let e = Error::new(kind, format!("{what} on {host}: {message}"));
+            if message.contains("HTTP request to an HTTPS server") {
+                return e.with_hint("the engine expects TLS: give the host's client certificates with tls_certs (or DOCKER_TLS_VERIFY and DOCKER_CERT_PATH)");
+            }
+            e
         }
         B::JsonDataError { .. } | B::JsonSerdeError { .. } => {
             Error::other(format!("{what} on {host}: unexpected answer: {e}"))
         }
-        other => unreachable(host, other).with_hint(format!(
-            "{what} failed; is dockerd running, and may this user use its socket? DOCKER_HOST selects another engine"
-        )),
+        other => unreachable(host, other).with_hint(format!("{what} failed; {}", reach_hint(host))),
     }
 }

@@ -1050,13 +1050,14 @@ pub fn add_shop_database(site: &Site, password: &str) {
     );
 }
 
-/// An engine reached over TCP is treated as remote: volumes and bind mounts travel
-/// through the Engine API (a local mirror keeps nightly change detection working).
+/// An engine reached over TCP (with TLS) is treated as remote: volumes and bind mounts
+/// travel through the Engine API (a local mirror keeps nightly change detection working).
 #[test]
 fn a_site_on_a_remote_engine_through_the_engine_api() {
     let b = host_b();
     services();
     let tcp = std::env::var("FREEZER_TEST_DOCKER_HOST_B_TCP").expect("set by scripts/services");
+    let certs = std::env::var("FREEZER_TEST_DOCKER_CERTS_B").expect("set by scripts/services");
     // The image, on B as a registry pull would have put it.
     let st = Command::new("sh")
         .arg("-c")
@@ -1074,7 +1075,34 @@ fn a_site_on_a_remote_engine_through_the_engine_api() {
     let site = start_site(&b, &name, &image(), port);
     let work = tempfile::tempdir().unwrap();
     let config = work.path().join("freezer.toml");
-    fs::write(&config, format!("[hosts.far]\ndocker = \"{tcp}\"\n")).unwrap();
+    // A second CA's certificate directory: the engine's certificate is not trusted.
+    let other_ca = work.path().join("other-ca");
+    fs::create_dir(&other_ca).unwrap();
+    for f in ["cert.pem", "key.pem"] {
+        fs::copy(Path::new(&certs).join(f), other_ca.join(f)).unwrap();
+    }
+    let st = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=other", "-keyout"])
+        .arg(work.path().join("other-key.pem"))
+        .arg("-out")
+        .arg(other_ca.join("ca.pem"))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    fs::write(
+        &config,
+        format!(
+            "[hosts.far]\ndocker = \"{tcp}\"\ntls_certs = \"{certs}\"\n\
+             [hosts.plain]\ndocker = \"{tcp}\"\n\
+             [hosts.untrusted]\ndocker = \"{tcp}\"\ntls_certs = \"{}\"\n",
+            other_ca.display()
+        ),
+    )
+    .unwrap();
     let cache = work.path().join("cache");
     let run = |args: &[&str]| {
         let mut all = args.to_vec();
@@ -1090,6 +1118,28 @@ fn a_site_on_a_remote_engine_through_the_engine_api() {
     let www = mountpoint(&b, &format!("{name}_www"));
     let reference = tempfile::tempdir().unwrap();
     copy_tree(&www, reference.path());
+
+    // TLS: without certificates, or with a CA that did not sign the engine's, the engine
+    // is refused with the reason; through the environment, as for the docker CLI, it works.
+    let out = run(&["freeze", &format!("{name}@plain")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("tls_certs"), "{}", stderr(&out));
+    let out = run(&["freeze", &format!("{name}@untrusted")]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&tcp) && stderr(&out).contains("certificate"),
+        "{}",
+        stderr(&out)
+    );
+    let out = freezer_env(
+        &["sites", "--json"],
+        &[
+            ("DOCKER_HOST", &tcp),
+            ("DOCKER_TLS_VERIFY", "1"),
+            ("DOCKER_CERT_PATH", &certs),
+        ],
+    );
+    assert!(json(&out).to_string().contains(&name), "{}", stderr(&out));
 
     let report = json(&run(&["freeze", &format!("{name}@far"), "--json"]));
     assert_eq!(report["window"]["mode"], "pause");

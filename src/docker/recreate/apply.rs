@@ -88,10 +88,10 @@ pub fn execute(
     let cleanup = {
         let created = created.clone();
         let target = plan.target.clone();
-        let host = engine.host.clone();
+        let endpoint = engine.endpoint();
         crate::interrupt::on_interrupt(Box::new(move || {
             let created = created.lock().unwrap_or_else(|e| e.into_inner());
-            if let Ok(engine) = Engine::connect_to(&host) {
+            if let Ok(engine) = Engine::connect_to(&endpoint) {
                 undo(&engine, &created);
                 eprintln!(
                     "freezer: removed what the thaw of site {target} had created on the engine"
