@@ -113,3 +113,17 @@ pub fn fault_sleep(var: &str) {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }
+
+/// Makes the kernel end the child `cmd` starts (SIGTERM) when this process ends, however
+/// it ends.
+pub fn end_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the child between fork and exec; prctl is async-signal-safe and
+    // touches nothing of the parent's.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+}

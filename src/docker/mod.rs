@@ -8,6 +8,7 @@
 pub mod capture;
 pub mod recreate;
 pub mod remote;
+mod ssh;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -52,9 +53,12 @@ pub struct Engine {
     /// `DOCKER_HOST` as given (for messages).
     pub host: String,
     tls: Option<PathBuf>,
+    /// The SSH tunnel to an `ssh://` engine; last, so the client goes first.
+    _tunnel: Option<ssh::Tunnel>,
 }
 
-/// How to reach an engine: `unix:///PATH` or `tcp://HOST:PORT`, the latter with TLS when
+/// How to reach an engine: `unix:///PATH`, `ssh://[USER@]HOST[:PORT][/SOCKET]` or
+/// `tcp://HOST:PORT`, the latter with TLS when
 /// `tls` names a directory of client certificates (`ca.pem`, `cert.pem`, `key.pem`, the
 /// layout `docker --tlsverify` uses). The engine's certificate is verified against
 /// `ca.pem`, and freezer authenticates with `cert.pem`.
@@ -97,7 +101,15 @@ impl Engine {
         let host = endpoint.host.clone();
         // bollard's request paths carry no version prefix, so the engine answers in its
         // own API version (Docker 20.10 refuses prefixes newer than 1.41).
-        let docker = if let Some(path) = host.strip_prefix("unix://") {
+        // An ssh:// engine is reached through a tunnel to its socket, and then read and
+        // written like any remote engine (its paths are not this machine's).
+        let tunnel = match host.starts_with("ssh://") {
+            true => Some(ssh::Tunnel::open(&host)?),
+            false => None,
+        };
+        let docker = if let Some(t) = &tunnel {
+            Docker::connect_with_unix(t.socket(), 300, bollard::API_DEFAULT_VERSION)
+        } else if let Some(path) = host.strip_prefix("unix://") {
             Docker::connect_with_unix(path, 300, bollard::API_DEFAULT_VERSION)
         } else if let (true, Some(dir)) = (host.starts_with("tcp://"), &endpoint.tls) {
             let (ca, cert, key) = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
@@ -122,9 +134,8 @@ impl Engine {
             Docker::connect_with_http(&host, 300, bollard::API_DEFAULT_VERSION)
         } else {
             return Err(Error::usage(format!(
-                "Docker endpoint {host} is not unix:///PATH or tcp://HOST:PORT"
-            ))
-            .with_hint("ssh:// endpoints are not supported; reach a remote engine through TLS (tls_certs) or an SSH tunnel to a local socket"));
+                "Docker endpoint {host} is not unix:///PATH, tcp://HOST:PORT or ssh://[USER@]HOST[:PORT]"
+            )));
         }
         .map_err(|e| unreachable(&host, e))?;
         let engine = Engine {
@@ -132,6 +143,7 @@ impl Engine {
             docker,
             host,
             tls: endpoint.tls.clone(),
+            _tunnel: tunnel,
         };
         engine.call("asking the engine for its version", |d| async move {
             d.version().await

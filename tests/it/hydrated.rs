@@ -1050,6 +1050,97 @@ pub fn add_shop_database(site: &Site, password: &str) {
     );
 }
 
+/// The test image on engine B, as a registry pull would have put it there.
+fn image_on_b() {
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "docker save {} | DOCKER_HOST={} docker load -q",
+            image(),
+            host_b()
+        ))
+        .env("DOCKER_HOST", host_a())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// An `ssh://` engine is reached through `ssh -L` to its socket (the user's ssh, here with
+/// the test key through FREEZER_SSH_COMMAND): a site frozen over SSH thaws over SSH as a
+/// copy that serves the same page; a login that fails says why; no tunnel outlives a run.
+#[test]
+fn a_site_on_an_engine_reached_over_ssh() {
+    let b = host_b();
+    services();
+    let var = |k: &str| std::env::var(k).expect("set by scripts/services");
+    let (url, ssh) = (
+        var("FREEZER_TEST_DOCKER_HOST_B_SSH"),
+        var("FREEZER_TEST_SSH_COMMAND"),
+    );
+    image_on_b();
+    let repo = TestRepo::local().init();
+    let name = unique("ssh");
+    let port = free_port();
+    let site = start_site(&b, &name, &image(), port);
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("freezer.toml");
+    fs::write(&config, format!("[hosts.far]\ndocker = \"{url}\"\n")).unwrap();
+    let cache = work.path().join("cache");
+    let run = |ssh: &str, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--repo", &repo.url, "--config", config.to_str().unwrap()]);
+        freezer_env(
+            &all,
+            &[
+                ("DOCKER_HOST", "unix:///nonexistent/docker.sock"),
+                ("FREEZER_CACHE_DIR", cache.to_str().unwrap()),
+                ("FREEZER_SSH_COMMAND", ssh),
+            ],
+        )
+    };
+
+    let report = json(&run(&ssh, &["freeze", &format!("{name}@far"), "--json"]));
+    let id = report["snapshot"].as_str().unwrap().to_string();
+    assert_eq!(state(&b, &site.c("web")), "running");
+    let copy = unique("sshc");
+    site.made(&b, &copy);
+    let port2 = free_port();
+    assert_ok(&run(
+        &ssh,
+        &[
+            "thaw",
+            &format!("{name}:{id}@far"),
+            "--as",
+            &copy,
+            "--publish",
+            &format!("{port}={port2}"),
+        ],
+    ));
+    assert_eq!(http_get(port2, "/index.html"), site.marker());
+    assert_eq!(http_get(port2, "/sub/big.bin"), big_file());
+
+    // Without the key (and the test host unknown to the default known_hosts) the login
+    // fails, and ssh's own reason is in the error.
+    let out = run(
+        "ssh -o IdentitiesOnly=yes -o IdentityFile=/dev/null",
+        &["freeze", &format!("{name}@far")],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("SSH tunnel") && stderr(&out).contains("failed"),
+        "{}",
+        stderr(&out)
+    );
+    let tunnels = Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("freezer-ssh.*{}", url.rsplit('/').next().unwrap()),
+        ])
+        .output()
+        .unwrap();
+    assert!(tunnels.stdout.is_empty(), "tunnels left running");
+}
+
 /// An engine reached over TCP (with TLS) is treated as remote: volumes and bind mounts
 /// travel through the Engine API (a local mirror keeps nightly change detection working).
 #[test]
@@ -1058,17 +1149,7 @@ fn a_site_on_a_remote_engine_through_the_engine_api() {
     services();
     let tcp = std::env::var("FREEZER_TEST_DOCKER_HOST_B_TCP").expect("set by scripts/services");
     let certs = std::env::var("FREEZER_TEST_DOCKER_CERTS_B").expect("set by scripts/services");
-    // The image, on B as a registry pull would have put it.
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "docker save {} | DOCKER_HOST={b} docker load -q",
-            image()
-        ))
-        .env("DOCKER_HOST", host_a())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    image_on_b();
     let repo = TestRepo::local().init();
     let name = unique("rm");
     let port = free_port();
