@@ -151,9 +151,12 @@ impl Keys {
         let data_key = self.data_keys.get(&epoch).ok_or_else(|| {
             Error::new(
                 ErrorKind::Unreachable,
-                format!("the object is sealed in key epoch {epoch}, which the given key cannot open"),
+                format!(
+                    "the object is sealed in key epoch {epoch}, which this keyring (epoch {}) cannot open",
+                    self.epoch
+                ),
             )
-            .with_hint("a key that was removed from the repository cannot read what was written after its removal")
+            .with_hint("either the key was removed from the repository (it cannot read what was written after its removal), or the repository's keys/ were replaced by an older copy")
         })?;
         let k = Self::mac(data_key, "object", salt);
         Ok(LessSafeKey::new(
@@ -479,6 +482,52 @@ pub fn parse_recipient(s: &str) -> Result<String> {
 
 /// Writes the keyring wrapped to its recipients and passphrase; removes a wrapping that
 /// no longer applies.
+/// Where this machine keeps the highest key epoch it has used of one repository (named
+/// by a keyed hash, so the file says nothing about the repository).
+fn epoch_file(keys: &Keys) -> std::path::PathBuf {
+    let id = hex::encode(&Keys::mac(&keys.id_key, "keyring-epoch", b"")[..16]);
+    crate::settings::cache_dir().join("keyrings").join(id)
+}
+
+fn seen_epoch(file: &std::path::Path) -> Option<u32> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+/// Rollback protection (SPEC.md §14.1): a keyring older than one this machine has used
+/// — an old copy put back, e.g. from before a `key remove` — is refused, so nothing is
+/// sealed again under a data key a removed party knows. Then remembers this epoch.
+pub fn check_epoch(keys: &Keys, location: &str) -> Result<()> {
+    let file = epoch_file(keys);
+    if let Some(seen) = seen_epoch(&file).filter(|&seen| seen > keys.epoch) {
+        return Err(Error::integrity(format!(
+            "the keyring of repository {location} is at key epoch {}, but this machine has used its epoch {seen}: {RECIPIENTS_KEY} or {PASSPHRASE_KEY} was replaced by an older copy",
+            keys.epoch
+        ))
+        .with_hint(format!(
+            "put the current keyring back from a copy (or run `freezer key remove` again); if the whole repository was deliberately restored from an older copy, delete {}",
+            file.display()
+        )));
+    }
+    remember_epoch(keys);
+    Ok(())
+}
+
+/// Records the keyring's epoch as used on this machine (best effort: without a writable
+/// cache there is no rollback protection, and nothing else changes).
+fn remember_epoch(keys: &Keys) {
+    let file = epoch_file(keys);
+    if seen_epoch(&file).is_some_and(|seen| seen >= keys.epoch) {
+        return;
+    }
+    if let Some(dir) = file.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let tmp = file.with_extension("tmp");
+    if std::fs::write(&tmp, format!("{}\n", keys.epoch)).is_ok() {
+        let _ = std::fs::rename(&tmp, &file);
+    }
+}
+
 pub fn write_keyring(store: &dyn Store, keys: &Keys, new_passphrase: Option<&str>) -> Result<()> {
     let plain = serde_json::to_vec(keys).expect("keys serialize");
     if keys.recipients.is_empty() {
@@ -511,6 +560,7 @@ pub fn write_keyring(store: &dyn Store, keys: &Keys, new_passphrase: Option<&str
             ))
         }
     }
+    remember_epoch(keys);
     Ok(())
 }
 

@@ -191,7 +191,11 @@ impl Repository {
             from_json(&data, &format!("{}/{REPO_CONFIG_KEY}", store.location()))?;
         let keys = match config.encryption.scheme.as_str() {
             "none" => None,
-            crate::crypto::SCHEME => Some(crate::crypto::open_keyring(store.as_ref(), creds)?),
+            crate::crypto::SCHEME => {
+                let keys = crate::crypto::open_keyring(store.as_ref(), creds)?;
+                crate::crypto::check_epoch(&keys, &store.location())?;
+                Some(keys)
+            }
             other => {
                 return Err(Error::usage(format!(
                     "repository {} uses encryption scheme {other:?}, which this freezer does not support",

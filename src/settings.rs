@@ -309,3 +309,13 @@ fn sanitize(s: String) -> String {
     }
     out
 }
+
+/// freezer's cache on this machine (remote-engine mirrors, keyring epochs):
+/// `FREEZER_CACHE_DIR`, else `$XDG_CACHE_HOME/freezer`, else `~/.cache/freezer`.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("FREEZER_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("freezer")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/freezer")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache/freezer"))
+}

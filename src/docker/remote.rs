@@ -24,11 +24,7 @@ use crate::error::{Error, IoContext, Result};
 /// Where the mirror of one volume of one engine lives: `FREEZER_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/freezer`, else `~/.cache/freezer`, then `mirror/<hash>-<tree>`.
 pub fn mirror_path(engine_host: &str, source: &str, tree: &str) -> PathBuf {
-    let base = std::env::var_os("FREEZER_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("freezer")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/freezer")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache/freezer"));
+    let base = crate::settings::cache_dir();
     let key = hex::encode(&Sha256::digest(format!("{engine_host}\0{source}").as_bytes())[..8]);
     base.join("mirror").join(format!("{key}-{tree}"))
 }

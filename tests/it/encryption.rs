@@ -223,26 +223,53 @@ fn keys_are_added_and_removed_without_uploading_the_data_again() {
 
     fs::write(tree.join("after-removal.txt"), b"new").unwrap();
     let second = freeze(&id1);
-    // Even with the old keyring, the removed key opens only what was written before.
+    // Even with the old keyring, the removed key opens only what was written before (on
+    // its own machine: a cache of its own).
     let current = fs::read(dir.join("keys/recipients.age")).unwrap();
     fs::write(dir.join("keys/recipients.age"), &kept).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let elsewhere = [("FREEZER_CACHE_DIR", elsewhere.path().to_str().unwrap())];
     let into = tempfile::tempdir().unwrap();
+    let thaw_second = |id: &Path, env: &[(&str, &str)]| {
+        run(
+            &repo,
+            &with_id(
+                &[
+                    "thaw",
+                    &format!("shop:{second}"),
+                    "--into",
+                    into.path().to_str().unwrap(),
+                ],
+                id,
+            ),
+            env,
+        )
+    };
+    let out = thaw_second(&id2, &elsewhere);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("sealed in key epoch 1"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!under(into.path(), &tree).exists());
+    // The old keyring put back (a replay by whoever runs the store) is refused on a machine
+    // that has used the newer one, before anything is sealed under the old data key.
+    let before = blobs();
+    fs::write(tree.join("after-replay.txt"), b"secret").unwrap();
     let out = run(
         &repo,
-        &with_id(
-            &[
-                "thaw",
-                &format!("shop:{second}"),
-                "--into",
-                into.path().to_str().unwrap(),
-            ],
-            &id2,
-        ),
+        &with_id(&["freeze", "shop", "--path", tree.to_str().unwrap()], &id1),
         &[],
     );
-    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stderr(&out).contains("epoch"), "{}", stderr(&out));
-    assert!(!under(into.path(), &tree).exists());
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("replaced by an older copy") && stderr(&out).contains("epoch 1"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(blobs(), before, "nothing was written under the old keyring");
+    fs::remove_file(tree.join("after-replay.txt")).unwrap();
     fs::write(dir.join("keys/recipients.age"), &current).unwrap();
     // The remaining key reads both.
     for id in [&first, &second] {
