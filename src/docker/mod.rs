@@ -99,14 +99,14 @@ impl Engine {
             .build()
             .map_err(|e| Error::io("starting the Docker client", e))?;
         let host = endpoint.host.clone();
-        // bollard's request paths carry no version prefix, so the engine answers in its
-        // own API version (Docker 20.10 refuses prefixes newer than 1.41).
         // An ssh:// engine is reached through a tunnel to its socket, and then read and
         // written like any remote engine (its paths are not this machine's).
-        let tunnel = match host.starts_with("ssh://") {
-            true => Some(ssh::Tunnel::open(&host)?),
-            false => None,
-        };
+        let tunnel = host
+            .starts_with("ssh://")
+            .then(|| ssh::Tunnel::open(&host))
+            .transpose()?;
+        // bollard's request paths carry no version prefix, so the engine answers in its
+        // own API version (Docker 20.10 refuses prefixes newer than 1.41).
         let docker = if let Some(t) = &tunnel {
             Docker::connect_with_unix(t.socket(), 300, bollard::API_DEFAULT_VERSION)
         } else if let Some(path) = host.strip_prefix("unix://") {
