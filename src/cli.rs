@@ -634,7 +634,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 }
                 trees = captured.trees.clone();
                 docker = Some(ops::DockerFreeze {
-                    engine_host: engine.host.clone(),
+                    engine_host: engine.endpoint.host.clone(),
                     engine,
                     site: captured,
                     hold: hydrated,
@@ -1336,7 +1336,7 @@ fn thaw_docker_site(
         };
         let trees = captured.trees.clone();
         let docker = ops::DockerFreeze {
-            engine_host: engine.host.clone(),
+            engine_host: engine.endpoint.host.clone(),
             engine,
             site: captured,
             hold: true,

@@ -480,8 +480,6 @@ pub fn parse_recipient(s: &str) -> Result<String> {
     Ok(s.to_string())
 }
 
-/// Writes the keyring wrapped to its recipients and passphrase; removes a wrapping that
-/// no longer applies.
 /// Where this machine keeps the highest key epoch it has used of one repository (named
 /// by a keyed hash, so the file says nothing about the repository).
 fn epoch_file(keys: &Keys) -> std::path::PathBuf {
@@ -498,36 +496,37 @@ fn seen_epoch(file: &std::path::Path) -> Option<u32> {
 /// sealed again under a data key a removed party knows. Then remembers this epoch.
 pub fn check_epoch(keys: &Keys, location: &str) -> Result<()> {
     let file = epoch_file(keys);
-    if let Some(seen) = seen_epoch(&file).filter(|&seen| seen > keys.epoch) {
-        return Err(Error::integrity(format!(
+    match seen_epoch(&file) {
+        Some(seen) if seen > keys.epoch => Err(Error::integrity(format!(
             "the keyring of repository {location} is at key epoch {}, but this machine has used its epoch {seen}: {RECIPIENTS_KEY} or {PASSPHRASE_KEY} was replaced by an older copy",
             keys.epoch
         ))
         .with_hint(format!(
             "put the current keyring back from a copy (or run `freezer key remove` again); if the whole repository was deliberately restored from an older copy, delete {}",
             file.display()
-        )));
+        ))),
+        Some(seen) if seen == keys.epoch => Ok(()),
+        _ => {
+            write_epoch(&file, keys.epoch);
+            Ok(())
+        }
     }
-    remember_epoch(keys);
-    Ok(())
 }
 
-/// Records the keyring's epoch as used on this machine (best effort: without a writable
-/// cache there is no rollback protection, and nothing else changes).
-fn remember_epoch(keys: &Keys) {
-    let file = epoch_file(keys);
-    if seen_epoch(&file).is_some_and(|seen| seen >= keys.epoch) {
-        return;
-    }
+/// Records `epoch` as used on this machine (best effort: without a writable cache there
+/// is no rollback protection, and nothing else changes).
+fn write_epoch(file: &std::path::Path, epoch: u32) {
     if let Some(dir) = file.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
     let tmp = file.with_extension("tmp");
-    if std::fs::write(&tmp, format!("{}\n", keys.epoch)).is_ok() {
-        let _ = std::fs::rename(&tmp, &file);
+    if std::fs::write(&tmp, format!("{epoch}\n")).is_ok() {
+        let _ = std::fs::rename(&tmp, file);
     }
 }
 
+/// Writes the keyring wrapped to its recipients and passphrase; removes a wrapping that
+/// no longer applies.
 pub fn write_keyring(store: &dyn Store, keys: &Keys, new_passphrase: Option<&str>) -> Result<()> {
     let plain = serde_json::to_vec(keys).expect("keys serialize");
     if keys.recipients.is_empty() {
@@ -560,7 +559,11 @@ pub fn write_keyring(store: &dyn Store, keys: &Keys, new_passphrase: Option<&str
             ))
         }
     }
-    remember_epoch(keys);
+    // A new epoch (key remove) is this machine's from now on.
+    let file = epoch_file(keys);
+    if seen_epoch(&file).is_none_or(|seen| seen < keys.epoch) {
+        write_epoch(&file, keys.epoch);
+    }
     Ok(())
 }
 

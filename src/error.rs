@@ -109,14 +109,22 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)?;
-        if let Some(source) = &self.source {
-            let text = source.to_string();
-            if !self.message.contains(&text) {
-                write!(f, ": {text}")?;
+        // The whole chain of causes: clients' top-level messages ("client error
+        // (Connect)") often hide the reason (a refused connection, an untrusted
+        // certificate). A cause already part of the text is not repeated.
+        let mut text = self.message.clone();
+        let mut cause = self
+            .source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static));
+        while let Some(c) = cause {
+            let t = c.to_string();
+            if !text.contains(&t) {
+                text = format!("{text}: {t}");
             }
+            cause = c.source();
         }
-        Ok(())
+        f.write_str(&text)
     }
 }
 

@@ -207,7 +207,7 @@ pub fn capture(engine: &Engine, site: &str) -> Result<CapturedSite> {
     if list.is_empty() {
         return Err(Error::not_found(format!(
             "the Docker engine at {} has no containers of site {site}",
-            engine.host
+            engine.endpoint.host
         ))
         .with_hint(format!(
             "`freezer sites` lists the Docker sites (containers labelled {}={site}, or of compose project {site}); for a site of directories and databases pass --path DIR or --db URL, or define [sites.{site}] in freezer.toml",
@@ -325,7 +325,7 @@ pub fn capture(engine: &Engine, site: &str) -> Result<CapturedSite> {
             let path = if local {
                 PathBuf::from(&source)
             } else {
-                let mirror = super::remote::mirror_path(&engine.host, &source, &tree);
+                let mirror = super::remote::mirror_path(&engine.endpoint.host, &source, &tree);
                 std::fs::create_dir_all(&mirror)
                     .ctx(|| format!("creating {}", mirror.display()))?;
                 mirror
@@ -693,7 +693,7 @@ pub fn hold<T>(
     let held: Arc<Mutex<Vec<Held>>> = Arc::default();
     let cleanup = {
         let held = held.clone();
-        let endpoint = engine.endpoint();
+        let endpoint = engine.endpoint.clone();
         crate::interrupt::on_interrupt(Box::new(move || {
             // Held throughout: the main thread is not pausing or resuming meanwhile.
             let mut list = held.lock().unwrap_or_else(|e| e.into_inner());

@@ -50,9 +50,8 @@ pub struct ContainerInfo {
 pub struct Engine {
     rt: tokio::runtime::Runtime,
     pub docker: Docker,
-    /// `DOCKER_HOST` as given (for messages).
-    pub host: String,
-    tls: Option<PathBuf>,
+    /// Where the engine was reached (its host as given names it in messages).
+    pub endpoint: Endpoint,
     /// The SSH tunnel to an `ssh://` engine; last, so the client goes first.
     _tunnel: Option<ssh::Tunnel>,
 }
@@ -141,8 +140,7 @@ impl Engine {
         let engine = Engine {
             rt,
             docker,
-            host,
-            tls: endpoint.tls.clone(),
+            endpoint: endpoint.clone(),
             _tunnel: tunnel,
         };
         engine.call("asking the engine for its version", |d| async move {
@@ -151,18 +149,10 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Where this engine was reached, to reach it again (e.g. from an interrupt handler).
-    pub fn endpoint(&self) -> Endpoint {
-        Endpoint {
-            host: self.host.clone(),
-            tls: self.tls.clone(),
-        }
-    }
-
     /// True when the engine runs on this machine, so a volume's mount point is a path
     /// freezer can read and write directly.
     pub fn is_local(&self) -> bool {
-        self.host.starts_with("unix://")
+        self.endpoint.host.starts_with("unix://")
     }
 
     /// Runs one engine call; `what` names it in errors ("inspecting container web").
@@ -173,7 +163,7 @@ impl Engine {
     {
         self.rt
             .block_on(f(self.docker.clone()))
-            .map_err(|e| engine_error(&self.host, what, e))
+            .map_err(|e| engine_error(&self.endpoint.host, what, e))
     }
 
     /// The engine's view of one container (by name or id).
@@ -228,7 +218,7 @@ impl Engine {
     }
 
     pub fn error(&self, what: &str, e: bollard::errors::Error) -> Error {
-        engine_error(&self.host, what, e)
+        engine_error(&self.endpoint.host, what, e)
     }
 
     /// Every site on the engine, by name.
@@ -308,21 +298,11 @@ pub fn site_of_labels(labels: &HashMap<String, String>) -> Option<(String, &'sta
 }
 
 fn unreachable(host: &str, e: bollard::errors::Error) -> Error {
-    // The client's own message ("client error (Connect)") hides the cause, e.g. a
-    // certificate the engine's CA did not sign: give the whole chain.
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message = format!("{message}: {text}");
-        }
-        source = cause.source();
-    }
     Error::new(
         ErrorKind::Unreachable,
-        format!("the Docker engine at {host} did not answer: {message}"),
+        format!("the Docker engine at {host} did not answer"),
     )
+    .with_source(e)
     .with_hint(reach_hint(host))
 }
 

@@ -88,7 +88,7 @@ pub fn execute(
     let cleanup = {
         let created = created.clone();
         let target = plan.target.clone();
-        let endpoint = engine.endpoint();
+        let endpoint = engine.endpoint.clone();
         crate::interrupt::on_interrupt(Box::new(move || {
             let created = created.lock().unwrap_or_else(|e| e.into_inner());
             if let Ok(engine) = Engine::connect_to(&endpoint) {
@@ -134,7 +134,7 @@ pub fn execute(
                 None => {
                     e.hint = Some(format!(
                         "what this thaw created on {} was removed; nothing else was changed",
-                        engine.host
+                        engine.endpoint.host
                     ))
                 }
             }
@@ -652,7 +652,7 @@ fn load_image(
             if let Some(err) = item.error {
                 return Err(Error::other(format!(
                     "loading image {} into the Docker engine at {}: {err}",
-                    spec.image, engine.host
+                    spec.image, engine.endpoint.host
                 )));
             }
         }

@@ -79,7 +79,7 @@ pub fn plan(
     let root = info.docker_root_dir.clone().unwrap_or_default();
     let mut checks = vec![format!(
         "engine {} answers: Docker {}, {arch}, data in {root}",
-        engine.host,
+        engine.endpoint.host,
         info.server_version.as_deref().unwrap_or("?"),
     )];
     if let Some((spec, _, _)) = specs
@@ -88,7 +88,7 @@ pub fn plan(
     {
         return Err(Error::conflict(format!(
             "container {} was frozen on {}; the Docker engine at {} runs {arch}",
-            spec.name, spec.platform.architecture, engine.host
+            spec.name, spec.platform.architecture, engine.endpoint.host
         ))
         .with_hint("thaw onto a host of the same CPU architecture"));
     }
@@ -98,7 +98,7 @@ pub fn plan(
     if !existing.is_empty() && !opts.replace {
         return Err(Error::conflict(format!(
             "site {target} exists on the Docker engine at {} ({})",
-            engine.host,
+            engine.endpoint.host,
             existing.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
         ))
         .with_hint(
@@ -110,7 +110,7 @@ pub fn plan(
         site: site.clone(),
         snapshot: snap.id.clone(),
         target: target.clone(),
-        engine: engine.host.clone(),
+        engine: engine.endpoint.host.clone(),
         replaces: existing.iter().map(|c| c.name.clone()).collect(),
         replaced_paths: vec![],
         images: vec![],
@@ -135,7 +135,7 @@ pub fn plan(
                 Ok(_) => {
                     return Err(Error::conflict(format!(
                         "a container named {} exists on the Docker engine at {} and is not part of site {target}",
-                        spec.name, engine.host
+                        spec.name, engine.endpoint.host
                     ))
                     .with_hint("remove or rename it, or thaw with --as NAME"))
                 }
@@ -153,7 +153,7 @@ pub fn plan(
                     if manifest.layers.is_empty() {
                         return Err(Error::not_found(format!(
                             "image {} of container {} is not on the Docker engine at {}, and snapshot {site}:{} does not hold it",
-                            spec.image, spec.name, engine.host, snap.id
+                            spec.image, spec.name, engine.endpoint.host, snap.id
                         ))
                         .with_hint("pull or load the image on that engine first, or freeze the site with --with-images"));
                     }
@@ -207,7 +207,7 @@ pub fn plan(
                     Ok(_) if !local => {
                         return Err(Error::conflict(format!(
                             "volume {name} exists on the Docker engine at {}",
-                            engine.host
+                            engine.endpoint.host
                         ))
                         .with_hint("remove it, or thaw with --as NAME"))
                     }
@@ -225,7 +225,7 @@ pub fn plan(
                     Ok(_) => {
                         return Err(Error::conflict(format!(
                             "volume {name} exists on the Docker engine at {} and is not empty",
-                            engine.host
+                            engine.endpoint.host
                         ))
                         .with_hint(
                             "pass --replace to replace its contents, or thaw with --as NAME",
