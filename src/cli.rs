@@ -16,6 +16,15 @@ use crate::repo::Repository;
 use crate::settings::Settings;
 use crate::store;
 
+/// `println!` that never panics: a closed stdout (`freezer snapshots | head`) must not
+/// end a run in the middle of its work; what could not be written is dropped.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($arg)*);
+    }};
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "freezer",
@@ -59,6 +68,10 @@ pub struct Global {
     /// code, duration, bytes uploaded), per command and site.
     #[arg(long, global = true, env = "FREEZER_METRICS_FILE", value_name = "PATH")]
     pub metrics_file: Option<PathBuf>,
+    /// S3 repositories: how long a failing request is retried (with backoff) before the
+    /// run fails with exit 3, e.g. 90s or 10m. Default: [s3] retry_for, else 5m.
+    #[arg(long, global = true, env = "FREEZER_RETRY_FOR", value_name = "DURATION", value_parser = parse_duration)]
+    pub retry_for: Option<std::time::Duration>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -349,6 +362,7 @@ pub fn run(cli: Cli) -> i32 {
         site,
     };
     monitor.start();
+    announce_retries(progress_mode(&cli.global));
     let started = std::time::Instant::now();
     match dispatch(cli) {
         Ok(code) => {
@@ -427,11 +441,34 @@ pub fn report_error(e: &Error, json: bool) {
 }
 
 /// The command's result: one JSON line, always the last line on stdout (progress events
-/// may come before it).
+/// may come before it). Every result carries the run's store retries (SPEC.md §9).
 fn print_json<T: Serialize>(v: &T) {
+    let mut value = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
+    if let serde_json::Value::Object(map) = &mut value {
+        let retries = store::retry::log().summary();
+        map.insert(
+            "store_retries".into(),
+            serde_json::to_value(retries).unwrap_or_default(),
+        );
+    }
     let mut out = std::io::stdout().lock();
-    let _ = serde_json::to_writer(&mut out, v);
+    let _ = serde_json::to_writer(&mut out, &value);
     let _ = writeln!(out);
+}
+
+/// Failed store requests that are being retried: a line on stderr, or a JSON event.
+fn announce_retries(mode: progress::Mode) {
+    match mode {
+        progress::Mode::Off => {}
+        progress::Mode::Human => store::retry::announce_with(Box::new(|request, cause| {
+            eprintln!("freezer: store: {request}: {cause}; retrying");
+        })),
+        progress::Mode::Json => store::retry::announce_with(Box::new(|request, cause| {
+            let event = serde_json::json!({"event": "retry", "request": request, "cause": cause});
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{event}");
+        })),
+    }
 }
 
 fn progress_mode(g: &Global) -> progress::Mode {
@@ -462,19 +499,8 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
     Ok(v)
 }
 
-/// `0`, `90s`, `30m`, `24h`, `7d`.
 fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, 's')) => (&s[..i], 1u64),
-        Some((i, 'm')) => (&s[..i], 60),
-        Some((i, 'h')) => (&s[..i], 3600),
-        Some((i, 'd')) => (&s[..i], 86_400),
-        _ => (s, 1),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30m, 24h or 7d"))?;
-    Ok(std::time::Duration::from_secs(n.saturating_mul(mult)))
+    crate::settings::parse_duration(s)
 }
 
 fn default_jobs() -> usize {
@@ -536,7 +562,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Prune { .. } => "prune",
         _ => "the command",
     });
-    let settings = Settings::load(g.config.as_deref(), g.repo.as_deref())?;
+    let settings = Settings::load(g.config.as_deref(), g.repo.as_deref(), g.retry_for)?;
     let say = |msg: String| {
         if !g.quiet {
             eprintln!("{msg}");
@@ -668,15 +694,15 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 if g.json {
                     print_json(&plan);
                 } else {
-                    println!("freeze site {} into {}", plan.site, plan.repo);
+                    outln!("freeze site {} into {}", plan.site, plan.repo);
                     match &plan.parent {
                         Some(p) => {
-                            println!("  previous snapshot {p}: unchanged files are not read again")
+                            outln!("  previous snapshot {p}: unchanged files are not read again")
                         }
-                        None => println!("  no previous snapshot: every file is read"),
+                        None => outln!("  no previous snapshot: every file is read"),
                     }
                     if let Some(d) = &plan.docker {
-                        println!(
+                        outln!(
                             "  Docker site on {}: {} containers, {}{}",
                             d.engine_host,
                             d.site.containers.len(),
@@ -688,16 +714,17 @@ fn dispatch(cli: Cli) -> Result<i32> {
                             if d.with_images { "; images stored" } else { "" }
                         );
                         for c in &d.site.containers {
-                            println!("  container {:<16} {} ({})", c.name, c.image, c.state);
+                            outln!("  container {:<16} {} ({})", c.name, c.image, c.state);
                         }
                     }
                     for t in &plan.trees {
-                        println!("  tree {:<16} {}", t.name, t.path.display());
+                        outln!("  tree {:<16} {}", t.name, t.path.display());
                     }
                     for d in &plan.databases {
-                        println!(
+                        outln!(
                             "  database {:<12} {d} ({} connections, consistent snapshot)",
-                            d.database, plan.db_jobs
+                            d.database,
+                            plan.db_jobs
                         );
                     }
                 }
@@ -715,7 +742,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             if g.json {
                 print_json(&report);
             } else {
-                println!("{}:{}", report.site, report.snapshot);
+                outln!("{}:{}", report.site, report.snapshot);
                 say(format!(
                     "froze {} as snapshot {} in {:.1}s",
                     report.site, report.snapshot, report.seconds
@@ -828,14 +855,14 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 if g.json {
                     print_json(&view);
                 } else {
-                    println!(
+                    outln!(
                         "thaw {}:{} from {}",
                         view.site,
                         view.snapshot,
                         repo.location()
                     );
                     for t in &view.trees {
-                        println!(
+                        outln!(
                             "  {} {:<12} -> {}  ({} files, {}, {} layers)",
                             t.action,
                             t.name,
@@ -846,9 +873,14 @@ fn dispatch(cli: Cli) -> Result<i32> {
                         );
                     }
                     for d in &view.databases {
-                        println!(
+                        outln!(
                             "  {} database {:<12} -> {}  ({} tables, {} rows, {} chunks)",
-                            d.action, d.source, d.target, d.tables, d.rows, d.chunks
+                            d.action,
+                            d.source,
+                            d.target,
+                            d.tables,
+                            d.rows,
+                            d.chunks
                         );
                     }
                 }
@@ -867,6 +899,14 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     report.site, report.snapshot, report.seconds
                 ));
                 say_restored(&say, &report.trees, &report.databases);
+            }
+            for l in &report.removed_leftovers {
+                say(format!(
+                    "freezer: {} {} ({}), left by a thaw that was killed",
+                    l.action,
+                    l.path.display(),
+                    bytes(l.bytes)
+                ));
             }
             for d in &report.databases {
                 for w in &d.warnings {
@@ -915,7 +955,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             if g.json {
                 print_json(&report);
             } else {
-                println!(
+                outln!(
                     "drill {}:{} as {}: {} in {:.1}s (restore {:.1}s)",
                     report.site,
                     report.snapshot,
@@ -925,7 +965,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     report.restore_seconds
                 );
                 for c in &report.checks {
-                    println!(
+                    outln!(
                         "  {:<4}  {}: {}",
                         if c.ok { "ok" } else { "FAIL" },
                         c.name,
@@ -933,10 +973,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     );
                 }
                 if let Some(e) = report.error.as_ref().and_then(|e| e.hint.as_ref()) {
-                    println!("  hint: {e}");
+                    outln!("  hint: {e}");
                 }
                 if report.kept {
-                    println!("  kept: site {} is left in place", report.target);
+                    outln!("  kept: site {} is left in place", report.target);
                 }
             }
             Ok(report.exit_code())
@@ -1014,12 +1054,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     "epoch": keys.epoch,
                 }));
             } else {
-                println!("repository {} (key epoch {})", repo.location(), keys.epoch);
+                outln!("repository {} (key epoch {})", repo.location(), keys.epoch);
                 for r in &keys.recipients {
-                    println!("  recipient  {r}");
+                    outln!("  recipient  {r}");
                 }
                 if keys.passphrase {
-                    println!("  passphrase");
+                    outln!("  passphrase");
                 }
             }
             Ok(0)
@@ -1030,15 +1070,22 @@ fn dispatch(cli: Cli) -> Result<i32> {
             if g.json {
                 print_json(&list);
             } else {
-                println!(
+                outln!(
                     "{:<16} {:<30} {:<20} {:<16} {:<10} {:>8} {:>10} {:>12}",
-                    "SITE", "SNAPSHOT", "CREATED", "HOST", "MODE", "FILES", "SIZE", "DB ROWS"
+                    "SITE",
+                    "SNAPSHOT",
+                    "CREATED",
+                    "HOST",
+                    "MODE",
+                    "FILES",
+                    "SIZE",
+                    "DB ROWS"
                 );
                 for s in &list {
                     let files: u64 = s.trees.iter().map(|t| t.files).sum();
                     let size: u64 = s.trees.iter().map(|t| t.bytes).sum();
                     let rows: u64 = s.databases.iter().map(|d| d.rows).sum();
-                    println!(
+                    outln!(
                         "{:<16} {:<30} {:<20} {:<16} {:<10} {:>8} {:>10} {:>12}",
                         s.site,
                         s.id,
@@ -1063,14 +1110,14 @@ fn dispatch(cli: Cli) -> Result<i32> {
             if g.json {
                 print_json(&sites);
             } else {
-                println!("{:<24} {:<8} CONTAINERS", "SITE", "SOURCE");
+                outln!("{:<24} {:<8} CONTAINERS", "SITE", "SOURCE");
                 for s in &sites {
                     let list: Vec<String> = s
                         .containers
                         .iter()
                         .map(|c| format!("{} ({})", c.name, c.state))
                         .collect();
-                    println!("{:<24} {:<8} {}", s.name, s.source, list.join(", "));
+                    outln!("{:<24} {:<8} {}", s.name, s.source, list.join(", "));
                 }
             }
             Ok(0)
@@ -1220,7 +1267,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     ));
                 }
                 for r in &report.refs {
-                    println!("oci:{}:{r}", report.dir.display());
+                    outln!("oci:{}:{r}", report.dir.display());
                 }
             }
             Ok(0)
@@ -1249,37 +1296,41 @@ fn thaw_docker_site(
         if g.json {
             print_json(&plan);
         } else {
-            println!(
+            outln!(
                 "thaw {}:{} as site {} on the Docker engine at {}",
-                plan.site, plan.snapshot, plan.target, plan.engine
+                plan.site,
+                plan.snapshot,
+                plan.target,
+                plan.engine
             );
             if !plan.replaces.is_empty() {
-                println!(
+                outln!(
                     "  freeze site {} (safety snapshot), then remove {}",
                     plan.target,
                     plan.replaces.join(", ")
                 );
             }
             for c in &plan.checks {
-                println!("  checked: {c}");
+                outln!("  checked: {c}");
             }
             for i in &plan.images {
-                println!("  image     {:<24} {}", i.image, i.action);
+                outln!("  image     {:<24} {}", i.image, i.action);
             }
             for n in &plan.networks {
-                println!("  network   {:<24} {}", n.name, n.action);
+                outln!("  network   {:<24} {}", n.name, n.action);
             }
             for v in &plan.volumes {
                 match &v.tree {
-                    Some(t) => println!("  volume    {:<24} {} from tree {t}", v.name, v.action),
-                    None => println!(
+                    Some(t) => outln!("  volume    {:<24} {} from tree {t}", v.name, v.action),
+                    None => outln!(
                         "  volume    {:<24} {} empty (its database is loaded from the dump)",
-                        v.name, v.action
+                        v.name,
+                        v.action
                     ),
                 }
             }
             for b in &plan.binds {
-                println!(
+                outln!(
                     "  directory {:<24} {} from tree {}",
                     b.path
                         .as_ref()
@@ -1290,13 +1341,13 @@ fn thaw_docker_site(
                 );
             }
             for d in &plan.databases {
-                println!(
+                outln!(
                     "  database  {:<24} into container {} once it accepts connections ({} tables, {} rows)",
                     d.database, d.container, d.tables, d.rows
                 );
             }
             for c in &plan.containers {
-                println!(
+                outln!(
                     "  container {:<24} {} -> {}{}",
                     c.name,
                     c.image,

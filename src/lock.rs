@@ -152,7 +152,7 @@ fn try_acquire(
     let info = LockInfo {
         kind: kind.into(),
         site: site.map(String::from),
-        host: crate::ops::hostname(),
+        host: crate::sys::hostname(),
         pid: std::process::id(),
         started: crate::format::rfc3339(SystemTime::now()),
         released: false,

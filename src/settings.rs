@@ -56,6 +56,11 @@ pub struct S3Section {
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub allow_http: Option<bool>,
+    /// How long failing requests are retried, e.g. "5m" (default; FREEZER_RETRY_FOR).
+    pub retry_for: Option<String>,
+    /// When a request that receives nothing is abandoned and retried, e.g. "60s"
+    /// (default; FREEZER_REQUEST_TIMEOUT).
+    pub request_timeout: Option<String>,
 }
 
 impl std::fmt::Debug for S3Section {
@@ -97,8 +102,13 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// `repo_flag` is `--repo` (clap already folds in `FREEZER_REPO`).
-    pub fn load(config_flag: Option<&Path>, repo_flag: Option<&str>) -> Result<Settings> {
+    /// `repo_flag` is `--repo` (clap already folds in `FREEZER_REPO`), `retry_for_flag`
+    /// `--retry-for` (with `FREEZER_RETRY_FOR`).
+    pub fn load(
+        config_flag: Option<&Path>,
+        repo_flag: Option<&str>,
+        retry_for_flag: Option<std::time::Duration>,
+    ) -> Result<Settings> {
         let env_config = std::env::var_os("FREEZER_CONFIG").map(PathBuf::from);
         let explicit = config_flag.map(Path::to_path_buf).or(env_config);
         let path = match explicit {
@@ -131,6 +141,7 @@ impl Settings {
             allow_http: env("AWS_ALLOW_HTTP")
                 .map(|v| v == "true" || v == "1")
                 .or(config.s3.allow_http),
+            retry: retry_policy(&config.s3, retry_for_flag)?,
         };
         let repo = repo_flag.map(str::to_string).or(config.repo.clone());
         Ok(Settings {
@@ -275,6 +286,60 @@ impl Settings {
         }
         Ok(out)
     }
+}
+
+/// The store retry policy: flag, then environment, then config file, then defaults.
+fn retry_policy(
+    s3: &S3Section,
+    retry_for_flag: Option<std::time::Duration>,
+) -> Result<crate::store::RetryPolicy> {
+    let mut policy = crate::store::RetryPolicy::default();
+    let setting =
+        |env: &str, file: &Option<String>, key: &str| -> Result<Option<std::time::Duration>> {
+            let (value, origin) = match std::env::var(env).ok().filter(|v| !v.is_empty()) {
+                Some(v) => (v, env.to_string()),
+                None => match file {
+                    Some(v) => (v.clone(), format!("[s3] {key} in the config file")),
+                    None => return Ok(None),
+                },
+            };
+            parse_duration(&value)
+                .map(Some)
+                .map_err(|e| Error::usage(format!("{origin}: {e}")))
+        };
+    if let Some(d) = retry_for_flag.map(Some).unwrap_or(setting(
+        "FREEZER_RETRY_FOR",
+        &s3.retry_for,
+        "retry_for",
+    )?) {
+        policy.retry_for = d;
+    }
+    if let Some(d) = setting(
+        "FREEZER_REQUEST_TIMEOUT",
+        &s3.request_timeout,
+        "request_timeout",
+    )? {
+        if d.is_zero() {
+            return Err(Error::usage("the S3 request timeout must be more than 0s"));
+        }
+        policy.request_timeout = d;
+    }
+    Ok(policy)
+}
+
+/// `0`, `90s`, `30m`, `24h`, `7d`.
+pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1u64),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        Some((i, 'd')) => (&s[..i], 86_400),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 24h or 7d"))?;
+    Ok(std::time::Duration::from_secs(n.saturating_mul(mult)))
 }
 
 fn check_tree_name(n: &str) -> Result<String> {

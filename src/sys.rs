@@ -71,15 +71,6 @@ pub fn free_space(path: &Path) -> io::Result<u64> {
     }
 }
 
-/// Restores the default SIGPIPE action, so `freezer snapshots | head` ends quietly like
-/// any Unix tool instead of panicking on a closed stdout.
-pub fn default_sigpipe() {
-    // SAFETY: setting a signal disposition to SIG_DFL has no preconditions.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-}
-
 /// Effective uid and gid, and the process umask (read from /proc, which leaves it unchanged).
 pub fn ids_and_umask() -> (u32, u32, u32) {
     // SAFETY: geteuid/getegid have no preconditions and cannot fail.
@@ -104,6 +95,84 @@ pub fn process_alive(pid: u32) -> bool {
     // SAFETY: kill with signal 0 performs only the existence and permission check.
     let r = unsafe { libc::kill(pid, 0) };
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// This machine's name, as snapshots and locks record it.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The name of a scratch file or directory that a run owns: `{tag}+{pid}+{host}+`, to
+/// which the caller appends something unique. A run killed with SIGKILL cannot remove
+/// what it made; the owner in the name lets the next run on this host find it and tell
+/// that its process is gone ([`remove_dead_leftovers`]). `+` appears in no host name and
+/// no tree name, so the parts can be told apart.
+pub fn owned_prefix(tag: &str) -> String {
+    format!("{tag}+{}+{}+", std::process::id(), hostname())
+}
+
+/// The entries of `dir` named by [`owned_prefix`] with `tag` whose process, on this host,
+/// is gone. Entries of live processes, of other hosts and of other names are left out.
+pub fn dead_leftovers(dir: &Path, tag: &str) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let host = hostname();
+    let mut dead = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let mut parts = name.rsplitn(4, '+');
+        let (Some(_unique), Some(h), Some(pid), Some(t)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if t == tag && h == host && !process_alive(pid) {
+            dead.push(entry.path());
+        }
+    }
+    dead
+}
+
+/// Removes [`dead_leftovers`]; returns each one removed with its size in bytes. Errors
+/// are ignored: it is a sweep, and the next run tries again.
+pub fn remove_dead_leftovers(dir: &Path, tag: &str) -> Vec<(std::path::PathBuf, u64)> {
+    let mut removed = Vec::new();
+    for path in dead_leftovers(dir, tag) {
+        let size = tree_size(&path);
+        if remove_any(&path).is_ok() {
+            removed.push((path, size));
+        }
+    }
+    removed
+}
+
+/// Removes a file, a link or a whole directory.
+pub fn remove_any(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        _ => std::fs::remove_file(path),
+    }
+}
+
+/// Bytes under a path (not following links).
+pub fn tree_size(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .map(|entries| entries.flatten().map(|e| tree_size(&e.path())).sum())
+        .unwrap_or(0)
 }
 
 /// Test hook: sleeps for the milliseconds the environment variable `var` names, so a test

@@ -42,10 +42,4 @@ pub fn prefix(mut e: Error, what: &str) -> Error {
     e
 }
 
-/// This machine's name, as snapshots and locks record it.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
+pub use crate::sys::hostname;

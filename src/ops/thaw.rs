@@ -301,6 +301,8 @@ pub struct ThawReport {
     pub seconds: f64,
     pub trees: Vec<ThawTreeReport>,
     pub databases: Vec<LoadReport>,
+    /// Staging directories of killed thaws found beside the destinations and removed.
+    pub removed_leftovers: Vec<Leftover>,
 }
 
 #[derive(Debug, Serialize)]
@@ -318,6 +320,7 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
     let started = Instant::now();
     let mut staged: Vec<PathBuf> = Vec::new();
     let mut created_dirs: Vec<PathBuf> = Vec::new();
+    let mut removed_leftovers = Vec::new();
     // Every file of every dump is downloaded and verified before any target is touched.
     let mut prepared = Vec::new();
     for d in &plan.databases {
@@ -347,7 +350,12 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
                 .parent()
                 .ok_or_else(|| Error::usage(format!("cannot thaw onto {}", t.dest.display())))?;
             create_parents(parent, &mut created_dirs)?;
-            let staging = parent.join(format!(".freezer-thaw.{}.{}", t.name, random_suffix()));
+            sweep_leftovers(parent, &t.dest, &mut removed_leftovers);
+            let staging = parent.join(format!(
+                "{}{}",
+                crate::sys::owned_prefix(STAGING_TAG),
+                random_suffix()
+            ));
             // Private while it fills; the snapshot's root mode is applied at the end.
             std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
                 .create(&staging)
@@ -447,7 +455,63 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
         seconds: started.elapsed().as_secs_f64(),
         trees: reports,
         databases: db_reports,
+        removed_leftovers,
     })
+}
+
+/// Scratch directories beside a destination: a tree being restored, and the old
+/// contents of a replaced destination until they are deleted. Their names carry the
+/// owning process ([`crate::sys::owned_prefix`]).
+const STAGING_TAG: &str = ".freezer-thaw";
+const OLD_TAG: &str = ".freezer-old";
+
+/// The tag of a destination's old contents while it is being replaced: it carries the
+/// destination's name, so that they can be put back if the run dies between moving
+/// them aside and moving the new tree in.
+fn old_tag(dest: &Path) -> String {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{OLD_TAG}.{name}")
+}
+
+/// Something a killed run had left at a destination, dealt with by this one.
+#[derive(Debug, Serialize)]
+pub struct Leftover {
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// `removed`, or `put back` (old contents moved back to a destination that a killed
+    /// thaw had left missing).
+    pub action: &'static str,
+}
+
+/// Deals with what killed thaws left beside `dest`: staging directories (a partial or
+/// complete restore, or after the swap the old contents) are removed; old contents
+/// moved aside go back where they were if the destination is missing, else are removed.
+fn sweep_leftovers(parent: &Path, dest: &Path, out: &mut Vec<Leftover>) {
+    for (path, bytes) in crate::sys::remove_dead_leftovers(parent, STAGING_TAG) {
+        out.push(Leftover {
+            path,
+            bytes,
+            action: "removed",
+        });
+    }
+    for path in crate::sys::dead_leftovers(parent, &old_tag(dest)) {
+        let bytes = crate::sys::tree_size(&path);
+        let action = if fs::symlink_metadata(dest).is_err() && fs::rename(&path, dest).is_ok() {
+            "put back"
+        } else if crate::sys::remove_any(&path).is_ok() {
+            "removed"
+        } else {
+            continue;
+        };
+        out.push(Leftover {
+            path,
+            bytes,
+            action,
+        });
+    }
 }
 
 fn create_parents(dir: &Path, created: &mut Vec<PathBuf>) -> Result<()> {
@@ -486,10 +550,8 @@ fn install(staging: &Path, dest: &Path) -> Result<()> {
         staging.to_path_buf()
     } else {
         let old = dest.with_file_name(format!(
-            ".freezer-old.{}.{}",
-            dest.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            "{}{}",
+            crate::sys::owned_prefix(&old_tag(dest)),
             random_suffix()
         ));
         fs::rename(dest, &old).ctx(|| format!("moving {} aside", dest.display()))?;

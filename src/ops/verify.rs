@@ -45,6 +45,14 @@ pub fn verify(
         }
         (site, _) => repo.list_snapshots(site)?,
     };
+    // A typo in a monitored `verify SITE` must not pass as "0 snapshots, all intact".
+    if let (Some(site), true) = (site, refs.is_empty()) {
+        return Err(Error::not_found(format!(
+            "site {site} has no snapshots in {}",
+            repo.location()
+        ))
+        .with_hint("`freezer snapshots` lists the sites and their snapshots"));
+    }
     let mut report = VerifyReport::default();
     let mut checked: HashMap<Digest, Option<String>> = HashMap::new();
     for r in &refs {

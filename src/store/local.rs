@@ -12,11 +12,16 @@ use crate::error::{Error, IoContext, Result};
 
 pub struct LocalStore {
     root: PathBuf,
+    /// Whether `tmp/` was swept of dead runs' files yet (once per process).
+    swept: std::sync::atomic::AtomicBool,
 }
 
 impl LocalStore {
     pub fn new(root: PathBuf) -> Self {
-        LocalStore { root }
+        LocalStore {
+            root,
+            swept: Default::default(),
+        }
     }
 
     fn path(&self, key: &str) -> Result<PathBuf> {
@@ -71,8 +76,7 @@ impl Store for LocalStore {
 
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
         let spool = self.spool_dir()?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&spool)
-            .ctx(|| format!("creating a file in {}", spool.display()))?;
+        let mut tmp = super::spool_file(&spool)?;
         tmp.write_all(data)
             .and_then(|_| tmp.as_file().sync_all())
             .ctx(|| format!("writing {}", tmp.path().display()))?;
@@ -136,6 +140,9 @@ impl Store for LocalStore {
     fn spool_dir(&self) -> Result<PathBuf> {
         let dir = self.root.join("tmp");
         fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        if !self.swept.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            super::sweep_spool(&dir);
+        }
         Ok(dir)
     }
 }

@@ -6,12 +6,14 @@
 //! threads, and the S3 backend drives its async client from there with `block_on`.
 
 mod local;
+pub mod retry;
 mod s3;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use local::LocalStore;
+pub use retry::RetryPolicy;
 pub use s3::{S3Options, S3Store};
 
 use crate::error::{Error, Result};
@@ -98,6 +100,23 @@ pub fn open(url: &StoreUrl, s3: &S3Options) -> Result<Box<dyn Store>> {
         StoreUrl::Local(path) => Box::new(LocalStore::new(path.clone())),
         StoreUrl::S3 { bucket, prefix } => Box::new(S3Store::new(bucket, prefix, s3)?),
     })
+}
+
+/// Names of spooled files: their owner's pid and host, for [`sweep_spool`].
+const SPOOL_TAG: &str = "freezer-spool";
+
+/// A new file in a spool directory, named after the run that owns it.
+pub fn spool_file(dir: &Path) -> Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(&crate::sys::owned_prefix(SPOOL_TAG))
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(format!("creating a file in {}", dir.display()), e))
+}
+
+/// Removes the spooled files of runs on this host that died (SIGKILL, power loss), which
+/// could not remove them themselves.
+fn sweep_spool(dir: &Path) {
+    crate::sys::remove_dead_leftovers(dir, SPOOL_TAG);
 }
 
 /// Rejects keys that could step outside the repository on a local store.

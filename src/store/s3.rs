@@ -8,15 +8,16 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjPath;
-use object_store::{ClientOptions, ObjectStore, PutPayload, RetryConfig, WriteMultipart};
+use object_store::{GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart};
 
+use super::retry::{Connector, RetryPolicy};
 use super::{check_key, ObjectInfo, Store};
 use crate::error::{into_io, Error, ErrorKind, IoContext, Result};
 
@@ -34,6 +35,8 @@ pub struct S3Options {
     pub secret_access_key: Option<String>,
     pub session_token: Option<String>,
     pub allow_http: Option<bool>,
+    /// How long failing requests are retried, and when one counts as stalled.
+    pub retry: RetryPolicy,
 }
 
 // Secrets are never printed, not even in debug output.
@@ -52,6 +55,7 @@ impl fmt::Debug for S3Options {
                 &self.session_token.as_ref().map(|_| "<redacted>"),
             )
             .field("allow_http", &self.allow_http)
+            .field("retry", &self.retry)
             .finish()
     }
 }
@@ -61,29 +65,46 @@ pub struct S3Store {
     bucket: String,
     prefix: String,
     rt: Arc<tokio::runtime::Runtime>,
+    retry: RetryPolicy,
+    /// Whether the spool directory was swept of dead runs' files yet (once per process).
+    swept: std::sync::atomic::AtomicBool,
 }
 
 impl S3Store {
     pub fn new(bucket: &str, prefix: &str, opts: &S3Options) -> Result<Self> {
+        // Without keys, object_store would ask the EC2 instance metadata service, which
+        // off EC2 answers with a timeout or a 403 from 169.254.169.254 that names none
+        // of what is missing. Roles through a web identity or a container endpoint
+        // (EKS, ECS) are still taken from their variables.
+        let role = [
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        ]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
+        if (opts.access_key_id.is_none() || opts.secret_access_key.is_none()) && !role {
+            return Err(Error::usage(format!("no S3 credentials for bucket {bucket}"))
+                .with_hint("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or access_key_id and secret_access_key in the [s3] table of freezer.toml"));
+        }
+        let http = opts
+            .endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
+        let allow_http = opts.allow_http.unwrap_or(http);
         let mut b = AmazonS3Builder::new()
             .with_bucket_name(bucket)
             .with_region(opts.region.as_deref().unwrap_or("us-east-1"))
             // Path-style requests work with every S3-compatible server; Garage needs them.
             .with_virtual_hosted_style_request(false)
-            .with_retry(RetryConfig {
-                max_retries: 4,
-                retry_timeout: Duration::from_secs(60),
-                ..Default::default()
+            .with_retry(opts.retry.object_store_config())
+            .with_http_connector(Connector {
+                policy: opts.retry,
+                allow_http,
             })
-            .with_client_options(
-                ClientOptions::new()
-                    .with_connect_timeout(Duration::from_secs(5))
-                    .with_timeout(Duration::from_secs(300)),
-            );
+            .with_allow_http(allow_http);
         if let Some(endpoint) = &opts.endpoint {
             b = b.with_endpoint(endpoint);
-            let http = endpoint.starts_with("http://");
-            b = b.with_allow_http(opts.allow_http.unwrap_or(http));
         }
         if let Some(v) = &opts.access_key_id {
             b = b.with_access_key_id(v);
@@ -109,6 +130,8 @@ impl S3Store {
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
             rt: Arc::new(rt),
+            retry: opts.retry,
+            swept: Default::default(),
         })
     }
 
@@ -131,20 +154,43 @@ impl S3Store {
         }
     }
 
-    fn err(&self, what: &str, key: &str, e: object_store::Error) -> Error {
-        map_error(what, &self.url(key), e)
+    /// `started`: when the operation began, to tell a store that stayed down from one
+    /// that refused at once.
+    fn err(&self, what: &str, key: &str, e: object_store::Error, started: Instant) -> Error {
+        map_error(what, &self.url(key), &self.bucket, self.retry, started, e)
     }
 }
 
-fn map_error(what: &str, url: &str, e: object_store::Error) -> Error {
+fn map_error(
+    what: &str,
+    url: &str,
+    bucket: &str,
+    retry: RetryPolicy,
+    started: Instant,
+    e: object_store::Error,
+) -> Error {
     use object_store::Error as E;
     match e {
+        // S3 answers 404 for a missing bucket too; its error code tells them apart.
+        E::NotFound { .. } if format!("{e:?}").contains("NoSuchBucket") => {
+            Error::new(ErrorKind::NotFound, format!("{what} {url}: bucket {bucket} does not exist"))
+                .with_hint("create the bucket first (aws s3 mb, garage bucket create, mc mb), or fix the repository URL")
+        }
         E::NotFound { .. } => Error::not_found(format!("object {url} not found")),
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
             Error::new(ErrorKind::Unreachable, format!("{what} {url}: access denied"))
                 .with_source(e)
                 .with_hint("check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the key's permissions on the bucket")
         }
+        other if started.elapsed() >= retry.retry_for => Error::new(
+            ErrorKind::Unreachable,
+            format!(
+                "{what} {url} failed: the store did not recover while freezer retried for {}s",
+                retry.retry_for.as_secs()
+            ),
+        )
+        .with_source(other)
+        .with_hint("check that the S3 endpoint (AWS_ENDPOINT_URL) is up and reachable; to wait longer, raise --retry-for, FREEZER_RETRY_FOR or retry_for in [s3] of freezer.toml"),
         other => Error::new(ErrorKind::Unreachable, format!("{what} {url} failed"))
             .with_source(other)
             .with_hint("check that the S3 endpoint (AWS_ENDPOINT_URL) is reachable and the credentials are right"),
@@ -161,51 +207,65 @@ impl Store for S3Store {
     }
 
     fn get(&self, key: &str) -> Result<Vec<u8>> {
+        let t = Instant::now();
         let path = self.path(key)?;
         self.rt.block_on(async {
             let r = self
                 .client
                 .get(&path)
                 .await
-                .map_err(|e| self.err("reading", key, e))?;
-            let bytes = r.bytes().await.map_err(|e| self.err("reading", key, e))?;
+                .map_err(|e| self.err("reading", key, e, t))?;
+            let bytes = r
+                .bytes()
+                .await
+                .map_err(|e| self.err("reading", key, e, t))?;
             Ok(bytes.to_vec())
         })
     }
 
     fn open(&self, key: &str) -> Result<Box<dyn Read + Send>> {
+        let t = Instant::now();
         let path = self.path(key)?;
         let r = self
             .rt
             .block_on(self.client.get(&path))
-            .map_err(|e| self.err("reading", key, e))?;
+            .map_err(|e| self.err("reading", key, e, t))?;
         Ok(Box::new(StreamReader {
             rt: self.rt.clone(),
+            client: self.client.clone(),
+            path,
+            e_tag: r.meta.e_tag.clone(),
             stream: r.into_stream(),
             chunk: Bytes::new(),
+            offset: 0,
             url: self.url(key),
+            bucket: self.bucket.clone(),
+            retry: self.retry,
         }))
     }
 
     fn size(&self, key: &str) -> Result<Option<u64>> {
+        let t = Instant::now();
         let path = self.path(key)?;
         match self.rt.block_on(self.client.head(&path)) {
             Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.err("checking", key, e)),
+            Err(e) => Err(self.err("checking", key, e, t)),
         }
     }
 
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        let t = Instant::now();
         let path = self.path(key)?;
         let payload = PutPayload::from(Bytes::copy_from_slice(data));
         self.rt
             .block_on(self.client.put(&path, payload))
-            .map_err(|e| self.err("writing", key, e))?;
+            .map_err(|e| self.err("writing", key, e, t))?;
         Ok(())
     }
 
     fn put_file(&self, key: &str, file: &Path) -> Result<()> {
+        let t = Instant::now();
         let path = self.path(key)?;
         let mut f = File::open(file).ctx(|| format!("opening {}", file.display()))?;
         let len = f
@@ -222,7 +282,7 @@ impl Store for S3Store {
             let upload = self
                 .rt
                 .block_on(self.client.put_multipart(&path))
-                .map_err(|e| self.err("starting upload of", key, e))?;
+                .map_err(|e| self.err("starting upload of", key, e, t))?;
             let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
             let mut buf = vec![0u8; PART_SIZE];
             let result: Result<()> = (|| loop {
@@ -233,7 +293,7 @@ impl Store for S3Store {
                 }
                 self.rt
                     .block_on(w.wait_for_capacity(PARTS_IN_FLIGHT))
-                    .map_err(|e| self.err("uploading", key, e))?;
+                    .map_err(|e| self.err("uploading", key, e, t))?;
                 w.write(&buf[..n]);
                 fault_point_in_multipart(&self.rt, &mut w);
             })();
@@ -241,7 +301,7 @@ impl Store for S3Store {
                 Ok(()) => {
                     self.rt
                         .block_on(w.finish())
-                        .map_err(|e| self.err("finishing upload of", key, e))?;
+                        .map_err(|e| self.err("finishing upload of", key, e, t))?;
                 }
                 Err(e) => {
                     // Best effort: an abandoned upload only costs space until the bucket's
@@ -256,6 +316,7 @@ impl Store for S3Store {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let t = Instant::now();
         let base = if self.prefix.is_empty() {
             String::new()
         } else {
@@ -267,7 +328,7 @@ impl Store for S3Store {
             let mut stream = self.client.list(Some(&list_path));
             let mut out = Vec::new();
             while let Some(item) = stream.next().await {
-                let meta = item.map_err(|e| self.err("listing", prefix, e))?;
+                let meta = item.map_err(|e| self.err("listing", prefix, e, t))?;
                 if let Some(key) = meta.location.as_ref().strip_prefix(&base) {
                     out.push(ObjectInfo {
                         key: key.to_string(),
@@ -283,15 +344,20 @@ impl Store for S3Store {
     }
 
     fn delete(&self, key: &str) -> Result<()> {
+        let t = Instant::now();
         let path = self.path(key)?;
         match self.rt.block_on(self.client.delete(&path)) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.err("deleting", key, e)),
+            Err(e) => Err(self.err("deleting", key, e, t)),
         }
     }
 
     fn spool_dir(&self) -> Result<PathBuf> {
-        Ok(std::env::temp_dir())
+        let dir = std::env::temp_dir();
+        if !self.swept.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            super::sweep_spool(&dir);
+        }
+        Ok(dir)
     }
 }
 
@@ -320,11 +386,70 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Adapts a GET response stream to `std::io::Read`, one network chunk at a time.
+///
+/// object_store resumes a broken body itself, but only within `retry_for` of the first
+/// request, which a long download outlasts; so when the stream fails for good this reader
+/// asks again for the rest (a ranged GET from the last byte received, of the same ETag),
+/// for up to `retry_for` since the last byte arrived.
 struct StreamReader {
     rt: Arc<tokio::runtime::Runtime>,
+    client: AmazonS3,
+    path: ObjPath,
+    e_tag: Option<String>,
     stream: BoxStream<'static, object_store::Result<Bytes>>,
     chunk: Bytes,
+    /// Bytes received so far.
+    offset: u64,
     url: String,
+    bucket: String,
+    retry: RetryPolicy,
+}
+
+impl StreamReader {
+    fn error(&self, e: object_store::Error, since: Instant) -> std::io::Error {
+        into_io(map_error(
+            "reading",
+            &self.url,
+            &self.bucket,
+            self.retry,
+            since,
+            e,
+        ))
+    }
+
+    /// Waits for the store and re-opens the object from `offset`.
+    fn resume(&mut self, first: object_store::Error) -> std::io::Result<()> {
+        let since = Instant::now();
+        let mut wait = Duration::from_millis(200);
+        let mut last = first;
+        loop {
+            let permanent = matches!(
+                last,
+                object_store::Error::NotFound { .. }
+                    | object_store::Error::Precondition { .. }
+                    | object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+            );
+            if permanent || since.elapsed() >= self.retry.retry_for {
+                return Err(self.error(last, since));
+            }
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(Duration::from_secs(10));
+            let opts = GetOptions {
+                range: Some(GetRange::Offset(self.offset)),
+                // The same object or nothing: a replaced one would splice two versions.
+                if_match: self.e_tag.clone(),
+                ..Default::default()
+            };
+            match self.rt.block_on(self.client.get_opts(&self.path, opts)) {
+                Ok(r) => {
+                    self.stream = r.into_stream();
+                    return Ok(());
+                }
+                Err(e) => last = e,
+            }
+        }
+    }
 }
 
 impl Read for StreamReader {
@@ -333,12 +458,13 @@ impl Read for StreamReader {
             match self.rt.block_on(self.stream.next()) {
                 None => return Ok(0),
                 Some(Ok(chunk)) => self.chunk = chunk,
-                Some(Err(e)) => return Err(into_io(map_error("reading", &self.url, e))),
+                Some(Err(e)) => self.resume(e)?,
             }
         }
         let n = buf.len().min(self.chunk.len());
         buf[..n].copy_from_slice(&self.chunk[..n]);
         self.chunk = self.chunk.slice(n..);
+        self.offset += n as u64;
         Ok(n)
     }
 }

@@ -129,8 +129,7 @@ pub fn freeze_tree(
     let base = layers.len() as u32;
 
     let spool = repo.store().spool_dir()?;
-    let index_tmp = tempfile::NamedTempFile::new_in(&spool)
-        .ctx(|| format!("creating a file in {}", spool.display()))?;
+    let index_tmp = crate::store::spool_file(&spool)?;
     // Hashed as it is written, so the index is never read back just to name it.
     let mut index = IndexWriter::new(HashCount {
         inner: repo.spool_writer(index_tmp.reopen().ctx(|| "reopening the index".into())?),
@@ -493,8 +492,7 @@ struct LayerSink<'r> {
 impl LayerSink<'_> {
     fn part(&mut self) -> Result<&mut Part> {
         if self.current.is_none() {
-            let tmp = tempfile::NamedTempFile::new_in(&self.spool)
-                .ctx(|| format!("creating a file in {}", self.spool.display()))?;
+            let tmp = crate::store::spool_file(&self.spool)?;
             let file = tmp.reopen().ctx(|| "reopening a spool file".into())?;
             let compressed = HashCount {
                 inner: self.repo.spool_writer(file),

@@ -241,7 +241,14 @@ pub fn thaw_tree(
             let owner = &owner;
             handles.push(scope.spawn(move || -> Result<()> {
                 for job in rx {
-                    write_file(&mut &job.data[..], &job.path, &job.entry, owner, progress)?;
+                    write_file(
+                        &mut &job.data[..],
+                        &job.path,
+                        &job.entry,
+                        owner,
+                        progress,
+                        &|e| Error::io("reading a file held in memory", e),
+                    )?;
                 }
                 Ok(())
             }));
@@ -324,11 +331,11 @@ fn extract_layer(
     let name = layer.digest.key();
     let mut blob = repo.open_blob(&layer.digest)?;
     {
-        let dec =
-            zstd::stream::read::Decoder::new(&mut blob).ctx(|| format!("reading layer {name}"))?;
+        let damaged = |e| layer_damaged(&name, e);
+        let dec = zstd::stream::read::Decoder::new(&mut blob).map_err(damaged)?;
         let mut archive = tar::Archive::new(dec);
-        for entry in archive.entries().ctx(|| format!("reading layer {name}"))? {
-            let mut entry = entry.ctx(|| format!("reading layer {name}"))?;
+        for entry in archive.entries().map_err(damaged)? {
+            let mut entry = entry.map_err(damaged)?;
             let raw = entry.path_bytes().into_owned();
             let path = normalize_tar_path(&raw)?;
             // Only regular files carry data freezer restores from the archive; everything
@@ -359,9 +366,7 @@ fn extract_layer(
             let path = at(staging, &want.path);
             if want.size <= SMALL_FILE {
                 let mut data = vec![0u8; want.size as usize];
-                entry
-                    .read_exact(&mut data)
-                    .ctx(|| format!("reading layer {name}"))?;
+                entry.read_exact(&mut data).map_err(damaged)?;
                 let w = &writers[dir_hash(parent(&want.path)) % writers.len()];
                 w.send(Job {
                     path,
@@ -370,7 +375,7 @@ fn extract_layer(
                 })
                 .map_err(|_| Error::other("a writer thread stopped"))?;
             } else {
-                write_file(&mut entry, &path, &want, owner, progress)?;
+                write_file(&mut entry, &path, &want, owner, progress, &damaged)?;
             }
             next = wanted.next().transpose()?;
         }
@@ -381,6 +386,17 @@ fn extract_layer(
     // The tar end marker comes before the end of the blob: read the rest to check the digest.
     blob.finish()?;
     Ok(())
+}
+
+/// A layer that cannot be decompressed or parsed is damaged repository data (exit 4), not
+/// a local failure; an error of the store underneath (the network, a digest mismatch)
+/// travels intact inside the I/O error and is kept as it is.
+fn layer_damaged(layer: &str, e: std::io::Error) -> Error {
+    if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+        return *e.into_inner().unwrap().downcast::<Error>().unwrap();
+    }
+    Error::integrity(format!("layer {layer} is damaged: {e}"))
+        .with_hint("`freezer verify` lists every damaged object; thaw an older snapshot, or restore the object from a copy of the repository")
 }
 
 fn missing(layer: &str, want: &Entry) -> Error {
@@ -421,6 +437,7 @@ fn write_file(
     e: &Entry,
     owner: &Owner,
     progress: &Progress,
+    damaged: &dyn Fn(std::io::Error) -> Error,
 ) -> Result<()> {
     let ctx = || format!("writing {}", path.display());
     // Create with the final mode when the umask leaves it intact, saving an fchmod per file.
@@ -436,7 +453,7 @@ fn write_file(
     let mut hole = false;
     while left > 0 {
         let want = CHUNK.min(left as usize);
-        src.read_exact(&mut buf[..want]).ctx(ctx)?;
+        src.read_exact(&mut buf[..want]).map_err(damaged)?;
         if want % 4096 == 0 && is_zero(&buf[..want]) {
             f.seek(SeekFrom::Current(want as i64)).ctx(ctx)?;
             hole = true;

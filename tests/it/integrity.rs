@@ -248,9 +248,17 @@ fn missing_repository_and_unreachable_or_unauthorized_store_are_clear_errors() {
     let url = format!("s3://{}/x", bucket());
     let out = freezer_env(
         &["snapshots", "--repo", &url],
-        &[("AWS_ENDPOINT_URL", "http://127.0.0.1:9")],
+        &[
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+            ("FREEZER_RETRY_FOR", "1s"),
+        ],
     );
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Connection refused"),
+        "the cause is named: {}",
+        stderr(&out)
+    );
     assert!(
         stderr(&out).contains("127.0.0.1:9") || stderr(&out).contains("s3://"),
         "{}",
@@ -267,6 +275,112 @@ fn missing_repository_and_unreachable_or_unauthorized_store_are_clear_errors() {
         !stderr(&out).contains(secret),
         "the secret must never be printed"
     );
+}
+
+#[test]
+fn missing_credentials_a_missing_bucket_and_an_unknown_site_are_named() {
+    // No keys: said at once, not as a refusal from an EC2 metadata address.
+    let url = format!("s3://{}/{}", bucket(), unique("creds"));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_freezer"));
+    cmd.args(["init", "--repo", &url])
+        .env("FREEZER_CONFIG", "/dev/null")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY");
+    services();
+    let out = cmd.env_remove("AWS_ACCESS_KEY_ID").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no S3 credentials") && stderr(&out).contains("AWS_ACCESS_KEY_ID"),
+        "{}",
+        stderr(&out)
+    );
+
+    let url = format!("s3://{}/x", unique("no-such-bucket"));
+    let out = freezer(&["init", "--repo", &url]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("create the bucket"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A typo in a monitored verify must not pass.
+    let repo = TestRepo::local().init();
+    let work = tempfile::tempdir().unwrap();
+    small_tree(work.path());
+    freeze(&repo, "real", &[work.path()]);
+    let out = freezer(&["verify", "nosuchsite", "--repo", &repo.url]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nosuchsite"), "{}", stderr(&out));
+    assert_ok(&freezer(&["verify", "real", "--repo", &repo.url]));
+}
+
+/// The small layer of a second freeze (one changed file), damaged anywhere: the thaw
+/// exits 4 (damaged data), never 1, and writes nothing.
+#[test]
+fn a_damaged_changeset_layer_exits_4_wherever_it_is_hit() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("www");
+    small_tree(&src);
+    let repo = TestRepo::local().init();
+    freeze(&repo, "site", &[&src]);
+    let store = repo.store();
+    let before: std::collections::BTreeSet<String> = store
+        .list("blobs/")
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    fs::write(src.join("index.html"), "<p>changed</p>\n".repeat(300)).unwrap();
+    freeze(&repo, "site", &[&src]);
+    let new: Vec<(String, u64)> = store
+        .list("blobs/")
+        .unwrap()
+        .into_iter()
+        .filter(|o| !before.contains(&o.key))
+        .map(|o| (o.key, o.size))
+        .collect();
+    // The changeset layer: a new blob that the new manifest lists as a tar+zstd layer.
+    let layers: Vec<String> = new
+        .iter()
+        .filter_map(|(k, _)| {
+            serde_json::from_slice::<serde_json::Value>(&store.get(k).unwrap()).ok()
+        })
+        .filter_map(|m| m["layers"].as_array().cloned())
+        .flatten()
+        .filter(|l| l["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd")
+        .map(|l| format!("blobs/{}", l["digest"].as_str().unwrap().replace(':', "/")))
+        .collect();
+    let (layer, size) = new
+        .iter()
+        .find(|(k, _)| layers.contains(k))
+        .unwrap_or_else(|| panic!("no new layer among {new:?} (layers {layers:?})"))
+        .clone();
+    let original = store.get(&layer).unwrap();
+    for i in 0..12u64 {
+        let mut damaged = original.clone();
+        let at = (i * 7919 + 13) % size;
+        damaged[at as usize] ^= 1 << (i % 8);
+        store.delete(&layer).unwrap();
+        store.put(&layer, &damaged).unwrap();
+        let into = work.path().join(unique("thaw"));
+        let out = thaw_into(&repo, "site", &into);
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "byte {at} of {size} flipped: {}",
+            stderr(&out)
+        );
+        assert!(
+            !into.exists(),
+            "byte {at}: the thaw wrote {}",
+            into.display()
+        );
+    }
+    restore(store.as_ref(), &layer, &original);
+    let into = work.path().join(unique("thaw"));
+    assert_ok(&thaw_into(&repo, "site", &into));
 }
 
 #[test]

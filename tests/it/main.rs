@@ -6,6 +6,7 @@ mod database;
 mod docker;
 mod drill;
 mod encryption;
+mod faults;
 mod formats;
 mod hostile;
 mod hydrated;

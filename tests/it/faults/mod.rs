@@ -1,0 +1,277 @@
+//! The store misbehaving under a running freeze, thaw or verify: a Garage of the test's
+//! own killed and restarted, stopped (hung) for longer than the request timeout, gone for
+//! good, a three-node cluster losing a node, and a fault proxy answering 503 SlowDown,
+//! resetting connections, stalling and cutting bodies short.
+
+mod garage;
+mod proxy;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use garage::Garage;
+use proxy::{Fault, FaultProxy};
+
+/// A site of `mb` MiB of random data in a few files (one big enough for a multipart
+/// upload), a link and a nested directory. (The restore cases are another test's; this
+/// one needs data that takes a few seconds through a throttled proxy.)
+fn site_tree(root: &Path, mb: usize) {
+    std::fs::create_dir_all(root.join("nested/deeper")).unwrap();
+    std::fs::write(root.join("nested/deeper/note.txt"), "kept\n").unwrap();
+    std::os::unix::fs::symlink("nested/deeper/note.txt", root.join("link")).unwrap();
+    let data = root.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut random = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect()
+    };
+    std::fs::write(
+        data.join("big.bin"),
+        random(mb.saturating_sub(2).max(1) << 20),
+    )
+    .unwrap();
+    for i in 0..8 {
+        std::fs::write(data.join(format!("small-{i}.bin")), random(256 << 10)).unwrap();
+    }
+}
+
+fn run(args: &[&str], env: &[(String, String)]) -> Output {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    freezer_env(args, &env)
+}
+
+fn spawn(args: &[&str], env: &[(String, String)]) -> Child {
+    services();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_freezer"));
+    cmd.args(args)
+        .env_remove("FREEZER_REPO")
+        .env("FREEZER_CONFIG", "/dev/null")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("starting freezer")
+}
+
+fn with(mut env: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
+fn retries(result: &serde_json::Value) -> u64 {
+    result["store_retries"]["count"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no store_retries in the result: {result}"))
+}
+
+#[test]
+fn a_store_restart_and_a_hang_are_ridden_through() {
+    let mut g = Garage::start(1);
+    // Throttled, so that the store goes away while the freeze and the thaw are moving data.
+    let proxy = FaultProxy::start(&g.s3_addr(0));
+    proxy.throttle(6 << 20);
+    let env = with(
+        g.env(&proxy.endpoint()),
+        &[("FREEZER_REQUEST_TIMEOUT", "3s")],
+    );
+    let repo = g.repo_url("restart");
+    assert_ok(&run(&["init", "--repo", &repo], &env));
+    let src = tempfile::tempdir().unwrap();
+    site_tree(src.path(), 24);
+    let path = src.path().display().to_string();
+
+    // Freeze: the store is killed a second in and comes back 3 seconds later.
+    let child = spawn(
+        &["freeze", "site", "--repo", &repo, "--path", &path, "--json"],
+        &env,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    g.kill(0);
+    std::thread::sleep(Duration::from_secs(3));
+    g.restart(0);
+    let out = child.wait_with_output().unwrap();
+    let result = json(&out);
+    assert!(
+        retries(&result) > 0,
+        "the restart was not noticed: {result}\n{}",
+        stderr(&out)
+    );
+
+    // Thaw: the store hangs (SIGSTOP: connections are accepted, nothing answers) for
+    // 8 s, more than twice the request timeout. (It hangs from the start: behind the
+    // throttled proxy, a hang in the middle would be hidden by the socket buffers.)
+    let dest = tempfile::tempdir().unwrap();
+    let into = dest.path().display().to_string();
+    g.pause(0);
+    let child = spawn(
+        &["thaw", "site", "--repo", &repo, "--into", &into, "--json"],
+        &env,
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    g.resume(0);
+    let out = child.wait_with_output().unwrap();
+    let result = json(&out);
+    assert!(retries(&result) > 0, "the hang was not noticed: {result}");
+    assert_same_tree(src.path(), &under(dest.path(), src.path()));
+
+    // And what was written through all that verifies.
+    let out = run(&["verify", "site", "--repo", &repo, "--json"], &env);
+    assert_ok(&out);
+}
+
+#[test]
+fn a_store_that_stays_down_fails_with_exit_3_within_the_bound() {
+    let mut g = Garage::start(1);
+    let env = with(g.env(&g.s3_addr(0)), &[("FREEZER_RETRY_FOR", "4s")]);
+    let repo = g.repo_url("down");
+    assert_ok(&run(&["init", "--repo", &repo], &env));
+    let src = tempfile::tempdir().unwrap();
+    site_tree(src.path(), 3);
+    let path = src.path().display().to_string();
+    g.kill(0);
+    let started = Instant::now();
+    let out = run(&["freeze", "site", "--repo", &repo, "--path", &path], &env);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("Connection refused") && err.contains("retried for 4s"),
+        "the message should give the cause and how long freezer tried: {err}"
+    );
+    // Not a timing test: only that the bound, not some internal limit, ended the run.
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+
+    // --retry-for overrides the environment, and the same holds for a thaw.
+    let out = run(
+        &[
+            "thaw",
+            "site",
+            "--repo",
+            &repo,
+            "--into",
+            "/nonexistent-never-made",
+            "--retry-for",
+            "2s",
+        ],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("retried for 2s"), "{}", stderr(&out));
+}
+
+#[test]
+fn slowdown_resets_stalls_and_cut_bodies_are_retried() {
+    // The shared Garage, through a proxy of this test's own.
+    services();
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let upstream = endpoint.trim_start_matches("http://").to_string();
+    let proxy = FaultProxy::start(&upstream);
+    let env: Vec<(String, String)> = vec![
+        (
+            "AWS_ENDPOINT_URL".into(),
+            format!("http://{}", proxy.endpoint()),
+        ),
+        ("FREEZER_REQUEST_TIMEOUT".into(), "2s".into()),
+    ];
+    let repo = TestRepo::s3();
+    assert_ok(&run(&["init", "--repo", &repo.url], &env));
+    let src = tempfile::tempdir().unwrap();
+    site_tree(src.path(), 20);
+    let path = src.path().display().to_string();
+
+    // Writes: throttling answers, resets, a stalled request, on single and part uploads.
+    proxy.inject(Fault::SlowDown, Some("PUT"), 3);
+    proxy.inject(Fault::Reset, Some("PUT"), 2);
+    proxy.inject(Fault::Stall(Duration::from_secs(30)), Some("PUT"), 1);
+    proxy.inject(Fault::SlowDown, Some("POST"), 1);
+    let out = run(
+        &[
+            "freeze", "site", "--repo", &repo.url, "--path", &path, "--json",
+        ],
+        &env,
+    );
+    let result = json(&out);
+    assert_eq!(proxy.pending(), 0, "not every fault was met");
+    assert!(retries(&result) >= 7, "{result}");
+    let causes = result["store_retries"]["causes"].to_string();
+    assert!(causes.contains("503"), "{causes}");
+    assert!(causes.contains("no answer within 2s"), "{causes}");
+
+    // Reads: bodies cut in the middle, resets and throttling, during a thaw and a verify.
+    proxy.inject(Fault::CutBody, Some("GET"), 3);
+    proxy.inject(Fault::Reset, Some("GET"), 2);
+    proxy.inject(Fault::SlowDown, Some("GET"), 2);
+    let dest = tempfile::tempdir().unwrap();
+    let into = dest.path().display().to_string();
+    let out = run(
+        &[
+            "thaw", "site", "--repo", &repo.url, "--into", &into, "--json",
+        ],
+        &env,
+    );
+    let result = json(&out);
+    assert_eq!(proxy.pending(), 0, "not every fault was met");
+    assert!(retries(&result) >= 7, "{result}");
+    assert_same_tree(src.path(), &under(dest.path(), src.path()));
+
+    proxy.inject(Fault::CutBody, Some("GET"), 2);
+    proxy.inject(Fault::Stall(Duration::from_secs(30)), Some("GET"), 1);
+    let out = run(&["verify", "site", "--repo", &repo.url, "--json"], &env);
+    let result = json(&out);
+    assert_eq!(proxy.pending(), 0, "not every fault was met");
+    assert!(retries(&result) >= 3, "{result}");
+}
+
+#[test]
+fn a_three_node_cluster_loses_a_node_during_a_freeze_and_a_thaw() {
+    let mut g = Garage::start(3);
+    let proxy = FaultProxy::start(&g.s3_addr(0));
+    proxy.throttle(6 << 20);
+    let env = with(
+        g.env(&proxy.endpoint()),
+        &[("FREEZER_REQUEST_TIMEOUT", "5s")],
+    );
+    let repo = g.repo_url("cluster");
+    assert_ok(&run(&["init", "--repo", &repo], &env));
+    let src = tempfile::tempdir().unwrap();
+    site_tree(src.path(), 16);
+    let path = src.path().display().to_string();
+
+    let child = spawn(
+        &["freeze", "site", "--repo", &repo, "--path", &path, "--json"],
+        &env,
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    g.kill(2);
+    let out = child.wait_with_output().unwrap();
+    json(&out);
+    g.restart(2);
+
+    // Another node goes away in the middle of the thaw; the one that missed part of the
+    // freeze is back but may not have every block yet.
+    let dest = tempfile::tempdir().unwrap();
+    let into = dest.path().display().to_string();
+    let child = spawn(
+        &["thaw", "site", "--repo", &repo, "--into", &into, "--json"],
+        &env,
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    g.kill(1);
+    let out = child.wait_with_output().unwrap();
+    json(&out);
+    assert_same_tree(src.path(), &under(dest.path(), src.path()));
+    assert_ok(&run(&["verify", "site", "--repo", &repo], &env));
+    // Nothing else of the cluster's is needed past here.
+    drop(proxy);
+    let _ = g.dir();
+}
