@@ -76,6 +76,9 @@ pub struct Global {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// The pause watchdog of a hydrated freeze (started by freezer itself).
+    #[command(hide = true)]
+    Guard,
     /// Create a new, empty repository.
     Init {
         /// Encrypt everything stored (SPEC.md §14): to the --recipient keys and/or the
@@ -353,6 +356,9 @@ fn recipients(flags: &[String], file: Option<&std::path::Path>) -> Result<Vec<St
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
+    if let Command::Guard = cli.command {
+        return crate::docker::guard::run();
+    }
     let json = cli.global.json;
     let (command, site) = describe(&cli.command);
     let monitor = crate::monitor::Monitor {
@@ -395,6 +401,7 @@ pub fn run(cli: Cli) -> i32 {
 fn describe(c: &Command) -> (&'static str, String) {
     let site_of = |t: &str| split_target(split_host(t).0).0.to_string();
     match c {
+        Command::Guard => ("guard", String::new()),
         Command::Init { .. } => ("init", String::new()),
         Command::Key { .. } => ("key", String::new()),
         Command::Freeze { site, .. } => ("freeze", site_of(site)),
@@ -569,6 +576,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
     };
     match &cli.command {
+        // Handled in `run` before anything else starts; here for completeness.
+        Command::Guard => Ok(crate::docker::guard::run()),
         Command::Init {
             encrypt,
             recipients: recipient_flags,

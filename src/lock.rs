@@ -45,6 +45,13 @@ pub struct LockInfo {
 }
 
 impl LockInfo {
+    /// Taken on this host by a process that is gone (SPEC.md §12: stale at once).
+    pub fn is_dead_here(&self) -> bool {
+        !self.released
+            && self.host == crate::sys::hostname()
+            && !crate::sys::process_alive(self.pid)
+    }
+
     fn conflicts(&self, other: &LockInfo) -> bool {
         self.kind == "prune" || other.kind == "prune" || self.site == other.site
     }
@@ -186,9 +193,13 @@ fn try_acquire(
         let Ok(other) = serde_json::from_slice::<LockInfo>(&data) else {
             continue;
         };
-        // A lock of this host whose process is gone belongs to a run that was killed.
-        let dead = other.host == lock.info.host && !crate::sys::process_alive(other.pid);
-        if other.released || dead || !lock.info.conflicts(&other) {
+        // A lock of this host whose process is gone belongs to a run that was killed:
+        // it is no lock, and its object is removed rather than left for prune.
+        if other.is_dead_here() {
+            let _ = store.delete(&o.key);
+            continue;
+        }
+        if other.released || !lock.info.conflicts(&other) {
             continue;
         }
         // The older lock wins; the younger run backs off. Lock times come from the

@@ -152,11 +152,13 @@ pub fn prune(
     // Leftovers: released or dead locks, and staging files of runs that died (local store).
     for o in store.list(LOCKS_PREFIX)? {
         let stale = o.modified.is_some_and(|m| m + STALE < now);
-        let released = store
+        let info = store
             .get(&o.key)
             .ok()
-            .and_then(|d| serde_json::from_slice::<LockInfo>(&d).ok())
-            .is_some_and(|l| l.released);
+            .and_then(|d| serde_json::from_slice::<LockInfo>(&d).ok());
+        let released = info
+            .as_ref()
+            .is_some_and(|l| l.released || l.is_dead_here());
         if stale || released {
             if !dry_run {
                 store.delete(&o.key)?;

@@ -97,6 +97,18 @@ pub fn process_alive(pid: u32) -> bool {
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// For a watchdog process: a session of its own (no terminal's Ctrl-C, no signal to its
+/// parent's process group reaches it) and SIGINT, SIGTERM and SIGHUP ignored.
+pub fn detach_from_terminal_signals() {
+    // SAFETY: setsid and signal take no pointers; SIG_IGN is a valid disposition.
+    unsafe {
+        libc::setsid();
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+}
+
 /// This machine's name, as snapshots and locks record it.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

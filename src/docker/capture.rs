@@ -724,10 +724,16 @@ pub fn hold<T>(
         }))
     };
     let started = Instant::now();
+    // Not even SIGKILL may leave the site paused: a watchdog process resumes what is
+    // still held if this one dies (see guard.rs).
+    let mut guard = None;
     let result = (|| {
         for (spec, id) in site.containers.iter().zip(&site.ids) {
             if spec.state != "running" {
                 continue;
+            }
+            if guard.is_none() {
+                guard = Some(super::guard::Guard::start(&engine.endpoint)?);
             }
             // Holding the list while the call runs: an interrupt's cleanup waits for it,
             // so no container is paused after the cleanup has resumed the others.
@@ -750,6 +756,9 @@ pub fn hold<T>(
                     d.pause_container(&cid).await
                 })?;
             }
+            if let Some(g) = guard.as_mut() {
+                g.held(id, &name, stop)?;
+            }
             list.push(Held {
                 id: id.clone(),
                 name,
@@ -767,6 +776,11 @@ pub fn hold<T>(
         (names, errors)
     };
     crate::interrupt::remove_cleanup(cleanup);
+    if errors.is_empty() {
+        if let Some(g) = guard {
+            g.done();
+        }
+    }
     let report = WindowReport {
         mode: if stop { "stop" } else { "pause" },
         containers: names,

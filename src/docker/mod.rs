@@ -6,6 +6,7 @@
 //! while its volumes are copied; [`recreate`] brings a captured site back on an engine.
 
 pub mod capture;
+pub mod guard;
 pub mod recreate;
 pub mod remote;
 mod ssh;

@@ -638,6 +638,29 @@ fn an_interrupted_freeze_leaves_every_container_as_it_was() {
         assert_eq!(states(), before, "after SIG{signal} during {flag:?}");
         assert_eq!(http_get(port, "/index.html"), site.marker());
     }
+    // SIGKILL gives freezer no chance to clean up: its watchdog resumes the site.
+    for (flag, held_state) in [(None, "paused"), (Some("--stop"), "exited")] {
+        let mut args = vec!["freeze", name.as_str(), "--repo", &repo.url];
+        args.extend(flag);
+        let child = spawn_freezer(
+            &args,
+            &[
+                ("DOCKER_HOST", &a),
+                ("FREEZER_FAULT_HOLD_WINDOW_MS", "60000"),
+            ],
+        );
+        wait_for_state(&a, &site.c("web"), held_state);
+        let st = Command::new("kill")
+            .args(["-KILL", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), None, "killed by a signal");
+        wait_for_state(&a, &site.c("web"), "running");
+        assert_eq!(states(), before, "after SIGKILL during {flag:?}");
+        assert_eq!(http_get(port, "/index.html"), site.marker());
+    }
     let list = json(&freezer(&[
         "snapshots",
         &name,
@@ -1328,4 +1351,52 @@ fn a_container_s_writable_layer_comes_back_when_asked_for() {
         .status
         .success());
     docker(&a, &["exec", &c, "ls", "/bin/true"]);
+}
+
+/// Engine B stands for a second host: containers of a site thawed there reach each other
+/// over the site's network (a web container talking to its database), as on a real host.
+#[test]
+fn containers_on_engine_b_reach_each_other() {
+    let b = host_b();
+    let repo = TestRepo::local().init();
+    let name = unique("net");
+    let port = free_port();
+    let site = start_site(&host_a(), &name, &image(), port);
+    assert_ok(&freezer_on(
+        &host_a(),
+        &["freeze", &name, "--repo", &repo.url, "--with-images"],
+    ));
+    let copy = unique("netb");
+    site.made(&b, &copy);
+    let port_b = free_port();
+    assert_ok(&freezer_on(
+        &b,
+        &[
+            "thaw",
+            &name,
+            "--repo",
+            &repo.url,
+            "--as",
+            &copy,
+            "--publish",
+            &format!("{port}={port_b}"),
+        ],
+    ));
+    // From the data container to the web container, by its network alias. (nc: the
+    // static busybox's wget crashes.)
+    let got = docker(
+        &b,
+        &[
+            "exec",
+            &format!("{copy}-data-1"),
+            "sh",
+            "-c",
+            "printf 'GET /index.html HTTP/1.0\r\n\r\n' | nc -w 5 web 80",
+        ],
+    );
+    let marker = String::from_utf8(site.marker()).unwrap();
+    assert!(
+        got.starts_with("HTTP/1.") && got.contains(marker.trim()),
+        "{got}"
+    );
 }

@@ -390,3 +390,122 @@ fn init_refuses_an_existing_repository() {
     assert_eq!(out.status.code(), Some(7));
     assert!(stderr(&out).contains("already holds a freezer repository"));
 }
+
+/// What a SIGKILLed run leaves (it cannot clean up) is removed by the next run on the
+/// same repository or destination: a freeze's spooled files in the repository's tmp/, a
+/// thaw's staging directory beside its destination, a dead process's lock.
+#[test]
+fn leftovers_of_killed_runs_are_removed_by_the_next_run() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("www");
+    small_tree(&src);
+    // Enough data that a thaw is still writing when it is killed.
+    let mut x = 0x2545f4914f6cdd1du64;
+    let big: Vec<u8> = (0..96usize << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fs::write(src.join("big.bin"), &big).unwrap();
+    let repo = TestRepo::local().init();
+    let tmp = repo.local.as_ref().unwrap().join("tmp");
+    let spooled = || -> Vec<String> {
+        fs::read_dir(&tmp)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("freezer-spool+"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    // A freeze that dies after its first upload leaves spooled files (its tree index at
+    // least) and its lock.
+    let path = src.display().to_string();
+    let out = freezer_env(
+        &["freeze", "site", "--repo", &repo.url, "--path", &path],
+        &[("FREEZER_FAULT_ABORT_AFTER_UPLOADS", "1")],
+    );
+    assert!(!out.status.success());
+    assert!(
+        !spooled().is_empty(),
+        "the killed freeze left nothing to find"
+    );
+    let locks = repo.store().list("locks/").unwrap();
+    assert_eq!(locks.len(), 1, "{locks:?}");
+    let report = freeze(&repo, "site", &[&src]);
+    assert!(report["snapshot"].is_string());
+    assert_eq!(spooled(), Vec::<String>::new(), "left in {}", tmp.display());
+    // The dead run's lock is gone too (the finished run's own stays, released).
+    let locks = repo.store().list("locks/").unwrap();
+    assert_eq!(locks.len(), 1, "{locks:?}");
+
+    // A thaw killed while it writes leaves its staging directory beside the destination.
+    let parent = work.path().join("restore");
+    fs::create_dir_all(&parent).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_freezer"));
+    cmd.args([
+        "thaw",
+        "site",
+        "--repo",
+        &repo.url,
+        "--into",
+        &parent.display().to_string(),
+    ])
+    .env("FREEZER_CONFIG", "/dev/null");
+    // --into puts the tree at PARENT/<original path>; aim at that directory's parent.
+    let into_dest = under(&parent, &src);
+    let into_parent = into_dest.parent().unwrap().to_path_buf();
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let left = loop {
+        let found: Vec<_> = fs::read_dir(&into_parent)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .starts_with(".freezer-thaw+")
+                    })
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no staging directory appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        left[0].exists(),
+        "the staging directory should be left by SIGKILL"
+    );
+    assert!(!into_dest.exists(), "the destination must not exist yet");
+    let out = freezer(&[
+        "thaw",
+        "site",
+        "--repo",
+        &repo.url,
+        "--into",
+        &parent.display().to_string(),
+        "--json",
+    ]);
+    let report = json(&out);
+    assert_eq!(
+        report["removed_leftovers"][0]["path"],
+        left[0].display().to_string(),
+        "{report}"
+    );
+    assert!(!left[0].exists());
+    assert_same_tree(&src, &into_dest);
+}

@@ -275,3 +275,33 @@ fn a_three_node_cluster_loses_a_node_during_a_freeze_and_a_thaw() {
     drop(proxy);
     let _ = g.dir();
 }
+
+/// The store goes away while a hydrated freeze holds the site paused: the freeze fails
+/// (exit 3, after retrying for its bound) and the site is running again, as it was.
+#[test]
+fn a_store_that_vanishes_in_the_pause_window_leaves_the_site_running() {
+    use crate::hydrated::*;
+    let a = host_a();
+    let mut g = Garage::start(1);
+    let env = with(
+        g.env(&g.s3_addr(0)),
+        &[
+            ("DOCKER_HOST", a.as_str()),
+            ("FREEZER_RETRY_FOR", "3s"),
+            ("FREEZER_FAULT_HOLD_WINDOW_MS", "1500"),
+        ],
+    );
+    let repo = g.repo_url("window");
+    assert_ok(&run(&["init", "--repo", &repo], &env));
+    let name = unique("vanish");
+    let port = free_port();
+    let site = start_site(&a, &name, &image(), port);
+    let child = spawn(&["freeze", &name, "--repo", &repo], &env);
+    wait_for_state(&a, &site.c("web"), "paused");
+    g.kill(0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(state(&a, &site.c("web")), "running");
+    assert_eq!(state(&a, &site.c("data")), "running");
+    assert_eq!(http_get(port, "/index.html"), site.marker());
+}
