@@ -271,7 +271,11 @@ impl Repository {
 
     /// A writer for a blob staged in the spool directory: sealed as it is written in an
     /// encrypted repository, so the file is ready for [`Repository::put_spooled`].
-    pub fn spool_writer(&self, file: std::fs::File) -> SpoolWriter {
+    pub fn spool_writer(&self, file: std::fs::File, path: &Path) -> SpoolWriter {
+        let file = SpoolFile {
+            file,
+            path: path.to_path_buf(),
+        };
         let w = std::io::BufWriter::with_capacity(1 << 20, file);
         match &self.keys {
             None => SpoolWriter::Plain(w),
@@ -659,8 +663,42 @@ fn fault_point_after_upload(n: u64) {
 
 /// A staged blob's file: plain, or sealed as it is written (encrypted repositories).
 pub enum SpoolWriter {
-    Plain(std::io::BufWriter<std::fs::File>),
-    Sealed(Box<Sealer<'static, std::io::BufWriter<std::fs::File>>>),
+    Plain(std::io::BufWriter<SpoolFile>),
+    Sealed(Box<Sealer<'static, std::io::BufWriter<SpoolFile>>>),
+}
+
+/// A spooled file that names itself when a write fails: the error surfaces far from
+/// here (through zstd, tar and hashing writers), and "No space left on device" must say
+/// which disk is full, not which source file was being read at the time.
+pub struct SpoolFile {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+impl SpoolFile {
+    fn error(&self, e: std::io::Error) -> std::io::Error {
+        if e.raw_os_error() != Some(libc::ENOSPC) {
+            return crate::error::into_io(Error::io(format!("writing {}", self.path.display()), e));
+        }
+        let dir = self.path.parent().unwrap_or(&self.path);
+        let free = crate::sys::free_space(dir)
+            .map(|b| format!(" ({} free)", crate::progress::bytes(b)))
+            .unwrap_or_default();
+        crate::error::into_io(
+            Error::io(format!("the disk holding {} is full{free}", dir.display()), e).with_hint(
+                "free space there (for an S3 repository, or to spool elsewhere, point TMPDIR at a larger disk) and run again; nothing was recorded, and what was uploaded is reused",
+            ),
+        )
+    }
+}
+
+impl Write for SpoolFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf).map_err(|e| self.error(e))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush().map_err(|e| self.error(e))
+    }
 }
 
 impl SpoolWriter {

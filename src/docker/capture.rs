@@ -639,10 +639,9 @@ fn save_image(
 fn store_layer(repo: &Repository, tar: &Path) -> Result<(Digest, Descriptor)> {
     let mut input = std::fs::File::open(tar).ctx(|| format!("reading {}", tar.display()))?;
     let spool = repo.store().spool_dir()?;
-    let staged = tempfile::NamedTempFile::new_in(&spool)
-        .ctx(|| format!("creating a file in {}", spool.display()))?;
+    let staged = crate::store::spool_file(&spool)?;
     let file = staged.reopen().ctx(|| "reopening a spool file".into())?;
-    let mut out = HashCount::new(repo.spool_writer(file));
+    let mut out = HashCount::new(repo.spool_writer(file, staged.path()));
     let diff = {
         let z = zstd::Encoder::new(&mut out, 3).ctx(|| "starting zstd".into())?;
         let mut plain = HashCount::new(z);

@@ -132,7 +132,10 @@ pub fn freeze_tree(
     let index_tmp = crate::store::spool_file(&spool)?;
     // Hashed as it is written, so the index is never read back just to name it.
     let mut index = IndexWriter::new(HashCount {
-        inner: repo.spool_writer(index_tmp.reopen().ctx(|| "reopening the index".into())?),
+        inner: repo.spool_writer(
+            index_tmp.reopen().ctx(|| "reopening the index".into())?,
+            index_tmp.path(),
+        ),
         hasher: Sha256::new(),
         count: 0,
     })?;
@@ -495,7 +498,7 @@ impl LayerSink<'_> {
             let tmp = crate::store::spool_file(&self.spool)?;
             let file = tmp.reopen().ctx(|| "reopening a spool file".into())?;
             let compressed = HashCount {
-                inner: self.repo.spool_writer(file),
+                inner: self.repo.spool_writer(file, tmp.path()),
                 hasher: Sha256::new(),
                 count: 0,
             };

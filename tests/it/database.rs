@@ -61,7 +61,7 @@ pub fn sql(db: Option<&str>, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn drop_db(db: &str) {
+pub fn drop_db(db: &str) {
     sql(None, &format!("DROP DATABASE IF EXISTS `{db}`;"));
 }
 
@@ -279,7 +279,7 @@ fn thaw_db(repo: &TestRepo, site: &str, db: &str, extra: &[&str]) -> std::proces
     freezer(&args)
 }
 
-fn freeze_db(repo: &TestRepo, site: &str, db: &str) -> serde_json::Value {
+pub fn freeze_db(repo: &TestRepo, site: &str, db: &str) -> serde_json::Value {
     // Small chunks, so the fixture's tables span many of them.
     json(&freezer(&[
         "freeze",

@@ -3,6 +3,7 @@
 
 mod common;
 mod database;
+mod disk;
 mod docker;
 mod drill;
 mod encryption;
