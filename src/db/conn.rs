@@ -193,6 +193,9 @@ pub fn db_error(e: mysql_async::Error, what: &str) -> Error {
 fn describe(e: &mysql_async::Error) -> String {
     match e {
         mysql_async::Error::Server(s) => format!("server error {}: {}", s.code, s.message),
+        // The client wraps I/O errors twice ("Input/output error: Input/output error:
+        // Connection refused"); the reason is enough.
+        mysql_async::Error::Io(mysql_async::IoError::Io(io)) => io.to_string(),
         other => other.to_string(),
     }
 }

@@ -16,7 +16,10 @@ struct Tmpfs {
 
 impl Tmpfs {
     fn new(size: &str) -> Tmpfs {
-        assert!(is_root(), "the full-disk tests mount tmpfs and must run as root");
+        assert!(
+            is_root(),
+            "the full-disk tests mount tmpfs and must run as root"
+        );
         let dir = tempfile::tempdir().unwrap();
         let ok = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -65,8 +68,10 @@ fn a_full_local_repository_is_named_and_stays_consistent() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
-        err.contains(&format!("the disk holding {}/tmp is full", repo_dir.display()))
-            && err.contains("free"),
+        err.contains(&format!(
+            "the disk holding {}/tmp is full",
+            repo_dir.display()
+        )) && err.contains("free"),
         "the message names the full disk: {err}"
     );
     // Nothing recorded, nothing half-written left, and what is there verifies.
@@ -142,7 +147,9 @@ fn a_full_temporary_directory_fails_a_database_thaw_before_the_target_is_made() 
     );
     let exists = sql(
         None,
-        &format!("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{target}';"),
+        &format!(
+            "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{target}';"
+        ),
     );
     assert_eq!(exists.trim(), "0", "the target database was created");
     drop_db(&src);

@@ -4,6 +4,7 @@
 //! resetting connections, stalling and cutting bodies short.
 
 mod garage;
+mod mariadb;
 mod proxy;
 
 use std::path::Path;
@@ -304,4 +305,91 @@ fn a_store_that_vanishes_in_the_pause_window_leaves_the_site_running() {
     assert_eq!(state(&a, &site.c("web")), "running");
     assert_eq!(state(&a, &site.c("data")), "running");
     assert_eq!(http_get(port, "/index.html"), site.marker());
+}
+
+/// The database server killed in the middle of a dump: the freeze fails with exit 3 and
+/// records nothing; with the server back, the same freeze completes. Killed in the middle
+/// of a load: exit 3, the message says the target is partly loaded, and a re-run with
+/// --replace completes it, verified.
+#[test]
+fn a_database_server_killed_mid_dump_and_mid_load() {
+    let mut db = mariadb::MariaDb::start();
+    // Big enough that the dump and the load take a while: 2^18 rows of ~200 bytes.
+    db.sql(
+        "CREATE DATABASE shop; CREATE TABLE shop.big_rows (id INT AUTO_INCREMENT PRIMARY KEY, \
+         pad VARCHAR(200) NOT NULL) ENGINE=InnoDB; \
+         INSERT INTO shop.big_rows (pad) VALUES (REPEAT('x', 200));",
+    );
+    for _ in 0..18 {
+        db.sql("INSERT INTO shop.big_rows (pad) SELECT CONCAT(pad, '') FROM shop.big_rows;");
+    }
+    let before = db_checksum(&db, "shop");
+    let repo = TestRepo::local().init();
+    let url = db.url("shop");
+    let args = [
+        "freeze",
+        "shop",
+        "--repo",
+        &repo.url,
+        "--db",
+        &url,
+        "--chunk-size",
+        "256K",
+    ];
+
+    let child = spawn(&args, &[]);
+    db.wait_for_query("big_rows");
+    db.kill();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("Input/output error: Input/output error"),
+        "{}",
+        stderr(&out)
+    );
+    let list = json(&freezer(&["snapshots", "--repo", &repo.url, "--json"]));
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        0,
+        "nothing recorded: {list}"
+    );
+    db.restart();
+    assert_eq!(db_checksum(&db, "shop"), before);
+    assert_ok(&freezer(&args));
+
+    // The load: into a new database on the same server.
+    let target = db.url("shop_copy");
+    let thaw = ["thaw", "shop", "--repo", &repo.url, "--db", &target];
+    let child = spawn(&thaw, &[]);
+    db.wait_for_query("big_rows");
+    db.kill();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("`shop_copy` is partly loaded") && stderr(&out).contains("--replace"),
+        "the message says what state the target is in and what to do: {}",
+        stderr(&out)
+    );
+    db.restart();
+    let out = freezer(&thaw);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "a plain re-run refuses the partly loaded target: {}",
+        stderr(&out)
+    );
+    let mut replace = thaw.to_vec();
+    replace.push("--replace");
+    assert_ok(&freezer(&replace));
+    assert_eq!(db_checksum(&db, "shop_copy"), before);
+}
+
+fn db_checksum(db: &mariadb::MariaDb, name: &str) -> String {
+    db.sql(&format!(
+        "CHECKSUM TABLE {name}.big_rows; SELECT COUNT(*) FROM {name}.big_rows;"
+    ))
+    .split_whitespace()
+    .skip(1)
+    .collect::<Vec<_>>()
+    .join(" ")
 }
