@@ -370,6 +370,17 @@ pub fn run(cli: Cli) -> i32 {
     monitor.start();
     announce_retries(progress_mode(&cli.global));
     let started = std::time::Instant::now();
+    let monitor = Arc::new(monitor);
+    {
+        let monitor = monitor.clone();
+        crate::interrupt::on_exit(Box::new(move |code| {
+            monitor.finish(
+                code,
+                started.elapsed(),
+                format!("freezer {command}: exit {code}: interrupted by a signal"),
+            )
+        }));
+    }
     match dispatch(cli) {
         Ok(code) => {
             monitor.finish(

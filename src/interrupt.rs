@@ -24,6 +24,16 @@ type Cleanup = Box<dyn Fn() + Send>;
 static CLEANUPS: Mutex<Vec<(u64, Cleanup)>> = Mutex::new(Vec::new());
 static NEXT_CLEANUP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// What the run does last when a signal ends it (the failure ping and metrics).
+type Finish = Box<dyn Fn(i32) + Send + Sync>;
+static FINISH: std::sync::OnceLock<Finish> = std::sync::OnceLock::new();
+
+/// Sets what runs last, with the exit code, when a signal ends the run: an interrupted
+/// backup must still be reported as a failed one.
+pub fn on_exit(f: Finish) {
+    let _ = FINISH.set(f);
+}
+
 /// Registers an action to run if the run is interrupted; returns its handle.
 pub fn on_interrupt(f: Cleanup) -> u64 {
     let id = NEXT_CLEANUP.fetch_add(1, Ordering::SeqCst);
@@ -159,6 +169,9 @@ pub fn install(what: &'static str) {
             "thaw" => eprintln!("freezer: the destinations were not changed; unfinished restores were removed"),
             "freeze" => eprintln!("freezer: no snapshot was recorded; the next freeze reuses what was already uploaded"),
             _ => {}
+        }
+        if let Some(finish) = FINISH.get() {
+            finish(EXIT_INTERRUPTED);
         }
         std::process::exit(EXIT_INTERRUPTED);
     });

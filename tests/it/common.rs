@@ -529,3 +529,31 @@ pub fn thaw_into(repo: &TestRepo, target: &str, into: &Path) -> Output {
         into.to_str().unwrap(),
     ])
 }
+
+/// `n` bytes that do not compress (xorshift from `seed`): data that costs its size to
+/// store and move.
+pub fn noise(n: usize, mut seed: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+/// Runs freezer in the background (to interrupt it, or to fault what it talks to).
+pub fn spawn_freezer(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    services();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_freezer"));
+    cmd.args(args)
+        .env_remove("FREEZER_REPO")
+        .env("FREEZER_CONFIG", "/dev/null")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("starting freezer")
+}

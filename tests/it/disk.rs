@@ -42,16 +42,7 @@ impl Drop for Tmpfs {
 }
 
 fn random_file(path: &Path, mb: usize) {
-    let mut x = 0x853c49e6748fea9bu64;
-    let data: Vec<u8> = (0..mb << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    fs::write(path, data).unwrap();
+    fs::write(path, noise(mb << 20, 0x853c49e6748fea9b)).unwrap();
 }
 
 #[test]

@@ -400,16 +400,7 @@ fn leftovers_of_killed_runs_are_removed_by_the_next_run() {
     let src = work.path().join("www");
     small_tree(&src);
     // Enough data that a thaw is still writing when it is killed.
-    let mut x = 0x2545f4914f6cdd1du64;
-    let big: Vec<u8> = (0..96usize << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    fs::write(src.join("big.bin"), &big).unwrap();
+    fs::write(src.join("big.bin"), noise(96 << 20, 0x2545f4914f6cdd1d)).unwrap();
     let repo = TestRepo::local().init();
     let tmp = repo.local.as_ref().unwrap().join("tmp");
     let spooled = || -> Vec<String> {

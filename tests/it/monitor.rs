@@ -210,3 +210,44 @@ fn json_output_is_progress_events_then_the_result() {
     let err = result_line(&out.stdout);
     assert_eq!(err["error"]["exit_code"], 6);
 }
+
+/// A run ended by SIGTERM (a cron timeout, a shutdown) is still reported: a failure
+/// ping and the metrics, with exit code 130.
+#[test]
+fn an_interrupted_run_still_pings_failure_and_writes_metrics() {
+    let (url, seen) = recorder();
+    // A store that accepts connections and never answers: the run waits on it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let metrics = tempfile::tempdir().unwrap();
+    let file = metrics.path().join("freezer.prom");
+    let repo = format!("s3://{}/x", bucket());
+    let child = spawn_freezer(
+        &[
+            "snapshots",
+            "--repo",
+            &repo,
+            "--ping",
+            &url,
+            "--metrics-file",
+            file.to_str().unwrap(),
+        ],
+        &[("AWS_ENDPOINT_URL", &endpoint)],
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let paths: Vec<String> = seen.lock().unwrap().iter().map(|r| r.1.clone()).collect();
+    assert_eq!(paths, ["/ping-token/start", "/ping-token/fail"]);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("freezer_last_exit_code{command=\"snapshots\",site=\"\"} 130"),
+        "{text}"
+    );
+    drop(silent);
+}

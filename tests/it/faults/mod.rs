@@ -8,7 +8,7 @@ mod mariadb;
 mod proxy;
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -51,17 +51,8 @@ fn run(args: &[&str], env: &[(String, String)]) -> Output {
 }
 
 fn spawn(args: &[&str], env: &[(String, String)]) -> Child {
-    services();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_freezer"));
-    cmd.args(args)
-        .env_remove("FREEZER_REPO")
-        .env("FREEZER_CONFIG", "/dev/null")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("starting freezer")
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    spawn_freezer(args, &env)
 }
 
 fn with(mut env: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
