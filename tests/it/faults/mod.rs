@@ -384,3 +384,118 @@ fn db_checksum(db: &mariadb::MariaDb, name: &str) -> String {
     .collect::<Vec<_>>()
     .join(" ")
 }
+
+/// The same store faults under a Docker site: a hydrated freeze (the site paused while
+/// the store restarts) and a thaw as a copy while the store hangs; and a dehydrated
+/// freeze of a database and its load the same way.
+#[test]
+fn hydrated_and_dehydrated_runs_ride_through_a_restart_and_a_hang() {
+    use crate::hydrated::*;
+    let a = host_a();
+    let mut g = Garage::start(1);
+    let proxy = FaultProxy::start(&g.s3_addr(0));
+    proxy.throttle(4 << 20);
+    let env = with(
+        g.env(&proxy.endpoint()),
+        &[
+            ("DOCKER_HOST", a.as_str()),
+            ("FREEZER_REQUEST_TIMEOUT", "3s"),
+        ],
+    );
+    let repo = g.repo_url("docker");
+    assert_ok(&run(&["init", "--repo", &repo], &env));
+
+    // Hydrated: killed once the freeze is uploading, back 3 s later.
+    let name = unique("rh");
+    let port = free_port();
+    let site = start_site(&a, &name, &image(), port);
+    let seen = proxy.requests();
+    let child = spawn(&["freeze", &name, "--repo", &repo, "--json"], &env);
+    proxy.wait_for_requests(seen + 6);
+    g.kill(0);
+    std::thread::sleep(Duration::from_secs(3));
+    g.restart(0);
+    let out = child.wait_with_output().unwrap();
+    let result = json(&out);
+    assert!(retries(&result) > 0, "{result}");
+    assert_eq!(state(&a, &site.c("web")), "running");
+
+    // Thawed as a copy beside it while the store hangs for 8 s.
+    let copy = unique("rhc");
+    site.made(&a, &copy);
+    let port2 = free_port();
+    let publish = format!("{port}={port2}");
+    g.pause(0);
+    let child = spawn(
+        &[
+            "thaw",
+            &name,
+            "--repo",
+            &repo,
+            "--as",
+            &copy,
+            "--publish",
+            &publish,
+            "--json",
+        ],
+        &env,
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    g.resume(0);
+    let out = child.wait_with_output().unwrap();
+    let result = json(&out);
+    assert!(retries(&result) > 0, "{result}");
+    assert_eq!(http_get(port2, "/index.html"), site.marker());
+    assert_eq!(
+        http_get(port2, "/sub/big.bin"),
+        http_get(port, "/sub/big.bin"),
+        "the copy serves the same bytes"
+    );
+
+    // Dehydrated: a database dumped while the store restarts, loaded while it hangs.
+    use crate::database::*;
+    let src = unique("rd").replace('-', "_");
+    fixture(&src);
+    let seen = proxy.requests();
+    let child = spawn(
+        &[
+            "freeze",
+            "shop",
+            "--repo",
+            &repo,
+            "--db",
+            &db_url(&src),
+            "--chunk-size",
+            "64K",
+            "--json",
+        ],
+        &env,
+    );
+    proxy.wait_for_requests(seen + 4);
+    g.kill(0);
+    std::thread::sleep(Duration::from_secs(3));
+    g.restart(0);
+    let result = json(&child.wait_with_output().unwrap());
+    assert!(retries(&result) > 0, "{result}");
+    let copy = unique("rdc").replace('-', "_");
+    g.pause(0);
+    let child = spawn(
+        &[
+            "thaw",
+            "shop",
+            "--repo",
+            &repo,
+            "--db",
+            &db_url(&copy),
+            "--json",
+        ],
+        &env,
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    g.resume(0);
+    let result = json(&child.wait_with_output().unwrap());
+    assert!(retries(&result) > 0, "{result}");
+    assert_eq!(describe(&src), describe(&copy));
+    drop_db(&src);
+    drop_db(&copy);
+}

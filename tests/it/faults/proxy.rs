@@ -40,6 +40,8 @@ pub struct FaultProxy {
     rules: Arc<Mutex<Vec<Rule>>>,
     /// Bytes per second in each direction, 0 for no limit.
     rate: Arc<AtomicUsize>,
+    /// Requests received so far.
+    seen: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -51,9 +53,15 @@ impl FaultProxy {
             addr,
             rules: Arc::default(),
             rate: Arc::default(),
+            seen: Arc::default(),
             stop: Arc::default(),
         };
-        let (rules, rate, stop) = (proxy.rules.clone(), proxy.rate.clone(), proxy.stop.clone());
+        let (rules, rate, seen, stop) = (
+            proxy.rules.clone(),
+            proxy.rate.clone(),
+            proxy.seen.clone(),
+            proxy.stop.clone(),
+        );
         let upstream = upstream.to_string();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -61,9 +69,10 @@ impl FaultProxy {
                     break;
                 }
                 let Ok(client) = conn else { continue };
-                let (rules, rate, upstream) = (rules.clone(), rate.clone(), upstream.clone());
+                let (rules, rate, seen, upstream) =
+                    (rules.clone(), rate.clone(), seen.clone(), upstream.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(client, &upstream, &rules, &rate);
+                    let _ = serve(client, &upstream, &rules, &rate, &seen);
                 });
             }
         });
@@ -87,6 +96,23 @@ impl FaultProxy {
     /// Faults still waiting for a request.
     pub fn pending(&self) -> usize {
         self.rules.lock().unwrap().iter().map(|r| r.remaining).sum()
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> usize {
+        self.seen.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` requests have come through (the run is under way).
+    pub fn wait_for_requests(&self, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.seen.load(Ordering::SeqCst) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fewer than {n} requests came"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -156,8 +182,10 @@ fn serve(
     upstream: &str,
     rules: &Mutex<Vec<Rule>>,
     rate: &AtomicUsize,
+    seen: &AtomicUsize,
 ) -> std::io::Result<()> {
     let (request, method) = read_request(&mut client)?;
+    seen.fetch_add(1, Ordering::SeqCst);
     let fault = take_fault(rules, &method);
     let mut limit = usize::MAX;
     match fault {
