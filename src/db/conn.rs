@@ -31,6 +31,18 @@ impl DbUrl {
             Error::usage(format!("invalid database URL {}: {e}", redact(url)))
                 .with_hint("the form is mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
         })?;
+        // One database: `mysql://u@h/db/extra` would name something else than it seems.
+        let rest = &normal["mysql://".len()..];
+        let after_user = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        let path = after_user.split_once('/').map_or("", |(_, p)| p);
+        let path = path.split('?').next().unwrap_or("");
+        if path.contains('/') {
+            return Err(Error::usage(format!(
+                "database URL {} has more than a database name in its path",
+                redact(url)
+            ))
+            .with_hint("the form is mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"));
+        }
         let database = opts.db_name().unwrap_or_default().to_string();
         if database.is_empty() {
             return Err(
@@ -268,5 +280,19 @@ mod tests {
         assert_eq!(u.to_string(), "mysql://u@h:3306/db");
         assert!(!format!("{u:?}").contains("secret"));
         assert!(DbUrl::parse("mysql://u@h/").is_err());
+    }
+
+    #[test]
+    fn a_url_names_one_database() {
+        assert_eq!(DbUrl::parse("mysql://u@h/db").unwrap().database, "db");
+        assert_eq!(
+            DbUrl::parse("mysql://u:p@h:3307/db?prefer_socket=false")
+                .unwrap()
+                .database,
+            "db"
+        );
+        let e = DbUrl::parse("mysql://u@h/db/extra").unwrap_err();
+        assert_eq!(e.kind, crate::error::ErrorKind::Usage);
+        assert!(e.message.contains("more than a database name"), "{e}");
     }
 }
