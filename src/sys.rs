@@ -97,6 +97,35 @@ pub fn process_alive(pid: u32) -> bool {
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// Where the next data at or after `pos` begins (`lseek(SEEK_DATA)`), or None when only
+/// a hole is left. Moves the file offset: seek back before reading.
+pub fn seek_data(f: &std::fs::File, pos: u64) -> io::Result<Option<u64>> {
+    seek(f, pos, libc::SEEK_DATA)
+}
+
+/// Where the hole at or after `pos` begins (`lseek(SEEK_HOLE)`; the end of the file
+/// counts as one). Moves the file offset: seek back before reading.
+pub fn seek_hole(f: &std::fs::File, pos: u64) -> io::Result<Option<u64>> {
+    seek(f, pos, libc::SEEK_HOLE)
+}
+
+fn seek(f: &std::fs::File, pos: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+    use std::os::fd::AsRawFd;
+    let pos = libc::off_t::try_from(pos)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+    // SAFETY: lseek on a descriptor we own; no memory is passed.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), pos, whence) };
+    if r >= 0 {
+        return Ok(Some(r as u64));
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENXIO) {
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
 /// For a watchdog process: a session of its own (no terminal's Ctrl-C, no signal to its
 /// parent's process group reaches it) and SIGINT, SIGTERM and SIGHUP ignored.
 pub fn detach_from_terminal_signals() {
