@@ -224,8 +224,15 @@ impl Entry {
                 .map_err(|e| Error::integrity(format!("tree index: bad xattr value: {e}")))?;
             xattrs.push((n, v));
         }
+        let path = decode_bytes(line.p, line.px)?;
+        let link = decode_bytes(line.k, line.kx)?;
+        // Every reader gets only paths that stay under a root: an index may be hostile.
+        check_relative(&path)?;
+        if kind == Kind::HardLink {
+            check_relative(&link)?;
+        }
         Ok(Entry {
-            path: decode_bytes(line.p, line.px)?,
+            path,
             kind,
             mode: line.m,
             uid: line.u,
@@ -233,7 +240,7 @@ impl Entry {
             mtime: (line.mt, line.mn),
             size: line.s,
             layer: line.l,
-            link: decode_bytes(line.k, line.kx)?,
+            link,
             rdev: line.rd,
             xattrs,
             leader: line.hl,
@@ -519,5 +526,21 @@ mod tests {
             );
         }
         assert!(check_relative(b"a/b..c/.hidden").is_ok());
+    }
+
+    /// Found by fuzzing: the reader handed out `a/` (an empty last component); it now
+    /// refuses any path that could leave the root, whoever reads the index.
+    #[test]
+    fn the_reader_refuses_unsafe_paths() {
+        for p in [&b"a/"[..], b"../x", b"/abs", b"a//b"] {
+            let mut w = IndexWriter::new(Vec::new()).unwrap();
+            w.push(&entry(b".")).unwrap();
+            w.push(&entry(p)).unwrap();
+            let (bytes, _) = w.finish(vec![0]).unwrap();
+            let mut r = IndexReader::new(&bytes[..], "test").unwrap();
+            assert!(r.next_entry().unwrap().is_some());
+            let e = r.next_entry().unwrap_err();
+            assert!(e.message.contains("refusing entry"), "{e}");
+        }
     }
 }
