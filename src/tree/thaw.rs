@@ -148,13 +148,11 @@ fn check_index(mut r: IndexReader<File>, layers: usize) -> Result<Trailer> {
                     leaders.insert(e.path.clone());
                 }
             }
-            Kind::HardLink => {
-                if !leaders.contains(&e.link) {
-                    return Err(Error::integrity(format!(
-                        "refusing hard link {name:?}: its target {:?} is not a file earlier in the snapshot",
-                        String::from_utf8_lossy(&e.link)
-                    )));
-                }
+            Kind::HardLink if !leaders.contains(&e.link) => {
+                return Err(Error::integrity(format!(
+                    "refusing hard link {name:?}: its target {:?} is not a file earlier in the snapshot",
+                    String::from_utf8_lossy(&e.link)
+                )));
             }
             _ => {}
         }
@@ -320,6 +318,26 @@ struct Job {
 fn extract_layer(
     repo: &Repository,
     layer: &Descriptor,
+    wanted: impl Iterator<Item = Result<Entry>>,
+    staging: &Path,
+    owner: &Owner,
+    progress: &Progress,
+    writers: &[mpsc::SyncSender<Job>],
+) -> Result<()> {
+    let name = layer.digest.key();
+    let mut blob = repo.open_blob(&layer.digest)?;
+    extract_stream(&mut blob, &name, wanted, staging, owner, progress, writers)?;
+    // The tar end marker comes before the end of the blob: read the rest to check the digest.
+    blob.finish()?;
+    Ok(())
+}
+
+/// Extracts the `wanted` files (in index order) from one layer's bytes (tar+zstd) into
+/// `staging`. The bytes may be hostile: every path is checked, every size compared with
+/// the index, and anything that cannot be parsed is damage (exit 4).
+fn extract_stream(
+    blob: &mut impl Read,
+    name: &str,
     mut wanted: impl Iterator<Item = Result<Entry>>,
     staging: &Path,
     owner: &Owner,
@@ -327,64 +345,116 @@ fn extract_layer(
     writers: &[mpsc::SyncSender<Job>],
 ) -> Result<()> {
     let mut next = wanted.next().transpose()?;
-    let name = layer.digest.key();
-    let mut blob = repo.open_blob(&layer.digest)?;
-    {
-        let damaged = |e| layer_damaged(&name, e);
-        let dec = zstd::stream::read::Decoder::new(&mut blob).map_err(damaged)?;
-        let mut archive = tar::Archive::new(dec);
-        for entry in archive.entries().map_err(damaged)? {
-            let mut entry = entry.map_err(damaged)?;
-            let raw = entry.path_bytes().into_owned();
-            let path = normalize_tar_path(&raw)?;
-            // Only regular files carry data freezer restores from the archive; everything
-            // else (directories, links, whiteouts) comes from the index.
-            if entry.header().entry_type() != tar::EntryType::Regular
-                && entry.header().entry_type() != tar::EntryType::Continuous
-            {
-                continue;
-            }
-            let Some(want) = &next else { continue };
-            match cmp_paths(&path, &want.path) {
-                std::cmp::Ordering::Less => continue,
-                std::cmp::Ordering::Greater if !is_whiteout(&path) => {
-                    return Err(missing(&name, want));
-                }
-                std::cmp::Ordering::Greater => continue,
-                std::cmp::Ordering::Equal => {}
-            }
-            let want = next.take().expect("checked");
-            if entry.size() != want.size {
-                return Err(Error::integrity(format!(
-                    "layer {name}: {} has {} bytes, the index says {}",
-                    want.display_path(),
-                    entry.size(),
-                    want.size
-                )));
-            }
-            let path = at(staging, &want.path);
-            if want.size <= SMALL_FILE {
-                let mut data = vec![0u8; want.size as usize];
-                entry.read_exact(&mut data).map_err(damaged)?;
-                let w = &writers[dir_hash(parent(&want.path)) % writers.len()];
-                w.send(Job {
-                    path,
-                    entry: want,
-                    data,
-                })
-                .map_err(|_| Error::other("a writer thread stopped"))?;
-            } else {
-                write_file(&mut entry, &path, &want, owner, progress, &damaged)?;
-            }
-            next = wanted.next().transpose()?;
+    let damaged = |e| layer_damaged(name, e);
+    let dec = zstd::stream::read::Decoder::new(blob).map_err(damaged)?;
+    let mut archive = tar::Archive::new(dec);
+    for entry in archive.entries().map_err(damaged)? {
+        let mut entry = entry.map_err(damaged)?;
+        let raw = entry.path_bytes().into_owned();
+        let path = normalize_tar_path(&raw)?;
+        // Only regular files carry data freezer restores from the archive; everything
+        // else (directories, links, whiteouts) comes from the index.
+        if entry.header().entry_type() != tar::EntryType::Regular
+            && entry.header().entry_type() != tar::EntryType::Continuous
+        {
+            continue;
         }
+        let Some(want) = &next else { continue };
+        match cmp_paths(&path, &want.path) {
+            std::cmp::Ordering::Less => continue,
+            std::cmp::Ordering::Greater if !is_whiteout(&path) => {
+                return Err(missing(name, want));
+            }
+            std::cmp::Ordering::Greater => continue,
+            std::cmp::Ordering::Equal => {}
+        }
+        let want = next.take().expect("checked");
+        if entry.size() != want.size {
+            return Err(Error::integrity(format!(
+                "layer {name}: {} has {} bytes, the index says {}",
+                want.display_path(),
+                entry.size(),
+                want.size
+            )));
+        }
+        let path = at(staging, &want.path);
+        if want.size <= SMALL_FILE {
+            let mut data = vec![0u8; want.size as usize];
+            entry.read_exact(&mut data).map_err(damaged)?;
+            let w = &writers[dir_hash(parent(&want.path)) % writers.len()];
+            w.send(Job {
+                path,
+                entry: want,
+                data,
+            })
+            .map_err(|_| Error::other("a writer thread stopped"))?;
+        } else {
+            write_file(&mut entry, &path, &want, owner, progress, &damaged)?;
+        }
+        next = wanted.next().transpose()?;
     }
     if let Some(want) = next {
-        return Err(missing(&name, &want));
+        return Err(missing(name, &want));
     }
-    // The tar end marker comes before the end of the blob: read the rest to check the digest.
-    blob.finish()?;
     Ok(())
+}
+
+/// For fuzzing (`cargo fuzz`, which sets `cfg(fuzzing)`): extracts `files` (paths in
+/// index order, and sizes) from `layer` bytes into `staging`, whose parent directories
+/// the caller made, as a thaw would.
+#[cfg(fuzzing)]
+pub fn fuzz_extract(layer: &[u8], files: &[(&[u8], u64)], staging: &Path) -> Result<()> {
+    let owner = Owner::current(false);
+    let progress = Progress::default();
+    let wanted = files.iter().map(|(p, size)| {
+        Ok(Entry {
+            path: p.to_vec(),
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: (0, 0),
+            size: *size,
+            layer: Some(0),
+            link: Vec::new(),
+            rdev: 0,
+            xattrs: Vec::new(),
+            leader: false,
+            ino: 0,
+            ctime: (0, 0),
+        })
+    });
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::sync_channel::<Job>(4);
+        let owner = &owner;
+        let progress = &progress;
+        let writer = scope.spawn(move || -> Result<()> {
+            for job in rx {
+                write_file(
+                    &mut &job.data[..],
+                    &job.path,
+                    &job.entry,
+                    owner,
+                    progress,
+                    &|e| Error::io("reading a file held in memory", e),
+                )?;
+            }
+            Ok(())
+        });
+        let read = extract_stream(
+            &mut &layer[..],
+            "fuzz",
+            wanted,
+            staging,
+            owner,
+            progress,
+            &[tx],
+        );
+        let wrote = writer
+            .join()
+            .unwrap_or_else(|_| Err(Error::other("writer panicked")));
+        read.and(wrote)
+    })
 }
 
 /// A layer that cannot be decompressed or parsed is damaged repository data (exit 4), not
