@@ -229,52 +229,15 @@ pub fn thaw_tree(
     // pool of writer threads, each owning a share of the directories (creates in one
     // directory serialize on its lock in the kernel anyway).
     let owner = Owner::current(root_owner);
-    std::thread::scope(|scope| -> Result<()> {
-        let mut writers = Vec::new();
-        let mut handles = Vec::new();
-        for _ in 0..WRITERS {
-            let (tx, rx) = mpsc::sync_channel::<Job>(64);
-            writers.push(tx);
-            let owner = &owner;
-            handles.push(scope.spawn(move || -> Result<()> {
-                for job in rx {
-                    write_file(
-                        &mut &job.data[..],
-                        &job.path,
-                        &job.entry,
-                        owner,
-                        progress,
-                        &|e| Error::io("reading a file held in memory", e),
-                    )?;
-                }
-                Ok(())
-            }));
+    with_writers(WRITERS, &owner, progress, |writers| {
+        for (k, layer) in plan.manifest.layers.iter().enumerate() {
+            let wanted = plan.entries()?.filter(|e| {
+                e.as_ref()
+                    .map_or(true, |e| e.kind == Kind::File && e.layer == Some(k as u32))
+            });
+            extract_layer(repo, layer, wanted, staging, &owner, progress, writers)?;
         }
-        let read = (|| -> Result<()> {
-            for (k, layer) in plan.manifest.layers.iter().enumerate() {
-                let wanted = plan.entries()?.filter(|e| {
-                    e.as_ref()
-                        .map_or(true, |e| e.kind == Kind::File && e.layer == Some(k as u32))
-                });
-                extract_layer(repo, layer, wanted, staging, &owner, progress, &writers)?;
-            }
-            Ok(())
-        })();
-        drop(writers);
-        let mut failed = None;
-        for h in handles {
-            if let Err(e) = h
-                .join()
-                .map_err(|_| Error::other("a writer thread panicked"))?
-            {
-                failed.get_or_insert(e);
-            }
-        }
-        // A writer's own error explains a reader's "writer stopped".
-        match failed {
-            Some(e) => Err(e),
-            None => read,
-        }
+        Ok(())
     })?;
 
     // 3. Hard links, to files that now exist.
@@ -399,6 +362,52 @@ fn extract_stream(
     Ok(())
 }
 
+/// Runs `read` with `n` writer threads taking small files off it, and returns its result,
+/// or the first writer's error (which explains a reader's "writer stopped").
+fn with_writers(
+    n: usize,
+    owner: &Owner,
+    progress: &Progress,
+    read: impl FnOnce(&[mpsc::SyncSender<Job>]) -> Result<()>,
+) -> Result<()> {
+    std::thread::scope(|scope| {
+        let mut writers = Vec::new();
+        let mut handles = Vec::new();
+        for _ in 0..n {
+            let (tx, rx) = mpsc::sync_channel::<Job>(64);
+            writers.push(tx);
+            handles.push(scope.spawn(move || -> Result<()> {
+                for job in rx {
+                    write_file(
+                        &mut &job.data[..],
+                        &job.path,
+                        &job.entry,
+                        owner,
+                        progress,
+                        &|e| Error::io("reading a file held in memory", e),
+                    )?;
+                }
+                Ok(())
+            }));
+        }
+        let result = read(&writers);
+        drop(writers);
+        let mut failed = None;
+        for h in handles {
+            if let Err(e) = h
+                .join()
+                .map_err(|_| Error::other("a writer thread panicked"))?
+            {
+                failed.get_or_insert(e);
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => result,
+        }
+    })
+}
+
 /// For fuzzing (`cargo fuzz`, which sets `cfg(fuzzing)`): extracts `files` (paths in
 /// index order, and sizes) from `layer` bytes into `staging`, whose parent directories
 /// the caller made, as a thaw would.
@@ -424,36 +433,16 @@ pub fn fuzz_extract(layer: &[u8], files: &[(&[u8], u64)], staging: &Path) -> Res
             ctime: (0, 0),
         })
     });
-    std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::sync_channel::<Job>(4);
-        let owner = &owner;
-        let progress = &progress;
-        let writer = scope.spawn(move || -> Result<()> {
-            for job in rx {
-                write_file(
-                    &mut &job.data[..],
-                    &job.path,
-                    &job.entry,
-                    owner,
-                    progress,
-                    &|e| Error::io("reading a file held in memory", e),
-                )?;
-            }
-            Ok(())
-        });
-        let read = extract_stream(
+    with_writers(1, &owner, &progress, |writers| {
+        extract_stream(
             &mut &layer[..],
             "fuzz",
             wanted,
             staging,
-            owner,
-            progress,
-            &[tx],
-        );
-        let wrote = writer
-            .join()
-            .unwrap_or_else(|_| Err(Error::other("writer panicked")));
-        read.and(wrote)
+            &owner,
+            &progress,
+            writers,
+        )
     })
 }
 
