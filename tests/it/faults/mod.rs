@@ -222,6 +222,40 @@ fn slowdown_resets_stalls_and_cut_bodies_are_retried() {
     let result = json(&out);
     assert_eq!(proxy.pending(), 0, "not every fault was met");
     assert!(retries(&result) >= 3, "{result}");
+    // A copy out of the repository (export to an OCI layout) reads through the same faults,
+    // and what it wrote is the snapshot's bytes.
+    proxy.inject(Fault::CutBody, Some("GET"), 2);
+    proxy.inject(Fault::Reset, Some("GET"), 1);
+    let oci = tempfile::tempdir().unwrap();
+    let layout = oci.path().join("layout");
+    let out = run(
+        &[
+            "export",
+            "site",
+            "--repo",
+            &repo.url,
+            "--oci",
+            &layout.display().to_string(),
+            "--json",
+        ],
+        &env,
+    );
+    let result = json(&out);
+    assert_eq!(proxy.pending(), 0, "not every fault was met");
+    assert!(retries(&result) >= 3, "{result}");
+    // skopeo copy re-reads and checks every blob against its digest.
+    let r = result["refs"][0].as_str().unwrap();
+    let out = std::process::Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("oci:{}:{r}", layout.display()))
+        .arg(format!("oci:{}:{r}", oci.path().join("copy").display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
