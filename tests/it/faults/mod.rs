@@ -24,24 +24,13 @@ fn site_tree(root: &Path, mb: usize) {
     std::os::unix::fs::symlink("nested/deeper/note.txt", root.join("link")).unwrap();
     let data = root.join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let mut seed = 0x9e3779b97f4a7c15u64;
-    let mut random = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed as u8
-            })
-            .collect()
-    };
     std::fs::write(
         data.join("big.bin"),
-        random(mb.saturating_sub(2).max(1) << 20),
+        noise(mb.saturating_sub(2).max(1) << 20, 1),
     )
     .unwrap();
     for i in 0..8 {
-        std::fs::write(data.join(format!("small-{i}.bin")), random(256 << 10)).unwrap();
+        std::fs::write(data.join(format!("small-{i}.bin")), noise(256 << 10, i + 2)).unwrap();
     }
 }
 
