@@ -93,17 +93,35 @@ impl MariaDb {
 
     /// Runs SQL and returns the batch output.
     pub fn sql(&self, script: &str) -> String {
+        self.try_sql(script)
+            .unwrap_or_else(|e| panic!("{script}: {e}"))
+    }
+
+    /// Runs SQL; the client's error text if it fails.
+    pub fn try_sql(&self, script: &str) -> Result<String, String> {
         let out = Command::new("mariadb")
             .arg(format!("--socket={}", self.socket().display()))
             .args(["--batch", "--skip-column-names", "-e", script])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{script}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Waits until `table` has committed rows, as another session sees them.
+    pub fn wait_for_rows(&self, table: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let query = format!("SELECT COUNT(*) FROM {table}");
+        while !self
+            .try_sql(&query)
+            .is_ok_and(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
+        {
+            assert!(Instant::now() < deadline, "no rows reached {table}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits until another session runs a statement that contains `fragment`.
