@@ -839,7 +839,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             });
             if docker_site {
                 let host = settings.host(host)?;
-                let opts = crate::docker::recreate::SiteOptions {
+                let opts = crate::ops::recreate::SiteOptions {
                     rename: rename.clone(),
                     publish: publish.clone(),
                     replace: *replace,
@@ -947,7 +947,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let (site, snap) = split_target(target);
             let repo = open_repo(&settings, g)?;
             let snapshot = repo.find_snapshot(site, snap)?;
-            let opts = crate::drill::DrillOptions {
+            let opts = crate::ops::drill::DrillOptions {
                 probes: probes.clone(),
                 keep: *keep,
                 timeout: *timeout,
@@ -963,12 +963,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let report = if docker_site {
                 let host = settings.host(host)?;
                 let engine = crate::docker::Engine::connect_to(&host.docker)?;
-                crate::drill::drill_docker(&repo, &engine, snapshot, &opts, &progress)
+                crate::ops::drill::drill_docker(&repo, &engine, snapshot, &opts, &progress)
             } else {
                 if !probes.is_empty() {
                     return Err(Error::usage("--probe applies to Docker sites"));
                 }
-                crate::drill::drill_files(&repo, snapshot, &opts, &progress)
+                crate::ops::drill::drill_files(&repo, snapshot, &opts, &progress)
             };
             drop(guard);
             let report = report?;
@@ -1235,7 +1235,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let repo = open_repo(&settings, g)?;
             let progress = Arc::new(Progress::default());
             let guard = progress::start(progress.clone(), progress_mode(g));
-            let report = crate::prune::prune(&repo, *grace, *dry_run, &progress);
+            let report = crate::ops::prune::prune(&repo, *grace, *dry_run, &progress);
             drop(guard);
             let report = report?;
             if g.json {
@@ -1301,10 +1301,10 @@ fn thaw_docker_site(
     repo: &Repository,
     host: &crate::settings::Host,
     snapshot: crate::repo::Snapshot,
-    opts: &crate::docker::recreate::SiteOptions,
+    opts: &crate::ops::recreate::SiteOptions,
     dry_run: bool,
 ) -> Result<i32> {
-    use crate::docker::recreate;
+    use crate::ops::recreate;
     let say = |msg: String| {
         if !g.quiet {
             eprintln!("{msg}");
@@ -1395,7 +1395,7 @@ fn thaw_docker_site(
             Err(e) if e.kind == crate::ErrorKind::NotFound => {
                 let trees = replaced_paths
                     .iter()
-                    .map(|(name, path)| ops::TreeSpec {
+                    .map(|(name, path)| crate::tree::TreeSpec {
                         name: name.clone(),
                         path: path.clone(),
                     })

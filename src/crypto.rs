@@ -358,7 +358,7 @@ impl<R: Read> Opener<R> {
             self.cipher = Some(
                 self.keys
                     .object_key(epoch, &h[8..24])
-                    .map_err(|e| crate::ops::prefix(e, &format!("opening {}", self.name)))?,
+                    .map_err(|e| crate::error::prefix(e, &format!("opening {}", self.name)))?,
             );
         }
         // Decrypted in place, in the buffer of the previous segment.
@@ -484,7 +484,7 @@ pub fn parse_recipient(s: &str) -> Result<String> {
 /// by a keyed hash, so the file says nothing about the repository).
 fn epoch_file(keys: &Keys) -> std::path::PathBuf {
     let id = hex::encode(&Keys::mac(&keys.id_key, "keyring-epoch", b"")[..16]);
-    crate::settings::cache_dir().join("keyrings").join(id)
+    crate::sys::cache_dir().join("keyrings").join(id)
 }
 
 fn seen_epoch(file: &std::path::Path) -> Option<u32> {

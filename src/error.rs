@@ -159,3 +159,12 @@ impl<T> IoContext<T> for std::io::Result<T> {
 pub fn into_io(err: Error) -> std::io::Error {
     std::io::Error::other(err)
 }
+
+/// Puts `what` in front of an error's message, once: the context a caller adds (which
+/// snapshot, which tree) to an error from below.
+pub fn prefix(mut e: Error, what: &str) -> Error {
+    if !e.message.contains(what) {
+        e.message = format!("{what}: {}", e.message);
+    }
+    e
+}

@@ -47,6 +47,14 @@ pub const A_TREE_PATH: &str = "dev.freezer.tree.path";
 pub const A_TREE_INDEX: &str = "dev.freezer.tree.index";
 pub const A_TREE_INDEX_SIZE: &str = "dev.freezer.tree.index.size";
 pub const A_LAYER_KIND: &str = "dev.freezer.layer.kind";
+pub const A_TREE_FILES: &str = "dev.freezer.tree.files";
+pub const A_TREE_BYTES: &str = "dev.freezer.tree.bytes";
+/// The config media type of a database image (SPEC.md §7).
+pub const MT_DB_CONFIG: &str = "application/vnd.freezer.db.config.v1+json";
+/// Names the database a record's database image holds.
+pub const A_DB_NAME: &str = "dev.freezer.db.name";
+/// Names the container a record's container image holds.
+pub const A_CONTAINER_NAME: &str = "dev.freezer.container.name";
 
 /// A `sha256:<64 hex>` content digest.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -273,6 +281,41 @@ fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
         (rem % 3600 / 60) as u32,
         (rem % 60) as u32,
     )
+}
+
+/// Every blob an image manifest references besides itself: its config, the tree index
+/// of a tree image, and its layers. A tree image whose index cannot be named yields the
+/// error alongside the blobs that can be named.
+pub fn image_blobs(manifest: &ImageManifest) -> (Vec<Descriptor>, Option<Error>) {
+    let mut blobs = vec![manifest.config.clone()];
+    let mut err = None;
+    // Database and container images have no tree index.
+    if manifest.config.media_type != MT_DB_CONFIG
+        && !manifest.annotations.contains_key(A_CONTAINER_NAME)
+    {
+        match tree_index_digest(manifest) {
+            Ok(d) => {
+                let size = manifest
+                    .annotations
+                    .get(A_TREE_INDEX_SIZE)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                blobs.push(Descriptor::new(MT_TREE_INDEX, d, size));
+            }
+            Err(e) => err = Some(e),
+        }
+    }
+    blobs.extend(manifest.layers.iter().cloned());
+    (blobs, err)
+}
+
+/// The tree index blob a tree image's manifest names.
+pub fn tree_index_digest(manifest: &ImageManifest) -> Result<Digest> {
+    manifest
+        .annotations
+        .get(A_TREE_INDEX)
+        .ok_or_else(|| Error::integrity(format!("tree manifest has no {A_TREE_INDEX} annotation")))?
+        .parse()
 }
 
 #[cfg(test)]

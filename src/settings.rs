@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use crate::db::DbUrl;
 use crate::error::{Error, Result};
-use crate::ops::TreeSpec;
 use crate::store::{S3Options, StoreUrl};
+use crate::tree::TreeSpec;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -373,14 +373,4 @@ fn sanitize(s: String) -> String {
         out.insert_str(0, "tree");
     }
     out
-}
-
-/// freezer's cache on this machine (remote-engine mirrors, keyring epochs):
-/// `FREEZER_CACHE_DIR`, else `$XDG_CACHE_HOME/freezer`, else `~/.cache/freezer`.
-pub fn cache_dir() -> PathBuf {
-    std::env::var_os("FREEZER_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("freezer")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/freezer")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache/freezer"))
 }

@@ -237,3 +237,49 @@ pub fn end_with_parent(cmd: &mut std::process::Command) {
         });
     }
 }
+
+/// freezer's cache on this machine (remote-engine mirrors, keyring epochs):
+/// `FREEZER_CACHE_DIR`, else `$XDG_CACHE_HOME/freezer`, else `~/.cache/freezer`.
+pub fn cache_dir() -> std::path::PathBuf {
+    std::env::var_os("FREEZER_CACHE_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME").map(|d| std::path::PathBuf::from(d).join("freezer"))
+        })
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/freezer"))
+        })
+        .unwrap_or_else(|| std::path::PathBuf::from("/var/cache/freezer"))
+}
+
+/// Refuses a thaw whose trees do not fit: bytes needed per existing directory (the
+/// nearest existing ancestor of each destination).
+pub fn check_free_space(
+    need: &std::collections::HashMap<std::path::PathBuf, u64>,
+) -> crate::error::Result<()> {
+    for (fs_path, bytes) in need {
+        if let Ok(free) = free_space(fs_path) {
+            if free < bytes + bytes / 100 {
+                return Err(crate::error::Error::other(format!(
+                    "not enough space at {}: the snapshot needs {}, {} is free",
+                    fs_path.display(),
+                    crate::progress::bytes(*bytes),
+                    crate::progress::bytes(free)
+                ))
+                .with_hint("free space there, or thaw elsewhere"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The nearest of `p` and its ancestors that exists.
+pub fn existing_ancestor(p: &Path) -> std::path::PathBuf {
+    let mut p = p.to_path_buf();
+    while !p.exists() {
+        if !p.pop() {
+            return std::path::PathBuf::from("/");
+        }
+    }
+    p
+}

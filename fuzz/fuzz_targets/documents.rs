@@ -8,7 +8,7 @@ use freezer::format::*;
 fuzz_target!(|data: &[u8]| {
     let _ = from_json::<ImageIndex>(data, "fuzz");
     if let Ok(m) = from_json::<ImageManifest>(data, "fuzz") {
-        let _ = freezer::ops::image_blobs(&m);
+        let _ = freezer::format::image_blobs(&m);
     }
     let _ = from_json::<ImageConfig>(data, "fuzz");
     let _ = from_json::<RepoConfig>(data, "fuzz");

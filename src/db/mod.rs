@@ -17,10 +17,10 @@ use crate::format::Digest;
 
 pub use conn::DbUrl;
 
-pub const MT_DB_CONFIG: &str = "application/vnd.freezer.db.config.v1+json";
+pub use crate::format::MT_DB_CONFIG;
 pub const MT_SQL_ZSTD: &str = "application/vnd.freezer.sql.v1+zstd";
 /// On a snapshot record's descriptor and the manifest: the source database's name.
-pub const A_DB_NAME: &str = "dev.freezer.db.name";
+pub use crate::format::A_DB_NAME;
 pub const A_DB_TABLES: &str = "dev.freezer.db.tables";
 pub const A_DB_ROWS: &str = "dev.freezer.db.rows";
 /// On each layer: `schema`, `data`, `indexes` or `objects`.

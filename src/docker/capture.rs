@@ -17,12 +17,12 @@ use super::Engine;
 use crate::db::DbUrl;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
-use crate::ops::TreeSpec;
 use crate::repo::Repository;
 use crate::tree::freeze::HashCount;
+use crate::tree::TreeSpec;
 
 /// Manifest and record annotations of a container image.
-pub const A_CONTAINER_NAME: &str = "dev.freezer.container.name";
+pub use crate::format::A_CONTAINER_NAME;
 pub const A_CONTAINER_IMAGE: &str = "dev.freezer.container.image";
 pub const A_CONTAINER_STATE: &str = "dev.freezer.container.state";
 /// Set on a container image whose layers are its image's layers (`--with-images`).
@@ -136,6 +136,31 @@ pub struct CapturedSite {
 }
 
 impl CapturedSite {
+    /// Brings every tree's mirror up to date from the engine (the site is held still).
+    pub fn pull_mirrors(&self, engine: &Engine) -> Result<()> {
+        let site = self;
+        for t in &site.trees {
+            let (spec, id) = site
+                .containers
+                .iter()
+                .zip(&site.ids)
+                .find(|(c, _)| c.mounts.iter().any(|m| m.tree == t.name))
+                .expect("every tree comes from a mount");
+            let m = spec
+                .mounts
+                .iter()
+                .find(|m| m.tree == t.name)
+                .expect("found above");
+            super::remote::pull(engine, id, &spec.name, &m.destination, &t.path).map_err(|e| {
+                crate::error::prefix(
+                    e,
+                    &format!("copying {} of container {}", m.destination, spec.name),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     /// The databases of the site's MariaDB/MySQL containers, reachable from this host.
     pub fn databases(&self) -> Result<Vec<DbUrl>> {
         let mut out = Vec::new();

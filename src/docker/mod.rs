@@ -7,7 +7,6 @@
 
 pub mod capture;
 pub mod guard;
-pub mod recreate;
 pub mod remote;
 mod ssh;
 

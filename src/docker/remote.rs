@@ -17,43 +17,18 @@ use bollard::query_parameters::{
 };
 use sha2::{Digest as _, Sha256};
 
-use super::capture::CapturedSite;
 use super::Engine;
 use crate::error::{Error, IoContext, Result};
 
 /// Where the mirror of one volume of one engine lives: `FREEZER_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/freezer`, else `~/.cache/freezer`, then `mirror/<hash>-<tree>`.
 pub fn mirror_path(engine_host: &str, source: &str, tree: &str) -> PathBuf {
-    let base = crate::settings::cache_dir();
+    let base = crate::sys::cache_dir();
     let key = hex::encode(&Sha256::digest(format!("{engine_host}\0{source}").as_bytes())[..8]);
     base.join("mirror").join(format!("{key}-{tree}"))
 }
 
-/// Brings every tree's mirror up to date from the engine (the site is held still).
-pub fn pull_all(engine: &Engine, site: &CapturedSite) -> Result<()> {
-    for t in &site.trees {
-        let (spec, id) = site
-            .containers
-            .iter()
-            .zip(&site.ids)
-            .find(|(c, _)| c.mounts.iter().any(|m| m.tree == t.name))
-            .expect("every tree comes from a mount");
-        let m = spec
-            .mounts
-            .iter()
-            .find(|m| m.tree == t.name)
-            .expect("found above");
-        pull(engine, id, &spec.name, &m.destination, &t.path).map_err(|e| {
-            crate::ops::prefix(
-                e,
-                &format!("copying {} of container {}", m.destination, spec.name),
-            )
-        })?;
-    }
-    Ok(())
-}
-
-fn pull(engine: &Engine, id: &str, name: &str, dest: &str, mirror: &Path) -> Result<()> {
+pub(super) fn pull(engine: &Engine, id: &str, name: &str, dest: &str, mirror: &Path) -> Result<()> {
     fs::create_dir_all(mirror).ctx(|| format!("creating {}", mirror.display()))?;
     let mut tmp = tempfile::tempfile().ctx(|| "creating a temporary file".into())?;
     engine.block_on(async {

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use super::*;
 use crate::error::{Error, IoContext, Result};
 use crate::format::*;
 use crate::repo::Repository;

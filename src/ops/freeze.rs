@@ -19,7 +19,8 @@ use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
 use crate::progress::Progress;
 use crate::repo::{Repository, SnapshotRef};
-use crate::tree::{freeze_tree, FreezeStats, PrevTree};
+use crate::sys::hostname;
+use crate::tree::{freeze_tree, FreezeStats, PrevTree, TreeSpec};
 
 #[derive(Debug, Serialize)]
 pub struct FreezePlan {
@@ -256,7 +257,7 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
             let pull = || -> Result<()> {
                 if !d.engine.is_local() {
                     progress.set_label("copying the volumes through the engine".to_string());
-                    crate::docker::remote::pull_all(&d.engine, &d.site)?;
+                    d.site.pull_mirrors(&d.engine)?;
                 }
                 Ok(())
             };

@@ -4,9 +4,12 @@
 //!
 //! One module per command; everything is re-exported here, so callers name `ops::X`.
 
+pub mod drill;
 mod export;
 mod forget;
 mod freeze;
+pub mod prune;
+pub mod recreate;
 mod snapshots;
 mod thaw;
 mod verify;
@@ -18,28 +21,6 @@ pub use snapshots::*;
 pub use thaw::*;
 pub use verify::*;
 
-use std::path::PathBuf;
+pub use crate::format::{A_TREE_BYTES, A_TREE_FILES};
 
-use serde::Serialize;
-
-use crate::error::Error;
-
-pub const A_TREE_FILES: &str = "dev.freezer.tree.files";
-pub const A_TREE_BYTES: &str = "dev.freezer.tree.bytes";
-
-/// One directory of a site.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TreeSpec {
-    pub name: String,
-    pub path: PathBuf,
-}
-
-/// Puts `what` in front of an error's message, once.
-pub fn prefix(mut e: Error, what: &str) -> Error {
-    if !e.message.contains(what) {
-        e.message = format!("{what}: {}", e.message);
-    }
-    e
-}
-
-pub use crate::sys::hostname;
+pub(crate) use crate::error::prefix;

@@ -2,7 +2,6 @@
 
 use serde::Serialize;
 
-use super::*;
 use crate::db::{A_DB_NAME, A_DB_ROWS, A_DB_TABLES};
 use crate::error::Result;
 use crate::format::*;

@@ -15,6 +15,7 @@ use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
 use crate::progress::Progress;
 use crate::repo::{Repository, Snapshot};
+use crate::sys::{check_free_space, existing_ancestor};
 use crate::tree::thaw::TreePlan;
 use crate::tree::{thaw_tree, ThawStats};
 
@@ -252,25 +253,6 @@ pub fn plan_thaw(
     })
 }
 
-/// Refuses a thaw whose trees do not fit: bytes needed per existing directory (the
-/// nearest existing ancestor of each destination).
-pub fn check_free_space(need: &HashMap<PathBuf, u64>) -> Result<()> {
-    for (fs_path, bytes) in need {
-        if let Ok(free) = crate::sys::free_space(fs_path) {
-            if free < bytes + bytes / 100 {
-                return Err(Error::other(format!(
-                    "not enough space at {}: the snapshot needs {}, {} is free",
-                    fs_path.display(),
-                    crate::progress::bytes(*bytes),
-                    crate::progress::bytes(free)
-                ))
-                .with_hint("free space there, or thaw elsewhere"));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The database side of `thaw`'s command line.
 #[derive(Debug, Default, Clone)]
 pub struct DbThawFlags {
@@ -281,17 +263,6 @@ pub struct DbThawFlags {
     pub jobs: usize,
     /// `--with-users`: create the dump's accounts and grant their privileges.
     pub with_users: bool,
-}
-
-/// The nearest of `p` and its ancestors that exists.
-pub fn existing_ancestor(p: &Path) -> PathBuf {
-    let mut p = p.to_path_buf();
-    while !p.exists() {
-        if !p.pop() {
-            return PathBuf::from("/");
-        }
-    }
-    p
 }
 
 #[derive(Debug, Serialize)]

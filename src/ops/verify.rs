@@ -4,12 +4,10 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::docker::capture::A_CONTAINER_NAME;
 use crate::error::{Error, IoContext, Result};
 use crate::format::*;
 use crate::progress::Progress;
 use crate::repo::{Repository, SnapshotRef};
-use crate::tree::freeze::tree_index_digest;
 
 #[derive(Debug, Default, Serialize)]
 pub struct VerifyReport {
@@ -105,32 +103,6 @@ pub fn verify(
     }
     report.ok = report.problems.is_empty();
     Ok(report)
-}
-
-/// Every blob an image manifest references besides itself: its config, the tree index
-/// of a tree image, and its layers. A tree image whose index cannot be named yields the
-/// error alongside the blobs that can be named.
-pub fn image_blobs(manifest: &ImageManifest) -> (Vec<Descriptor>, Option<Error>) {
-    let mut blobs = vec![manifest.config.clone()];
-    let mut err = None;
-    // Database and container images have no tree index.
-    if manifest.config.media_type != crate::db::MT_DB_CONFIG
-        && !manifest.annotations.contains_key(A_CONTAINER_NAME)
-    {
-        match tree_index_digest(manifest) {
-            Ok(d) => {
-                let size = manifest
-                    .annotations
-                    .get(A_TREE_INDEX_SIZE)
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                blobs.push(Descriptor::new(MT_TREE_INDEX, d, size));
-            }
-            Err(e) => err = Some(e),
-        }
-    }
-    blobs.extend(manifest.layers.iter().cloned());
-    (blobs, err)
 }
 
 fn check_blob(repo: &Repository, d: &Descriptor, progress: &Progress) -> Result<u64> {

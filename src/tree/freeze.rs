@@ -80,13 +80,7 @@ impl PrevTree {
     }
 }
 
-pub fn tree_index_digest(manifest: &ImageManifest) -> Result<Digest> {
-    manifest
-        .annotations
-        .get(A_TREE_INDEX)
-        .ok_or_else(|| Error::integrity(format!("tree manifest has no {A_TREE_INDEX} annotation")))?
-        .parse()
-}
+pub use crate::format::tree_index_digest;
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct FreezeStats {

@@ -13,3 +13,10 @@ pub mod walk;
 
 pub use freeze::{freeze_tree, FreezeStats, PrevTree};
 pub use thaw::{thaw_tree, ThawStats};
+
+/// One directory of a site: the name it is stored under and where it is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TreeSpec {
+    pub name: String,
+    pub path: std::path::PathBuf,
+}

@@ -33,7 +33,7 @@ pub fn plan(
         let what = format!("snapshot {site}:{}", snap.id);
         if let Some(db) = m.annotations.get(crate::db::A_DB_NAME) {
             let (_, manifest) = crate::db::load::read_manifest(repo, &m.digest)
-                .map_err(|e| crate::ops::prefix(e, &format!("{what} database {db}")))?;
+                .map_err(|e| crate::error::prefix(e, &format!("{what} database {db}")))?;
             dumps.push(manifest);
             continue;
         }
@@ -55,7 +55,7 @@ pub fn plan(
             specs.push((spec, manifest, m.digest.clone()));
         } else if let Some(tree) = m.annotations.get(A_TREE_NAME) {
             let plan = TreePlan::load(repo, &m.digest)
-                .map_err(|e| crate::ops::prefix(e, &format!("{what} tree {tree}")))?;
+                .map_err(|e| crate::error::prefix(e, &format!("{what} tree {tree}")))?;
             trees.insert(tree.clone(), plan);
         }
     }
@@ -348,11 +348,11 @@ pub fn plan(
     }
     for b in &plan.binds {
         if let (Some(t), Some(p)) = (b.tree.as_ref().and_then(|t| trees.get(t)), &b.path) {
-            *need.entry(crate::ops::existing_ancestor(p)).or_default() += t.trailer.bytes;
+            *need.entry(crate::sys::existing_ancestor(p)).or_default() += t.trailer.bytes;
         }
     }
     if local {
-        crate::ops::check_free_space(&need)?;
+        crate::sys::check_free_space(&need)?;
     }
     let total: u64 = need.values().sum();
     checks.push(format!(

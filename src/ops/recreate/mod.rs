@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::capture::{ContainerSpec, NetworkSpec};
+use crate::docker::capture::{ContainerSpec, NetworkSpec};
 use crate::format::*;
 use crate::repo::Snapshot;
 use crate::tree::thaw::TreePlan;

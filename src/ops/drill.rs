@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::db::DbUrl;
-use crate::docker::recreate::{self, SiteOptions};
 use crate::docker::Engine;
 use crate::error::{Error, ErrorKind, Result};
+use crate::ops::recreate::{self, SiteOptions};
 use crate::ops::{self, DbThawFlags};
 use crate::progress::Progress;
 use crate::repo::{Repository, Snapshot};

@@ -411,7 +411,7 @@ fn apply(
             with_users: false,
         };
         let r = crate::db::load::load_database(p, &url, &opts, progress).map_err(|e| {
-            crate::ops::prefix(
+            crate::error::prefix(
                 e,
                 &format!(
                     "loading database {} into container {}",

@@ -201,7 +201,7 @@ fn referenced_blobs(repo: &Repository, report: &mut PruneReport) -> Result<HashS
                 .read_blob(&m.digest)
                 .and_then(|d| from_json(&d, &m.digest.key()))
                 .map_err(unreadable)?;
-            let (blobs, err) = crate::ops::image_blobs(&manifest);
+            let (blobs, err) = crate::format::image_blobs(&manifest);
             if let Some(e) = err {
                 return Err(unreadable(e));
             }
