@@ -283,6 +283,88 @@ fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
     )
 }
 
+/// What a snapshot holds, as its record's `dev.freezer.mode` says (SPEC.md §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// File trees only.
+    Files,
+    /// SQL dumps of the databases, and the file trees.
+    Dehydrated,
+    /// A Docker site's containers, with their volumes and bind mounts as trees.
+    Hydrated,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Files => "files",
+            Mode::Dehydrated => "dehydrated",
+            Mode::Hydrated => "hydrated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        [Mode::Files, Mode::Dehydrated, Mode::Hydrated]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// One image of a snapshot record, by what it holds: the record's descriptors say it in
+/// their annotations, and this is the one place that reads them for that.
+#[derive(Debug, Clone, Copy)]
+pub enum Part<'a> {
+    /// A file tree: its name and the absolute path it was frozen from.
+    Tree {
+        name: &'a str,
+        path: &'a str,
+        image: &'a Descriptor,
+    },
+    /// A database dump (SPEC.md §7).
+    Database {
+        name: &'a str,
+        image: &'a Descriptor,
+    },
+    /// A container's configuration, and with `--with-images` its image's layers.
+    Container {
+        name: &'a str,
+        image: &'a Descriptor,
+    },
+}
+
+impl<'a> Part<'a> {
+    pub fn of(d: &'a Descriptor) -> Part<'a> {
+        let get = |k: &str| d.annotations.get(k).map(String::as_str);
+        if let Some(name) = get(A_DB_NAME) {
+            Part::Database { name, image: d }
+        } else if let Some(name) = get(A_CONTAINER_NAME) {
+            Part::Container { name, image: d }
+        } else {
+            Part::Tree {
+                name: get(A_TREE_NAME).unwrap_or(""),
+                path: get(A_TREE_PATH).unwrap_or(""),
+                image: d,
+            }
+        }
+    }
+
+    /// The descriptor of the part's image manifest.
+    pub fn image(&self) -> &'a Descriptor {
+        match self {
+            Part::Tree { image, .. }
+            | Part::Database { image, .. }
+            | Part::Container { image, .. } => image,
+        }
+    }
+}
+
 /// Every blob an image manifest references besides itself: its config, the tree index
 /// of a tree image, and its layers. A tree image whose index cannot be named yields the
 /// error alongside the blobs that can be named.

@@ -60,6 +60,30 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The record's images, by what each holds.
+    pub fn parts(&self) -> impl Iterator<Item = Part<'_>> {
+        self.record.manifests.iter().map(Part::of)
+    }
+
+    /// The snapshot of a Docker site: it holds containers (hydrated, or a dehydrated
+    /// Docker site), so it thaws onto an engine.
+    pub fn has_containers(&self) -> bool {
+        self.parts().any(|p| matches!(p, Part::Container { .. }))
+    }
+
+    /// The databases it holds: name and the descriptor of its image.
+    pub fn databases(&self) -> impl Iterator<Item = (&str, &Descriptor)> {
+        self.parts().filter_map(|p| match p {
+            Part::Database { name, image } => Some((name, image)),
+            _ => None,
+        })
+    }
+
+    /// What it holds, from its record (None for a value this version does not know).
+    pub fn mode(&self) -> Option<Mode> {
+        Mode::parse(self.annotation(A_MODE))
+    }
+
     pub fn annotation(&self, key: &str) -> &str {
         self.record
             .annotations

@@ -187,6 +187,16 @@ impl Settings {
         })
     }
 
+    /// Opens the repository the settings name, with `creds` for an encrypted one.
+    pub fn open_repo(&self, creds: &crate::crypto::Credentials) -> Result<crate::repo::Repository> {
+        crate::repo::Repository::open_with(self.store()?, creds)
+    }
+
+    /// The store the repository URL names.
+    pub fn store(&self) -> Result<Box<dyn crate::store::Store>> {
+        crate::store::open(&self.repo_url()?, &self.s3)
+    }
+
     pub fn repo_url(&self) -> Result<StoreUrl> {
         let url = self.repo.as_deref().ok_or_else(|| {
             Error::usage("no repository given")
@@ -373,4 +383,77 @@ fn sanitize(s: String) -> String {
         out.insert_str(0, "tree");
     }
     out
+}
+
+/// The identities and passphrase given for an encrypted repository: `--identity FILE`,
+/// else `FREEZER_IDENTITY` (the file, or the key itself); `--passphrase-file FILE`, else
+/// `FREEZER_PASSPHRASE`. Never printed.
+pub fn credentials(
+    identity: Option<&Path>,
+    passphrase_file: Option<&Path>,
+) -> Result<crate::crypto::Credentials> {
+    let mut c = crate::crypto::Credentials::default();
+    let env_identity = std::env::var("FREEZER_IDENTITY")
+        .ok()
+        .filter(|v| !v.is_empty());
+    match (identity, env_identity) {
+        (Some(f), _) => {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| Error::io(format!("reading identity file {}", f.display()), e))?;
+            c.identities = crate::crypto::parse_identities(&text, &f.display().to_string())?;
+        }
+        (None, Some(v)) if v.trim_start().starts_with("AGE-SECRET-KEY-") => {
+            c.identities = crate::crypto::parse_identities(&v, "FREEZER_IDENTITY")?;
+        }
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                Error::io(
+                    format!("reading identity file {path} (FREEZER_IDENTITY)"),
+                    e,
+                )
+            })?;
+            c.identities = crate::crypto::parse_identities(&text, &path)?;
+        }
+        (None, None) => {}
+    }
+    c.passphrase = secret(passphrase_file, "FREEZER_PASSPHRASE")?;
+    Ok(c)
+}
+
+/// A secret from a file (its first line), else from the environment variable `env`.
+pub fn secret(file: Option<&Path>, env: &str) -> Result<Option<String>> {
+    match file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| Error::io(format!("reading {}", f.display()), e))?;
+            let line = text.lines().next().unwrap_or("").to_string();
+            if line.is_empty() {
+                return Err(Error::usage(format!("{} is empty", f.display())));
+            }
+            Ok(Some(line))
+        }
+        None => Ok(std::env::var(env).ok().filter(|v| !v.is_empty())),
+    }
+}
+
+/// age recipients from `--recipient` flags and a `--recipients-file` (one per line, `#`
+/// comments), checked.
+pub fn recipients(flags: &[String], file: Option<&Path>) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for r in flags {
+        out.push(crate::crypto::parse_recipient(r)?);
+    }
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| Error::io(format!("reading {}", f.display()), e))?;
+        for l in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            out.push(crate::crypto::parse_recipient(l)?);
+        }
+    }
+    out.dedup();
+    Ok(out)
 }

@@ -368,10 +368,8 @@ pub fn drill_files(
     let mut report = DrillReport::new(&snapshot, opts.keep);
     let target = report.target.clone();
     let databases: Vec<String> = snapshot
-        .record
-        .manifests
-        .iter()
-        .filter_map(|m| m.annotations.get(crate::db::A_DB_NAME).cloned())
+        .databases()
+        .map(|(name, _)| name.to_string())
         .collect();
     let mut targets = Vec::new();
     let mut scratch = Vec::new();
@@ -406,15 +404,8 @@ pub fn drill_files(
         jobs: opts.jobs,
         with_users: false,
     };
-    let restored = ops::plan_thaw(
-        repo,
-        &snapshot.site,
-        Some(&snapshot.id),
-        Some(dir.path()),
-        false,
-        &flags,
-    )
-    .and_then(|plan| ops::thaw(repo, &plan, progress));
+    let restored = ops::plan_thaw(repo, snapshot, Some(dir.path()), false, &flags)
+        .and_then(|plan| ops::thaw(repo, &plan, progress));
     report.restore_seconds = started.elapsed().as_secs_f64();
     match restored {
         Err(e) => failed(&mut report, e),

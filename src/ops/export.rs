@@ -24,6 +24,17 @@ pub struct ExportReport {
     pub bytes: u64,
 }
 
+/// The layer compression of an exported layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LayerCompression {
+    /// As stored: layers are copied unchanged.
+    #[default]
+    Zstd,
+    /// Recompressed, for Docker 20.10 and `skopeo copy … docker-daemon:`, which cannot
+    /// read zstd layers.
+    Gzip,
+}
+
 /// Writes one snapshot as a standalone OCI image layout, one image per tree, each named
 /// by its tree name (`skopeo inspect oci:DIR:NAME`).
 pub fn export(
@@ -31,7 +42,7 @@ pub fn export(
     site: &str,
     snap: Option<&str>,
     dir: &Path,
-    gzip: bool,
+    compression: LayerCompression,
 ) -> Result<ExportReport> {
     let snapshot = repo.find_snapshot(site, snap)?;
     if dir.exists()
@@ -93,7 +104,7 @@ pub fn export(
             return Err(e);
         }
         let mut d = m.clone();
-        if gzip && !manifest.layers.is_empty() {
+        if compression == LayerCompression::Gzip && !manifest.layers.is_empty() {
             // The same layers (same diff_ids, so the config stays), compressed anew: a new
             // manifest names them.
             for l in &mut manifest.layers {

@@ -11,10 +11,8 @@ use serde::Serialize;
 
 use super::*;
 use crate::db::dump::{freeze_database, DbReport, DumpOptions};
-use crate::db::{DbManifest, DbUrl, A_DB_NAME};
-use crate::docker::capture::{
-    store_container, CapturedSite, KnownLayers, WindowReport, A_CONTAINER_NAME,
-};
+use crate::db::{DbManifest, DbUrl};
+use crate::docker::capture::{store_container, CapturedSite, KnownLayers, WindowReport};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
 use crate::progress::Progress;
@@ -75,6 +73,161 @@ fn container_names<S: serde::Serializer>(
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
     s.collect_seq(site.containers.iter().map(|c| &c.name))
+}
+
+impl FreezePlan {
+    /// What the snapshot will hold.
+    pub fn mode(&self) -> Mode {
+        if self.docker.as_ref().is_some_and(|d| d.hold) {
+            Mode::Hydrated
+        } else if self.databases.is_empty() {
+            Mode::Files
+        } else {
+            Mode::Dehydrated
+        }
+    }
+}
+
+/// A freeze as asked for: the site's trees and databases as the command line and the
+/// config file name them, and the options. [`plan_site`] decides what that means.
+#[derive(Debug, Clone)]
+pub struct FreezeRequest {
+    pub site: String,
+    /// From `--path`, else the config file.
+    pub trees: Vec<TreeSpec>,
+    /// From `--db`, else the config file.
+    pub databases: Vec<DbUrl>,
+    /// `SITE@HOST`: the host named, if any, and the Docker engine of the host (this
+    /// machine's when none is named).
+    pub host: Option<String>,
+    pub engine: crate::docker::Endpoint,
+    /// `--mode`; None: decided by what the site has.
+    pub mode: Option<Mode>,
+    /// Hydrated: stop the containers for the copy instead of pausing them.
+    pub stop: bool,
+    /// Docker sites: also store each container's image.
+    pub with_images: bool,
+    /// Hydrated: also store each container's writable layer.
+    pub with_writable_layer: bool,
+    pub db_jobs: usize,
+    pub db_chunk_bytes: Option<u64>,
+    pub db_with_users: bool,
+    pub lock_wait: std::time::Duration,
+}
+
+/// Decides how a site is frozen and plans it. A site with neither trees nor databases
+/// configured is a Docker site: hydrated unless a dehydrated freeze is asked for (its
+/// database containers dumped, their volumes left out, the other mounts copied live).
+pub fn plan_site(repo: &Repository, req: FreezeRequest) -> Result<FreezePlan> {
+    let FreezeRequest {
+        site,
+        mut trees,
+        mut databases,
+        ..
+    } = req.clone();
+    let unconfigured = trees.is_empty() && databases.is_empty();
+    // Some(hydrated) for a Docker site, None for a site of directories and databases.
+    let docker_mode = match req.mode {
+        Some(Mode::Hydrated) => Some(true),
+        Some(Mode::Dehydrated) if unconfigured => Some(false),
+        None if unconfigured => Some(true),
+        _ => None,
+    };
+    if ((req.stop || req.with_writable_layer) && docker_mode != Some(true))
+        || (req.with_images && docker_mode.is_none())
+    {
+        return Err(Error::usage(
+            "--stop and --with-writable-layer apply to hydrated freezes of Docker sites, --with-images to Docker sites",
+        ));
+    }
+    if req.host.is_some() && docker_mode.is_none() {
+        return Err(Error::usage(format!(
+            "site {site} is a site of directories and databases on this machine; SITE@HOST applies to Docker sites"
+        )));
+    }
+    let mut docker = None;
+    if let Some(hydrated) = docker_mode {
+        let engine = crate::docker::Engine::connect_to(&req.engine)?;
+        let mut captured = crate::docker::capture::capture(&engine, &site)?;
+        if hydrated {
+            databases.clear();
+            if req.with_writable_layer {
+                captured.include_writable_layers()?;
+            }
+        } else {
+            databases = captured.databases()?;
+            if databases.is_empty() {
+                return Err(Error::usage(format!(
+                    "Docker site {site} has no MariaDB or MySQL container (one whose environment names MARIADB_DATABASE or MYSQL_DATABASE) to dump"
+                ))
+                .with_hint("freeze it hydrated (--mode hydrated), or pass --db URL"));
+            }
+            captured.drop_database_volumes();
+        }
+        trees = captured.trees.clone();
+        docker = Some(DockerFreeze {
+            engine_host: engine.endpoint.host.clone(),
+            engine,
+            site: captured,
+            hold: hydrated,
+            stop: req.stop,
+            with_images: req.with_images,
+        });
+    }
+    match req.mode {
+        Some(Mode::Files) => databases.clear(),
+        Some(Mode::Dehydrated) if databases.is_empty() => {
+            return Err(Error::usage(format!("site {site} has no database to dump"))
+                .with_hint("pass --db mysql://USER@HOST/DB, or list databases under [sites.NAME] in freezer.toml"));
+        }
+        _ => {}
+    }
+    let mut plan = plan_freeze(repo, &site, trees, databases, req.db_jobs, docker)?;
+    if let Some(c) = req.db_chunk_bytes {
+        plan.db_chunk_bytes = c;
+    }
+    plan.db_with_users = req.db_with_users;
+    plan.lock_wait = req.lock_wait;
+    Ok(plan)
+}
+
+/// A safety snapshot of a site about to be replaced by a thaw: the Docker site `target`
+/// as it runs (hydrated); when it has no containers left, the volumes and directories
+/// `replaced` (name, path) that the thaw will overwrite.
+pub fn freeze_before_replace(
+    repo: &Repository,
+    engine: &crate::docker::Endpoint,
+    target: &str,
+    replaced: &[(String, PathBuf)],
+    progress: &Progress,
+) -> Result<String> {
+    let engine = crate::docker::Engine::connect_to(engine)?;
+    let plan = match crate::docker::capture::capture(&engine, target) {
+        Ok(captured) => {
+            let trees = captured.trees.clone();
+            let docker = DockerFreeze {
+                engine_host: engine.endpoint.host.clone(),
+                engine,
+                site: captured,
+                hold: true,
+                stop: false,
+                with_images: false,
+            };
+            plan_freeze(repo, target, trees, vec![], 1, Some(docker))?
+        }
+        Err(e) if e.kind == ErrorKind::NotFound => {
+            let trees = replaced
+                .iter()
+                .map(|(name, path)| TreeSpec {
+                    name: name.clone(),
+                    path: path.clone(),
+                })
+                .collect();
+            plan_freeze(repo, target, trees, vec![], 1, None)?
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(freeze(repo, &plan, progress)?.snapshot)
 }
 
 pub fn plan_freeze(
@@ -145,8 +298,7 @@ pub struct FreezeReport {
     pub snapshot: String,
     pub parent: Option<String>,
     pub seconds: f64,
-    /// `files`, `dehydrated` or `hydrated`.
-    pub mode: &'static str,
+    pub mode: Mode,
     /// The containers of a Docker site.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub containers: Vec<String>,
@@ -188,8 +340,9 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
             site: plan.site.clone(),
             id: id.clone(),
         })?;
-        for m in &snap.record.manifests {
-            if m.annotations.contains_key(A_CONTAINER_NAME) {
+        for part in snap.parts() {
+            let m = part.image();
+            if let Part::Container { .. } = part {
                 // Only image layers are reused from a parent container image.
                 let with_images = plan.docker.as_ref().is_some_and(|d| d.with_images);
                 if let Some(manifest) = with_images
@@ -201,11 +354,11 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
                 }
                 continue;
             }
-            if let Some(db) = m.annotations.get(A_DB_NAME) {
-                if plan.databases.iter().any(|d| &d.database == db) {
+            if let Part::Database { name: db, .. } = part {
+                if plan.databases.iter().any(|d| d.database == db) {
                     match crate::db::load::read_manifest(repo, &m.digest) {
                         Ok((_, manifest)) => {
-                            prev_db.insert(db.clone(), manifest);
+                            prev_db.insert(db.to_string(), manifest);
                         }
                         Err(e) => warnings.push(format!(
                             "previous snapshot {id} of database {db} is unreadable ({e}); chunk sizes start afresh"
@@ -311,14 +464,8 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
     let a = &mut record.annotations;
     a.insert(A_FORMAT.into(), REPO_FORMAT_VERSION.to_string());
     a.insert(A_SITE.into(), plan.site.clone());
-    let mode = if plan.docker.as_ref().is_some_and(|d| d.hold) {
-        "hydrated"
-    } else if plan.databases.is_empty() {
-        "files"
-    } else {
-        "dehydrated"
-    };
-    a.insert(A_MODE.into(), mode.into());
+    let mode = plan.mode();
+    a.insert(A_MODE.into(), mode.as_str().into());
     a.insert(A_HOST.into(), hostname());
     a.insert(A_CREATED.into(), rfc3339(created));
     a.insert(A_NONCE.into(), hex::encode(nonce));

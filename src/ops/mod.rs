@@ -8,8 +8,10 @@ pub mod drill;
 mod export;
 mod forget;
 mod freeze;
+mod keys;
 pub mod prune;
 pub mod recreate;
+mod site;
 mod snapshots;
 mod thaw;
 mod verify;
@@ -17,6 +19,8 @@ mod verify;
 pub use export::*;
 pub use forget::*;
 pub use freeze::*;
+pub use keys::*;
+pub use site::*;
 pub use snapshots::*;
 pub use thaw::*;
 pub use verify::*;
@@ -24,3 +28,44 @@ pub use verify::*;
 pub use crate::format::{A_TREE_BYTES, A_TREE_FILES};
 
 pub(crate) use crate::error::prefix;
+
+/// What a thaw does with one thing it restores (a tree, a database, a volume, a network,
+/// an image). Printed by `--dry-run` and in JSON plans by its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Made new: nothing is there.
+    Create,
+    /// Used as it is: an existing network, or an empty volume.
+    Reuse,
+    /// Its contents are replaced (`--replace`).
+    Replace,
+    /// Removed and made again (a remote engine's volume, with `--replace`).
+    Recreate,
+    /// Written through a remote engine into the directory it creates.
+    Write,
+    /// An image the engine has.
+    Present,
+    /// An image loaded from the snapshot.
+    Load,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Reuse => "reuse",
+            Action::Replace => "replace",
+            Action::Recreate => "recreate",
+            Action::Write => "write",
+            Action::Present => "present",
+            Action::Load => "load",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}

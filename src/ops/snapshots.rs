@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::db::{A_DB_NAME, A_DB_ROWS, A_DB_TABLES};
+use crate::db::{A_DB_ROWS, A_DB_TABLES};
 use crate::error::Result;
 use crate::format::*;
 use crate::repo::{Repository, Snapshot};
@@ -17,6 +17,9 @@ pub struct SnapshotInfo {
     pub parent: Option<String>,
     pub trees: Vec<TreeInfo>,
     pub databases: Vec<DbInfo>,
+    /// The containers of a Docker site's snapshot.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,29 +55,32 @@ impl From<&Snapshot> for SnapshotInfo {
             mode: s.annotation(A_MODE).into(),
             parent: s.record.annotations.get(A_PARENT).cloned(),
             databases: s
-                .record
-                .manifests
-                .iter()
-                .filter_map(|d| {
-                    Some(DbInfo {
-                        name: d.annotations.get(A_DB_NAME)?.clone(),
-                        tables: num(d, A_DB_TABLES),
-                        rows: num(d, A_DB_ROWS),
-                        manifest: d.digest.clone(),
-                    })
+                .databases()
+                .map(|(name, d)| DbInfo {
+                    name: name.to_string(),
+                    tables: num(d, A_DB_TABLES),
+                    rows: num(d, A_DB_ROWS),
+                    manifest: d.digest.clone(),
                 })
                 .collect(),
             trees: s
-                .record
-                .manifests
-                .iter()
-                .filter(|d| !d.annotations.contains_key(A_DB_NAME))
-                .map(|d| TreeInfo {
-                    name: d.annotations.get(A_TREE_NAME).cloned().unwrap_or_default(),
-                    path: d.annotations.get(A_TREE_PATH).cloned().unwrap_or_default(),
-                    files: num(d, A_TREE_FILES),
-                    bytes: num(d, A_TREE_BYTES),
-                    manifest: d.digest.clone(),
+                .parts()
+                .filter_map(|p| match p {
+                    Part::Tree { name, path, image } => Some(TreeInfo {
+                        name: name.to_string(),
+                        path: path.to_string(),
+                        files: num(image, A_TREE_FILES),
+                        bytes: num(image, A_TREE_BYTES),
+                        manifest: image.digest.clone(),
+                    }),
+                    _ => None,
+                })
+                .collect(),
+            containers: s
+                .parts()
+                .filter_map(|p| match p {
+                    Part::Container { name, .. } => Some(name.to_string()),
+                    _ => None,
                 })
                 .collect(),
         }

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::*;
 use crate::db::load::{load_database, LoadOptions, LoadReport};
-use crate::db::{DbManifest, DbUrl, A_DB_NAME};
+use crate::db::{DbManifest, DbUrl};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
 use crate::progress::Progress;
@@ -40,7 +40,7 @@ pub struct ThawDb {
 pub struct ThawDbView {
     pub source: String,
     pub target: DbUrl,
-    pub action: &'static str,
+    pub action: Action,
     pub tables: usize,
     pub rows: u64,
     pub chunks: usize,
@@ -68,7 +68,7 @@ pub struct ThawTreeView {
     pub name: String,
     pub source: PathBuf,
     pub dest: PathBuf,
-    pub action: &'static str,
+    pub action: Action,
     pub files: u64,
     pub bytes: u64,
     pub layers: usize,
@@ -86,7 +86,11 @@ impl ThawPlan {
                     name: t.name.clone(),
                     source: t.source.clone(),
                     dest: t.dest.clone(),
-                    action: if t.replaces { "replace" } else { "create" },
+                    action: if t.replaces {
+                        Action::Replace
+                    } else {
+                        Action::Create
+                    },
                     files: t.plan.trailer.files,
                     bytes: t.plan.trailer.bytes,
                     layers: t.plan.manifest.layers.len(),
@@ -98,7 +102,11 @@ impl ThawPlan {
                 .map(|d| ThawDbView {
                     source: d.source.clone(),
                     target: d.target.clone(),
-                    action: if d.replaces { "replace" } else { "create" },
+                    action: if d.replaces {
+                        Action::Replace
+                    } else {
+                        Action::Create
+                    },
                     tables: d.manifest.tables.len(),
                     rows: d.manifest.tables.iter().map(|t| t.rows).sum(),
                     chunks: d.manifest.tables.iter().map(|t| t.chunks.len()).sum(),
@@ -116,10 +124,8 @@ fn db_targets(
     skip: bool,
 ) -> Result<Vec<(String, Digest, DbUrl)>> {
     let in_snapshot: Vec<(String, Digest)> = snapshot
-        .record
-        .manifests
-        .iter()
-        .filter_map(|m| Some((m.annotations.get(A_DB_NAME)?.clone(), m.digest.clone())))
+        .databases()
+        .map(|(name, d)| (name.to_string(), d.digest.clone()))
         .collect();
     if skip {
         return Ok(vec![]);
@@ -173,13 +179,12 @@ fn db_targets(
 /// free space. Nothing is written.
 pub fn plan_thaw(
     repo: &Repository,
-    site: &str,
-    snap: Option<&str>,
+    snapshot: Snapshot,
     into: Option<&Path>,
     replace: bool,
     db: &DbThawFlags,
 ) -> Result<ThawPlan> {
-    let snapshot = repo.find_snapshot(site, snap)?;
+    let site = snapshot.site.clone();
     let mut databases = Vec::new();
     for (source, digest, target) in db_targets(&snapshot, &db.targets, db.skip)? {
         let (_, manifest) = crate::db::load::read_manifest(repo, &digest).map_err(|e| {
@@ -202,12 +207,17 @@ pub fn plan_thaw(
     };
     let mut trees = Vec::new();
     let mut need: HashMap<PathBuf, u64> = HashMap::new();
-    for m in &snapshot.record.manifests {
-        if m.annotations.contains_key(A_DB_NAME) {
+    for part in snapshot.parts() {
+        let Part::Tree {
+            name,
+            path,
+            image: m,
+        } = part
+        else {
             continue;
-        }
-        let name = m.annotations.get(A_TREE_NAME).cloned().unwrap_or_default();
-        let source = PathBuf::from(m.annotations.get(A_TREE_PATH).cloned().unwrap_or_default());
+        };
+        let name = name.to_string();
+        let source = PathBuf::from(path);
         if !source.is_absolute() {
             return Err(Error::integrity(format!(
                 "snapshot {site}:{} names tree path {source:?}, which is not absolute",

@@ -167,7 +167,7 @@ fn apply(
     // 1. Images the engine lacks, from the snapshot.
     let mut loaded = Vec::new();
     for step in &plan.images {
-        if step.action != "load" {
+        if step.action != Action::Load {
             continue;
         }
         let (spec, manifest, _) = plan
@@ -181,7 +181,7 @@ fn apply(
     }
     // 2. Networks and volumes.
     for step in &plan.networks {
-        if step.action != "create" {
+        if step.action != Action::Create {
             continue;
         }
         let ns = &plan.network_specs[&step.name];
@@ -214,14 +214,14 @@ fn apply(
             .flat_map(|(s, _, _)| &s.mounts)
             .find(|m| m.name.as_deref() == Some(step.name.as_str()))
             .expect("planned from a mount");
-        if step.action == "recreate" {
+        if step.action == Action::Recreate {
             let n = step.name.clone();
             engine.call(&format!("removing volume {}", step.name), |d| async move {
                 d.remove_volume(&n, None::<bollard::query_parameters::RemoveVolumeOptions>)
                     .await
             })?;
         }
-        if step.action == "create" || step.action == "recreate" {
+        if step.action == Action::Create || step.action == Action::Recreate {
             let body: bollard::models::VolumeCreateOptions = serde_json::from_value(json!({
                 "Name": step.name,
                 "Driver": m.driver.clone().unwrap_or_else(|| "local".into()),
@@ -251,7 +251,7 @@ fn apply(
             Some((
                 s.tree.clone()?,
                 mountpoints[&s.name].clone(),
-                s.action == "replace",
+                s.action == Action::Replace,
             ))
         })
         .chain(plan.binds.iter().map(|s| {
@@ -267,7 +267,7 @@ fn apply(
             (
                 s.tree.clone().unwrap_or_default(),
                 dest,
-                s.action == "replace",
+                s.action == Action::Replace,
             )
         }))
         .collect();
@@ -293,7 +293,7 @@ fn apply(
     let new_dirs: Vec<(PathBuf, bool)> = plan
         .binds
         .iter()
-        .filter(|b| b.action == "create")
+        .filter(|b| b.action == Action::Create)
         .filter_map(|b| b.path.clone())
         .map(|p| {
             let existed = p.exists();

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::docker::capture::{ContainerSpec, NetworkSpec};
 use crate::format::*;
+use crate::ops::Action;
 use crate::repo::Snapshot;
 use crate::tree::thaw::TreePlan;
 
@@ -76,7 +77,7 @@ pub struct Step {
     pub name: String,
     /// `create`, `reuse` (networks), `replace` (contents of an existing volume or
     /// directory, with --replace).
-    pub action: &'static str,
+    pub action: Action,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tree: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -96,7 +97,7 @@ pub struct DbStep {
 pub struct ImageStep {
     pub image: String,
     /// `present` (the engine has it) or `load` (from the snapshot).
-    pub action: &'static str,
+    pub action: Action,
 }
 
 #[derive(Debug, Serialize)]

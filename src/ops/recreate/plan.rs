@@ -29,18 +29,17 @@ pub fn plan(
     let mut specs = Vec::new();
     let mut trees = HashMap::new();
     let mut dumps = Vec::new();
-    for m in &snap.record.manifests {
+    for part in snap.parts() {
         let what = format!("snapshot {site}:{}", snap.id);
-        if let Some(db) = m.annotations.get(crate::db::A_DB_NAME) {
+        let m = part.image();
+        if let Part::Database { name: db, .. } = part {
             let (_, manifest) = crate::db::load::read_manifest(repo, &m.digest)
                 .map_err(|e| crate::error::prefix(e, &format!("{what} database {db}")))?;
             dumps.push(manifest);
             continue;
         }
         let manifest: ImageManifest = from_json(&repo.read_blob(&m.digest)?, &m.digest.key())?;
-        if m.annotations
-            .contains_key(crate::docker::capture::A_CONTAINER_NAME)
-        {
+        if let Part::Container { .. } = part {
             let config: Value = from_json(
                 &repo.read_blob(&manifest.config.digest)?,
                 &manifest.config.digest.key(),
@@ -53,10 +52,10 @@ pub fn plan(
                     ))
                 })?;
             specs.push((spec, manifest, m.digest.clone()));
-        } else if let Some(tree) = m.annotations.get(A_TREE_NAME) {
+        } else if let Part::Tree { name: tree, .. } = part {
             let plan = TreePlan::load(repo, &m.digest)
                 .map_err(|e| crate::error::prefix(e, &format!("{what} tree {tree}")))?;
-            trees.insert(tree.clone(), plan);
+            trees.insert(tree.to_string(), plan);
         }
     }
     if specs.is_empty() {
@@ -148,7 +147,7 @@ pub fn plan(
             let action = match engine.call(&format!("inspecting image {image}"), |d| async move {
                 d.inspect_image(&image).await
             }) {
-                Ok(_) => "present",
+                Ok(_) => Action::Present,
                 Err(e) if e.kind == ErrorKind::NotFound => {
                     if manifest.layers.is_empty() {
                         return Err(Error::not_found(format!(
@@ -157,7 +156,7 @@ pub fn plan(
                         ))
                         .with_hint("pull or load the image on that engine first, or freeze the site with --with-images"));
                     }
-                    "load"
+                    Action::Load
                 }
                 Err(e) => return Err(e),
             };
@@ -175,8 +174,8 @@ pub fn plan(
                 d.inspect_network(&n, None::<bollard::query_parameters::InspectNetworkOptions>)
                     .await
             }) {
-                Ok(_) => "reuse",
-                Err(e) if e.kind == ErrorKind::NotFound => "create",
+                Ok(_) => Action::Reuse,
+                Err(e) if e.kind == ErrorKind::NotFound => Action::Create,
                 Err(e) => return Err(e),
             };
             plan.networks.push(Step {
@@ -200,10 +199,10 @@ pub fn plan(
                     continue;
                 }
                 let action = match engine.inspect_volume(&name) {
-                    Ok(v) if local && dir_is_empty(Path::new(&v.mountpoint)) => "reuse",
+                    Ok(v) if local && dir_is_empty(Path::new(&v.mountpoint)) => Action::Reuse,
                     // Through a remote engine a volume is replaced whole, and only when
                     // the containers it belongs to are frozen first.
-                    Ok(_) if !local && opts.replace && !existing.is_empty() => "recreate",
+                    Ok(_) if !local && opts.replace && !existing.is_empty() => Action::Recreate,
                     Ok(_) if !local => {
                         return Err(Error::conflict(format!(
                             "volume {name} exists on the Docker engine at {}",
@@ -217,9 +216,9 @@ pub fn plan(
                             PathBuf::from(&v.mountpoint),
                         ));
                         if m.tree.is_empty() {
-                            "recreate"
+                            Action::Recreate
                         } else {
-                            "replace"
+                            Action::Replace
                         }
                     }
                     Ok(_) => {
@@ -231,7 +230,7 @@ pub fn plan(
                             "pass --replace to replace its contents, or thaw with --as NAME",
                         ))
                     }
-                    Err(e) if e.kind == ErrorKind::NotFound => "create",
+                    Err(e) if e.kind == ErrorKind::NotFound => Action::Create,
                     Err(e) => return Err(e),
                 };
                 plan.volumes.push(Step {
@@ -247,15 +246,15 @@ pub fn plan(
                 }
                 let action = if !local {
                     // Written through the engine into the (created) directory.
-                    "write"
+                    Action::Write
                 } else if dir_is_empty(&path) {
-                    "create"
+                    Action::Create
                 } else if opts.replace {
                     plan.replaced_paths.push((
                         crate::docker::capture::tree_name("bind", m.source.trim_start_matches('/')),
                         path.clone(),
                     ));
-                    "replace"
+                    Action::Replace
                 } else {
                     return Err(Error::conflict(format!(
                         "{} (bind-mounted by container {}) exists and is not empty",
@@ -359,7 +358,11 @@ pub fn plan(
         "space for {} of files",
         crate::progress::bytes(total)
     ));
-    let loads = plan.images.iter().filter(|i| i.action == "load").count();
+    let loads = plan
+        .images
+        .iter()
+        .filter(|i| i.action == Action::Load)
+        .count();
     checks.push(format!(
         "images: {} on the engine, {loads} to load from the snapshot",
         plan.images.len() - loads

@@ -1,0 +1,407 @@
+//! The command line's types: what clap parses, and nothing else. Each command's
+//! arguments are a struct of their own, which that command's module resolves.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::format::Mode;
+use crate::ops::LayerCompression;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "freezer",
+    version,
+    about = "Freeze container sites into S3-compatible storage and thaw them anywhere"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+#[derive(Args, Debug)]
+pub struct Global {
+    /// Repository: s3://BUCKET/PREFIX, file:///PATH or a directory path.
+    #[arg(long, global = true, env = "FREEZER_REPO")]
+    pub repo: Option<String>,
+    /// Config file (default: ./freezer.toml, then /etc/freezer/freezer.toml).
+    #[arg(long, global = true, env = "FREEZER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Encrypted repositories: an age identity file (AGE-SECRET-KEY-1… lines), or in
+    /// FREEZER_IDENTITY the file or the key itself.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Encrypted repositories: a file holding the passphrase (else FREEZER_PASSPHRASE).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// JSON lines on stdout: progress events while a long command runs, then the
+    /// result as the last line (SPEC.md, "JSON output").
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print nothing when a command succeeds (errors are still printed, and the exit code
+    /// says what failed); listings and --dry-run plans still print what they list.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// Healthchecks-style URL: POSTed to as URL/start when the run starts, URL on
+    /// success, URL/fail (with the error) on failure.
+    #[arg(long, global = true, env = "FREEZER_PING_URL", value_name = "URL")]
+    pub ping: Option<String>,
+    /// Prometheus textfile to update after the run (last run and success times, exit
+    /// code, duration, bytes uploaded), per command and site.
+    #[arg(long, global = true, env = "FREEZER_METRICS_FILE", value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+    /// S3 repositories: how long a failing request is retried (with backoff) before the
+    /// run fails with exit 3, e.g. 90s or 10m. Default: [s3] retry_for, else 5m.
+    #[arg(long, global = true, env = "FREEZER_RETRY_FOR", value_name = "DURATION", value_parser = crate::settings::parse_duration)]
+    pub retry_for: Option<std::time::Duration>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// The pause watchdog of a hydrated freeze (started by freezer itself).
+    #[command(hide = true)]
+    Guard,
+    /// Create a new, empty repository.
+    Init(InitArgs),
+    /// Who can open an encrypted repository: list, add or remove keys. Data is not
+    /// uploaded again; removing a key starts a new key epoch for what is written next.
+    Key(KeyArgs),
+    /// Freeze a site into the repository: its directories (files), its databases as SQL
+    /// dumps (dehydrated), or a Docker site's containers with their volumes (hydrated).
+    Freeze(FreezeArgs),
+    /// Restore a snapshot (the latest unless SITE:SNAPSHOT names one).
+    Thaw(ThawArgs),
+    /// Prove a snapshot restores: thaw it under a scratch name (no published ports, its
+    /// own network and volumes, scratch databases), check it, time it, remove it.
+    Drill(DrillArgs),
+    /// List snapshots.
+    Snapshots(SnapshotsArgs),
+    /// List the sites on this host's Docker engine (DOCKER_HOST): containers grouped by
+    /// the dev.freezer.site label, else by docker compose project.
+    Sites(SitesArgs),
+    /// Remove a site's snapshot records that a retention policy does not keep. The data
+    /// stays until `prune`.
+    Forget(ForgetArgs),
+    /// Re-read and hash every blob the snapshots reference.
+    Verify(VerifyArgs),
+    /// Delete the data no snapshot references any more, in two phases: a prune marks
+    /// what is unreferenced; a later one, after the grace period, deletes it.
+    Prune(PruneArgs),
+    /// Write one snapshot as a standalone OCI image layout.
+    Export(ExportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Encrypt everything stored (SPEC.md §14): to the --recipient keys and/or the
+    /// passphrase (FREEZER_PASSPHRASE or --passphrase-file).
+    #[arg(long)]
+    pub encrypt: bool,
+    /// An age recipient (age1…) that can open the repository; repeatable.
+    #[arg(long = "recipient", value_name = "KEY", requires = "encrypt")]
+    pub recipients: Vec<String>,
+    /// A file of age recipients, one per line.
+    #[arg(long, value_name = "FILE", requires = "encrypt")]
+    pub recipients_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct KeyArgs {
+    #[command(subcommand)]
+    pub action: KeyAction,
+}
+
+#[derive(Args, Debug)]
+pub struct FreezeArgs {
+    pub site: String,
+    /// A directory of the site, as DIR or NAME=DIR; repeatable. Default: the config file's.
+    #[arg(long = "path", value_name = "[NAME=]DIR")]
+    pub paths: Vec<String>,
+    /// A database to dump, as mysql://USER[:PASS]@HOST[:PORT]/DB (password also from
+    /// FREEZER_DB_PASSWORD); repeatable. Default: the config file's.
+    #[arg(long = "db", value_name = "URL")]
+    pub dbs: Vec<String>,
+    /// files (trees only), dehydrated (SQL dumps and trees) or hydrated (a Docker
+    /// site's containers with their volumes and bind mounts). Default: dehydrated when
+    /// the site has a database, hydrated when it has neither paths nor databases
+    /// configured but runs on the Docker engine.
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Hydrated: stop the running containers for the copy (a clean shutdown, e.g. for
+    /// databases) instead of pausing them. They are started again afterwards.
+    #[arg(long)]
+    pub stop: bool,
+    /// Hydrated: also store each container's image, so a host without it (or without
+    /// registry access) can thaw the site.
+    #[arg(long)]
+    pub with_images: bool,
+    /// Hydrated: also store each container's writable layer (files it changed
+    /// outside its volumes). Local engines with overlay2.
+    #[arg(long)]
+    pub with_writable_layer: bool,
+    /// Database connections used in parallel (default: the number of CPUs).
+    #[arg(long, env = "FREEZER_JOBS")]
+    pub jobs: Option<usize>,
+    /// Average size of a database dump chunk (uncompressed SQL), e.g. 2M or 512K.
+    /// Smaller chunks deduplicate finer and make more objects.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub chunk_size: Option<u64>,
+    /// Also store the accounts that have privileges on each database (with their
+    /// password hashes) and those privileges.
+    #[arg(long)]
+    pub with_users: bool,
+    /// How long to wait while a prune holds the repository (a freeze of the same site
+    /// that is still running fails at once, exit 5).
+    #[arg(long, default_value = "30m", value_parser = crate::settings::parse_duration)]
+    pub lock_wait: std::time::Duration,
+    /// Print what would be frozen and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ThawArgs {
+    #[arg(value_name = "SITE[:SNAPSHOT]")]
+    pub target: String,
+    /// Restore every tree under this directory instead of its original path (Docker
+    /// sites: the bind-mounted directories; volumes are the engine's).
+    #[arg(long)]
+    pub into: Option<PathBuf>,
+    /// Replace destinations that exist and are not empty (directories, databases).
+    #[arg(long)]
+    pub replace: bool,
+    /// Where to load the snapshot's database: [SOURCE=]mysql://USER@HOST[:PORT]/DB
+    /// (the target database is created; its name may differ). Repeatable.
+    #[arg(long = "db", value_name = "[SOURCE=]URL")]
+    pub dbs: Vec<String>,
+    /// Restore only the file trees, not the databases.
+    #[arg(long, conflicts_with = "dbs")]
+    pub no_db: bool,
+    /// Create the accounts stored with the database (freeze --with-users) and grant
+    /// them their privileges on the target database.
+    #[arg(long)]
+    pub with_users: bool,
+    /// Database connections used in parallel (default: the number of CPUs).
+    #[arg(long, env = "FREEZER_JOBS")]
+    pub jobs: Option<usize>,
+    /// Docker sites: thaw under another site name (containers, volumes, networks and
+    /// labels renamed), so a copy runs beside the original.
+    #[arg(long = "as", value_name = "NAME")]
+    pub rename: Option<String>,
+    /// Docker sites: publish a container port on host port NEW where it was OLD;
+    /// repeatable.
+    #[arg(long, value_name = "OLD=NEW", value_parser = parse_port_map)]
+    pub publish: Vec<(String, String)>,
+    /// Verify the snapshot's metadata, print the plan and exit without writing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DrillArgs {
+    #[arg(value_name = "SITE[:SNAPSHOT][@HOST]")]
+    pub target: String,
+    /// Docker sites: run `sh -c COMMAND` in the container of compose service SERVICE
+    /// (e.g. web='wget -qO- http://localhost/'); fails the drill unless it exits 0.
+    /// Repeatable.
+    #[arg(long = "probe", value_name = "SERVICE=COMMAND", value_parser = parse_probe)]
+    pub probes: Vec<(String, String)>,
+    /// Leave the restored copy in place (and print where it is).
+    #[arg(long)]
+    pub keep: bool,
+    /// How long containers get to be running (and healthy, when they have a check).
+    #[arg(long, default_value = "120s", value_parser = crate::settings::parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Snapshots with databases that are not in containers: the server for scratch
+    /// databases, mysql://USER@HOST:PORT/PREFIX (loaded as PREFIX_DB_<hex>, then dropped).
+    #[arg(long = "db", value_name = "URL")]
+    pub db: Option<String>,
+    /// Database connections used in parallel (default: the number of CPUs).
+    #[arg(long, env = "FREEZER_JOBS")]
+    pub jobs: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotsArgs {
+    pub site: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SitesArgs {
+    /// A host of the config file's [hosts] (default: local, the engine DOCKER_HOST
+    /// names).
+    pub host: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    pub site: String,
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the last N days that have one (UTC).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_daily: u32,
+    /// Keep the newest snapshot of each of the last N ISO weeks that have one.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// Keep the newest snapshot of each of the last N months that have one.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// Print what would be kept and removed, and remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[arg(value_name = "SITE[:SNAPSHOT]")]
+    pub target: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// How long a blob stays marked before a prune deletes it (e.g. 24h, 30m, 0).
+    #[arg(long, default_value = "24h", value_parser = crate::settings::parse_duration)]
+    pub grace: std::time::Duration,
+    /// Report what would be marked and deleted, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[arg(value_name = "SITE[:SNAPSHOT]")]
+    pub target: String,
+    /// The directory to write (must be new or empty).
+    #[arg(long)]
+    pub oci: PathBuf,
+    /// Layer compression in the layout: zstd (as stored, copied unchanged) or gzip
+    /// (recompressed, for Docker 20.10 and `skopeo copy … docker-daemon:`, which
+    /// cannot read zstd layers).
+    #[arg(long, value_enum, default_value_t = CompressionArg::Zstd)]
+    pub compression: CompressionArg,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyAction {
+    /// The recipients and whether a passphrase opens the repository.
+    List,
+    /// Let more keys open the repository.
+    Add(AddKeys),
+    /// Stop a key from opening what is written from now on: an age1… recipient, or
+    /// `passphrase`.
+    Remove(RemoveKeys),
+}
+
+#[derive(Args, Debug)]
+pub struct AddKeys {
+    /// An age recipient (age1…); repeatable.
+    #[arg(long = "recipient", value_name = "KEY")]
+    pub recipients: Vec<String>,
+    /// A file of age recipients, one per line.
+    #[arg(long, value_name = "FILE")]
+    pub recipients_file: Option<PathBuf>,
+    /// Also (or instead) open with this passphrase: a file holding it, or
+    /// FREEZER_NEW_PASSPHRASE.
+    #[arg(long, value_name = "FILE")]
+    pub new_passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RemoveKeys {
+    pub key: String,
+}
+
+/// `freeze --mode`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModeArg {
+    Files,
+    Dehydrated,
+    Hydrated,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Files => Mode::Files,
+            ModeArg::Dehydrated => Mode::Dehydrated,
+            ModeArg::Hydrated => Mode::Hydrated,
+        }
+    }
+}
+
+/// `export --compression`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompressionArg {
+    Zstd,
+    Gzip,
+}
+
+impl From<CompressionArg> for LayerCompression {
+    fn from(c: CompressionArg) -> LayerCompression {
+        match c {
+            CompressionArg::Zstd => LayerCompression::Zstd,
+            CompressionArg::Gzip => LayerCompression::Gzip,
+        }
+    }
+}
+
+/// `123`, `64K`, `2M`, `1G` (powers of 1024).
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 512K or 2M"))?;
+    let v = n.saturating_mul(mult);
+    if !(4096..=(1 << 30)).contains(&v) {
+        return Err(format!("{s} is out of range (4K to 1G)"));
+    }
+    Ok(v)
+}
+
+fn parse_probe(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((svc, cmd)) if !svc.is_empty() && !cmd.trim().is_empty() => {
+            Ok((svc.to_string(), cmd.to_string()))
+        }
+        _ => Err(format!(
+            "{s:?}: expected SERVICE=COMMAND, e.g. web='wget -qO- http://localhost/'"
+        )),
+    }
+}
+
+fn parse_port_map(s: &str) -> std::result::Result<(String, String), String> {
+    let (a, b) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected OLD=NEW, e.g. 8080=8081"))?;
+    for p in [a, b] {
+        p.parse::<u16>()
+            .map_err(|_| format!("{p:?} is not a port number"))?;
+    }
+    Ok((a.to_string(), b.to_string()))
+}
+
+/// `SITE[:SNAPSHOT]@HOST` → (`SITE[:SNAPSHOT]`, HOST).
+pub fn split_host(t: &str) -> (&str, Option<&str>) {
+    match t.rsplit_once('@') {
+        Some((s, h)) if !h.is_empty() => (s, Some(h)),
+        Some((s, _)) => (s, None),
+        None => (t, None),
+    }
+}
+
+pub fn split_target(t: &str) -> (&str, Option<&str>) {
+    match t.split_once(':') {
+        Some((s, snap)) if !snap.is_empty() => (s, Some(snap)),
+        Some((s, _)) => (s, None),
+        None => (t, None),
+    }
+}

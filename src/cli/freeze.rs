@@ -1,0 +1,137 @@
+//! `freezer freeze`.
+
+use super::args::{split_host, FreezeArgs};
+use super::{jobs, print_json, Ctx};
+use crate::error::Result;
+use crate::ops::{self, FreezePlan, FreezeReport, FreezeRequest};
+use crate::progress::bytes;
+
+pub fn run(ctx: &Ctx, a: FreezeArgs) -> Result<i32> {
+    let (site, host) = split_host(&a.site);
+    let (trees, databases) = ctx.settings.sources(site, &a.paths, &a.dbs)?;
+    let req = FreezeRequest {
+        site: site.to_string(),
+        trees,
+        databases,
+        host: host.map(str::to_string),
+        engine: ctx.settings.host(host)?.docker,
+        mode: a.mode.map(Into::into),
+        stop: a.stop,
+        with_images: a.with_images,
+        with_writable_layer: a.with_writable_layer,
+        db_jobs: jobs(a.jobs),
+        db_chunk_bytes: a.chunk_size,
+        db_with_users: a.with_users || ctx.settings.database_users(site),
+        lock_wait: a.lock_wait,
+    };
+    let repo = ctx.open_repo()?;
+    let plan = ops::plan_site(&repo, req)?;
+    if a.dry_run {
+        if ctx.json() {
+            print_json(&plan);
+        } else {
+            show_plan(&plan);
+        }
+        return Ok(0);
+    }
+    let report = ctx.with_progress(|p| ops::freeze(&repo, &plan, p))?;
+    crate::monitor::note_bytes_uploaded(report.bytes_uploaded);
+    for w in &report.warnings {
+        ctx.warn(w);
+    }
+    if ctx.json() {
+        print_json(&report);
+    } else if !ctx.global.quiet {
+        outln!("{}:{}", report.site, report.snapshot);
+        summary(ctx, &report);
+    }
+    Ok(0)
+}
+
+fn show_plan(plan: &FreezePlan) {
+    outln!("freeze site {} into {}", plan.site, plan.repo);
+    match &plan.parent {
+        Some(p) => outln!("  previous snapshot {p}: unchanged files are not read again"),
+        None => outln!("  no previous snapshot: every file is read"),
+    }
+    if let Some(d) = &plan.docker {
+        outln!(
+            "  Docker site on {}: {} containers, {}{}",
+            d.engine_host,
+            d.site.containers.len(),
+            match (d.hold, d.stop) {
+                (false, _) => "running while the files are copied",
+                (true, true) => "stopped while the volumes are copied",
+                (true, false) => "paused while the volumes are copied",
+            },
+            if d.with_images { "; images stored" } else { "" }
+        );
+        for c in &d.site.containers {
+            outln!("  container {:<16} {} ({})", c.name, c.image, c.state);
+        }
+    }
+    for t in &plan.trees {
+        outln!("  tree {:<16} {}", t.name, t.path.display());
+    }
+    for d in &plan.databases {
+        outln!(
+            "  database {:<12} {d} ({} connections, consistent snapshot)",
+            d.database,
+            plan.db_jobs
+        );
+    }
+}
+
+fn summary(ctx: &Ctx, r: &FreezeReport) {
+    ctx.say(format!(
+        "froze {} as snapshot {} in {:.1}s",
+        r.site, r.snapshot, r.seconds
+    ));
+    if let Some(w) = &r.window {
+        ctx.say(format!(
+            "  {} containers ({}), {} for {} ms while the volumes were copied",
+            r.containers.len(),
+            r.containers.join(", "),
+            if w.mode == "stop" {
+                "stopped"
+            } else {
+                "paused"
+            },
+            w.ms
+        ));
+    }
+    for t in &r.trees {
+        let s = &t.stats;
+        ctx.say(format!(
+            "  {:<12} {} files, {}; read {} files ({}), {} deleted; {} layers ({} new){}",
+            t.name,
+            s.files,
+            bytes(s.bytes),
+            s.files_read,
+            bytes(s.bytes_read),
+            s.deleted,
+            s.layers,
+            s.new_layers,
+            if s.rebased { ", rebased" } else { "" }
+        ));
+    }
+    for d in &r.databases {
+        ctx.say(format!(
+            "  database {:<12} {} tables, {} rows, {} chunks ({} of SQL, {} stored); tables locked {} ms",
+            d.database,
+            d.tables,
+            d.rows,
+            d.chunks,
+            bytes(d.sql_bytes),
+            bytes(d.stored_bytes),
+            d.lock_ms
+        ));
+    }
+    ctx.say(format!(
+        "  uploaded {} blobs ({}), reused {} ({})",
+        r.blobs_uploaded,
+        bytes(r.bytes_uploaded),
+        r.blobs_reused,
+        bytes(r.bytes_reused)
+    ));
+}

@@ -1,0 +1,275 @@
+//! The command line: parsed arguments → resolved settings → one library call → what is
+//! printed. [`args`] holds the clap types; each command has a module that resolves its
+//! arguments into a request for [`crate::ops`] and renders the report. No decision about
+//! snapshots, sites or keys is made here.
+//!
+//! stdout carries only data (ids, tables, JSON); messages, progress and errors go to
+//! stderr. Under `-q` a successful command prints nothing, except what a listing or a
+//! `--dry-run` was asked to list.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::progress::{self, Progress};
+use crate::repo::Repository;
+use crate::settings::Settings;
+use crate::store;
+
+/// `println!` that never panics: a closed stdout (`freezer snapshots | head`) must not
+/// end a run in the middle of its work; what could not be written is dropped.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($arg)*);
+    }};
+}
+
+pub mod args;
+mod drill;
+mod export;
+mod forget;
+mod freeze;
+mod keys;
+mod list;
+mod maintain;
+mod thaw;
+
+use args::{split_host, split_target};
+pub use args::{Cli, Command, Global};
+
+/// What every command gets: the global flags and the settings they resolve to.
+pub struct Ctx {
+    pub global: Global,
+    pub settings: Settings,
+}
+
+impl Ctx {
+    fn json(&self) -> bool {
+        self.global.json
+    }
+
+    /// A message on stderr, unless `-q`.
+    fn say(&self, msg: impl std::fmt::Display) {
+        if !self.global.quiet {
+            eprintln!("{msg}");
+        }
+    }
+
+    /// A warning on stderr, even under `-q` (it is something to act on).
+    fn warn(&self, msg: impl std::fmt::Display) {
+        eprintln!("freezer: warning: {msg}");
+    }
+
+    fn open_repo(&self) -> Result<Repository> {
+        self.settings.open_repo(&self.credentials()?)
+    }
+
+    fn credentials(&self) -> Result<crate::crypto::Credentials> {
+        crate::settings::credentials(
+            self.global.identity.as_deref(),
+            self.global.passphrase_file.as_deref(),
+        )
+    }
+
+    fn progress_mode(&self) -> progress::Mode {
+        progress_mode(&self.global)
+    }
+
+    /// Runs `f` with a progress display (a redrawn line on a terminal, JSON events
+    /// with `--json`), taken down before anything else is printed.
+    fn with_progress<T>(&self, f: impl FnOnce(&Progress) -> Result<T>) -> Result<T> {
+        let progress = Arc::new(Progress::default());
+        let guard = progress::start(progress.clone(), self.progress_mode());
+        let result = f(&progress);
+        drop(guard);
+        result
+    }
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    if let Command::Guard = cli.command {
+        return crate::docker::guard::run();
+    }
+    let json = cli.global.json;
+    let (command, site) = describe(&cli.command);
+    let monitor = crate::monitor::Monitor {
+        ping: cli.global.ping.clone(),
+        metrics_file: cli.global.metrics_file.clone(),
+        command,
+        site,
+    };
+    monitor.start();
+    announce_retries(progress_mode(&cli.global));
+    let started = std::time::Instant::now();
+    let monitor = Arc::new(monitor);
+    {
+        let monitor = monitor.clone();
+        crate::interrupt::on_exit(Box::new(move |code| {
+            monitor.finish(
+                code,
+                started.elapsed(),
+                format!("freezer {command}: exit {code}: interrupted by a signal"),
+            )
+        }));
+    }
+    match dispatch(cli) {
+        Ok(code) => {
+            monitor.finish(
+                code,
+                started.elapsed(),
+                format!("freezer {command}: exit {code}"),
+            );
+            code
+        }
+        // The signal thread is cleaning up and will exit with its own report.
+        Err(_) if crate::interrupt::interrupted() => loop {
+            std::thread::park();
+        },
+        Err(e) => {
+            report_error(&e, json);
+            let code = e.kind.exit_code();
+            let mut msg = format!("freezer {command}: exit {code}: {e}");
+            if let Some(h) = &e.hint {
+                msg.push_str(&format!("\nhint: {h}"));
+            }
+            monitor.finish(code, started.elapsed(), msg);
+            code
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    crate::interrupt::install(match &cli.command {
+        Command::Freeze(_) => "freeze",
+        Command::Thaw(_) => "thaw",
+        Command::Drill(_) => "drill",
+        Command::Verify(_) => "verify",
+        Command::Export(_) => "export",
+        Command::Prune(_) => "prune",
+        _ => "the command",
+    });
+    let g = &cli.global;
+    let settings = Settings::load(g.config.as_deref(), g.repo.as_deref(), g.retry_for)?;
+    let ctx = Ctx {
+        global: cli.global,
+        settings,
+    };
+    match cli.command {
+        // Handled in `run` before anything else starts.
+        Command::Guard => Ok(crate::docker::guard::run()),
+        Command::Init(a) => keys::init(&ctx, a),
+        Command::Key(a) => keys::key(&ctx, a),
+        Command::Freeze(a) => freeze::run(&ctx, a),
+        Command::Thaw(a) => thaw::run(&ctx, a),
+        Command::Drill(a) => drill::run(&ctx, a),
+        Command::Snapshots(a) => list::snapshots(&ctx, a),
+        Command::Sites(a) => list::sites(&ctx, a),
+        Command::Forget(a) => forget::run(&ctx, a),
+        Command::Verify(a) => maintain::verify(&ctx, a),
+        Command::Prune(a) => maintain::prune(&ctx, a),
+        Command::Export(a) => export::run(&ctx, a),
+    }
+}
+
+/// The command's name and the site it works on (empty for repository-wide commands),
+/// for pings and metrics.
+fn describe(c: &Command) -> (&'static str, String) {
+    let site_of = |t: &str| split_target(split_host(t).0).0.to_string();
+    match c {
+        Command::Guard => ("guard", String::new()),
+        Command::Init(_) => ("init", String::new()),
+        Command::Key(_) => ("key", String::new()),
+        Command::Freeze(a) => ("freeze", site_of(&a.site)),
+        Command::Thaw(a) => ("thaw", site_of(&a.target)),
+        Command::Drill(a) => ("drill", site_of(&a.target)),
+        Command::Snapshots(a) => ("snapshots", a.site.clone().unwrap_or_default()),
+        Command::Sites(_) => ("sites", String::new()),
+        Command::Forget(a) => ("forget", a.site.clone()),
+        Command::Verify(a) => (
+            "verify",
+            a.target.as_deref().map(site_of).unwrap_or_default(),
+        ),
+        Command::Prune(_) => ("prune", String::new()),
+        Command::Export(a) => ("export", site_of(&a.target)),
+    }
+}
+
+pub fn report_error(e: &Error, json: bool) {
+    if json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            error: Inner<'a>,
+        }
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            kind: String,
+            exit_code: i32,
+            message: String,
+            hint: Option<&'a str>,
+        }
+        let out = Out {
+            error: Inner {
+                kind: format!("{:?}", e.kind).to_lowercase(),
+                exit_code: e.kind.exit_code(),
+                message: e.to_string(),
+                hint: e.hint.as_deref(),
+            },
+        };
+        print_json(&out);
+    }
+    eprintln!("freezer: error: {e}");
+    if let Some(h) = &e.hint {
+        eprintln!("hint: {h}");
+    }
+}
+
+/// The command's result: one JSON line, always the last line on stdout (progress events
+/// may come before it). Every result carries the run's store retries (SPEC.md §9).
+fn print_json<T: Serialize>(v: &T) {
+    let mut value = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
+    if let serde_json::Value::Object(map) = &mut value {
+        let retries = store::retry::log().summary();
+        map.insert(
+            "store_retries".into(),
+            serde_json::to_value(retries).unwrap_or_default(),
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, &value);
+    let _ = writeln!(out);
+}
+
+/// Failed store requests that are being retried: a line on stderr, or a JSON event.
+fn announce_retries(mode: progress::Mode) {
+    match mode {
+        progress::Mode::Off => {}
+        progress::Mode::Human => store::retry::announce_with(Box::new(|request, cause| {
+            eprintln!("freezer: store: {request}: {cause}; retrying");
+        })),
+        progress::Mode::Json => store::retry::announce_with(Box::new(|request, cause| {
+            let event = serde_json::json!({"event": "retry", "request": request, "cause": cause});
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{event}");
+        })),
+    }
+}
+
+fn progress_mode(g: &Global) -> progress::Mode {
+    if g.json {
+        progress::Mode::Json
+    } else if g.quiet {
+        progress::Mode::Off
+    } else {
+        progress::Mode::Human
+    }
+}
+
+/// `--jobs`, else the number of CPUs.
+fn jobs(flag: Option<usize>) -> usize {
+    flag.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+}

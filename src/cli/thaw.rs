@@ -1,0 +1,207 @@
+//! `freezer thaw`.
+
+use super::args::{split_host, split_target, ThawArgs};
+use super::{jobs, print_json, Ctx};
+use crate::error::Result;
+use crate::ops::recreate::{SitePlan, SiteReport};
+use crate::ops::{self, DbThawFlags, SiteThawPlan, SiteThawReport, ThawRequest};
+use crate::progress::bytes;
+
+pub fn run(ctx: &Ctx, a: ThawArgs) -> Result<i32> {
+    let (target, host) = split_host(&a.target);
+    let (site, snap) = split_target(target);
+    let host_settings = ctx.settings.host(host)?;
+    let req = ThawRequest {
+        site: site.to_string(),
+        snapshot: snap.map(str::to_string),
+        host: host.map(str::to_string),
+        engine: host_settings.docker,
+        host_bind_root: host_settings.bind_root,
+        into: a.into,
+        replace: a.replace,
+        db: DbThawFlags {
+            targets: a.dbs,
+            skip: a.no_db,
+            jobs: jobs(a.jobs),
+            with_users: a.with_users,
+        },
+        rename: a.rename,
+        publish: a.publish,
+    };
+    let repo = ctx.open_repo()?;
+    let plan = ops::plan_site_thaw(&repo, req)?;
+    if a.dry_run {
+        match &plan {
+            SiteThawPlan::Files(p) if ctx.json() => print_json(&p.view()),
+            SiteThawPlan::Files(p) => show_files_plan(&p.view(), &repo.location()),
+            SiteThawPlan::Docker(d) if ctx.json() => print_json(&d.plan),
+            SiteThawPlan::Docker(d) => show_site_plan(&d.plan),
+        }
+        return Ok(0);
+    }
+    let report = ctx.with_progress(|p| ops::thaw_site(&repo, plan, p))?;
+    if ctx.json() {
+        print_json(&report);
+    }
+    match &report {
+        SiteThawReport::Files(r) => {
+            if !ctx.json() {
+                ctx.say(format!(
+                    "thawed {}:{} in {:.1}s",
+                    r.site, r.snapshot, r.seconds
+                ));
+                say_restored(ctx, &r.trees, &r.databases);
+            }
+            for l in &r.removed_leftovers {
+                ctx.say(format!(
+                    "freezer: {} {} ({}), left by a thaw that was killed",
+                    l.action,
+                    l.path.display(),
+                    bytes(l.bytes)
+                ));
+            }
+            for w in r.databases.iter().flat_map(|d| &d.warnings) {
+                ctx.warn(w);
+            }
+        }
+        SiteThawReport::Docker(r) if !ctx.json() => say_site(ctx, r),
+        SiteThawReport::Docker(_) => {}
+    }
+    Ok(0)
+}
+
+fn show_files_plan(view: &ops::ThawPlanView, repo: &str) {
+    outln!("thaw {}:{} from {repo}", view.site, view.snapshot);
+    for t in &view.trees {
+        outln!(
+            "  {} {:<12} -> {}  ({} files, {}, {} layers)",
+            t.action,
+            t.name,
+            t.dest.display(),
+            t.files,
+            bytes(t.bytes),
+            t.layers
+        );
+    }
+    for d in &view.databases {
+        outln!(
+            "  {} database {:<12} -> {}  ({} tables, {} rows, {} chunks)",
+            d.action,
+            d.source,
+            d.target,
+            d.tables,
+            d.rows,
+            d.chunks
+        );
+    }
+}
+
+fn show_site_plan(plan: &SitePlan) {
+    outln!(
+        "thaw {}:{} as site {} on the Docker engine at {}",
+        plan.site,
+        plan.snapshot,
+        plan.target,
+        plan.engine
+    );
+    if !plan.replaces.is_empty() {
+        outln!(
+            "  freeze site {} (safety snapshot), then remove {}",
+            plan.target,
+            plan.replaces.join(", ")
+        );
+    }
+    for c in &plan.checks {
+        outln!("  checked: {c}");
+    }
+    for i in &plan.images {
+        outln!("  image     {:<24} {}", i.image, i.action);
+    }
+    for n in &plan.networks {
+        outln!("  network   {:<24} {}", n.name, n.action);
+    }
+    for v in &plan.volumes {
+        match &v.tree {
+            Some(t) => outln!("  volume    {:<24} {} from tree {t}", v.name, v.action),
+            None => outln!(
+                "  volume    {:<24} {} empty (its database is loaded from the dump)",
+                v.name,
+                v.action
+            ),
+        }
+    }
+    for b in &plan.binds {
+        outln!(
+            "  directory {:<24} {} from tree {}",
+            b.path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            b.action,
+            b.tree.as_deref().unwrap_or("")
+        );
+    }
+    for d in &plan.databases {
+        outln!(
+            "  database  {:<24} into container {} once it accepts connections ({} tables, {} rows)",
+            d.database,
+            d.container,
+            d.tables,
+            d.rows
+        );
+    }
+    for c in &plan.containers {
+        outln!(
+            "  container {:<24} {} -> {}{}",
+            c.name,
+            c.image,
+            c.state,
+            if c.ports.is_empty() {
+                String::new()
+            } else {
+                format!(", ports {}", c.ports.join(" "))
+            }
+        );
+    }
+}
+
+fn say_site(ctx: &Ctx, r: &SiteReport) {
+    if let Some(s) = &r.safety_snapshot {
+        ctx.say(format!(
+            "froze the replaced site {} as {}:{s}",
+            r.target, r.target
+        ));
+    }
+    ctx.say(format!(
+        "thawed {}:{} as site {} in {:.1}s",
+        r.site, r.snapshot, r.target, r.seconds
+    ));
+    for i in &r.images_loaded {
+        ctx.say(format!("  loaded image {i} from the snapshot"));
+    }
+    say_restored(ctx, &r.trees, &r.databases);
+    ctx.say(format!("  containers: {}", r.containers.join(", ")));
+}
+
+/// The lines a thaw prints for what it restored.
+fn say_restored(
+    ctx: &Ctx,
+    trees: &[ops::ThawTreeReport],
+    databases: &[crate::db::load::LoadReport],
+) {
+    for t in trees {
+        ctx.say(format!(
+            "  {:<12} -> {}  ({} files, {})",
+            t.name,
+            t.dest.display(),
+            t.stats.files,
+            bytes(t.stats.bytes)
+        ));
+    }
+    for d in databases {
+        ctx.say(format!(
+            "  database {:<12} -> {}  ({} tables, {} rows, {} objects; verified in {:.1}s)",
+            d.source, d.target, d.tables, d.rows, d.objects, d.verify_seconds
+        ));
+    }
+}

@@ -1,0 +1,143 @@
+//! The entry points that decide by what a snapshot holds: a Docker site's snapshot thaws
+//! (and drills) onto an engine, any other onto directories and database servers.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::drill::{self, DrillOptions, DrillReport};
+use super::recreate::{self, SiteOptions, SitePlan, SiteReport};
+use super::{DbThawFlags, ThawPlan, ThawReport};
+use crate::docker::{Endpoint, Engine};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::repo::{Repository, Snapshot};
+
+/// A thaw as asked for.
+#[derive(Debug, Clone, Default)]
+pub struct ThawRequest {
+    pub site: String,
+    /// A snapshot id or its start; None: the latest.
+    pub snapshot: Option<String>,
+    /// `SITE@HOST`: the host named, if any.
+    pub host: Option<String>,
+    /// The Docker engine of that host (this machine's when none is named).
+    pub engine: Endpoint,
+    /// Where the host puts bind-mounted directories of thawed sites (config file).
+    pub host_bind_root: Option<PathBuf>,
+    /// `--into DIR`.
+    pub into: Option<PathBuf>,
+    /// `--replace`: existing destinations are replaced (a Docker site is frozen first).
+    pub replace: bool,
+    pub db: DbThawFlags,
+    /// Docker sites: `--as NAME` and `--publish OLD=NEW`.
+    pub rename: Option<String>,
+    pub publish: Vec<(String, String)>,
+}
+
+/// A checked thaw, ready to run; `--dry-run` prints it.
+pub enum SiteThawPlan {
+    /// Trees and databases onto this machine.
+    Files(Box<ThawPlan>),
+    /// A Docker site recreated on an engine.
+    Docker(Box<DockerThaw>),
+}
+
+/// The thaw of a Docker site: the plan, and the engine it runs on.
+pub struct DockerThaw {
+    pub plan: SitePlan,
+    pub engine: Engine,
+    /// How to reach the engine again (the safety snapshot connects on its own).
+    pub endpoint: Endpoint,
+}
+
+/// What a thaw did.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum SiteThawReport {
+    Files(ThawReport),
+    Docker(SiteReport),
+}
+
+/// Reads the snapshot and plans its thaw by what it holds. Changes nothing.
+pub fn plan_site_thaw(repo: &Repository, req: ThawRequest) -> Result<SiteThawPlan> {
+    let snapshot = repo.find_snapshot(&req.site, req.snapshot.as_deref())?;
+    if snapshot.has_containers() {
+        let opts = SiteOptions {
+            rename: req.rename,
+            publish: req.publish,
+            replace: req.replace,
+            bind_root: req.into.or(req.host_bind_root),
+            isolated: false,
+        };
+        let engine = Engine::connect_to(&req.engine)?;
+        let plan = recreate::plan(repo, &engine, snapshot, &opts)?;
+        return Ok(SiteThawPlan::Docker(Box::new(DockerThaw {
+            plan,
+            engine,
+            endpoint: req.engine,
+        })));
+    }
+    if let Some(h) = req.host.filter(|h| h != "local") {
+        return Err(Error::usage(format!(
+            "snapshot {}:{} holds no containers; only Docker sites thaw onto a host (@{h})",
+            snapshot.site, snapshot.id
+        ))
+        .with_hint("thaw it on that machine, or here with --into DIR"));
+    }
+    if req.rename.is_some() || !req.publish.is_empty() {
+        return Err(Error::usage(format!(
+            "--as and --publish apply to Docker sites; snapshot {}:{} is a {} snapshot",
+            snapshot.site,
+            snapshot.id,
+            snapshot.annotation(crate::format::A_MODE)
+        )));
+    }
+    let plan = super::plan_thaw(repo, snapshot, req.into.as_deref(), req.replace, &req.db)?;
+    Ok(SiteThawPlan::Files(Box::new(plan)))
+}
+
+/// Runs a planned thaw. A Docker site that `--replace` replaces is frozen first (the
+/// safety snapshot, named in the report).
+pub fn thaw_site(
+    repo: &Repository,
+    plan: SiteThawPlan,
+    progress: &Progress,
+) -> Result<SiteThawReport> {
+    match plan {
+        SiteThawPlan::Files(plan) => Ok(SiteThawReport::Files(super::thaw(repo, &plan, progress)?)),
+        SiteThawPlan::Docker(d) => {
+            let DockerThaw {
+                plan,
+                engine,
+                endpoint,
+            } = *d;
+            let target = plan.target.clone();
+            let replaced = plan.replaced_paths.clone();
+            let report = recreate::execute(repo, &engine, plan, progress, || {
+                super::freeze_before_replace(repo, &endpoint, &target, &replaced, progress)
+            })?;
+            Ok(SiteThawReport::Docker(report))
+        }
+    }
+}
+
+/// Drills a snapshot: a Docker site's on `engine`, any other into scratch directories and
+/// databases.
+pub fn drill_site(
+    repo: &Repository,
+    snapshot: Snapshot,
+    engine: &Endpoint,
+    opts: &DrillOptions,
+    progress: &Progress,
+) -> Result<DrillReport> {
+    if snapshot.has_containers() {
+        let engine = Engine::connect_to(engine)?;
+        drill::drill_docker(repo, &engine, snapshot, opts, progress)
+    } else {
+        if !opts.probes.is_empty() {
+            return Err(Error::usage("--probe applies to Docker sites"));
+        }
+        drill::drill_files(repo, snapshot, opts, progress)
+    }
+}
