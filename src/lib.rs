@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod db;
 pub mod docker;
 pub mod error;
+pub mod fault;
 pub mod format;
 pub mod interrupt;
 pub mod lock;
@@ -26,3 +27,6 @@ pub mod sys;
 pub mod tree;
 
 pub use error::{Error, ErrorKind, Result};
+
+#[cfg(test)]
+mod layers;

@@ -374,7 +374,7 @@ impl Repository {
     fn count_uploaded(&self, size: u64) {
         let n = self.stats.blobs_uploaded.fetch_add(1, Ordering::Relaxed) + 1;
         self.stats.bytes_uploaded.fetch_add(size, Ordering::Relaxed);
-        fault_point_after_upload(n);
+        crate::fault::abort_at(crate::fault::Abort::AfterUploads, n);
     }
 
     /// Reads a whole small blob and checks it against its digest.
@@ -671,17 +671,6 @@ impl<R: Read> Read for VerifyingReader<R> {
             }
         }
         Ok(n)
-    }
-}
-
-/// Test hook: `FREEZER_FAULT_ABORT_AFTER_UPLOADS=N` kills the process right after the N-th
-/// blob upload, the way `kill -9` or a power cut would. Used by the interrupted-freeze test.
-fn fault_point_after_upload(n: u64) {
-    if let Ok(v) = std::env::var("FREEZER_FAULT_ABORT_AFTER_UPLOADS") {
-        if v.parse::<u64>().ok() == Some(n) {
-            eprintln!("freezer: fault injection: aborting after {n} uploads");
-            std::process::abort();
-        }
     }
 }
 

@@ -216,14 +216,6 @@ pub fn tree_size(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Test hook: sleeps for the milliseconds the environment variable `var` names, so a test
-/// can interrupt a run at a known point. Unset (always, in real use): does nothing.
-pub fn fault_sleep(var: &str) {
-    if let Some(ms) = std::env::var(var).ok().and_then(|v| v.parse::<u64>().ok()) {
-        std::thread::sleep(std::time::Duration::from_millis(ms));
-    }
-}
-
 /// Makes the kernel end the child `cmd` starts (SIGTERM) when this process ends, however
 /// it ends.
 pub fn end_with_parent(cmd: &mut std::process::Command) {

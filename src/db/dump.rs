@@ -566,9 +566,9 @@ async fn dump(
         exec(&mut conn0, "UNLOCK TABLES", "releasing the table locks").await?;
     }
     let lock_ms = lock_started.elapsed().as_millis() as u64;
-    // Test hook: `FREEZER_FAULT_SQL_AFTER_SNAPSHOT=SQL` runs SQL (say, an ALTER TABLE) from
-    // another session once the snapshot is taken, as a deploy's migration would.
-    if let Ok(stmt) = std::env::var("FREEZER_FAULT_SQL_AFTER_SNAPSHOT") {
+    // Test hook: SQL (say, an ALTER TABLE) from another session once the snapshot is
+    // taken, as a deploy's migration would.
+    if let Some(stmt) = crate::fault::sql_after_snapshot() {
         let mut other = url.connect().await?;
         exec(&mut other, &stmt, "running the test hook's statement").await?;
         let _ = other.disconnect().await;

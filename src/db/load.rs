@@ -423,7 +423,10 @@ async fn load_into(
                 }
             }
             progress.add_done(chunk.sql_bytes);
-            fault_point_after_chunk(loaded.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1);
+            crate::fault::abort_at(
+                crate::fault::Abort::AfterChunks,
+                loaded.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1,
+            );
         }
     }))
     .await;
@@ -540,17 +543,6 @@ fn check_features(schema: &str, target_version: &str, target: &DbUrl) -> Result<
         }
     }
     Ok(())
-}
-
-/// Test hook: `FREEZER_FAULT_ABORT_AFTER_CHUNKS=N` kills the process once N chunks are
-/// loaded, the way `kill -9` would, leaving a partly loaded database.
-fn fault_point_after_chunk(n: u64) {
-    if let Ok(v) = std::env::var("FREEZER_FAULT_ABORT_AFTER_CHUNKS") {
-        if v.parse::<u64>().ok() == Some(n) {
-            eprintln!("freezer: fault injection: aborting after {n} chunks");
-            std::process::abort();
-        }
-    }
 }
 
 /// Runs one chunk's statements in a transaction. On failure: the error and the length

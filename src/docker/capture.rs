@@ -789,7 +789,7 @@ pub fn hold<T>(
                 stopped: stop,
             });
         }
-        crate::sys::fault_sleep("FREEZER_FAULT_HOLD_WINDOW_MS");
+        crate::fault::pause(crate::fault::Pause::HoldWindow);
         copy()
     })();
     let (names, errors) = {

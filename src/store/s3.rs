@@ -361,14 +361,13 @@ impl Store for S3Store {
     }
 }
 
-/// Test hook: `FREEZER_FAULT_ABORT_IN_MULTIPART=1` kills the process once the first part
-/// of a multipart upload has reached the server, leaving the upload incomplete, as a
-/// `kill -9` in the middle of a large upload would. Used by the interrupted-freeze test.
+/// Test hook ([`crate::fault::Abort::InMultipart`]): aborts once the first part of a
+/// multipart upload has reached the server, leaving the upload incomplete, as a `kill -9`
+/// in the middle of a large upload would.
 fn fault_point_in_multipart(rt: &tokio::runtime::Runtime, w: &mut WriteMultipart) {
-    if std::env::var_os("FREEZER_FAULT_ABORT_IN_MULTIPART").is_some() {
+    if crate::fault::armed(crate::fault::Abort::InMultipart).is_some() {
         let _ = rt.block_on(w.wait_for_capacity(0));
-        eprintln!("freezer: fault injection: aborting in the middle of a multipart upload");
-        std::process::abort();
+        crate::fault::abort_at(crate::fault::Abort::InMultipart, 1);
     }
 }
 

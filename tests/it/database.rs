@@ -597,6 +597,10 @@ fn rows_longer_than_max_allowed_packet_round_trip() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (scripts/test)"
+)]
 fn ddl_during_a_dump_is_detected_and_never_recorded() {
     let db = unique("ddl").replace('-', "_");
     drop_db(&db);
@@ -735,6 +739,10 @@ fn accounts_and_their_grants_come_along_on_request() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (scripts/test)"
+)]
 fn a_thaw_killed_halfway_is_completed_by_running_it_again() {
     let src = unique("half").replace('-', "_");
     fixture(&src);

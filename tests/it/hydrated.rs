@@ -583,6 +583,10 @@ pub fn wait_for_state(host: &str, container: &str, want: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (scripts/test)"
+)]
 fn an_interrupted_freeze_leaves_every_container_as_it_was() {
     let a = host_a();
     let repo = TestRepo::local().init();

@@ -122,6 +122,10 @@ fn a_flipped_byte_in_any_blob_is_caught_by_verify_and_thaw() {
 /// A freeze killed right after an upload (as by kill -9 or a power cut) leaves no snapshot;
 /// running it again completes and reuses what was already uploaded.
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (scripts/test)"
+)]
 fn an_interrupted_freeze_leaves_no_snapshot_and_resumes() {
     let work = tempfile::tempdir().unwrap();
     let a = work.path().join("a");
@@ -171,6 +175,10 @@ fn an_interrupted_freeze_leaves_no_snapshot_and_resumes() {
 /// layer's key (S3 makes a multipart object visible only when completed), and the re-run
 /// completes.
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (scripts/test)"
+)]
 fn a_freeze_killed_mid_multipart_upload_leaves_no_snapshot() {
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("big");
@@ -395,6 +403,10 @@ fn init_refuses_an_existing_repository() {
 /// same repository or destination: a freeze's spooled files in the repository's tmp/, a
 /// thaw's staging directory beside its destination, a dead process's lock.
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (scripts/test)"
+)]
 fn leftovers_of_killed_runs_are_removed_by_the_next_run() {
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("www");

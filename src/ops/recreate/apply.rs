@@ -390,7 +390,7 @@ fn apply(
         )?;
         report.trees.extend(r.trees);
     }
-    crate::sys::fault_sleep("FREEZER_FAULT_THAW_CREATED_MS");
+    crate::fault::pause(crate::fault::Pause::ThawCreated);
     // 5. Database containers first: started, waited for, loaded with their dumps.
     let mut db_reports = Vec::new();
     for (step, p) in plan.databases.iter().zip(&prepared) {

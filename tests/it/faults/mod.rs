@@ -294,6 +294,10 @@ fn a_three_node_cluster_loses_a_node_during_a_freeze_and_a_thaw() {
 /// The store goes away while a hydrated freeze holds the site paused: the freeze fails
 /// (exit 3, after retrying for its bound) and the site is running again, as it was.
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (scripts/test)"
+)]
 fn a_store_that_vanishes_in_the_pause_window_leaves_the_site_running() {
     use crate::hydrated::*;
     let a = host_a();
