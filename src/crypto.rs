@@ -704,4 +704,64 @@ mod tests {
         assert_ne!(a.blob_name(&d), b.blob_name(&d));
         assert_ne!(a.blob_name(&d), d.hex());
     }
+
+    use proptest::prelude::*;
+
+    /// Bytes that are cheap to make in any length: a seeded xorshift.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the length and however the writes are cut, an object opens to its
+        /// bytes (read in any piece sizes), only under its own name, and not at all once
+        /// any byte changes or it is cut short.
+        #[test]
+        fn any_object_opens_to_what_was_sealed(
+            len in prop_oneof![0usize..4096, (SEGMENT - 64)..(SEGMENT + 64), 0usize..(2 * SEGMENT + 100)],
+            seed in any::<u64>(),
+            write in 1usize..70_000,
+            read in 1usize..70_000,
+            flip in any::<prop::sample::Index>(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let keys = Keys::generate();
+            let plain = noise(len, seed);
+            let mut sealed = Vec::new();
+            let mut w = keys.sealer("blobs/x", &mut sealed);
+            for piece in plain.chunks(write) {
+                w.write_all(piece).unwrap();
+            }
+            w.finish().unwrap();
+            prop_assert_eq!(sealed.len() as u64, Keys::sealed_size(len as u64));
+
+            let mut r = keys.opener("blobs/x", "x", &sealed[..]);
+            let mut back = Vec::new();
+            let mut buf = vec![0u8; read];
+            loop {
+                let n = r.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                back.extend_from_slice(&buf[..n]);
+            }
+            prop_assert!(back == plain, "{} bytes differ after sealing", len);
+            prop_assert!(keys.open("blobs/y", "y", &sealed).is_err());
+            let mut bad = sealed.clone();
+            bad[flip.index(sealed.len())] ^= 1;
+            prop_assert!(keys.open("blobs/x", "x", &bad).is_err());
+            let short = cut.index(sealed.len());
+            prop_assert!(keys.open("blobs/x", "x", &sealed[..short]).is_err());
+        }
+    }
 }

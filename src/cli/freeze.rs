@@ -30,7 +30,7 @@ pub fn run(ctx: &Ctx, a: FreezeArgs) -> Result<i32> {
         if ctx.json() {
             print_json(&plan);
         } else {
-            show_plan(&plan);
+            outln!("{}", plan_text(&plan).trim_end());
         }
         return Ok(0);
     }
@@ -48,14 +48,21 @@ pub fn run(ctx: &Ctx, a: FreezeArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn show_plan(plan: &FreezePlan) {
-    outln!("freeze site {} into {}", plan.site, plan.repo);
+/// What `freeze --dry-run` prints.
+pub(super) fn plan_text(plan: &FreezePlan) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    w!(out, "freeze site {} into {}", plan.site, plan.repo);
     match &plan.parent {
-        Some(p) => outln!("  previous snapshot {p}: unchanged files are not read again"),
-        None => outln!("  no previous snapshot: every file is read"),
+        Some(p) => w!(
+            out,
+            "  previous snapshot {p}: unchanged files are not read again"
+        ),
+        None => w!(out, "  no previous snapshot: every file is read"),
     }
     if let Some(d) = &plan.docker {
-        outln!(
+        w!(
+            out,
             "  Docker site on {}: {} containers, {}{}",
             d.engine_host,
             d.site.containers.len(),
@@ -67,19 +74,21 @@ fn show_plan(plan: &FreezePlan) {
             if d.with_images { "; images stored" } else { "" }
         );
         for c in &d.site.containers {
-            outln!("  container {:<16} {} ({})", c.name, c.image, c.state);
+            w!(out, "  container {:<16} {} ({})", c.name, c.image, c.state);
         }
     }
     for t in &plan.trees {
-        outln!("  tree {:<16} {}", t.name, t.path.display());
+        w!(out, "  tree {:<16} {}", t.name, t.path.display());
     }
     for d in &plan.databases {
-        outln!(
+        w!(
+            out,
             "  database {:<12} {d} ({} connections, consistent snapshot)",
             d.database,
             plan.db_jobs
         );
     }
+    out
 }
 
 fn summary(ctx: &Ctx, r: &FreezeReport) {

@@ -28,6 +28,13 @@ macro_rules! outln {
     }};
 }
 
+/// `writeln!` into a String (which cannot fail).
+macro_rules! w {
+    ($out:expr, $($arg:tt)*) => {{
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
 pub mod args;
 mod drill;
 mod export;
@@ -36,6 +43,8 @@ mod freeze;
 mod keys;
 mod list;
 mod maintain;
+#[cfg(test)]
+mod tests;
 mod thaw;
 
 use args::{split_host, split_target};

@@ -33,9 +33,14 @@ pub fn run(ctx: &Ctx, a: ThawArgs) -> Result<i32> {
     if a.dry_run {
         match &plan {
             SiteThawPlan::Files(p) if ctx.json() => print_json(&p.view()),
-            SiteThawPlan::Files(p) => show_files_plan(&p.view(), &repo.location()),
+            SiteThawPlan::Files(p) => {
+                outln!(
+                    "{}",
+                    files_plan_text(&p.view(), &repo.location()).trim_end()
+                )
+            }
             SiteThawPlan::Docker(d) if ctx.json() => print_json(&d.plan),
-            SiteThawPlan::Docker(d) => show_site_plan(&d.plan),
+            SiteThawPlan::Docker(d) => outln!("{}", site_plan_text(&d.plan).trim_end()),
         }
         return Ok(0);
     }
@@ -70,10 +75,14 @@ pub fn run(ctx: &Ctx, a: ThawArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn show_files_plan(view: &ops::ThawPlanView, repo: &str) {
-    outln!("thaw {}:{} from {repo}", view.site, view.snapshot);
+/// What `thaw --dry-run` prints for trees and databases.
+pub(super) fn files_plan_text(view: &ops::ThawPlanView, repo: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    w!(out, "thaw {}:{} from {repo}", view.site, view.snapshot);
     for t in &view.trees {
-        outln!(
+        w!(
+            out,
             "  {} {:<12} -> {}  ({} files, {}, {} layers)",
             t.action,
             t.name,
@@ -84,7 +93,8 @@ fn show_files_plan(view: &ops::ThawPlanView, repo: &str) {
         );
     }
     for d in &view.databases {
-        outln!(
+        w!(
+            out,
             "  {} database {:<12} -> {}  ({} tables, {} rows, {} chunks)",
             d.action,
             d.source,
@@ -94,10 +104,15 @@ fn show_files_plan(view: &ops::ThawPlanView, repo: &str) {
             d.chunks
         );
     }
+    out
 }
 
-fn show_site_plan(plan: &SitePlan) {
-    outln!(
+/// What `thaw --dry-run` prints for a Docker site.
+pub(super) fn site_plan_text(plan: &SitePlan) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    w!(
+        out,
         "thaw {}:{} as site {} on the Docker engine at {}",
         plan.site,
         plan.snapshot,
@@ -105,25 +120,27 @@ fn show_site_plan(plan: &SitePlan) {
         plan.engine
     );
     if !plan.replaces.is_empty() {
-        outln!(
+        w!(
+            out,
             "  freeze site {} (safety snapshot), then remove {}",
             plan.target,
             plan.replaces.join(", ")
         );
     }
     for c in &plan.checks {
-        outln!("  checked: {c}");
+        w!(out, "  checked: {c}");
     }
     for i in &plan.images {
-        outln!("  image     {:<24} {}", i.image, i.action);
+        w!(out, "  image     {:<24} {}", i.image, i.action);
     }
     for n in &plan.networks {
-        outln!("  network   {:<24} {}", n.name, n.action);
+        w!(out, "  network   {:<24} {}", n.name, n.action);
     }
     for v in &plan.volumes {
         match &v.tree {
-            Some(t) => outln!("  volume    {:<24} {} from tree {t}", v.name, v.action),
-            None => outln!(
+            Some(t) => w!(out, "  volume    {:<24} {} from tree {t}", v.name, v.action),
+            None => w!(
+                out,
                 "  volume    {:<24} {} empty (its database is loaded from the dump)",
                 v.name,
                 v.action
@@ -131,7 +148,8 @@ fn show_site_plan(plan: &SitePlan) {
         }
     }
     for b in &plan.binds {
-        outln!(
+        w!(
+            out,
             "  directory {:<24} {} from tree {}",
             b.path
                 .as_ref()
@@ -142,7 +160,8 @@ fn show_site_plan(plan: &SitePlan) {
         );
     }
     for d in &plan.databases {
-        outln!(
+        w!(
+            out,
             "  database  {:<24} into container {} once it accepts connections ({} tables, {} rows)",
             d.database,
             d.container,
@@ -151,7 +170,8 @@ fn show_site_plan(plan: &SitePlan) {
         );
     }
     for c in &plan.containers {
-        outln!(
+        w!(
+            out,
             "  container {:<24} {} -> {}{}",
             c.name,
             c.image,
@@ -163,6 +183,7 @@ fn show_site_plan(plan: &SitePlan) {
             }
         );
     }
+    out
 }
 
 fn say_site(ctx: &Ctx, r: &SiteReport) {

@@ -307,4 +307,99 @@ mod tests {
             ]
         );
     }
+
+    /// How the server reads a quoted literal (without NO_BACKSLASH_ESCAPES).
+    fn unquote(lit: &[u8]) -> Vec<u8> {
+        let inner = &lit[1..lit.len() - 1];
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < inner.len() {
+            let c = inner[i];
+            if c == b'\\' {
+                i += 1;
+                out.push(match inner[i] {
+                    b'0' => 0,
+                    b'n' => b'\n',
+                    b'r' => b'\r',
+                    b'Z' => 0x1a,
+                    other => other,
+                });
+            } else {
+                assert_ne!(c, b'\'', "an unescaped quote inside a literal");
+                out.push(c);
+            }
+            i += 1;
+        }
+        out
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn any_double_reads_back_exactly(bits in any::<u64>()) {
+            let d = f64::from_bits(bits);
+            prop_assume!(d.is_finite());
+            let s = lit(Value::Double(d), ColumnKind::Other);
+            prop_assert_eq!(s.parse::<f64>().unwrap().to_bits(), bits, "{}", s);
+        }
+
+        #[test]
+        fn any_float_reads_back_exactly(bits in any::<u32>()) {
+            let f = f32::from_bits(bits);
+            prop_assume!(f.is_finite());
+            let s = lit(Value::Float(f), ColumnKind::Other);
+            // The server reads the literal as a double and rounds it into the FLOAT
+            // column: exact, since the widened value is a float.
+            prop_assert_eq!((s.parse::<f64>().unwrap() as f32).to_bits(), bits, "{}", s);
+        }
+
+        #[test]
+        fn bytes_read_back_and_stay_one_statement(b in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let mut out = Vec::new();
+            push_quoted(&mut out, &b);
+            prop_assert!(!out.contains(&b'\n'), "a literal spans lines");
+            prop_assert_eq!(unquote(&out), b.clone());
+            // A chunk of such rows splits back into exactly its statements.
+            let mut chunk = b"INSERT INTO `t` VALUES (".to_vec();
+            chunk.extend_from_slice(&out);
+            chunk.extend_from_slice(b");\nINSERT INTO `t` VALUES (1);\n");
+            let stmts = statements(&chunk);
+            prop_assert_eq!(stmts.len(), 2);
+            prop_assert_eq!(&stmts[0][24..stmts[0].len() - 1], &out[..]);
+        }
+
+        #[test]
+        fn decimals_are_the_servers_digits(d in "-?[0-9]{1,40}(\\.[0-9]{1,30})?") {
+            prop_assert_eq!(lit(Value::Bytes(d.clone().into_bytes()), ColumnKind::Decimal), d);
+        }
+
+        #[test]
+        fn datetimes_read_back(y in 0u16..=9999, mo in 0u8..=12, d in 0u8..=31, h in 0u8..24,
+                               mi in 0u8..60, s in 0u8..60, us in 0u32..1_000_000) {
+            let text = lit(Value::Date(y, mo, d, h, mi, s, us), ColumnKind::DateTime);
+            let inner = text.trim_matches('\'');
+            let (date, time) = inner.split_once(' ').unwrap();
+            let f: Vec<u32> = date.split('-').chain(time.split([':', '.'])).map(|x| x.parse().unwrap()).collect();
+            prop_assert_eq!(&f[..6], &[y as u32, mo as u32, d as u32, h as u32, mi as u32, s as u32][..]);
+            prop_assert_eq!(f.get(6).copied().unwrap_or(0), us);
+            let date_only = lit(Value::Date(y, mo, d, 0, 0, 0, 0), ColumnKind::Date);
+            prop_assert_eq!(date_only, format!("'{y:04}-{mo:02}-{d:02}'"));
+        }
+
+        #[test]
+        fn times_read_back(neg in any::<bool>(), days in 0u32..35, h in 0u8..24, mi in 0u8..60,
+                           s in 0u8..60, us in 0u32..1_000_000) {
+            let text = lit(Value::Time(neg, days, h, mi, s, us), ColumnKind::Other);
+            let inner = text.trim_matches('\'');
+            let (sign, rest) = match inner.strip_prefix('-') { Some(r) => (true, r), None => (false, inner) };
+            let f: Vec<u64> = rest.split([':', '.']).map(|x| x.parse().unwrap()).collect();
+            prop_assert_eq!(sign, neg);
+            prop_assert_eq!(f[0], days as u64 * 24 + h as u64);
+            prop_assert_eq!((f[1], f[2]), (mi as u64, s as u64));
+            prop_assert_eq!(f.get(3).copied().unwrap_or(0), us as u64);
+        }
+    }
 }

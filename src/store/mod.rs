@@ -5,7 +5,10 @@
 //! synchronous on purpose: the heavy work (walking trees, tar, zstd) runs on plain
 //! threads, and the S3 backend drives its async client from there with `block_on`.
 
+#[doc(hidden)]
+pub mod conformance;
 mod local;
+mod memory;
 pub mod retry;
 mod s3;
 
@@ -13,6 +16,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use local::LocalStore;
+pub use memory::MemoryStore;
 pub use retry::RetryPolicy;
 pub use s3::{S3Options, S3Store};
 

@@ -543,4 +543,121 @@ mod tests {
             assert!(e.message.contains("refusing entry"), "{e}");
         }
     }
+
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    /// One path component: any bytes but `/` and NUL, never `.` or `..`.
+    fn component() -> impl Strategy<Value = Vec<u8>> {
+        vec(
+            any::<u8>().prop_filter("no / or NUL", |b| *b != b'/' && *b != 0),
+            1..12,
+        )
+        .prop_filter("not . or ..", |c| c != b"." && c != b"..")
+    }
+
+    fn path() -> impl Strategy<Value = Vec<u8>> {
+        vec(component(), 1..5).prop_map(|cs| cs.join(&b'/'))
+    }
+
+    fn kind() -> impl Strategy<Value = Kind> {
+        prop_oneof![
+            Just(Kind::Dir),
+            Just(Kind::File),
+            Just(Kind::Symlink),
+            Just(Kind::HardLink),
+            Just(Kind::Fifo),
+            Just(Kind::CharDev),
+            Just(Kind::BlockDev),
+        ]
+    }
+
+    prop_compose! {
+        fn any_entry()(
+            path in path(),
+            kind in kind(),
+            mode in 0u32..0o10000,
+            uid in any::<u32>(),
+            gid in any::<u32>(),
+            mtime in (any::<i64>(), 0u32..1_000_000_000),
+            size in 0u64..1 << 50,
+            layer in proptest::option::of(any::<u32>()),
+            link in vec(any::<u8>(), 0..20),
+            rdev in any::<u64>(),
+            xattrs in vec(("[a-z.]{1,10}", vec(any::<u8>(), 0..10)), 0..3),
+            leader in any::<bool>(),
+            ino in any::<u64>(),
+            ctime in (any::<i64>(), 0u32..1_000_000_000),
+            target in path(),
+        ) -> Entry {
+            // A hard link names the file it shares an inode with: a path in the tree.
+            let link = if kind == Kind::HardLink { target } else { link };
+            Entry { path, kind, mode, uid, gid, mtime, size, layer, link, rdev, xattrs, leader, ino, ctime }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_index_reads_back_as_written(entries in vec(any_entry(), 0..40), content in vec(any::<u64>(), 0..4)) {
+            let mut w = IndexWriter::new(Vec::new()).unwrap();
+            for e in &entries {
+                w.push(e).unwrap();
+            }
+            let (bytes, t) = w.finish(content.clone()).unwrap();
+            let mut r = IndexReader::new(&bytes[..], "test").unwrap();
+            let mut back = Vec::new();
+            while let Some(e) = r.next_entry().unwrap() {
+                back.push(e);
+            }
+            prop_assert_eq!(&back, &entries);
+            let read = r.trailer().unwrap();
+            prop_assert_eq!(&read, &t);
+            prop_assert_eq!(read.layer_content, content);
+            prop_assert_eq!(read.entries, entries.len() as u64);
+        }
+
+        #[test]
+        fn paths_sort_depth_first(a in path(), b in path(), name in component()) {
+            // The order is the components' order, and total.
+            let ca: Vec<&[u8]> = components(&a).collect();
+            let cb: Vec<&[u8]> = components(&b).collect();
+            prop_assert_eq!(cmp_paths(&a, &b), ca.cmp(&cb));
+            prop_assert_eq!(cmp_paths(&a, &b), cmp_paths(&b, &a).reverse());
+            // A directory sorts before what is inside it, and that before its next
+            // sibling; the root before everything.
+            let child = join(&a, &name);
+            prop_assert_eq!(cmp_paths(&a, &child), Ordering::Less);
+            prop_assert_eq!(cmp_paths(b".", &a), Ordering::Less);
+            prop_assert_eq!(parent(&child), &a[..]);
+            prop_assert!(is_within(&child, &a));
+            if cmp_paths(&a, &b) == Ordering::Less && !is_within(&b, &a) {
+                prop_assert_eq!(cmp_paths(&child, &b), Ordering::Less);
+            }
+        }
+
+        #[test]
+        fn accepted_paths_stay_under_the_root(p in vec(prop_oneof![
+            Just(b"..".to_vec()), Just(b".".to_vec()), Just(vec![]), Just(b"/".to_vec()),
+            Just(vec![0]), component()], 1..6))
+        {
+            let joined = p.join(&b'/');
+            let accepted = check_relative(&joined).is_ok();
+            // Refused whenever a component could leave the root or name nothing.
+            let bad_component = joined
+                .split(|&b| b == b'/')
+                .any(|c| c.is_empty() || c == b"." || c == b".." || c.contains(&0));
+            if joined != b"." {
+                prop_assert_eq!(accepted, !bad_component, "{:?}", String::from_utf8_lossy(&joined));
+            }
+            use std::os::unix::ffi::OsStrExt;
+            let rel = std::path::Path::new(std::ffi::OsStr::from_bytes(&joined));
+            if accepted {
+                let under = std::path::Path::new("/root").join(rel);
+                prop_assert!(under.starts_with("/root"));
+                prop_assert!(under.components().all(|c| !matches!(c, std::path::Component::ParentDir)));
+            }
+        }
+    }
 }

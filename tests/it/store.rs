@@ -1,9 +1,7 @@
-//! One storage conformance suite, run against the local store and against Garage.
+//! The storage conformance suite (`freezer::store::conformance`) against Garage; the
+//! unit tests run it against the memory and local stores.
 
-use std::io::{Read, Write};
-
-use freezer::store::{LocalStore, S3Options, S3Store, Store};
-use freezer::ErrorKind;
+use freezer::store::{S3Options, S3Store, Store};
 
 use crate::common::*;
 
@@ -20,72 +18,9 @@ fn garage() -> S3Store {
     S3Store::new(&bucket(), &unique("conformance"), &opts).unwrap()
 }
 
-fn conformance(store: &dyn Store) {
-    // Missing objects are NotFound, named.
-    let e = store.get("blobs/missing").unwrap_err();
-    assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
-    assert!(e.to_string().contains("blobs/missing"), "{e}");
-    assert!(store.open("blobs/missing").is_err());
-    assert_eq!(store.size("blobs/missing").unwrap(), None);
-
-    // Small put/get.
-    store.put("a/one", b"1").unwrap();
-    store.put("a/two", b"22").unwrap();
-    store.put("b/three", b"333").unwrap();
-    assert_eq!(store.get("a/two").unwrap(), b"22");
-    assert_eq!(store.size("b/three").unwrap(), Some(3));
-    let mut s = String::new();
-    store.open("a/one").unwrap().read_to_string(&mut s).unwrap();
-    assert_eq!(s, "1");
-
-    // Listing is by prefix, complete and sorted.
-    let keys: Vec<String> = store
-        .list("a/")
-        .unwrap()
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
-    assert_eq!(keys, ["a/one", "a/two"]);
-    assert_eq!(store.list("nothing/").unwrap(), vec![]);
-
-    // A file larger than one multipart part (8 MiB) goes up in parts and streams back intact.
-    let spool = store.spool_dir().unwrap();
-    let mut f = tempfile::NamedTempFile::new_in(&spool).unwrap();
-    let data: Vec<u8> = (0..(21u32 << 20) / 4)
-        .flat_map(|i| (i.wrapping_mul(2_654_435_761)).to_le_bytes())
-        .collect();
-    f.write_all(&data).unwrap();
-    let path = f.into_temp_path();
-    store.put_file("blobs/large", &path).unwrap();
-    assert!(!path.exists(), "put_file consumes the staged file");
-    assert_eq!(store.size("blobs/large").unwrap(), Some(data.len() as u64));
-    let mut back = Vec::new();
-    store
-        .open("blobs/large")
-        .unwrap()
-        .read_to_end(&mut back)
-        .unwrap();
-    assert!(back == data, "large object differs after a round trip");
-
-    // Delete, and deleting twice is fine.
-    store.delete("a/one").unwrap();
-    store.delete("a/one").unwrap();
-    assert_eq!(store.size("a/one").unwrap(), None);
-
-    // Keys that could escape a local root are refused.
-    assert!(store.put("../escape", b"x").is_err());
-    assert!(store.get("a/../../etc/passwd").is_err());
-}
-
-#[test]
-fn local_store_conforms() {
-    let dir = tempfile::tempdir().unwrap();
-    conformance(&LocalStore::new(dir.path().join("repo")));
-}
-
 #[test]
 fn garage_store_conforms() {
-    conformance(&garage());
+    freezer::store::conformance::check(&garage());
 }
 
 /// More keys than one list page (Garage returns 1000 at most) are all listed.
