@@ -28,6 +28,8 @@ pub enum ErrorKind {
     Partial,
     /// Anything else: local I/O failure, disk full, internal error.
     Other,
+    /// A signal (SIGINT, SIGTERM) asked the run to stop, and it stopped cleanly.
+    Interrupted,
 }
 
 impl ErrorKind {
@@ -42,6 +44,8 @@ impl ErrorKind {
             ErrorKind::NotFound => 6,
             ErrorKind::Conflict => 7,
             ErrorKind::Partial => 8,
+            // 128 + SIGINT, as shells report a run ended by Ctrl-C.
+            ErrorKind::Interrupted => 130,
         }
     }
 }
@@ -64,6 +68,13 @@ impl Error {
             hint: None,
             source: None,
         }
+    }
+    /// The run was asked to stop (a signal); `what` names the step it stopped at.
+    pub fn interrupted(what: impl Into<String>) -> Self {
+        Self::new(
+            ErrorKind::Interrupted,
+            format!("interrupted while {}", what.into()),
+        )
     }
     pub fn usage(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Usage, message)

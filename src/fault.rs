@@ -45,13 +45,16 @@ mod hooks {
         var(name).and_then(|v| v.parse().ok())
     }
 
-    pub fn pause(point: Pause) {
+    pub fn pause(point: Pause, cancel: &crate::progress::Cancel) {
         let name = match point {
             Pause::HoldWindow => "FREEZER_FAULT_HOLD_WINDOW_MS",
             Pause::ThawCreated => "FREEZER_FAULT_THAW_CREATED_MS",
         };
         if let Some(ms) = var(name).and_then(|v| v.parse::<u64>().ok()) {
-            std::thread::sleep(std::time::Duration::from_millis(ms));
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+            while std::time::Instant::now() < until && !cancel.is_cancelled() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
         }
     }
 
@@ -70,7 +73,7 @@ mod hooks {
     }
 
     #[inline(always)]
-    pub fn pause(_: Pause) {}
+    pub fn pause(_: Pause, _: &crate::progress::Cancel) {}
 
     #[inline(always)]
     pub fn sql_after_snapshot() -> Option<String> {
@@ -87,14 +90,20 @@ pub fn armed(point: Abort) -> Option<u64> {
 /// Aborts the process if `point` is armed with `n`.
 pub fn abort_at(point: Abort, n: u64) {
     if armed(point) == Some(n) {
-        eprintln!("freezer: fault injection: aborting at {point:?} {n}");
+        let at = match point {
+            Abort::AfterUploads => format!("after {n} uploads"),
+            Abort::AfterChunks => format!("after {n} chunks"),
+            Abort::InMultipart => "in the middle of a multipart upload".into(),
+        };
+        eprintln!("freezer: fault injection: aborting {at}");
         std::process::abort();
     }
 }
 
-/// Waits as long as a test asked at `point`; returns at once otherwise.
-pub fn pause(point: Pause) {
-    hooks::pause(point)
+/// Waits as long as a test asked at `point`, or until the run is cancelled; returns at
+/// once otherwise.
+pub fn pause(point: Pause, cancel: &crate::progress::Cancel) {
+    hooks::pause(point, cancel)
 }
 
 /// A statement a test wants run from another session once a dump's snapshot is taken,

@@ -113,66 +113,129 @@ pub fn untrack(path: &std::path::Path) {
         .retain(|(p, _)| p != path);
 }
 
-/// Starts a thread that waits for SIGINT or SIGTERM, cleans up and exits.
-pub fn install(what: &'static str) {
+/// What the run is doing, for the report ("interrupted during freeze").
+static WHAT: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+/// Set by whoever ends an interrupted run: the main thread once it has unwound, or the
+/// signal thread when it could not wait any longer. The other one then stays quiet.
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// How long the signal thread waits for the run to stop at its next checkpoint before it
+/// cleans up and exits on its own (a request that hangs, a long statement).
+const GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Starts a thread that waits for SIGINT or SIGTERM. The first one cancels `cancel`, runs
+/// the urgent cleanups (a held site is resumed at once), and gives the run [`GRACE`] to
+/// stop at a checkpoint and unwind through its guards; the main thread then reports with
+/// [`finish_interrupted`]. A second signal, or the end of the grace period, cleans up
+/// what is still tracked and exits 130 from here.
+pub fn install(what: &'static str, cancel: crate::progress::Cancel) {
+    let _ = WHAT.set(what);
     std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
+        let Ok(rt) = crate::sys::runtime() else {
+            return;
+        };
+        let Ok((mut int, mut term)) = rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            ))
+        }) else {
             return;
         };
         rt.block_on(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
-                return;
-            };
             tokio::select! {
                 _ = int.recv() => {}
                 _ = term.recv() => {}
             }
         });
         INTERRUPTED.store(true, Ordering::SeqCst);
+        cancel.cancel();
         // Most urgent first: a paused site is down until it is resumed.
         for (_, f) in CLEANUPS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             f();
         }
-        let dirs: Vec<(PathBuf, bool)> = STAGING.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        // Newest first: staging directories before the parents created for them.
-        for (d, whole) in dirs.iter().rev() {
-            if !whole {
-                let _ = std::fs::remove_dir(d);
-                continue;
+        eprintln!("\nfreezer: stopping {what} (interrupt again to stop at once)");
+        rt.block_on(async {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+                _ = tokio::time::sleep(GRACE) => {}
             }
-            // Writers may still be adding files for a moment: try a few times.
-            for _ in 0..5 {
-                if std::fs::remove_dir_all(d).is_ok() || !d.exists() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
+        });
+        if EXITING.swap(true, Ordering::SeqCst) {
+            // The main thread is ending the run.
+            loop {
+                std::thread::park();
             }
         }
-        let locks: Vec<HeldLock> = LOCKS.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        for (store, key, released) in locks {
-            let _ = store.put(&key, &released);
-        }
-        eprintln!("\nfreezer: interrupted during {what}");
-        let partial: Vec<String> = PARTIAL.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        for p in &partial {
-            eprintln!("freezer: {p}");
-        }
-        match what {
-            "thaw" if !partial.is_empty() => eprintln!("freezer: the directories were not changed; unfinished restores were removed"),
-            "thaw" => eprintln!("freezer: the destinations were not changed; unfinished restores were removed"),
-            "freeze" => eprintln!("freezer: no snapshot was recorded; the next freeze reuses what was already uploaded"),
-            _ => {}
-        }
+        remove_tracked();
+        report(what);
         if let Some(finish) = FINISH.get() {
             finish(EXIT_INTERRUPTED);
         }
         std::process::exit(EXIT_INTERRUPTED);
     });
+}
+
+/// Ends an interrupted run from the main thread, once it has unwound: removes what is
+/// still tracked (normally nothing: the guards did) and says what state things are in.
+/// False when the signal thread is already ending the run; the caller then waits for it.
+pub fn finish_interrupted() -> bool {
+    if EXITING.swap(true, Ordering::SeqCst) {
+        return false;
+    }
+    remove_tracked();
+    report(WHAT.get().copied().unwrap_or("the command"));
+    true
+}
+
+/// Claims the end of a run that completed although a signal came late: the signal
+/// thread must not exit under it. False when the signal thread is already exiting.
+pub fn claim_exit() -> bool {
+    !EXITING.swap(true, Ordering::SeqCst)
+}
+
+/// Staging directories and locks still registered: removed and released.
+fn remove_tracked() {
+    let dirs: Vec<(PathBuf, bool)> = STAGING.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    // Newest first: staging directories before the parents created for them.
+    for (d, whole) in dirs.iter().rev() {
+        if !whole {
+            let _ = std::fs::remove_dir(d);
+            continue;
+        }
+        // Writers may still be adding files for a moment: try a few times.
+        for _ in 0..5 {
+            if std::fs::remove_dir_all(d).is_ok() || !d.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    let locks: Vec<HeldLock> = LOCKS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for (store, key, released) in locks {
+        let _ = store.put(&key, &released);
+    }
+}
+
+/// What an interrupted run tells its user on stderr.
+fn report(what: &str) {
+    eprintln!("freezer: interrupted during {what}");
+    let partial: Vec<String> = PARTIAL.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for p in &partial {
+        eprintln!("freezer: {p}");
+    }
+    match what {
+        "thaw" if !partial.is_empty() => {
+            eprintln!("freezer: the directories were not changed; unfinished restores were removed")
+        }
+        "thaw" => eprintln!(
+            "freezer: the destinations were not changed; unfinished restores were removed"
+        ),
+        "freeze" => eprintln!(
+            "freezer: no snapshot was recorded; the next freeze reuses what was already uploaded"
+        ),
+        _ => {}
+    }
 }

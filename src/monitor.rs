@@ -150,10 +150,7 @@ fn read_samples(path: &Path) -> BTreeMap<(String, String), String> {
 /// POSTs `body` to `url`, with a 10 s timeout. Failures are warnings.
 fn ping(url: &str, body: String) {
     let result = (|| -> Result<(), String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
+        let rt = crate::sys::runtime().map_err(|e| e.to_string())?;
         rt.block_on(async {
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))

@@ -9,6 +9,33 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A run's cancel token: set once, when a signal asks the run to stop; the long
+/// operations look at it between steps (a file, a chunk, a blob) and stop with an
+/// `Interrupted` error, which unwinds through their guards (staging removed, locks
+/// released, a held site resumed).
+#[derive(Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// An `Interrupted` error once the run was asked to stop; `what` names the step.
+    pub fn check(&self, what: impl FnOnce() -> String) -> crate::error::Result<()> {
+        if self.is_cancelled() {
+            return Err(crate::error::Error::interrupted(what()));
+        }
+        Ok(())
+    }
+}
+
+/// What a long operation reports to (bytes done, a label) and the cancel token it obeys:
+/// the one handle every long operation is given.
 #[derive(Default)]
 pub struct Progress {
     pub total: AtomicU64,
@@ -16,9 +43,27 @@ pub struct Progress {
     label: Mutex<String>,
     stop: AtomicBool,
     drawn: AtomicBool,
+    cancel: Cancel,
 }
 
 impl Progress {
+    /// A progress handle whose operations stop when `cancel` is set.
+    pub fn with_cancel(cancel: Cancel) -> Progress {
+        Progress {
+            cancel,
+            ..Default::default()
+        }
+    }
+
+    pub fn cancel(&self) -> &Cancel {
+        &self.cancel
+    }
+
+    /// An `Interrupted` error once the run was asked to stop; `what` names the step.
+    pub fn check(&self, what: impl FnOnce() -> String) -> crate::error::Result<()> {
+        self.cancel.check(what)
+    }
+
     pub fn set_label(&self, label: impl Into<String>) {
         *self.label.lock().unwrap() = label.into();
     }

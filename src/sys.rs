@@ -6,6 +6,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::OnceLock;
 
 fn cpath(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes())
@@ -274,4 +275,23 @@ pub fn existing_ancestor(p: &Path) -> std::path::PathBuf {
         }
     }
     p
+}
+
+/// The process's one async runtime, which the S3 client, the Docker client, the database
+/// connections, the signal watcher and the pings share. freezer's own work runs on
+/// plain threads and drives async clients from there with `block_on`; the workers run
+/// what those clients spawn (connections, multipart parts, database sessions).
+pub fn runtime() -> crate::error::Result<&'static tokio::runtime::Runtime> {
+    static RT: OnceLock<std::result::Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RT.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cpus.max(2))
+            .thread_name("freezer-rt")
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(|e| crate::error::Error::other(format!("starting the async runtime: {e}")))
 }

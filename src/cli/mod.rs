@@ -12,8 +12,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::error::ErrorKind;
 use crate::error::{Error, Result};
-use crate::progress::{self, Progress};
+use crate::progress::{self, Cancel, Progress};
 use crate::repo::Repository;
 use crate::settings::Settings;
 use crate::store;
@@ -54,6 +55,8 @@ pub use args::{Cli, Command, Global};
 pub struct Ctx {
     pub global: Global,
     pub settings: Settings,
+    /// Set when a signal asks the run to stop; every long operation is given it.
+    pub cancel: Cancel,
 }
 
 impl Ctx {
@@ -91,7 +94,7 @@ impl Ctx {
     /// Runs `f` with a progress display (a redrawn line on a terminal, JSON events
     /// with `--json`), taken down before anything else is printed.
     fn with_progress<T>(&self, f: impl FnOnce(&Progress) -> Result<T>) -> Result<T> {
-        let progress = Arc::new(Progress::default());
+        let progress = Arc::new(Progress::with_cancel(self.cancel.clone()));
         let guard = progress::start(progress.clone(), self.progress_mode());
         let result = f(&progress);
         drop(guard);
@@ -128,6 +131,11 @@ pub fn run(cli: Cli) -> i32 {
     }
     match dispatch(cli) {
         Ok(code) => {
+            // A signal that came after the work was done: the run still ended well,
+            // unless the signal thread is already ending it.
+            if crate::interrupt::interrupted() && !crate::interrupt::claim_exit() {
+                wait_for_exit();
+            }
             monitor.finish(
                 code,
                 started.elapsed(),
@@ -135,10 +143,32 @@ pub fn run(cli: Cli) -> i32 {
             );
             code
         }
-        // The signal thread is cleaning up and will exit with its own report.
-        Err(_) if crate::interrupt::interrupted() => loop {
-            std::thread::park();
-        },
+        // Stopped by a signal: whatever the error says, it is the consequence.
+        Err(e) if e.kind == ErrorKind::Interrupted || crate::interrupt::interrupted() => {
+            if !crate::interrupt::finish_interrupted() {
+                wait_for_exit();
+            }
+            if e.kind != ErrorKind::Interrupted {
+                eprintln!("freezer: {e}");
+            }
+            let e = match e.kind {
+                ErrorKind::Interrupted => e,
+                _ => Error::new(
+                    ErrorKind::Interrupted,
+                    format!("interrupted: {}", e.message),
+                ),
+            };
+            if json {
+                report_error(&e, true);
+            }
+            let code = e.kind.exit_code();
+            monitor.finish(
+                code,
+                started.elapsed(),
+                format!("freezer {command}: exit {code}: interrupted by a signal"),
+            );
+            code
+        }
         Err(e) => {
             report_error(&e, json);
             let code = e.kind.exit_code();
@@ -152,21 +182,33 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
+/// The signal thread is ending the run (exit 130, with its own report): wait for it.
+fn wait_for_exit() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
 fn dispatch(cli: Cli) -> Result<i32> {
-    crate::interrupt::install(match &cli.command {
-        Command::Freeze(_) => "freeze",
-        Command::Thaw(_) => "thaw",
-        Command::Drill(_) => "drill",
-        Command::Verify(_) => "verify",
-        Command::Export(_) => "export",
-        Command::Prune(_) => "prune",
-        _ => "the command",
-    });
+    let cancel = Cancel::default();
+    crate::interrupt::install(
+        match &cli.command {
+            Command::Freeze(_) => "freeze",
+            Command::Thaw(_) => "thaw",
+            Command::Drill(_) => "drill",
+            Command::Verify(_) => "verify",
+            Command::Export(_) => "export",
+            Command::Prune(_) => "prune",
+            _ => "the command",
+        },
+        cancel.clone(),
+    );
     let g = &cli.global;
     let settings = Settings::load(g.config.as_deref(), g.repo.as_deref(), g.retry_for)?;
     let ctx = Ctx {
         global: cli.global,
         settings,
+        cancel,
     };
     match cli.command {
         // Handled in `run` before anything else starts.

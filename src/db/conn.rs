@@ -255,17 +255,6 @@ pub async fn exec(conn: &mut Conn, sql: &str, what: &str) -> Result<()> {
     conn.query_drop(sql).await.map_err(|e| db_error(e, what))
 }
 
-/// A runtime for the database code, which is async (mysql_async) while the rest of
-/// freezer is threads. One worker thread per connection at most.
-pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .thread_name("freezer-db")
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("starting the database runtime", e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,12 +92,12 @@ pub fn freeze_database(
     progress: &Progress,
 ) -> Result<(Descriptor, DbReport)> {
     let started = Instant::now();
-    let rt = super::conn::runtime(opts.jobs)?;
+    let rt = crate::sys::runtime()?;
     let mut warnings = Vec::new();
     let mut attempt = 0;
     let dumped = loop {
         attempt += 1;
-        match dump_once(&rt, repo, url, prev, opts, progress)? {
+        match dump_once(rt, repo, url, prev, opts, progress)? {
             Outcome::Done(d) => break *d,
             Outcome::SchemaChanged(what) if attempt == 1 => warnings.push(format!(
                 "the schema of {} changed during the dump ({}); dumped again",
@@ -944,6 +944,8 @@ async fn send(s: &Shared<'_>, table: usize, seq: (u32, u32), b: ChunkBuilder) ->
             "the dump was stopped: an upload failed",
         ));
     }
+    s.progress
+        .check(|| format!("dumping table {}", ident(&s.schema.tables[table].name)))?;
     let rows = b.rows;
     let sql = b.finish();
     s.progress.add_done(sql.len() as u64);

@@ -168,7 +168,7 @@ pub async fn target_state(conn: &mut Conn, db: &str) -> Result<(bool, u64)> {
 /// Checks the target before a thaw: reachable, able to hold the longest value, and
 /// empty unless `replace`. Returns whether it will be replaced.
 pub fn check_target(target: &DbUrl, m: &DbManifest, replace: bool) -> Result<bool> {
-    let rt = super::conn::runtime(1)?;
+    let rt = crate::sys::runtime()?;
     rt.block_on(async {
         let mut c = target.connect_server().await?;
         let (exists, objects) = target_state(&mut c, &target.database).await?;
@@ -216,7 +216,7 @@ pub fn load_database(
     opts: &LoadOptions,
     progress: &Progress,
 ) -> Result<LoadReport> {
-    let rt = super::conn::runtime(opts.jobs)?;
+    let rt = crate::sys::runtime()?;
     rt.block_on(load(prepared, target, opts, progress))
 }
 
@@ -386,6 +386,7 @@ async fn load_into(
             let Some((t, chunk)) = queue.lock().unwrap().pop_front() else {
                 return Ok(());
             };
+            progress.check(|| format!("loading table {}", ident(&t.name)))?;
             let f = FileRef {
                 digest: chunk.digest.clone(),
                 size: chunk.size,

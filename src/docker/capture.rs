@@ -712,6 +712,7 @@ pub fn hold<T>(
     engine: &Engine,
     site: &CapturedSite,
     stop: bool,
+    cancel: &crate::progress::Cancel,
     copy: impl FnOnce() -> Result<T>,
 ) -> Result<(T, WindowReport)> {
     let held: Arc<Mutex<Vec<Held>>> = Arc::default();
@@ -762,9 +763,7 @@ pub fn hold<T>(
             // Holding the list while the call runs: an interrupt's cleanup waits for it,
             // so no container is paused after the cleanup has resumed the others.
             let mut list = held.lock().unwrap_or_else(|e| e.into_inner());
-            if crate::interrupt::interrupted() {
-                return Err(Error::other("interrupted"));
-            }
+            cancel.check(|| format!("pausing container {}", spec.name))?;
             let (cid, name) = (id.clone(), spec.name.clone());
             if stop {
                 let timeout = spec.config["StopTimeout"].as_i64().unwrap_or(10) as i32;
@@ -789,7 +788,7 @@ pub fn hold<T>(
                 stopped: stop,
             });
         }
-        crate::fault::pause(crate::fault::Pause::HoldWindow);
+        crate::fault::pause(crate::fault::Pause::HoldWindow, cancel);
         copy()
     })();
     let (names, errors) = {

@@ -48,7 +48,7 @@ pub struct ContainerInfo {
 /// A connection to one Docker engine, with the runtime its async client needs. Every
 /// method blocks; freezer's operations are sequential at this level.
 pub struct Engine {
-    rt: tokio::runtime::Runtime,
+    rt: &'static tokio::runtime::Runtime,
     pub docker: Docker,
     /// Where the engine was reached (its host as given names it in messages).
     pub endpoint: Endpoint,
@@ -93,10 +93,7 @@ impl Engine {
 
     /// Connects to the engine at `endpoint` and checks that it answers.
     pub fn connect_to(endpoint: &Endpoint) -> Result<Engine> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::io("starting the Docker client", e))?;
+        let rt = crate::sys::runtime()?;
         let host = endpoint.host.clone();
         // An ssh:// engine is reached through a tunnel to its socket, and then read and
         // written like any remote engine (its paths are not this machine's).

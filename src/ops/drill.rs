@@ -433,7 +433,7 @@ pub fn drill_files(
 }
 
 fn drop_database(url: &DbUrl) -> Result<()> {
-    let rt = crate::db::conn::runtime(1)?;
+    let rt = crate::sys::runtime()?;
     rt.block_on(async {
         let mut c = url.connect_server().await?;
         crate::db::conn::exec(

@@ -416,17 +416,23 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
             };
             if d.hold {
                 let mut tree_manifests = Vec::new();
-                let (trees, w) = crate::docker::capture::hold(&d.engine, &d.site, d.stop, || {
-                    pull()?;
-                    freeze_trees(
-                        repo,
-                        plan,
-                        &prev,
-                        progress,
-                        &mut warnings,
-                        &mut tree_manifests,
-                    )
-                })?;
+                let (trees, w) = crate::docker::capture::hold(
+                    &d.engine,
+                    &d.site,
+                    d.stop,
+                    progress.cancel(),
+                    || {
+                        pull()?;
+                        freeze_trees(
+                            repo,
+                            plan,
+                            &prev,
+                            progress,
+                            &mut warnings,
+                            &mut tree_manifests,
+                        )
+                    },
+                )?;
                 manifests.extend(tree_manifests);
                 window = Some(w);
                 trees
@@ -473,6 +479,8 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
         a.insert(A_PARENT.into(), p.clone());
     }
     // Last: the record makes the snapshot visible, and every blob it names exists by now.
+    // Not after a signal: an interrupted freeze records nothing.
+    progress.check(|| "recording the snapshot".into())?;
     let r = repo.write_record(&plan.site, &record, created)?;
     let s = &repo.stats;
     Ok(FreezeReport {

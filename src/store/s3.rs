@@ -7,7 +7,6 @@ use std::fmt;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -64,7 +63,7 @@ pub struct S3Store {
     client: AmazonS3,
     bucket: String,
     prefix: String,
-    rt: Arc<tokio::runtime::Runtime>,
+    rt: &'static tokio::runtime::Runtime,
     retry: RetryPolicy,
     /// Whether the spool directory was swept of dead runs' files yet (once per process).
     swept: std::sync::atomic::AtomicBool,
@@ -119,17 +118,12 @@ impl S3Store {
             Error::usage(format!("cannot configure S3 bucket {bucket}: {e}"))
                 .with_hint("set AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the [s3] table of freezer.toml")
         })?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("freezer-s3")
-            .enable_all()
-            .build()
-            .map_err(|e| Error::io("starting the S3 client runtime", e))?;
+        let rt = crate::sys::runtime()?;
         Ok(S3Store {
             client,
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
-            rt: Arc::new(rt),
+            rt,
             retry: opts.retry,
             swept: Default::default(),
         })
@@ -231,7 +225,7 @@ impl Store for S3Store {
             .block_on(self.client.get(&path))
             .map_err(|e| self.err("reading", key, e, t))?;
         Ok(Box::new(StreamReader {
-            rt: self.rt.clone(),
+            rt: self.rt,
             client: self.client.clone(),
             path,
             e_tag: r.meta.e_tag.clone(),
@@ -295,7 +289,7 @@ impl Store for S3Store {
                     .block_on(w.wait_for_capacity(PARTS_IN_FLIGHT))
                     .map_err(|e| self.err("uploading", key, e, t))?;
                 w.write(&buf[..n]);
-                fault_point_in_multipart(&self.rt, &mut w);
+                fault_point_in_multipart(self.rt, &mut w);
             })();
             match result {
                 Ok(()) => {
@@ -391,7 +385,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// asks again for the rest (a ranged GET from the last byte received, of the same ETag),
 /// for up to `retry_for` since the last byte arrived.
 struct StreamReader {
-    rt: Arc<tokio::runtime::Runtime>,
+    rt: &'static tokio::runtime::Runtime,
     client: AmazonS3,
     path: ObjPath,
     e_tag: Option<String>,

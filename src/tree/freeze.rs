@@ -604,6 +604,7 @@ impl LayerSink<'_> {
     /// Appends a regular file, reading exactly the size the walk saw. Returns the layer
     /// ordinal and whether the file changed while it was read.
     fn file(&mut self, e: &Entry, abs: &Path, progress: &Progress) -> Result<(u32, bool)> {
+        progress.check(|| format!("reading {}", abs.display()))?;
         let f = open_noatime(abs).ctx(|| format!("opening {}", abs.display()))?;
         // Fewer blocks than bytes: holes, which are skipped instead of read.
         let sparse = f

@@ -498,6 +498,7 @@ fn write_file(
     damaged: &dyn Fn(std::io::Error) -> Error,
 ) -> Result<()> {
     let ctx = || format!("writing {}", path.display());
+    progress.check(ctx)?;
     // Create with the final mode when the umask leaves it intact, saving an fchmod per file.
     let direct = e.mode & 0o7000 == 0 && e.mode & owner.umask == 0;
     let mut f = OpenOptions::new()

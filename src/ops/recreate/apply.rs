@@ -90,7 +90,8 @@ pub fn execute(
         let target = plan.target.clone();
         let endpoint = engine.endpoint.clone();
         crate::interrupt::on_interrupt(Box::new(move || {
-            let created = created.lock().unwrap_or_else(|e| e.into_inner());
+            // Taken: the main thread, unwinding after this, finds nothing left to undo.
+            let created = std::mem::take(&mut *created.lock().unwrap_or_else(|e| e.into_inner()));
             if let Ok(engine) = Engine::connect_to(&endpoint) {
                 undo(&engine, &created);
                 eprintln!(
@@ -154,9 +155,7 @@ fn apply(
     // sees everything created, and nothing is created after it ran.
     let track = || {
         let list = created.lock().unwrap_or_else(|e| e.into_inner());
-        if crate::interrupt::interrupted() {
-            return Err(Error::other("interrupted"));
-        }
+        progress.check(|| format!("creating site {}", plan.target))?;
         Ok(list)
     };
     // 0. Every dump downloaded and verified before the engine is touched.
@@ -390,7 +389,7 @@ fn apply(
         )?;
         report.trees.extend(r.trees);
     }
-    crate::fault::pause(crate::fault::Pause::ThawCreated);
+    crate::fault::pause(crate::fault::Pause::ThawCreated, progress.cancel());
     // 5. Database containers first: started, waited for, loaded with their dumps.
     let mut db_reports = Vec::new();
     for (step, p) in plan.databases.iter().zip(&prepared) {
@@ -400,7 +399,11 @@ fn apply(
             .find(|(s, _, _)| s.name == step.container)
             .expect("planned");
         let name = spec.name.clone();
+        // Started under the list's lock, like the creations: an interrupt's cleanup
+        // either ran before (and this stops) or removes it after.
+        let held = track()?;
         engine.start_container(&name)?;
+        drop(held);
         let address = container_address(engine, &spec.name)?;
         let url = spec.database_url(&address).expect("checked by plan");
         progress.set_label(format!("waiting for the database in {}", spec.name));
@@ -428,6 +431,7 @@ fn apply(
             continue;
         }
         let name = spec.name.clone();
+        let _held = track()?;
         engine.start_container(&name)?;
         if spec.state == "paused" {
             let name = spec.name.clone();
@@ -508,7 +512,7 @@ fn container_address(engine: &Engine, name: &str) -> Result<String> {
 /// Waits until the database server in a new container accepts the application's login
 /// (its first start initializes the data directory; that takes seconds to minutes).
 fn wait_for_database(url: &crate::db::DbUrl, container: &str) -> Result<()> {
-    let rt = crate::db::conn::runtime(1)?;
+    let rt = crate::sys::runtime()?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     loop {
         match rt.block_on(url.connect()) {
