@@ -71,12 +71,14 @@ pub enum Command {
     /// Freeze a site into the repository: its directories (files), its databases as SQL
     /// dumps (dehydrated), or a Docker site's containers with their volumes (hydrated).
     Freeze(FreezeArgs),
-    /// Restore a snapshot (the latest unless SITE:SNAPSHOT names one).
+    /// Restore a snapshot (the latest unless SITE:SNAPSHOT names one): its trees into
+    /// their directories or under --into, its databases into a server, a Docker site's
+    /// containers onto an engine.
     Thaw(ThawArgs),
     /// Prove a snapshot restores: thaw it under a scratch name (no published ports, its
     /// own network and volumes, scratch databases), check it, time it, remove it.
     Drill(DrillArgs),
-    /// List snapshots.
+    /// List the snapshots in the repository, of every site or of one.
     Snapshots(SnapshotsArgs),
     /// List the sites on this host's Docker engine (DOCKER_HOST): containers grouped by
     /// the dev.freezer.site label, else by docker compose project.
