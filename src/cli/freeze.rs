@@ -2,6 +2,7 @@
 
 use super::args::{split_host, FreezeArgs};
 use super::{jobs, print_json, Ctx};
+use crate::docker::capture::HoldMode;
 use crate::error::Result;
 use crate::ops::{self, FreezePlan, FreezeReport, FreezeRequest};
 use crate::progress::bytes;
@@ -101,7 +102,7 @@ fn summary(ctx: &Ctx, r: &FreezeReport) {
             "  {} containers ({}), {} for {} ms while the volumes were copied",
             r.containers.len(),
             r.containers.join(", "),
-            if w.mode == "stop" {
+            if w.mode == HoldMode::Stop {
                 "stopped"
             } else {
                 "paused"

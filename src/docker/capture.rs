@@ -689,12 +689,21 @@ fn store_layer(repo: &Repository, tar: &Path) -> Result<(Digest, Descriptor)> {
 /// How the site was held still while its volumes were copied.
 #[derive(Debug, Clone, Serialize)]
 pub struct WindowReport {
-    /// `pause` or `stop`.
-    pub mode: &'static str,
+    pub mode: HoldMode,
     /// The containers paused or stopped for the copy.
     pub containers: Vec<String>,
     /// From the first pause (or stop) to the last container running again.
     pub ms: u64,
+}
+
+/// How a site is held still while its volumes are copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldMode {
+    /// Paused (cgroup freezer): the default.
+    Pause,
+    /// Stopped and started again (`--stop`): a clean shutdown, e.g. for databases.
+    Stop,
 }
 
 #[derive(Clone)]
@@ -805,7 +814,11 @@ pub fn hold<T>(
         }
     }
     let report = WindowReport {
-        mode: if stop { "stop" } else { "pause" },
+        mode: if stop {
+            HoldMode::Stop
+        } else {
+            HoldMode::Pause
+        },
         containers: names,
         ms: started.elapsed().as_millis() as u64,
     };

@@ -462,9 +462,26 @@ fn old_tag(dest: &Path) -> String {
 pub struct Leftover {
     pub path: PathBuf,
     pub bytes: u64,
-    /// `removed`, or `put back` (old contents moved back to a destination that a killed
-    /// thaw had left missing).
-    pub action: &'static str,
+    pub action: LeftoverAction,
+}
+
+/// What was done with a killed run's leftover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum LeftoverAction {
+    #[serde(rename = "removed")]
+    Removed,
+    /// Old contents moved back to a destination that a killed thaw had left missing.
+    #[serde(rename = "put back")]
+    PutBack,
+}
+
+impl std::fmt::Display for LeftoverAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LeftoverAction::Removed => "removed",
+            LeftoverAction::PutBack => "put back",
+        })
+    }
 }
 
 /// Deals with what killed thaws left beside `dest`: staging directories (a partial or
@@ -475,15 +492,15 @@ fn sweep_leftovers(parent: &Path, dest: &Path, out: &mut Vec<Leftover>) {
         out.push(Leftover {
             path,
             bytes,
-            action: "removed",
+            action: LeftoverAction::Removed,
         });
     }
     for path in crate::sys::dead_leftovers(parent, &old_tag(dest)) {
         let bytes = crate::sys::tree_size(&path);
         let action = if fs::symlink_metadata(dest).is_err() && fs::rename(&path, dest).is_ok() {
-            "put back"
+            LeftoverAction::PutBack
         } else if crate::sys::remove_any(&path).is_ok() {
-            "removed"
+            LeftoverAction::Removed
         } else {
             continue;
         };
