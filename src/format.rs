@@ -48,6 +48,8 @@ pub const A_TREE_INDEX: &str = "dev.freezer.tree.index";
 pub const A_TREE_INDEX_SIZE: &str = "dev.freezer.tree.index.size";
 pub const A_LAYER_KIND: &str = "dev.freezer.layer.kind";
 pub const A_TREE_FILES: &str = "dev.freezer.tree.files";
+/// The exclusion rules a tree was frozen with (JSON, SPEC.md §6); absent when none.
+pub const A_TREE_EXCLUDES: &str = "dev.freezer.tree.excludes";
 pub const A_TREE_BYTES: &str = "dev.freezer.tree.bytes";
 /// The config media type of a database image (SPEC.md §7).
 pub const MT_DB_CONFIG: &str = "application/vnd.freezer.db.config.v1+json";

@@ -92,6 +92,15 @@ pub struct SiteSection {
     /// Also store the accounts with privileges on the databases (freeze --with-users).
     #[serde(default)]
     pub database_users: bool,
+    /// Gitignore-style patterns left out of every tree of the site (freeze --exclude).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Leave out the contents of directories holding a valid CACHEDIR.TAG.
+    #[serde(default)]
+    pub exclude_caches: bool,
+    /// Leave out the contents of directories holding a file of one of these names.
+    #[serde(default)]
+    pub exclude_if_present: Vec<String>,
 }
 
 pub struct Settings {
@@ -237,6 +246,18 @@ impl Settings {
         Ok((trees, dbs))
     }
 
+    /// What the config file leaves out of every tree of the site.
+    pub fn site_excludes(&self, site: &str) -> crate::tree::exclude::Excludes {
+        match self.config.sites.get(site) {
+            Some(s) => crate::tree::exclude::Excludes {
+                patterns: s.exclude.clone(),
+                caches: s.exclude_caches,
+                if_present: s.exclude_if_present.clone(),
+            },
+            None => Default::default(),
+        }
+    }
+
     /// Whether the config file asks for the site's database accounts.
     pub fn database_users(&self, site: &str) -> bool {
         self.config
@@ -292,7 +313,11 @@ impl Settings {
                     candidate
                 }
             };
-            out.push(TreeSpec { name, path });
+            out.push(TreeSpec {
+                name,
+                path,
+                excludes: Default::default(),
+            });
         }
         Ok(out)
     }

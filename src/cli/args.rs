@@ -158,9 +158,29 @@ pub struct FreezeArgs {
     /// that is still running fails at once, exit 5).
     #[arg(long, default_value = "30m", value_parser = crate::settings::parse_duration)]
     pub lock_wait: std::time::Duration,
-    /// Print what would be frozen and exit.
+    #[command(flatten)]
+    pub excludes: ExcludeArgs,
+    /// Print what would be frozen (and what the excludes leave out) and exit.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// What a freeze leaves out of every tree (after the config file's `exclude`).
+#[derive(Args, Debug, Default)]
+pub struct ExcludeArgs {
+    /// A gitignore-style pattern, matched on paths relative to each tree's root (`*.log`,
+    /// `/cache`, `wp-content/cache/`, `**/node_modules`, `!keep.log`); repeatable.
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    pub patterns: Vec<String>,
+    /// A file of such patterns, one per line (`#` comments); repeatable.
+    #[arg(long = "exclude-file", value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Leave out the contents of directories holding a valid CACHEDIR.TAG.
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Leave out the contents of directories holding a file NAME; repeatable.
+    #[arg(long = "exclude-if-present", value_name = "NAME")]
+    pub if_present: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -171,9 +191,13 @@ pub struct ThawArgs {
     /// sites: the bind-mounted directories; volumes are the engine's).
     #[arg(long)]
     pub into: Option<PathBuf>,
-    /// Replace destinations that exist and are not empty (directories, databases).
+    /// Replace destinations that exist and are not empty (directories, databases). What
+    /// the snapshot's exclusion rules left out stays as it is at the destination.
     #[arg(long)]
     pub replace: bool,
+    /// With --replace: also delete what exists at paths the snapshot excluded.
+    #[arg(long, requires = "replace")]
+    pub replace_excluded: bool,
     /// Where to load the snapshot's database: [SOURCE=]mysql://USER@HOST[:PORT]/DB
     /// (the target database is created; its name may differ). Repeatable.
     #[arg(long = "db", value_name = "[SOURCE=]URL")]

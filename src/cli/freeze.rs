@@ -1,11 +1,26 @@
 //! `freezer freeze`.
 
-use super::args::{split_host, FreezeArgs};
+use super::args::{split_host, ExcludeArgs, FreezeArgs};
 use super::{jobs, print_json, Ctx};
 use crate::docker::capture::HoldMode;
 use crate::error::Result;
 use crate::ops::{self, FreezePlan, FreezeReport, FreezeRequest};
 use crate::progress::bytes;
+use crate::tree::exclude::Excludes;
+
+/// The `--exclude…` flags as rules.
+fn excludes(a: &ExcludeArgs) -> Result<Excludes> {
+    let mut patterns = Vec::new();
+    for f in &a.files {
+        patterns.extend(Excludes::patterns_from_file(f)?);
+    }
+    patterns.extend(a.patterns.iter().cloned());
+    Ok(Excludes {
+        patterns,
+        caches: a.exclude_caches,
+        if_present: a.if_present.clone(),
+    })
+}
 
 pub fn run(ctx: &Ctx, a: FreezeArgs) -> Result<i32> {
     let (site, host) = split_host(&a.site);
@@ -24,14 +39,29 @@ pub fn run(ctx: &Ctx, a: FreezeArgs) -> Result<i32> {
         db_chunk_bytes: a.chunk_size,
         db_with_users: a.with_users || ctx.settings.database_users(site),
         lock_wait: a.lock_wait,
+        excludes: ctx
+            .settings
+            .site_excludes(site)
+            .merged(&excludes(&a.excludes)?),
     };
     let repo = ctx.open_repo()?;
     let plan = ops::plan_site(&repo, req)?;
     if a.dry_run {
+        let excluded = ops::preview_excludes(&plan)?;
         if ctx.json() {
-            print_json(&plan);
+            #[derive(serde::Serialize)]
+            struct DryRun<'a> {
+                #[serde(flatten)]
+                plan: &'a FreezePlan,
+                excluded: &'a [ops::TreeExcluded],
+            }
+            print_json(&DryRun {
+                plan: &plan,
+                excluded: &excluded,
+            });
         } else {
             outln!("{}", plan_text(&plan).trim_end());
+            outln!("{}", excluded_text(&excluded).trim_end());
         }
         return Ok(0);
     }
@@ -80,6 +110,19 @@ pub(super) fn plan_text(plan: &FreezePlan) -> String {
     }
     for t in &plan.trees {
         w!(out, "  tree {:<16} {}", t.name, t.path.display());
+        let x = &t.excludes;
+        if !x.patterns.is_empty() {
+            w!(out, "    exclude {}", x.patterns.join(" "));
+        }
+        if x.caches {
+            w!(
+                out,
+                "    exclude the contents of directories with a CACHEDIR.TAG"
+            );
+        }
+        for n in &x.if_present {
+            w!(out, "    exclude the contents of directories holding {n}");
+        }
     }
     for d in &plan.databases {
         w!(
@@ -88,6 +131,38 @@ pub(super) fn plan_text(plan: &FreezePlan) -> String {
             d.database,
             plan.db_jobs
         );
+    }
+    out
+}
+
+/// What `freeze --dry-run` prints about what the excludes leave out.
+pub(super) fn excluded_text(trees: &[ops::TreeExcluded]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for t in trees {
+        let files: u64 = t.excluded.iter().map(|e| e.files).sum();
+        let size: u64 = t.excluded.iter().map(|e| e.bytes).sum();
+        w!(
+            out,
+            "  tree {} leaves out {} paths ({} files, {}):",
+            t.tree,
+            t.excluded.len(),
+            files,
+            bytes(size)
+        );
+        for e in &t.excluded {
+            let what = match e.by {
+                "marker" => "contents (marked)",
+                _ => "excluded",
+            };
+            w!(
+                out,
+                "    {:<40} {what}, {} files, {}",
+                e.path,
+                e.files,
+                bytes(e.bytes)
+            );
+        }
     }
     out
 }

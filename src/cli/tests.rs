@@ -29,6 +29,7 @@ fn site(root: &Path) -> Vec<TreeSpec> {
         trees.push(TreeSpec {
             name: name.into(),
             path: dir,
+            excludes: Default::default(),
         });
     }
     trees
@@ -49,6 +50,7 @@ fn request(site: &str, trees: Vec<TreeSpec>) -> FreezeRequest {
         db_chunk_bytes: None,
         db_with_users: false,
         lock_wait: std::time::Duration::from_secs(1),
+        excludes: Default::default(),
     }
 }
 

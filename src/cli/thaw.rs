@@ -19,6 +19,7 @@ pub fn run(ctx: &Ctx, a: ThawArgs) -> Result<i32> {
         host_bind_root: host_settings.bind_root,
         into: a.into,
         replace: a.replace,
+        replace_excluded: a.replace_excluded,
         db: DbThawFlags {
             targets: a.dbs,
             skip: a.no_db,
@@ -91,6 +92,22 @@ pub(super) fn files_plan_text(view: &ops::ThawPlanView, repo: &str) -> String {
             bytes(t.bytes),
             t.layers
         );
+        if let Some(k) = &t.keeps {
+            let mut rules = k.patterns.clone();
+            if k.caches {
+                rules.push("CACHEDIR.TAG directories".into());
+            }
+            rules.extend(
+                k.if_present
+                    .iter()
+                    .map(|n| format!("directories holding {n}")),
+            );
+            w!(
+                out,
+                "    keeps what the snapshot excluded: {}",
+                rules.join(", ")
+            );
+        }
     }
     for d in &view.databases {
         w!(

@@ -21,6 +21,34 @@ use crate::repo::Repository;
 use crate::tree::freeze::HashCount;
 use crate::tree::TreeSpec;
 
+/// Container labels that leave things out of the container's volumes and bind mounts:
+/// patterns (separated by newlines or commas), CACHEDIR.TAG directories, and directories
+/// marked by a file.
+pub const LABEL_EXCLUDE: &str = "dev.freezer.exclude";
+pub const LABEL_EXCLUDE_CACHES: &str = "dev.freezer.exclude-caches";
+pub const LABEL_EXCLUDE_IF_PRESENT: &str = "dev.freezer.exclude-if-present";
+
+/// The exclusion rules a container's labels declare for its mounts.
+fn label_excludes(labels: &Value) -> crate::tree::exclude::Excludes {
+    let list = |k: &str| -> Vec<String> {
+        labels[k]
+            .as_str()
+            .unwrap_or("")
+            .split(['\n', ','])
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    crate::tree::exclude::Excludes {
+        patterns: list(LABEL_EXCLUDE),
+        caches: labels[LABEL_EXCLUDE_CACHES]
+            .as_str()
+            .is_some_and(|v| matches!(v, "true" | "1" | "yes")),
+        if_present: list(LABEL_EXCLUDE_IF_PRESENT),
+    }
+}
+
 /// Manifest and record annotations of a container image.
 pub use crate::format::A_CONTAINER_NAME;
 pub const A_CONTAINER_IMAGE: &str = "dev.freezer.container.image";
@@ -197,6 +225,7 @@ impl CapturedSite {
             self.trees.push(TreeSpec {
                 name: tree.clone(),
                 path: upper.clone(),
+                excludes: Default::default(),
             });
             spec.writable_layer = Some(tree);
         }
@@ -375,6 +404,7 @@ pub fn capture(engine: &Engine, site: &str) -> Result<CapturedSite> {
                     trees.push(TreeSpec {
                         name: tree.clone(),
                         path,
+                        excludes: label_excludes(&config["Labels"]),
                     });
                 }
             }

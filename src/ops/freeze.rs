@@ -113,12 +113,17 @@ pub struct FreezeRequest {
     pub db_chunk_bytes: Option<u64>,
     pub db_with_users: bool,
     pub lock_wait: std::time::Duration,
+    /// Left out of every tree (`--exclude…` and the config file), after each tree's own
+    /// (a Docker container's labels).
+    pub excludes: crate::tree::exclude::Excludes,
 }
 
 /// Decides how a site is frozen and plans it. A site with neither trees nor databases
 /// configured is a Docker site: hydrated unless a dehydrated freeze is asked for (its
 /// database containers dumped, their volumes left out, the other mounts copied live).
 pub fn plan_site(repo: &Repository, req: FreezeRequest) -> Result<FreezePlan> {
+    // A pattern that does not parse fails the plan, not the night's freeze halfway.
+    req.excludes.matcher()?;
     let FreezeRequest {
         site,
         mut trees,
@@ -182,6 +187,10 @@ pub fn plan_site(repo: &Repository, req: FreezeRequest) -> Result<FreezePlan> {
         }
         _ => {}
     }
+    for t in &mut trees {
+        t.excludes = t.excludes.merged(&req.excludes);
+        t.excludes.matcher()?;
+    }
     let mut plan = plan_freeze(repo, &site, trees, databases, req.db_jobs, docker)?;
     if let Some(c) = req.db_chunk_bytes {
         plan.db_chunk_bytes = c;
@@ -189,6 +198,28 @@ pub fn plan_site(repo: &Repository, req: FreezeRequest) -> Result<FreezePlan> {
     plan.db_with_users = req.db_with_users;
     plan.lock_wait = req.lock_wait;
     Ok(plan)
+}
+
+/// What a freeze would leave out of one tree (`--dry-run`).
+#[derive(Debug, Serialize)]
+pub struct TreeExcluded {
+    pub tree: String,
+    pub excluded: Vec<crate::tree::walk::ExcludedPath>,
+}
+
+/// Walks the plan's trees as the freeze will and lists what their rules leave out, with
+/// the files and bytes under each excluded path. Reads only metadata.
+pub fn preview_excludes(plan: &FreezePlan) -> Result<Vec<TreeExcluded>> {
+    let mut out = Vec::new();
+    for t in plan.trees.iter().filter(|t| !t.excludes.is_empty()) {
+        let excluded = crate::tree::walk::excluded_paths(&t.path, &t.excludes.matcher()?)
+            .map_err(|e| prefix(e, &format!("walking {}", t.path.display())))?;
+        out.push(TreeExcluded {
+            tree: t.name.clone(),
+            excluded,
+        });
+    }
+    Ok(out)
 }
 
 /// A safety snapshot of a site about to be replaced by a thaw: the Docker site `target`
@@ -221,6 +252,7 @@ pub fn freeze_before_replace(
                 .map(|(name, path)| TreeSpec {
                     name: name.clone(),
                     path: path.clone(),
+                    excludes: Default::default(),
                 })
                 .collect();
             plan_freeze(repo, target, trees, vec![], 1, None)?
@@ -522,8 +554,25 @@ fn freeze_trees(
         ann.insert(A_TREE_NAME.into(), t.name.clone());
         ann.insert(A_TREE_PATH.into(), t.path.display().to_string());
         ann.insert(A_TITLE.into(), t.name.clone());
-        let (mut desc, stats) = freeze_tree(repo, &t.path, prev.get(&t.path), ann, progress)
-            .map_err(|e| prefix(e, &format!("freezing {}", t.path.display())))?;
+        let matcher = match t.excludes.is_empty() {
+            true => None,
+            false => {
+                ann.insert(
+                    A_TREE_EXCLUDES.into(),
+                    serde_json::to_string(&t.excludes).expect("rules serialize"),
+                );
+                Some(t.excludes.matcher()?)
+            }
+        };
+        let (mut desc, stats) = freeze_tree(
+            repo,
+            &t.path,
+            prev.get(&t.path),
+            matcher.as_ref(),
+            ann,
+            progress,
+        )
+        .map_err(|e| prefix(e, &format!("freezing {}", t.path.display())))?;
         if stats.changed_during_read > 0 {
             warnings.push(format!(
                 "{} files in {} changed while being read; they are stored as read and will be read again next time",

@@ -29,6 +29,8 @@ pub struct ThawRequest {
     pub into: Option<PathBuf>,
     /// `--replace`: existing destinations are replaced (a Docker site is frozen first).
     pub replace: bool,
+    /// `--replace-excluded`: replaced destinations lose what the snapshot excluded too.
+    pub replace_excluded: bool,
     pub db: DbThawFlags,
     /// Docker sites: `--as NAME` and `--publish OLD=NEW`.
     pub rename: Option<String>,
@@ -93,7 +95,12 @@ pub fn plan_site_thaw(repo: &Repository, req: ThawRequest) -> Result<SiteThawPla
             snapshot.annotation(crate::format::A_MODE)
         )));
     }
-    let plan = super::plan_thaw(repo, snapshot, req.into.as_deref(), req.replace, &req.db)?;
+    let replace = match (req.replace, req.replace_excluded) {
+        (false, _) => super::Replace::No,
+        (true, false) => super::Replace::KeepExcluded,
+        (true, true) => super::Replace::All,
+    };
+    let plan = super::plan_thaw(repo, snapshot, req.into.as_deref(), replace, &req.db)?;
     Ok(SiteThawPlan::Files(Box::new(plan)))
 }
 

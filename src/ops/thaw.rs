@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -16,6 +17,7 @@ use crate::format::*;
 use crate::progress::Progress;
 use crate::repo::{Repository, Snapshot};
 use crate::sys::{check_free_space, existing_ancestor};
+use crate::tree::exclude::Excludes;
 use crate::tree::thaw::TreePlan;
 use crate::tree::{thaw_tree, ThawStats};
 
@@ -53,6 +55,9 @@ pub struct ThawTree {
     /// The destination exists and is not empty: it will be replaced (only with --replace).
     pub replaces: bool,
     pub plan: TreePlan,
+    /// Replacing: what the snapshot's exclusion rules left out, which stays as it is at
+    /// the destination (unless `--replace-excluded`).
+    pub keep: Option<Excludes>,
 }
 
 #[derive(Debug, Serialize)]
@@ -69,6 +74,9 @@ pub struct ThawTreeView {
     pub source: PathBuf,
     pub dest: PathBuf,
     pub action: Action,
+    /// Replacing: the exclusion rules whose paths stay as they are at the destination.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keeps: Option<Excludes>,
     pub files: u64,
     pub bytes: u64,
     pub layers: usize,
@@ -91,6 +99,7 @@ impl ThawPlan {
                     } else {
                         Action::Create
                     },
+                    keeps: t.keep.clone(),
                     files: t.plan.trailer.files,
                     bytes: t.plan.trailer.bytes,
                     layers: t.plan.manifest.layers.len(),
@@ -181,9 +190,10 @@ pub fn plan_thaw(
     repo: &Repository,
     snapshot: Snapshot,
     into: Option<&Path>,
-    replace: bool,
+    replace: Replace,
     db: &DbThawFlags,
 ) -> Result<ThawPlan> {
+    let (replace, replace_excluded) = (replace != Replace::No, replace == Replace::All);
     let site = snapshot.site.clone();
     let mut databases = Vec::new();
     for (source, digest, target) in db_targets(&snapshot, &db.targets, db.skip)? {
@@ -245,12 +255,17 @@ pub fn plan_thaw(
         let plan = TreePlan::load(repo, &m.digest)
             .map_err(|e| prefix(e, &format!("snapshot {site}:{} tree {name}", snapshot.id)))?;
         *need.entry(existing_ancestor(&dest)).or_default() += plan.trailer.bytes;
+        let keep = match replaces && !replace_excluded {
+            true => excluded_by(&plan, &name)?,
+            false => None,
+        };
         trees.push(ThawTree {
             name,
             source,
             dest,
             replaces,
             plan,
+            keep,
         });
     }
     check_free_space(&need)?;
@@ -399,7 +414,7 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
     // trees are restored and which are not, and leave no staging directory behind.
     let mut installed: Vec<String> = Vec::new();
     for (i, (t, staging)) in plan.trees.iter().zip(&staged).enumerate() {
-        if let Err(mut e) = install(staging, &t.dest) {
+        if let Err(mut e) = install(staging, &t.dest, t.keep.as_ref()) {
             for s in &staged[i..] {
                 let _ = fs::remove_dir_all(s);
             }
@@ -531,7 +546,30 @@ fn create_parents(dir: &Path, created: &mut Vec<PathBuf>) -> Result<()> {
 
 /// Moves a complete staging directory to its destination. An existing destination is
 /// swapped out atomically where the file system allows it, then removed.
-fn install(staging: &Path, dest: &Path) -> Result<()> {
+/// The exclusion rules a tree was frozen with (SPEC.md §5.4), if any.
+pub fn excluded_by(plan: &TreePlan, name: &str) -> Result<Option<Excludes>> {
+    match plan.manifest.annotations.get(A_TREE_EXCLUDES) {
+        Some(json) => Ok(Some(from_json(
+            json.as_bytes(),
+            &format!("the exclusion rules of tree {name}"),
+        )?)),
+        None => Ok(None),
+    }
+}
+
+/// How a thaw treats destinations that exist and are not empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Replace {
+    /// Refuse them (the default).
+    #[default]
+    No,
+    /// Replace them, keeping what the snapshot's exclusion rules left out (`--replace`).
+    KeepExcluded,
+    /// Replace them whole (`--replace --replace-excluded`).
+    All,
+}
+
+fn install(staging: &Path, dest: &Path, keep: Option<&Excludes>) -> Result<()> {
     // Onto nothing or an empty directory, one rename does it atomically.
     match fs::rename(staging, dest) {
         Ok(()) => return Ok(()),
@@ -564,11 +602,58 @@ fn install(staging: &Path, dest: &Path) -> Result<()> {
         old
     };
     let meta = fs::symlink_metadata(&old).ctx(|| format!("reading {}", old.display()))?;
+    if let (Some(rules), true) = (keep, meta.is_dir()) {
+        // Until they are back in place, the replaced contents are the only copy of what
+        // the snapshot excluded: on failure they stay where they are, named.
+        keep_excluded(&old, dest, rules).map_err(|e| {
+            e.with_hint(format!(
+                "the replaced contents, with what the snapshot excluded, are still in {}",
+                old.display()
+            ))
+        })?;
+    }
     if meta.is_dir() {
         fs::remove_dir_all(&old).ctx(|| format!("removing the replaced {}", old.display()))
     } else {
         fs::remove_file(&old).ctx(|| format!("removing the replaced {}", old.display()))
     }
+}
+
+/// Moves what the exclusion rules cover from the replaced contents `old` into the new
+/// `dest`: the snapshot never held those paths, so a thaw must not delete them.
+fn keep_excluded(old: &Path, dest: &Path, rules: &Excludes) -> Result<()> {
+    use crate::tree::exclude::Excluded;
+    let matcher = rules.matcher()?;
+    let mut walker = crate::tree::walk::Walker::with_excludes(old, Some(&matcher));
+    while walker.next_entry()?.is_some() {}
+    let rel_path = |rel: &[u8]| PathBuf::from(std::ffi::OsStr::from_bytes(rel));
+    for (rel, abs, why) in walker.excluded {
+        let target = dest.join(rel_path(&rel));
+        let moves: Vec<(PathBuf, PathBuf)> = match why {
+            Excluded::Pattern => vec![(abs, target)],
+            // A marked directory is in the snapshot, empty: its old contents go into it.
+            Excluded::Marked => fs::read_dir(&abs)
+                .ctx(|| format!("listing {}", abs.display()))?
+                .map(|e| {
+                    let e = e.ctx(|| format!("listing {}", abs.display()))?;
+                    Ok((e.path(), target.join(e.file_name())))
+                })
+                .collect::<Result<_>>()?,
+        };
+        for (from, to) in moves {
+            if let Some(parent) = to.parent() {
+                fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+            }
+            if fs::symlink_metadata(&to).is_ok() {
+                // The snapshot has something there after all (rules changed between the
+                // freeze and its parent): the restored version wins.
+                continue;
+            }
+            fs::rename(&from, &to)
+                .ctx(|| format!("keeping {} (excluded from the snapshot)", to.display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn random_suffix() -> String {

@@ -19,6 +19,7 @@ use std::sync::mpsc;
 
 use sha2::{Digest as _, Sha256};
 
+use super::exclude::Matcher;
 use super::index::{cmp_paths, is_within, Entry, IndexReader, IndexWriter, Kind, Trailer};
 use super::walk::{Walked, Walker};
 use crate::error::{Error, IoContext, Result};
@@ -98,6 +99,8 @@ pub struct FreezeStats {
     pub changed_during_read: u64,
     pub vanished: u64,
     pub skipped_sockets: u64,
+    /// Paths the exclusion rules left out (the top-most of each excluded subtree).
+    pub excluded: u64,
 }
 
 /// Freezes `root`, returning the descriptor of the tree's image manifest (already stored).
@@ -105,6 +108,7 @@ pub fn freeze_tree(
     repo: &Repository,
     root: &Path,
     prev: Option<&PrevTree>,
+    excludes: Option<&Matcher>,
     annotations: Annotations,
     progress: &Progress,
 ) -> Result<(Descriptor, FreezeStats)> {
@@ -160,7 +164,7 @@ pub fn freeze_tree(
             leaders: Default::default(),
             progress,
         };
-        let walk_result = m.run(root, incremental);
+        let walk_result = m.run(root, incremental, excludes);
         let close_result = walk_result.and_then(|()| m.layers.finish_part());
         drop(m);
         let uploaded = uploader
@@ -249,7 +253,12 @@ struct Merge<'a> {
 }
 
 impl Merge<'_> {
-    fn run(&mut self, root: &Path, prev: Option<&PrevTree>) -> Result<()> {
+    fn run(
+        &mut self,
+        root: &Path,
+        prev: Option<&PrevTree>,
+        excludes: Option<&Matcher>,
+    ) -> Result<()> {
         let mut old = match prev {
             Some(p) => Some(IndexReader::new(
                 File::open(p.index.path()).ctx(|| "reopening the index".into())?,
@@ -261,7 +270,9 @@ impl Merge<'_> {
             Some(r) => r.next_entry()?,
             None => None,
         };
-        let mut walker = Walker::new(root);
+        // What the rules leave out is not walked: to the merge below it looks deleted, so
+        // a path excluded tonight leaves the snapshot, and one included again comes back.
+        let mut walker = Walker::with_excludes(root, excludes);
         while let Some(w) = walker.next_entry()? {
             while let Some(o) = next_old.take_if(|o| cmp_paths(&o.path, &w.rel).is_lt()) {
                 self.deleted(&o)?;
@@ -278,6 +289,7 @@ impl Merge<'_> {
             next_old = old.as_mut().map_or(Ok(None), |r| r.next_entry())?;
         }
         self.stats.vanished = walker.vanished;
+        self.stats.excluded = walker.excluded.len() as u64;
         Ok(())
     }
 

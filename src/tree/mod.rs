@@ -6,6 +6,7 @@
 //! Stock OCI tools can apply the layers in order; freezer uses the index to restore
 //! exactly and to freeze only what changed.
 
+pub mod exclude;
 pub mod freeze;
 pub mod index;
 pub mod thaw;
@@ -19,4 +20,7 @@ pub use thaw::{thaw_tree, ThawStats};
 pub struct TreeSpec {
     pub name: String,
     pub path: std::path::PathBuf,
+    /// What the freeze leaves out of it.
+    #[serde(skip_serializing_if = "exclude::Excludes::is_empty")]
+    pub excludes: exclude::Excludes,
 }

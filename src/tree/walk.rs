@@ -6,6 +6,7 @@ use std::fs::{self, Metadata};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use super::exclude::{Excluded, Matcher};
 use super::index::join;
 use crate::error::{Error, IoContext, Result};
 
@@ -23,19 +24,33 @@ struct Level {
     names: Vec<Vec<u8>>,
 }
 
-pub struct Walker {
+pub struct Walker<'m> {
     stack: Vec<Level>,
     root: Option<PathBuf>,
+    excludes: Option<&'m Matcher>,
     /// Entries that vanished between listing and stat (a live site changes under us).
     pub vanished: u64,
+    /// What the excludes left out: the top-most excluded paths (a directory excluded by
+    /// a marker file stands for its contents), relative and absolute.
+    pub excluded: Vec<(Vec<u8>, PathBuf, Excluded)>,
 }
 
-impl Walker {
-    pub fn new(root: &Path) -> Walker {
+impl<'m> Walker<'m> {
+    pub fn new(root: &Path) -> Walker<'static> {
         Walker {
             stack: Vec::new(),
             root: Some(root.to_path_buf()),
+            excludes: None,
             vanished: 0,
+            excluded: Vec::new(),
+        }
+    }
+
+    /// A walk that leaves out what `excludes` says.
+    pub fn with_excludes(root: &Path, excludes: Option<&'m Matcher>) -> Walker<'m> {
+        Walker {
+            excludes,
+            ..Walker::new(root)
         }
     }
 
@@ -84,6 +99,22 @@ impl Walker {
                 }
                 Err(e) => return Err(Error::io(format!("reading {}", abs.display()), e)),
             };
+            let verdict = self
+                .excludes
+                .and_then(|m| m.check(&rel, meta.is_dir().then_some(abs.as_path())));
+            match verdict {
+                Some(Excluded::Pattern) => {
+                    self.excluded.push((rel, abs, Excluded::Pattern));
+                    continue;
+                }
+                Some(Excluded::Marked) => {
+                    // The directory stays, empty: it is not descended into.
+                    self.excluded
+                        .push((rel.clone(), abs.clone(), Excluded::Marked));
+                    return Ok(Some(Walked { rel, abs, meta }));
+                }
+                None => {}
+            }
             if meta.is_dir() {
                 match self.push_dir(rel.clone(), abs.clone()) {
                     Ok(()) => {}
@@ -96,6 +127,57 @@ impl Walker {
                 }
             }
             return Ok(Some(Walked { rel, abs, meta }));
+        }
+    }
+}
+
+/// One path a freeze leaves out, with what is under it (`--dry-run`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExcludedPath {
+    /// Relative to the tree's root.
+    pub path: String,
+    /// `pattern`, or `marker` (a marker file excludes the directory's contents).
+    pub by: &'static str,
+    /// Regular files under it (1 for an excluded file) and their bytes.
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// What a freeze of `root` would leave out under `excludes`: walks the tree as the
+/// freeze does, then counts what is below each excluded path.
+pub fn excluded_paths(root: &Path, excludes: &Matcher) -> Result<Vec<ExcludedPath>> {
+    let mut w = Walker::with_excludes(root, Some(excludes));
+    while w.next_entry()?.is_some() {}
+    Ok(w.excluded
+        .into_iter()
+        .map(|(rel, abs, why)| {
+            let (mut files, mut bytes) = (0, 0);
+            count(&abs, why == Excluded::Marked, &mut files, &mut bytes);
+            ExcludedPath {
+                path: String::from_utf8_lossy(&rel).into_owned(),
+                by: match why {
+                    Excluded::Pattern => "pattern",
+                    Excluded::Marked => "marker",
+                },
+                files,
+                bytes,
+            }
+        })
+        .collect())
+}
+
+/// Regular files and their bytes at and below `path` (symlinks not followed); `inside`:
+/// only what is in the directory.
+fn count(path: &Path, inside: bool, files: &mut u64, bytes: &mut u64) {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return;
+    };
+    if meta.is_file() && !inside {
+        *files += 1;
+        *bytes += meta.len();
+    } else if meta.is_dir() {
+        for e in fs::read_dir(path).into_iter().flatten().flatten() {
+            count(&e.path(), false, files, bytes);
         }
     }
 }

@@ -7,6 +7,7 @@ mod disk;
 mod docker;
 mod drill;
 mod encryption;
+mod excludes;
 mod faults;
 mod formats;
 mod hostile;

@@ -274,12 +274,18 @@ fn apply(
         let Some(tp) = plan.trees.remove(&tree) else {
             continue; // mounted twice: restored once
         };
+        // A replaced volume or directory keeps what the snapshot excluded, as in §7.
+        let keep = match replaces {
+            true => crate::ops::excluded_by(&tp, &tree)?,
+            false => None,
+        };
         trees.push(ThawTree {
             name: tree,
             source: dest.clone(),
             dest,
             replaces,
             plan: tp,
+            keep,
         });
     }
     let thaw = ThawPlan {
@@ -373,6 +379,7 @@ fn apply(
             dest: PathBuf::from(upper),
             replaces: true,
             plan: tp,
+            keep: None,
         });
     }
     if !layers.is_empty() {
