@@ -44,7 +44,12 @@ pub struct Progress {
     stop: AtomicBool,
     drawn: AtomicBool,
     cancel: Cancel,
+    /// Told of events a long operation announces as they happen (a hook ran).
+    observer: Option<Observer>,
 }
+
+/// Receives `(kind, details)` of an announced event.
+pub type Observer = Box<dyn Fn(&str, &serde_json::Value) + Send + Sync>;
 
 impl Progress {
     /// A progress handle whose operations stop when `cancel` is set.
@@ -52,6 +57,22 @@ impl Progress {
         Progress {
             cancel,
             ..Default::default()
+        }
+    }
+
+    /// The same, with an observer for announced events.
+    pub fn with_observer(cancel: Cancel, observer: Observer) -> Progress {
+        Progress {
+            cancel,
+            observer: Some(observer),
+            ..Default::default()
+        }
+    }
+
+    /// Announces an event (`kind`, e.g. `hook`) to the observer, if there is one.
+    pub fn announce(&self, kind: &str, details: &impl serde::Serialize) {
+        if let Some(o) = &self.observer {
+            o(kind, &serde_json::to_value(details).unwrap_or_default());
         }
     }
 

@@ -101,6 +101,25 @@ pub struct SiteSection {
     /// Leave out the contents of directories holding a file of one of these names.
     #[serde(default)]
     pub exclude_if_present: Vec<String>,
+    /// Host commands around freezes and thaws of the site.
+    #[serde(default)]
+    pub hooks: HooksSection,
+}
+
+/// `[sites.NAME.hooks]`: commands run with `sh -c` on this host (SPEC.md §9, "Hooks").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksSection {
+    pub before_freeze: Option<String>,
+    pub after_freeze: Option<String>,
+    pub on_error: Option<String>,
+    pub after_thaw: Option<String>,
+    pub after_drill_restore: Option<String>,
+    /// How long a hook may run, e.g. "5m" (the default).
+    pub timeout: Option<String>,
+    /// A failing before_freeze does not stop the freeze.
+    #[serde(default)]
+    pub continue_on_error: bool,
 }
 
 pub struct Settings {
@@ -246,6 +265,31 @@ impl Settings {
         Ok((trees, dbs))
     }
 
+    /// The site's host hooks.
+    pub fn site_hooks(&self, site: &str) -> Result<crate::ops::hooks::HostHooks> {
+        let Some(s) = self.config.sites.get(site) else {
+            return Ok(crate::ops::hooks::HostHooks {
+                timeout: crate::ops::hooks::DEFAULT_TIMEOUT,
+                ..Default::default()
+            });
+        };
+        let h = &s.hooks;
+        let timeout = match &h.timeout {
+            Some(t) => parse_duration(t)
+                .map_err(|e| Error::usage(format!("[sites.{site}.hooks] timeout: {e}")))?,
+            None => crate::ops::hooks::DEFAULT_TIMEOUT,
+        };
+        Ok(crate::ops::hooks::HostHooks {
+            before_freeze: h.before_freeze.clone(),
+            after_freeze: h.after_freeze.clone(),
+            on_error: h.on_error.clone(),
+            after_thaw: h.after_thaw.clone(),
+            after_drill_restore: h.after_drill_restore.clone(),
+            timeout,
+            continue_on_error: h.continue_on_error,
+        })
+    }
+
     /// What the config file leaves out of every tree of the site.
     pub fn site_excludes(&self, site: &str) -> crate::tree::exclude::Excludes {
         match self.config.sites.get(site) {
@@ -362,20 +406,7 @@ fn retry_policy(
     Ok(policy)
 }
 
-/// `0`, `90s`, `30m`, `24h`, `7d`.
-pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, 's')) => (&s[..i], 1u64),
-        Some((i, 'm')) => (&s[..i], 60),
-        Some((i, 'h')) => (&s[..i], 3600),
-        Some((i, 'd')) => (&s[..i], 86_400),
-        _ => (s, 1),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 24h or 7d"))?;
-    Ok(std::time::Duration::from_secs(n.saturating_mul(mult)))
-}
+pub use crate::sys::parse_duration;
 
 fn check_tree_name(n: &str) -> Result<String> {
     if n.is_empty()

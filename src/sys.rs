@@ -295,3 +295,26 @@ pub fn runtime() -> crate::error::Result<&'static tokio::runtime::Runtime> {
     .as_ref()
     .map_err(|e| crate::error::Error::other(format!("starting the async runtime: {e}")))
 }
+
+/// `0`, `90s`, `30m`, `24h`, `7d`.
+pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1u64),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        Some((i, 'd')) => (&s[..i], 86_400),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 24h or 7d"))?;
+    Ok(std::time::Duration::from_secs(n.saturating_mul(mult)))
+}
+
+/// Kills a process group (a hook's `sh -c` and what it started) with SIGKILL.
+pub fn kill_group(pgid: u32) {
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory is touched.
+    unsafe {
+        libc::kill(-(pgid as i32), libc::SIGKILL);
+    }
+}

@@ -43,6 +43,7 @@ pub fn run(ctx: &Ctx, a: FreezeArgs) -> Result<i32> {
             .settings
             .site_excludes(site)
             .merged(&excludes(&a.excludes)?),
+        hooks: ctx.settings.site_hooks(site)?,
     };
     let repo = ctx.open_repo()?;
     let plan = ops::plan_site(&repo, req)?;

@@ -94,7 +94,10 @@ impl Ctx {
     /// Runs `f` with a progress display (a redrawn line on a terminal, JSON events
     /// with `--json`), taken down before anything else is printed.
     fn with_progress<T>(&self, f: impl FnOnce(&Progress) -> Result<T>) -> Result<T> {
-        let progress = Arc::new(Progress::with_cancel(self.cancel.clone()));
+        let progress = Arc::new(Progress::with_observer(
+            self.cancel.clone(),
+            announcer(self.json(), self.global.quiet),
+        ));
         let guard = progress::start(progress.clone(), self.progress_mode());
         let result = f(&progress);
         drop(guard);
@@ -318,6 +321,43 @@ fn progress_mode(g: &Global) -> progress::Mode {
     } else {
         progress::Mode::Human
     }
+}
+
+/// How announced events (hooks) are shown as they happen: a JSON event line on stdout,
+/// or a line on stderr (under `-q` only when a hook failed).
+fn announcer(json: bool, quiet: bool) -> progress::Observer {
+    Box::new(move |kind, details| {
+        if json {
+            let mut event = serde_json::json!({ "event": kind });
+            if let (Some(e), Some(d)) = (event.as_object_mut(), details.as_object()) {
+                e.extend(d.clone());
+            }
+            outln!("{event}");
+            return;
+        }
+        if kind != "hook" {
+            return;
+        }
+        let ok = details["ok"].as_bool() == Some(true);
+        if quiet && ok {
+            return;
+        }
+        let how = match (&details["exit_code"], &details["error"]) {
+            (_, serde_json::Value::String(e)) => e.clone(),
+            (c, _) => format!("exit {c}"),
+        };
+        eprintln!(
+            "freezer: hook {} on {}: {how} in {:.1}s{}",
+            details["hook"].as_str().unwrap_or(""),
+            details["where"].as_str().unwrap_or(""),
+            details["seconds"].as_f64().unwrap_or(0.0),
+            match details["output"].as_str().map(str::trim) {
+                Some(o) if !ok && !o.is_empty() =>
+                    format!("; output ends: {}", o.lines().last().unwrap_or("")),
+                _ => String::new(),
+            }
+        );
+    })
 }
 
 /// `--jobs`, else the number of CPUs.

@@ -51,6 +51,7 @@ fn request(site: &str, trees: Vec<TreeSpec>) -> FreezeRequest {
         db_with_users: false,
         lock_wait: std::time::Duration::from_secs(1),
         excludes: Default::default(),
+        hooks: Default::default(),
     }
 }
 

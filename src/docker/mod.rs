@@ -178,6 +178,58 @@ impl Engine {
         })
     }
 
+    /// Runs `sh -c command` in a running container (as `user` when given) and waits up
+    /// to `timeout` for it: its exit code (None when it did not finish in time) and its
+    /// output, stdout and stderr interleaved.
+    pub fn exec(
+        &self,
+        container: &str,
+        command: &str,
+        user: Option<&str>,
+        timeout: std::time::Duration,
+    ) -> Result<(Option<i64>, String)> {
+        let (c, cmd, user) = (
+            container.to_string(),
+            command.to_string(),
+            user.map(str::to_string),
+        );
+        self.call(
+            &format!("running a command in container {container}"),
+            |d| async move {
+                use futures::StreamExt;
+                let exec = d
+                    .create_exec(
+                        &c,
+                        bollard::models::ExecConfig {
+                            attach_stdout: Some(true),
+                            attach_stderr: Some(true),
+                            user,
+                            cmd: Some(vec!["sh".into(), "-c".into(), cmd]),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                let mut output = String::new();
+                let run = async {
+                    if let bollard::exec::StartExecResults::Attached { output: mut s, .. } =
+                        d.start_exec(&exec.id, None).await?
+                    {
+                        while let Some(chunk) = s.next().await {
+                            output.push_str(&chunk?.to_string());
+                        }
+                    }
+                    Ok::<_, bollard::errors::Error>(())
+                };
+                match tokio::time::timeout(timeout, run).await {
+                    Err(_) => return Ok((None, output)),
+                    Ok(r) => r?,
+                }
+                let inspect = d.inspect_exec(&exec.id).await?;
+                Ok((Some(inspect.exit_code.unwrap_or(-1)), output))
+            },
+        )
+    }
+
     pub fn start_container(&self, name: &str) -> Result<()> {
         let n = name.to_string();
         self.call(&format!("starting container {name}"), |d| async move {

@@ -311,38 +311,18 @@ fn probe(
             ),
         );
     };
-    let cmd = command.to_string();
-    let result = engine.block_on(async {
-        use futures::StreamExt;
-        let exec = engine
-            .docker
-            .create_exec(
-                &container,
-                bollard::models::ExecConfig {
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    cmd: Some(vec!["sh".into(), "-c".into(), cmd]),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let mut output = String::new();
-        if let bollard::exec::StartExecResults::Attached { output: mut s, .. } =
-            engine.docker.start_exec(&exec.id, None).await?
-        {
-            while let Some(chunk) = s.next().await {
-                output.push_str(&chunk?.to_string());
-            }
-        }
-        let inspect = engine.docker.inspect_exec(&exec.id).await?;
-        Ok::<_, bollard::errors::Error>((inspect.exit_code.unwrap_or(-1), output))
-    });
+    let result = engine.exec(&container, command, None, Duration::from_secs(600));
     match result {
-        Ok((0, out)) => check(name, true, format!("exit 0 in {container}{}", tail(&out))),
-        Ok((code, out)) => check(
+        Ok((Some(0), out)) => check(name, true, format!("exit 0 in {container}{}", tail(&out))),
+        Ok((Some(code), out)) => check(
             name,
             false,
             format!("exit {code} in {container}{}", tail(&out)),
+        ),
+        Ok((None, out)) => check(
+            name,
+            false,
+            format!("did not finish in 10 minutes in {container}{}", tail(&out)),
         ),
         Err(e) => check(name, false, format!("could not run it in {container}: {e}")),
     }

@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
+use super::hooks::{self, HookEnv, HookReport, HostHooks, When};
 use super::*;
 use crate::db::dump::{freeze_database, DbReport, DumpOptions};
 use crate::db::{DbManifest, DbUrl};
@@ -40,6 +41,8 @@ pub struct FreezePlan {
     /// The containers of a Docker site (hydrated freeze); its trees are their mounts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub docker: Option<DockerFreeze>,
+    /// The site's host commands around the freeze (its containers' come from labels).
+    pub hooks: HostHooks,
 }
 
 /// A Docker site to freeze hydrated.
@@ -116,6 +119,8 @@ pub struct FreezeRequest {
     /// Left out of every tree (`--exclude…` and the config file), after each tree's own
     /// (a Docker container's labels).
     pub excludes: crate::tree::exclude::Excludes,
+    /// The site's host hooks (freezer.toml).
+    pub hooks: HostHooks,
 }
 
 /// Decides how a site is frozen and plans it. A site with neither trees nor databases
@@ -197,6 +202,7 @@ pub fn plan_site(repo: &Repository, req: FreezeRequest) -> Result<FreezePlan> {
     }
     plan.db_with_users = req.db_with_users;
     plan.lock_wait = req.lock_wait;
+    plan.hooks = req.hooks;
     Ok(plan)
 }
 
@@ -321,6 +327,7 @@ pub fn plan_freeze(
         lock_wait: std::time::Duration::from_secs(1800),
         parent,
         docker,
+        hooks: HostHooks::default(),
     })
 }
 
@@ -344,6 +351,9 @@ pub struct FreezeReport {
     pub blobs_reused: u64,
     pub bytes_reused: u64,
     pub warnings: Vec<String>,
+    /// The hooks that ran, in order (SPEC.md §9, "Hooks").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -356,8 +366,109 @@ pub struct TreeReport {
 
 pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Result<FreezeReport> {
     // Held until the record is written: no prune may delete a blob this freeze reuses.
+    // Taken before any hook runs: a freeze that cannot start puts no site in maintenance.
     let _lock =
         crate::lock::acquire_waiting(repo, "freeze", Some(&plan.site), plan.lock_wait, progress)?;
+    let mut env = HookEnv {
+        site: plan.site.clone(),
+        mode: Some(plan.mode().as_str().into()),
+        repo: repo.location(),
+        ..Default::default()
+    };
+    // Hooks run in the containers that run (a stopped one cannot exec).
+    let container_hooks = |when: When| match &plan.docker {
+        Some(d) => {
+            let running: Vec<_> = d
+                .site
+                .containers
+                .iter()
+                .filter(|c| c.state == "running")
+                .cloned()
+                .collect();
+            hooks::container_hooks(&running, when)
+        }
+        None => Ok(vec![]),
+    };
+    let mut ran: Vec<HookReport> = Vec::new();
+    let mut note = |r: HookReport, progress: &Progress| {
+        progress.announce("hook", &r);
+        ran.push(r.clone());
+        r
+    };
+    // The failure of a before-hook that may not fail.
+    let mut stopped: Option<Error> = None;
+    // Before: the host's, then the containers'; the first that fails (and may not) stops.
+    if let Some(cmd) = plan.hooks.command(When::BeforeFreeze) {
+        progress.set_label("running the before-freeze hook".to_string());
+        let r = note(
+            hooks::run_host(When::BeforeFreeze, cmd, &env, plan.hooks.timeout),
+            progress,
+        );
+        if !r.ok && !plan.hooks.continue_on_error {
+            stopped = Some(r.failure());
+        }
+    }
+    let engine = plan.docker.as_ref().map(|d| &d.engine);
+    if stopped.is_none() {
+        for h in container_hooks(When::BeforeFreeze)? {
+            progress.set_label(format!("running the before-freeze hook in {}", h.container));
+            let r = note(
+                hooks::run_in_container(
+                    engine.expect("container hooks need a site"),
+                    When::BeforeFreeze,
+                    &h,
+                ),
+                progress,
+            );
+            if !r.ok && !h.may_fail {
+                stopped = Some(r.failure());
+                break;
+            }
+        }
+    }
+    let result = match stopped {
+        None => freeze_locked(repo, plan, progress),
+        Some(e) => Err(e),
+    };
+    // After: whatever happened, as the pause window is always undone.
+    for h in container_hooks(When::AfterFreeze)? {
+        progress.set_label(format!("running the after-freeze hook in {}", h.container));
+        note(
+            hooks::run_in_container(
+                engine.expect("container hooks need a site"),
+                When::AfterFreeze,
+                &h,
+            ),
+            progress,
+        );
+    }
+    match &result {
+        Ok(r) => env.snapshot = Some(r.snapshot.clone()),
+        Err(e) => env.error = Some(e.to_string()),
+    }
+    if let Some(cmd) = plan.hooks.command(When::AfterFreeze) {
+        note(
+            hooks::run_host(When::AfterFreeze, cmd, &env, plan.hooks.timeout),
+            progress,
+        );
+    }
+    if let (Err(_), Some(cmd)) = (&result, plan.hooks.command(When::OnError)) {
+        note(
+            hooks::run_host(When::OnError, cmd, &env, plan.hooks.timeout),
+            progress,
+        );
+    }
+    let mut report = result?;
+    report.hooks = ran;
+    Ok(report)
+}
+
+/// The freeze itself, under the lock, between the hooks.
+fn freeze_locked(
+    repo: &Repository,
+    plan: &FreezePlan,
+    progress: &Progress,
+) -> Result<FreezeReport> {
     let started = Instant::now();
     let created = SystemTime::now();
     let mut warnings = Vec::new();
@@ -534,6 +645,7 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
         blobs_reused: s.blobs_reused.load(Ordering::Relaxed),
         bytes_reused: s.bytes_reused.load(Ordering::Relaxed),
         warnings,
+        hooks: vec![],
     })
 }
 

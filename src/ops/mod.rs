@@ -8,6 +8,7 @@ pub mod drill;
 mod export;
 mod forget;
 mod freeze;
+pub mod hooks;
 mod keys;
 pub mod prune;
 pub mod recreate;

@@ -147,7 +147,7 @@ pub fn result_line(stdout: &[u8]) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no JSON on stdout"));
     for e in events {
         assert!(
-            e["event"] == "progress" || e["event"] == "retry",
+            e["event"] == "progress" || e["event"] == "retry" || e["event"] == "hook",
             "a line before the result is not an event: {e}"
         );
     }

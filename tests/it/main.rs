@@ -10,6 +10,7 @@ mod encryption;
 mod excludes;
 mod faults;
 mod formats;
+mod hooks;
 mod hostile;
 mod hydrated;
 mod integrity;
