@@ -17,6 +17,7 @@ pub fn run(ctx: &Ctx, a: DrillArgs) -> Result<i32> {
         timeout: a.timeout,
         db_server: a.db,
         jobs: jobs(a.jobs),
+        hooks: ctx.settings.site_hooks(site)?,
     };
     let report = ctx.with_progress(|p| ops::drill_site(&repo, snapshot, &engine, &opts, p))?;
     if ctx.json() {

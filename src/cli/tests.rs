@@ -113,13 +113,15 @@ fn thaw_dry_run_plans() {
         },
         ..Default::default()
     };
-    let text = |into: &Path, replace: bool| match ops::plan_site_thaw(&repo, req(into, replace)) {
-        Ok(ops::SiteThawPlan::Files(p)) => stable(
+    let text = |into: &Path, replace: bool| match ops::plan_site_thaw(&repo, req(into, replace))
+        .map(|p| p.kind)
+    {
+        Ok(ops::ThawKind::Files(p)) => stable(
             &super::thaw::files_plan_text(&p.view(), &repo.location()),
             tmp.path(),
             &[&snap],
         ),
-        Ok(ops::SiteThawPlan::Docker(_)) => panic!("a files snapshot planned as a Docker site"),
+        Ok(ops::ThawKind::Docker(_)) => panic!("a files snapshot planned as a Docker site"),
         Err(e) => stable(&error_text(&e), tmp.path(), &[&snap]),
     };
     let into = tmp.path().join("restore");

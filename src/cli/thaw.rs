@@ -4,7 +4,7 @@ use super::args::{split_host, split_target, ThawArgs};
 use super::{jobs, print_json, Ctx};
 use crate::error::Result;
 use crate::ops::recreate::{SitePlan, SiteReport};
-use crate::ops::{self, DbThawFlags, SiteThawPlan, SiteThawReport, ThawRequest};
+use crate::ops::{self, DbThawFlags, SiteThawReport, ThawKind, ThawRequest};
 use crate::progress::bytes;
 
 pub fn run(ctx: &Ctx, a: ThawArgs) -> Result<i32> {
@@ -28,24 +28,30 @@ pub fn run(ctx: &Ctx, a: ThawArgs) -> Result<i32> {
         },
         rename: a.rename,
         publish: a.publish,
+        hooks: ctx.settings.site_hooks(site)?,
     };
     let repo = ctx.open_repo()?;
     let plan = ops::plan_site_thaw(&repo, req)?;
     if a.dry_run {
-        match &plan {
-            SiteThawPlan::Files(p) if ctx.json() => print_json(&p.view()),
-            SiteThawPlan::Files(p) => {
+        match &plan.kind {
+            ThawKind::Files(p) if ctx.json() => print_json(&p.view()),
+            ThawKind::Files(p) => {
                 outln!(
                     "{}",
                     files_plan_text(&p.view(), &repo.location()).trim_end()
                 )
             }
-            SiteThawPlan::Docker(d) if ctx.json() => print_json(&d.plan),
-            SiteThawPlan::Docker(d) => outln!("{}", site_plan_text(&d.plan).trim_end()),
+            ThawKind::Docker(d) if ctx.json() => print_json(&d.plan),
+            ThawKind::Docker(d) => outln!("{}", site_plan_text(&d.plan).trim_end()),
         }
         return Ok(0);
     }
     let report = ctx.with_progress(|p| ops::thaw_site(&repo, plan, p))?;
+    let hooks = match &report {
+        SiteThawReport::Files(r) => &r.hooks,
+        SiteThawReport::Docker(r) => &r.hooks,
+    };
+    let hook_failed = hooks.iter().any(|h| !h.ok);
     if ctx.json() {
         print_json(&report);
     }
@@ -72,6 +78,10 @@ pub fn run(ctx: &Ctx, a: ThawArgs) -> Result<i32> {
         }
         SiteThawReport::Docker(r) if !ctx.json() => say_site(ctx, r),
         SiteThawReport::Docker(_) => {}
+    }
+    if hook_failed {
+        eprintln!("freezer: the thaw is complete, but an after-thaw hook failed (above)");
+        return Ok(1);
     }
     Ok(0)
 }

@@ -13,7 +13,7 @@ use crate::db::DbUrl;
 use crate::docker::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ops::recreate::{self, SiteOptions};
-use crate::ops::{self, DbThawFlags};
+use crate::ops::{self, hooks, DbThawFlags};
 use crate::progress::Progress;
 use crate::repo::{Repository, Snapshot};
 
@@ -28,6 +28,8 @@ pub struct DrillOptions {
     /// `mysql://USER@HOST:PORT/PREFIX` (as given: the password, if in it, stays escaped).
     pub db_server: Option<String>,
     pub jobs: usize,
+    /// The site's host hooks (after_drill_restore runs once the copy is up).
+    pub hooks: crate::ops::hooks::HostHooks,
 }
 
 #[derive(Debug, Serialize)]
@@ -170,6 +172,10 @@ pub fn drill_docker(
     report
         .checks
         .extend(container_checks(engine, &thawed, opts.timeout));
+    // The site's own after-thaw hooks, in the copy; then the host's after_drill_restore.
+    let mut hooks = hooks::after_thaw_in_containers(engine, &thawed.states, opts.timeout, progress);
+    hooks.extend(drill_restore_hook(&opts.hooks, &report, repo, progress));
+    report.checks.extend(hooks.iter().map(hook_check));
     for (service, command) in &opts.probes {
         report
             .checks
@@ -185,6 +191,39 @@ pub fn drill_docker(
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The host's after_drill_restore hook, told the copy's name.
+fn drill_restore_hook(
+    host: &hooks::HostHooks,
+    report: &DrillReport,
+    repo: &Repository,
+    progress: &Progress,
+) -> Option<hooks::HookReport> {
+    let cmd = host.command(hooks::When::AfterDrillRestore)?;
+    let env = hooks::HookEnv {
+        site: report.target.clone(),
+        snapshot: Some(report.snapshot.clone()),
+        repo: repo.location(),
+        ..Default::default()
+    };
+    let r = hooks::run_host(hooks::When::AfterDrillRestore, cmd, &env, host.timeout);
+    progress.announce("hook", &r);
+    Some(r)
+}
+
+/// A hook as a drill check: it must exit 0.
+fn hook_check(h: &hooks::HookReport) -> Check {
+    let how = match (&h.error, h.exit_code) {
+        (Some(e), _) => e.clone(),
+        (None, Some(c)) => format!("exit {c}"),
+        (None, None) => "did not finish".into(),
+    };
+    check(
+        format!("hook {} on {}", h.hook.as_str(), h.place),
+        h.ok,
+        format!("{how} in {:.1}s{}", h.seconds, tail(&h.output)),
+    )
 }
 
 /// What a completed restore proved: every tree's layers matched their digests, every
@@ -398,6 +437,8 @@ pub fn drill_files(
             report
                 .checks
                 .extend(restored_checks(&r.trees, &r.databases));
+            let hook = drill_restore_hook(&opts.hooks, &report, repo, progress);
+            report.checks.extend(hook.iter().map(hook_check));
         }
     }
     if opts.keep {

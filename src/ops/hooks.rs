@@ -78,6 +78,9 @@ pub const LABEL_HOOK_USER: &str = "dev.freezer.hook.user";
 pub const LABEL_HOOK_TIMEOUT: &str = "dev.freezer.hook.timeout";
 pub const LABEL_HOOK_ON_ERROR: &str = "dev.freezer.hook.on-error";
 
+/// How long a thawed container gets to run (and be healthy) before its after-thaw hook.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Default for a hook without a timeout of its own.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -250,29 +253,118 @@ pub struct ContainerHook {
 pub fn container_hooks(specs: &[ContainerSpec], when: When) -> Result<Vec<ContainerHook>> {
     let mut out = Vec::new();
     for spec in specs {
-        let labels = &spec.config["Labels"];
-        let label = |k: &str| labels[k].as_str().map(str::to_string);
-        let Some(command) = label(&format!("{LABEL_HOOK}{}", when.as_str())) else {
-            continue;
-        };
-        let timeout = match label(LABEL_HOOK_TIMEOUT) {
-            Some(t) => crate::sys::parse_duration(&t).map_err(|e| {
-                Error::usage(format!(
-                    "container {}: label {LABEL_HOOK_TIMEOUT}: {e}",
-                    spec.name
-                ))
-            })?,
-            None => DEFAULT_TIMEOUT,
-        };
-        out.push(ContainerHook {
-            container: spec.name.clone(),
-            command,
-            user: label(LABEL_HOOK_USER).filter(|u| !u.is_empty()),
-            timeout,
-            may_fail: label(LABEL_HOOK_ON_ERROR).as_deref() == Some("continue"),
-        });
+        out.extend(labelled(&spec.name, &spec.config["Labels"], when)?);
     }
     Ok(out)
+}
+
+/// The hook container `name`'s labels (a JSON object) declare for `when`, if any.
+fn labelled(name: &str, labels: &serde_json::Value, when: When) -> Result<Option<ContainerHook>> {
+    let label = |k: &str| labels[k].as_str().map(str::to_string);
+    let Some(command) = label(&format!("{LABEL_HOOK}{}", when.as_str())) else {
+        return Ok(None);
+    };
+    let timeout = match label(LABEL_HOOK_TIMEOUT) {
+        Some(t) => crate::sys::parse_duration(&t).map_err(|e| {
+            Error::usage(format!("container {name}: label {LABEL_HOOK_TIMEOUT}: {e}"))
+        })?,
+        None => DEFAULT_TIMEOUT,
+    };
+    Ok(Some(ContainerHook {
+        container: name.to_string(),
+        command,
+        user: label(LABEL_HOOK_USER).filter(|u| !u.is_empty()),
+        timeout,
+        may_fail: label(LABEL_HOOK_ON_ERROR).as_deref() == Some("continue"),
+    }))
+}
+
+/// Runs the after-thaw hooks of a thawed site's running containers, each once its
+/// container is running and, when it has a healthcheck, healthy (waiting up to `ready`).
+pub fn after_thaw_in_containers(
+    engine: &Engine,
+    containers: &[(String, String)],
+    ready: Duration,
+    progress: &crate::progress::Progress,
+) -> Vec<HookReport> {
+    let mut out = Vec::new();
+    for (name, state) in containers {
+        if state != "running" {
+            continue;
+        }
+        let labels = match engine.inspect_container(name) {
+            Ok(info) => {
+                serde_json::to_value(info.config.and_then(|c| c.labels)).unwrap_or_default()
+            }
+            Err(_) => continue,
+        };
+        let hook = match labelled(name, &labels, When::AfterThaw) {
+            Ok(Some(h)) => h,
+            Ok(None) => continue,
+            Err(e) => {
+                out.push(failed_to_start(When::AfterThaw, name, "", e.to_string()));
+                continue;
+            }
+        };
+        progress.set_label(format!("running the after-thaw hook in {name}"));
+        let report = match wait_ready(engine, name, ready) {
+            Ok(()) => run_in_container(engine, When::AfterThaw, &hook),
+            Err(why) => failed_to_start(When::AfterThaw, name, &hook.command, why),
+        };
+        progress.announce("hook", &report);
+        out.push(report);
+    }
+    out
+}
+
+fn failed_to_start(when: When, place: &str, command: &str, why: String) -> HookReport {
+    HookReport {
+        hook: when,
+        place: place.to_string(),
+        command: command.to_string(),
+        exit_code: None,
+        seconds: 0.0,
+        ok: false,
+        output: String::new(),
+        error: Some(why),
+    }
+}
+
+/// Waits until `container` runs and, if it has a healthcheck, is healthy.
+fn wait_ready(
+    engine: &Engine,
+    container: &str,
+    ready: Duration,
+) -> std::result::Result<(), String> {
+    let started = Instant::now();
+    loop {
+        let state = engine
+            .inspect_container(container)
+            .map_err(|e| e.to_string())?
+            .state
+            .unwrap_or_default();
+        let running = state.running == Some(true);
+        let health = state
+            .health
+            .and_then(|h| h.status)
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        if running && (health.is_empty() || health == "none" || health == "healthy") {
+            return Ok(());
+        }
+        if started.elapsed() >= ready {
+            return Err(format!(
+                "the container was not running{} within {}s",
+                if health.is_empty() {
+                    ""
+                } else {
+                    " and healthy"
+                },
+                ready.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// Runs one container hook through the engine.

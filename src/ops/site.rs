@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::drill::{self, DrillOptions, DrillReport};
+use super::hooks::{self, HookEnv, HostHooks, When};
 use super::recreate::{self, SiteOptions, SitePlan, SiteReport};
 use super::{DbThawFlags, ThawPlan, ThawReport};
 use crate::docker::{Endpoint, Engine};
@@ -35,10 +36,19 @@ pub struct ThawRequest {
     /// Docker sites: `--as NAME` and `--publish OLD=NEW`.
     pub rename: Option<String>,
     pub publish: Vec<(String, String)>,
+    /// The site's host hooks (after_thaw runs once the thaw is done).
+    pub hooks: HostHooks,
 }
 
 /// A checked thaw, ready to run; `--dry-run` prints it.
-pub enum SiteThawPlan {
+pub struct SiteThawPlan {
+    pub kind: ThawKind,
+    /// Host hooks; the containers' come from their labels.
+    pub hooks: HostHooks,
+}
+
+/// What a thaw restores onto.
+pub enum ThawKind {
     /// Trees and databases onto this machine.
     Files(Box<ThawPlan>),
     /// A Docker site recreated on an engine.
@@ -74,11 +84,14 @@ pub fn plan_site_thaw(repo: &Repository, req: ThawRequest) -> Result<SiteThawPla
         };
         let engine = Engine::connect_to(&req.engine)?;
         let plan = recreate::plan(repo, &engine, snapshot, &opts)?;
-        return Ok(SiteThawPlan::Docker(Box::new(DockerThaw {
-            plan,
-            engine,
-            endpoint: req.engine,
-        })));
+        return Ok(SiteThawPlan {
+            kind: ThawKind::Docker(Box::new(DockerThaw {
+                plan,
+                engine,
+                endpoint: req.engine,
+            })),
+            hooks: req.hooks,
+        });
     }
     if let Some(h) = req.host.filter(|h| h != "local") {
         return Err(Error::usage(format!(
@@ -101,7 +114,10 @@ pub fn plan_site_thaw(repo: &Repository, req: ThawRequest) -> Result<SiteThawPla
         (true, true) => super::Replace::All,
     };
     let plan = super::plan_thaw(repo, snapshot, req.into.as_deref(), replace, &req.db)?;
-    Ok(SiteThawPlan::Files(Box::new(plan)))
+    Ok(SiteThawPlan {
+        kind: ThawKind::Files(Box::new(plan)),
+        hooks: req.hooks,
+    })
 }
 
 /// Runs a planned thaw. A Docker site that `--replace` replaces is frozen first (the
@@ -111,9 +127,28 @@ pub fn thaw_site(
     plan: SiteThawPlan,
     progress: &Progress,
 ) -> Result<SiteThawReport> {
-    match plan {
-        SiteThawPlan::Files(plan) => Ok(SiteThawReport::Files(super::thaw(repo, &plan, progress)?)),
-        SiteThawPlan::Docker(d) => {
+    let hooks = plan.hooks;
+    let mut env = HookEnv {
+        repo: repo.location(),
+        ..Default::default()
+    };
+    let after_thaw = |env: &HookEnv| {
+        let cmd = hooks.command(When::AfterThaw)?;
+        progress.set_label("running the after-thaw hook".to_string());
+        let r = hooks::run_host(When::AfterThaw, cmd, env, hooks.timeout);
+        progress.announce("hook", &r);
+        Some(r)
+    };
+    match plan.kind {
+        ThawKind::Files(plan) => {
+            let mut report = super::thaw(repo, &plan, progress)?;
+            env.site = report.site.clone();
+            env.snapshot = Some(report.snapshot.clone());
+            env.mode = Some(plan.snapshot.annotation(crate::format::A_MODE).to_string());
+            report.hooks.extend(after_thaw(&env));
+            Ok(SiteThawReport::Files(report))
+        }
+        ThawKind::Docker(d) => {
             let DockerThaw {
                 plan,
                 engine,
@@ -121,9 +156,20 @@ pub fn thaw_site(
             } = *d;
             let target = plan.target.clone();
             let replaced = plan.replaced_paths.clone();
-            let report = recreate::execute(repo, &engine, plan, progress, || {
+            let mode = plan.mode();
+            let mut report = recreate::execute(repo, &engine, plan, progress, || {
                 super::freeze_before_replace(repo, &endpoint, &target, &replaced, progress)
             })?;
+            report.hooks = hooks::after_thaw_in_containers(
+                &engine,
+                &report.states,
+                hooks::READY_TIMEOUT,
+                progress,
+            );
+            env.site = report.target.clone();
+            env.snapshot = Some(report.snapshot.clone());
+            env.mode = Some(mode);
+            report.hooks.extend(after_thaw(&env));
             Ok(SiteThawReport::Docker(report))
         }
     }

@@ -299,6 +299,9 @@ pub struct ThawReport {
     pub databases: Vec<LoadReport>,
     /// Staging directories of killed thaws found beside the destinations and removed.
     pub removed_leftovers: Vec<Leftover>,
+    /// The after-thaw hooks that ran.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<super::hooks::HookReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -452,6 +455,7 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
         trees: reports,
         databases: db_reports,
         removed_leftovers,
+        hooks: vec![],
     })
 }
 

@@ -148,6 +148,7 @@ impl HookSite {
             "--label", &format!("dev.freezer.hook.before-freeze={before}"),
             "--label", "dev.freezer.hook.after-freeze=rm /www/.maintenance; echo resumed >> /www/.hooks",
             "--label", "dev.freezer.hook.timeout=30s",
+            "--label", "dev.freezer.hook.after-thaw=echo thawed >> /www/.thawed",
             "-v", &format!("{volume}:/www"), &image(), "httpd", "-f", "-p", "80", "-h", "/www",
         ]);
         site
@@ -261,4 +262,83 @@ fn an_interrupted_freeze_still_runs_the_after_hook() {
     assert_eq!(state(a, &site.web()), "running");
     let log = fs::read_to_string(site.volume().join(".hooks")).unwrap();
     assert_eq!(log, "paused\nresumed\n");
+}
+
+#[test]
+fn after_thaw_hooks_run_in_a_thawed_copy_and_in_a_drill() {
+    let site = HookSite::start("echo on > /www/.maintenance");
+    let (a, name) = (&site.host, &site.name);
+    let copy = unique("hc");
+    struct Copy(String, String);
+    impl Drop for Copy {
+        fn drop(&mut self) {
+            remove_site(&self.0, &self.1);
+        }
+    }
+    let _copy = Copy(a.clone(), copy.clone());
+    let repo = TestRepo::local().init();
+    let id = json(&freezer_on(
+        a,
+        &["freeze", name, "--repo", &repo.url, "--json"],
+    ))["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The host's after_thaw hook comes from the site's config.
+    let work = tempfile::tempdir().unwrap();
+    let log = work.path().join("thaw.log");
+    let cfg = work.path().join("freezer.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[sites.{name}.hooks]\nafter_thaw = \"echo $FREEZER_SITE $FREEZER_SNAPSHOT $FREEZER_MODE > {}\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let report = json(&freezer_on(
+        a,
+        &[
+            "thaw",
+            name,
+            "--repo",
+            &repo.url,
+            "--as",
+            &copy,
+            "--config",
+            cfg.to_str().unwrap(),
+            "--json",
+        ],
+    ));
+    let hooks = report["hooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 2, "{report:#}");
+    assert_eq!(hooks[0]["hook"], "after-thaw");
+    assert_eq!(hooks[0]["where"], format!("{copy}-web-1"));
+    assert_eq!(hooks[0]["exit_code"], 0);
+    assert_eq!(hooks[1]["where"], "host");
+    let copy_volume = mountpoint(a, &format!("{copy}_www"));
+    assert_eq!(fs::read(copy_volume.join(".thawed")).unwrap(), b"thawed\n");
+    assert!(
+        !site.volume().join(".thawed").exists(),
+        "only the copy ran it"
+    );
+    assert_eq!(
+        fs::read_to_string(&log).unwrap(),
+        format!("{copy} {id} hydrated\n")
+    );
+
+    // A drill runs them in its scratch copy, as checks.
+    let drill = json(&freezer_on(
+        a,
+        &["drill", name, "--repo", &repo.url, "--json"],
+    ));
+    assert_eq!(drill["ok"], true, "{drill:#}");
+    let checks = drill["checks"].as_array().unwrap();
+    assert!(
+        checks.iter().any(|c| c["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("hook after-thaw on ") && n.ends_with("-web-1"))
+            && c["ok"] == true),
+        "{drill:#}"
+    );
 }

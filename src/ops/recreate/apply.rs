@@ -38,6 +38,9 @@ pub struct SiteReport {
     pub volumes: Vec<String>,
     pub networks: Vec<String>,
     pub seconds: f64,
+    /// The after-thaw hooks that ran.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<crate::ops::hooks::HookReport>,
 }
 
 type Applied = (
@@ -121,6 +124,7 @@ pub fn execute(
             volumes: created.volumes.clone(),
             networks: created.networks.clone(),
             seconds: started.elapsed().as_secs_f64(),
+            hooks: vec![],
         }),
         Err(mut e) => {
             undo(engine, &created);

@@ -110,6 +110,13 @@ pub struct ContainerStep {
     pub ports: Vec<String>,
 }
 
+impl SitePlan {
+    /// What the snapshot holds, as its record says (`hydrated`, `dehydrated`).
+    pub fn mode(&self) -> String {
+        self.snap.annotation(A_MODE).to_string()
+    }
+}
+
 /// Renames a container, volume or network of site `old` for site `new`: the site prefix
 /// compose puts on names is replaced, other names get the new site's name in front.
 pub fn rename(name: &str, old: &str, new: &str) -> String {
