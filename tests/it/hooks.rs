@@ -133,7 +133,10 @@ impl Drop for HookSite {
 
 impl HookSite {
     fn start(before: &str) -> HookSite {
-        let host = host_a();
+        HookSite::start_on(host_a(), before)
+    }
+
+    fn start_on(host: String, before: &str) -> HookSite {
         let name = unique("hk");
         let site = HookSite { host, name };
         let (a, name) = (&site.host, &site.name);
@@ -340,5 +343,46 @@ fn after_thaw_hooks_run_in_a_thawed_copy_and_in_a_drill() {
             .is_some_and(|n| n.starts_with("hook after-thaw on ") && n.ends_with("-web-1"))
             && c["ok"] == true),
         "{drill:#}"
+    );
+}
+
+/// Container hooks run through the Engine API, so they work on a remote engine too (TLS).
+#[test]
+fn container_hooks_on_a_remote_engine_through_tls() {
+    let b = crate::hydrated::host_b();
+    let tcp = std::env::var("FREEZER_TEST_DOCKER_HOST_B_TCP").expect("set by scripts/services");
+    let certs = std::env::var("FREEZER_TEST_DOCKER_CERTS_B").expect("set by scripts/services");
+    crate::hydrated::image_on_b();
+    let site = HookSite::start_on(b, "echo on > /www/.maintenance; echo paused >> /www/.hooks");
+    let work = tempfile::tempdir().unwrap();
+    let cfg = work.path().join("freezer.toml");
+    fs::write(
+        &cfg,
+        format!("[hosts.far]\ndocker = \"{tcp}\"\ntls_certs = \"{certs}\"\n"),
+    )
+    .unwrap();
+    let repo = TestRepo::local().init();
+    let target = format!("{}@far", site.name);
+    let report = json(&freezer(&[
+        "freeze",
+        &target,
+        "--repo",
+        &repo.url,
+        "--config",
+        cfg.to_str().unwrap(),
+        "--json",
+    ]));
+    let hooks = report["hooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 2, "{report:#}");
+    assert!(hooks.iter().all(|h| h["exit_code"] == 0), "{report:#}");
+    let tree = report["trees"].as_array().unwrap()[0].clone();
+    assert_eq!(
+        tree["files"], 3,
+        "the before-hook's files were copied: {tree:#}"
+    );
+    assert!(!site.volume().join(".maintenance").exists());
+    assert_eq!(
+        fs::read_to_string(site.volume().join(".hooks")).unwrap(),
+        "paused\nresumed\n"
     );
 }

@@ -1051,7 +1051,7 @@ pub fn add_shop_database(site: &Site, password: &str) {
 }
 
 /// The test image on engine B, as a registry pull would have put it there.
-fn image_on_b() {
+pub fn image_on_b() {
     let st = Command::new("sh")
         .arg("-c")
         .arg(format!(
