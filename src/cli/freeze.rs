@@ -4,6 +4,7 @@ use super::args::{split_host, ExcludeArgs, FreezeArgs};
 use super::{jobs, print_json, Ctx};
 use crate::docker::capture::HoldMode;
 use crate::error::Result;
+use crate::ops::hooks::{self, When};
 use crate::ops::{self, FreezePlan, FreezeReport, FreezeRequest};
 use crate::progress::bytes;
 use crate::tree::exclude::Excludes;
@@ -123,6 +124,22 @@ pub(super) fn plan_text(plan: &FreezePlan) -> String {
         }
         for n in &x.if_present {
             w!(out, "    exclude the contents of directories holding {n}");
+        }
+    }
+    for when in [When::BeforeFreeze, When::AfterFreeze, When::OnError] {
+        if let Some(cmd) = plan.hooks.command(when) {
+            w!(out, "  hook {} on the host: {cmd}", when.as_str());
+        }
+        if let Some(d) = &plan.docker {
+            for h in hooks::container_hooks(&d.site.containers, when).unwrap_or_default() {
+                w!(
+                    out,
+                    "  hook {} in {}: {}",
+                    when.as_str(),
+                    h.container,
+                    h.command
+                );
+            }
         }
     }
     for d in &plan.databases {

@@ -52,10 +52,20 @@ pub fn run(ctx: &Ctx, a: ThawArgs) -> Result<i32> {
         SiteThawReport::Docker(r) => &r.hooks,
     };
     let hook_failed = hooks.iter().any(|h| !h.ok);
-    if ctx.json() {
-        print_json(&report);
+    show_report(ctx, &report);
+    if hook_failed {
+        eprintln!("freezer: the thaw is complete, but an after-thaw hook failed (above)");
+        return Ok(1);
     }
-    match &report {
+    Ok(0)
+}
+
+/// What a thaw prints when it is done.
+fn show_report(ctx: &Ctx, report: &SiteThawReport) {
+    if ctx.json() {
+        print_json(report);
+    }
+    match report {
         SiteThawReport::Files(r) => {
             if !ctx.json() {
                 ctx.say(format!(
@@ -79,11 +89,6 @@ pub fn run(ctx: &Ctx, a: ThawArgs) -> Result<i32> {
         SiteThawReport::Docker(r) if !ctx.json() => say_site(ctx, r),
         SiteThawReport::Docker(_) => {}
     }
-    if hook_failed {
-        eprintln!("freezer: the thaw is complete, but an after-thaw hook failed (above)");
-        return Ok(1);
-    }
-    Ok(0)
 }
 
 /// What `thaw --dry-run` prints for trees and databases.
