@@ -347,12 +347,13 @@ fn announcer(json: bool, quiet: bool) -> progress::Observer {
             (c, _) => format!("exit {c}"),
         };
         eprintln!(
-            "freezer: hook {} on {}: {how} in {:.1}s{}",
+            "freezer: hook {} on {} ({}): {how} in {:.1}s{}",
             details["hook"].as_str().unwrap_or(""),
             details["where"].as_str().unwrap_or(""),
+            details["command"].as_str().unwrap_or(""),
             details["seconds"].as_f64().unwrap_or(0.0),
             match details["output"].as_str().map(str::trim) {
-                Some(o) if !ok && !o.is_empty() =>
+                Some(o) if !o.is_empty() =>
                     format!("; output ends: {}", o.lines().last().unwrap_or("")),
                 _ => String::new(),
             }
