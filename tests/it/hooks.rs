@@ -294,7 +294,9 @@ fn after_thaw_hooks_run_in_a_thawed_copy_and_in_a_drill() {
     fs::write(
         &cfg,
         format!(
-            "[sites.{name}.hooks]\nafter_thaw = \"echo $FREEZER_SITE $FREEZER_SNAPSHOT $FREEZER_MODE > {}\"\n",
+            "[sites.{name}.hooks]\nafter_thaw = \"echo $FREEZER_SITE $FREEZER_SNAPSHOT $FREEZER_MODE > {}\"\n\
+             after_drill_restore = \"echo drilled $FREEZER_SITE > {}.drill\"\n",
+            log.display(),
             log.display()
         ),
     )
@@ -333,7 +335,15 @@ fn after_thaw_hooks_run_in_a_thawed_copy_and_in_a_drill() {
     // A drill runs them in its scratch copy, as checks.
     let drill = json(&freezer_on(
         a,
-        &["drill", name, "--repo", &repo.url, "--json"],
+        &[
+            "drill",
+            name,
+            "--repo",
+            &repo.url,
+            "--config",
+            cfg.to_str().unwrap(),
+            "--json",
+        ],
     ));
     assert_eq!(drill["ok"], true, "{drill:#}");
     let checks = drill["checks"].as_array().unwrap();
@@ -343,6 +353,14 @@ fn after_thaw_hooks_run_in_a_thawed_copy_and_in_a_drill() {
             .is_some_and(|n| n.starts_with("hook after-thaw on ") && n.ends_with("-web-1"))
             && c["ok"] == true),
         "{drill:#}"
+    );
+    assert!(checks
+        .iter()
+        .any(|c| c["name"] == "hook after-drill-restore on host" && c["ok"] == true));
+    let drilled = fs::read_to_string(format!("{}.drill", log.display())).unwrap();
+    assert_eq!(
+        drilled,
+        format!("drilled {}\n", drill["target"].as_str().unwrap())
     );
 }
 
