@@ -78,6 +78,13 @@ pub enum Command {
     /// Prove a snapshot restores: thaw it under a scratch name (no published ports, its
     /// own network and volumes, scratch databases), check it, time it, remove it.
     Drill(DrillArgs),
+    /// List what a snapshot holds (its trees, databases and containers), a directory of
+    /// one of its trees (TREE[/PATH]), or a database's tables. Reads only the tree index
+    /// or the database configuration, never the layers.
+    Ls(LsArgs),
+    /// What changed between two snapshots: files added, removed and modified, tables
+    /// whose rows changed, containers whose configuration changed. Reads no layer.
+    Diff(DiffArgs),
     /// List the snapshots in the repository, of every site or of one.
     Snapshots(SnapshotsArgs),
     /// List the sites on this host's Docker engine (DOCKER_HOST): containers grouped by
@@ -430,4 +437,25 @@ pub fn split_target(t: &str) -> (&str, Option<&str>) {
         Some((s, _)) => (s, None),
         None => (t, None),
     }
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    #[arg(value_name = "SITE[:SNAPSHOT]")]
+    pub target: String,
+    /// TREE, TREE/PATH, or a database name.
+    pub path: Option<String>,
+    /// Everything below the directory, not only its entries.
+    #[arg(long, short = 'R')]
+    pub recursive: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The older snapshot.
+    #[arg(value_name = "SITE:SNAPSHOT")]
+    pub from: String,
+    /// The newer snapshot (of the same site unless SITE: is given).
+    #[arg(value_name = "[SITE:]SNAPSHOT")]
+    pub to: String,
 }

@@ -37,6 +37,7 @@ macro_rules! w {
 }
 
 pub mod args;
+mod browse;
 mod drill;
 mod export;
 mod forget;
@@ -221,6 +222,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Freeze(a) => freeze::run(&ctx, a),
         Command::Thaw(a) => thaw::run(&ctx, a),
         Command::Drill(a) => drill::run(&ctx, a),
+        Command::Ls(a) => browse::ls(&ctx, a),
+        Command::Diff(a) => browse::diff(&ctx, a),
         Command::Snapshots(a) => list::snapshots(&ctx, a),
         Command::Sites(a) => list::sites(&ctx, a),
         Command::Forget(a) => forget::run(&ctx, a),
@@ -241,6 +244,8 @@ fn describe(c: &Command) -> (&'static str, String) {
         Command::Freeze(a) => ("freeze", site_of(&a.site)),
         Command::Thaw(a) => ("thaw", site_of(&a.target)),
         Command::Drill(a) => ("drill", site_of(&a.target)),
+        Command::Ls(a) => ("ls", site_of(&a.target)),
+        Command::Diff(a) => ("diff", site_of(&a.from)),
         Command::Snapshots(a) => ("snapshots", a.site.clone().unwrap_or_default()),
         Command::Sites(_) => ("sites", String::new()),
         Command::Forget(a) => ("forget", a.site.clone()),

@@ -4,6 +4,7 @@
 //!
 //! One module per command; everything is re-exported here, so callers name `ops::X`.
 
+mod browse;
 pub mod drill;
 mod export;
 mod forget;
@@ -17,6 +18,7 @@ mod snapshots;
 mod thaw;
 mod verify;
 
+pub use browse::*;
 pub use export::*;
 pub use forget::*;
 pub use freeze::*;

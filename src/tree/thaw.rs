@@ -88,7 +88,8 @@ impl TreePlan {
         })
     }
 
-    fn entries(&self) -> Result<IndexReader<File>> {
+    /// The tree's index, entry by entry (already checked by [`TreePlan::load`]).
+    pub fn entries(&self) -> Result<IndexReader<File>> {
         let digest = tree_index_digest(&self.manifest)?;
         open_index(&self.index, &digest)
     }

@@ -1,6 +1,7 @@
 //! Integration tests: the real `freezer` binary against a local repository and a real
 //! Garage server (started by scripts/services). One test binary, many modules.
 
+mod browse;
 mod common;
 mod database;
 mod disk;

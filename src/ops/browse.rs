@@ -1,0 +1,378 @@
+//! `freezer ls` and `freezer diff`: what a snapshot holds, and what changed between two,
+//! from the tree indexes and database configs alone; no layer is read.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::format::*;
+use crate::repo::{Repository, Snapshot};
+use crate::tree::index::{cmp_paths, is_within, Entry, Kind};
+use crate::tree::thaw::TreePlan;
+
+/// One entry of a tree, as `ls -l` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EntryInfo {
+    /// Relative to the tree root.
+    pub path: String,
+    /// `dir`, `file`, `symlink`, `hardlink`, `fifo`, `chardev`, `blockdev`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// Seconds since the epoch.
+    pub mtime: i64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub link: String,
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Dir => "dir",
+        Kind::File => "file",
+        Kind::Symlink => "symlink",
+        Kind::HardLink => "hardlink",
+        Kind::Fifo => "fifo",
+        Kind::CharDev => "chardev",
+        Kind::BlockDev => "blockdev",
+    }
+}
+
+impl From<&Entry> for EntryInfo {
+    fn from(e: &Entry) -> Self {
+        EntryInfo {
+            path: e.display_path(),
+            kind: kind_name(e.kind),
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            size: e.size,
+            mtime: e.mtime.0,
+            link: String::from_utf8_lossy(&e.link).into_owned(),
+        }
+    }
+}
+
+/// A table of a database snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableInfo {
+    pub name: String,
+    pub rows: u64,
+    /// Stored (compressed) bytes of its chunks.
+    pub bytes: u64,
+    pub chunks: usize,
+}
+
+/// What `ls` lists.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Listing {
+    /// The snapshot's parts.
+    Snapshot(super::SnapshotInfo),
+    /// A directory of a tree (its children, or with `recursive` everything below it).
+    Tree {
+        tree: String,
+        path: String,
+        entries: Vec<EntryInfo>,
+    },
+    /// A database's tables.
+    Database {
+        database: String,
+        tables: Vec<TableInfo>,
+    },
+}
+
+/// The tree or database `what` names in `snapshot`: `TREE[/PATH]` or a database name.
+pub fn ls(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    what: Option<&str>,
+    recursive: bool,
+) -> Result<Listing> {
+    let Some(what) = what.map(|w| w.trim_matches('/')) else {
+        return Ok(Listing::Snapshot(super::SnapshotInfo::from(snapshot)));
+    };
+    let (first, rest) = what.split_once('/').unwrap_or((what, ""));
+    for part in snapshot.parts() {
+        match part {
+            Part::Tree { name, image, .. } if name == first => {
+                let plan = TreePlan::load(repo, &image.digest)?;
+                let dir = if rest.is_empty() { "." } else { rest };
+                return Ok(Listing::Tree {
+                    tree: name.to_string(),
+                    path: dir.to_string(),
+                    entries: list_dir(&plan, dir.as_bytes(), recursive)?,
+                });
+            }
+            Part::Database { name, image } if name == first && rest.is_empty() => {
+                let (_, m) = crate::db::load::read_manifest(repo, &image.digest)?;
+                return Ok(Listing::Database {
+                    database: name.to_string(),
+                    tables: m
+                        .tables
+                        .iter()
+                        .map(|t| TableInfo {
+                            name: t.name.clone(),
+                            rows: t.rows,
+                            bytes: t.chunks.iter().map(|c| c.size).sum(),
+                            chunks: t.chunks.len(),
+                        })
+                        .collect(),
+                });
+            }
+            _ => {}
+        }
+    }
+    Err(Error::not_found(format!(
+        "snapshot {}:{} has no tree or database {first}",
+        snapshot.site, snapshot.id
+    ))
+    .with_hint(format!(
+        "list what it holds with: freezer ls {}:{}",
+        snapshot.site, snapshot.id
+    )))
+}
+
+fn list_dir(plan: &TreePlan, dir: &[u8], recursive: bool) -> Result<Vec<EntryInfo>> {
+    let mut r = plan.entries()?;
+    let mut out = Vec::new();
+    let mut found = false;
+    // Depth-first order: what is inside `dir` comes right after it, contiguous.
+    while let Some(e) = r.next_entry()? {
+        if e.path == dir {
+            if e.kind != Kind::Dir {
+                return Ok(vec![EntryInfo::from(&e)]); // `ls FILE` shows the file
+            }
+            found = true;
+        } else if found && is_within(&e.path, dir) {
+            if recursive || crate::tree::index::parent(&e.path) == dir {
+                out.push(EntryInfo::from(&e));
+            }
+        } else if found {
+            break;
+        }
+    }
+    if !found {
+        return Err(Error::not_found(format!(
+            "{} is not in the tree",
+            String::from_utf8_lossy(dir)
+        )));
+    }
+    Ok(out)
+}
+
+/// One path that differs between two snapshots of a tree.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    pub path: String,
+    /// `added`, `removed` or `modified`.
+    pub change: &'static str,
+    /// For `modified`: what changed (`type`, `content`, `mode`, `owner`, `mtime`,
+    /// `link`, `xattrs`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub what: Vec<&'static str>,
+    /// The size in the newer snapshot (the older one's for `removed`).
+    pub size: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TreeDiff {
+    pub tree: String,
+    pub changes: Vec<Change>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TableDiff {
+    pub database: String,
+    pub table: String,
+    /// `added`, `removed` or `modified` (its rows: the checksum or a chunk differs).
+    pub change: &'static str,
+    pub rows_before: u64,
+    pub rows_after: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DiffReport {
+    pub site: String,
+    pub from: String,
+    pub to: String,
+    pub trees: Vec<TreeDiff>,
+    pub tables: Vec<TableDiff>,
+    /// Containers added, removed or whose configuration changed: (name, change).
+    pub containers: Vec<(String, &'static str)>,
+}
+
+/// What changed from snapshot `a` to snapshot `b` (of the same or another site).
+pub fn diff(repo: &Repository, a: &Snapshot, b: &Snapshot) -> Result<DiffReport> {
+    let mut report = DiffReport {
+        site: b.site.clone(),
+        from: a.id.clone(),
+        to: b.id.clone(),
+        trees: vec![],
+        tables: vec![],
+        containers: vec![],
+    };
+    let by_name = |s: &Snapshot| -> BTreeMap<(u8, String), Descriptor> {
+        s.parts()
+            .map(|p| match p {
+                Part::Tree { name, image, .. } => ((0, name.to_string()), image.clone()),
+                Part::Database { name, image } => ((1, name.to_string()), image.clone()),
+                Part::Container { name, image } => ((2, name.to_string()), image.clone()),
+            })
+            .collect()
+    };
+    let (pa, pb) = (by_name(a), by_name(b));
+    let mut keys: Vec<&(u8, String)> = pa.keys().chain(pb.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        let (da, db) = (pa.get(key), pb.get(key));
+        if da.map(|d| &d.digest) == db.map(|d| &d.digest) {
+            continue; // the same image: nothing changed
+        }
+        let name = &key.1;
+        match key.0 {
+            0 => {
+                let changes = diff_tree(repo, da, db)?;
+                if !changes.is_empty() {
+                    report.trees.push(TreeDiff {
+                        tree: name.clone(),
+                        changes,
+                    });
+                }
+            }
+            1 => report.tables.extend(diff_db(repo, name, da, db)?),
+            _ => report.containers.push((
+                name.clone(),
+                match (da, db) {
+                    (None, _) => "added",
+                    (_, None) => "removed",
+                    _ => "modified",
+                },
+            )),
+        }
+    }
+    Ok(report)
+}
+
+fn entries(repo: &Repository, d: Option<&Descriptor>) -> Result<Vec<Entry>> {
+    let Some(d) = d else { return Ok(vec![]) };
+    let plan = TreePlan::load(repo, &d.digest)?;
+    let mut r = plan.entries()?;
+    let mut out = Vec::new();
+    while let Some(e) = r.next_entry()? {
+        out.push(e);
+    }
+    Ok(out)
+}
+
+fn diff_tree(
+    repo: &Repository,
+    a: Option<&Descriptor>,
+    b: Option<&Descriptor>,
+) -> Result<Vec<Change>> {
+    let (ea, eb) = (entries(repo, a)?, entries(repo, b)?);
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::new();
+    let change = |e: &Entry, change, what| Change {
+        path: e.display_path(),
+        change,
+        what,
+        size: e.size,
+    };
+    while i < ea.len() || j < eb.len() {
+        let ord = match (ea.get(i), eb.get(j)) {
+            (Some(x), Some(y)) => cmp_paths(&x.path, &y.path),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match ord {
+            std::cmp::Ordering::Less => {
+                out.push(change(&ea[i], "removed", vec![]));
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(change(&eb[j], "added", vec![]));
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                let (x, y) = (&ea[i], &eb[j]);
+                let mut what = Vec::new();
+                if x.kind != y.kind {
+                    what.push("type");
+                } else if x.kind == Kind::File
+                    && (x.size != y.size || x.ctime != y.ctime || x.ino != y.ino)
+                {
+                    // The stat data the freeze compares (SPEC.md §5.2): content may have
+                    // changed; a file rewritten in place is stored again.
+                    what.push("content");
+                }
+                if x.mode != y.mode {
+                    what.push("mode");
+                }
+                if (x.uid, x.gid) != (y.uid, y.gid) {
+                    what.push("owner");
+                }
+                if x.mtime != y.mtime && x.kind != Kind::Dir {
+                    what.push("mtime");
+                }
+                if x.link != y.link {
+                    what.push("link");
+                }
+                if x.xattrs != y.xattrs {
+                    what.push("xattrs");
+                }
+                if !what.is_empty() && y.path != b"." {
+                    out.push(change(y, "modified", what));
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn diff_db(
+    repo: &Repository,
+    database: &str,
+    a: Option<&Descriptor>,
+    b: Option<&Descriptor>,
+) -> Result<Vec<TableDiff>> {
+    let tables = |d: Option<&Descriptor>| -> Result<BTreeMap<String, crate::db::TableEntry>> {
+        let Some(d) = d else {
+            return Ok(BTreeMap::new());
+        };
+        let (_, m) = crate::db::load::read_manifest(repo, &d.digest)?;
+        Ok(m.tables.into_iter().map(|t| (t.name.clone(), t)).collect())
+    };
+    let (ta, tb) = (tables(a)?, tables(b)?);
+    let mut names: Vec<&String> = ta.keys().chain(tb.keys()).collect();
+    names.sort();
+    names.dedup();
+    let mut out = Vec::new();
+    for n in names {
+        let (x, y) = (ta.get(n), tb.get(n));
+        let change = match (x, y) {
+            (None, Some(_)) => "added",
+            (Some(_), None) => "removed",
+            (Some(x), Some(y))
+                if x.checksum != y.checksum || x.rows != y.rows || x.chunks != y.chunks =>
+            {
+                "modified"
+            }
+            _ => continue,
+        };
+        out.push(TableDiff {
+            database: database.to_string(),
+            table: n.clone(),
+            change,
+            rows_before: x.map_or(0, |t| t.rows),
+            rows_after: y.map_or(0, |t| t.rows),
+        });
+    }
+    Ok(out)
+}

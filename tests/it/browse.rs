@@ -1,0 +1,171 @@
+//! `freezer ls` and `freezer diff` read the tree indexes and database configs only: with
+//! every layer blob deleted from the repository they still answer, and their answers
+//! match the trees on disk.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+
+use crate::common::*;
+
+/// Every file and directory under `root`, relative, `/`-separated.
+fn walk(root: &Path) -> BTreeSet<String> {
+    fn go(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            out.insert(p.strip_prefix(root).unwrap().display().to_string());
+            if p.is_dir() {
+                go(root, &p, out);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    go(root, root, &mut out);
+    out
+}
+
+/// Deletes every layer blob of the repository's tree images.
+fn delete_layers(repo: &TestRepo) -> usize {
+    let dir = repo.local.as_ref().unwrap();
+    let blob = |digest: &str| {
+        dir.join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let snaps = json(&freezer(&["snapshots", "--repo", &repo.url, "--json"]));
+    let mut deleted = 0;
+    for s in snaps.as_array().unwrap() {
+        for t in s["trees"].as_array().unwrap() {
+            let manifest: serde_json::Value =
+                serde_json::from_slice(&fs::read(blob(t["manifest"].as_str().unwrap())).unwrap())
+                    .unwrap();
+            for l in manifest["layers"].as_array().unwrap() {
+                if fs::remove_file(blob(l["digest"].as_str().unwrap())).is_ok() {
+                    deleted += 1;
+                }
+            }
+        }
+    }
+    deleted
+}
+
+#[test]
+fn ls_and_diff_of_a_50000_file_snapshot_pair_read_no_layer() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("www");
+    for d in 0..100 {
+        let dir = src.join(format!("d{d:03}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..500 {
+            fs::write(dir.join(format!("f{f:03}")), format!("{d}/{f}")).unwrap();
+        }
+    }
+    let repo = TestRepo::local().init();
+    let first = freeze(&repo, "big", &[&src])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The next night: 3 files changed, 2 deleted, a directory and 2 files added.
+    fs::write(src.join("d000/f000"), "changed, longer").unwrap();
+    fs::write(src.join("d050/f001"), "changed, longer too").unwrap();
+    fs::write(src.join("d099/f499"), "changed and longer still").unwrap();
+    fs::remove_file(src.join("d001/f000")).unwrap();
+    fs::remove_file(src.join("d002/f000")).unwrap();
+    fs::create_dir(src.join("new")).unwrap();
+    fs::write(src.join("new/a"), "a").unwrap();
+    fs::write(src.join("d003/z"), "z").unwrap();
+    let second = freeze(&repo, "big", &[&src])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(delete_layers(&repo) >= 2);
+
+    // ls -R: exactly the tree on disk, with sizes.
+    let listing = json(&freezer(&[
+        "ls",
+        &format!("big:{second}"),
+        "www",
+        "-R",
+        "--repo",
+        &repo.url,
+        "--json",
+    ]));
+    let entries = listing["entries"].as_array().unwrap();
+    let listed: BTreeSet<String> = entries
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, walk(&src));
+    assert_eq!(listed.len(), 100 + 50_000 - 2 + 1 + 1 + 1);
+    let f = entries.iter().find(|e| e["path"] == "d000/f000").unwrap();
+    assert_eq!(f["type"], "file");
+    assert_eq!(f["size"], 15);
+    // One directory: only its entries.
+    let one = json(&freezer(&[
+        "ls",
+        &format!("big:{second}"),
+        "www/new",
+        "--repo",
+        &repo.url,
+        "--json",
+    ]));
+    assert_eq!(one["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(one["entries"][0]["path"], "new/a");
+    // The snapshot's parts.
+    let parts = json(&freezer(&["ls", "big", "--repo", &repo.url, "--json"]));
+    assert_eq!(parts["trees"][0]["name"], "www");
+    assert_eq!(parts["trees"][0]["files"], 50_000 - 2 + 2);
+
+    // diff: exactly the night's changes.
+    let d = json(&freezer(&[
+        "diff",
+        &format!("big:{first}"),
+        &second,
+        "--repo",
+        &repo.url,
+        "--json",
+    ]));
+    let changes: BTreeSet<(String, String)> = d["trees"][0]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap().to_string(),
+                c["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected: BTreeSet<(String, String)> = [
+        ("modified", "d000/f000"),
+        ("modified", "d050/f001"),
+        ("modified", "d099/f499"),
+        ("removed", "d001/f000"),
+        ("removed", "d002/f000"),
+        ("added", "new"),
+        ("added", "new/a"),
+        ("added", "d003/z"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    // Directories whose entries changed have a new mtime: those are metadata changes.
+    let content: BTreeSet<(String, String)> = changes
+        .into_iter()
+        .filter(|(c, p)| c != "modified" || !p.starts_with('d') || p.contains('/'))
+        .collect();
+    assert_eq!(content, expected, "{d:#}");
+    let m = d["trees"][0]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["path"] == "d000/f000")
+        .unwrap()
+        .clone();
+    assert!(
+        m["what"].as_array().unwrap().contains(&"content".into()),
+        "{m}"
+    );
+    // A layer read would have failed: they are gone, and a thaw says so.
+    let out = thaw_into(&repo, "big", &work.path().join("out"));
+    assert!(!out.status.success());
+}
