@@ -205,6 +205,11 @@ pub struct ThawArgs {
     /// With --replace: also delete what exists at paths the snapshot excluded.
     #[arg(long, requires = "replace")]
     pub replace_excluded: bool,
+    /// Restore only the paths this gitignore-style pattern matches (relative to each
+    /// tree's root, with everything below them); repeatable. With --replace, only those
+    /// paths of the destination are replaced and nothing else is touched.
+    #[arg(long = "include", value_name = "PATTERN")]
+    pub include: Vec<String>,
     /// Where to load the snapshot's database: [SOURCE=]mysql://USER@HOST[:PORT]/DB
     /// (the target database is created; its name may differ). Repeatable.
     #[arg(long = "db", value_name = "[SOURCE=]URL")]

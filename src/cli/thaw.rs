@@ -29,6 +29,7 @@ pub fn run(ctx: &Ctx, a: ThawArgs) -> Result<i32> {
         rename: a.rename,
         publish: a.publish,
         hooks: ctx.settings.site_hooks(site)?,
+        include: a.include,
     };
     let repo = ctx.open_repo()?;
     let plan = ops::plan_site_thaw(&repo, req)?;
@@ -107,6 +108,9 @@ pub(super) fn files_plan_text(view: &ops::ThawPlanView, repo: &str) -> String {
             bytes(t.bytes),
             t.layers
         );
+        if let Some(n) = t.selected {
+            w!(out, "    only the {n} paths --include selects");
+        }
         if let Some(k) = &t.keeps {
             let mut rules = k.patterns.clone();
             if k.caches {

@@ -423,8 +423,15 @@ pub fn drill_files(
         jobs: opts.jobs,
         with_users: false,
     };
-    let restored = ops::plan_thaw(repo, snapshot, Some(dir.path()), ops::Replace::No, &flags)
-        .and_then(|plan| ops::thaw(repo, &plan, progress));
+    let restored = ops::plan_thaw(
+        repo,
+        snapshot,
+        Some(dir.path()),
+        ops::Replace::No,
+        &[],
+        &flags,
+    )
+    .and_then(|plan| ops::thaw(repo, &plan, progress));
     report.restore_seconds = started.elapsed().as_secs_f64();
     match restored {
         Err(e) => failed(&mut report, e),

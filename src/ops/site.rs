@@ -38,6 +38,8 @@ pub struct ThawRequest {
     pub publish: Vec<(String, String)>,
     /// The site's host hooks (after_thaw runs once the thaw is done).
     pub hooks: HostHooks,
+    /// `--include PATTERN`: restore only the matching paths of the trees.
+    pub include: Vec<String>,
 }
 
 /// A checked thaw, ready to run; `--dry-run` prints it.
@@ -74,6 +76,13 @@ pub enum SiteThawReport {
 /// Reads the snapshot and plans its thaw by what it holds. Changes nothing.
 pub fn plan_site_thaw(repo: &Repository, req: ThawRequest) -> Result<SiteThawPlan> {
     let snapshot = repo.find_snapshot(&req.site, req.snapshot.as_deref())?;
+    if snapshot.has_containers() && !req.include.is_empty() {
+        return Err(Error::usage(format!(
+            "--include restores paths of trees onto this machine; snapshot {}:{} is a Docker site's",
+            snapshot.site, snapshot.id
+        ))
+        .with_hint("thaw it --as a copy and take the files from there, or wait for `freezer cat`"));
+    }
     if snapshot.has_containers() {
         let opts = SiteOptions {
             rename: req.rename,
@@ -113,7 +122,14 @@ pub fn plan_site_thaw(repo: &Repository, req: ThawRequest) -> Result<SiteThawPla
         (true, false) => super::Replace::KeepExcluded,
         (true, true) => super::Replace::All,
     };
-    let plan = super::plan_thaw(repo, snapshot, req.into.as_deref(), replace, &req.db)?;
+    let plan = super::plan_thaw(
+        repo,
+        snapshot,
+        req.into.as_deref(),
+        replace,
+        &req.include,
+        &req.db,
+    )?;
     Ok(SiteThawPlan {
         kind: ThawKind::Files(Box::new(plan)),
         hooks: req.hooks,

@@ -17,7 +17,7 @@ use crate::format::*;
 use crate::progress::Progress;
 use crate::repo::{Repository, Snapshot};
 use crate::sys::{check_free_space, existing_ancestor};
-use crate::tree::exclude::Excludes;
+use crate::tree::exclude::{Excludes, Selection};
 use crate::tree::thaw::TreePlan;
 use crate::tree::{thaw_tree, ThawStats};
 
@@ -58,6 +58,9 @@ pub struct ThawTree {
     /// Replacing: what the snapshot's exclusion rules left out, which stays as it is at
     /// the destination (unless `--replace-excluded`).
     pub keep: Option<Excludes>,
+    /// `--include`: only these paths are restored; at an existing destination only they
+    /// are replaced, and nothing else is touched.
+    pub only: Option<Selection>,
 }
 
 #[derive(Debug, Serialize)]
@@ -77,6 +80,9 @@ pub struct ThawTreeView {
     /// Replacing: the exclusion rules whose paths stay as they are at the destination.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keeps: Option<Excludes>,
+    /// `--include`: how many paths of the tree are restored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selected: Option<usize>,
     pub files: u64,
     pub bytes: u64,
     pub layers: usize,
@@ -100,6 +106,7 @@ impl ThawPlan {
                         Action::Create
                     },
                     keeps: t.keep.clone(),
+                    selected: t.only.as_ref().map(|s| s.selected.len()),
                     files: t.plan.trailer.files,
                     bytes: t.plan.trailer.bytes,
                     layers: t.plan.manifest.layers.len(),
@@ -191,8 +198,19 @@ pub fn plan_thaw(
     snapshot: Snapshot,
     into: Option<&Path>,
     replace: Replace,
+    include: &[String],
     db: &DbThawFlags,
 ) -> Result<ThawPlan> {
+    let include = match include.is_empty() {
+        true => None,
+        false => Some(
+            Excludes {
+                patterns: include.to_vec(),
+                ..Default::default()
+            }
+            .matcher()?,
+        ),
+    };
     let (replace, replace_excluded) = (replace != Replace::No, replace == Replace::All);
     let site = snapshot.site.clone();
     let mut databases = Vec::new();
@@ -254,6 +272,13 @@ pub fn plan_thaw(
         }
         let plan = TreePlan::load(repo, &m.digest)
             .map_err(|e| prefix(e, &format!("snapshot {site}:{} tree {name}", snapshot.id)))?;
+        let only = match &include {
+            Some(m) => match plan.select(m)? {
+                s if s.is_empty() => continue, // nothing of this tree is asked for
+                s => Some(s),
+            },
+            None => None,
+        };
         *need.entry(existing_ancestor(&dest)).or_default() += plan.trailer.bytes;
         let keep = match replaces && !replace_excluded {
             true => excluded_by(&plan, &name)?,
@@ -266,7 +291,18 @@ pub fn plan_thaw(
             replaces,
             plan,
             keep,
+            only,
         });
+    }
+    if include.is_some() && trees.is_empty() {
+        return Err(Error::not_found(format!(
+            "no path of snapshot {site}:{} matches the --include patterns",
+            snapshot.id
+        ))
+        .with_hint(format!(
+            "patterns are matched on paths relative to each tree's root; list them with: freezer ls {site}:{} TREE -R",
+            snapshot.id
+        )));
     }
     check_free_space(&need)?;
     Ok(ThawPlan {
@@ -361,15 +397,16 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
                 .ctx(|| format!("creating {}", staging.display()))?;
             staged.push(staging.clone());
             crate::interrupt::track(staging.clone());
-            let stats = thaw_tree(repo, &t.plan, &staging, progress).map_err(|e| {
-                prefix(
-                    e,
-                    &format!(
-                        "thawing {} from {}:{}",
-                        t.name, plan.snapshot.site, plan.snapshot.id
-                    ),
-                )
-            })?;
+            let stats =
+                thaw_tree(repo, &t.plan, &staging, t.only.as_ref(), progress).map_err(|e| {
+                    prefix(
+                        e,
+                        &format!(
+                            "thawing {} from {}:{}",
+                            t.name, plan.snapshot.site, plan.snapshot.id
+                        ),
+                    )
+                })?;
             reports.push(ThawTreeReport {
                 name: t.name.clone(),
                 dest: t.dest.clone(),
@@ -417,7 +454,11 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
     // trees are restored and which are not, and leave no staging directory behind.
     let mut installed: Vec<String> = Vec::new();
     for (i, (t, staging)) in plan.trees.iter().zip(&staged).enumerate() {
-        if let Err(mut e) = install(staging, &t.dest, t.keep.as_ref()) {
+        let installed_one = match &t.only {
+            Some(sel) if t.replaces => install_selected(staging, &t.dest, sel),
+            _ => install(staging, &t.dest, t.keep.as_ref()),
+        };
+        if let Err(mut e) = installed_one {
             for s in &staged[i..] {
                 let _ = fs::remove_dir_all(s);
             }
@@ -621,6 +662,42 @@ fn install(staging: &Path, dest: &Path, keep: Option<&Excludes>) -> Result<()> {
     } else {
         fs::remove_file(&old).ctx(|| format!("removing the replaced {}", old.display()))
     }
+}
+
+/// Installs a partial thaw into an existing destination: each selected path (the
+/// top-most ones) replaces what is at its place; nothing else of the destination is
+/// touched. The staging directory is removed afterwards.
+fn install_selected(staging: &Path, dest: &Path, sel: &Selection) -> Result<()> {
+    let rel = |p: &[u8]| PathBuf::from(std::ffi::OsStr::from_bytes(p));
+    for top in sel.tops() {
+        let (from, to) = (staging.join(rel(&top)), dest.join(rel(&top)));
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+        }
+        // Swapped where the kernel can, else the old one moved aside first, so the path
+        // is never missing and never half restored.
+        if fs::symlink_metadata(&to).is_ok() {
+            let aside = to.with_file_name(format!(
+                "{}{}",
+                crate::sys::owned_prefix(&old_tag(&to)),
+                random_suffix()
+            ));
+            fs::rename(&to, &aside).ctx(|| format!("moving {} aside", to.display()))?;
+            if let Err(e) = fs::rename(&from, &to) {
+                let _ = fs::rename(&aside, &to);
+                return Err(Error::io(
+                    format!("moving {} to {}", from.display(), to.display()),
+                    e,
+                ));
+            }
+            crate::sys::remove_any(&aside)
+                .ctx(|| format!("removing the replaced {}", aside.display()))?;
+        } else {
+            fs::rename(&from, &to)
+                .ctx(|| format!("moving {} to {}", from.display(), to.display()))?;
+        }
+    }
+    fs::remove_dir_all(staging).ctx(|| format!("removing {}", staging.display()))
 }
 
 /// Moves what the exclusion rules cover from the replaced contents `old` into the new

@@ -94,6 +94,39 @@ impl Excludes {
     }
 }
 
+/// The paths of a tree that `thaw --include PATTERN…` restores: what the patterns match
+/// (with everything below it), the hard-link targets they need, and the directories
+/// above them (created, not replaced).
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub selected: std::collections::HashSet<Vec<u8>>,
+    /// Directories restored only to hold what is selected below them.
+    pub ancestors: std::collections::HashSet<Vec<u8>>,
+}
+
+impl Selection {
+    /// Whether the entry at `path` is restored.
+    pub fn has(&self, path: &[u8]) -> bool {
+        path == b"." || self.selected.contains(path) || self.ancestors.contains(path)
+    }
+
+    /// The selected paths whose parent is not selected: what an in-place thaw swaps.
+    pub fn tops(&self) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = self
+            .selected
+            .iter()
+            .filter(|p| !self.selected.contains(super::index::parent(p)))
+            .cloned()
+            .collect();
+        out.sort();
+        out
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.selected.is_empty()
+    }
+}
+
 /// Decides, entry by entry, what a walk leaves out.
 pub struct Matcher {
     patterns: Gitignore,
@@ -111,6 +144,14 @@ pub enum Excluded {
 }
 
 impl Matcher {
+    /// Whether `rel` or a directory above it matches a pattern (what `--include` selects).
+    pub fn selects(&self, rel: &[u8], is_dir: bool) -> bool {
+        let path = Path::new("/").join(Path::new(OsStr::from_bytes(rel)));
+        self.patterns
+            .matched_path_or_any_parents(path, is_dir)
+            .is_ignore()
+    }
+
     /// Whether the entry at `rel` (relative to the root, `/`-separated; a directory when
     /// `abs_dir` is given, which is then checked for marker files) is left out.
     pub fn check(&self, rel: &[u8], abs_dir: Option<&Path>) -> Option<Excluded> {

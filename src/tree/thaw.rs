@@ -88,6 +88,35 @@ impl TreePlan {
         })
     }
 
+    /// The paths `includes` select in this tree (`thaw --include`).
+    pub fn select(&self, includes: &super::exclude::Matcher) -> Result<super::exclude::Selection> {
+        let mut sel = super::exclude::Selection::default();
+        let mut links = Vec::new();
+        let mut r = self.entries()?;
+        while let Some(e) = r.next_entry()? {
+            if e.path != b"." && includes.selects(&e.path, e.kind == Kind::Dir) {
+                if e.kind == Kind::HardLink {
+                    links.push(e.link.clone());
+                }
+                sel.selected.insert(e.path);
+            }
+        }
+        // A selected hard link needs the file it shares an inode with.
+        for l in links {
+            sel.selected.insert(l);
+        }
+        let mut ancestors = Vec::new();
+        for p in &sel.selected {
+            let mut a = parent(p);
+            while a != b"." && !sel.selected.contains(a) {
+                ancestors.push(a.to_vec());
+                a = parent(a);
+            }
+        }
+        sel.ancestors.extend(ancestors);
+        Ok(sel)
+    }
+
     /// The tree's index, entry by entry (already checked by [`TreePlan::load`]).
     pub fn entries(&self) -> Result<IndexReader<File>> {
         let digest = tree_index_digest(&self.manifest)?;
@@ -183,8 +212,10 @@ pub fn thaw_tree(
     repo: &Repository,
     plan: &TreePlan,
     staging: &Path,
+    only: Option<&super::exclude::Selection>,
     progress: &Progress,
 ) -> Result<ThawStats> {
+    let wanted = |e: &Entry| only.is_none_or(|s| s.has(&e.path));
     let root_owner = sys::is_root();
     let mut stats = ThawStats {
         layers: plan.manifest.layers.len() as u64,
@@ -194,6 +225,9 @@ pub fn thaw_tree(
     // 1. Directories and the entries that carry no data.
     for e in plan.entries()? {
         let e = e?;
+        if !wanted(&e) {
+            continue;
+        }
         stats.entries += 1;
         let path = at(staging, &e.path);
         let ctx = || format!("creating {}", path.display());
@@ -232,11 +266,16 @@ pub fn thaw_tree(
     let owner = Owner::current(root_owner);
     with_writers(WRITERS, &owner, progress, |writers| {
         for (k, layer) in plan.manifest.layers.iter().enumerate() {
-            let wanted = plan.entries()?.filter(|e| {
-                e.as_ref()
-                    .map_or(true, |e| e.kind == Kind::File && e.layer == Some(k as u32))
-            });
-            extract_layer(repo, layer, wanted, staging, &owner, progress, writers)?;
+            let in_layer =
+                |e: &Entry| e.kind == Kind::File && e.layer == Some(k as u32) && wanted(e);
+            // A partial thaw reads only the layers that hold something it restores.
+            if only.is_some() && !plan.entries()?.any(|e| e.as_ref().is_ok_and(in_layer)) {
+                continue;
+            }
+            let files = plan
+                .entries()?
+                .filter(|e| e.as_ref().map_or(true, in_layer));
+            extract_layer(repo, layer, files, staging, &owner, progress, writers)?;
         }
         Ok(())
     })?;
@@ -244,7 +283,7 @@ pub fn thaw_tree(
     // 3. Hard links, to files that now exist.
     for e in plan.entries()? {
         let e = e?;
-        if e.kind == Kind::HardLink {
+        if e.kind == Kind::HardLink && wanted(&e) {
             let path = at(staging, &e.path);
             fs::hard_link(at(staging, &e.link), &path)
                 .ctx(|| format!("creating hard link {}", path.display()))?;
@@ -255,6 +294,9 @@ pub fn thaw_tree(
     let mut open: Vec<Entry> = Vec::new();
     for e in plan.entries()? {
         let e = e?;
+        if !wanted(&e) {
+            continue;
+        }
         while open.last().is_some_and(|d| !is_within(&e.path, &d.path)) {
             let d = open.pop().expect("checked");
             apply_path_meta(&at(staging, &d.path), &d, root_owner)?;

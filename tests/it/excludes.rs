@@ -399,3 +399,99 @@ fn container_labels_exclude_from_a_docker_site_s_volumes() {
     ]));
     assert_eq!(snaps[0]["trees"][0]["files"], 1, "{snaps:#}");
 }
+
+/// `thaw --include` restores exactly the matching set; with `--replace` onto the live
+/// tree it replaces only those paths, and every other file keeps its inode and mtime.
+#[test]
+fn thaw_include_restores_exactly_the_matching_set() {
+    use std::os::unix::fs::MetadataExt;
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("www");
+    for (p, d) in [
+        ("a.txt", "a"),
+        ("img/1.png", "one"),
+        ("img/2.png", "two"),
+        ("img/sub/3.png", "three"),
+        ("css/x.css", "css"),
+        ("docs/readme", "docs"),
+    ] {
+        let f = src.join(p);
+        fs::create_dir_all(f.parent().unwrap()).unwrap();
+        fs::write(&f, d).unwrap();
+    }
+    fs::hard_link(src.join("a.txt"), src.join("img/a-link")).unwrap();
+    let repo = TestRepo::local().init();
+    json(&freezer(&[
+        "freeze",
+        "inc",
+        "--repo",
+        &repo.url,
+        "--path",
+        src.to_str().unwrap(),
+        "--json",
+    ]));
+    let thaw = |into: &Path, patterns: &[&str], extra: &[&str]| {
+        let mut args = vec!["thaw", "inc", "--repo", &repo.url];
+        if !into.as_os_str().is_empty() {
+            args.extend(["--into", into.to_str().unwrap()]);
+        }
+        for p in patterns {
+            args.extend(["--include", p]);
+        }
+        args.extend(extra);
+        freezer(&args)
+    };
+    let out = work.path().join("one");
+    assert_ok(&thaw(&out, &["img/"], &[]));
+    // The hard link brings the file it shares an inode with.
+    assert_eq!(
+        listing(&under(&out, &src)),
+        set(&[
+            b"a.txt",
+            b"img",
+            b"img/1.png",
+            b"img/2.png",
+            b"img/sub",
+            b"img/sub/3.png",
+            b"img/a-link",
+        ])
+    );
+    let out = work.path().join("two");
+    assert_ok(&thaw(&out, &["*.css", "/docs/readme"], &[]));
+    assert_eq!(
+        listing(&under(&out, &src)),
+        set(&[b"css", b"css/x.css", b"docs", b"docs/readme"])
+    );
+    let nothing = thaw(&work.path().join("three"), &["*.gif"], &[]);
+    assert_eq!(nothing.status.code(), Some(6), "{}", stderr(&nothing));
+
+    // In place: only img/1.png comes back; the rest of the live tree is untouched.
+    fs::write(src.join("img/1.png"), "edited").unwrap();
+    fs::write(src.join("docs/readme"), "edited docs").unwrap();
+    fs::write(src.join("new.txt"), "new").unwrap();
+    let facts = |p: &str| {
+        let m = fs::metadata(src.join(p)).unwrap();
+        (m.ino(), m.mtime(), m.mtime_nsec())
+    };
+    let before: Vec<_> = ["docs/readme", "img/2.png", "a.txt", "new.txt"]
+        .iter()
+        .map(|p| facts(p))
+        .collect();
+    let refused = thaw(Path::new(""), &["img/1.png"], &[]);
+    assert_eq!(refused.status.code(), Some(7), "{}", stderr(&refused));
+    assert_ok(&thaw(Path::new(""), &["img/1.png"], &["--replace"]));
+    assert_eq!(fs::read(src.join("img/1.png")).unwrap(), b"one");
+    assert_eq!(fs::read(src.join("docs/readme")).unwrap(), b"edited docs");
+    let after: Vec<_> = ["docs/readme", "img/2.png", "a.txt", "new.txt"]
+        .iter()
+        .map(|p| facts(p))
+        .collect();
+    assert_eq!(before, after, "other files keep their inode and mtime");
+    let left: Vec<_> = fs::read_dir(work.path())
+        .unwrap()
+        .chain(fs::read_dir(src.join("img")).unwrap())
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".freezer"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -290,6 +290,7 @@ fn apply(
             replaces,
             plan: tp,
             keep,
+            only: None,
         });
     }
     let thaw = ThawPlan {
@@ -384,6 +385,7 @@ fn apply(
             replaces: true,
             plan: tp,
             keep: None,
+            only: None,
         });
     }
     if !layers.is_empty() {
