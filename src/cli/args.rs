@@ -82,6 +82,9 @@ pub enum Command {
     /// one of its trees (TREE[/PATH]), or a database's tables. Reads only the tree index
     /// or the database configuration, never the layers.
     Ls(LsArgs),
+    /// Write one file of a snapshot (TREE/PATH) to stdout. Only the layer that holds it
+    /// is read, and checked before a byte is written.
+    Cat(CatArgs),
     /// What changed between two snapshots: files added, removed and modified, tables
     /// whose rows changed, containers whose configuration changed. Reads no layer.
     Diff(DiffArgs),
@@ -463,4 +466,13 @@ pub struct DiffArgs {
     /// The newer snapshot (of the same site unless SITE: is given).
     #[arg(value_name = "[SITE:]SNAPSHOT")]
     pub to: String,
+}
+
+#[derive(Args, Debug)]
+pub struct CatArgs {
+    #[arg(value_name = "SITE[:SNAPSHOT]")]
+    pub target: String,
+    /// The file, as TREE/PATH.
+    #[arg(value_name = "TREE/PATH")]
+    pub path: String,
 }

@@ -1,6 +1,6 @@
 //! `freezer ls` and `freezer diff`.
 
-use super::args::{split_target, DiffArgs, LsArgs};
+use super::args::{split_target, CatArgs, DiffArgs, LsArgs};
 use super::{print_json, Ctx};
 use crate::error::{Error, Result};
 use crate::ops::{self, EntryInfo, Listing};
@@ -148,5 +148,16 @@ pub fn diff(ctx: &Ctx, a: DiffArgs) -> Result<i32> {
     for (c, change) in &report.containers {
         outln!("{change} container {c}");
     }
+    Ok(0)
+}
+
+pub fn cat(ctx: &Ctx, a: CatArgs) -> Result<i32> {
+    let (site, snap) = split_target(&a.target);
+    let repo = ctx.open_repo()?;
+    let snapshot = repo.find_snapshot(site, snap)?;
+    // No progress display: stdout carries the file's bytes, even with --json.
+    let progress = crate::progress::Progress::with_cancel(ctx.cancel.clone());
+    let mut out = std::io::stdout().lock();
+    ops::cat(&repo, &snapshot, &a.path, &mut out, &progress)?;
     Ok(0)
 }

@@ -2,6 +2,7 @@
 //! from the tree indexes and database configs alone; no layer is read.
 
 use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
 
 use serde::Serialize;
 
@@ -162,6 +163,70 @@ fn list_dir(plan: &TreePlan, dir: &[u8], recursive: bool) -> Result<Vec<EntryInf
         )));
     }
     Ok(out)
+}
+
+/// Writes one regular file of a snapshot (`TREE/PATH`) to `out`. Only the layer that
+/// holds it is read, and its digest is checked before a byte is written: the file is
+/// restored into a private temporary directory first, as a one-file thaw.
+pub fn cat(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    path: &str,
+    out: &mut dyn std::io::Write,
+    progress: &crate::progress::Progress,
+) -> Result<u64> {
+    let path = path.trim_matches('/');
+    let Some((tree, rel)) = path.split_once('/') else {
+        return Err(Error::usage(format!("{path}: name a file as TREE/PATH")));
+    };
+    let Some(image) = snapshot.parts().find_map(|p| match p {
+        Part::Tree { name, image, .. } if name == tree => Some(image.clone()),
+        _ => None,
+    }) else {
+        return Err(Error::not_found(format!(
+            "snapshot {}:{} has no tree {tree}",
+            snapshot.site, snapshot.id
+        )));
+    };
+    let plan = TreePlan::load(repo, &image.digest)?;
+    let mut r = plan.entries()?;
+    let mut found = None;
+    while let Some(e) = r.next_entry()? {
+        if e.path == rel.as_bytes() {
+            found = Some(e);
+            break;
+        }
+    }
+    let file = match found {
+        Some(e) if e.kind == Kind::File => e.path,
+        Some(e) if e.kind == Kind::HardLink => e.link,
+        Some(e) => {
+            return Err(Error::usage(format!(
+                "{path} is a {} in the snapshot, not a file",
+                kind_name(e.kind)
+            )))
+        }
+        None => {
+            return Err(Error::not_found(format!(
+                "{path} is not in snapshot {}:{}",
+                snapshot.site, snapshot.id
+            ))
+            .with_hint(format!(
+                "list the tree with: freezer ls {}:{} {tree} -R",
+                snapshot.site, snapshot.id
+            )))
+        }
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("freezer-cat.")
+        .tempdir()
+        .map_err(|e| Error::io("creating a temporary directory", e))?;
+    let only = crate::tree::exclude::Selection::of([file.clone()]);
+    crate::tree::thaw_tree(repo, &plan, dir.path(), Some(&only), progress)?;
+    let restored = dir.path().join(std::ffi::OsStr::from_bytes(&file));
+    let mut f = std::fs::File::open(&restored)
+        .map_err(|e| Error::io(format!("reading {}", restored.display()), e))?;
+    std::io::copy(&mut f, out).map_err(|e| Error::io("writing the file", e))
 }
 
 /// One path that differs between two snapshots of a tree.

@@ -105,6 +105,27 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// Exactly `paths`, with the directories above them.
+    pub fn of(paths: impl IntoIterator<Item = Vec<u8>>) -> Selection {
+        let mut sel = Selection::default();
+        sel.selected.extend(paths);
+        sel.add_ancestors();
+        sel
+    }
+
+    /// Adds the directories above every selected path.
+    pub fn add_ancestors(&mut self) {
+        let mut ancestors = Vec::new();
+        for p in &self.selected {
+            let mut a = super::index::parent(p);
+            while a != b"." && !self.selected.contains(a) {
+                ancestors.push(a.to_vec());
+                a = super::index::parent(a);
+            }
+        }
+        self.ancestors.extend(ancestors);
+    }
+
     /// Whether the entry at `path` is restored.
     pub fn has(&self, path: &[u8]) -> bool {
         path == b"." || self.selected.contains(path) || self.ancestors.contains(path)

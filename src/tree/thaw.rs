@@ -105,15 +105,7 @@ impl TreePlan {
         for l in links {
             sel.selected.insert(l);
         }
-        let mut ancestors = Vec::new();
-        for p in &sel.selected {
-            let mut a = parent(p);
-            while a != b"." && !sel.selected.contains(a) {
-                ancestors.push(a.to_vec());
-                a = parent(a);
-            }
-        }
-        sel.ancestors.extend(ancestors);
+        sel.add_ancestors();
         Ok(sel)
     }
 

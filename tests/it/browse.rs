@@ -169,3 +169,59 @@ fn ls_and_diff_of_a_50000_file_snapshot_pair_read_no_layer() {
     let out = thaw_into(&repo, "big", &work.path().join("out"));
     assert!(!out.status.success());
 }
+
+/// `cat` writes one file's exact bytes, from the one layer that holds it.
+#[test]
+fn cat_writes_one_file_byte_for_byte() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("www");
+    fs::create_dir_all(src.join("img")).unwrap();
+    let photo = noise(2 << 20, 7);
+    fs::write(src.join("img/photo.jpg"), &photo).unwrap();
+    fs::write(src.join("index.php"), "<?php").unwrap();
+    fs::hard_link(src.join("index.php"), src.join("alias.php")).unwrap();
+    let repo = TestRepo::local().init();
+    freeze(&repo, "c", &[&src]);
+    // The next night adds a file: it lives in a second layer.
+    fs::write(src.join("img/new.png"), "new").unwrap();
+    freeze(&repo, "c", &[&src]);
+
+    let cat = |path: &str| freezer(&["cat", "c", path, "--repo", &repo.url]);
+    let out = cat("www/img/photo.jpg");
+    assert_ok(&out);
+    assert!(out.stdout == photo, "the bytes differ");
+    assert_eq!(cat("www/img/new.png").stdout, b"new");
+    let alias = cat("www/alias.php");
+    assert_ok(&alias);
+    assert_eq!(alias.stdout, b"<?php");
+    assert_eq!(cat("www/img").status.code(), Some(2));
+    assert_eq!(cat("www/nothing").status.code(), Some(6));
+    // The first layer gone: the new file still comes from its own layer; the photo
+    // cannot, and nothing is written.
+    let layers = {
+        let dir = repo.local.as_ref().unwrap();
+        let snaps = json(&freezer(&["snapshots", "--repo", &repo.url, "--json"]));
+        let digest = snaps[1]["trees"][0]["manifest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let blob = |d: &str| {
+            dir.join("blobs/sha256")
+                .join(d.trim_start_matches("sha256:"))
+        };
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&fs::read(blob(&digest)).unwrap()).unwrap();
+        manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| blob(l["digest"].as_str().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(layers.len(), 2);
+    fs::remove_file(&layers[0]).unwrap();
+    assert_eq!(cat("www/img/new.png").stdout, b"new");
+    let gone = cat("www/img/photo.jpg");
+    assert!(!gone.status.success());
+    assert!(gone.stdout.is_empty());
+}
