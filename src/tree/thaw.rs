@@ -256,12 +256,22 @@ pub fn thaw_tree(
     // pool of writer threads, each owning a share of the directories (creates in one
     // directory serialize on its lock in the kernel anyway).
     let owner = Owner::current(root_owner);
+    // A partial thaw reads only the layers that hold something it restores: found in one
+    // pass over the index, not one per layer.
+    let mut needed = std::collections::HashSet::new();
+    if only.is_some() {
+        for e in plan.entries()? {
+            let e = e?;
+            if e.kind == Kind::File && wanted(&e) {
+                needed.extend(e.layer);
+            }
+        }
+    }
     with_writers(WRITERS, &owner, progress, |writers| {
         for (k, layer) in plan.manifest.layers.iter().enumerate() {
             let in_layer =
                 |e: &Entry| e.kind == Kind::File && e.layer == Some(k as u32) && wanted(e);
-            // A partial thaw reads only the layers that hold something it restores.
-            if only.is_some() && !plan.entries()?.any(|e| e.as_ref().is_ok_and(in_layer)) {
+            if only.is_some() && !needed.contains(&(k as u32)) {
                 continue;
             }
             let files = plan
