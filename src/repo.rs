@@ -365,6 +365,16 @@ impl Repository {
         Ok((digest, size))
     }
 
+    /// Whether the repository holds a blob of that digest and (plain) size.
+    pub fn has_blob(&self, d: &Descriptor) -> Result<bool> {
+        Ok(self.store.size(&self.blob_key(&d.digest))? == Some(self.stored_size(d.size)))
+    }
+
+    /// Whether blobs are sealed (an encrypted repository).
+    pub fn is_encrypted(&self) -> bool {
+        self.keys.is_some()
+    }
+
     /// Counts a blob that a freeze references without uploading it.
     pub fn count_reused(&self, size: u64) {
         self.stats.blobs_reused.fetch_add(1, Ordering::Relaxed);
@@ -519,8 +529,9 @@ impl Repository {
         Ok(site)
     }
 
-    /// Reads a record and checks it against the digest prefix in its name.
-    pub fn read_snapshot(&self, r: &SnapshotRef) -> Result<Snapshot> {
+    /// A record's bytes as written (opened, in an encrypted repository), checked against
+    /// the digest prefix in its name.
+    pub fn read_record(&self, r: &SnapshotRef) -> Result<Vec<u8>> {
         let key = self.record_key(r);
         let listed = self.listed_records.lock().unwrap().remove(&key);
         let data = match listed {
@@ -535,6 +546,26 @@ impl Repository {
                 self.location()
             )));
         }
+        Ok(data)
+    }
+
+    /// Whether the repository holds a record of that name.
+    pub fn has_record(&self, r: &SnapshotRef) -> Result<bool> {
+        Ok(self.store.size(&self.record_key(r))?.is_some())
+    }
+
+    /// Writes a record read from another repository under its own name (`copy`); the
+    /// bytes are those the name's digest prefix was taken from, so it reads back as is.
+    pub fn put_record(&self, r: &SnapshotRef, data: &[u8]) -> Result<()> {
+        check_site_name(&r.site)?;
+        let key = self.record_key(r);
+        self.put_object(&key, &key, data)
+    }
+
+    /// Reads a record and checks it against the digest prefix in its name.
+    pub fn read_snapshot(&self, r: &SnapshotRef) -> Result<Snapshot> {
+        let key = self.record_key(r);
+        let data = self.read_record(r)?;
         let record: ImageIndex = from_json(&data, &key)?;
         if self.keys.is_some() && record.annotations.get(A_SITE).is_some_and(|s| *s != r.site) {
             return Err(Error::integrity(format!(

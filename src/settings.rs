@@ -23,6 +23,36 @@ pub struct ConfigFile {
     pub sites: BTreeMap<String, SiteSection>,
     #[serde(default)]
     pub hosts: BTreeMap<String, HostSection>,
+    /// Other repositories, by name: where `freezer copy --to NAME` copies to.
+    #[serde(default)]
+    pub repos: BTreeMap<String, RepoSection>,
+}
+
+/// A second repository (`[repos.NAME]`), e.g. an off-site copy at another provider. The
+/// S3 settings it leaves out are those of `[s3]` (and `AWS_*`).
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoSection {
+    /// s3://BUCKET/PREFIX, file:///PATH or a directory path.
+    pub url: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub allow_http: Option<bool>,
+}
+
+impl std::fmt::Debug for RepoSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepoSection")
+            .field("url", &self.url)
+            .field("endpoint", &self.endpoint)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// A host that sites are frozen from and thawed onto (`SITE@HOST`).
@@ -223,6 +253,34 @@ impl Settings {
     /// The store the repository URL names.
     pub fn store(&self) -> Result<Box<dyn crate::store::Store>> {
         crate::store::open(&self.repo_url()?, &self.s3)
+    }
+
+    /// The store of another repository: a `[repos.NAME]` of the config file, else a URL
+    /// (with the S3 settings of the main repository).
+    pub fn other_store(&self, name_or_url: &str) -> Result<Box<dyn crate::store::Store>> {
+        let Some(section) = self.config.repos.get(name_or_url) else {
+            return crate::store::open(&StoreUrl::parse(name_or_url)?, &self.s3);
+        };
+        let mut s3 = self.s3.clone();
+        let or = |a: &Option<String>, b: &mut Option<String>| {
+            if a.is_some() {
+                b.clone_from(a)
+            }
+        };
+        or(&section.endpoint, &mut s3.endpoint);
+        or(&section.region, &mut s3.region);
+        or(&section.access_key_id, &mut s3.access_key_id);
+        or(&section.secret_access_key, &mut s3.secret_access_key);
+        if section.access_key_id.is_some() {
+            // Another account's keys: the session token of this one does not go with them.
+            s3.session_token = None;
+        }
+        if section.allow_http.is_some() {
+            s3.allow_http = section.allow_http;
+        }
+        let url = StoreUrl::parse(&section.url)
+            .map_err(|e| crate::error::prefix(e, &format!("[repos.{name_or_url}] url")))?;
+        crate::store::open(&url, &s3)
     }
 
     pub fn repo_url(&self) -> Result<StoreUrl> {
@@ -448,10 +506,38 @@ pub fn credentials(
     identity: Option<&Path>,
     passphrase_file: Option<&Path>,
 ) -> Result<crate::crypto::Credentials> {
+    credentials_from(
+        identity,
+        passphrase_file,
+        "FREEZER_IDENTITY",
+        "FREEZER_PASSPHRASE",
+    )
+}
+
+/// The credentials for a second repository (`copy --to`): `--to-identity`, else
+/// `FREEZER_TO_IDENTITY`; `--to-passphrase-file`, else `FREEZER_TO_PASSPHRASE`. None when
+/// nothing is given, for the caller to use the first repository's.
+pub fn target_credentials(
+    identity: Option<&Path>,
+    passphrase_file: Option<&Path>,
+) -> Result<Option<crate::crypto::Credentials>> {
+    let c = credentials_from(
+        identity,
+        passphrase_file,
+        "FREEZER_TO_IDENTITY",
+        "FREEZER_TO_PASSPHRASE",
+    )?;
+    Ok((!c.identities.is_empty() || c.passphrase.is_some()).then_some(c))
+}
+
+fn credentials_from(
+    identity: Option<&Path>,
+    passphrase_file: Option<&Path>,
+    identity_env: &str,
+    passphrase_env: &str,
+) -> Result<crate::crypto::Credentials> {
     let mut c = crate::crypto::Credentials::default();
-    let env_identity = std::env::var("FREEZER_IDENTITY")
-        .ok()
-        .filter(|v| !v.is_empty());
+    let env_identity = std::env::var(identity_env).ok().filter(|v| !v.is_empty());
     match (identity, env_identity) {
         (Some(f), _) => {
             let text = std::fs::read_to_string(f)
@@ -459,20 +545,17 @@ pub fn credentials(
             c.identities = crate::crypto::parse_identities(&text, &f.display().to_string())?;
         }
         (None, Some(v)) if v.trim_start().starts_with("AGE-SECRET-KEY-") => {
-            c.identities = crate::crypto::parse_identities(&v, "FREEZER_IDENTITY")?;
+            c.identities = crate::crypto::parse_identities(&v, identity_env)?;
         }
         (None, Some(path)) => {
             let text = std::fs::read_to_string(&path).map_err(|e| {
-                Error::io(
-                    format!("reading identity file {path} (FREEZER_IDENTITY)"),
-                    e,
-                )
+                Error::io(format!("reading identity file {path} ({identity_env})"), e)
             })?;
             c.identities = crate::crypto::parse_identities(&text, &path)?;
         }
         (None, None) => {}
     }
-    c.passphrase = secret(passphrase_file, "FREEZER_PASSPHRASE")?;
+    c.passphrase = secret(passphrase_file, passphrase_env)?;
     Ok(c)
 }
 

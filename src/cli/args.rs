@@ -103,6 +103,9 @@ pub enum Command {
     Prune(PruneArgs),
     /// Write one snapshot as a standalone OCI image layout.
     Export(ExportArgs),
+    /// Copy snapshots into another repository (an off-site copy): only the data the
+    /// target lacks is uploaded, each blob checked on the way, each record written last.
+    Copy(CopyArgs),
 }
 
 #[derive(Args, Debug)]
@@ -324,6 +327,33 @@ pub struct ExportArgs {
     /// cannot read zstd layers).
     #[arg(long, value_enum, default_value_t = CompressionArg::Zstd)]
     pub compression: CompressionArg,
+}
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// SITE (all its snapshots) or SITE:SNAPSHOT (one; SITE:latest for the newest).
+    #[arg(value_name = "SITE[:SNAPSHOT]", required_unless_present = "all")]
+    pub targets: Vec<String>,
+    /// Every snapshot of every site.
+    #[arg(long, conflicts_with = "targets")]
+    pub all: bool,
+    /// The repository to copy into: a [repos.NAME] of the config file, or a URL
+    /// (s3://BUCKET/PREFIX, file:///PATH, a directory). It must exist (freezer init).
+    #[arg(long, value_name = "NAME|URL")]
+    pub to: String,
+    /// An encrypted target: an age identity file that opens it (else
+    /// FREEZER_TO_IDENTITY; else the source's identity or passphrase).
+    #[arg(long, value_name = "FILE")]
+    pub to_identity: Option<PathBuf>,
+    /// An encrypted target: a file holding its passphrase (else FREEZER_TO_PASSPHRASE).
+    #[arg(long, value_name = "FILE")]
+    pub to_passphrase_file: Option<PathBuf>,
+    /// How long to wait while a prune holds the target (e.g. 30m, 0).
+    #[arg(long, default_value = "30m", value_parser = crate::settings::parse_duration)]
+    pub lock_wait: std::time::Duration,
+    /// Say what would be copied, and copy nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Subcommand, Debug)]

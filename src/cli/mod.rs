@@ -38,6 +38,7 @@ macro_rules! w {
 
 pub mod args;
 mod browse;
+mod copy;
 mod drill;
 mod export;
 mod forget;
@@ -202,6 +203,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Command::Drill(_) => "drill",
             Command::Verify(_) => "verify",
             Command::Export(_) => "export",
+            Command::Copy(_) => "copy",
             Command::Prune(_) => "prune",
             _ => "the command",
         },
@@ -231,6 +233,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Verify(a) => maintain::verify(&ctx, a),
         Command::Prune(a) => maintain::prune(&ctx, a),
         Command::Export(a) => export::run(&ctx, a),
+        Command::Copy(a) => copy::run(&ctx, a),
     }
 }
 
@@ -257,6 +260,13 @@ fn describe(c: &Command) -> (&'static str, String) {
         ),
         Command::Prune(_) => ("prune", String::new()),
         Command::Export(a) => ("export", site_of(&a.target)),
+        Command::Copy(a) => (
+            "copy",
+            match a.targets.as_slice() {
+                [one] => site_of(one),
+                _ => String::new(),
+            },
+        ),
     }
 }
 

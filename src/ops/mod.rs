@@ -5,6 +5,7 @@
 //! One module per command; everything is re-exported here, so callers name `ops::X`.
 
 mod browse;
+mod copy;
 pub mod drill;
 mod export;
 mod forget;
@@ -19,6 +20,7 @@ mod thaw;
 mod verify;
 
 pub use browse::*;
+pub use copy::*;
 pub use export::*;
 pub use forget::*;
 pub use freeze::*;

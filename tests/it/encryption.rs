@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use crate::common::*;
 
 /// A fresh age identity: (identity file, recipient).
-fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+pub(crate) fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     let path = dir.join(name);
     let out = Command::new("age-keygen")
         .arg("-o")
@@ -42,7 +42,7 @@ fn with_id<'a>(args: &[&'a str], id: &'a Path) -> Vec<&'a str> {
 }
 
 /// Every file under `dir` (a local repository), with its bytes.
-fn stored_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+pub(crate) fn stored_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = vec![];
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

@@ -3,6 +3,7 @@
 
 mod browse;
 mod common;
+mod copy;
 mod database;
 mod disk;
 mod docker;
