@@ -220,8 +220,15 @@ pub struct ThawArgs {
     /// (the target database is created; its name may differ). Repeatable.
     #[arg(long = "db", value_name = "[SOURCE=]URL")]
     pub dbs: Vec<String>,
+    /// Load only this table of the snapshot's database (DATABASE.TABLE when it has
+    /// several), with its indexes, foreign keys and triggers, verified; repeatable. The
+    /// target database may hold other tables, which are not touched; with --replace the
+    /// named tables are dropped and loaded again. No tree is restored unless --include
+    /// names paths.
+    #[arg(long = "table", value_name = "[DATABASE.]TABLE")]
+    pub tables: Vec<String>,
     /// Restore only the file trees, not the databases.
-    #[arg(long, conflicts_with = "dbs")]
+    #[arg(long, conflicts_with_all = ["dbs", "tables"])]
     pub no_db: bool,
     /// Create the accounts stored with the database (freeze --with-users) and grant
     /// them their privileges on the target database.

@@ -25,6 +25,7 @@ pub fn run(ctx: &Ctx, a: ThawArgs) -> Result<i32> {
             skip: a.no_db,
             jobs: jobs(a.jobs),
             with_users: a.with_users,
+            tables: a.tables,
         },
         rename: a.rename,
         publish: a.publish,

@@ -119,6 +119,50 @@ pub struct LoadOptions {
     /// Create the dump's accounts (if it has them) and grant them their privileges on
     /// the target database.
     pub with_users: bool,
+    /// `thaw --table`: load only these tables (the prepared manifest is restricted to
+    /// them, [`super::select::restrict`]) into the target, which may hold other tables;
+    /// with `replace` only these are dropped and loaded again.
+    pub tables: Option<BTreeSet<String>>,
+}
+
+/// The schema files of a load: whole, or only what belongs to the selected tables.
+struct SchemaFiles {
+    schema: Vec<u8>,
+    indexes: Vec<u8>,
+    objects: Vec<u8>,
+    /// The views, routines, triggers and events verification expects.
+    expected: Vec<schema::Object>,
+}
+
+impl SchemaFiles {
+    fn read(p: &PreparedDb, tables: Option<&BTreeSet<String>>) -> Result<SchemaFiles> {
+        let m = &p.manifest;
+        let (schema, indexes, objects) = (
+            p.text(&m.schema)?,
+            p.text(&m.indexes)?,
+            p.text(&m.objects_file)?,
+        );
+        let Some(tables) = tables else {
+            return Ok(SchemaFiles {
+                schema,
+                indexes,
+                objects,
+                expected: m.objects.clone(),
+            });
+        };
+        let (objects, triggers) = super::select::filter_file(&objects, tables);
+        Ok(SchemaFiles {
+            schema: super::select::filter_file(&schema, tables).0,
+            indexes: super::select::filter_file(&indexes, tables).0,
+            objects,
+            expected: m
+                .objects
+                .iter()
+                .filter(|o| o.kind == "trigger" && triggers.contains(&o.name))
+                .cloned()
+                .collect(),
+        })
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -167,11 +211,24 @@ pub async fn target_state(conn: &mut Conn, db: &str) -> Result<(bool, u64)> {
 
 /// Checks the target before a thaw: reachable, able to hold the longest value, and
 /// empty unless `replace`. Returns whether it will be replaced.
-pub fn check_target(target: &DbUrl, m: &DbManifest, replace: bool) -> Result<bool> {
+/// With `tables` (`thaw --table`), only those tables count: the target may hold others.
+pub fn check_target(
+    target: &DbUrl,
+    m: &DbManifest,
+    replace: bool,
+    tables: Option<&BTreeSet<String>>,
+) -> Result<bool> {
     let rt = crate::sys::runtime()?;
     rt.block_on(async {
         let mut c = target.connect_server().await?;
-        let (exists, objects) = target_state(&mut c, &target.database).await?;
+        let (exists, mut objects) = target_state(&mut c, &target.database).await?;
+        let mut what = format!("{objects} tables or other objects");
+        if let (Some(tables), true) = (tables, exists) {
+            let present = existing_tables(&mut c, &target.database, tables).await?;
+            objects = present.len() as u64;
+            let names: Vec<String> = present.iter().map(|t| ident(t)).collect();
+            what = format!("table {}", names.join(", "));
+        }
         let packet: u64 = super::conn::query_strings(
             &mut c,
             "SELECT @@GLOBAL.max_allowed_packet",
@@ -199,12 +256,16 @@ pub fn check_target(target: &DbUrl, m: &DbManifest, replace: bool) -> Result<boo
             }
         }
         if objects > 0 && !replace {
+            let hint = match tables {
+                None => "load into a new database (--db NAME=mysql://…/NEWDB), or pass --replace to drop and reload it",
+                Some(_) => "load into another database, or pass --replace to drop and reload only the tables named",
+            };
             return Err(Error::conflict(format!(
-                "database {} at {} has {objects} tables or other objects",
+                "database {} at {} has {what}",
                 ident(&target.database),
                 target.server()
             ))
-            .with_hint("load into a new database (--db NAME=mysql://…/NEWDB), or pass --replace to drop and reload it"));
+            .with_hint(hint));
         }
         Ok(exists && objects > 0)
     })
@@ -252,9 +313,13 @@ async fn load(
             .first()
             .map(|r| r[0].clone())
             .unwrap_or_default();
-    let mut schema_text = p.text(&m.schema)?;
-    schema_text.extend_from_slice(&p.text(&m.objects_file)?);
+    let files = SchemaFiles::read(p, opts.tables.as_ref())?;
+    let mut schema_text = files.schema.clone();
+    schema_text.extend_from_slice(&files.objects);
     check_features(&String::from_utf8_lossy(&schema_text), &version, target)?;
+    if let Some(tables) = &opts.tables {
+        return load_tables(p, target, opts, tables, &files, progress, conn0, started).await;
+    }
     let (exists, objects) = target_state(&mut conn0, db).await?;
     if objects > 0 {
         if !opts.replace {
@@ -302,7 +367,7 @@ async fn load(
         target.server()
     );
     crate::interrupt::note_partial(note.clone());
-    let result = load_into(p, target, opts, progress, &mut conn0, &mut warnings).await;
+    let result = load_into(p, &files, target, opts, progress, &mut conn0, &mut warnings).await;
     crate::interrupt::clear_partial(&note);
     let (data_seconds, index_seconds, verify_seconds) = result?;
     let mut accounts = Vec::new();
@@ -329,8 +394,137 @@ async fn load(
         tables: m.tables.len(),
         rows: m.tables.iter().map(|t| t.rows).sum(),
         chunks: m.tables.iter().map(|t| t.chunks.len()).sum(),
-        objects: m.objects.len(),
+        objects: files.expected.len(),
         accounts,
+        seconds: started.elapsed().as_secs_f64(),
+        data_seconds,
+        index_seconds,
+        verify_seconds,
+        warnings,
+    })
+}
+
+/// The tables of `tables` that exist in the target database.
+async fn existing_tables(
+    conn: &mut Conn,
+    db: &str,
+    tables: &BTreeSet<String>,
+) -> Result<Vec<String>> {
+    let rows = exec_strings(
+        conn,
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?",
+        vec![db.into()],
+        &format!("listing the tables of {}", ident(db)),
+    )
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| r[0].clone())
+        .filter(|t| tables.contains(t))
+        .collect())
+}
+
+/// `thaw --table`: loads some tables into a database that may hold others, which are
+/// not touched. Tables of the selection that exist are dropped first (only with
+/// `replace`), with their triggers; foreign keys of other tables that point at them
+/// point at the reloaded tables afterwards (they are dropped and created with
+/// foreign_key_checks off, as a dump reload does).
+#[allow(clippy::too_many_arguments)]
+async fn load_tables(
+    p: &PreparedDb,
+    target: &DbUrl,
+    opts: &LoadOptions,
+    tables: &BTreeSet<String>,
+    files: &SchemaFiles,
+    progress: &Progress,
+    mut conn0: Conn,
+    started: Instant,
+) -> Result<LoadReport> {
+    let m = &p.manifest;
+    let db = &target.database;
+    let mut warnings = Vec::new();
+    let (exists, _) = target_state(&mut conn0, db).await?;
+    let present = match exists {
+        true => existing_tables(&mut conn0, db, tables).await?,
+        false => vec![],
+    };
+    if !present.is_empty() && !opts.replace {
+        let names: Vec<String> = present.iter().map(|t| ident(t)).collect();
+        return Err(Error::conflict(format!(
+            "database {} at {} already has table {}",
+            ident(db),
+            target.server(),
+            names.join(", ")
+        ))
+        .with_hint(
+            "pass --replace to replace only these tables, or load them into another database",
+        ));
+    }
+    if !exists {
+        let create = format!(
+            "CREATE DATABASE {} CHARACTER SET {} COLLATE {}",
+            ident(db),
+            string_literal(&m.charset),
+            string_literal(&m.collation)
+        );
+        exec(
+            &mut conn0,
+            &create,
+            &format!("creating database {}", ident(db)),
+        )
+        .await?;
+    }
+    exec(
+        &mut conn0,
+        &format!("USE {}", ident(db)),
+        "selecting the database",
+    )
+    .await?;
+    let list: Vec<String> = tables.iter().map(|t| ident(t)).collect();
+    let note = format!(
+        "table {} of database {} at {} partly loaded: run the thaw again with --replace to complete it",
+        list.join(", "),
+        ident(db),
+        target.server()
+    );
+    crate::interrupt::note_partial(note.clone());
+    let result = async {
+        exec(
+            &mut conn0,
+            "SET SESSION foreign_key_checks=0",
+            "preparing the target",
+        )
+        .await?;
+        for t in &present {
+            exec(
+                &mut conn0,
+                &format!("DROP TABLE {}", ident(t)),
+                &format!("dropping table {} to replace it", ident(t)),
+            )
+            .await?;
+        }
+        load_into(p, files, target, opts, progress, &mut conn0, &mut warnings).await
+    }
+    .await;
+    crate::interrupt::clear_partial(&note);
+    let (data_seconds, index_seconds, verify_seconds) = result.map_err(|mut e| {
+        if !present.is_empty() {
+            e.hint = Some(format!(
+                "{}; fix the cause and run the thaw again with --replace",
+                note.trim_end_matches(": run the thaw again with --replace to complete it")
+            ));
+        }
+        e
+    })?;
+    let _ = conn0.disconnect().await;
+    Ok(LoadReport {
+        source: m.database.clone(),
+        target: target.to_string(),
+        tables: m.tables.len(),
+        rows: m.tables.iter().map(|t| t.rows).sum(),
+        chunks: m.tables.iter().map(|t| t.chunks.len()).sum(),
+        objects: files.expected.len(),
+        accounts: vec![],
         seconds: started.elapsed().as_secs_f64(),
         data_seconds,
         index_seconds,
@@ -343,6 +537,7 @@ async fn load(
 /// rows, indexes and verification.
 async fn load_into(
     p: &PreparedDb,
+    files: &SchemaFiles,
     target: &DbUrl,
     opts: &LoadOptions,
     progress: &Progress,
@@ -358,7 +553,7 @@ async fn load_into(
         ));
         e
     };
-    run_file(conn0, &p.text(&m.schema)?, "schema.sql", warnings)
+    run_file(conn0, &files.schema, "schema.sql", warnings)
         .await
         .map_err(partial)?;
 
@@ -440,8 +635,7 @@ async fn load_into(
     // Indexes: session settings on every connection, then the ALTERs in parallel.
     let index_started = Instant::now();
     progress.set_label(format!("indexing {db}"));
-    let idx = p.text(&m.indexes)?;
-    let (sets, alters): (Vec<&[u8]>, Vec<&[u8]>) = statements(&idx)
+    let (sets, alters): (Vec<&[u8]>, Vec<&[u8]>) = statements(&files.indexes)
         .into_iter()
         .partition(|s| s.starts_with(b"SET "));
     let queue = Mutex::new(alters.into_iter().collect::<VecDeque<_>>());
@@ -468,14 +662,14 @@ async fn load_into(
 
     let index_seconds = index_started.elapsed().as_secs_f64();
     progress.set_label(format!("creating views, routines and triggers in {db}"));
-    run_file(conn0, &p.text(&m.objects_file)?, "objects.sql", warnings)
+    run_file(conn0, &files.objects, "objects.sql", warnings)
         .await
         .map_err(partial)?;
 
     // Verify: the target must hold exactly what the manifest says.
     let verify_started = Instant::now();
     progress.set_label(format!("verifying {db}"));
-    let problems = verify(&mut conns, conn0, m, db).await?;
+    let problems = verify(&mut conns, conn0, m, &files.expected, db).await?;
     for c in conns {
         let _ = c.disconnect().await;
     }
@@ -603,6 +797,7 @@ async fn verify(
     conns: &mut [Conn],
     conn0: &mut Conn,
     m: &DbManifest,
+    expected: &[schema::Object],
     db: &str,
 ) -> Result<Vec<String>> {
     let mut order: Vec<&TableEntry> = m.tables.iter().collect();
@@ -652,7 +847,7 @@ async fn verify(
             present.insert((kind.to_string(), r[0].clone()));
         }
     }
-    for o in &m.objects {
+    for o in expected {
         if !present.contains(&(o.kind.clone(), o.name.clone())) {
             problems.push(format!("{} {} is missing", o.kind, ident(&o.name)));
         }

@@ -9,6 +9,7 @@ pub mod conn;
 pub mod dump;
 pub mod load;
 pub mod schema;
+pub mod select;
 pub mod sql;
 
 use serde::{Deserialize, Serialize};

@@ -422,6 +422,7 @@ pub fn drill_files(
         skip: false,
         jobs: opts.jobs,
         with_users: false,
+        tables: vec![],
     };
     let restored = ops::plan_thaw(
         repo,

@@ -81,9 +81,18 @@ pub fn plan_site_thaw(repo: &Repository, req: ThawRequest) -> Result<SiteThawPla
             "--include restores paths of trees onto this machine; snapshot {}:{} is a Docker site's",
             snapshot.site, snapshot.id
         ))
-        .with_hint("thaw it --as a copy and take the files from there, or wait for `freezer cat`"));
+        .with_hint("thaw it --as a copy and take the files from there, or get one file with `freezer cat`"));
     }
-    if snapshot.has_containers() {
+    // `--table` loads tables of a Docker site's dump into the database `--db` names;
+    // no container is recreated.
+    let tables_only = !req.db.tables.is_empty();
+    if snapshot.has_containers() && tables_only && req.host.as_deref().is_some_and(|h| h != "local")
+    {
+        return Err(Error::usage(
+            "--table loads tables into the database --db names; leave out @HOST",
+        ));
+    }
+    if snapshot.has_containers() && !tables_only {
         let opts = SiteOptions {
             rename: req.rename,
             publish: req.publish,

@@ -1,7 +1,7 @@
 //! `freezer thaw` of trees and databases: plan and check the targets first, then restore
 //! into staging and install, so a failure leaves the targets as they were.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -33,8 +33,11 @@ pub struct ThawDb {
     /// The database's name in the snapshot.
     pub source: String,
     pub target: DbUrl,
-    /// The target database exists with objects in it and will be dropped (--replace).
+    /// The target database exists with objects in it and will be dropped (--replace);
+    /// with `tables`, some of those tables exist and will be dropped.
     pub replaces: bool,
+    /// `--table`: only these tables are loaded (`manifest` is restricted to them).
+    pub tables: Option<BTreeSet<String>>,
     pub manifest: DbManifest,
 }
 
@@ -46,6 +49,9 @@ pub struct ThawDbView {
     pub tables: usize,
     pub rows: u64,
     pub chunks: usize,
+    /// `--table`: the tables loaded (and, when the action is replace, replaced).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub only: Option<Vec<String>>,
 }
 
 pub struct ThawTree {
@@ -126,6 +132,7 @@ impl ThawPlan {
                     tables: d.manifest.tables.len(),
                     rows: d.manifest.tables.iter().map(|t| t.rows).sum(),
                     chunks: d.manifest.tables.iter().map(|t| t.chunks.len()).sum(),
+                    only: d.tables.as_ref().map(|t| t.iter().cloned().collect()),
                 })
                 .collect(),
         }
@@ -138,9 +145,11 @@ fn db_targets(
     snapshot: &Snapshot,
     flags: &[String],
     skip: bool,
+    wanted: Option<&HashMap<String, BTreeSet<String>>>,
 ) -> Result<Vec<(String, Digest, DbUrl)>> {
     let in_snapshot: Vec<(String, Digest)> = snapshot
         .databases()
+        .filter(|(name, _)| wanted.is_none_or(|w| w.contains_key(*name)))
         .map(|(name, d)| (name.to_string(), d.digest.clone()))
         .collect();
     if skip {
@@ -214,18 +223,26 @@ pub fn plan_thaw(
     let (replace, replace_excluded) = (replace != Replace::No, replace == Replace::All);
     let site = snapshot.site.clone();
     let mut databases = Vec::new();
-    for (source, digest, target) in db_targets(&snapshot, &db.targets, db.skip)? {
+    let selected = table_selection(&snapshot, &db.tables)?;
+    for (source, digest, target) in db_targets(&snapshot, &db.targets, db.skip, selected.as_ref())?
+    {
+        let tables = selected.as_ref().and_then(|s| s.get(&source).cloned());
         let (_, manifest) = crate::db::load::read_manifest(repo, &digest).map_err(|e| {
             prefix(
                 e,
                 &format!("snapshot {site}:{} database {source}", snapshot.id),
             )
         })?;
-        let replaces = crate::db::load::check_target(&target, &manifest, replace)?;
+        let manifest = match &tables {
+            Some(t) => crate::db::select::restrict(&manifest, t)?,
+            None => manifest,
+        };
+        let replaces = crate::db::load::check_target(&target, &manifest, replace, tables.as_ref())?;
         databases.push(ThawDb {
             source,
             target,
             replaces,
+            tables,
             manifest,
         });
     }
@@ -235,7 +252,9 @@ pub fn plan_thaw(
     };
     let mut trees = Vec::new();
     let mut need: HashMap<PathBuf, u64> = HashMap::new();
-    for part in snapshot.parts() {
+    // `--table` alone restores tables only; with `--include`, those paths too.
+    let trees_wanted = db.tables.is_empty() || include.is_some();
+    for part in snapshot.parts().filter(|_| trees_wanted) {
         let Part::Tree {
             name,
             path,
@@ -314,6 +333,44 @@ pub fn plan_thaw(
     })
 }
 
+/// `--table [DB.]TABLE` flags by database of the snapshot; a bare TABLE is of the
+/// snapshot's only database. None without flags.
+fn table_selection(
+    snapshot: &Snapshot,
+    flags: &[String],
+) -> Result<Option<HashMap<String, BTreeSet<String>>>> {
+    if flags.is_empty() {
+        return Ok(None);
+    }
+    let names: Vec<&str> = snapshot.databases().map(|(n, _)| n).collect();
+    let mut out: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for f in flags {
+        // A database name may itself hold a dot: the longest database prefix wins.
+        let db = names
+            .iter()
+            .filter(|n| f.len() > n.len() + 1 && f.starts_with(*n) && f.as_bytes()[n.len()] == b'.')
+            .max_by_key(|n| n.len());
+        let (db, table) = match (db, names.as_slice()) {
+            (Some(db), _) => (db.to_string(), f[db.len() + 1..].to_string()),
+            (None, [only]) => (only.to_string(), f.clone()),
+            (None, []) => {
+                return Err(Error::usage(format!(
+                    "snapshot {}:{} holds no database, so --table has nothing to load",
+                    snapshot.site, snapshot.id
+                )))
+            }
+            (None, _) => return Err(Error::usage(format!(
+                "--table {f}: snapshot {}:{} holds databases {}; name the table as DATABASE.TABLE",
+                snapshot.site,
+                snapshot.id,
+                names.join(", ")
+            ))),
+        };
+        out.entry(db).or_default().insert(table);
+    }
+    Ok(Some(out))
+}
+
 /// The database side of `thaw`'s command line.
 #[derive(Debug, Default, Clone)]
 pub struct DbThawFlags {
@@ -324,6 +381,8 @@ pub struct DbThawFlags {
     pub jobs: usize,
     /// `--with-users`: create the dump's accounts and grant their privileges.
     pub with_users: bool,
+    /// `--table [DB.]TABLE`: load only these tables (and no trees, unless `--include`).
+    pub tables: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -417,10 +476,12 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
             jobs: plan.db_jobs,
             replace: false,
             with_users: plan.db_with_users,
+            tables: None,
         };
         for (d, p) in plan.databases.iter().zip(&prepared) {
             let opts = LoadOptions {
                 replace: d.replaces,
+                tables: d.tables.clone(),
                 ..opts.clone()
             };
             let r = load_database(p, &d.target, &opts, progress).map_err(|e| {

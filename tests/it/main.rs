@@ -20,3 +20,4 @@ mod monitor;
 mod retention;
 mod roundtrip;
 mod store;
+mod tables;

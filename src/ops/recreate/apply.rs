@@ -425,6 +425,7 @@ fn apply(
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
             replace: false,
             with_users: false,
+            tables: None,
         };
         let r = crate::db::load::load_database(p, &url, &opts, progress).map_err(|e| {
             crate::error::prefix(
