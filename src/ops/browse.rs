@@ -198,8 +198,23 @@ pub fn cat(
         }
     }
     let file = match found {
-        Some(e) if e.kind == Kind::File => e.path,
-        Some(e) if e.kind == Kind::HardLink => e.link,
+        Some(e) if e.kind == Kind::File => e,
+        Some(e) if e.kind == Kind::HardLink => {
+            // The file it names comes earlier in the index.
+            let mut r = plan.entries()?;
+            loop {
+                match r.next_entry()? {
+                    Some(f) if f.path == e.link && f.kind == Kind::File => break f,
+                    Some(_) => {}
+                    None => {
+                        return Err(Error::integrity(format!(
+                            "tree index: hard link {path} names {}, which is not a file before it",
+                            String::from_utf8_lossy(&e.link)
+                        )))
+                    }
+                }
+            }
+        }
         Some(e) => {
             return Err(Error::usage(format!(
                 "{path} is a {} in the snapshot, not a file",
@@ -217,6 +232,11 @@ pub fn cat(
             )))
         }
     };
+    // One frame of one layer, when the index says where; else the whole layer.
+    if let Some(n) = crate::tree::frames::read_file(repo, &plan.manifest, &file, out)? {
+        return Ok(n);
+    }
+    let file = file.path;
     let dir = tempfile::Builder::new()
         .prefix("freezer-cat.")
         .tempdir()

@@ -359,12 +359,14 @@ fn table_selection(
                     snapshot.site, snapshot.id
                 )))
             }
-            (None, _) => return Err(Error::usage(format!(
+            (None, _) => {
+                return Err(Error::usage(format!(
                 "--table {f}: snapshot {}:{} holds databases {}; name the table as DATABASE.TABLE",
                 snapshot.site,
                 snapshot.id,
                 names.join(", ")
-            ))),
+            )))
+            }
         };
         out.entry(db).or_default().insert(table);
     }

@@ -25,6 +25,15 @@ pub fn check(store: &dyn Store) {
     store.open("a/one").unwrap().read_to_string(&mut s).unwrap();
     assert_eq!(s, "1");
 
+    // Ranged reads: inside, up to and past the end; a missing object is NotFound.
+    store.put("a/range", b"0123456789").unwrap();
+    assert_eq!(store.get_range("a/range", 2, 3).unwrap(), b"234");
+    assert_eq!(store.get_range("a/range", 7, 3).unwrap(), b"789");
+    assert_eq!(store.get_range("a/range", 0, 0).unwrap(), b"");
+    let e = store.get_range("blobs/missing", 0, 1).unwrap_err();
+    assert_eq!(e.kind, crate::error::ErrorKind::NotFound, "{e}");
+    store.delete("a/range").unwrap();
+
     // Listing is by prefix, complete and sorted.
     let keys: Vec<String> = store
         .list("a/")

@@ -65,6 +65,20 @@ impl Store for LocalStore {
         }
     }
 
+    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>> {
+        use std::io::{Seek, SeekFrom};
+        let path = self.path(key)?;
+        let mut f = match File::open(&path) {
+            Err(e) if e.kind() == IoKind::NotFound => return Err(self.not_found(key)),
+            r => r.ctx(|| format!("opening {}", path.display()))?,
+        };
+        let mut out = Vec::new();
+        f.seek(SeekFrom::Start(start))
+            .and_then(|_| f.take(len).read_to_end(&mut out))
+            .ctx(|| format!("reading {}", path.display()))?;
+        Ok(out)
+    }
+
     fn size(&self, key: &str) -> Result<Option<u64>> {
         let path = self.path(key)?;
         match fs::metadata(&path) {

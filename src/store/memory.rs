@@ -73,6 +73,13 @@ impl Store for MemoryStore {
         }))
     }
 
+    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>> {
+        let data = self.object(key)?;
+        let from = (start as usize).min(data.len());
+        let to = (start.saturating_add(len) as usize).min(data.len());
+        Ok(data[from..to].to_vec())
+    }
+
     fn size(&self, key: &str) -> Result<Option<u64>> {
         check_key(key)?;
         let objects = self.objects.lock().unwrap();

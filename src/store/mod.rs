@@ -38,6 +38,9 @@ pub trait Store: Send + Sync {
     fn get(&self, key: &str) -> Result<Vec<u8>>;
     /// Streams an object; memory stays bounded whatever its size.
     fn open(&self, key: &str) -> Result<Box<dyn Read + Send>>;
+    /// Reads `len` bytes of an object from `start` (one ranged GET). Fewer bytes come
+    /// back only where the object ends.
+    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>>;
     /// The size of an object, or None when it does not exist.
     fn size(&self, key: &str) -> Result<Option<u64>>;
     /// Writes a small object in one request. Writes are atomic: readers see all or nothing.

@@ -217,6 +217,19 @@ impl Store for S3Store {
         })
     }
 
+    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>> {
+        let t = Instant::now();
+        let path = self.path(key)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = self
+            .rt
+            .block_on(self.client.get_range(&path, start..start + len))
+            .map_err(|e| self.err("reading", key, e, t))?;
+        Ok(bytes.to_vec())
+    }
+
     fn open(&self, key: &str) -> Result<Box<dyn Read + Send>> {
         let t = Instant::now();
         let path = self.path(key)?;

@@ -20,7 +20,8 @@ use std::sync::mpsc;
 use sha2::{Digest as _, Sha256};
 
 use super::exclude::Matcher;
-use super::index::{cmp_paths, is_within, Entry, IndexReader, IndexWriter, Kind, Trailer};
+use super::frames::{ClosedFrame, FrameEncoder, FRAME_BYTES, OWN_FRAME};
+use super::index::{cmp_paths, is_within, Entry, Frame, IndexReader, IndexWriter, Kind, Trailer};
 use super::walk::{Walked, Walker};
 use crate::error::{Error, IoContext, Result};
 use crate::format::*;
@@ -157,15 +158,20 @@ pub fn freeze_tree(
                 current: None,
                 next_ordinal: base,
                 tx,
+                done_frames: Default::default(),
             },
             index: &mut index,
             stats: &mut stats,
             gone_dir: None,
             leaders: Default::default(),
             progress,
+            pending: Default::default(),
         };
         let walk_result = m.run(root, incremental, excludes);
-        let close_result = walk_result.and_then(|()| m.layers.finish_part());
+        let close_result = walk_result
+            .and_then(|()| m.layers.finish_part())
+            .and_then(|()| m.drain());
+        debug_assert!(close_result.is_err() || m.pending.is_empty());
         drop(m);
         let uploaded = uploader
             .join()
@@ -250,9 +256,52 @@ struct Merge<'a> {
     /// Inode -> path of the first name of each multiply-linked file seen so far.
     leaders: std::collections::HashMap<(u64, u64), Vec<u8>>,
     progress: &'a Progress,
+    /// Entries waiting for the frame of a file among them to close, in index order.
+    pending: std::collections::VecDeque<(Entry, Option<FrameRef>)>,
 }
 
+/// Entries held back for an open frame before it is closed early: bounds the memory a
+/// frame of many unchanged (carried-over) entries can take.
+const MAX_PENDING: usize = 10_000;
+
 impl Merge<'_> {
+    /// Adds an entry to the index, in order, once the frame of its file (`at`) is closed.
+    fn push(&mut self, e: Entry, at: Option<FrameRef>) -> Result<()> {
+        if self.pending.is_empty() && at.is_none() {
+            return self.index.push(&e);
+        }
+        self.pending.push_back((e, at));
+        if self.pending.len() > MAX_PENDING {
+            self.layers.end_frame()?;
+        }
+        self.drain()
+    }
+
+    /// Moves the waiting entries whose frames are closed into the index.
+    fn drain(&mut self) -> Result<()> {
+        while let Some((_, at)) = self.pending.front() {
+            let frame = match at {
+                None => None,
+                Some(r) => match self.layers.closed(*r) {
+                    Some(f) => Some(Frame {
+                        offset: f.offset,
+                        len: f.len,
+                        skip: r.skip,
+                        sha256: f.sha256,
+                    }),
+                    None => break,
+                },
+            };
+            let (mut e, _) = self.pending.pop_front().expect("front exists");
+            e.frame = frame;
+            self.index.push(&e)?;
+        }
+        if self.pending.is_empty() {
+            self.layers.done_frames.clear();
+        }
+        Ok(())
+    }
+
     fn run(
         &mut self,
         root: &Path,
@@ -348,6 +397,7 @@ impl Merge<'_> {
             leader: false,
             ino: m.ino(),
             ctime: (m.ctime(), m.ctime_nsec() as u32),
+            frame: None,
         };
         let multi = kind == Kind::File && m.nlink() > 1;
         let inode = (m.dev(), m.ino());
@@ -370,7 +420,7 @@ impl Merge<'_> {
                 if o.kind == Kind::File {
                     self.progress.add_done(o.size);
                 }
-                return self.index.push(&o);
+                return self.push(o, None);
             }
             if !same_kind {
                 // A type change: remove the old entry (and, for a directory, its contents).
@@ -380,6 +430,7 @@ impl Merge<'_> {
         }
 
         e.xattrs = read_xattrs(&w.abs);
+        let mut frame = None;
         match kind {
             Kind::Dir => {
                 if e.path != b"." {
@@ -406,8 +457,9 @@ impl Merge<'_> {
                     e.leader = true;
                     self.leaders.insert(inode, e.path.clone());
                 }
-                let (ordinal, changed) = self.layers.file(&e, &w.abs, self.progress)?;
-                e.layer = Some(ordinal);
+                let (at, changed) = self.layers.file(&e, &w.abs, self.progress)?;
+                e.layer = Some(at.ordinal);
+                frame = Some(at);
                 self.stats.files_read += 1;
                 self.stats.bytes_read += e.size;
                 if changed {
@@ -416,8 +468,9 @@ impl Merge<'_> {
             }
             Kind::HardLink => unreachable!("the walk never yields hard links"),
         }
-        self.index.push(&e)?;
-        self.layers.maybe_cut()
+        self.push(e, frame)?;
+        self.layers.maybe_cut()?;
+        self.drain()
     }
 }
 
@@ -481,13 +534,45 @@ impl<W: Write> Write for HashCount<W> {
 
 /// A spool file that hashes and counts what is written to it.
 type HashedFile = HashCount<crate::repo::SpoolWriter>;
-type TarOut = BufWriter<HashCount<zstd::stream::write::Encoder<'static, HashedFile>>>;
+type TarOut = BufWriter<HashCount<FrameEncoder<HashedFile>>>;
 
 struct Part {
     ordinal: u32,
     path: tempfile::TempPath,
     tar: tar::Builder<TarOut>,
     content: u64,
+    /// The frames closed so far; the current frame's number is its length.
+    closed: Vec<ClosedFrame>,
+}
+
+impl Part {
+    /// Uncompressed bytes in the current frame (after what tar has buffered).
+    fn frame_plain(&mut self) -> Result<u64> {
+        let buffered = self.tar.get_mut();
+        buffered.flush().ctx(|| "writing a layer".into())?;
+        Ok(buffered.get_ref().inner.frame_plain())
+    }
+
+    fn end_frame(&mut self) -> Result<()> {
+        let buffered = self.tar.get_mut();
+        buffered.flush().ctx(|| "writing a layer".into())?;
+        let closed = buffered
+            .get_mut()
+            .inner
+            .end_frame()
+            .ctx(|| "ending a zstd frame".into())?;
+        self.closed.extend(closed);
+        Ok(())
+    }
+}
+
+/// Where a file written into a layer is, before its frame is closed: the layer ordinal,
+/// the frame's number in it, and where its entry starts in the frame.
+#[derive(Debug, Clone, Copy)]
+struct FrameRef {
+    ordinal: u32,
+    frame: usize,
+    skip: u64,
 }
 
 struct LayerSink<'r> {
@@ -496,6 +581,8 @@ struct LayerSink<'r> {
     current: Option<Part>,
     next_ordinal: u32,
     tx: mpsc::SyncSender<FinishedPart>,
+    /// The frames of finished parts, until the entries in them are in the index.
+    done_frames: std::collections::HashMap<u32, Vec<ClosedFrame>>,
 }
 
 impl LayerSink<'_> {
@@ -508,13 +595,7 @@ impl LayerSink<'_> {
                 hasher: Sha256::new(),
                 count: 0,
             };
-            let mut enc =
-                zstd::stream::write::Encoder::new(compressed, 3).ctx(|| "starting zstd".into())?;
-            let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-            enc.multithread(workers)
-                .ctx(|| "starting zstd workers".into())?;
-            enc.include_contentsize(false)
-                .ctx(|| "configuring zstd".into())?;
+            let enc = FrameEncoder::new(compressed, 3).ctx(|| "starting zstd".into())?;
             let plain = HashCount {
                 inner: enc,
                 hasher: Sha256::new(),
@@ -527,6 +608,7 @@ impl LayerSink<'_> {
                 path: tmp.into_temp_path(),
                 tar,
                 content: 0,
+                closed: Vec::new(),
             });
             self.next_ordinal += 1;
         }
@@ -541,13 +623,35 @@ impl LayerSink<'_> {
             .as_ref()
             .is_some_and(|p| p.tar.get_ref().get_ref().count >= PART_BYTES);
         if full {
-            self.finish_part()?;
+            return self.finish_part();
         }
-        Ok(())
+        match &mut self.current {
+            Some(p) => match p.frame_plain()? >= FRAME_BYTES {
+                true => p.end_frame(),
+                false => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Ends the current frame (so the entries in it can be indexed).
+    fn end_frame(&mut self) -> Result<()> {
+        match &mut self.current {
+            Some(p) => p.end_frame(),
+            None => Ok(()),
+        }
+    }
+
+    /// The frame a file went into, once it is closed.
+    fn closed(&self, r: FrameRef) -> Option<&ClosedFrame> {
+        match &self.current {
+            Some(p) if p.ordinal == r.ordinal => p.closed.get(r.frame),
+            _ => self.done_frames.get(&r.ordinal)?.get(r.frame),
+        }
     }
 
     fn finish_part(&mut self) -> Result<()> {
-        let Some(part) = self.current.take() else {
+        let Some(mut part) = self.current.take() else {
             return Ok(());
         };
         let plain = part
@@ -557,7 +661,9 @@ impl LayerSink<'_> {
             .into_inner()
             .map_err(|e| Error::io("finishing a layer", e.into_error()))?;
         let diff_id = Digest::from_hasher(plain.hasher);
-        let compressed = plain.inner.finish().ctx(|| "finishing zstd".into())?;
+        let (compressed, last) = plain.inner.finish().ctx(|| "finishing zstd".into())?;
+        part.closed.extend(last);
+        self.done_frames.insert(part.ordinal, part.closed);
         let digest = Digest::from_hasher(compressed.hasher);
         let size = compressed.count;
         compressed.inner.finish().ctx(|| "writing a layer".into())?;
@@ -613,9 +719,9 @@ impl LayerSink<'_> {
             })
     }
 
-    /// Appends a regular file, reading exactly the size the walk saw. Returns the layer
-    /// ordinal and whether the file changed while it was read.
-    fn file(&mut self, e: &Entry, abs: &Path, progress: &Progress) -> Result<(u32, bool)> {
+    /// Appends a regular file, reading exactly the size the walk saw. Returns where it
+    /// went and whether the file changed while it was read.
+    fn file(&mut self, e: &Entry, abs: &Path, progress: &Progress) -> Result<(FrameRef, bool)> {
         progress.check(|| format!("reading {}", abs.display()))?;
         let f = open_noatime(abs).ctx(|| format!("opening {}", abs.display()))?;
         // Fewer blocks than bytes: holes, which are skipped instead of read.
@@ -624,6 +730,15 @@ impl LayerSink<'_> {
             .is_ok_and(|m| m.blocks().saturating_mul(512) < m.len());
         let mut h = header_for(e, tar::EntryType::Regular);
         let part = self.part()?;
+        let own_frame = e.size >= OWN_FRAME;
+        if own_frame {
+            part.end_frame()?;
+        }
+        let at = FrameRef {
+            ordinal: part.ordinal,
+            frame: part.closed.len(),
+            skip: part.frame_plain()?,
+        };
         write_xattrs(&mut part.tar, &e.xattrs)?;
         let mut reader = ExactReader {
             inner: f,
@@ -644,7 +759,11 @@ impl LayerSink<'_> {
             .read(&mut probe)
             .map(|n| n > 0)
             .unwrap_or(false);
-        Ok((part.ordinal, reader.short || grew))
+        let changed = reader.short || grew;
+        if own_frame {
+            part.end_frame()?;
+        }
+        Ok((at, changed))
     }
 }
 

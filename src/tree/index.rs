@@ -84,6 +84,23 @@ pub struct Entry {
     /// Stat data for change detection on the next freeze; not restored.
     pub ino: u64,
     pub ctime: (i64, u32),
+    /// For regular files: the zstd frame of the layer that holds the file's tar entry,
+    /// so one file can be read without the rest of its layer (SPEC.md §6).
+    pub frame: Option<Frame>,
+}
+
+/// Where a file's tar entry is in its layer: the layer is a sequence of independent
+/// zstd frames, and this one, decompressed, holds the entry (headers and data) from
+/// `skip` on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Byte offset and length of the frame in the (compressed) layer blob.
+    pub offset: u64,
+    pub len: u64,
+    /// Where the entry's first header starts in the decompressed frame.
+    pub skip: u64,
+    /// SHA-256 of the frame's compressed bytes: what a ranged read checks.
+    pub sha256: [u8; 32],
 }
 
 /// Totals written as the last line: a truncated index is detected even before its digest.
@@ -138,6 +155,12 @@ struct Line {
     x: Vec<(String, String)>,
     #[serde(default, skip_serializing_if = "is_false")]
     hl: bool,
+    /// The file's frame: [offset, length, skip] (see [`Frame`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    z: Option<[u64; 3]>,
+    /// The frame's SHA-256, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    zd: Option<String>,
     #[serde(default, skip_serializing_if = "is_zero64")]
     ino: u64,
     #[serde(default, skip_serializing_if = "is_zero_i64")]
@@ -207,6 +230,8 @@ impl Entry {
                 .map(|(n, v)| (n.clone(), hex::encode(v)))
                 .collect(),
             hl: self.leader,
+            z: self.frame.as_ref().map(|f| [f.offset, f.len, f.skip]),
+            zd: self.frame.as_ref().map(|f| hex::encode(f.sha256)),
             ino: self.ino,
             ct: self.ctime.0,
             cn: self.ctime.1,
@@ -226,6 +251,22 @@ impl Entry {
         }
         let path = decode_bytes(line.p, line.px)?;
         let link = decode_bytes(line.k, line.kx)?;
+        let frame = match (line.z, line.zd) {
+            (None, None) => None,
+            (Some([offset, len, skip]), Some(d)) => {
+                let mut sha256 = [0u8; 32];
+                hex::decode_to_slice(&d, &mut sha256).map_err(|e| {
+                    Error::integrity(format!("tree index: bad frame digest {d:?}: {e}"))
+                })?;
+                Some(Frame {
+                    offset,
+                    len,
+                    skip,
+                    sha256,
+                })
+            }
+            _ => return Err(Error::integrity("tree index: a frame without its digest")),
+        };
         // Every reader gets only paths that stay under a root: an index may be hostile.
         check_relative(&path)?;
         if kind == Kind::HardLink {
@@ -246,6 +287,7 @@ impl Entry {
             leader: line.hl,
             ino: line.ino,
             ctime: (line.ct, line.cn),
+            frame,
         })
     }
 
@@ -467,6 +509,7 @@ mod tests {
             leader: false,
             ino: 7,
             ctime: (5, 6),
+            frame: None,
         }
     }
 
@@ -589,10 +632,12 @@ mod tests {
             ino in any::<u64>(),
             ctime in (any::<i64>(), 0u32..1_000_000_000),
             target in path(),
+            frame in proptest::option::of((any::<u64>(), any::<u64>(), any::<u64>(), any::<[u8; 32]>())),
         ) -> Entry {
             // A hard link names the file it shares an inode with: a path in the tree.
             let link = if kind == Kind::HardLink { target } else { link };
-            Entry { path, kind, mode, uid, gid, mtime, size, layer, link, rdev, xattrs, leader, ino, ctime }
+            let frame = frame.map(|(offset, len, skip, sha256)| Frame { offset, len, skip, sha256 });
+            Entry { path, kind, mode, uid, gid, mtime, size, layer, link, rdev, xattrs, leader, ino, ctime, frame }
         }
     }
 

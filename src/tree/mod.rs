@@ -7,6 +7,7 @@
 //! exactly and to freeze only what changed.
 
 pub mod exclude;
+pub mod frames;
 pub mod freeze;
 pub mod index;
 pub mod thaw;

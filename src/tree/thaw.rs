@@ -476,6 +476,7 @@ pub fn fuzz_extract(layer: &[u8], files: &[(&[u8], u64)], staging: &Path) -> Res
             leader: false,
             ino: 0,
             ctime: (0, 0),
+            frame: None,
         })
     });
     with_writers(1, &owner, &progress, |writers| {

@@ -219,9 +219,84 @@ fn cat_writes_one_file_byte_for_byte() {
             .collect::<Vec<_>>()
     };
     assert_eq!(layers.len(), 2);
+    // A damaged byte in the frame that holds a file: refused, nothing written.
+    let bytes = fs::read(&layers[1]).unwrap();
+    let mut bad = bytes.clone();
+    let at = bad.len() - 20;
+    bad[at] ^= 0x55;
+    fs::write(&layers[1], &bad).unwrap();
+    let damaged = cat("www/img/new.png");
+    assert_eq!(damaged.status.code(), Some(4), "{}", stderr(&damaged));
+    assert!(damaged.stdout.is_empty());
+    assert!(stderr(&damaged).contains("damaged"), "{}", stderr(&damaged));
+    fs::write(&layers[1], &bytes).unwrap();
     fs::remove_file(&layers[0]).unwrap();
     assert_eq!(cat("www/img/new.png").stdout, b"new");
     let gone = cat("www/img/photo.jpg");
     assert!(!gone.status.success());
     assert!(gone.stdout.is_empty());
+}
+
+/// `cat` of one 2 MiB file of a 1 GiB snapshot on Garage reads the frame that holds it,
+/// not its layer: measured at a proxy in front of the server, every byte of every
+/// request and answer counted.
+#[test]
+fn cat_from_garage_transfers_little_more_than_the_file() {
+    services();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("www");
+    fs::create_dir_all(src.join("uploads")).unwrap();
+    fs::create_dir_all(src.join("docs")).unwrap();
+    for i in 0..500u64 {
+        fs::write(
+            src.join(format!("uploads/{i:03}.jpg")),
+            noise(2 << 20, 100 + i),
+        )
+        .unwrap();
+    }
+    // Text, compressible as a config or document is.
+    let mut text = String::new();
+    let mut n = 0u64;
+    while text.len() < 2 << 20 {
+        n += 1;
+        text.push_str(&format!(
+            "{n:08} define('SETTING_{}', '{:x}'); // {}\n",
+            n % 97,
+            n.wrapping_mul(0x9e3779b97f4a7c15),
+            ["cache", "uploads", "mail", "cron", "debug"][n as usize % 5]
+        ));
+    }
+    text.truncate(2 << 20);
+    fs::write(src.join("docs/manual.txt"), &text).unwrap();
+    let compressed = zstd::encode_all(text.as_bytes(), 3).unwrap().len();
+
+    let repo = TestRepo::s3().init();
+    freeze(&repo, "big", &[&src]);
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let proxy = crate::faults::proxy::FaultProxy::start(endpoint.trim_start_matches("http://"));
+    let through = format!("http://{}", proxy.endpoint());
+    let out = freezer_env(
+        &["cat", "big", "www/docs/manual.txt", "--repo", &repo.url],
+        &[("AWS_ENDPOINT_URL", &through)],
+    );
+    assert_ok(&out);
+    assert!(out.stdout == text.as_bytes(), "the bytes differ");
+    let moved = proxy.bytes();
+    eprintln!(
+        "cat of a 2 MiB file (zstd: {compressed} bytes) from a 1 GiB snapshot: {moved} bytes in {} requests",
+        proxy.requests()
+    );
+    assert!(
+        moved < 3 * compressed,
+        "{moved} bytes moved for a file of {compressed} compressed bytes"
+    );
+    // A large file the same way: its own frame, little more than its size.
+    let out = freezer_env(
+        &["cat", "big", "www/uploads/250.jpg", "--repo", &repo.url],
+        &[("AWS_ENDPOINT_URL", &through)],
+    );
+    assert_ok(&out);
+    assert!(out.stdout == noise(2 << 20, 350), "the bytes differ");
+    let second = proxy.bytes() - moved;
+    assert!(second < 3 << 20, "{second} bytes moved for a 2 MiB file");
 }

@@ -22,6 +22,13 @@ fn tree_index_fixture_reads_and_writes_back_byte_for_byte() {
     let trailer = r.trailer().unwrap();
     assert_eq!(entries.len(), 10);
     assert_eq!(entries[9].path, b"bad-\xff");
+    let frame = entries[2].frame.as_ref().expect("bin/tool has a frame");
+    assert_eq!((frame.offset, frame.len, frame.skip), (0, 96, 1024));
+    assert_eq!(frame.sha256[..2], [0x5c, 0x4b]);
+    assert!(
+        entries[5].frame.is_none(),
+        "an entry without a frame reads as one"
+    );
     assert_eq!(
         entries[7].xattrs,
         vec![("user.note".to_string(), b"value".to_vec())]
@@ -42,6 +49,56 @@ fn tree_index_fixture_reads_and_writes_back_byte_for_byte() {
 #[test]
 fn example_repository_fixture_verifies_and_thaws() {
     verify_thaw_and_compare("example-repo", &[], &[]);
+}
+
+/// A repository written since layers are cut into zstd frames (SPEC.md §5.1, §6): it
+/// thaws as before, and `cat` reads each file through the frame its index names.
+#[test]
+fn example_framed_repository_fixture_thaws_and_cats_through_frames() {
+    verify_thaw_and_compare("example-framed-repo", &[], &[]);
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    copy_tree(&formats().join("example-framed-repo"), &repo);
+    let url = repo.to_str().unwrap();
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/site");
+    let listing = json(&freezer(&[
+        "ls", "example", "www", "-R", "--repo", url, "--json",
+    ]));
+    let mut files = 0;
+    for e in listing["entries"].as_array().unwrap() {
+        if e["type"] != "file" {
+            continue;
+        }
+        let path = e["path"].as_str().unwrap();
+        let out = freezer(&["cat", "example", &format!("www/{path}"), "--repo", url]);
+        assert_ok(&out);
+        assert_eq!(
+            out.stdout,
+            std::fs::read(bundled.join("www").join(path)).unwrap(),
+            "{path}"
+        );
+        files += 1;
+    }
+    assert!(files >= 3, "{listing}");
+    // Every file of the fixture's indexes names its frame.
+    let mut framed = 0;
+    for blob in std::fs::read_dir(repo.join("blobs/sha256")).unwrap() {
+        let data = std::fs::read(blob.unwrap().path()).unwrap();
+        let Ok(plain) = zstd::decode_all(&data[..]) else {
+            continue;
+        };
+        if !plain.starts_with(b"{\"format\":\"freezer-tree-index\"") {
+            continue;
+        }
+        let mut r = IndexReader::new(&data[..], "fixture").unwrap();
+        while let Some(e) = r.next_entry().unwrap() {
+            if e.kind == freezer::tree::index::Kind::File {
+                assert!(e.frame.is_some(), "{} has no frame", e.display_path());
+                framed += 1;
+            }
+        }
+    }
+    assert!(framed >= files, "{framed} framed files");
 }
 
 /// The encrypted fixture (SPEC.md §14; the same example site, sealed to the age identity

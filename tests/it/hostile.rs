@@ -28,6 +28,7 @@ fn entry(path: &[u8], kind: Kind) -> Entry {
         leader: false,
         ino: 0,
         ctime: (0, 0),
+        frame: None,
     }
 }
 

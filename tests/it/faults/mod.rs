@@ -5,7 +5,7 @@
 
 mod garage;
 mod mariadb;
-mod proxy;
+pub(crate) mod proxy;
 
 use std::path::Path;
 use std::process::{Child, Output};

@@ -42,6 +42,8 @@ pub struct FaultProxy {
     rate: Arc<AtomicUsize>,
     /// Requests received so far.
     seen: Arc<AtomicUsize>,
+    /// Bytes passed so far, both directions (requests and answers, heads included).
+    bytes: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -54,12 +56,14 @@ impl FaultProxy {
             rules: Arc::default(),
             rate: Arc::default(),
             seen: Arc::default(),
+            bytes: Arc::default(),
             stop: Arc::default(),
         };
-        let (rules, rate, seen, stop) = (
+        let (rules, rate, seen, bytes, stop) = (
             proxy.rules.clone(),
             proxy.rate.clone(),
             proxy.seen.clone(),
+            proxy.bytes.clone(),
             proxy.stop.clone(),
         );
         let upstream = upstream.to_string();
@@ -69,10 +73,15 @@ impl FaultProxy {
                     break;
                 }
                 let Ok(client) = conn else { continue };
-                let (rules, rate, seen, upstream) =
-                    (rules.clone(), rate.clone(), seen.clone(), upstream.clone());
+                let (rules, rate, seen, bytes, upstream) = (
+                    rules.clone(),
+                    rate.clone(),
+                    seen.clone(),
+                    bytes.clone(),
+                    upstream.clone(),
+                );
                 std::thread::spawn(move || {
-                    let _ = serve(client, &upstream, &rules, &rate, &seen);
+                    let _ = serve(client, &upstream, &rules, &rate, &seen, &bytes);
                 });
             }
         });
@@ -96,6 +105,11 @@ impl FaultProxy {
     /// Faults still waiting for a request.
     pub fn pending(&self) -> usize {
         self.rules.lock().unwrap().iter().map(|r| r.remaining).sum()
+    }
+
+    /// Bytes passed so far in both directions.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::SeqCst)
     }
 
     /// Requests received so far.
@@ -183,9 +197,11 @@ fn serve(
     rules: &Mutex<Vec<Rule>>,
     rate: &AtomicUsize,
     seen: &AtomicUsize,
+    bytes: &AtomicUsize,
 ) -> std::io::Result<()> {
     let (request, method) = read_request(&mut client)?;
     seen.fetch_add(1, Ordering::SeqCst);
+    bytes.fetch_add(request.len(), Ordering::SeqCst);
     let fault = take_fault(rules, &method);
     let mut limit = usize::MAX;
     match fault {
@@ -242,6 +258,7 @@ fn serve(
     loop {
         let n = pending.len().min(limit - passed);
         pace(&mut client, &pending[..n], rate)?;
+        bytes.fetch_add(n, Ordering::SeqCst);
         passed += n;
         if passed >= limit {
             socket_linger_zero(&client);
