@@ -648,9 +648,10 @@ impl Repository {
         self.read_snapshot(&chosen)
     }
 
-    /// The newest of a site's snapshots. Ids sort by creation second; a tie within the same
-    /// second is broken by the nanosecond creation time inside the records.
-    fn latest(&self, all: &[SnapshotRef]) -> Result<SnapshotRef> {
+    /// The newest of a site's snapshots (`all`, sorted, not empty). Ids sort by creation
+    /// second; a tie within the same second is broken by the nanosecond creation time
+    /// inside the records.
+    pub fn latest(&self, all: &[SnapshotRef]) -> Result<SnapshotRef> {
         let last = all.last().expect("non-empty");
         let second = &last.id[..16.min(last.id.len())];
         let same: Vec<&SnapshotRef> = all.iter().filter(|r| r.id.starts_with(second)).collect();

@@ -106,6 +106,10 @@ pub enum Command {
     /// Copy snapshots into another repository (an off-site copy): only the data the
     /// target lacks is uploaded, each blob checked on the way, each record written last.
     Copy(CopyArgs),
+    /// Mount the repository read-only (FUSE) at MOUNTPOINT: SITE/SNAPSHOT/TREE/… with
+    /// the files' exact metadata, read on demand. Runs until Ctrl-C (or SIGTERM), then
+    /// unmounts.
+    Mount(MountArgs),
 }
 
 #[derive(Args, Debug)]
@@ -337,6 +341,16 @@ pub struct ExportArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct MountArgs {
+    /// An existing empty directory.
+    pub mountpoint: PathBuf,
+    /// Local disk kept for the content of files read (e.g. 1G, 200M); the least
+    /// recently read leave it first.
+    #[arg(long, default_value = "1G", value_parser = parse_cache_size)]
+    pub cache_size: u64,
+}
+
+#[derive(Args, Debug)]
 pub struct CopyArgs {
     /// SITE (all its snapshots) or SITE:SNAPSHOT (one; SITE:latest for the newest).
     #[arg(value_name = "SITE[:SNAPSHOT]", required_unless_present = "all")]
@@ -427,8 +441,25 @@ impl From<CompressionArg> for LayerCompression {
     }
 }
 
-/// `123`, `64K`, `2M`, `1G` (powers of 1024).
+/// A chunk size: `123`, `64K`, `2M`, `1G` (powers of 1024), from 4K to 1G.
 fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let v = size_value(s)?;
+    if !(4096..=(1 << 30)).contains(&v) {
+        return Err(format!("{s} is out of range (4K to 1G)"));
+    }
+    Ok(v)
+}
+
+/// A cache size: at least 1M.
+fn parse_cache_size(s: &str) -> std::result::Result<u64, String> {
+    let v = size_value(s)?;
+    if v < 1 << 20 {
+        return Err(format!("{s} is too small (at least 1M)"));
+    }
+    Ok(v)
+}
+
+fn size_value(s: &str) -> std::result::Result<u64, String> {
     let (num, mult) = match s.char_indices().last() {
         Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
         Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
@@ -438,11 +469,7 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{s:?} is not a size like 512K or 2M"))?;
-    let v = n.saturating_mul(mult);
-    if !(4096..=(1 << 30)).contains(&v) {
-        return Err(format!("{s} is out of range (4K to 1G)"));
-    }
-    Ok(v)
+    Ok(n.saturating_mul(mult))
 }
 
 fn parse_probe(s: &str) -> std::result::Result<(String, String), String> {

@@ -46,6 +46,7 @@ mod freeze;
 mod keys;
 mod list;
 mod maintain;
+mod mount;
 #[cfg(test)]
 mod tests;
 mod thaw;
@@ -204,6 +205,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Command::Verify(_) => "verify",
             Command::Export(_) => "export",
             Command::Copy(_) => "copy",
+            Command::Mount(_) => "mount",
             Command::Prune(_) => "prune",
             _ => "the command",
         },
@@ -234,6 +236,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Prune(a) => maintain::prune(&ctx, a),
         Command::Export(a) => export::run(&ctx, a),
         Command::Copy(a) => copy::run(&ctx, a),
+        Command::Mount(a) => mount::run(&ctx, a),
     }
 }
 
@@ -260,6 +263,7 @@ fn describe(c: &Command) -> (&'static str, String) {
         ),
         Command::Prune(_) => ("prune", String::new()),
         Command::Export(a) => ("export", site_of(&a.target)),
+        Command::Mount(_) => ("mount", String::new()),
         Command::Copy(a) => (
             "copy",
             match a.targets.as_slice() {

@@ -232,17 +232,29 @@ pub fn cat(
             )))
         }
     };
-    // One frame of one layer, when the index says where; else the whole layer.
-    if let Some(n) = crate::tree::frames::read_file(repo, &plan.manifest, &file, out)? {
+    write_file(repo, &plan, &file, out, progress)
+}
+
+/// Writes the bytes of a regular file of a tree (its index entry) to `out`, checked
+/// before a byte is written: one frame of one layer when the index says where, else a
+/// one-file thaw that reads the whole layer holding it.
+pub fn write_file(
+    repo: &Repository,
+    plan: &TreePlan,
+    file: &Entry,
+    out: &mut dyn std::io::Write,
+    progress: &crate::progress::Progress,
+) -> Result<u64> {
+    if let Some(n) = crate::tree::frames::read_file(repo, &plan.manifest, file, out)? {
         return Ok(n);
     }
-    let file = file.path;
+    let file = file.path.clone();
     let dir = tempfile::Builder::new()
         .prefix("freezer-cat.")
         .tempdir()
         .map_err(|e| Error::io("creating a temporary directory", e))?;
     let only = crate::tree::exclude::Selection::of([file.clone()]);
-    crate::tree::thaw_tree(repo, &plan, dir.path(), Some(&only), progress)?;
+    crate::tree::thaw_tree(repo, plan, dir.path(), Some(&only), progress)?;
     let restored = dir.path().join(std::ffi::OsStr::from_bytes(&file));
     let mut f = std::fs::File::open(&restored)
         .map_err(|e| Error::io(format!("reading {}", restored.display()), e))?;

@@ -12,6 +12,7 @@ mod forget;
 mod freeze;
 pub mod hooks;
 mod keys;
+pub mod mount;
 pub mod prune;
 pub mod recreate;
 mod site;

@@ -695,8 +695,9 @@ impl LayerSink<'_> {
     }
 
     fn whiteout(&mut self, path: &[u8]) -> Result<()> {
+        // `.wh.NAME` beside the entry it removes (SPEC.md §5.1).
         let parent = super::index::parent(path);
-        let name = &path[parent.len() + usize::from(parent != b".")..];
+        let name = super::index::file_name(path);
         let mut wh = Vec::new();
         if parent != b"." {
             wh.extend_from_slice(parent);

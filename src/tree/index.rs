@@ -329,6 +329,14 @@ pub fn parent(path: &[u8]) -> &[u8] {
     }
 }
 
+/// The last component of an index path (its name in its directory).
+pub fn file_name(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => &path[i + 1..],
+        None => path,
+    }
+}
+
 /// Is `path` inside (or equal to) `dir`?
 pub fn is_within(path: &[u8], dir: &[u8]) -> bool {
     dir == b"." || path == dir || (path.starts_with(dir) && path.get(dir.len()) == Some(&b'/'))

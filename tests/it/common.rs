@@ -476,8 +476,27 @@ pub fn tree_facts(root: &Path) -> BTreeMap<Vec<u8>, Facts> {
 
 /// Asserts two trees are identical in every fact, with a readable report of differences.
 pub fn assert_same_tree(expected: &Path, actual: &Path) {
-    let a = tree_facts(expected);
-    let b = tree_facts(actual);
+    compare_trees(expected, actual, tree_facts(expected), tree_facts(actual));
+}
+
+/// As [`assert_same_tree`], but holes need not be holes (a FUSE view has no sparse files).
+pub fn assert_same_tree_but_sparseness(expected: &Path, actual: &Path) {
+    let dense = |p: &Path| {
+        let mut f = tree_facts(p);
+        for v in f.values_mut() {
+            v.sparse = false;
+        }
+        f
+    };
+    compare_trees(expected, actual, dense(expected), dense(actual));
+}
+
+fn compare_trees(
+    expected: &Path,
+    actual: &Path,
+    a: BTreeMap<Vec<u8>, Facts>,
+    b: BTreeMap<Vec<u8>, Facts>,
+) {
     let mut diffs = Vec::new();
     for (k, v) in &a {
         match b.get(k) {

@@ -17,6 +17,7 @@ mod hostile;
 mod hydrated;
 mod integrity;
 mod monitor;
+mod mount;
 mod retention;
 mod roundtrip;
 mod store;

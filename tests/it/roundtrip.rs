@@ -348,3 +348,80 @@ fn freeze_dry_run_prints_the_plan_and_writes_nothing() {
     assert!(repo.store().list("blobs/").unwrap().is_empty());
     assert!(repo.store().list("snapshots/").unwrap().is_empty());
 }
+
+/// What a stock OCI tool does with a tree image: apply its layers in order, each
+/// `.wh.NAME` removing NAME beside it. Whatever the changes between snapshots (top-level
+/// and nested deletions, a directory removed, a type change), the result is the tree.
+#[test]
+fn layers_applied_in_order_with_their_whiteouts_give_the_tree() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("site");
+    let w = |rel: &str, data: &str| {
+        let p = src.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+    };
+    w("abc", "top level");
+    w(
+        "bc",
+        "a name that is the top-level one without its first letter",
+    );
+    w("keep.txt", "kept");
+    w("sub/xyz", "nested");
+    w("sub/stay", "stays");
+    w("gone/inner/file", "in a directory that goes");
+    w("was-file", "becomes a directory");
+    let repo = TestRepo::local().init();
+    freeze(&repo, "wh", &[&src]);
+    fs::remove_file(src.join("abc")).unwrap();
+    fs::remove_file(src.join("sub/xyz")).unwrap();
+    fs::remove_dir_all(src.join("gone")).unwrap();
+    fs::remove_file(src.join("was-file")).unwrap();
+    w("was-file/now", "inside");
+    w("keep.txt", "changed");
+    freeze(&repo, "wh", &[&src]);
+
+    let dir = repo.local.as_ref().unwrap();
+    let blob = |d: &str| {
+        dir.join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let snaps = json(&freezer(&["snapshots", "--repo", &repo.url, "--json"]));
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(blob(snaps[1]["trees"][0]["manifest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2, "an incremental second layer");
+    let out = work.path().join("applied");
+    fs::create_dir(&out).unwrap();
+    for l in layers {
+        let data =
+            zstd::decode_all(&fs::read(blob(l["digest"].as_str().unwrap())).unwrap()[..]).unwrap();
+        let mut archive = tar::Archive::new(&data[..]);
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().into_owned();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if let Some(victim) = name.strip_prefix(".wh.") {
+                let target = out.join(path.parent().unwrap()).join(victim);
+                let meta = fs::symlink_metadata(&target)
+                    .unwrap_or_else(|_| panic!("whiteout {} names nothing", path.display()));
+                if meta.is_dir() {
+                    fs::remove_dir_all(&target).unwrap();
+                } else {
+                    fs::remove_file(&target).unwrap();
+                }
+                continue;
+            }
+            entry.unpack_in(&out).unwrap();
+        }
+    }
+    let st = Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(&src)
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success(), "the applied layers differ from the tree");
+}
