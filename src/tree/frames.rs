@@ -53,9 +53,12 @@ impl<W: Write> FrameEncoder<W> {
         let mut raw = zstd::stream::raw::Encoder::new(level)?;
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
         if workers > 1 {
-            // Jobs small enough that a frame of a few MiB is still compressed in parallel.
+            // Jobs small enough that a frame of a few MiB is compressed in parallel, and
+            // without the overlap each job would re-read from the previous one (that
+            // costs 20% more CPU, for a gain in ratio that frames give up anyway).
             raw.set_parameter(zstd::zstd_safe::CParameter::NbWorkers(workers))?;
             raw.set_parameter(zstd::zstd_safe::CParameter::JobSize(1 << 20))?;
+            raw.set_parameter(zstd::zstd_safe::CParameter::OverlapSizeLog(1))?;
         }
         raw.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(false))?;
         Ok(FrameEncoder {
@@ -132,6 +135,145 @@ impl<W: Write> Write for FrameEncoder<W> {
 
     /// Does not flush zstd (that would end a block early for nothing): the frame's bytes
     /// are complete only once it is ended.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A [`FrameEncoder`] on a thread of its own, so that reading files and writing tar
+/// (this side) overlaps with compressing (the other): ending a frame waits for zstd's
+/// workers to finish it, and on two cores that wait would otherwise stall the reads.
+/// Closed frames come back as they are done ([`Compressor::closed`]).
+pub struct Compressor<W: Write + Send + 'static> {
+    tx: Option<std::sync::mpsc::SyncSender<Msg>>,
+    closed: std::sync::mpsc::Receiver<ClosedFrame>,
+    thread: Option<std::thread::JoinHandle<io::Result<W>>>,
+    buf: Vec<u8>,
+    /// Uncompressed bytes written since the frame began.
+    plain: u64,
+    /// Frames ended so far: the current frame's number.
+    ended: usize,
+}
+
+enum Msg {
+    Data(Vec<u8>),
+    EndFrame,
+}
+
+/// Bytes handed to the compressing thread at a time, and how many such batches may wait.
+const BATCH: usize = 1 << 20;
+const QUEUE: usize = 8;
+
+impl<W: Write + Send + 'static> Compressor<W> {
+    pub fn new(out: W, level: i32) -> io::Result<Self> {
+        let mut enc = FrameEncoder::new(out, level)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(QUEUE);
+        let (closed_tx, closed) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("freezer-zstd".into())
+            .spawn(move || -> io::Result<W> {
+                for msg in rx {
+                    match msg {
+                        Msg::Data(d) => enc.write_all(&d)?,
+                        Msg::EndFrame => {
+                            if let Some(f) = enc.end_frame()? {
+                                let _ = closed_tx.send(f);
+                            }
+                        }
+                    }
+                }
+                let (out, last) = enc.finish()?;
+                if let Some(f) = last {
+                    let _ = closed_tx.send(f);
+                }
+                Ok(out)
+            })?;
+        Ok(Compressor {
+            tx: Some(tx),
+            closed,
+            thread: Some(thread),
+            buf: Vec::with_capacity(BATCH),
+            plain: 0,
+            ended: 0,
+        })
+    }
+
+    /// Uncompressed bytes in the current frame.
+    pub fn frame_plain(&self) -> u64 {
+        self.plain
+    }
+
+    /// The current frame's number in the layer (frames are numbered from 0 as they are
+    /// begun; [`Compressor::closed`] returns them in that order).
+    pub fn frame_no(&self) -> usize {
+        self.ended
+    }
+
+    fn send(&mut self, msg: Msg) -> io::Result<()> {
+        let sent = self.tx.as_ref().map(|tx| tx.send(msg));
+        if let Some(Ok(())) = sent {
+            return Ok(());
+        }
+        // The thread stopped: its error says why (a full disk, say).
+        self.tx = None;
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(Err(e))) => Err(e),
+            _ => Err(io::Error::other("the compression thread stopped")),
+        }
+    }
+
+    fn send_batch(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.buf, Vec::with_capacity(BATCH));
+        self.send(Msg::Data(batch))
+    }
+
+    /// Ends the current frame; it shows in [`Compressor::closed`] once compressed.
+    pub fn end_frame(&mut self) -> io::Result<()> {
+        if self.plain == 0 {
+            return Ok(());
+        }
+        self.send_batch()?;
+        self.plain = 0;
+        self.ended += 1;
+        self.send(Msg::EndFrame)
+    }
+
+    /// The frames closed since the last call, in order; with `wait`, blocks for at least
+    /// one unless none is coming.
+    pub fn closed(&mut self, wait: bool) -> Vec<ClosedFrame> {
+        let mut out: Vec<ClosedFrame> = self.closed.try_iter().collect();
+        if out.is_empty() && wait {
+            out.extend(self.closed.recv().ok());
+        }
+        out
+    }
+
+    /// Ends the last frame and waits for everything to be compressed; returns the writer
+    /// and the frames closed since [`Compressor::closed`] was last called.
+    pub fn finish(mut self) -> io::Result<(W, Vec<ClosedFrame>)> {
+        self.send_batch()?;
+        self.tx = None;
+        let out = match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r?,
+            _ => return Err(io::Error::other("the compression thread stopped")),
+        };
+        Ok((out, self.closed.try_iter().collect()))
+    }
+}
+
+impl<W: Write + Send + 'static> Write for Compressor<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        self.plain += data.len() as u64;
+        if self.buf.len() >= BATCH {
+            self.send_batch()?;
+        }
+        Ok(data.len())
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -254,6 +396,25 @@ impl<R: Read> Read for Hashing<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_compressor_thread_writes_the_same_frames() {
+        let a: Vec<u8> = (0..700_000u32)
+            .flat_map(|i| (i / 7).to_le_bytes())
+            .collect();
+        let mut c = Compressor::new(Vec::new(), 3).unwrap();
+        c.write_all(&a).unwrap();
+        c.end_frame().unwrap();
+        c.write_all(b"tail").unwrap();
+        let mut frames = c.closed(true);
+        let (out, rest) = c.finish().unwrap();
+        frames.extend(rest);
+        assert_eq!(frames.len(), 2);
+        let frame = |f: &ClosedFrame| &out[f.offset as usize..(f.offset + f.len) as usize];
+        assert_eq!(zstd::decode_all(frame(&frames[0])).unwrap(), a);
+        assert_eq!(zstd::decode_all(frame(&frames[1])).unwrap(), b"tail");
+        assert_eq!(frames[1].offset + frames[1].len, out.len() as u64);
+    }
 
     #[test]
     fn frames_decode_alone_and_together() {

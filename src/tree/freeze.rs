@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use sha2::{Digest as _, Sha256};
 
 use super::exclude::Matcher;
-use super::frames::{ClosedFrame, FrameEncoder, FRAME_BYTES, OWN_FRAME};
+use super::frames::{ClosedFrame, Compressor, FRAME_BYTES, OWN_FRAME};
 use super::index::{cmp_paths, is_within, Entry, Frame, IndexReader, IndexWriter, Kind, Trailer};
 use super::walk::{Walked, Walker};
 use crate::error::{Error, IoContext, Result};
@@ -272,17 +272,23 @@ impl Merge<'_> {
         }
         self.pending.push_back((e, at));
         if self.pending.len() > MAX_PENDING {
+            // Close the frame the oldest waiting entry is in, and wait for it.
             self.layers.end_frame()?;
+            return self.drain_waiting(true);
         }
         self.drain()
     }
 
     /// Moves the waiting entries whose frames are closed into the index.
     fn drain(&mut self) -> Result<()> {
+        self.drain_waiting(false)
+    }
+
+    fn drain_waiting(&mut self, wait: bool) -> Result<()> {
         while let Some((_, at)) = self.pending.front() {
             let frame = match at {
                 None => None,
-                Some(r) => match self.layers.closed(*r) {
+                Some(r) => match self.layers.closed(*r, wait) {
                     Some(f) => Some(Frame {
                         offset: f.offset,
                         len: f.len,
@@ -534,18 +540,27 @@ impl<W: Write> Write for HashCount<W> {
 
 /// A spool file that hashes and counts what is written to it.
 type HashedFile = HashCount<crate::repo::SpoolWriter>;
-type TarOut = BufWriter<HashCount<FrameEncoder<HashedFile>>>;
+type TarOut = BufWriter<HashCount<Compressor<HashedFile>>>;
 
 struct Part {
     ordinal: u32,
     path: tempfile::TempPath,
     tar: tar::Builder<TarOut>,
     content: u64,
-    /// The frames closed so far; the current frame's number is its length.
+    /// The frames compressed so far, in order.
     closed: Vec<ClosedFrame>,
 }
 
 impl Part {
+    /// The current frame's number and how many uncompressed bytes it holds (after what
+    /// tar has buffered).
+    fn frame_position(&mut self) -> Result<(usize, u64)> {
+        let buffered = self.tar.get_mut();
+        buffered.flush().ctx(|| "writing a layer".into())?;
+        let c = &buffered.get_ref().inner;
+        Ok((c.frame_no(), c.frame_plain()))
+    }
+
     /// Uncompressed bytes in the current frame (after what tar has buffered).
     fn frame_plain(&mut self) -> Result<u64> {
         let buffered = self.tar.get_mut();
@@ -553,16 +568,21 @@ impl Part {
         Ok(buffered.get_ref().inner.frame_plain())
     }
 
+    /// Ends the current frame; it is closed once compressed ([`Part::poll`]).
     fn end_frame(&mut self) -> Result<()> {
         let buffered = self.tar.get_mut();
         buffered.flush().ctx(|| "writing a layer".into())?;
-        let closed = buffered
+        buffered
             .get_mut()
             .inner
             .end_frame()
-            .ctx(|| "ending a zstd frame".into())?;
+            .ctx(|| "ending a zstd frame".into())
+    }
+
+    /// Collects the frames compressed since the last call; with `wait`, waits for one.
+    fn poll(&mut self, wait: bool) {
+        let closed = self.tar.get_mut().get_mut().inner.closed(wait);
         self.closed.extend(closed);
-        Ok(())
     }
 }
 
@@ -595,7 +615,7 @@ impl LayerSink<'_> {
                 hasher: Sha256::new(),
                 count: 0,
             };
-            let enc = FrameEncoder::new(compressed, 3).ctx(|| "starting zstd".into())?;
+            let enc = Compressor::new(compressed, 3).ctx(|| "starting zstd".into())?;
             let plain = HashCount {
                 inner: enc,
                 hasher: Sha256::new(),
@@ -642,12 +662,21 @@ impl LayerSink<'_> {
         }
     }
 
-    /// The frame a file went into, once it is closed.
-    fn closed(&self, r: FrameRef) -> Option<&ClosedFrame> {
-        match &self.current {
-            Some(p) if p.ordinal == r.ordinal => p.closed.get(r.frame),
-            _ => self.done_frames.get(&r.ordinal)?.get(r.frame),
+    /// The frame a file went into, once it is closed; with `wait`, waits until it is
+    /// (the frame must have been ended).
+    fn closed(&mut self, r: FrameRef, wait: bool) -> Option<&ClosedFrame> {
+        if let Some(p) = self.current.as_mut().filter(|p| p.ordinal == r.ordinal) {
+            p.poll(false);
+            while wait && p.closed.len() <= r.frame {
+                let before = p.closed.len();
+                p.poll(true);
+                if p.closed.len() == before {
+                    break; // the compressing thread stopped; its error comes at finish
+                }
+            }
+            return p.closed.get(r.frame);
         }
+        self.done_frames.get(&r.ordinal)?.get(r.frame)
     }
 
     fn finish_part(&mut self) -> Result<()> {
@@ -661,8 +690,8 @@ impl LayerSink<'_> {
             .into_inner()
             .map_err(|e| Error::io("finishing a layer", e.into_error()))?;
         let diff_id = Digest::from_hasher(plain.hasher);
-        let (compressed, last) = plain.inner.finish().ctx(|| "finishing zstd".into())?;
-        part.closed.extend(last);
+        let (compressed, rest) = plain.inner.finish().ctx(|| "finishing zstd".into())?;
+        part.closed.extend(rest);
         self.done_frames.insert(part.ordinal, part.closed);
         let digest = Digest::from_hasher(compressed.hasher);
         let size = compressed.count;
@@ -735,10 +764,11 @@ impl LayerSink<'_> {
         if own_frame {
             part.end_frame()?;
         }
+        let (frame, skip) = part.frame_position()?;
         let at = FrameRef {
             ordinal: part.ordinal,
-            frame: part.closed.len(),
-            skip: part.frame_plain()?,
+            frame,
+            skip,
         };
         write_xattrs(&mut part.tar, &e.xattrs)?;
         let mut reader = ExactReader {
