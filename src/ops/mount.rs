@@ -91,9 +91,11 @@ enum What {
     Site,
     Snapshot(SnapshotRef),
     Latest(OsString),
-    /// An entry of a tree; `names` is how many names (hard links) it has.
+    /// An entry of a tree (`tree_no` numbers the trees loaded); `names` is how many
+    /// names (hard links) it has.
     Entry {
         tree: Arc<TreePlan>,
+        tree_no: usize,
         entry: Entry,
         names: u32,
     },
@@ -103,6 +105,12 @@ struct State {
     /// Inode N is `nodes[N - 1]`.
     nodes: Vec<Node>,
     cache: Cache,
+    /// The files of each frame, by (tree, layer, frame offset): one read of a frame
+    /// fills the cache with all of them (a directory of small files costs a read per
+    /// frame, not one per file).
+    frames: HashMap<(usize, u32, u64), Vec<u64>>,
+    /// Trees loaded so far (numbers the trees in `frames`).
+    trees: usize,
 }
 
 struct View {
@@ -170,10 +178,13 @@ impl View {
                 cache: Cache {
                     dir,
                     limit: cache_bytes,
+                    blobs: HashMap::new(),
                     files: HashMap::new(),
                     used: 0,
                     clock: 0,
                 },
+                frames: HashMap::new(),
+                trees: 0,
             }),
             uid: process_uid(),
             gid: process_gid(),
@@ -282,7 +293,10 @@ impl View {
 
     /// Adds a tree's entries as nodes; returns the inode of its root.
     fn load_tree(&self, state: &mut State, parent: u64, plan: Arc<TreePlan>) -> Result<u64> {
+        state.trees += 1;
+        let tree_no = state.trees;
         let nodes = &mut state.nodes;
+        let frames = &mut state.frames;
         let mut by_path: HashMap<Vec<u8>, u64> = HashMap::new();
         let mut entries = plan.entries()?;
         let mut root = None;
@@ -292,6 +306,7 @@ impl View {
                     parent,
                     what: What::Entry {
                         tree: plan.clone(),
+                        tree_no,
                         entry: e,
                         names: 2,
                     },
@@ -326,10 +341,15 @@ impl View {
             } else {
                 let dir = e.kind == Kind::Dir;
                 let path = e.path.clone();
+                let frame = match (&e.frame, e.layer) {
+                    (Some(f), Some(l)) => Some((tree_no, l, f.offset)),
+                    _ => None,
+                };
                 nodes.push(Node {
                     parent: dir_ino,
                     what: What::Entry {
                         tree: plan.clone(),
+                        tree_no,
                         entry: e,
                         names: 1,
                     },
@@ -337,6 +357,9 @@ impl View {
                 });
                 let ino = nodes.len() as u64;
                 by_path.insert(path, ino);
+                if let Some(key) = frame {
+                    frames.entry(key).or_default().push(ino);
+                }
                 ino
             };
             if let Some(c) = nodes[dir_ino as usize - 1].children.as_mut() {
@@ -346,42 +369,106 @@ impl View {
         root.ok_or_else(|| Error::integrity("tree index has no root entry"))
     }
 
-    /// The cached copy of a file's content, fetched on first use.
-    fn content(&self, ino: u64) -> Result<Arc<std::fs::File>> {
+    /// Where a file's content is in the cache, fetched on first use: (cached blob, the
+    /// offset of the content in it, its size).
+    fn content(&self, ino: u64) -> Result<(Arc<std::fs::File>, u64, u64)> {
         let mut state = self.state.lock().unwrap();
         state.cache.clock += 1;
-        let clock = state.cache.clock;
-        if let Some(c) = state.cache.files.get_mut(&ino) {
-            c.used = clock;
-            return Ok(c.file.clone());
+        if let Some(hit) = state.cache.get(ino) {
+            return Ok(hit);
         }
-        let (tree, entry) = match &state.nodes.get(ino as usize - 1).map(|n| &n.what) {
-            Some(What::Entry { tree, entry, .. }) if entry.kind == Kind::File => {
-                (tree.clone(), entry.clone())
-            }
+        let (tree, tree_no, entry) = match &state.nodes.get(ino as usize - 1).map(|n| &n.what) {
+            Some(What::Entry {
+                tree,
+                tree_no,
+                entry,
+                ..
+            }) if entry.kind == Kind::File => (tree.clone(), *tree_no, entry.clone()),
             _ => return Err(Error::not_found(format!("inode {ino} is not a file"))),
         };
-        let path = state.cache.dir.path().join(ino.to_string());
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-        // Unlinked at once: an open handle keeps it while it is read.
-        let _ = std::fs::remove_file(&path);
+        if let (Some(f), Some(l)) = (&entry.frame, entry.layer) {
+            // The whole frame, once, for every file in it.
+            let key = Blob::Frame(tree_no, l, f.offset);
+            let mut file = state.cache.new_file()?;
+            let listed = crate::tree::frames::unpack_frame(
+                &self.repo,
+                &tree.manifest,
+                l,
+                f,
+                &entry.display_path(),
+                &mut file,
+            )?;
+            if let Some(listed) = listed {
+                let inos = state
+                    .frames
+                    .get(&(tree_no, l, f.offset))
+                    .cloned()
+                    .unwrap_or_default();
+                let by_path: HashMap<&[u8], (u64, u64)> = inos
+                    .iter()
+                    .filter_map(
+                        |i| match state.nodes.get(*i as usize - 1).map(|n| &n.what) {
+                            Some(What::Entry { entry: e, .. }) => {
+                                Some((e.path.as_slice(), (*i, e.size)))
+                            }
+                            _ => None,
+                        },
+                    )
+                    .collect();
+                let mut placed = Vec::new();
+                for (path, pos, size) in listed {
+                    if let Some(&(i, want)) = by_path.get(path.as_slice()) {
+                        if size != want {
+                            return Err(Error::integrity(format!(
+                                "{} has {size} bytes in its frame, its index says {want}",
+                                String::from_utf8_lossy(&path)
+                            )));
+                        }
+                        placed.push((i, pos, size));
+                    }
+                }
+                let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+                state.cache.insert(key, Arc::new(file), len, placed);
+                return state.cache.get(ino).ok_or_else(|| {
+                    Error::integrity(format!(
+                        "{} is not in the frame its index names",
+                        entry.display_path()
+                    ))
+                });
+            }
+        }
+        // No frame to read alone (an older snapshot, an encrypted repository).
+        let mut file = state.cache.new_file()?;
         super::write_file(&self.repo, &tree, &entry, &mut file, &Progress::default())?;
-        let file = Arc::new(file);
-        state.cache.insert(ino, file.clone(), entry.size, clock);
-        Ok(file)
+        state.cache.insert(
+            Blob::File(ino),
+            Arc::new(file),
+            entry.size,
+            vec![(ino, 0, entry.size)],
+        );
+        state
+            .cache
+            .get(ino)
+            .ok_or_else(|| Error::other("the mount's cache lost a file"))
     }
 }
 
-/// Files fetched for reading, up to `limit` bytes; the least recently read leave first.
+/// What the cache holds: decompressed frames, and files fetched alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Blob {
+    /// (tree, layer, frame offset)
+    Frame(usize, u32, u64),
+    File(u64),
+}
+
+/// Cached blobs (unlinked files on local disk), up to `limit` bytes and [`MAX_BLOBS`]
+/// open files; the least recently read leave first.
 struct Cache {
     dir: tempfile::TempDir,
     limit: u64,
-    files: HashMap<u64, Cached>,
+    blobs: HashMap<Blob, Cached>,
+    /// Each file read so far: its blob, and where its content is in it.
+    files: HashMap<u64, (Blob, u64, u64)>,
     used: u64,
     clock: u64,
 }
@@ -392,25 +479,59 @@ struct Cached {
     used: u64,
 }
 
+/// Open files the cache may hold.
+const MAX_BLOBS: usize = 256;
+
 impl Cache {
-    fn insert(&mut self, ino: u64, file: Arc<std::fs::File>, size: u64, clock: u64) {
-        while self.used + size > self.limit {
-            let Some((&old, _)) = self.files.iter().min_by_key(|(_, c)| c.used) else {
+    fn get(&mut self, ino: u64) -> Option<(Arc<std::fs::File>, u64, u64)> {
+        let (blob, pos, size) = *self.files.get(&ino)?;
+        let clock = self.clock;
+        let c = self.blobs.get_mut(&blob)?;
+        c.used = clock;
+        Some((c.file.clone(), pos, size))
+    }
+
+    /// A new file in the cache directory, unlinked at once (its handle keeps it while it
+    /// is read, and nothing is left behind however the mount ends).
+    fn new_file(&self) -> Result<std::fs::File> {
+        tempfile::tempfile_in(self.dir.path()).map_err(|e| {
+            Error::io(
+                format!("creating a file in {}", self.dir.path().display()),
+                e,
+            )
+        })
+    }
+
+    fn insert(
+        &mut self,
+        blob: Blob,
+        file: Arc<std::fs::File>,
+        size: u64,
+        files: Vec<(u64, u64, u64)>,
+    ) {
+        while !self.blobs.is_empty()
+            && (self.used + size > self.limit || self.blobs.len() >= MAX_BLOBS)
+        {
+            let Some((&old, _)) = self.blobs.iter().min_by_key(|(_, c)| c.used) else {
                 break;
             };
-            if let Some(c) = self.files.remove(&old) {
+            if let Some(c) = self.blobs.remove(&old) {
                 self.used -= c.size;
             }
+            self.files.retain(|_, (b, _, _)| *b != old);
         }
         self.used += size;
-        self.files.insert(
-            ino,
+        self.blobs.insert(
+            blob,
             Cached {
                 file,
                 size,
-                used: clock,
+                used: self.clock,
             },
         );
+        for (ino, pos, len) in files {
+            self.files.insert(ino, (blob, pos, len));
+        }
     }
 }
 
@@ -481,17 +602,18 @@ impl Filesystem for View {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let file = match self.content(ino.0) {
+        let (file, start, len) = match self.content(ino.0) {
             Ok(f) => f,
             Err(e) => {
                 eprintln!("freezer: mount: {e}");
                 return reply.error(errno(&e));
             }
         };
-        let mut buf = vec![0u8; size as usize];
+        let want = (size as u64).min(len.saturating_sub(offset));
+        let mut buf = vec![0u8; want as usize];
         let mut n = 0;
         while n < buf.len() {
-            match file.read_at(&mut buf[n..], offset + n as u64) {
+            match file.read_at(&mut buf[n..], start + offset + n as u64) {
                 Ok(0) => break,
                 Ok(k) => n += k,
                 Err(_) => return reply.error(Errno::EIO),

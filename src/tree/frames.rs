@@ -16,7 +16,7 @@ use std::io::{self, Read, Seek, Write};
 use sha2::{Digest as _, Sha256};
 use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
 
-use super::index::Entry;
+use super::index::{Entry, Frame};
 use crate::error::{Error, IoContext, Result};
 use crate::format::ImageManifest;
 use crate::repo::Repository;
@@ -293,10 +293,74 @@ pub fn read_file(
     let (Some(f), Some(l)) = (&e.frame, e.layer) else {
         return Ok(None);
     };
+    let mut tmp = tempfile::tempfile().ctx(|| "creating a temporary file".into())?;
+    let mut written = None;
+    let read = read_frame(
+        repo,
+        manifest,
+        l,
+        f,
+        f.skip,
+        &e.display_path(),
+        &mut |path, entry| {
+            if path != e.path.as_slice() {
+                return Err(Error::integrity(format!(
+                    "the entry there is {}, not {}",
+                    String::from_utf8_lossy(path),
+                    e.display_path()
+                )));
+            }
+            written = Some(io::copy(entry, &mut tmp).ctx(|| "writing a temporary file".into())?);
+            Ok(false)
+        },
+    )?;
+    if !read {
+        return Ok(None);
+    }
+    let written = written.ok_or_else(|| {
+        Error::integrity(format!(
+            "{}: no entry where its index says",
+            e.display_path()
+        ))
+    })?;
+    if written != e.size {
+        return Err(Error::integrity(format!(
+            "{}: {written} bytes, the index says {}",
+            e.display_path(),
+            e.size
+        )));
+    }
+    tmp.seek(io::SeekFrom::Start(0))
+        .and_then(|_| io::copy(&mut tmp, out))
+        .map_err(|e| Error::io("writing the file", e))
+        .map(Some)
+}
+
+/// What [`read_frame`] hands each regular file to: (its path, its content); returns
+/// whether to go on.
+pub type EachFile<'a> = dyn FnMut(&[u8], &mut dyn Read) -> Result<bool> + 'a;
+
+/// A regular file in an unpacked frame: (path, offset of its data, size).
+pub type FileInFrame = (Vec<u8>, u64, u64);
+
+/// Reads frame `f` of layer `l` (one ranged read), decompresses it from `skip` on and
+/// hands each regular file's tar entry to `each` (its path, its content) until `each`
+/// returns false or the frame ends. Returns Ok(true) only once the frame's bytes are
+/// checked against their digest, so the caller keeps what `each` wrote only then; any
+/// damage is reported as such, whatever the decompressor made of it. Ok(false) when the
+/// repository cannot read ranges (encrypted). `what` names what is read, for errors.
+pub fn read_frame(
+    repo: &Repository,
+    manifest: &ImageManifest,
+    l: u32,
+    f: &Frame,
+    skip: u64,
+    what: &str,
+    each: &mut EachFile<'_>,
+) -> Result<bool> {
     let layer = manifest.layers.get(l as usize).ok_or_else(|| {
         Error::integrity(format!(
-            "tree index: {} is in layer {l}, which the manifest does not have",
-            e.display_path()
+            "tree index: {what} is in layer {l}, which the manifest does not have"
         ))
     })?;
     if f.offset
@@ -304,18 +368,16 @@ pub fn read_file(
         .is_none_or(|end| end > layer.size)
     {
         return Err(Error::integrity(format!(
-            "tree index: the frame of {} lies outside its layer {}",
-            e.display_path(),
+            "tree index: the frame of {what} lies outside its layer {}",
             layer.digest.key()
         )));
     }
     let Some(range) = repo.open_range(&layer.digest, f.offset, f.len)? else {
-        return Ok(None);
+        return Ok(false);
     };
     let what = || {
         format!(
-            "reading {} from layer {} (bytes {}..{})",
-            e.display_path(),
+            "reading {what} from layer {} (bytes {}..{})",
             layer.digest.key(),
             f.offset,
             f.offset + f.len
@@ -325,34 +387,28 @@ pub fn read_file(
         inner: range,
         hasher: Sha256::new(),
     };
-    let mut tmp = tempfile::tempfile().ctx(|| "creating a temporary file".into())?;
-    let unpacked = (|| -> Result<u64> {
+    let unpacked = (|| -> Result<()> {
         let mut dec = zstd::stream::read::Decoder::new(&mut hashed)
             .ctx(what)?
             .single_frame();
-        io::copy(&mut (&mut dec).take(f.skip), &mut io::sink()).ctx(what)?;
-        let written = {
+        io::copy(&mut (&mut dec).take(skip), &mut io::sink()).ctx(what)?;
+        {
             let mut archive = tar::Archive::new(&mut dec);
-            let mut entries = archive.entries().ctx(what)?;
-            let mut entry = match entries.next() {
-                Some(r) => r.ctx(what)?,
-                None => return Err(Error::integrity(format!("{}: no entry there", what()))),
-            };
-            let path = entry.path_bytes().into_owned();
-            if path != e.path || entry.header().entry_type() != tar::EntryType::Regular {
-                return Err(Error::integrity(format!(
-                    "{}: the entry there is {}, not the file",
-                    what(),
-                    String::from_utf8_lossy(&path)
-                )));
+            for entry in archive.entries().ctx(what)? {
+                let mut entry = entry.ctx(what)?;
+                if entry.header().entry_type() != tar::EntryType::Regular {
+                    continue;
+                }
+                let path = entry.path_bytes().into_owned();
+                if !each(&path, &mut entry).map_err(|e| crate::error::prefix(e, &what()))? {
+                    break;
+                }
             }
-            io::copy(&mut entry, &mut tmp).ctx(what)?
-        };
+        }
         // The rest of the frame, so all of it is hashed.
         io::copy(&mut dec, &mut io::sink()).ctx(what)?;
-        Ok(written)
+        Ok(())
     })();
-    // Damage shows as a digest mismatch, whatever the decompressor made of it.
     io::copy(&mut hashed, &mut io::sink()).ctx(what)?;
     let actual: [u8; 32] = hashed.hasher.finalize().into();
     if actual != f.sha256 {
@@ -366,18 +422,86 @@ pub fn read_file(
             "restore that object from another copy of the repository, or read an older snapshot",
         ));
     }
-    let written = unpacked?;
-    if written != e.size {
+    unpacked.map(|()| true)
+}
+
+/// Decompresses frame `f` of layer `l` whole into `out` (a file, from its start) and
+/// lists the regular files in it: (path, offset of the data in `out`, size). Only once
+/// the frame's bytes are checked against their digest. None when the repository cannot
+/// read ranges (encrypted).
+pub fn unpack_frame(
+    repo: &Repository,
+    manifest: &ImageManifest,
+    l: u32,
+    f: &Frame,
+    what: &str,
+    out: &mut std::fs::File,
+) -> Result<Option<Vec<FileInFrame>>> {
+    let layer = manifest.layers.get(l as usize).ok_or_else(|| {
+        Error::integrity(format!(
+            "tree index: {what} is in layer {l}, which the manifest does not have"
+        ))
+    })?;
+    if f.offset
+        .checked_add(f.len)
+        .is_none_or(|end| end > layer.size)
+    {
         return Err(Error::integrity(format!(
-            "{}: {written} bytes, the index says {}",
-            what(),
-            e.size
+            "tree index: the frame of {what} lies outside its layer {}",
+            layer.digest.key()
         )));
     }
-    tmp.seek(io::SeekFrom::Start(0))
-        .and_then(|_| io::copy(&mut tmp, out))
-        .map_err(|e| Error::io("writing the file", e))
-        .map(Some)
+    let Some(range) = repo.open_range(&layer.digest, f.offset, f.len)? else {
+        return Ok(None);
+    };
+    let what = || {
+        format!(
+            "reading {what} from layer {} (bytes {}..{})",
+            layer.digest.key(),
+            f.offset,
+            f.offset + f.len
+        )
+    };
+    let mut hashed = Hashing {
+        inner: range,
+        hasher: Sha256::new(),
+    };
+    let unpacked = (|| -> Result<()> {
+        let mut dec = zstd::stream::read::Decoder::new(&mut hashed)
+            .ctx(what)?
+            .single_frame();
+        io::copy(&mut dec, out).ctx(what)?;
+        Ok(())
+    })();
+    io::copy(&mut hashed, &mut io::sink()).ctx(what)?;
+    let actual: [u8; 32] = hashed.hasher.finalize().into();
+    if actual != f.sha256 {
+        return Err(Error::integrity(format!(
+            "{}: the frame is damaged (its SHA-256 is {}, the index says {})",
+            what(),
+            hex::encode(actual),
+            hex::encode(f.sha256)
+        ))
+        .with_hint(
+            "restore that object from another copy of the repository, or read an older snapshot",
+        ));
+    }
+    unpacked?;
+    out.seek(io::SeekFrom::Start(0)).ctx(what)?;
+    let mut files = Vec::new();
+    let mut archive = tar::Archive::new(&*out);
+    for entry in archive.entries().ctx(what)? {
+        let entry = entry.ctx(what)?;
+        if entry.header().entry_type() == tar::EntryType::Regular {
+            let size = entry.header().entry_size().ctx(what)?;
+            files.push((
+                entry.path_bytes().into_owned(),
+                entry.raw_file_position(),
+                size,
+            ));
+        }
+    }
+    Ok(Some(files))
 }
 
 struct Hashing<R> {
