@@ -236,6 +236,58 @@ impl Keys {
     }
 }
 
+/// Bytes before the first segment of a sealed object (magic, epoch, salt).
+pub const SEALED_HEADER: u64 = HEADER as u64;
+/// Plaintext bytes per segment, and what sealing adds to each.
+pub const SEGMENT_BYTES: u64 = SEGMENT as u64;
+pub const SEGMENT_TAG: u64 = TAG as u64;
+
+/// Opens single segments of one sealed object, for reading part of it: the object's key
+/// comes from its header, and each segment is authenticated on its own (its number and
+/// whether it is the last are in its nonce, so a segment moved, dropped or taken from
+/// another object fails).
+pub struct SegmentOpener {
+    cipher: LessSafeKey,
+    aad: String,
+    name: String,
+}
+
+impl Keys {
+    /// A [`SegmentOpener`] for the object whose first [`SEALED_HEADER`] bytes are `header`.
+    pub fn segment_opener(&self, aad: &str, name: &str, header: &[u8]) -> Result<SegmentOpener> {
+        if header.len() < HEADER || &header[..4] != MAGIC {
+            return Err(damaged(name, "it has no valid header"));
+        }
+        let epoch = u32::from_be_bytes(header[4..8].try_into().expect("4 bytes"));
+        Ok(SegmentOpener {
+            cipher: self
+                .object_key(epoch, &header[8..24])
+                .map_err(|e| crate::error::prefix(e, &format!("opening {name}")))?,
+            aad: aad.to_string(),
+            name: name.to_string(),
+        })
+    }
+}
+
+impl SegmentOpener {
+    /// Opens segment number `index` (sealed bytes, tag included) in place; `last` says
+    /// whether it is the object's last segment.
+    pub fn open(&self, index: u64, last: bool, seg: &mut Vec<u8>) -> Result<()> {
+        let n = self
+            .cipher
+            .open_in_place(nonce(index, last), Aad::from(self.aad.as_bytes()), seg)
+            .map_err(|_| {
+                damaged(
+                    &self.name,
+                    "its authentication failed (modified, truncated, or not the object stored under this name)",
+                )
+            })?
+            .len();
+        seg.truncate(n);
+        Ok(())
+    }
+}
+
 /// Segment nonces never repeat under one key: each object has its own key (random salt)
 /// and numbers its segments.
 fn nonce(counter: u64, last: bool) -> Nonce {

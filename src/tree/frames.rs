@@ -372,7 +372,7 @@ pub fn read_frame(
             layer.digest.key()
         )));
     }
-    let Some(range) = repo.open_range(&layer.digest, f.offset, f.len)? else {
+    let Some(range) = repo.open_range(&layer.digest, layer.size, f.offset, f.len)? else {
         return Ok(false);
     };
     let what = || {
@@ -451,7 +451,7 @@ pub fn unpack_frame(
             layer.digest.key()
         )));
     }
-    let Some(range) = repo.open_range(&layer.digest, f.offset, f.len)? else {
+    let Some(range) = repo.open_range(&layer.digest, layer.size, f.offset, f.len)? else {
         return Ok(None);
     };
     let what = || {
