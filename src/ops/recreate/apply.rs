@@ -155,19 +155,74 @@ fn apply(
     progress: &Progress,
     created: &Mutex<Created>,
 ) -> Result<Applied> {
-    // Each creation holds the list while the engine call runs, so an interrupt's cleanup
-    // sees everything created, and nothing is created after it ran.
-    let track = || {
-        let list = created.lock().unwrap_or_else(|e| e.into_inner());
-        progress.check(|| format!("creating site {}", plan.target))?;
-        Ok(list)
+    let target = plan.target.clone();
+    let track = Tracker {
+        created,
+        progress,
+        target: &target,
     };
     // 0. Every dump downloaded and verified before the engine is touched.
     let mut prepared = Vec::new();
     for m in &plan.dumps {
         prepared.push(crate::db::load::fetch(repo, m.clone(), progress)?);
     }
-    // 1. Images the engine lacks, from the snapshot.
+    let loaded = load_images(repo, engine, plan, progress)?;
+    create_networks(engine, plan, &track)?;
+    // Through a remote engine, trees are restored here first, then written into the
+    // created containers.
+    let stage = tempfile::Builder::new()
+        .prefix("freezer-thaw.")
+        .tempdir()
+        .ctx(|| "creating a staging directory".into())?;
+    let mountpoints = create_volumes(engine, plan, &track, stage.path())?;
+    let mut report = restore_trees(repo, engine, plan, &mountpoints, stage.path(), &track)?;
+    create_containers(engine, plan, &track)?;
+    if !engine.is_local() {
+        for t in &mut report.trees {
+            progress.set_label(format!("writing {} through the engine", t.name));
+            t.dest = match writer(plan, &t.name) {
+                Some((container, dest)) => {
+                    crate::docker::remote::push(engine, &container, &dest, &t.dest)?;
+                    PathBuf::from(format!("{container}:{dest}"))
+                }
+                None => push_through_helper(engine, plan, &t.name, &t.dest)?,
+            };
+        }
+    }
+    report
+        .trees
+        .extend(restore_writable_layers(repo, engine, plan, progress)?);
+    crate::fault::pause(crate::fault::Pause::ThawCreated, progress.cancel());
+    let db_reports = load_databases(engine, plan, &prepared, &track)?;
+    start_containers(engine, plan, &track)?;
+    Ok((loaded, report.trees, db_reports))
+}
+
+/// Takes the list of what was created, for the next creation. Each creation holds it
+/// while the engine call runs, so an interrupt's cleanup sees everything created, and
+/// nothing is created after it ran.
+struct Tracker<'a> {
+    created: &'a Mutex<Created>,
+    progress: &'a Progress,
+    target: &'a str,
+}
+
+impl Tracker<'_> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Created>> {
+        let list = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        self.progress
+            .check(|| format!("creating site {}", self.target))?;
+        Ok(list)
+    }
+}
+
+/// Step 1: Images the engine lacks, from the snapshot.
+fn load_images(
+    repo: &Repository,
+    engine: &Engine,
+    plan: &SitePlan,
+    progress: &Progress,
+) -> Result<Vec<String>> {
     let mut loaded = Vec::new();
     for step in &plan.images {
         if step.action != Action::Load {
@@ -182,7 +237,11 @@ fn apply(
         load_image(repo, engine, spec, manifest)?;
         loaded.push(spec.image.clone());
     }
-    // 2. Networks and volumes.
+    Ok(loaded)
+}
+
+/// Step 2: Networks.
+fn create_networks(engine: &Engine, plan: &SitePlan, track: &Tracker) -> Result<()> {
     for step in &plan.networks {
         if step.action != Action::Create {
             continue;
@@ -197,19 +256,24 @@ fn apply(
             "Options": ns.options,
         }))
         .map_err(|e| Error::other(format!("network {}: {e}", step.name)))?;
-        let mut list = track()?;
+        let mut list = track.lock()?;
         engine.call(&format!("creating network {}", step.name), |d| async move {
             d.create_network(body).await
         })?;
         list.networks.push(step.name.clone());
     }
+    Ok(())
+}
+
+/// Step 2: Volumes; returns where each is filled (its mount point, or for a remote engine a
+/// directory under `stage`).
+fn create_volumes(
+    engine: &Engine,
+    plan: &SitePlan,
+    track: &Tracker,
+    stage: &Path,
+) -> Result<HashMap<String, PathBuf>> {
     let mut mountpoints: HashMap<String, PathBuf> = HashMap::new();
-    // Through a remote engine, trees are restored here first, then written into the
-    // created containers.
-    let stage = tempfile::Builder::new()
-        .prefix("freezer-thaw.")
-        .tempdir()
-        .ctx(|| "creating a staging directory".into())?;
     for step in &plan.volumes {
         let m = plan
             .specs
@@ -232,7 +296,7 @@ fn apply(
                 "Labels": m.labels,
             }))
             .map_err(|e| Error::other(format!("volume {}: {e}", step.name)))?;
-            let mut list = track()?;
+            let mut list = track.lock()?;
             engine.call(&format!("creating volume {}", step.name), |d| async move {
                 d.create_volume(body).await
             })?;
@@ -241,11 +305,22 @@ fn apply(
         let v = engine.inspect_volume(&step.name)?;
         mountpoints.insert(step.name.clone(), PathBuf::from(v.mountpoint));
         if !engine.is_local() {
-            mountpoints.insert(step.name.clone(), stage.path().join(&step.name));
+            mountpoints.insert(step.name.clone(), stage.join(&step.name));
         }
     }
-    // 3. Contents: every volume and bind mount through the tree thaw (staged, verified,
-    // then moved into place all together).
+    Ok(mountpoints)
+}
+
+/// Step 3: Contents: every volume and bind mount through the tree thaw (staged, verified,
+/// then moved into place all together).
+fn restore_trees(
+    repo: &Repository,
+    engine: &Engine,
+    plan: &mut SitePlan,
+    mountpoints: &HashMap<String, PathBuf>,
+    stage: &Path,
+    track: &Tracker,
+) -> Result<crate::ops::ThawReport> {
     let mut trees = Vec::new();
     let dests: Vec<(String, PathBuf, bool)> = plan
         .volumes
@@ -262,7 +337,7 @@ fn apply(
             let dest = if engine.is_local() {
                 path
             } else {
-                stage.path().join(crate::docker::capture::tree_name(
+                stage.join(crate::docker::capture::tree_name(
                     "bind",
                     &path.display().to_string(),
                 ))
@@ -310,14 +385,20 @@ fn apply(
             (p, existed)
         })
         .collect();
-    let report = crate::ops::thaw(repo, &thaw, progress)?;
-    track()?.dirs.extend(new_dirs);
-    // 4. Containers, in their captured state.
+    let report = crate::ops::thaw(repo, &thaw, track.progress)?;
+    track.lock()?.dirs.extend(new_dirs);
+    Ok(report)
+}
+
+/// Step 4: Containers, created (not started) and attached to their networks.
+fn create_containers(engine: &Engine, plan: &SitePlan, track: &Tracker) -> Result<()> {
     for (spec, _, _) in &plan.specs {
-        progress.set_label(format!("creating container {}", spec.name));
+        track
+            .progress
+            .set_label(format!("creating container {}", spec.name));
         let body = create_body(spec)?;
         let name = spec.name.clone();
-        let mut list = track()?;
+        let mut list = track.lock()?;
         engine.call(
             &format!("creating container {}", spec.name),
             |d| async move {
@@ -345,20 +426,16 @@ fn apply(
             )?;
         }
     }
-    let mut report = report;
-    if !engine.is_local() {
-        for t in &mut report.trees {
-            progress.set_label(format!("writing {} through the engine", t.name));
-            t.dest = match writer(plan, &t.name) {
-                Some((container, dest)) => {
-                    crate::docker::remote::push(engine, &container, &dest, &t.dest)?;
-                    PathBuf::from(format!("{container}:{dest}"))
-                }
-                None => push_through_helper(engine, plan, &t.name, &t.dest)?,
-            };
-        }
-    }
-    // Writable layers into the created containers' own (not yet started) upper directories.
+    Ok(())
+}
+
+/// Writable layers into the created containers' own (not yet started) upper directories.
+fn restore_writable_layers(
+    repo: &Repository,
+    engine: &Engine,
+    plan: &mut SitePlan,
+    progress: &Progress,
+) -> Result<Vec<crate::ops::ThawTreeReport>> {
     let mut layers = Vec::new();
     for (spec, _, _) in &plan.specs {
         let Some(tree) = &spec.writable_layer else {
@@ -388,24 +465,32 @@ fn apply(
             only: None,
         });
     }
-    if !layers.is_empty() {
-        let r = crate::ops::thaw(
-            repo,
-            &ThawPlan {
-                snapshot: plan.snap.clone(),
-                trees: layers,
-                databases: vec![],
-                db_jobs: 1,
-                db_with_users: false,
-            },
-            progress,
-        )?;
-        report.trees.extend(r.trees);
+    if layers.is_empty() {
+        return Ok(Vec::new());
     }
-    crate::fault::pause(crate::fault::Pause::ThawCreated, progress.cancel());
-    // 5. Database containers first: started, waited for, loaded with their dumps.
+    let r = crate::ops::thaw(
+        repo,
+        &ThawPlan {
+            snapshot: plan.snap.clone(),
+            trees: layers,
+            databases: vec![],
+            db_jobs: 1,
+            db_with_users: false,
+        },
+        progress,
+    )?;
+    Ok(r.trees)
+}
+
+/// Step 5: Database containers first: started, waited for, loaded with their dumps.
+fn load_databases(
+    engine: &Engine,
+    plan: &SitePlan,
+    prepared: &[crate::db::load::PreparedDb],
+    track: &Tracker,
+) -> Result<Vec<crate::db::load::LoadReport>> {
     let mut db_reports = Vec::new();
-    for (step, p) in plan.databases.iter().zip(&prepared) {
+    for (step, p) in plan.databases.iter().zip(prepared) {
         let (spec, _, _) = plan
             .specs
             .iter()
@@ -414,12 +499,14 @@ fn apply(
         let name = spec.name.clone();
         // Started under the list's lock, like the creations: an interrupt's cleanup
         // either ran before (and this stops) or removes it after.
-        let held = track()?;
+        let held = track.lock()?;
         engine.start_container(&name)?;
         drop(held);
         let address = container_address(engine, &spec.name)?;
         let url = spec.database_url(&address).expect("checked by plan");
-        progress.set_label(format!("waiting for the database in {}", spec.name));
+        track
+            .progress
+            .set_label(format!("waiting for the database in {}", spec.name));
         wait_for_database(&url, &spec.name)?;
         let opts = crate::db::load::LoadOptions {
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -427,7 +514,7 @@ fn apply(
             with_users: false,
             tables: None,
         };
-        let r = crate::db::load::load_database(p, &url, &opts, progress).map_err(|e| {
+        let r = crate::db::load::load_database(p, &url, &opts, track.progress).map_err(|e| {
             crate::error::prefix(
                 e,
                 &format!(
@@ -438,6 +525,11 @@ fn apply(
         })?;
         db_reports.push(r);
     }
+    Ok(db_reports)
+}
+
+/// Step 6: The other containers, in their captured state.
+fn start_containers(engine: &Engine, plan: &SitePlan, track: &Tracker) -> Result<()> {
     for (spec, _, _) in &plan.specs {
         if !matches!(spec.state.as_str(), "running" | "paused")
             || plan.databases.iter().any(|d| d.container == spec.name)
@@ -445,7 +537,7 @@ fn apply(
             continue;
         }
         let name = spec.name.clone();
-        let _held = track()?;
+        let _held = track.lock()?;
         engine.start_container(&name)?;
         if spec.state == "paused" {
             let name = spec.name.clone();
@@ -455,7 +547,7 @@ fn apply(
             )?;
         }
     }
-    Ok((loaded, report.trees, db_reports))
+    Ok(())
 }
 
 /// A created container that mounts `tree` writable, and where.
