@@ -373,7 +373,7 @@ pub struct Opener<R> {
     aad: String,
     name: String,
     input: R,
-    cipher: Option<LessSafeKey>,
+    cipher: Option<SegmentOpener>,
     plain: Vec<u8>,
     pos: usize,
     counter: u64,
@@ -403,15 +403,7 @@ impl<R: Read> Opener<R> {
             let n = self
                 .read_full(&mut h)
                 .map_err(|e| Error::io(format!("reading {}", self.name), e))?;
-            if n < HEADER || &h[..4] != MAGIC {
-                return Err(damaged(&self.name, "it has no valid header"));
-            }
-            let epoch = u32::from_be_bytes(h[4..8].try_into().expect("4 bytes"));
-            self.cipher = Some(
-                self.keys
-                    .object_key(epoch, &h[8..24])
-                    .map_err(|e| crate::error::prefix(e, &format!("opening {}", self.name)))?,
-            );
+            self.cipher = Some(self.keys.segment_opener(&self.aad, &self.name, &h[..n])?);
         }
         // Decrypted in place, in the buffer of the previous segment.
         let mut seg = std::mem::take(&mut self.plain);
@@ -437,23 +429,10 @@ impl<R: Read> Opener<R> {
         if n < TAG {
             return Err(damaged(&self.name, "it is truncated"));
         }
-        let plain = self
-            .cipher
+        self.cipher
             .as_ref()
             .expect("set above")
-            .open_in_place(
-                nonce(self.counter, last),
-                Aad::from(self.aad.as_bytes()),
-                &mut seg,
-            )
-            .map_err(|_| {
-                damaged(
-                    &self.name,
-                    "its authentication failed (modified, truncated, or not the object stored under this name)",
-                )
-            })?
-            .len();
-        seg.truncate(plain);
+            .open(self.counter, last, &mut seg)?;
         self.counter += 1;
         self.plain = seg;
         self.pos = 0;

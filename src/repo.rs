@@ -424,29 +424,23 @@ impl Repository {
         offset: u64,
         len: u64,
     ) -> Result<Option<Box<dyn Read + Send + '_>>> {
-        if let Some(k) = &self.keys {
-            let key = self.blob_key(digest);
-            let header = self
-                .store
-                .get_range(&key, 0, crate::crypto::SEALED_HEADER)
-                .map_err(|e| self.missing(e, digest))?;
-            let opener = k.segment_opener(BLOB_AAD, &key, &header)?;
-            return Ok(Some(Box::new(SealedRangeReader {
-                repo: self,
-                key,
-                digest: digest.clone(),
-                opener,
-                size,
-                pos: offset,
-                end: offset + len,
-                chunk: Vec::new(),
-                at: 0,
-            })));
-        }
+        let key = self.blob_key(digest);
+        let opener = match &self.keys {
+            None => None,
+            Some(k) => {
+                let header = self
+                    .store
+                    .get_range(&key, 0, crate::crypto::SEALED_HEADER)
+                    .map_err(|e| self.missing(e, digest))?;
+                Some(k.segment_opener(BLOB_AAD, &key, &header)?)
+            }
+        };
         Ok(Some(Box::new(RangeReader {
             repo: self,
-            key: self.blob_key(digest),
+            key,
             digest: digest.clone(),
+            opener,
+            size,
             pos: offset,
             end: offset + len,
             chunk: Vec::new(),
@@ -689,54 +683,14 @@ impl Repository {
 /// Bytes per ranged GET of [`Repository::open_range`].
 pub const RANGE_CHUNK: u64 = 8 << 20;
 
+/// A range of a blob, read about [`RANGE_CHUNK`] at a time. In an encrypted repository
+/// (`opener`) the whole segments holding the range are read, opened, and cut to it.
 struct RangeReader<'a> {
     repo: &'a Repository,
     key: String,
     digest: Digest,
-    pos: u64,
-    end: u64,
-    chunk: Vec<u8>,
-    at: usize,
-}
-
-impl Read for RangeReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.at == self.chunk.len() {
-            if self.pos >= self.end {
-                return Ok(0);
-            }
-            let len = (self.end - self.pos).min(RANGE_CHUNK);
-            self.chunk = self
-                .repo
-                .store
-                .get_range(&self.key, self.pos, len)
-                .map_err(|e| into_io(self.repo.missing(e, &self.digest)))?;
-            if self.chunk.len() as u64 != len {
-                return Err(into_io(Error::integrity(format!(
-                    "object {} in {} is shorter than its index says (no bytes at {})",
-                    self.key,
-                    self.repo.location(),
-                    self.pos + self.chunk.len() as u64
-                ))));
-            }
-            self.pos += len;
-            self.at = 0;
-        }
-        let n = buf.len().min(self.chunk.len() - self.at);
-        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
-/// The plaintext range of a sealed blob: whole segments are read (about [`RANGE_CHUNK`]
-/// at a time), opened, and cut to the range.
-struct SealedRangeReader<'a> {
-    repo: &'a Repository,
-    key: String,
-    digest: Digest,
-    opener: crate::crypto::SegmentOpener,
-    /// The blob's plaintext size (which segment is the last).
+    opener: Option<crate::crypto::SegmentOpener>,
+    /// The blob's plaintext size (which sealed segment is the last).
     size: u64,
     pos: u64,
     end: u64,
@@ -744,9 +698,33 @@ struct SealedRangeReader<'a> {
     at: usize,
 }
 
-impl SealedRangeReader<'_> {
-    fn refill(&mut self) -> Result<()> {
+impl RangeReader<'_> {
+    fn get(&self, start: u64, len: u64) -> Result<Vec<u8>> {
+        let data = self
+            .repo
+            .store
+            .get_range(&self.key, start, len)
+            .map_err(|e| self.repo.missing(e, &self.digest))?;
+        if data.len() as u64 != len {
+            return Err(Error::integrity(format!(
+                "object {} in {} is shorter than its index says (no bytes at {})",
+                self.key,
+                self.repo.location(),
+                start + data.len() as u64
+            )));
+        }
+        Ok(data)
+    }
+
+    /// The next piece of the range.
+    fn refill(&mut self) -> Result<Vec<u8>> {
         use crate::crypto::{SEALED_HEADER, SEGMENT_BYTES, SEGMENT_TAG};
+        let Some(opener) = &self.opener else {
+            let len = (self.end - self.pos).min(RANGE_CHUNK);
+            let data = self.get(self.pos, len)?;
+            self.pos += len;
+            return Ok(data);
+        };
         let last = self.size.saturating_sub(1) / SEGMENT_BYTES;
         let first = self.pos / SEGMENT_BYTES;
         let upto = ((self.end - 1) / SEGMENT_BYTES)
@@ -755,43 +733,31 @@ impl SealedRangeReader<'_> {
         let plain_len = |i: u64| (self.size - i * SEGMENT_BYTES).min(SEGMENT_BYTES);
         let start = SEALED_HEADER + first * (SEGMENT_BYTES + SEGMENT_TAG);
         let sealed_len: u64 = (first..=upto).map(|i| plain_len(i) + SEGMENT_TAG).sum();
-        let sealed = self
-            .repo
-            .store
-            .get_range(&self.key, start, sealed_len)
-            .map_err(|e| self.repo.missing(e, &self.digest))?;
-        if sealed.len() as u64 != sealed_len {
-            return Err(Error::integrity(format!(
-                "object {} in {} is shorter than its size says",
-                self.key,
-                self.repo.location()
-            )));
-        }
+        let sealed = self.get(start, sealed_len)?;
         let mut plain = Vec::with_capacity(sealed.len());
         let mut rest = &sealed[..];
         for i in first..=upto {
             let (seg, more) = rest.split_at((plain_len(i) + SEGMENT_TAG) as usize);
             let mut seg = seg.to_vec();
-            self.opener.open(i, i == last, &mut seg)?;
+            opener.open(i, i == last, &mut seg)?;
             plain.extend_from_slice(&seg);
             rest = more;
         }
         let skip = (self.pos - first * SEGMENT_BYTES) as usize;
         let keep = ((upto + 1) * SEGMENT_BYTES).min(self.end) - self.pos;
-        self.chunk = plain[skip..skip + keep as usize].to_vec();
         self.pos += keep;
-        self.at = 0;
-        Ok(())
+        Ok(plain[skip..skip + keep as usize].to_vec())
     }
 }
 
-impl Read for SealedRangeReader<'_> {
+impl Read for RangeReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.at == self.chunk.len() {
             if self.pos >= self.end {
                 return Ok(0);
             }
-            self.refill().map_err(into_io)?;
+            self.chunk = self.refill().map_err(into_io)?;
+            self.at = 0;
         }
         let n = buf.len().min(self.chunk.len() - self.at);
         buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);

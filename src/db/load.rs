@@ -388,20 +388,42 @@ async fn load(
             )),
         }
     }
-    Ok(LoadReport {
-        source: m.database.clone(),
-        target: target.to_string(),
-        tables: m.tables.len(),
-        rows: m.tables.iter().map(|t| t.rows).sum(),
-        chunks: m.tables.iter().map(|t| t.chunks.len()).sum(),
-        objects: files.expected.len(),
+    Ok(LoadReport::of(
+        m,
+        target,
+        &files,
         accounts,
-        seconds: started.elapsed().as_secs_f64(),
-        data_seconds,
-        index_seconds,
-        verify_seconds,
+        started,
+        (data_seconds, index_seconds, verify_seconds),
         warnings,
-    })
+    ))
+}
+
+impl LoadReport {
+    fn of(
+        m: &DbManifest,
+        target: &DbUrl,
+        files: &SchemaFiles,
+        accounts: Vec<String>,
+        started: Instant,
+        (data_seconds, index_seconds, verify_seconds): (f64, f64, f64),
+        warnings: Vec<String>,
+    ) -> LoadReport {
+        LoadReport {
+            source: m.database.clone(),
+            target: target.to_string(),
+            tables: m.tables.len(),
+            rows: m.tables.iter().map(|t| t.rows).sum(),
+            chunks: m.tables.iter().map(|t| t.chunks.len()).sum(),
+            objects: files.expected.len(),
+            accounts,
+            seconds: started.elapsed().as_secs_f64(),
+            data_seconds,
+            index_seconds,
+            verify_seconds,
+            warnings,
+        }
+    }
 }
 
 /// The tables of `tables` that exist in the target database.
@@ -507,7 +529,7 @@ async fn load_tables(
     }
     .await;
     crate::interrupt::clear_partial(&note);
-    let (data_seconds, index_seconds, verify_seconds) = result.map_err(|mut e| {
+    let seconds = result.map_err(|mut e| {
         if !present.is_empty() {
             e.hint = Some(format!(
                 "{}; fix the cause and run the thaw again with --replace",
@@ -517,20 +539,15 @@ async fn load_tables(
         e
     })?;
     let _ = conn0.disconnect().await;
-    Ok(LoadReport {
-        source: m.database.clone(),
-        target: target.to_string(),
-        tables: m.tables.len(),
-        rows: m.tables.iter().map(|t| t.rows).sum(),
-        chunks: m.tables.iter().map(|t| t.chunks.len()).sum(),
-        objects: files.expected.len(),
-        accounts: vec![],
-        seconds: started.elapsed().as_secs_f64(),
-        data_seconds,
-        index_seconds,
-        verify_seconds,
+    Ok(LoadReport::of(
+        m,
+        target,
+        files,
+        vec![],
+        started,
+        seconds,
         warnings,
-    })
+    ))
 }
 
 /// Loads into the (created, selected) target database; returns the seconds spent on

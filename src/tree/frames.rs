@@ -346,9 +346,8 @@ pub type FileInFrame = (Vec<u8>, u64, u64);
 /// Reads frame `f` of layer `l` (one ranged read), decompresses it from `skip` on and
 /// hands each regular file's tar entry to `each` (its path, its content) until `each`
 /// returns false or the frame ends. Returns Ok(true) only once the frame's bytes are
-/// checked against their digest, so the caller keeps what `each` wrote only then; any
-/// damage is reported as such, whatever the decompressor made of it. Ok(false) when the
-/// repository cannot read ranges (encrypted). `what` names what is read, for errors.
+/// checked against their digest, so the caller keeps what `each` wrote only then.
+/// `what` names what is read, for errors.
 pub fn read_frame(
     repo: &Repository,
     manifest: &ImageManifest,
@@ -358,77 +357,27 @@ pub fn read_frame(
     what: &str,
     each: &mut EachFile<'_>,
 ) -> Result<bool> {
-    let layer = manifest.layers.get(l as usize).ok_or_else(|| {
-        Error::integrity(format!(
-            "tree index: {what} is in layer {l}, which the manifest does not have"
-        ))
-    })?;
-    if f.offset
-        .checked_add(f.len)
-        .is_none_or(|end| end > layer.size)
-    {
-        return Err(Error::integrity(format!(
-            "tree index: the frame of {what} lies outside its layer {}",
-            layer.digest.key()
-        )));
-    }
-    let Some(range) = repo.open_range(&layer.digest, layer.size, f.offset, f.len)? else {
-        return Ok(false);
-    };
-    let what = || {
-        format!(
-            "reading {what} from layer {} (bytes {}..{})",
-            layer.digest.key(),
-            f.offset,
-            f.offset + f.len
-        )
-    };
-    let mut hashed = Hashing {
-        inner: range,
-        hasher: Sha256::new(),
-    };
-    let unpacked = (|| -> Result<()> {
-        let mut dec = zstd::stream::read::Decoder::new(&mut hashed)
-            .ctx(what)?
-            .single_frame();
-        io::copy(&mut (&mut dec).take(skip), &mut io::sink()).ctx(what)?;
-        {
-            let mut archive = tar::Archive::new(&mut dec);
-            for entry in archive.entries().ctx(what)? {
-                let mut entry = entry.ctx(what)?;
-                if entry.header().entry_type() != tar::EntryType::Regular {
-                    continue;
-                }
-                let path = entry.path_bytes().into_owned();
-                if !each(&path, &mut entry).map_err(|e| crate::error::prefix(e, &what()))? {
-                    break;
-                }
+    let read = with_frame(repo, manifest, l, f, what, &mut |dec, what| {
+        io::copy(&mut dec.take(skip), &mut io::sink()).ctx(what)?;
+        let mut archive = tar::Archive::new(dec);
+        for entry in archive.entries().ctx(what)? {
+            let mut entry = entry.ctx(what)?;
+            if entry.header().entry_type() != tar::EntryType::Regular {
+                continue;
+            }
+            let path = entry.path_bytes().into_owned();
+            if !each(&path, &mut entry).map_err(|e| crate::error::prefix(e, &what()))? {
+                break;
             }
         }
-        // The rest of the frame, so all of it is hashed.
-        io::copy(&mut dec, &mut io::sink()).ctx(what)?;
         Ok(())
-    })();
-    io::copy(&mut hashed, &mut io::sink()).ctx(what)?;
-    let actual: [u8; 32] = hashed.hasher.finalize().into();
-    if actual != f.sha256 {
-        return Err(Error::integrity(format!(
-            "{}: the frame is damaged (its SHA-256 is {}, the index says {})",
-            what(),
-            hex::encode(actual),
-            hex::encode(f.sha256)
-        ))
-        .with_hint(
-            "restore that object from another copy of the repository, or read an older snapshot",
-        ));
-    }
-    unpacked.map(|()| true)
+    })?;
+    Ok(read.is_some())
 }
 
 /// Decompresses frame `f` of layer `l` whole into `out` (a file, from its start) and
-/// lists the regular files in it: (path, offset of the data in `out`, size). Only once
-/// the frame's bytes are checked against their digest. None when the repository cannot
-/// read ranges (encrypted).
+/// lists the regular files in it: (path, offset of the data in `out`, size), once the
+/// frame's bytes are checked against their digest.
 pub fn unpack_frame(
     repo: &Repository,
     manifest: &ImageManifest,
@@ -437,6 +386,45 @@ pub fn unpack_frame(
     what: &str,
     out: &mut std::fs::File,
 ) -> Result<Option<Vec<FileInFrame>>> {
+    let unpacked = with_frame(repo, manifest, l, f, what, &mut |dec, what| {
+        io::copy(dec, out).ctx(what).map(drop)
+    })?;
+    if unpacked.is_none() {
+        return Ok(None);
+    }
+    let what = || format!("reading the frame of {what}");
+    out.seek(io::SeekFrom::Start(0)).ctx(what)?;
+    let mut files = Vec::new();
+    let mut archive = tar::Archive::new(&*out);
+    for entry in archive.entries().ctx(what)? {
+        let entry = entry.ctx(what)?;
+        if entry.header().entry_type() == tar::EntryType::Regular {
+            let size = entry.header().entry_size().ctx(what)?;
+            files.push((
+                entry.path_bytes().into_owned(),
+                entry.raw_file_position(),
+                size,
+            ));
+        }
+    }
+    Ok(Some(files))
+}
+
+/// What [`with_frame`] runs on a frame: its decompressed bytes, and what names them.
+type FrameBody<'a> = dyn FnMut(&mut dyn Read, &dyn Fn() -> String) -> Result<()> + 'a;
+
+/// Fetches frame `f` of layer `l` with ranged reads and runs `body` on its decompressed
+/// bytes; then reads the rest of the frame and checks its SHA-256. A digest mismatch is
+/// reported as damage whatever `body` made of the bytes, so a caller uses what `body`
+/// produced only on Ok(Some). Ok(None) when the repository cannot read ranges.
+fn with_frame(
+    repo: &Repository,
+    manifest: &ImageManifest,
+    l: u32,
+    f: &Frame,
+    what: &str,
+    body: &mut FrameBody<'_>,
+) -> Result<Option<()>> {
     let layer = manifest.layers.get(l as usize).ok_or_else(|| {
         Error::integrity(format!(
             "tree index: {what} is in layer {l}, which the manifest does not have"
@@ -466,11 +454,13 @@ pub fn unpack_frame(
         inner: range,
         hasher: Sha256::new(),
     };
-    let unpacked = (|| -> Result<()> {
+    let result = (|| -> Result<()> {
         let mut dec = zstd::stream::read::Decoder::new(&mut hashed)
             .ctx(what)?
             .single_frame();
-        io::copy(&mut dec, out).ctx(what)?;
+        body(&mut dec, &what)?;
+        // The rest of the frame, so all of it is hashed.
+        io::copy(&mut dec, &mut io::sink()).ctx(what)?;
         Ok(())
     })();
     io::copy(&mut hashed, &mut io::sink()).ctx(what)?;
@@ -486,22 +476,7 @@ pub fn unpack_frame(
             "restore that object from another copy of the repository, or read an older snapshot",
         ));
     }
-    unpacked?;
-    out.seek(io::SeekFrom::Start(0)).ctx(what)?;
-    let mut files = Vec::new();
-    let mut archive = tar::Archive::new(&*out);
-    for entry in archive.entries().ctx(what)? {
-        let entry = entry.ctx(what)?;
-        if entry.header().entry_type() == tar::EntryType::Regular {
-            let size = entry.header().entry_size().ctx(what)?;
-            files.push((
-                entry.path_bytes().into_owned(),
-                entry.raw_file_position(),
-                size,
-            ));
-        }
-    }
-    Ok(Some(files))
+    result.map(Some)
 }
 
 struct Hashing<R> {
