@@ -249,9 +249,26 @@ pub struct ThawArgs {
     /// repeatable.
     #[arg(long, value_name = "OLD=NEW", value_parser = parse_port_map)]
     pub publish: Vec<(String, String)>,
+    #[command(flatten)]
+    pub images: ImageArgs,
     /// Verify the snapshot's metadata, print the plan and exit without writing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// A Docker site's containers on other images, or with other environment variables.
+#[derive(Args, Debug, Default)]
+pub struct ImageArgs {
+    /// Docker sites: recreate the container of compose service SERVICE (or the container
+    /// of that name) from IMAGE, with its volumes, mounts, networks, ports, labels and the
+    /// environment it set; what came from its old image (command, entrypoint, user,
+    /// working directory, health check, exposed ports, the image's environment) follows
+    /// IMAGE. The engine must have IMAGE. Repeatable.
+    #[arg(long = "image", value_name = "SERVICE=IMAGE", value_parser = parse_image)]
+    pub images: Vec<(String, String)>,
+    /// Docker sites: set environment variable KEY in the container of SERVICE; repeatable.
+    #[arg(long = "env", value_name = "SERVICE:KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String, String)>,
 }
 
 #[derive(Args, Debug)]
@@ -263,6 +280,9 @@ pub struct DrillArgs {
     /// Repeatable.
     #[arg(long = "probe", value_name = "SERVICE=COMMAND", value_parser = parse_probe)]
     pub probes: Vec<(String, String)>,
+    /// Rehearse an upgrade: the copy's containers of these services run other images.
+    #[command(flatten)]
+    pub images: ImageArgs,
     /// Leave the restored copy in place (and print where it is).
     #[arg(long)]
     pub keep: bool,
@@ -481,6 +501,27 @@ fn parse_probe(s: &str) -> std::result::Result<(String, String), String> {
             "{s:?}: expected SERVICE=COMMAND, e.g. web='wget -qO- http://localhost/'"
         )),
     }
+}
+
+fn parse_image(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((svc, image)) if !svc.is_empty() && !image.trim().is_empty() => {
+            Ok((svc.to_string(), image.trim().to_string()))
+        }
+        _ => Err(format!(
+            "{s:?}: expected SERVICE=IMAGE, e.g. web=shop-web:2"
+        )),
+    }
+}
+
+fn parse_env(s: &str) -> std::result::Result<(String, String, String), String> {
+    let err = || format!("{s:?}: expected SERVICE:KEY=VALUE, e.g. web:PHP_MEMORY_LIMIT=256M");
+    let (svc, rest) = s.split_once(':').ok_or_else(err)?;
+    let (key, value) = rest.split_once('=').ok_or_else(err)?;
+    if svc.is_empty() || key.is_empty() {
+        return Err(err());
+    }
+    Ok((svc.to_string(), key.to_string(), value.to_string()))
 }
 
 fn parse_port_map(s: &str) -> std::result::Result<(String, String), String> {

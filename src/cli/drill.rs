@@ -13,6 +13,8 @@ pub fn run(ctx: &Ctx, a: DrillArgs) -> Result<i32> {
     let snapshot = repo.find_snapshot(site, snap)?;
     let opts = DrillOptions {
         probes: a.probes,
+        images: a.images.images,
+        env: a.images.env,
         keep: a.keep,
         timeout: a.timeout,
         db_server: a.db,

@@ -29,6 +29,8 @@ pub fn run(ctx: &Ctx, a: ThawArgs) -> Result<i32> {
         },
         rename: a.rename,
         publish: a.publish,
+        images: a.images.images,
+        env: a.images.env,
         hooks: ctx.settings.site_hooks(site)?,
         include: a.include,
     };
@@ -219,6 +221,9 @@ pub(super) fn site_plan_text(plan: &SitePlan) -> String {
                 format!(", ports {}", c.ports.join(" "))
             }
         );
+        for ch in &c.changes {
+            w!(out, "            {}: {} -> {}", ch.field, ch.from, ch.to);
+        }
     }
     out
 }

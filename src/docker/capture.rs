@@ -87,9 +87,21 @@ pub struct ContainerSpec {
     /// The tree holding the container's writable layer (`--with-writable-layer`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writable_layer: Option<String>,
+    /// The defaults its image gave it (`Cmd`, `Entrypoint`, `Env`, `User`, …; see
+    /// [`super::rebase`]), so `thaw --image` can tell them from what the container set.
+    /// Absent in snapshots written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_config: Option<Value>,
 }
 
 impl ContainerSpec {
+    /// Its compose service, or for a container without compose labels its name.
+    pub fn service(&self) -> &str {
+        self.config["Labels"][super::COMPOSE_SERVICE]
+            .as_str()
+            .unwrap_or(&self.name)
+    }
+
     fn env(&self, key: &str) -> Option<String> {
         self.config["Env"].as_array()?.iter().find_map(|e| {
             e.as_str()?
@@ -438,6 +450,9 @@ pub fn capture(engine: &Engine, site: &str) -> Result<CapturedSite> {
             mounts,
             database: None,
             writable_layer: None,
+            image_config: Some(super::rebase::image_defaults(
+                &serde_json::to_value(&img.config).unwrap_or(Value::Null),
+            )),
         };
         spec.database = ["MARIADB_DATABASE", "MYSQL_DATABASE"]
             .iter()

@@ -20,6 +20,9 @@ use crate::repo::{Repository, Snapshot};
 pub struct DrillOptions {
     /// `--probe SERVICE=COMMAND`: run `sh -c COMMAND` in the site's SERVICE container.
     pub probes: Vec<(String, String)>,
+    /// `--image SERVICE=IMAGE` and `--env SERVICE:KEY=VALUE`: an upgrade rehearsed.
+    pub images: Vec<(String, String)>,
+    pub env: Vec<(String, String, String)>,
     /// Leave the restored copy in place.
     pub keep: bool,
     /// How long containers get to be running (and healthy, when they have a check).
@@ -142,6 +145,8 @@ pub fn drill_docker(
         replace: false,
         bind_root: Some(binds.path().to_path_buf()),
         isolated: true,
+        images: opts.images.clone(),
+        env: opts.env.clone(),
     };
     let restored = recreate::plan(repo, engine, snapshot, &site_opts).and_then(|plan| {
         recreate::execute(repo, engine, plan, progress, || {

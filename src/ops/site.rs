@@ -36,6 +36,9 @@ pub struct ThawRequest {
     /// Docker sites: `--as NAME` and `--publish OLD=NEW`.
     pub rename: Option<String>,
     pub publish: Vec<(String, String)>,
+    /// Docker sites: `--image SERVICE=IMAGE` and `--env SERVICE:KEY=VALUE`.
+    pub images: Vec<(String, String)>,
+    pub env: Vec<(String, String, String)>,
     /// The site's host hooks (after_thaw runs once the thaw is done).
     pub hooks: HostHooks,
     /// `--include PATTERN`: restore only the matching paths of the trees.
@@ -99,6 +102,8 @@ pub fn plan_site_thaw(repo: &Repository, req: ThawRequest) -> Result<SiteThawPla
             replace: req.replace,
             bind_root: req.into.or(req.host_bind_root),
             isolated: false,
+            images: req.images,
+            env: req.env,
         };
         let engine = Engine::connect_to(&req.engine)?;
         let plan = recreate::plan(repo, &engine, snapshot, &opts)?;
@@ -118,9 +123,13 @@ pub fn plan_site_thaw(repo: &Repository, req: ThawRequest) -> Result<SiteThawPla
         ))
         .with_hint("thaw it on that machine, or here with --into DIR"));
     }
-    if req.rename.is_some() || !req.publish.is_empty() {
+    if req.rename.is_some()
+        || !req.publish.is_empty()
+        || !req.images.is_empty()
+        || !req.env.is_empty()
+    {
         return Err(Error::usage(format!(
-            "--as and --publish apply to Docker sites; snapshot {}:{} is a {} snapshot",
+            "--as, --publish, --image and --env apply to Docker sites; snapshot {}:{} is a {} snapshot",
             snapshot.site,
             snapshot.id,
             snapshot.annotation(crate::format::A_MODE)
@@ -213,8 +222,10 @@ pub fn drill_site(
         let engine = Engine::connect_to(engine)?;
         drill::drill_docker(repo, &engine, snapshot, opts, progress)
     } else {
-        if !opts.probes.is_empty() {
-            return Err(Error::usage("--probe applies to Docker sites"));
+        if !opts.probes.is_empty() || !opts.images.is_empty() || !opts.env.is_empty() {
+            return Err(Error::usage(
+                "--probe, --image and --env apply to Docker sites",
+            ));
         }
         drill::drill_files(repo, snapshot, opts, progress)
     }

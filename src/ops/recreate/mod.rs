@@ -6,6 +6,7 @@
 
 mod apply;
 mod plan;
+mod retarget;
 
 pub use apply::*;
 pub use plan::*;
@@ -34,6 +35,10 @@ pub struct SiteOptions {
     pub bind_root: Option<PathBuf>,
     /// A restore drill: no published ports, no restart policy.
     pub isolated: bool,
+    /// `--image SERVICE=IMAGE`: those containers recreated from another image.
+    pub images: Vec<(String, String)>,
+    /// `--env SERVICE:KEY=VALUE`: environment variables set in those containers.
+    pub env: Vec<(String, String, String)>,
 }
 
 /// What a thaw will do on the engine; printed by `--dry-run`.
@@ -108,6 +113,9 @@ pub struct ContainerStep {
     pub state: String,
     /// Published ports as HOST_IP:HOST_PORT->PORT/PROTO.
     pub ports: Vec<String>,
+    /// What `--image` and `--env` change in its configuration.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<crate::docker::rebase::FieldChange>,
 }
 
 impl SitePlan {

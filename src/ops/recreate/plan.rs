@@ -13,29 +13,29 @@ use crate::format::*;
 use crate::repo::{Repository, Snapshot};
 use crate::tree::thaw::TreePlan;
 
-/// Reads the snapshot's containers and trees and checks the engine: nothing is changed.
-pub fn plan(
-    repo: &Repository,
-    engine: &Engine,
-    snap: Snapshot,
-    opts: &SiteOptions,
-) -> Result<SitePlan> {
-    // A local engine's volumes are written where they are; a remote one's through the
-    // engine, after the containers are created (see `remote`).
-    let local = engine.is_local();
-    let site = snap.site.clone();
-    let target = opts.rename.clone().unwrap_or_else(|| site.clone());
-    crate::repo::check_site_name(&target)?;
-    let mut specs = Vec::new();
-    let mut trees = HashMap::new();
-    let mut dumps = Vec::new();
+/// What a snapshot of a Docker site holds, read and checked: containers (each with its
+/// image manifest and digest), trees, and database dumps.
+pub(super) struct SnapshotParts {
+    pub specs: Vec<(ContainerSpec, ImageManifest, Digest)>,
+    pub trees: HashMap<String, TreePlan>,
+    pub dumps: Vec<crate::db::DbManifest>,
+}
+
+/// Reads the snapshot's containers, trees and dumps.
+pub(super) fn read_parts(repo: &Repository, snap: &Snapshot) -> Result<SnapshotParts> {
+    let site = &snap.site;
+    let mut parts = SnapshotParts {
+        specs: vec![],
+        trees: HashMap::new(),
+        dumps: vec![],
+    };
     for part in snap.parts() {
         let what = format!("snapshot {site}:{}", snap.id);
         let m = part.image();
         if let Part::Database { name: db, .. } = part {
             let (_, manifest) = crate::db::load::read_manifest(repo, &m.digest)
                 .map_err(|e| crate::error::prefix(e, &format!("{what} database {db}")))?;
-            dumps.push(manifest);
+            parts.dumps.push(manifest);
             continue;
         }
         let manifest: ImageManifest = from_json(&repo.read_blob(&m.digest)?, &m.digest.key())?;
@@ -51,39 +51,77 @@ pub fn plan(
                         manifest.config.digest.key()
                     ))
                 })?;
-            specs.push((spec, manifest, m.digest.clone()));
+            parts.specs.push((spec, manifest, m.digest.clone()));
         } else if let Part::Tree { name: tree, .. } = part {
             let plan = TreePlan::load(repo, &m.digest)
                 .map_err(|e| crate::error::prefix(e, &format!("{what} tree {tree}")))?;
-            trees.insert(tree.to_string(), plan);
+            parts.trees.insert(tree.to_string(), plan);
         }
     }
-    if specs.is_empty() {
+    if parts.specs.is_empty() {
         return Err(Error::usage(format!(
             "snapshot {site}:{} holds no containers",
             snap.id
         )));
     }
+    Ok(parts)
+}
 
-    // The engine: reachable, and of the architecture the containers were built for.
+/// The engine as the pre-flight found it.
+pub(super) struct EngineFacts {
+    /// `amd64`, `arm64`, … (empty when the engine does not say).
+    pub arch: String,
+    /// Its data root (where volumes live).
+    pub root: String,
+    pub checks: Vec<String>,
+}
+
+/// Asks the engine for its properties: reachable, and of which architecture.
+pub(super) fn engine_facts(engine: &Engine) -> Result<EngineFacts> {
     let info = engine.call("asking the engine for its properties", |d| async move {
         d.info().await
     })?;
-    let arch = match info.architecture.as_deref().unwrap_or("") {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-    .to_string();
+    let arch = docker_arch(info.architecture.as_deref().unwrap_or(""));
     let root = info.docker_root_dir.clone().unwrap_or_default();
-    let mut checks = vec![format!(
+    let checks = vec![format!(
         "engine {} answers: Docker {}, {arch}, data in {root}",
         engine.endpoint.host,
         info.server_version.as_deref().unwrap_or("?"),
     )];
+    Ok(EngineFacts { arch, root, checks })
+}
+
+/// Docker's name for a CPU architecture the engine reports as the kernel names it.
+fn docker_arch(kernel: &str) -> String {
+    match kernel {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+    .to_string()
+}
+
+/// Reads the snapshot's containers and trees and checks the engine: nothing is changed.
+pub fn plan(
+    repo: &Repository,
+    engine: &Engine,
+    snap: Snapshot,
+    opts: &SiteOptions,
+) -> Result<SitePlan> {
+    let site = snap.site.clone();
+    let target = opts.rename.clone().unwrap_or_else(|| site.clone());
+    crate::repo::check_site_name(&target)?;
+    let SnapshotParts {
+        specs,
+        trees,
+        mut dumps,
+    } = read_parts(repo, &snap)?;
+    let facts = engine_facts(engine)?;
+    let arch = &facts.arch;
     if let Some((spec, _, _)) = specs
         .iter()
-        .find(|(s, _, _)| !arch.is_empty() && s.platform.architecture != arch)
+        .find(|(s, _, _)| !arch.is_empty() && s.platform.architecture != *arch)
+        .filter(|(s, _, _)| !super::retarget::is_retargeted(s, opts))
     {
         return Err(Error::conflict(format!(
             "container {} was frozen on {}; the Docker engine at {} runs {arch}",
@@ -104,13 +142,13 @@ pub fn plan(
             "pass --replace to replace it (it is frozen first, as a safety snapshot), or --as NAME to run a copy beside it",
         ));
     }
-
+    let existing: Vec<String> = existing.into_iter().map(|c| c.name).collect();
     let mut plan = SitePlan {
         site: site.clone(),
         snapshot: snap.id.clone(),
         target: target.clone(),
         engine: engine.endpoint.host.clone(),
-        replaces: existing.iter().map(|c| c.name.clone()).collect(),
+        replaces: existing.clone(),
         replaced_paths: vec![],
         images: vec![],
         networks: vec![],
@@ -125,173 +163,16 @@ pub fn plan(
         snap: snap.clone(),
         network_specs: BTreeMap::new(),
     };
+    let mut retargets = super::retarget::Retargets::new(opts, &specs)?;
     for (mut spec, manifest, digest) in specs {
+        let changes = retargets.apply(engine, &mut spec, arch)?;
         rename_spec(&mut spec, &site, &target, opts);
-        // A container of another site with this name is never touched.
-        if !existing.iter().any(|c| c.name == spec.name) {
-            let name = spec.name.clone();
-            match engine.inspect_container(&name) {
-                Ok(_) => {
-                    return Err(Error::conflict(format!(
-                        "a container named {} exists on the Docker engine at {} and is not part of site {target}",
-                        spec.name, engine.endpoint.host
-                    ))
-                    .with_hint("remove or rename it, or thaw with --as NAME"))
-                }
-                Err(e) if e.kind == ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if !plan.images.iter().any(|i| i.image == spec.image) {
-            let image = spec.image.clone();
-            let action = match engine.call(&format!("inspecting image {image}"), |d| async move {
-                d.inspect_image(&image).await
-            }) {
-                Ok(_) => Action::Present,
-                Err(e) if e.kind == ErrorKind::NotFound => {
-                    if manifest.layers.is_empty() {
-                        return Err(Error::not_found(format!(
-                            "image {} of container {} is not on the Docker engine at {}, and snapshot {site}:{} does not hold it",
-                            spec.image, spec.name, engine.endpoint.host, snap.id
-                        ))
-                        .with_hint("pull or load the image on that engine first, or freeze the site with --with-images"));
-                    }
-                    Action::Load
-                }
-                Err(e) => return Err(e),
-            };
-            plan.images.push(ImageStep {
-                image: spec.image.clone(),
-                action,
-            });
-        }
-        for (net, ns) in &spec.networks {
-            if plan.network_specs.contains_key(net) {
-                continue;
-            }
-            let n = net.clone();
-            let action = match engine.call(&format!("inspecting network {net}"), |d| async move {
-                d.inspect_network(&n, None::<bollard::query_parameters::InspectNetworkOptions>)
-                    .await
-            }) {
-                Ok(_) => Action::Reuse,
-                Err(e) if e.kind == ErrorKind::NotFound => Action::Create,
-                Err(e) => return Err(e),
-            };
-            plan.networks.push(Step {
-                name: net.clone(),
-                action,
-                tree: None,
-                path: None,
-            });
-            plan.network_specs.insert(net.clone(), ns.clone());
-        }
-        for m in &spec.mounts {
-            if !m.tree.is_empty() && !trees.contains_key(&m.tree) {
-                return Err(Error::integrity(format!(
-                    "snapshot {site}:{}: container {} mounts tree {}, which the snapshot does not hold",
-                    snap.id, spec.name, m.tree
-                )));
-            }
-            if m.kind == "volume" {
-                let name = m.name.clone().unwrap_or_default();
-                if plan.volumes.iter().any(|v| v.name == name) {
-                    continue;
-                }
-                let action = match engine.inspect_volume(&name) {
-                    Ok(v) if local && dir_is_empty(Path::new(&v.mountpoint)) => Action::Reuse,
-                    // Through a remote engine a volume is replaced whole, and only when
-                    // the containers it belongs to are frozen first.
-                    Ok(_) if !local && opts.replace && !existing.is_empty() => Action::Recreate,
-                    Ok(_) if !local => {
-                        return Err(Error::conflict(format!(
-                            "volume {name} exists on the Docker engine at {}",
-                            engine.endpoint.host
-                        ))
-                        .with_hint("remove it, or thaw with --as NAME"))
-                    }
-                    Ok(v) if opts.replace => {
-                        plan.replaced_paths.push((
-                            crate::docker::capture::tree_name("volume", &name),
-                            PathBuf::from(&v.mountpoint),
-                        ));
-                        if m.tree.is_empty() {
-                            Action::Recreate
-                        } else {
-                            Action::Replace
-                        }
-                    }
-                    Ok(_) => {
-                        return Err(Error::conflict(format!(
-                            "volume {name} exists on the Docker engine at {} and is not empty",
-                            engine.endpoint.host
-                        ))
-                        .with_hint(
-                            "pass --replace to replace its contents, or thaw with --as NAME",
-                        ))
-                    }
-                    Err(e) if e.kind == ErrorKind::NotFound => Action::Create,
-                    Err(e) => return Err(e),
-                };
-                plan.volumes.push(Step {
-                    name,
-                    action,
-                    tree: Some(m.tree.clone()).filter(|t| !t.is_empty()),
-                    path: None,
-                });
-            } else {
-                let path = PathBuf::from(&m.source);
-                if plan.binds.iter().any(|b| b.path.as_ref() == Some(&path)) {
-                    continue;
-                }
-                let action = if !local {
-                    // Written through the engine into the (created) directory.
-                    Action::Write
-                } else if dir_is_empty(&path) {
-                    Action::Create
-                } else if opts.replace {
-                    plan.replaced_paths.push((
-                        crate::docker::capture::tree_name("bind", m.source.trim_start_matches('/')),
-                        path.clone(),
-                    ));
-                    Action::Replace
-                } else {
-                    return Err(Error::conflict(format!(
-                        "{} (bind-mounted by container {}) exists and is not empty",
-                        path.display(),
-                        spec.name
-                    ))
-                    .with_hint("pass --replace to replace it, or --into DIR to restore bind-mounted directories under DIR"));
-                };
-                plan.binds.push(Step {
-                    name: m.destination.clone(),
-                    action,
-                    tree: Some(m.tree.clone()),
-                    path: Some(path),
-                });
-            }
-        }
-        // Pre-flight: a host port that is taken would fail the start after everything
-        // else is created. (A replaced site's own ports are freed when it is removed.)
-        if existing.is_empty() && local {
-            for (ip, port) in host_ports(&spec.host_config) {
-                let addr = if ip.is_empty() {
-                    "0.0.0.0"
-                } else {
-                    ip.as_str()
-                };
-                if std::net::TcpListener::bind((addr, port)).is_err() {
-                    return Err(Error::conflict(format!(
-                        "port {addr}:{port}, published by container {}, is in use on this host",
-                        spec.name
-                    ))
-                    .with_hint(format!(
-                        "publish it elsewhere with --publish {port}=OTHER, or stop what uses it"
-                    )));
-                }
-            }
-        }
-        if spec.writable_layer.is_some() && !local {
+        check_name_free(engine, &spec, &existing, &target)?;
+        plan_image(engine, &mut plan, &spec, &manifest)?;
+        plan_networks(engine, &mut plan, &spec)?;
+        plan_mounts(engine, &mut plan, &spec, &trees, &existing, opts)?;
+        check_ports(engine, &spec, &existing)?;
+        if spec.writable_layer.is_some() && !engine.is_local() {
             return Err(Error::usage(format!(
                 "container {} has a stored writable layer, which can be restored only on a local engine with overlay2",
                 spec.name
@@ -302,23 +183,9 @@ pub fn plan(
             image: spec.image.clone(),
             state: spec.state.clone(),
             ports: ports(&spec.host_config),
+            changes,
         });
-        if let Some(db) = &spec.database {
-            if let Some(d) = dumps.iter().find(|d| &d.database == db) {
-                if spec.database_url("127.0.0.1").is_none() {
-                    return Err(Error::usage(format!(
-                        "container {} holds database {db}, but its environment has no credentials (MARIADB_USER/MARIADB_PASSWORD or MARIADB_ROOT_PASSWORD) to load it with",
-                        spec.name
-                    )));
-                }
-                plan.databases.push(DbStep {
-                    database: db.clone(),
-                    container: spec.name.clone(),
-                    tables: d.tables.len(),
-                    rows: d.tables.iter().map(|t| t.rows).sum(),
-                });
-            }
-        }
+        plan_database(&mut plan, &spec, &dumps)?;
         plan.specs.push((spec, manifest, digest));
     }
     // In load order: the plan's database steps, each with its dump.
@@ -338,26 +205,9 @@ pub fn plan(
         .with_hint("freeze the site hydrated, or dump that database on its own with --db"));
     }
     plan.dumps = ordered;
-    // Room for every tree: volumes under the engine's data root, directories where they go.
-    let mut need: HashMap<PathBuf, u64> = HashMap::new();
-    for v in &plan.volumes {
-        if let Some(t) = v.tree.as_ref().and_then(|t| trees.get(t)) {
-            *need.entry(PathBuf::from(&root)).or_default() += t.trailer.bytes;
-        }
-    }
-    for b in &plan.binds {
-        if let (Some(t), Some(p)) = (b.tree.as_ref().and_then(|t| trees.get(t)), &b.path) {
-            *need.entry(crate::sys::existing_ancestor(p)).or_default() += t.trailer.bytes;
-        }
-    }
-    if local {
-        crate::sys::check_free_space(&need)?;
-    }
-    let total: u64 = need.values().sum();
-    checks.push(format!(
-        "space for {} of files",
-        crate::progress::bytes(total)
-    ));
+    let mut checks = facts.checks;
+    checks.push(check_space(engine, &plan, &trees, &facts.root)?);
+    checks.extend(retargets.checks());
     let loads = plan
         .images
         .iter()
@@ -371,6 +221,266 @@ pub fn plan(
     plan.checks = checks;
     plan.trees = trees;
     Ok(plan)
+}
+
+/// A container of another site with this name is never touched.
+fn check_name_free(
+    engine: &Engine,
+    spec: &ContainerSpec,
+    existing: &[String],
+    target: &str,
+) -> Result<()> {
+    if existing.contains(&spec.name) {
+        return Ok(());
+    }
+    match engine.inspect_container(&spec.name) {
+        Ok(_) => Err(Error::conflict(format!(
+            "a container named {} exists on the Docker engine at {} and is not part of site {target}",
+            spec.name, engine.endpoint.host
+        ))
+        .with_hint("remove or rename it, or thaw with --as NAME")),
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The container's image: on the engine, or loaded from the snapshot.
+fn plan_image(
+    engine: &Engine,
+    plan: &mut SitePlan,
+    spec: &ContainerSpec,
+    manifest: &ImageManifest,
+) -> Result<()> {
+    if plan.images.iter().any(|i| i.image == spec.image) {
+        return Ok(());
+    }
+    let image = spec.image.clone();
+    let action = match engine.call(&format!("inspecting image {image}"), |d| async move {
+        d.inspect_image(&image).await
+    }) {
+        Ok(_) => Action::Present,
+        Err(e) if e.kind == ErrorKind::NotFound => {
+            if manifest.layers.is_empty() {
+                return Err(Error::not_found(format!(
+                    "image {} of container {} is not on the Docker engine at {}, and snapshot {}:{} does not hold it",
+                    spec.image, spec.name, engine.endpoint.host, plan.site, plan.snapshot
+                ))
+                .with_hint("pull or load the image on that engine first, or freeze the site with --with-images"));
+            }
+            Action::Load
+        }
+        Err(e) => return Err(e),
+    };
+    plan.images.push(ImageStep {
+        image: spec.image.clone(),
+        action,
+    });
+    Ok(())
+}
+
+/// Its networks: reused when the engine has them, else created.
+fn plan_networks(engine: &Engine, plan: &mut SitePlan, spec: &ContainerSpec) -> Result<()> {
+    for (net, ns) in &spec.networks {
+        if plan.network_specs.contains_key(net) {
+            continue;
+        }
+        let n = net.clone();
+        let action = match engine.call(&format!("inspecting network {net}"), |d| async move {
+            d.inspect_network(&n, None::<bollard::query_parameters::InspectNetworkOptions>)
+                .await
+        }) {
+            Ok(_) => Action::Reuse,
+            Err(e) if e.kind == ErrorKind::NotFound => Action::Create,
+            Err(e) => return Err(e),
+        };
+        plan.networks.push(Step {
+            name: net.clone(),
+            action,
+            tree: None,
+            path: None,
+        });
+        plan.network_specs.insert(net.clone(), ns.clone());
+    }
+    Ok(())
+}
+
+/// Its volumes and bind-mounted directories: created, reused when empty, replaced with
+/// --replace, else refused.
+fn plan_mounts(
+    engine: &Engine,
+    plan: &mut SitePlan,
+    spec: &ContainerSpec,
+    trees: &HashMap<String, TreePlan>,
+    existing: &[String],
+    opts: &SiteOptions,
+) -> Result<()> {
+    // A local engine's volumes are written where they are; a remote one's through the
+    // engine, after the containers are created (see `remote`).
+    let local = engine.is_local();
+    for m in &spec.mounts {
+        if !m.tree.is_empty() && !trees.contains_key(&m.tree) {
+            return Err(Error::integrity(format!(
+                "snapshot {}:{}: container {} mounts tree {}, which the snapshot does not hold",
+                plan.site, plan.snapshot, spec.name, m.tree
+            )));
+        }
+        if m.kind == "volume" {
+            let name = m.name.clone().unwrap_or_default();
+            if plan.volumes.iter().any(|v| v.name == name) {
+                continue;
+            }
+            let action = match engine.inspect_volume(&name) {
+                Ok(v) if local && dir_is_empty(Path::new(&v.mountpoint)) => Action::Reuse,
+                // Through a remote engine a volume is replaced whole, and only when
+                // the containers it belongs to are frozen first.
+                Ok(_) if !local && opts.replace && !existing.is_empty() => Action::Recreate,
+                Ok(_) if !local => {
+                    return Err(Error::conflict(format!(
+                        "volume {name} exists on the Docker engine at {}",
+                        engine.endpoint.host
+                    ))
+                    .with_hint("remove it, or thaw with --as NAME"))
+                }
+                Ok(v) if opts.replace => {
+                    plan.replaced_paths.push((
+                        crate::docker::capture::tree_name("volume", &name),
+                        PathBuf::from(&v.mountpoint),
+                    ));
+                    if m.tree.is_empty() {
+                        Action::Recreate
+                    } else {
+                        Action::Replace
+                    }
+                }
+                Ok(_) => {
+                    return Err(Error::conflict(format!(
+                        "volume {name} exists on the Docker engine at {} and is not empty",
+                        engine.endpoint.host
+                    ))
+                    .with_hint("pass --replace to replace its contents, or thaw with --as NAME"))
+                }
+                Err(e) if e.kind == ErrorKind::NotFound => Action::Create,
+                Err(e) => return Err(e),
+            };
+            plan.volumes.push(Step {
+                name,
+                action,
+                tree: Some(m.tree.clone()).filter(|t| !t.is_empty()),
+                path: None,
+            });
+        } else {
+            let path = PathBuf::from(&m.source);
+            if plan.binds.iter().any(|b| b.path.as_ref() == Some(&path)) {
+                continue;
+            }
+            let action = if !local {
+                // Written through the engine into the (created) directory.
+                Action::Write
+            } else if dir_is_empty(&path) {
+                Action::Create
+            } else if opts.replace {
+                plan.replaced_paths.push((
+                    crate::docker::capture::tree_name("bind", m.source.trim_start_matches('/')),
+                    path.clone(),
+                ));
+                Action::Replace
+            } else {
+                return Err(Error::conflict(format!(
+                    "{} (bind-mounted by container {}) exists and is not empty",
+                    path.display(),
+                    spec.name
+                ))
+                .with_hint("pass --replace to replace it, or --into DIR to restore bind-mounted directories under DIR"));
+            };
+            plan.binds.push(Step {
+                name: m.destination.clone(),
+                action,
+                tree: Some(m.tree.clone()),
+                path: Some(path),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Pre-flight: a host port that is taken would fail the start after everything else is
+/// created. (A replaced site's own ports are freed when it is removed.)
+fn check_ports(engine: &Engine, spec: &ContainerSpec, existing: &[String]) -> Result<()> {
+    if !existing.is_empty() || !engine.is_local() {
+        return Ok(());
+    }
+    for (ip, port) in host_ports(&spec.host_config) {
+        let addr = if ip.is_empty() {
+            "0.0.0.0"
+        } else {
+            ip.as_str()
+        };
+        if std::net::TcpListener::bind((addr, port)).is_err() {
+            return Err(Error::conflict(format!(
+                "port {addr}:{port}, published by container {}, is in use on this host",
+                spec.name
+            ))
+            .with_hint(format!(
+                "publish it elsewhere with --publish {port}=OTHER, or stop what uses it"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A database container of a dehydrated snapshot: its dump is loaded once it starts.
+fn plan_database(
+    plan: &mut SitePlan,
+    spec: &ContainerSpec,
+    dumps: &[crate::db::DbManifest],
+) -> Result<()> {
+    let Some(db) = &spec.database else {
+        return Ok(());
+    };
+    let Some(d) = dumps.iter().find(|d| &d.database == db) else {
+        return Ok(());
+    };
+    if spec.database_url("127.0.0.1").is_none() {
+        return Err(Error::usage(format!(
+            "container {} holds database {db}, but its environment has no credentials (MARIADB_USER/MARIADB_PASSWORD or MARIADB_ROOT_PASSWORD) to load it with",
+            spec.name
+        )));
+    }
+    plan.databases.push(DbStep {
+        database: db.clone(),
+        container: spec.name.clone(),
+        tables: d.tables.len(),
+        rows: d.tables.iter().map(|t| t.rows).sum(),
+    });
+    Ok(())
+}
+
+/// Room for every tree: volumes under the engine's data root, directories where they go.
+fn check_space(
+    engine: &Engine,
+    plan: &SitePlan,
+    trees: &HashMap<String, TreePlan>,
+    root: &str,
+) -> Result<String> {
+    let mut need: HashMap<PathBuf, u64> = HashMap::new();
+    for v in &plan.volumes {
+        if let Some(t) = v.tree.as_ref().and_then(|t| trees.get(t)) {
+            *need.entry(PathBuf::from(root)).or_default() += t.trailer.bytes;
+        }
+    }
+    for b in &plan.binds {
+        if let (Some(t), Some(p)) = (b.tree.as_ref().and_then(|t| trees.get(t)), &b.path) {
+            *need.entry(crate::sys::existing_ancestor(p)).or_default() += t.trailer.bytes;
+        }
+    }
+    if engine.is_local() {
+        crate::sys::check_free_space(&need)?;
+    }
+    let total: u64 = need.values().sum();
+    Ok(format!(
+        "space for {} of files",
+        crate::progress::bytes(total)
+    ))
 }
 
 fn dir_is_empty(p: &Path) -> bool {
