@@ -251,6 +251,17 @@ pub struct ThawArgs {
     pub publish: Vec<(String, String)>,
     #[command(flatten)]
     pub images: ImageArgs,
+    /// Docker sites: load the snapshot's state into the containers of this existing site
+    /// (compose project or dev.freezer.site label) instead of creating containers: each
+    /// volume and bind mount into what the same service mounts at the same path, each
+    /// database through SQL with the target's own credentials. The target's containers
+    /// are stopped for the swap and put back in their state.
+    #[arg(long, value_name = "PROJECT", conflicts_with_all = ["rename", "publish", "into", "tables", "include", "dbs", "images", "env"])]
+    pub onto: Option<String>,
+    /// With --onto: the snapshot's service OLD goes into the target's service NEW;
+    /// repeatable.
+    #[arg(long, value_name = "OLD=NEW", requires = "onto", value_parser = parse_service_map)]
+    pub map: Vec<(String, String)>,
     /// Verify the snapshot's metadata, print the plan and exit without writing.
     #[arg(long)]
     pub dry_run: bool,
@@ -511,6 +522,13 @@ fn parse_image(s: &str) -> std::result::Result<(String, String), String> {
         _ => Err(format!(
             "{s:?}: expected SERVICE=IMAGE, e.g. web=shop-web:2"
         )),
+    }
+}
+
+fn parse_service_map(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a.to_string(), b.to_string())),
+        _ => Err(format!("{s:?}: expected OLD=NEW, e.g. mysql=db")),
     }
 }
 

@@ -121,7 +121,9 @@ fn thaw_dry_run_plans() {
             tmp.path(),
             &[&snap],
         ),
-        Ok(ops::ThawKind::Docker(_)) => panic!("a files snapshot planned as a Docker site"),
+        Ok(ops::ThawKind::Docker(_) | ops::ThawKind::Onto(_)) => {
+            panic!("a files snapshot planned as a Docker site")
+        }
         Err(e) => stable(&error_text(&e), tmp.path(), &[&snap]),
     };
     let into = tmp.path().join("restore");

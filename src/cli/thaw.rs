@@ -29,6 +29,8 @@ pub fn run(ctx: &Ctx, a: ThawArgs) -> Result<i32> {
         },
         rename: a.rename,
         publish: a.publish,
+        onto: a.onto,
+        map: a.map,
         images: a.images.images,
         env: a.images.env,
         hooks: ctx.settings.site_hooks(site)?,
@@ -47,6 +49,8 @@ pub fn run(ctx: &Ctx, a: ThawArgs) -> Result<i32> {
             }
             ThawKind::Docker(d) if ctx.json() => print_json(&d.plan),
             ThawKind::Docker(d) => outln!("{}", site_plan_text(&d.plan).trim_end()),
+            ThawKind::Onto(o) if ctx.json() => print_json(&o.plan),
+            ThawKind::Onto(o) => outln!("{}", onto_plan_text(&o.plan).trim_end()),
         }
         return Ok(0);
     }
@@ -54,6 +58,7 @@ pub fn run(ctx: &Ctx, a: ThawArgs) -> Result<i32> {
     let hooks = match &report {
         SiteThawReport::Files(r) => &r.hooks,
         SiteThawReport::Docker(r) => &r.hooks,
+        SiteThawReport::Onto(r) => &r.hooks,
     };
     let hook_failed = hooks.iter().any(|h| !h.ok);
     show_report(ctx, &report);
@@ -91,8 +96,100 @@ fn show_report(ctx: &Ctx, report: &SiteThawReport) {
             }
         }
         SiteThawReport::Docker(r) if !ctx.json() => say_site(ctx, r),
-        SiteThawReport::Docker(_) => {}
+        SiteThawReport::Onto(r) if !ctx.json() => {
+            if let Some(s) = &r.safety_snapshot {
+                ctx.say(format!(
+                    "froze site {} before replacing its state, as {}:{s}",
+                    r.target, r.target
+                ));
+            }
+            ctx.say(format!(
+                "thawed {}:{} onto site {} in {:.1}s",
+                r.site, r.snapshot, r.target, r.seconds
+            ));
+            say_restored(ctx, &r.trees, &r.databases);
+            if !r.stopped.is_empty() {
+                ctx.say(format!(
+                    "  stopped and started again: {}",
+                    r.stopped.join(", ")
+                ));
+            }
+        }
+        SiteThawReport::Docker(_) | SiteThawReport::Onto(_) => {}
     }
+}
+
+/// What `thaw --onto --dry-run` prints: the mapping and what is replaced.
+fn onto_plan_text(plan: &crate::ops::onto::OntoPlan) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    w!(
+        out,
+        "thaw {}:{} ({}) onto site {} on the Docker engine at {}",
+        plan.site,
+        plan.snapshot,
+        plan.mode,
+        plan.target,
+        plan.engine
+    );
+    for c in &plan.checks {
+        w!(out, "  checked: {c}");
+    }
+    if !plan.replaces.is_empty() {
+        w!(
+            out,
+            "  freeze site {} (safety snapshot), then replace: {}",
+            plan.target,
+            plan.replaces.join("; ")
+        );
+    }
+    for s in &plan.services {
+        w!(
+            out,
+            "  service {} ({}) -> {} ({})",
+            s.service,
+            s.container,
+            s.target_service,
+            s.target_container
+        );
+        for m in &s.mounts {
+            w!(
+                out,
+                "    {:<24} tree {} -> {} ({})",
+                m.destination,
+                m.tree,
+                m.target,
+                m.action
+            );
+        }
+        if let Some(d) = &s.database {
+            let from = match d.from.as_str() {
+                "dump" => "the snapshot's dump".to_string(),
+                _ => "a scratch copy of the snapshot's database container".to_string(),
+            };
+            w!(
+                out,
+                "    database {} -> database {} of {}, from {from}, verified",
+                d.database,
+                d.into,
+                s.target_container
+            );
+        }
+    }
+    for s in &plan.skipped {
+        w!(
+            out,
+            "  service {s}: no state to load, no counterpart (skipped)"
+        );
+    }
+    if !plan.stops.is_empty() {
+        w!(
+            out,
+            "  stop {} for the swap, then start them again",
+            plan.stops.join(", ")
+        );
+    }
+    out
 }
 
 /// What `thaw --dry-run` prints for trees and databases.

@@ -308,130 +308,8 @@ pub fn capture(engine: &Engine, site: &str) -> Result<CapturedSite> {
             serde_json::to_value(info.host_config.clone().unwrap_or_default())
                 .unwrap_or(Value::Null),
         );
-        let mut nets = BTreeMap::new();
-        let endpoints = info
-            .network_settings
-            .as_ref()
-            .and_then(|n| n.networks.clone())
-            .unwrap_or_default();
-        let mut address = None;
-        for (net, ep) in endpoints {
-            if address.is_none() {
-                address = ep.ip_address.clone().filter(|a| !a.is_empty());
-            }
-            if matches!(net.as_str(), "bridge" | "host" | "none") {
-                continue;
-            }
-            if !networks.contains_key(&net) {
-                let n = net.clone();
-                let info = engine.call(&format!("inspecting network {net}"), |d| async move {
-                    d.inspect_network(&n, None::<bollard::query_parameters::InspectNetworkOptions>)
-                        .await
-                })?;
-                networks.insert(
-                    net.clone(),
-                    NetworkSpec {
-                        aliases: vec![],
-                        driver: info.driver.unwrap_or_else(|| "bridge".into()),
-                        internal: info.internal.unwrap_or(false),
-                        attachable: info.attachable.unwrap_or(false),
-                        labels: info.labels.unwrap_or_default().into_iter().collect(),
-                        options: info.options.unwrap_or_default().into_iter().collect(),
-                    },
-                );
-            }
-            let mut spec = networks[&net].clone();
-            // The engine adds the container's short id as an alias; a new container gets
-            // its own.
-            spec.aliases = ep
-                .aliases
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|a| a != short)
-                .collect();
-            spec.aliases.sort();
-            spec.aliases.dedup();
-            nets.insert(net, spec);
-        }
-        let mut mounts = Vec::new();
-        for m in info.mounts.clone().unwrap_or_default() {
-            let kind = m.typ.map(|t| t.to_string()).unwrap_or_default();
-            let source = m.source.clone().unwrap_or_default();
-            let destination = m.destination.clone().unwrap_or_default();
-            let (tree, name, driver, labels, options) = match kind.as_str() {
-                "volume" => {
-                    let name = m.name.clone().unwrap_or_default();
-                    let v = engine.inspect_volume(&name)?;
-                    (
-                        tree_name("volume", &name),
-                        Some(name),
-                        Some(v.driver),
-                        v.labels.into_iter().collect(),
-                        v.options.into_iter().collect(),
-                    )
-                }
-                "bind" => (
-                    tree_name("bind", source.trim_start_matches('/')),
-                    None,
-                    None,
-                    BTreeMap::new(),
-                    BTreeMap::new(),
-                ),
-                // tmpfs and the like hold nothing to keep; HostConfig recreates them.
-                _ => continue,
-            };
-            if kind == "volume" && m.driver.as_deref().is_some_and(|d| d != "local") {
-                return Err(Error::usage(format!(
-                    "container {} mounts volume {} of driver {}; freezer copies only local volumes",
-                    c.name,
-                    name.as_deref().unwrap_or(""),
-                    m.driver.as_deref().unwrap_or("")
-                )));
-            }
-            let path = if local {
-                PathBuf::from(&source)
-            } else {
-                let mirror = super::remote::mirror_path(&engine.endpoint.host, &source, &tree);
-                std::fs::create_dir_all(&mirror)
-                    .ctx(|| format!("creating {}", mirror.display()))?;
-                mirror
-            };
-            match trees.iter().find(|t| t.path == path) {
-                Some(t) if t.name != tree => {
-                    return Err(Error::usage(format!(
-                        "{} is mounted as {} and as {tree}",
-                        path.display(),
-                        t.name
-                    )))
-                }
-                Some(_) => {}
-                None => {
-                    if local && !path.is_dir() {
-                        return Err(Error::usage(format!(
-                            "container {} mounts {} at {destination}, which is not a directory; freezer copies directories",
-                            c.name,
-                            path.display()
-                        )));
-                    }
-                    trees.push(TreeSpec {
-                        name: tree.clone(),
-                        path,
-                        excludes: label_excludes(&config["Labels"]),
-                    });
-                }
-            }
-            mounts.push(MountSpec {
-                kind,
-                name,
-                source,
-                destination,
-                read_only: !m.rw.unwrap_or(true),
-                driver,
-                labels,
-                options,
-                tree,
-            });
-        }
+        let (nets, address) = capture_networks(engine, &info, short, &mut networks)?;
+        let mut mounts = capture_mounts(engine, &info, &c.name, &config, &mut trees)?;
         mounts.sort_by(|a, b| a.destination.cmp(&b.destination));
         let mut spec = ContainerSpec {
             name: c.name.clone(),
@@ -477,6 +355,152 @@ pub fn capture(engine: &Engine, site: &str) -> Result<CapturedSite> {
         addresses,
         upper_dirs,
     })
+}
+
+/// The user-defined networks a container is attached to (each network inspected once,
+/// into `networks`), and its address on the first one.
+fn capture_networks(
+    engine: &Engine,
+    info: &bollard::models::ContainerInspectResponse,
+    short: &str,
+    networks: &mut HashMap<String, NetworkSpec>,
+) -> Result<(BTreeMap<String, NetworkSpec>, Option<String>)> {
+    let mut nets = BTreeMap::new();
+    let endpoints = info
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.clone())
+        .unwrap_or_default();
+    let mut address = None;
+    for (net, ep) in endpoints {
+        if address.is_none() {
+            address = ep.ip_address.clone().filter(|a| !a.is_empty());
+        }
+        if matches!(net.as_str(), "bridge" | "host" | "none") {
+            continue;
+        }
+        if !networks.contains_key(&net) {
+            let n = net.clone();
+            let info = engine.call(&format!("inspecting network {net}"), |d| async move {
+                d.inspect_network(&n, None::<bollard::query_parameters::InspectNetworkOptions>)
+                    .await
+            })?;
+            networks.insert(
+                net.clone(),
+                NetworkSpec {
+                    aliases: vec![],
+                    driver: info.driver.unwrap_or_else(|| "bridge".into()),
+                    internal: info.internal.unwrap_or(false),
+                    attachable: info.attachable.unwrap_or(false),
+                    labels: info.labels.unwrap_or_default().into_iter().collect(),
+                    options: info.options.unwrap_or_default().into_iter().collect(),
+                },
+            );
+        }
+        let mut spec = networks[&net].clone();
+        // The engine adds the container's short id as an alias; a new container gets
+        // its own.
+        spec.aliases = ep
+            .aliases
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a != short)
+            .collect();
+        spec.aliases.sort();
+        spec.aliases.dedup();
+        nets.insert(net, spec);
+    }
+    Ok((nets, address))
+}
+
+/// A container's volumes and bind mounts, each added to `trees` once.
+fn capture_mounts(
+    engine: &Engine,
+    info: &bollard::models::ContainerInspectResponse,
+    container: &str,
+    config: &Value,
+    trees: &mut Vec<TreeSpec>,
+) -> Result<Vec<MountSpec>> {
+    let local = engine.is_local();
+    let mut mounts = Vec::new();
+    for m in info.mounts.clone().unwrap_or_default() {
+        let kind = m.typ.map(|t| t.to_string()).unwrap_or_default();
+        let source = m.source.clone().unwrap_or_default();
+        let destination = m.destination.clone().unwrap_or_default();
+        let (tree, name, driver, labels, options) = match kind.as_str() {
+            "volume" => {
+                let name = m.name.clone().unwrap_or_default();
+                let v = engine.inspect_volume(&name)?;
+                (
+                    tree_name("volume", &name),
+                    Some(name),
+                    Some(v.driver),
+                    v.labels.into_iter().collect(),
+                    v.options.into_iter().collect(),
+                )
+            }
+            "bind" => (
+                tree_name("bind", source.trim_start_matches('/')),
+                None,
+                None,
+                BTreeMap::new(),
+                BTreeMap::new(),
+            ),
+            // tmpfs and the like hold nothing to keep; HostConfig recreates them.
+            _ => continue,
+        };
+        if kind == "volume" && m.driver.as_deref().is_some_and(|d| d != "local") {
+            return Err(Error::usage(format!(
+                "container {} mounts volume {} of driver {}; freezer copies only local volumes",
+                container,
+                name.as_deref().unwrap_or(""),
+                m.driver.as_deref().unwrap_or("")
+            )));
+        }
+        let path = if local {
+            PathBuf::from(&source)
+        } else {
+            let mirror = super::remote::mirror_path(&engine.endpoint.host, &source, &tree);
+            std::fs::create_dir_all(&mirror).ctx(|| format!("creating {}", mirror.display()))?;
+            mirror
+        };
+        match trees.iter().find(|t| t.path == path) {
+            Some(t) if t.name != tree => {
+                return Err(Error::usage(format!(
+                    "{} is mounted as {} and as {tree}",
+                    path.display(),
+                    t.name
+                )))
+            }
+            Some(_) => {}
+            None => {
+                if local && !path.is_dir() {
+                    return Err(Error::usage(format!(
+                        "container {} mounts {} at {destination}, which is not a directory; freezer copies directories",
+                        container,
+                        path.display()
+                    )));
+                }
+                trees.push(TreeSpec {
+                    name: tree.clone(),
+                    path,
+                    excludes: label_excludes(&config["Labels"]),
+                });
+            }
+        }
+        mounts.push(MountSpec {
+            kind,
+            name,
+            source,
+            destination,
+            read_only: !m.rw.unwrap_or(true),
+            driver,
+            labels,
+            options,
+            tree,
+        });
+    }
+    Ok(mounts)
 }
 
 /// A tree name (`[A-Za-z0-9._-]{1,63}`) for a volume or bind source; long or unusual

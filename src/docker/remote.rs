@@ -254,6 +254,9 @@ pub fn push(engine: &Engine, container: &str, dest: &str, dir: &Path) -> Result<
         let mut b = tar::Builder::new(&mut tmp);
         b.follow_symlinks(false);
         b.mode(tar::HeaderMode::Complete);
+        // The engine's extractor refuses GNU sparse entries (type 'S'), which the tar crate
+        // writes for files with holes (a database's data files): holes go as zeros.
+        b.sparse(false);
         let mut links = std::collections::HashMap::new();
         pack(&mut b, dir, Path::new("."), &mut links)
             .ctx(|| format!("packing {}", dir.display()))?;
@@ -273,4 +276,123 @@ pub fn push(engine: &Engine, container: &str, dest: &str, dir: &Path) -> Result<
             .await
         },
     )
+}
+
+/// Whether `dest` in a container (running or not) is empty: only the start of its archive
+/// is read (the directory's own entry, then the first entry inside it, if any).
+pub fn is_empty(engine: &Engine, container: &str, dest: &str) -> Result<bool> {
+    let head = engine.block_on(async {
+        use futures::StreamExt;
+        let mut s = engine.docker.download_from_container(
+            container,
+            Some(
+                DownloadFromContainerOptionsBuilder::new()
+                    .path(dest)
+                    .build(),
+            ),
+        );
+        let mut head = Vec::new();
+        // Two headers, with room for extension headers (long names, PAX) before them.
+        while head.len() < 64 << 10 {
+            match s.next().await {
+                Some(chunk) => head.extend_from_slice(&chunk.map_err(|e| {
+                    engine.error(&format!("reading {dest} of container {container}"), e)
+                })?),
+                None => break,
+            }
+        }
+        Ok::<_, Error>(head)
+    })?;
+    let mut archive = tar::Archive::new(std::io::Cursor::new(head));
+    let mut entries = 0;
+    if let Ok(list) = archive.entries() {
+        // A cut-off entry after the first two still counts: it exists.
+        for e in list {
+            if e.is_err() {
+                break;
+            }
+            entries += 1;
+            if entries > 1 {
+                break;
+            }
+        }
+    }
+    Ok(entries <= 1)
+}
+
+/// Writes `dir` into a volume or directory on the engine's machine through a helper
+/// container of `image` that mounts it (`mount`, an Engine API mount of Type volume or
+/// bind) writable at /freezer-restore. With `clear`, what is there is deleted first: the
+/// helper runs `sh -c 'rm -rf …'`, which the image must have. The helper is removed.
+pub fn write_through_helper(
+    engine: &Engine,
+    image: &str,
+    mut mount: serde_json::Value,
+    dir: &Path,
+    clear: bool,
+) -> Result<()> {
+    const AT: &str = "/freezer-restore";
+    mount["Target"] = AT.into();
+    mount["ReadOnly"] = false.into();
+    let mut b = [0u8; 4];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut b);
+    let helper = format!("freezer-restore-{}", hex::encode(b));
+    let body: bollard::models::ContainerCreateBody = serde_json::from_value(serde_json::json!({
+        "Image": image,
+        "User": "0",
+        "Entrypoint": ["sh", "-c"],
+        "Cmd": [format!("rm -rf {AT}/..?* {AT}/.[!.]* {AT}/*")],
+        "HostConfig": {"Mounts": [mount]},
+    }))
+    .map_err(|e| Error::other(format!("a helper container: {e}")))?;
+    let name = helper.clone();
+    engine.call("creating a helper container", |d| async move {
+        d.create_container(
+            Some(
+                bollard::query_parameters::CreateContainerOptionsBuilder::new()
+                    .name(&name)
+                    .build(),
+            ),
+            body,
+        )
+        .await
+    })?;
+    let result = (|| {
+        if clear {
+            run_to_end(engine, &helper).map_err(|e| {
+                crate::error::prefix(
+                    e,
+                    &format!("emptying it through a helper container of image {image} (sh -c rm)"),
+                )
+            })?;
+        }
+        push(engine, &helper, AT, dir)
+    })();
+    let _ = engine.remove_container(&helper);
+    result
+}
+
+/// Starts a created container and waits for it to exit 0.
+fn run_to_end(engine: &Engine, container: &str) -> Result<()> {
+    engine.start_container(container)?;
+    let code = engine.block_on(async {
+        use futures::StreamExt;
+        let mut s = engine.docker.wait_container(
+            container,
+            None::<bollard::query_parameters::WaitContainerOptions>,
+        );
+        match s.next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            // The engine reports a non-zero exit as an error carrying the code.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(engine.error(&format!("waiting for container {container}"), e)),
+            None => Ok(0),
+        }
+    })?;
+    if code != 0 {
+        return Err(Error::other(format!(
+            "container {container} exited with code {code}"
+        )));
+    }
+    Ok(())
 }

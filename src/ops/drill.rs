@@ -147,6 +147,7 @@ pub fn drill_docker(
         isolated: true,
         images: opts.images.clone(),
         env: opts.env.clone(),
+        only: None,
     };
     let restored = recreate::plan(repo, engine, snapshot, &site_opts).and_then(|plan| {
         recreate::execute(repo, engine, plan, progress, || {

@@ -13,6 +13,7 @@ mod freeze;
 pub mod hooks;
 mod keys;
 pub mod mount;
+pub mod onto;
 pub mod prune;
 pub mod recreate;
 mod site;

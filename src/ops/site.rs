@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::drill::{self, DrillOptions, DrillReport};
 use super::hooks::{self, HookEnv, HostHooks, When};
+use super::onto::{self, OntoOptions, OntoPlan, OntoReport};
 use super::recreate::{self, SiteOptions, SitePlan, SiteReport};
 use super::{DbThawFlags, ThawPlan, ThawReport};
 use crate::docker::{Endpoint, Engine};
@@ -36,6 +37,10 @@ pub struct ThawRequest {
     /// Docker sites: `--as NAME` and `--publish OLD=NEW`.
     pub rename: Option<String>,
     pub publish: Vec<(String, String)>,
+    /// Docker sites: `--onto PROJECT` and `--map OLD=NEW`: the state loaded into an
+    /// existing site's containers.
+    pub onto: Option<String>,
+    pub map: Vec<(String, String)>,
     /// Docker sites: `--image SERVICE=IMAGE` and `--env SERVICE:KEY=VALUE`.
     pub images: Vec<(String, String)>,
     pub env: Vec<(String, String, String)>,
@@ -58,6 +63,15 @@ pub enum ThawKind {
     Files(Box<ThawPlan>),
     /// A Docker site recreated on an engine.
     Docker(Box<DockerThaw>),
+    /// A Docker site's state loaded into another site's containers.
+    Onto(Box<OntoThaw>),
+}
+
+/// `thaw --onto`: the plan, and the engine it runs on.
+pub struct OntoThaw {
+    pub plan: OntoPlan,
+    pub engine: Engine,
+    pub endpoint: Endpoint,
 }
 
 /// The thaw of a Docker site: the plan, and the engine it runs on.
@@ -74,6 +88,7 @@ pub struct DockerThaw {
 pub enum SiteThawReport {
     Files(ThawReport),
     Docker(SiteReport),
+    Onto(OntoReport),
 }
 
 /// Reads the snapshot and plans its thaw by what it holds. Changes nothing.
@@ -95,6 +110,30 @@ pub fn plan_site_thaw(repo: &Repository, req: ThawRequest) -> Result<SiteThawPla
             "--table loads tables into the database --db names; leave out @HOST",
         ));
     }
+    if let Some(project) = req.onto.clone() {
+        if !snapshot.has_containers() {
+            return Err(Error::usage(format!(
+                "--onto loads a Docker site's state into another site; snapshot {}:{} holds no containers",
+                snapshot.site, snapshot.id
+            ))
+            .with_hint("thaw it with --into DIR and --db URL"));
+        }
+        let engine = Engine::connect_to(&req.engine)?;
+        let opts = OntoOptions {
+            project,
+            map: req.map,
+            replace: req.replace,
+        };
+        let plan = onto::plan(repo, &engine, snapshot, &opts)?;
+        return Ok(SiteThawPlan {
+            kind: ThawKind::Onto(Box::new(OntoThaw {
+                plan,
+                engine,
+                endpoint: req.engine,
+            })),
+            hooks: req.hooks,
+        });
+    }
     if snapshot.has_containers() && !tables_only {
         let opts = SiteOptions {
             rename: req.rename,
@@ -104,6 +143,7 @@ pub fn plan_site_thaw(repo: &Repository, req: ThawRequest) -> Result<SiteThawPla
             isolated: false,
             images: req.images,
             env: req.env,
+            only: None,
         };
         let engine = Engine::connect_to(&req.engine)?;
         let plan = recreate::plan(repo, &engine, snapshot, &opts)?;
@@ -205,6 +245,25 @@ pub fn thaw_site(
             env.mode = Some(mode);
             report.hooks.extend(after_thaw(&env));
             Ok(SiteThawReport::Docker(report))
+        }
+        ThawKind::Onto(o) => {
+            let OntoThaw {
+                plan,
+                engine,
+                endpoint,
+            } = *o;
+            let target = plan.target.clone();
+            let states = plan.target_states();
+            env.mode = Some(plan.mode.clone());
+            let mut report = onto::execute(repo, &engine, plan, progress, || {
+                super::freeze_before_replace(repo, &endpoint, &target, &[], progress)
+            })?;
+            report.hooks =
+                hooks::after_thaw_in_containers(&engine, &states, hooks::READY_TIMEOUT, progress);
+            env.site = report.target.clone();
+            env.snapshot = Some(report.snapshot.clone());
+            report.hooks.extend(after_thaw(&env));
+            Ok(SiteThawReport::Onto(report))
         }
     }
 }

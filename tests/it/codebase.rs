@@ -330,3 +330,339 @@ fn a_snapshot_thawed_and_drilled_on_a_newer_image() {
     assert_eq!(result_line(&out.stdout)["ok"], false);
     assert_gone(&a, &format!("drill-{name}"));
 }
+
+/// Per-table checksums and the view's rows of a shop database, without the database's
+/// name (which differs between a site and a project it is loaded into).
+fn shop_sums(ip: &str, user: &str, password: &str, db: &str) -> String {
+    let sums = sql_at(
+        ip,
+        user,
+        password,
+        db,
+        "CHECKSUM TABLE customers, orders, products EXTENDED",
+    );
+    let sums: Vec<String> = sums
+        .lines()
+        .map(|l| l.split_once('.').map_or(l, |(_, t)| t).to_string())
+        .collect();
+    let view = sql_at(
+        ip,
+        user,
+        password,
+        db,
+        "SELECT * FROM order_totals ORDER BY id",
+    );
+    format!("{}\n{view}", sums.join("\n"))
+}
+
+/// A developer's project: names of its own (containers, volume, network), web on v2, and
+/// its database service `mysql` with its own credentials and an empty database. Removed
+/// when dropped.
+struct DevProject {
+    host: String,
+    name: String,
+    web: String,
+    db: String,
+    volume: String,
+    network: String,
+}
+
+impl Drop for DevProject {
+    fn drop(&mut self) {
+        let a = &self.host;
+        let _ = docker_try(a, &["rm", "-f", "-v", &self.web, &self.db]);
+        let _ = docker_try(a, &["volume", "rm", &self.volume]);
+        let _ = docker_try(a, &["network", "rm", &self.network]);
+    }
+}
+
+const DEV_PASSWORD: &str = "dev-pw-7";
+
+fn start_dev(a: &str, port: u16) -> DevProject {
+    web_images();
+    let name = unique("dev");
+    let p = DevProject {
+        host: a.to_string(),
+        web: format!("{name}-webapp"),
+        db: format!("{name}-sql"),
+        volume: format!("{name}-media"),
+        network: format!("{name}-net"),
+        name,
+    };
+    let project = format!("com.docker.compose.project={}", p.name);
+    docker(a, &["network", "create", &p.network]);
+    docker(a, &["volume", "create", &p.volume]);
+    let media = format!("{}:/app/uploads", p.volume);
+    let publish = format!("127.0.0.1:{port}:80");
+    let pw = format!("MARIADB_PASSWORD={DEV_PASSWORD}");
+    #[rustfmt::skip]
+    docker(a, &[
+        "run", "-d", "--name", &p.web, "--label", &project,
+        "--label", "com.docker.compose.service=web", "--network", &p.network,
+        "-v", &media, "-p", &publish, "-e", "SITE_MARKER=dev", V2,
+    ]);
+    #[rustfmt::skip]
+    docker(a, &[
+        "run", "-d", "--name", &p.db, "--label", &project,
+        "--label", "com.docker.compose.service=mysql", "--network", &p.network,
+        "-e", "MARIADB_ROOT_PASSWORD=dev-root", "-e", "MARIADB_DATABASE=devshop",
+        "-e", "MARIADB_USER=dev", "-e", &pw, &mariadb_image(),
+    ]);
+    sql_at(
+        &address(a, &p.db),
+        "dev",
+        DEV_PASSWORD,
+        "devshop",
+        "SELECT 1",
+    );
+    p
+}
+
+#[test]
+fn a_snapshot_loaded_onto_another_compose_project() {
+    let a = host_a();
+    let repo = TestRepo::local().init();
+    let name = unique("on");
+    let password = format!("pw-{}", unique("s"));
+    let site = start_shop(&name, free_port(), &password);
+    let facts = shop_sums(&address(&a, &site.c("db")), "shop", &password, "shop");
+    let out = freezer_on(&a, &["freeze", &name, "--repo", &repo.url, "--json"]);
+    let hydrated = json(&out)["snapshot"].as_str().unwrap().to_string();
+    let snap = format!("{name}:{hydrated}");
+
+    let port = free_port();
+    let dev = start_dev(&a, port);
+    let media = mountpoint(&a, &dev.volume);
+    fs::write(media.join("placeholder.txt"), b"dev's own\n").unwrap();
+    let ids = |p: &DevProject| {
+        docker(
+            &a,
+            &["inspect", "-f", "{{.Id}} {{.State.Status}}", &p.web, &p.db],
+        )
+    };
+    let before = ids(&dev);
+    let no_secret = |out: &std::process::Output| {
+        for text in [
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        ] {
+            assert!(
+                !text.contains(&password) && !text.contains(DEV_PASSWORD),
+                "{text}"
+            );
+        }
+    };
+
+    // The snapshot's service db has no counterpart without --map: refused, nothing changed.
+    let onto = |extra: &[&str]| {
+        let mut args = vec!["thaw", &snap, "--repo", &repo.url, "--onto", &dev.name];
+        args.extend_from_slice(extra);
+        let out = freezer_on(&a, &args);
+        no_secret(&out);
+        out
+    };
+    let out = onto(&["--replace"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("service db of snapshot {snap}"))
+            && stderr(&out).contains("--map db=SERVICE"),
+        "{}",
+        stderr(&out)
+    );
+    // A non-empty volume needs --replace.
+    let out = onto(&["--map", "db=mysql"]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("volume {}", dev.volume)),
+        "{}",
+        stderr(&out)
+    );
+    // The dry run prints the mapping and what is replaced.
+    let out = onto(&["--map", "db=mysql", "--replace", "--dry-run"]);
+    assert_ok(&out);
+    let plan = String::from_utf8_lossy(&out.stdout).to_string();
+    for line in [
+        format!("service web ({}) -> web ({})", site.c("web"), dev.web),
+        format!(
+            "/app/uploads             tree volume.{name}_www -> volume {} (replace)",
+            dev.volume
+        ),
+        format!("service db ({}) -> mysql ({})", site.c("db"), dev.db),
+        format!(
+            "database shop -> database devshop of {}, from a scratch copy",
+            dev.db
+        ),
+        format!("stop {} for the swap", dev.web),
+    ] {
+        assert!(plan.contains(&line), "{line:?} not in:\n{plan}");
+    }
+    assert_eq!(
+        fs::read(media.join("placeholder.txt")).unwrap(),
+        b"dev's own\n"
+    );
+    assert_eq!(ids(&dev), before);
+
+    // Loaded: the project serves the snapshot's files and rows under its own names and
+    // credentials; its containers are the same ones, running again.
+    let out = onto(&["--map", "db=mysql", "--replace", "--json"]);
+    let report = result_line(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report:#}\n{}", stderr(&out));
+    let safety = report["safety_snapshot"]
+        .as_str()
+        .expect("a safety snapshot")
+        .to_string();
+    assert_eq!(report["databases"][0]["tables"], 3, "{report:#}");
+    assert_eq!(ids(&dev), before);
+    assert_same_tree(&mountpoint(&a, &format!("{name}_www")), &media);
+    assert_eq!(
+        http_get(port, "/uploads/index.html"),
+        format!("uploads of {name}\n").into_bytes()
+    );
+    assert_eq!(http_get(port, "/version.html"), b"code v2\n");
+    assert_eq!(
+        shop_sums(&address(&a, &dev.db), "dev", DEV_PASSWORD, "devshop"),
+        facts
+    );
+    assert!(!docker(&a, &["ps", "-a", "--format", "{{.Names}}"]).contains(&format!("onto-{name}")));
+    // What was replaced is in the safety snapshot.
+    let out = freezer(&[
+        "cat",
+        &format!("{}:{safety}", dev.name),
+        &format!("volume.{}/placeholder.txt", dev.volume),
+        "--repo",
+        &repo.url,
+    ]);
+    assert_ok(&out);
+    assert_eq!(out.stdout, b"dev's own\n");
+
+    // A dehydrated snapshot onto a project whose database is empty: loaded and verified.
+    let out = freezer_on(
+        &a,
+        &[
+            "freeze",
+            &name,
+            "--repo",
+            &repo.url,
+            "--mode",
+            "dehydrated",
+            "--json",
+        ],
+    );
+    assert_ok(&out);
+    let port2 = free_port();
+    let dev2 = start_dev(&a, port2);
+    let out = freezer_on(
+        &a,
+        &[
+            "thaw", &name, "--repo", &repo.url, "--onto", &dev2.name, "--map", "db=mysql", "--json",
+        ],
+    );
+    no_secret(&out);
+    let report = result_line(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report:#}\n{}", stderr(&out));
+    assert!(report.get("safety_snapshot").is_none(), "{report:#}");
+    assert_eq!(report["databases"][0]["source"], "shop");
+    assert_eq!(
+        shop_sums(&address(&a, &dev2.db), "dev", DEV_PASSWORD, "devshop"),
+        facts
+    );
+    assert_eq!(
+        http_get(port2, "/uploads/index.html"),
+        format!("uploads of {name}\n").into_bytes()
+    );
+    // Loading it again into the now full database is refused without --replace.
+    let out = freezer_on(
+        &a,
+        &[
+            "thaw", &name, "--repo", &repo.url, "--onto", &dev2.name, "--map", "db=mysql",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+}
+
+/// Copies images from engine A to engine B, as a registry pull would have put them there.
+fn images_on_b(images: &[&str]) {
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "docker save {} | DOCKER_HOST={} docker load -q",
+            images.join(" "),
+            host_b()
+        ))
+        .env("DOCKER_HOST", host_a())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn a_snapshot_loaded_onto_a_project_on_a_remote_engine() {
+    let (a, b) = (host_a(), host_b());
+    let tcp = std::env::var("FREEZER_TEST_DOCKER_HOST_B_TCP").expect("set by scripts/services");
+    let certs = std::env::var("FREEZER_TEST_DOCKER_CERTS_B").expect("set by scripts/services");
+    let repo = TestRepo::local().init();
+    let name = unique("onr");
+    let password = format!("pw-{}", unique("s"));
+    let site = start_shop(&name, free_port(), &password);
+    let facts = shop_sums(&address(&a, &site.c("db")), "shop", &password, "shop");
+    let out = freezer_on(&a, &["freeze", &name, "--repo", &repo.url, "--json"]);
+    let hydrated = json(&out)["snapshot"].as_str().unwrap().to_string();
+    images_on_b(&[V2, &mariadb_image()]);
+    let port = free_port();
+    let dev = start_dev(&b, port);
+    fs::write(
+        mountpoint(&b, &dev.volume).join("placeholder.txt"),
+        b"dev's own\n",
+    )
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("freezer.toml");
+    fs::write(
+        &config,
+        format!("[hosts.far]\ndocker = \"{tcp}\"\ntls_certs = \"{certs}\"\n"),
+    )
+    .unwrap();
+    let cache = work.path().join("cache");
+    // Through the Engine API only: this machine's docker socket is not used.
+    let out = freezer_env(
+        &[
+            "thaw",
+            &format!("{name}:{hydrated}@far"),
+            "--onto",
+            &dev.name,
+            "--map",
+            "db=mysql",
+            "--replace",
+            "--repo",
+            &repo.url,
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+        ],
+        &[
+            ("DOCKER_HOST", "unix:///nonexistent/docker.sock"),
+            ("FREEZER_CACHE_DIR", cache.to_str().unwrap()),
+        ],
+    );
+    let report = result_line(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report:#}\n{}", stderr(&out));
+    assert!(report["safety_snapshot"].is_string(), "{report:#}");
+    assert_same_tree_to_seconds(
+        &mountpoint(&a, &format!("{name}_www")),
+        &mountpoint(&b, &dev.volume),
+    );
+    assert_eq!(
+        http_get(port, "/uploads/index.html"),
+        format!("uploads of {name}\n").into_bytes()
+    );
+    assert_eq!(
+        shop_sums(&address(&b, &dev.db), "dev", DEV_PASSWORD, "devshop"),
+        facts
+    );
+    assert_eq!(state(&b, &dev.web), "running");
+    let left = docker(&b, &["ps", "-a", "--format", "{{.Names}}"]);
+    assert!(
+        !left.contains("freezer-restore") && !left.contains(&format!("onto-{name}")),
+        "{left}"
+    );
+}

@@ -603,7 +603,7 @@ fn push_through_helper(
 }
 
 /// The container's address on its first network.
-fn container_address(engine: &Engine, name: &str) -> Result<String> {
+pub(crate) fn container_address(engine: &Engine, name: &str) -> Result<String> {
     let n = name.to_string();
     let info = engine.inspect_container(&n)?;
     info.network_settings
@@ -617,7 +617,7 @@ fn container_address(engine: &Engine, name: &str) -> Result<String> {
 
 /// Waits until the database server in a new container accepts the application's login
 /// (its first start initializes the data directory; that takes seconds to minutes).
-fn wait_for_database(url: &crate::db::DbUrl, container: &str) -> Result<()> {
+pub(crate) fn wait_for_database(url: &crate::db::DbUrl, container: &str) -> Result<()> {
     let rt = crate::sys::runtime()?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     loop {

@@ -39,6 +39,8 @@ pub struct SiteOptions {
     pub images: Vec<(String, String)>,
     /// `--env SERVICE:KEY=VALUE`: environment variables set in those containers.
     pub env: Vec<(String, String, String)>,
+    /// Only these of the snapshot's containers (by captured name), with what they mount.
+    pub only: Option<Vec<String>>,
 }
 
 /// What a thaw will do on the engine; printed by `--dry-run`.
@@ -119,6 +121,11 @@ pub struct ContainerStep {
 }
 
 impl SitePlan {
+    /// The containers it creates, as they will be created.
+    pub fn container_specs(&self) -> impl Iterator<Item = &ContainerSpec> {
+        self.specs.iter().map(|(s, _, _)| s)
+    }
+
     /// What the snapshot holds, as its record says (`hydrated`, `dehydrated`).
     pub fn mode(&self) -> String {
         self.snap.annotation(A_MODE).to_string()

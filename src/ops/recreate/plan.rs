@@ -15,14 +15,14 @@ use crate::tree::thaw::TreePlan;
 
 /// What a snapshot of a Docker site holds, read and checked: containers (each with its
 /// image manifest and digest), trees, and database dumps.
-pub(super) struct SnapshotParts {
+pub(crate) struct SnapshotParts {
     pub specs: Vec<(ContainerSpec, ImageManifest, Digest)>,
     pub trees: HashMap<String, TreePlan>,
     pub dumps: Vec<crate::db::DbManifest>,
 }
 
 /// Reads the snapshot's containers, trees and dumps.
-pub(super) fn read_parts(repo: &Repository, snap: &Snapshot) -> Result<SnapshotParts> {
+pub(crate) fn read_parts(repo: &Repository, snap: &Snapshot) -> Result<SnapshotParts> {
     let site = &snap.site;
     let mut parts = SnapshotParts {
         specs: vec![],
@@ -165,6 +165,9 @@ pub fn plan(
     };
     let mut retargets = super::retarget::Retargets::new(opts, &specs)?;
     for (mut spec, manifest, digest) in specs {
+        if opts.only.as_ref().is_some_and(|o| !o.contains(&spec.name)) {
+            continue;
+        }
         let changes = retargets.apply(engine, &mut spec, arch)?;
         rename_spec(&mut spec, &site, &target, opts);
         check_name_free(engine, &spec, &existing, &target)?;
