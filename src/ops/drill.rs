@@ -163,6 +163,8 @@ pub fn drill_docker(
             return Ok(report);
         }
     };
+    // Ctrl-C while the copy is up removes it.
+    let copy = recreate::CopyGuard::new(engine, &thawed);
     report.checks.push(check(
         "restore",
         true,
@@ -187,13 +189,19 @@ pub fn drill_docker(
             .checks
             .push(probe(engine, &thawed, &target, service, command));
     }
+    // Interrupted: the checks lost their ground (the copy is being removed).
+    if let Err(e) = progress.check(|| format!("drilling {target}")) {
+        copy.remove(engine);
+        return Err(e);
+    }
     report.ok = report.checks.iter().all(|c| c.ok);
     if opts.keep {
         // The bind directories stay with the copy.
         let _ = binds.keep();
+        copy.keep();
     } else {
         progress.set_label(format!("removing {target}"));
-        recreate::remove(engine, &thawed);
+        copy.remove(engine);
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)

@@ -736,6 +736,7 @@ fn dump_scratch(
     let report = recreate::execute(repo, engine, scratch, progress, || {
         Err(Error::other("a scratch copy never replaces anything"))
     })?;
+    let copy = recreate::CopyGuard::new(engine, &report);
     let result = (|| {
         let tmp = tempfile::Builder::new()
             .prefix("freezer-onto.")
@@ -784,7 +785,7 @@ fn dump_scratch(
         Ok(out)
     })();
     progress.set_label(format!("removing the scratch copy {name}"));
-    recreate::remove(engine, &report);
+    copy.remove(engine);
     result.map_err(|e| {
         crate::error::prefix(
             e,

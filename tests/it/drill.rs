@@ -308,3 +308,75 @@ fn a_drill_of_files_and_a_database_uses_scratch_databases() {
     assert_eq!(admin(&format!("SELECT COUNT(*) FROM {db}.t")), "2");
     admin(&format!("DROP DATABASE {db}"));
 }
+
+/// Ctrl-C (or SIGTERM) while a drill's copy is up removes the copy: nothing of it is left.
+#[test]
+fn an_interrupted_drill_removes_its_copy() {
+    let a = host_a();
+    let repo = TestRepo::local().init();
+    let name = unique("di");
+    let site = start_site(&a, &name, &image(), free_port());
+    assert_ok(&freezer_on(&a, &["freeze", &name, "--repo", &repo.url]));
+    for signal in ["INT", "TERM"] {
+        let child = spawn_freezer(
+            &[
+                "drill",
+                &name,
+                "--repo",
+                &repo.url,
+                "--probe",
+                "web=touch /www/probing; sleep 120",
+            ],
+            &[("DOCKER_HOST", &a)],
+        );
+        // The probe runs in the copy: its web container has the marker file.
+        let copy = format!("drill-{name}-");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let names = docker(
+                &a,
+                &[
+                    "ps",
+                    "--format",
+                    "{{.Names}}",
+                    "--filter",
+                    &format!("name={copy}"),
+                ],
+            );
+            if let Some(web) = names.lines().find(|n| n.ends_with("-web-1")) {
+                if docker_try(&a, &["exec", web, "test", "-e", "/www/probing"])
+                    .status
+                    .success()
+                {
+                    break;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the drill's probe never ran"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let st = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("removed the copy"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(
+            docker(&a, &["ps", "-aq", "--filter", &format!("name={copy}")]),
+            ""
+        );
+        let volumes = docker(&a, &["volume", "ls", "-q"]);
+        assert!(!volumes.contains(&copy), "{volumes}");
+        let networks = docker(&a, &["network", "ls", "--format", "{{.Name}}"]);
+        assert!(!networks.contains(&copy), "{networks}");
+    }
+    drop(site);
+}

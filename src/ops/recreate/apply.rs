@@ -779,18 +779,57 @@ fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, name: &str, data: &[u8]) ->
         .ctx(|| format!("writing {name} of an image archive"))
 }
 
-/// Removes a thawed site: its containers, and the volumes and networks the thaw created
-/// (a drill's teardown); best effort.
-pub fn remove(engine: &Engine, report: &SiteReport) {
-    undo(
-        engine,
-        &Created {
+/// A thawed copy (a drill's, a scratch one) that is removed when the run is
+/// interrupted, or when its work is done; whichever comes first removes it while the other
+/// waits, so the run never ends with the copy half removed.
+pub struct CopyGuard {
+    copy: Arc<Mutex<Option<Created>>>,
+    target: String,
+    cleanup: u64,
+}
+
+impl CopyGuard {
+    pub fn new(engine: &Engine, report: &SiteReport) -> CopyGuard {
+        let copy = Arc::new(Mutex::new(Some(Created {
             containers: report.containers.clone(),
             volumes: report.volumes.clone(),
             networks: report.networks.clone(),
             dirs: vec![],
-        },
-    );
+        })));
+        let endpoint = engine.endpoint.clone();
+        let target = report.target.clone();
+        let shared = copy.clone();
+        let cleanup = crate::interrupt::on_interrupt(Box::new(move || {
+            let mut held = shared.lock().unwrap_or_else(|e| e.into_inner());
+            if let (Some(created), Ok(engine)) = (held.take(), Engine::connect_to(&endpoint)) {
+                undo(&engine, &created);
+                eprintln!("freezer: removed the copy {target}");
+            }
+        }));
+        CopyGuard {
+            copy,
+            target: report.target.clone(),
+            cleanup,
+        }
+    }
+
+    /// Removes the copy now (unless an interrupt's cleanup did).
+    pub fn remove(self, engine: &Engine) {
+        let mut held = self.copy.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(created) = held.take() {
+            undo(engine, &created);
+            if crate::interrupt::interrupted() {
+                eprintln!("freezer: removed the copy {}", self.target);
+            }
+        }
+        drop(held);
+        crate::interrupt::remove_cleanup(self.cleanup);
+    }
+
+    /// Leaves the copy in place (`drill --keep`).
+    pub fn keep(self) {
+        crate::interrupt::remove_cleanup(self.cleanup);
+    }
 }
 
 /// Removes what a failed thaw created, newest first; best effort.
