@@ -56,6 +56,9 @@ pub struct OntoPlan {
     pub stops: Vec<String>,
     /// What is replaced (only with --replace; the target is frozen first).
     pub replaces: Vec<String>,
+    /// `--replace` was given.
+    #[serde(skip)]
+    replace: bool,
     pub checks: Vec<String>,
     #[serde(skip)]
     snap: Snapshot,
@@ -115,6 +118,9 @@ pub struct DbMap {
     pub from: String,
     #[serde(skip)]
     source_container: String,
+    /// Whether it has objects now (None: its server is not running to ask).
+    #[serde(skip)]
+    occupied: Option<bool>,
 }
 
 #[derive(Debug, Serialize)]
@@ -194,6 +200,7 @@ pub fn plan(
         skipped: vec![],
         stops: vec![],
         replaces: vec![],
+        replace: opts.replace,
         checks: vec![],
         snap: snap.clone(),
         trees: vec![],
@@ -315,7 +322,7 @@ fn plan_service(
     };
     if dump.is_some() || scratch {
         let d = plan_database(engine, spec, &target, dump, opts.replace)?;
-        if opts.replace {
+        if opts.replace && d.occupied != Some(false) {
             plan.replaces
                 .push(format!("database {} of container {}", d.into, target.name));
         }
@@ -488,18 +495,39 @@ fn plan_database(
         ))
     })?;
     // A running server is asked now whether its database is empty; a stopped one when it
-    // has been started for the load.
-    if let (Some(m), "running") = (dump, target.state.as_str()) {
+    // has been started for the load (databases load before any file is swapped).
+    let mut occupied = None;
+    if target.state == "running" {
         let url = target
             .database_url(&address(engine, &target.name)?)
             .expect("has credentials");
-        crate::db::load::check_target(&url, m, replace, None)?;
+        occupied = Some(match dump {
+            Some(m) => crate::db::load::check_target(&url, m, replace, None)?,
+            None => {
+                let rt = crate::sys::runtime()?;
+                let objects = rt.block_on(async {
+                    let mut c = url.connect_server().await?;
+                    let state = crate::db::load::target_state(&mut c, &into).await;
+                    let _ = c.disconnect().await;
+                    state
+                })?;
+                if objects.1 > 0 && !replace {
+                    return Err(Error::conflict(format!(
+                        "database {into} of container {} has {} tables or other objects",
+                        target.name, objects.1
+                    ))
+                    .with_hint("pass --replace to replace it (the target site is frozen first, as a safety snapshot)"));
+                }
+                objects.1 > 0
+            }
+        });
     }
     Ok(DbMap {
         database: db,
         into,
         from: if dump.is_some() { "dump" } else { "scratch" }.into(),
         source_container: spec.name.clone(),
+        occupied,
     })
 }
 
@@ -587,8 +615,9 @@ pub fn execute(
     let trees = std::mem::take(&mut plan.trees);
     let ((trees, databases), _) =
         crate::docker::capture::hold(engine, &held, true, progress.cancel(), || {
-            let trees = restore_trees(repo, engine, &plan, trees, progress)?;
+            // Databases first: a stopped server's database is found full only now.
             let databases = load_databases(engine, &plan, &prepared, progress)?;
+            let trees = restore_trees(repo, engine, &plan, trees, progress)?;
             Ok((trees, databases))
         })
         .map_err(partial)?;
@@ -694,7 +723,7 @@ fn load_databases(
         recreate::wait_for_database(&url, &target.name)?;
         let opts = LoadOptions {
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            replace: plan.replaces.iter().any(|r| r.starts_with("database ")),
+            replace: plan.replace,
             with_users: false,
             tables: None,
         };
