@@ -110,6 +110,27 @@ fn start_shop(name: &str, port: u16, password: &str) -> Site {
     site
 }
 
+/// None of `secrets` is in a run's output.
+fn assert_no_secret(out: &std::process::Output, secrets: &[&str]) {
+    for text in [
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    ] {
+        for s in secrets {
+            assert!(!text.contains(s), "a secret was printed: {text}");
+        }
+    }
+}
+
+/// Freezes site `name` on engine `host` (with `extra` flags); returns the snapshot id.
+fn freeze_id(host: &str, name: &str, repo: &TestRepo, extra: &[&str]) -> String {
+    let mut args = vec!["freeze", name, "--repo", &repo.url, "--json"];
+    args.extend_from_slice(extra);
+    let out = freezer_on(host, &args);
+    assert_ok(&out);
+    json(&out)["snapshot"].as_str().unwrap().to_string()
+}
+
 fn inspect(host: &str, container: &str) -> serde_json::Value {
     let out = docker(host, &["inspect", container]);
     serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone()
@@ -134,14 +155,7 @@ fn a_snapshot_thawed_and_drilled_on_a_newer_image() {
     let site = start_shop(&name, port, &password);
     assert_eq!(http_get(port, "/version.html"), b"code v1\n");
     let facts = shop_facts(&address(&a, &site.c("db")), &password);
-    let no_secret = |out: &std::process::Output| {
-        for text in [
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-        ] {
-            assert!(!text.contains(&password), "a password was printed: {text}");
-        }
-    };
+    let no_secret = |out: &std::process::Output| assert_no_secret(out, &[&password]);
     let out = freezer_on(&a, &["freeze", &name, "--repo", &repo.url, "--json"]);
     no_secret(&out);
     let hydrated = json(&out)["snapshot"].as_str().unwrap().to_string();
@@ -280,19 +294,7 @@ fn a_snapshot_thawed_and_drilled_on_a_newer_image() {
 
     // The upgrade rehearsed on the latest backup (dehydrated: the dump loaded into a fresh
     // database container): v2 must serve the old uploads and find the old rows.
-    let out = freezer_on(
-        &a,
-        &[
-            "freeze",
-            &name,
-            "--repo",
-            &repo.url,
-            "--mode",
-            "dehydrated",
-            "--json",
-        ],
-    );
-    assert_ok(&out);
+    freeze_id(&a, &name, &repo, &["--mode", "dehydrated"]);
     let probe = format!(
         "web=wget -qO- http://localhost/version.html | grep -qx 'code v2' && wget -qO- http://localhost/uploads/index.html | grep -qx 'uploads of {name}' && test \"$APP_VERSION\" = 2"
     );
@@ -426,8 +428,7 @@ fn a_snapshot_loaded_onto_another_compose_project() {
     let password = format!("pw-{}", unique("s"));
     let site = start_shop(&name, free_port(), &password);
     let facts = shop_sums(&address(&a, &site.c("db")), "shop", &password, "shop");
-    let out = freezer_on(&a, &["freeze", &name, "--repo", &repo.url, "--json"]);
-    let hydrated = json(&out)["snapshot"].as_str().unwrap().to_string();
+    let hydrated = freeze_id(&a, &name, &repo, &[]);
     let snap = format!("{name}:{hydrated}");
 
     let port = free_port();
@@ -441,17 +442,7 @@ fn a_snapshot_loaded_onto_another_compose_project() {
         )
     };
     let before = ids(&dev);
-    let no_secret = |out: &std::process::Output| {
-        for text in [
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-        ] {
-            assert!(
-                !text.contains(&password) && !text.contains(DEV_PASSWORD),
-                "{text}"
-            );
-        }
-    };
+    let no_secret = |out: &std::process::Output| assert_no_secret(out, &[&password, DEV_PASSWORD]);
 
     // The snapshot's service db has no counterpart without --map: refused, nothing changed.
     let onto = |extra: &[&str]| {
@@ -536,19 +527,7 @@ fn a_snapshot_loaded_onto_another_compose_project() {
     assert_eq!(out.stdout, b"dev's own\n");
 
     // A dehydrated snapshot onto a project whose database is empty: loaded and verified.
-    let out = freezer_on(
-        &a,
-        &[
-            "freeze",
-            &name,
-            "--repo",
-            &repo.url,
-            "--mode",
-            "dehydrated",
-            "--json",
-        ],
-    );
-    assert_ok(&out);
+    freeze_id(&a, &name, &repo, &["--mode", "dehydrated"]);
     let port2 = free_port();
     let dev2 = start_dev(&a, port2);
     let out = freezer_on(
@@ -605,8 +584,7 @@ fn a_snapshot_loaded_onto_a_project_on_a_remote_engine() {
     let password = format!("pw-{}", unique("s"));
     let site = start_shop(&name, free_port(), &password);
     let facts = shop_sums(&address(&a, &site.c("db")), "shop", &password, "shop");
-    let out = freezer_on(&a, &["freeze", &name, "--repo", &repo.url, "--json"]);
-    let hydrated = json(&out)["snapshot"].as_str().unwrap().to_string();
+    let hydrated = freeze_id(&a, &name, &repo, &[]);
     images_on_b(&[V2, &mariadb_image()]);
     let port = free_port();
     let dev = start_dev(&b, port);
