@@ -49,6 +49,8 @@ fn label_excludes(labels: &Value) -> crate::tree::exclude::Excludes {
     }
 }
 
+/// (Kept here for its callers.)
+pub use super::canonical;
 /// Manifest and record annotations of a container image.
 pub use crate::format::A_CONTAINER_NAME;
 pub const A_CONTAINER_IMAGE: &str = "dev.freezer.container.image";
@@ -525,20 +527,6 @@ pub fn tree_name(kind: &str, s: &str) -> String {
     format!("{keep}-{hash}")
 }
 
-/// JSON with every object's keys sorted, so the same configuration always serializes to
-/// the same bytes (engine maps come back in random order).
-pub fn canonical(v: Value) -> Value {
-    match v {
-        Value::Object(o) => {
-            let sorted: BTreeMap<String, Value> =
-                o.into_iter().map(|(k, v)| (k, canonical(v))).collect();
-            Value::Object(sorted.into_iter().collect())
-        }
-        Value::Array(a) => Value::Array(a.into_iter().map(canonical).collect()),
-        v => v,
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // container images
 
@@ -923,4 +911,37 @@ fn release(engine: &Engine, held: &[Held]) -> Vec<String> {
         }
     }
     errors
+}
+
+#[cfg(test)]
+mod fixture {
+    use super::ContainerSpec;
+    use crate::docker::rebase::{merge, rebase};
+    use serde_json::{json, Value};
+
+    const FIXTURE: &str = include_str!("../../formats/v1/container-config.json");
+
+    /// SPEC.md §13.1: a captured compose web container, with its image's defaults.
+    #[test]
+    fn the_container_config_fixture_reads_writes_back_and_moves_to_another_image() {
+        let v: Value = serde_json::from_str(FIXTURE).unwrap();
+        let mut spec: ContainerSpec = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&spec).unwrap(), v);
+        assert_eq!(spec.service(), "web");
+        let old = spec.image_config.clone().expect("recorded");
+        let new = json!({"Cmd": ["php-fpm"], "Env": ["PATH=/usr/bin", "APP_VERSION=2"]});
+        rebase(&mut spec.config, &old, &new, "web:2");
+        let created = merge(&spec.config, &new);
+        assert_eq!(created["Cmd"], json!(["php-fpm"]));
+        assert_eq!(created["WorkingDir"], Value::Null);
+        assert_eq!(
+            created["Env"],
+            json!(["SITE_MARKER=fx", "PATH=/usr/bin", "APP_VERSION=2"])
+        );
+        // Snapshots from before the field read as before.
+        let mut old_format = v;
+        old_format.as_object_mut().unwrap().remove("image_config");
+        let spec: ContainerSpec = serde_json::from_value(old_format).unwrap();
+        assert!(spec.image_config.is_none());
+    }
 }

@@ -389,3 +389,18 @@ fn engine_error(host: &str, what: &str, e: bollard::errors::Error) -> Error {
         other => unreachable(host, other).with_hint(format!("{what} failed; {}", reach_hint(host))),
     }
 }
+
+/// JSON with every object's keys sorted, so the same configuration always serializes to
+/// the same bytes (engine maps come back in random order).
+pub fn canonical(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(o) => {
+            let sorted: std::collections::BTreeMap<String, Value> =
+                o.into_iter().map(|(k, v)| (k, canonical(v))).collect();
+            Value::Object(sorted.into_iter().collect())
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(canonical).collect()),
+        v => v,
+    }
+}
