@@ -1,11 +1,12 @@
 //! Freeze side: a consistent, parallel dump of one database into deterministic chunks.
 //!
-//! 1. Read the schema (before any lock).
+//! 1. Read the schema (before any lock), and the first rows of each table to size its
+//!    chunks by (see [`sample_row_bytes`]).
 //! 2. `LOCK TABLES … READ` on every table of the database, then every worker connection
 //!    starts `START TRANSACTION WITH CONSISTENT SNAPSHOT`: all of them now see the same
 //!    instant. Tables that are not transactional are read while the lock is held. Then
 //!    `UNLOCK TABLES`; the site was blocked from writing only for that window.
-//! 3. Large tables with a key are cut into chunks at *content-defined* boundaries: a row
+//! 3. Tables with a key are cut into chunks at *content-defined* boundaries: a row
 //!    starts a chunk when the hash of its key has its low `bits` bits zero. One cheap
 //!    pass over the key finds the boundaries; the chunks are then read in parallel by
 //!    key range. A row inserted or deleted moves no boundary but its own, so the other
@@ -377,24 +378,69 @@ fn store_chunk(
 }
 
 /// How many low hash bits must be zero for a row to start a chunk: about `target`
-/// bytes of rows per chunk, estimated from the server's table statistics. The previous
-/// dump's value is kept unless the estimate moved by more than a factor of two, so
-/// statistics drifting from night to night do not move every boundary.
-fn chunk_bits(t: &Table, prev: Option<&DbManifest>, target: u64) -> u32 {
-    let row = (t.est_bytes / t.est_rows.max(1)).max(16);
-    let ideal = ((target / row).max(1) as f64).log2().round() as u32;
+/// bytes of rows per chunk, from the average text length of the table's first rows
+/// (`row_bytes`, see [`sample_row_bytes`]). The previous dump's value is kept unless
+/// that moved by more than a factor of four.
+fn chunk_bits(t: &Table, prev: Option<&DbManifest>, target: u64, row_bytes: u64) -> u32 {
+    let ideal = ((target / row_bytes.max(16)).max(1) as f64).log2().round() as u32;
     keep_previous(t, prev, &["key-hash", "row-hash"], ideal.min(24))
 }
 
-/// The previous dump's bits for this table and method, if within a factor of two of
+/// How many rows [`sample_row_bytes`] reads.
+const SAMPLE_ROWS: u32 = 1000;
+
+/// The average length of a row's SQL text over the table's first rows (in key order, or
+/// in the engine's order without a key). Chunks are sized by it rather than by the
+/// server's statistics: InnoDB's are sampled, stale after bulk inserts, and recomputed
+/// after a restart, and sizing by them moved every boundary of unchanged tables; the
+/// same first rows always give the same length.
+async fn sample_row_bytes(conn: &mut Conn, t: &Table) -> Result<u64> {
+    let cols: Vec<String> = t.columns.iter().map(|c| ident(&c.name)).collect();
+    let kinds: Vec<ColumnKind> = t.columns.iter().map(|c| c.kind()).collect();
+    let mut sql = format!("SELECT {} FROM {}", cols.join(","), ident(&t.name));
+    if !t.key.is_empty() {
+        sql.push_str(&format!(" ORDER BY {}", key_list(t)));
+    }
+    sql.push_str(&format!(" LIMIT {SAMPLE_ROWS}"));
+    let what = || format!("sampling the rows of table {}", ident(&t.name));
+    let mut result = conn
+        .exec_iter(sql, ())
+        .await
+        .map_err(|e| db_error(e, &what()))?;
+    let (mut rows, mut bytes) = (0u64, 0u64);
+    let mut text = Vec::new();
+    while let Some(row) = result.next().await.map_err(|e| db_error(e, &what()))? {
+        text.clear();
+        push_row(&mut text, &row.unwrap(), &kinds);
+        rows += 1;
+        bytes += text.len() as u64;
+    }
+    Ok(bytes / rows.max(1))
+}
+
+/// The previous dump of this table, when it was cut by the same key.
+fn previous<'a>(t: &Table, prev: Option<&'a DbManifest>) -> Option<&'a TableEntry> {
+    prev?
+        .tables
+        .iter()
+        .find(|e| e.name == t.name && e.key == t.key)
+}
+
+/// Whether a table is cut at boundaries of its key (`key-range`, `key-hash`) rather than
+/// after rows (`row-hash`): every transactional table with a key, whatever its size, so
+/// no table flips between the two as it grows (a flip moves every boundary).
+fn cut_by_key(t: &Table) -> bool {
+    t.transactional() && !t.key.is_empty()
+}
+
+/// The previous dump's bits for this table and method, if within a factor of four of
 /// `ideal`; else `ideal`.
 fn keep_previous(t: &Table, prev: Option<&DbManifest>, methods: &[&str], ideal: u32) -> u32 {
-    let old = prev
-        .and_then(|p| p.tables.iter().find(|e| e.name == t.name && e.key == t.key))
+    let old = previous(t, prev)
         .filter(|e| methods.contains(&e.chunking.as_str()))
         .map(|e| e.chunk_bits);
     match old {
-        Some(b) if b.abs_diff(ideal) <= 1 => b,
+        Some(b) if b.abs_diff(ideal) <= 2 => b,
         _ => ideal,
     }
 }
@@ -465,11 +511,11 @@ async fn dump(
     .pop()
     .unwrap_or_default();
     let before = read_schema(&mut conn0, &db).await?;
-    let bits: Vec<u32> = before
-        .tables
-        .iter()
-        .map(|t| chunk_bits(t, prev, opts.chunk_bytes))
-        .collect();
+    let mut bits = Vec::new();
+    for t in &before.tables {
+        let row = sample_row_bytes(&mut conn0, t).await?;
+        bits.push(chunk_bits(t, prev, opts.chunk_bytes, row));
+    }
     progress.set_label(format!("dumping {db}"));
     progress.add_total(before.tables.iter().map(|t| t.est_bytes).sum());
 
@@ -497,9 +543,7 @@ async fn dump(
                 .iter()
                 .enumerate()
                 .map(|(i, t)| {
-                    let keyed = t.transactional()
-                        && !t.key.is_empty()
-                        && t.est_bytes > 2 * opts.chunk_bytes;
+                    let keyed = cut_by_key(t);
                     (if keyed { "key-hash" } else { "row-hash" }, bits[i])
                 })
                 .collect(),
@@ -581,7 +625,7 @@ async fn dump(
         if !t.transactional() {
             continue;
         }
-        if !t.key.is_empty() && t.est_bytes > 2 * opts.chunk_bytes {
+        if cut_by_key(t) {
             boundary_jobs.push_back(Job::Boundaries { table: i });
         } else {
             let job = Job::Range {
@@ -813,7 +857,10 @@ async fn integer_ranges(
     // density is taken as at least 1/4, so a few outlying keys (one id of 10^9 among
     // 1..10^6) cannot make a range hold more than 4 chunks' worth of the dense part.
     let span = (max - min + 1) as f64;
-    let per_value = (t.est_rows.max(1) as f64 / span).clamp(0.25, 1.0);
+    // Rows: the previous dump's, exact; else the server's estimate (the clamp and
+    // keep_previous's factor of four absorb how far that is off).
+    let rows = previous(t, s.prev).map_or(t.est_rows, |e| e.rows);
+    let per_value = (rows.max(1) as f64 / span).clamp(0.25, 1.0);
     let ideal = ((1u64 << s.bits[table]) as f64 / per_value)
         .log2()
         .round()

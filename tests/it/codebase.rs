@@ -643,4 +643,51 @@ fn a_snapshot_loaded_onto_a_project_on_a_remote_engine() {
         !left.contains("freezer-restore") && !left.contains(&format!("onto-{name}")),
         "{left}"
     );
+
+    // The same snapshot as a copy on v2 through the remote engine (v1 is not there).
+    let copy = unique("onrc");
+    site.made(&b, &copy);
+    let port2 = free_port();
+    let out = freezer_env(
+        &[
+            "thaw",
+            &format!("{name}:{hydrated}@far"),
+            "--as",
+            &copy,
+            "--image",
+            &format!("web={V2}"),
+            "--publish",
+            &format!("{}={port2}", site_port(&a, &site)),
+            "--repo",
+            &repo.url,
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[
+            ("DOCKER_HOST", "unix:///nonexistent/docker.sock"),
+            ("FREEZER_CACHE_DIR", cache.to_str().unwrap()),
+        ],
+    );
+    assert_ok(&out);
+    assert_eq!(http_get(port2, "/version.html"), b"code v2\n");
+    assert_eq!(
+        http_get(port2, "/uploads/index.html"),
+        format!("uploads of {name}\n").into_bytes()
+    );
+    assert_eq!(
+        shop_sums(
+            &address(&b, &format!("{copy}-db-1")),
+            "shop",
+            &password,
+            "shop"
+        ),
+        facts
+    );
+}
+
+/// The host port a site's web container publishes.
+fn site_port(host: &str, site: &Site) -> u16 {
+    let p = docker(host, &["port", &site.c("web"), "80/tcp"]);
+    let first = p.lines().next().unwrap();
+    first.rsplit(':').next().unwrap().trim().parse().unwrap()
 }

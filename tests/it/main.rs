@@ -2,6 +2,7 @@
 //! Garage server (started by scripts/services). One test binary, many modules.
 
 mod browse;
+mod chunks;
 mod codebase;
 mod common;
 mod copy;

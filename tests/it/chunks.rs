@@ -1,0 +1,102 @@
+//! Stable chunks (SPEC.md §10.2): an unchanged database dumps to byte-identical data chunks
+//! night after night, also after its server restarts, so a nightly freeze uploads only the
+//! database's config and manifest. The database: generated rows in four tables — an
+//! integer key, BLOBs of varying size, no key at all, a composite key — on a MariaDB
+//! server of its own (a container, so the test can restart it).
+
+use crate::common::*;
+use crate::hydrated::*;
+
+const PASSWORD: &str = "gen-pw-3";
+
+/// A MariaDB container that is removed when dropped.
+struct Server {
+    host: String,
+    name: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = docker_try(&self.host, &["rm", "-f", "-v", &self.name]);
+    }
+}
+
+impl Server {
+    fn ip(&self) -> String {
+        address(&self.host, &self.name)
+    }
+    fn sql(&self, sql: &str) -> String {
+        sql_at(&self.ip(), "gen", PASSWORD, "gen", sql)
+    }
+    fn url(&self) -> String {
+        format!("mysql://gen:{PASSWORD}@{}/gen", self.ip())
+    }
+}
+
+const GENERATE: &str = "
+CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(80), price DECIMAL(10,2), made DATETIME) STATS_AUTO_RECALC=0;
+INSERT INTO items SELECT seq, CONCAT('item ', seq, ' ', SHA1(seq)), seq * 1.25, '2020-01-01' + INTERVAL seq MINUTE FROM seq_1_to_120000;
+CREATE TABLE media (id INT PRIMARY KEY, kind VARCHAR(10), data LONGBLOB) STATS_AUTO_RECALC=0;
+INSERT INTO media SELECT seq, IF(seq % 3, 'jpeg', 'png'), REPEAT(UNHEX(SHA2(seq, 256)), 1 + (seq * 7919) % 700) FROM seq_1_to_1500;
+CREATE TABLE log (at DATETIME, level VARCHAR(8), message TEXT) STATS_AUTO_RECALC=0;
+INSERT INTO log SELECT '2021-06-01' + INTERVAL seq SECOND, ELT(1 + seq % 3, 'info', 'warn', 'error'), CONCAT('event ', seq, ' ', MD5(seq)) FROM seq_1_to_80000;
+CREATE TABLE tags (item_id INT, tag VARCHAR(20), weight DOUBLE, PRIMARY KEY (item_id, tag)) STATS_AUTO_RECALC=0;
+INSERT INTO tags SELECT 1 + seq DIV 3, CONCAT('tag', seq % 3, '-', seq % 97), seq / 7 FROM seq_0_to_89999;
+";
+
+#[test]
+fn an_unchanged_database_re_freezes_without_uploading_a_chunk_also_after_a_restart() {
+    let a = host_a();
+    let server = Server {
+        host: a.clone(),
+        name: unique("chunks"),
+    };
+    let pw = format!("MARIADB_PASSWORD={PASSWORD}");
+    #[rustfmt::skip]
+    docker(&a, &[
+        "run", "-d", "--name", &server.name, "-e", "MARIADB_ROOT_PASSWORD=root-gen",
+        "-e", "MARIADB_DATABASE=gen", "-e", "MARIADB_USER=gen", "-e", &pw, &mariadb_image(),
+    ]);
+    server.sql("SELECT 1");
+    server.sql(GENERATE);
+    let repo = TestRepo::local().init();
+    let freeze = || {
+        let out = freezer(&[
+            "freeze",
+            "gen",
+            "--db",
+            &server.url(),
+            "--chunk-size",
+            "256K",
+            "--repo",
+            &repo.url,
+            "--json",
+        ]);
+        assert_ok(&out);
+        json(&out)
+    };
+    let first = freeze();
+    let chunks = first["databases"][0]["chunks"].as_u64().unwrap();
+    assert!(
+        chunks > 40,
+        "the test database should make many chunks: {first:#}"
+    );
+    let second = freeze();
+    // The database's config and image manifest, nothing else.
+    assert_eq!(second["blobs_uploaded"], 2, "{second:#}");
+    assert_eq!(second["databases"][0]["chunks"], chunks, "{second:#}");
+
+    // A restart: the server reads its statistics anew; the chunks stay.
+    docker(&a, &["restart", &server.name]);
+    server.sql("SELECT 1"); // retried until the server is back
+    let third = freeze();
+    assert_eq!(third["blobs_uploaded"], 2, "{third:#}");
+    assert_eq!(third["databases"][0]["chunks"], chunks, "{third:#}");
+
+    // Three changed rows in three tables: their chunks (one each; an appended row may
+    // also end the last chunk of the keyless table elsewhere), the config and manifest.
+    server.sql("UPDATE items SET price = 1 WHERE id = 50000; UPDATE media SET kind = 'gif' WHERE id = 700; INSERT INTO log VALUES (NOW(), 'info', 'one more')");
+    let fourth = freeze();
+    let uploaded = fourth["blobs_uploaded"].as_u64().unwrap();
+    assert!((5..=7).contains(&uploaded), "{fourth:#}");
+}
