@@ -167,45 +167,7 @@ pub fn freeze_database(
         });
     }
 
-    let layer = |f: &FileRef, part: &str, title: String, table: Option<&str>| {
-        let mut d = Descriptor::new(MT_SQL_ZSTD, f.digest.clone(), f.size);
-        d.annotations.insert(A_SQL_PART.into(), part.into());
-        d.annotations.insert(A_TITLE.into(), title);
-        if let Some(t) = table {
-            d.annotations.insert(A_SQL_TABLE.into(), t.into());
-        }
-        d
-    };
-    let mut layers = vec![layer(&manifest.schema, "schema", "schema.sql".into(), None)];
-    for t in &manifest.tables {
-        for (n, c) in t.chunks.iter().enumerate() {
-            let f = FileRef {
-                digest: c.digest.clone(),
-                size: c.size,
-            };
-            layers.push(layer(
-                &f,
-                "data",
-                format!("data/{}/{:05}.sql", t.name, n),
-                Some(&t.name),
-            ));
-        }
-    }
-    layers.push(layer(
-        &manifest.indexes,
-        "indexes",
-        "indexes.sql".into(),
-        None,
-    ));
-    layers.push(layer(
-        &manifest.objects_file,
-        "objects",
-        "objects.sql".into(),
-        None,
-    ));
-    if let Some(u) = &manifest.users {
-        layers.push(layer(u, "users", "users.sql".into(), None));
-    }
+    let layers = image_layers(&manifest);
 
     let rows: u64 = manifest.tables.iter().map(|t| t.rows).sum();
     let n_chunks: usize = manifest.tables.iter().map(|t| t.chunks.len()).sum();
@@ -251,6 +213,51 @@ pub fn freeze_database(
         warnings,
     };
     Ok((desc, report))
+}
+
+/// The image's layers: every file of the dump in load order (schema, data chunks
+/// table by table, indexes, objects, users).
+fn image_layers(manifest: &DbManifest) -> Vec<Descriptor> {
+    let layer = |f: &FileRef, part: &str, title: String, table: Option<&str>| {
+        let mut d = Descriptor::new(MT_SQL_ZSTD, f.digest.clone(), f.size);
+        d.annotations.insert(A_SQL_PART.into(), part.into());
+        d.annotations.insert(A_TITLE.into(), title);
+        if let Some(t) = table {
+            d.annotations.insert(A_SQL_TABLE.into(), t.into());
+        }
+        d
+    };
+    let mut layers = vec![layer(&manifest.schema, "schema", "schema.sql".into(), None)];
+    for t in &manifest.tables {
+        for (n, c) in t.chunks.iter().enumerate() {
+            let f = FileRef {
+                digest: c.digest.clone(),
+                size: c.size,
+            };
+            layers.push(layer(
+                &f,
+                "data",
+                format!("data/{}/{:05}.sql", t.name, n),
+                Some(&t.name),
+            ));
+        }
+    }
+    layers.push(layer(
+        &manifest.indexes,
+        "indexes",
+        "indexes.sql".into(),
+        None,
+    ));
+    layers.push(layer(
+        &manifest.objects_file,
+        "objects",
+        "objects.sql".into(),
+        None,
+    ));
+    if let Some(u) = &manifest.users {
+        layers.push(layer(u, "users", "users.sql".into(), None));
+    }
+    layers
 }
 
 enum Outcome {
@@ -552,132 +559,14 @@ async fn dump(
         progress,
     };
 
-    // The lock window: from asking for the locks to releasing them.
-    exec(
-        &mut conn0,
-        &format!("SET SESSION lock_wait_timeout={}", opts.lock_wait_timeout),
-        "setting lock_wait_timeout",
-    )
-    .await?;
-    let lock_started = Instant::now();
-    let at = rfc3339(SystemTime::now());
-    if !before.tables.is_empty() {
-        let list: Vec<String> = before
-            .tables
-            .iter()
-            .map(|t| format!("{} READ", ident(&t.name)))
-            .collect();
-        exec(
-            &mut conn0,
-            &format!("LOCK TABLES {}", list.join(", ")),
-            &format!("locking the tables of {url} for a consistent snapshot"),
-        )
-        .await
-        .map_err(|mut e| {
-            if e.message.contains("1044") || e.message.contains("LOCK TABLES") {
-                e.hint = Some(format!(
-                    "the user needs the LOCK TABLES privilege on {}: GRANT LOCK TABLES ON {}.* TO ...",
-                    ident(&db),
-                    ident(&db)
-                ));
-            }
-            e
-        })?;
-    }
-    let starts = workers
-        .iter_mut()
-        .map(|c| c.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"));
-    futures::future::try_join_all(starts)
-        .await
-        .map_err(|e| db_error(e, &format!("starting the snapshot transactions on {url}")))?;
-    let gtid = first_value(&mut conn0, "SELECT @@GLOBAL.gtid_binlog_pos")
-        .await
-        .or(first_value(&mut conn0, "SELECT @@GLOBAL.gtid_executed").await);
-    let binlog = match query_strings(&mut conn0, "SHOW MASTER STATUS", "").await {
-        Ok(rows) => rows
-            .first()
-            .filter(|r| r.len() >= 2 && !r[0].is_empty())
-            .map(|r| format!("{}:{}", r[0], r[1])),
-        Err(_) => None,
-    };
-    // Tables outside the snapshot are read now, under the lock.
-    for (i, t) in before.tables.iter().enumerate() {
-        if !t.transactional() {
-            dump_range(&mut conn0, &shared, i, 0, None, None, true).await?;
-        }
-    }
-    if !before.tables.is_empty() {
-        exec(&mut conn0, "UNLOCK TABLES", "releasing the table locks").await?;
-    }
-    let lock_ms = lock_started.elapsed().as_millis() as u64;
-    // Test hook: SQL (say, an ALTER TABLE) from another session once the snapshot is
-    // taken, as a deploy's migration would.
-    if let Some(stmt) = crate::fault::sql_after_snapshot() {
-        let mut other = url.connect().await?;
-        exec(&mut other, &stmt, "running the test hook's statement").await?;
-        let _ = other.disconnect().await;
-    }
-
-    // Phase 1: boundaries of the large keyed tables; phase 2: every range.
-    let mut boundary_jobs = VecDeque::new();
-    let mut range_jobs = VecDeque::new();
-    for (i, t) in before.tables.iter().enumerate() {
-        if !t.transactional() {
-            continue;
-        }
-        if cut_by_key(t) {
-            boundary_jobs.push_back(Job::Boundaries { table: i });
-        } else {
-            let job = Job::Range {
-                table: i,
-                range: 0,
-                lo: None,
-                hi: None,
-                cut_rows: true,
-            };
-            range_jobs.push_back((t.est_bytes, job));
-        }
-    }
-    let boundaries: Mutex<HashMap<usize, Vec<Vec<Value>>>> = Mutex::new(HashMap::new());
-    run_queue(&mut workers, boundary_jobs, &shared, &boundaries).await?;
-    let found = std::mem::take(&mut *boundaries.lock().unwrap());
-    for (table, keys) in found {
-        // Ranges between consecutive boundaries, open at both ends.
-        let per = before.tables[table].est_bytes / (keys.len() as u64 + 1);
-        let mut bounds = vec![None];
-        bounds.extend(keys.into_iter().map(Some));
-        bounds.push(None);
-        for (n, w) in bounds.windows(2).enumerate() {
-            let job = Job::Range {
-                table,
-                range: n as u32,
-                lo: w[0].clone(),
-                hi: w[1].clone(),
-                cut_rows: false,
-            };
-            range_jobs.push_back((per, job));
-        }
-    }
-    // Largest first, so no worker is left with one big table at the end.
-    let mut sorted: Vec<(u64, Job)> = range_jobs.into_iter().collect();
-    sorted.sort_by_key(|j| std::cmp::Reverse(j.0));
-    let jobs = sorted.into_iter().map(|(_, j)| j).collect();
-    run_queue(&mut workers, jobs, &shared, &boundaries).await?;
+    let window = lock_window(&mut conn0, &mut workers, &shared, url, opts).await?;
+    read_tables(&mut workers, &shared).await?;
     for c in workers {
         let _ = c.disconnect().await;
     }
 
     // DDL check: anything that differs from the schema read before the lock.
-    let mut conn_check = url.connect().await?;
-    let after = read_schema(&mut conn_check, &db).await?;
-    let _ = conn_check.disconnect().await;
-    let (fa, fb) = (before.fingerprint(), after.fingerprint());
-    let mut changed: Vec<String> = fa
-        .iter()
-        .filter(|(k, v)| fb.get(*k) != Some(v))
-        .map(|(k, _)| k.clone())
-        .collect();
-    changed.extend(fb.keys().filter(|k| !fa.contains_key(*k)).cloned());
+    let changed = schema_changes(url, &before).await?;
     if !changed.is_empty() {
         return Ok(Outcome::SchemaChanged(changed));
     }
@@ -707,13 +596,7 @@ async fn dump(
         },
         charset: before.charset.clone(),
         collation: before.collation.clone(),
-        consistency: Consistency {
-            method: "lock-tables".into(),
-            lock_ms,
-            gtid: gtid.filter(|g| !g.is_empty()),
-            binlog,
-            at,
-        },
+        consistency: window,
         schema: empty.clone(),
         indexes: empty.clone(),
         objects_file: empty,
@@ -732,6 +615,160 @@ async fn dump(
         chunking,
         users_sql,
     })))
+}
+
+/// The lock window, from asking for the locks to releasing them: every table locked,
+/// every worker's snapshot transaction started (all see the same instant), the tables
+/// outside transactions read; returns where and when the snapshot stands.
+async fn lock_window(
+    conn0: &mut Conn,
+    workers: &mut [Conn],
+    shared: &Shared<'_>,
+    url: &DbUrl,
+    opts: &DumpOptions,
+) -> Result<Consistency> {
+    let before = shared.schema;
+    let db = &url.database;
+    exec(
+        conn0,
+        &format!("SET SESSION lock_wait_timeout={}", opts.lock_wait_timeout),
+        "setting lock_wait_timeout",
+    )
+    .await?;
+    let lock_started = Instant::now();
+    let at = rfc3339(SystemTime::now());
+    if !before.tables.is_empty() {
+        let list: Vec<String> = before
+            .tables
+            .iter()
+            .map(|t| format!("{} READ", ident(&t.name)))
+            .collect();
+        exec(
+            conn0,
+            &format!("LOCK TABLES {}", list.join(", ")),
+            &format!("locking the tables of {url} for a consistent snapshot"),
+        )
+        .await
+        .map_err(|mut e| {
+            if e.message.contains("1044") || e.message.contains("LOCK TABLES") {
+                e.hint = Some(format!(
+                    "the user needs the LOCK TABLES privilege on {}: GRANT LOCK TABLES ON {}.* TO ...",
+                    ident(db),
+                    ident(db)
+                ));
+            }
+            e
+        })?;
+    }
+    let starts = workers
+        .iter_mut()
+        .map(|c| c.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"));
+    futures::future::try_join_all(starts)
+        .await
+        .map_err(|e| db_error(e, &format!("starting the snapshot transactions on {url}")))?;
+    let gtid = first_value(conn0, "SELECT @@GLOBAL.gtid_binlog_pos")
+        .await
+        .or(first_value(conn0, "SELECT @@GLOBAL.gtid_executed").await);
+    let binlog = match query_strings(conn0, "SHOW MASTER STATUS", "").await {
+        Ok(rows) => rows
+            .first()
+            .filter(|r| r.len() >= 2 && !r[0].is_empty())
+            .map(|r| format!("{}:{}", r[0], r[1])),
+        Err(_) => None,
+    };
+    // Tables outside the snapshot are read now, under the lock.
+    for (i, t) in before.tables.iter().enumerate() {
+        if !t.transactional() {
+            dump_range(conn0, shared, i, 0, None, None, true).await?;
+        }
+    }
+    if !before.tables.is_empty() {
+        exec(conn0, "UNLOCK TABLES", "releasing the table locks").await?;
+    }
+    let lock_ms = lock_started.elapsed().as_millis() as u64;
+    // Test hook: SQL (say, an ALTER TABLE) from another session once the snapshot is
+    // taken, as a deploy's migration would.
+    if let Some(stmt) = crate::fault::sql_after_snapshot() {
+        let mut other = url.connect().await?;
+        exec(&mut other, &stmt, "running the test hook's statement").await?;
+        let _ = other.disconnect().await;
+    }
+
+    Ok(Consistency {
+        method: "lock-tables".into(),
+        lock_ms,
+        gtid: gtid.filter(|g| !g.is_empty()),
+        binlog,
+        at,
+    })
+}
+
+/// Phase 1: the boundaries of the tables cut by key; phase 2: every range, by all the
+/// workers.
+async fn read_tables(workers: &mut [Conn], shared: &Shared<'_>) -> Result<()> {
+    let before = shared.schema;
+    let mut boundary_jobs = VecDeque::new();
+    let mut range_jobs = VecDeque::new();
+    for (i, t) in before.tables.iter().enumerate() {
+        if !t.transactional() {
+            continue;
+        }
+        if cut_by_key(t) {
+            boundary_jobs.push_back(Job::Boundaries { table: i });
+        } else {
+            let job = Job::Range {
+                table: i,
+                range: 0,
+                lo: None,
+                hi: None,
+                cut_rows: true,
+            };
+            range_jobs.push_back((t.est_bytes, job));
+        }
+    }
+    let boundaries: Mutex<HashMap<usize, Vec<Vec<Value>>>> = Mutex::new(HashMap::new());
+    run_queue(workers, boundary_jobs, shared, &boundaries).await?;
+    let found = std::mem::take(&mut *boundaries.lock().unwrap());
+    for (table, keys) in found {
+        // Ranges between consecutive boundaries, open at both ends.
+        let per = before.tables[table].est_bytes / (keys.len() as u64 + 1);
+        let mut bounds = vec![None];
+        bounds.extend(keys.into_iter().map(Some));
+        bounds.push(None);
+        for (n, w) in bounds.windows(2).enumerate() {
+            let job = Job::Range {
+                table,
+                range: n as u32,
+                lo: w[0].clone(),
+                hi: w[1].clone(),
+                cut_rows: false,
+            };
+            range_jobs.push_back((per, job));
+        }
+    }
+    // Largest first, so no worker is left with one big table at the end.
+    let mut sorted: Vec<(u64, Job)> = range_jobs.into_iter().collect();
+    sorted.sort_by_key(|j| std::cmp::Reverse(j.0));
+    let jobs = sorted.into_iter().map(|(_, j)| j).collect();
+    run_queue(workers, jobs, shared, &boundaries).await?;
+
+    Ok(())
+}
+
+/// What differs between the schema read before the lock and the one now (DDL during the
+/// dump).
+async fn schema_changes(url: &DbUrl, before: &Schema) -> Result<Vec<String>> {
+    let mut conn_check = url.connect().await?;
+    let after = read_schema(&mut conn_check, &url.database).await?;
+    let _ = conn_check.disconnect().await;
+    let (fa, fb) = (before.fingerprint(), after.fingerprint());
+    let mut changed: Vec<String> = fa
+        .iter()
+        .filter(|(k, v)| fb.get(*k) != Some(v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    changed.extend(fb.keys().filter(|k| !fa.contains_key(*k)).cloned());
+    Ok(changed)
 }
 
 async fn first_value(conn: &mut Conn, sql: &str) -> Option<String> {
