@@ -271,6 +271,17 @@ impl CapturedSite {
 
 /// Reads every container of `site` and the mounts to copy.
 pub fn capture(engine: &Engine, site: &str) -> Result<CapturedSite> {
+    capture_with(engine, site, false)
+}
+
+/// As [`capture`], but bind mounts of single files (a compose project's `./php.ini`) are
+/// left out instead of refused: for a site whose volumes and directories are what counts
+/// (the target of `thaw --onto`, and its safety snapshot).
+pub fn capture_dirs(engine: &Engine, site: &str) -> Result<CapturedSite> {
+    capture_with(engine, site, true)
+}
+
+fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<CapturedSite> {
     let list = engine.site_containers(site)?;
     if list.is_empty() {
         return Err(Error::not_found(format!(
@@ -311,7 +322,8 @@ pub fn capture(engine: &Engine, site: &str) -> Result<CapturedSite> {
                 .unwrap_or(Value::Null),
         );
         let (nets, address) = capture_networks(engine, &info, short, &mut networks)?;
-        let mut mounts = capture_mounts(engine, &info, &c.name, &config, &mut trees)?;
+        let mut mounts =
+            capture_mounts(engine, &info, &c.name, &config, &mut trees, skip_file_binds)?;
         mounts.sort_by(|a, b| a.destination.cmp(&b.destination));
         let mut spec = ContainerSpec {
             name: c.name.clone(),
@@ -422,6 +434,7 @@ fn capture_mounts(
     container: &str,
     config: &Value,
     trees: &mut Vec<TreeSpec>,
+    skip_file_binds: bool,
 ) -> Result<Vec<MountSpec>> {
     let local = engine.is_local();
     let mut mounts = Vec::new();
@@ -476,6 +489,15 @@ fn capture_mounts(
             }
             Some(_) => {}
             None => {
+                if kind == "bind" && skip_file_binds {
+                    let dir = match local {
+                        true => path.is_dir(),
+                        false => super::remote::is_dir(engine, container, &destination)?,
+                    };
+                    if !dir {
+                        continue;
+                    }
+                }
                 if local && !path.is_dir() {
                     return Err(Error::usage(format!(
                         "container {} mounts {} at {destination}, which is not a directory; freezer copies directories",

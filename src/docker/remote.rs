@@ -278,9 +278,9 @@ pub fn push(engine: &Engine, container: &str, dest: &str, dir: &Path) -> Result<
     )
 }
 
-/// Whether `dest` in a container (running or not) is empty: only the start of its archive
-/// is read (the directory's own entry, then the first entry inside it, if any).
-pub fn is_empty(engine: &Engine, container: &str, dest: &str) -> Result<bool> {
+/// The first entries of `dest`'s archive in a container (running or not): the path's own
+/// entry, then the first inside it, if any. Only the start of the archive is read.
+fn archive_head(engine: &Engine, container: &str, dest: &str) -> Result<Vec<tar::EntryType>> {
     let head = engine.block_on(async {
         use futures::StreamExt;
         let mut s = engine.docker.download_from_container(
@@ -304,20 +304,28 @@ pub fn is_empty(engine: &Engine, container: &str, dest: &str) -> Result<bool> {
         Ok::<_, Error>(head)
     })?;
     let mut archive = tar::Archive::new(std::io::Cursor::new(head));
-    let mut entries = 0;
+    let mut types = Vec::new();
     if let Ok(list) = archive.entries() {
         // A cut-off entry after the first two still counts: it exists.
         for e in list {
-            if e.is_err() {
-                break;
-            }
-            entries += 1;
-            if entries > 1 {
+            let Ok(e) = e else { break };
+            types.push(e.header().entry_type());
+            if types.len() > 1 {
                 break;
             }
         }
     }
-    Ok(entries <= 1)
+    Ok(types)
+}
+
+/// Whether `dest` in a container is an empty directory (or nothing).
+pub fn is_empty(engine: &Engine, container: &str, dest: &str) -> Result<bool> {
+    Ok(archive_head(engine, container, dest)?.len() <= 1)
+}
+
+/// Whether `dest` in a container is a directory.
+pub fn is_dir(engine: &Engine, container: &str, dest: &str) -> Result<bool> {
+    Ok(archive_head(engine, container, dest)?.first() == Some(&tar::EntryType::Directory))
 }
 
 /// Writes `dir` into a volume or directory on the engine's machine through a helper

@@ -230,7 +230,8 @@ pub fn preview_excludes(plan: &FreezePlan) -> Result<Vec<TreeExcluded>> {
 
 /// A safety snapshot of a site about to be replaced by a thaw: the Docker site `target`
 /// as it runs (hydrated); when it has no containers left, the volumes and directories
-/// `replaced` (name, path) that the thaw will overwrite.
+/// `replaced` (name, path) that the thaw will overwrite. Bind mounts of single files are
+/// left out (a thaw replaces volumes and directories, never them).
 pub fn freeze_before_replace(
     repo: &Repository,
     engine: &crate::docker::Endpoint,
@@ -239,7 +240,7 @@ pub fn freeze_before_replace(
     progress: &Progress,
 ) -> Result<String> {
     let engine = crate::docker::Engine::connect_to(engine)?;
-    let plan = match crate::docker::capture::capture(&engine, target) {
+    let plan = match crate::docker::capture::capture_dirs(&engine, target) {
         Ok(captured) => {
             let trees = captured.trees.clone();
             let docker = DockerFreeze {

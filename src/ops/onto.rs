@@ -159,7 +159,7 @@ pub fn plan(
     opts: &OntoOptions,
 ) -> Result<OntoPlan> {
     let parts = recreate::read_parts(repo, &snap)?;
-    let captured = crate::docker::capture::capture(engine, &opts.project).map_err(|e| {
+    let captured = crate::docker::capture::capture_dirs(engine, &opts.project).map_err(|e| {
         match e.kind {
             ErrorKind::NotFound => e.with_hint(format!(
                 "--onto loads into a site that exists; to create one from the snapshot, thaw it --as {}",

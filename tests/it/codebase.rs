@@ -361,6 +361,8 @@ fn shop_sums(ip: &str, user: &str, password: &str, db: &str) -> String {
 /// its database service `mysql` with its own credentials and an empty database. Removed
 /// when dropped.
 struct DevProject {
+    /// Holds the web container's bind-mounted config file, as compose projects have.
+    _conf: tempfile::TempDir,
     host: String,
     name: String,
     web: String,
@@ -383,7 +385,11 @@ const DEV_PASSWORD: &str = "dev-pw-7";
 fn start_dev(a: &str, port: u16) -> DevProject {
     web_images();
     let name = unique("dev");
+    let conf = tempfile::tempdir().unwrap();
+    fs::write(conf.path().join("app.ini"), b"[dev]\n").unwrap();
+    let ini = format!("{}:/etc/app.ini:ro", conf.path().join("app.ini").display());
     let p = DevProject {
+        _conf: conf,
         host: a.to_string(),
         web: format!("{name}-webapp"),
         db: format!("{name}-sql"),
@@ -401,7 +407,7 @@ fn start_dev(a: &str, port: u16) -> DevProject {
     docker(a, &[
         "run", "-d", "--name", &p.web, "--label", &project,
         "--label", "com.docker.compose.service=web", "--network", &p.network,
-        "-v", &media, "-p", &publish, "-e", "SITE_MARKER=dev", V2,
+        "-v", &media, "-v", &ini, "-p", &publish, "-e", "SITE_MARKER=dev", V2,
     ]);
     #[rustfmt::skip]
     docker(a, &[
