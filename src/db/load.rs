@@ -604,37 +604,7 @@ async fn load_into(
                 size: chunk.size,
             };
             let text = p.text(&f)?;
-            // One transaction per chunk: one redo log flush instead of one per statement,
-            // and a chunk that hits a deadlock (parallel inserts into one table can) is
-            // rolled back whole and loaded again.
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                match load_chunk(c, &text).await {
-                    Ok(()) => break,
-                    Err((e, stmt_len)) => {
-                        let _ = c.query_drop("ROLLBACK").await;
-                        let retry = matches!(&e, mysql_async::Error::Server(s) if s.code == 1213 || s.code == 1205);
-                        if retry && attempt < 5 {
-                            continue;
-                        }
-                        let mut err = db_error(
-                            e,
-                            &format!(
-                                "loading rows of table {} (chunk {})",
-                                ident(&t.name),
-                                chunk.digest.key()
-                            ),
-                        );
-                        if err.message.contains("max_allowed_packet") || err.message.contains("1153") {
-                            err.hint = Some(format!(
-                                "a statement is {stmt_len} bytes; raise max_allowed_packet on the target server above that"
-                            ));
-                        }
-                        return Err(err);
-                    }
-                }
-            }
+            load_chunk_retrying(c, t, chunk, &text).await?;
             progress.add_done(chunk.sql_bytes);
             crate::fault::abort_at(
                 crate::fault::Abort::AfterChunks,
@@ -703,6 +673,46 @@ async fn load_into(
         index_seconds,
         verify_started.elapsed().as_secs_f64(),
     ))
+}
+
+/// Loads one chunk in one transaction: one redo log flush instead of one per statement,
+/// and a chunk that hits a deadlock or lock wait timeout (parallel inserts into one table
+/// can) is rolled back whole and loaded again, up to 5 times.
+async fn load_chunk_retrying(
+    c: &mut Conn,
+    t: &TableEntry,
+    chunk: &Chunk,
+    text: &[u8],
+) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match load_chunk(c, text).await {
+            Ok(()) => return Ok(()),
+            Err((e, stmt_len)) => {
+                let _ = c.query_drop("ROLLBACK").await;
+                let retry =
+                    matches!(&e, mysql_async::Error::Server(s) if s.code == 1213 || s.code == 1205);
+                if retry && attempt < 5 {
+                    continue;
+                }
+                let mut err = db_error(
+                    e,
+                    &format!(
+                        "loading rows of table {} (chunk {})",
+                        ident(&t.name),
+                        chunk.digest.key()
+                    ),
+                );
+                if err.message.contains("max_allowed_packet") || err.message.contains("1153") {
+                    err.hint = Some(format!(
+                        "a statement is {stmt_len} bytes; raise max_allowed_packet on the target server above that"
+                    ));
+                }
+                return Err(err);
+            }
+        }
+    }
 }
 
 /// Features a dump's schema may use that older MariaDB servers do not have: (text in

@@ -464,18 +464,19 @@ pub fn freeze(repo: &Repository, plan: &FreezePlan, progress: &Progress) -> Resu
     Ok(report)
 }
 
-/// The freeze itself, under the lock, between the hooks.
-fn freeze_locked(
-    repo: &Repository,
-    plan: &FreezePlan,
-    progress: &Progress,
-) -> Result<FreezeReport> {
-    let started = Instant::now();
-    let created = SystemTime::now();
-    let mut warnings = Vec::new();
+/// What tonight's freeze reuses from the parent snapshot.
+struct Parent {
+    /// Its trees, by path.
+    trees: HashMap<PathBuf, PrevTree>,
+    /// Its database manifests (their chunk sizes are kept), by database.
+    databases: HashMap<String, DbManifest>,
+    /// Its container images (with --with-images, their layers are not read again).
+    containers: Vec<ImageManifest>,
+}
 
-    // The previous snapshot's trees, by path. A damaged or unreadable one is no reason to
-    // skip tonight's backup: freeze that tree in full and say so.
+/// Reads the parent snapshot's parts that this freeze reuses. A damaged or unreadable
+/// one is no reason to skip tonight's backup: that part is frozen in full, with a warning.
+fn read_parent(repo: &Repository, plan: &FreezePlan, warnings: &mut Vec<String>) -> Result<Parent> {
     let mut prev: HashMap<PathBuf, PrevTree> = HashMap::new();
     let mut prev_db: HashMap<String, DbManifest> = HashMap::new();
     let mut parent_containers: Vec<ImageManifest> = Vec::new();
@@ -529,6 +530,28 @@ fn freeze_locked(
             }
         }
     }
+    Ok(Parent {
+        trees: prev,
+        databases: prev_db,
+        containers: parent_containers,
+    })
+}
+
+/// The freeze itself, under the lock, between the hooks.
+fn freeze_locked(
+    repo: &Repository,
+    plan: &FreezePlan,
+    progress: &Progress,
+) -> Result<FreezeReport> {
+    let started = Instant::now();
+    let created = SystemTime::now();
+    let mut warnings = Vec::new();
+
+    let Parent {
+        trees: prev,
+        databases: prev_db,
+        containers: parent_containers,
+    } = read_parent(repo, plan, &mut warnings)?;
 
     // A Docker site: the containers' images first (outside the window), then the volumes
     // while the site is held still.
