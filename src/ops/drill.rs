@@ -60,7 +60,7 @@ impl DrillReport {
         DrillReport {
             site: snapshot.site.clone(),
             snapshot: snapshot.id.clone(),
-            target: scratch_name(&snapshot.site),
+            target: recreate::scratch_name("drill", &snapshot.site),
             ok: true,
             restore_seconds: 0.0,
             seconds: 0.0,
@@ -103,14 +103,6 @@ fn check(name: impl Into<String>, ok: bool, detail: impl Into<String>) -> Check 
         ok,
         detail: detail.into(),
     }
-}
-
-/// A scratch name: `drill-SITE-<6 hex>`, within the 63 characters site names allow.
-fn scratch_name(site: &str) -> String {
-    let mut b = [0u8; 3];
-    rand::Rng::fill(&mut rand::thread_rng(), &mut b);
-    let keep: String = site.chars().take(63 - 13).collect();
-    format!("drill-{keep}-{}", hex::encode(b))
 }
 
 fn failed(report: &mut DrillReport, e: Error) {

@@ -11,7 +11,7 @@
 //! put back in their state afterwards.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -69,9 +69,9 @@ pub struct OntoPlan {
     /// Hydrated: the scratch copy of the snapshot's database containers.
     #[serde(skip)]
     scratch: Option<SitePlan>,
-    /// Where the scratch copy's bind-mounted directories go (removed with it).
+    /// Where the scratch copy's bind-mounted directories go (removed with the plan).
     #[serde(skip)]
-    scratch_binds: PathBuf,
+    scratch_binds: Option<tempfile::TempDir>,
     #[serde(skip)]
     captured: CapturedSite,
 }
@@ -206,7 +206,7 @@ pub fn plan(
         trees: vec![],
         dumps: vec![],
         scratch: None,
-        scratch_binds: PathBuf::new(),
+        scratch_binds: None,
         captured: captured.clone(),
     };
     let mut trees = parts.trees;
@@ -226,7 +226,7 @@ pub fn plan(
     if !scratch_of.is_empty() {
         let (scratch, binds) = scratch_plan(repo, engine, snap, scratch_of)?;
         plan.scratch = Some(scratch);
-        plan.scratch_binds = binds;
+        plan.scratch_binds = Some(binds);
     }
     // Room for the trees where they go (through a remote engine, the engine's to find).
     if engine.is_local() {
@@ -437,7 +437,7 @@ fn plan_mount(
         ),
     };
     let (empty, helper) = match engine.is_local() {
-        true => (dir_is_empty(&path), None),
+        true => (recreate::dir_is_empty(&path), None),
         false => (
             crate::docker::remote::is_empty(engine, &target.name, &t.destination)?,
             Some((
@@ -538,23 +538,19 @@ fn scratch_plan(
     engine: &Engine,
     snap: Snapshot,
     containers: Vec<String>,
-) -> Result<(SitePlan, PathBuf)> {
-    let mut b = [0u8; 3];
-    rand::Rng::fill(&mut rand::thread_rng(), &mut b);
-    let keep: String = snap.site.chars().take(63 - 13).collect();
-    let binds = std::env::temp_dir().join(format!("freezer-onto-{}", hex::encode(b)));
+) -> Result<(SitePlan, tempfile::TempDir)> {
+    let binds = tempfile::Builder::new()
+        .prefix("freezer-onto.")
+        .tempdir()
+        .map_err(|e| Error::io("creating a directory for the scratch copy's bind mounts", e))?;
     let opts = SiteOptions {
-        rename: Some(format!("onto-{keep}-{}", hex::encode(b))),
+        rename: Some(recreate::scratch_name("onto", &snap.site)),
         isolated: true,
-        bind_root: Some(binds.clone()),
+        bind_root: Some(binds.path().to_path_buf()),
         only: Some(containers),
         ..Default::default()
     };
     Ok((recreate::plan(repo, engine, snap, &opts)?, binds))
-}
-
-fn dir_is_empty(p: &Path) -> bool {
-    std::fs::read_dir(p).map_or(true, |mut d| d.next().is_none())
 }
 
 fn address(engine: &Engine, container: &str) -> Result<String> {
@@ -577,9 +573,8 @@ pub fn execute(
         prepared.push(crate::db::load::fetch(repo, m.clone(), progress)?);
     }
     if let Some(s) = plan.scratch.take() {
-        let dumped = dump_scratch(repo, engine, s, &plan.services, progress);
-        let _ = std::fs::remove_dir_all(&plan.scratch_binds);
-        prepared.extend(dumped?);
+        prepared.extend(dump_scratch(repo, engine, s, &plan.services, progress)?);
+        plan.scratch_binds = None;
     }
     let safety_snapshot = match plan.replaces.is_empty() {
         true => None,

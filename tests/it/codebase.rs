@@ -204,34 +204,18 @@ fn a_snapshot_thawed_and_drilled_on_a_newer_image() {
     assert_gone(&a, &copy);
 
     // A missing image or an unknown service is refused before anything is created.
-    let out = freezer_on(
-        &a,
-        &[
-            "thaw",
-            &snap,
-            "--repo",
-            &repo.url,
-            "--as",
-            &copy,
-            "--image",
-            "web=freezer-test/web:nope",
-        ],
-    );
+    let image_only = |image: &str| {
+        freezer_on(
+            &a,
+            &[
+                "thaw", &snap, "--repo", &repo.url, "--as", &copy, "--image", image,
+            ],
+        )
+    };
+    let out = image_only("web=freezer-test/web:nope");
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(stderr(&out).contains("image freezer-test/web:nope, named by --image for service web, is not on the Docker engine"), "{}", stderr(&out));
-    let out = freezer_on(
-        &a,
-        &[
-            "thaw",
-            &snap,
-            "--repo",
-            &repo.url,
-            "--as",
-            &copy,
-            "--image",
-            "cache=redis:7",
-        ],
-    );
+    let out = image_only("cache=redis:7");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains(
@@ -565,21 +549,6 @@ fn a_snapshot_loaded_onto_another_compose_project() {
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
 }
 
-/// Copies images from engine A to engine B, as a registry pull would have put them there.
-fn images_on_b(images: &[&str]) {
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "docker save {} | DOCKER_HOST={} docker load -q",
-            images.join(" "),
-            host_b()
-        ))
-        .env("DOCKER_HOST", host_a())
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
-
 #[test]
 fn a_snapshot_loaded_onto_a_project_on_a_remote_engine() {
     let (a, b) = (host_a(), host_b());
@@ -607,27 +576,29 @@ fn a_snapshot_loaded_onto_a_project_on_a_remote_engine() {
     )
     .unwrap();
     let cache = work.path().join("cache");
-    // Through the Engine API only: this machine's docker socket is not used.
-    let out = freezer_env(
-        &[
-            "thaw",
-            &format!("{name}:{hydrated}@far"),
-            "--onto",
-            &dev.name,
-            "--map",
-            "db=mysql",
-            "--replace",
-            "--repo",
-            &repo.url,
-            "--config",
-            config.to_str().unwrap(),
-            "--json",
-        ],
-        &[
-            ("DOCKER_HOST", "unix:///nonexistent/docker.sock"),
-            ("FREEZER_CACHE_DIR", cache.to_str().unwrap()),
-        ],
-    );
+    // Through the Engine API only, with the config's [hosts.far]: this machine's docker
+    // socket is not used.
+    let far = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--repo", &repo.url, "--config", config.to_str().unwrap()]);
+        freezer_env(
+            &all,
+            &[
+                ("DOCKER_HOST", "unix:///nonexistent/docker.sock"),
+                ("FREEZER_CACHE_DIR", cache.to_str().unwrap()),
+            ],
+        )
+    };
+    let out = far(&[
+        "thaw",
+        &format!("{name}:{hydrated}@far"),
+        "--onto",
+        &dev.name,
+        "--map",
+        "db=mysql",
+        "--replace",
+        "--json",
+    ]);
     let report = result_line(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{report:#}\n{}", stderr(&out));
     assert!(report["safety_snapshot"].is_string(), "{report:#}");
@@ -654,26 +625,16 @@ fn a_snapshot_loaded_onto_a_project_on_a_remote_engine() {
     let copy = unique("onrc");
     site.made(&b, &copy);
     let port2 = free_port();
-    let out = freezer_env(
-        &[
-            "thaw",
-            &format!("{name}:{hydrated}@far"),
-            "--as",
-            &copy,
-            "--image",
-            &format!("web={V2}"),
-            "--publish",
-            &format!("{}={port2}", site_port(&a, &site)),
-            "--repo",
-            &repo.url,
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[
-            ("DOCKER_HOST", "unix:///nonexistent/docker.sock"),
-            ("FREEZER_CACHE_DIR", cache.to_str().unwrap()),
-        ],
-    );
+    let out = far(&[
+        "thaw",
+        &format!("{name}:{hydrated}@far"),
+        "--as",
+        &copy,
+        "--image",
+        &format!("web={V2}"),
+        "--publish",
+        &format!("{}={port2}", site_port(&a, &site)),
+    ]);
     assert_ok(&out);
     assert_eq!(http_get(port2, "/version.html"), b"code v2\n");
     assert_eq!(

@@ -1052,11 +1052,16 @@ pub fn add_shop_database(site: &Site, password: &str) {
 
 /// The test image on engine B, as a registry pull would have put it there.
 pub fn image_on_b() {
+    images_on_b(&[&image()]);
+}
+
+/// Copies images from engine A to engine B, as a registry pull would have put them there.
+pub fn images_on_b(images: &[&str]) {
     let st = Command::new("sh")
         .arg("-c")
         .arg(format!(
             "docker save {} | DOCKER_HOST={} docker load -q",
-            image(),
+            images.join(" "),
             host_b()
         ))
         .env("DOCKER_HOST", host_a())

@@ -132,6 +132,15 @@ impl SitePlan {
     }
 }
 
+/// A scratch site name: `KIND-SITE-<6 hex>` (`drill-shop-1f2e3d`), within the 63
+/// characters site names allow.
+pub fn scratch_name(kind: &str, site: &str) -> String {
+    let mut b = [0u8; 3];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut b);
+    let keep: String = site.chars().take(63 - 8 - kind.len()).collect();
+    format!("{kind}-{keep}-{}", hex::encode(b))
+}
+
 /// Renames a container, volume or network of site `old` for site `new`: the site prefix
 /// compose puts on names is replaced, other names get the new site's name in front.
 pub fn rename(name: &str, old: &str, new: &str) -> String {

@@ -486,7 +486,8 @@ fn check_space(
     ))
 }
 
-fn dir_is_empty(p: &Path) -> bool {
+/// A directory that is missing or has nothing in it.
+pub(crate) fn dir_is_empty(p: &Path) -> bool {
     std::fs::read_dir(p).map_or(true, |mut d| d.next().is_none())
 }
 
