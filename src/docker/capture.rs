@@ -104,7 +104,8 @@ impl ContainerSpec {
             .unwrap_or(&self.name)
     }
 
-    fn env(&self, key: &str) -> Option<String> {
+    /// The value of an environment variable as the container has it.
+    pub fn env(&self, key: &str) -> Option<String> {
         self.config["Env"].as_array()?.iter().find_map(|e| {
             e.as_str()?
                 .strip_prefix(key)?
@@ -325,6 +326,7 @@ fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<Ca
         let mut mounts =
             capture_mounts(engine, &info, &c.name, &config, &mut trees, skip_file_binds)?;
         mounts.sort_by(|a, b| a.destination.cmp(&b.destination));
+        let image_config = Some(super::rebase::defaults_of(&img));
         let mut spec = ContainerSpec {
             name: c.name.clone(),
             image,
@@ -342,9 +344,7 @@ fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<Ca
             mounts,
             database: None,
             writable_layer: None,
-            image_config: Some(super::rebase::image_defaults(
-                &serde_json::to_value(&img.config).unwrap_or(Value::Null),
-            )),
+            image_config,
         };
         spec.database = ["MARIADB_DATABASE", "MYSQL_DATABASE"]
             .iter()

@@ -25,6 +25,11 @@ pub const IMAGE_KEYS: [&str; 9] = [
 ];
 const WORKDIR: &str = "WorkingDir";
 
+/// The defaults of an image as the engine describes it (see [`image_defaults`]).
+pub fn defaults_of(image: &bollard::models::ImageInspect) -> Value {
+    image_defaults(&serde_json::to_value(&image.config).unwrap_or(Value::Null))
+}
+
 /// An image's defaults, as kept in a snapshot (`ContainerSpec::image_config`): only the
 /// keys the engine merges into a container, canonical, without empty values.
 pub fn image_defaults(config: &Value) -> Value {

@@ -60,14 +60,7 @@ impl<'a> Retargets<'a> {
             changes = self.move_to(engine, spec, image, arch)?;
         }
         for (_, key, value) in self.opts.env.iter().filter(|(s, _, _)| *s == service) {
-            let from = spec.config["Env"].as_array().and_then(|env| {
-                env.iter().find_map(|e| {
-                    e.as_str()?
-                        .strip_prefix(key.as_str())?
-                        .strip_prefix('=')
-                        .map(str::to_string)
-                })
-            });
+            let from = spec.env(key);
             rebase::set_env(&mut spec.config, key, value);
             let field = format!("Env {key}");
             changes.retain(|c| c.field != field);
@@ -116,9 +109,7 @@ impl<'a> Retargets<'a> {
             ))
             .with_hint("name an image of the engine's architecture"));
         }
-        let defaults = rebase::image_defaults(
-            &serde_json::to_value(&new.config).unwrap_or(serde_json::Value::Null),
-        );
+        let defaults = rebase::defaults_of(&new);
         let changes = rebase::rebase(&mut spec.config, &old, &defaults, image);
         self.checks.push(format!(
             "image {image} for service {} on the engine ({})",
@@ -156,7 +147,5 @@ fn old_image_defaults(engine: &Engine, spec: &ContainerSpec) -> Result<serde_jso
             .with_hint("load the old image on that engine, or freeze the site again and thaw that snapshot"),
             _ => e,
         })?;
-    Ok(rebase::image_defaults(
-        &serde_json::to_value(&img.config).unwrap_or(serde_json::Value::Null),
-    ))
+    Ok(rebase::defaults_of(&img))
 }
