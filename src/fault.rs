@@ -8,6 +8,7 @@
 //! |------------------------------|--------------------------------------|-------------------|
 //! | [`Abort::AfterUploads`]      | `FREEZER_FAULT_ABORT_AFTER_UPLOADS=N` | abort after the N-th blob upload |
 //! | [`Abort::AfterChunks`]       | `FREEZER_FAULT_ABORT_AFTER_CHUNKS=N`  | abort after N database chunks are loaded |
+//! | [`Abort::BeforeMark`]        | `FREEZER_FAULT_ABORT_BEFORE_MARK=N`   | abort once the N-th index or object statement of a load ran, before its progress mark |
 //! | [`Abort::InMultipart`]       | `FREEZER_FAULT_ABORT_IN_MULTIPART=1`  | abort once a multipart upload's first part is sent |
 //! | [`Pause::HoldWindow`]        | `FREEZER_FAULT_HOLD_WINDOW_MS=MS`     | sleep while a Docker site is held still |
 //! | [`Pause::ThawCreated`]       | `FREEZER_FAULT_THAW_CREATED_MS=MS`    | sleep once a thaw has created its containers |
@@ -18,6 +19,7 @@
 pub enum Abort {
     AfterUploads,
     AfterChunks,
+    BeforeMark,
     InMultipart,
 }
 
@@ -40,6 +42,7 @@ mod hooks {
         let name = match point {
             Abort::AfterUploads => "FREEZER_FAULT_ABORT_AFTER_UPLOADS",
             Abort::AfterChunks => "FREEZER_FAULT_ABORT_AFTER_CHUNKS",
+            Abort::BeforeMark => "FREEZER_FAULT_ABORT_BEFORE_MARK",
             Abort::InMultipart => "FREEZER_FAULT_ABORT_IN_MULTIPART",
         };
         var(name).and_then(|v| v.parse().ok())
@@ -93,6 +96,7 @@ pub fn abort_at(point: Abort, n: u64) {
         let at = match point {
             Abort::AfterUploads => format!("after {n} uploads"),
             Abort::AfterChunks => format!("after {n} chunks"),
+            Abort::BeforeMark => format!("after statement {n}, before its progress mark"),
             Abort::InMultipart => "in the middle of a multipart upload".into(),
         };
         eprintln!("freezer: fault injection: aborting {at}");

@@ -359,8 +359,15 @@ fn say_restored(
         ));
     }
     for d in databases {
+        let resumed = match d.resumed_chunks {
+            0 => String::new(),
+            n => format!(
+                "; continued an interrupted thaw: {n} of {} chunks were in already",
+                d.chunks
+            ),
+        };
         ctx.say(format!(
-            "  database {:<12} -> {}  ({} tables, {} rows, {} objects; verified in {:.1}s)",
+            "  database {:<12} -> {}  ({} tables, {} rows, {} objects; verified in {:.1}s{resumed})",
             d.source, d.target, d.tables, d.rows, d.objects, d.verify_seconds
         ));
     }

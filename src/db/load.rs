@@ -14,6 +14,7 @@ use mysql_async::Conn;
 use serde::Serialize;
 
 use super::conn::{db_error, exec, exec_strings, DbUrl};
+use super::resume::{self, Step};
 use super::schema::strip_definer;
 use super::sql::{ident, push_row, statements, string_literal, ColumnKind, RowSum};
 use super::*;
@@ -172,6 +173,9 @@ pub struct LoadReport {
     pub tables: usize,
     pub rows: u64,
     pub chunks: usize,
+    /// Chunks an interrupted load of the same dump had loaded (and committed) already:
+    /// not loaded again.
+    pub resumed_chunks: usize,
     pub objects: usize,
     /// Accounts created or granted privileges (thaw --with-users).
     pub accounts: Vec<String>,
@@ -222,6 +226,14 @@ pub fn check_target(
     rt.block_on(async {
         let mut c = target.connect_server().await?;
         let (exists, mut objects) = target_state(&mut c, &target.database).await?;
+        // An interrupted thaw of this dump into it continues (resume.rs).
+        if objects > 0
+            && !replace
+            && tables.is_none()
+            && resume::read(&mut c, &target.database, m).await?.is_some()
+        {
+            objects = 0;
+        }
         let mut what = format!("{objects} tables or other objects");
         if let (Some(tables), true) = (tables, exists) {
             let present = existing_tables(&mut c, &target.database, tables).await?;
@@ -320,9 +332,15 @@ async fn load(
     if let Some(tables) = &opts.tables {
         return load_tables(p, target, opts, tables, &files, progress, conn0, started).await;
     }
-    let (exists, objects) = target_state(&mut conn0, db).await?;
-    if objects > 0 {
-        if !opts.replace {
+    let (mut exists, objects) = target_state(&mut conn0, db).await?;
+    // An interrupted load of this dump continues (unless --replace asks to start over);
+    // one that stopped before its tables were all created starts over.
+    let mut done = match objects > 0 && !opts.replace {
+        true => resume::read(&mut conn0, db, m).await?,
+        false => None,
+    };
+    if objects > 0 && done.as_ref().is_none_or(|d| !d.schema) {
+        if !opts.replace && done.is_none() {
             return Err(Error::conflict(format!(
                 "database {} at {} is not empty",
                 ident(db),
@@ -336,23 +354,25 @@ async fn load(
             &format!("dropping database {} to replace it", ident(db)),
         )
         .await?;
+        (exists, done) = (false, None);
     }
     let charset = format!(
         "CHARACTER SET {} COLLATE {}",
         string_literal(&m.charset),
         string_literal(&m.collation)
     );
-    let create = if exists && objects == 0 {
-        format!("ALTER DATABASE {} {charset}", ident(db))
-    } else {
-        format!("CREATE DATABASE {} {charset}", ident(db))
-    };
-    exec(
-        &mut conn0,
-        &create,
-        &format!("creating database {}", ident(db)),
-    )
-    .await?;
+    if done.is_none() {
+        let create = match exists {
+            true => format!("ALTER DATABASE {} {charset}", ident(db)),
+            false => format!("CREATE DATABASE {} {charset}", ident(db)),
+        };
+        exec(
+            &mut conn0,
+            &create,
+            &format!("creating database {}", ident(db)),
+        )
+        .await?;
+    }
     exec(
         &mut conn0,
         &format!("USE {}", ident(db)),
@@ -361,15 +381,32 @@ async fn load(
     .await?;
 
     // From here on a failure leaves a partly loaded database: say so, also on Ctrl-C.
+    let record = resume::enabled(m);
+    let again = match record {
+        true => {
+            "run the same thaw again to continue where it stopped (or with --replace to start over)"
+        }
+        false => "run the thaw again with --replace to complete it",
+    };
     let note = format!(
-        "database {} at {} is partly loaded: run the thaw again with --replace to complete it",
+        "database {} at {} is partly loaded: {again}",
         ident(db),
         target.server()
     );
     crate::interrupt::note_partial(note.clone());
-    let result = load_into(p, &files, target, opts, progress, &mut conn0, &mut warnings).await;
+    let result = load_into(
+        p,
+        &files,
+        target,
+        opts,
+        progress,
+        &mut conn0,
+        &mut warnings,
+        Resume { record, done },
+    )
+    .await;
     crate::interrupt::clear_partial(&note);
-    let (data_seconds, index_seconds, verify_seconds) = result?;
+    let (data_seconds, index_seconds, verify_seconds, resumed_chunks) = result?;
     let mut accounts = Vec::new();
     if opts.with_users {
         match &m.users {
@@ -379,7 +416,14 @@ async fn load(
                     &format!("{}.", ident(&m.database)),
                     &format!("{}.", ident(db)),
                 );
-                run_file(&mut conn0, text.as_bytes(), "users.sql", &mut warnings).await?;
+                run_file(
+                    &mut conn0,
+                    text.as_bytes(),
+                    "users.sql",
+                    &mut warnings,
+                    None,
+                )
+                .await?;
                 accounts = m.accounts.clone();
             }
             None => warnings.push(format!(
@@ -388,7 +432,10 @@ async fn load(
             )),
         }
     }
-    Ok(LoadReport::of(
+    if record {
+        resume::finish(&mut conn0).await?;
+    }
+    let mut report = LoadReport::of(
         m,
         target,
         &files,
@@ -396,7 +443,9 @@ async fn load(
         started,
         (data_seconds, index_seconds, verify_seconds),
         warnings,
-    ))
+    );
+    report.resumed_chunks = resumed_chunks;
+    Ok(report)
 }
 
 impl LoadReport {
@@ -415,6 +464,7 @@ impl LoadReport {
             tables: m.tables.len(),
             rows: m.tables.iter().map(|t| t.rows).sum(),
             chunks: m.tables.iter().map(|t| t.chunks.len()).sum(),
+            resumed_chunks: 0,
             objects: files.expected.len(),
             accounts,
             seconds: started.elapsed().as_secs_f64(),
@@ -525,11 +575,25 @@ async fn load_tables(
             )
             .await?;
         }
-        load_into(p, files, target, opts, progress, &mut conn0, &mut warnings).await
+        let none = Resume {
+            record: false,
+            done: None,
+        };
+        load_into(
+            p,
+            files,
+            target,
+            opts,
+            progress,
+            &mut conn0,
+            &mut warnings,
+            none,
+        )
+        .await
     }
     .await;
     crate::interrupt::clear_partial(&note);
-    let seconds = result.map_err(|mut e| {
+    let (data, index, verify, _) = result.map_err(|mut e| {
         if !present.is_empty() {
             e.hint = Some(format!(
                 "{}; fix the cause and run the thaw again with --replace",
@@ -545,13 +609,21 @@ async fn load_tables(
         files,
         vec![],
         started,
-        seconds,
+        (data, index, verify),
         warnings,
     ))
 }
 
+/// Whether a load keeps a progress record ([`resume`]), and what an earlier,
+/// interrupted load of the same dump did.
+struct Resume {
+    record: bool,
+    done: Option<resume::Done>,
+}
+
 /// Loads into the (created, selected) target database; returns the seconds spent on
-/// rows, indexes and verification.
+/// rows, indexes and verification, and how many chunks an earlier load had loaded.
+#[allow(clippy::too_many_arguments)]
 async fn load_into(
     p: &PreparedDb,
     files: &SchemaFiles,
@@ -560,30 +632,49 @@ async fn load_into(
     progress: &Progress,
     conn0: &mut Conn,
     warnings: &mut Vec<String>,
-) -> Result<(f64, f64, f64)> {
+    resume: Resume,
+) -> Result<(f64, f64, f64, usize)> {
     let m = &p.manifest;
     let db = &target.database;
+    let again = match resume.record {
+        true => "run the same thaw again to continue where it stopped",
+        false => "run the thaw again with --replace",
+    };
     let partial = |mut e: Error| {
         e.hint = Some(format!(
-            "database {} is partly loaded; fix the cause and run the thaw again with --replace",
+            "database {} is partly loaded; fix the cause and {again}",
             ident(db)
         ));
         e
     };
-    run_file(conn0, &files.schema, "schema.sql", warnings)
+    let resuming = resume.done.is_some();
+    let done = match resume.done {
+        Some(done) => done,
+        None => {
+            run_file(conn0, &files.schema, "schema.sql", warnings, None)
+                .await
+                .map_err(partial)?;
+            if resume.record {
+                resume::start(conn0, m).await.map_err(partial)?;
+                exec(
+                    conn0,
+                    &resume::mark(Step::Schema, 0, 0),
+                    "recording progress",
+                )
+                .await
+                .map_err(partial)?;
+            }
+            resume::Done::default()
+        }
+    };
+
+    // Data: every chunk not loaded yet, largest first, over `jobs` connections.
+    let data_started = Instant::now();
+    let (chunks, resumed) = chunks_to_load(conn0, m, &done, resuming)
         .await
         .map_err(partial)?;
-
-    // Data: every chunk, largest first, over `jobs` connections.
-    let data_started = Instant::now();
-    let mut chunks: Vec<(&TableEntry, &Chunk)> = m
-        .tables
-        .iter()
-        .flat_map(|t| t.chunks.iter().map(move |c| (t, c)))
-        .collect();
-    chunks.sort_by_key(|c| std::cmp::Reverse(c.1.sql_bytes));
     progress.set_label(format!("loading {db}"));
-    progress.add_total(chunks.iter().map(|(_, c)| c.sql_bytes).sum());
+    progress.add_total(chunks.iter().map(|c| c.chunk.sql_bytes).sum());
     let queue = Mutex::new(chunks.into_iter().collect::<VecDeque<_>>());
     let loaded = std::sync::atomic::AtomicU64::new(0);
     let mut conns = Vec::new();
@@ -595,16 +686,20 @@ async fn load_into(
     }
     let results = futures::future::join_all(conns.iter_mut().map(|c| async {
         loop {
-            let Some((t, chunk)) = queue.lock().unwrap().pop_front() else {
+            let Some(job) = queue.lock().unwrap().pop_front() else {
                 return Ok(());
             };
+            let (t, chunk) = (job.table, job.chunk);
             progress.check(|| format!("loading table {}", ident(&t.name)))?;
             let f = FileRef {
                 digest: chunk.digest.clone(),
                 size: chunk.size,
             };
             let text = p.text(&f)?;
-            load_chunk_retrying(c, t, chunk, &text).await?;
+            let mark = resume
+                .record
+                .then(|| resume::mark(Step::Chunk, job.at.0, job.at.1));
+            load_chunk_retrying(c, t, chunk, &text, mark.as_deref()).await?;
             progress.add_done(chunk.sql_bytes);
             crate::fault::abort_at(
                 crate::fault::Abort::AfterChunks,
@@ -622,23 +717,31 @@ async fn load_into(
     // Indexes: session settings on every connection, then the ALTERs in parallel.
     let index_started = Instant::now();
     progress.set_label(format!("indexing {db}"));
-    let (sets, alters): (Vec<&[u8]>, Vec<&[u8]>) = statements(&files.indexes)
+    let (sets, alters): (Vec<_>, Vec<_>) = statements(&files.indexes)
         .into_iter()
-        .partition(|s| s.starts_with(b"SET "));
+        .enumerate()
+        .filter(|(i, _)| !done.indexes.contains(i))
+        .partition(|(_, s)| s.starts_with(b"SET "));
     let queue = Mutex::new(alters.into_iter().collect::<VecDeque<_>>());
     let results = futures::future::join_all(conns.iter_mut().map(|c| async {
-        for s in &sets {
+        for (_, s) in &sets {
             c.query_drop(*s)
                 .await
                 .map_err(|e| db_error(e, "indexes.sql"))?;
         }
         loop {
-            let Some(s) = queue.lock().unwrap().pop_front() else {
+            let Some((i, s)) = queue.lock().unwrap().pop_front() else {
                 return Ok(());
             };
-            c.query_drop(s)
-                .await
-                .map_err(|e| db_error(e, &format!("indexes.sql: {}", preview(s))))?;
+            match c.query_drop(s).await {
+                Ok(()) => {}
+                Err(e) if resuming && resume::already_done(&e) => {}
+                Err(e) => return Err(db_error(e, &format!("indexes.sql: {}", preview(s)))),
+            }
+            if resume.record {
+                ddl_done();
+                exec(c, &resume::mark(Step::Index, i, 0), "recording progress").await?;
+            }
         }
     }))
     .await;
@@ -649,7 +752,12 @@ async fn load_into(
 
     let index_seconds = index_started.elapsed().as_secs_f64();
     progress.set_label(format!("creating views, routines and triggers in {db}"));
-    run_file(conn0, &files.objects, "objects.sql", warnings)
+    let marks = resume.record.then_some(Marks {
+        step: Step::Object,
+        done: &done.objects,
+        resuming,
+    });
+    run_file(conn0, &files.objects, "objects.sql", warnings, marks)
         .await
         .map_err(partial)?;
 
@@ -672,7 +780,57 @@ async fn load_into(
         data_seconds,
         index_seconds,
         verify_started.elapsed().as_secs_f64(),
+        resumed,
     ))
+}
+
+/// A chunk to load: its table, itself, and its place in the manifest (table ordinal,
+/// chunk ordinal), which its progress mark records.
+struct ChunkJob<'a> {
+    table: &'a TableEntry,
+    chunk: &'a Chunk,
+    at: (usize, usize),
+}
+
+/// The chunks still to load, largest first, and how many an earlier load had loaded.
+/// A table whose engine cannot roll back (MyISAM, Aria) and that an earlier load left
+/// incomplete may hold rows of a chunk that was never marked: it is emptied and loaded
+/// whole again.
+async fn chunks_to_load<'a>(
+    conn0: &mut Conn,
+    m: &'a DbManifest,
+    done: &resume::Done,
+    resuming: bool,
+) -> Result<(Vec<ChunkJob<'a>>, usize)> {
+    let mut jobs = Vec::new();
+    let mut resumed = 0;
+    for (ti, t) in m.tables.iter().enumerate() {
+        let is_done = |ci: usize| done.chunks.contains(&(ti, ci));
+        let complete = (0..t.chunks.len()).all(is_done);
+        let reload = resuming && !complete && !schema::transactional(&t.engine);
+        if reload {
+            let what = format!("emptying table {} to load it again", ident(&t.name));
+            exec(conn0, &format!("TRUNCATE TABLE {}", ident(&t.name)), &what).await?;
+            let forget = format!(
+                "DELETE FROM {} WHERE step = 'chunk' AND a = {ti}",
+                resume::TABLE
+            );
+            exec(conn0, &forget, &what).await?;
+        }
+        for (ci, chunk) in t.chunks.iter().enumerate() {
+            if !reload && is_done(ci) {
+                resumed += 1;
+                continue;
+            }
+            jobs.push(ChunkJob {
+                table: t,
+                chunk,
+                at: (ti, ci),
+            });
+        }
+    }
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.chunk.sql_bytes));
+    Ok((jobs, resumed))
 }
 
 /// Loads one chunk in one transaction: one redo log flush instead of one per statement,
@@ -683,11 +841,12 @@ async fn load_chunk_retrying(
     t: &TableEntry,
     chunk: &Chunk,
     text: &[u8],
+    mark: Option<&str>,
 ) -> Result<()> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match load_chunk(c, text).await {
+        match load_chunk(c, text, mark).await {
             Ok(()) => return Ok(()),
             Err((e, stmt_len)) => {
                 let _ = c.query_drop("ROLLBACK").await;
@@ -767,14 +926,21 @@ fn check_features(schema: &str, target_version: &str, target: &DbUrl) -> Result<
     Ok(())
 }
 
-/// Runs one chunk's statements in a transaction. On failure: the error and the length
-/// of the statement that failed.
-async fn load_chunk(c: &mut Conn, text: &[u8]) -> Result<(), (mysql_async::Error, usize)> {
+/// Runs one chunk's statements in a transaction, with its progress mark if any. On
+/// failure: the error and the length of the statement that failed.
+async fn load_chunk(
+    c: &mut Conn,
+    text: &[u8],
+    mark: Option<&str>,
+) -> Result<(), (mysql_async::Error, usize)> {
     c.query_drop("START TRANSACTION")
         .await
         .map_err(|e| (e, 0))?;
     for s in statements(text) {
         c.query_drop(s).await.map_err(|e| (e, s.len()))?;
+    }
+    if let Some(mark) = mark {
+        c.query_drop(mark).await.map_err(|e| (e, mark.len()))?;
     }
     c.query_drop("COMMIT").await.map_err(|e| (e, 0))
 }
@@ -792,10 +958,17 @@ async fn run_file(
     text: &[u8],
     name: &str,
     warnings: &mut Vec<String>,
+    marks: Option<Marks<'_>>,
 ) -> Result<()> {
-    for s in statements(text) {
+    let resuming = marks.as_ref().is_some_and(|m| m.resuming);
+    for (i, s) in statements(text).into_iter().enumerate() {
+        let set = s.starts_with(b"SET ");
+        if !set && marks.as_ref().is_some_and(|m| m.done.contains(&i)) {
+            continue;
+        }
         match conn.query_drop(s).await {
             Ok(()) => {}
+            Err(e) if resuming && resume::already_done(&e) => {}
             Err(mysql_async::Error::Server(e)) if e.code == 1227 => {
                 let text = String::from_utf8_lossy(s);
                 let Some(stripped) = strip_definer(&text) else {
@@ -804,9 +977,11 @@ async fn run_file(
                         &format!("{name}: {}", preview(s)),
                     ));
                 };
-                conn.query_drop(stripped.as_str())
-                    .await
-                    .map_err(|e| db_error(e, &format!("{name}: {}", preview(s))))?;
+                match conn.query_drop(stripped.as_str()).await {
+                    Ok(()) => {}
+                    Err(e) if resuming && resume::already_done(&e) => {}
+                    Err(e) => return Err(db_error(e, &format!("{name}: {}", preview(s)))),
+                }
                 warnings.push(format!(
                     "created without its DEFINER (the loading user may not set it): {}",
                     preview(s)
@@ -814,8 +989,28 @@ async fn run_file(
             }
             Err(e) => return Err(db_error(e, &format!("{name}: {}", preview(s)))),
         }
+        if let (Some(m), false) = (&marks, set) {
+            ddl_done();
+            exec(conn, &resume::mark(m.step, i, 0), "recording progress").await?;
+        }
     }
     Ok(())
+}
+
+/// Test hook ([`crate::fault::Abort::BeforeMark`]): counts index and object statements
+/// run, to stop the process between one and its progress mark.
+fn ddl_done() {
+    static RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    crate::fault::abort_at(crate::fault::Abort::BeforeMark, n);
+}
+
+/// The progress marks of a file's statements: which an earlier load ran, and the step
+/// to record each one under.
+struct Marks<'a> {
+    step: Step,
+    done: &'a std::collections::HashSet<usize>,
+    resuming: bool,
 }
 
 /// Re-reads every table (in parallel) and compares row counts and checksums with the

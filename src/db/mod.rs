@@ -8,6 +8,7 @@
 pub mod conn;
 pub mod dump;
 pub mod load;
+pub mod resume;
 pub mod schema;
 pub mod select;
 pub mod sql;

@@ -63,11 +63,16 @@ impl Table {
     /// Whether rows are read inside the shared consistent snapshot. Other engines
     /// (MyISAM, Aria, MEMORY, …) are read while the site's tables are locked.
     pub fn transactional(&self) -> bool {
-        matches!(
-            self.engine.to_ascii_lowercase().as_str(),
-            "innodb" | "xtradb" | "rocksdb" | "tokudb"
-        )
+        transactional(&self.engine)
     }
+}
+
+/// Whether tables of this engine roll back (and so read consistently in a transaction).
+pub fn transactional(engine: &str) -> bool {
+    matches!(
+        engine.to_ascii_lowercase().as_str(),
+        "innodb" | "xtradb" | "rocksdb" | "tokudb"
+    )
 }
 
 /// A view, trigger, routine or event: its CREATE statement and the session it needs.

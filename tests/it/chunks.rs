@@ -3,6 +3,9 @@
 //! database's config and manifest. The database: generated rows in four tables — an
 //! integer key, BLOBs of varying size, no key at all, a composite key — on a MariaDB
 //! server of its own (a container, so the test can restart it).
+//!
+//! The same server is killed in the middle of a thaw: the thaw run again continues from
+//! the chunks that were in (SPEC.md §10.5).
 
 use crate::common::*;
 use crate::hydrated::*;
@@ -99,4 +102,89 @@ fn an_unchanged_database_re_freezes_without_uploading_a_chunk_also_after_a_resta
     let fourth = freeze();
     let uploaded = fourth["blobs_uploaded"].as_u64().unwrap();
     assert!((5..=7).contains(&uploaded), "{fourth:#}");
+}
+
+#[test]
+fn a_thaw_whose_server_is_killed_continues_from_the_chunks_that_were_in() {
+    let a = host_a();
+    let server = Server {
+        host: a.clone(),
+        name: unique("resume"),
+    };
+    let pw = format!("MARIADB_PASSWORD={PASSWORD}");
+    #[rustfmt::skip]
+    docker(&a, &[
+        "run", "-d", "--name", &server.name, "-e", "MARIADB_ROOT_PASSWORD=root-gen",
+        "-e", "MARIADB_DATABASE=gen", "-e", "MARIADB_USER=gen", "-e", &pw, &mariadb_image(),
+    ]);
+    server.sql("SELECT 1");
+    server.sql(GENERATE);
+    let sums = "CHECKSUM TABLE items, media, log, tags EXTENDED";
+    let before = server.sql(sums);
+    let repo = TestRepo::local().init();
+    let frozen = freezer(&[
+        "freeze",
+        "gen",
+        "--db",
+        &server.url(),
+        "--chunk-size",
+        "256K",
+        "--repo",
+        &repo.url,
+        "--json",
+    ]);
+    assert_ok(&frozen);
+    let chunks = json(&frozen)["databases"][0]["chunks"].as_u64().unwrap();
+    server.sql("DROP DATABASE gen");
+
+    // The thaw, killed with its server once 20 chunks are in.
+    let thaw = || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_freezer"));
+        cmd.args(["thaw", "gen", "--repo", &repo.url, "--db", &server.url()])
+            .env("FREEZER_CONFIG", "/dev/null")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    let running = thaw().spawn().unwrap();
+    let marks = "SELECT COUNT(*) FROM _freezer_thaw_progress WHERE step = 'chunk'";
+    loop {
+        let n: u64 = server.sql(marks).parse().unwrap();
+        if n >= 20 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    docker(&a, &["kill", &server.name]);
+    let out = running.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the load ended before the kill: {err}"
+    );
+    assert!(
+        err.contains("run the same thaw again to continue where it stopped"),
+        "{err}"
+    );
+
+    // Started again (crash recovery rolls back the chunks in flight): the chunks in are
+    // exactly the marked ones; the thaw run again loads only the others.
+    docker(&a, &["start", &server.name]);
+    let marked: u64 = server.sql(marks).parse().unwrap();
+    assert!(marked >= 20 && marked < chunks, "{marked} of {chunks}");
+    let mut again = thaw();
+    again.arg("--json");
+    let out = again.output().unwrap();
+    assert_ok(&out);
+    let report = json(&out);
+    assert_eq!(
+        report["databases"][0]["resumed_chunks"], marked,
+        "{report:#}"
+    );
+    assert_eq!(report["databases"][0]["chunks"], chunks, "{report:#}");
+    assert_eq!(server.sql(sums), before);
+    let left = server.sql(
+        "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_NAME = '_freezer_thaw_progress'",
+    );
+    assert_eq!(left, "0", "the progress record is dropped once verified");
 }

@@ -743,23 +743,70 @@ fn accounts_and_their_grants_come_along_on_request() {
     not(feature = "fault-injection"),
     ignore = "needs the fault-injection feature (scripts/test)"
 )]
-fn a_thaw_killed_halfway_is_completed_by_running_it_again() {
+fn a_thaw_killed_halfway_continues_where_it_stopped() {
     let src = unique("half").replace('-', "_");
     fixture(&src);
     let repo = TestRepo::local().init();
-    freeze_db(&repo, "half", &src);
+    let frozen = freeze_db(&repo, "half", &src);
+    let chunks = frozen["databases"][0]["chunks"].as_u64().unwrap();
+    let thaw_aborted = |copy: &str, fault: (&str, &str)| {
+        let out = freezer_env(
+            &["thaw", "half", "--repo", &repo.url, "--db", &db_url(copy)],
+            &[fault],
+        );
+        assert!(!out.status.success(), "the fault hook did not fire");
+        assert!(stderr(&out).contains("fault injection"), "{}", stderr(&out));
+    };
+
+    // Killed after 5 chunks (two connections: 5 or 6 are committed): the same command
+    // again loads only the others, and the copy is exact.
     let copy = unique("halfcopy").replace('-', "_");
-    let out = freezer_env(
-        &["thaw", "half", "--repo", &repo.url, "--db", &db_url(&copy)],
-        &[("FREEZER_FAULT_ABORT_AFTER_CHUNKS", "5")],
+    thaw_aborted(&copy, ("FREEZER_FAULT_ABORT_AFTER_CHUNKS", "5"));
+    let marked = sql(
+        Some(&copy),
+        "SELECT COUNT(*) FROM _freezer_thaw_progress WHERE step = 'chunk';",
     );
-    assert!(!out.status.success(), "the fault hook did not fire");
-    // Partly loaded: a plain re-run refuses to load over it and says what to do...
-    let again = thaw_db(&repo, "half", &copy, &[]);
-    assert_eq!(again.status.code(), Some(7), "{}", stderr(&again));
-    assert!(stderr(&again).contains("--replace"), "{}", stderr(&again));
-    // ...and --replace completes it, verified.
-    assert_ok(&thaw_db(&repo, "half", &copy, &["--replace"]));
+    let marked: u64 = marked.trim().parse().unwrap();
+    assert!((5..=6).contains(&marked), "{marked} chunks marked");
+    let again = thaw_db(&repo, "half", &copy, &["--json"]);
+    let r = json(&again);
+    assert_eq!(r["databases"][0]["resumed_chunks"], marked, "{r:#}");
+    assert!(marked < chunks, "{marked} of {chunks}");
+    assert_same_db(&src, &copy);
+    let left = sql(
+        None,
+        &format!("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{copy}' AND TABLE_NAME = '_freezer_thaw_progress';"),
+    );
+    assert_eq!(left.trim(), "0", "the progress record is dropped");
+    // Complete now: a further run refuses to load over it.
+    let more = thaw_db(&repo, "half", &copy, &[]);
+    assert_eq!(more.status.code(), Some(7), "{}", stderr(&more));
+    drop_db(&copy);
+
+    // Killed between an index or object statement (indexes, foreign keys, routines,
+    // views, triggers) and its progress mark: the run again finds it done.
+    for n in ["2", "7"] {
+        let copy = unique("halfddl").replace('-', "_");
+        thaw_aborted(&copy, ("FREEZER_FAULT_ABORT_BEFORE_MARK", n));
+        let again = thaw_db(&repo, "half", &copy, &["--json"]);
+        assert_eq!(json(&again)["databases"][0]["resumed_chunks"], chunks);
+        assert_same_db(&src, &copy);
+        drop_db(&copy);
+    }
+
+    // An interrupted thaw of another snapshot is not continued with this one's rows.
+    let copy = unique("halfother").replace('-', "_");
+    thaw_aborted(&copy, ("FREEZER_FAULT_ABORT_AFTER_CHUNKS", "3"));
+    freeze_db(&repo, "other", &src);
+    let other = thaw_db(&repo, "other", &copy, &[]);
+    assert_eq!(other.status.code(), Some(7), "{}", stderr(&other));
+    assert!(
+        stderr(&other).contains("interrupted thaw of another snapshot"),
+        "{}",
+        stderr(&other)
+    );
+    // --replace starts over.
+    assert_ok(&thaw_db(&repo, "other", &copy, &["--replace"]));
     assert_same_db(&src, &copy);
     drop_db(&copy);
     drop_db(&src);
