@@ -674,9 +674,6 @@ async fn load_into(
         .await
         .map_err(partial)?;
     progress.set_label(format!("loading {db}"));
-    progress.add_total(chunks.iter().map(|c| c.chunk.sql_bytes).sum());
-    let queue = Mutex::new(chunks.into_iter().collect::<VecDeque<_>>());
-    let loaded = std::sync::atomic::AtomicU64::new(0);
     let mut conns = Vec::new();
     for _ in 0..opts.jobs.max(1) {
         let mut c = target.connect().await.map_err(partial)?;
@@ -684,72 +681,20 @@ async fn load_into(
         let _ = c.query_drop("SET SESSION sql_log_bin=0").await;
         conns.push(c);
     }
-    let results = futures::future::join_all(conns.iter_mut().map(|c| async {
-        loop {
-            let Some(job) = queue.lock().unwrap().pop_front() else {
-                return Ok(());
-            };
-            let (t, chunk) = (job.table, job.chunk);
-            progress.check(|| format!("loading table {}", ident(&t.name)))?;
-            let f = FileRef {
-                digest: chunk.digest.clone(),
-                size: chunk.size,
-            };
-            let text = p.text(&f)?;
-            let mark = resume
-                .record
-                .then(|| resume::mark(Step::Chunk, job.at.0, job.at.1));
-            load_chunk_retrying(c, t, chunk, &text, mark.as_deref()).await?;
-            progress.add_done(chunk.sql_bytes);
-            crate::fault::abort_at(
-                crate::fault::Abort::AfterChunks,
-                loaded.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1,
-            );
-        }
-    }))
-    .await;
-    results
-        .into_iter()
-        .collect::<Result<Vec<()>>>()
+    load_chunks(p, &mut conns, chunks, resume.record, progress)
+        .await
         .map_err(partial)?;
-
     let data_seconds = data_started.elapsed().as_secs_f64();
-    // Indexes: session settings on every connection, then the ALTERs in parallel.
     let index_started = Instant::now();
     progress.set_label(format!("indexing {db}"));
-    let (sets, alters): (Vec<_>, Vec<_>) = statements(&files.indexes)
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| !done.indexes.contains(i))
-        .partition(|(_, s)| s.starts_with(b"SET "));
-    let queue = Mutex::new(alters.into_iter().collect::<VecDeque<_>>());
-    let results = futures::future::join_all(conns.iter_mut().map(|c| async {
-        for (_, s) in &sets {
-            c.query_drop(*s)
-                .await
-                .map_err(|e| db_error(e, "indexes.sql"))?;
-        }
-        loop {
-            let Some((i, s)) = queue.lock().unwrap().pop_front() else {
-                return Ok(());
-            };
-            match c.query_drop(s).await {
-                Ok(()) => {}
-                Err(e) if resuming && resume::already_done(&e) => {}
-                Err(e) => return Err(db_error(e, &format!("indexes.sql: {}", preview(s)))),
-            }
-            if resume.record {
-                ddl_done();
-                exec(c, &resume::mark(Step::Index, i, 0), "recording progress").await?;
-            }
-        }
-    }))
-    .await;
-    results
-        .into_iter()
-        .collect::<Result<Vec<()>>>()
+    let marks = resume.record.then_some(Marks {
+        step: Step::Index,
+        done: &done.indexes,
+        resuming,
+    });
+    build_indexes(&mut conns, &files.indexes, marks)
+        .await
         .map_err(partial)?;
-
     let index_seconds = index_started.elapsed().as_secs_f64();
     progress.set_label(format!("creating views, routines and triggers in {db}"));
     let marks = resume.record.then_some(Marks {
@@ -782,6 +727,79 @@ async fn load_into(
         verify_started.elapsed().as_secs_f64(),
         resumed,
     ))
+}
+
+/// Loads `chunks` over the connections, each taking the next from one queue.
+async fn load_chunks(
+    p: &PreparedDb,
+    conns: &mut [Conn],
+    chunks: Vec<ChunkJob<'_>>,
+    record: bool,
+    progress: &Progress,
+) -> Result<()> {
+    progress.add_total(chunks.iter().map(|c| c.chunk.sql_bytes).sum());
+    let queue = Mutex::new(chunks.into_iter().collect::<VecDeque<_>>());
+    let loaded = std::sync::atomic::AtomicU64::new(0);
+    let results = futures::future::join_all(conns.iter_mut().map(|c| async {
+        loop {
+            let Some(job) = queue.lock().unwrap().pop_front() else {
+                return Ok(());
+            };
+            let (t, chunk) = (job.table, job.chunk);
+            progress.check(|| format!("loading table {}", ident(&t.name)))?;
+            let f = FileRef {
+                digest: chunk.digest.clone(),
+                size: chunk.size,
+            };
+            let text = p.text(&f)?;
+            let mark = record.then(|| resume::mark(Step::Chunk, job.at.0, job.at.1));
+            load_chunk_retrying(c, t, chunk, &text, mark.as_deref()).await?;
+            progress.add_done(chunk.sql_bytes);
+            crate::fault::abort_at(
+                crate::fault::Abort::AfterChunks,
+                loaded.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1,
+            );
+        }
+    }))
+    .await;
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(())
+}
+
+/// Runs indexes.sql: its session settings on every connection, then its ALTERs (one per
+/// table) in parallel, skipping those an earlier load marked.
+async fn build_indexes(conns: &mut [Conn], text: &[u8], marks: Option<Marks<'_>>) -> Result<()> {
+    let resuming = marks.as_ref().is_some_and(|m| m.resuming);
+    let (sets, alters): (Vec<_>, Vec<_>) = statements(text)
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !marks.as_ref().is_some_and(|m| m.done.contains(i)))
+        .partition(|(_, s)| s.starts_with(b"SET "));
+    let queue = Mutex::new(alters.into_iter().collect::<VecDeque<_>>());
+    let results = futures::future::join_all(conns.iter_mut().map(|c| async {
+        for (_, s) in &sets {
+            c.query_drop(*s)
+                .await
+                .map_err(|e| db_error(e, "indexes.sql"))?;
+        }
+        loop {
+            let Some((i, s)) = queue.lock().unwrap().pop_front() else {
+                return Ok(());
+            };
+            match c.query_drop(s).await {
+                Ok(()) => {}
+                Err(e) if resuming && resume::already_done(&e) => {}
+                Err(e) => return Err(db_error(e, &format!("indexes.sql: {}", preview(s)))),
+            }
+            if let Some(m) = &marks {
+                ddl_done();
+                exec(c, &resume::mark(m.step, i, 0), "recording progress").await?;
+            }
+        }
+    }))
+    .await;
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(())
 }
 
 /// A chunk to load: its table, itself, and its place in the manifest (table ordinal,
