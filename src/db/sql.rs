@@ -116,12 +116,8 @@ pub fn push_value(out: &mut Vec<u8>, v: &Value, kind: ColumnKind) {
 /// every data statement stays on one line.
 pub fn push_quoted(out: &mut Vec<u8>, b: &[u8]) {
     out.push(b'\'');
-    // Most values need no escape: one branch-free pass (which the compiler vectorizes)
-    // finds that out, then a copy.
-    let special = b.iter().fold(false, |acc, &c| {
-        acc | (c == 0) | (c == b'\'') | (c == b'\\') | (c == b'\n') | (c == b'\r') | (c == 0x1a)
-    });
-    if !special {
+    // Most values need no escape: a pass that finds that out, then a copy.
+    if !needs_escape(b) {
         out.extend_from_slice(b);
         out.push(b'\'');
         return;
@@ -143,6 +139,31 @@ pub fn push_quoted(out: &mut Vec<u8>, b: &[u8]) {
     }
     out.extend_from_slice(&b[start..]);
     out.push(b'\'');
+}
+
+/// Whether `b` holds a byte [`push_quoted`] escapes. Written over fixed blocks of 32
+/// bytes without branches inside a block, which the compiler turns into a few SIMD
+/// compares per block (a fold over the whole slice was compiled byte by byte, and was
+/// 15% of a freeze's CPU time).
+fn needs_escape(b: &[u8]) -> bool {
+    #[inline(always)]
+    fn special(c: u8) -> u8 {
+        ((c == 0) | (c == b'\'') | (c == b'\\') | (c == b'\n') | (c == b'\r') | (c == 0x1a)) as u8
+    }
+    #[inline(always)]
+    fn any(block: &[u8; 32]) -> bool {
+        block.iter().fold(0u8, |acc, &c| acc | special(c)) != 0
+    }
+    let mut blocks = b.chunks_exact(32);
+    for block in &mut blocks {
+        if any(block.try_into().expect("32 bytes")) {
+            return true;
+        }
+    }
+    // The tail too as one block, padded with a byte that needs no escape.
+    let mut tail = [b' '; 32];
+    tail[..blocks.remainder().len()].copy_from_slice(blocks.remainder());
+    any(&tail)
 }
 
 /// Appends one row as `(v1,v2,…)`.
@@ -331,6 +352,26 @@ mod tests {
             i += 1;
         }
         out
+    }
+
+    #[test]
+    fn one_special_byte_anywhere_is_escaped() {
+        // needs_escape reads blocks of 32 and a padded tail: every length and position
+        // around those edges.
+        for len in 0..100 {
+            let plain: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            assert!(!needs_escape(&plain));
+            for at in 0..len {
+                for special in [0u8, b'\'', b'\\', b'\n', b'\r', 0x1a] {
+                    let mut b = plain.clone();
+                    b[at] = special;
+                    assert!(needs_escape(&b), "{len} {at} {special}");
+                    let mut out = Vec::new();
+                    push_quoted(&mut out, &b);
+                    assert_eq!(unquote(&out), b);
+                }
+            }
+        }
     }
 
     use proptest::prelude::*;
