@@ -114,34 +114,6 @@ impl DbUrl {
     }
 }
 
-/// Runs `work` once per connection, each on a thread of its own, and returns the
-/// results in connection order. Futures joined in one task share that task's thread, so
-/// the work per row (decoding, formatting, hashing) would run on one core however many
-/// connections read; here every connection's loop gets a thread. For async code run by
-/// `Runtime::block_on` (not on a runtime worker): it blocks the calling thread until
-/// every loop ends, while the runtime's workers drive the sockets.
-pub fn each_on_a_thread<'c, T, F, Fut>(conns: &'c mut [Conn], work: F) -> Vec<Result<T>>
-where
-    T: Send,
-    F: Fn(&'c mut Conn) -> Fut + Sync,
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    let handle = tokio::runtime::Handle::current();
-    std::thread::scope(|s| {
-        let threads: Vec<_> = conns
-            .iter_mut()
-            .map(|c| {
-                let (handle, work) = (handle.clone(), &work);
-                s.spawn(move || handle.block_on(work(c)))
-            })
-            .collect();
-        threads
-            .into_iter()
-            .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    })
-}
-
 /// Without the password, always.
 impl fmt::Display for DbUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
