@@ -122,24 +122,34 @@ pub fn push_quoted(out: &mut Vec<u8>, b: &[u8]) {
         out.push(b'\'');
         return;
     }
+    // Binary values (random bytes) have a byte to escape every 40 bytes or so: a table
+    // lookup per byte, runs without one copied whole.
+    out.reserve(b.len() + b.len() / 16 + 1);
     let mut start = 0;
     for (i, &c) in b.iter().enumerate() {
-        let esc: &[u8] = match c {
-            0 => b"\\0",
-            b'\'' => b"\\'",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            0x1a => b"\\Z",
-            _ => continue,
-        };
+        let e = ESCAPE[c as usize];
+        if e == 0 {
+            continue;
+        }
         out.extend_from_slice(&b[start..i]);
-        out.extend_from_slice(esc);
+        out.extend_from_slice(&[b'\\', e]);
         start = i + 1;
     }
     out.extend_from_slice(&b[start..]);
     out.push(b'\'');
 }
+
+/// For each byte, the letter of its escape after a backslash (0: none).
+const ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[0] = b'0';
+    t[b'\'' as usize] = b'\'';
+    t[b'\\' as usize] = b'\\';
+    t[b'\n' as usize] = b'n';
+    t[b'\r' as usize] = b'r';
+    t[0x1a] = b'Z';
+    t
+};
 
 /// Whether `b` holds a byte [`push_quoted`] escapes. Written over fixed blocks of 32
 /// bytes without branches inside a block, which the compiler turns into a few SIMD
@@ -224,7 +234,12 @@ pub fn statements(text: &[u8]) -> Vec<&[u8]> {
             rest = next;
         }
     } else {
-        for line in text.split(|&c| c == b'\n') {
+        // memchr: a byte-by-byte split was 7% of a thaw's CPU time.
+        let mut start = 0;
+        let ends = memchr::memchr_iter(b'\n', text).chain(std::iter::once(text.len()));
+        for end in ends {
+            let line = &text[start..end];
+            start = end + 1;
             let s = line.trim_ascii_end();
             if s.is_empty() || s.starts_with(b"-- ") {
                 continue;
