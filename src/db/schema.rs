@@ -240,6 +240,21 @@ pub async fn read_schema(conn: &mut Conn, db: &str) -> Result<Schema> {
         });
     }
 
+    let objects = read_objects(conn, db, &views).await?;
+    Ok(Schema {
+        charset: cs[0].clone(),
+        collation: cs[1].clone(),
+        tables,
+        objects,
+        skipped,
+    })
+}
+
+/// The routines, views (in dependency order), triggers and events of `db` (the
+/// connection's default database), in load order.
+async fn read_objects(conn: &mut Conn, db: &str, views: &[String]) -> Result<Vec<Object>> {
+    let what = |s: &str| format!("reading the schema of {}: {s}", ident(db));
+    let p = || vec![mysql_async::Value::from(db)];
     let mut objects = Vec::new();
     // Routines first: views may call stored functions, and the server checks that they
     // exist when the view is created.
@@ -255,7 +270,7 @@ pub async fn read_schema(conn: &mut Conn, db: &str) -> Result<Schema> {
         objects.push(show_object(conn, &r[0], &r[1]).await?);
     }
     let mut view_objs = Vec::new();
-    for v in &views {
+    for v in views {
         let create = show_create(conn, "VIEW", v, 1).await?;
         let meta = exec_strings(
             conn,
@@ -302,13 +317,7 @@ pub async fn read_schema(conn: &mut Conn, db: &str) -> Result<Schema> {
     for r in events {
         objects.push(show_object(conn, "EVENT", &r[0]).await?);
     }
-    Ok(Schema {
-        charset: cs[0].clone(),
-        collation: cs[1].clone(),
-        tables,
-        objects,
-        skipped,
-    })
+    Ok(objects)
 }
 
 /// The primary key, else the first unique key (by name) whose columns are all NOT NULL
