@@ -25,6 +25,36 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// A MariaDB container of its own, holding the [`GENERATE`]d database `gen`.
+    fn generated(host: &str, name: &str) -> Server {
+        let server = Server {
+            host: host.to_string(),
+            name: unique(name),
+        };
+        let pw = format!("MARIADB_PASSWORD={PASSWORD}");
+        #[rustfmt::skip]
+        docker(host, &[
+            "run", "-d", "--name", &server.name, "-e", "MARIADB_ROOT_PASSWORD=root-gen",
+            "-e", "MARIADB_DATABASE=gen", "-e", "MARIADB_USER=gen", "-e", &pw, &mariadb_image(),
+        ]);
+        server.sql("SELECT 1");
+        server.sql(GENERATE);
+        server
+    }
+    /// `freezer freeze gen --db … --chunk-size 256K --json` into `repo`.
+    fn freeze(&self, repo: &TestRepo) -> std::process::Output {
+        freezer(&[
+            "freeze",
+            "gen",
+            "--db",
+            &self.url(),
+            "--chunk-size",
+            "256K",
+            "--repo",
+            &repo.url,
+            "--json",
+        ])
+    }
     fn ip(&self) -> String {
         address(&self.host, &self.name)
     }
@@ -50,31 +80,10 @@ INSERT INTO tags SELECT 1 + seq DIV 3, CONCAT('tag', seq % 3, '-', seq % 97), se
 #[test]
 fn an_unchanged_database_re_freezes_without_uploading_a_chunk_also_after_a_restart() {
     let a = host_a();
-    let server = Server {
-        host: a.clone(),
-        name: unique("chunks"),
-    };
-    let pw = format!("MARIADB_PASSWORD={PASSWORD}");
-    #[rustfmt::skip]
-    docker(&a, &[
-        "run", "-d", "--name", &server.name, "-e", "MARIADB_ROOT_PASSWORD=root-gen",
-        "-e", "MARIADB_DATABASE=gen", "-e", "MARIADB_USER=gen", "-e", &pw, &mariadb_image(),
-    ]);
-    server.sql("SELECT 1");
-    server.sql(GENERATE);
+    let server = Server::generated(&a, "chunks");
     let repo = TestRepo::local().init();
     let freeze = || {
-        let out = freezer(&[
-            "freeze",
-            "gen",
-            "--db",
-            &server.url(),
-            "--chunk-size",
-            "256K",
-            "--repo",
-            &repo.url,
-            "--json",
-        ]);
+        let out = server.freeze(&repo);
         assert_ok(&out);
         json(&out)
     };
@@ -107,32 +116,11 @@ fn an_unchanged_database_re_freezes_without_uploading_a_chunk_also_after_a_resta
 #[test]
 fn a_thaw_whose_server_is_killed_continues_from_the_chunks_that_were_in() {
     let a = host_a();
-    let server = Server {
-        host: a.clone(),
-        name: unique("resume"),
-    };
-    let pw = format!("MARIADB_PASSWORD={PASSWORD}");
-    #[rustfmt::skip]
-    docker(&a, &[
-        "run", "-d", "--name", &server.name, "-e", "MARIADB_ROOT_PASSWORD=root-gen",
-        "-e", "MARIADB_DATABASE=gen", "-e", "MARIADB_USER=gen", "-e", &pw, &mariadb_image(),
-    ]);
-    server.sql("SELECT 1");
-    server.sql(GENERATE);
+    let server = Server::generated(&a, "resume");
     let sums = "CHECKSUM TABLE items, media, log, tags EXTENDED";
     let before = server.sql(sums);
     let repo = TestRepo::local().init();
-    let frozen = freezer(&[
-        "freeze",
-        "gen",
-        "--db",
-        &server.url(),
-        "--chunk-size",
-        "256K",
-        "--repo",
-        &repo.url,
-        "--json",
-    ]);
+    let frozen = server.freeze(&repo);
     assert_ok(&frozen);
     let chunks = json(&frozen)["databases"][0]["chunks"].as_u64().unwrap();
     server.sql("DROP DATABASE gen");
