@@ -578,17 +578,7 @@ fn a_snapshot_loaded_onto_a_project_on_a_remote_engine() {
     let cache = work.path().join("cache");
     // Through the Engine API only, with the config's [hosts.far]: this machine's docker
     // socket is not used.
-    let far = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--repo", &repo.url, "--config", config.to_str().unwrap()]);
-        freezer_env(
-            &all,
-            &[
-                ("DOCKER_HOST", "unix:///nonexistent/docker.sock"),
-                ("FREEZER_CACHE_DIR", cache.to_str().unwrap()),
-            ],
-        )
-    };
+    let far = |args: &[&str]| through_config_only(args, &repo, &config, &cache);
     let out = far(&[
         "thaw",
         &format!("{name}:{hydrated}@far"),

@@ -1190,17 +1190,7 @@ fn a_site_on_a_remote_engine_through_the_engine_api() {
     )
     .unwrap();
     let cache = work.path().join("cache");
-    let run = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--repo", &repo.url, "--config", config.to_str().unwrap()]);
-        freezer_env(
-            &all,
-            &[
-                ("DOCKER_HOST", "unix:///nonexistent/docker.sock"),
-                ("FREEZER_CACHE_DIR", cache.to_str().unwrap()),
-            ],
-        )
-    };
+    let run = |args: &[&str]| through_config_only(args, &repo, &config, &cache);
     let www = mountpoint(&b, &format!("{name}_www"));
     let reference = tempfile::tempdir().unwrap();
     copy_tree(&www, reference.path());
@@ -1381,4 +1371,24 @@ fn containers_on_engine_b_reach_each_other() {
         got.starts_with("HTTP/1.") && got.contains(marker.trim()),
         "{got}"
     );
+}
+
+/// `freezer ARGS --repo REPO --config CONFIG` with this machine's Docker socket made
+/// unusable, so every engine is reached through the config's hosts, and a cache of the
+/// test's own.
+pub fn through_config_only(
+    args: &[&str],
+    repo: &TestRepo,
+    config: &std::path::Path,
+    cache: &std::path::Path,
+) -> std::process::Output {
+    let mut all = args.to_vec();
+    all.extend(["--repo", &repo.url, "--config", config.to_str().unwrap()]);
+    freezer_env(
+        &all,
+        &[
+            ("DOCKER_HOST", "unix:///nonexistent/docker.sock"),
+            ("FREEZER_CACHE_DIR", cache.to_str().unwrap()),
+        ],
+    )
 }
