@@ -61,6 +61,9 @@ impl std::fmt::Debug for RepoSection {
 pub struct HostSection {
     /// Its Docker engine: `unix:///PATH` (this machine), or `tcp://HOST:PORT`.
     pub docker: Option<String>,
+    /// Its Podman engine's Docker-compatible API (`podman system service`), e.g.
+    /// `unix:///run/podman/podman.sock`: the same as `docker =`, said as what it is.
+    pub podman: Option<String>,
     /// For a `tcp://` engine: a directory with the TLS client certificates `ca.pem`,
     /// `cert.pem` and `key.pem` (as for `docker --tlsverify`); the connection is TLS then.
     pub tls_certs: Option<PathBuf>,
@@ -231,9 +234,16 @@ impl Settings {
         // `local` without a section of its own is what the environment names, as for
         // the docker CLI.
         let env = (name == "local").then(crate::docker::Endpoint::from_env);
+        if section.docker.is_some() && section.podman.is_some() {
+            return Err(Error::usage(format!(
+                "host {name} names both a docker and a podman engine"
+            ))
+            .with_hint(format!("keep one of them under [hosts.{name}]")));
+        }
         let docker = crate::docker::Endpoint {
             host: section
                 .docker
+                .or(section.podman)
                 .or_else(|| env.as_ref().map(|e| e.host.clone()))
                 .unwrap_or_else(|| "unix:///var/run/docker.sock".into()),
             tls: section.tls_certs.or_else(|| env.and_then(|e| e.tls)),

@@ -55,6 +55,10 @@ pub use super::canonical;
 pub use crate::format::A_CONTAINER_NAME;
 pub const A_CONTAINER_IMAGE: &str = "dev.freezer.container.image";
 pub const A_CONTAINER_STATE: &str = "dev.freezer.container.state";
+/// With `--with-images`: the image's own config, its exact text (so a host that loads the
+/// image from the snapshot gets the same image, with the same id, and not one made of the
+/// container's configuration: its labels and environment, secrets included).
+pub const IMAGE_CONFIG_KEY: &str = "dev.freezer.image.config";
 /// Set on a container image whose layers are its image's layers (`--with-images`).
 pub const A_CONTAINER_WITH_IMAGE: &str = "dev.freezer.container.with-image";
 /// The key of the container's full configuration inside its OCI image config.
@@ -554,20 +558,43 @@ pub fn tree_name(kind: &str, s: &str) -> String {
 
 /// Layers of the images already stored, by diff_id: a parent snapshot's images are not
 /// read from the engine again.
-pub type KnownLayers = HashMap<Digest, Descriptor>;
+/// What earlier snapshots stored of images, for the next freeze to reuse: layers by
+/// diff_id, and images' own configs (their exact text) by image id.
+#[derive(Default)]
+pub struct KnownImages {
+    pub layers: HashMap<Digest, Descriptor>,
+    pub configs: HashMap<String, String>,
+}
 
-/// The image layers a container manifest lists, by diff_id, for reuse by the next freeze.
-pub fn known_layers(repo: &Repository, manifest: &ImageManifest) -> Result<KnownLayers> {
-    let config: Value = from_json(
-        &repo.read_blob(&manifest.config.digest)?,
-        &manifest.config.digest.key(),
-    )?;
-    let diff_ids: Vec<Digest> =
-        serde_json::from_value(config["rootfs"]["diff_ids"].clone()).unwrap_or_default();
-    Ok(diff_ids
-        .into_iter()
-        .zip(manifest.layers.iter().cloned())
-        .collect())
+impl KnownImages {
+    /// What a container manifest of an earlier snapshot stored.
+    pub fn read(repo: &Repository, manifest: &ImageManifest) -> Result<KnownImages> {
+        let config: Value = from_json(
+            &repo.read_blob(&manifest.config.digest)?,
+            &manifest.config.digest.key(),
+        )?;
+        let diff_ids: Vec<Digest> =
+            serde_json::from_value(config["rootfs"]["diff_ids"].clone()).unwrap_or_default();
+        let mut known = KnownImages {
+            layers: diff_ids
+                .into_iter()
+                .zip(manifest.layers.iter().cloned())
+                .collect(),
+            configs: HashMap::new(),
+        };
+        if let (Some(id), Some(text)) = (
+            config[CONFIG_KEY]["image_id"].as_str(),
+            config[IMAGE_CONFIG_KEY].as_str(),
+        ) {
+            known.configs.insert(id.to_string(), text.to_string());
+        }
+        Ok(known)
+    }
+
+    pub fn extend(&mut self, other: KnownImages) {
+        self.layers.extend(other.layers);
+        self.configs.extend(other.configs);
+    }
 }
 
 /// Stores one container as an OCI image: the config carries its configuration (the
@@ -578,11 +605,12 @@ pub fn store_container(
     engine: &Engine,
     spec: &ContainerSpec,
     with_image: bool,
-    known: &mut KnownLayers,
+    known: &mut KnownImages,
 ) -> Result<Descriptor> {
     let mut layers = Vec::new();
     let mut diff_ids: Vec<Digest> = Vec::new();
     let mut history = Value::Null;
+    let mut image_config = None;
     if with_image {
         let id = spec.image_id.clone();
         let img = engine.call(
@@ -596,13 +624,16 @@ pub fn store_container(
             .iter()
             .map(|s| s.parse())
             .collect::<Result<_>>()?;
-        if !ids.iter().all(|d| known.contains_key(d)) {
-            for (diff_id, desc) in save_image(repo, engine, spec)? {
-                known.insert(diff_id, desc);
-            }
+        if !ids.iter().all(|d| known.layers.contains_key(d))
+            || !known.configs.contains_key(&spec.image_id)
+        {
+            let (saved, config) = save_image(repo, engine, spec)?;
+            known.layers.extend(saved);
+            known.configs.insert(spec.image_id.clone(), config);
         }
+        image_config = known.configs.get(&spec.image_id).cloned();
         for d in &ids {
-            let desc = known.get(d).ok_or_else(|| {
+            let desc = known.layers.get(d).ok_or_else(|| {
                 Error::other(format!(
                     "image {} lists layer {d}, which `docker save` did not return",
                     spec.image
@@ -612,7 +643,7 @@ pub fn store_container(
             layers.push(desc.clone());
         }
         diff_ids = ids;
-        history = image_history(engine, spec)?;
+        history = image_history(engine, spec);
     }
     let mut oci = serde_json::Map::new();
     for key in [
@@ -640,6 +671,9 @@ pub fn store_container(
     if !history.is_null() {
         config["history"] = history;
     }
+    if let Some(text) = image_config {
+        config[IMAGE_CONFIG_KEY] = Value::String(text);
+    }
     let (config_digest, config_size) = repo.put_blob(&to_json(&canonical(config)))?;
     let mut manifest = ImageManifest {
         schema_version: 2,
@@ -666,12 +700,16 @@ pub fn store_container(
 }
 
 /// The image's history, for tools that show it; the engine's own record of the build.
-fn image_history(engine: &Engine, spec: &ContainerSpec) -> Result<Value> {
+/// Left out (Null) when the engine cannot say: Podman 4.3 fails on an image whose layers
+/// carry no creation time ("nil pointer dereference"), and nothing restores from it.
+fn image_history(engine: &Engine, spec: &ContainerSpec) -> Value {
     let id = spec.image_id.clone();
-    let h = engine.call(
+    let Ok(h) = engine.call(
         &format!("reading the history of image {}", spec.image),
         |d| async move { d.image_history(&id).await },
-    )?;
+    ) else {
+        return Value::Null;
+    };
     // Oldest first, as in an image config.
     let items: Vec<Value> = h
         .into_iter()
@@ -684,16 +722,16 @@ fn image_history(engine: &Engine, spec: &ContainerSpec) -> Result<Value> {
             v
         })
         .collect();
-    Ok(Value::Array(items))
+    Value::Array(items)
 }
 
 /// `docker save`s the container's image and stores each layer as a tar+zstd blob.
-/// Returns (diff_id, layer descriptor) per layer.
+/// Returns (diff_id, layer descriptor) per layer, and the image's config (its text).
 fn save_image(
     repo: &Repository,
     engine: &Engine,
     spec: &ContainerSpec,
-) -> Result<Vec<(Digest, Descriptor)>> {
+) -> Result<(Vec<(Digest, Descriptor)>, String)> {
     let dir = tempfile::tempdir().ctx(|| "creating a temporary directory".into())?;
     let archive = dir.path().join("image.tar");
     let mut file =
@@ -719,6 +757,8 @@ fn save_image(
     .ctx(|| format!("unpacking the saved image {}", spec.image))?;
     #[derive(Deserialize)]
     struct Saved {
+        #[serde(rename = "Config")]
+        config: String,
         #[serde(rename = "Layers")]
         layers: Vec<String>,
     }
@@ -731,11 +771,20 @@ fn save_image(
         .into_iter()
         .next()
         .ok_or_else(|| Error::other(format!("`docker save {}` returned no image", spec.image)))?;
+    let config_path = unpacked.join(&saved.config);
+    let config = std::fs::read(&config_path)
+        .ctx(|| format!("reading the config of the saved image {}", spec.image))?;
+    let config = String::from_utf8(config).map_err(|_| {
+        Error::other(format!(
+            "the config of the saved image {} is not UTF-8 JSON",
+            spec.image
+        ))
+    })?;
     let mut out = Vec::new();
     for l in saved.layers {
         out.push(store_layer(repo, &unpacked.join(&l))?);
     }
-    Ok(out)
+    Ok((out, config))
 }
 
 /// Compresses one uncompressed layer tar into a blob (sealed as it is written in an
@@ -807,6 +856,7 @@ pub fn hold<T>(
     let cleanup = {
         let held = held.clone();
         let endpoint = engine.endpoint.clone();
+        let cli = engine.flavor.cli();
         crate::interrupt::on_interrupt(Box::new(move || {
             // Held throughout: the main thread is not pausing or resuming meanwhile.
             let mut list = held.lock().unwrap_or_else(|e| e.into_inner());
@@ -816,15 +866,8 @@ pub fn hold<T>(
             let Ok(engine) = Engine::connect_to(&endpoint) else {
                 eprintln!("freezer: could not reach the Docker engine to resume the site; resume these containers by hand:");
                 for h in list.iter() {
-                    eprintln!(
-                        "freezer:   {} ({})",
-                        h.name,
-                        if h.stopped {
-                            "docker start"
-                        } else {
-                            "docker unpause"
-                        }
-                    );
+                    let how = if h.stopped { "start" } else { "unpause" };
+                    eprintln!("freezer:   {} ({cli} {how})", h.name);
                 }
                 return;
             };
@@ -902,9 +945,10 @@ pub fn hold<T>(
         ms: started.elapsed().as_millis() as u64,
     };
     if !errors.is_empty() {
-        let mut e = Error::other(errors.join("; ")).with_hint(
-            "the site is not fully running again: resume the containers named with `docker unpause` or `docker start`",
-        );
+        let cli = engine.flavor.cli();
+        let mut e = Error::other(errors.join("; ")).with_hint(format!(
+            "the site is not fully running again: resume the containers named with `{cli} unpause` or `{cli} start`",
+        ));
         if let Err(first) = result {
             e.message = format!("{}; then {}", first.message, e.message);
         }

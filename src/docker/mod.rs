@@ -53,8 +53,56 @@ pub struct Engine {
     pub docker: Docker,
     /// Where the engine was reached (its host as given names it in messages).
     pub endpoint: Endpoint,
+    /// What answers there: Docker or Podman, rootful or rootless.
+    pub flavor: Flavor,
     /// The SSH tunnel to an `ssh://` engine; last, so the client goes first.
     _tunnel: Option<ssh::Tunnel>,
+}
+
+/// What kind of engine answers at an endpoint; Podman serves the Docker API too, with
+/// differences freezer checks before it changes anything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Flavor {
+    /// Podman (`podman system service`), else Docker.
+    pub podman: bool,
+    /// Runs as an unprivileged user, in a user namespace.
+    pub rootless: bool,
+    /// Can pause containers: not rootless on cgroup v1 (the cgroup freezer needs
+    /// privileges there; rootless engines pause only on cgroup v2).
+    pub can_pause: bool,
+}
+
+impl Flavor {
+    fn of(version: &bollard::models::SystemVersion, info: &bollard::models::SystemInfo) -> Flavor {
+        let podman = version
+            .components
+            .iter()
+            .flatten()
+            .any(|c| c.name.to_ascii_lowercase().contains("podman"));
+        let rootless = info
+            .security_options
+            .iter()
+            .flatten()
+            .any(|o| o.split(',').any(|kv| kv == "name=rootless"));
+        let cgroup_v1 = matches!(
+            info.cgroup_version,
+            Some(bollard::models::SystemInfoCgroupVersionEnum::_1)
+        );
+        Flavor {
+            podman,
+            rootless,
+            can_pause: !(rootless && cgroup_v1),
+        }
+    }
+
+    /// The engine's own command line, for what a message tells a person to run.
+    pub fn cli(&self) -> &'static str {
+        if self.podman {
+            "podman"
+        } else {
+            "docker"
+        }
+    }
 }
 
 /// How to reach an engine: `unix:///PATH`, `ssh://[USER@]HOST[:PORT][/SOCKET]` or
@@ -135,22 +183,30 @@ impl Engine {
             )));
         }
         .map_err(|e| unreachable(&host, e))?;
-        let engine = Engine {
+        let mut engine = Engine {
             rt,
             docker,
             endpoint: endpoint.clone(),
+            flavor: Flavor::default(),
             _tunnel: tunnel,
         };
-        engine.call("asking the engine for its version", |d| async move {
+        let version = engine.call("asking the engine for its version", |d| async move {
             d.version().await
         })?;
+        let info = engine.call("asking the engine about itself", |d| async move {
+            d.info().await
+        })?;
+        engine.flavor = Flavor::of(&version, &info);
         Ok(engine)
     }
 
     /// True when the engine runs on this machine, so a volume's mount point is a path
-    /// freezer can read and write directly.
+    /// freezer can read and write directly. A rootless engine's files on disk belong to
+    /// the ids of its user namespace (its root is the user, its other users subordinate
+    /// ids), so they are read and written through the engine, as a remote engine's are:
+    /// owners then come out and go in as the containers see them.
     pub fn is_local(&self) -> bool {
-        self.endpoint.host.starts_with("unix://")
+        self.endpoint.host.starts_with("unix://") && !self.flavor.rootless
     }
 
     /// Runs one engine call; `what` names it in errors ("inspecting container web").
@@ -402,5 +458,44 @@ pub fn canonical(v: serde_json::Value) -> serde_json::Value {
         }
         Value::Array(a) => Value::Array(a.into_iter().map(canonical).collect()),
         v => v,
+    }
+}
+
+#[cfg(test)]
+mod flavor_tests {
+    use super::Flavor;
+
+    fn flavor(version: &str, info: &str) -> Flavor {
+        Flavor::of(
+            &serde_json::from_str(version).unwrap(),
+            &serde_json::from_str(info).unwrap(),
+        )
+    }
+
+    #[test]
+    fn podman_and_rootless_engines_are_told_apart() {
+        let docker = flavor(
+            r#"{"Components":[{"Name":"Engine","Version":"20.10.24"}]}"#,
+            r#"{"SecurityOptions":["name=seccomp,profile=default"],"CgroupVersion":"1"}"#,
+        );
+        assert_eq!(
+            (docker.podman, docker.rootless, docker.can_pause),
+            (false, false, true)
+        );
+        assert_eq!(docker.cli(), "docker");
+        let podman = flavor(
+            r#"{"Components":[{"Name":"Podman Engine","Version":"4.3.1"}]}"#,
+            r#"{"SecurityOptions":["name=seccomp,profile=default","name=rootless"],"CgroupVersion":"2"}"#,
+        );
+        assert_eq!(
+            (podman.podman, podman.rootless, podman.can_pause),
+            (true, true, true)
+        );
+        assert_eq!(podman.cli(), "podman");
+        let v1 = flavor(
+            r#"{"Components":[{"Name":"Podman Engine","Version":"4.3.1"}]}"#,
+            r#"{"SecurityOptions":["name=rootless"],"CgroupVersion":"1"}"#,
+        );
+        assert!(!v1.can_pause);
     }
 }

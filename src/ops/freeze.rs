@@ -13,7 +13,7 @@ use super::hooks::{self, HookEnv, HookReport, HostHooks, When};
 use super::*;
 use crate::db::dump::{freeze_database, DbReport, DumpOptions};
 use crate::db::{DbManifest, DbUrl};
-use crate::docker::capture::{store_container, CapturedSite, KnownLayers, WindowReport};
+use crate::docker::capture::{store_container, CapturedSite, KnownImages, WindowReport};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
 use crate::progress::Progress;
@@ -161,6 +161,13 @@ pub fn plan_site(repo: &Repository, req: FreezeRequest) -> Result<FreezePlan> {
         let mut captured = crate::docker::capture::capture(&engine, &site)?;
         if hydrated {
             databases.clear();
+            if !req.stop && !engine.flavor.can_pause {
+                return Err(Error::usage(format!(
+                    "the engine at {} is rootless on cgroup v1, where it cannot pause containers",
+                    engine.endpoint.host
+                ))
+                .with_hint("freeze with --stop (the containers are stopped for the copy and started again), or move the host to cgroup v2"));
+            }
             if req.with_writable_layer {
                 captured.include_writable_layers()?;
             }
@@ -561,9 +568,9 @@ fn freeze_locked(
         None => freeze_trees(repo, plan, &prev, progress, &mut warnings, &mut manifests)?,
         Some(d) => {
             progress.set_label("storing container configurations".to_string());
-            let mut known = KnownLayers::new();
+            let mut known = KnownImages::default();
             for m in &parent_containers {
-                if let Ok(k) = crate::docker::capture::known_layers(repo, m) {
+                if let Ok(k) = KnownImages::read(repo, m) {
                     known.extend(k);
                 }
             }

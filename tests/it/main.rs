@@ -20,6 +20,7 @@ mod hydrated;
 mod integrity;
 mod monitor;
 mod mount;
+mod podman;
 mod retention;
 mod roundtrip;
 mod store;

@@ -673,6 +673,15 @@ fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody> {
     if let Some(o) = hc.as_object_mut() {
         o.insert("Binds".into(), Value::Array(binds));
         o.insert("Mounts".into(), Value::Array(mounts));
+        // The engine's default OCI runtime under its own name (Docker: `runc`; Podman
+        // reports `oci`, which Docker does not know, and may run `crun`): left to the
+        // engine the site goes to. A runtime chosen by name (kata, runsc, nvidia) is kept.
+        if matches!(
+            o.get("Runtime").and_then(Value::as_str),
+            Some("" | "oci" | "runc" | "crun")
+        ) {
+            o.remove("Runtime");
+        }
     }
     body["HostConfig"] = hc;
     if let Some((net, ns)) = spec.networks.iter().next() {
@@ -722,7 +731,7 @@ fn load_image(
             std::fs::remove_file(&staged).ctx(|| format!("removing {}", staged.display()))?;
             layer_names.push(name);
         }
-        let config = repo.read_blob(&manifest.config.digest)?;
+        let config = image_config(&repo.read_blob(&manifest.config.digest)?)?;
         append_bytes(&mut tar, "config.json", &config)?;
         let tag = if spec.image.starts_with("sha256:") {
             vec![]
@@ -768,6 +777,32 @@ fn load_image(
         }
         Ok(())
     })
+}
+
+/// The config of the image to load, from the container image's config: the image's own
+/// (its exact text, so the loaded image has the id it had where it was frozen). Snapshots
+/// written before that was kept give the defaults the image gave the container
+/// (`image_config`) and the layers; the oldest the container's own configuration.
+fn image_config(container_config: &[u8]) -> Result<Vec<u8>> {
+    use crate::docker::capture::{CONFIG_KEY, IMAGE_CONFIG_KEY};
+    let v: serde_json::Value = crate::format::from_json(container_config, "a container config")?;
+    if let Some(text) = v[IMAGE_CONFIG_KEY].as_str() {
+        return Ok(text.as_bytes().to_vec());
+    }
+    let defaults = &v[CONFIG_KEY]["image_config"];
+    if defaults.is_object() {
+        let mut c = json!({
+            "architecture": v["architecture"],
+            "os": v["os"],
+            "config": defaults,
+            "rootfs": v["rootfs"],
+        });
+        if !v["history"].is_null() {
+            c["history"] = v["history"].clone();
+        }
+        return Ok(crate::format::to_json(&c));
+    }
+    Ok(container_config.to_vec())
 }
 
 fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, name: &str, data: &[u8]) -> Result<()> {
