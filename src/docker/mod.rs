@@ -73,21 +73,21 @@ pub struct Flavor {
 }
 
 impl Flavor {
-    fn of(version: &bollard::models::SystemVersion, info: &bollard::models::SystemInfo) -> Flavor {
+    /// From the engine's `/version` and `/info` answers.
+    fn of(version: &bollard::models::SystemVersion, info: &serde_json::Value) -> Flavor {
         let podman = version
             .components
             .iter()
             .flatten()
             .any(|c| c.name.to_ascii_lowercase().contains("podman"));
-        let rootless = info
-            .security_options
-            .iter()
-            .flatten()
-            .any(|o| o.split(',').any(|kv| kv == "name=rootless"));
-        let cgroup_v1 = matches!(
-            info.cgroup_version,
-            Some(bollard::models::SystemInfoCgroupVersionEnum::_1)
-        );
+        let rootless = info["Rootless"].as_bool() == Some(true)
+            || info["SecurityOptions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|o| o.as_str())
+                .any(|o| o.split(',').any(|kv| kv == "name=rootless"));
+        let cgroup_v1 = info["CgroupVersion"].as_str() == Some("1");
         Flavor {
             podman,
             rootless,
@@ -103,6 +103,23 @@ impl Flavor {
             "docker"
         }
     }
+}
+
+/// `GET /info` over a local engine socket, the answer as JSON.
+fn raw_info(path: &str) -> std::io::Result<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    s.write_all(b"GET /info HTTP/1.0\r\nHost: engine\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let bad = |what: &str| std::io::Error::other(format!("its /info answer {what}"));
+    let end = memchr::memmem::find(&buf, b"\r\n\r\n").ok_or_else(|| bad("has no HTTP header"))?;
+    if !buf.starts_with(b"HTTP/1.0 200") && !buf.starts_with(b"HTTP/1.1 200") {
+        let status = String::from_utf8_lossy(&buf[..end.min(80)]).into_owned();
+        return Err(bad(&format!("is {status}")));
+    }
+    serde_json::from_slice(&buf[end + 4..]).map_err(|e| bad(&format!("is not JSON ({e})")))
 }
 
 /// How to reach an engine: `unix:///PATH`, `ssh://[USER@]HOST[:PORT][/SOCKET]` or
@@ -193,20 +210,50 @@ impl Engine {
         let version = engine.call("asking the engine for its version", |d| async move {
             d.version().await
         })?;
-        let info = engine.call("asking the engine about itself", |d| async move {
-            d.info().await
-        })?;
+        // Podman says it is rootless only in a field of its own (`Rootless`), which the
+        // client's typed answer drops; a local socket's answer is read as it is.
+        let info = match host.strip_prefix("unix://") {
+            Some(path) => raw_info(path).map_err(|e| {
+                Error::new(
+                    ErrorKind::Unreachable,
+                    format!("asking the Docker engine at {host} about itself: {e}"),
+                )
+                .with_hint(reach_hint(&host))
+            })?,
+            None => {
+                let i = engine.call("asking the engine about itself", |d| async move {
+                    d.info().await
+                })?;
+                serde_json::to_value(i).unwrap_or_default()
+            }
+        };
         engine.flavor = Flavor::of(&version, &info);
         Ok(engine)
     }
 
     /// True when the engine runs on this machine, so a volume's mount point is a path
-    /// freezer can read and write directly. A rootless engine's files on disk belong to
-    /// the ids of its user namespace (its root is the user, its other users subordinate
-    /// ids), so they are read and written through the engine, as a remote engine's are:
-    /// owners then come out and go in as the containers see them.
+    /// freezer can read and write directly.
     pub fn is_local(&self) -> bool {
-        self.endpoint.host.starts_with("unix://") && !self.flavor.rootless
+        self.endpoint.host.starts_with("unix://")
+    }
+
+    /// Refuses to copy the files of volumes and bind mounts of a rootless engine. Its
+    /// files on disk belong to the ids of its user namespace (the container's root is
+    /// the user, its other users subordinate ids), so read in place their owners would
+    /// be wrong, and read through the engine they are too (Podman 4.3's archive API
+    /// gives every file to root).
+    pub fn refuse_rootless_files(&self, what: &str) -> Result<()> {
+        if !self.flavor.rootless {
+            return Ok(());
+        }
+        Err(Error::usage(format!(
+            "the engine at {} is rootless: {what} would get its files' owners wrong (they are shifted by the engine's user namespace, which freezer does not map)",
+            self.endpoint.host
+        ))
+        .with_hint(format!(
+            "freeze and thaw sites with volumes or bind mounts on a rootful engine ({} as root); a dehydrated freeze of a site whose only state is its database, and sites without volumes, work",
+            self.flavor.cli()
+        )))
     }
 
     /// Runs one engine call; `what` names it in errors ("inspecting container web").
@@ -468,7 +515,7 @@ mod flavor_tests {
     fn flavor(version: &str, info: &str) -> Flavor {
         Flavor::of(
             &serde_json::from_str(version).unwrap(),
-            &serde_json::from_str(info).unwrap(),
+            &serde_json::from_str::<serde_json::Value>(info).unwrap(),
         )
     }
 
@@ -494,8 +541,8 @@ mod flavor_tests {
         assert_eq!(podman.cli(), "podman");
         let v1 = flavor(
             r#"{"Components":[{"Name":"Podman Engine","Version":"4.3.1"}]}"#,
-            r#"{"SecurityOptions":["name=rootless"],"CgroupVersion":"1"}"#,
+            r#"{"SecurityOptions":["name=seccomp,profile=default"],"CgroupVersion":"1","Rootless":true}"#,
         );
-        assert!(!v1.can_pause);
+        assert!(v1.rootless && !v1.can_pause);
     }
 }

@@ -181,6 +181,9 @@ pub fn plan_site(repo: &Repository, req: FreezeRequest) -> Result<FreezePlan> {
             }
             captured.drop_database_volumes();
         }
+        if let Some(t) = captured.trees.first() {
+            engine.refuse_rootless_files(&format!("copying {} of site {site}", t.name))?;
+        }
         trees = captured.trees.clone();
         docker = Some(DockerFreeze {
             engine_host: engine.endpoint.host.clone(),

@@ -228,6 +228,9 @@ pub fn plan(
         plan.scratch = Some(scratch);
         plan.scratch_binds = Some(binds);
     }
+    if let Some(t) = plan.trees.first() {
+        engine.refuse_rootless_files(&format!("restoring into {}", t.dest.display()))?;
+    }
     // Room for the trees where they go (through a remote engine, the engine's to find).
     if engine.is_local() {
         let mut need: HashMap<PathBuf, u64> = HashMap::new();

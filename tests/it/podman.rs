@@ -211,3 +211,122 @@ fn a_database_site_frozen_dehydrated_on_docker_runs_on_podman() {
     assert_eq!(shop_facts(&address(&p, &site.c("db")), &password), facts);
     assert_eq!(http_get(port_p, "/index.html"), site.marker());
 }
+
+pub fn host_rootless() -> String {
+    services();
+    std::env::var("FREEZER_TEST_PODMAN_ROOTLESS_HOST")
+        .expect("FREEZER_TEST_PODMAN_ROOTLESS_HOST is set by scripts/services")
+}
+
+/// A rootless engine (rootless Podman on this cgroup v1 machine): freezer refuses, before
+/// it changes anything, what it cannot do right there — pausing containers (cgroup v1),
+/// copying volume files out or in (their owners are shifted by the engine's user
+/// namespace) — and does the rest: a site without volumes freezes with --stop and thaws.
+#[test]
+fn a_rootless_engine_is_refused_what_it_cannot_do_right() {
+    let (a, r) = (host_a(), host_rootless());
+    let repo = TestRepo::s3().init();
+    let name = unique("rl");
+    let site = Site {
+        name: name.clone(),
+        host: r.clone(),
+        bind: tempfile::tempdir().unwrap(),
+        copies: Default::default(),
+    };
+    let project = format!("com.docker.compose.project={name}");
+    let img = image();
+    let run = |host: &str, service: &str, extra: &[&str]| {
+        let cname = format!("{name}-{service}-1");
+        let mut args = vec!["run", "-d", "--name", &cname, "--label", &project];
+        args.extend(extra);
+        args.extend([img.as_str(), "sleep", "1000"]);
+        docker(host, &args);
+    };
+    run(&r, "web", &["--network", "none"]);
+    let freeze = |host: &str, extra: &[&str]| {
+        let mut args = vec![
+            "freeze",
+            name.as_str(),
+            "--repo",
+            repo.url.as_str(),
+            "--json",
+        ];
+        args.extend(extra);
+        freezer_on(host, &args)
+    };
+
+    // Pausing is refused up front; the container was never paused.
+    let out = freeze(&r, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("rootless") && stderr(&out).contains("--stop"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(state(&r, &site.c("web")), "running");
+    // Stopped instead, it freezes, and runs again after.
+    let stopped = json(&freeze(&r, &["--stop"]))["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(state(&r, &site.c("web")), "running");
+
+    // With a volume, copying its files is refused, and the site is left running.
+    docker(&r, &["volume", "create", &format!("{name}_data")]);
+    run(
+        &r,
+        "data",
+        &["--network", "none", "-v", &format!("{name}_data:/data")],
+    );
+    let out = freeze(&r, &["--stop"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("owners"), "{}", stderr(&out));
+    assert_eq!(state(&r, &site.c("data")), "running");
+
+    // The snapshot without volumes thaws there as a copy.
+    let copy = unique("rlc");
+    site.made(&r, &copy);
+    let out = freezer_on(
+        &r,
+        &[
+            "thaw",
+            &format!("{name}:{stopped}"),
+            "--repo",
+            &repo.url,
+            "--as",
+            &copy,
+        ],
+    );
+    assert_ok(&out);
+    assert_eq!(state(&r, &format!("{copy}-web-1")), "running");
+
+    // A snapshot with a volume (from the rootful engine) is refused before anything is
+    // created on the rootless one.
+    let other = unique("rlv");
+    let from_a = Site {
+        name: other.clone(),
+        host: a.clone(),
+        bind: tempfile::tempdir().unwrap(),
+        copies: Default::default(),
+    };
+    from_a.made(&r, &other);
+    docker(&a, &["volume", "create", &format!("{other}_data")]);
+    #[rustfmt::skip]
+    docker(&a, &["run", "-d", "--name", &from_a.c("data"), "--label",
+        &format!("com.docker.compose.project={other}"), "-v", &format!("{other}_data:/data"),
+        &image(), "sleep", "1000"]);
+    let snap = json(&freezer_on(
+        &a,
+        &["freeze", &other, "--repo", &repo.url, "--json"],
+    ))["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = freezer_on(
+        &r,
+        &["thaw", &format!("{other}:{snap}"), "--repo", &repo.url],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("owners"), "{}", stderr(&out));
+    assert_gone(&r, &other);
+}

@@ -321,6 +321,12 @@ fn plan_mounts(
     // engine, after the containers are created (see `remote`).
     let local = engine.is_local();
     for m in &spec.mounts {
+        if !m.tree.is_empty() {
+            engine.refuse_rootless_files(&format!(
+                "restoring {} of container {}",
+                m.tree, spec.name
+            ))?;
+        }
         if !m.tree.is_empty() && !trees.contains_key(&m.tree) {
             return Err(Error::integrity(format!(
                 "snapshot {}:{}: container {} mounts tree {}, which the snapshot does not hold",
