@@ -8,21 +8,35 @@ use mysql_async::{Conn, Opts, OptsBuilder};
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// `mysql://USER[:PASS]@HOST[:PORT]/DB`. Without a password in the URL, the password
-/// comes from `FREEZER_DB_PASSWORD` (so it need not appear on a command line, where
-/// every user of the machine can read it).
+/// `mysql://USER[:PASS]@HOST[:PORT]/DB` (MySQL, MariaDB) or `postgres://…` (PostgreSQL,
+/// see [`crate::pg::PgUrl`]). Without a password in the URL, the password comes from
+/// `FREEZER_DB_PASSWORD` (so it need not appear on a command line, where every user of
+/// the machine can read it).
 #[derive(Clone)]
 pub struct DbUrl {
-    opts: Opts,
+    target: Target,
     /// The database named in the URL's path.
     pub database: String,
 }
 
+#[derive(Clone)]
+enum Target {
+    Mysql(Opts),
+    Postgres(crate::pg::PgUrl),
+}
+
 impl DbUrl {
     pub fn parse(url: &str) -> Result<DbUrl> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pg = crate::pg::PgUrl::parse(url)?;
+            return Ok(DbUrl {
+                database: pg.database.clone(),
+                target: Target::Postgres(pg),
+            });
+        }
         if !url.starts_with("mysql://") && !url.starts_with("mariadb://") {
             return Err(Error::usage(format!(
-                "database URL {} is not mysql://USER@HOST[:PORT]/DB",
+                "database URL {} is not mysql://USER@HOST[:PORT]/DB or postgres://USER@HOST[:PORT]/DB",
                 redact(url)
             )));
         }
@@ -57,9 +71,36 @@ impl DbUrl {
             }
         }
         Ok(DbUrl {
-            opts: b.into(),
+            target: Target::Mysql(b.into()),
             database,
         })
+    }
+
+    /// The PostgreSQL endpoint, when the URL names one.
+    pub fn postgres(&self) -> Option<&crate::pg::PgUrl> {
+        match &self.target {
+            Target::Postgres(p) => Some(p),
+            Target::Mysql(_) => None,
+        }
+    }
+
+    /// A PostgreSQL endpoint as a database URL.
+    pub fn from_postgres(pg: crate::pg::PgUrl) -> DbUrl {
+        DbUrl {
+            database: pg.database.clone(),
+            target: Target::Postgres(pg),
+        }
+    }
+
+    /// The MySQL/MariaDB connection options; a PostgreSQL URL is refused with what
+    /// cannot be done with it yet.
+    fn mysql(&self) -> Result<&Opts> {
+        match &self.target {
+            Target::Mysql(o) => Ok(o),
+            Target::Postgres(_) => Err(Error::usage(format!(
+                "{self} is a PostgreSQL database; this step works with MySQL and MariaDB databases only, for now"
+            ))),
+        }
     }
 
     /// An endpoint from its parts (a database found in a container's environment), so
@@ -72,33 +113,43 @@ impl DbUrl {
             .pass(Some(password))
             .db_name(Some(database));
         DbUrl {
-            opts: tuned(b).into(),
+            target: Target::Mysql(tuned(b).into()),
             database: database.to_string(),
         }
     }
 
     /// The same server, another database.
     pub fn with_database(&self, db: &str) -> DbUrl {
+        let target = match &self.target {
+            Target::Mysql(o) => {
+                Target::Mysql(OptsBuilder::from_opts(o.clone()).db_name(Some(db)).into())
+            }
+            Target::Postgres(p) => Target::Postgres(p.with_database(db)),
+        };
         DbUrl {
-            opts: OptsBuilder::from_opts(self.opts.clone())
-                .db_name(Some(db))
-                .into(),
+            target,
             database: db.to_string(),
         }
     }
 
     /// `host:port`, for messages.
     pub fn server(&self) -> String {
-        format!("{}:{}", self.opts.ip_or_hostname(), self.opts.tcp_port())
+        match &self.target {
+            Target::Mysql(o) => format!("{}:{}", o.ip_or_hostname(), o.tcp_port()),
+            Target::Postgres(p) => p.server(),
+        }
     }
 
     pub fn user(&self) -> &str {
-        self.opts.user().unwrap_or("")
+        match &self.target {
+            Target::Mysql(o) => o.user().unwrap_or(""),
+            Target::Postgres(p) => &p.user,
+        }
     }
 
     /// Connects with no default database (it may not exist yet).
     pub async fn connect_server(&self) -> Result<Conn> {
-        let opts: Opts = OptsBuilder::from_opts(self.opts.clone())
+        let opts: Opts = OptsBuilder::from_opts(self.mysql()?.clone())
             .db_name(None::<String>)
             .into();
         Conn::new(opts)
@@ -108,7 +159,7 @@ impl DbUrl {
 
     /// Connects to the URL's database.
     pub async fn connect(&self) -> Result<Conn> {
-        Conn::new(self.opts.clone())
+        Conn::new(self.mysql()?.clone())
             .await
             .map_err(|e| db_error(e, &format!("connecting to {}", self)))
     }
@@ -117,6 +168,9 @@ impl DbUrl {
 /// Without the password, always.
 impl fmt::Display for DbUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Target::Postgres(p) = &self.target {
+            return fmt::Display::fmt(p, f);
+        }
         write!(
             f,
             "mysql://{}@{}/{}",

@@ -367,7 +367,7 @@ fn dump_once(
 /// Stores one chunk: reused without compressing when last night's dump had the same SQL
 /// text and its blob is still in the repository, else compressed and uploaded (unless a
 /// blob with that content is already there).
-fn store_chunk(
+pub(crate) fn store_chunk(
     repo: &Repository,
     sql: &[u8],
     sql_digest: &Digest,

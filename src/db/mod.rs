@@ -125,3 +125,31 @@ pub struct Chunk {
 }
 
 pub const DB_FORMAT_VERSION: u32 = 1;
+
+/// A database dump of a snapshot, of either kind.
+#[derive(Debug, Clone)]
+pub enum Dump {
+    Mysql(Box<DbManifest>),
+    Postgres(Box<crate::pg::PgManifest>),
+}
+
+impl Dump {
+    pub fn tables(&self) -> usize {
+        match self {
+            Dump::Mysql(m) => m.tables.len(),
+            Dump::Postgres(m) => m.tables.len(),
+        }
+    }
+    pub fn rows(&self) -> u64 {
+        match self {
+            Dump::Mysql(m) => m.tables.iter().map(|t| t.rows).sum(),
+            Dump::Postgres(m) => m.tables.iter().map(|t| t.rows).sum(),
+        }
+    }
+    pub fn chunks(&self) -> usize {
+        match self {
+            Dump::Mysql(m) => m.tables.iter().map(|t| t.chunks.len()).sum(),
+            Dump::Postgres(m) => m.tables.iter().map(|t| t.chunks.len()).sum(),
+        }
+    }
+}

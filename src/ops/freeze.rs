@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::hooks::{self, HookEnv, HookReport, HostHooks, When};
 use super::*;
 use crate::db::dump::{freeze_database, DbReport, DumpOptions};
-use crate::db::{DbManifest, DbUrl};
+use crate::db::{DbUrl, Dump};
 use crate::docker::capture::{store_container, CapturedSite, KnownImages, WindowReport};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
@@ -479,7 +479,7 @@ struct Parent {
     /// Its trees, by path.
     trees: HashMap<PathBuf, PrevTree>,
     /// Its database manifests (their chunk sizes are kept), by database.
-    databases: HashMap<String, DbManifest>,
+    databases: HashMap<String, Dump>,
     /// Its container images (with --with-images, their layers are not read again).
     containers: Vec<ImageManifest>,
 }
@@ -488,7 +488,7 @@ struct Parent {
 /// one is no reason to skip tonight's backup: that part is frozen in full, with a warning.
 fn read_parent(repo: &Repository, plan: &FreezePlan, warnings: &mut Vec<String>) -> Result<Parent> {
     let mut prev: HashMap<PathBuf, PrevTree> = HashMap::new();
-    let mut prev_db: HashMap<String, DbManifest> = HashMap::new();
+    let mut prev_db: HashMap<String, Dump> = HashMap::new();
     let mut parent_containers: Vec<ImageManifest> = Vec::new();
     if let Some(id) = &plan.parent {
         let snap = repo.read_snapshot(&SnapshotRef {
@@ -511,8 +511,15 @@ fn read_parent(repo: &Repository, plan: &FreezePlan, warnings: &mut Vec<String>)
             }
             if let Part::Database { name: db, .. } = part {
                 if plan.databases.iter().any(|d| d.database == db) {
-                    match crate::db::load::read_manifest(repo, &m.digest) {
-                        Ok((_, manifest)) => {
+                    let read = match crate::pg::load::is_pg_image(repo, &m.digest) {
+                        Ok(true) => crate::pg::load::read_manifest(repo, &m.digest)
+                            .map(|m| Dump::Postgres(Box::new(m))),
+                        Ok(false) => crate::db::load::read_manifest(repo, &m.digest)
+                            .map(|(_, m)| Dump::Mysql(Box::new(m))),
+                        Err(e) => Err(e),
+                    };
+                    match read {
+                        Ok(manifest) => {
                             prev_db.insert(db.to_string(), manifest);
                         }
                         Err(e) => warnings.push(format!(
@@ -628,9 +635,24 @@ fn freeze_locked(
         ..DumpOptions::default()
     };
     for url in &plan.databases {
-        let (desc, report) =
-            freeze_database(repo, url, prev_db.get(&url.database), &db_opts, progress)
-                .map_err(|e| prefix(e, &format!("dumping {url}")))?;
+        let prev = prev_db.get(&url.database);
+        let (desc, report) = match url.postgres() {
+            Some(pg) => {
+                let prev = match prev {
+                    Some(Dump::Postgres(m)) => Some(&**m),
+                    _ => None,
+                };
+                crate::pg::dump::freeze_database(repo, pg, prev, &db_opts, progress)
+            }
+            None => {
+                let prev = match prev {
+                    Some(Dump::Mysql(m)) => Some(&**m),
+                    _ => None,
+                };
+                freeze_database(repo, url, prev, &db_opts, progress)
+            }
+        }
+        .map_err(|e| prefix(e, &format!("dumping {url}")))?;
         warnings.extend(report.warnings.iter().cloned());
         manifests.push(desc);
         databases.push(report);

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::*;
 use crate::db::load::{load_database, LoadOptions, LoadReport};
-use crate::db::{DbManifest, DbUrl};
+use crate::db::{DbUrl, Dump};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
 use crate::progress::Progress;
@@ -38,7 +38,7 @@ pub struct ThawDb {
     pub replaces: bool,
     /// `--table`: only these tables are loaded (`manifest` is restricted to them).
     pub tables: Option<BTreeSet<String>>,
-    pub manifest: DbManifest,
+    pub manifest: Dump,
 }
 
 #[derive(Debug, Serialize)]
@@ -129,9 +129,9 @@ impl ThawPlan {
                     } else {
                         Action::Create
                     },
-                    tables: d.manifest.tables.len(),
-                    rows: d.manifest.tables.iter().map(|t| t.rows).sum(),
-                    chunks: d.manifest.tables.iter().map(|t| t.chunks.len()).sum(),
+                    tables: d.manifest.tables(),
+                    rows: d.manifest.rows(),
+                    chunks: d.manifest.chunks(),
                     only: d.tables.as_ref().map(|t| t.iter().cloned().collect()),
                 })
                 .collect(),
@@ -227,17 +227,39 @@ pub fn plan_thaw(
     for (source, digest, target) in db_targets(&snapshot, &db.targets, db.skip, selected.as_ref())?
     {
         let tables = selected.as_ref().and_then(|s| s.get(&source).cloned());
-        let (_, manifest) = crate::db::load::read_manifest(repo, &digest).map_err(|e| {
-            prefix(
-                e,
-                &format!("snapshot {site}:{} database {source}", snapshot.id),
-            )
-        })?;
-        let manifest = match &tables {
-            Some(t) => crate::db::select::restrict(&manifest, t)?,
-            None => manifest,
+        let what = format!("snapshot {site}:{} database {source}", snapshot.id);
+        let (manifest, replaces) = if crate::pg::load::is_pg_image(repo, &digest)? {
+            let m = crate::pg::load::read_manifest(repo, &digest).map_err(|e| prefix(e, &what))?;
+            let Some(pg) = target.postgres() else {
+                return Err(Error::usage(format!(
+                    "{what} is a PostgreSQL dump; {target} is not a PostgreSQL database"
+                ))
+                .with_hint("load it with --db postgres://USER@HOST[:PORT]/DATABASE"));
+            };
+            if tables.is_some() {
+                return Err(Error::usage(format!(
+                    "{what} is a PostgreSQL dump; --table selects tables of MySQL and MariaDB dumps only, for now"
+                )));
+            }
+            let replaces = crate::pg::load::check_target(pg, replace)?;
+            (Dump::Postgres(Box::new(m)), replaces)
+        } else {
+            let (_, manifest) =
+                crate::db::load::read_manifest(repo, &digest).map_err(|e| prefix(e, &what))?;
+            if target.postgres().is_some() {
+                return Err(Error::usage(format!(
+                    "{what} is a MySQL/MariaDB dump; {target} is a PostgreSQL database"
+                ))
+                .with_hint("load it with --db mysql://USER@HOST[:PORT]/DATABASE"));
+            }
+            let manifest = match &tables {
+                Some(t) => crate::db::select::restrict(&manifest, t)?,
+                None => manifest,
+            };
+            let replaces =
+                crate::db::load::check_target(&target, &manifest, replace, tables.as_ref())?;
+            (Dump::Mysql(Box::new(manifest)), replaces)
         };
-        let replaces = crate::db::load::check_target(&target, &manifest, replace, tables.as_ref())?;
         databases.push(ThawDb {
             source,
             target,
@@ -420,18 +442,22 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
     // Every file of every dump is downloaded and verified before any target is touched.
     let mut prepared = Vec::new();
     for d in &plan.databases {
-        prepared.push(
-            crate::db::load::fetch(repo, d.manifest.clone(), progress).map_err(|e| {
-                prefix(
-                    e,
-                    &format!(
-                        "snapshot {}:{} database {}",
-                        plan.snapshot.site, plan.snapshot.id, d.source
-                    ),
-                )
-                .with_hint("nothing was changed at the destination")
-            })?,
-        );
+        let p = match &d.manifest {
+            Dump::Mysql(m) => crate::db::load::fetch(repo, (**m).clone(), progress)
+                .map(|p| Prepared::Mysql(Box::new(p))),
+            Dump::Postgres(m) => crate::pg::load::fetch(repo, (**m).clone(), progress)
+                .map(|p| Prepared::Postgres(Box::new(p))),
+        };
+        prepared.push(p.map_err(|e| {
+            prefix(
+                e,
+                &format!(
+                    "snapshot {}:{} database {}",
+                    plan.snapshot.site, plan.snapshot.id, d.source
+                ),
+            )
+            .with_hint("nothing was changed at the destination")
+        })?);
     }
     let mut db_reports = Vec::new();
     let result = (|| -> Result<Vec<ThawTreeReport>> {
@@ -486,7 +512,14 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
                 tables: d.tables.clone(),
                 ..opts.clone()
             };
-            let r = load_database(p, &d.target, &opts, progress).map_err(|e| {
+            let r = match (p, d.target.postgres()) {
+                (Prepared::Postgres(p), Some(pg)) => {
+                    crate::pg::load::load_database(p, pg, &opts, progress)
+                }
+                (Prepared::Mysql(p), _) => load_database(p, &d.target, &opts, progress),
+                (Prepared::Postgres(_), None) => unreachable!("refused by plan_thaw"),
+            }
+            .map_err(|e| {
                 prefix(
                     e,
                     &format!("loading database {} into {}", d.source, d.target),
@@ -561,6 +594,12 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
         removed_leftovers,
         hooks: vec![],
     })
+}
+
+/// A dump read and checked, ready to load.
+enum Prepared {
+    Mysql(Box<crate::db::load::PreparedDb>),
+    Postgres(Box<crate::pg::load::PreparedPg>),
 }
 
 /// Scratch directories beside a destination: a tree being restored, and the old

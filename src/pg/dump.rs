@@ -1,0 +1,698 @@
+//! Dumping a PostgreSQL database: one exported snapshot read by `pg_dump` (the schema)
+//! and by several connections (the rows, with `COPY … TO STDOUT`), rows cut into chunks
+//! at content-defined boundaries so that an unchanged table gives the same chunks the
+//! next night.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use futures::StreamExt;
+
+use super::{pg_error, quote_ident, quote_literal, PgManifest, PgTable, PgUrl, MT_PG_CONFIG};
+use crate::db::dump::{store_chunk, DbReport, DumpOptions};
+use crate::db::sql::RowSum;
+use crate::db::{
+    Chunk, FileRef, A_DB_NAME, A_DB_ROWS, A_DB_TABLES, A_SQL_PART, A_SQL_TABLE, MT_SQL_ZSTD,
+};
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::*;
+use crate::progress::Progress;
+use crate::repo::Repository;
+
+/// A table as the dump plans it.
+struct Table {
+    entry: PgTable,
+    /// Estimated bytes, to read the largest first.
+    bytes: u64,
+}
+
+/// A chunk's SQL on its way to compression and upload.
+struct ChunkOut {
+    table: usize,
+    seq: u32,
+    sql: Vec<u8>,
+    rows: u64,
+}
+
+/// Dumps the URL's database into the repository: the descriptor of its image (for the
+/// snapshot record) and a report. `prev` is the same database's manifest from the
+/// previous snapshot: its chunk sizes are kept so boundaries stay put, and its chunks
+/// whose text is unchanged are not compressed or uploaded again.
+pub fn freeze_database(
+    repo: &Repository,
+    url: &PgUrl,
+    prev: Option<&PgManifest>,
+    opts: &DumpOptions,
+    progress: &Progress,
+) -> Result<(Descriptor, DbReport)> {
+    let started = Instant::now();
+    let rt = crate::sys::runtime()?;
+    progress.set_label(format!("dumping {}", url.database));
+
+    // The snapshot, held open by this connection until every reader is done.
+    let leader = rt.block_on(url.connect())?;
+    let what = |s: &str| format!("{s} on {url}");
+    let q = |sql: &'static str, w: &'static str| {
+        let leader = &leader;
+        async move {
+            leader
+                .simple_query(sql)
+                .await
+                .map_err(|e| pg_error(e, &what(w)))
+        }
+    };
+    rt.block_on(q(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        "starting the dump's transaction",
+    ))?;
+    let snapshot = rt
+        .block_on(leader.query_one("SELECT pg_export_snapshot(), current_setting('server_version'), current_setting('server_version_num')::int", &[]))
+        .map_err(|e| pg_error(e, &what("exporting a snapshot")))?;
+    let (snap, server_version, server_num): (String, String, i32) =
+        (snapshot.get(0), snapshot.get(1), snapshot.get(2));
+    let at = rfc3339(std::time::SystemTime::now());
+    let mut tables = rt.block_on(list_tables(&leader, url))?;
+    let extensions = rt.block_on(list_extensions(&leader, url))?;
+    // Tables locked against DDL (as pg_dump does) while their rows are read; a table
+    // changed between the snapshot and the lock is caught by [`changed_since`].
+    if !tables.is_empty() {
+        let names: Vec<String> = tables.iter().map(|t| t.entry.qualified()).collect();
+        rt.block_on(leader.batch_execute(&format!(
+            "SET LOCAL lock_timeout = '{}s'; LOCK TABLE {} IN ACCESS SHARE MODE",
+            opts.lock_wait_timeout,
+            names.join(", ")
+        )))
+        .map_err(|e| {
+            pg_error(e, &what("locking the tables against schema changes")).with_hint(
+                "a schema change (migration, deploy) held its lock too long; run the freeze again when it is done",
+            )
+        })?;
+        let changed = rt.block_on(changed_since(url, &leader))?;
+        if !changed.is_empty() {
+            return Err(Error::conflict(format!(
+                "the schema of {url} changed while the dump started ({}); nothing was recorded",
+                changed.join(", ")
+            ))
+            .with_hint(
+                "run the freeze again when no schema change (deploy, migration) is running",
+            ));
+        }
+    }
+    let sequences = rt.block_on(sequence_values(&leader, url))?;
+
+    let tool = PgDump::find(server_num)?;
+    let pre_data = tool.run(url, &snap, "pre-data")?;
+    let post_data = tool.run(url, &snap, "post-data")?;
+
+    for t in &mut tables {
+        let old = prev
+            .and_then(|p| {
+                p.tables
+                    .iter()
+                    .find(|o| o.schema == t.entry.schema && o.name == t.entry.name)
+            })
+            .filter(|o| o.chunking == t.entry.chunking)
+            .map(|o| o.chunk_bits);
+        let rows = (t.bytes / 100).max(1);
+        let row_bytes = (t.bytes / rows).max(16);
+        let ideal = ((opts.chunk_bytes / row_bytes).max(1) as f64)
+            .log2()
+            .round() as u32;
+        let ideal = ideal.min(24);
+        t.entry.chunk_bits = match old {
+            Some(b) if b.abs_diff(ideal) <= 2 => b,
+            _ => ideal,
+        };
+    }
+
+    let reuse: HashMap<Digest, (Digest, u64)> = prev
+        .iter()
+        .flat_map(|m| &m.tables)
+        .flat_map(|t| &t.chunks)
+        .filter_map(|c| Some((c.sql_digest.clone()?, (c.digest.clone(), c.size))))
+        .collect();
+    let stored: Mutex<Vec<(usize, u32, Chunk)>> = Mutex::new(Vec::new());
+    let upload_error: Mutex<Option<Error>> = Mutex::new(None);
+    let (tx, rx) = tokio::sync::mpsc::channel::<ChunkOut>(opts.jobs.max(1) * 2);
+    let rx = Mutex::new(rx);
+    let sums = std::thread::scope(|s| {
+        // Compression and upload on plain threads: the store has its own runtime, which
+        // must not be entered from this one's workers.
+        for _ in 0..opts.jobs.max(1) {
+            s.spawn(|| loop {
+                let Some(c) = rx.lock().unwrap().blocking_recv() else {
+                    break;
+                };
+                if upload_error.lock().unwrap().is_some() {
+                    continue;
+                }
+                let sql_digest = Digest::of(&c.sql);
+                match store_chunk(repo, &c.sql, &sql_digest, &reuse) {
+                    Ok((digest, size)) => {
+                        progress.add_done(c.sql.len() as u64);
+                        stored.lock().unwrap().push((
+                            c.table,
+                            c.seq,
+                            Chunk {
+                                digest,
+                                size,
+                                rows: c.rows,
+                                sql_bytes: c.sql.len() as u64,
+                                sql_digest: Some(sql_digest),
+                            },
+                        ));
+                    }
+                    Err(e) => *upload_error.lock().unwrap() = Some(e),
+                }
+            });
+        }
+        rt.block_on(read_tables(
+            url,
+            &snap,
+            &tables,
+            opts.jobs.max(1),
+            tx,
+            progress,
+        ))
+    })?;
+    if let Some(e) = upload_error.into_inner().unwrap() {
+        return Err(e);
+    }
+    rt.block_on(leader.batch_execute("COMMIT"))
+        .map_err(|e| pg_error(e, &what("ending the dump's transaction")))?;
+
+    let put_sql = |text: &str| -> Result<FileRef> {
+        let z = zstd::bulk::compress(text.as_bytes(), 3)
+            .map_err(|e| Error::io("compressing a schema file", e))?;
+        let (digest, size) = repo.put_blob(&z)?;
+        Ok(FileRef { digest, size })
+    };
+    let mut by_table: Vec<Vec<(u32, Chunk)>> = vec![Vec::new(); tables.len()];
+    for (t, seq, c) in stored.into_inner().unwrap() {
+        by_table[t].push((seq, c));
+    }
+    let mut entries = Vec::new();
+    for ((t, mut list), sum) in tables.into_iter().zip(by_table).zip(sums) {
+        list.sort_by_key(|(seq, _)| *seq);
+        let mut e = t.entry;
+        e.rows = sum.rows;
+        e.checksum = sum.hex();
+        e.chunks = list.into_iter().map(|(_, c)| c).collect();
+        entries.push(e);
+    }
+    let manifest = PgManifest {
+        format: super::PG_FORMAT_VERSION,
+        database: url.database.clone(),
+        server_version,
+        pg_dump: tool.version.clone(),
+        snapshot: snap,
+        at,
+        pre_data: put_sql(&pre_data)?,
+        sequences: put_sql(&sequences)?,
+        post_data: put_sql(&post_data)?,
+        extensions,
+        tables: entries,
+    };
+    let layers = image_layers(&manifest);
+    let rows: u64 = manifest.tables.iter().map(|t| t.rows).sum();
+    let chunks: usize = manifest.tables.iter().map(|t| t.chunks.len()).sum();
+    let sql_bytes: u64 = manifest
+        .tables
+        .iter()
+        .flat_map(|t| &t.chunks)
+        .map(|c| c.sql_bytes)
+        .sum();
+    let stored_bytes: u64 = layers.iter().map(|l| l.size).sum();
+    let (cd, cs) = repo.put_blob(&to_json(&manifest))?;
+    let mut ann = Annotations::new();
+    ann.insert(A_DB_NAME.into(), manifest.database.clone());
+    ann.insert(A_TITLE.into(), manifest.database.clone());
+    let image = ImageManifest {
+        schema_version: 2,
+        media_type: MT_MANIFEST.into(),
+        config: Descriptor::new(MT_PG_CONFIG, cd, cs),
+        layers,
+        annotations: ann,
+    };
+    let (md, ms) = repo.put_blob(&to_json(&image))?;
+    let mut desc = Descriptor::new(MT_MANIFEST, md, ms);
+    let a = &mut desc.annotations;
+    a.insert(A_DB_NAME.into(), manifest.database.clone());
+    a.insert(A_DB_TABLES.into(), manifest.tables.len().to_string());
+    a.insert(A_DB_ROWS.into(), rows.to_string());
+    a.insert(A_REF_NAME.into(), format!("db-{}", manifest.database));
+    let report = DbReport {
+        database: manifest.database.clone(),
+        url: url.to_string(),
+        tables: manifest.tables.len(),
+        rows,
+        chunks,
+        sql_bytes,
+        stored_bytes,
+        lock_ms: 0,
+        consistency: "exported-snapshot".into(),
+        seconds: started.elapsed().as_secs_f64(),
+        warnings: vec![],
+    };
+    Ok((desc, report))
+}
+
+/// The image's layers: every file of the dump in load order.
+fn image_layers(m: &PgManifest) -> Vec<Descriptor> {
+    let layer = |f: &FileRef, part: &str, title: String, table: Option<String>| {
+        let mut d = Descriptor::new(MT_SQL_ZSTD, f.digest.clone(), f.size);
+        d.annotations.insert(A_SQL_PART.into(), part.into());
+        d.annotations.insert(A_TITLE.into(), title);
+        if let Some(t) = table {
+            d.annotations.insert(A_SQL_TABLE.into(), t);
+        }
+        d
+    };
+    let mut layers = vec![layer(&m.pre_data, "pre-data", "pre-data.sql".into(), None)];
+    for t in &m.tables {
+        let name = format!("{}.{}", t.schema, t.name);
+        for (n, c) in t.chunks.iter().enumerate() {
+            let f = FileRef {
+                digest: c.digest.clone(),
+                size: c.size,
+            };
+            layers.push(layer(
+                &f,
+                "data",
+                format!("data/{name}/{n:05}.sql"),
+                Some(name.clone()),
+            ));
+        }
+    }
+    layers.push(layer(
+        &m.sequences,
+        "sequences",
+        "sequences.sql".into(),
+        None,
+    ));
+    layers.push(layer(
+        &m.post_data,
+        "post-data",
+        "post-data.sql".into(),
+        None,
+    ));
+    layers
+}
+
+/// The database's own tables (not the system's, not those of extensions), with their
+/// columns, primary key and an estimate of their size.
+async fn list_tables(c: &tokio_postgres::Client, url: &PgUrl) -> Result<Vec<Table>> {
+    let rows = c
+        .query(
+            "SELECT n.nspname::text, c.relname::text, c.oid::int8, \
+                 greatest(pg_relation_size(c.oid), 0)::int8 \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                               AND d.objid = c.oid AND d.deptype = 'e') \
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(|e| pg_error(e, &format!("listing the tables of {url}")))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (schema, name, oid, bytes): (String, String, i64, i64) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let oid = oid as u32;
+        let columns: Vec<String> = c
+            .query(
+                "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::oid AND attnum > 0 \
+                 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| pg_error(e, &format!("reading the columns of {schema}.{name}")))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let key: Vec<String> = c
+            .query(
+                "SELECT a.attname::text FROM pg_index i \
+                 CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                 WHERE i.indrelid = $1::oid AND i.indisprimary ORDER BY k.ord",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| pg_error(e, &format!("reading the key of {schema}.{name}")))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        // A key column that is not dumped (generated) cannot place rows.
+        let key = if key.iter().all(|k| columns.contains(k)) {
+            key
+        } else {
+            vec![]
+        };
+        out.push(Table {
+            entry: PgTable {
+                schema,
+                name,
+                chunking: if key.is_empty() {
+                    "row-hash"
+                } else {
+                    "key-hash"
+                }
+                .into(),
+                columns,
+                key,
+                chunk_bits: 0,
+                rows: 0,
+                checksum: String::new(),
+                chunks: vec![],
+            },
+            bytes: bytes as u64,
+        });
+    }
+    Ok(out)
+}
+
+async fn list_extensions(c: &tokio_postgres::Client, url: &PgUrl) -> Result<Vec<(String, String)>> {
+    Ok(c.query(
+        "SELECT extname::text, extversion FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1",
+        &[],
+    )
+    .await
+    .map_err(|e| pg_error(e, &format!("listing the extensions of {url}")))?
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect())
+}
+
+/// Tables whose definition changed after the snapshot (their catalog row was rewritten
+/// by a committed ALTER, or they were dropped or created), read outside the snapshot
+/// once the tables are locked: such a change would make the schema and the rows
+/// disagree.
+async fn changed_since(url: &PgUrl, leader: &tokio_postgres::Client) -> Result<Vec<String>> {
+    let then = catalog_rows(leader, url).await?;
+    let now_conn = url.connect().await?;
+    let now = catalog_rows(&now_conn, url).await?;
+    let name = |s: &String| s.rsplit_once(' ').map_or(s.clone(), |(n, _)| n.to_string());
+    let mut changed: Vec<String> = then
+        .iter()
+        .filter(|s| !now.contains(s))
+        .chain(now.iter().filter(|s| !then.contains(s)))
+        .map(name)
+        .collect();
+    changed.sort();
+    changed.dedup();
+    Ok(changed)
+}
+
+async fn catalog_rows(c: &tokio_postgres::Client, url: &PgUrl) -> Result<Vec<String>> {
+    const CATALOG: &str = "SELECT n.nspname || '.' || c.relname || ' ' || c.xmin::text \
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+        WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S') \
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+          AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' ORDER BY 1";
+    Ok(c.query(CATALOG, &[])
+        .await
+        .map_err(|e| pg_error(e, &format!("reading the catalog of {url}")))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// `sequences.sql`: each sequence's value as the snapshot has it, set with `setval`.
+async fn sequence_values(c: &tokio_postgres::Client, url: &PgUrl) -> Result<String> {
+    let seqs = c
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'S' \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                               AND d.objid = c.oid AND d.deptype = 'e') ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(|e| pg_error(e, &format!("listing the sequences of {url}")))?;
+    let mut out = String::from("-- freezer: sequence values\nSET search_path = pg_catalog;\n");
+    for s in seqs {
+        let (schema, name): (String, String) = (s.get(0), s.get(1));
+        let q = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
+        let r = c
+            .query_one(&format!("SELECT last_value, is_called FROM {q}"), &[])
+            .await
+            .map_err(|e| pg_error(e, &format!("reading sequence {schema}.{name}")))?;
+        let (value, called): (i64, bool) = (r.get(0), r.get(1));
+        out.push_str(&format!(
+            "SELECT pg_catalog.setval({}, {value}, {called});\n",
+            quote_literal(&q)
+        ));
+    }
+    Ok(out)
+}
+
+/// Reads every table's rows over `jobs` connections sharing the snapshot, largest table
+/// first; sends the chunks to `tx`. Returns each table's row sum.
+async fn read_tables(
+    url: &PgUrl,
+    snapshot: &str,
+    tables: &[Table],
+    jobs: usize,
+    tx: tokio::sync::mpsc::Sender<ChunkOut>,
+    progress: &Progress,
+) -> Result<Vec<RowSum>> {
+    let mut order: Vec<usize> = (0..tables.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(tables[i].bytes));
+    let queue = Mutex::new(order.into_iter().collect::<VecDeque<_>>());
+    let sums = Mutex::new(vec![RowSum::default(); tables.len()]);
+    let results = futures::future::join_all((0..jobs.min(tables.len().max(1))).map(|_| async {
+        let c = url.connect().await?;
+        c.batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(snapshot)
+        ))
+        .await
+        .map_err(|e| pg_error(e, &format!("joining the dump's snapshot on {url}")))?;
+        loop {
+            let Some(i) = queue.lock().unwrap().pop_front() else {
+                break;
+            };
+            progress.check(|| format!("dumping {}", tables[i].entry.qualified()))?;
+            let sum = read_table(&c, i, &tables[i].entry, &tx).await?;
+            sums.lock().unwrap()[i] = sum;
+        }
+        c.batch_execute("COMMIT")
+            .await
+            .map_err(|e| pg_error(e, "ending a reader's transaction"))?;
+        Ok::<(), Error>(())
+    }))
+    .await;
+    drop(tx);
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(sums.into_inner().unwrap())
+}
+
+/// One table's rows in key order, cut into chunks: a chunk ends after a row whose key's
+/// text (the row's, without a key) hashes (XXH3-64) to a value whose low `chunk_bits`
+/// bits are zero.
+async fn read_table(
+    c: &tokio_postgres::Client,
+    index: usize,
+    t: &PgTable,
+    tx: &tokio::sync::mpsc::Sender<ChunkOut>,
+) -> Result<RowSum> {
+    let what = || format!("dumping table {}", t.qualified());
+    let order = if t.key.is_empty() {
+        String::new()
+    } else {
+        let k: Vec<String> = t.key.iter().map(|k| quote_ident(k)).collect();
+        format!(" ORDER BY {}", k.join(", "))
+    };
+    let sql = format!(
+        "COPY (SELECT {} FROM ONLY {}{order}) TO STDOUT",
+        t.column_list(),
+        t.qualified()
+    );
+    let stream = c
+        .copy_out(sql.as_str())
+        .await
+        .map_err(|e| pg_error(e, &what()))?;
+    futures::pin_mut!(stream);
+    let key_fields: Vec<usize> = t
+        .key
+        .iter()
+        .filter_map(|k| t.columns.iter().position(|c| c == k))
+        .collect();
+    let mask = (1u64 << t.chunk_bits) - 1;
+    let header = format!("COPY {} ({}) FROM stdin;\n", t.qualified(), t.column_list());
+    let mut sum = RowSum::default();
+    let mut chunk = header.clone().into_bytes();
+    let mut rows = 0u64;
+    let mut seq = 0u32;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut key_text: Vec<u8> = Vec::new();
+    let emit = |chunk: &mut Vec<u8>, rows: &mut u64, seq: &mut u32| {
+        let mut sql = std::mem::replace(chunk, header.clone().into_bytes());
+        sql.extend_from_slice(b"\\.\n");
+        let out = ChunkOut {
+            table: index,
+            seq: *seq,
+            sql,
+            rows: *rows,
+        };
+        *seq += 1;
+        *rows = 0;
+        out
+    };
+    while let Some(bytes) = stream.next().await {
+        let bytes = bytes.map_err(|e| pg_error(e, &what()))?;
+        pending.extend_from_slice(&bytes);
+        let mut start = 0;
+        while let Some(nl) = memchr::memchr(b'\n', &pending[start..]) {
+            let line = &pending[start..start + nl];
+            start += nl + 1;
+            sum.add_row(line);
+            chunk.extend_from_slice(line);
+            chunk.push(b'\n');
+            rows += 1;
+            let h = if key_fields.is_empty() {
+                twox_hash::XxHash3_64::oneshot(line)
+            } else {
+                key_text.clear();
+                for (n, f) in line.split(|&b| b == b'\t').enumerate() {
+                    if key_fields.contains(&n) {
+                        key_text.extend_from_slice(f);
+                        key_text.push(b'\t');
+                    }
+                }
+                twox_hash::XxHash3_64::oneshot(&key_text)
+            };
+            if h & mask == 0 {
+                let out = emit(&mut chunk, &mut rows, &mut seq);
+                tx.send(out).await.map_err(|_| uploads_stopped())?;
+            }
+        }
+        pending.drain(..start);
+    }
+    if !pending.is_empty() {
+        return Err(Error::other(format!(
+            "{}: the server's COPY output ended in the middle of a row",
+            what()
+        )));
+    }
+    if rows > 0 {
+        let out = emit(&mut chunk, &mut rows, &mut seq);
+        tx.send(out).await.map_err(|_| uploads_stopped())?;
+    }
+    Ok(sum)
+}
+
+fn uploads_stopped() -> Error {
+    Error::new(ErrorKind::Other, "the chunk uploads stopped")
+}
+
+/// The stock `pg_dump` that writes the schema files: of the server's major version or
+/// newer (an older one refuses a newer server).
+struct PgDump {
+    path: std::path::PathBuf,
+    version: String,
+}
+
+impl PgDump {
+    fn find(server_num: i32) -> Result<PgDump> {
+        let major = server_num / 10000;
+        let mut candidates: Vec<(i32, std::path::PathBuf)> =
+            std::fs::read_dir("/usr/lib/postgresql")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| {
+                    let v: i32 = e.file_name().to_str()?.parse().ok()?;
+                    let p = e.path().join("bin/pg_dump");
+                    p.is_file().then_some((v, p))
+                })
+                .filter(|(v, _)| *v >= major)
+                .collect();
+        candidates.sort();
+        let path = candidates
+            .first()
+            .map(|(_, p)| p.clone())
+            .unwrap_or_else(|| "pg_dump".into());
+        let out = std::process::Command::new(&path).arg("--version").output();
+        let version = match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            _ => {
+                return Err(Error::not_found(format!(
+                    "no pg_dump of PostgreSQL {major} or newer on this machine (the schema is dumped with it)"
+                ))
+                .with_hint(format!("install the PostgreSQL {major} client tools (Debian: postgresql-client-{major})")))
+            }
+        };
+        // "pg_dump (PostgreSQL) 15.18 (Debian …)": its major version.
+        let found: i32 = version
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.split('.').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if found < major {
+            return Err(Error::usage(format!(
+                "{} is {version}, older than the server (PostgreSQL {major}), which it cannot dump",
+                path.display()
+            ))
+            .with_hint(format!(
+                "install the PostgreSQL {major} client tools (Debian: postgresql-client-{major})"
+            )));
+        }
+        Ok(PgDump { path, version })
+    }
+
+    /// One section of the schema, as of the exported snapshot, without owners and
+    /// privileges. psql's `\restrict` lines (a random key each run) are left out, so an
+    /// unchanged schema gives the same file; the file holds no other meta-command.
+    fn run(&self, url: &PgUrl, snapshot: &str, section: &str) -> Result<String> {
+        let mut cmd = std::process::Command::new(&self.path);
+        cmd.args([
+            "--schema-only",
+            "--no-owner",
+            "--no-privileges",
+            "--quote-all-identifiers",
+        ])
+        .arg(format!("--section={section}"))
+        .arg(format!("--snapshot={snapshot}"))
+        .args([
+            "-h",
+            &url.host,
+            "-p",
+            &url.port.to_string(),
+            "-U",
+            &url.user,
+            "-d",
+        ])
+        .arg(&url.database)
+        .env("PGAPPNAME", "freezer")
+        .env("PGCONNECT_TIMEOUT", "30")
+        .stdin(std::process::Stdio::null());
+        match url.password() {
+            Some(p) => cmd.env("PGPASSWORD", p),
+            None => cmd.env_remove("PGPASSWORD"),
+        };
+        let out = cmd
+            .output()
+            .map_err(|e| Error::io(format!("running {}", self.path.display()), e))?;
+        if !out.status.success() {
+            return Err(Error::other(format!(
+                "pg_dump --section={section} of {url} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let text = String::from_utf8(out.stdout)
+            .map_err(|_| Error::other(format!("pg_dump of {url} wrote text that is not UTF-8")))?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
+            .map(|l| format!("{l}\n"))
+            .collect())
+    }
+}

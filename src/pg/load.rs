@@ -1,0 +1,387 @@
+//! Loading a PostgreSQL dump: into a new (or, with `--replace`, recreated) database,
+//! schema before the rows, constraints and indexes after them, then every table read
+//! back and compared with the snapshot's row count and checksum.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use futures::{SinkExt, StreamExt};
+
+use super::{pg_error, quote_ident, PgManifest, PgTable, PgUrl, MT_PG_CONFIG, PG_FORMAT_VERSION};
+use crate::db::load::{LoadOptions, LoadReport};
+use crate::db::sql::RowSum;
+use crate::db::FileRef;
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::*;
+use crate::progress::Progress;
+use crate::repo::Repository;
+
+/// Reads a PostgreSQL database image's manifest and config. Cheap: no chunk is read.
+pub fn read_manifest(repo: &Repository, digest: &Digest) -> Result<PgManifest> {
+    let image: ImageManifest = from_json(&repo.read_blob(digest)?, &digest.key())?;
+    if image.config.media_type != MT_PG_CONFIG {
+        return Err(Error::integrity(format!(
+            "{} is not a PostgreSQL database image (config type {})",
+            digest.key(),
+            image.config.media_type
+        )));
+    }
+    let m: PgManifest = from_json(
+        &repo.read_blob(&image.config.digest)?,
+        &image.config.digest.key(),
+    )?;
+    if m.format != PG_FORMAT_VERSION {
+        return Err(Error::integrity(format!(
+            "PostgreSQL dump {} has format {}; this freezer reads format {PG_FORMAT_VERSION}",
+            image.config.digest.key(),
+            m.format
+        ))
+        .with_hint("use a freezer release that reads this format"));
+    }
+    Ok(m)
+}
+
+/// True when the image at `digest` is a PostgreSQL dump.
+pub fn is_pg_image(repo: &Repository, digest: &Digest) -> Result<bool> {
+    let image: ImageManifest = from_json(&repo.read_blob(digest)?, &digest.key())?;
+    Ok(image.config.media_type == MT_PG_CONFIG)
+}
+
+/// A dump with every file read, checked against its digest and decompressed: nothing
+/// at the target is touched before the whole dump is known to be good.
+pub struct PreparedPg {
+    pub manifest: PgManifest,
+    files: HashMap<Digest, Vec<u8>>,
+}
+
+impl PreparedPg {
+    fn text(&self, f: &FileRef) -> &[u8] {
+        &self.files[&f.digest]
+    }
+}
+
+pub fn fetch(repo: &Repository, manifest: PgManifest, progress: &Progress) -> Result<PreparedPg> {
+    let mut refs = vec![
+        manifest.pre_data.clone(),
+        manifest.sequences.clone(),
+        manifest.post_data.clone(),
+    ];
+    for t in &manifest.tables {
+        refs.extend(t.chunks.iter().map(|c| FileRef {
+            digest: c.digest.clone(),
+            size: c.size,
+        }));
+    }
+    let mut files = HashMap::new();
+    for f in refs {
+        if files.contains_key(&f.digest) {
+            continue;
+        }
+        progress.set_label(format!("fetching {}", &f.digest.hex()[..12]));
+        let z = repo.read_blob(&f.digest)?;
+        let text = zstd::stream::decode_all(&z[..]).map_err(|e| {
+            Error::integrity(format!("{} is not a zstd stream: {e}", f.digest.key()))
+        })?;
+        files.insert(f.digest, text);
+    }
+    Ok(PreparedPg { manifest, files })
+}
+
+/// The pre-flight: the server answers, the user may create databases, and the target
+/// database is absent or empty (or `replace`). True when it holds objects that a load
+/// with `replace` drops.
+pub fn check_target(url: &PgUrl, replace: bool) -> Result<bool> {
+    let rt = crate::sys::runtime()?;
+    rt.block_on(async {
+        let objects = target_objects(url).await?;
+        match objects {
+            Some(n) if n > 0 && !replace => Err(Error::conflict(format!(
+                "database {} on {} exists and holds {n} objects",
+                url.database,
+                url.server()
+            ))
+            .with_hint("pass --replace to drop and recreate it, or load into another database")),
+            Some(n) => Ok(n > 0),
+            None => Ok(false),
+        }
+    })
+}
+
+/// How many tables, views, sequences and functions the target database holds; None
+/// when it does not exist.
+async fn target_objects(url: &PgUrl) -> Result<Option<i64>> {
+    let admin = url.with_database("postgres").connect().await?;
+    let exists = admin
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&url.database],
+        )
+        .await
+        .map_err(|e| pg_error(e, &format!("looking for database {}", url.database)))?
+        .is_some();
+    if !exists {
+        return Ok(None);
+    }
+    let c = url.connect().await?;
+    let n: i64 = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                       AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%') \
+                  + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+                     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))",
+            &[],
+        )
+        .await
+        .map_err(|e| pg_error(e, &format!("inspecting database {}", url.database)))?
+        .get(0);
+    Ok(Some(n))
+}
+
+/// Loads a prepared dump into the URL's database and verifies every table.
+pub fn load_database(
+    p: &PreparedPg,
+    url: &PgUrl,
+    opts: &LoadOptions,
+    progress: &Progress,
+) -> Result<LoadReport> {
+    let started = Instant::now();
+    let rt = crate::sys::runtime()?;
+    let m = &p.manifest;
+    let partly = |e: Error| {
+        let hint = format!(
+            "database {} on {} is partly loaded; run the same thaw with --replace to load it again",
+            url.database,
+            url.server()
+        );
+        if e.hint.is_none() {
+            e.with_hint(hint)
+        } else {
+            e
+        }
+    };
+    rt.block_on(async {
+        // A fresh database from template0: nothing the server's template1 holds.
+        let admin = url.with_database("postgres").connect().await?;
+        let db = quote_ident(&url.database);
+        let exists = target_objects(url).await?.is_some();
+        if exists {
+            if !opts.replace {
+                let n = target_objects(url).await?.unwrap_or(0);
+                if n > 0 {
+                    return Err(Error::conflict(format!(
+                        "database {} on {} holds {n} objects",
+                        url.database,
+                        url.server()
+                    ))
+                    .with_hint("pass --replace to drop and recreate it"));
+                }
+            }
+            admin
+                .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+                .await
+                .map_err(|e| pg_error(e, &format!("dropping database {}", url.database)))?;
+        }
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {db} TEMPLATE template0 ENCODING 'UTF8'"
+            ))
+            .await
+            .map_err(|e| pg_error(e, &format!("creating database {}", url.database)))?;
+        Ok::<(), Error>(())
+    })?;
+    let result = (|| {
+        progress.set_label(format!("loading the schema of {}", url.database));
+        let c = rt.block_on(url.connect())?;
+        run_script(rt, &c, p.text(&m.pre_data), "pre-data.sql", url)?;
+        let data_started = Instant::now();
+        let chunks = rt.block_on(load_chunks(p, url, opts.jobs.max(1), progress))?;
+        let data_seconds = data_started.elapsed().as_secs_f64();
+        run_script(rt, &c, p.text(&m.sequences), "sequences.sql", url)?;
+        let index_started = Instant::now();
+        progress.set_label(format!("building the indexes of {}", url.database));
+        run_script(rt, &c, p.text(&m.post_data), "post-data.sql", url)?;
+        let index_seconds = index_started.elapsed().as_secs_f64();
+        let verify_started = Instant::now();
+        progress.set_label(format!("verifying {}", url.database));
+        let problems = rt.block_on(verify(m, url, opts.jobs.max(1)))?;
+        if !problems.is_empty() {
+            return Err(Error::integrity(format!(
+                "database {} was loaded but does not match the snapshot: {}",
+                url.database,
+                problems.join("; ")
+            )));
+        }
+        Ok(LoadReport {
+            source: m.database.clone(),
+            target: url.to_string(),
+            tables: m.tables.len(),
+            rows: m.tables.iter().map(|t| t.rows).sum(),
+            chunks,
+            resumed_chunks: 0,
+            objects: 0,
+            accounts: vec![],
+            seconds: started.elapsed().as_secs_f64(),
+            data_seconds,
+            index_seconds,
+            verify_seconds: verify_started.elapsed().as_secs_f64(),
+            warnings: vec![],
+        })
+    })();
+    result.map_err(partly)
+}
+
+/// Runs one of the dump's SQL files (plain SQL: pg_dump's output holds no psql
+/// meta-command once its `\restrict` lines are left out).
+fn run_script(
+    rt: &tokio::runtime::Runtime,
+    c: &tokio_postgres::Client,
+    text: &[u8],
+    name: &str,
+    url: &PgUrl,
+) -> Result<()> {
+    let sql = std::str::from_utf8(text)
+        .map_err(|_| Error::integrity(format!("{name} of the dump is not UTF-8")))?;
+    rt.block_on(c.batch_execute(sql))
+        .map_err(|e| pg_error(e, &format!("running {name} in {url}")))
+}
+
+/// Loads every data chunk with `COPY … FROM STDIN` over `jobs` connections, largest
+/// table first; returns how many.
+async fn load_chunks(
+    p: &PreparedPg,
+    url: &PgUrl,
+    jobs: usize,
+    progress: &Progress,
+) -> Result<usize> {
+    let mut list: Vec<(&PgTable, &FileRef)> = Vec::new();
+    let refs: Vec<(&PgTable, FileRef)> = p
+        .manifest
+        .tables
+        .iter()
+        .flat_map(|t| {
+            t.chunks.iter().map(move |c| {
+                (
+                    t,
+                    FileRef {
+                        digest: c.digest.clone(),
+                        size: c.size,
+                    },
+                )
+            })
+        })
+        .collect();
+    for (t, f) in &refs {
+        list.push((t, f));
+    }
+    list.sort_by_key(|(t, _)| std::cmp::Reverse(t.rows));
+    let n = list.len();
+    let queue = Mutex::new(list.into_iter().collect::<VecDeque<_>>());
+    let results = futures::future::join_all((0..jobs.min(n.max(1))).map(|_| async {
+        let c = url.connect().await?;
+        loop {
+            let Some((t, f)) = queue.lock().unwrap().pop_front() else {
+                return Ok::<(), Error>(());
+            };
+            progress.check(|| format!("loading {}", t.qualified()))?;
+            let text = p.text(f);
+            let what = || {
+                format!(
+                    "loading a chunk of table {} ({})",
+                    t.qualified(),
+                    f.digest.key()
+                )
+            };
+            // "COPY … FROM stdin;\n" rows "\.\n"
+            let nl = memchr::memchr(b'\n', text)
+                .ok_or_else(|| Error::integrity(format!("{}: no COPY line", what())))?;
+            let statement = std::str::from_utf8(&text[..nl])
+                .map_err(|_| Error::integrity(format!("{}: not UTF-8", what())))?
+                .trim_end_matches(';');
+            let body = text[nl + 1..]
+                .strip_suffix(b"\\.\n")
+                .ok_or_else(|| Error::integrity(format!("{}: no end-of-data line", what())))?;
+            let sink = c
+                .copy_in::<_, bytes::Bytes>(statement)
+                .await
+                .map_err(|e| pg_error(e, &what()))?;
+            futures::pin_mut!(sink);
+            sink.send(bytes::Bytes::copy_from_slice(body))
+                .await
+                .map_err(|e| pg_error(e, &what()))?;
+            sink.finish().await.map_err(|e| pg_error(e, &what()))?;
+            progress.add_done(body.len() as u64);
+        }
+    }))
+    .await;
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(n)
+}
+
+/// Reads every table back (COPY's text, as the dump read it) and compares its row count
+/// and checksum with the snapshot's: the differences found.
+async fn verify(m: &PgManifest, url: &PgUrl, jobs: usize) -> Result<Vec<String>> {
+    let queue = Mutex::new(m.tables.iter().collect::<VecDeque<_>>());
+    let problems = Mutex::new(Vec::new());
+    let results = futures::future::join_all((0..jobs.min(m.tables.len().max(1))).map(|_| async {
+        let c = url.connect().await?;
+        loop {
+            let Some(t) = queue.lock().unwrap().pop_front() else {
+                return Ok::<(), Error>(());
+            };
+            let sum = table_sum(&c, t).await?;
+            if sum.rows != t.rows {
+                problems.lock().unwrap().push(format!(
+                    "table {} has {} rows, the snapshot has {}",
+                    t.qualified(),
+                    sum.rows,
+                    t.rows
+                ));
+            } else if sum.hex() != t.checksum {
+                problems.lock().unwrap().push(format!(
+                    "table {} has the right row count but different contents (checksum {} instead of {})",
+                    t.qualified(),
+                    sum.hex(),
+                    t.checksum
+                ));
+            }
+        }
+    }))
+    .await;
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(problems.into_inner().unwrap())
+}
+
+/// The checksum of a table as it is now, computed exactly as the dump computed it.
+pub async fn table_sum(c: &tokio_postgres::Client, t: &PgTable) -> Result<RowSum> {
+    let what = || format!("verifying table {}", t.qualified());
+    let sql = format!(
+        "COPY (SELECT {} FROM ONLY {}) TO STDOUT",
+        t.column_list(),
+        t.qualified()
+    );
+    let stream = c
+        .copy_out(sql.as_str())
+        .await
+        .map_err(|e| pg_error(e, &what()))?;
+    futures::pin_mut!(stream);
+    let mut sum = RowSum::default();
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(bytes) = stream.next().await {
+        pending.extend_from_slice(&bytes.map_err(|e| pg_error(e, &what()))?);
+        let mut start = 0;
+        while let Some(nl) = memchr::memchr(b'\n', &pending[start..]) {
+            sum.add_row(&pending[start..start + nl]);
+            start += nl + 1;
+        }
+        pending.drain(..start);
+    }
+    if !pending.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Other,
+            format!("{}: the COPY output ended in the middle of a row", what()),
+        ));
+    }
+    Ok(sum)
+}
