@@ -25,6 +25,9 @@ struct Table {
     entry: PgTable,
     /// Estimated bytes, to read the largest first.
     bytes: u64,
+    /// The average length of a row's COPY text over its first rows: chunks are sized by
+    /// it.
+    row_bytes: u64,
 }
 
 /// A chunk's SQL on its way to compression and upload.
@@ -99,7 +102,7 @@ pub fn freeze_database(
             ));
         }
     }
-    let sequences = rt.block_on(sequence_values(&leader, url))?;
+    let finish = rt.block_on(finish_sql(&leader, url))?;
 
     let tool = PgDump::find(server_num)?;
     let pre_data = tool.run(url, &snap, "pre-data")?;
@@ -114,8 +117,7 @@ pub fn freeze_database(
             })
             .filter(|o| o.chunking == t.entry.chunking)
             .map(|o| o.chunk_bits);
-        let rows = (t.bytes / 100).max(1);
-        let row_bytes = (t.bytes / rows).max(16);
+        let row_bytes = t.row_bytes.max(16);
         let ideal = ((opts.chunk_bytes / row_bytes).max(1) as f64)
             .log2()
             .round() as u32;
@@ -209,7 +211,7 @@ pub fn freeze_database(
         snapshot: snap,
         at,
         pre_data: put_sql(&pre_data)?,
-        sequences: put_sql(&sequences)?,
+        finish: put_sql(&finish)?,
         post_data: put_sql(&post_data)?,
         extensions,
         tables: entries,
@@ -286,17 +288,12 @@ fn image_layers(m: &PgManifest) -> Vec<Descriptor> {
         }
     }
     layers.push(layer(
-        &m.sequences,
-        "sequences",
-        "sequences.sql".into(),
-        None,
-    ));
-    layers.push(layer(
         &m.post_data,
         "post-data",
         "post-data.sql".into(),
         None,
     ));
+    layers.push(layer(&m.finish, "finish", "finish.sql".into(), None));
     layers
 }
 
@@ -353,7 +350,18 @@ async fn list_tables(c: &tokio_postgres::Client, url: &PgUrl) -> Result<Vec<Tabl
         } else {
             vec![]
         };
+        let sample = format!(
+            "SELECT coalesce(avg(octet_length(t::text)), 100)::int8 FROM (SELECT * FROM ONLY {}.{} LIMIT 1000) t",
+            quote_ident(&schema),
+            quote_ident(&name)
+        );
+        let row_bytes: i64 = c
+            .query_one(sample.as_str(), &[])
+            .await
+            .map_err(|e| pg_error(e, &format!("sampling the rows of {schema}.{name}")))?
+            .get(0);
         out.push(Table {
+            row_bytes: row_bytes as u64,
             entry: PgTable {
                 schema,
                 name,
@@ -422,8 +430,11 @@ async fn catalog_rows(c: &tokio_postgres::Client, url: &PgUrl) -> Result<Vec<Str
         .collect())
 }
 
-/// `sequences.sql`: each sequence's value as the snapshot has it, set with `setval`.
-async fn sequence_values(c: &tokio_postgres::Client, url: &PgUrl) -> Result<String> {
+/// `finish.sql`, loaded last: each sequence's value as the snapshot has it (`setval`),
+/// then the materialized views the source had populated, refreshed in the order they
+/// were created (one built on another comes after it), as pg_restore does after the
+/// indexes.
+async fn finish_sql(c: &tokio_postgres::Client, url: &PgUrl) -> Result<String> {
     let seqs = c
         .query(
             "SELECT n.nspname::text, c.relname::text FROM pg_class c \
@@ -435,7 +446,7 @@ async fn sequence_values(c: &tokio_postgres::Client, url: &PgUrl) -> Result<Stri
         )
         .await
         .map_err(|e| pg_error(e, &format!("listing the sequences of {url}")))?;
-    let mut out = String::from("-- freezer: sequence values\nSET search_path = pg_catalog;\n");
+    let mut out = String::from("SET search_path = pg_catalog;\n");
     for s in seqs {
         let (schema, name): (String, String) = (s.get(0), s.get(1));
         let q = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
@@ -447,6 +458,23 @@ async fn sequence_values(c: &tokio_postgres::Client, url: &PgUrl) -> Result<Stri
         out.push_str(&format!(
             "SELECT pg_catalog.setval({}, {value}, {called});\n",
             quote_literal(&q)
+        ));
+    }
+    let views = c
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'm' AND c.relispopulated ORDER BY c.oid",
+            &[],
+        )
+        .await
+        .map_err(|e| pg_error(e, &format!("listing the materialized views of {url}")))?;
+    for v in views {
+        let (schema, name): (String, String) = (v.get(0), v.get(1));
+        out.push_str(&format!(
+            "REFRESH MATERIALIZED VIEW {}.{};\n",
+            quote_ident(&schema),
+            quote_ident(&name)
         ));
     }
     Ok(out)

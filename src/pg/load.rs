@@ -64,7 +64,7 @@ impl PreparedPg {
 pub fn fetch(repo: &Repository, manifest: PgManifest, progress: &Progress) -> Result<PreparedPg> {
     let mut refs = vec![
         manifest.pre_data.clone(),
-        manifest.sequences.clone(),
+        manifest.finish.clone(),
         manifest.post_data.clone(),
     ];
     for t in &manifest.tables {
@@ -198,11 +198,11 @@ pub fn load_database(
         let data_started = Instant::now();
         let chunks = rt.block_on(load_chunks(p, url, opts.jobs.max(1), progress))?;
         let data_seconds = data_started.elapsed().as_secs_f64();
-        run_script(rt, &c, p.text(&m.sequences), "sequences.sql", url)?;
         let index_started = Instant::now();
         progress.set_label(format!("building the indexes of {}", url.database));
         run_script(rt, &c, p.text(&m.post_data), "post-data.sql", url)?;
         let index_seconds = index_started.elapsed().as_secs_f64();
+        run_script(rt, &c, p.text(&m.finish), "finish.sql", url)?;
         let verify_started = Instant::now();
         progress.set_label(format!("verifying {}", url.database));
         let problems = rt.block_on(verify(m, url, opts.jobs.max(1)))?;

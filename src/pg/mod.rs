@@ -4,8 +4,9 @@
 //! are zstd-compressed SQL files that stock `psql` runs, in load order: `pre-data.sql`
 //! (the stock `pg_dump --schema-only --section=pre-data`: types, functions, tables,
 //! sequences, views), the data chunks (`COPY … FROM stdin` blocks in COPY's text
-//! format), `sequences.sql` (their values), `post-data.sql` (`--section=post-data`:
-//! constraints, indexes, triggers, rules, built after the data).
+//! format), `post-data.sql` (`--section=post-data`: constraints, indexes, triggers,
+//! rules, built after the data), `finish.sql` (sequence values, materialized views
+//! refreshed).
 //!
 //! The dump reads one exported snapshot (`pg_export_snapshot()`) on every connection and
 //! in `pg_dump --snapshot`, so schema and rows are of one instant; the tables stay locked
@@ -37,8 +38,9 @@ pub struct PgManifest {
     pub snapshot: String,
     pub at: String,
     pub pre_data: FileRef,
-    pub sequences: FileRef,
     pub post_data: FileRef,
+    /// Sequence values and materialized view refreshes, run last.
+    pub finish: FileRef,
     /// Extensions of the source (name and version), created on load by pre-data.sql.
     pub extensions: Vec<(String, String)>,
     pub tables: Vec<PgTable>,

@@ -21,6 +21,7 @@ mod integrity;
 mod monitor;
 mod mount;
 mod podman;
+mod postgres;
 mod retention;
 mod roundtrip;
 mod store;
