@@ -153,3 +153,69 @@ impl Dump {
         }
     }
 }
+
+impl Dump {
+    /// The source database's name.
+    pub fn database(&self) -> &str {
+        match self {
+            Dump::Mysql(m) => &m.database,
+            Dump::Postgres(m) => &m.database,
+        }
+    }
+
+    /// Reads the dump of the database image at `digest`, of whichever kind.
+    pub fn read(repo: &crate::repo::Repository, digest: &Digest) -> crate::error::Result<Dump> {
+        if crate::pg::load::is_pg_image(repo, digest)? {
+            crate::pg::load::read_manifest(repo, digest).map(|m| Dump::Postgres(Box::new(m)))
+        } else {
+            load::read_manifest(repo, digest).map(|(_, m)| Dump::Mysql(Box::new(m)))
+        }
+    }
+
+    /// Every file of the dump, read and checked: nothing is loaded before all are good.
+    pub fn fetch(
+        &self,
+        repo: &crate::repo::Repository,
+        progress: &crate::progress::Progress,
+    ) -> crate::error::Result<Prepared> {
+        Ok(match self {
+            Dump::Mysql(m) => {
+                Prepared::Mysql(Box::new(load::fetch(repo, (**m).clone(), progress)?))
+            }
+            Dump::Postgres(m) => Prepared::Postgres(Box::new(crate::pg::load::fetch(
+                repo,
+                (**m).clone(),
+                progress,
+            )?)),
+        })
+    }
+}
+
+/// A dump read and checked, ready to load.
+pub enum Prepared {
+    Mysql(Box<load::PreparedDb>),
+    Postgres(Box<crate::pg::load::PreparedPg>),
+}
+
+impl Prepared {
+    /// Loads it into `url`'s database, which must be of the dump's kind.
+    pub fn load(
+        &self,
+        url: &DbUrl,
+        opts: &load::LoadOptions,
+        progress: &crate::progress::Progress,
+    ) -> crate::error::Result<load::LoadReport> {
+        match (self, url.postgres()) {
+            (Prepared::Postgres(p), Some(pg)) => {
+                crate::pg::load::load_database(p, pg, opts, progress)
+            }
+            (Prepared::Mysql(p), None) => load::load_database(p, url, opts, progress),
+            (Prepared::Postgres(_), None) => Err(crate::error::Error::usage(format!(
+                "a PostgreSQL dump cannot be loaded into {url}"
+            ))),
+            (Prepared::Mysql(_), Some(_)) => Err(crate::error::Error::usage(format!(
+                "a MySQL/MariaDB dump cannot be loaded into {url}"
+            ))),
+        }
+    }
+}

@@ -86,8 +86,9 @@ pub struct ContainerSpec {
     pub networks: BTreeMap<String, NetworkSpec>,
     /// Volumes and bind mounts, each stored as a tree of the snapshot.
     pub mounts: Vec<MountSpec>,
-    /// A MariaDB/MySQL container: the database its environment names
-    /// (`MARIADB_DATABASE`/`MYSQL_DATABASE`).
+    /// A database container: the database its environment names, as the official
+    /// images read it (MariaDB/MySQL: `MARIADB_DATABASE`/`MYSQL_DATABASE`; PostgreSQL:
+    /// `POSTGRES_DB`, else `POSTGRES_USER`, else `postgres`, when `POSTGRES_PASSWORD` is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
     /// The tree holding the container's writable layer (`--with-writable-layer`).
@@ -118,10 +119,39 @@ impl ContainerSpec {
         })
     }
 
-    /// The database endpoint of a MariaDB/MySQL container at `address`, with the
-    /// credentials from its environment: the application user if there is one, else root.
+    /// The database its environment names (see [`ContainerSpec::database`]).
+    fn database_name(&self) -> Option<String> {
+        let mysql = ["MARIADB_DATABASE", "MYSQL_DATABASE"]
+            .iter()
+            .find_map(|k| self.env(k))
+            .filter(|d| !d.is_empty());
+        mysql.or_else(|| {
+            self.env("POSTGRES_PASSWORD")?;
+            Some(
+                ["POSTGRES_DB", "POSTGRES_USER"]
+                    .iter()
+                    .find_map(|k| self.env(k))
+                    .filter(|d| !d.is_empty())
+                    .unwrap_or_else(|| "postgres".into()),
+            )
+        })
+    }
+
+    /// The database endpoint of a database container at `address`, with the
+    /// credentials from its environment: for MariaDB/MySQL the application user if there
+    /// is one, else root; for PostgreSQL `POSTGRES_USER` (default `postgres`).
     pub fn database_url(&self, address: &str) -> Option<DbUrl> {
         let db = self.database.as_ref()?;
+        if self.env("MARIADB_DATABASE").is_none() && self.env("MYSQL_DATABASE").is_none() {
+            let password = self.env("POSTGRES_PASSWORD")?;
+            let user = self
+                .env("POSTGRES_USER")
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| "postgres".into());
+            return Some(DbUrl::from_postgres(crate::pg::PgUrl::from_parts(
+                address, 5432, &user, &password, db,
+            )));
+        }
         let get = |suffix: &str| {
             self.env(&format!("MARIADB_{suffix}"))
                 .or_else(|| self.env(&format!("MYSQL_{suffix}")))
@@ -350,10 +380,7 @@ fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<Ca
             writable_layer: None,
             image_config,
         };
-        spec.database = ["MARIADB_DATABASE", "MYSQL_DATABASE"]
-            .iter()
-            .find_map(|k| spec.env(k))
-            .filter(|d| !d.is_empty());
+        spec.database = spec.database_name();
         containers.push(spec);
         ids.push(c.id);
         addresses.push(address);

@@ -175,7 +175,7 @@ pub fn plan_site(repo: &Repository, req: FreezeRequest) -> Result<FreezePlan> {
             databases = captured.databases()?;
             if databases.is_empty() {
                 return Err(Error::usage(format!(
-                    "Docker site {site} has no MariaDB or MySQL container (one whose environment names MARIADB_DATABASE or MYSQL_DATABASE) to dump"
+                    "Docker site {site} has no database container (MariaDB or MySQL whose environment names MARIADB_DATABASE or MYSQL_DATABASE, PostgreSQL with POSTGRES_PASSWORD) to dump"
                 ))
                 .with_hint("freeze it hydrated (--mode hydrated), or pass --db URL"));
             }

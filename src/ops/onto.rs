@@ -210,17 +210,22 @@ pub fn plan(
         captured: captured.clone(),
     };
     let mut trees = parts.trees;
+    let mut dumps = Vec::new();
+    for d in parts.dumps {
+        match d {
+            crate::db::Dump::Mysql(m) => dumps.push(*m),
+            crate::db::Dump::Postgres(m) => {
+                return Err(Error::usage(format!(
+                    "snapshot {}:{} holds PostgreSQL database {}; --onto loads MySQL and MariaDB dumps only, for now",
+                    snap.site, snap.id, m.database
+                ))
+                .with_hint("thaw the snapshot as a site of its own (--as NAME), or load the database with thaw --db postgres://…"))
+            }
+        }
+    }
     let mut scratch_of = Vec::new();
     for (spec, _, _) in &parts.specs {
-        let scratch = plan_service(
-            engine,
-            &mut plan,
-            spec,
-            &parts.dumps,
-            &mut trees,
-            opts,
-            &theirs,
-        )?;
+        let scratch = plan_service(engine, &mut plan, spec, &dumps, &mut trees, opts, &theirs)?;
         scratch_of.extend(scratch);
     }
     if !scratch_of.is_empty() {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::*;
-use crate::db::load::{load_database, LoadOptions, LoadReport};
+use crate::db::load::{LoadOptions, LoadReport};
 use crate::db::{DbUrl, Dump};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
@@ -442,13 +442,7 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
     // Every file of every dump is downloaded and verified before any target is touched.
     let mut prepared = Vec::new();
     for d in &plan.databases {
-        let p = match &d.manifest {
-            Dump::Mysql(m) => crate::db::load::fetch(repo, (**m).clone(), progress)
-                .map(|p| Prepared::Mysql(Box::new(p))),
-            Dump::Postgres(m) => crate::pg::load::fetch(repo, (**m).clone(), progress)
-                .map(|p| Prepared::Postgres(Box::new(p))),
-        };
-        prepared.push(p.map_err(|e| {
+        prepared.push(d.manifest.fetch(repo, progress).map_err(|e| {
             prefix(
                 e,
                 &format!(
@@ -512,14 +506,7 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
                 tables: d.tables.clone(),
                 ..opts.clone()
             };
-            let r = match (p, d.target.postgres()) {
-                (Prepared::Postgres(p), Some(pg)) => {
-                    crate::pg::load::load_database(p, pg, &opts, progress)
-                }
-                (Prepared::Mysql(p), _) => load_database(p, &d.target, &opts, progress),
-                (Prepared::Postgres(_), None) => unreachable!("refused by plan_thaw"),
-            }
-            .map_err(|e| {
+            let r = p.load(&d.target, &opts, progress).map_err(|e| {
                 prefix(
                     e,
                     &format!("loading database {} into {}", d.source, d.target),
@@ -594,12 +581,6 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
         removed_leftovers,
         hooks: vec![],
     })
-}
-
-/// A dump read and checked, ready to load.
-enum Prepared {
-    Mysql(Box<crate::db::load::PreparedDb>),
-    Postgres(Box<crate::pg::load::PreparedPg>),
 }
 
 /// Scratch directories beside a destination: a tree being restored, and the old

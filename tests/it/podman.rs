@@ -330,3 +330,104 @@ fn a_rootless_engine_is_refused_what_it_cannot_do_right() {
     assert!(stderr(&out).contains("owners"), "{}", stderr(&out));
     assert_gone(&r, &other);
 }
+
+/// A compose-like site with a PostgreSQL container (driven as the official image is:
+/// POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB), frozen dehydrated on Docker, thaws on
+/// Podman: a fresh PostgreSQL container there gets the dump, verified, and holds the
+/// same schema, rows and sequences; the site serves its page.
+#[test]
+fn a_postgres_site_frozen_dehydrated_on_docker_runs_on_podman() {
+    use crate::postgres::{facts_at, psql_at};
+    let (a, p) = (host_a(), host_p());
+    let repo = TestRepo::s3().init();
+    let name = unique("pmpg");
+    let port = free_port();
+    let site = start_site(&a, &name, &image(), port);
+    site.made(&p, &name);
+    let password = format!("pg/{}@x", unique("s"));
+    let pg_image = std::env::var("FREEZER_TEST_POSTGRES_IMAGE").expect("set by scripts/services");
+    #[rustfmt::skip]
+    docker(&a, &[
+        "run", "-d", "--name", &site.c("db"), "--label", &format!("com.docker.compose.project={name}"),
+        "--label", "com.docker.compose.service=db", "--network", &format!("{name}_default"),
+        "--network-alias", "db", "-v", &format!("{name}_db:/var/lib/postgresql/data"),
+        "-e", &format!("POSTGRES_PASSWORD={password}"), "-e", "POSTGRES_USER=app",
+        "-e", "POSTGRES_DB=shop", &pg_image,
+    ]);
+    let url = |host: &str| format!("postgres://app@{}:5432", address(host, &site.c("db")));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !psql_at(&url(&a), &password, "shop")
+        .args(["-c", "SELECT 1"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "PostgreSQL in {} did not start",
+            site.c("db")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pg-fixture.sql");
+    let out = psql_at(&url(&a), &password, "shop")
+        .arg("-f")
+        .arg(&fixture)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let facts = facts_at(&url(&a), &password, "shop");
+
+    let out = freezer_on(
+        &a,
+        &[
+            "freeze",
+            &name,
+            "--repo",
+            &repo.url,
+            "--mode",
+            "dehydrated",
+            "--json",
+        ],
+    );
+    let report = json(&out);
+    assert_eq!(report["databases"][0]["database"], "shop");
+    assert_eq!(report["databases"][0]["consistency"], "exported-snapshot");
+    let snap = report["snapshot"].as_str().unwrap().to_string();
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = two_hosts(dir.path());
+    let port_p = free_port();
+    let out = freezer_on(
+        "unix:///nonexistent/docker.sock",
+        &[
+            "thaw",
+            &format!("{name}:{snap}@p"),
+            "--repo",
+            &repo.url,
+            "--config",
+            &cfg,
+            "--publish",
+            &format!("{port}={port_p}"),
+            "--json",
+        ],
+    );
+    let report = json(&out);
+    assert_eq!(report["databases"][0]["source"], "shop");
+    for text in [
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr(&out),
+    ] {
+        assert!(
+            !text.contains(&password),
+            "the password was printed: {text}"
+        );
+    }
+    assert_eq!(facts_at(&url(&p), &password, "shop"), facts);
+    assert_eq!(http_get(port_p, "/index.html"), site.marker());
+}

@@ -59,6 +59,11 @@ impl Drop for PgDb {
 
 fn psql_cmd(db: &str) -> Command {
     let (url, pass) = server();
+    psql_at(&url, &pass, db)
+}
+
+/// psql on database `db` of the server at `url` (postgres://USER@HOST:PORT).
+pub fn psql_at(url: &str, pass: &str, db: &str) -> Command {
     let mut c = Command::new("psql");
     c.arg(format!("{url}/{db}"))
         .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
@@ -117,6 +122,20 @@ pub fn freezer_pg(args: &[&str]) -> Output {
 /// (count and an ordered digest of their text), every sequence's value.
 pub fn facts(db: &str) -> (String, Vec<String>) {
     let (url, pass) = server();
+    facts_at(&url, &pass, db)
+}
+
+/// [`facts`] of a database on the server at `url` (postgres://USER@HOST:PORT).
+pub fn facts_at(url: &str, pass: &str, db: &str) -> (String, Vec<String>) {
+    let psql = |sql: &str| {
+        let out = psql_at(url, pass, db).args(["-c", sql]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
     let out = Command::new("pg_dump")
         .arg(format!("{url}/{db}"))
         .args(["--schema-only", "--no-owner"])
@@ -135,7 +154,6 @@ pub fn facts(db: &str) -> (String, Vec<String>) {
         .collect();
     let mut data = Vec::new();
     let relations = psql(
-        db,
         "SELECT c.relkind::text || ' ' || format('%I.%I', n.nspname, c.relname) FROM pg_class c \
          JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'm', 'S') \
          AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1",
@@ -147,7 +165,7 @@ pub fn facts(db: &str) -> (String, Vec<String>) {
             "m" => format!("SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM {name} t"),
             _ => format!("SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM ONLY {name} t"),
         };
-        data.push(format!("{name}: {}", psql(db, &q)));
+        data.push(format!("{name}: {}", psql(&q)));
     }
     (schema, data)
 }

@@ -163,8 +163,8 @@ fn apply(
     };
     // 0. Every dump downloaded and verified before the engine is touched.
     let mut prepared = Vec::new();
-    for m in &plan.dumps {
-        prepared.push(crate::db::load::fetch(repo, m.clone(), progress)?);
+    for d in &plan.dumps {
+        prepared.push(d.fetch(repo, progress)?);
     }
     let loaded = load_images(repo, engine, plan, progress)?;
     create_networks(engine, plan, &track)?;
@@ -486,7 +486,7 @@ fn restore_writable_layers(
 fn load_databases(
     engine: &Engine,
     plan: &SitePlan,
-    prepared: &[crate::db::load::PreparedDb],
+    prepared: &[crate::db::Prepared],
     track: &Tracker,
 ) -> Result<Vec<crate::db::load::LoadReport>> {
     let mut db_reports = Vec::new();
@@ -514,7 +514,7 @@ fn load_databases(
             with_users: false,
             tables: None,
         };
-        let r = crate::db::load::load_database(p, &url, &opts, track.progress).map_err(|e| {
+        let r = p.load(&url, &opts, track.progress).map_err(|e| {
             crate::error::prefix(
                 e,
                 &format!(
@@ -621,11 +621,14 @@ pub(crate) fn wait_for_database(url: &crate::db::DbUrl, container: &str) -> Resu
     let rt = crate::sys::runtime()?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     loop {
-        match rt.block_on(url.connect()) {
-            Ok(c) => {
-                let _ = rt.block_on(c.disconnect());
-                return Ok(());
-            }
+        let tried = match url.postgres() {
+            Some(pg) => rt.block_on(pg.connect()).map(drop),
+            None => rt
+                .block_on(url.connect())
+                .map(|c| drop(rt.block_on(c.disconnect()))),
+        };
+        match tried {
+            Ok(()) => return Ok(()),
             Err(e) if std::time::Instant::now() > deadline => {
                 return Err(e.with_hint(format!(
                     "the database in container {container} did not accept connections within 5 minutes; `docker logs {container}` says why"

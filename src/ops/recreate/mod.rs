@@ -70,7 +70,7 @@ pub struct SitePlan {
     #[serde(skip)]
     specs: Vec<(ContainerSpec, ImageManifest, Digest)>,
     #[serde(skip)]
-    dumps: Vec<crate::db::DbManifest>,
+    dumps: Vec<crate::db::Dump>,
     #[serde(skip)]
     trees: HashMap<String, TreePlan>,
     #[serde(skip)]

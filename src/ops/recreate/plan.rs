@@ -18,7 +18,7 @@ use crate::tree::thaw::TreePlan;
 pub(crate) struct SnapshotParts {
     pub specs: Vec<(ContainerSpec, ImageManifest, Digest)>,
     pub trees: HashMap<String, TreePlan>,
-    pub dumps: Vec<crate::db::DbManifest>,
+    pub dumps: Vec<crate::db::Dump>,
 }
 
 /// Reads the snapshot's containers, trees and dumps.
@@ -33,9 +33,9 @@ pub(crate) fn read_parts(repo: &Repository, snap: &Snapshot) -> Result<SnapshotP
         let what = format!("snapshot {site}:{}", snap.id);
         let m = part.image();
         if let Part::Database { name: db, .. } = part {
-            let (_, manifest) = crate::db::load::read_manifest(repo, &m.digest)
+            let dump = crate::db::Dump::read(repo, &m.digest)
                 .map_err(|e| crate::error::prefix(e, &format!("{what} database {db}")))?;
-            parts.dumps.push(manifest);
+            parts.dumps.push(dump);
             continue;
         }
         let manifest: ImageManifest = from_json(&repo.read_blob(&m.digest)?, &m.digest.key())?;
@@ -196,14 +196,15 @@ pub fn plan(
     for step in &plan.databases {
         let i = dumps
             .iter()
-            .position(|d| d.database == step.database)
+            .position(|d| d.database() == step.database)
             .expect("matched above");
         ordered.push(dumps.remove(i));
     }
     if let Some(d) = dumps.first() {
         return Err(Error::usage(format!(
             "snapshot {site}:{} holds database {}, which no container of the site serves",
-            snap.id, d.database
+            snap.id,
+            d.database()
         ))
         .with_hint("freeze the site hydrated, or dump that database on its own with --db"));
     }
@@ -441,25 +442,25 @@ fn check_ports(engine: &Engine, spec: &ContainerSpec, existing: &[String]) -> Re
 fn plan_database(
     plan: &mut SitePlan,
     spec: &ContainerSpec,
-    dumps: &[crate::db::DbManifest],
+    dumps: &[crate::db::Dump],
 ) -> Result<()> {
     let Some(db) = &spec.database else {
         return Ok(());
     };
-    let Some(d) = dumps.iter().find(|d| &d.database == db) else {
+    let Some(d) = dumps.iter().find(|d| d.database() == db) else {
         return Ok(());
     };
     if spec.database_url("127.0.0.1").is_none() {
         return Err(Error::usage(format!(
-            "container {} holds database {db}, but its environment has no credentials (MARIADB_USER/MARIADB_PASSWORD or MARIADB_ROOT_PASSWORD) to load it with",
+            "container {} holds database {db}, but its environment has no credentials (MARIADB_USER/MARIADB_PASSWORD, MARIADB_ROOT_PASSWORD or POSTGRES_PASSWORD) to load it with",
             spec.name
         )));
     }
     plan.databases.push(DbStep {
         database: db.clone(),
         container: spec.name.clone(),
-        tables: d.tables.len(),
-        rows: d.tables.iter().map(|t| t.rows).sum(),
+        tables: d.tables(),
+        rows: d.rows(),
     });
     Ok(())
 }
