@@ -53,6 +53,8 @@ pub const A_TREE_EXCLUDES: &str = "dev.freezer.tree.excludes";
 pub const A_TREE_BYTES: &str = "dev.freezer.tree.bytes";
 /// The config media type of a database image (SPEC.md §7).
 pub const MT_DB_CONFIG: &str = "application/vnd.freezer.db.config.v1+json";
+/// The config of a PostgreSQL database image (SPEC.md §10.7).
+pub const MT_PG_CONFIG: &str = "application/vnd.freezer.pg.config.v1+json";
 /// Names the database a record's database image holds.
 pub const A_DB_NAME: &str = "dev.freezer.db.name";
 /// Names the container a record's container image holds.
@@ -374,9 +376,8 @@ pub fn image_blobs(manifest: &ImageManifest) -> (Vec<Descriptor>, Option<Error>)
     let mut blobs = vec![manifest.config.clone()];
     let mut err = None;
     // Database and container images have no tree index.
-    if manifest.config.media_type != MT_DB_CONFIG
-        && !manifest.annotations.contains_key(A_CONTAINER_NAME)
-    {
+    let database = [MT_DB_CONFIG, MT_PG_CONFIG].contains(&manifest.config.media_type.as_str());
+    if !database && !manifest.annotations.contains_key(A_CONTAINER_NAME) {
         match tree_index_digest(manifest) {
             Ok(d) => {
                 let size = manifest

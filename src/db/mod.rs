@@ -219,3 +219,40 @@ impl Prepared {
         }
     }
 }
+
+/// A table of a dump, of either kind, as listings and diffs show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableSummary {
+    /// The table's name; `schema.table` for PostgreSQL.
+    pub name: String,
+    pub rows: u64,
+    pub checksum: String,
+    pub chunks: Vec<Chunk>,
+}
+
+impl Dump {
+    pub fn table_summaries(&self) -> Vec<TableSummary> {
+        match self {
+            Dump::Mysql(m) => m
+                .tables
+                .iter()
+                .map(|t| TableSummary {
+                    name: t.name.clone(),
+                    rows: t.rows,
+                    checksum: t.checksum.clone(),
+                    chunks: t.chunks.clone(),
+                })
+                .collect(),
+            Dump::Postgres(m) => m
+                .tables
+                .iter()
+                .map(|t| TableSummary {
+                    name: format!("{}.{}", t.schema, t.name),
+                    rows: t.rows,
+                    checksum: t.checksum.clone(),
+                    chunks: t.chunks.clone(),
+                })
+                .collect(),
+        }
+    }
+}

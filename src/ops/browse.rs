@@ -109,11 +109,11 @@ pub fn ls(
                 });
             }
             Part::Database { name, image } if name == first && rest.is_empty() => {
-                let (_, m) = crate::db::load::read_manifest(repo, &image.digest)?;
+                let m = crate::db::Dump::read(repo, &image.digest)?;
                 return Ok(Listing::Database {
                     database: name.to_string(),
                     tables: m
-                        .tables
+                        .table_summaries()
                         .iter()
                         .map(|t| TableInfo {
                             name: t.name.clone(),
@@ -439,12 +439,15 @@ fn diff_db(
     a: Option<&Descriptor>,
     b: Option<&Descriptor>,
 ) -> Result<Vec<TableDiff>> {
-    let tables = |d: Option<&Descriptor>| -> Result<BTreeMap<String, crate::db::TableEntry>> {
+    let tables = |d: Option<&Descriptor>| -> Result<BTreeMap<String, crate::db::TableSummary>> {
         let Some(d) = d else {
             return Ok(BTreeMap::new());
         };
-        let (_, m) = crate::db::load::read_manifest(repo, &d.digest)?;
-        Ok(m.tables.into_iter().map(|t| (t.name.clone(), t)).collect())
+        let m = crate::db::Dump::read(repo, &d.digest)?;
+        Ok(m.table_summaries()
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect())
     };
     let (ta, tb) = (tables(a)?, tables(b)?);
     let mut names: Vec<&String> = ta.keys().chain(tb.keys()).collect();

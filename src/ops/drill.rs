@@ -404,7 +404,7 @@ pub fn drill_files(
                 "snapshot {}:{} holds database {db}; a drill loads it into a scratch database",
                 snapshot.site, snapshot.id
             ))
-            .with_hint("pass --db mysql://USER@HOST:PORT/PREFIX: databases are loaded as PREFIX_DB_<hex> and dropped afterwards")
+            .with_hint("pass --db mysql://USER@HOST:PORT/PREFIX (or postgres://…/PREFIX): databases are loaded as PREFIX_DB_<hex> and dropped afterwards")
         })?;
         let server = DbUrl::parse(raw)?;
         let name = format!(
@@ -469,6 +469,9 @@ pub fn drill_files(
 
 fn drop_database(url: &DbUrl) -> Result<()> {
     let rt = crate::sys::runtime()?;
+    if let Some(pg) = url.postgres() {
+        return rt.block_on(crate::pg::load::drop_database(pg));
+    }
     rt.block_on(async {
         let mut c = url.connect_server().await?;
         crate::db::conn::exec(

@@ -232,6 +232,18 @@ pub fn load_database(
     result.map_err(partly)
 }
 
+/// Drops the URL's database (a drill's scratch database), also while connected.
+pub async fn drop_database(url: &PgUrl) -> Result<()> {
+    let admin = url.with_database("postgres").connect().await?;
+    admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(&url.database)
+        ))
+        .await
+        .map_err(|e| pg_error(e, &format!("dropping database {}", url.database)))
+}
+
 /// Runs one of the dump's SQL files (plain SQL: pg_dump's output holds no psql
 /// meta-command once its `\restrict` lines are left out).
 fn run_script(

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::db::{Chunk, FileRef};
 use crate::error::{Error, ErrorKind, Result};
 
-pub const MT_PG_CONFIG: &str = "application/vnd.freezer.pg.config.v1+json";
+pub use crate::format::MT_PG_CONFIG;
 pub const PG_FORMAT_VERSION: u32 = 1;
 
 /// The config blob of a PostgreSQL database image: everything needed to load and verify it.

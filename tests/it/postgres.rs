@@ -227,6 +227,9 @@ fn round_trip(repo: &TestRepo) {
     ]);
     assert_ok(&out);
     assert_eq!(facts(&target.name), (schema_a, data_a));
+    // Every blob of the dump is known to the repository's own checks.
+    let out = freezer(&["verify", "--repo", &repo.url]);
+    assert_ok(&out);
 }
 
 /// Schemas, types, extensions, partitioned, inherited, unlogged and keyless tables,
@@ -410,4 +413,74 @@ fn a_freeze_during_transfers_keeps_the_total_exact() {
     let _ = transfers.kill();
     let _ = transfers.wait();
     let _ = writer.join();
+}
+
+/// Bad input gets a clear error, the right exit code, and no password on the screen.
+#[test]
+fn postgres_errors_say_what_failed() {
+    let repo = TestRepo::local().init();
+    let (url, pass) = server();
+    // Nothing listens there.
+    let out = freezer_pg(&[
+        "freeze",
+        "x",
+        "--repo",
+        &repo.url,
+        "--db",
+        "postgres://u:secret-pw@127.0.0.1:1/db",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("secret-pw"), "{}", stderr(&out));
+    // A wrong password.
+    let wrong = url.replacen("@", ":wrong-secret@", 1);
+    let out = freezer_env(
+        &[
+            "freeze",
+            "x",
+            "--repo",
+            &repo.url,
+            "--db",
+            &format!("{wrong}/postgres"),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("password"), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("wrong-secret") && !stderr(&out).contains(&pass),
+        "{}",
+        stderr(&out)
+    );
+    // A database that does not exist.
+    let out = freezer_pg(&[
+        "freeze",
+        "x",
+        "--repo",
+        &repo.url,
+        "--db",
+        &format!("{url}/no_such_db"),
+    ]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no_such_db"), "{}", stderr(&out));
+    // A PostgreSQL dump is not loaded into MySQL, and the other way round.
+    let db = PgDb::new("pgerr");
+    db.sql("CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    assert_ok(&freezer_pg(&[
+        "freeze",
+        "pgerr",
+        "--repo",
+        &repo.url,
+        "--db",
+        &db.url(),
+    ]));
+    let out = freezer_pg(&[
+        "thaw",
+        "pgerr",
+        "--repo",
+        &repo.url,
+        "--db",
+        "mysql://u@127.0.0.1/x",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("PostgreSQL dump"), "{}", stderr(&out));
 }
