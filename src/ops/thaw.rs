@@ -236,9 +236,9 @@ pub fn plan_thaw(
                 ))
                 .with_hint("load it with --db postgres://USER@HOST[:PORT]/DATABASE"));
             };
-            if tables.is_some() {
+            if tables.is_some() || db.with_users {
                 return Err(Error::usage(format!(
-                    "{what} is a PostgreSQL dump; --table selects tables of MySQL and MariaDB dumps only, for now"
+                    "{what} is a PostgreSQL dump; --table and --with-users apply to MySQL and MariaDB dumps only, for now"
                 )));
             }
             let replaces = crate::pg::load::check_target(pg, replace)?;

@@ -50,6 +50,12 @@ pub fn freeze_database(
     progress: &Progress,
 ) -> Result<(Descriptor, DbReport)> {
     let started = Instant::now();
+    if opts.with_users {
+        return Err(Error::usage(format!(
+            "--with-users stores the accounts of MySQL and MariaDB databases; {url} is PostgreSQL, whose roles freezer does not dump yet"
+        ))
+        .with_hint("freeze without --with-users (pg_dumpall --roles-only keeps the roles meanwhile)"));
+    }
     let rt = crate::sys::runtime()?;
     progress.set_label(format!("dumping {}", url.database));
 

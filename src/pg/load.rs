@@ -147,6 +147,12 @@ pub fn load_database(
     progress: &Progress,
 ) -> Result<LoadReport> {
     let started = Instant::now();
+    if opts.with_users {
+        return Err(Error::usage(format!(
+            "--with-users applies to MySQL and MariaDB dumps; {} is PostgreSQL, whose roles freezer does not dump yet",
+            p.manifest.database
+        )));
+    }
     let rt = crate::sys::runtime()?;
     let m = &p.manifest;
     let partly = |e: Error| {
