@@ -200,6 +200,57 @@ fn db_targets(
     Ok(out)
 }
 
+/// One database of the snapshot (`what` names it in errors) and where it goes: its dump,
+/// checked to suit the target (a PostgreSQL dump goes into PostgreSQL), and the target's
+/// pre-flight check.
+fn plan_database(
+    repo: &Repository,
+    what: &str,
+    digest: &Digest,
+    (source, target, tables): (String, DbUrl, Option<BTreeSet<String>>),
+    replace: bool,
+    with_users: bool,
+) -> Result<ThawDb> {
+    let (manifest, replaces) = if crate::pg::load::is_pg_image(repo, digest)? {
+        let m = crate::pg::load::read_manifest(repo, digest).map_err(|e| prefix(e, what))?;
+        let Some(pg) = target.postgres() else {
+            return Err(Error::usage(format!(
+                "{what} is a PostgreSQL dump; {target} is not a PostgreSQL database"
+            ))
+            .with_hint("load it with --db postgres://USER@HOST[:PORT]/DATABASE"));
+        };
+        if tables.is_some() || with_users {
+            return Err(Error::usage(format!(
+                "{what} is a PostgreSQL dump; --table and --with-users apply to MySQL and MariaDB dumps only, for now"
+            )));
+        }
+        let replaces = crate::pg::load::check_target(pg, replace)?;
+        (Dump::Postgres(Box::new(m)), replaces)
+    } else {
+        let (_, manifest) =
+            crate::db::load::read_manifest(repo, digest).map_err(|e| prefix(e, what))?;
+        if target.postgres().is_some() {
+            return Err(Error::usage(format!(
+                "{what} is a MySQL/MariaDB dump; {target} is a PostgreSQL database"
+            ))
+            .with_hint("load it with --db mysql://USER@HOST[:PORT]/DATABASE"));
+        }
+        let manifest = match &tables {
+            Some(t) => crate::db::select::restrict(&manifest, t)?,
+            None => manifest,
+        };
+        let replaces = crate::db::load::check_target(&target, &manifest, replace, tables.as_ref())?;
+        (Dump::Mysql(Box::new(manifest)), replaces)
+    };
+    Ok(ThawDb {
+        source,
+        target,
+        replaces,
+        tables,
+        manifest,
+    })
+}
+
 /// Resolves the snapshot, verifies manifests and indexes, checks every destination and the
 /// free space. Nothing is written.
 pub fn plan_thaw(
@@ -228,45 +279,14 @@ pub fn plan_thaw(
     {
         let tables = selected.as_ref().and_then(|s| s.get(&source).cloned());
         let what = format!("snapshot {site}:{} database {source}", snapshot.id);
-        let (manifest, replaces) = if crate::pg::load::is_pg_image(repo, &digest)? {
-            let m = crate::pg::load::read_manifest(repo, &digest).map_err(|e| prefix(e, &what))?;
-            let Some(pg) = target.postgres() else {
-                return Err(Error::usage(format!(
-                    "{what} is a PostgreSQL dump; {target} is not a PostgreSQL database"
-                ))
-                .with_hint("load it with --db postgres://USER@HOST[:PORT]/DATABASE"));
-            };
-            if tables.is_some() || db.with_users {
-                return Err(Error::usage(format!(
-                    "{what} is a PostgreSQL dump; --table and --with-users apply to MySQL and MariaDB dumps only, for now"
-                )));
-            }
-            let replaces = crate::pg::load::check_target(pg, replace)?;
-            (Dump::Postgres(Box::new(m)), replaces)
-        } else {
-            let (_, manifest) =
-                crate::db::load::read_manifest(repo, &digest).map_err(|e| prefix(e, &what))?;
-            if target.postgres().is_some() {
-                return Err(Error::usage(format!(
-                    "{what} is a MySQL/MariaDB dump; {target} is a PostgreSQL database"
-                ))
-                .with_hint("load it with --db mysql://USER@HOST[:PORT]/DATABASE"));
-            }
-            let manifest = match &tables {
-                Some(t) => crate::db::select::restrict(&manifest, t)?,
-                None => manifest,
-            };
-            let replaces =
-                crate::db::load::check_target(&target, &manifest, replace, tables.as_ref())?;
-            (Dump::Mysql(Box::new(manifest)), replaces)
-        };
-        databases.push(ThawDb {
-            source,
-            target,
-            replaces,
-            tables,
-            manifest,
-        });
+        databases.push(plan_database(
+            repo,
+            &what,
+            &digest,
+            (source, target, tables),
+            replace,
+            db.with_users,
+        )?);
     }
     let into = match into {
         Some(p) => Some(std::path::absolute(p).ctx(|| format!("resolving {}", p.display()))?),

@@ -30,6 +30,9 @@ struct Table {
     row_bytes: u64,
 }
 
+/// A stored chunk: (table, sequence number in the table, chunk).
+type StoredChunk = (usize, u32, Chunk);
+
 /// A chunk's SQL on its way to compression and upload.
 struct ChunkOut {
     table: usize,
@@ -58,63 +61,141 @@ pub fn freeze_database(
     }
     let rt = crate::sys::runtime()?;
     progress.set_label(format!("dumping {}", url.database));
+    let mut s = rt.block_on(Snapshot::take(url, opts.lock_wait_timeout))?;
+    let tool = PgDump::find(s.server_num)?;
+    let pre_data = tool.run(url, &s.id, "pre-data")?;
+    let post_data = tool.run(url, &s.id, "post-data")?;
+    set_chunk_bits(&mut s.tables, prev, opts.chunk_bytes);
+    let (sums, stored) = read_rows(rt, repo, url, &s, prev, opts.jobs.max(1), progress)?;
+    rt.block_on(s.leader.batch_execute("COMMIT"))
+        .map_err(|e| pg_error(e, &format!("ending the dump's transaction on {url}")))?;
 
-    // The snapshot, held open by this connection until every reader is done.
-    let leader = rt.block_on(url.connect())?;
-    let what = |s: &str| format!("{s} on {url}");
-    let q = |sql: &'static str, w: &'static str| {
-        let leader = &leader;
-        async move {
-            leader
-                .simple_query(sql)
-                .await
-                .map_err(|e| pg_error(e, &what(w)))
-        }
+    let put_sql = |text: &str| -> Result<FileRef> {
+        let z = zstd::bulk::compress(text.as_bytes(), 3)
+            .map_err(|e| Error::io("compressing a schema file", e))?;
+        let (digest, size) = repo.put_blob(&z)?;
+        Ok(FileRef { digest, size })
     };
-    rt.block_on(q(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-        "starting the dump's transaction",
-    ))?;
-    let snapshot = rt
-        .block_on(leader.query_one("SELECT pg_export_snapshot(), current_setting('server_version'), current_setting('server_version_num')::int", &[]))
-        .map_err(|e| pg_error(e, &what("exporting a snapshot")))?;
-    let (snap, server_version, server_num): (String, String, i32) =
-        (snapshot.get(0), snapshot.get(1), snapshot.get(2));
-    let at = rfc3339(std::time::SystemTime::now());
-    let mut tables = rt.block_on(list_tables(&leader, url))?;
-    let extensions = rt.block_on(list_extensions(&leader, url))?;
-    // Tables locked against DDL (as pg_dump does) while their rows are read; a table
-    // changed between the snapshot and the lock is caught by [`changed_since`].
-    if !tables.is_empty() {
-        let names: Vec<String> = tables.iter().map(|t| t.entry.qualified()).collect();
-        rt.block_on(leader.batch_execute(&format!(
-            "SET LOCAL lock_timeout = '{}s'; LOCK TABLE {} IN ACCESS SHARE MODE",
-            opts.lock_wait_timeout,
-            names.join(", ")
-        )))
-        .map_err(|e| {
-            pg_error(e, &what("locking the tables against schema changes")).with_hint(
-                "a schema change (migration, deploy) held its lock too long; run the freeze again when it is done",
-            )
-        })?;
-        let changed = rt.block_on(changed_since(url, &leader))?;
-        if !changed.is_empty() {
-            return Err(Error::conflict(format!(
-                "the schema of {url} changed while the dump started ({}); nothing was recorded",
-                changed.join(", ")
-            ))
-            .with_hint(
-                "run the freeze again when no schema change (deploy, migration) is running",
-            ));
-        }
+    let mut by_table: Vec<Vec<(u32, Chunk)>> = vec![Vec::new(); s.tables.len()];
+    for (t, seq, c) in stored {
+        by_table[t].push((seq, c));
     }
-    let finish = rt.block_on(finish_sql(&leader, url))?;
+    let mut entries = Vec::new();
+    for ((t, mut list), sum) in s.tables.into_iter().zip(by_table).zip(sums) {
+        list.sort_by_key(|(seq, _)| *seq);
+        let mut e = t.entry;
+        e.rows = sum.rows;
+        e.checksum = sum.hex();
+        e.chunks = list.into_iter().map(|(_, c)| c).collect();
+        entries.push(e);
+    }
+    let manifest = PgManifest {
+        format: super::PG_FORMAT_VERSION,
+        database: url.database.clone(),
+        server_version: s.server_version,
+        pg_dump: tool.version.clone(),
+        snapshot: s.id,
+        at: s.at,
+        pre_data: put_sql(&pre_data)?,
+        post_data: put_sql(&post_data)?,
+        finish: put_sql(&s.finish)?,
+        extensions: s.extensions,
+        tables: entries,
+    };
+    let (desc, stored_bytes) = store_image(repo, &manifest)?;
+    let chunks = manifest.tables.iter().flat_map(|t| &t.chunks);
+    let report = DbReport {
+        database: manifest.database.clone(),
+        url: url.to_string(),
+        tables: manifest.tables.len(),
+        rows: manifest.tables.iter().map(|t| t.rows).sum(),
+        chunks: chunks.clone().count(),
+        sql_bytes: chunks.map(|c| c.sql_bytes).sum(),
+        stored_bytes,
+        lock_ms: 0,
+        consistency: "exported-snapshot".into(),
+        seconds: started.elapsed().as_secs_f64(),
+        warnings: vec![],
+    };
+    Ok((desc, report))
+}
 
-    let tool = PgDump::find(server_num)?;
-    let pre_data = tool.run(url, &snap, "pre-data")?;
-    let post_data = tool.run(url, &snap, "post-data")?;
+/// The dump's snapshot: exported by `leader`, whose transaction stays open (and its
+/// ACCESS SHARE locks held) until every reader is done; what was read in it.
+struct Snapshot {
+    leader: tokio_postgres::Client,
+    id: String,
+    server_version: String,
+    server_num: i32,
+    at: String,
+    tables: Vec<Table>,
+    extensions: Vec<(String, String)>,
+    /// finish.sql: sequence values and materialized view refreshes.
+    finish: String,
+}
 
-    for t in &mut tables {
+impl Snapshot {
+    async fn take(url: &PgUrl, lock_wait_timeout: u64) -> Result<Snapshot> {
+        let leader = url.connect().await?;
+        let what = |s: &str| format!("{s} on {url}");
+        leader
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(|e| pg_error(e, &what("starting the dump's transaction")))?;
+        let row = leader
+            .query_one(
+                "SELECT pg_export_snapshot(), current_setting('server_version'), \
+                 current_setting('server_version_num')::int",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_error(e, &what("exporting a snapshot")))?;
+        let at = rfc3339(std::time::SystemTime::now());
+        let tables = list_tables(&leader, url).await?;
+        // Tables locked against DDL (as pg_dump does) while their rows are read; a table
+        // changed between the snapshot and the lock is caught by [`changed_since`].
+        if !tables.is_empty() {
+            let names: Vec<String> = tables.iter().map(|t| t.entry.qualified()).collect();
+            leader
+                .batch_execute(&format!(
+                    "SET LOCAL lock_timeout = '{lock_wait_timeout}s'; LOCK TABLE {} IN ACCESS SHARE MODE",
+                    names.join(", ")
+                ))
+                .await
+                .map_err(|e| {
+                    pg_error(e, &what("locking the tables against schema changes")).with_hint(
+                        "a schema change (migration, deploy) held its lock too long; run the freeze again when it is done",
+                    )
+                })?;
+            let changed = changed_since(url, &leader).await?;
+            if !changed.is_empty() {
+                return Err(Error::conflict(format!(
+                    "the schema of {url} changed while the dump started ({}); nothing was recorded",
+                    changed.join(", ")
+                ))
+                .with_hint(
+                    "run the freeze again when no schema change (deploy, migration) is running",
+                ));
+            }
+        }
+        Ok(Snapshot {
+            id: row.get(0),
+            server_version: row.get(1),
+            server_num: row.get(2),
+            at,
+            extensions: list_extensions(&leader, url).await?,
+            finish: finish_sql(&leader, url).await?,
+            tables,
+            leader,
+        })
+    }
+}
+
+/// How many low hash bits end a chunk, per table: about `chunk_bytes` of rows per chunk
+/// from the sampled row length; the previous dump's value is kept unless that moved by
+/// more than a factor of four.
+fn set_chunk_bits(tables: &mut [Table], prev: Option<&PgManifest>, chunk_bytes: u64) {
+    for t in tables {
         let old = prev
             .and_then(|p| {
                 p.tables
@@ -123,8 +204,7 @@ pub fn freeze_database(
             })
             .filter(|o| o.chunking == t.entry.chunking)
             .map(|o| o.chunk_bits);
-        let row_bytes = t.row_bytes.max(16);
-        let ideal = ((opts.chunk_bytes / row_bytes).max(1) as f64)
+        let ideal = ((chunk_bytes / t.row_bytes.max(16)).max(1) as f64)
             .log2()
             .round() as u32;
         let ideal = ideal.min(24);
@@ -133,27 +213,40 @@ pub fn freeze_database(
             _ => ideal,
         };
     }
+}
 
+/// Reads every table's rows in the snapshot (async readers) while plain threads
+/// compress and upload the chunks (the store has its own runtime, which must not be
+/// entered from this one's workers). Returns each table's row sum and the stored
+/// chunks as (table, sequence number, chunk).
+fn read_rows(
+    rt: &tokio::runtime::Runtime,
+    repo: &Repository,
+    url: &PgUrl,
+    s: &Snapshot,
+    prev: Option<&PgManifest>,
+    jobs: usize,
+    progress: &Progress,
+) -> Result<(Vec<RowSum>, Vec<StoredChunk>)> {
+    // Last night's chunks by the digest of their text.
     let reuse: HashMap<Digest, (Digest, u64)> = prev
         .iter()
         .flat_map(|m| &m.tables)
         .flat_map(|t| &t.chunks)
         .filter_map(|c| Some((c.sql_digest.clone()?, (c.digest.clone(), c.size))))
         .collect();
-    let stored: Mutex<Vec<(usize, u32, Chunk)>> = Mutex::new(Vec::new());
+    let stored: Mutex<Vec<StoredChunk>> = Mutex::new(Vec::new());
     let upload_error: Mutex<Option<Error>> = Mutex::new(None);
-    let (tx, rx) = tokio::sync::mpsc::channel::<ChunkOut>(opts.jobs.max(1) * 2);
+    let (tx, rx) = tokio::sync::mpsc::channel::<ChunkOut>(jobs * 2);
     let rx = Mutex::new(rx);
-    let sums = std::thread::scope(|s| {
-        // Compression and upload on plain threads: the store has its own runtime, which
-        // must not be entered from this one's workers.
-        for _ in 0..opts.jobs.max(1) {
-            s.spawn(|| loop {
+    let sums = std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
                 let Some(c) = rx.lock().unwrap().blocking_recv() else {
                     break;
                 };
                 if upload_error.lock().unwrap().is_some() {
-                    continue;
+                    continue; // keep draining so the readers never block
                 }
                 let sql_digest = Digest::of(&c.sql);
                 match store_chunk(repo, &c.sql, &sql_digest, &reuse) {
@@ -175,64 +268,20 @@ pub fn freeze_database(
                 }
             });
         }
-        rt.block_on(read_tables(
-            url,
-            &snap,
-            &tables,
-            opts.jobs.max(1),
-            tx,
-            progress,
-        ))
+        rt.block_on(read_tables(url, &s.id, &s.tables, jobs, tx, progress))
     })?;
     if let Some(e) = upload_error.into_inner().unwrap() {
         return Err(e);
     }
-    rt.block_on(leader.batch_execute("COMMIT"))
-        .map_err(|e| pg_error(e, &what("ending the dump's transaction")))?;
+    Ok((sums, stored.into_inner().unwrap()))
+}
 
-    let put_sql = |text: &str| -> Result<FileRef> {
-        let z = zstd::bulk::compress(text.as_bytes(), 3)
-            .map_err(|e| Error::io("compressing a schema file", e))?;
-        let (digest, size) = repo.put_blob(&z)?;
-        Ok(FileRef { digest, size })
-    };
-    let mut by_table: Vec<Vec<(u32, Chunk)>> = vec![Vec::new(); tables.len()];
-    for (t, seq, c) in stored.into_inner().unwrap() {
-        by_table[t].push((seq, c));
-    }
-    let mut entries = Vec::new();
-    for ((t, mut list), sum) in tables.into_iter().zip(by_table).zip(sums) {
-        list.sort_by_key(|(seq, _)| *seq);
-        let mut e = t.entry;
-        e.rows = sum.rows;
-        e.checksum = sum.hex();
-        e.chunks = list.into_iter().map(|(_, c)| c).collect();
-        entries.push(e);
-    }
-    let manifest = PgManifest {
-        format: super::PG_FORMAT_VERSION,
-        database: url.database.clone(),
-        server_version,
-        pg_dump: tool.version.clone(),
-        snapshot: snap,
-        at,
-        pre_data: put_sql(&pre_data)?,
-        finish: put_sql(&finish)?,
-        post_data: put_sql(&post_data)?,
-        extensions,
-        tables: entries,
-    };
-    let layers = image_layers(&manifest);
-    let rows: u64 = manifest.tables.iter().map(|t| t.rows).sum();
-    let chunks: usize = manifest.tables.iter().map(|t| t.chunks.len()).sum();
-    let sql_bytes: u64 = manifest
-        .tables
-        .iter()
-        .flat_map(|t| &t.chunks)
-        .map(|c| c.sql_bytes)
-        .sum();
+/// Stores the config and the image manifest: the record's descriptor of the database
+/// image, and the stored size of its files.
+fn store_image(repo: &Repository, manifest: &PgManifest) -> Result<(Descriptor, u64)> {
+    let layers = image_layers(manifest);
     let stored_bytes: u64 = layers.iter().map(|l| l.size).sum();
-    let (cd, cs) = repo.put_blob(&to_json(&manifest))?;
+    let (cd, cs) = repo.put_blob(&to_json(manifest))?;
     let mut ann = Annotations::new();
     ann.insert(A_DB_NAME.into(), manifest.database.clone());
     ann.insert(A_TITLE.into(), manifest.database.clone());
@@ -245,25 +294,13 @@ pub fn freeze_database(
     };
     let (md, ms) = repo.put_blob(&to_json(&image))?;
     let mut desc = Descriptor::new(MT_MANIFEST, md, ms);
+    let rows: u64 = manifest.tables.iter().map(|t| t.rows).sum();
     let a = &mut desc.annotations;
     a.insert(A_DB_NAME.into(), manifest.database.clone());
     a.insert(A_DB_TABLES.into(), manifest.tables.len().to_string());
     a.insert(A_DB_ROWS.into(), rows.to_string());
     a.insert(A_REF_NAME.into(), format!("db-{}", manifest.database));
-    let report = DbReport {
-        database: manifest.database.clone(),
-        url: url.to_string(),
-        tables: manifest.tables.len(),
-        rows,
-        chunks,
-        sql_bytes,
-        stored_bytes,
-        lock_ms: 0,
-        consistency: "exported-snapshot".into(),
-        seconds: started.elapsed().as_secs_f64(),
-        warnings: vec![],
-    };
-    Ok((desc, report))
+    Ok((desc, stored_bytes))
 }
 
 /// The image's layers: every file of the dump in load order.
