@@ -29,9 +29,7 @@ use super::schema::{read_schema, schema_files, Schema, Table};
 use super::sql::{ident, push_row, string_literal, ColumnKind, RowSum};
 use super::*;
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::{
-    rfc3339, to_json, Annotations, Descriptor, Digest, ImageManifest, A_TITLE, MT_MANIFEST,
-};
+use crate::format::{rfc3339, to_json, Descriptor, Digest, A_TITLE};
 use crate::progress::Progress;
 use crate::repo::Repository;
 
@@ -178,27 +176,15 @@ pub fn freeze_database(
         .map(|c| c.sql_bytes)
         .sum();
     let stored_bytes: u64 = layers.iter().map(|l| l.size).sum();
-    let (cd, cs) = repo.put_blob(&to_json(&manifest))?;
-    let mut ann = Annotations::new();
-    ann.insert(A_DB_NAME.into(), manifest.database.clone());
-    ann.insert(A_TITLE.into(), manifest.database.clone());
-    let image = ImageManifest {
-        schema_version: 2,
-        media_type: MT_MANIFEST.into(),
-        config: Descriptor::new(MT_DB_CONFIG, cd, cs),
+    let desc = super::store_image(
+        repo,
+        MT_DB_CONFIG,
+        &to_json(&manifest),
         layers,
-        annotations: ann,
-    };
-    let (md, ms) = repo.put_blob(&to_json(&image))?;
-    let mut desc = Descriptor::new(MT_MANIFEST, md, ms);
-    let a = &mut desc.annotations;
-    a.insert(A_DB_NAME.into(), manifest.database.clone());
-    a.insert(A_DB_TABLES.into(), manifest.tables.len().to_string());
-    a.insert(A_DB_ROWS.into(), rows.to_string());
-    a.insert(
-        crate::format::A_REF_NAME.into(),
-        format!("db-{}", manifest.database),
-    );
+        &manifest.database,
+        manifest.tables.len(),
+        rows,
+    )?;
     let report = DbReport {
         database: manifest.database.clone(),
         url: url.to_string(),

@@ -126,6 +126,40 @@ pub struct Chunk {
 
 pub const DB_FORMAT_VERSION: u32 = 1;
 
+/// Stores a database image, of either kind: its config (of media type `config_type`) and
+/// the image manifest listing `layers` in load order. Returns the snapshot record's
+/// descriptor of it, which names the database and counts its tables and rows.
+pub fn store_image(
+    repo: &crate::repo::Repository,
+    config_type: &str,
+    config: &[u8],
+    layers: Vec<crate::format::Descriptor>,
+    database: &str,
+    tables: usize,
+    rows: u64,
+) -> crate::error::Result<crate::format::Descriptor> {
+    use crate::format::*;
+    let (cd, cs) = repo.put_blob(config)?;
+    let mut ann = Annotations::new();
+    ann.insert(A_DB_NAME.into(), database.to_string());
+    ann.insert(A_TITLE.into(), database.to_string());
+    let image = ImageManifest {
+        schema_version: 2,
+        media_type: MT_MANIFEST.into(),
+        config: Descriptor::new(config_type, cd, cs),
+        layers,
+        annotations: ann,
+    };
+    let (md, ms) = repo.put_blob(&to_json(&image))?;
+    let mut desc = Descriptor::new(MT_MANIFEST, md, ms);
+    let a = &mut desc.annotations;
+    a.insert(A_DB_NAME.into(), database.to_string());
+    a.insert(A_DB_TABLES.into(), tables.to_string());
+    a.insert(A_DB_ROWS.into(), rows.to_string());
+    a.insert(A_REF_NAME.into(), format!("db-{database}"));
+    Ok(desc)
+}
+
 /// A database dump of a snapshot, of either kind.
 #[derive(Debug, Clone)]
 pub enum Dump {

@@ -12,9 +12,7 @@ use futures::StreamExt;
 use super::{pg_error, quote_ident, quote_literal, PgManifest, PgTable, PgUrl, MT_PG_CONFIG};
 use crate::db::dump::{store_chunk, DbReport, DumpOptions};
 use crate::db::sql::RowSum;
-use crate::db::{
-    Chunk, FileRef, A_DB_NAME, A_DB_ROWS, A_DB_TABLES, A_SQL_PART, A_SQL_TABLE, MT_SQL_ZSTD,
-};
+use crate::db::{Chunk, FileRef, A_SQL_PART, A_SQL_TABLE, MT_SQL_ZSTD};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::*;
 use crate::progress::Progress;
@@ -281,25 +279,15 @@ fn read_rows(
 fn store_image(repo: &Repository, manifest: &PgManifest) -> Result<(Descriptor, u64)> {
     let layers = image_layers(manifest);
     let stored_bytes: u64 = layers.iter().map(|l| l.size).sum();
-    let (cd, cs) = repo.put_blob(&to_json(manifest))?;
-    let mut ann = Annotations::new();
-    ann.insert(A_DB_NAME.into(), manifest.database.clone());
-    ann.insert(A_TITLE.into(), manifest.database.clone());
-    let image = ImageManifest {
-        schema_version: 2,
-        media_type: MT_MANIFEST.into(),
-        config: Descriptor::new(MT_PG_CONFIG, cd, cs),
+    let desc = crate::db::store_image(
+        repo,
+        MT_PG_CONFIG,
+        &to_json(manifest),
         layers,
-        annotations: ann,
-    };
-    let (md, ms) = repo.put_blob(&to_json(&image))?;
-    let mut desc = Descriptor::new(MT_MANIFEST, md, ms);
-    let rows: u64 = manifest.tables.iter().map(|t| t.rows).sum();
-    let a = &mut desc.annotations;
-    a.insert(A_DB_NAME.into(), manifest.database.clone());
-    a.insert(A_DB_TABLES.into(), manifest.tables.len().to_string());
-    a.insert(A_DB_ROWS.into(), rows.to_string());
-    a.insert(A_REF_NAME.into(), format!("db-{}", manifest.database));
+        &manifest.database,
+        manifest.tables.len(),
+        manifest.tables.iter().map(|t| t.rows).sum(),
+    )?;
     Ok((desc, stored_bytes))
 }
 
@@ -601,7 +589,7 @@ async fn read_table(
     let mut chunk = header.clone().into_bytes();
     let mut rows = 0u64;
     let mut seq = 0u32;
-    let mut pending: Vec<u8> = Vec::new();
+    let mut copied = super::CopyRows::default();
     let mut key_text: Vec<u8> = Vec::new();
     let emit = |chunk: &mut Vec<u8>, rows: &mut u64, seq: &mut u32| {
         let mut sql = std::mem::replace(chunk, header.clone().into_bytes());
@@ -617,12 +605,8 @@ async fn read_table(
         out
     };
     while let Some(bytes) = stream.next().await {
-        let bytes = bytes.map_err(|e| pg_error(e, &what()))?;
-        pending.extend_from_slice(&bytes);
-        let mut start = 0;
-        while let Some(nl) = memchr::memchr(b'\n', &pending[start..]) {
-            let line = &pending[start..start + nl];
-            start += nl + 1;
+        copied.push(&bytes.map_err(|e| pg_error(e, &what()))?);
+        while let Some(line) = copied.next_row() {
             sum.add_row(line);
             chunk.extend_from_slice(line);
             chunk.push(b'\n');
@@ -644,14 +628,8 @@ async fn read_table(
                 tx.send(out).await.map_err(|_| uploads_stopped())?;
             }
         }
-        pending.drain(..start);
     }
-    if !pending.is_empty() {
-        return Err(Error::other(format!(
-            "{}: the server's COPY output ended in the middle of a row",
-            what()
-        )));
-    }
+    copied.finish(&what())?;
     if rows > 0 {
         let out = emit(&mut chunk, &mut rows, &mut seq);
         tx.send(out).await.map_err(|_| uploads_stopped())?;

@@ -12,7 +12,7 @@ use super::{pg_error, quote_ident, PgManifest, PgTable, PgUrl, MT_PG_CONFIG, PG_
 use crate::db::load::{LoadOptions, LoadReport};
 use crate::db::sql::RowSum;
 use crate::db::FileRef;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::format::*;
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -385,21 +385,13 @@ pub async fn table_sum(c: &tokio_postgres::Client, t: &PgTable) -> Result<RowSum
         .map_err(|e| pg_error(e, &what()))?;
     futures::pin_mut!(stream);
     let mut sum = RowSum::default();
-    let mut pending: Vec<u8> = Vec::new();
+    let mut copied = super::CopyRows::default();
     while let Some(bytes) = stream.next().await {
-        pending.extend_from_slice(&bytes.map_err(|e| pg_error(e, &what()))?);
-        let mut start = 0;
-        while let Some(nl) = memchr::memchr(b'\n', &pending[start..]) {
-            sum.add_row(&pending[start..start + nl]);
-            start += nl + 1;
+        copied.push(&bytes.map_err(|e| pg_error(e, &what()))?);
+        while let Some(row) = copied.next_row() {
+            sum.add_row(row);
         }
-        pending.drain(..start);
     }
-    if !pending.is_empty() {
-        return Err(Error::new(
-            ErrorKind::Other,
-            format!("{}: the COPY output ended in the middle of a row", what()),
-        ));
-    }
+    copied.finish(&what())?;
     Ok(sum)
 }

@@ -83,6 +83,39 @@ impl PgTable {
     }
 }
 
+/// The rows of a `COPY … TO STDOUT` stream, which arrives in pieces that split rows
+/// anywhere: whole rows (lines, without their newline) as they complete.
+#[derive(Default)]
+pub(crate) struct CopyRows {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl CopyRows {
+    pub(crate) fn push(&mut self, piece: &[u8]) {
+        self.buf.drain(..self.start);
+        self.start = 0;
+        self.buf.extend_from_slice(piece);
+    }
+
+    pub(crate) fn next_row(&mut self) -> Option<&[u8]> {
+        let nl = memchr::memchr(b'\n', &self.buf[self.start..])?;
+        let row = &self.buf[self.start..self.start + nl];
+        self.start += nl + 1;
+        Some(row)
+    }
+
+    /// At the end of the stream: an error unless the last row was whole.
+    pub(crate) fn finish(&self, what: &str) -> Result<()> {
+        if self.start < self.buf.len() {
+            return Err(Error::other(format!(
+                "{what}: the server's COPY output ended in the middle of a row"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// An identifier quoted for PostgreSQL.
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
@@ -298,6 +331,30 @@ pub fn pg_error(e: tokio_postgres::Error, what: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_rows_come_whole_wherever_the_stream_splits() {
+        let text = b"1\tab\n22\t\\N\n\n333\tx\\ty\n";
+        let want: Vec<&[u8]> = vec![b"1\tab", b"22\t\\N", b"", b"333\tx\\ty"];
+        for a in 0..=text.len() {
+            for b in a..=text.len() {
+                let mut rows = CopyRows::default();
+                let mut got: Vec<Vec<u8>> = Vec::new();
+                for piece in [&text[..a], &text[a..b], &text[b..]] {
+                    rows.push(piece);
+                    while let Some(r) = rows.next_row() {
+                        got.push(r.to_vec());
+                    }
+                }
+                assert!(rows.finish("t").is_ok());
+                assert_eq!(got, want, "split at {a}, {b}");
+            }
+        }
+        let mut rows = CopyRows::default();
+        rows.push(b"1\n2");
+        while rows.next_row().is_some() {}
+        assert!(rows.finish("t").is_err());
+    }
 
     #[test]
     fn urls_parse_and_never_show_the_password() {
