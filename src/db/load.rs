@@ -26,7 +26,77 @@ use crate::repo::Repository;
 /// A database image read from the repository: its manifest and every file, verified.
 pub struct PreparedDb {
     pub manifest: DbManifest,
+    files: Fetched,
+}
+
+/// The files of a dump, downloaded (each checked against its digest as it streams) into
+/// temporary files, compressed: the whole dump is known to be good before a target is
+/// touched, and only the chunks being loaded are in memory.
+pub(crate) struct Fetched {
     files: HashMap<Digest, tempfile::NamedTempFile>,
+}
+
+impl Fetched {
+    /// Downloads `refs` (of the dump of `database`), after checking that the temporary
+    /// directory has room for them.
+    pub(crate) fn fetch(
+        repo: &Repository,
+        refs: &[FileRef],
+        database: &str,
+        progress: &Progress,
+    ) -> Result<Fetched> {
+        let need: u64 = refs.iter().map(|f| f.size).sum();
+        let tmp = std::env::temp_dir();
+        if let Ok(free) = crate::sys::free_space(&tmp) {
+            if free < need + need / 10 {
+                return Err(Error::other(format!(
+                    "not enough space in {} for the dump of {database}: it needs {}, {} is free",
+                    tmp.display(),
+                    crate::progress::bytes(need),
+                    crate::progress::bytes(free)
+                ))
+                .with_hint("set TMPDIR to a directory on a file system with more free space"));
+            }
+        }
+        let mut files = HashMap::new();
+        for f in refs {
+            if files.contains_key(&f.digest) {
+                continue;
+            }
+            progress.set_label(format!("fetching {}", &f.digest.hex()[..12]));
+            files.insert(f.digest.clone(), repo.fetch_blob(&f.digest)?);
+        }
+        Ok(Fetched { files })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// One file, decompressed.
+    pub(crate) fn text(&self, f: &FileRef) -> Result<Vec<u8>> {
+        let tmp = self.files.get(&f.digest).expect("fetched");
+        let data =
+            std::fs::read(tmp.path()).map_err(|e| Error::io("reading a fetched dump file", e))?;
+        let damaged = |e: std::io::Error| {
+            Error::integrity(format!(
+                "dump file {} does not decompress: {e}",
+                f.digest.key()
+            ))
+        };
+        // Into a buffer of the size the frame header gives (freezer writes it): growing
+        // one as decode_all does copied every chunk several times (7% of a thaw's CPU).
+        // Streamed when the header has no size or an implausible one, or the file holds
+        // more than one frame (the first frame's size is then too small).
+        let sized = match zstd::zstd_safe::get_frame_content_size(&data) {
+            Ok(Some(n)) if n <= 256 << 20 => zstd::bulk::decompress(&data, n as usize).ok(),
+            _ => None,
+        };
+        match sized {
+            Some(text) => Ok(text),
+            None => zstd::stream::decode_all(data.as_slice()).map_err(damaged),
+        }
+    }
 }
 
 /// Reads a database image's manifest and config and checks that they agree. Cheap: no
@@ -85,30 +155,7 @@ fn files_of(m: &DbManifest) -> Vec<FileRef> {
 
 /// Downloads every file of the dump and checks its digest, before anything is loaded.
 pub fn fetch(repo: &Repository, manifest: DbManifest, progress: &Progress) -> Result<PreparedDb> {
-    // The compressed dump is held in the temporary directory until it is loaded.
-    let need: u64 = files_of(&manifest).iter().map(|f| f.size).sum();
-    let tmp = std::env::temp_dir();
-    if let Ok(free) = crate::sys::free_space(&tmp) {
-        if free < need + need / 10 {
-            return Err(Error::other(format!(
-                "not enough space in {} for the dump of {}: it needs {}, {} is free",
-                tmp.display(),
-                ident(&manifest.database),
-                crate::progress::bytes(need),
-                crate::progress::bytes(free)
-            ))
-            .with_hint("set TMPDIR to a directory on a file system with more free space"));
-        }
-    }
-    let mut files = HashMap::new();
-    for f in files_of(&manifest) {
-        if files.contains_key(&f.digest) {
-            continue;
-        }
-        progress.set_label(format!("fetching {}", &f.digest.hex()[..12]));
-        let tmp = repo.fetch_blob(&f.digest)?;
-        files.insert(f.digest.clone(), tmp);
-    }
+    let files = Fetched::fetch(repo, &files_of(&manifest), &ident(&manifest.database), progress)?;
     Ok(PreparedDb { manifest, files })
 }
 
@@ -295,27 +342,7 @@ pub fn load_database(
 
 impl PreparedDb {
     fn text(&self, f: &FileRef) -> Result<Vec<u8>> {
-        let tmp = self.files.get(&f.digest).expect("fetched");
-        let data =
-            std::fs::read(tmp.path()).map_err(|e| Error::io("reading a fetched dump file", e))?;
-        let damaged = |e: std::io::Error| {
-            Error::integrity(format!(
-                "dump file {} does not decompress: {e}",
-                f.digest.key()
-            ))
-        };
-        // Into a buffer of the size the frame header gives (freezer writes it): growing
-        // one as decode_all does copied every chunk several times (7% of a thaw's CPU).
-        // Streamed when the header has no size or an implausible one, or the file holds
-        // more than one frame (the first frame's size is then too small).
-        let sized = match zstd::zstd_safe::get_frame_content_size(&data) {
-            Ok(Some(n)) if n <= 256 << 20 => zstd::bulk::decompress(&data, n as usize).ok(),
-            _ => None,
-        };
-        match sized {
-            Some(text) => Ok(text),
-            None => zstd::stream::decode_all(data.as_slice()).map_err(damaged),
-        }
+        self.files.text(f)
     }
 }
 

@@ -2,14 +2,14 @@
 //! schema before the rows, constraints and indexes after them, then every table read
 //! back and compared with the snapshot's row count and checksum.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use futures::{SinkExt, StreamExt};
 
 use super::{pg_error, quote_ident, PgManifest, PgTable, PgUrl, MT_PG_CONFIG, PG_FORMAT_VERSION};
-use crate::db::load::{LoadOptions, LoadReport};
+use crate::db::load::{Fetched, LoadOptions, LoadReport};
 use crate::db::sql::RowSum;
 use crate::db::FileRef;
 use crate::error::{Error, Result};
@@ -48,24 +48,25 @@ pub fn is_pg_image(repo: &Repository, digest: &Digest) -> Result<bool> {
     Ok(image.config.media_type == MT_PG_CONFIG)
 }
 
-/// A dump with every file read, checked against its digest and decompressed: nothing
-/// at the target is touched before the whole dump is known to be good.
+/// A dump with every file downloaded and checked against its digest (kept compressed in
+/// temporary files): nothing at the target is touched before the whole dump is known to
+/// be good.
 pub struct PreparedPg {
     pub manifest: PgManifest,
-    files: HashMap<Digest, Vec<u8>>,
+    files: Fetched,
 }
 
 impl PreparedPg {
-    fn text(&self, f: &FileRef) -> &[u8] {
-        &self.files[&f.digest]
+    fn text(&self, f: &FileRef) -> Result<Vec<u8>> {
+        self.files.text(f)
     }
 }
 
 pub fn fetch(repo: &Repository, manifest: PgManifest, progress: &Progress) -> Result<PreparedPg> {
     let mut refs = vec![
         manifest.pre_data.clone(),
-        manifest.finish.clone(),
         manifest.post_data.clone(),
+        manifest.finish.clone(),
     ];
     for t in &manifest.tables {
         refs.extend(t.chunks.iter().map(|c| FileRef {
@@ -73,18 +74,7 @@ pub fn fetch(repo: &Repository, manifest: PgManifest, progress: &Progress) -> Re
             size: c.size,
         }));
     }
-    let mut files = HashMap::new();
-    for f in refs {
-        if files.contains_key(&f.digest) {
-            continue;
-        }
-        progress.set_label(format!("fetching {}", &f.digest.hex()[..12]));
-        let z = repo.read_blob(&f.digest)?;
-        let text = zstd::stream::decode_all(&z[..]).map_err(|e| {
-            Error::integrity(format!("{} is not a zstd stream: {e}", f.digest.key()))
-        })?;
-        files.insert(f.digest, text);
-    }
+    let files = Fetched::fetch(repo, &refs, &manifest.database, progress)?;
     Ok(PreparedPg { manifest, files })
 }
 
@@ -200,15 +190,15 @@ pub fn load_database(
     let result = (|| {
         progress.set_label(format!("loading the schema of {}", url.database));
         let c = rt.block_on(url.connect())?;
-        run_script(rt, &c, p.text(&m.pre_data), "pre-data.sql", url)?;
+        run_script(rt, &c, &p.text(&m.pre_data)?, "pre-data.sql", url)?;
         let data_started = Instant::now();
         let chunks = rt.block_on(load_chunks(p, url, opts.jobs.max(1), progress))?;
         let data_seconds = data_started.elapsed().as_secs_f64();
         let index_started = Instant::now();
         progress.set_label(format!("building the indexes of {}", url.database));
-        run_script(rt, &c, p.text(&m.post_data), "post-data.sql", url)?;
+        run_script(rt, &c, &p.text(&m.post_data)?, "post-data.sql", url)?;
         let index_seconds = index_started.elapsed().as_secs_f64();
-        run_script(rt, &c, p.text(&m.finish), "finish.sql", url)?;
+        run_script(rt, &c, &p.text(&m.finish)?, "finish.sql", url)?;
         let verify_started = Instant::now();
         progress.set_label(format!("verifying {}", url.database));
         let problems = rt.block_on(verify(m, url, opts.jobs.max(1)))?;
@@ -303,7 +293,8 @@ async fn load_chunks(
                 return Ok::<(), Error>(());
             };
             progress.check(|| format!("loading {}", t.qualified()))?;
-            let text = p.text(f);
+            let text = p.text(f)?;
+            let text = text.as_slice();
             let what = || {
                 format!(
                     "loading a chunk of table {} ({})",
