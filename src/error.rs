@@ -179,3 +179,17 @@ pub fn prefix(mut e: Error, what: &str) -> Error {
     }
     e
 }
+
+/// A URL as typed, with any password replaced (`scheme://user:***@host/…`), for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let cred = &url[s + 3..at];
+            match cred.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

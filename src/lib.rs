@@ -28,7 +28,6 @@ pub mod interrupt;
 pub mod lock;
 pub mod monitor;
 pub mod ops;
-pub mod pg;
 pub mod progress;
 pub mod repo;
 pub mod retention;

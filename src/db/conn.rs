@@ -9,7 +9,7 @@ use mysql_async::{Conn, Opts, OptsBuilder};
 use crate::error::{Error, ErrorKind, Result};
 
 /// `mysql://USER[:PASS]@HOST[:PORT]/DB` (MySQL, MariaDB) or `postgres://…` (PostgreSQL,
-/// see [`crate::pg::PgUrl`]). Without a password in the URL, the password comes from
+/// see [`crate::db::pg::PgUrl`]). Without a password in the URL, the password comes from
 /// `FREEZER_DB_PASSWORD` (so it need not appear on a command line, where every user of
 /// the machine can read it).
 #[derive(Clone)]
@@ -22,13 +22,13 @@ pub struct DbUrl {
 #[derive(Clone)]
 enum Target {
     Mysql(Opts),
-    Postgres(crate::pg::PgUrl),
+    Postgres(crate::db::pg::PgUrl),
 }
 
 impl DbUrl {
     pub fn parse(url: &str) -> Result<DbUrl> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pg = crate::pg::PgUrl::parse(url)?;
+            let pg = crate::db::pg::PgUrl::parse(url)?;
             return Ok(DbUrl {
                 database: pg.database.clone(),
                 target: Target::Postgres(pg),
@@ -77,7 +77,7 @@ impl DbUrl {
     }
 
     /// The PostgreSQL endpoint, when the URL names one.
-    pub fn postgres(&self) -> Option<&crate::pg::PgUrl> {
+    pub fn postgres(&self) -> Option<&crate::db::pg::PgUrl> {
         match &self.target {
             Target::Postgres(p) => Some(p),
             Target::Mysql(_) => None,
@@ -85,7 +85,7 @@ impl DbUrl {
     }
 
     /// A PostgreSQL endpoint as a database URL.
-    pub fn from_postgres(pg: crate::pg::PgUrl) -> DbUrl {
+    pub fn from_postgres(pg: crate::db::pg::PgUrl) -> DbUrl {
         DbUrl {
             database: pg.database.clone(),
             target: Target::Postgres(pg),
@@ -193,7 +193,7 @@ impl serde::Serialize for DbUrl {
     }
 }
 
-/// A URL as typed, with any password replaced, for error messages.
+/// The connection options every dump and load uses.
 fn tuned(b: OptsBuilder) -> OptsBuilder {
     // Dumps and loads stream for minutes; no statement cache is needed across them.
     b.stmt_cache_size(32usize)
@@ -203,18 +203,8 @@ fn tuned(b: OptsBuilder) -> OptsBuilder {
         .wait_timeout(Some(28_800))
 }
 
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let cred = &url[s + 3..at];
-            match cred.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+/// A URL as typed, with any password replaced, for error messages.
+pub use crate::error::redact_url as redact;
 
 /// Maps a driver error to ours. Server error codes decide the kind: credentials and
 /// network failures are "unreachable" (exit 3), missing databases "not found", missing

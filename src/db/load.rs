@@ -155,7 +155,12 @@ fn files_of(m: &DbManifest) -> Vec<FileRef> {
 
 /// Downloads every file of the dump and checks its digest, before anything is loaded.
 pub fn fetch(repo: &Repository, manifest: DbManifest, progress: &Progress) -> Result<PreparedDb> {
-    let files = Fetched::fetch(repo, &files_of(&manifest), &ident(&manifest.database), progress)?;
+    let files = Fetched::fetch(
+        repo,
+        &files_of(&manifest),
+        &ident(&manifest.database),
+        progress,
+    )?;
     Ok(PreparedDb { manifest, files })
 }
 

@@ -8,6 +8,7 @@
 pub mod conn;
 pub mod dump;
 pub mod load;
+pub mod pg;
 pub mod resume;
 pub mod schema;
 pub mod select;
@@ -164,7 +165,7 @@ pub fn store_image(
 #[derive(Debug, Clone)]
 pub enum Dump {
     Mysql(Box<DbManifest>),
-    Postgres(Box<crate::pg::PgManifest>),
+    Postgres(Box<crate::db::pg::PgManifest>),
 }
 
 impl Dump {
@@ -199,8 +200,8 @@ impl Dump {
 
     /// Reads the dump of the database image at `digest`, of whichever kind.
     pub fn read(repo: &crate::repo::Repository, digest: &Digest) -> crate::error::Result<Dump> {
-        if crate::pg::load::is_pg_image(repo, digest)? {
-            crate::pg::load::read_manifest(repo, digest).map(|m| Dump::Postgres(Box::new(m)))
+        if crate::db::pg::load::is_pg_image(repo, digest)? {
+            crate::db::pg::load::read_manifest(repo, digest).map(|m| Dump::Postgres(Box::new(m)))
         } else {
             load::read_manifest(repo, digest).map(|(_, m)| Dump::Mysql(Box::new(m)))
         }
@@ -216,7 +217,7 @@ impl Dump {
             Dump::Mysql(m) => {
                 Prepared::Mysql(Box::new(load::fetch(repo, (**m).clone(), progress)?))
             }
-            Dump::Postgres(m) => Prepared::Postgres(Box::new(crate::pg::load::fetch(
+            Dump::Postgres(m) => Prepared::Postgres(Box::new(crate::db::pg::load::fetch(
                 repo,
                 (**m).clone(),
                 progress,
@@ -228,7 +229,7 @@ impl Dump {
 /// A dump read and checked, ready to load.
 pub enum Prepared {
     Mysql(Box<load::PreparedDb>),
-    Postgres(Box<crate::pg::load::PreparedPg>),
+    Postgres(Box<crate::db::pg::load::PreparedPg>),
 }
 
 impl Prepared {
@@ -241,7 +242,7 @@ impl Prepared {
     ) -> crate::error::Result<load::LoadReport> {
         match (self, url.postgres()) {
             (Prepared::Postgres(p), Some(pg)) => {
-                crate::pg::load::load_database(p, pg, opts, progress)
+                crate::db::pg::load::load_database(p, pg, opts, progress)
             }
             (Prepared::Mysql(p), None) => load::load_database(p, url, opts, progress),
             (Prepared::Postgres(_), None) => Err(crate::error::Error::usage(format!(

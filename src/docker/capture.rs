@@ -148,7 +148,7 @@ impl ContainerSpec {
                 .env("POSTGRES_USER")
                 .filter(|u| !u.is_empty())
                 .unwrap_or_else(|| "postgres".into());
-            return Some(DbUrl::from_postgres(crate::pg::PgUrl::from_parts(
+            return Some(DbUrl::from_postgres(crate::db::pg::PgUrl::from_parts(
                 address, 5432, &user, &password, db,
             )));
         }

@@ -470,7 +470,7 @@ pub fn drill_files(
 fn drop_database(url: &DbUrl) -> Result<()> {
     let rt = crate::sys::runtime()?;
     if let Some(pg) = url.postgres() {
-        return rt.block_on(crate::pg::load::drop_database(pg));
+        return rt.block_on(crate::db::pg::load::drop_database(pg));
     }
     rt.block_on(async {
         let mut c = url.connect_server().await?;

@@ -511,8 +511,8 @@ fn read_parent(repo: &Repository, plan: &FreezePlan, warnings: &mut Vec<String>)
             }
             if let Part::Database { name: db, .. } = part {
                 if plan.databases.iter().any(|d| d.database == db) {
-                    let read = match crate::pg::load::is_pg_image(repo, &m.digest) {
-                        Ok(true) => crate::pg::load::read_manifest(repo, &m.digest)
+                    let read = match crate::db::pg::load::is_pg_image(repo, &m.digest) {
+                        Ok(true) => crate::db::pg::load::read_manifest(repo, &m.digest)
                             .map(|m| Dump::Postgres(Box::new(m))),
                         Ok(false) => crate::db::load::read_manifest(repo, &m.digest)
                             .map(|(_, m)| Dump::Mysql(Box::new(m))),
@@ -642,7 +642,7 @@ fn freeze_locked(
                     Some(Dump::Postgres(m)) => Some(&**m),
                     _ => None,
                 };
-                crate::pg::dump::freeze_database(repo, pg, prev, &db_opts, progress)
+                crate::db::pg::dump::freeze_database(repo, pg, prev, &db_opts, progress)
             }
             None => {
                 let prev = match prev {

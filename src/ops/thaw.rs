@@ -211,8 +211,8 @@ fn plan_database(
     replace: bool,
     with_users: bool,
 ) -> Result<ThawDb> {
-    let (manifest, replaces) = if crate::pg::load::is_pg_image(repo, digest)? {
-        let m = crate::pg::load::read_manifest(repo, digest).map_err(|e| prefix(e, what))?;
+    let (manifest, replaces) = if crate::db::pg::load::is_pg_image(repo, digest)? {
+        let m = crate::db::pg::load::read_manifest(repo, digest).map_err(|e| prefix(e, what))?;
         let Some(pg) = target.postgres() else {
             return Err(Error::usage(format!(
                 "{what} is a PostgreSQL dump; {target} is not a PostgreSQL database"
@@ -224,7 +224,7 @@ fn plan_database(
                 "{what} is a PostgreSQL dump; --table and --with-users apply to MySQL and MariaDB dumps only, for now"
             )));
         }
-        let replaces = crate::pg::load::check_target(pg, replace)?;
+        let replaces = crate::db::pg::load::check_target(pg, replace)?;
         (Dump::Postgres(Box::new(m)), replaces)
     } else {
         let (_, manifest) =

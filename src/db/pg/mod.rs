@@ -149,7 +149,7 @@ impl PgUrl {
         let bad = |why: &str| {
             Error::usage(format!(
                 "database URL {} {why}",
-                crate::db::conn::redact(url)
+                crate::error::redact_url(url)
             ))
             .with_hint(form)
         };
