@@ -224,7 +224,7 @@ fn plan_database(
                 "{what} is a PostgreSQL dump; --table and --with-users apply to MySQL and MariaDB dumps only, for now"
             )));
         }
-        let replaces = crate::db::pg::load::check_target(pg, replace)?;
+        let replaces = crate::db::pg::load::check_target(pg, &m, replace)?;
         (Dump::Postgres(Box::new(m)), replaces)
     } else {
         let (_, manifest) =

@@ -78,12 +78,36 @@ pub fn fetch(repo: &Repository, manifest: PgManifest, progress: &Progress) -> Re
     Ok(PreparedPg { manifest, files })
 }
 
-/// The pre-flight: the server answers, the user may create databases, and the target
+/// The pre-flight: the server answers, has the dump's extensions, and the target
 /// database is absent or empty (or `replace`). True when it holds objects that a load
 /// with `replace` drops.
-pub fn check_target(url: &PgUrl, replace: bool) -> Result<bool> {
+pub fn check_target(url: &PgUrl, manifest: &PgManifest, replace: bool) -> Result<bool> {
     let rt = crate::sys::runtime()?;
     rt.block_on(async {
+        let admin = url.with_database("postgres").connect().await?;
+        let available: Vec<String> = admin
+            .query("SELECT name::text FROM pg_available_extensions", &[])
+            .await
+            .map_err(|e| pg_error(e, &format!("listing the extensions {} has", url.server())))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let missing: Vec<&str> = manifest
+            .extensions
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .filter(|name| !available.iter().any(|a| a == name))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::not_found(format!(
+                "the dump of {} uses the extension{} {}, which the server at {} does not have",
+                manifest.database,
+                if missing.len() > 1 { "s" } else { "" },
+                missing.join(", "),
+                url.server()
+            ))
+            .with_hint("install them on that server (Debian: postgresql-contrib or the extension's package), then thaw again"));
+        }
         let objects = target_objects(url).await?;
         match objects {
             Some(n) if n > 0 && !replace => Err(Error::conflict(format!(
