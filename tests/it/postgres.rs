@@ -484,3 +484,44 @@ fn postgres_errors_say_what_failed() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("PostgreSQL dump"), "{}", stderr(&out));
 }
+
+/// A table of about 200 MB (a million rows) round-trips through Garage exactly, with the
+/// fixture's tables beside it.
+#[test]
+fn a_200_mb_table_round_trips_through_garage() {
+    let source = PgDb::fixture("pgbig");
+    source.sql(
+        "CREATE TABLE big (id bigint PRIMARY KEY, payload text NOT NULL, n numeric, at timestamptz); \
+         INSERT INTO big SELECT i, repeat(md5(i::text), 6), i / 7.0, \
+           timestamptz '2026-01-01 00:00:00+00' + i * interval '1 second' \
+         FROM generate_series(1, 1000000) i",
+    );
+    let bytes: u64 = source
+        .sql("SELECT pg_relation_size('big')")
+        .parse()
+        .unwrap();
+    assert!(bytes > 200 << 20, "{bytes} bytes");
+    let repo = TestRepo::s3().init();
+    let out = freezer_pg(&[
+        "freeze",
+        "big",
+        "--db",
+        &source.url(),
+        "--repo",
+        &repo.url,
+        "--json",
+    ]);
+    let chunks = json(&out)["databases"][0]["chunks"].as_u64().unwrap();
+    assert!(chunks > 50, "{chunks} chunks");
+    let target = PgDb::new("pgbigcopy");
+    psql("postgres", &format!("DROP DATABASE {}", target.name));
+    assert_ok(&freezer_pg(&[
+        "thaw",
+        "big",
+        "--db",
+        &target.url(),
+        "--repo",
+        &repo.url,
+    ]));
+    assert_eq!(facts(&source.name), facts(&target.name));
+}
