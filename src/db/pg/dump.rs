@@ -562,19 +562,8 @@ async fn read_table(
     tx: &tokio::sync::mpsc::Sender<ChunkOut>,
 ) -> Result<RowSum> {
     let what = || format!("dumping table {}", t.qualified());
-    let order = if t.key.is_empty() {
-        String::new()
-    } else {
-        let k: Vec<String> = t.key.iter().map(|k| quote_ident(k)).collect();
-        format!(" ORDER BY {}", k.join(", "))
-    };
-    let sql = format!(
-        "COPY (SELECT {} FROM ONLY {}{order}) TO STDOUT",
-        t.column_list(),
-        t.qualified()
-    );
     let stream = c
-        .copy_out(sql.as_str())
+        .copy_out(t.copy_out(true).as_str())
         .await
         .map_err(|e| pg_error(e, &what()))?;
     futures::pin_mut!(stream);

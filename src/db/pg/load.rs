@@ -389,13 +389,8 @@ async fn verify(m: &PgManifest, url: &PgUrl, jobs: usize) -> Result<Vec<String>>
 /// The checksum of a table as it is now, computed exactly as the dump computed it.
 pub async fn table_sum(c: &tokio_postgres::Client, t: &PgTable) -> Result<RowSum> {
     let what = || format!("verifying table {}", t.qualified());
-    let sql = format!(
-        "COPY (SELECT {} FROM ONLY {}) TO STDOUT",
-        t.column_list(),
-        t.qualified()
-    );
     let stream = c
-        .copy_out(sql.as_str())
+        .copy_out(t.copy_out(false).as_str())
         .await
         .map_err(|e| pg_error(e, &what()))?;
     futures::pin_mut!(stream);

@@ -73,6 +73,22 @@ impl PgTable {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
     }
 
+    /// The `COPY … TO STDOUT` that reads its rows as the dump stored them: in key order
+    /// (`ordered`, for chunk boundaries) or as the server returns them (verification).
+    pub fn copy_out(&self, ordered: bool) -> String {
+        let order = if ordered && !self.key.is_empty() {
+            let k: Vec<String> = self.key.iter().map(|k| quote_ident(k)).collect();
+            format!(" ORDER BY {}", k.join(", "))
+        } else {
+            String::new()
+        };
+        format!(
+            "COPY (SELECT {} FROM ONLY {}{order}) TO STDOUT",
+            self.column_list(),
+            self.qualified()
+        )
+    }
+
     /// `"a", "b"`.
     pub fn column_list(&self) -> String {
         self.columns
