@@ -168,7 +168,8 @@ pub struct FreezeArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub chunk_size: Option<u64>,
     /// Also store the accounts that have privileges on each database (with their
-    /// password hashes) and those privileges.
+    /// password hashes) and those privileges; PostgreSQL: the roles that own its objects
+    /// or hold grants on them, and the owners and grants.
     #[arg(long)]
     pub with_users: bool,
     /// How long to wait while a prune holds the repository (a freeze of the same site
@@ -235,7 +236,8 @@ pub struct ThawArgs {
     #[arg(long, conflicts_with_all = ["dbs", "tables"])]
     pub no_db: bool,
     /// Create the accounts stored with the database (freeze --with-users) and grant
-    /// them their privileges on the target database.
+    /// them their privileges on the target database (PostgreSQL: the missing roles, and
+    /// the objects' owners and grants).
     #[arg(long)]
     pub with_users: bool,
     /// Database connections used in parallel (default: the number of CPUs).

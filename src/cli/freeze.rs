@@ -229,6 +229,9 @@ fn summary(ctx: &Ctx, r: &FreezeReport) {
             bytes(d.stored_bytes),
             d.lock_ms
         ));
+        if let Some(by) = &d.schema_by {
+            ctx.say(format!("    schema by {by}"));
+        }
     }
     ctx.say(format!(
         "  uploaded {} blobs ({}), reused {} ({})",

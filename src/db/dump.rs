@@ -76,6 +76,10 @@ pub struct DbReport {
     pub stored_bytes: u64,
     pub lock_ms: u64,
     pub consistency: String,
+    /// The program that wrote the schema, and where it ran (PostgreSQL:
+    /// "pg_dump 15.18 in container site-db-1").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema_by: Option<String>,
     pub seconds: f64,
     pub warnings: Vec<String>,
 }
@@ -194,6 +198,7 @@ pub fn freeze_database(
         sql_bytes,
         stored_bytes,
         lock_ms: manifest.consistency.lock_ms,
+        schema_by: None,
         consistency: manifest.consistency.method.clone(),
         seconds: started.elapsed().as_secs_f64(),
         warnings,

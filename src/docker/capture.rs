@@ -260,6 +260,14 @@ impl CapturedSite {
         Ok(out)
     }
 
+    /// The container that holds `database` (see [`ContainerSpec::database`]).
+    pub fn database_container(&self, database: &str) -> Option<&str> {
+        self.containers
+            .iter()
+            .find(|c| c.database.as_deref() == Some(database))
+            .map(|c| c.name.as_str())
+    }
+
     /// Also copies each container's writable layer (what it changed in its image's
     /// files), as a tree `writable.<container>`. Needs overlay2 on a local engine.
     pub fn include_writable_layers(&mut self) -> Result<()> {

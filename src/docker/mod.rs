@@ -46,6 +46,9 @@ pub struct ContainerInfo {
     pub service: Option<String>,
 }
 
+/// A piece of what a command run in a container wrote: true when it came on stderr.
+pub type Output = (bool, Vec<u8>);
+
 /// A connection to one Docker engine, with the runtime its async client needs. Every
 /// method blocks; freezer's operations are sequential at this level.
 pub struct Engine {
@@ -292,14 +295,30 @@ impl Engine {
         user: Option<&str>,
         timeout: std::time::Duration,
     ) -> Result<(Option<i64>, String)> {
-        let (c, cmd, user) = (
-            container.to_string(),
-            command.to_string(),
-            user.map(str::to_string),
-        );
+        let argv = ["sh", "-c", command].map(str::to_string).to_vec();
+        let (code, output) = self.exec_argv(container, argv, vec![], user, timeout)?;
+        let bytes: Vec<u8> = output.into_iter().flat_map(|(_, b)| b).collect();
+        Ok((code, String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// Runs `argv` (no shell) in a running container with `env` added to its
+    /// environment, and waits up to `timeout` for it: its exit code (None when it did not
+    /// finish in time; 126/127 when the program is not there) and what it wrote, in order,
+    /// each piece marked true when it came on stderr.
+    pub fn exec_argv(
+        &self,
+        container: &str,
+        argv: Vec<String>,
+        env: Vec<String>,
+        user: Option<&str>,
+        timeout: std::time::Duration,
+    ) -> Result<(Option<i64>, Vec<Output>)> {
+        let (c, user) = (container.to_string(), user.map(str::to_string));
+        let program = argv.first().cloned().unwrap_or_default();
         self.call(
-            &format!("running a command in container {container}"),
+            &format!("running {program} in container {container}"),
             |d| async move {
+                use bollard::container::LogOutput;
                 use futures::StreamExt;
                 let exec = d
                     .create_exec(
@@ -308,18 +327,22 @@ impl Engine {
                             attach_stdout: Some(true),
                             attach_stderr: Some(true),
                             user,
-                            cmd: Some(vec!["sh".into(), "-c".into(), cmd]),
+                            env: (!env.is_empty()).then_some(env),
+                            cmd: Some(argv),
                             ..Default::default()
                         },
                     )
                     .await?;
-                let mut output = String::new();
+                let mut output = Vec::new();
                 let run = async {
                     if let bollard::exec::StartExecResults::Attached { output: mut s, .. } =
                         d.start_exec(&exec.id, None).await?
                     {
                         while let Some(chunk) = s.next().await {
-                            output.push_str(&chunk?.to_string());
+                            output.push(match chunk? {
+                                LogOutput::StdErr { message } => (true, message.to_vec()),
+                                other => (false, other.into_bytes().to_vec()),
+                            });
                         }
                     }
                     Ok::<_, bollard::errors::Error>(())

@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::hooks::{self, HookEnv, HookReport, HostHooks, When};
 use super::*;
 use crate::db::dump::{freeze_database, DbReport, DumpOptions};
+use crate::db::pg::tool::PgDumpAt;
 use crate::db::{DbUrl, Dump};
 use crate::docker::capture::{store_container, CapturedSite, KnownImages, WindowReport};
 use crate::error::{Error, ErrorKind, IoContext, Result};
@@ -642,7 +643,19 @@ fn freeze_locked(
                     Some(Dump::Postgres(m)) => Some(&**m),
                     _ => None,
                 };
-                crate::db::pg::dump::freeze_database(repo, pg, prev, &db_opts, progress)
+                // A Docker site's database is dumped with its container's own pg_dump.
+                let container = plan.docker.as_ref().and_then(|d| {
+                    let name = d.site.database_container(&url.database)?;
+                    Some((name.to_string(), exec_in(&d.engine, name)))
+                });
+                let at = match &container {
+                    Some((name, exec)) => PgDumpAt::Container {
+                        name: name.clone(),
+                        exec,
+                    },
+                    None => PgDumpAt::Host,
+                };
+                crate::db::pg::dump::freeze_database(repo, pg, &at, prev, &db_opts, progress)
             }
             None => {
                 let prev = match prev {
@@ -778,4 +791,21 @@ fn freeze_trees(
 /// progress line shows bytes and rate without ETA).
 fn dir_size_hint(prev: &HashMap<PathBuf, PrevTree>, path: &Path) -> u64 {
     prev.get(path).map_or(0, |p| p.trailer.bytes)
+}
+
+/// A program run in container `name` through the engine, for the database layer: exit
+/// code, stdout, stderr.
+fn exec_in<'a>(
+    engine: &'a crate::docker::Engine,
+    name: &'a str,
+) -> impl Fn(Vec<String>, Vec<String>) -> Result<crate::db::pg::tool::Ran> + 'a {
+    move |argv, env| {
+        let hour = std::time::Duration::from_secs(3600);
+        let (code, output) = engine.exec_argv(name, argv, env, None, hour)?;
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        for (is_err, bytes) in output {
+            if is_err { &mut stderr } else { &mut stdout }.extend(bytes);
+        }
+        Ok((code, stdout, stderr))
+    }
 }

@@ -209,7 +209,6 @@ fn plan_database(
     digest: &Digest,
     (source, target, tables): (String, DbUrl, Option<BTreeSet<String>>),
     replace: bool,
-    with_users: bool,
 ) -> Result<ThawDb> {
     let (manifest, replaces) = if crate::db::pg::load::is_pg_image(repo, digest)? {
         let m = crate::db::pg::load::read_manifest(repo, digest).map_err(|e| prefix(e, what))?;
@@ -219,9 +218,9 @@ fn plan_database(
             ))
             .with_hint("load it with --db postgres://USER@HOST[:PORT]/DATABASE"));
         };
-        if tables.is_some() || with_users {
+        if tables.is_some() {
             return Err(Error::usage(format!(
-                "{what} is a PostgreSQL dump; --table and --with-users apply to MySQL and MariaDB dumps only, for now"
+                "{what} is a PostgreSQL dump; --table applies to MySQL and MariaDB dumps only, for now"
             )));
         }
         let replaces = crate::db::pg::load::check_target(pg, &m, replace)?;
@@ -285,7 +284,6 @@ pub fn plan_thaw(
             &digest,
             (source, target, tables),
             replace,
-            db.with_users,
         )?);
     }
     let into = match into {

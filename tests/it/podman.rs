@@ -399,6 +399,45 @@ fn a_postgres_site_frozen_dehydrated_on_docker_runs_on_podman() {
     assert_eq!(report["databases"][0]["database"], "shop");
     assert_eq!(report["databases"][0]["consistency"], "exported-snapshot");
     let snap = report["snapshot"].as_str().unwrap().to_string();
+    // The schema came from the container's own pg_dump, and the report says so.
+    let by = report["databases"][0]["schema_by"].as_str().unwrap();
+    assert!(
+        by.starts_with("pg_dump 15.") && by.ends_with(&format!("in container {}", site.c("db"))),
+        "{report:#}"
+    );
+    // A container without pg_dump: this machine's writes the schema, with a warning.
+    docker(
+        &a,
+        &[
+            "exec",
+            &site.c("db"),
+            "rm",
+            "/usr/lib/postgresql/15/bin/pg_dump",
+        ],
+    );
+    let out = freezer_on(
+        &a,
+        &[
+            "freeze",
+            &name,
+            "--repo",
+            &repo.url,
+            "--mode",
+            "dehydrated",
+            "--json",
+        ],
+    );
+    let again = json(&out);
+    let by = again["databases"][0]["schema_by"].as_str().unwrap();
+    assert!(by.ends_with("on this machine"), "{again:#}");
+    let warned = again["warnings"].to_string();
+    assert!(
+        warned.contains(&format!(
+            "the pg_dump in container {} could not run",
+            site.c("db")
+        )),
+        "{again:#}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = two_hosts(dir.path());

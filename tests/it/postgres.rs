@@ -304,6 +304,18 @@ fn psql_restores_a_postgres_dump_by_following_spec_md() {
     ]));
     let target = PgDb::new("pgmanualcopy");
     psql("postgres", &format!("DROP DATABASE {}", target.name));
+    let out = manual_restore(&repo, "manual", &target.name, None);
+    assert!(
+        out.status.success(),
+        "manual restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(facts(&source.name), facts(&target.name));
+}
+
+/// Runs SPEC.md's PostgreSQL hand-restore script verbatim: the newest snapshot of `site`
+/// in the local `repo` into a new database `db`, with `PARTS` when given.
+fn manual_restore(repo: &TestRepo, site: &str, db: &str, parts: Option<&str>) -> Output {
     let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/SPEC.md")).unwrap();
     let script = spec
         .split("```sh manual-restore-postgres\n")
@@ -319,23 +331,19 @@ fn psql_restores_a_postgres_dump_by_following_spec_md() {
         .split('@')
         .next()
         .unwrap();
-    let out = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", script])
+    let mut cmd = Command::new("bash");
+    cmd.args(["-euo", "pipefail", "-c", script])
         .env("REPO", repo.local.as_ref().unwrap())
-        .env("SITE", "manual")
-        .env("DB", &target.name)
+        .env("SITE", site)
+        .env("DB", db)
         .env("PGHOST", host)
         .env("PGPORT", port)
         .env("PGUSER", user)
-        .env("PGPASSWORD", pass)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "manual restore failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(facts(&source.name), facts(&target.name));
+        .env("PGPASSWORD", pass);
+    if let Some(p) = parts {
+        cmd.env("PARTS", p);
+    }
+    cmd.output().unwrap()
 }
 
 /// Consistency: money moves between two tables (read by different connections) while
@@ -524,4 +532,210 @@ fn a_200_mb_table_round_trips_through_garage() {
         &repo.url,
     ]));
     assert_eq!(facts(&source.name), facts(&target.name));
+}
+
+/// The database's schema with owners and grants, as the stock pg_dump writes it.
+fn schema_with_owners(db: &str) -> String {
+    let (url, pass) = server();
+    let out = Command::new("pg_dump")
+        .arg(format!("{url}/{db}"))
+        .arg("--schema-only")
+        .env("PGPASSWORD", pass)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// `--with-users`: the roles that own the database's objects or hold grants on them
+/// travel with the dump. On a server that lacks them, `thaw --with-users` creates them
+/// (the login role logs in with its password) and the objects get the same owners,
+/// grants and default privileges; a thaw without it needs none of the roles; the SPEC's
+/// hand restore with PARTS does what `thaw --with-users` does.
+#[test]
+fn roles_travel_with_a_postgres_dump_frozen_with_users() {
+    let tag = unique("r").replace('-', "_");
+    let (owner, reader) = (format!("{tag}_owner"), format!("{tag}_reader"));
+    let role_password = format!("pw-{tag}");
+    let drop_roles = || {
+        let _ = psql_try(
+            "postgres",
+            &format!("DROP ROLE IF EXISTS {owner}; DROP ROLE IF EXISTS {reader}"),
+        );
+    };
+    let source = PgDb::new("pgroles");
+    psql(
+        "postgres",
+        &format!(
+            "CREATE ROLE {owner} LOGIN PASSWORD '{role_password}'; CREATE ROLE {reader}; \
+             GRANT {reader} TO {owner}; ALTER DATABASE {db} OWNER TO {owner}; \
+             GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {reader}",
+            db = source.name
+        ),
+    );
+    source.sql(&format!(
+        "CREATE SCHEMA app AUTHORIZATION {owner}; \
+         CREATE TABLE app.items (id int PRIMARY KEY, name text); \
+         INSERT INTO app.items SELECT g, 'item ' || g FROM generate_series(1, 500) g; \
+         ALTER TABLE app.items OWNER TO {owner}; GRANT SELECT ON app.items TO {reader}; \
+         ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA app GRANT SELECT ON TABLES TO {reader}; \
+         CREATE FUNCTION app.n() RETURNS int LANGUAGE sql AS 'SELECT 1'; \
+         ALTER FUNCTION app.n() OWNER TO {owner}"
+    ));
+    let schema = schema_with_owners(&source.name);
+    assert!(schema.contains(&format!("OWNER TO {owner}")), "{schema}");
+    let data = facts(&source.name).1;
+    let repo = TestRepo::local().init();
+    let site = unique("pgroles");
+    let source_url = source.url();
+    let freeze = |extra: &[&str]| {
+        let mut args = vec!["freeze", &site, "--db", &source_url, "--repo", &repo.url];
+        args.extend(extra);
+        assert_ok(&freezer_pg(&args));
+    };
+    freeze(&["--with-users"]);
+
+    // Without --with-users: no role is needed, the loading user owns everything.
+    let plain = PgDb::new("pgrolesplain");
+    psql("postgres", &format!("DROP DATABASE {}", plain.name));
+    let thaw = |db: &PgDb, extra: &[&str]| {
+        let url = db.url();
+        let mut args = vec!["thaw", &site, "--db", &url, "--repo", &repo.url, "--json"];
+        args.extend(extra);
+        json(&freezer_pg(&args))
+    };
+    thaw(&plain, &[]);
+    assert!(!schema_with_owners(&plain.name).contains(&owner));
+    assert_eq!(facts(&plain.name).1, data);
+
+    // The roles gone from the server (as on a new host), then thawed with them.
+    drop(plain);
+    drop(source);
+    drop_roles();
+    let target = PgDb::new("pgrolestarget");
+    psql("postgres", &format!("DROP DATABASE {}", target.name));
+    let report = thaw(&target, &["--with-users"]);
+    let accounts = &report["databases"][0]["accounts"];
+    assert_eq!(accounts, &serde_json::json!([owner, reader]), "{report:#}");
+    assert_eq!(schema_with_owners(&target.name), schema);
+    assert_eq!(facts(&target.name).1, data);
+    assert_eq!(
+        psql("postgres", &format!("SELECT pg_has_role('{owner}', '{reader}', 'MEMBER'), rolcanlogin, rolsuper FROM pg_roles WHERE rolname = '{owner}'")),
+        "t|t|f"
+    );
+    let (url, _) = server();
+    let server_at = url.rsplit_once('@').unwrap().1;
+    let login = psql_at(
+        &format!("postgres://{owner}@{server_at}"),
+        &role_password,
+        &target.name,
+    )
+    .args(["-c", "SELECT count(*) FROM app.items"])
+    .output()
+    .unwrap();
+    assert!(
+        login.status.success(),
+        "{}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&login.stdout).trim(), "500");
+
+    // The hand restore with the roles' parts gives the same database.
+    let manual = PgDb::new("pgrolesmanual");
+    psql("postgres", &format!("DROP DATABASE {}", manual.name));
+    let out = manual_restore(
+        &repo,
+        &site,
+        &manual.name,
+        Some("roles pre-data-owners data post-data-owners finish"),
+    );
+    assert!(
+        out.status.success(),
+        "manual restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(schema_with_owners(&manual.name), schema);
+    drop(target);
+    drop(manual);
+    drop_roles();
+}
+
+/// Files put in place for a test, removed when it ends.
+struct Placed(Vec<std::path::PathBuf>);
+
+impl Drop for Placed {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// The thaw's pre-flight: a dump that uses an extension the target server lacks is
+/// refused before anything changes, naming the extension and what to install.
+#[test]
+fn a_dump_whose_extension_the_server_lacks_is_refused_before_anything_changes() {
+    let ext = unique("fx").replace('-', "_");
+    // An extension of this test's own, installed on the server like a package would.
+    let sharedir = psql(
+        "postgres",
+        "SELECT setting FROM pg_config WHERE name = 'SHAREDIR'",
+    );
+    let dir = Path::new(&sharedir).join("extension");
+    let placed = Placed(vec![
+        dir.join(format!("{ext}.control")),
+        dir.join(format!("{ext}--1.0.sql")),
+    ]);
+    std::fs::write(
+        &placed.0[0],
+        "default_version = '1.0'\nrelocatable = true\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &placed.0[1],
+        "CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42';\n",
+    )
+    .unwrap();
+    let source = PgDb::new("pgext");
+    source.sql(&format!(
+        "CREATE EXTENSION {ext}; CREATE TABLE t (x int); INSERT INTO t VALUES (answer())"
+    ));
+    let repo = TestRepo::local().init();
+    let site = unique("pgext");
+    assert_ok(&freezer_pg(&[
+        "freeze",
+        &site,
+        "--db",
+        &source.url(),
+        "--repo",
+        &repo.url,
+    ]));
+
+    // The extension's package removed, as on a host that never had it.
+    drop(source);
+    drop(placed);
+    let target = PgDb::new("pgexttarget");
+    target.sql("CREATE TABLE kept (x int); INSERT INTO kept VALUES (7)");
+    let target_url = target.url();
+    for replace in [false, true] {
+        let mut args = vec!["thaw", &site, "--db", &target_url, "--repo", &repo.url];
+        if replace {
+            args.push("--replace");
+        }
+        let out = freezer_pg(&args);
+        assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains(&format!("uses the extension {ext}")), "{err}");
+        assert!(err.contains("install"), "{err}");
+        // Nothing changed, not even with --replace.
+        assert_eq!(target.sql("SELECT x FROM kept"), "7");
+    }
 }

@@ -9,7 +9,10 @@ use std::time::Instant;
 
 use futures::StreamExt;
 
-use super::{pg_error, quote_ident, quote_literal, PgManifest, PgTable, PgUrl, MT_PG_CONFIG};
+use super::tool::{PgDump, PgDumpAt};
+use super::{
+    pg_error, quote_ident, quote_literal, PgManifest, PgTable, PgUrl, PgUsers, MT_PG_CONFIG,
+};
 use crate::db::dump::{store_chunk, DbReport, DumpOptions};
 use crate::db::sql::RowSum;
 use crate::db::{Chunk, FileRef, A_SQL_PART, A_SQL_TABLE, MT_SQL_ZSTD};
@@ -46,23 +49,30 @@ struct ChunkOut {
 pub fn freeze_database(
     repo: &Repository,
     url: &PgUrl,
+    at: &PgDumpAt,
     prev: Option<&PgManifest>,
     opts: &DumpOptions,
     progress: &Progress,
 ) -> Result<(Descriptor, DbReport)> {
     let started = Instant::now();
-    if opts.with_users {
-        return Err(Error::usage(format!(
-            "--with-users stores the accounts of MySQL and MariaDB databases; {url} is PostgreSQL, whose roles freezer does not dump yet"
-        ))
-        .with_hint("freeze without --with-users (pg_dumpall --roles-only keeps the roles meanwhile)"));
-    }
     let rt = crate::sys::runtime()?;
     progress.set_label(format!("dumping {}", url.database));
     let mut s = rt.block_on(Snapshot::take(url, opts.lock_wait_timeout))?;
-    let tool = PgDump::find(s.server_num)?;
-    let pre_data = tool.run(url, &s.id, "pre-data")?;
-    let post_data = tool.run(url, &s.id, "post-data")?;
+    let tool = PgDump::find(at, s.server_num)?;
+    let pre_data = tool.run(url, &s.id, "pre-data", false)?;
+    let post_data = tool.run(url, &s.id, "post-data", false)?;
+    let mut warnings: Vec<String> = tool.warning.iter().cloned().collect();
+    let users = if opts.with_users {
+        let roles = rt.block_on(super::roles::read(&s.leader, url))?;
+        warnings.extend(roles.warning.clone());
+        Some((
+            roles,
+            tool.run(url, &s.id, "pre-data", true)?,
+            tool.run(url, &s.id, "post-data", true)?,
+        ))
+    } else {
+        None
+    };
     set_chunk_bits(&mut s.tables, prev, opts.chunk_bytes);
     let (sums, stored) = read_rows(rt, repo, url, &s, prev, opts.jobs.max(1), progress)?;
     rt.block_on(s.leader.batch_execute("COMMIT"))
@@ -99,6 +109,15 @@ pub fn freeze_database(
         finish: put_sql(&s.finish)?,
         extensions: s.extensions,
         tables: entries,
+        users: match users {
+            Some((roles, pre, post)) => Some(PgUsers {
+                roles: roles.names,
+                roles_sql: put_sql(&roles.sql)?,
+                pre_data: put_sql(&pre)?,
+                post_data: put_sql(&post)?,
+            }),
+            None => None,
+        },
     };
     let (desc, stored_bytes) = store_image(repo, &manifest)?;
     let chunks = manifest.tables.iter().flat_map(|t| &t.chunks);
@@ -112,8 +131,9 @@ pub fn freeze_database(
         stored_bytes,
         lock_ms: 0,
         consistency: "exported-snapshot".into(),
+        schema_by: Some(tool.used),
         seconds: started.elapsed().as_secs_f64(),
-        warnings: vec![],
+        warnings,
     };
     Ok((desc, report))
 }
@@ -325,6 +345,21 @@ fn image_layers(m: &PgManifest) -> Vec<Descriptor> {
         None,
     ));
     layers.push(layer(&m.finish, "finish", "finish.sql".into(), None));
+    if let Some(u) = &m.users {
+        layers.push(layer(&u.roles_sql, "roles", "roles.sql".into(), None));
+        layers.push(layer(
+            &u.pre_data,
+            "pre-data-owners",
+            "owners/pre-data.sql".into(),
+            None,
+        ));
+        layers.push(layer(
+            &u.post_data,
+            "post-data-owners",
+            "owners/post-data.sql".into(),
+            None,
+        ));
+    }
     layers
 }
 
@@ -628,109 +663,4 @@ async fn read_table(
 
 fn uploads_stopped() -> Error {
     Error::new(ErrorKind::Other, "the chunk uploads stopped")
-}
-
-/// The stock `pg_dump` that writes the schema files: of the server's major version or
-/// newer (an older one refuses a newer server).
-struct PgDump {
-    path: std::path::PathBuf,
-    version: String,
-}
-
-impl PgDump {
-    fn find(server_num: i32) -> Result<PgDump> {
-        let major = server_num / 10000;
-        let mut candidates: Vec<(i32, std::path::PathBuf)> =
-            std::fs::read_dir("/usr/lib/postgresql")
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| {
-                    let v: i32 = e.file_name().to_str()?.parse().ok()?;
-                    let p = e.path().join("bin/pg_dump");
-                    p.is_file().then_some((v, p))
-                })
-                .filter(|(v, _)| *v >= major)
-                .collect();
-        candidates.sort();
-        let path = candidates
-            .first()
-            .map(|(_, p)| p.clone())
-            .unwrap_or_else(|| "pg_dump".into());
-        let out = std::process::Command::new(&path).arg("--version").output();
-        let version = match out {
-            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
-            _ => {
-                return Err(Error::not_found(format!(
-                    "no pg_dump of PostgreSQL {major} or newer on this machine (the schema is dumped with it)"
-                ))
-                .with_hint(format!("install the PostgreSQL {major} client tools (Debian: postgresql-client-{major})")))
-            }
-        };
-        // "pg_dump (PostgreSQL) 15.18 (Debian …)": its major version.
-        let found: i32 = version
-            .split_whitespace()
-            .nth(2)
-            .and_then(|v| v.split('.').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if found < major {
-            return Err(Error::usage(format!(
-                "{} is {version}, older than the server (PostgreSQL {major}), which it cannot dump",
-                path.display()
-            ))
-            .with_hint(format!(
-                "install the PostgreSQL {major} client tools (Debian: postgresql-client-{major})"
-            )));
-        }
-        Ok(PgDump { path, version })
-    }
-
-    /// One section of the schema, as of the exported snapshot, without owners and
-    /// privileges. psql's `\restrict` lines (a random key each run) are left out, so an
-    /// unchanged schema gives the same file; the file holds no other meta-command.
-    fn run(&self, url: &PgUrl, snapshot: &str, section: &str) -> Result<String> {
-        let mut cmd = std::process::Command::new(&self.path);
-        cmd.args([
-            "--schema-only",
-            "--no-owner",
-            "--no-privileges",
-            "--quote-all-identifiers",
-        ])
-        .arg(format!("--section={section}"))
-        .arg(format!("--snapshot={snapshot}"))
-        .args([
-            "-h",
-            &url.host,
-            "-p",
-            &url.port.to_string(),
-            "-U",
-            &url.user,
-            "-d",
-        ])
-        .arg(&url.database)
-        .env("PGAPPNAME", "freezer")
-        .env("PGCONNECT_TIMEOUT", "30")
-        .stdin(std::process::Stdio::null());
-        match url.password() {
-            Some(p) => cmd.env("PGPASSWORD", p),
-            None => cmd.env_remove("PGPASSWORD"),
-        };
-        let out = cmd
-            .output()
-            .map_err(|e| Error::io(format!("running {}", self.path.display()), e))?;
-        if !out.status.success() {
-            return Err(Error::other(format!(
-                "pg_dump --section={section} of {url} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        let text = String::from_utf8(out.stdout)
-            .map_err(|_| Error::other(format!("pg_dump of {url} wrote text that is not UTF-8")))?;
-        Ok(text
-            .lines()
-            .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
-            .map(|l| format!("{l}\n"))
-            .collect())
-    }
 }

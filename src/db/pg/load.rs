@@ -68,6 +68,9 @@ pub fn fetch(repo: &Repository, manifest: PgManifest, progress: &Progress) -> Re
         manifest.post_data.clone(),
         manifest.finish.clone(),
     ];
+    if let Some(u) = &manifest.users {
+        refs.extend([u.roles_sql.clone(), u.pre_data.clone(), u.post_data.clone()]);
+    }
     for t in &manifest.tables {
         refs.extend(t.chunks.iter().map(|c| FileRef {
             digest: c.digest.clone(),
@@ -161,12 +164,6 @@ pub fn load_database(
     progress: &Progress,
 ) -> Result<LoadReport> {
     let started = Instant::now();
-    if opts.with_users {
-        return Err(Error::usage(format!(
-            "--with-users applies to MySQL and MariaDB dumps; {} is PostgreSQL, whose roles freezer does not dump yet",
-            p.manifest.database
-        )));
-    }
     let rt = crate::sys::runtime()?;
     let m = &p.manifest;
     let partly = |e: Error| {
@@ -214,13 +211,31 @@ pub fn load_database(
     let result = (|| {
         progress.set_label(format!("loading the schema of {}", url.database));
         let c = rt.block_on(url.connect())?;
-        run_script(rt, &c, &p.text(&m.pre_data)?, "pre-data.sql", url)?;
+        let mut warnings = Vec::new();
+        let mut accounts = Vec::new();
+        // With users: the roles first, then the schema that names them as owners.
+        let (pre_data, post_data) = match (&m.users, opts.with_users) {
+            (Some(u), true) => {
+                run_script(rt, &c, &p.text(&u.roles_sql)?, "roles.sql", url)?;
+                accounts = u.roles.clone();
+                (&u.pre_data, &u.post_data)
+            }
+            (None, true) => {
+                warnings.push(format!(
+                    "the snapshot of {} has no roles (it was not frozen --with-users)",
+                    m.database
+                ));
+                (&m.pre_data, &m.post_data)
+            }
+            (_, false) => (&m.pre_data, &m.post_data),
+        };
+        run_script(rt, &c, &p.text(pre_data)?, "pre-data.sql", url)?;
         let data_started = Instant::now();
         let chunks = rt.block_on(load_chunks(p, url, opts.jobs.max(1), progress))?;
         let data_seconds = data_started.elapsed().as_secs_f64();
         let index_started = Instant::now();
         progress.set_label(format!("building the indexes of {}", url.database));
-        run_script(rt, &c, &p.text(&m.post_data)?, "post-data.sql", url)?;
+        run_script(rt, &c, &p.text(post_data)?, "post-data.sql", url)?;
         let index_seconds = index_started.elapsed().as_secs_f64();
         run_script(rt, &c, &p.text(&m.finish)?, "finish.sql", url)?;
         let verify_started = Instant::now();
@@ -241,12 +256,12 @@ pub fn load_database(
             chunks,
             resumed_chunks: 0,
             objects: 0,
-            accounts: vec![],
+            accounts,
             seconds: started.elapsed().as_secs_f64(),
             data_seconds,
             index_seconds,
             verify_seconds: verify_started.elapsed().as_secs_f64(),
-            warnings: vec![],
+            warnings,
         })
     })();
     result.map_err(partly)
@@ -352,45 +367,112 @@ async fn load_chunks(
     Ok(n)
 }
 
-/// Reads every table back (COPY's text, as the dump read it) and compares its row count
-/// and checksum with the snapshot's: the differences found.
+/// A part of a table that one connection reads back: all of it, or (PostgreSQL 14 and
+/// newer, which scan a range of pages by TID) the rows on heap pages `from..to`, so that
+/// one large table keeps every connection busy. Row sums add up in any order.
+struct Piece<'a> {
+    table: usize,
+    t: &'a PgTable,
+    pages: Option<(u64, Option<u64>)>,
+}
+
+/// Tables of more pages than this (64 MiB of 8 KiB pages) are read back in pieces.
+const PIECE_PAGES: u64 = 8192;
+
+/// Reads every table back and compares its rows and checksum with the snapshot's: the
+/// differences found.
 async fn verify(m: &PgManifest, url: &PgUrl, jobs: usize) -> Result<Vec<String>> {
-    let queue = Mutex::new(m.tables.iter().collect::<VecDeque<_>>());
-    let problems = Mutex::new(Vec::new());
-    let results = futures::future::join_all((0..jobs.min(m.tables.len().max(1))).map(|_| async {
+    let c = url.connect().await?;
+    let mut pieces = Vec::new();
+    let ranges = c
+        .query_one(
+            "SELECT current_setting('server_version_num')::int >= 140000",
+            &[],
+        )
+        .await
+        .map_err(|e| pg_error(e, "reading the server's version"))?
+        .get::<_, bool>(0);
+    for (table, t) in m.tables.iter().enumerate() {
+        let pages: i64 = c
+            .query_one(
+                "SELECT pg_relation_size($1::text::regclass) / current_setting('block_size')::int",
+                &[&t.qualified()],
+            )
+            .await
+            .map_err(|e| pg_error(e, &format!("sizing table {}", t.qualified())))?
+            .get(0);
+        let pages = pages.max(0) as u64;
+        if !ranges || pages <= PIECE_PAGES {
+            pieces.push(Piece {
+                table,
+                t,
+                pages: None,
+            });
+            continue;
+        }
+        let n = pages.div_ceil(PIECE_PAGES).min(4 * jobs as u64).max(2);
+        let step = pages.div_ceil(n);
+        for k in 0..n {
+            let last = k + 1 == n;
+            let to = (!last).then_some((k + 1) * step);
+            pieces.push(Piece {
+                table,
+                t,
+                pages: Some((k * step, to)),
+            });
+        }
+    }
+    drop(c);
+    let queue = Mutex::new(pieces.into_iter().collect::<VecDeque<_>>());
+    let sums = Mutex::new(vec![RowSum::default(); m.tables.len()]);
+    let connections = jobs.min(queue.lock().unwrap().len()).max(1);
+    let results = futures::future::join_all((0..connections).map(|_| async {
         let c = url.connect().await?;
         loop {
-            let Some(t) = queue.lock().unwrap().pop_front() else {
+            let Some(p) = queue.lock().unwrap().pop_front() else {
                 return Ok::<(), Error>(());
             };
-            let sum = table_sum(&c, t).await?;
-            if sum.rows != t.rows {
-                problems.lock().unwrap().push(format!(
-                    "table {} has {} rows, the snapshot has {}",
-                    t.qualified(),
-                    sum.rows,
-                    t.rows
-                ));
-            } else if sum.hex() != t.checksum {
-                problems.lock().unwrap().push(format!(
-                    "table {} has the right row count but different contents (checksum {} instead of {})",
-                    t.qualified(),
-                    sum.hex(),
-                    t.checksum
-                ));
-            }
+            let sql = match p.pages {
+                None => p.t.copy_out(false),
+                Some((from, to)) => p.t.copy_out_pages(from, to),
+            };
+            let sum = rows_sum(&c, p.t, &sql).await?;
+            sums.lock().unwrap()[p.table].merge(sum);
         }
     }))
     .await;
     results.into_iter().collect::<Result<Vec<()>>>()?;
-    Ok(problems.into_inner().unwrap())
+    let mut problems = Vec::new();
+    for (t, sum) in m.tables.iter().zip(sums.into_inner().unwrap()) {
+        if sum.rows != t.rows {
+            problems.push(format!(
+                "table {} has {} rows, the snapshot has {}",
+                t.qualified(),
+                sum.rows,
+                t.rows
+            ));
+        } else if sum.hex() != t.checksum {
+            problems.push(format!(
+                "table {} has the right row count but different contents (checksum {} instead of {})",
+                t.qualified(),
+                sum.hex(),
+                t.checksum
+            ));
+        }
+    }
+    Ok(problems)
 }
 
-/// The checksum of a table as it is now, computed exactly as the dump computed it.
+/// The row count and checksum of a table as the server holds it.
 pub async fn table_sum(c: &tokio_postgres::Client, t: &PgTable) -> Result<RowSum> {
+    rows_sum(c, t, &t.copy_out(false)).await
+}
+
+/// The row sum of what `copy_out` (a `COPY … TO STDOUT` of `t`'s rows) reads.
+async fn rows_sum(c: &tokio_postgres::Client, t: &PgTable, copy_out: &str) -> Result<RowSum> {
     let what = || format!("verifying table {}", t.qualified());
     let stream = c
-        .copy_out(t.copy_out(false).as_str())
+        .copy_out(copy_out)
         .await
         .map_err(|e| pg_error(e, &what()))?;
     futures::pin_mut!(stream);

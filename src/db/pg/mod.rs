@@ -14,6 +14,8 @@
 
 pub mod dump;
 pub mod load;
+pub mod roles;
+pub mod tool;
 
 use std::fmt;
 
@@ -44,6 +46,22 @@ pub struct PgManifest {
     /// Extensions of the source (name and version), created on load by pre-data.sql.
     pub extensions: Vec<(String, String)>,
     pub tables: Vec<PgTable>,
+    /// Present when frozen `--with-users`: the roles, and the schema files again with
+    /// owners and grants, which `thaw --with-users` loads instead of `pre_data` and
+    /// `post_data` (those stay without them, so a thaw without users needs no roles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<PgUsers>,
+}
+
+/// A dump's roles and its schema with owners and grants (`--with-users`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PgUsers {
+    /// The roles' names.
+    pub roles: Vec<String>,
+    /// `roles.sql` ([`roles`]): the missing roles created, the database's owner and grants.
+    pub roles_sql: FileRef,
+    pub pre_data: FileRef,
+    pub post_data: FileRef,
 }
 
 /// One table's rows (in COPY's text format: one line per row).
@@ -84,6 +102,17 @@ impl PgTable {
         };
         format!(
             "COPY (SELECT {} FROM ONLY {}{order}) TO STDOUT",
+            self.column_list(),
+            self.qualified()
+        )
+    }
+
+    /// The `COPY … TO STDOUT` of the rows on heap pages `from..to` (`to` None: to the
+    /// end), unordered: a TID range scan on PostgreSQL 14 and newer.
+    pub fn copy_out_pages(&self, from: u64, to: Option<u64>) -> String {
+        let upto = to.map_or(String::new(), |to| format!(" AND ctid < '({to},0)'::tid"));
+        format!(
+            "COPY (SELECT {} FROM ONLY {} WHERE ctid >= '({from},0)'::tid{upto}) TO STDOUT",
             self.column_list(),
             self.qualified()
         )

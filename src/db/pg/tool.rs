@@ -1,0 +1,233 @@
+//! The stock `pg_dump` that writes a dump's schema files: on this machine, or inside a
+//! Docker site's database container, where the server's own `pg_dump` is (same
+//! version, nothing to install on the host).
+
+use std::path::PathBuf;
+
+use super::PgUrl;
+use crate::error::{Error, Result};
+
+/// Runs a program in a container: `(argv, env)` to its exit code (None: it did not
+/// finish in time; 126/127: it is not there), stdout and stderr. The ops layer builds it
+/// from the Docker engine; the database layer does not know engines.
+pub type Exec<'a> = dyn Fn(Vec<String>, Vec<String>) -> Result<Ran> + 'a;
+
+/// A program's exit code (None: it did not finish in time), stdout and stderr.
+pub type Ran = (Option<i64>, Vec<u8>, Vec<u8>);
+
+/// Where `pg_dump` should run.
+pub enum PgDumpAt<'a> {
+    /// This machine's, found in `/usr/lib/postgresql/N/bin` or on PATH.
+    Host,
+    /// The database container's (`name`), through `exec`; this machine's when the
+    /// container has none of the server's major version (said in the report).
+    Container { name: String, exec: &'a Exec<'a> },
+}
+
+enum Runner<'a> {
+    Host(PathBuf),
+    Container(&'a Exec<'a>),
+}
+
+/// A `pg_dump` of the server's major version or newer (an older one refuses a newer
+/// server), and where it runs.
+pub struct PgDump<'a> {
+    runner: Runner<'a>,
+    /// Its `--version`, recorded in the manifest.
+    pub version: String,
+    /// Where it ran, for the report: "pg_dump 15.18 in container site-db-1".
+    pub used: String,
+    /// Why the container's was not used, when it was not.
+    pub warning: Option<String>,
+}
+
+/// The major version in `pg_dump --version` ("pg_dump (PostgreSQL) 15.18 (Debian …)").
+fn major_of(version: &str) -> i32 {
+    version
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.split('.').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn short(version: &str) -> &str {
+    version.split_whitespace().nth(2).unwrap_or(version)
+}
+
+impl<'a> PgDump<'a> {
+    /// The `pg_dump` to use for a server of version `server_num` (`server_version_num`).
+    pub fn find(at: &PgDumpAt<'a>, server_num: i32) -> Result<PgDump<'a>> {
+        let major = server_num / 10000;
+        let PgDumpAt::Container { name, exec } = at else {
+            return Self::find_host(major);
+        };
+        let argv = vec!["pg_dump".to_string(), "--version".to_string()];
+        let why = match exec(argv, vec![])? {
+            (Some(0), out, _) => {
+                let version = String::from_utf8_lossy(&out).trim().to_string();
+                if major_of(&version) >= major {
+                    return Ok(PgDump {
+                        used: format!("pg_dump {} in container {name}", short(&version)),
+                        runner: Runner::Container(*exec),
+                        version,
+                        warning: None,
+                    });
+                }
+                format!("is {version}, older than the server (PostgreSQL {major})")
+            }
+            (code, _, err) => format!(
+                "could not run (exit {}: {})",
+                code.map_or("none".into(), |c| c.to_string()),
+                String::from_utf8_lossy(&err).trim()
+            ),
+        };
+        let why = format!("the pg_dump in container {name} {why}");
+        let mut host = Self::find_host(major).map_err(|mut e| {
+            e.message = format!("{why}; {}", e.message);
+            e
+        })?;
+        host.warning = Some(format!("{why}: this machine's was used"));
+        Ok(host)
+    }
+
+    fn find_host(major: i32) -> Result<PgDump<'a>> {
+        let mut candidates: Vec<(i32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let v: i32 = e.file_name().to_str()?.parse().ok()?;
+                let p = e.path().join("bin/pg_dump");
+                p.is_file().then_some((v, p))
+            })
+            .filter(|(v, _)| *v >= major)
+            .collect();
+        candidates.sort();
+        let path = candidates
+            .first()
+            .map(|(_, p)| p.clone())
+            .unwrap_or_else(|| "pg_dump".into());
+        let install = format!(
+            "install the PostgreSQL {major} client tools (Debian: postgresql-client-{major})"
+        );
+        let out = std::process::Command::new(&path).arg("--version").output();
+        let version = match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            _ => {
+                return Err(Error::not_found(format!(
+                    "no pg_dump of PostgreSQL {major} or newer on this machine (the schema is dumped with it)"
+                ))
+                .with_hint(install))
+            }
+        };
+        if major_of(&version) < major {
+            return Err(Error::usage(format!(
+                "{} is {version}, older than the server (PostgreSQL {major}), which it cannot dump",
+                path.display()
+            ))
+            .with_hint(install));
+        }
+        Ok(PgDump {
+            used: format!("pg_dump {} on this machine", short(&version)),
+            runner: Runner::Host(path),
+            version,
+            warning: None,
+        })
+    }
+
+    /// One section of the schema, as of the exported snapshot; without owners and
+    /// privileges unless `owners`. psql's `\restrict` lines (a random key each run) are
+    /// left out, so an unchanged schema gives the same file; the file holds no other
+    /// meta-command.
+    pub fn run(&self, url: &PgUrl, snapshot: &str, section: &str, owners: bool) -> Result<String> {
+        let mut args: Vec<String> = vec!["--schema-only".into(), "--quote-all-identifiers".into()];
+        if !owners {
+            args.extend(["--no-owner".into(), "--no-privileges".into()]);
+        }
+        args.push(format!("--section={section}"));
+        args.push(format!("--snapshot={snapshot}"));
+        // In the container the server is this container's: its loopback address.
+        let host = match self.runner {
+            Runner::Host(_) => url.host.as_str(),
+            Runner::Container(_) => "127.0.0.1",
+        };
+        args.extend(
+            [
+                "-h",
+                host,
+                "-p",
+                &url.port.to_string(),
+                "-U",
+                &url.user,
+                "-d",
+            ]
+            .map(String::from),
+        );
+        args.push(url.database.clone());
+        let mut env = vec![
+            ("PGAPPNAME", "freezer".to_string()),
+            ("PGCONNECT_TIMEOUT", "30".to_string()),
+        ];
+        if let Some(p) = url.password() {
+            env.push(("PGPASSWORD", p.to_string()));
+        }
+        let failed = |detail: String| {
+            Error::other(format!(
+                "pg_dump --section={section} of {url} ({}) failed: {detail}",
+                self.used
+            ))
+        };
+        let stdout = match &self.runner {
+            Runner::Host(path) => {
+                let mut cmd = std::process::Command::new(path);
+                cmd.args(&args)
+                    .env_remove("PGPASSWORD")
+                    .envs(env)
+                    .stdin(std::process::Stdio::null());
+                let out = cmd
+                    .output()
+                    .map_err(|e| Error::io(format!("running {}", path.display()), e))?;
+                if !out.status.success() {
+                    return Err(failed(String::from_utf8_lossy(&out.stderr).trim().into()));
+                }
+                out.stdout
+            }
+            Runner::Container(exec) => {
+                let mut argv = vec!["pg_dump".to_string()];
+                argv.extend(args);
+                let env = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+                match exec(argv, env)? {
+                    (Some(0), out, _) => out,
+                    (None, _, _) => return Err(failed("it did not finish within the hour".into())),
+                    (Some(_), _, err) => {
+                        return Err(failed(String::from_utf8_lossy(&err).trim().into()))
+                    }
+                }
+            }
+        };
+        let text = String::from_utf8(stdout)
+            .map_err(|_| Error::other(format!("pg_dump of {url} wrote text that is not UTF-8")))?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
+            .map(|l| format!("{l}\n"))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_major_version_is_read_from_pg_dump_version() {
+        assert_eq!(
+            major_of("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"),
+            15
+        );
+        assert_eq!(major_of("pg_dump (PostgreSQL) 9.6.24"), 9);
+        assert_eq!(major_of("something else"), 0);
+        assert_eq!(short("pg_dump (PostgreSQL) 16.4"), "16.4");
+    }
+}
