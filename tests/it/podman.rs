@@ -383,9 +383,8 @@ fn a_postgres_site_frozen_dehydrated_on_docker_runs_on_podman() {
     );
     let facts = facts_at(&url(&a), &password, "shop");
 
-    let out = freezer_on(
-        &a,
-        &[
+    let freeze = || {
+        let args = [
             "freeze",
             &name,
             "--repo",
@@ -393,9 +392,10 @@ fn a_postgres_site_frozen_dehydrated_on_docker_runs_on_podman() {
             "--mode",
             "dehydrated",
             "--json",
-        ],
-    );
-    let report = json(&out);
+        ];
+        json(&freezer_on(&a, &args))
+    };
+    let report = freeze();
     assert_eq!(report["databases"][0]["database"], "shop");
     assert_eq!(report["databases"][0]["consistency"], "exported-snapshot");
     let snap = report["snapshot"].as_str().unwrap().to_string();
@@ -415,19 +415,7 @@ fn a_postgres_site_frozen_dehydrated_on_docker_runs_on_podman() {
             "/usr/lib/postgresql/15/bin/pg_dump",
         ],
     );
-    let out = freezer_on(
-        &a,
-        &[
-            "freeze",
-            &name,
-            "--repo",
-            &repo.url,
-            "--mode",
-            "dehydrated",
-            "--json",
-        ],
-    );
-    let again = json(&out);
+    let again = freeze();
     let by = again["databases"][0]["schema_by"].as_str().unwrap();
     assert!(by.ends_with("on this machine"), "{again:#}");
     let warned = again["warnings"].to_string();

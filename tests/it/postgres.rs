@@ -136,22 +136,7 @@ pub fn facts_at(url: &str, pass: &str, db: &str) -> (String, Vec<String>) {
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    let out = Command::new("pg_dump")
-        .arg(format!("{url}/{db}"))
-        .args(["--schema-only", "--no-owner"])
-        .env("PGPASSWORD", pass)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let schema: String = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let schema = schema_at(url, pass, db, &["--no-owner"]);
     let mut data = Vec::new();
     let relations = psql(
         "SELECT c.relkind::text || ' ' || format('%I.%I', n.nspname, c.relname) FROM pg_class c \
@@ -168,6 +153,28 @@ pub fn facts_at(url: &str, pass: &str, db: &str) -> (String, Vec<String>) {
         data.push(format!("{name}: {}", psql(&q)));
     }
     (schema, data)
+}
+
+/// `pg_dump --schema-only` (with `extra` options) of a database on the server at `url`,
+/// without psql's random `\restrict` key.
+fn schema_at(url: &str, pass: &str, db: &str, extra: &[&str]) -> String {
+    let out = Command::new("pg_dump")
+        .arg(format!("{url}/{db}"))
+        .arg("--schema-only")
+        .args(extra)
+        .env("PGPASSWORD", pass)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 fn round_trip(repo: &TestRepo) {
@@ -537,22 +544,7 @@ fn a_200_mb_table_round_trips_through_garage() {
 /// The database's schema with owners and grants, as the stock pg_dump writes it.
 fn schema_with_owners(db: &str) -> String {
     let (url, pass) = server();
-    let out = Command::new("pg_dump")
-        .arg(format!("{url}/{db}"))
-        .arg("--schema-only")
-        .env("PGPASSWORD", pass)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .map(|l| format!("{l}\n"))
-        .collect()
+    schema_at(&url, &pass, db, &[])
 }
 
 /// `--with-users`: the roles that own the database's objects or hold grants on them
