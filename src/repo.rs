@@ -847,14 +847,7 @@ impl SpoolFile {
             return crate::error::into_io(Error::io(format!("writing {}", self.path.display()), e));
         }
         let dir = self.path.parent().unwrap_or(&self.path);
-        let free = crate::sys::free_space(dir)
-            .map(|b| format!(" ({} free)", crate::progress::bytes(b)))
-            .unwrap_or_default();
-        crate::error::into_io(
-            Error::io(format!("the disk holding {} is full{free}", dir.display()), e).with_hint(
-                "free space there (for an S3 repository, or to spool elsewhere, point TMPDIR at a larger disk) and run again; nothing was recorded, and what was uploaded is reused",
-            ),
-        )
+        crate::error::into_io(crate::store::disk_full(dir, e))
     }
 }
 

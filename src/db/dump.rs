@@ -257,8 +257,11 @@ enum Outcome {
     SchemaChanged(Vec<String>),
 }
 
-/// A stored chunk: (table, seq, chunk).
-type StoredChunk = (usize, (u32, u32), Chunk);
+/// A stored chunk: (table, its place in the table, chunk).
+pub(crate) type Stored<S> = (usize, S, Chunk);
+
+/// A stored chunk of a MySQL table, placed by (range, part).
+type StoredChunk = Stored<(u32, u32)>;
 
 struct Dumped {
     schema: Schema,
@@ -272,39 +275,36 @@ struct Dumped {
     users_sql: Option<String>,
 }
 
-/// One chunk's SQL on its way to compression and upload.
-struct ChunkOut {
-    table: usize,
-    /// (range, part): sorts the chunks of a table into key order.
-    seq: (u32, u32),
-    sql: Vec<u8>,
-    rows: u64,
+/// One chunk's SQL on its way to compression and upload: its table, its place in the
+/// table (`S` sorts the chunks of a table into key order; MySQL: (range, part)), its text
+/// and rows.
+pub(crate) struct ChunkOut<S> {
+    pub table: usize,
+    pub seq: S,
+    pub sql: Vec<u8>,
+    pub rows: u64,
 }
 
-fn dump_once(
-    rt: &tokio::runtime::Runtime,
+/// Runs `read` (the readers, which send chunks on the channel it is given) while `jobs`
+/// plain threads compress and store the chunks: the store has its own runtime, which
+/// must not be entered from the readers'. A chunk whose text is in `reuse` (last night's
+/// chunks by the digest of their text) is not compressed again. Returns what `read`
+/// returned and the stored chunks as (table, place, chunk). An upload failure sets the
+/// flag `read` is given (the readers stop) and is the error returned, whatever the
+/// readers then say.
+pub(crate) fn with_uploads<S: Send, R>(
     repo: &Repository,
-    url: &DbUrl,
-    prev: Option<&DbManifest>,
-    opts: &DumpOptions,
-    progress: &Progress,
-) -> Result<Outcome> {
-    let (tx, rx) = mpsc::channel::<ChunkOut>(opts.jobs * 2);
+    reuse: &HashMap<Digest, (Digest, u64)>,
+    jobs: usize,
+    read: impl FnOnce(mpsc::Sender<ChunkOut<S>>, Arc<AtomicBool>) -> Result<R>,
+) -> Result<(R, Vec<Stored<S>>)> {
+    let (tx, rx) = mpsc::channel::<ChunkOut<S>>(jobs * 2);
     let rx = Mutex::new(rx);
-    let stored: Mutex<Vec<StoredChunk>> = Mutex::new(Vec::new());
+    let stored = Mutex::new(Vec::new());
     let upload_error: Mutex<Option<Error>> = Mutex::new(None);
     let cancel = Arc::new(AtomicBool::new(false));
-    // Last night's chunks by the digest of their SQL text.
-    let reuse: HashMap<Digest, (Digest, u64)> = prev
-        .iter()
-        .flat_map(|m| &m.tables)
-        .flat_map(|t| &t.chunks)
-        .filter_map(|c| Some((c.sql_digest.clone()?, (c.digest.clone(), c.size))))
-        .collect();
-    std::thread::scope(|s| {
-        // Compression and upload run on plain threads: the store has its own runtime,
-        // which must not be entered from this one's workers.
-        for _ in 0..opts.jobs {
+    let read_result = std::thread::scope(|s| {
+        for _ in 0..jobs {
             s.spawn(|| loop {
                 let Some(c) = rx.lock().unwrap().blocking_recv() else {
                     break;
@@ -313,8 +313,7 @@ fn dump_once(
                     continue; // keep draining so the readers never block
                 }
                 let sql_digest = Digest::of(&c.sql);
-                let r = store_chunk(repo, &c.sql, &sql_digest, &reuse);
-                match r {
+                match store_chunk(repo, &c.sql, &sql_digest, reuse) {
                     Ok((digest, size)) => stored.lock().unwrap().push((
                         c.table,
                         c.seq,
@@ -333,25 +332,43 @@ fn dump_once(
                 }
             });
         }
-        let r = rt.block_on(dump(url, prev, opts, tx, cancel.clone(), progress));
-        // Dropping the sender (inside dump) ends the threads; the scope joins them.
-        r
-    })
-    .and_then(|outcome| {
-        if let Some(e) = upload_error.lock().unwrap().take() {
-            return Err(e);
+        // The sender is dropped by the time `read` returns: that ends the threads, and
+        // the scope joins them.
+        read(tx, cancel.clone())
+    });
+    if let Some(e) = upload_error.into_inner().unwrap() {
+        return Err(e);
+    }
+    Ok((read_result?, stored.into_inner().unwrap()))
+}
+
+/// Last night's chunks by the digest of their text: (blob digest, stored size).
+pub(crate) fn reusable<'a>(
+    chunks: impl Iterator<Item = &'a Chunk>,
+) -> HashMap<Digest, (Digest, u64)> {
+    chunks
+        .filter_map(|c| Some((c.sql_digest.clone()?, (c.digest.clone(), c.size))))
+        .collect()
+}
+
+fn dump_once(
+    rt: &tokio::runtime::Runtime,
+    repo: &Repository,
+    url: &DbUrl,
+    prev: Option<&DbManifest>,
+    opts: &DumpOptions,
+    progress: &Progress,
+) -> Result<Outcome> {
+    let reuse = reusable(prev.iter().flat_map(|m| &m.tables).flat_map(|t| &t.chunks));
+    let (outcome, stored) = with_uploads(repo, &reuse, opts.jobs, |tx, cancel| {
+        rt.block_on(dump(url, prev, opts, tx, cancel, progress))
+    })?;
+    Ok(match outcome {
+        Outcome::Done(mut d) => {
+            d.chunks = stored;
+            Outcome::Done(d)
         }
-        Ok(match outcome {
-            Outcome::Done(mut d) => {
-                d.chunks = std::mem::take(&mut *stored.lock().unwrap());
-                Outcome::Done(d)
-            }
-            other => other,
-        })
-    })
-    .map_err(|e| {
-        // An upload failure makes the readers stop with a generic error; report the cause.
-        upload_error.lock().unwrap().take().unwrap_or(e)
+        other => other,
     })
 }
 
@@ -461,7 +478,7 @@ struct Shared<'a> {
     schema: &'a Schema,
     bits: Vec<u32>,
     max_chunk: usize,
-    tx: mpsc::Sender<ChunkOut>,
+    tx: mpsc::Sender<ChunkOut<(u32, u32)>>,
     cancel: Arc<AtomicBool>,
     /// The source is MariaDB (chunks may use its session variables).
     mariadb: bool,
@@ -494,7 +511,7 @@ async fn dump(
     url: &DbUrl,
     prev: Option<&DbManifest>,
     opts: &DumpOptions,
-    tx: mpsc::Sender<ChunkOut>,
+    tx: mpsc::Sender<ChunkOut<(u32, u32)>>,
     cancel: Arc<AtomicBool>,
     progress: &Progress,
 ) -> Result<Outcome> {

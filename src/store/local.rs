@@ -91,9 +91,18 @@ impl Store for LocalStore {
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
         let spool = self.spool_dir()?;
         let mut tmp = super::spool_file(&spool)?;
-        tmp.write_all(data)
-            .and_then(|_| tmp.as_file().sync_all())
-            .ctx(|| format!("writing {}", tmp.path().display()))?;
+        // Through the plain file: tempfile's own writer wraps errors with the path, which
+        // hides the OS error that tells a full disk.
+        let written = tmp
+            .as_file_mut()
+            .write_all(data)
+            .and_then(|_| tmp.as_file().sync_all());
+        match written {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                return Err(super::disk_full(&spool, e))
+            }
+            w => w.ctx(|| format!("writing {}", tmp.path().display()))?,
+        }
         let (_, path) = tmp
             .keep()
             .map_err(|e| Error::io("keeping a staged file", e.error))?;

@@ -120,6 +120,17 @@ pub fn spool_file(dir: &Path) -> Result<tempfile::NamedTempFile> {
         .map_err(|e| Error::io(format!("creating a file in {}", dir.display()), e))
 }
 
+/// The error of a write into `dir` that found its disk full: it names the disk and its
+/// free space, not the source that was being read at the time.
+pub fn disk_full(dir: &Path, e: std::io::Error) -> Error {
+    let free = crate::sys::free_space(dir)
+        .map(|b| format!(" ({} free)", crate::progress::bytes(b)))
+        .unwrap_or_default();
+    Error::io(format!("the disk holding {} is full{free}", dir.display()), e).with_hint(
+        "free space there (for an S3 repository, or to spool elsewhere, point TMPDIR at a larger disk) and run again; nothing was recorded, and what was uploaded is reused",
+    )
+}
+
 /// Removes the spooled files of runs on this host that died (SIGKILL, power loss), which
 /// could not remove them themselves.
 fn sweep_spool(dir: &Path) {

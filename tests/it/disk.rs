@@ -145,3 +145,55 @@ fn a_full_temporary_directory_fails_a_database_thaw_before_the_target_is_made() 
     assert_eq!(exists.trim(), "0", "the target database was created");
     drop_db(&src);
 }
+
+/// A repository that fills up while a database is dumped (MySQL, then PostgreSQL): the
+/// freeze names the full disk — the upload's error, not the readers' "the chunk uploads
+/// stopped" — records nothing, and what is in the repository verifies.
+#[test]
+fn a_repository_filling_up_during_a_database_dump_is_named_and_records_nothing() {
+    let disk = Tmpfs::new("2m");
+    let repo_dir = disk.path().join("repo");
+    let url = repo_dir.display().to_string();
+    assert_ok(&freezer(&["init", "--repo", &url]));
+    // About 10 MB of hex text each, which zstd cannot shrink below the disk's 2 MB.
+    let my = unique("fullmy").replace('-', "_");
+    crate::database::sql(None, &format!("CREATE DATABASE `{my}`;"));
+    crate::database::sql(
+        Some(&my),
+        "CREATE TABLE t (id INT PRIMARY KEY, v TEXT); INSERT INTO t SELECT seq, \
+         CONCAT(MD5(seq), SHA2(seq, 256), MD5(seq + 1)) FROM seq_1_to_80000;",
+    );
+    let pg = crate::postgres::PgDb::new("fullpg");
+    pg.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, \
+         md5(g::text) || md5((g + 1)::text) || md5((g + 2)::text) || md5((g + 3)::text) \
+         FROM generate_series(1, 80000) g",
+    );
+    let dumps = [
+        freezer(&[
+            "freeze",
+            "my",
+            "--repo",
+            &url,
+            "--db",
+            &crate::database::db_url(&my),
+        ]),
+        crate::postgres::freezer_pg(&["freeze", "pg", "--repo", &url, "--db", &pg.url()]),
+    ];
+    crate::database::drop_db(&my);
+    for out in dumps {
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!(
+                "the disk holding {}/tmp is full",
+                repo_dir.display()
+            )),
+            "the message names the full disk: {err}"
+        );
+        assert!(!err.contains("uploads stopped"), "{err}");
+    }
+    let list = json(&freezer(&["snapshots", "--repo", &url, "--json"]));
+    assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
+    assert_ok(&freezer(&["verify", "--repo", &url]));
+}

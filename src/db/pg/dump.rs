@@ -3,7 +3,8 @@
 //! at content-defined boundaries so that an unchanged table gives the same chunks the
 //! next night.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -13,7 +14,7 @@ use super::tool::{PgDump, PgDumpAt};
 use super::{
     pg_error, quote_ident, quote_literal, PgManifest, PgTable, PgUrl, PgUsers, MT_PG_CONFIG,
 };
-use crate::db::dump::{store_chunk, DbReport, DumpOptions};
+use crate::db::dump::{reusable, with_uploads, DbReport, DumpOptions};
 use crate::db::sql::RowSum;
 use crate::db::{Chunk, FileRef, A_SQL_PART, A_SQL_TABLE, MT_SQL_ZSTD};
 use crate::error::{Error, ErrorKind, Result};
@@ -32,15 +33,10 @@ struct Table {
 }
 
 /// A stored chunk: (table, sequence number in the table, chunk).
-type StoredChunk = (usize, u32, Chunk);
+type StoredChunk = crate::db::dump::Stored<u32>;
 
 /// A chunk's SQL on its way to compression and upload.
-struct ChunkOut {
-    table: usize,
-    seq: u32,
-    sql: Vec<u8>,
-    rows: u64,
-}
+type ChunkOut = crate::db::dump::ChunkOut<u32>;
 
 /// Dumps the URL's database into the repository: the descriptor of its image (for the
 /// snapshot record) and a report. `prev` is the same database's manifest from the
@@ -233,10 +229,9 @@ fn set_chunk_bits(tables: &mut [Table], prev: Option<&PgManifest>, chunk_bytes: 
     }
 }
 
-/// Reads every table's rows in the snapshot (async readers) while plain threads
-/// compress and upload the chunks (the store has its own runtime, which must not be
-/// entered from this one's workers). Returns each table's row sum and the stored
-/// chunks as (table, sequence number, chunk).
+/// Reads every table's rows in the snapshot while plain threads compress and upload
+/// the chunks ([`with_uploads`]). Returns each table's row sum and the stored chunks as
+/// (table, sequence number, chunk).
 fn read_rows(
     rt: &tokio::runtime::Runtime,
     repo: &Repository,
@@ -246,52 +241,12 @@ fn read_rows(
     jobs: usize,
     progress: &Progress,
 ) -> Result<(Vec<RowSum>, Vec<StoredChunk>)> {
-    // Last night's chunks by the digest of their text.
-    let reuse: HashMap<Digest, (Digest, u64)> = prev
-        .iter()
-        .flat_map(|m| &m.tables)
-        .flat_map(|t| &t.chunks)
-        .filter_map(|c| Some((c.sql_digest.clone()?, (c.digest.clone(), c.size))))
-        .collect();
-    let stored: Mutex<Vec<StoredChunk>> = Mutex::new(Vec::new());
-    let upload_error: Mutex<Option<Error>> = Mutex::new(None);
-    let (tx, rx) = tokio::sync::mpsc::channel::<ChunkOut>(jobs * 2);
-    let rx = Mutex::new(rx);
-    let sums = std::thread::scope(|scope| {
-        for _ in 0..jobs {
-            scope.spawn(|| loop {
-                let Some(c) = rx.lock().unwrap().blocking_recv() else {
-                    break;
-                };
-                if upload_error.lock().unwrap().is_some() {
-                    continue; // keep draining so the readers never block
-                }
-                let sql_digest = Digest::of(&c.sql);
-                match store_chunk(repo, &c.sql, &sql_digest, &reuse) {
-                    Ok((digest, size)) => {
-                        progress.add_done(c.sql.len() as u64);
-                        stored.lock().unwrap().push((
-                            c.table,
-                            c.seq,
-                            Chunk {
-                                digest,
-                                size,
-                                rows: c.rows,
-                                sql_bytes: c.sql.len() as u64,
-                                sql_digest: Some(sql_digest),
-                            },
-                        ));
-                    }
-                    Err(e) => *upload_error.lock().unwrap() = Some(e),
-                }
-            });
-        }
-        rt.block_on(read_tables(url, &s.id, &s.tables, jobs, tx, progress))
-    })?;
-    if let Some(e) = upload_error.into_inner().unwrap() {
-        return Err(e);
-    }
-    Ok((sums, stored.into_inner().unwrap()))
+    let reuse = reusable(prev.iter().flat_map(|m| &m.tables).flat_map(|t| &t.chunks));
+    with_uploads(repo, &reuse, jobs, |tx, cancel| {
+        rt.block_on(read_tables(
+            url, &s.id, &s.tables, jobs, tx, &cancel, progress,
+        ))
+    })
 }
 
 /// Stores the config and the image manifest: the record's descriptor of the database
@@ -554,6 +509,7 @@ async fn read_tables(
     tables: &[Table],
     jobs: usize,
     tx: tokio::sync::mpsc::Sender<ChunkOut>,
+    cancel: &AtomicBool,
     progress: &Progress,
 ) -> Result<Vec<RowSum>> {
     let mut order: Vec<usize> = (0..tables.len()).collect();
@@ -573,7 +529,7 @@ async fn read_tables(
                 break;
             };
             progress.check(|| format!("dumping {}", tables[i].entry.qualified()))?;
-            let sum = read_table(&c, i, &tables[i].entry, &tx).await?;
+            let sum = read_table(&c, i, &tables[i].entry, &tx, cancel, progress).await?;
             sums.lock().unwrap()[i] = sum;
         }
         c.batch_execute("COMMIT")
@@ -595,6 +551,8 @@ async fn read_table(
     index: usize,
     t: &PgTable,
     tx: &tokio::sync::mpsc::Sender<ChunkOut>,
+    cancel: &AtomicBool,
+    progress: &Progress,
 ) -> Result<RowSum> {
     let what = || format!("dumping table {}", t.qualified());
     let stream = c
@@ -649,16 +607,30 @@ async fn read_table(
             };
             if h & mask == 0 {
                 let out = emit(&mut chunk, &mut rows, &mut seq);
-                tx.send(out).await.map_err(|_| uploads_stopped())?;
+                send(tx, out, cancel, progress).await?;
             }
         }
     }
     copied.finish(&what())?;
     if rows > 0 {
         let out = emit(&mut chunk, &mut rows, &mut seq);
-        tx.send(out).await.map_err(|_| uploads_stopped())?;
+        send(tx, out, cancel, progress).await?;
     }
     Ok(sum)
+}
+
+/// Hands a chunk to the uploads, unless one of them failed (then the dump stops).
+async fn send(
+    tx: &tokio::sync::mpsc::Sender<ChunkOut>,
+    out: ChunkOut,
+    cancel: &AtomicBool,
+    progress: &Progress,
+) -> Result<()> {
+    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(uploads_stopped());
+    }
+    progress.add_done(out.sql.len() as u64);
+    tx.send(out).await.map_err(|_| uploads_stopped())
 }
 
 fn uploads_stopped() -> Error {
