@@ -628,48 +628,14 @@ fn freeze_locked(
         }
     };
 
-    let mut databases = Vec::new();
-    let db_opts = DumpOptions {
-        jobs: plan.db_jobs,
-        chunk_bytes: plan.db_chunk_bytes,
-        with_users: plan.db_with_users,
-        ..DumpOptions::default()
-    };
-    for url in &plan.databases {
-        let prev = prev_db.get(&url.database);
-        let (desc, report) = match url.postgres() {
-            Some(pg) => {
-                let prev = match prev {
-                    Some(Dump::Postgres(m)) => Some(&**m),
-                    _ => None,
-                };
-                // A Docker site's database is dumped with its container's own pg_dump.
-                let container = plan.docker.as_ref().and_then(|d| {
-                    let name = d.site.database_container(&url.database)?;
-                    Some((name.to_string(), exec_in(&d.engine, name)))
-                });
-                let at = match &container {
-                    Some((name, exec)) => PgDumpAt::Container {
-                        name: name.clone(),
-                        exec,
-                    },
-                    None => PgDumpAt::Host,
-                };
-                crate::db::pg::dump::freeze_database(repo, pg, &at, prev, &db_opts, progress)
-            }
-            None => {
-                let prev = match prev {
-                    Some(Dump::Mysql(m)) => Some(&**m),
-                    _ => None,
-                };
-                freeze_database(repo, url, prev, &db_opts, progress)
-            }
-        }
-        .map_err(|e| prefix(e, &format!("dumping {url}")))?;
-        warnings.extend(report.warnings.iter().cloned());
-        manifests.push(desc);
-        databases.push(report);
-    }
+    let databases = dump_databases(
+        repo,
+        plan,
+        &prev_db,
+        progress,
+        &mut warnings,
+        &mut manifests,
+    )?;
 
     let mut record = ImageIndex {
         schema_version: 2,
@@ -791,6 +757,62 @@ fn freeze_trees(
 /// progress line shows bytes and rate without ETA).
 fn dir_size_hint(prev: &HashMap<PathBuf, PrevTree>, path: &Path) -> u64 {
     prev.get(path).map_or(0, |p| p.trailer.bytes)
+}
+
+/// Dumps the plan's databases (each after its previous snapshot's dump, so unchanged
+/// chunks are reused): their images' descriptors go to `manifests`, their warnings to
+/// `warnings`.
+fn dump_databases(
+    repo: &Repository,
+    plan: &FreezePlan,
+    prev_db: &HashMap<String, Dump>,
+    progress: &Progress,
+    warnings: &mut Vec<String>,
+    manifests: &mut Vec<Descriptor>,
+) -> Result<Vec<DbReport>> {
+    let mut reports = Vec::new();
+    let db_opts = DumpOptions {
+        jobs: plan.db_jobs,
+        chunk_bytes: plan.db_chunk_bytes,
+        with_users: plan.db_with_users,
+        ..DumpOptions::default()
+    };
+    for url in &plan.databases {
+        let prev = prev_db.get(&url.database);
+        let (desc, report) = match url.postgres() {
+            Some(pg) => {
+                let prev = match prev {
+                    Some(Dump::Postgres(m)) => Some(&**m),
+                    _ => None,
+                };
+                // A Docker site's database is dumped with its container's own pg_dump.
+                let container = plan.docker.as_ref().and_then(|d| {
+                    let name = d.site.database_container(&url.database)?;
+                    Some((name.to_string(), exec_in(&d.engine, name)))
+                });
+                let at = match &container {
+                    Some((name, exec)) => PgDumpAt::Container {
+                        name: name.clone(),
+                        exec,
+                    },
+                    None => PgDumpAt::Host,
+                };
+                crate::db::pg::dump::freeze_database(repo, pg, &at, prev, &db_opts, progress)
+            }
+            None => {
+                let prev = match prev {
+                    Some(Dump::Mysql(m)) => Some(&**m),
+                    _ => None,
+                };
+                freeze_database(repo, url, prev, &db_opts, progress)
+            }
+        }
+        .map_err(|e| prefix(e, &format!("dumping {url}")))?;
+        warnings.extend(report.warnings.iter().cloned());
+        manifests.push(desc);
+        reports.push(report);
+    }
+    Ok(reports)
 }
 
 /// A program run in container `name` through the engine, for the database layer: exit
