@@ -80,6 +80,9 @@ pub struct DbReport {
     /// "pg_dump 15.18 in container site-db-1").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schema_by: Option<String>,
+    /// Tables read on several connections at once, as `name (N parts)` (PostgreSQL).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<String>,
     pub seconds: f64,
     pub warnings: Vec<String>,
 }
@@ -199,6 +202,7 @@ pub fn freeze_database(
         stored_bytes,
         lock_ms: manifest.consistency.lock_ms,
         schema_by: None,
+        split: vec![],
         consistency: manifest.consistency.method.clone(),
         seconds: started.elapsed().as_secs_f64(),
         warnings,

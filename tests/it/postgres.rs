@@ -295,6 +295,68 @@ fn an_unchanged_postgres_database_re_freezes_without_uploading_a_chunk() {
     );
 }
 
+/// A large table is read on several connections at once, in key ranges whose edges are
+/// chunk boundaries, so its chunks are the very ones one connection cuts: a freeze with
+/// one connection after one with four uploads no chunk. The key is composite, with text
+/// that COPY escapes (tab, newline, backslash, quotes, non-ASCII), as edges are passed
+/// back to the server as literals; the split snapshot thaws to the same rows.
+#[test]
+fn a_large_table_read_in_parallel_is_cut_into_the_chunks_one_connection_cuts() {
+    let db = PgDb::new("pgsplit");
+    db.sql(
+        "CREATE TABLE wide (name text, n int, body text, PRIMARY KEY (name, n)); \
+         INSERT INTO wide SELECT (ARRAY[E'a\\tb', E'line\\nnext', E'back\\\\slash', 'it''s', \
+           'é\"x', 'plain'])[1 + i % 6] || (i % 97), i, repeat(md5(i::text), 3) \
+         FROM generate_series(1, 40000) i",
+    );
+    let repo = TestRepo::local().init();
+    let site = unique("pgsplit");
+    let freeze = |jobs: &str| {
+        json(&freezer_pg(&[
+            "freeze",
+            &site,
+            "--db",
+            &db.url(),
+            "--repo",
+            &repo.url,
+            "--chunk-size",
+            "16K",
+            "--jobs",
+            jobs,
+            "--json",
+        ]))
+    };
+    let one = freeze("1");
+    assert!(one["databases"][0].get("split").is_none(), "{one:#}");
+    let chunks = one["databases"][0]["chunks"].as_u64().unwrap();
+    assert!(chunks > 100, "{one:#}");
+    let four = freeze("4");
+    assert_eq!(
+        four["databases"][0]["split"],
+        serde_json::json!(["public.wide (4 parts)"]),
+        "{four:#}"
+    );
+    assert_eq!(four["databases"][0]["chunks"], chunks, "{four:#}");
+    assert_eq!(four["blobs_uploaded"], 2, "{four:#}");
+    let again = freeze("1");
+    assert_eq!(again["blobs_uploaded"], 2, "{again:#}");
+
+    db.sql("UPDATE wide SET n = -n WHERE n % 1000 = 0"); // edges move: the next split still holds
+    let changed = freeze("4");
+    assert_eq!(changed["databases"][0]["split"][0], "public.wide (4 parts)");
+    let target = PgDb::new("pgsplitcopy");
+    psql("postgres", &format!("DROP DATABASE {}", target.name));
+    assert_ok(&freezer_pg(&[
+        "thaw",
+        &site,
+        "--db",
+        &target.url(),
+        "--repo",
+        &repo.url,
+    ]));
+    assert_eq!(facts(&db.name), facts(&target.name));
+}
+
 /// SPEC.md §10.7's restore by hand, verbatim, with only psql, zstd and jq: the fixture
 /// comes back exactly.
 #[test]

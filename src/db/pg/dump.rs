@@ -30,13 +30,16 @@ struct Table {
     /// The average length of a row's COPY text over its first rows: chunks are sized by
     /// it.
     row_bytes: u64,
+    /// The SQL types of the key's columns, in key order (`format_type`): a key value in a
+    /// query is a literal cast to its type.
+    key_types: Vec<String>,
 }
 
-/// A stored chunk: (table, sequence number in the table, chunk).
-type StoredChunk = crate::db::dump::Stored<u32>;
+/// A stored chunk: (table, (part of the table, sequence number in the part), chunk).
+type StoredChunk = crate::db::dump::Stored<(u32, u32)>;
 
 /// A chunk's SQL on its way to compression and upload.
-type ChunkOut = crate::db::dump::ChunkOut<u32>;
+type ChunkOut = crate::db::dump::ChunkOut<(u32, u32)>;
 
 /// Dumps the URL's database into the repository: the descriptor of its image (for the
 /// snapshot record) and a report. `prev` is the same database's manifest from the
@@ -55,22 +58,42 @@ pub fn freeze_database(
     progress.set_label(format!("dumping {}", url.database));
     let mut s = rt.block_on(Snapshot::take(url, opts.lock_wait_timeout))?;
     let tool = PgDump::find(at, s.server_num)?;
-    let pre_data = tool.run(url, &s.id, "pre-data", false)?;
-    let post_data = tool.run(url, &s.id, "post-data", false)?;
     let mut warnings: Vec<String> = tool.warning.iter().cloned().collect();
-    let users = if opts.with_users {
+    let roles = if opts.with_users {
         let roles = rt.block_on(super::roles::read(&s.leader, url))?;
         warnings.extend(roles.warning.clone());
-        Some((
-            roles,
-            tool.run(url, &s.id, "pre-data", true)?,
-            tool.run(url, &s.id, "post-data", true)?,
-        ))
+        Some(roles)
     } else {
         None
     };
     set_chunk_bits(&mut s.tables, prev, opts.chunk_bytes);
-    let (sums, stored) = read_rows(rt, repo, url, &s, prev, opts.jobs.max(1), progress)?;
+    let jobs = opts.jobs.max(1);
+    let parts = rt.block_on(plan_parts(&s.leader, &s.tables, jobs, opts.chunk_bytes))?;
+    let split = split_tables(&s.tables, &parts);
+    // pg_dump writes the schema of the snapshot while the rows are read: both only need
+    // the leader's transaction open.
+    let (schema, rows) = std::thread::scope(|scope| {
+        let schema = scope.spawn(|| {
+            let files = |owners| -> Result<(String, String)> {
+                Ok((
+                    tool.run(url, &s.id, "pre-data", owners)?,
+                    tool.run(url, &s.id, "post-data", owners)?,
+                ))
+            };
+            let owners = match roles.is_some() {
+                true => Some(files(true)?),
+                false => None,
+            };
+            Ok::<_, Error>((files(false)?, owners))
+        });
+        let rows = read_rows(rt, repo, url, &s, parts, prev, jobs, progress);
+        (schema.join().expect("the pg_dump thread panicked"), rows)
+    });
+    let ((pre_data, post_data), owners) = schema?;
+    let (sums, stored) = rows?;
+    let users = roles
+        .zip(owners)
+        .map(|(roles, (pre, post))| (roles, pre, post));
     rt.block_on(s.leader.batch_execute("COMMIT"))
         .map_err(|e| pg_error(e, &format!("ending the dump's transaction on {url}")))?;
 
@@ -80,7 +103,7 @@ pub fn freeze_database(
         let (digest, size) = repo.put_blob(&z)?;
         Ok(FileRef { digest, size })
     };
-    let mut by_table: Vec<Vec<(u32, Chunk)>> = vec![Vec::new(); s.tables.len()];
+    let mut by_table: Vec<Vec<((u32, u32), Chunk)>> = vec![Vec::new(); s.tables.len()];
     for (t, seq, c) in stored {
         by_table[t].push((seq, c));
     }
@@ -128,6 +151,7 @@ pub fn freeze_database(
         lock_ms: 0,
         consistency: "exported-snapshot".into(),
         schema_by: Some(tool.used),
+        split,
         seconds: started.elapsed().as_secs_f64(),
         warnings,
     };
@@ -231,21 +255,29 @@ fn set_chunk_bits(tables: &mut [Table], prev: Option<&PgManifest>, chunk_bytes: 
 
 /// Reads every table's rows in the snapshot while plain threads compress and upload
 /// the chunks ([`with_uploads`]). Returns each table's row sum and the stored chunks as
-/// (table, sequence number, chunk).
+/// (table, (part, sequence number), chunk).
+#[allow(clippy::too_many_arguments)]
 fn read_rows(
     rt: &tokio::runtime::Runtime,
     repo: &Repository,
     url: &PgUrl,
     s: &Snapshot,
+    parts: Vec<Part>,
     prev: Option<&PgManifest>,
     jobs: usize,
     progress: &Progress,
 ) -> Result<(Vec<RowSum>, Vec<StoredChunk>)> {
     let reuse = reusable(prev.iter().flat_map(|m| &m.tables).flat_map(|t| &t.chunks));
     with_uploads(repo, &reuse, jobs, |tx, cancel| {
-        rt.block_on(read_tables(
-            url, &s.id, &s.tables, jobs, tx, &cancel, progress,
-        ))
+        let readers = Readers {
+            url,
+            snapshot: &s.id,
+            tables: &s.tables,
+            queue: Mutex::new(parts.into()),
+            cancel: &cancel,
+            progress,
+        };
+        readers.run(rt, jobs, tx)
     })
 }
 
@@ -352,9 +384,9 @@ async fn list_tables(c: &tokio_postgres::Client, url: &PgUrl) -> Result<Vec<Tabl
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let key: Vec<String> = c
+        let (key, key_types): (Vec<String>, Vec<String>) = c
             .query(
-                "SELECT a.attname::text FROM pg_index i \
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_index i \
                  CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) \
                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
                  WHERE i.indrelid = $1::oid AND i.indisprimary ORDER BY k.ord",
@@ -363,13 +395,13 @@ async fn list_tables(c: &tokio_postgres::Client, url: &PgUrl) -> Result<Vec<Tabl
             .await
             .map_err(|e| pg_error(e, &format!("reading the key of {schema}.{name}")))?
             .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+            .unzip();
         // A key column that is not dumped (generated) cannot place rows.
-        let key = if key.iter().all(|k| columns.contains(k)) {
-            key
+        let (key, key_types) = if key.iter().all(|k| columns.contains(k)) {
+            (key, key_types)
         } else {
-            vec![]
+            (vec![], vec![])
         };
         let sample = format!(
             "SELECT coalesce(avg(octet_length(t::text)), 100)::int8 FROM (SELECT * FROM ONLY {}.{} LIMIT 1000) t",
@@ -383,6 +415,7 @@ async fn list_tables(c: &tokio_postgres::Client, url: &PgUrl) -> Result<Vec<Tabl
             .get(0);
         out.push(Table {
             row_bytes: row_bytes as u64,
+            key_types,
             entry: PgTable {
                 schema,
                 name,
@@ -501,138 +534,418 @@ async fn finish_sql(c: &tokio_postgres::Client, url: &PgUrl) -> Result<String> {
     Ok(out)
 }
 
-/// Reads every table's rows over `jobs` connections sharing the snapshot, largest table
-/// first; sends the chunks to `tx`. Returns each table's row sum.
-async fn read_tables(
-    url: &PgUrl,
-    snapshot: &str,
-    tables: &[Table],
-    jobs: usize,
-    tx: tokio::sync::mpsc::Sender<ChunkOut>,
-    cancel: &AtomicBool,
-    progress: &Progress,
-) -> Result<Vec<RowSum>> {
-    let mut order: Vec<usize> = (0..tables.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(tables[i].bytes));
-    let queue = Mutex::new(order.into_iter().collect::<VecDeque<_>>());
-    let sums = Mutex::new(vec![RowSum::default(); tables.len()]);
-    let results = futures::future::join_all((0..jobs.min(tables.len().max(1))).map(|_| async {
-        let c = url.connect().await?;
-        c.batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            quote_literal(snapshot)
-        ))
-        .await
-        .map_err(|e| pg_error(e, &format!("joining the dump's snapshot on {url}")))?;
-        loop {
-            let Some(i) = queue.lock().unwrap().pop_front() else {
-                break;
-            };
-            progress.check(|| format!("dumping {}", tables[i].entry.qualified()))?;
-            let sum = read_table(&c, i, &tables[i].entry, &tx, cancel, progress).await?;
-            sums.lock().unwrap()[i] = sum;
-        }
-        c.batch_execute("COMMIT")
-            .await
-            .map_err(|e| pg_error(e, "ending a reader's transaction"))?;
-        Ok::<(), Error>(())
-    }))
-    .await;
-    drop(tx);
-    results.into_iter().collect::<Result<Vec<()>>>()?;
-    Ok(sums.into_inner().unwrap())
+/// What the readers share: the tables, the parts of them still to read, and where the
+/// chunks go.
+struct Readers<'a> {
+    url: &'a PgUrl,
+    snapshot: &'a str,
+    tables: &'a [Table],
+    queue: Mutex<VecDeque<Part>>,
+    cancel: &'a AtomicBool,
+    progress: &'a Progress,
 }
 
-/// One table's rows in key order, cut into chunks: a chunk ends after a row whose key's
-/// text (the row's, without a key) hashes (XXH3-64) to a value whose low `chunk_bits`
-/// bits are zero.
-async fn read_table(
+impl Readers<'_> {
+    /// Reads every part over `jobs` connections sharing the snapshot, each on a thread of
+    /// its own ([`super::on_connections`]), in the queue's order; sends the chunks to
+    /// `tx`. Returns each table's row sum.
+    fn run(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        jobs: usize,
+        tx: tokio::sync::mpsc::Sender<ChunkOut>,
+    ) -> Result<Vec<RowSum>> {
+        let sums = Mutex::new(vec![RowSum::default(); self.tables.len()]);
+        let connections = jobs.min(self.queue.lock().unwrap().len()).max(1);
+        let result = super::on_connections(rt, self.url, connections, |c| {
+            let (tx, sums) = (tx.clone(), &sums);
+            async move {
+                c.batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                    quote_literal(self.snapshot)
+                ))
+                .await
+                .map_err(|e| {
+                    pg_error(e, &format!("joining the dump's snapshot on {}", self.url))
+                })?;
+                loop {
+                    let Some(p) = self.queue.lock().unwrap().pop_front() else {
+                        break;
+                    };
+                    let t = &self.tables[p.table];
+                    self.progress
+                        .check(|| format!("dumping {}", t.entry.qualified()))?;
+                    let sum = self.read_part(&c, &p, &tx).await?;
+                    sums.lock().unwrap()[p.table].merge(sum);
+                }
+                c.batch_execute("COMMIT")
+                    .await
+                    .map_err(|e| pg_error(e, "ending a reader's transaction"))
+            }
+        });
+        drop(tx);
+        result?;
+        Ok(sums.into_inner().unwrap())
+    }
+
+    /// One part's rows in key order, cut into chunks: a chunk ends after a row whose key's
+    /// text (the row's, without a key) hashes (XXH3-64) to a value whose low `chunk_bits`
+    /// bits are zero ([`boundary_hash`]).
+    async fn read_part(
+        &self,
+        c: &tokio_postgres::Client,
+        p: &Part,
+        tx: &tokio::sync::mpsc::Sender<ChunkOut>,
+    ) -> Result<RowSum> {
+        let table = &self.tables[p.table];
+        let t = &table.entry;
+        let what = || format!("dumping table {}", t.qualified());
+        let stream = c
+            .copy_out(p.copy_out(table).as_str())
+            .await
+            .map_err(|e| pg_error(e, &what()))?;
+        futures::pin_mut!(stream);
+        let key_fields = t.key_fields();
+        let mask = (1u64 << t.chunk_bits) - 1;
+        let header = format!("COPY {} ({}) FROM stdin;\n", t.qualified(), t.column_list());
+        let mut sum = RowSum::default();
+        let mut chunk = header.clone().into_bytes();
+        let mut rows = 0u64;
+        let mut seq = 0u32;
+        let mut copied = super::CopyRows::default();
+        let mut key_text: Vec<u8> = Vec::new();
+        let emit = |chunk: &mut Vec<u8>, rows: &mut u64, seq: &mut u32| {
+            let mut sql = std::mem::replace(chunk, header.clone().into_bytes());
+            sql.extend_from_slice(b"\\.\n");
+            let out = ChunkOut {
+                table: p.table,
+                seq: (p.n, *seq),
+                sql,
+                rows: *rows,
+            };
+            *seq += 1;
+            *rows = 0;
+            out
+        };
+        while let Some(bytes) = stream.next().await {
+            copied.push(&bytes.map_err(|e| pg_error(e, &what()))?);
+            while let Some(line) = copied.next_row() {
+                sum.add_row(line);
+                chunk.extend_from_slice(line);
+                chunk.push(b'\n');
+                rows += 1;
+                if boundary_hash(line, &key_fields, &mut key_text) & mask == 0 {
+                    let out = emit(&mut chunk, &mut rows, &mut seq);
+                    self.send(tx, out).await?;
+                }
+            }
+        }
+        copied.finish(&what())?;
+        if rows > 0 {
+            let out = emit(&mut chunk, &mut rows, &mut seq);
+            self.send(tx, out).await?;
+        }
+        Ok(sum)
+    }
+
+    /// Hands a chunk to the uploads, unless one of them failed (then the dump stops).
+    async fn send(&self, tx: &tokio::sync::mpsc::Sender<ChunkOut>, out: ChunkOut) -> Result<()> {
+        if self.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(uploads_stopped());
+        }
+        self.progress.add_done(out.sql.len() as u64);
+        tx.send(out).await.map_err(|_| uploads_stopped())
+    }
+}
+
+/// The hash that places chunk boundaries: XXH3-64 of the key's fields of a COPY text
+/// line (`key_fields`, ascending column positions), each followed by a tab; of the whole
+/// line for a table without a key (`key_fields` empty). `buf` is scratch space.
+fn boundary_hash(line: &[u8], key_fields: &[usize], buf: &mut Vec<u8>) -> u64 {
+    let Some(&last) = key_fields.last() else {
+        return twox_hash::XxHash3_64::oneshot(line);
+    };
+    buf.clear();
+    let ends = memchr::memchr_iter(b'\t', line).chain(std::iter::once(line.len()));
+    let mut start = 0;
+    for (n, end) in ends.enumerate() {
+        if key_fields.contains(&n) {
+            buf.extend_from_slice(&line[start..end]);
+            buf.push(b'\t');
+        }
+        if n == last {
+            break;
+        }
+        start = end + 1;
+    }
+    twox_hash::XxHash3_64::oneshot(buf)
+}
+
+/// A table whose heap holds this many chunks' worth of bytes (64 MiB at the default 2
+/// MiB chunks) is read on several connections at once, in key ranges: one connection
+/// reading it alone would leave the others idle for most of the dump.
+const SPLIT_CHUNKS: u64 = 32;
+
+/// A share of one table's rows that one connection reads: all of them, or, for a large
+/// table read on several connections at once, those whose key is above `after` and at
+/// most `upto` (key values as COPY gives them, in key order). The edges are keys that
+/// end a chunk, so the parts' chunks are the very chunks one connection reading the
+/// whole table would cut.
+struct Part {
+    table: usize,
+    /// The part's place in the table.
+    n: u32,
+    after: Option<Vec<String>>,
+    upto: Option<Vec<String>>,
+}
+
+impl Part {
+    /// The `COPY … TO STDOUT` of the part's rows, in key order.
+    fn copy_out(&self, t: &Table) -> String {
+        let e = &t.entry;
+        let keys: Vec<String> = e.key.iter().map(|k| quote_ident(k)).collect();
+        let keys = keys.join(", ");
+        let mut conds = Vec::new();
+        if let Some(a) = &self.after {
+            conds.push(format!("({keys}) > ({})", key_literals(a, t)));
+        }
+        if let Some(u) = &self.upto {
+            conds.push(format!("({keys}) <= ({})", key_literals(u, t)));
+        }
+        if conds.is_empty() {
+            return e.copy_out(true);
+        }
+        format!(
+            "COPY (SELECT {} FROM ONLY {} WHERE {} ORDER BY {keys}) TO STDOUT",
+            e.column_list(),
+            e.qualified(),
+            conds.join(" AND ")
+        )
+    }
+}
+
+/// The tables read in more than one part, as `name (N parts)`, for the report.
+fn split_tables(tables: &[Table], parts: &[Part]) -> Vec<String> {
+    let mut count = vec![0usize; tables.len()];
+    for p in parts {
+        count[p.table] += 1;
+    }
+    let split = tables.iter().zip(count).filter(|(_, n)| *n > 1);
+    split
+        .map(|(t, n)| format!("{}.{} ({n} parts)", t.entry.schema, t.entry.name))
+        .collect()
+}
+
+/// A key's values (text, in key order) as SQL literals cast to their types.
+fn key_literals(values: &[String], t: &Table) -> String {
+    let lits: Vec<String> = values
+        .iter()
+        .zip(&t.key_types)
+        .map(|(v, ty)| format!("{}::{ty}", quote_literal(v)))
+        .collect();
+    lits.join(", ")
+}
+
+/// The parts the readers take, largest first: a table with a key and over
+/// [`SPLIT_CHUNKS`] chunks is cut in up to `jobs` parts at chunk boundaries
+/// ([`part_edges`]), any other table is one part.
+async fn plan_parts(
     c: &tokio_postgres::Client,
-    index: usize,
-    t: &PgTable,
-    tx: &tokio::sync::mpsc::Sender<ChunkOut>,
-    cancel: &AtomicBool,
-    progress: &Progress,
-) -> Result<RowSum> {
-    let what = || format!("dumping table {}", t.qualified());
-    let stream = c
-        .copy_out(t.copy_out(true).as_str())
-        .await
-        .map_err(|e| pg_error(e, &what()))?;
-    futures::pin_mut!(stream);
-    let key_fields: Vec<usize> = t
+    tables: &[Table],
+    jobs: usize,
+    chunk_bytes: u64,
+) -> Result<Vec<Part>> {
+    let mut parts = Vec::new();
+    for (i, t) in tables.iter().enumerate() {
+        let large = t.bytes > SPLIT_CHUNKS * chunk_bytes;
+        let edges = if jobs > 1 && !t.entry.key.is_empty() && large {
+            part_edges(c, t, jobs).await?
+        } else {
+            vec![]
+        };
+        let share = t.bytes / (edges.len() as u64 + 1);
+        let mut after = None;
+        for (n, upto) in edges.into_iter().map(Some).chain([None]).enumerate() {
+            parts.push((
+                share,
+                Part {
+                    table: i,
+                    n: n as u32,
+                    after: after.take(),
+                    upto: upto.clone(),
+                },
+            ));
+            after = upto;
+        }
+    }
+    parts.sort_by_key(|(share, _)| std::cmp::Reverse(*share));
+    Ok(parts.into_iter().map(|(_, p)| p).collect())
+}
+
+/// Up to `n - 1` keys that cut the table in about equal parts, each the last row of a
+/// chunk: from a sample of the keys (`TABLESAMPLE SYSTEM`, whole pages), the key at each n-quantile, then the
+/// first chunk boundary at or after it in key order. None found near a quantile (a
+/// chunk far larger than the average), no edge there.
+async fn part_edges(c: &tokio_postgres::Client, t: &Table, n: usize) -> Result<Vec<Vec<String>>> {
+    let e = &t.entry;
+    let what = || format!("sampling the keys of {}", e.qualified());
+    let keys: Vec<String> = e.key.iter().map(|k| quote_ident(k)).collect();
+    let keys = keys.join(", ");
+    // Cast, a key column keeps its name: ORDER BY names the table's column (t.k), not
+    // the text (whose order differs: '10' < '9').
+    let texts: Vec<String> = e
         .key
         .iter()
-        .filter_map(|k| t.columns.iter().position(|c| c == k))
+        .map(|k| format!("{}::text", quote_ident(k)))
         .collect();
-    let mask = (1u64 << t.chunk_bits) - 1;
-    let header = format!("COPY {} ({}) FROM stdin;\n", t.qualified(), t.column_list());
-    let mut sum = RowSum::default();
-    let mut chunk = header.clone().into_bytes();
-    let mut rows = 0u64;
-    let mut seq = 0u32;
-    let mut copied = super::CopyRows::default();
-    let mut key_text: Vec<u8> = Vec::new();
-    let emit = |chunk: &mut Vec<u8>, rows: &mut u64, seq: &mut u32| {
-        let mut sql = std::mem::replace(chunk, header.clone().into_bytes());
-        sql.extend_from_slice(b"\\.\n");
-        let out = ChunkOut {
-            table: index,
-            seq: *seq,
-            sql,
-            rows: *rows,
-        };
-        *seq += 1;
-        *rows = 0;
-        out
-    };
-    while let Some(bytes) = stream.next().await {
-        copied.push(&bytes.map_err(|e| pg_error(e, &what()))?);
-        while let Some(line) = copied.next_row() {
-            sum.add_row(line);
-            chunk.extend_from_slice(line);
-            chunk.push(b'\n');
-            rows += 1;
-            let h = if key_fields.is_empty() {
-                twox_hash::XxHash3_64::oneshot(line)
-            } else {
-                key_text.clear();
-                for (n, f) in line.split(|&b| b == b'\t').enumerate() {
-                    if key_fields.contains(&n) {
-                        key_text.extend_from_slice(f);
-                        key_text.push(b'\t');
-                    }
+    let by_key: Vec<String> = e
+        .key
+        .iter()
+        .map(|k| format!("t.{}", quote_ident(k)))
+        .collect();
+    // Whole pages are sampled: 512 of them (about 4 MiB) place a quantile within a few
+    // percent even where the keys are clustered by page.
+    let pages = (t.bytes / 8192).max(1);
+    let percent = (100.0 * 512.0 / pages as f64).min(100.0);
+    let sample = c
+        .query(
+            &format!(
+                "SELECT {} FROM ONLY {} t TABLESAMPLE SYSTEM ({percent:.6}) REPEATABLE (0) ORDER BY {}",
+                texts.join(", "),
+                e.qualified(),
+                by_key.join(", ")
+            ),
+            &[],
+        )
+        .await
+        .map_err(|err| pg_error(err, &what()))?;
+    if sample.len() < n {
+        return Ok(vec![]);
+    }
+    // The key's fields in column order, as a chunk boundary hashes them.
+    let key_fields = e.key_fields();
+    let in_key_order: Vec<usize> = e
+        .key
+        .iter()
+        .map(|k| {
+            key_fields
+                .iter()
+                .position(|&f| e.columns[f] == *k)
+                .expect("a key column")
+        })
+        .collect();
+    let columns: Vec<String> = key_fields
+        .iter()
+        .map(|&f| quote_ident(&e.columns[f]))
+        .collect();
+    let all: Vec<usize> = (0..key_fields.len()).collect();
+    let mask = (1u64 << e.chunk_bits) - 1;
+    let mut edges: Vec<Vec<String>> = Vec::new();
+    for q in 1..n {
+        let from: Vec<String> = (0..e.key.len())
+            .map(|k| sample[q * sample.len() / n].get(k))
+            .collect();
+        let from = key_literals(&from, t);
+        let sql = format!(
+            "COPY (SELECT {} FROM ONLY {} WHERE ({keys}) >= ({from}) ORDER BY {keys} LIMIT {}) TO STDOUT",
+            columns.join(", "),
+            e.qualified(),
+            8u64 << e.chunk_bits
+        );
+        let stream = c
+            .copy_out(sql.as_str())
+            .await
+            .map_err(|err| pg_error(err, &what()))?;
+        futures::pin_mut!(stream);
+        let mut copied = super::CopyRows::default();
+        let mut buf = Vec::new();
+        let mut found = None;
+        'read: while let Some(bytes) = stream.next().await {
+            copied.push(&bytes.map_err(|err| pg_error(err, &what()))?);
+            while let Some(line) = copied.next_row() {
+                if boundary_hash(line, &all, &mut buf) & mask == 0 {
+                    let fields: Vec<String> = line
+                        .split(|&b| b == b'\t')
+                        .map(|f| String::from_utf8_lossy(&super::copy_unescape(f)).into_owned())
+                        .collect();
+                    found = Some(in_key_order.iter().map(|&i| fields[i].clone()).collect());
+                    break 'read;
                 }
-                twox_hash::XxHash3_64::oneshot(&key_text)
-            };
-            if h & mask == 0 {
-                let out = emit(&mut chunk, &mut rows, &mut seq);
-                send(tx, out, cancel, progress).await?;
+            }
+        }
+        if let Some(edge) = found {
+            if edges.last() != Some(&edge) {
+                edges.push(edge);
             }
         }
     }
-    copied.finish(&what())?;
-    if rows > 0 {
-        let out = emit(&mut chunk, &mut rows, &mut seq);
-        send(tx, out, cancel, progress).await?;
-    }
-    Ok(sum)
-}
-
-/// Hands a chunk to the uploads, unless one of them failed (then the dump stops).
-async fn send(
-    tx: &tokio::sync::mpsc::Sender<ChunkOut>,
-    out: ChunkOut,
-    cancel: &AtomicBool,
-    progress: &Progress,
-) -> Result<()> {
-    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(uploads_stopped());
-    }
-    progress.add_done(out.sql.len() as u64);
-    tx.send(out).await.map_err(|_| uploads_stopped())
+    Ok(edges)
 }
 
 fn uploads_stopped() -> Error {
     Error::new(ErrorKind::Other, "the chunk uploads stopped")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A value as COPY's text format writes it.
+    fn copy_escape(v: &str) -> String {
+        let mut out = String::new();
+        for c in v.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                '\u{b}' => out.push_str("\\v"),
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    proptest! {
+        /// A part's edge is found by hashing a COPY of the key's columns alone (in column
+        /// order), and must be a key whose full row ends a chunk when the readers hash
+        /// the whole row: both hashes agree, and the edge's values come back unescaped.
+        #[test]
+        fn an_edge_hashes_as_its_row_does(
+            values in proptest::collection::vec("[a-z\\\\\t\n\r\u{8}é'\"]{0,6}", 1..6),
+            key_mask in 1u8..63,
+        ) {
+            let fields: Vec<String> = values.iter().map(|v| copy_escape(v)).collect();
+            let key: Vec<usize> = (0..fields.len()).filter(|i| key_mask & (1 << i) != 0).collect();
+            prop_assume!(!key.is_empty());
+            let row = fields.join("\t");
+            let key_only: Vec<&str> = key.iter().map(|&i| fields[i].as_str()).collect();
+            let key_only = key_only.join("\t");
+            let all: Vec<usize> = (0..key.len()).collect();
+            let mut buf = Vec::new();
+            prop_assert_eq!(
+                boundary_hash(row.as_bytes(), &key, &mut buf),
+                boundary_hash(key_only.as_bytes(), &all, &mut buf)
+            );
+            for (f, v) in key_only.split('\t').zip(key.iter().map(|&i| &values[i])) {
+                prop_assert_eq!(super::super::copy_unescape(f.as_bytes()), v.as_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn a_table_without_a_key_hashes_the_whole_row() {
+        let mut buf = Vec::new();
+        assert_eq!(
+            boundary_hash(b"1\tx", &[], &mut buf),
+            twox_hash::XxHash3_64::oneshot(b"1\tx")
+        );
+        assert_eq!(
+            boundary_hash(b"1\tx\ty", &[1], &mut buf),
+            twox_hash::XxHash3_64::oneshot(b"x\t")
+        );
+    }
 }

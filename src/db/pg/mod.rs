@@ -118,6 +118,17 @@ impl PgTable {
         )
     }
 
+    /// The positions of the key's columns among the columns, ascending.
+    pub fn key_fields(&self) -> Vec<usize> {
+        let mut f: Vec<usize> = self
+            .key
+            .iter()
+            .filter_map(|k| self.columns.iter().position(|c| c == k))
+            .collect();
+        f.sort_unstable();
+        f
+    }
+
     /// `"a", "b"`.
     pub fn column_list(&self) -> String {
         self.columns
@@ -159,6 +170,30 @@ impl CopyRows {
         }
         Ok(())
     }
+}
+
+/// A field of a COPY text line as the value it stands for: `\\` and the escapes COPY
+/// writes for control characters (`\\n`, `\\t`, …) undone.
+pub(crate) fn copy_unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut bytes = field.iter();
+    while let Some(&b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        out.push(match bytes.next() {
+            Some(b'b') => 0x08,
+            Some(b'f') => 0x0c,
+            Some(b'n') => b'\n',
+            Some(b'r') => b'\r',
+            Some(b't') => b'\t',
+            Some(b'v') => 0x0b,
+            Some(&c) => c,
+            None => break,
+        });
+    }
+    out
 }
 
 /// An identifier quoted for PostgreSQL.
@@ -268,6 +303,40 @@ impl PgUrl {
 
     /// Connects to the URL's database; the connection runs on the current runtime.
     pub async fn connect(&self) -> Result<tokio_postgres::Client> {
+        let (client, conn) = self.open().await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        self.set_session(&client).await?;
+        Ok(client)
+    }
+
+    /// Runs `work` on a new connection that the calling task drives itself (not a task
+    /// of its own): reading the socket, parsing the server's messages and handling the
+    /// rows happen on one thread, without a wake-up of another thread per few kilobytes.
+    /// The connection closes when `work` has dropped its client.
+    pub async fn with_connection<T, F>(
+        &self,
+        work: impl FnOnce(tokio_postgres::Client) -> F,
+    ) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
+        let (client, conn) = self.open().await?;
+        let work = async {
+            self.set_session(&client).await?;
+            work(client).await
+        };
+        let (out, _) = futures::join!(work, conn);
+        out
+    }
+
+    async fn open(
+        &self,
+    ) -> Result<(
+        tokio_postgres::Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    )> {
         let mut c = tokio_postgres::Config::new();
         c.host(&self.host)
             .port(self.port)
@@ -278,19 +347,42 @@ impl PgUrl {
         if let Some(p) = &self.password {
             c.password(p);
         }
-        let (client, conn) = c
-            .connect(tokio_postgres::NoTls)
+        c.connect(tokio_postgres::NoTls)
             .await
-            .map_err(|e| pg_error(e, &format!("connecting to {self}")))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+            .map_err(|e| pg_error(e, &format!("connecting to {self}")))
+    }
+
+    async fn set_session(&self, client: &tokio_postgres::Client) -> Result<()> {
         client
             .batch_execute(SESSION)
             .await
-            .map_err(|e| pg_error(e, &format!("setting up the session on {self}")))?;
-        Ok(client)
+            .map_err(|e| pg_error(e, &format!("setting up the session on {self}")))
     }
+}
+
+/// Runs `worker` on `n` connections at once, each on a thread of its own that drives its
+/// connection ([`PgUrl::with_connection`]), so that the rows of two connections are
+/// handled on two cores. Every worker runs to its end; the first error is returned.
+pub(crate) fn on_connections<W, F>(
+    rt: &tokio::runtime::Runtime,
+    url: &PgUrl,
+    n: usize,
+    worker: W,
+) -> Result<()>
+where
+    W: Fn(tokio_postgres::Client) -> F + Sync,
+    F: std::future::Future<Output = Result<()>>,
+{
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..n.max(1))
+            .map(|_| s.spawn(|| rt.block_on(url.with_connection(&worker))))
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("a database connection's thread panicked"))
+            .collect::<Result<Vec<()>>>()
+    })?;
+    Ok(())
 }
 
 impl fmt::Debug for PgUrl {

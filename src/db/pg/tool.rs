@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 /// Runs a program in a container: `(argv, env)` to its exit code (None: it did not
 /// finish in time; 126/127: it is not there), stdout and stderr. The ops layer builds it
 /// from the Docker engine; the database layer does not know engines.
-pub type Exec<'a> = dyn Fn(Vec<String>, Vec<String>) -> Result<Ran> + 'a;
+pub type Exec<'a> = dyn Fn(Vec<String>, Vec<String>) -> Result<Ran> + Sync + 'a;
 
 /// A program's exit code (None: it did not finish in time), stdout and stderr.
 pub type Ran = (Option<i64>, Vec<u8>, Vec<u8>);
