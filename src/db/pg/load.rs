@@ -231,7 +231,7 @@ pub fn load_database(
         };
         run_script(rt, &c, &p.text(pre_data)?, "pre-data.sql", url)?;
         let data_started = Instant::now();
-        let chunks = rt.block_on(load_chunks(p, url, opts.jobs.max(1), progress))?;
+        let chunks = load_chunks(rt, p, url, opts.jobs.max(1), progress)?;
         let data_seconds = data_started.elapsed().as_secs_f64();
         let index_started = Instant::now();
         progress.set_label(format!("building the indexes of {}", url.database));
@@ -240,7 +240,7 @@ pub fn load_database(
         run_script(rt, &c, &p.text(&m.finish)?, "finish.sql", url)?;
         let verify_started = Instant::now();
         progress.set_label(format!("verifying {}", url.database));
-        let problems = rt.block_on(verify(m, url, opts.jobs.max(1)))?;
+        let problems = verify(rt, m, url, opts.jobs.max(1))?;
         if !problems.is_empty() {
             return Err(Error::integrity(format!(
                 "database {} was loaded but does not match the snapshot: {}",
@@ -295,8 +295,10 @@ fn run_script(
 }
 
 /// Loads every data chunk with `COPY … FROM STDIN` over `jobs` connections, largest
-/// table first; returns how many.
-async fn load_chunks(
+/// table first, each connection on a thread of its own (one decompresses while the
+/// other sends); returns how many.
+fn load_chunks(
+    rt: &tokio::runtime::Runtime,
     p: &PreparedPg,
     url: &PgUrl,
     jobs: usize,
@@ -325,8 +327,8 @@ async fn load_chunks(
     list.sort_by_key(|(t, _)| std::cmp::Reverse(t.rows));
     let n = list.len();
     let queue = Mutex::new(list.into_iter().collect::<VecDeque<_>>());
-    let results = futures::future::join_all((0..jobs.min(n.max(1))).map(|_| async {
-        let c = url.connect().await?;
+    let queue = &queue;
+    super::on_connections(rt, url, jobs.min(n.max(1)), |c| async move {
         loop {
             let Some((t, f)) = queue.lock().unwrap().pop_front() else {
                 return Ok::<(), Error>(());
@@ -361,9 +363,7 @@ async fn load_chunks(
             sink.finish().await.map_err(|e| pg_error(e, &what()))?;
             progress.add_done(body.len() as u64);
         }
-    }))
-    .await;
-    results.into_iter().collect::<Result<Vec<()>>>()?;
+    })?;
     Ok(n)
 }
 
@@ -380,8 +380,56 @@ struct Piece<'a> {
 const PIECE_PAGES: u64 = 8192;
 
 /// Reads every table back and compares its rows and checksum with the snapshot's: the
-/// differences found.
-async fn verify(m: &PgManifest, url: &PgUrl, jobs: usize) -> Result<Vec<String>> {
+/// differences found. Each connection reads on a thread of its own.
+fn verify(
+    rt: &tokio::runtime::Runtime,
+    m: &PgManifest,
+    url: &PgUrl,
+    jobs: usize,
+) -> Result<Vec<String>> {
+    let pieces = rt.block_on(pieces(m, url, jobs))?;
+    let queue = Mutex::new(pieces.into_iter().collect::<VecDeque<_>>());
+    let sums = Mutex::new(vec![RowSum::default(); m.tables.len()]);
+    let connections = jobs.min(queue.lock().unwrap().len()).max(1);
+    super::on_connections(rt, url, connections, |c| {
+        let (queue, sums) = (&queue, &sums);
+        async move {
+            loop {
+                let Some(p) = queue.lock().unwrap().pop_front() else {
+                    return Ok(());
+                };
+                let sql = match p.pages {
+                    None => p.t.copy_out(false),
+                    Some((from, to)) => p.t.copy_out_pages(from, to),
+                };
+                let sum = rows_sum(&c, p.t, &sql).await?;
+                sums.lock().unwrap()[p.table].merge(sum);
+            }
+        }
+    })?;
+    let mut problems = Vec::new();
+    for (t, sum) in m.tables.iter().zip(sums.into_inner().unwrap()) {
+        if sum.rows != t.rows {
+            problems.push(format!(
+                "table {} has {} rows, the snapshot has {}",
+                t.qualified(),
+                sum.rows,
+                t.rows
+            ));
+        } else if sum.hex() != t.checksum {
+            problems.push(format!(
+                "table {} has the right row count but different contents (checksum {} instead of {})",
+                t.qualified(),
+                sum.hex(),
+                t.checksum
+            ));
+        }
+    }
+    Ok(problems)
+}
+
+/// What [`verify`] reads: every table whole, or in ranges of pages when it is large.
+async fn pieces<'a>(m: &'a PgManifest, url: &PgUrl, jobs: usize) -> Result<Vec<Piece<'a>>> {
     let c = url.connect().await?;
     let mut pieces = Vec::new();
     let ranges = c
@@ -422,45 +470,7 @@ async fn verify(m: &PgManifest, url: &PgUrl, jobs: usize) -> Result<Vec<String>>
             });
         }
     }
-    drop(c);
-    let queue = Mutex::new(pieces.into_iter().collect::<VecDeque<_>>());
-    let sums = Mutex::new(vec![RowSum::default(); m.tables.len()]);
-    let connections = jobs.min(queue.lock().unwrap().len()).max(1);
-    let results = futures::future::join_all((0..connections).map(|_| async {
-        let c = url.connect().await?;
-        loop {
-            let Some(p) = queue.lock().unwrap().pop_front() else {
-                return Ok::<(), Error>(());
-            };
-            let sql = match p.pages {
-                None => p.t.copy_out(false),
-                Some((from, to)) => p.t.copy_out_pages(from, to),
-            };
-            let sum = rows_sum(&c, p.t, &sql).await?;
-            sums.lock().unwrap()[p.table].merge(sum);
-        }
-    }))
-    .await;
-    results.into_iter().collect::<Result<Vec<()>>>()?;
-    let mut problems = Vec::new();
-    for (t, sum) in m.tables.iter().zip(sums.into_inner().unwrap()) {
-        if sum.rows != t.rows {
-            problems.push(format!(
-                "table {} has {} rows, the snapshot has {}",
-                t.qualified(),
-                sum.rows,
-                t.rows
-            ));
-        } else if sum.hex() != t.checksum {
-            problems.push(format!(
-                "table {} has the right row count but different contents (checksum {} instead of {})",
-                t.qualified(),
-                sum.hex(),
-                t.checksum
-            ));
-        }
-    }
-    Ok(problems)
+    Ok(pieces)
 }
 
 /// The row count and checksum of a table as the server holds it.
