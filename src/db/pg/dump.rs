@@ -86,7 +86,7 @@ pub fn freeze_database(
             };
             Ok::<_, Error>((files(false)?, owners))
         });
-        let rows = read_rows(rt, repo, url, &s, parts, prev, jobs, progress);
+        let rows = read_rows(repo, url, &s, parts, prev, jobs, progress);
         (schema.join().expect("the pg_dump thread panicked"), rows)
     });
     let ((pre_data, post_data), owners) = schema?;
@@ -256,9 +256,7 @@ fn set_chunk_bits(tables: &mut [Table], prev: Option<&PgManifest>, chunk_bytes: 
 /// Reads every table's rows in the snapshot while plain threads compress and upload
 /// the chunks ([`with_uploads`]). Returns each table's row sum and the stored chunks as
 /// (table, (part, sequence number), chunk).
-#[allow(clippy::too_many_arguments)]
 fn read_rows(
-    rt: &tokio::runtime::Runtime,
     repo: &Repository,
     url: &PgUrl,
     s: &Snapshot,
@@ -277,7 +275,7 @@ fn read_rows(
             cancel: &cancel,
             progress,
         };
-        readers.run(rt, jobs, tx)
+        readers.run(jobs, tx)
     })
 }
 
@@ -549,15 +547,10 @@ impl Readers<'_> {
     /// Reads every part over `jobs` connections sharing the snapshot, each on a thread of
     /// its own ([`super::on_connections`]), in the queue's order; sends the chunks to
     /// `tx`. Returns each table's row sum.
-    fn run(
-        &self,
-        rt: &tokio::runtime::Runtime,
-        jobs: usize,
-        tx: tokio::sync::mpsc::Sender<ChunkOut>,
-    ) -> Result<Vec<RowSum>> {
+    fn run(&self, jobs: usize, tx: tokio::sync::mpsc::Sender<ChunkOut>) -> Result<Vec<RowSum>> {
         let sums = Mutex::new(vec![RowSum::default(); self.tables.len()]);
         let connections = jobs.min(self.queue.lock().unwrap().len()).max(1);
-        let result = super::on_connections(rt, self.url, connections, |c| {
+        let result = super::on_connections(self.url, connections, |c| {
             let (tx, sums) = (tx.clone(), &sums);
             async move {
                 c.batch_execute(&format!(

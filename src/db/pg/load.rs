@@ -231,7 +231,7 @@ pub fn load_database(
         };
         run_script(rt, &c, &p.text(pre_data)?, "pre-data.sql", url)?;
         let data_started = Instant::now();
-        let chunks = load_chunks(rt, p, url, opts.jobs.max(1), progress)?;
+        let chunks = load_chunks(p, url, opts.jobs.max(1), progress)?;
         let data_seconds = data_started.elapsed().as_secs_f64();
         let index_started = Instant::now();
         progress.set_label(format!("building the indexes of {}", url.database));
@@ -297,13 +297,7 @@ fn run_script(
 /// Loads every data chunk with `COPY … FROM STDIN` over `jobs` connections, largest
 /// table first, each connection on a thread of its own (one decompresses while the
 /// other sends); returns how many.
-fn load_chunks(
-    rt: &tokio::runtime::Runtime,
-    p: &PreparedPg,
-    url: &PgUrl,
-    jobs: usize,
-    progress: &Progress,
-) -> Result<usize> {
+fn load_chunks(p: &PreparedPg, url: &PgUrl, jobs: usize, progress: &Progress) -> Result<usize> {
     let mut list: Vec<(&PgTable, &FileRef)> = Vec::new();
     let refs: Vec<(&PgTable, FileRef)> = p
         .manifest
@@ -328,7 +322,7 @@ fn load_chunks(
     let n = list.len();
     let queue = Mutex::new(list.into_iter().collect::<VecDeque<_>>());
     let queue = &queue;
-    super::on_connections(rt, url, jobs.min(n.max(1)), |c| async move {
+    super::on_connections(url, jobs.min(n.max(1)), |c| async move {
         loop {
             let Some((t, f)) = queue.lock().unwrap().pop_front() else {
                 return Ok::<(), Error>(());
@@ -391,7 +385,7 @@ fn verify(
     let queue = Mutex::new(pieces.into_iter().collect::<VecDeque<_>>());
     let sums = Mutex::new(vec![RowSum::default(); m.tables.len()]);
     let connections = jobs.min(queue.lock().unwrap().len()).max(1);
-    super::on_connections(rt, url, connections, |c| {
+    super::on_connections(url, connections, |c| {
         let (queue, sums) = (&queue, &sums);
         async move {
             loop {

@@ -361,22 +361,24 @@ impl PgUrl {
 }
 
 /// Runs `worker` on `n` connections at once, each on a thread of its own that drives its
-/// connection ([`PgUrl::with_connection`]), so that the rows of two connections are
-/// handled on two cores. Every worker runs to its end; the first error is returned.
-pub(crate) fn on_connections<W, F>(
-    rt: &tokio::runtime::Runtime,
-    url: &PgUrl,
-    n: usize,
-    worker: W,
-) -> Result<()>
+/// connection ([`PgUrl::with_connection`]) with a runtime of its own: the rows of two
+/// connections are handled on two cores, and the thread that waits for the socket is
+/// the one that reads it (no other thread is woken for every few kilobytes the server
+/// sends). Every worker runs to its end; the first error is returned.
+pub(crate) fn on_connections<W, F>(url: &PgUrl, n: usize, worker: W) -> Result<()>
 where
     W: Fn(tokio_postgres::Client) -> F + Sync,
     F: std::future::Future<Output = Result<()>>,
 {
+    let run = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::other(format!("starting a connection's runtime: {e}")))?
+            .block_on(url.with_connection(&worker))
+    };
     std::thread::scope(|s| {
-        let threads: Vec<_> = (0..n.max(1))
-            .map(|_| s.spawn(|| rt.block_on(url.with_connection(&worker))))
-            .collect();
+        let threads: Vec<_> = (0..n.max(1)).map(|_| s.spawn(run)).collect();
         threads
             .into_iter()
             .map(|t| t.join().expect("a database connection's thread panicked"))
