@@ -107,6 +107,17 @@ pub fn read_manifest(
 ) -> Result<(ImageManifest, DbManifest)> {
     let image: ImageManifest =
         from_json(&repo.read_blob(manifest_digest)?, &manifest_digest.key())?;
+    let m = manifest_of(repo, manifest_digest, &image)?;
+    Ok((image, m))
+}
+
+/// The config of the database image `image` (read from `manifest_digest`), checked
+/// against the image's layers.
+pub fn manifest_of(
+    repo: &Repository,
+    manifest_digest: &Digest,
+    image: &ImageManifest,
+) -> Result<DbManifest> {
     if image.config.media_type != MT_DB_CONFIG {
         return Err(Error::integrity(format!(
             "{} is not a database image (config type {})",
@@ -136,7 +147,7 @@ pub fn read_manifest(
             )));
         }
     }
-    Ok((image, m))
+    Ok(m)
 }
 
 fn files_of(m: &DbManifest) -> Vec<FileRef> {

@@ -200,10 +200,13 @@ impl Dump {
 
     /// Reads the dump of the database image at `digest`, of whichever kind.
     pub fn read(repo: &crate::repo::Repository, digest: &Digest) -> crate::error::Result<Dump> {
-        if crate::db::pg::load::is_pg_image(repo, digest)? {
-            crate::db::pg::load::read_manifest(repo, digest).map(|m| Dump::Postgres(Box::new(m)))
+        let image: crate::format::ImageManifest =
+            crate::format::from_json(&repo.read_blob(digest)?, &digest.key())?;
+        if image.config.media_type == crate::format::MT_PG_CONFIG {
+            crate::db::pg::load::manifest_of(repo, digest, &image)
+                .map(|m| Dump::Postgres(Box::new(m)))
         } else {
-            load::read_manifest(repo, digest).map(|(_, m)| Dump::Mysql(Box::new(m)))
+            load::manifest_of(repo, digest, &image).map(|m| Dump::Mysql(Box::new(m)))
         }
     }
 

@@ -512,14 +512,7 @@ fn read_parent(repo: &Repository, plan: &FreezePlan, warnings: &mut Vec<String>)
             }
             if let Part::Database { name: db, .. } = part {
                 if plan.databases.iter().any(|d| d.database == db) {
-                    let read = match crate::db::pg::load::is_pg_image(repo, &m.digest) {
-                        Ok(true) => crate::db::pg::load::read_manifest(repo, &m.digest)
-                            .map(|m| Dump::Postgres(Box::new(m))),
-                        Ok(false) => crate::db::load::read_manifest(repo, &m.digest)
-                            .map(|(_, m)| Dump::Mysql(Box::new(m))),
-                        Err(e) => Err(e),
-                    };
-                    match read {
+                    match Dump::read(repo, &m.digest) {
                         Ok(manifest) => {
                             prev_db.insert(db.to_string(), manifest);
                         }

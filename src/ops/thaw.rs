@@ -210,36 +210,38 @@ fn plan_database(
     (source, target, tables): (String, DbUrl, Option<BTreeSet<String>>),
     replace: bool,
 ) -> Result<ThawDb> {
-    let (manifest, replaces) = if crate::db::pg::load::is_pg_image(repo, digest)? {
-        let m = crate::db::pg::load::read_manifest(repo, digest).map_err(|e| prefix(e, what))?;
-        let Some(pg) = target.postgres() else {
-            return Err(Error::usage(format!(
-                "{what} is a PostgreSQL dump; {target} is not a PostgreSQL database"
-            ))
-            .with_hint("load it with --db postgres://USER@HOST[:PORT]/DATABASE"));
-        };
-        if tables.is_some() {
-            return Err(Error::usage(format!(
+    let dump = Dump::read(repo, digest).map_err(|e| prefix(e, what))?;
+    let (manifest, replaces) = match dump {
+        Dump::Postgres(m) => {
+            let Some(pg) = target.postgres() else {
+                return Err(Error::usage(format!(
+                    "{what} is a PostgreSQL dump; {target} is not a PostgreSQL database"
+                ))
+                .with_hint("load it with --db postgres://USER@HOST[:PORT]/DATABASE"));
+            };
+            if tables.is_some() {
+                return Err(Error::usage(format!(
                 "{what} is a PostgreSQL dump; --table applies to MySQL and MariaDB dumps only, for now"
             )));
+            }
+            let replaces = crate::db::pg::load::check_target(pg, &m, replace)?;
+            (Dump::Postgres(m), replaces)
         }
-        let replaces = crate::db::pg::load::check_target(pg, &m, replace)?;
-        (Dump::Postgres(Box::new(m)), replaces)
-    } else {
-        let (_, manifest) =
-            crate::db::load::read_manifest(repo, digest).map_err(|e| prefix(e, what))?;
-        if target.postgres().is_some() {
-            return Err(Error::usage(format!(
-                "{what} is a MySQL/MariaDB dump; {target} is a PostgreSQL database"
-            ))
-            .with_hint("load it with --db mysql://USER@HOST[:PORT]/DATABASE"));
+        Dump::Mysql(manifest) => {
+            if target.postgres().is_some() {
+                return Err(Error::usage(format!(
+                    "{what} is a MySQL/MariaDB dump; {target} is a PostgreSQL database"
+                ))
+                .with_hint("load it with --db mysql://USER@HOST[:PORT]/DATABASE"));
+            }
+            let manifest = match &tables {
+                Some(t) => Box::new(crate::db::select::restrict(&manifest, t)?),
+                None => manifest,
+            };
+            let replaces =
+                crate::db::load::check_target(&target, &manifest, replace, tables.as_ref())?;
+            (Dump::Mysql(manifest), replaces)
         }
-        let manifest = match &tables {
-            Some(t) => crate::db::select::restrict(&manifest, t)?,
-            None => manifest,
-        };
-        let replaces = crate::db::load::check_target(&target, &manifest, replace, tables.as_ref())?;
-        (Dump::Mysql(Box::new(manifest)), replaces)
     };
     Ok(ThawDb {
         source,

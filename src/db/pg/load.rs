@@ -20,6 +20,15 @@ use crate::repo::Repository;
 /// Reads a PostgreSQL database image's manifest and config. Cheap: no chunk is read.
 pub fn read_manifest(repo: &Repository, digest: &Digest) -> Result<PgManifest> {
     let image: ImageManifest = from_json(&repo.read_blob(digest)?, &digest.key())?;
+    manifest_of(repo, digest, &image)
+}
+
+/// The config of the PostgreSQL database image `image` (read from `digest`), checked.
+pub fn manifest_of(
+    repo: &Repository,
+    digest: &Digest,
+    image: &ImageManifest,
+) -> Result<PgManifest> {
     if image.config.media_type != MT_PG_CONFIG {
         return Err(Error::integrity(format!(
             "{} is not a PostgreSQL database image (config type {})",
@@ -40,12 +49,6 @@ pub fn read_manifest(repo: &Repository, digest: &Digest) -> Result<PgManifest> {
         .with_hint("use a freezer release that reads this format"));
     }
     Ok(m)
-}
-
-/// True when the image at `digest` is a PostgreSQL dump.
-pub fn is_pg_image(repo: &Repository, digest: &Digest) -> Result<bool> {
-    let image: ImageManifest = from_json(&repo.read_blob(digest)?, &digest.key())?;
-    Ok(image.config.media_type == MT_PG_CONFIG)
 }
 
 /// A dump with every file downloaded and checked against its digest (kept compressed in
@@ -182,18 +185,14 @@ pub fn load_database(
         // A fresh database from template0: nothing the server's template1 holds.
         let admin = url.with_database("postgres").connect().await?;
         let db = quote_ident(&url.database);
-        let exists = target_objects(url).await?.is_some();
-        if exists {
-            if !opts.replace {
-                let n = target_objects(url).await?.unwrap_or(0);
-                if n > 0 {
-                    return Err(Error::conflict(format!(
-                        "database {} on {} holds {n} objects",
-                        url.database,
-                        url.server()
-                    ))
-                    .with_hint("pass --replace to drop and recreate it"));
-                }
+        if let Some(n) = target_objects(url).await? {
+            if n > 0 && !opts.replace {
+                return Err(Error::conflict(format!(
+                    "database {} on {} holds {n} objects",
+                    url.database,
+                    url.server()
+                ))
+                .with_hint("pass --replace to drop and recreate it"));
             }
             admin
                 .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
