@@ -237,6 +237,10 @@ pub fn load_database(
         run_script(rt, &c, &p.text(post_data)?, "post-data.sql", url)?;
         let index_seconds = index_started.elapsed().as_secs_f64();
         run_script(rt, &c, &p.text(&m.finish)?, "finish.sql", url)?;
+        // A transaction with an id, committed synchronously, flushes the WAL of every
+        // commit before it: the rows (loaded with synchronous_commit off) are on disk.
+        let flush = "BEGIN; SELECT pg_catalog.txid_current(); COMMIT";
+        run_script(rt, &c, flush.as_bytes(), "a WAL flush", url)?;
         let verify_started = Instant::now();
         progress.set_label(format!("verifying {}", url.database));
         let problems = verify(rt, m, url, opts.jobs.max(1))?;
@@ -322,6 +326,12 @@ fn load_chunks(p: &PreparedPg, url: &PgUrl, jobs: usize, progress: &Progress) ->
     let queue = Mutex::new(list.into_iter().collect::<VecDeque<_>>());
     let queue = &queue;
     super::on_connections(url, jobs.min(n.max(1)), |c| async move {
+        // Each chunk is a transaction; its commit need not wait for the WAL to reach the
+        // disk: a load cut short is redone whole (--replace) anyway, and the WAL is
+        // flushed once after the data (load_database) before the thaw reports success.
+        c.batch_execute("SET synchronous_commit = off")
+            .await
+            .map_err(|e| pg_error(e, &format!("setting up a loading session on {url}")))?;
         loop {
             let Some((t, f)) = queue.lock().unwrap().pop_front() else {
                 return Ok::<(), Error>(());
