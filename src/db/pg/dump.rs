@@ -646,6 +646,10 @@ impl Readers<'_> {
         if self.cancel.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(uploads_stopped());
         }
+        // An interrupt stops a long table at its next chunk, not at its end.
+        let table = &self.tables[out.table].entry;
+        self.progress
+            .check(|| format!("dumping {}", table.qualified()))?;
         self.progress.add_done(out.sql.len() as u64);
         tx.send(out).await.map_err(|_| uploads_stopped())
     }
