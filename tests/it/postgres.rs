@@ -254,6 +254,14 @@ fn a_database_with_every_kind_of_object_round_trips_exactly_through_garage() {
     round_trip(&TestRepo::s3().init());
 }
 
+/// `freezer freeze SITE --db DB --repo REPO --json EXTRA…`, its JSON report.
+fn freeze_json(site: &str, db: &PgDb, repo: &TestRepo, extra: &[&str]) -> serde_json::Value {
+    let url = db.url();
+    let mut args = vec!["freeze", site, "--db", &url, "--repo", &repo.url, "--json"];
+    args.extend(extra);
+    json(&freezer_pg(&args))
+}
+
 /// Nightly cost: an unchanged database's next freeze uploads only its config and image
 /// manifest; three changed rows upload a small part of it.
 #[test]
@@ -265,19 +273,7 @@ fn an_unchanged_postgres_database_re_freezes_without_uploading_a_chunk() {
     );
     let repo = TestRepo::local().init();
     let site = unique("pgn");
-    let freeze = || {
-        json(&freezer_pg(&[
-            "freeze",
-            &site,
-            "--db",
-            &db.url(),
-            "--repo",
-            &repo.url,
-            "--chunk-size",
-            "256K",
-            "--json",
-        ]))
-    };
+    let freeze = || freeze_json(&site, &db, &repo, &["--chunk-size", "256K"]);
     let first = freeze();
     let chunks = first["databases"][0]["chunks"].as_u64().unwrap();
     assert!(chunks > 10, "{first:#}");
@@ -311,21 +307,8 @@ fn a_large_table_read_in_parallel_is_cut_into_the_chunks_one_connection_cuts() {
     );
     let repo = TestRepo::local().init();
     let site = unique("pgsplit");
-    let freeze = |jobs: &str| {
-        json(&freezer_pg(&[
-            "freeze",
-            &site,
-            "--db",
-            &db.url(),
-            "--repo",
-            &repo.url,
-            "--chunk-size",
-            "16K",
-            "--jobs",
-            jobs,
-            "--json",
-        ]))
-    };
+    let freeze =
+        |jobs: &str| freeze_json(&site, &db, &repo, &["--chunk-size", "16K", "--jobs", jobs]);
     let one = freeze("1");
     assert!(one["databases"][0].get("split").is_none(), "{one:#}");
     let chunks = one["databases"][0]["chunks"].as_u64().unwrap();
