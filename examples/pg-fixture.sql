@@ -54,7 +54,7 @@ CREATE TABLE events (
     x double precision,
     y real,
     span interval
-);
+) WITH (autovacuum_enabled = false);  -- its own setting: a thaw leaves it as it is
 CREATE INDEX events_kind ON events (kind);
 
 CREATE TABLE measurements (
@@ -67,7 +67,7 @@ CREATE TABLE measurements_2025 PARTITION OF measurements
 CREATE TABLE measurements_2026 PARTITION OF measurements
     FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
 
-CREATE TABLE cities (name text PRIMARY KEY, population bigint);
+CREATE TABLE cities (name text PRIMARY KEY, population bigint) WITH (fillfactor = 80);
 CREATE TABLE capitals (country char(2) NOT NULL) INHERITS (cities);
 
 CREATE UNLOGGED TABLE cache_entries (k text PRIMARY KEY, v bytea, expires timestamptz);

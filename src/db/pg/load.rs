@@ -229,6 +229,7 @@ pub fn load_database(
             (_, false) => (&m.pre_data, &m.post_data),
         };
         run_script(rt, &c, &p.text(pre_data)?, "pre-data.sql", url)?;
+        let held = rt.block_on(hold_autovacuum(&c, m));
         let data_started = Instant::now();
         let chunks = load_chunks(p, url, opts.jobs.max(1), progress)?;
         let data_seconds = data_started.elapsed().as_secs_f64();
@@ -237,6 +238,7 @@ pub fn load_database(
         run_script(rt, &c, &p.text(post_data)?, "post-data.sql", url)?;
         let index_seconds = index_started.elapsed().as_secs_f64();
         run_script(rt, &c, &p.text(&m.finish)?, "finish.sql", url)?;
+        warnings.extend(rt.block_on(release_autovacuum(&c, &held)));
         // A transaction with an id, committed synchronously, flushes the WAL of every
         // commit before it: the rows (loaded with synchronous_commit off) are on disk.
         let flush = "BEGIN; SELECT pg_catalog.txid_current(); COMMIT";
@@ -268,6 +270,59 @@ pub fn load_database(
         })
     })();
     result.map_err(partly)
+}
+
+/// Turns autovacuum off on the tables about to be loaded (those whose snapshot does not
+/// set `autovacuum_enabled` itself); returns them, for [`release_autovacuum`]. Each chunk
+/// commits, so autovacuum starts on a large table while it is still loading, and the
+/// post-data's `ALTER TABLE … ADD PRIMARY KEY` then waits until the server cancels it,
+/// `deadlock_timeout` (1 s) later: on pgbench, a second of idle in a nine-second thaw.
+/// Best effort: a server that refuses leaves autovacuum as it was.
+async fn hold_autovacuum(c: &tokio_postgres::Client, m: &PgManifest) -> Vec<String> {
+    let Ok(rows) = c
+        .query(
+            "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND NOT EXISTS (SELECT FROM unnest(c.reloptions) o \
+             WHERE o LIKE 'autovacuum\\_enabled=%')",
+            &[],
+        )
+        .await
+    else {
+        return Vec::new();
+    };
+    let plain: std::collections::HashSet<(String, String)> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let held: Vec<String> = m
+        .tables
+        .iter()
+        .filter(|t| t.rows > 0 && plain.contains(&(t.schema.clone(), t.name.clone())))
+        .map(|t| t.qualified())
+        .collect();
+    let sql: String = held
+        .iter()
+        .map(|t| format!("ALTER TABLE {t} SET (autovacuum_enabled = false);\n"))
+        .collect();
+    match c.batch_execute(&sql).await {
+        Ok(()) => held,
+        Err(_) => Vec::new(), // one batch: none of them was changed
+    }
+}
+
+/// Gives the tables [`hold_autovacuum`] held their default back; what could not be
+/// reset, as warnings that say how to do it by hand.
+async fn release_autovacuum(c: &tokio_postgres::Client, held: &[String]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for t in held {
+        let sql = format!("ALTER TABLE {t} RESET (autovacuum_enabled)");
+        if let Err(e) = c.batch_execute(&sql).await {
+            warnings.push(format!(
+                "autovacuum is still off on table {t} ({}): run {sql}",
+                pg_error(e, "resetting autovacuum_enabled")
+            ));
+        }
+    }
+    warnings
 }
 
 /// Drops the URL's database (a drill's scratch database), also while connected.
