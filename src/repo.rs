@@ -359,7 +359,12 @@ impl Repository {
         if self.store.size(&key)? == Some(self.stored_size(size)) {
             self.count_reused(size);
         } else {
-            self.put_object(&key, BLOB_AAD, data)?;
+            // Unsettled: a local repository syncs a freeze's blobs together, before the
+            // record that names them.
+            match &self.keys {
+                None => self.store.put_unsettled(&key, data)?,
+                Some(k) => self.store.put_unsettled(&key, &k.seal(BLOB_AAD, data))?,
+            }
             self.count_uploaded(size);
         }
         Ok((digest, size))

@@ -59,6 +59,18 @@ pub fn exchange(a: &Path, b: &Path) -> io::Result<()> {
     }
 }
 
+/// Flushes everything written to the filesystem holding `path` to its disk: the data
+/// and metadata of every file, in one call.
+pub fn sync_filesystem(path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(path)?;
+    // SAFETY: syncfs takes an open descriptor, valid while `dir` lives.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Bytes available to this user on the file system holding `path`.
 pub fn free_space(path: &Path) -> io::Result<u64> {
     let c = cpath(path)?;

@@ -45,6 +45,12 @@ pub trait Store: Send + Sync {
     fn size(&self, key: &str) -> Result<Option<u64>>;
     /// Writes a small object in one request. Writes are atomic: readers see all or nothing.
     fn put(&self, key: &str, data: &[u8]) -> Result<()>;
+    /// Writes a small blob that others need not see until this store's next `put`,
+    /// `put_file` or read (the write of a record that names it comes after): a local
+    /// store makes many such blobs durable with one sync. Elsewhere it is `put`.
+    fn put_unsettled(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.put(key, data)
+    }
     /// Moves a finished local file (created in [`Store::spool_dir`]) into the store, atomically.
     /// Large files go up in parts; the local file is gone afterwards.
     fn put_file(&self, key: &str, file: &Path) -> Result<()>;
