@@ -48,7 +48,7 @@ impl LocalStore {
     }
 
     /// Puts the blobs waiting in `tmp/` on disk (one `syncfs` for all of them: a sync of
-    /// each cost a journal commit apiece, about a tenth of a database freeze), then gives
+    /// each cost a journal commit apiece, up to a tenth of a database freeze), then gives
     /// them their names, then syncs those.
     pub fn sync_blobs(&self) -> Result<()> {
         let mut u = self.unsynced.lock().unwrap();
