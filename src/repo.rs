@@ -287,9 +287,14 @@ impl Repository {
 
     /// Writes a whole object, sealed in an encrypted repository.
     fn put_object(&self, key: &str, aad: &str, data: &[u8]) -> Result<()> {
+        self.store.put(key, &self.sealed(aad, data))
+    }
+
+    /// An object's bytes as stored: sealed in an encrypted repository, else as they are.
+    fn sealed<'a>(&self, aad: &str, data: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
         match &self.keys {
-            None => self.store.put(key, data),
-            Some(k) => self.store.put(key, &k.seal(aad, data)),
+            None => data.into(),
+            Some(k) => k.seal(aad, data).into(),
         }
     }
 
@@ -361,10 +366,8 @@ impl Repository {
         } else {
             // Unsettled: a local repository syncs a freeze's blobs together, before the
             // record that names them.
-            match &self.keys {
-                None => self.store.put_unsettled(&key, data)?,
-                Some(k) => self.store.put_unsettled(&key, &k.seal(BLOB_AAD, data))?,
-            }
+            self.store
+                .put_unsettled(&key, &self.sealed(BLOB_AAD, data))?;
             self.count_uploaded(size);
         }
         Ok((digest, size))

@@ -10,6 +10,7 @@
 //! them) and before anything is read or listed. A crash before that loses only unnamed
 //! files, which the next run uploads again.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{ErrorKind as IoKind, Read, Write};
 use std::path::{Path, PathBuf};
@@ -28,8 +29,8 @@ pub struct LocalStore {
 
 #[derive(Default)]
 struct Unsynced {
-    /// (staged file, key, size)
-    files: Vec<(PathBuf, String, u64)>,
+    /// key → (staged file, size)
+    files: HashMap<String, (PathBuf, u64)>,
     bytes: u64,
 }
 
@@ -63,7 +64,7 @@ impl LocalStore {
             })
         };
         sync("syncing new blobs")?;
-        for (staged, key, _) in &files {
+        for (key, (staged, _)) in &files {
             self.install(staged, key)?;
         }
         sync("syncing the names of new blobs")
@@ -97,8 +98,11 @@ impl LocalStore {
             return self.install(&path, key);
         }
         let mut u = self.unsynced.lock().unwrap();
-        u.files.push((path, key.to_string(), data.len() as u64));
         u.bytes += data.len() as u64;
+        if let Some((older, _)) = u.files.insert(key.to_string(), (path, data.len() as u64)) {
+            // The same blob written twice at once: one copy is enough.
+            let _ = fs::remove_file(older);
+        }
         let full = u.bytes >= UNSYNCED_BYTES || u.files.len() >= UNSYNCED_FILES;
         drop(u);
         if full {
@@ -169,7 +173,7 @@ impl Store for LocalStore {
         let path = self.path(key)?;
         // Without settling: a freeze asks this before every blob it writes.
         let unsynced = self.unsynced.lock().unwrap();
-        if let Some((_, _, size)) = unsynced.files.iter().find(|(_, k, _)| k == key) {
+        if let Some((_, size)) = unsynced.files.get(key) {
             return Ok(Some(*size));
         }
         drop(unsynced);
