@@ -66,6 +66,10 @@ CREATE TABLE measurements_2025 PARTITION OF measurements
     FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
 CREATE TABLE measurements_2026 PARTITION OF measurements
     FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+-- A key and an index of the partitioned table: pg_dump gives each partition its own and
+-- attaches them to the parent's (a thaw builds the partitions' early, not the parent's).
+ALTER TABLE measurements ADD PRIMARY KEY (city, logdate);
+CREATE INDEX measurements_peak ON measurements (peak);
 
 CREATE TABLE cities (name text PRIMARY KEY, population bigint) WITH (fillfactor = 80);
 CREATE TABLE capitals (country char(2) NOT NULL) INHERITS (cities);

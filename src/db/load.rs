@@ -243,7 +243,9 @@ pub struct LoadReport {
     /// Accounts created or granted privileges (thaw --with-users).
     pub accounts: Vec<String>,
     pub seconds: f64,
-    /// Of which: loading rows, building indexes, verifying.
+    /// Of which: loading rows, building indexes, verifying. A PostgreSQL thaw reads the
+    /// tables back while it builds the indexes: its verification counts from the start
+    /// of the indexes to the last read, within `index_seconds`.
     pub data_seconds: f64,
     pub index_seconds: f64,
     pub verify_seconds: f64,

@@ -254,6 +254,79 @@ fn a_database_with_every_kind_of_object_round_trips_exactly_through_garage() {
     round_trip(&TestRepo::s3().init());
 }
 
+/// The thaw reads every table back (beside its index builds) and compares it with the
+/// snapshot: a snapshot whose recorded checksum the rows do not have (intact digests, as
+/// a faulty writer might leave it) fails with the table named, exit 4, and says the
+/// database is partly loaded.
+#[test]
+fn a_thaw_whose_rows_differ_from_the_snapshot_fails_naming_the_table() {
+    let repo = TestRepo::local().init();
+    let source = PgDb::fixture("pgsrc");
+    let site = unique("pg");
+    let report = freeze_json(&site, &source, &repo, &[]);
+    let id = report["snapshot"]
+        .as_str()
+        .expect("a snapshot id")
+        .to_string();
+    let dir = repo.local.clone().unwrap();
+    let forged = forge_table_checksum(&dir, &site, &id);
+    let target = PgDb::new("pgdst");
+    psql("postgres", &format!("DROP DATABASE {}", target.name));
+    let snapshot = format!("{site}:{forged}");
+    let out = freezer_pg(&[
+        "thaw",
+        &snapshot,
+        "--db",
+        &target.url(),
+        "--repo",
+        &repo.url,
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let err = stderr(&out);
+    let config = read_json(&blob(
+        &dir,
+        read_json(&blob(&dir, &db_manifest_digest(&dir, &site, &forged)))["config"]["digest"]
+            .as_str()
+            .unwrap(),
+    ));
+    let table = config["tables"][0]["name"].as_str().unwrap();
+    assert!(
+        err.contains("different contents") && err.contains(table),
+        "{err}"
+    );
+    assert!(
+        err.contains("partly loaded") && err.contains("--replace"),
+        "{err}"
+    );
+    // The untouched snapshot thaws and verifies.
+    let good = format!("{site}:{id}");
+    let out = freezer_pg(&[
+        "thaw",
+        &good,
+        "--db",
+        &target.url(),
+        "--repo",
+        &repo.url,
+        "--replace",
+    ]);
+    assert_ok(&out);
+    assert_eq!(facts(&target.name), facts(&source.name));
+}
+
+/// The digest of the database image's manifest in a local repository's snapshot record.
+fn db_manifest_digest(repo: &std::path::Path, site: &str, id: &str) -> String {
+    let record = read_json(&repo.join(format!("snapshots/{site}/{id}.json")));
+    record["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["dev.freezer.db.name"].is_string())
+        .expect("a database image")["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// `freezer freeze SITE --db DB --repo REPO --json EXTRA…`, its JSON report.
 fn freeze_json(site: &str, db: &PgDb, repo: &TestRepo, extra: &[&str]) -> serde_json::Value {
     let url = db.url();

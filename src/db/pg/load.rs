@@ -1,6 +1,7 @@
 //! Loading a PostgreSQL dump: into a new (or, with `--replace`, recreated) database,
-//! schema before the rows, constraints and indexes after them, then every table read
-//! back and compared with the snapshot's row count and checksum.
+//! schema before the rows; then the indexes, built while every table is read back and
+//! compared with the snapshot's row count and checksum; then the rest of the post-data
+//! (constraints that use those indexes, foreign keys, triggers, …).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -234,18 +235,17 @@ pub fn load_database(
         let chunks = load_chunks(p, url, opts.jobs.max(1), progress)?;
         let data_seconds = data_started.elapsed().as_secs_f64();
         let index_started = Instant::now();
-        progress.set_label(format!("building the indexes of {}", url.database));
-        run_script(rt, &c, &p.text(post_data)?, "post-data.sql", url)?;
-        let index_seconds = index_started.elapsed().as_secs_f64();
-        run_script(rt, &c, &p.text(&m.finish)?, "finish.sql", url)?;
-        warnings.extend(rt.block_on(release_autovacuum(&c, &held)));
-        // A transaction with an id, committed synchronously, flushes the WAL of every
-        // commit before it: the rows (loaded with synchronous_commit off) are on disk.
-        let flush = "BEGIN; SELECT pg_catalog.txid_current(); COMMIT";
-        run_script(rt, &c, flush.as_bytes(), "a WAL flush", url)?;
-        let verify_started = Instant::now();
-        progress.set_label(format!("verifying {}", url.database));
-        let problems = verify(rt, m, url, opts.jobs.max(1))?;
+        progress.set_label(format!(
+            "building the indexes of {} and verifying it",
+            url.database
+        ));
+        let post_data = std::str::from_utf8(&p.text(post_data)?)
+            .map_err(|_| Error::integrity("post-data.sql of the dump is not UTF-8"))?
+            .to_string();
+        let loaded = m.tables.iter().map(|t| (t.qualified(), t.rows)).collect();
+        let post_data = super::post_data::split(&post_data, &loaded);
+        let (problems, verify_seconds) =
+            build_and_verify(rt, m, url, opts.jobs.max(1), &post_data)?;
         if !problems.is_empty() {
             return Err(Error::integrity(format!(
                 "database {} was loaded but does not match the snapshot: {}",
@@ -253,6 +253,14 @@ pub fn load_database(
                 problems.join("; ")
             )));
         }
+        run_script(rt, &c, post_data.rest.as_bytes(), "post-data.sql", url)?;
+        let index_seconds = index_started.elapsed().as_secs_f64();
+        run_script(rt, &c, &p.text(&m.finish)?, "finish.sql", url)?;
+        warnings.extend(rt.block_on(release_autovacuum(&c, &held)));
+        // A transaction with an id, committed synchronously, flushes the WAL of every
+        // commit before it: the rows (loaded with synchronous_commit off) are on disk.
+        let flush = "BEGIN; SELECT pg_catalog.txid_current(); COMMIT";
+        run_script(rt, &c, flush.as_bytes(), "a WAL flush", url)?;
         Ok(LoadReport {
             source: m.database.clone(),
             target: url.to_string(),
@@ -265,7 +273,7 @@ pub fn load_database(
             seconds: started.elapsed().as_secs_f64(),
             data_seconds,
             index_seconds,
-            verify_seconds: verify_started.elapsed().as_secs_f64(),
+            verify_seconds,
             warnings,
         })
     })();
@@ -437,31 +445,62 @@ struct Piece<'a> {
 /// Tables of more pages than this (64 MiB of 8 KiB pages) are read back in pieces.
 const PIECE_PAGES: u64 = 8192;
 
-/// Reads every table back and compares its rows and checksum with the snapshot's: the
-/// differences found. Each connection reads on a thread of its own.
-fn verify(
+/// One connection's task in the index phase: an index build, or reading back a piece.
+enum Task<'a> {
+    Build(&'a super::post_data::Build),
+    Read(Piece<'a>),
+}
+
+/// Builds the indexes that need only the rows ([`super::post_data`]) and meanwhile reads
+/// every table back and compares its rows and checksum with the snapshot's, all from one
+/// queue on `jobs` connections (each on a thread of its own), builds first, largest
+/// table first: the reads fill what a build leaves of the cores (its last part runs on
+/// one, or waits for the disk). Returns the differences found and the seconds until the
+/// last read ended.
+fn build_and_verify(
     rt: &tokio::runtime::Runtime,
     m: &PgManifest,
     url: &PgUrl,
     jobs: usize,
-) -> Result<Vec<String>> {
-    let pieces = rt.block_on(pieces(m, url, jobs))?;
-    let queue = Mutex::new(pieces.into_iter().collect::<VecDeque<_>>());
+    post_data: &super::post_data::PostData,
+) -> Result<(Vec<String>, f64)> {
+    let started = Instant::now();
+    let tasks = post_data.builds.iter().map(Task::Build).chain(
+        rt.block_on(pieces(m, url, jobs))?
+            .into_iter()
+            .map(Task::Read),
+    );
+    let queue = Mutex::new(tasks.collect::<VecDeque<_>>());
     let sums = Mutex::new(vec![RowSum::default(); m.tables.len()]);
+    let read_until = Mutex::new(started);
     let connections = jobs.min(queue.lock().unwrap().len()).max(1);
     super::on_connections(url, connections, |c| {
-        let (queue, sums) = (&queue, &sums);
+        let (queue, sums, read_until) = (&queue, &sums, &read_until);
         async move {
             loop {
-                let Some(p) = queue.lock().unwrap().pop_front() else {
+                let Some(task) = queue.lock().unwrap().pop_front() else {
                     return Ok(());
                 };
-                let sql = match p.pages {
-                    None => p.t.copy_out(false),
-                    Some((from, to)) => p.t.copy_out_pages(from, to),
-                };
-                let sum = rows_sum(&c, p.t, &sql).await?;
-                sums.lock().unwrap()[p.table].merge(sum);
+                match task {
+                    Task::Build(b) => c
+                        .batch_execute(&format!("{}{}", post_data.head, b.sql))
+                        .await
+                        .map_err(|e| {
+                            pg_error(
+                                e,
+                                &format!("building an index of table {} in {url}", b.table),
+                            )
+                        })?,
+                    Task::Read(p) => {
+                        let sql = match p.pages {
+                            None => p.t.copy_out(false),
+                            Some((from, to)) => p.t.copy_out_pages(from, to),
+                        };
+                        let sum = rows_sum(&c, p.t, &sql).await?;
+                        sums.lock().unwrap()[p.table].merge(sum);
+                        *read_until.lock().unwrap() = Instant::now();
+                    }
+                }
             }
         }
     })?;
@@ -483,10 +522,11 @@ fn verify(
             ));
         }
     }
-    Ok(problems)
+    let read_seconds = (*read_until.lock().unwrap() - started).as_secs_f64();
+    Ok((problems, read_seconds))
 }
 
-/// What [`verify`] reads: every table whole, or in ranges of pages when it is large.
+/// What [`build_and_verify`] reads: every table whole, or in ranges of pages when it is large.
 async fn pieces<'a>(m: &'a PgManifest, url: &PgUrl, jobs: usize) -> Result<Vec<Piece<'a>>> {
     let c = url.connect().await?;
     let mut pieces = Vec::new();

@@ -14,6 +14,7 @@
 
 pub mod dump;
 pub mod load;
+pub mod post_data;
 pub mod roles;
 pub mod tool;
 
