@@ -364,8 +364,7 @@ fn run_script(
 /// table first, each connection on a thread of its own (one decompresses while the
 /// other sends); returns how many.
 fn load_chunks(p: &PreparedPg, url: &PgUrl, jobs: usize, progress: &Progress) -> Result<usize> {
-    let mut list: Vec<(&PgTable, &FileRef)> = Vec::new();
-    let refs: Vec<(&PgTable, FileRef)> = p
+    let mut list: Vec<(&PgTable, FileRef)> = p
         .manifest
         .tables
         .iter()
@@ -381,9 +380,6 @@ fn load_chunks(p: &PreparedPg, url: &PgUrl, jobs: usize, progress: &Progress) ->
             })
         })
         .collect();
-    for (t, f) in &refs {
-        list.push((t, f));
-    }
     list.sort_by_key(|(t, _)| std::cmp::Reverse(t.rows));
     let n = list.len();
     let queue = Mutex::new(list.into_iter().collect::<VecDeque<_>>());
@@ -400,37 +396,46 @@ fn load_chunks(p: &PreparedPg, url: &PgUrl, jobs: usize, progress: &Progress) ->
                 return Ok::<(), Error>(());
             };
             progress.check(|| format!("loading {}", t.qualified()))?;
-            let text = p.text(f)?;
-            let text = text.as_slice();
-            let what = || {
-                format!(
-                    "loading a chunk of table {} ({})",
-                    t.qualified(),
-                    f.digest.key()
-                )
-            };
-            // "COPY … FROM stdin;\n" rows "\.\n"
-            let nl = memchr::memchr(b'\n', text)
-                .ok_or_else(|| Error::integrity(format!("{}: no COPY line", what())))?;
-            let statement = std::str::from_utf8(&text[..nl])
-                .map_err(|_| Error::integrity(format!("{}: not UTF-8", what())))?
-                .trim_end_matches(';');
-            let body = text[nl + 1..]
-                .strip_suffix(b"\\.\n")
-                .ok_or_else(|| Error::integrity(format!("{}: no end-of-data line", what())))?;
-            let sink = c
-                .copy_in::<_, bytes::Bytes>(statement)
-                .await
-                .map_err(|e| pg_error(e, &what()))?;
-            futures::pin_mut!(sink);
-            sink.send(bytes::Bytes::copy_from_slice(body))
-                .await
-                .map_err(|e| pg_error(e, &what()))?;
-            sink.finish().await.map_err(|e| pg_error(e, &what()))?;
-            progress.add_done(body.len() as u64);
+            let bytes = load_chunk(&c, t, &f, p.text(&f)?).await?;
+            progress.add_done(bytes);
         }
     })?;
     Ok(n)
+}
+
+/// One chunk (`COPY … FROM stdin;\n` rows `\\.\n`) into its table; the bytes of its rows.
+async fn load_chunk(
+    c: &tokio_postgres::Client,
+    t: &PgTable,
+    f: &FileRef,
+    text: Vec<u8>,
+) -> Result<u64> {
+    let what = || {
+        format!(
+            "loading a chunk of table {} ({})",
+            t.qualified(),
+            f.digest.key()
+        )
+    };
+    let text = bytes::Bytes::from(text);
+    let nl = memchr::memchr(b'\n', &text)
+        .ok_or_else(|| Error::integrity(format!("{}: no COPY line", what())))?;
+    let statement = std::str::from_utf8(&text[..nl])
+        .map_err(|_| Error::integrity(format!("{}: not UTF-8", what())))?
+        .trim_end_matches(';');
+    if !text[nl + 1..].ends_with(b"\\.\n") {
+        return Err(Error::integrity(format!("{}: no end-of-data line", what())));
+    }
+    let body = text.slice(nl + 1..text.len() - 3);
+    let body_len = body.len() as u64;
+    let sink = c
+        .copy_in::<_, bytes::Bytes>(statement)
+        .await
+        .map_err(|e| pg_error(e, &what()))?;
+    futures::pin_mut!(sink);
+    sink.send(body).await.map_err(|e| pg_error(e, &what()))?;
+    sink.finish().await.map_err(|e| pg_error(e, &what()))?;
+    Ok(body_len)
 }
 
 /// A part of a table that one connection reads back: all of it, or (PostgreSQL 14 and
