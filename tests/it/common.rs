@@ -595,8 +595,9 @@ pub fn blob(repo: &Path, digest: &str) -> std::path::PathBuf {
 }
 
 /// A snapshot that is intact (every digest right) but whose database manifest records a
-/// checksum the data does not have, as a faulty writer might leave it. Returns its id.
-pub fn forge_table_checksum(repo: &Path, site: &str, id: &str) -> String {
+/// checksum the data does not have, as a faulty writer might leave it. Returns its id and
+/// the name of the table whose checksum it changed.
+pub fn forge_table_checksum(repo: &Path, site: &str, id: &str) -> (String, String) {
     let mut record = read_json(&repo.join(format!("snapshots/{site}/{id}.json")));
     let desc = record["manifests"]
         .as_array_mut()
@@ -639,5 +640,6 @@ pub fn forge_table_checksum(repo: &Path, site: &str, id: &str) -> String {
         &hex::encode(Sha256::digest(&bytes))[..12]
     );
     fs::write(repo.join(format!("snapshots/{site}/{new_id}.json")), bytes).unwrap();
-    new_id
+    let table = config["tables"][0]["name"].as_str().unwrap().to_string();
+    (new_id, table)
 }

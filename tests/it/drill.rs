@@ -146,7 +146,7 @@ fn a_drill_passes_on_a_good_snapshot_and_fails_on_damage() {
     fs::write(&path, &original).unwrap();
 
     // A database whose checksum no longer matches what the snapshot recorded.
-    let forged = forge_table_checksum(&dir, &name, &id);
+    let (forged, _) = forge_table_checksum(&dir, &name, &id);
     let (code, report) = drill(
         &a,
         &[
