@@ -851,11 +851,9 @@ pub struct SpoolFile {
 
 impl SpoolFile {
     fn error(&self, e: std::io::Error) -> std::io::Error {
-        if e.raw_os_error() != Some(libc::ENOSPC) {
-            return crate::error::into_io(Error::io(format!("writing {}", self.path.display()), e));
-        }
         let dir = self.path.parent().unwrap_or(&self.path);
-        crate::error::into_io(crate::store::disk_full(dir, e))
+        let what = format!("writing {}", self.path.display());
+        crate::error::into_io(crate::store::write_error(dir, what, e))
     }
 }
 

@@ -52,15 +52,16 @@ impl LocalStore {
     /// each cost a journal commit apiece, up to a tenth of a database freeze), then gives
     /// them their names, then syncs those.
     pub fn sync_blobs(&self) -> Result<()> {
+        // Held until the names are synced: another thread's `put` (a record naming these
+        // blobs) waits here rather than finding the list empty and going ahead.
         let mut u = self.unsynced.lock().unwrap();
         if u.files.is_empty() {
             return Ok(());
         }
         let Unsynced { files, .. } = std::mem::take(&mut *u);
         let sync = |what: &str| {
-            crate::sys::sync_filesystem(&self.root).map_err(|e| match e.raw_os_error() {
-                Some(libc::ENOSPC) => super::disk_full(&self.root, e),
-                _ => Error::io(format!("{what} in {}", self.root.display()), e),
+            crate::sys::sync_filesystem(&self.root).map_err(|e| {
+                super::write_error(&self.root, format!("{what} in {}", self.root.display()), e)
             })
         };
         sync("syncing new blobs")?;
@@ -85,12 +86,9 @@ impl LocalStore {
                 tmp.as_file().sync_all()
             }
         });
-        match written {
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
-                return Err(super::disk_full(&spool, e))
-            }
-            w => w.ctx(|| format!("writing {}", tmp.path().display()))?,
-        }
+        written.map_err(|e| {
+            super::write_error(&spool, format!("writing {}", tmp.path().display()), e)
+        })?;
         let (_, path) = tmp
             .keep()
             .map_err(|e| Error::io("keeping a staged file", e.error))?;

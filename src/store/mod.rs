@@ -126,9 +126,12 @@ pub fn spool_file(dir: &Path) -> Result<tempfile::NamedTempFile> {
         .map_err(|e| Error::io(format!("creating a file in {}", dir.display()), e))
 }
 
-/// The error of a write into `dir` that found its disk full: it names the disk and its
-/// free space, not the source that was being read at the time.
-pub fn disk_full(dir: &Path, e: std::io::Error) -> Error {
+/// The error of a write into `dir`: a full disk is named as such, with its free space
+/// (not the source that was being read at the time); anything else says `what` failed.
+pub fn write_error(dir: &Path, what: impl std::fmt::Display, e: std::io::Error) -> Error {
+    if e.raw_os_error() != Some(libc::ENOSPC) {
+        return Error::io(what, e);
+    }
     let free = crate::sys::free_space(dir)
         .map(|b| format!(" ({} free)", crate::progress::bytes(b)))
         .unwrap_or_default();

@@ -239,9 +239,8 @@ pub fn load_database(
             "building the indexes of {} and verifying it",
             url.database
         ));
-        let post_data = std::str::from_utf8(&p.text(post_data)?)
-            .map_err(|_| Error::integrity("post-data.sql of the dump is not UTF-8"))?
-            .to_string();
+        let post_data = String::from_utf8(p.text(post_data)?)
+            .map_err(|_| Error::integrity("post-data.sql of the dump is not UTF-8"))?;
         let loaded = m.tables.iter().map(|t| (t.qualified(), t.rows)).collect();
         let post_data = super::post_data::split(&post_data, &loaded);
         let (problems, verify_seconds) =
