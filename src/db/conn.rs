@@ -2,6 +2,7 @@
 //! turning server errors into errors that say what failed and what to do.
 
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder};
@@ -17,6 +18,64 @@ pub struct DbUrl {
     target: Target,
     /// The database named in the URL's path.
     pub database: String,
+    /// Which server every connection must reach (MySQL/MariaDB; see [`ServerCheck`]).
+    /// Shared by the URL's clones and [`DbUrl::with_database`]: one server, one run.
+    check: Arc<ServerCheck>,
+}
+
+/// What makes sure each MySQL/MariaDB connection of a run reaches the same server, and
+/// the one meant: the first connection's identity (`@@hostname`, `@@port`, `@@datadir`,
+/// `@@server_uuid` where the server has one) is kept, every later connection must show
+/// the same, and when the server is a container's, its `@@hostname` must be the
+/// container's hostname. A proxy or DNS name that spreads connections over several
+/// servers, or a client option that reroutes one (mysql_async's `prefer_socket`, which
+/// once sent connections meant for a container to this host's own server), is refused
+/// instead of dumping one server's rows and loading them into another.
+#[derive(Default)]
+struct ServerCheck {
+    expect_hostname: Option<String>,
+    first: OnceLock<ServerId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ServerId {
+    hostname: String,
+    port: String,
+    datadir: String,
+    server_uuid: String,
+}
+
+impl fmt::Display for ServerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "hostname {}, port {}, datadir {}",
+            self.hostname, self.port, self.datadir
+        )?;
+        if !self.server_uuid.is_empty() {
+            write!(f, ", server_uuid {}", self.server_uuid)?;
+        }
+        Ok(())
+    }
+}
+
+/// The marker on the error of a connection that reached another server than the one
+/// meant ([`ServerCheck`]), so that callers that retry connections while a server starts
+/// stop at once.
+#[derive(Debug)]
+pub struct WrongServer;
+
+impl fmt::Display for WrongServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("it reached another server than the one meant")
+    }
+}
+
+impl std::error::Error for WrongServer {}
+
+/// True when `e` is a refused connection to the wrong server ([`WrongServer`]).
+pub fn is_wrong_server(e: &Error) -> bool {
+    e.source.as_deref().is_some_and(|s| s.is::<WrongServer>())
 }
 
 #[derive(Clone)]
@@ -29,10 +88,7 @@ impl DbUrl {
     pub fn parse(url: &str) -> Result<DbUrl> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pg = crate::db::pg::PgUrl::parse(url)?;
-            return Ok(DbUrl {
-                database: pg.database.clone(),
-                target: Target::Postgres(pg),
-            });
+            return Ok(DbUrl::from_postgres(pg));
         }
         if !url.starts_with("mysql://") && !url.starts_with("mariadb://") {
             return Err(Error::usage(format!(
@@ -73,6 +129,7 @@ impl DbUrl {
         Ok(DbUrl {
             target: Target::Mysql(b.into()),
             database,
+            check: Arc::default(),
         })
     }
 
@@ -89,6 +146,7 @@ impl DbUrl {
         DbUrl {
             database: pg.database.clone(),
             target: Target::Postgres(pg),
+            check: Arc::default(),
         }
     }
 
@@ -115,7 +173,22 @@ impl DbUrl {
         DbUrl {
             target: Target::Mysql(tuned(b).into()),
             database: database.to_string(),
+            check: Arc::default(),
         }
+    }
+
+    /// The same endpoint, whose server must report `hostname` as its `@@hostname`: a
+    /// container's server, whose hostname the engine reports (`Config.Hostname`).
+    /// Connections already made by this URL's clones are not checked again.
+    pub fn expecting_hostname(&self, hostname: &str) -> DbUrl {
+        let mut url = self.clone();
+        if !hostname.is_empty() {
+            url.check = Arc::new(ServerCheck {
+                expect_hostname: Some(hostname.to_string()),
+                first: OnceLock::new(),
+            });
+        }
+        url
     }
 
     /// The same server, another database.
@@ -129,6 +202,7 @@ impl DbUrl {
         DbUrl {
             target,
             database: db.to_string(),
+            check: self.check.clone(),
         }
     }
 
@@ -152,16 +226,70 @@ impl DbUrl {
         let opts: Opts = OptsBuilder::from_opts(self.mysql()?.clone())
             .db_name(None::<String>)
             .into();
-        Conn::new(opts)
-            .await
-            .map_err(|e| db_error(e, &format!("connecting to {}", self)))
+        self.open(opts).await
     }
 
     /// Connects to the URL's database.
     pub async fn connect(&self) -> Result<Conn> {
-        Conn::new(self.mysql()?.clone())
+        self.open(self.mysql()?.clone()).await
+    }
+
+    async fn open(&self, opts: Opts) -> Result<Conn> {
+        let mut conn = Conn::new(opts)
             .await
-            .map_err(|e| db_error(e, &format!("connecting to {}", self)))
+            .map_err(|e| db_error(e, &format!("connecting to {}", self)))?;
+        if let Err(e) = self.check_server(&mut conn).await {
+            let _ = conn.disconnect().await;
+            return Err(e);
+        }
+        Ok(conn)
+    }
+
+    /// Checks that `conn` reached the server this URL means ([`ServerCheck`]).
+    async fn check_server(&self, conn: &mut Conn) -> Result<()> {
+        // SHOW VARIABLES needs no privilege, and names only the variables the server
+        // has (MariaDB has no server_uuid).
+        let rows: Vec<(String, String)> = conn
+            .query(
+                "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('hostname', 'port', 'datadir', 'server_uuid')",
+            )
+            .await
+            .map_err(|e| db_error(e, &format!("asking {self} which server it is")))?;
+        let var = |name: &str| {
+            rows.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map_or(String::new(), |(_, v)| v.clone())
+        };
+        let id = ServerId {
+            hostname: var("hostname"),
+            port: var("port"),
+            datadir: var("datadir"),
+            server_uuid: var("server_uuid"),
+        };
+        let wrong = |why: String| {
+            Error::other(format!(
+                "refusing the connection to {self}: {WrongServer}: {why}; nothing was read from or written to it"
+            ))
+            .with_hint(
+                "the address must lead to the database's own server: check for a proxy, port forward or DNS name that leads to several servers, and that the URL names the server itself",
+            )
+            .with_source(WrongServer)
+        };
+        if let Some(want) = &self.check.expect_hostname {
+            if !id.hostname.eq_ignore_ascii_case(want) {
+                return Err(wrong(format!(
+                    "it answered as the server on host {} ({id}), not as the container's (hostname {want})",
+                    id.hostname
+                )));
+            }
+        }
+        let first = self.check.first.get_or_init(|| id.clone());
+        if *first != id {
+            return Err(wrong(format!(
+                "it answered as another server ({id}) than this run's first connection did ({first})"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -193,10 +321,19 @@ impl serde::Serialize for DbUrl {
     }
 }
 
-/// The connection options every dump and load uses.
+/// The connection options every dump and load uses; every MySQL/MariaDB endpoint is
+/// built through here.
 fn tuned(b: OptsBuilder) -> OptsBuilder {
-    // Dumps and loads stream for minutes; no statement cache is needed across them.
-    b.stmt_cache_size(32usize)
+    // A connection goes exactly where its URL says. mysql_async's default
+    // (`prefer_socket`) reads the server's `@@socket` after connecting over TCP and
+    // reconnects through that path on this machine's filesystem: for a server in a
+    // container or behind a forwarded port, that is the socket of this host's own
+    // server, which (Debian's root@localhost by unix_socket) lets freezer in without a
+    // password, so a dump read, and a load wrote into, the wrong server. A URL that
+    // names a socket (`?socket=/path`) connects through it directly.
+    b.prefer_socket(false)
+        // Dumps and loads stream for minutes; no statement cache is needed across them.
+        .stmt_cache_size(32usize)
         // Rows as long as the server stores (up to 1 GiB) must be readable; the server
         // itself limits what it accepts.
         .max_allowed_packet(Some(1 << 30))
@@ -327,5 +464,39 @@ mod tests {
         let e = DbUrl::parse("mysql://u@h/db/extra").unwrap_err();
         assert_eq!(e.kind, crate::error::ErrorKind::Usage);
         assert!(e.message.contains("more than a database name"), "{e}");
+    }
+
+    /// Every way a MySQL/MariaDB endpoint is made connects where it says: never through
+    /// this host's socket instead of the URL's address (mysql_async's default).
+    #[test]
+    fn connections_never_reroute_through_this_host_s_socket() {
+        let urls = [
+            DbUrl::parse("mysql://root:pw@172.17.0.2:3306/site").unwrap(),
+            DbUrl::parse("mariadb://root@db.example/site").unwrap(),
+            // Asked for in the URL, still refused: the socket would be this host's.
+            DbUrl::parse("mysql://root@10.0.0.5/site?prefer_socket=true").unwrap(),
+            DbUrl::from_parts("172.18.0.3", 3306, "root", "pw", "site"),
+            DbUrl::from_parts("172.18.0.3", 3306, "root", "pw", "site").with_database("other"),
+            DbUrl::parse("mysql://root@h/site")
+                .unwrap()
+                .expecting_hostname("abc123"),
+        ];
+        for u in &urls {
+            let o = u.mysql().unwrap();
+            assert!(!o.prefer_socket(), "{u} would reconnect through @@socket");
+            assert_eq!(o.socket(), None, "{u}");
+        }
+        // A socket named in the URL is the one used, directly.
+        let s = DbUrl::parse("mysql://root@localhost/site?socket=/run/mysqld/mysqld.sock").unwrap();
+        assert_eq!(s.mysql().unwrap().socket(), Some("/run/mysqld/mysqld.sock"));
+    }
+
+    #[test]
+    fn a_database_of_the_same_server_shares_its_identity_check() {
+        let u = DbUrl::parse("mysql://root@h/a").unwrap();
+        assert!(Arc::ptr_eq(&u.check, &u.with_database("b").check));
+        let c = u.expecting_hostname("abc");
+        assert!(!Arc::ptr_eq(&u.check, &c.check));
+        assert_eq!(c.check.expect_hostname.as_deref(), Some("abc"));
     }
 }

@@ -241,7 +241,7 @@ impl CapturedSite {
     /// The databases of the site's MariaDB/MySQL containers, reachable from this host.
     pub fn databases(&self) -> Result<Vec<DbUrl>> {
         let mut out = Vec::new();
-        for (spec, addr) in self.containers.iter().zip(&self.addresses) {
+        for ((spec, addr), id) in self.containers.iter().zip(&self.addresses).zip(&self.ids) {
             let Some(db) = &spec.database else { continue };
             if spec.state != "running" {
                 return Err(Error::usage(format!(
@@ -249,7 +249,12 @@ impl CapturedSite {
                     spec.name, spec.state
                 )));
             }
-            let url = addr.as_deref().and_then(|a| spec.database_url(a)).ok_or_else(|| {
+            // The server must answer as the container it was found in: its hostname, or
+            // the engine's default, the short id (left out of the recorded config).
+            let hostname = spec.config["Hostname"]
+                .as_str()
+                .unwrap_or(&id[..12.min(id.len())]);
+            let url = addr.as_deref().and_then(|a| spec.database_url(a)).map(|u| u.expecting_hostname(hostname)).ok_or_else(|| {
                 Error::usage(format!(
                     "container {} holds database {db}, but its address or credentials are not known (MARIADB_USER/MARIADB_PASSWORD or MARIADB_ROOT_PASSWORD)",
                     spec.name

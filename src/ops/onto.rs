@@ -506,9 +506,7 @@ fn plan_database(
     // has been started for the load (databases load before any file is swapped).
     let mut occupied = None;
     if target.state == "running" {
-        let url = target
-            .database_url(&address(engine, &target.name)?)
-            .expect("has credentials");
+        let url = recreate::container_database(engine, target)?.expect("has credentials");
         occupied = Some(match dump {
             Some(m) => crate::db::load::check_target(&url, m, replace, None)?,
             None => {
@@ -559,10 +557,6 @@ fn scratch_plan(
         ..Default::default()
     };
     Ok((recreate::plan(repo, engine, snap, &opts)?, binds))
-}
-
-fn address(engine: &Engine, container: &str) -> Result<String> {
-    recreate::container_address(engine, container)
 }
 
 /// Runs an `--onto` plan. `safety` freezes the target site before anything of it is
@@ -719,9 +713,7 @@ fn load_databases(
         if !was_running {
             engine.start_container(&target.name)?;
         }
-        let url = target
-            .database_url(&address(engine, &target.name)?)
-            .expect("checked by plan");
+        let url = recreate::container_database(engine, target)?.expect("checked by plan");
         progress.set_label(format!("waiting for the database in {}", target.name));
         recreate::wait_for_database(&url, &target.name)?;
         let opts = LoadOptions {
@@ -791,8 +783,7 @@ fn dump_scratch(
                         d.source_container
                     ))
                 })?;
-            let url = spec
-                .database_url(&address(engine, &spec.name)?)
+            let url = recreate::container_database(engine, spec)?
                 .ok_or_else(|| {
                     Error::usage(format!(
                         "container {} of the snapshot holds database {}, but its environment has no credentials to dump it with",

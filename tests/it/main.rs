@@ -24,5 +24,6 @@ mod podman;
 mod postgres;
 mod retention;
 mod roundtrip;
+mod servers;
 mod store;
 mod tables;

@@ -152,19 +152,10 @@ impl<'a> PgDump<'a> {
             Runner::Host(_) => url.host.as_str(),
             Runner::Container(_) => "127.0.0.1",
         };
-        args.extend(
-            [
-                "-h",
-                host,
-                "-p",
-                &url.port.to_string(),
-                "-U",
-                &url.user,
-                "-d",
-            ]
-            .map(String::from),
-        );
-        args.push(url.database.clone());
+        args.extend([
+            "-d".to_string(),
+            conninfo(host, url.port, &url.user, &url.database),
+        ]);
         let mut env = vec![
             ("PGAPPNAME", "freezer".to_string()),
             ("PGCONNECT_TIMEOUT", "30".to_string()),
@@ -181,10 +172,15 @@ impl<'a> PgDump<'a> {
         let stdout = match &self.runner {
             Runner::Host(path) => {
                 let mut cmd = std::process::Command::new(path);
-                cmd.args(&args)
-                    .env_remove("PGPASSWORD")
-                    .envs(env)
-                    .stdin(std::process::Stdio::null());
+                // libpq reads PG* variables for whatever the command line leaves open
+                // (PGSERVICE, PGSSLMODE, PGOPTIONS, PGPASSFILE, …): none of this
+                // machine's apply to the server of the URL.
+                for (k, _) in std::env::vars_os() {
+                    if k.to_str().is_some_and(|k| k.starts_with("PG")) {
+                        cmd.env_remove(k);
+                    }
+                }
+                cmd.args(&args).envs(env).stdin(std::process::Stdio::null());
                 let out = cmd
                     .output()
                     .map_err(|e| Error::io(format!("running {}", path.display()), e))?;
@@ -216,9 +212,39 @@ impl<'a> PgDump<'a> {
     }
 }
 
+/// The connection string `pg_dump -d` gets: every part named, so that nothing is taken
+/// from the environment (a container's `PGHOSTADDR` would otherwise win over `-h`), and
+/// a database name with `=` in it stays a name. An address is also given as `hostaddr`,
+/// which libpq then uses as it is.
+fn conninfo(host: &str, port: u16, user: &str, database: &str) -> String {
+    let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    let mut s = format!("host={}", quote(host));
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        s.push_str(&format!(" hostaddr={}", quote(host)));
+    }
+    s.push_str(&format!(
+        " port={port} user={} dbname={}",
+        quote(user),
+        quote(database)
+    ));
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pg_dump_gets_every_part_of_the_connection_quoted() {
+        assert_eq!(
+            conninfo("127.0.0.1", 5432, "app", "shop"),
+            "host='127.0.0.1' hostaddr='127.0.0.1' port=5432 user='app' dbname='shop'"
+        );
+        assert_eq!(
+            conninfo("db.example", 5433, "o'neil", "a=b c\\d"),
+            "host='db.example' port=5433 user='o\\'neil' dbname='a=b c\\\\d'"
+        );
+    }
 
     #[test]
     fn the_major_version_is_read_from_pg_dump_version() {

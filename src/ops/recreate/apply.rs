@@ -502,8 +502,7 @@ fn load_databases(
         let held = track.lock()?;
         engine.start_container(&name)?;
         drop(held);
-        let address = container_address(engine, &spec.name)?;
-        let url = spec.database_url(&address).expect("checked by plan");
+        let url = container_database(engine, spec)?.expect("checked by plan");
         track
             .progress
             .set_label(format!("waiting for the database in {}", spec.name));
@@ -602,17 +601,34 @@ fn push_through_helper(
     Ok(PathBuf::from(format!("{}:{}", spec.name, m.destination)))
 }
 
-/// The container's address on its first network.
-pub(crate) fn container_address(engine: &Engine, name: &str) -> Result<String> {
+/// The container's address on its first network and its hostname, as the engine has
+/// them now.
+fn container_endpoint(engine: &Engine, name: &str) -> Result<(String, String)> {
     let n = name.to_string();
     let info = engine.inspect_container(&n)?;
-    info.network_settings
+    let hostname = info.config.and_then(|c| c.hostname).unwrap_or_default();
+    let address = info
+        .network_settings
         .and_then(|n| n.networks)
         .and_then(|n| {
             n.into_values()
                 .find_map(|e| e.ip_address.filter(|a| !a.is_empty()))
         })
-        .ok_or_else(|| Error::other(format!("container {name} has no network address")))
+        .ok_or_else(|| Error::other(format!("container {name} has no network address")))?;
+    Ok((address, hostname))
+}
+
+/// The database endpoint of `spec`'s container as it runs now (None: its environment
+/// has no credentials): its address, and its hostname, which the server must report
+/// (a connection that lands on another server is refused, see [`crate::db::DbUrl`]).
+pub(crate) fn container_database(
+    engine: &Engine,
+    spec: &ContainerSpec,
+) -> Result<Option<crate::db::DbUrl>> {
+    let (address, hostname) = container_endpoint(engine, &spec.name)?;
+    Ok(spec
+        .database_url(&address)
+        .map(|u| u.expecting_hostname(&hostname)))
 }
 
 /// Waits until the database server in a new container accepts the application's login
@@ -629,6 +645,7 @@ pub(crate) fn wait_for_database(url: &crate::db::DbUrl, container: &str) -> Resu
         };
         match tried {
             Ok(()) => return Ok(()),
+            Err(e) if crate::db::conn::is_wrong_server(&e) => return Err(e),
             Err(e) if std::time::Instant::now() > deadline => {
                 return Err(e.with_hint(format!(
                     "the database in container {container} did not accept connections within 5 minutes; `docker logs {container}` says why"
