@@ -119,6 +119,22 @@ impl ContainerSpec {
         })
     }
 
+    /// A credential as the official images take it: the variable, or `<VAR>_FILE`
+    /// naming a file in the container that holds it (a compose secret); the first of
+    /// `names` set either way.
+    fn credential(&self, names: &[&str]) -> Option<Credential> {
+        names.iter().find_map(|n| {
+            self.env(n).map(Credential::Value).or_else(|| {
+                self.env(&format!("{n}_FILE"))
+                    .filter(|p| !p.is_empty())
+                    .map(|path| Credential::File {
+                        var: format!("{n}_FILE"),
+                        path,
+                    })
+            })
+        })
+    }
+
     /// The database its environment names (see [`ContainerSpec::database`]).
     fn database_name(&self) -> Option<String> {
         let mysql = ["MARIADB_DATABASE", "MYSQL_DATABASE"]
@@ -126,7 +142,7 @@ impl ContainerSpec {
             .find_map(|k| self.env(k))
             .filter(|d| !d.is_empty());
         mysql.or_else(|| {
-            self.env("POSTGRES_PASSWORD")?;
+            self.credential(&["POSTGRES_PASSWORD"])?;
             Some(
                 ["POSTGRES_DB", "POSTGRES_USER"]
                     .iter()
@@ -137,31 +153,114 @@ impl ContainerSpec {
         })
     }
 
-    /// The database endpoint of a database container at `address`, with the
-    /// credentials from its environment: for MariaDB/MySQL the application user if there
-    /// is one, else root; for PostgreSQL `POSTGRES_USER` (default `postgres`).
-    pub fn database_url(&self, address: &str) -> Option<DbUrl> {
-        let db = self.database.as_ref()?;
-        if self.env("MARIADB_DATABASE").is_none() && self.env("MYSQL_DATABASE").is_none() {
-            let password = self.env("POSTGRES_PASSWORD")?;
-            let user = self
-                .env("POSTGRES_USER")
-                .filter(|u| !u.is_empty())
-                .unwrap_or_else(|| "postgres".into());
-            return Some(DbUrl::from_postgres(crate::db::pg::PgUrl::from_parts(
-                address, 5432, &user, &password, db,
-            )));
-        }
-        let get = |suffix: &str| {
-            self.env(&format!("MARIADB_{suffix}"))
-                .or_else(|| self.env(&format!("MYSQL_{suffix}")))
-        };
-        let (user, password) = match (get("USER"), get("PASSWORD")) {
-            (Some(u), Some(p)) if !u.is_empty() => (u, p),
-            _ => ("root".to_string(), get("ROOT_PASSWORD")?),
-        };
-        Some(DbUrl::from_parts(address, 3306, &user, &password, db))
+    fn is_postgres(&self) -> bool {
+        self.env("MARIADB_DATABASE").is_none() && self.env("MYSQL_DATABASE").is_none()
     }
+
+    /// The user and password its environment gives a database client: for
+    /// MariaDB/MySQL the application user if there is one, else root; for PostgreSQL
+    /// `POSTGRES_USER` (default `postgres`).
+    fn database_login(&self) -> Option<(Credential, Credential)> {
+        self.database.as_ref()?;
+        if self.is_postgres() {
+            let password = self.credential(&["POSTGRES_PASSWORD"])?;
+            let user = self
+                .credential(&["POSTGRES_USER"])
+                .filter(|u| !matches!(u, Credential::Value(v) if v.is_empty()))
+                .unwrap_or_else(|| Credential::Value("postgres".into()));
+            return Some((user, password));
+        }
+        let user = self
+            .credential(&["MARIADB_USER", "MYSQL_USER"])
+            .filter(|u| !matches!(u, Credential::Value(v) if v.is_empty()));
+        let password = self.credential(&["MARIADB_PASSWORD", "MYSQL_PASSWORD"]);
+        match (user, password) {
+            (Some(u), Some(p)) => Some((u, p)),
+            _ => Some((
+                Credential::Value("root".into()),
+                self.credential(&["MARIADB_ROOT_PASSWORD", "MYSQL_ROOT_PASSWORD"])?,
+            )),
+        }
+    }
+
+    /// Whether its environment gives a database client a login (see [`Self::database_url`]).
+    pub fn has_database_login(&self) -> bool {
+        self.database_login().is_some()
+    }
+
+    /// The database endpoint of a database container at `address`, with the login its
+    /// environment gives ([`Self::database_login`]). A credential kept in a file
+    /// (`MARIADB_ROOT_PASSWORD_FILE=/run/secrets/db-password`) is read with `read_file`
+    /// (in the running container), trailing newlines dropped as the images' entrypoints
+    /// do; never printed. None: its environment names no database or no login.
+    pub fn database_url(
+        &self,
+        address: &str,
+        read_file: &dyn Fn(&str) -> Result<String>,
+    ) -> Result<Option<DbUrl>> {
+        let (Some(db), Some((user, password))) = (&self.database, self.database_login()) else {
+            return Ok(None);
+        };
+        let get = |c: Credential| -> Result<String> {
+            match c {
+                Credential::Value(v) => Ok(v),
+                Credential::File { var, path } => read_file(&path)
+                    .map(|v| v.trim_end_matches(['\n', '\r']).to_string())
+                    .map_err(|e| {
+                        crate::error::prefix(
+                            e,
+                            &format!("reading {var} of container {}", self.name),
+                        )
+                    }),
+            }
+        };
+        let (user, password) = (get(user)?, get(password)?);
+        Ok(Some(if self.is_postgres() {
+            DbUrl::from_postgres(crate::db::pg::PgUrl::from_parts(
+                address, 5432, &user, &password, db,
+            ))
+        } else {
+            DbUrl::from_parts(address, 3306, &user, &password, db)
+        }))
+    }
+
+    /// The mount destinations that hold a database container's data: the images' data
+    /// directory (`/var/lib/mysql`; `PGDATA`, else `/var/lib/postgresql/data`) and the
+    /// volumes its image declares. A dump stands for them; nothing else.
+    fn data_dirs(&self) -> Vec<String> {
+        let mut dirs = vec![if self.is_postgres() {
+            self.env("PGDATA")
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| "/var/lib/postgresql/data".into())
+        } else {
+            "/var/lib/mysql".into()
+        }];
+        if let Some(v) = self
+            .image_config
+            .as_ref()
+            .and_then(|c| c["Volumes"].as_object())
+        {
+            dirs.extend(v.keys().cloned());
+        }
+        dirs
+    }
+}
+
+/// A credential of a container's environment: its value, or the file in the container
+/// that holds it and the variable that named the file.
+enum Credential {
+    Value(String),
+    File { var: String, path: String },
+}
+
+/// Whether a mount at `destination` holds (part of) a data directory in `dirs`: the
+/// directory itself, one above it, or one inside it.
+fn holds_data(destination: &str, dirs: &[String]) -> bool {
+    let d = destination.trim_end_matches('/');
+    dirs.iter().any(|x| {
+        let x = x.trim_end_matches('/');
+        d == x || x.starts_with(&format!("{d}/")) || d.starts_with(&format!("{x}/"))
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -238,8 +337,8 @@ impl CapturedSite {
         Ok(())
     }
 
-    /// The databases of the site's MariaDB/MySQL containers, reachable from this host.
-    pub fn databases(&self) -> Result<Vec<DbUrl>> {
+    /// The databases of the site's database containers, reachable from this host.
+    pub fn databases(&self, engine: &Engine) -> Result<Vec<DbUrl>> {
         let mut out = Vec::new();
         for ((spec, addr), id) in self.containers.iter().zip(&self.addresses).zip(&self.ids) {
             let Some(db) = &spec.database else { continue };
@@ -254,12 +353,18 @@ impl CapturedSite {
             let hostname = spec.config["Hostname"]
                 .as_str()
                 .unwrap_or(&id[..12.min(id.len())]);
-            let url = addr.as_deref().and_then(|a| spec.database_url(a)).map(|u| u.expecting_hostname(hostname)).ok_or_else(|| {
+            let unknown = || {
                 Error::usage(format!(
-                    "container {} holds database {db}, but its address or credentials are not known (MARIADB_USER/MARIADB_PASSWORD or MARIADB_ROOT_PASSWORD)",
+                    "container {} holds database {db}, but its address or credentials are not known (MARIADB_USER/MARIADB_PASSWORD or MARIADB_ROOT_PASSWORD, or their _FILE forms)",
                     spec.name
                 ))
-            })?;
+            };
+            let address = addr.as_deref().ok_or_else(unknown)?;
+            let read = |path: &str| read_file_in(engine, &spec.name, path);
+            let url = spec
+                .database_url(address, &read)?
+                .ok_or_else(unknown)?
+                .expecting_hostname(hostname);
             out.push(url);
         }
         Ok(out)
@@ -295,14 +400,19 @@ impl CapturedSite {
         Ok(())
     }
 
-    /// Dehydrated: the database containers' own volumes are not copied (the dump stands
-    /// for them); thaw creates them empty and loads the dump.
-    pub fn drop_database_volumes(&mut self) {
+    /// Dehydrated: the database containers' data directories are not copied (the dump
+    /// stands for them; thaw creates them empty and loads the dump). Their other mounts
+    /// (configuration, secret files, directories shared with other services) are kept
+    /// like any other tree.
+    pub fn drop_database_data(&mut self) {
         let mut dropped = Vec::new();
         for spec in &mut self.containers {
             if spec.database.is_some() {
+                let dirs = spec.data_dirs();
                 for m in &mut spec.mounts {
-                    dropped.push(std::mem::take(&mut m.tree));
+                    if holds_data(&m.destination, &dirs) {
+                        dropped.push(std::mem::take(&mut m.tree));
+                    }
                 }
             }
         }
@@ -314,6 +424,30 @@ impl CapturedSite {
             .collect();
         self.trees
             .retain(|t| !dropped.contains(&t.name) || used.contains(&t.name.as_str()));
+    }
+}
+
+/// The contents of the file at `path` in the running container `container` (a
+/// credential: never printed; an error says only why it could not be read).
+pub fn read_file_in(engine: &Engine, container: &str, path: &str) -> Result<String> {
+    let argv = ["cat", "--", path].map(str::to_string).to_vec();
+    let timeout = std::time::Duration::from_secs(60);
+    let (code, output) = engine.exec_argv(container, argv, vec![], None, timeout)?;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    for (is_err, bytes) in output {
+        if is_err { &mut err } else { &mut out }.extend(bytes);
+    }
+    match code {
+        Some(0) => String::from_utf8(out).map_err(|_| {
+            Error::usage(format!("{path} in container {container} is not UTF-8 text"))
+        }),
+        _ => Err(Error::usage(format!(
+            "could not read {path} in container {container}: {}",
+            String::from_utf8_lossy(&err).trim()
+        ))
+        .with_hint(
+            "the file must exist in the container (a compose secret is mounted under /run/secrets)",
+        )),
     }
 }
 
@@ -1049,5 +1183,104 @@ mod fixture {
         old_format.as_object_mut().unwrap().remove("image_config");
         let spec: ContainerSpec = serde_json::from_value(old_format).unwrap();
         assert!(spec.image_config.is_none());
+    }
+}
+
+#[cfg(test)]
+mod credentials {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(env: &[&str], volumes: &[&str]) -> ContainerSpec {
+        let mut v: Value =
+            serde_json::from_str(include_str!("../../formats/v1/container-config.json")).unwrap();
+        v["config"]["Env"] = json!(env);
+        let vols: serde_json::Map<String, Value> =
+            volumes.iter().map(|k| (k.to_string(), json!({}))).collect();
+        v["image_config"] = json!({ "Volumes": vols });
+        let mut s: ContainerSpec = serde_json::from_value(v).unwrap();
+        s.database = s.database_name();
+        s
+    }
+
+    fn url(s: &ContainerSpec) -> Option<String> {
+        let read = |path: &str| Ok(format!("secret from {path}\n\n"));
+        s.database_url("10.0.0.2", &read)
+            .unwrap()
+            .map(|u| format!("{u} {}", u.user()))
+    }
+
+    #[test]
+    fn passwords_come_from_the_variable_or_the_file_it_names() {
+        let s = spec(
+            &[
+                "MARIADB_DATABASE=shop",
+                "MARIADB_ROOT_PASSWORD_FILE=/run/secrets/pw",
+            ],
+            &[],
+        );
+        assert!(s.has_database_login());
+        assert_eq!(url(&s).unwrap(), "mysql://root@10.0.0.2:3306/shop root");
+        // The application user wins over root, from files as from variables.
+        let s = spec(
+            &[
+                "MYSQL_DATABASE=shop",
+                "MYSQL_USER_FILE=/run/secrets/user",
+                "MYSQL_PASSWORD_FILE=/run/secrets/pw",
+                "MYSQL_ROOT_PASSWORD=r",
+            ],
+            &[],
+        );
+        assert_eq!(url(&s).unwrap(), "mysql://secret from /run/secrets/user@10.0.0.2:3306/shop secret from /run/secrets/user");
+        // PostgreSQL is recognized by its password file too.
+        let s = spec(
+            &["POSTGRES_PASSWORD_FILE=/run/secrets/pg", "POSTGRES_DB=app"],
+            &[],
+        );
+        assert_eq!(s.database.as_deref(), Some("app"));
+        assert_eq!(
+            url(&s).unwrap(),
+            "postgres://postgres@10.0.0.2:5432/app postgres"
+        );
+        // No login at all: none.
+        let s = spec(&["MARIADB_DATABASE=shop"], &[]);
+        assert!(!s.has_database_login());
+        assert_eq!(url(&s), None);
+        // A file that cannot be read fails, naming the variable, not its contents.
+        let s = spec(
+            &["MARIADB_DATABASE=shop", "MARIADB_ROOT_PASSWORD_FILE=/nope"],
+            &[],
+        );
+        let read = |_: &str| Err(Error::usage("could not read /nope"));
+        let e = s.database_url("10.0.0.2", &read).unwrap_err();
+        assert!(e.to_string().contains("MARIADB_ROOT_PASSWORD_FILE"), "{e}");
+    }
+
+    #[test]
+    fn only_the_data_directory_is_left_to_the_dump() {
+        let s = spec(
+            &["MARIADB_DATABASE=shop", "MARIADB_ROOT_PASSWORD=x"],
+            &["/var/lib/mysql"],
+        );
+        let dirs = s.data_dirs();
+        for data in [
+            "/var/lib/mysql",
+            "/var/lib/mysql/",
+            "/var/lib",
+            "/var/lib/mysql/x",
+        ] {
+            assert!(holds_data(data, &dirs), "{data}");
+        }
+        for other in [
+            "/etc/mysql/conf.d",
+            "/run/secrets",
+            "/var/lib/mysql-files",
+            "/docker-entrypoint-initdb.d",
+        ] {
+            assert!(!holds_data(other, &dirs), "{other}");
+        }
+        let s = spec(&["POSTGRES_PASSWORD=x", "PGDATA=/srv/pg"], &[]);
+        assert!(holds_data("/srv/pg", &s.data_dirs()));
+        assert!(!holds_data("/var/lib/postgresql/data", &s.data_dirs()));
     }
 }

@@ -173,14 +173,14 @@ pub fn plan_site(repo: &Repository, req: FreezeRequest) -> Result<FreezePlan> {
                 captured.include_writable_layers()?;
             }
         } else {
-            databases = captured.databases()?;
+            databases = captured.databases(&engine)?;
             if databases.is_empty() {
                 return Err(Error::usage(format!(
                     "Docker site {site} has no database container (MariaDB or MySQL whose environment names MARIADB_DATABASE or MYSQL_DATABASE, PostgreSQL with POSTGRES_PASSWORD) to dump"
                 ))
                 .with_hint("freeze it hydrated (--mode hydrated), or pass --db URL"));
             }
-            captured.drop_database_volumes();
+            captured.drop_database_data();
         }
         if let Some(t) = captured.trees.first() {
             engine.refuse_rootless_files(&format!("copying {} of site {site}", t.name))?;

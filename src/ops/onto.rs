@@ -496,12 +496,12 @@ fn plan_database(
         ))
         .with_hint("map the service to the target's database service with --map")
     })?;
-    target.database_url("127.0.0.1").ok_or_else(|| {
-        Error::usage(format!(
-            "container {} holds database {into}, but its environment has no credentials (MARIADB_USER/MARIADB_PASSWORD or MARIADB_ROOT_PASSWORD) to load it with",
+    if !target.has_database_login() {
+        return Err(Error::usage(format!(
+            "container {} holds database {into}, but its environment has no credentials (MARIADB_USER/MARIADB_PASSWORD or MARIADB_ROOT_PASSWORD, or their _FILE forms) to load it with",
             target.name
-        ))
-    })?;
+        )));
+    }
     // A running server is asked now whether its database is empty; a stopped one when it
     // has been started for the load (databases load before any file is swapped).
     let mut occupied = None;

@@ -2,8 +2,18 @@
 # A MariaDB container for freezer's tests, driven like the official image: on first start
 # with an empty data directory it creates the system tables, root's password
 # (MARIADB_ROOT_PASSWORD), a database (MARIADB_DATABASE) and a user with all privileges
-# on it (MARIADB_USER, MARIADB_PASSWORD); MYSQL_* names work too.
+# on it (MARIADB_USER, MARIADB_PASSWORD); MYSQL_* names and *_FILE forms work too.
 set -eu
+# VAR_FILE names a file holding VAR's value (a compose secret); its trailing newlines
+# are dropped, as the official image's file_env does.
+for v in MARIADB_ROOT_PASSWORD MYSQL_ROOT_PASSWORD MARIADB_USER MYSQL_USER MARIADB_PASSWORD \
+    MYSQL_PASSWORD MARIADB_DATABASE MYSQL_DATABASE; do
+  eval "f=\${${v}_FILE:-}"
+  if [ -n "$f" ]; then
+    val=$(cat "$f") || { echo "entrypoint: cannot read ${v}_FILE ($f)" >&2; exit 1; }
+    export "$v=$val"
+  fi
+done
 d=/var/lib/mysql
 root_pw=${MARIADB_ROOT_PASSWORD:-${MYSQL_ROOT_PASSWORD:-}}
 db=${MARIADB_DATABASE:-${MYSQL_DATABASE:-}}

@@ -13,6 +13,10 @@ if [ "$(id -u)" = 0 ]; then
   chmod 700 "$PGDATA"
   exec su postgres -s /bin/sh -c 'exec /entrypoint.sh'
 fi
+# POSTGRES_PASSWORD_FILE names a file holding the password (a compose secret).
+if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+  POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE")
+fi
 user=${POSTGRES_USER:-postgres}
 db=${POSTGRES_DB:-$user}
 if [ ! -s "$PGDATA/PG_VERSION" ]; then

@@ -626,8 +626,9 @@ pub(crate) fn container_database(
     spec: &ContainerSpec,
 ) -> Result<Option<crate::db::DbUrl>> {
     let (address, hostname) = container_endpoint(engine, &spec.name)?;
+    let read = |path: &str| crate::docker::capture::read_file_in(engine, &spec.name, path);
     Ok(spec
-        .database_url(&address)
+        .database_url(&address, &read)?
         .map(|u| u.expecting_hostname(&hostname)))
 }
 

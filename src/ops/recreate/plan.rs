@@ -450,9 +450,9 @@ fn plan_database(
     let Some(d) = dumps.iter().find(|d| d.database() == db) else {
         return Ok(());
     };
-    if spec.database_url("127.0.0.1").is_none() {
+    if !spec.has_database_login() {
         return Err(Error::usage(format!(
-            "container {} holds database {db}, but its environment has no credentials (MARIADB_USER/MARIADB_PASSWORD, MARIADB_ROOT_PASSWORD or POSTGRES_PASSWORD) to load it with",
+            "container {} holds database {db}, but its environment has no credentials (MARIADB_USER/MARIADB_PASSWORD, MARIADB_ROOT_PASSWORD or POSTGRES_PASSWORD, or their _FILE forms) to load it with",
             spec.name
         )));
     }

@@ -1,0 +1,143 @@
+//! Docker sites shaped as compose projects are written: a database whose password is a
+//! compose secret (`MARIADB_ROOT_PASSWORD_FILE=/run/secrets/…`), its configuration in a
+//! bind-mounted directory of the project.
+
+use std::fs;
+
+use crate::common::*;
+use crate::hydrated::{address, docker, docker_try, freezer_on, host_a, mariadb_image, sql_at};
+
+/// Removes what a test made on engine `host`: the containers, volumes and network of
+/// each project, also when it failed halfway.
+struct Projects {
+    host: String,
+    names: Vec<String>,
+}
+
+impl Drop for Projects {
+    fn drop(&mut self) {
+        for p in &self.names {
+            let filter = format!("label=com.docker.compose.project={p}");
+            for id in docker(&self.host, &["ps", "-aq", "--filter", &filter]).lines() {
+                let _ = docker_try(&self.host, &["rm", "-f", "-v", id]);
+            }
+            let vols = docker(
+                &self.host,
+                &["volume", "ls", "-q", "--filter", &format!("name={p}")],
+            );
+            for v in vols.lines() {
+                let _ = docker_try(&self.host, &["volume", "rm", v]);
+            }
+            let _ = docker_try(&self.host, &["network", "rm", &format!("{p}_default")]);
+        }
+    }
+}
+
+#[test]
+fn a_database_whose_password_is_a_secret_file_is_dumped_and_loaded_back() {
+    let a = host_a();
+    let repo = TestRepo::local().init();
+    let name = unique("sec");
+    let copy = unique("secc");
+    let _cleanup = Projects {
+        host: a.clone(),
+        names: vec![name.clone(), copy.clone()],
+    };
+    // The project directory: the secret (as `echo pw > file` writes it, with a newline)
+    // and the server's configuration.
+    let project = tempfile::tempdir().unwrap();
+    let password = format!("pw-{}", unique("s"));
+    let secret = format!("{password}\n");
+    fs::create_dir_all(project.path().join("secrets")).unwrap();
+    fs::write(project.path().join("secrets/db-password"), &secret).unwrap();
+    fs::create_dir_all(project.path().join("conf")).unwrap();
+    let cnf = b"[mysqld]\n# tuned for the shop\nmax_connections = 50\n";
+    fs::write(project.path().join("conf/shop.cnf"), cnf).unwrap();
+
+    let label = format!("com.docker.compose.project={name}");
+    let net = format!("{name}_default");
+    docker(&a, &["network", "create", "--label", &label, &net]);
+    let db = format!("{name}-db-1");
+    let secrets = format!(
+        "{}:/run/secrets:ro",
+        project.path().join("secrets").display()
+    );
+    let conf = format!(
+        "{}:/etc/mysql/conf.d:ro",
+        project.path().join("conf").display()
+    );
+    #[rustfmt::skip]
+    docker(&a, &[
+        "run", "-d", "--name", &db, "--label", &label, "--label", "com.docker.compose.service=db",
+        "--network", &net, "--network-alias", "db", "-v", &format!("{name}_db:/var/lib/mysql"),
+        "-v", &secrets, "-v", &conf,
+        "-e", "MARIADB_ROOT_PASSWORD_FILE=/run/secrets/db-password", "-e", "MARIADB_DATABASE=shop",
+        &mariadb_image(),
+    ]);
+    let ip = address(&a, &db);
+    sql_at(
+        &ip,
+        "root",
+        &password,
+        "shop",
+        "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20)); INSERT INTO t SELECT seq, CONCAT('row ', seq) FROM seq_1_to_500",
+    );
+    let sums = |ip: &str| sql_at(ip, "root", &password, "shop", "CHECKSUM TABLE t EXTENDED");
+    let want = sums(&ip);
+    let no_secret = |out: &std::process::Output| {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !text.contains(&password),
+            "the password was printed: {text}"
+        );
+    };
+
+    let out = freezer_on(
+        &a,
+        &[
+            "freeze",
+            &name,
+            "--repo",
+            &repo.url,
+            "--mode",
+            "dehydrated",
+            "--json",
+        ],
+    );
+    no_secret(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = result_line(&out.stdout);
+    assert_eq!(report["databases"][0]["rows"], 500, "{report}");
+    // The dump stands for the data directory only: the secret and the configuration
+    // are kept as trees.
+    let trees: Vec<&str> = report["trees"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(trees.len(), 2, "{trees:?}");
+    assert!(trees.iter().all(|t| t.starts_with("bind.")), "{trees:?}");
+
+    let out = freezer_on(
+        &a,
+        &["thaw", &name, "--repo", &repo.url, "--as", &copy, "--json"],
+    );
+    no_secret(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let copy_db = format!("{copy}-db-1");
+    let cat = |path: &str| docker(&a, &["exec", &copy_db, "cat", path]);
+    assert_eq!(cat("/run/secrets/db-password"), password);
+    // The copy's bind directories sit beside the original's, byte for byte.
+    let restored = project.path().join(format!("secrets.{copy}/db-password"));
+    assert_eq!(fs::read(&restored).unwrap(), secret.as_bytes());
+    assert_eq!(
+        cat("/etc/mysql/conf.d/shop.cnf").as_bytes(),
+        cnf.trim_ascii_end()
+    );
+    assert_eq!(sums(&address(&a, &copy_db)), want);
+}
