@@ -309,6 +309,16 @@ pub struct CapturedSite {
     pub addresses: Vec<Option<String>>,
     /// Each container's writable layer on this machine (overlay2's upper directory).
     pub upper_dirs: Vec<Option<PathBuf>>,
+    /// Each container's health check, when it has one and was healthy at capture.
+    pub healthy: Vec<Option<HealthCheck>>,
+}
+
+/// A container's health check, as far as a freeze needs it.
+#[derive(Clone, Debug)]
+pub struct HealthCheck {
+    /// How long the next check can take to pass once the container runs again: its
+    /// interval and its timeout (Docker's defaults: 30 s each).
+    pub recovers_within: std::time::Duration,
 }
 
 impl CapturedSite {
@@ -483,6 +493,7 @@ fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<Ca
     let mut ids = Vec::new();
     let mut addresses = Vec::new();
     let mut upper_dirs = Vec::new();
+    let mut healthy = Vec::new();
     let mut trees: Vec<TreeSpec> = Vec::new();
     for c in list {
         let info = engine.inspect_container(&c.id)?;
@@ -531,6 +542,7 @@ fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<Ca
         containers.push(spec);
         ids.push(c.id);
         addresses.push(address);
+        healthy.push(health_check(&info));
         upper_dirs.push(
             info.graph_driver
                 .as_ref()
@@ -546,6 +558,24 @@ fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<Ca
         trees,
         addresses,
         upper_dirs,
+        healthy,
+    })
+}
+
+/// The health check of a container that is healthy now.
+fn health_check(info: &bollard::models::ContainerInspectResponse) -> Option<HealthCheck> {
+    use bollard::models::HealthStatusEnum;
+    let status = info.state.as_ref()?.health.as_ref()?.status?;
+    if status != HealthStatusEnum::HEALTHY {
+        return None;
+    }
+    let hc = info.config.as_ref()?.healthcheck.as_ref()?;
+    let ns = |v: Option<i64>| {
+        std::time::Duration::from_nanos(v.filter(|n| *n > 0).unwrap_or(30_000_000_000) as u64)
+    };
+    let start = std::time::Duration::from_nanos(hc.start_period.unwrap_or(0).max(0) as u64);
+    Some(HealthCheck {
+        recovers_within: ns(hc.interval) + ns(hc.timeout) + start,
     })
 }
 
@@ -996,6 +1026,13 @@ pub struct WindowReport {
     pub containers: Vec<String>,
     /// From the first pause (or stop) to the last container running again.
     pub ms: u64,
+    /// How long after the window the freeze waited for the containers that were healthy
+    /// before it to pass a health check again (see [`await_health`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_ms: Option<u64>,
+    /// Those that did not, within their check's interval and timeout.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unhealthy: Vec<String>,
 }
 
 /// How a site is held still while its volumes are copied.
@@ -1117,6 +1154,8 @@ pub fn hold<T>(
         },
         containers: names,
         ms: started.elapsed().as_millis() as u64,
+        health_ms: None,
+        unhealthy: vec![],
     };
     if !errors.is_empty() {
         let cli = engine.flavor.cli();
@@ -1132,6 +1171,66 @@ pub fn hold<T>(
 }
 
 /// Resumes what [`hold`] paused or stopped, in reverse order; returns what failed.
+/// After a pause window: waits until every held container that was healthy before it
+/// passes a health check again, each for at most its check's interval and timeout.
+/// Docker marks a container `unhealthy` the moment it is paused, and keeps that until the
+/// first check after it runs again (one interval later; nothing starts a check sooner),
+/// however short the pause was: a freeze that returned at once would leave the site
+/// looking unhealthy to `depends_on: service_healthy`, to restarters like autoheal and to
+/// monitoring. Records the wait and the containers that did not recover in `window`;
+/// returns a warning for each of those.
+pub fn await_health(
+    engine: &Engine,
+    site: &CapturedSite,
+    window: &mut WindowReport,
+) -> Vec<String> {
+    use bollard::models::HealthStatusEnum;
+    let started = Instant::now();
+    let mut waiting: Vec<(&str, &String, Instant)> = site
+        .containers
+        .iter()
+        .zip(&site.ids)
+        .zip(&site.healthy)
+        .filter(|((c, _), _)| window.containers.contains(&c.name))
+        .filter_map(|((c, id), h)| {
+            Some((c.name.as_str(), id, started + h.as_ref()?.recovers_within))
+        })
+        .collect();
+    if waiting.is_empty() {
+        return vec![];
+    }
+    let mut warnings = Vec::new();
+    while !waiting.is_empty() {
+        let now = Instant::now();
+        let mut still = Vec::new();
+        for (name, id, deadline) in waiting {
+            let status = engine
+                .inspect_container(id)
+                .ok()
+                .and_then(|i| i.state?.health?.status);
+            if status == Some(HealthStatusEnum::HEALTHY) {
+                continue;
+            }
+            if now >= deadline {
+                let status = status.map_or("unknown".to_string(), |s| s.to_string());
+                warnings.push(format!(
+                    "container {name} was healthy before the pause window and is {status} {:.0} s after it; `docker inspect {name}` shows its last health checks",
+                    now.duration_since(started).as_secs_f64()
+                ));
+                window.unhealthy.push(name.to_string());
+                continue;
+            }
+            still.push((name, id, deadline));
+        }
+        waiting = still;
+        if !waiting.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    }
+    window.health_ms = Some(started.elapsed().as_millis() as u64);
+    warnings
+}
+
 fn release(engine: &Engine, held: &[Held]) -> Vec<String> {
     let mut errors = Vec::new();
     for h in held.iter().rev() {

@@ -653,6 +653,11 @@ fn freeze_locked(
     // Not after a signal: an interrupted freeze records nothing.
     progress.check(|| "recording the snapshot".into())?;
     let r = repo.write_record(&plan.site, &record, created)?;
+    // The snapshot is safe; the site is given back as healthy as it was found.
+    if let (Some(d), Some(w)) = (&plan.docker, window.as_mut()) {
+        progress.set_label("waiting for the containers' health checks".to_string());
+        warnings.extend(crate::docker::capture::await_health(&d.engine, &d.site, w));
+    }
     let s = &repo.stats;
     Ok(FreezeReport {
         site: plan.site.clone(),

@@ -141,3 +141,51 @@ fn a_database_whose_password_is_a_secret_file_is_dumped_and_loaded_back() {
     );
     assert_eq!(sums(&address(&a, &copy_db)), want);
 }
+
+/// Docker marks a paused container unhealthy until its next check passes; a freeze
+/// waits that out, so the site it leaves is as healthy as it found it.
+#[test]
+fn a_hydrated_freeze_leaves_healthy_containers_healthy() {
+    let a = host_a();
+    let repo = TestRepo::local().init();
+    let name = unique("hc");
+    let _cleanup = Projects {
+        host: a.clone(),
+        names: vec![name.clone()],
+    };
+    let label = format!("com.docker.compose.project={name}");
+    let image = crate::hydrated::image();
+    let health = |c: &str| docker(&a, &["inspect", "-f", "{{.State.Health.Status}}", c]);
+    let mut names = Vec::new();
+    for service in ["web", "worker"] {
+        let c = format!("{name}-{service}-1");
+        #[rustfmt::skip]
+        docker(&a, &[
+            "run", "-d", "--name", &c, "--label", &label,
+            "--label", &format!("com.docker.compose.service={service}"),
+            "--health-cmd", "test -e /proc/1", "--health-interval", "3s", "--health-retries", "60",
+            &image, "sleep", "600",
+        ]);
+        names.push(c);
+    }
+    for c in &names {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while health(c) != "healthy" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{c} never became healthy"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    let out = freezer_on(&a, &["freeze", &name, "--repo", &repo.url, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let after: Vec<String> = names.iter().map(|c| health(c)).collect();
+    assert_eq!(after, ["healthy", "healthy"]);
+    let report = result_line(&out.stdout);
+    assert_eq!(report["window"]["mode"], "pause", "{report}");
+    assert!(report["window"]["health_ms"].as_u64().is_some(), "{report}");
+    assert!(report["window"].get("unhealthy").is_none(), "{report}");
+    assert_eq!(report["warnings"], serde_json::json!([]), "{report}");
+}
