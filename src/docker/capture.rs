@@ -292,9 +292,32 @@ pub struct MountSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,
     /// The snapshot tree that holds its contents; empty when they are not stored (a
-    /// database container's volume in a dehydrated snapshot).
+    /// database container's volume in a dehydrated snapshot, a host file such as
+    /// `/etc/localtime` or a socket, which is mounted again from the new host).
     #[serde(default)]
     pub tree: String,
+    /// A bind mount of a single file: the file's path inside `tree` (`/`-separated), whose
+    /// root is the directory the file is in or a bind-mounted directory above it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// A file of the host itself (`/etc/localtime`, a socket such as
+    /// `/var/run/docker.sock`): not copied; a thaw mounts the new host's own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host: bool,
+}
+
+impl MountSpec {
+    /// The host directory its tree's root stands for: the source itself, or for a file
+    /// bind the directory `file` is relative to.
+    pub fn tree_root(&self) -> &str {
+        match &self.file {
+            Some(rel) => self
+                .source
+                .strip_suffix(rel.as_str())
+                .map_or(self.source.as_str(), |r| r.trim_end_matches('/')),
+            None => &self.source,
+        }
+    }
 }
 
 /// A site as read from the engine.
@@ -551,6 +574,7 @@ fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<Ca
                 .map(PathBuf::from),
         );
     }
+    place_files(&mut containers, &mut trees);
     trees.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(CapturedSite {
         containers,
@@ -687,6 +711,39 @@ fn capture_mounts(
             std::fs::create_dir_all(&mirror).ctx(|| format!("creating {}", mirror.display()))?;
             mirror
         };
+        if kind == "bind" && !skip_file_binds {
+            let meta = if local {
+                std::fs::metadata(&path).ok()
+            } else {
+                None
+            };
+            if !local && !super::remote::is_dir(engine, container, &destination)? {
+                return Err(Error::usage(format!(
+                    "container {container} mounts the file {source} at {destination}; single-file bind mounts of a site on a remote engine are not copied yet"
+                ))
+                .with_hint("freeze the site with freezer on the engine's own host, through its unix socket"));
+            }
+            if let Some(meta) = meta.filter(|m| !m.is_dir()) {
+                // A file of the project (a config file, a compose secret) is copied; a
+                // file of the host's system or a socket is mounted again from the new
+                // host as it is.
+                let copied = meta.is_file() && !is_host_file(&source);
+                mounts.push(MountSpec {
+                    kind,
+                    name: None,
+                    source: source.clone(),
+                    destination,
+                    read_only: !m.rw.unwrap_or(true),
+                    driver: None,
+                    labels: BTreeMap::new(),
+                    options: BTreeMap::new(),
+                    tree: String::new(),
+                    file: copied.then(|| FILE_PENDING.to_string()),
+                    host: !copied,
+                });
+                continue;
+            }
+        }
         match trees.iter().find(|t| t.path == path) {
             Some(t) if t.name != tree => {
                 return Err(Error::usage(format!(
@@ -707,8 +764,12 @@ fn capture_mounts(
                     }
                 }
                 if local && !path.is_dir() {
+                    let what = match path.exists() {
+                        true => "which is neither a directory nor a file freezer can copy",
+                        false => "which does not exist on this host",
+                    };
                     return Err(Error::usage(format!(
-                        "container {} mounts {} at {destination}, which is not a directory; freezer copies directories",
+                        "container {} mounts {} at {destination}, {what}",
                         container,
                         path.display()
                     )));
@@ -730,9 +791,80 @@ fn capture_mounts(
             labels,
             options,
             tree,
+            file: None,
+            host: false,
         });
     }
     Ok(mounts)
+}
+
+/// What a file bind's `file` holds until [`place_files`] puts it in a tree.
+const FILE_PENDING: &str = "";
+
+/// Host files and directories a container mounts from the machine itself rather than
+/// from its project: mounted again from the new host, never copied.
+fn is_host_file(source: &str) -> bool {
+    [
+        "/etc/",
+        "/proc/",
+        "/sys/",
+        "/dev/",
+        "/run/",
+        "/var/run/",
+        "/usr/",
+        "/lib/",
+        "/boot/",
+    ]
+    .iter()
+    .any(|p| source.starts_with(p))
+}
+
+/// Puts each copied file bind in a tree: the bind-mounted directory it lies under, if
+/// the site has one, else a tree of the directory it is in (`files.<dir>`) that holds
+/// just the site's bound files of that directory (everything else excluded).
+fn place_files(containers: &mut [ContainerSpec], trees: &mut Vec<TreeSpec>) {
+    for c in containers.iter_mut() {
+        for m in c.mounts.iter_mut() {
+            if m.file.as_deref() != Some(FILE_PENDING) {
+                continue;
+            }
+            let path = Path::new(&m.source);
+            let under = trees
+                .iter()
+                .filter(|t| t.name.starts_with("bind.") && path.starts_with(&t.path))
+                .max_by_key(|t| t.path.as_os_str().len());
+            if let Some(t) = under {
+                let rel = path.strip_prefix(&t.path).expect("checked above");
+                m.tree = t.name.clone();
+                m.file = Some(rel.to_string_lossy().into_owned());
+                continue;
+            }
+            let dir = path.parent().unwrap_or(Path::new("/"));
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let tree = tree_name("files", dir.to_string_lossy().trim_start_matches('/'));
+            let pattern = format!("!/{}", crate::tree::exclude::escape_pattern(&name));
+            match trees.iter_mut().find(|t| t.name == tree) {
+                Some(t) => {
+                    if !t.excludes.patterns.contains(&pattern) {
+                        t.excludes.patterns.push(pattern);
+                    }
+                }
+                None => trees.push(TreeSpec {
+                    name: tree.clone(),
+                    path: dir.to_path_buf(),
+                    excludes: crate::tree::exclude::Excludes {
+                        patterns: vec!["/*".into(), pattern],
+                        ..Default::default()
+                    },
+                }),
+            }
+            m.tree = tree;
+            m.file = Some(name);
+        }
+    }
 }
 
 /// A tree name (`[A-Za-z0-9._-]{1,63}`) for a volume or bind source; long or unusual
@@ -1267,6 +1399,16 @@ mod fixture {
         let mut spec: ContainerSpec = serde_json::from_value(v.clone()).unwrap();
         assert_eq!(serde_json::to_value(&spec).unwrap(), v);
         assert_eq!(spec.service(), "web");
+        // A host file is mounted again, not copied; a file bind's tree stands for the
+        // directory its path is relative to.
+        let m = |d: &str| spec.mounts.iter().find(|m| m.destination == d).unwrap();
+        assert!(m("/etc/localtime").host && m("/etc/localtime").tree.is_empty());
+        assert_eq!(m("/run/secrets/db-password").tree_root(), "/srv/fx");
+        assert_eq!(
+            m("/usr/local/etc/php/conf.d/uploads.ini").tree_root(),
+            "/srv/fx/conf"
+        );
+        assert_eq!(m("/app/uploads").tree_root(), m("/app/uploads").source);
         let old = spec.image_config.clone().expect("recorded");
         let new = json!({"Cmd": ["php-fpm"], "Env": ["PATH=/usr/bin", "APP_VERSION=2"]});
         rebase(&mut spec.config, &old, &new, "web:2");

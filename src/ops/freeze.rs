@@ -241,8 +241,8 @@ pub fn preview_excludes(plan: &FreezePlan) -> Result<Vec<TreeExcluded>> {
 
 /// A safety snapshot of a site about to be replaced by a thaw: the Docker site `target`
 /// as it runs (hydrated); when it has no containers left, the volumes and directories
-/// `replaced` (name, path) that the thaw will overwrite. Bind mounts of single files are
-/// left out (a thaw replaces volumes and directories, never them).
+/// `replaced` (name, path) that the thaw will overwrite (volumes, directories and single
+/// files).
 pub fn freeze_before_replace(
     repo: &Repository,
     engine: &crate::docker::Endpoint,
@@ -251,7 +251,12 @@ pub fn freeze_before_replace(
     progress: &Progress,
 ) -> Result<String> {
     let engine = crate::docker::Engine::connect_to(engine)?;
-    let plan = match crate::docker::capture::capture_dirs(&engine, target) {
+    // A remote engine's single-file binds are not copied yet (nor replaced by a thaw).
+    let captured = match engine.is_local() {
+        true => crate::docker::capture::capture(&engine, target),
+        false => crate::docker::capture::capture_dirs(&engine, target),
+    };
+    let plan = match captured {
         Ok(captured) => {
             let trees = captured.trees.clone();
             let docker = DockerFreeze {
@@ -265,14 +270,37 @@ pub fn freeze_before_replace(
             plan_freeze(repo, target, trees, vec![], 1, Some(docker))?
         }
         Err(e) if e.kind == ErrorKind::NotFound => {
-            let trees = replaced
-                .iter()
-                .map(|(name, path)| TreeSpec {
-                    name: name.clone(),
-                    path: path.clone(),
-                    excludes: Default::default(),
-                })
-                .collect();
+            let mut trees: Vec<TreeSpec> = Vec::new();
+            for (name, path) in replaced {
+                if path.is_dir() {
+                    trees.push(TreeSpec {
+                        name: name.clone(),
+                        path: path.clone(),
+                        excludes: Default::default(),
+                    });
+                    continue;
+                }
+                // A replaced file: kept in a tree of its directory that holds only the
+                // replaced files of it.
+                let (Some(dir), Some(file)) = (path.parent(), path.file_name()) else {
+                    continue;
+                };
+                let pattern = format!(
+                    "!/{}",
+                    crate::tree::exclude::escape_pattern(&file.to_string_lossy())
+                );
+                match trees.iter_mut().find(|t| t.name == *name && t.path == dir) {
+                    Some(t) => t.excludes.patterns.push(pattern),
+                    None => trees.push(TreeSpec {
+                        name: name.clone(),
+                        path: dir.to_path_buf(),
+                        excludes: crate::tree::exclude::Excludes {
+                            patterns: vec!["/*".into(), pattern],
+                            ..Default::default()
+                        },
+                    }),
+                }
+            }
             plan_freeze(repo, target, trees, vec![], 1, None)?
         }
         Err(e) => return Err(e),

@@ -291,7 +291,11 @@ fn plan_service(
     // A hydrated database container's files stand for its database: they go in through
     // SQL, from a scratch copy, never over the target's server files.
     let scratch = dumps.is_empty() && spec.database.is_some();
-    let has_state = dump.is_some() || spec.mounts.iter().any(|m| !m.tree.is_empty());
+    let has_state = dump.is_some()
+        || spec
+            .mounts
+            .iter()
+            .any(|m| !m.tree.is_empty() && m.file.is_none());
     let service = spec.service().to_string();
     let target_service = opts
         .map
@@ -338,7 +342,12 @@ fn plan_service(
         plan.dumps.extend(dump.cloned());
     }
     if !scratch {
-        for m in spec.mounts.iter().filter(|m| !m.tree.is_empty()) {
+        // The target project keeps its own single files (configuration, secrets).
+        for m in spec
+            .mounts
+            .iter()
+            .filter(|m| !m.tree.is_empty() && m.file.is_none())
+        {
             let step = plan_mount(engine, spec, m, &target, opts.replace)?;
             add_tree(plan, trees, spec, m, &step)?;
             map.mounts.push(step);

@@ -94,6 +94,23 @@ impl Excludes {
     }
 }
 
+/// `name` as a gitignore pattern that matches just that name: the characters that
+/// patterns give a meaning (`\ * ? [ ]`, a trailing space) escaped.
+pub fn escape_pattern(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if matches!(c, '\\' | '*' | '?' | '[' | ']') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    if out.ends_with(' ') {
+        out.pop();
+        out.push_str("\\ ");
+    }
+    out
+}
+
 /// The paths of a tree that `thaw --include PATTERN…` restores: what the patterns match
 /// (with everything below it), the hard-link targets they need, and the directories
 /// above them (created, not replaced).

@@ -58,9 +58,10 @@ fn a_database_whose_password_is_a_secret_file_is_dumped_and_loaded_back() {
     let net = format!("{name}_default");
     docker(&a, &["network", "create", "--label", &label, &net]);
     let db = format!("{name}-db-1");
+    // As compose mounts a secret: the one file.
     let secrets = format!(
-        "{}:/run/secrets:ro",
-        project.path().join("secrets").display()
+        "{}:/run/secrets/db-password:ro",
+        project.path().join("secrets/db-password").display()
     );
     let conf = format!(
         "{}:/etc/mysql/conf.d:ro",
@@ -121,7 +122,8 @@ fn a_database_whose_password_is_a_secret_file_is_dumped_and_loaded_back() {
         .map(|t| t["name"].as_str().unwrap())
         .collect();
     assert_eq!(trees.len(), 2, "{trees:?}");
-    assert!(trees.iter().all(|t| t.starts_with("bind.")), "{trees:?}");
+    assert!(trees.iter().any(|t| t.starts_with("bind.")), "{trees:?}");
+    assert!(trees.iter().any(|t| t.starts_with("files.")), "{trees:?}");
 
     let out = freezer_on(
         &a,
@@ -188,4 +190,188 @@ fn a_hydrated_freeze_leaves_healthy_containers_healthy() {
     assert!(report["window"]["health_ms"].as_u64().is_some(), "{report}");
     assert!(report["window"].get("unhealthy").is_none(), "{report}");
     assert_eq!(report["warnings"], serde_json::json!([]), "{report}");
+}
+
+/// (bytes, permission bits, mtime seconds) of a file: what a restore must keep.
+fn file_facts(p: &std::path::Path) -> (Vec<u8>, u32, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (fs::read(p).unwrap(), m.mode() & 0o7777, m.mtime())
+}
+
+/// A compose project's single-file binds: a page and a secret from the project
+/// directory, a file inside a bind-mounted directory, and the host's /etc/localtime.
+#[test]
+fn single_file_binds_are_frozen_and_come_back_in_place_and_in_a_copy() {
+    use std::os::unix::fs::PermissionsExt;
+    let a = host_a();
+    let repo = TestRepo::local().init();
+    let name = unique("fb");
+    let copy = unique("fbc");
+    let _cleanup = Projects {
+        host: a.clone(),
+        names: vec![name.clone(), copy.clone()],
+    };
+    let project = tempfile::tempdir().unwrap();
+    let dir = project.path().join("site");
+    fs::create_dir_all(dir.join("conf")).unwrap();
+    let page = dir.join("index.html");
+    let secret = dir.join("db-password.txt");
+    let extra = dir.join("conf/extra.ini");
+    fs::write(&page, format!("<h1>{name} from a file bind</h1>\n")).unwrap();
+    fs::write(&secret, "s3cret\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(&extra, "[extra]\nkey = 1\n").unwrap();
+    fs::write(dir.join("conf/app.ini"), "[app]\n").unwrap();
+    // Not bound: never touched by a thaw.
+    fs::write(dir.join("README.md"), "the project\n").unwrap();
+    let stamp = filetime::FileTime::from_unix_time(1_700_000_000, 0);
+    for f in [&page, &secret, &extra] {
+        filetime::set_file_mtime(f, stamp).unwrap();
+    }
+    let facts: Vec<_> = [&page, &secret, &extra]
+        .iter()
+        .map(|p| file_facts(p))
+        .collect();
+
+    let label = format!("com.docker.compose.project={name}");
+    docker(
+        &a,
+        &[
+            "network",
+            "create",
+            "--label",
+            &label,
+            &format!("{name}_default"),
+        ],
+    );
+    let port = crate::hydrated::free_port();
+    let bind = |from: &std::path::Path, to: &str| format!("{}:{to}", from.display());
+    #[rustfmt::skip]
+    docker(&a, &[
+        "run", "-d", "--name", &format!("{name}-web-1"), "--label", &label,
+        "--label", "com.docker.compose.service=web", "--network", &format!("{name}_default"),
+        "-p", &format!("127.0.0.1:{port}:80"),
+        "-v", &bind(&page, "/www/index.html:ro"), "-v", &bind(&secret, "/run/secrets/db-password:ro"),
+        "-v", &bind(&dir.join("conf"), "/conf"), "-v", &bind(&extra, "/etc/extra.ini"),
+        "-v", "/etc/localtime:/etc/localtime:ro",
+        &crate::hydrated::image(), "httpd", "-f", "-p", "80", "-h", "/www",
+    ]);
+    let web = format!("{name}-web-1");
+    let page_bytes = fs::read(&page).unwrap();
+    assert_eq!(crate::hydrated::http_get(port, "/index.html"), page_bytes);
+
+    let out = freezer_on(&a, &["freeze", &name, "--repo", &repo.url, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = result_line(&out.stdout);
+    let trees: Vec<String> = report["trees"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    // The directory of the files holds just them; the file under the bound directory
+    // travels with that directory; /etc/localtime is not copied.
+    let files = trees
+        .iter()
+        .find(|t| t.starts_with("files."))
+        .unwrap_or_else(|| panic!("{trees:?}"));
+    assert_eq!(trees.len(), 2, "{trees:?}");
+    let out = freezer(&[
+        "cat",
+        &name,
+        &format!("{files}/db-password.txt"),
+        "--repo",
+        &repo.url,
+    ]);
+    assert_ok(&out);
+    assert_eq!(out.stdout, b"s3cret\n");
+    let out = freezer(&["ls", &name, files, "--repo", &repo.url]);
+    assert_ok(&out);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(!listing.contains("README.md"), "{listing}");
+
+    // A copy: its files beside the original's, the same bytes, mode and mtime.
+    let port2 = crate::hydrated::free_port();
+    let out = freezer_on(
+        &a,
+        &[
+            "thaw",
+            &name,
+            "--repo",
+            &repo.url,
+            "--as",
+            &copy,
+            "--publish",
+            &format!("{port}={port2}"),
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(crate::hydrated::http_get(port2, "/index.html"), page_bytes);
+    let copy_web = format!("{copy}-web-1");
+    assert_eq!(
+        docker(&a, &["exec", &copy_web, "cat", "/run/secrets/db-password"]),
+        "s3cret"
+    );
+    assert_eq!(
+        docker(&a, &["exec", &copy_web, "cat", "/etc/extra.ini"]),
+        "[extra]\nkey = 1"
+    );
+    let sources = docker(
+        &a,
+        &[
+            "inspect",
+            "-f",
+            "{{range .Mounts}}{{.Source}} {{end}}",
+            &copy_web,
+        ],
+    );
+    assert!(
+        sources.split(' ').any(|s| s == "/etc/localtime"),
+        "{sources}"
+    );
+    // The files' directory and the bound directory each get the copy's name.
+    let copied = project.path().join(format!("site.{copy}"));
+    let copied_files = [
+        copied.join("index.html"),
+        copied.join("db-password.txt"),
+        dir.join(format!("conf.{copy}/extra.ini")),
+    ];
+    for (f, want) in copied_files.iter().zip(&facts) {
+        assert_eq!(&file_facts(f), want, "{}", f.display());
+    }
+    assert!(!copied.join("README.md").exists());
+    docker(&a, &["rm", "-f", &copy_web]);
+
+    // The host lost the site and the bound files: they come back in place, and the
+    // rest of the directory is left alone.
+    docker(&a, &["rm", "-f", &web]);
+    docker(&a, &["network", "rm", &format!("{name}_default")]);
+    fs::remove_file(&page).unwrap();
+    fs::remove_file(&secret).unwrap();
+    fs::remove_dir_all(dir.join("conf")).unwrap();
+    fs::write(dir.join("README.md"), "edited since\n").unwrap();
+    let out = freezer_on(&a, &["thaw", &name, "--repo", &repo.url, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for (f, want) in [&page, &secret, &extra].iter().zip(&facts) {
+        assert_eq!(&file_facts(f), want, "{}", f.display());
+    }
+    assert_eq!(fs::read(dir.join("README.md")).unwrap(), b"edited since\n");
+    assert_eq!(crate::hydrated::http_get(port, "/index.html"), page_bytes);
+
+    // Again without the containers, the files still there: refused, naming a file;
+    // with --replace, replaced.
+    docker(&a, &["rm", "-f", &web]);
+    fs::write(&secret, "changed\n").unwrap();
+    let out = freezer_on(&a, &["thaw", &name, "--repo", &repo.url]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stderr(&out).contains("exists"), "{}", stderr(&out));
+    let out = freezer_on(
+        &a,
+        &["thaw", &name, "--repo", &repo.url, "--replace", "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(file_facts(&secret), facts[1]);
+    assert_eq!(fs::read(dir.join("README.md")).unwrap(), b"edited since\n");
 }

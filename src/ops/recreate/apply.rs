@@ -322,6 +322,16 @@ fn restore_trees(
     track: &Tracker,
 ) -> Result<crate::ops::ThawReport> {
     let mut trees = Vec::new();
+    // Trees of single files go into their directory, only the files touched.
+    let selections: HashMap<String, crate::tree::exclude::Selection> = plan
+        .binds
+        .iter()
+        .filter(|s| !s.files.is_empty())
+        .filter_map(|s| {
+            let files = s.files.iter().map(|f| f.as_bytes().to_vec());
+            Some((s.tree.clone()?, crate::tree::exclude::Selection::of(files)))
+        })
+        .collect();
     let dests: Vec<(String, PathBuf, bool)> = plan
         .volumes
         .iter()
@@ -353,6 +363,19 @@ fn restore_trees(
         let Some(tp) = plan.trees.remove(&tree) else {
             continue; // mounted twice: restored once
         };
+        if let Some(only) = selections.get(&tree) {
+            // Into the directory as it is: only the files are created or replaced.
+            trees.push(ThawTree {
+                replaces: dest.is_dir(),
+                name: tree,
+                source: dest.clone(),
+                dest,
+                plan: tp,
+                keep: None,
+                only: Some(only.clone()),
+            });
+            continue;
+        }
         // A replaced volume or directory keeps what the snapshot excluded, as in §7.
         let keep = match replaces {
             true => crate::ops::excluded_by(&tp, &tree)?,

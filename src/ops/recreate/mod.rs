@@ -89,6 +89,10 @@ pub struct Step {
     pub tree: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+    /// A tree of single files (`files.<dir>`): the files restored into `path`, the only
+    /// entries of it that are created or replaced.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]

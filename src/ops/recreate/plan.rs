@@ -302,6 +302,7 @@ fn plan_networks(engine: &Engine, plan: &mut SitePlan, spec: &ContainerSpec) -> 
             action,
             tree: None,
             path: None,
+            files: vec![],
         });
         plan.network_specs.insert(net.clone(), ns.clone());
     }
@@ -377,7 +378,18 @@ fn plan_mounts(
                 action,
                 tree: Some(m.tree.clone()).filter(|t| !t.is_empty()),
                 path: None,
+                files: vec![],
             });
+        } else if m.host {
+            // Mounted from the new host as it is: it must have it.
+            if local && !Path::new(&m.source).exists() {
+                return Err(Error::usage(format!(
+                    "container {} mounts {} of the host at {}, which this host does not have",
+                    spec.name, m.source, m.destination
+                )));
+            }
+        } else if let Some(rel) = &m.file {
+            plan_file(plan, spec, m, rel, local, opts)?;
         } else {
             let path = PathBuf::from(&m.source);
             if plan.binds.iter().any(|b| b.path.as_ref() == Some(&path)) {
@@ -407,8 +419,74 @@ fn plan_mounts(
                 action,
                 tree: Some(m.tree.clone()),
                 path: Some(path),
+                files: vec![],
             });
         }
+    }
+    Ok(())
+}
+
+/// A bind mount of a single file. A file inside a bind-mounted directory of the site
+/// comes back with that directory. Otherwise its tree (`files.<dir>`) is restored into
+/// the directory the file goes to, with only the site's files in it replaced: the
+/// directory's other contents are never touched. A file that exists and differs from
+/// nothing we know is replaced only with --replace.
+fn plan_file(
+    plan: &mut SitePlan,
+    spec: &ContainerSpec,
+    m: &crate::docker::capture::MountSpec,
+    rel: &str,
+    local: bool,
+    opts: &SiteOptions,
+) -> Result<()> {
+    if !local {
+        return Err(Error::usage(format!(
+            "container {} mounts the file {} at {}; single-file bind mounts are not restored through a remote engine yet",
+            spec.name, m.source, m.destination
+        ))
+        .with_hint("thaw with freezer on the engine's own host, through its unix socket"));
+    }
+    if !m.tree.starts_with("files.") {
+        return Ok(()); // restored with its directory's own step
+    }
+    let dir = PathBuf::from(m.tree_root());
+    let file = PathBuf::from(&m.source);
+    let action = if !file.exists() {
+        Action::Create
+    } else if opts.replace {
+        plan.replaced_paths.push((m.tree.clone(), file.clone()));
+        Action::Replace
+    } else {
+        return Err(Error::conflict(format!(
+            "{} (bind-mounted by container {} at {}) exists",
+            file.display(),
+            spec.name,
+            m.destination
+        ))
+        .with_hint(
+            "pass --replace to replace it, or --into DIR to restore bind-mounted files under DIR",
+        ));
+    };
+    match plan
+        .binds
+        .iter_mut()
+        .find(|b| b.path.as_ref() == Some(&dir) && b.tree.as_ref() == Some(&m.tree))
+    {
+        Some(step) => {
+            if !step.files.iter().any(|f| f == rel) {
+                step.files.push(rel.to_string());
+            }
+            if action == Action::Replace {
+                step.action = Action::Replace;
+            }
+        }
+        None => plan.binds.push(Step {
+            name: m.destination.clone(),
+            action,
+            tree: Some(m.tree.clone()),
+            path: Some(dir),
+            files: vec![rel.to_string()],
+        }),
     }
     Ok(())
 }
@@ -574,13 +652,19 @@ fn rename_spec(spec: &mut ContainerSpec, old: &str, new: &str, opts: &SiteOption
                     *v = new.to_string();
                 }
             }
-        } else if let Some(root) = &opts.bind_root {
-            m.source = root
-                .join(m.source.trim_start_matches('/'))
-                .display()
-                .to_string();
+        } else if m.host {
+            // The new host's own file (`/etc/localtime`, a socket), never renamed.
         } else {
-            m.source = rename_path(&m.source, old, new);
+            // A file bind moves with the directory its tree stands for.
+            let root = m.tree_root().to_string();
+            let moved = match &opts.bind_root {
+                Some(r) => r.join(root.trim_start_matches('/')).display().to_string(),
+                None => rename_path(&root, old, new),
+            };
+            m.source = match &m.file {
+                Some(rel) => format!("{}/{rel}", moved.trim_end_matches('/')),
+                None => moved,
+            };
         }
     }
     if opts.isolated {
