@@ -845,20 +845,12 @@ fn place_files(containers: &mut [ContainerSpec], trees: &mut Vec<TreeSpec>) {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let tree = tree_name("files", dir.to_string_lossy().trim_start_matches('/'));
-            let pattern = format!("!/{}", crate::tree::exclude::escape_pattern(&name));
             match trees.iter_mut().find(|t| t.name == tree) {
-                Some(t) => {
-                    if !t.excludes.patterns.contains(&pattern) {
-                        t.excludes.patterns.push(pattern);
-                    }
-                }
+                Some(t) => t.excludes.keep_file(&name),
                 None => trees.push(TreeSpec {
                     name: tree.clone(),
                     path: dir.to_path_buf(),
-                    excludes: crate::tree::exclude::Excludes {
-                        patterns: vec!["/*".into(), pattern],
-                        ..Default::default()
-                    },
+                    excludes: crate::tree::exclude::Excludes::only_files([name.as_str()]),
                 }),
             }
             m.tree = tree;

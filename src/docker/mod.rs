@@ -285,6 +285,51 @@ impl Engine {
         })
     }
 
+    /// The last `lines` lines a container wrote (stdout and stderr), for messages about
+    /// a container that stopped; empty when the engine has none to give.
+    pub fn log_tail(&self, name: &str, lines: usize) -> String {
+        let n = name.to_string();
+        let tail = lines.to_string();
+        let got = self.block_on(async {
+            use futures::StreamExt;
+            let opts = bollard::query_parameters::LogsOptionsBuilder::new()
+                .stdout(true)
+                .stderr(true)
+                .tail(&tail)
+                .build();
+            let mut s = self.docker.logs(&n, Some(opts));
+            let mut out = Vec::new();
+            while let Some(Ok(chunk)) = s.next().await {
+                out.extend_from_slice(&chunk.into_bytes());
+            }
+            Ok::<_, Error>(out)
+        });
+        got.map(|b| String::from_utf8_lossy(&b).trim_end().to_string())
+            .unwrap_or_default()
+    }
+
+    /// An error for a container that is not running when it should be (it exited, or
+    /// was never started): its state, exit code and last log lines. None while it runs.
+    pub fn not_running(&self, name: &str, what: &str) -> Result<Option<Error>> {
+        let info = self.inspect_container(name)?;
+        let state = info.state.unwrap_or_default();
+        if state.running == Some(true) {
+            return Ok(None);
+        }
+        let status = state
+            .status
+            .map_or("stopped".to_string(), |s| s.to_string());
+        let code = state.exit_code.unwrap_or(0);
+        // In the message, not a hint: a caller's clean-up hint takes that place.
+        let logs = match self.log_tail(name, 20) {
+            l if l.is_empty() => format!("`{} logs {name}` says why", self.flavor.cli()),
+            l => format!("its last log lines:\n{l}"),
+        };
+        Ok(Some(Error::other(format!(
+            "container {name} is {status} (exit code {code}) {what}; {logs}"
+        ))))
+    }
+
     /// Runs `sh -c command` in a running container (as `user` when given) and waits up
     /// to `timeout` for it: its exit code (None when it did not finish in time) and its
     /// output, stdout and stderr interleaved.

@@ -285,19 +285,13 @@ pub fn freeze_before_replace(
                 let (Some(dir), Some(file)) = (path.parent(), path.file_name()) else {
                     continue;
                 };
-                let pattern = format!(
-                    "!/{}",
-                    crate::tree::exclude::escape_pattern(&file.to_string_lossy())
-                );
+                let file = file.to_string_lossy();
                 match trees.iter_mut().find(|t| t.name == *name && t.path == dir) {
-                    Some(t) => t.excludes.patterns.push(pattern),
+                    Some(t) => t.excludes.keep_file(&file),
                     None => trees.push(TreeSpec {
                         name: name.clone(),
                         path: dir.to_path_buf(),
-                        excludes: crate::tree::exclude::Excludes {
-                            patterns: vec!["/*".into(), pattern],
-                            ..Default::default()
-                        },
+                        excludes: crate::tree::exclude::Excludes::only_files([&*file]),
                     }),
                 }
             }

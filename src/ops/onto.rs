@@ -724,7 +724,7 @@ fn load_databases(
         }
         let url = recreate::container_database(engine, target)?.expect("checked by plan");
         progress.set_label(format!("waiting for the database in {}", target.name));
-        recreate::wait_for_database(&url, &target.name)?;
+        recreate::wait_for_database(engine, &url, &target.name)?;
         let opts = LoadOptions {
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
             replace: plan.replace,
@@ -803,7 +803,7 @@ fn dump_scratch(
                 "waiting for the database in the scratch copy {}",
                 spec.name
             ));
-            recreate::wait_for_database(&url, &spec.name)?;
+            recreate::wait_for_database(engine, &url, &spec.name)?;
             let (desc, _) = crate::db::dump::freeze_database(
                 &scratch_repo,
                 &url,

@@ -40,6 +40,27 @@ impl Excludes {
         self.patterns.is_empty() && !self.caches && self.if_present.is_empty()
     }
 
+    /// Rules that leave out everything of a directory but the files `names` in it (a
+    /// tree of a few single files).
+    pub fn only_files<'a>(names: impl IntoIterator<Item = &'a str>) -> Excludes {
+        let mut e = Excludes {
+            patterns: vec!["/*".into()],
+            ..Default::default()
+        };
+        for n in names {
+            e.keep_file(n);
+        }
+        e
+    }
+
+    /// Keeps one more file in [`Excludes::only_files`] rules.
+    pub fn keep_file(&mut self, name: &str) {
+        let pattern = format!("!/{}", escape_pattern(name));
+        if !self.patterns.contains(&pattern) {
+            self.patterns.push(pattern);
+        }
+    }
+
     /// These rules followed by `more` (patterns appended, markers joined).
     pub fn merged(&self, more: &Excludes) -> Excludes {
         let mut out = self.clone();
@@ -249,6 +270,42 @@ mod tests {
         assert!(ex(b"a/b", false));
         assert!(ex(b"a/x/y/b", false));
         assert!(ex(b"caf\xe9.log", false), "non-UTF-8 names match");
+    }
+
+    /// A tree of single files keeps exactly them, whatever characters their names have.
+    #[test]
+    fn only_the_named_files_of_a_directory_are_kept() {
+        let names = [
+            "db-password.txt",
+            "a*b?[c].ini",
+            "back\\slash",
+            "trailing ",
+            "#x",
+        ];
+        let mut e = Excludes::only_files(names.iter().copied().take(3));
+        for n in &names[3..] {
+            e.keep_file(n);
+        }
+        e.keep_file("db-password.txt");
+        assert_eq!(e.patterns.len(), 1 + names.len(), "{:?}", e.patterns);
+        let m = e.matcher().unwrap();
+        let kept = |p: &str, dir: bool| {
+            let d = std::env::temp_dir();
+            m.check(p.as_bytes(), dir.then_some(d.as_path())).is_none()
+        };
+        for n in names {
+            assert!(kept(n, false), "{n:?}");
+        }
+        for other in [
+            "ab.ini",
+            "axb?c.ini",
+            "trailing",
+            "db-password.txt.bak",
+            "x",
+        ] {
+            assert!(!kept(other, false), "{other:?}");
+        }
+        assert!(!kept("conf", true), "a directory beside them");
     }
 
     #[test]

@@ -39,9 +39,10 @@ fn a_database_whose_password_is_a_secret_file_is_dumped_and_loaded_back() {
     let repo = TestRepo::local().init();
     let name = unique("sec");
     let copy = unique("secc");
+    let broken = unique("secb");
     let _cleanup = Projects {
         host: a.clone(),
-        names: vec![name.clone(), copy.clone()],
+        names: vec![name.clone(), copy.clone(), broken.clone()],
     };
     // The project directory: the secret (as `echo pw > file` writes it, with a newline)
     // and the server's configuration.
@@ -142,6 +143,35 @@ fn a_database_whose_password_is_a_secret_file_is_dumped_and_loaded_back() {
         cnf.trim_ascii_end()
     );
     assert_eq!(sums(&address(&a, &copy_db)), want);
+
+    // A database container that cannot start (its secret is not where its environment
+    // says): the thaw says it exited and why, and removes what it created.
+    let out = freezer_on(
+        &a,
+        &[
+            "thaw",
+            &name,
+            "--repo",
+            &repo.url,
+            "--as",
+            &broken,
+            "--env",
+            "db:MARIADB_ROOT_PASSWORD_FILE=/run/secrets/missing",
+        ],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("container {broken}-db-1 is exited")),
+        "{err}"
+    );
+    assert!(
+        err.contains("/run/secrets/missing"),
+        "the log lines are not shown: {err}"
+    );
+    let left = docker(&a, &["ps", "-aq", "--filter", &format!("name={broken}")]);
+    assert!(left.is_empty(), "left behind: {left}");
+    let _ = fs::remove_dir_all(project.path().join(format!("secrets.{broken}")));
 }
 
 /// Docker marks a paused container unhealthy until its next check passes; a freeze
@@ -374,4 +404,50 @@ fn single_file_binds_are_frozen_and_come_back_in_place_and_in_a_copy() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(file_facts(&secret), facts[1]);
     assert_eq!(fs::read(dir.join("README.md")).unwrap(), b"edited since\n");
+}
+
+/// Images built by compose (`build:`) exist on their own host only: a thaw elsewhere
+/// without `--with-images` is refused before anything is created, naming each service.
+#[test]
+fn a_thaw_onto_an_engine_without_the_built_images_names_the_services() {
+    let (a, b) = (host_a(), crate::hydrated::host_b());
+    let repo = TestRepo::local().init();
+    let name = unique("bi");
+    let _cleanup = Projects {
+        host: a.clone(),
+        names: vec![name.clone()],
+    };
+    let label = format!("com.docker.compose.project={name}");
+    let mut images = Vec::new();
+    for service in ["web", "worker"] {
+        // As compose names what it builds: PROJECT-SERVICE, on this engine only.
+        let built = format!("{name}-{service}");
+        docker(&a, &["tag", &crate::hydrated::image(), &built]);
+        #[rustfmt::skip]
+        docker(&a, &[
+            "run", "-d", "--name", &format!("{name}-{service}-1"), "--label", &label,
+            "--label", &format!("com.docker.compose.service={service}"), &built, "sleep", "600",
+        ]);
+        images.push(built);
+    }
+    let out = freezer_on(&a, &["freeze", &name, "--repo", &repo.url]);
+    assert_ok(&out);
+    let out = freezer_on(&b, &["thaw", &name, "--repo", &repo.url]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    for (service, image) in ["web", "worker"].iter().zip(&images) {
+        assert!(err.contains(&format!("{service} ({image})")), "{err}");
+    }
+    assert!(err.contains("--with-images"), "{err}");
+    let made = docker(&b, &["ps", "-aq", "--filter", &format!("label={label}")]);
+    assert!(made.is_empty(), "created on the other engine: {made}");
+    let nets = docker(
+        &b,
+        &["network", "ls", "-q", "--filter", &format!("name={name}")],
+    );
+    assert!(nets.is_empty(), "{nets}");
+    for i in &images {
+        let _ = docker_try(&a, &["rm", "-f", &format!("{i}-1")]);
+        let _ = docker_try(&a, &["rmi", i]);
+    }
 }

@@ -82,10 +82,12 @@ impl Drop for DbContainer {
     }
 }
 
-/// The host server's databases and the rows of `db`.`t`: what must not change.
+/// The host server's databases whose names hold `db` (the test's copies and scratch
+/// databases would; other tests make theirs meanwhile) and the rows of `db`.`t`: what
+/// must not change.
 fn host_state(db: &str) -> (String, String) {
     (
-        sql(None, "SHOW DATABASES"),
+        sql(None, &format!("SHOW DATABASES LIKE '%{db}%'")),
         sql(Some(db), "SELECT id, origin FROM t ORDER BY id"),
     )
 }

@@ -529,7 +529,7 @@ fn load_databases(
         track
             .progress
             .set_label(format!("waiting for the database in {}", spec.name));
-        wait_for_database(&url, &spec.name)?;
+        wait_for_database(engine, &url, &spec.name)?;
         let opts = crate::db::load::LoadOptions {
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
             replace: false,
@@ -636,9 +636,29 @@ fn container_endpoint(engine: &Engine, name: &str) -> Result<(String, String)> {
         .and_then(|n| {
             n.into_values()
                 .find_map(|e| e.ip_address.filter(|a| !a.is_empty()))
-        })
-        .ok_or_else(|| Error::other(format!("container {name} has no network address")))?;
-    Ok((address, hostname))
+        });
+    match address {
+        Some(a) => Ok((a, hostname)),
+        None => Err(exited_or(
+            engine,
+            name,
+            Error::other(format!("container {name} has no network address")),
+        )),
+    }
+}
+
+/// `e`, or when container `name` is no longer running (it exited while it was being
+/// set up: a wrong setting, a missing secret), that, with its last log lines.
+fn exited_or(engine: &Engine, name: &str, e: Error) -> Error {
+    // The failure may come a moment before the engine has seen the exit.
+    for _ in 0..5 {
+        match engine.not_running(name, "where its database should be running") {
+            Ok(Some(exited)) => return exited,
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(200)),
+            Err(_) => break,
+        }
+    }
+    e
 }
 
 /// The database endpoint of `spec`'s container as it runs now (None: its environment
@@ -650,14 +670,19 @@ pub(crate) fn container_database(
 ) -> Result<Option<crate::db::DbUrl>> {
     let (address, hostname) = container_endpoint(engine, &spec.name)?;
     let read = |path: &str| crate::docker::capture::read_file_in(engine, &spec.name, path);
-    Ok(spec
-        .database_url(&address, &read)?
-        .map(|u| u.expecting_hostname(&hostname)))
+    let url = spec
+        .database_url(&address, &read)
+        .map_err(|e| exited_or(engine, &spec.name, e))?;
+    Ok(url.map(|u| u.expecting_hostname(&hostname)))
 }
 
 /// Waits until the database server in a new container accepts the application's login
 /// (its first start initializes the data directory; that takes seconds to minutes).
-pub(crate) fn wait_for_database(url: &crate::db::DbUrl, container: &str) -> Result<()> {
+pub(crate) fn wait_for_database(
+    engine: &Engine,
+    url: &crate::db::DbUrl,
+    container: &str,
+) -> Result<()> {
     let rt = crate::sys::runtime()?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     loop {
@@ -675,7 +700,14 @@ pub(crate) fn wait_for_database(url: &crate::db::DbUrl, container: &str) -> Resu
                     "the database in container {container} did not accept connections within 5 minutes; `docker logs {container}` says why"
                 )))
             }
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(500)),
+            Err(_) => {
+                // A server that exited (a wrong setting, a missing secret) never will.
+                let what = "before its database accepted connections";
+                if let Some(exited) = engine.not_running(container, what)? {
+                    return Err(exited);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500))
+            }
         }
     }
 }

@@ -164,6 +164,8 @@ pub fn plan(
         network_specs: BTreeMap::new(),
     };
     let mut retargets = super::retarget::Retargets::new(opts, &specs)?;
+    // Images the engine lacks and the snapshot does not hold: every one is named.
+    let mut missing: Vec<(String, String)> = Vec::new();
     for (mut spec, manifest, digest) in specs {
         if opts.only.as_ref().is_some_and(|o| !o.contains(&spec.name)) {
             continue;
@@ -171,7 +173,9 @@ pub fn plan(
         let changes = retargets.apply(engine, &mut spec, arch)?;
         rename_spec(&mut spec, &site, &target, opts);
         check_name_free(engine, &spec, &existing, &target)?;
-        plan_image(engine, &mut plan, &spec, &manifest)?;
+        if !plan_image(engine, &mut plan, &spec, &manifest)? {
+            missing.push((spec.service().to_string(), spec.image.clone()));
+        }
         plan_networks(engine, &mut plan, &spec)?;
         plan_mounts(engine, &mut plan, &spec, &trees, &existing, opts)?;
         check_ports(engine, &spec, &existing)?;
@@ -190,6 +194,19 @@ pub fn plan(
         });
         plan_database(&mut plan, &spec, &dumps)?;
         plan.specs.push((spec, manifest, digest));
+    }
+    if !missing.is_empty() {
+        let list: Vec<String> = missing
+            .iter()
+            .map(|(service, image)| format!("{service} ({image})"))
+            .collect();
+        return Err(Error::not_found(format!(
+            "the Docker engine at {} lacks the images of services {}, and snapshot {site}:{} does not hold them",
+            engine.endpoint.host,
+            list.join(", "),
+            snap.id
+        ))
+        .with_hint("freeze the site with --with-images, or build (docker compose build) or pull them on that engine first; nothing was created"));
     }
     // In load order: the plan's database steps, each with its dump.
     let mut ordered = Vec::new();
@@ -248,15 +265,15 @@ fn check_name_free(
     }
 }
 
-/// The container's image: on the engine, or loaded from the snapshot.
+/// The container's image: on the engine, or loaded from the snapshot. False: neither.
 fn plan_image(
     engine: &Engine,
     plan: &mut SitePlan,
     spec: &ContainerSpec,
     manifest: &ImageManifest,
-) -> Result<()> {
+) -> Result<bool> {
     if plan.images.iter().any(|i| i.image == spec.image) {
-        return Ok(());
+        return Ok(true);
     }
     let image = spec.image.clone();
     let action = match engine.call(&format!("inspecting image {image}"), |d| async move {
@@ -265,11 +282,7 @@ fn plan_image(
         Ok(_) => Action::Present,
         Err(e) if e.kind == ErrorKind::NotFound => {
             if manifest.layers.is_empty() {
-                return Err(Error::not_found(format!(
-                    "image {} of container {} is not on the Docker engine at {}, and snapshot {}:{} does not hold it",
-                    spec.image, spec.name, engine.endpoint.host, plan.site, plan.snapshot
-                ))
-                .with_hint("pull or load the image on that engine first, or freeze the site with --with-images"));
+                return Ok(false);
             }
             Action::Load
         }
@@ -279,7 +292,7 @@ fn plan_image(
         image: spec.image.clone(),
         action,
     });
-    Ok(())
+    Ok(true)
 }
 
 /// Its networks: reused when the engine has them, else created.
