@@ -518,6 +518,12 @@ fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<Ca
     let mut upper_dirs = Vec::new();
     let mut healthy = Vec::new();
     let mut trees: Vec<TreeSpec> = Vec::new();
+    // `network_mode: service:X` is `container:<id of X>`: kept by name, which a thaw
+    // renames with the site (an id means nothing on another host).
+    let names_by_id: Vec<(String, String)> = list
+        .iter()
+        .map(|c| (c.id.clone(), c.name.clone()))
+        .collect();
     for c in list {
         let info = engine.inspect_container(&c.id)?;
         let config = info.config.clone().unwrap_or_default();
@@ -533,10 +539,21 @@ fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<Ca
         if config["Hostname"].as_str() == Some(short) {
             config.as_object_mut().map(|o| o.remove("Hostname"));
         }
-        let host_config = canonical(
+        let mut host_config = canonical(
             serde_json::to_value(info.host_config.clone().unwrap_or_default())
                 .unwrap_or(Value::Null),
         );
+        let joined = host_config["NetworkMode"]
+            .as_str()
+            .and_then(|m| m.strip_prefix("container:"))
+            .and_then(|t| {
+                names_by_id
+                    .iter()
+                    .find(|(id, name)| id.starts_with(t) || name == t)
+            });
+        if let Some((_, name)) = joined {
+            host_config["NetworkMode"] = Value::String(format!("container:{name}"));
+        }
         let (nets, address) = capture_networks(engine, &info, short, &mut networks)?;
         let mut mounts =
             capture_mounts(engine, &info, &c.name, &config, &mut trees, skip_file_binds)?;

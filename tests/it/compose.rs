@@ -451,3 +451,112 @@ fn a_thaw_onto_an_engine_without_the_built_images_names_the_services() {
         let _ = docker_try(&a, &["rmi", i]);
     }
 }
+
+/// What a compose file can set on a container, each one compared after a thaw as a copy:
+/// none may be dropped silently. A service in another's network namespace
+/// (`network_mode: service:proxy`) joins its own copy's, not the original's.
+#[test]
+fn compose_settings_survive_a_thaw() {
+    let a = host_a();
+    let repo = TestRepo::local().init();
+    let name = unique("cs");
+    let copy = unique("csc");
+    let _cleanup = Projects {
+        host: a.clone(),
+        names: vec![name.clone(), copy.clone()],
+    };
+    let label = format!("com.docker.compose.project={name}");
+    let net = format!("{name}_default");
+    docker(&a, &["network", "create", "--label", &label, &net]);
+    let image = crate::hydrated::image();
+    let proxy = format!("{name}-proxy-1");
+    #[rustfmt::skip]
+    docker(&a, &[
+        "run", "-d", "--name", &proxy, "--label", &label,
+        "--label", "com.docker.compose.service=proxy", "--label", "app.tier=front",
+        "--network", &net, "--network-alias", "proxy",
+        "--restart", "unless-stopped", "--add-host", "db.example:10.1.2.3",
+        "--cap-add", "NET_ADMIN", "--cap-drop", "MKNOD", "--ulimit", "nofile=1024:2048",
+        "--sysctl", "net.ipv4.ip_unprivileged_port_start=0",
+        "--log-opt", "max-size=10m", "--log-opt", "max-file=2",
+        "--tmpfs", "/cache:size=1m,mode=1777", "--dns", "10.9.9.9", "--dns-search", "example.com",
+        "--stop-signal", "SIGINT", "--stop-timeout", "7", "--workdir", "/tmp",
+        "--hostname", "proxyhost", "--pids-limit", "100", "--memory", "64m", "--shm-size", "32m",
+        "--group-add", "10", "--security-opt", "no-new-privileges",
+        "--health-cmd", "true", "--health-interval", "5s", "--health-retries", "3",
+        "--health-timeout", "2s", "--health-start-period", "1s", "-e", "APP_MODE=edge",
+        &image, "sleep", "600",
+    ]);
+    let side = format!("{name}-side-1");
+    #[rustfmt::skip]
+    docker(&a, &[
+        "run", "-d", "--name", &side, "--label", &label, "--label", "com.docker.compose.service=side",
+        "--network", &format!("container:{proxy}"), &image, "sleep", "600",
+    ]);
+
+    let out = freezer_on(&a, &["freeze", &name, "--repo", &repo.url]);
+    assert_ok(&out);
+    let out = freezer_on(&a, &["thaw", &name, "--repo", &repo.url, "--as", &copy]);
+    assert_ok(&out);
+
+    let inspect = |c: &str| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(&docker(&a, &["inspect", c])).unwrap()[0].clone()
+    };
+    let (orig, new) = (inspect(&proxy), inspect(&format!("{copy}-proxy-1")));
+    let host_config = [
+        "RestartPolicy",
+        "ExtraHosts",
+        "CapAdd",
+        "CapDrop",
+        "Ulimits",
+        "Sysctls",
+        "LogConfig",
+        "Tmpfs",
+        "Dns",
+        "DnsSearch",
+        "PidsLimit",
+        "Memory",
+        "ShmSize",
+        "GroupAdd",
+        "SecurityOpt",
+    ];
+    for f in host_config {
+        assert_eq!(
+            new["HostConfig"][f], orig["HostConfig"][f],
+            "HostConfig.{f}"
+        );
+        assert!(
+            !orig["HostConfig"][f].is_null(),
+            "HostConfig.{f} was not set by the test"
+        );
+    }
+    for f in [
+        "Healthcheck",
+        "StopSignal",
+        "StopTimeout",
+        "WorkingDir",
+        "Hostname",
+        "Env",
+        "Cmd",
+    ] {
+        assert_eq!(new["Config"][f], orig["Config"][f], "Config.{f}");
+    }
+    assert_eq!(new["Config"]["Labels"]["app.tier"], "front");
+    assert_eq!(
+        new["Config"]["Labels"]["com.docker.compose.service"],
+        "proxy"
+    );
+    let aliases = &new["NetworkSettings"]["Networks"][format!("{copy}_default")]["Aliases"];
+    assert!(
+        aliases
+            .as_array()
+            .is_some_and(|a| a.contains(&serde_json::json!("proxy"))),
+        "{aliases}"
+    );
+
+    // network_mode: service:proxy, in the copy: the copy's proxy's namespace.
+    let netns = |c: &str| docker(&a, &["exec", c, "readlink", "/proc/1/ns/net"]);
+    let copy_side = format!("{copy}-side-1");
+    assert_eq!(netns(&copy_side), netns(&format!("{copy}-proxy-1")));
+    assert_ne!(netns(&copy_side), netns(&proxy));
+}

@@ -718,6 +718,15 @@ pub(crate) fn wait_for_database(
 fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody> {
     let mut body = spec.config.clone();
     body["Image"] = Value::String(spec.image.clone());
+    // In another container's network namespace the hostname is that container's: the
+    // engine refuses one of its own (its capture may have recorded the other's).
+    let joins = spec.host_config["NetworkMode"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("container:"));
+    if let (true, Some(o)) = (joins, body.as_object_mut()) {
+        o.remove("Hostname");
+        o.remove("Domainname");
+    }
     let mut hc = spec.host_config.clone();
     let mut mounts: Vec<Value> = hc["Mounts"]
         .as_array()

@@ -178,7 +178,6 @@ pub fn plan(
         }
         plan_networks(engine, &mut plan, &spec)?;
         plan_mounts(engine, &mut plan, &spec, &trees, &existing, opts)?;
-        check_ports(engine, &spec, &existing)?;
         if spec.writable_layer.is_some() && !engine.is_local() {
             return Err(Error::usage(format!(
                 "container {} has a stored writable layer, which can be restored only on a local engine with overlay2",
@@ -208,6 +207,10 @@ pub fn plan(
         ))
         .with_hint("freeze the site with --with-images, or build (docker compose build) or pull them on that engine first; nothing was created"));
     }
+    for (spec, _, _) in &plan.specs {
+        check_ports(engine, spec, &existing)?;
+    }
+    join_order(&mut plan.specs);
     // In load order: the plan's database steps, each with its dump.
     let mut ordered = Vec::new();
     for step in &plan.databases {
@@ -242,6 +245,34 @@ pub fn plan(
     plan.checks = checks;
     plan.trees = trees;
     Ok(plan)
+}
+
+/// Orders the containers so that one that joins another's network namespace
+/// (`NetworkMode: container:NAME`, compose's `network_mode: service:X`) comes after
+/// it: the engine needs that one to exist when it creates, and to run when it starts,
+/// the other. Otherwise the snapshot's order is kept.
+fn join_order(specs: &mut [(ContainerSpec, ImageManifest, Digest)]) {
+    let joined = |s: &ContainerSpec| {
+        s.host_config["NetworkMode"]
+            .as_str()
+            .and_then(|m| m.strip_prefix("container:"))
+            .map(str::to_string)
+    };
+    let by_name: HashMap<String, Option<String>> = specs
+        .iter()
+        .map(|(s, _, _)| (s.name.clone(), joined(s)))
+        .collect();
+    let depth = |name: &str| {
+        let mut d = 0;
+        let mut at = by_name.get(name).cloned().flatten();
+        // Bounded: a loop of containers joining each other cannot be created anyway.
+        while let Some(next) = at.filter(|_| d < by_name.len()) {
+            d += 1;
+            at = by_name.get(&next).cloned().flatten();
+        }
+        d
+    };
+    specs.sort_by_cached_key(|(s, _, _)| depth(&s.name));
 }
 
 /// A container of another site with this name is never touched.
@@ -651,9 +682,15 @@ fn rename_spec(spec: &mut ContainerSpec, old: &str, new: &str, opts: &SiteOption
         })
         .collect();
     if let Some(mode) = spec.host_config["NetworkMode"].as_str() {
-        if !matches!(mode, "default" | "bridge" | "host" | "none")
-            && !mode.starts_with("container:")
-        {
+        if let Some(joined) = mode.strip_prefix("container:") {
+            // Another container of the site, by name (see capture): its copy. An id is
+            // a container outside the site, left as it is.
+            let is_id = joined.len() == 64 && joined.bytes().all(|b| b.is_ascii_hexdigit());
+            if !is_id {
+                spec.host_config["NetworkMode"] =
+                    Value::String(format!("container:{}", rename(joined, old, new)));
+            }
+        } else if !matches!(mode, "default" | "bridge" | "host" | "none") {
             spec.host_config["NetworkMode"] = Value::String(rename(mode, old, new));
         }
     }
