@@ -304,6 +304,11 @@ pub struct MountSpec {
     /// `/var/run/docker.sock`): not copied; a thaw mounts the new host's own.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub host: bool,
+    /// An anonymous volume (an image's `VOLUME`, or `-v /path` without a name): the
+    /// container gets a new anonymous volume at the same path, filled from `tree`; its
+    /// `name` is the old one's, not used again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub anonymous: bool,
 }
 
 impl MountSpec {
@@ -691,12 +696,20 @@ fn capture_mounts(
         let kind = m.typ.map(|t| t.to_string()).unwrap_or_default();
         let source = m.source.clone().unwrap_or_default();
         let destination = m.destination.clone().unwrap_or_default();
+        let mut anonymous = false;
         let (tree, name, driver, labels, options) = match kind.as_str() {
             "volume" => {
                 let name = m.name.clone().unwrap_or_default();
                 let v = engine.inspect_volume(&name)?;
+                anonymous = is_anonymous(&name, info);
+                // An anonymous volume's tree is named after where it is mounted: its own
+                // name changes with every container that gets one.
+                let tree = match anonymous {
+                    true => tree_name("anon", &format!("{container}{destination}")),
+                    false => tree_name("volume", &name),
+                };
                 (
-                    tree_name("volume", &name),
+                    tree,
                     Some(name),
                     Some(v.driver),
                     v.labels.into_iter().collect(),
@@ -757,6 +770,7 @@ fn capture_mounts(
                     tree: String::new(),
                     file: copied.then(|| FILE_PENDING.to_string()),
                     host: !copied,
+                    anonymous: false,
                 });
                 continue;
             }
@@ -810,9 +824,27 @@ fn capture_mounts(
             tree,
             file: None,
             host: false,
+            anonymous,
         });
     }
     Ok(mounts)
+}
+
+/// Whether the volume `name` a container mounts is anonymous: the engine named it (64
+/// hex digits) and the container's configuration does not (Docker 20.10 has no label for
+/// it; later versions add `com.docker.volume.anonymous`).
+fn is_anonymous(name: &str, info: &bollard::models::ContainerInspectResponse) -> bool {
+    if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return false;
+    }
+    let hc = info.host_config.as_ref();
+    let in_binds = hc
+        .and_then(|h| h.binds.as_ref())
+        .is_some_and(|b| b.iter().any(|s| s.split(':').next() == Some(name)));
+    let in_mounts = hc
+        .and_then(|h| h.mounts.as_ref())
+        .is_some_and(|m| m.iter().any(|m| m.source.as_deref() == Some(name)));
+    !in_binds && !in_mounts
 }
 
 /// What a file bind's `file` holds until [`place_files`] puts it in a tree.

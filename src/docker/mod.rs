@@ -426,6 +426,23 @@ impl Engine {
         })
     }
 
+    /// Removes a container with its anonymous volumes (named ones stay).
+    pub fn remove_container_and_volumes(&self, name: &str) -> Result<()> {
+        let n = name.to_string();
+        self.call(&format!("removing container {name}"), |d| async move {
+            d.remove_container(
+                &n,
+                Some(
+                    bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                        .force(true)
+                        .v(true)
+                        .build(),
+                ),
+            )
+            .await
+        })
+    }
+
     pub fn inspect_volume(&self, name: &str) -> Result<bollard::models::Volume> {
         let n = name.to_string();
         self.call(&format!("inspecting volume {name}"), |d| async move {

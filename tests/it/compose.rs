@@ -560,3 +560,78 @@ fn compose_settings_survive_a_thaw() {
     assert_eq!(netns(&copy_side), netns(&format!("{copy}-proxy-1")));
     assert_ne!(netns(&copy_side), netns(&proxy));
 }
+
+/// A compose file that forgets to name a database's volume leaves it anonymous: the copy
+/// gets an anonymous volume at the same path with the same files, which `docker rm -v`
+/// (as `docker compose down -v`) removes with it.
+#[test]
+fn an_anonymous_volume_comes_back_anonymous() {
+    let a = host_a();
+    let repo = TestRepo::local().init();
+    let name = unique("av");
+    let copy = unique("avc");
+    let _cleanup = Projects {
+        host: a.clone(),
+        names: vec![name.clone(), copy.clone()],
+    };
+    let label = format!("com.docker.compose.project={name}");
+    let app = format!("{name}-app-1");
+    #[rustfmt::skip]
+    docker(&a, &[
+        "run", "-d", "--name", &app, "--label", &label, "--label", "com.docker.compose.service=app",
+        "-v", "/data", &crate::hydrated::image(), "sleep", "600",
+    ]);
+    // Its state, written while it runs (a copy that only started again would lack it).
+    docker(
+        &a,
+        &[
+            "exec",
+            &app,
+            "sh",
+            "-c",
+            "echo kept > /data/state && mkdir /data/sub && echo deep > /data/sub/x",
+        ],
+    );
+    let volume_of = |c: &str| {
+        docker(
+            &a,
+            &["inspect", "-f", "{{range .Mounts}}{{.Name}}{{end}}", c],
+        )
+    };
+    let original = volume_of(&app);
+
+    let out = freezer_on(&a, &["freeze", &name, "--repo", &repo.url, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let trees = result_line(&out.stdout)["trees"].clone();
+    assert_eq!(trees[0]["name"], format!("anon.{app}.data"), "{trees}");
+
+    let out = freezer_on(
+        &a,
+        &["thaw", &name, "--repo", &repo.url, "--as", &copy, "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let copy_app = format!("{copy}-app-1");
+    let volume = volume_of(&copy_app);
+    assert!(
+        volume.len() == 64 && volume.bytes().all(|b| b.is_ascii_hexdigit()) && volume != original,
+        "the copy's volume is not a new anonymous one: {volume}"
+    );
+    assert_eq!(
+        docker(&a, &["exec", &copy_app, "cat", "/data/state"]),
+        "kept"
+    );
+    assert_eq!(
+        docker(&a, &["exec", &copy_app, "cat", "/data/sub/x"]),
+        "deep"
+    );
+    let named = docker(
+        &a,
+        &["volume", "ls", "-q", "--filter", &format!("name={copy}")],
+    );
+    assert!(named.is_empty(), "a named volume was made for it: {named}");
+    // As `docker compose down -v`: the volume goes with its container.
+    docker(&a, &["rm", "-f", "-v", &copy_app]);
+    assert!(!docker_try(&a, &["volume", "inspect", &volume])
+        .status
+        .success());
+}

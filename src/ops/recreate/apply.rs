@@ -58,6 +58,9 @@ struct Created {
     /// Bind-mounted directories restored where there was nothing: (path, an empty
     /// directory was there before).
     dirs: Vec<(PathBuf, bool)>,
+    /// Bind-mounted single files restored where there was none, into a directory that
+    /// was there.
+    files: Vec<PathBuf>,
 }
 
 /// Applies a plan. `safety` freezes the existing site before it is replaced and returns
@@ -177,6 +180,9 @@ fn apply(
     let mountpoints = create_volumes(engine, plan, &track, stage.path())?;
     let mut report = restore_trees(repo, engine, plan, &mountpoints, stage.path(), &track)?;
     create_containers(engine, plan, &track)?;
+    report
+        .trees
+        .extend(fill_anonymous(repo, engine, plan, progress)?);
     if !engine.is_local() {
         for t in &mut report.trees {
             progress.set_label(format!("writing {} through the engine", t.name));
@@ -398,19 +404,85 @@ fn restore_trees(
         db_jobs: 1,
         db_with_users: false,
     };
+    // A failed thaw removes the directories it created. A directory it only put single
+    // files into (the project's own, with everything else in it) is never one of them.
     let new_dirs: Vec<(PathBuf, bool)> = plan
         .binds
         .iter()
         .filter(|b| b.action == Action::Create)
+        .filter(|b| b.files.is_empty() || b.path.as_ref().is_some_and(|p| !p.exists()))
         .filter_map(|b| b.path.clone())
         .map(|p| {
             let existed = p.exists();
             (p, existed)
         })
         .collect();
+    let new_files: Vec<PathBuf> = plan
+        .binds
+        .iter()
+        .filter(|b| b.action == Action::Create && b.path.as_ref().is_some_and(|p| p.exists()))
+        .flat_map(|b| {
+            let dir = b.path.clone().unwrap_or_default();
+            b.files.iter().map(move |f| dir.join(f))
+        })
+        .collect();
     let report = crate::ops::thaw(repo, &thaw, track.progress)?;
-    track.lock()?.dirs.extend(new_dirs);
+    let mut created = track.lock()?;
+    created.dirs.extend(new_dirs);
+    created.files.extend(new_files);
     Ok(report)
+}
+
+/// Step 4b: Each created container's new anonymous volumes, filled from their trees (a
+/// local engine: written where the engine keeps the volume, as named ones are).
+fn fill_anonymous(
+    repo: &Repository,
+    engine: &Engine,
+    plan: &mut SitePlan,
+    progress: &Progress,
+) -> Result<Vec<crate::ops::ThawTreeReport>> {
+    let mut trees = Vec::new();
+    for step in &plan.anonymous {
+        let Some(tree) = &step.tree else { continue };
+        let Some(tp) = plan.trees.remove(tree) else {
+            continue;
+        };
+        let info = engine.inspect_container(&step.container)?;
+        let source = info
+            .mounts
+            .unwrap_or_default()
+            .into_iter()
+            .find(|m| m.destination.as_deref() == Some(step.destination.as_str()))
+            .and_then(|m| m.source)
+            .ok_or_else(|| {
+                Error::other(format!(
+                    "container {} has no volume at {} after it was created",
+                    step.container, step.destination
+                ))
+            })?;
+        let dest = PathBuf::from(source);
+        trees.push(ThawTree {
+            // The engine may have copied the image's files at that path into it.
+            replaces: !super::dir_is_empty(&dest),
+            name: tree.clone(),
+            source: dest.clone(),
+            dest,
+            plan: tp,
+            keep: None,
+            only: None,
+        });
+    }
+    if trees.is_empty() {
+        return Ok(vec![]);
+    }
+    let thaw = ThawPlan {
+        snapshot: plan.snap.clone(),
+        trees,
+        databases: vec![],
+        db_jobs: 1,
+        db_with_users: false,
+    };
+    Ok(crate::ops::thaw(repo, &thaw, progress)?.trees)
 }
 
 /// Step 4: Containers, created (not started) and attached to their networks.
@@ -737,6 +809,15 @@ fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody> {
         .collect();
     let mut binds = Vec::new();
     for m in &spec.mounts {
+        if m.anonymous {
+            // No source: the engine makes a new anonymous volume.
+            mounts.push(json!({
+                "Type": "volume",
+                "Target": m.destination,
+                "ReadOnly": m.read_only,
+            }));
+            continue;
+        }
         let (source, kind) = match m.kind.as_str() {
             "volume" => (m.name.clone().unwrap_or_default(), "volume"),
             _ => (m.source.clone(), "bind"),
@@ -915,6 +996,7 @@ impl CopyGuard {
             volumes: report.volumes.clone(),
             networks: report.networks.clone(),
             dirs: vec![],
+            files: vec![],
         })));
         let endpoint = engine.endpoint.clone();
         let target = report.target.clone();
@@ -954,6 +1036,9 @@ impl CopyGuard {
 
 /// Removes what a failed thaw created, newest first; best effort.
 fn undo(engine: &Engine, created: &Created) {
+    for f in &created.files {
+        let _ = std::fs::remove_file(f);
+    }
     for (dir, existed) in &created.dirs {
         let _ = std::fs::remove_dir_all(dir);
         if *existed {
@@ -961,7 +1046,8 @@ fn undo(engine: &Engine, created: &Created) {
         }
     }
     for c in created.containers.iter().rev() {
-        let _ = engine.remove_container(c);
+        // With the anonymous volumes the engine made for it.
+        let _ = engine.remove_container_and_volumes(c);
     }
     for v in created.volumes.iter().rev() {
         let n = v.clone();

@@ -62,6 +62,9 @@ pub struct SitePlan {
     pub volumes: Vec<Step>,
     /// Bind-mounted directories: tree, destination.
     pub binds: Vec<Step>,
+    /// Anonymous volumes: each container gets a new one, filled once it is created.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub anonymous: Vec<AnonStep>,
     pub containers: Vec<ContainerStep>,
     /// What the pre-flight checked, for the printed plan.
     pub checks: Vec<String>,
@@ -77,6 +80,15 @@ pub struct SitePlan {
     snap: Snapshot,
     #[serde(skip)]
     network_specs: BTreeMap<String, NetworkSpec>,
+}
+
+/// An anonymous volume of a container: created with it, then filled from `tree`.
+#[derive(Debug, Serialize)]
+pub struct AnonStep {
+    pub container: String,
+    pub destination: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tree: Option<String>,
 }
 
 #[derive(Debug, Serialize)]

@@ -154,6 +154,7 @@ pub fn plan(
         networks: vec![],
         volumes: vec![],
         binds: vec![],
+        anonymous: vec![],
         containers: vec![],
         checks: vec![],
         databases: vec![],
@@ -177,6 +178,13 @@ pub fn plan(
             missing.push((spec.service().to_string(), spec.image.clone()));
         }
         plan_networks(engine, &mut plan, &spec)?;
+        if !engine.is_local() {
+            // Filled through the engine as named volumes, as before anonymous ones were
+            // told apart.
+            for m in &mut spec.mounts {
+                m.anonymous = false;
+            }
+        }
         plan_mounts(engine, &mut plan, &spec, &trees, &existing, opts)?;
         if spec.writable_layer.is_some() && !engine.is_local() {
             return Err(Error::usage(format!(
@@ -379,7 +387,13 @@ fn plan_mounts(
                 plan.site, plan.snapshot, spec.name, m.tree
             )));
         }
-        if m.kind == "volume" {
+        if m.kind == "volume" && m.anonymous {
+            plan.anonymous.push(AnonStep {
+                container: spec.name.clone(),
+                destination: m.destination.clone(),
+                tree: Some(m.tree.clone()).filter(|t| !t.is_empty()),
+            });
+        } else if m.kind == "volume" {
             let name = m.name.clone().unwrap_or_default();
             if plan.volumes.iter().any(|v| v.name == name) {
                 continue;
