@@ -109,6 +109,24 @@ impl ContainerSpec {
             .unwrap_or(&self.name)
     }
 
+    /// Compose's `depends_on` (label `com.docker.compose.depends_on`:
+    /// `service:condition:restart,…`): each service and its condition
+    /// (`service_started`, `service_healthy`, `service_completed_successfully`).
+    pub fn depends_on(&self) -> Vec<(String, String)> {
+        self.config["Labels"]["com.docker.compose.depends_on"]
+            .as_str()
+            .unwrap_or("")
+            .split(',')
+            .filter(|e| !e.trim().is_empty())
+            .map(|e| {
+                let mut parts = e.trim().split(':');
+                let service = parts.next().unwrap_or("").to_string();
+                let condition = parts.next().unwrap_or("service_started").to_string();
+                (service, condition)
+            })
+            .collect()
+    }
+
     /// The value of an environment variable as the container has it.
     pub fn env(&self, key: &str) -> Option<String> {
         self.config["Env"].as_array()?.iter().find_map(|e| {

@@ -635,3 +635,72 @@ fn an_anonymous_volume_comes_back_anonymous() {
         .status
         .success());
 }
+
+/// A timestamp of the engine's in UTC (RFC 3339 `2026-12-06T15:15:16.0043Z`, or Go's
+/// `2026-12-06 15:15:16.0043 +0000 UTC`) as nanoseconds since the day began, for
+/// ordering two of the same day.
+fn nanos_of_day(t: &str) -> u128 {
+    let clock = match t.as_bytes().get(10) {
+        Some(b'T') => t[11..].trim_end_matches('Z'),
+        _ => t.split_whitespace().nth(1).unwrap(),
+    };
+    let (hms, frac) = clock.split_once('.').unwrap_or((clock, "0"));
+    let secs: Vec<u128> = hms.split(':').map(|p| p.parse().unwrap()).collect();
+    let frac: u128 = format!("{frac:0<9}")[..9].parse().unwrap();
+    (secs[0] * 3600 + secs[1] * 60 + secs[2]) * 1_000_000_000 + frac
+}
+
+/// `depends_on: {db: {condition: service_healthy}}`: the copy's app starts only once its
+/// database passes its health check, as `docker compose up` would start it.
+#[test]
+fn a_service_that_needs_a_healthy_one_starts_after_it() {
+    let a = host_a();
+    let repo = TestRepo::local().init();
+    let name = unique("do");
+    let copy = unique("doc");
+    let _cleanup = Projects {
+        host: a.clone(),
+        names: vec![name.clone(), copy.clone()],
+    };
+    let label = format!("com.docker.compose.project={name}");
+    let image = crate::hydrated::image();
+    // Named so that the snapshot lists the app first.
+    #[rustfmt::skip]
+    docker(&a, &[
+        "run", "-d", "--name", &format!("{name}-app-1"), "--label", &label,
+        "--label", "com.docker.compose.service=app",
+        "--label", "com.docker.compose.depends_on=zdb:service_healthy:false",
+        &image, "sleep", "600",
+    ]);
+    #[rustfmt::skip]
+    docker(&a, &[
+        "run", "-d", "--name", &format!("{name}-zdb-1"), "--label", &label,
+        "--label", "com.docker.compose.service=zdb",
+        "--health-cmd", "test -e /ready", "--health-interval", "1s", "--health-retries", "30",
+        &image, "sh", "-c", "sleep 2; touch /ready; exec sleep 600",
+    ]);
+    let out = freezer_on(&a, &["freeze", &name, "--repo", &repo.url]);
+    assert_ok(&out);
+    let out = freezer_on(&a, &["thaw", &name, "--repo", &repo.url, "--as", &copy]);
+    assert_ok(&out);
+
+    let (app, db) = (format!("{copy}-app-1"), format!("{copy}-zdb-1"));
+    let started = docker(&a, &["inspect", "-f", "{{.State.StartedAt}}", &app]);
+    let checks = docker(
+        &a,
+        &[
+            "inspect",
+            "-f",
+            "{{range .State.Health.Log}}{{.ExitCode}} {{.End}}\n{{end}}",
+            &db,
+        ],
+    );
+    let healthy = checks
+        .lines()
+        .find_map(|l| l.strip_prefix("0 "))
+        .unwrap_or_else(|| panic!("{db} never passed a check: {checks}"));
+    assert!(
+        nanos_of_day(&started) >= nanos_of_day(healthy),
+        "{app} started at {started}, before {db} was healthy at {healthy}"
+    );
+}

@@ -622,13 +622,32 @@ fn load_databases(
     Ok(db_reports)
 }
 
-/// Step 6: The other containers, in their captured state.
+/// Step 6: The other containers, in their captured state, each after what it depends
+/// on (see `join_order`), waiting as compose does for a dependency that must be healthy.
 fn start_containers(engine: &Engine, plan: &SitePlan, track: &Tracker) -> Result<()> {
     for (spec, _, _) in &plan.specs {
         if !matches!(spec.state.as_str(), "running" | "paused")
             || plan.databases.iter().any(|d| d.container == spec.name)
         {
             continue;
+        }
+        for (service, condition) in spec.depends_on() {
+            if condition != "service_healthy" {
+                continue;
+            }
+            // Those of the service this thaw started (an exited one is left as it was).
+            let started = plan.specs.iter().filter(|(o, _, _)| {
+                o.service() == service
+                    && o.name != spec.name
+                    && matches!(o.state.as_str(), "running" | "paused")
+            });
+            for (dep, _, _) in started {
+                track.progress.set_label(format!(
+                    "waiting for {} to be healthy before starting {}",
+                    dep.name, spec.name
+                ));
+                wait_healthy(engine, &dep.name, &spec.name)?;
+            }
         }
         let name = spec.name.clone();
         let _held = track.lock()?;
@@ -642,6 +661,39 @@ fn start_containers(engine: &Engine, plan: &SitePlan, track: &Tracker) -> Result
         }
     }
     Ok(())
+}
+
+/// Waits until `container` (with a health check) is healthy, as compose's
+/// `condition: service_healthy` does before starting `dependent`; up to 5 minutes. One
+/// that stops or turns unhealthy fails it; one without a check is not waited for
+/// (compose refuses such a project before it starts anything).
+fn wait_healthy(engine: &Engine, container: &str, dependent: &str) -> Result<()> {
+    use bollard::models::HealthStatusEnum;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let what = format!("before {dependent}, which depends on it being healthy, could start");
+        if let Some(e) = engine.not_running(container, &what)? {
+            return Err(e);
+        }
+        let health = engine
+            .inspect_container(container)?
+            .state
+            .and_then(|s| s.health)
+            .and_then(|h| h.status);
+        let waited = match health {
+            Some(HealthStatusEnum::HEALTHY) | None | Some(HealthStatusEnum::NONE) => return Ok(()),
+            Some(HealthStatusEnum::UNHEALTHY) => "is unhealthy",
+            _ if std::time::Instant::now() > deadline => "was not healthy within 5 minutes",
+            _ => {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                continue;
+            }
+        };
+        return Err(Error::other(format!(
+            "container {container} {waited}, and {dependent} depends on it being healthy (compose depends_on: service_healthy)"
+        ))
+        .with_hint(format!("`{} inspect {container}` shows its last health checks", engine.flavor.cli())));
+    }
 }
 
 /// A created container that mounts `tree` writable, and where.

@@ -255,32 +255,45 @@ pub fn plan(
     Ok(plan)
 }
 
-/// Orders the containers so that one that joins another's network namespace
-/// (`NetworkMode: container:NAME`, compose's `network_mode: service:X`) comes after
-/// it: the engine needs that one to exist when it creates, and to run when it starts,
-/// the other. Otherwise the snapshot's order is kept.
+/// Orders the containers so that each comes after those it needs: the one whose network
+/// namespace it joins (`NetworkMode: container:NAME`, compose's `network_mode:
+/// service:X`; the engine needs that one to exist when it creates, and to run when it
+/// starts, the other) and the services it `depends_on` (compose's label). Otherwise the
+/// snapshot's order is kept.
 fn join_order(specs: &mut [(ContainerSpec, ImageManifest, Digest)]) {
-    let joined = |s: &ContainerSpec| {
-        s.host_config["NetworkMode"]
-            .as_str()
-            .and_then(|m| m.strip_prefix("container:"))
-            .map(str::to_string)
-    };
-    let by_name: HashMap<String, Option<String>> = specs
+    let needs: HashMap<String, Vec<String>> = specs
         .iter()
-        .map(|(s, _, _)| (s.name.clone(), joined(s)))
+        .map(|(s, _, _)| {
+            let mut n: Vec<String> = s.host_config["NetworkMode"]
+                .as_str()
+                .and_then(|m| m.strip_prefix("container:"))
+                .map(str::to_string)
+                .into_iter()
+                .collect();
+            for (service, _) in s.depends_on() {
+                n.extend(
+                    specs
+                        .iter()
+                        .filter(|(o, _, _)| o.service() == service && o.name != s.name)
+                        .map(|(o, _, _)| o.name.clone()),
+                );
+            }
+            (s.name.clone(), n)
+        })
         .collect();
-    let depth = |name: &str| {
-        let mut d = 0;
-        let mut at = by_name.get(name).cloned().flatten();
-        // Bounded: a loop of containers joining each other cannot be created anyway.
-        while let Some(next) = at.filter(|_| d < by_name.len()) {
-            d += 1;
-            at = by_name.get(&next).cloned().flatten();
+    // The longest chain of needs below each; bounded, as a cycle cannot start anyway.
+    fn depth(name: &str, needs: &HashMap<String, Vec<String>>, left: usize) -> usize {
+        match needs.get(name) {
+            Some(n) if left > 0 => n
+                .iter()
+                .map(|m| 1 + depth(m, needs, left - 1))
+                .max()
+                .unwrap_or(0),
+            _ => 0,
         }
-        d
-    };
-    specs.sort_by_cached_key(|(s, _, _)| depth(&s.name));
+    }
+    let bound = specs.len();
+    specs.sort_by_cached_key(|(s, _, _)| depth(&s.name, &needs, bound));
 }
 
 /// A container of another site with this name is never touched.
