@@ -28,6 +28,10 @@ impl Drop for Projects {
             for v in vols.lines() {
                 let _ = docker_try(&self.host, &["volume", "rm", v]);
             }
+            let nets = docker(&self.host, &["network", "ls", "-q", "--filter", &filter]);
+            for n in nets.lines() {
+                let _ = docker_try(&self.host, &["network", "rm", n]);
+            }
             let _ = docker_try(&self.host, &["network", "rm", &format!("{p}_default")]);
         }
     }
@@ -703,4 +707,86 @@ fn a_service_that_needs_a_healthy_one_starts_after_it() {
         nanos_of_day(&started) >= nanos_of_day(healthy),
         "{app} started at {started}, before {db} was healthy at {healthy}"
     );
+}
+
+/// Two networks as compose files split them: the proxy reaches the web service by its
+/// alias, and not the database, in the copy as in the original.
+#[test]
+fn a_copy_keeps_which_service_reaches_which() {
+    let a = host_a();
+    let repo = TestRepo::local().init();
+    let name = unique("nw");
+    let copy = unique("nwc");
+    let _cleanup = Projects {
+        host: a.clone(),
+        names: vec![name.clone(), copy.clone()],
+    };
+    let label = format!("com.docker.compose.project={name}");
+    for n in ["front", "back"] {
+        docker(
+            &a,
+            &[
+                "network",
+                "create",
+                "--label",
+                &label,
+                &format!("{name}_{n}"),
+            ],
+        );
+    }
+    let image = crate::hydrated::image();
+    let run = |service: &str, first: &str| {
+        let c = format!("{name}-{service}-1");
+        #[rustfmt::skip]
+        docker(&a, &[
+            "run", "-d", "--name", &c, "--label", &label,
+            "--label", &format!("com.docker.compose.service={service}"),
+            "--network", &format!("{name}_{first}"), "--network-alias", service,
+            &image, "sleep", "600",
+        ]);
+        c
+    };
+    run("proxy", "front");
+    let web = run("web", "front");
+    run("db", "back");
+    #[rustfmt::skip]
+    docker(&a, &["network", "connect", "--alias", "web", &format!("{name}_back"), &web]);
+
+    let reaches = |project: &str, from: &str, to: &str| {
+        docker_try(
+            &a,
+            &[
+                "exec",
+                &format!("{project}-{from}-1"),
+                "ping",
+                "-c1",
+                "-W2",
+                to,
+            ],
+        )
+        .status
+        .success()
+    };
+    let facts = |p: &str| {
+        [
+            ("proxy", "web"),
+            ("proxy", "db"),
+            ("web", "db"),
+            ("db", "web"),
+            ("db", "proxy"),
+        ]
+        .map(|(f, t)| (f, t, reaches(p, f, t)))
+    };
+    let before = facts(&name);
+    assert_eq!(
+        before.map(|(_, _, r)| r),
+        [true, false, true, true, false],
+        "the test's own site: {before:?}"
+    );
+    assert_ok(&freezer_on(&a, &["freeze", &name, "--repo", &repo.url]));
+    assert_ok(&freezer_on(
+        &a,
+        &["thaw", &name, "--repo", &repo.url, "--as", &copy],
+    ));
+    assert_eq!(facts(&copy), before);
 }
