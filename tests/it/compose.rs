@@ -790,3 +790,73 @@ fn a_copy_keeps_which_service_reaches_which() {
     ));
     assert_eq!(facts(&copy), before);
 }
+
+/// A thaw that fails after it loaded images from the snapshot removes them with the
+/// rest of what it created, as its message says.
+#[test]
+fn a_failed_thaw_removes_the_images_it_loaded() {
+    let (a, b) = (host_a(), crate::hydrated::host_b());
+    let repo = TestRepo::local().init();
+    let name = unique("fi");
+    let _cleanup = Projects {
+        host: a.clone(),
+        names: vec![name.clone()],
+    };
+    let _cleanup_b = Projects {
+        host: b.clone(),
+        names: vec![name.clone()],
+    };
+    // Its database image exists on this engine only, as one compose built would.
+    let built = format!("{name}-db");
+    docker(&a, &["tag", &mariadb_image(), &built]);
+    let label = format!("com.docker.compose.project={name}");
+    #[rustfmt::skip]
+    docker(&a, &[
+        "run", "-d", "--name", &format!("{name}-db-1"), "--label", &label,
+        "--label", "com.docker.compose.service=db",
+        "-e", "MARIADB_ROOT_PASSWORD=pw", "-e", "MARIADB_DATABASE=shop", &built,
+    ]);
+    sql_at(
+        &address(&a, &format!("{name}-db-1")),
+        "root",
+        "pw",
+        "shop",
+        "SELECT 1",
+    );
+    let out = freezer_on(
+        &a,
+        &[
+            "freeze",
+            &name,
+            "--repo",
+            &repo.url,
+            "--mode",
+            "dehydrated",
+            "--with-images",
+        ],
+    );
+    assert_ok(&out);
+    // On the other engine, its server cannot start (its password file is missing).
+    let out = freezer_on(
+        &b,
+        &[
+            "thaw",
+            &name,
+            "--repo",
+            &repo.url,
+            "--env",
+            "db:MARIADB_ROOT_PASSWORD_FILE=/run/secrets/missing",
+        ],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("was removed"), "{err}");
+    assert!(
+        !docker_try(&b, &["image", "inspect", &built])
+            .status
+            .success(),
+        "the image it loaded is still on the other engine"
+    );
+    let _ = docker_try(&a, &["rm", "-f", &format!("{name}-db-1")]);
+    let _ = docker_try(&a, &["rmi", &built]);
+}

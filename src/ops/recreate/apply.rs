@@ -61,6 +61,8 @@ struct Created {
     /// Bind-mounted single files restored where there was none, into a directory that
     /// was there.
     files: Vec<PathBuf>,
+    /// Images loaded from the snapshot (the engine lacked them).
+    images: Vec<String>,
 }
 
 /// Applies a plan. `safety` freezes the existing site before it is replaced and returns
@@ -169,7 +171,7 @@ fn apply(
     for d in &plan.dumps {
         prepared.push(d.fetch(repo, progress)?);
     }
-    let loaded = load_images(repo, engine, plan, progress)?;
+    let loaded = load_images(repo, engine, plan, &track)?;
     create_networks(engine, plan, &track)?;
     // Through a remote engine, trees are restored here first, then written into the
     // created containers.
@@ -227,8 +229,9 @@ fn load_images(
     repo: &Repository,
     engine: &Engine,
     plan: &SitePlan,
-    progress: &Progress,
+    track: &Tracker,
 ) -> Result<Vec<String>> {
+    let progress = track.progress;
     let mut loaded = Vec::new();
     for step in &plan.images {
         if step.action != Action::Load {
@@ -240,6 +243,8 @@ fn load_images(
             .find(|(s, m, _)| s.image == step.image && !m.layers.is_empty())
             .expect("planned from a container with layers");
         progress.set_label(format!("loading image {}", spec.image));
+        // Recorded first: a load that fails halfway may have left the image behind.
+        track.lock()?.images.push(spec.image.clone());
         load_image(repo, engine, spec, manifest)?;
         loaded.push(spec.image.clone());
     }
@@ -1049,6 +1054,7 @@ impl CopyGuard {
             networks: report.networks.clone(),
             dirs: vec![],
             files: vec![],
+            images: vec![],
         })));
         let endpoint = engine.endpoint.clone();
         let target = report.target.clone();
@@ -1106,6 +1112,17 @@ fn undo(engine: &Engine, created: &Created) {
         let _ = engine.call("removing a volume", |d| async move {
             d.remove_volume(&n, None::<bollard::query_parameters::RemoveVolumeOptions>)
                 .await
+        });
+    }
+    for image in &created.images {
+        let i = image.clone();
+        let _ = engine.call("removing an image", |d| async move {
+            d.remove_image(
+                &i,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await
         });
     }
     for net in created.networks.iter().rev() {
