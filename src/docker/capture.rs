@@ -541,8 +541,6 @@ fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<Ca
     let mut upper_dirs = Vec::new();
     let mut healthy = Vec::new();
     let mut trees: Vec<TreeSpec> = Vec::new();
-    // `network_mode: service:X` is `container:<id of X>`: kept by name, which a thaw
-    // renames with the site (an id means nothing on another host).
     let names_by_id: Vec<(String, String)> = list
         .iter()
         .map(|c| (c.id.clone(), c.name.clone()))
@@ -566,17 +564,7 @@ fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<Ca
             serde_json::to_value(info.host_config.clone().unwrap_or_default())
                 .unwrap_or(Value::Null),
         );
-        let joined = host_config["NetworkMode"]
-            .as_str()
-            .and_then(|m| m.strip_prefix("container:"))
-            .and_then(|t| {
-                names_by_id
-                    .iter()
-                    .find(|(id, name)| id.starts_with(t) || name == t)
-            });
-        if let Some((_, name)) = joined {
-            host_config["NetworkMode"] = Value::String(format!("container:{name}"));
-        }
+        name_joined_container(&mut host_config, &names_by_id);
         let (nets, address) = capture_networks(engine, &info, short, &mut networks)?;
         let mut mounts =
             capture_mounts(engine, &info, &c.name, &config, &mut trees, skip_file_binds)?;
@@ -641,6 +629,23 @@ fn health_check(info: &bollard::models::ContainerInspectResponse) -> Option<Heal
     Some(HealthCheck {
         recovers_within: ns(hc.interval) + ns(hc.timeout) + start,
     })
+}
+
+/// `NetworkMode: container:<id>` (compose's `network_mode: service:X`) as
+/// `container:<name>` when that container is of the site (`names_by_id`), which a thaw
+/// renames with the site: an id means nothing on another host.
+fn name_joined_container(host_config: &mut Value, names_by_id: &[(String, String)]) {
+    let joined = host_config["NetworkMode"]
+        .as_str()
+        .and_then(|m| m.strip_prefix("container:"))
+        .and_then(|t| {
+            names_by_id
+                .iter()
+                .find(|(id, name)| id.starts_with(t) || name == t)
+        });
+    if let Some((_, name)) = joined {
+        host_config["NetworkMode"] = Value::String(format!("container:{name}"));
+    }
 }
 
 /// The user-defined networks a container is attached to (each network inspected once,
@@ -760,75 +765,17 @@ fn capture_mounts(
             mirror
         };
         if kind == "bind" && !skip_file_binds {
-            let meta = if local {
-                std::fs::metadata(&path).ok()
-            } else {
-                None
-            };
-            if !local && !super::remote::is_dir(engine, container, &destination)? {
-                return Err(Error::usage(format!(
-                    "container {container} mounts the file {source} at {destination}; single-file bind mounts of a site on a remote engine are not copied yet"
-                ))
-                .with_hint("freeze the site with freezer on the engine's own host, through its unix socket"));
-            }
-            if let Some(meta) = meta.filter(|m| !m.is_dir()) {
-                // A file of the project (a config file, a compose secret) is copied; a
-                // file of the host's system or a socket is mounted again from the new
-                // host as it is.
-                let copied = meta.is_file() && !is_host_file(&source);
-                mounts.push(MountSpec {
-                    kind,
-                    name: None,
-                    source: source.clone(),
-                    destination,
-                    read_only: !m.rw.unwrap_or(true),
-                    driver: None,
-                    labels: BTreeMap::new(),
-                    options: BTreeMap::new(),
-                    tree: String::new(),
-                    file: copied.then(|| FILE_PENDING.to_string()),
-                    host: !copied,
-                    anonymous: false,
-                });
+            let read_only = !m.rw.unwrap_or(true);
+            if let Some(f) = file_bind(engine, container, &source, &destination, &path, read_only)?
+            {
+                mounts.push(f);
                 continue;
             }
         }
-        match trees.iter().find(|t| t.path == path) {
-            Some(t) if t.name != tree => {
-                return Err(Error::usage(format!(
-                    "{} is mounted as {} and as {tree}",
-                    path.display(),
-                    t.name
-                )))
-            }
-            Some(_) => {}
-            None => {
-                if kind == "bind" && skip_file_binds {
-                    let dir = match local {
-                        true => path.is_dir(),
-                        false => super::remote::is_dir(engine, container, &destination)?,
-                    };
-                    if !dir {
-                        continue;
-                    }
-                }
-                if local && !path.is_dir() {
-                    let what = match path.exists() {
-                        true => "which is neither a directory nor a file freezer can copy",
-                        false => "which does not exist on this host",
-                    };
-                    return Err(Error::usage(format!(
-                        "container {} mounts {} at {destination}, {what}",
-                        container,
-                        path.display()
-                    )));
-                }
-                trees.push(TreeSpec {
-                    name: tree.clone(),
-                    path,
-                    excludes: label_excludes(&config["Labels"]),
-                });
-            }
+        let at = (container, destination.as_str());
+        let skip = kind == "bind" && skip_file_binds;
+        if !add_tree(engine, trees, &tree, path, at, skip, &config["Labels"])? {
+            continue;
         }
         mounts.push(MountSpec {
             kind,
@@ -863,6 +810,100 @@ fn is_anonymous(name: &str, info: &bollard::models::ContainerInspectResponse) ->
         .and_then(|h| h.mounts.as_ref())
         .is_some_and(|m| m.iter().any(|m| m.source.as_deref() == Some(name)));
     !in_binds && !in_mounts
+}
+
+/// Adds the tree of a volume or bind-mounted directory at `path` (mounted by
+/// `container` at `destination`) to `trees` once; a path mounted twice under different
+/// tree names is refused. False: a bind of a single file, left out when
+/// `skip_file_binds` ([`capture_dirs`]).
+fn add_tree(
+    engine: &Engine,
+    trees: &mut Vec<TreeSpec>,
+    tree: &str,
+    path: PathBuf,
+    (container, destination): (&str, &str),
+    skip_file_binds: bool,
+    labels: &Value,
+) -> Result<bool> {
+    let local = engine.is_local();
+    match trees.iter().find(|t| t.path == path) {
+        Some(t) if t.name != tree => {
+            return Err(Error::usage(format!(
+                "{} is mounted as {} and as {tree}",
+                path.display(),
+                t.name
+            )))
+        }
+        Some(_) => return Ok(true),
+        None => {}
+    }
+    if skip_file_binds {
+        let dir = match local {
+            true => path.is_dir(),
+            false => super::remote::is_dir(engine, container, destination)?,
+        };
+        if !dir {
+            return Ok(false);
+        }
+    }
+    if local && !path.is_dir() {
+        let what = match path.exists() {
+            true => "which is neither a directory nor a file freezer can copy",
+            false => "which does not exist on this host",
+        };
+        return Err(Error::usage(format!(
+            "container {container} mounts {} at {destination}, {what}",
+            path.display()
+        )));
+    }
+    trees.push(TreeSpec {
+        name: tree.to_string(),
+        path,
+        excludes: label_excludes(labels),
+    });
+    Ok(true)
+}
+
+/// A bind mount of something other than a directory, as a mount to record (None: a
+/// directory, copied as a tree). A file of the project (a config file, a compose
+/// secret) is copied once [`place_files`] gives it a tree; a file of the host's system,
+/// a socket or a device is mounted again from the new host as it is. Through a remote
+/// engine, refused for now.
+fn file_bind(
+    engine: &Engine,
+    container: &str,
+    source: &str,
+    destination: &str,
+    path: &Path,
+    read_only: bool,
+) -> Result<Option<MountSpec>> {
+    if !engine.is_local() {
+        if super::remote::is_dir(engine, container, destination)? {
+            return Ok(None);
+        }
+        return Err(Error::usage(format!(
+            "container {container} mounts the file {source} at {destination}; single-file bind mounts of a site on a remote engine are not copied yet"
+        ))
+        .with_hint("freeze the site with freezer on the engine's own host, through its unix socket"));
+    }
+    let Some(meta) = std::fs::metadata(path).ok().filter(|m| !m.is_dir()) else {
+        return Ok(None);
+    };
+    let copied = meta.is_file() && !is_host_file(source);
+    Ok(Some(MountSpec {
+        kind: "bind".into(),
+        name: None,
+        source: source.to_string(),
+        destination: destination.to_string(),
+        read_only,
+        driver: None,
+        labels: BTreeMap::new(),
+        options: BTreeMap::new(),
+        tree: String::new(),
+        file: copied.then(|| FILE_PENDING.to_string()),
+        host: !copied,
+        anonymous: false,
+    }))
 }
 
 /// What a file bind's `file` holds until [`place_files`] puts it in a tree.

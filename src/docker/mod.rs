@@ -412,22 +412,15 @@ impl Engine {
 
     /// Removes a container whatever its state (its named volumes stay).
     pub fn remove_container(&self, name: &str) -> Result<()> {
-        let n = name.to_string();
-        self.call(&format!("removing container {name}"), |d| async move {
-            d.remove_container(
-                &n,
-                Some(
-                    bollard::query_parameters::RemoveContainerOptionsBuilder::new()
-                        .force(true)
-                        .build(),
-                ),
-            )
-            .await
-        })
+        self.remove(name, false)
     }
 
     /// Removes a container with its anonymous volumes (named ones stay).
     pub fn remove_container_and_volumes(&self, name: &str) -> Result<()> {
+        self.remove(name, true)
+    }
+
+    fn remove(&self, name: &str, volumes: bool) -> Result<()> {
         let n = name.to_string();
         self.call(&format!("removing container {name}"), |d| async move {
             d.remove_container(
@@ -435,7 +428,7 @@ impl Engine {
                 Some(
                     bollard::query_parameters::RemoveContainerOptionsBuilder::new()
                         .force(true)
-                        .v(true)
+                        .v(volumes)
                         .build(),
                 ),
             )

@@ -125,6 +125,12 @@ pub fn assert_ok(out: &Output) {
     );
 }
 
+/// The JSON report of a run that must succeed (its stderr in the failure).
+pub fn ok_report(out: &Output) -> serde_json::Value {
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(out));
+    result_line(&out.stdout)
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

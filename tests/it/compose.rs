@@ -115,7 +115,7 @@ fn a_database_whose_password_is_a_secret_file_is_dumped_and_loaded_back() {
         ],
     );
     no_secret(&out);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    ok_report(&out);
     let report = result_line(&out.stdout);
     assert_eq!(report["databases"][0]["rows"], 500, "{report}");
     // The dump stands for the data directory only: the secret and the configuration
@@ -135,7 +135,7 @@ fn a_database_whose_password_is_a_secret_file_is_dumped_and_loaded_back() {
         &["thaw", &name, "--repo", &repo.url, "--as", &copy, "--json"],
     );
     no_secret(&out);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    ok_report(&out);
     let copy_db = format!("{copy}-db-1");
     let cat = |path: &str| docker(&a, &["exec", &copy_db, "cat", path]);
     assert_eq!(cat("/run/secrets/db-password"), password);
@@ -216,7 +216,7 @@ fn a_hydrated_freeze_leaves_healthy_containers_healthy() {
     }
 
     let out = freezer_on(&a, &["freeze", &name, "--repo", &repo.url, "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    ok_report(&out);
     let after: Vec<String> = names.iter().map(|c| health(c)).collect();
     assert_eq!(after, ["healthy", "healthy"]);
     let report = result_line(&out.stdout);
@@ -296,7 +296,7 @@ fn single_file_binds_are_frozen_and_come_back_in_place_and_in_a_copy() {
     assert_eq!(crate::hydrated::http_get(port, "/index.html"), page_bytes);
 
     let out = freezer_on(&a, &["freeze", &name, "--repo", &repo.url, "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    ok_report(&out);
     let report = result_line(&out.stdout);
     let trees: Vec<String> = report["trees"]
         .as_array()
@@ -341,7 +341,7 @@ fn single_file_binds_are_frozen_and_come_back_in_place_and_in_a_copy() {
             "--json",
         ],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    ok_report(&out);
     assert_eq!(crate::hydrated::http_get(port2, "/index.html"), page_bytes);
     let copy_web = format!("{copy}-web-1");
     assert_eq!(
@@ -387,7 +387,7 @@ fn single_file_binds_are_frozen_and_come_back_in_place_and_in_a_copy() {
     fs::remove_dir_all(dir.join("conf")).unwrap();
     fs::write(dir.join("README.md"), "edited since\n").unwrap();
     let out = freezer_on(&a, &["thaw", &name, "--repo", &repo.url, "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    ok_report(&out);
     for (f, want) in [&page, &secret, &extra].iter().zip(&facts) {
         assert_eq!(&file_facts(f), want, "{}", f.display());
     }
@@ -405,7 +405,7 @@ fn single_file_binds_are_frozen_and_come_back_in_place_and_in_a_copy() {
         &a,
         &["thaw", &name, "--repo", &repo.url, "--replace", "--json"],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    ok_report(&out);
     assert_eq!(file_facts(&secret), facts[1]);
     assert_eq!(fs::read(dir.join("README.md")).unwrap(), b"edited since\n");
 }
@@ -605,7 +605,7 @@ fn an_anonymous_volume_comes_back_anonymous() {
     let original = volume_of(&app);
 
     let out = freezer_on(&a, &["freeze", &name, "--repo", &repo.url, "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    ok_report(&out);
     let trees = result_line(&out.stdout)["trees"].clone();
     assert_eq!(trees[0]["name"], format!("anon.{app}.data"), "{trees}");
 
@@ -613,7 +613,7 @@ fn an_anonymous_volume_comes_back_anonymous() {
         &a,
         &["thaw", &name, "--repo", &repo.url, "--as", &copy, "--json"],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    ok_report(&out);
     let copy_app = format!("{copy}-app-1");
     let volume = volume_of(&copy_app);
     assert!(

@@ -6,7 +6,6 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -110,11 +109,6 @@ fn same_named_databases(c: &DbContainer, db: &str) {
     );
 }
 
-fn ok(out: &Output) -> serde_json::Value {
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(out));
-    result_line(&out.stdout)
-}
-
 #[test]
 fn a_database_url_of_a_container_never_reaches_this_host_s_server() {
     let repo = TestRepo::local().init();
@@ -134,7 +128,12 @@ fn a_database_url_of_a_container_never_reaches_this_host_s_server() {
         &c.url(&db),
         "--json",
     ]);
-    assert_eq!(ok(&out)["databases"][0]["rows"], 5, "{}", stderr(&out));
+    assert_eq!(
+        ok_report(&out)["databases"][0]["rows"],
+        5,
+        "{}",
+        stderr(&out)
+    );
 
     // Into a new database of the container: the container's rows, nothing on the host.
     let copy = format!("{db}_copy");
@@ -147,7 +146,7 @@ fn a_database_url_of_a_container_never_reaches_this_host_s_server() {
         &c.url(&copy),
         "--json",
     ]);
-    ok(&out);
+    ok_report(&out);
     assert_eq!(c.rows(&copy).as_deref(), Some(want.as_str()));
     // One table into another new database.
     let one = format!("{db}_one");
@@ -162,7 +161,7 @@ fn a_database_url_of_a_container_never_reaches_this_host_s_server() {
         "t",
         "--json",
     ]);
-    ok(&out);
+    ok_report(&out);
     assert_eq!(c.rows(&one).as_deref(), Some(want.as_str()));
     // A drill's scratch database, kept to be looked at.
     let out = freezer(&[
@@ -175,7 +174,7 @@ fn a_database_url_of_a_container_never_reaches_this_host_s_server() {
         "--keep",
         "--json",
     ]);
-    assert_eq!(ok(&out)["ok"], true);
+    assert_eq!(ok_report(&out)["ok"], true);
     let scratch = c.sql("mysql", "SHOW DATABASES LIKE 'drl\\_%'");
     assert_eq!(scratch.lines().count(), 1, "{scratch}");
     assert_eq!(c.rows(scratch.trim()).as_deref(), Some(want.as_str()));
@@ -294,12 +293,12 @@ fn a_compose_site_s_database_is_its_container_s_not_the_host_s() {
                 "--json",
             ],
         );
-        let r = ok(&out);
+        let r = ok_report(&out);
         assert_eq!(r["databases"][0]["rows"], 5, "{r}");
         let snap = format!("{project}:{}", r["snapshot"].as_str().unwrap());
 
         // Onto another project's (empty) database.
-        ok(&freezer_on(
+        ok_report(&freezer_on(
             &a,
             &[
                 "thaw", &snap, "--repo", &repo.url, "--onto", &target, "--json",
@@ -308,7 +307,7 @@ fn a_compose_site_s_database_is_its_container_s_not_the_host_s() {
         assert_eq!(onto.rows(&db).as_deref(), Some(want.as_str()));
 
         // As a copy: a new database container, loaded.
-        ok(&freezer_on(
+        ok_report(&freezer_on(
             &a,
             &["thaw", &snap, "--repo", &repo.url, "--as", &copy, "--json"],
         ));
@@ -326,7 +325,7 @@ fn a_compose_site_s_database_is_its_container_s_not_the_host_s() {
 
         // A drill: scratch containers, loaded and verified, removed.
         let out = freezer_on(&a, &["drill", &snap, "--repo", &repo.url, "--json"]);
-        assert_eq!(ok(&out)["ok"], true);
+        assert_eq!(ok_report(&out)["ok"], true);
 
         assert_eq!(host_state(&db), before, "the host's server was changed");
     });

@@ -402,36 +402,8 @@ fn restore_trees(
             only: None,
         });
     }
-    let thaw = ThawPlan {
-        snapshot: plan.snap.clone(),
-        trees,
-        databases: vec![],
-        db_jobs: 1,
-        db_with_users: false,
-    };
-    // A failed thaw removes the directories it created. A directory it only put single
-    // files into (the project's own, with everything else in it) is never one of them.
-    let new_dirs: Vec<(PathBuf, bool)> = plan
-        .binds
-        .iter()
-        .filter(|b| b.action == Action::Create)
-        .filter(|b| b.files.is_empty() || b.path.as_ref().is_some_and(|p| !p.exists()))
-        .filter_map(|b| b.path.clone())
-        .map(|p| {
-            let existed = p.exists();
-            (p, existed)
-        })
-        .collect();
-    let new_files: Vec<PathBuf> = plan
-        .binds
-        .iter()
-        .filter(|b| b.action == Action::Create && b.path.as_ref().is_some_and(|p| p.exists()))
-        .flat_map(|b| {
-            let dir = b.path.clone().unwrap_or_default();
-            b.files.iter().map(move |f| dir.join(f))
-        })
-        .collect();
-    let report = crate::ops::thaw(repo, &thaw, track.progress)?;
+    let (new_dirs, new_files) = created_by_binds(plan);
+    let report = thaw_trees(repo, plan, trees, track.progress)?;
     let mut created = track.lock()?;
     created.dirs.extend(new_dirs);
     created.files.extend(new_files);
@@ -480,6 +452,16 @@ fn fill_anonymous(
     if trees.is_empty() {
         return Ok(vec![]);
     }
+    Ok(thaw_trees(repo, plan, trees, progress)?.trees)
+}
+
+/// Restores `trees` of the plan's snapshot (staged, verified, then moved into place).
+fn thaw_trees(
+    repo: &Repository,
+    plan: &SitePlan,
+    trees: Vec<ThawTree>,
+    progress: &Progress,
+) -> Result<crate::ops::ThawReport> {
     let thaw = ThawPlan {
         snapshot: plan.snap.clone(),
         trees,
@@ -487,7 +469,30 @@ fn fill_anonymous(
         db_jobs: 1,
         db_with_users: false,
     };
-    Ok(crate::ops::thaw(repo, &thaw, progress)?.trees)
+    crate::ops::thaw(repo, &thaw, progress)
+}
+
+/// What the bind steps will create, for a failed thaw to remove: directories where there
+/// were none or empty ones (path, an empty one was there), and single files put into a
+/// directory that was there. That directory (the project's own, with everything else
+/// in it) is never one of the first.
+fn created_by_binds(plan: &SitePlan) -> (Vec<(PathBuf, bool)>, Vec<PathBuf>) {
+    let created = plan.binds.iter().filter(|b| b.action == Action::Create);
+    let dirs = created
+        .clone()
+        .filter_map(|b| Some((b, b.path.clone()?)))
+        .filter(|(b, p)| b.files.is_empty() || !p.exists())
+        .map(|(_, p)| {
+            let existed = p.exists();
+            (p, existed)
+        })
+        .collect();
+    let files = created
+        .filter_map(|b| Some((b, b.path.clone()?)))
+        .filter(|(b, p)| !b.files.is_empty() && p.exists())
+        .flat_map(|(b, dir)| b.files.iter().map(move |f| dir.join(f)))
+        .collect();
+    (dirs, files)
 }
 
 /// Step 4: Containers, created (not started) and attached to their networks.
@@ -568,18 +573,7 @@ fn restore_writable_layers(
     if layers.is_empty() {
         return Ok(Vec::new());
     }
-    let r = crate::ops::thaw(
-        repo,
-        &ThawPlan {
-            snapshot: plan.snap.clone(),
-            trees: layers,
-            databases: vec![],
-            db_jobs: 1,
-            db_with_users: false,
-        },
-        progress,
-    )?;
-    Ok(r.trees)
+    Ok(thaw_trees(repo, plan, layers, progress)?.trees)
 }
 
 /// Step 5: Database containers first: started, waited for, loaded with their dumps.

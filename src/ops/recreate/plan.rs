@@ -114,35 +114,11 @@ pub fn plan(
     let SnapshotParts {
         specs,
         trees,
-        mut dumps,
+        dumps,
     } = read_parts(repo, &snap)?;
     let facts = engine_facts(engine)?;
     let arch = &facts.arch;
-    if let Some((spec, _, _)) = specs
-        .iter()
-        .find(|(s, _, _)| !arch.is_empty() && s.platform.architecture != *arch)
-        .filter(|(s, _, _)| !super::retarget::is_retargeted(s, opts))
-    {
-        return Err(Error::conflict(format!(
-            "container {} was frozen on {}; the Docker engine at {} runs {arch}",
-            spec.name, spec.platform.architecture, engine.endpoint.host
-        ))
-        .with_hint("thaw onto a host of the same CPU architecture"));
-    }
-
-    // What is on the engine now.
-    let existing = engine.site_containers(&target)?;
-    if !existing.is_empty() && !opts.replace {
-        return Err(Error::conflict(format!(
-            "site {target} exists on the Docker engine at {} ({})",
-            engine.endpoint.host,
-            existing.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
-        ))
-        .with_hint(
-            "pass --replace to replace it (it is frozen first, as a safety snapshot), or --as NAME to run a copy beside it",
-        ));
-    }
-    let existing: Vec<String> = existing.into_iter().map(|c| c.name).collect();
+    let existing = check_engine(engine, &specs, arch, &target, opts)?;
     let mut plan = SitePlan {
         site: site.clone(),
         snapshot: snap.id.clone(),
@@ -181,9 +157,7 @@ pub fn plan(
         if !engine.is_local() {
             // Filled through the engine as named volumes, as before anonymous ones were
             // told apart.
-            for m in &mut spec.mounts {
-                m.anonymous = false;
-            }
+            spec.mounts.iter_mut().for_each(|m| m.anonymous = false);
         }
         plan_mounts(engine, &mut plan, &spec, &trees, &existing, opts)?;
         if spec.writable_layer.is_some() && !engine.is_local() {
@@ -202,41 +176,12 @@ pub fn plan(
         plan_database(&mut plan, &spec, &dumps)?;
         plan.specs.push((spec, manifest, digest));
     }
-    if !missing.is_empty() {
-        let list: Vec<String> = missing
-            .iter()
-            .map(|(service, image)| format!("{service} ({image})"))
-            .collect();
-        return Err(Error::not_found(format!(
-            "the Docker engine at {} lacks the images of services {}, and snapshot {site}:{} does not hold them",
-            engine.endpoint.host,
-            list.join(", "),
-            snap.id
-        ))
-        .with_hint("freeze the site with --with-images, or build (docker compose build) or pull them on that engine first; nothing was created"));
-    }
+    refuse_missing_images(engine, &plan, &missing)?;
     for (spec, _, _) in &plan.specs {
         check_ports(engine, spec, &existing)?;
     }
     join_order(&mut plan.specs);
-    // In load order: the plan's database steps, each with its dump.
-    let mut ordered = Vec::new();
-    for step in &plan.databases {
-        let i = dumps
-            .iter()
-            .position(|d| d.database() == step.database)
-            .expect("matched above");
-        ordered.push(dumps.remove(i));
-    }
-    if let Some(d) = dumps.first() {
-        return Err(Error::usage(format!(
-            "snapshot {site}:{} holds database {}, which no container of the site serves",
-            snap.id,
-            d.database()
-        ))
-        .with_hint("freeze the site hydrated, or dump that database on its own with --db"));
-    }
-    plan.dumps = ordered;
+    plan.dumps = dumps_in_load_order(&plan, dumps)?;
     let mut checks = facts.checks;
     checks.push(check_space(engine, &plan, &trees, &facts.root)?);
     checks.extend(retargets.checks());
@@ -253,6 +198,92 @@ pub fn plan(
     plan.checks = checks;
     plan.trees = trees;
     Ok(plan)
+}
+
+/// The engine can take the site: the containers' CPU architecture (unless `--image`
+/// moves them), and the target site not there unless `--replace`. Returns the target
+/// site's containers on the engine now.
+fn check_engine(
+    engine: &Engine,
+    specs: &[(ContainerSpec, ImageManifest, Digest)],
+    arch: &str,
+    target: &str,
+    opts: &SiteOptions,
+) -> Result<Vec<String>> {
+    if let Some((spec, _, _)) = specs
+        .iter()
+        .find(|(s, _, _)| !arch.is_empty() && s.platform.architecture != arch)
+        .filter(|(s, _, _)| !super::retarget::is_retargeted(s, opts))
+    {
+        return Err(Error::conflict(format!(
+            "container {} was frozen on {}; the Docker engine at {} runs {arch}",
+            spec.name, spec.platform.architecture, engine.endpoint.host
+        ))
+        .with_hint("thaw onto a host of the same CPU architecture"));
+    }
+    let existing = engine.site_containers(target)?;
+    if !existing.is_empty() && !opts.replace {
+        return Err(Error::conflict(format!(
+            "site {target} exists on the Docker engine at {} ({})",
+            engine.endpoint.host,
+            existing.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+        ))
+        .with_hint(
+            "pass --replace to replace it (it is frozen first, as a safety snapshot), or --as NAME to run a copy beside it",
+        ));
+    }
+    Ok(existing.into_iter().map(|c| c.name).collect())
+}
+
+/// The snapshot's dumps in the order of the plan's database steps; a dump that no
+/// container of the site serves is refused.
+fn dumps_in_load_order(
+    plan: &SitePlan,
+    mut dumps: Vec<crate::db::Dump>,
+) -> Result<Vec<crate::db::Dump>> {
+    let mut ordered = Vec::new();
+    for step in &plan.databases {
+        let i = dumps
+            .iter()
+            .position(|d| d.database() == step.database)
+            .expect("matched above");
+        ordered.push(dumps.remove(i));
+    }
+    if let Some(d) = dumps.first() {
+        return Err(Error::usage(format!(
+            "snapshot {}:{} holds database {}, which no container of the site serves",
+            plan.site,
+            plan.snapshot,
+            d.database()
+        ))
+        .with_hint("freeze the site hydrated, or dump that database on its own with --db"));
+    }
+    Ok(ordered)
+}
+
+/// Refuses a plan whose images (service, image) the engine lacks and the snapshot does
+/// not hold, naming every one: images compose built, of a snapshot frozen without
+/// `--with-images`.
+fn refuse_missing_images(
+    engine: &Engine,
+    plan: &SitePlan,
+    missing: &[(String, String)],
+) -> Result<()> {
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = missing
+        .iter()
+        .map(|(service, image)| format!("{service} ({image})"))
+        .collect();
+    Err(Error::not_found(format!(
+        "the Docker engine at {} lacks the images of services {}, and snapshot {}:{} does not hold them",
+        engine.endpoint.host,
+        list.join(", "),
+        plan.site,
+        plan.snapshot
+    ))
+    .with_hint("freeze the site with --with-images, or build (docker compose build) or pull them on that engine first; nothing was created"))
 }
 
 /// Orders the containers so that each comes after those it needs: the one whose network
@@ -407,50 +438,7 @@ fn plan_mounts(
                 tree: Some(m.tree.clone()).filter(|t| !t.is_empty()),
             });
         } else if m.kind == "volume" {
-            let name = m.name.clone().unwrap_or_default();
-            if plan.volumes.iter().any(|v| v.name == name) {
-                continue;
-            }
-            let action = match engine.inspect_volume(&name) {
-                Ok(v) if local && dir_is_empty(Path::new(&v.mountpoint)) => Action::Reuse,
-                // Through a remote engine a volume is replaced whole, and only when
-                // the containers it belongs to are frozen first.
-                Ok(_) if !local && opts.replace && !existing.is_empty() => Action::Recreate,
-                Ok(_) if !local => {
-                    return Err(Error::conflict(format!(
-                        "volume {name} exists on the Docker engine at {}",
-                        engine.endpoint.host
-                    ))
-                    .with_hint("remove it, or thaw with --as NAME"))
-                }
-                Ok(v) if opts.replace => {
-                    plan.replaced_paths.push((
-                        crate::docker::capture::tree_name("volume", &name),
-                        PathBuf::from(&v.mountpoint),
-                    ));
-                    if m.tree.is_empty() {
-                        Action::Recreate
-                    } else {
-                        Action::Replace
-                    }
-                }
-                Ok(_) => {
-                    return Err(Error::conflict(format!(
-                        "volume {name} exists on the Docker engine at {} and is not empty",
-                        engine.endpoint.host
-                    ))
-                    .with_hint("pass --replace to replace its contents, or thaw with --as NAME"))
-                }
-                Err(e) if e.kind == ErrorKind::NotFound => Action::Create,
-                Err(e) => return Err(e),
-            };
-            plan.volumes.push(Step {
-                name,
-                action,
-                tree: Some(m.tree.clone()).filter(|t| !t.is_empty()),
-                path: None,
-                files: vec![],
-            });
+            plan_volume(engine, plan, m, existing, opts)?;
         } else if m.host {
             // Mounted from the new host as it is: it must have it.
             if local && !Path::new(&m.source).exists() {
@@ -494,6 +482,62 @@ fn plan_mounts(
             });
         }
     }
+    Ok(())
+}
+
+/// A named volume: created, reused when empty, replaced with --replace, else refused.
+fn plan_volume(
+    engine: &Engine,
+    plan: &mut SitePlan,
+    m: &crate::docker::capture::MountSpec,
+    existing: &[String],
+    opts: &SiteOptions,
+) -> Result<()> {
+    let local = engine.is_local();
+    let name = m.name.clone().unwrap_or_default();
+    if plan.volumes.iter().any(|v| v.name == name) {
+        return Ok(());
+    }
+    let action = match engine.inspect_volume(&name) {
+        Ok(v) if local && dir_is_empty(Path::new(&v.mountpoint)) => Action::Reuse,
+        // Through a remote engine a volume is replaced whole, and only when
+        // the containers it belongs to are frozen first.
+        Ok(_) if !local && opts.replace && !existing.is_empty() => Action::Recreate,
+        Ok(_) if !local => {
+            return Err(Error::conflict(format!(
+                "volume {name} exists on the Docker engine at {}",
+                engine.endpoint.host
+            ))
+            .with_hint("remove it, or thaw with --as NAME"))
+        }
+        Ok(v) if opts.replace => {
+            plan.replaced_paths.push((
+                crate::docker::capture::tree_name("volume", &name),
+                PathBuf::from(&v.mountpoint),
+            ));
+            if m.tree.is_empty() {
+                Action::Recreate
+            } else {
+                Action::Replace
+            }
+        }
+        Ok(_) => {
+            return Err(Error::conflict(format!(
+                "volume {name} exists on the Docker engine at {} and is not empty",
+                engine.endpoint.host
+            ))
+            .with_hint("pass --replace to replace its contents, or thaw with --as NAME"))
+        }
+        Err(e) if e.kind == ErrorKind::NotFound => Action::Create,
+        Err(e) => return Err(e),
+    };
+    plan.volumes.push(Step {
+        name,
+        action,
+        tree: Some(m.tree.clone()).filter(|t| !t.is_empty()),
+        path: None,
+        files: vec![],
+    });
     Ok(())
 }
 
