@@ -247,6 +247,12 @@ pub struct ThawArgs {
     /// labels renamed), so a copy runs beside the original.
     #[arg(long = "as", value_name = "NAME")]
     pub rename: Option<String>,
+    /// Docker sites from a compose project: write the project (compose files, `.env`,
+    /// env files, the files it binds) into DIR, with the bind-mounted directories and
+    /// files under it and the paths that named the old directory rewritten, so that
+    /// `docker compose -p NAME up -d` in DIR runs the site against the restored volumes.
+    #[arg(long, value_name = "DIR")]
+    pub project_dir: Option<PathBuf>,
     /// Docker sites: publish a container port on host port NEW where it was OLD;
     /// repeatable.
     #[arg(long, value_name = "OLD=NEW", value_parser = parse_port_map)]
@@ -258,7 +264,7 @@ pub struct ThawArgs {
     /// volume and bind mount into what the same service mounts at the same path, each
     /// database through SQL with the target's own credentials. The target's containers
     /// are stopped for the swap and put back in their state.
-    #[arg(long, value_name = "PROJECT", conflicts_with_all = ["rename", "publish", "into", "tables", "include", "dbs", "images", "env"])]
+    #[arg(long, value_name = "PROJECT", conflicts_with_all = ["rename", "project_dir", "publish", "into", "tables", "include", "dbs", "images", "env"])]
     pub onto: Option<String>,
     /// With --onto: the snapshot's service OLD goes into the target's service NEW;
     /// repeatable.

@@ -28,6 +28,14 @@ pub fn run(ctx: &Ctx, a: ThawArgs) -> Result<i32> {
             tables: a.tables,
         },
         rename: a.rename,
+        project_dir: a
+            .project_dir
+            .map(|d| {
+                std::path::absolute(&d).map_err(|e| {
+                    crate::error::Error::io(format!("--project-dir {}", d.display()), e)
+                })
+            })
+            .transpose()?,
         publish: a.publish,
         onto: a.onto,
         map: a.map,
@@ -294,6 +302,23 @@ pub(super) fn site_plan_text(plan: &SitePlan) -> String {
             b.action,
             b.tree.as_deref().unwrap_or("")
         );
+    }
+    if let Some(p) = &plan.project {
+        match (p.written, p.rewrite.is_empty()) {
+            (true, true) => w!(out, "  project   {} from {}", p.to.display(), p.from),
+            (true, false) => w!(
+                out,
+                "  project   {} from {}; {} rewritten to name it",
+                p.to.display(),
+                p.from,
+                p.rewrite
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            (false, _) => w!(out, "  project   {} left as it is", p.to.display()),
+        }
     }
     for d in &plan.databases {
         w!(

@@ -602,7 +602,14 @@ fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<Ca
                 .map(PathBuf::from),
         );
     }
-    place_files(&mut containers, &mut trees);
+    // The compose project travels when its directory is on this host (a local engine).
+    let project = (local && !skip_file_binds)
+        .then(|| super::project::find(&containers, |m| m.file.as_deref() == Some(FILE_PENDING)))
+        .flatten();
+    place_files(&mut containers, &mut trees, project.as_ref());
+    if let Some(p) = &project {
+        trees.push(p.tree(&containers)?);
+    }
     trees.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(CapturedSite {
         containers,
@@ -928,9 +935,14 @@ fn is_host_file(source: &str) -> bool {
 }
 
 /// Puts each copied file bind in a tree: the bind-mounted directory it lies under, if
-/// the site has one, else a tree of the directory it is in (`files.<dir>`) that holds
-/// just the site's bound files of that directory (everything else excluded).
-fn place_files(containers: &mut [ContainerSpec], trees: &mut Vec<TreeSpec>) {
+/// the site has one, else the compose project's tree if it lies in the project, else a
+/// tree of the directory it is in (`files.<dir>`) that holds just the site's bound files
+/// of that directory (everything else excluded).
+fn place_files(
+    containers: &mut [ContainerSpec],
+    trees: &mut Vec<TreeSpec>,
+    project: Option<&super::project::Project>,
+) {
     for c in containers.iter_mut() {
         for m in c.mounts.iter_mut() {
             if m.file.as_deref() != Some(FILE_PENDING) {
@@ -944,6 +956,11 @@ fn place_files(containers: &mut [ContainerSpec], trees: &mut Vec<TreeSpec>) {
             if let Some(t) = under {
                 let rel = path.strip_prefix(&t.path).expect("checked above");
                 m.tree = t.name.clone();
+                m.file = Some(rel.to_string_lossy().into_owned());
+                continue;
+            }
+            if let Some(rel) = project.and_then(|p| path.strip_prefix(&p.dir).ok()) {
+                m.tree = super::project::PROJECT_TREE.into();
                 m.file = Some(rel.to_string_lossy().into_owned());
                 continue;
             }

@@ -136,6 +136,7 @@ pub fn drill_docker(
         publish: vec![],
         replace: false,
         bind_root: Some(binds.path().to_path_buf()),
+        project_dir: None,
         isolated: true,
         images: opts.images.clone(),
         env: opts.env.clone(),

@@ -37,6 +37,8 @@ pub struct ThawRequest {
     /// Docker sites: `--as NAME` and `--publish OLD=NEW`.
     pub rename: Option<String>,
     pub publish: Vec<(String, String)>,
+    /// Docker sites: `--project-dir DIR`.
+    pub project_dir: Option<PathBuf>,
     /// Docker sites: `--onto PROJECT` and `--map OLD=NEW`: the state loaded into an
     /// existing site's containers.
     pub onto: Option<String>,
@@ -140,6 +142,7 @@ pub fn plan_site_thaw(repo: &Repository, req: ThawRequest) -> Result<SiteThawPla
             publish: req.publish,
             replace: req.replace,
             bind_root: req.into.or(req.host_bind_root),
+            project_dir: req.project_dir,
             isolated: false,
             images: req.images,
             env: req.env,
@@ -164,12 +167,13 @@ pub fn plan_site_thaw(repo: &Repository, req: ThawRequest) -> Result<SiteThawPla
         .with_hint("thaw it on that machine, or here with --into DIR"));
     }
     if req.rename.is_some()
+        || req.project_dir.is_some()
         || !req.publish.is_empty()
         || !req.images.is_empty()
         || !req.env.is_empty()
     {
         return Err(Error::usage(format!(
-            "--as, --publish, --image and --env apply to Docker sites; snapshot {}:{} is a {} snapshot",
+            "--as, --project-dir, --publish, --image and --env apply to Docker sites; snapshot {}:{} is a {} snapshot",
             snapshot.site,
             snapshot.id,
             snapshot.annotation(crate::format::A_MODE)

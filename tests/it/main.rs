@@ -23,6 +23,7 @@ mod monitor;
 mod mount;
 mod podman;
 mod postgres;
+mod project;
 mod retention;
 mod roundtrip;
 mod servers;

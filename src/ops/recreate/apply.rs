@@ -181,6 +181,7 @@ fn apply(
         .ctx(|| "creating a staging directory".into())?;
     let mountpoints = create_volumes(engine, plan, &track, stage.path())?;
     let mut report = restore_trees(repo, engine, plan, &mountpoints, stage.path(), &track)?;
+    rewrite_project(plan)?;
     create_containers(engine, plan, &track)?;
     report
         .trees
@@ -375,9 +376,10 @@ fn restore_trees(
             continue; // mounted twice: restored once
         };
         if let Some(only) = selections.get(&tree) {
-            // Into the directory as it is: only the files are created or replaced.
+            // Into the directory as it is: only the files are created or replaced (also
+            // when it is missing now: a bind directory inside it may be staged there).
             trees.push(ThawTree {
-                replaces: dest.is_dir(),
+                replaces: true,
                 name: tree,
                 source: dest.clone(),
                 dest,
@@ -408,6 +410,44 @@ fn restore_trees(
     created.dirs.extend(new_dirs);
     created.files.extend(new_files);
     Ok(report)
+}
+
+/// Step 3b: A compose project that moved: its compose and env files named the old
+/// directory; they name the new one (only whole paths: `/srv/shop` in `/srv/shop/x`,
+/// never in `/srv/shop2`). Files that are not UTF-8 text are left as they are.
+fn rewrite_project(plan: &SitePlan) -> Result<()> {
+    let Some(p) = plan.project.as_ref().filter(|p| p.written) else {
+        return Ok(());
+    };
+    let to = p.to.display().to_string();
+    for f in &p.rewrite {
+        let Ok(text) = std::fs::read_to_string(f) else {
+            continue;
+        };
+        let new = replace_path(&text, &p.from, &to);
+        if new != text {
+            std::fs::write(f, new).ctx(|| format!("rewriting {}", f.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// `text` with every whole-path occurrence of `from` replaced by `to`.
+fn replace_path(text: &str, from: &str, to: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(from) {
+        let after = &rest[i + from.len()..];
+        let whole = !after
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        out.push_str(&rest[..i]);
+        out.push_str(if whole { to } else { from });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Step 4b: Each created container's new anonymous volumes, filled from their trees (a
@@ -1129,7 +1169,16 @@ fn undo(engine: &Engine, created: &Created) {
 
 #[cfg(test)]
 mod tests {
-    use super::rename;
+    use super::{rename, replace_path};
+
+    #[test]
+    fn project_paths_are_replaced_whole() {
+        let text = "a: /srv/shop/x\nb: /srv/shop\nc: /srv/shop2/y\nd: /srv/shop.bak\n";
+        assert_eq!(
+            replace_path(text, "/srv/shop", "/new/dir"),
+            "a: /new/dir/x\nb: /new/dir\nc: /srv/shop2/y\nd: /srv/shop.bak\n"
+        );
+    }
 
     #[test]
     fn renames_follow_compose_prefixes() {

@@ -33,6 +33,9 @@ pub struct SiteOptions {
     pub replace: bool,
     /// `--into DIR`: bind-mounted directories are restored under DIR.
     pub bind_root: Option<PathBuf>,
+    /// `--project-dir DIR`: the compose project (and the bind sources inside it) goes
+    /// into DIR.
+    pub project_dir: Option<PathBuf>,
     /// A restore drill: no published ports, no restart policy.
     pub isolated: bool,
     /// `--image SERVICE=IMAGE`: those containers recreated from another image.
@@ -62,6 +65,9 @@ pub struct SitePlan {
     pub volumes: Vec<Step>,
     /// Bind-mounted directories: tree, destination.
     pub binds: Vec<Step>,
+    /// The compose project, when the snapshot holds one (SPEC.md §13.5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<ProjectStep>,
     /// Anonymous volumes: each container gets a new one, filled once it is created.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub anonymous: Vec<AnonStep>,
@@ -105,6 +111,21 @@ pub struct Step {
     /// entries of it that are created or replaced.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<String>,
+}
+
+/// The compose project's directory.
+#[derive(Debug, Serialize)]
+pub struct ProjectStep {
+    /// Where it was at freeze time.
+    pub from: String,
+    /// Where it goes (the containers' compose labels name it).
+    pub to: PathBuf,
+    /// Written from the snapshot's tree `project`; false: left as it is (it is there,
+    /// or the engine is remote).
+    pub written: bool,
+    /// Compose and env files whose text names `from`: rewritten to name `to`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rewrite: Vec<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::docker::capture::{ContainerSpec, CONFIG_KEY};
+use crate::docker::project::{label_paths, rebase, PATH_LABELS, PROJECT_TREE};
 use crate::docker::{Engine, COMPOSE_PROJECT, SITE_LABEL};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::*;
@@ -130,6 +131,7 @@ pub fn plan(
         networks: vec![],
         volumes: vec![],
         binds: vec![],
+        project: None,
         anonymous: vec![],
         containers: vec![],
         checks: vec![],
@@ -140,6 +142,10 @@ pub fn plan(
         snap: snap.clone(),
         network_specs: BTreeMap::new(),
     };
+    let project_from = specs
+        .iter()
+        .find_map(|(s, _, _)| label_paths(&s.config["Labels"]))
+        .map(|(dir, _)| dir);
     let mut retargets = super::retarget::Retargets::new(opts, &specs)?;
     // Images the engine lacks and the snapshot does not hold: every one is named.
     let mut missing: Vec<(String, String)> = Vec::new();
@@ -176,6 +182,7 @@ pub fn plan(
         plan_database(&mut plan, &spec, &dumps)?;
         plan.specs.push((spec, manifest, digest));
     }
+    plan_project(engine, &mut plan, &trees, project_from, opts)?;
     refuse_missing_images(engine, &plan, &missing)?;
     for (spec, _, _) in &plan.specs {
         check_ports(engine, spec, &existing)?;
@@ -561,7 +568,7 @@ fn plan_file(
         ))
         .with_hint("thaw with freezer on the engine's own host, through its unix socket"));
     }
-    if !m.tree.starts_with("files.") {
+    if !m.tree.starts_with("files.") && m.tree != PROJECT_TREE {
         return Ok(()); // restored with its directory's own step
     }
     let dir = PathBuf::from(m.tree_root());
@@ -727,6 +734,18 @@ fn ports(host_config: &Value) -> Vec<String> {
 
 /// Applies `--as`, `--publish` and `--into` to a captured container.
 fn rename_spec(spec: &mut ContainerSpec, old: &str, new: &str, opts: &SiteOptions) {
+    let project = project_move(spec, old, new, opts);
+    if let (Some((from, to)), Some(labels)) = (&project, spec.config["Labels"].as_object_mut()) {
+        for key in PATH_LABELS {
+            if let Some(Value::String(v)) = labels.get_mut(key) {
+                *v = v
+                    .split(',')
+                    .map(|p| rebase(p, from, to).unwrap_or_else(|| p.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(",");
+            }
+        }
+    }
     spec.name = rename(&spec.name, old, new);
     for key in [SITE_LABEL, COMPOSE_PROJECT] {
         if let Some(v) = spec.config["Labels"].get_mut(key) {
@@ -777,10 +796,13 @@ fn rename_spec(spec: &mut ContainerSpec, old: &str, new: &str, opts: &SiteOption
             // The new host's own file (`/etc/localtime`, a socket), never renamed.
         } else {
             // A file bind moves with the directory its tree stands for.
+            // What lies in the compose project moves with it; the rest as before.
             let root = m.tree_root().to_string();
-            let moved = match &opts.bind_root {
-                Some(r) => r.join(root.trim_start_matches('/')).display().to_string(),
-                None => rename_path(&root, old, new),
+            let in_project = project.as_ref().and_then(|(f, t)| rebase(&root, f, t));
+            let moved = match (in_project, &opts.bind_root) {
+                (Some(p), _) => p,
+                (None, Some(r)) => r.join(root.trim_start_matches('/')).display().to_string(),
+                (None, None) => rename_path(&root, old, new),
             };
             m.source = match &m.file {
                 Some(rel) => format!("{}/{rel}", moved.trim_end_matches('/')),
@@ -804,4 +826,124 @@ fn rename_spec(spec: &mut ContainerSpec, old: &str, new: &str, opts: &SiteOption
             }
         }
     }
+}
+
+/// Where the compose project of `spec` goes, as (from, to): `--project-dir`, else under
+/// `--into`, else renamed with the site as bind directories are. None: it stays.
+fn project_move(
+    spec: &ContainerSpec,
+    old: &str,
+    new: &str,
+    opts: &SiteOptions,
+) -> Option<(String, String)> {
+    let (from, _) = label_paths(&spec.config["Labels"])?;
+    let to = match (&opts.project_dir, &opts.bind_root) {
+        (Some(d), _) => d.display().to_string(),
+        (None, Some(r)) => r.join(from.trim_start_matches('/')).display().to_string(),
+        (None, None) if old != new => rename_path(&from, old, new),
+        (None, None) => return None,
+    };
+    Some((from, to.trim_end_matches('/').to_string()))
+}
+
+/// The compose project (tree `project`, SPEC.md §13.5): written where the project goes,
+/// with the single files it binds; the bind-mounted directories inside it come with
+/// their own steps. A project that moves needs its directory empty (or --replace); one
+/// that stays is written only where it is missing, else left as it is. Through a remote
+/// engine it is not written (its directory is on the other host).
+fn plan_project(
+    engine: &Engine,
+    plan: &mut SitePlan,
+    trees: &HashMap<String, TreePlan>,
+    from: Option<String>,
+    opts: &SiteOptions,
+) -> Result<()> {
+    let (Some(tree), Some(from)) = (trees.get(PROJECT_TREE), from) else {
+        if opts.project_dir.is_some() {
+            return Err(Error::usage(format!(
+                "--project-dir: snapshot {}:{} holds no compose project (its containers carry no compose labels, or it was frozen through a remote engine or before projects were kept)",
+                plan.site, plan.snapshot
+            )));
+        }
+        return Ok(());
+    };
+    let Some((to, files)) = plan
+        .specs
+        .iter()
+        .find_map(|(s, _, _)| label_paths(&s.config["Labels"]))
+    else {
+        return Ok(());
+    };
+    let to_path = PathBuf::from(&to);
+    let moved = from != to;
+    let mut step = ProjectStep {
+        from: from.clone(),
+        to: to_path.clone(),
+        written: false,
+        rewrite: vec![],
+    };
+    if !engine.is_local() {
+        if opts.project_dir.is_some() {
+            return Err(Error::usage(format!(
+                "--project-dir writes the compose project on this host; the engine at {} is remote",
+                engine.endpoint.host
+            ))
+            .with_hint("thaw with freezer on the engine's own host, through its unix socket"));
+        }
+        plan.project = Some(step);
+        return Ok(());
+    }
+    let empty = dir_is_empty(&to_path);
+    let action = match (empty, moved, opts.replace) {
+        (true, _, _) => Action::Create,
+        (false, false, false) => {
+            plan.project = Some(step); // where it is already: left as it is
+            return Ok(());
+        }
+        (false, _, true) => Action::Replace,
+        (false, true, false) => {
+            return Err(Error::conflict(format!(
+                "{to} (where the compose project goes) exists and is not empty"
+            ))
+            .with_hint("pass --project-dir with an empty or new directory, or --replace"));
+        }
+    };
+    let mut entries = Vec::new();
+    let mut r = tree.entries()?;
+    while let Some(e) = r.next_entry()? {
+        if e.path != b"." {
+            entries.push(String::from_utf8_lossy(&e.path).into_owned());
+        }
+    }
+    match plan
+        .binds
+        .iter_mut()
+        .find(|b| b.path.as_ref() == Some(&to_path) && b.tree.as_deref() == Some(PROJECT_TREE))
+    {
+        Some(b) => {
+            b.files = entries;
+            if action == Action::Replace {
+                b.action = Action::Replace;
+            }
+        }
+        None => plan.binds.push(Step {
+            name: PROJECT_TREE.into(),
+            action,
+            tree: Some(PROJECT_TREE.into()),
+            path: Some(to_path),
+            files: entries,
+        }),
+    }
+    if moved {
+        step.rewrite = files
+            .iter()
+            .map(PathBuf::from)
+            .filter(|f| f.starts_with(&to))
+            .collect();
+        step.rewrite.sort();
+        step.rewrite.dedup();
+    }
+    step.written = true;
+    plan.project = Some(step);
+    Ok(())
 }

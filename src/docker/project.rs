@@ -1,0 +1,279 @@
+//! The compose project a site was started from: its compose files, `.env`, env files,
+//! the files its binds and secrets name, and the small files beside them (build
+//! contexts), frozen as the tree [`PROJECT_TREE`] so that a new host can run compose on
+//! the same project (SPEC.md §13.5).
+//!
+//! What is kept: every file the labels or mounts name (any size), and the other files
+//! of the project directory up to [`FILE_LIMIT`] each, [`TOTAL_LIMIT`] and
+//! [`ENTRY_LIMIT`] in all, walked in name order. Left out: `.git`, directories the
+//! containers bind-mount (trees of their own), and whatever is over the limits; each is
+//! an exclusion rule of the tree, so `freeze --dry-run` lists them.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::capture::{ContainerSpec, MountSpec};
+use crate::error::{IoContext, Result};
+use crate::tree::exclude::{escape_pattern, Excludes};
+use crate::tree::TreeSpec;
+
+/// The snapshot tree holding the project.
+pub const PROJECT_TREE: &str = "project";
+/// Compose's labels on every container of a project.
+pub const WORKING_DIR: &str = "com.docker.compose.project.working_dir";
+pub const CONFIG_FILES: &str = "com.docker.compose.project.config_files";
+pub const ENVIRONMENT_FILE: &str = "com.docker.compose.project.environment_file";
+/// The labels that name paths of the project (rewritten when it moves).
+pub const PATH_LABELS: [&str; 3] = [WORKING_DIR, CONFIG_FILES, ENVIRONMENT_FILE];
+
+/// Files of the project directory not named by compose are kept up to this size each...
+pub const FILE_LIMIT: u64 = 1 << 20;
+/// ... and this much in all...
+pub const TOTAL_LIMIT: u64 = 16 << 20;
+/// ... and this many entries walked.
+pub const ENTRY_LIMIT: usize = 10_000;
+
+/// A compose project on this host.
+#[derive(Debug, Clone)]
+pub struct Project {
+    /// Its working directory (label `…project.working_dir`).
+    pub dir: PathBuf,
+    /// The files it names, relative to `dir`: compose files, env files, `.env`, the
+    /// sources of single-file binds and secrets inside `dir`.
+    pub named: Vec<PathBuf>,
+}
+
+/// The paths a container's compose labels name: its working directory, then the compose
+/// files and environment files (comma-separated lists).
+pub fn label_paths(labels: &Value) -> Option<(String, Vec<String>)> {
+    let dir = labels[WORKING_DIR]
+        .as_str()
+        .filter(|d| d.starts_with('/'))?;
+    let files = [CONFIG_FILES, ENVIRONMENT_FILE]
+        .iter()
+        .filter_map(|k| labels[k].as_str())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(|f| match f.starts_with('/') {
+            true => f.to_string(),
+            false => format!("{}/{f}", dir.trim_end_matches('/')),
+        })
+        .collect();
+    Some((dir.trim_end_matches('/').to_string(), files))
+}
+
+/// `path` moved from under `from` to under `to`; None when it is not under `from`.
+pub fn rebase(path: &str, from: &str, to: &str) -> Option<String> {
+    let rest = path.strip_prefix(from)?;
+    if !rest.is_empty() && !rest.starts_with('/') {
+        return None;
+    }
+    Some(format!("{}{rest}", to.trim_end_matches('/')))
+}
+
+/// The compose project of a site's containers, read on this host. None when they carry
+/// no compose labels, the directory is not here, or a bind-mounted directory holds it
+/// (then that bind's tree already carries the project).
+pub fn find(
+    containers: &[ContainerSpec],
+    is_pending_file: impl Fn(&MountSpec) -> bool,
+) -> Option<Project> {
+    let (dir, files) = containers
+        .iter()
+        .find_map(|c| label_paths(&c.config["Labels"]))?;
+    let dir = PathBuf::from(dir);
+    if !dir.is_dir() {
+        return None;
+    }
+    let binds = bind_dirs(containers);
+    if binds.iter().any(|b| dir.starts_with(b)) {
+        return None;
+    }
+    let mut named: Vec<PathBuf> = files
+        .iter()
+        .map(PathBuf::from)
+        .chain(std::iter::once(dir.join(".env")))
+        .chain(
+            containers
+                .iter()
+                .flat_map(|c| &c.mounts)
+                .filter(|m| is_pending_file(m))
+                .map(|m| PathBuf::from(&m.source)),
+        )
+        .filter(|p| !binds.iter().any(|b| p.starts_with(b)))
+        .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()))
+        .filter_map(|p| p.strip_prefix(&dir).ok().map(Path::to_path_buf))
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
+    named.sort();
+    named.dedup();
+    Some(Project { dir, named })
+}
+
+/// The directories the containers bind-mount (each a tree of its own).
+fn bind_dirs(containers: &[ContainerSpec]) -> Vec<PathBuf> {
+    containers
+        .iter()
+        .flat_map(|c| &c.mounts)
+        .filter(|m| m.kind == "bind" && m.file.is_none() && !m.host)
+        .map(|m| PathBuf::from(&m.source))
+        .collect()
+}
+
+impl Project {
+    /// The tree that freezes it: the project directory with exclusion rules for what is
+    /// left out (see the module's documentation).
+    pub fn tree(&self, containers: &[ContainerSpec]) -> Result<TreeSpec> {
+        let skip: Vec<PathBuf> = bind_dirs(containers)
+            .into_iter()
+            .filter_map(|b| b.strip_prefix(&self.dir).ok().map(Path::to_path_buf))
+            .collect();
+        let mut walk = Walk {
+            named: &self.named,
+            skip: &skip,
+            total: 0,
+            entries: 0,
+            patterns: Vec::new(),
+        };
+        walk.dir(&self.dir, Path::new(""))?;
+        Ok(TreeSpec {
+            name: PROJECT_TREE.into(),
+            path: self.dir.clone(),
+            excludes: Excludes {
+                patterns: walk.patterns,
+                ..Default::default()
+            },
+        })
+    }
+}
+
+struct Walk<'a> {
+    named: &'a [PathBuf],
+    skip: &'a [PathBuf],
+    total: u64,
+    entries: usize,
+    patterns: Vec<String>,
+}
+
+impl Walk<'_> {
+    fn dir(&mut self, root: &Path, rel: &Path) -> Result<()> {
+        let dir = root.join(rel);
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .ctx(|| format!("reading the compose project directory {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        names.sort();
+        for name in names {
+            let r = rel.join(&name);
+            let pattern = anchored(&r);
+            if r == Path::new(".git") || self.skip.contains(&r) {
+                self.patterns.push(pattern);
+                continue;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(root.join(&r)) else {
+                continue;
+            };
+            self.entries += 1;
+            let within = self.entries <= ENTRY_LIMIT && self.total < TOTAL_LIMIT;
+            if meta.is_dir() {
+                // Over the limits only what holds a named file is walked; the rest of
+                // it (and any bind directory inside, a tree of its own) is left out.
+                if within || self.named.iter().any(|f| f.starts_with(&r)) {
+                    self.dir(root, &r)?;
+                } else {
+                    self.patterns.push(pattern);
+                }
+            } else if self.named.contains(&r) {
+                // Kept whatever its size.
+            } else {
+                let size = if meta.is_file() { meta.len() } else { 0 };
+                if within && size <= FILE_LIMIT && self.total + size <= TOTAL_LIMIT {
+                    self.total += size;
+                } else {
+                    self.patterns.push(pattern);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The gitignore pattern that matches exactly `rel` below the tree's root.
+fn anchored(rel: &Path) -> String {
+    let parts: Vec<String> = rel
+        .iter()
+        .map(|c| escape_pattern(&c.to_string_lossy()))
+        .collect();
+    format!("/{}", parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_move_only_from_under_the_project() {
+        assert_eq!(
+            rebase("/srv/shop/a.yml", "/srv/shop", "/new/dir").as_deref(),
+            Some("/new/dir/a.yml")
+        );
+        assert_eq!(
+            rebase("/srv/shop", "/srv/shop", "/new/dir/").as_deref(),
+            Some("/new/dir")
+        );
+        assert_eq!(rebase("/srv/shop2/a.yml", "/srv/shop", "/new"), None);
+        assert_eq!(rebase("/etc/x", "/srv/shop", "/new"), None);
+    }
+
+    #[test]
+    fn labels_name_the_project_files() {
+        let labels = serde_json::json!({
+            WORKING_DIR: "/srv/shop",
+            CONFIG_FILES: "/srv/shop/docker-compose.yml,override.yml",
+            ENVIRONMENT_FILE: "/srv/shop/.env",
+        });
+        let (dir, files) = label_paths(&labels).unwrap();
+        assert_eq!(dir, "/srv/shop");
+        assert_eq!(
+            files,
+            [
+                "/srv/shop/docker-compose.yml",
+                "/srv/shop/override.yml",
+                "/srv/shop/.env"
+            ]
+        );
+        assert!(label_paths(&serde_json::json!({ WORKING_DIR: "rel" })).is_none());
+    }
+
+    #[test]
+    fn the_walk_keeps_named_files_and_small_ones_and_leaves_out_the_rest() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::create_dir_all(p.join(".git")).unwrap();
+        std::fs::create_dir_all(p.join("html")).unwrap();
+        std::fs::create_dir_all(p.join("web")).unwrap();
+        std::fs::write(p.join("docker-compose.yml"), "services: {}\n").unwrap();
+        std::fs::write(p.join("web/Dockerfile"), "FROM x\n").unwrap();
+        let big = vec![0u8; (FILE_LIMIT + 1) as usize];
+        std::fs::write(p.join("dump.sql"), &big).unwrap();
+        std::fs::write(p.join("big.ini"), &big).unwrap();
+        let project = Project {
+            dir: p.to_path_buf(),
+            named: vec![
+                PathBuf::from("big.ini"),
+                PathBuf::from("docker-compose.yml"),
+            ],
+        };
+        let mut walk = Walk {
+            named: &project.named,
+            skip: &[PathBuf::from("html")],
+            total: 0,
+            entries: 0,
+            patterns: Vec::new(),
+        };
+        walk.dir(p, Path::new("")).unwrap();
+        assert_eq!(walk.patterns, ["/.git", "/dump.sql", "/html"]);
+    }
+}
