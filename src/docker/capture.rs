@@ -603,12 +603,22 @@ fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<Ca
         );
     }
     // The compose project travels when its directory is on this host (a local engine).
-    let project = (local && !skip_file_binds)
-        .then(|| super::project::find(&containers, |m| m.file.as_deref() == Some(FILE_PENDING)))
-        .flatten();
+    let mounts = || containers.iter().flat_map(|c| &c.mounts);
+    let binds: Vec<PathBuf> = mounts()
+        .filter(|m| m.kind == "bind" && m.file.is_none() && !m.host)
+        .map(|m| PathBuf::from(&m.source))
+        .collect();
+    let files: Vec<PathBuf> = mounts()
+        .filter(|m| m.file.as_deref() == Some(FILE_PENDING))
+        .map(|m| PathBuf::from(&m.source))
+        .collect();
+    let project = containers
+        .iter()
+        .filter(|_| local && !skip_file_binds)
+        .find_map(|c| super::project::find(&c.config["Labels"], &binds, &files));
     place_files(&mut containers, &mut trees, project.as_ref());
     if let Some(p) = &project {
-        trees.push(p.tree(&containers)?);
+        trees.push(p.tree(&binds)?);
     }
     trees.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(CapturedSite {

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::capture::{ContainerSpec, MountSpec};
 use crate::error::{IoContext, Result};
 use crate::tree::exclude::{escape_pattern, Excludes};
 use crate::tree::TreeSpec;
@@ -73,35 +72,21 @@ pub fn rebase(path: &str, from: &str, to: &str) -> Option<String> {
     Some(format!("{}{rest}", to.trim_end_matches('/')))
 }
 
-/// The compose project of a site's containers, read on this host. None when they carry
-/// no compose labels, the directory is not here, or a bind-mounted directory holds it
-/// (then that bind's tree already carries the project).
-pub fn find(
-    containers: &[ContainerSpec],
-    is_pending_file: impl Fn(&MountSpec) -> bool,
-) -> Option<Project> {
-    let (dir, files) = containers
-        .iter()
-        .find_map(|c| label_paths(&c.config["Labels"]))?;
+/// The compose project named by `labels` (a container's), read on this host. `binds`:
+/// the directories the site's containers bind-mount; `files`: the sources of their
+/// single-file binds. None when the labels name no project, its directory is not here,
+/// or a bind-mounted directory holds it (then that bind's tree already carries it).
+pub fn find(labels: &Value, binds: &[PathBuf], files: &[PathBuf]) -> Option<Project> {
+    let (dir, named) = label_paths(labels)?;
     let dir = PathBuf::from(dir);
-    if !dir.is_dir() {
+    if !dir.is_dir() || binds.iter().any(|b| dir.starts_with(b)) {
         return None;
     }
-    let binds = bind_dirs(containers);
-    if binds.iter().any(|b| dir.starts_with(b)) {
-        return None;
-    }
-    let mut named: Vec<PathBuf> = files
+    let mut named: Vec<PathBuf> = named
         .iter()
         .map(PathBuf::from)
         .chain(std::iter::once(dir.join(".env")))
-        .chain(
-            containers
-                .iter()
-                .flat_map(|c| &c.mounts)
-                .filter(|m| is_pending_file(m))
-                .map(|m| PathBuf::from(&m.source)),
-        )
+        .chain(files.iter().cloned())
         .filter(|p| !binds.iter().any(|b| p.starts_with(b)))
         .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()))
         .filter_map(|p| p.strip_prefix(&dir).ok().map(Path::to_path_buf))
@@ -112,22 +97,12 @@ pub fn find(
     Some(Project { dir, named })
 }
 
-/// The directories the containers bind-mount (each a tree of its own).
-fn bind_dirs(containers: &[ContainerSpec]) -> Vec<PathBuf> {
-    containers
-        .iter()
-        .flat_map(|c| &c.mounts)
-        .filter(|m| m.kind == "bind" && m.file.is_none() && !m.host)
-        .map(|m| PathBuf::from(&m.source))
-        .collect()
-}
-
 impl Project {
     /// The tree that freezes it: the project directory with exclusion rules for what is
-    /// left out (see the module's documentation).
-    pub fn tree(&self, containers: &[ContainerSpec]) -> Result<TreeSpec> {
-        let skip: Vec<PathBuf> = bind_dirs(containers)
-            .into_iter()
+    /// left out (see the module's documentation); `binds` as for [`find`].
+    pub fn tree(&self, binds: &[PathBuf]) -> Result<TreeSpec> {
+        let skip: Vec<PathBuf> = binds
+            .iter()
             .filter_map(|b| b.strip_prefix(&self.dir).ok().map(Path::to_path_buf))
             .collect();
         let mut walk = Walk {
