@@ -947,3 +947,68 @@ fn plan_project(
     plan.project = Some(step);
     Ok(())
 }
+
+#[cfg(test)]
+mod project_tests {
+    use super::*;
+
+    fn fixture() -> ContainerSpec {
+        serde_json::from_str(include_str!("../../../formats/v1/container-config.json")).unwrap()
+    }
+
+    fn source<'a>(spec: &'a ContainerSpec, destination: &str) -> &'a str {
+        let m = spec.mounts.iter().find(|m| m.destination == destination);
+        &m.unwrap().source
+    }
+
+    /// SPEC.md §13.4: what lies in the compose project moves with it, with compose's
+    /// labels; what lies outside follows the rules for bind directories.
+    #[test]
+    fn binds_inside_the_project_move_with_it_and_its_labels_name_it() {
+        let mut spec = fixture();
+        let opts = SiteOptions {
+            project_dir: Some(PathBuf::from("/new/shop/")),
+            ..Default::default()
+        };
+        rename_spec(&mut spec, "fx", "fx", &opts);
+        let labels = &spec.config["Labels"];
+        assert_eq!(
+            labels["com.docker.compose.project.working_dir"],
+            "/new/shop"
+        );
+        assert_eq!(
+            labels["com.docker.compose.project.config_files"],
+            "compose.yaml"
+        );
+        assert_eq!(
+            source(&spec, "/run/secrets/db-password"),
+            "/new/shop/db-password.txt"
+        );
+        assert_eq!(
+            source(&spec, "/usr/local/etc/php/conf.d/uploads.ini"),
+            "/new/shop/conf/php/uploads.ini"
+        );
+        // Outside the project: where it was, as for a thaw under the same name.
+        assert_eq!(
+            source(&spec, "/usr/local/etc/php/conf.d/extra.ini"),
+            "/srv/shared/php-extra.ini"
+        );
+
+        let mut spec = fixture();
+        rename_spec(&mut spec, "fx", "copy", &SiteOptions::default());
+        let labels = &spec.config["Labels"];
+        assert_eq!(
+            labels["com.docker.compose.project.working_dir"],
+            "/srv/copy"
+        );
+        assert_eq!(labels["com.docker.compose.project"], "copy");
+        assert_eq!(
+            source(&spec, "/run/secrets/db-password"),
+            "/srv/copy/db-password.txt"
+        );
+        assert_eq!(
+            source(&spec, "/usr/local/etc/php/conf.d/extra.ini"),
+            "/srv/shared.copy/php-extra.ini"
+        );
+    }
+}
