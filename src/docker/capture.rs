@@ -372,18 +372,23 @@ impl CapturedSite {
     pub fn pull_mirrors(&self, engine: &Engine) -> Result<()> {
         let site = self;
         for t in &site.trees {
-            let (spec, id) = site
+            let mounts: Vec<(&ContainerSpec, &String, &MountSpec)> = site
                 .containers
                 .iter()
                 .zip(&site.ids)
-                .find(|(c, _)| c.mounts.iter().any(|m| m.tree == t.name))
-                .expect("every tree comes from a mount");
-            let m = spec
-                .mounts
-                .iter()
-                .find(|m| m.tree == t.name)
-                .expect("found above");
-            super::remote::pull(engine, id, &spec.name, &m.destination, &t.path).map_err(|e| {
+                .flat_map(|(c, id)| c.mounts.iter().map(move |m| (c, id, m)))
+                .filter(|(_, _, m)| m.tree == t.name)
+                .collect();
+            let (spec, id, m) = mounts[0];
+            let copied = match &m.file {
+                // A directory's files, each through a container that mounts it.
+                Some(_) => mounts.iter().try_for_each(|(spec, id, m)| {
+                    let file = t.path.join(m.file.as_deref().unwrap_or_default());
+                    super::remote::pull_file(engine, id, &spec.name, &m.destination, &file)
+                }),
+                None => super::remote::pull(engine, id, &spec.name, &m.destination, &t.path),
+            };
+            copied.map_err(|e| {
                 crate::error::prefix(
                     e,
                     &format!("copying {} of container {}", m.destination, spec.name),
@@ -616,7 +621,8 @@ fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<Ca
         .iter()
         .filter(|_| local && !skip_file_binds)
         .find_map(|c| super::project::find(&c.config["Labels"], &binds, &files));
-    place_files(&mut containers, &mut trees, project.as_ref());
+    let mirror_of = (!local).then_some(engine.endpoint.host.as_str());
+    place_files(&mut containers, &mut trees, project.as_ref(), mirror_of)?;
     if let Some(p) = &project {
         trees.push(p.tree(&binds)?);
     }
@@ -884,8 +890,7 @@ fn add_tree(
 /// A bind mount of something other than a directory, as a mount to record (None: a
 /// directory, copied as a tree). A file of the project (a config file, a compose
 /// secret) is copied once [`place_files`] gives it a tree; a file of the host's system,
-/// a socket or a device is mounted again from the new host as it is. Through a remote
-/// engine, refused for now.
+/// a socket or a device is mounted again from the new host as it is.
 fn file_bind(
     engine: &Engine,
     container: &str,
@@ -894,19 +899,19 @@ fn file_bind(
     path: &Path,
     read_only: bool,
 ) -> Result<Option<MountSpec>> {
-    if !engine.is_local() {
+    // Through a remote engine the file is seen through the container (and read through
+    // it: see `CapturedSite::pull_mirrors`).
+    let copied = if engine.is_local() {
+        let Some(meta) = std::fs::metadata(path).ok().filter(|m| !m.is_dir()) else {
+            return Ok(None);
+        };
+        meta.is_file() && !is_host_file(source)
+    } else {
         if super::remote::is_dir(engine, container, destination)? {
             return Ok(None);
         }
-        return Err(Error::usage(format!(
-            "container {container} mounts the file {source} at {destination}; single-file bind mounts of a site on a remote engine are not copied yet"
-        ))
-        .with_hint("freeze the site with freezer on the engine's own host, through its unix socket"));
-    }
-    let Some(meta) = std::fs::metadata(path).ok().filter(|m| !m.is_dir()) else {
-        return Ok(None);
+        !is_host_file(source)
     };
-    let copied = meta.is_file() && !is_host_file(source);
     Ok(Some(MountSpec {
         kind: "bind".into(),
         name: None,
@@ -952,16 +957,20 @@ fn place_files(
     containers: &mut [ContainerSpec],
     trees: &mut Vec<TreeSpec>,
     project: Option<&super::project::Project>,
-) {
+    mirror_of: Option<&str>,
+) -> Result<()> {
     for c in containers.iter_mut() {
         for m in c.mounts.iter_mut() {
             if m.file.as_deref() != Some(FILE_PENDING) {
                 continue;
             }
             let path = Path::new(&m.source);
+            // (Through a remote engine the trees are mirrors: each file gets a tree of
+            // its directory's files.)
             let under = trees
                 .iter()
-                .filter(|t| t.name.starts_with("bind.") && path.starts_with(&t.path))
+                .filter(|t| mirror_of.is_none() && t.name.starts_with("bind."))
+                .filter(|t| path.starts_with(&t.path))
                 .max_by_key(|t| t.path.as_os_str().len());
             if let Some(t) = under {
                 let rel = path.strip_prefix(&t.path).expect("checked above");
@@ -980,11 +989,19 @@ fn place_files(
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let tree = tree_name("files", dir.to_string_lossy().trim_start_matches('/'));
+            let path = match mirror_of {
+                Some(host) => {
+                    let m = super::remote::mirror_path(host, &dir.to_string_lossy(), &tree);
+                    std::fs::create_dir_all(&m).ctx(|| format!("creating {}", m.display()))?;
+                    m
+                }
+                None => dir.to_path_buf(),
+            };
             match trees.iter_mut().find(|t| t.name == tree) {
                 Some(t) => t.excludes.keep_file(&name),
                 None => trees.push(TreeSpec {
                     name: tree.clone(),
-                    path: dir.to_path_buf(),
+                    path,
                     excludes: crate::tree::exclude::Excludes::only_files([name.as_str()]),
                 }),
             }
@@ -992,6 +1009,7 @@ fn place_files(
             m.file = Some(name);
         }
     }
+    Ok(())
 }
 
 /// A tree name (`[A-Za-z0-9._-]{1,63}`) for a volume or bind source; long or unusual

@@ -30,6 +30,43 @@ pub fn mirror_path(engine_host: &str, source: &str, tree: &str) -> PathBuf {
 
 pub(super) fn pull(engine: &Engine, id: &str, name: &str, dest: &str, mirror: &Path) -> Result<()> {
     fs::create_dir_all(mirror).ctx(|| format!("creating {}", mirror.display()))?;
+    let tmp = download(engine, id, name, dest)?;
+    sync(tmp, mirror)
+}
+
+/// Brings the mirror `file` of the single file a container mounts at `dest` up to date
+/// (the other files of its mirror directory are not touched).
+pub(super) fn pull_file(
+    engine: &Engine,
+    id: &str,
+    name: &str,
+    dest: &str,
+    file: &Path,
+) -> Result<()> {
+    let parent = file.parent().expect("a file in a mirror directory");
+    fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+    let tmp = download(engine, id, name, dest)?;
+    let mut archive = tar::Archive::new(tmp);
+    let mut entries = archive
+        .entries()
+        .ctx(|| format!("reading {dest} of container {name}"))?;
+    let mut entry = match entries.next() {
+        Some(e) => e.ctx(|| format!("reading {dest} of container {name}"))?,
+        None => return Err(Error::other(format!("{dest} of container {name} is empty"))),
+    };
+    if !matches!(
+        entry.header().entry_type(),
+        tar::EntryType::Regular | tar::EntryType::Continuous
+    ) {
+        return Err(Error::usage(format!(
+            "container {name} mounts {dest}, which is neither a directory nor a regular file"
+        )));
+    }
+    mirror_file(&mut entry, file, crate::sys::is_root())
+}
+
+/// The archive of `dest` in container `id`, in a temporary file.
+fn download(engine: &Engine, id: &str, name: &str, dest: &str) -> Result<fs::File> {
     let mut tmp = tempfile::tempfile().ctx(|| "creating a temporary file".into())?;
     engine.block_on(async {
         use futures::StreamExt;
@@ -51,7 +88,7 @@ pub(super) fn pull(engine: &Engine, id: &str, name: &str, dest: &str, mirror: &P
     })?;
     use std::io::Seek;
     tmp.rewind().ctx(|| "reading a temporary file".into())?;
-    sync(tmp, mirror)
+    Ok(tmp)
 }
 
 /// Makes `mirror` equal to the tar stream (whose entries sit under one top directory, as
@@ -94,37 +131,7 @@ fn sync(tar: impl Read, mirror: &Path) -> Result<()> {
                 dirs.push((dst, mode, uid, gid, mtime));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let same = existing.as_ref().is_some_and(|m| {
-                    m.is_file()
-                        && m.len() == h.size().unwrap_or(u64::MAX)
-                        && m.mtime() == mtime
-                        && m.mode() & 0o7777 == mode
-                        && (!root_owner || (m.uid() as u64 == uid && m.gid() as u64 == gid))
-                });
-                if same {
-                    continue;
-                }
-                remove_any(&dst)?;
-                let parent = dst.parent().expect("below the mirror");
-                let mut t = tempfile::NamedTempFile::new_in(parent)
-                    .ctx(|| format!("creating a file in {}", parent.display()))?;
-                std::io::copy(&mut entry, t.as_file_mut())
-                    .ctx(|| format!("writing {}", dst.display()))?;
-                let f = t.as_file();
-                f.set_permissions(fs::Permissions::from_mode(mode))
-                    .ctx(|| format!("setting the mode of {}", dst.display()))?;
-                if root_owner {
-                    std::os::unix::fs::fchown(f, Some(uid as u32), Some(gid as u32))
-                        .ctx(|| format!("setting the owner of {}", dst.display()))?;
-                }
-                filetime::set_file_handle_times(
-                    f,
-                    None,
-                    Some(filetime::FileTime::from_unix_time(mtime, 0)),
-                )
-                .ctx(|| format!("setting the mtime of {}", dst.display()))?;
-                t.persist(&dst)
-                    .map_err(|e| Error::io(format!("writing {}", dst.display()), e.error))?;
+                mirror_file(&mut entry, &dst, root_owner)?;
             }
             tar::EntryType::Symlink => {
                 let target = entry
@@ -185,6 +192,42 @@ fn sync(tar: impl Read, mirror: &Path) -> Result<()> {
                 .ctx(|| format!("setting the mtime of {}", dir.display()))?;
         }
     }
+    Ok(())
+}
+
+/// Makes the file `dst` equal to the archive's regular file `entry` (contents, mode,
+/// owner when running as root, mtime), rewriting it only when they differ.
+fn mirror_file<R: Read>(entry: &mut tar::Entry<R>, dst: &Path, root_owner: bool) -> Result<()> {
+    let h = entry.header();
+    let mode = h.mode().unwrap_or(0o644) & 0o7777;
+    let (uid, gid) = (h.uid().unwrap_or(0), h.gid().unwrap_or(0));
+    let mtime = h.mtime().unwrap_or(0) as i64;
+    let same = fs::symlink_metadata(dst).is_ok_and(|m| {
+        m.is_file()
+            && m.len() == h.size().unwrap_or(u64::MAX)
+            && m.mtime() == mtime
+            && m.mode() & 0o7777 == mode
+            && (!root_owner || (m.uid() as u64 == uid && m.gid() as u64 == gid))
+    });
+    if same {
+        return Ok(());
+    }
+    remove_any(dst)?;
+    let parent = dst.parent().expect("below the mirror");
+    let mut t = tempfile::NamedTempFile::new_in(parent)
+        .ctx(|| format!("creating a file in {}", parent.display()))?;
+    std::io::copy(entry, t.as_file_mut()).ctx(|| format!("writing {}", dst.display()))?;
+    let f = t.as_file();
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .ctx(|| format!("setting the mode of {}", dst.display()))?;
+    if root_owner {
+        std::os::unix::fs::fchown(f, Some(uid as u32), Some(gid as u32))
+            .ctx(|| format!("setting the owner of {}", dst.display()))?;
+    }
+    filetime::set_file_handle_times(f, None, Some(filetime::FileTime::from_unix_time(mtime, 0)))
+        .ctx(|| format!("setting the mtime of {}", dst.display()))?;
+    t.persist(dst)
+        .map_err(|e| Error::io(format!("writing {}", dst.display()), e.error))?;
     Ok(())
 }
 
@@ -330,18 +373,28 @@ pub fn is_dir(engine: &Engine, container: &str, dest: &str) -> Result<bool> {
 
 /// Writes `dir` into a volume or directory on the engine's machine through a helper
 /// container of `image` that mounts it (`mount`, an Engine API mount of Type volume or
-/// bind) writable at /freezer-restore. With `clear`, what is there is deleted first: the
-/// helper runs `sh -c 'rm -rf …'`, which the image must have. The helper is removed.
+/// bind) writable at /freezer-restore. A bind is given as a `Binds` string, as the
+/// containers get it: the engine creates a missing directory on its host (a `Mounts`
+/// bind would refuse it). With `clear`, what is there is deleted first: the
+/// helper runs `sh -c 'rm -rf …'`, which the image must have. The helper is removed, with
+/// the anonymous volumes its image gave it.
 pub fn write_through_helper(
     engine: &Engine,
     image: &str,
-    mut mount: serde_json::Value,
+    mount: serde_json::Value,
     dir: &Path,
     clear: bool,
 ) -> Result<()> {
     const AT: &str = "/freezer-restore";
+    let mut mount = mount;
     mount["Target"] = AT.into();
     mount["ReadOnly"] = false.into();
+    let host_config = match mount["Type"].as_str() {
+        Some("bind") => serde_json::json!({
+            "Binds": [format!("{}:{AT}", mount["Source"].as_str().unwrap_or_default())]
+        }),
+        _ => serde_json::json!({ "Mounts": [mount] }),
+    };
     let mut b = [0u8; 4];
     rand::Rng::fill(&mut rand::thread_rng(), &mut b);
     let helper = format!("freezer-restore-{}", hex::encode(b));
@@ -350,7 +403,7 @@ pub fn write_through_helper(
         "User": "0",
         "Entrypoint": ["sh", "-c"],
         "Cmd": [format!("rm -rf {AT}/..?* {AT}/.[!.]* {AT}/*")],
-        "HostConfig": {"Mounts": [mount]},
+        "HostConfig": host_config,
     }))
     .map_err(|e| Error::other(format!("a helper container: {e}")))?;
     let name = helper.clone();
@@ -376,7 +429,7 @@ pub fn write_through_helper(
         }
         push(engine, &helper, AT, dir)
     })();
-    let _ = engine.remove_container(&helper);
+    let _ = engine.remove_container_and_volumes(&helper);
     result
 }
 

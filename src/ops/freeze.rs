@@ -251,11 +251,7 @@ pub fn freeze_before_replace(
     progress: &Progress,
 ) -> Result<String> {
     let engine = crate::docker::Engine::connect_to(engine)?;
-    // A remote engine's single-file binds are not copied yet (nor replaced by a thaw).
-    let captured = match engine.is_local() {
-        true => crate::docker::capture::capture(&engine, target),
-        false => crate::docker::capture::capture_dirs(&engine, target),
-    };
+    let captured = crate::docker::capture::capture(&engine, target);
     let plan = match captured {
         Ok(captured) => {
             let trees = captured.trees.clone();

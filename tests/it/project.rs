@@ -258,6 +258,16 @@ fn a_compose_project_travels_to_another_engine_and_compose_runs_it_there() {
         &["freeze", &name, "--repo", &repo.url, "--with-images"],
     ));
 
+    // A restore drill of it passes when its front page comes through the proxy.
+    let probe = "proxy=wget -q -O - http://127.0.0.1/cgi-bin/index | grep -q 'Database: up'";
+    ok(&freezer_on(
+        &a,
+        &["drill", &name, "--repo", &repo.url, "--probe", probe],
+    ));
+    let bad = "proxy=wget -q -O - http://127.0.0.1/cgi-bin/index | grep -q 'Database: down'";
+    let out = freezer_on(&a, &["drill", &name, "--repo", &repo.url, "--probe", bad]);
+    assert!(!out.status.success(), "a failing probe fails the drill");
+
     // The project is in the snapshot: what compose needs, not the bind directory.
     let ls = freezer_on(&a, &["ls", &name, "--repo", &repo.url, "project"]);
     ok(&ls);
@@ -501,4 +511,89 @@ fn a_dehydrated_copy_of_a_compose_project_is_the_same_shop_and_compose_removes_a
         assert!(!out.status.success(), "volume {v} of the copy is left");
     }
     let _ = std::fs::remove_dir_all(&copy_dir);
+}
+
+#[test]
+fn a_thaw_through_tcp_with_tls_gives_the_same_shop_as_through_the_unix_socket() {
+    let (a, b) = (host_a(), host_b());
+    let tcp = std::env::var("FREEZER_TEST_DOCKER_HOST_B_TCP").expect("set by scripts/services");
+    let certs = std::env::var("FREEZER_TEST_DOCKER_CERTS_B").expect("set by scripts/services");
+    let repo = TestRepo::local().init();
+    let name = unique("shopt");
+    let shop = seeded(&a, &name);
+    let want = expected(&shop);
+    ok(&freezer_on(
+        &a,
+        &["freeze", &name, "--repo", &repo.url, "--with-images"],
+    ));
+    let through: [(&str, Vec<(&str, &str)>); 2] = [
+        ("the unix socket", vec![("DOCKER_HOST", b.as_str())]),
+        (
+            "tcp with tls",
+            vec![
+                ("DOCKER_HOST", tcp.as_str()),
+                ("DOCKER_TLS_VERIFY", "1"),
+                ("DOCKER_CERT_PATH", certs.as_str()),
+            ],
+        ),
+    ];
+    let mut copies = Vec::new();
+    for (how, env) in through {
+        let copy_name = unique("shopc");
+        let port = free_port();
+        let publish = format!("{}={port}", shop.port);
+        let out = freezer_env(
+            &[
+                "thaw",
+                &name,
+                "--repo",
+                &repo.url,
+                "--as",
+                &copy_name,
+                "--publish",
+                &publish,
+            ],
+            &env,
+        );
+        let copy = Shop::made(&b, &copy_name, &shop.dir.with_file_name(&copy_name), port);
+        ok(&out);
+        assert_eq!(facts(&copy), want, "the copy thawed through {how}");
+        copies.push(copy);
+    }
+    // Frozen through the remote engine (its secret and configuration files read through
+    // the containers), the copy thaws again as the same shop.
+    let remote = &copies[1];
+    let tls = [
+        ("DOCKER_TLS_VERIFY", "1"),
+        ("DOCKER_CERT_PATH", certs.as_str()),
+    ];
+    let env = [[("DOCKER_HOST", tcp.as_str())].as_slice(), &tls].concat();
+    ok(&freezer_env(
+        &["freeze", &remote.name, "--repo", &repo.url],
+        &env,
+    ));
+    let again = unique("shopr");
+    let port = free_port();
+    let publish = format!("{}={port}", remote.port);
+    let out = freezer_on(
+        &b,
+        &[
+            "thaw",
+            &remote.name,
+            "--repo",
+            &repo.url,
+            "--as",
+            &again,
+            "--publish",
+            &publish,
+        ],
+    );
+    let dir = remote.dir.with_file_name(&again);
+    let copy = Shop::made(&b, &again, &dir, port);
+    ok(&out);
+    assert_eq!(
+        facts(&copy),
+        want,
+        "the copy of the copy frozen through tcp"
+    );
 }

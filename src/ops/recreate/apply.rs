@@ -182,12 +182,20 @@ fn apply(
     let mountpoints = create_volumes(engine, plan, &track, stage.path())?;
     let mut report = restore_trees(repo, engine, plan, &mountpoints, stage.path(), &track)?;
     rewrite_project(plan)?;
+    let written = match engine.is_local() {
+        true => vec![],
+        false => write_files_first(engine, plan, &mut report.trees, progress)?,
+    };
     create_containers(engine, plan, &track)?;
     report
         .trees
         .extend(fill_anonymous(repo, engine, plan, progress)?);
     if !engine.is_local() {
-        for t in &mut report.trees {
+        for t in report
+            .trees
+            .iter_mut()
+            .filter(|t| !written.contains(&t.name))
+        {
             progress.set_label(format!("writing {} through the engine", t.name));
             t.dest = match writer(plan, &t.name) {
                 Some((container, dest)) => {
@@ -746,7 +754,7 @@ fn writer(plan: &SitePlan, tree: &str) -> Option<(String, String)> {
 }
 
 /// Writes a tree that every container mounts read-only: through a helper container of
-/// the same image that mounts it writable, created (never started) and removed again.
+/// the same image that mounts it writable (see [`crate::docker::remote::write_through_helper`]).
 fn push_through_helper(
     engine: &Engine,
     plan: &SitePlan,
@@ -758,33 +766,50 @@ fn push_through_helper(
         .iter()
         .find_map(|(s, _, _)| s.mounts.iter().find(|m| m.tree == tree).map(|m| (s, m)))
         .expect("a planned tree is mounted");
-    let mut b = [0u8; 4];
-    rand::Rng::fill(&mut rand::thread_rng(), &mut b);
-    let helper = format!("freezer-restore-{}", hex::encode(b));
     let mount = match m.kind.as_str() {
-        "volume" => json!({"Type": "volume", "Source": m.name, "Target": "/freezer-restore"}),
-        _ => json!({"Type": "bind", "Source": m.source, "Target": "/freezer-restore"}),
+        "volume" => json!({"Type": "volume", "Source": m.name}),
+        _ => json!({"Type": "bind", "Source": m.source}),
     };
-    let body: ContainerCreateBody = serde_json::from_value(json!({
-        "Image": spec.image,
-        "Cmd": ["true"],
-        "Entrypoint": [],
-        "HostConfig": {"Mounts": [mount]},
-    }))
-    .map_err(|e| Error::other(format!("a helper container: {e}")))?;
-    let name = helper.clone();
-    engine.call("creating a helper container", |d| async move {
-        d.create_container(
-            Some(CreateContainerOptionsBuilder::new().name(&name).build()),
-            body,
-        )
-        .await
-    })?;
-    let result = crate::docker::remote::push(engine, &helper, "/freezer-restore", dir);
-    let name = helper.clone();
-    let _ = engine.remove_container(&name);
-    result?;
+    crate::docker::remote::write_through_helper(engine, &spec.image, mount, dir, false)?;
     Ok(PathBuf::from(format!("{}:{}", spec.name, m.destination)))
+}
+
+/// Through a remote engine, the single files containers bind must be on the engine's
+/// host before those containers are created (the engine would make a missing bind
+/// source a directory): each tree of files goes into its directory there, through a
+/// helper container of an image that mounts one of them. Returns the trees written.
+fn write_files_first(
+    engine: &Engine,
+    plan: &SitePlan,
+    trees: &mut [crate::ops::ThawTreeReport],
+    progress: &Progress,
+) -> Result<Vec<String>> {
+    let mut written = Vec::new();
+    for step in plan.binds.iter().filter(|b| !b.files.is_empty()) {
+        let (Some(tree), Some(dir)) = (&step.tree, &step.path) else {
+            continue;
+        };
+        let Some(t) = trees.iter_mut().find(|t| &t.name == tree) else {
+            continue;
+        };
+        let (spec, _, _) = plan
+            .specs
+            .iter()
+            .find(|(s, _, _)| s.mounts.iter().any(|m| &m.tree == tree))
+            .expect("a planned tree is mounted");
+        progress.set_label(format!("writing {tree} through the engine"));
+        let mount = json!({"Type": "bind", "Source": dir.display().to_string()});
+        crate::docker::remote::write_through_helper(engine, &spec.image, mount, &t.dest, false)
+            .map_err(|e| {
+                crate::error::prefix(
+                    e,
+                    &format!("writing {} on the engine's host", dir.display()),
+                )
+            })?;
+        t.dest = PathBuf::from(format!("{}:{}", engine.endpoint.host, dir.display()));
+        written.push(tree.clone());
+    }
+    Ok(written)
 }
 
 /// The container's address on its first network and its hostname, as the engine has

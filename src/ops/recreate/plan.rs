@@ -551,8 +551,8 @@ fn plan_volume(
 /// A bind mount of a single file. A file inside a bind-mounted directory of the site
 /// comes back with that directory. Otherwise its tree (`files.<dir>`) is restored into
 /// the directory the file goes to, with only the site's files in it replaced: the
-/// directory's other contents are never touched. A file that exists and differs from
-/// nothing we know is replaced only with --replace.
+/// directory's other contents are never touched. A file that exists is replaced only
+/// with --replace (through a remote engine, where freezer cannot look, it is replaced).
 fn plan_file(
     plan: &mut SitePlan,
     spec: &ContainerSpec,
@@ -561,19 +561,16 @@ fn plan_file(
     local: bool,
     opts: &SiteOptions,
 ) -> Result<()> {
-    if !local {
-        return Err(Error::usage(format!(
-            "container {} mounts the file {} at {}; single-file bind mounts are not restored through a remote engine yet",
-            spec.name, m.source, m.destination
-        ))
-        .with_hint("thaw with freezer on the engine's own host, through its unix socket"));
-    }
     if !m.tree.starts_with("files.") && m.tree != PROJECT_TREE {
         return Ok(()); // restored with its directory's own step
     }
     let dir = PathBuf::from(m.tree_root());
     let file = PathBuf::from(&m.source);
-    let action = if !file.exists() {
+    let action = if !local {
+        // Written on the engine's host through a helper container, before the
+        // containers that mount it are created; an existing file there is replaced.
+        Action::Write
+    } else if !file.exists() {
         Action::Create
     } else if opts.replace {
         plan.replaced_paths.push((m.tree.clone(), file.clone()));
