@@ -161,6 +161,8 @@ impl Drop for Shop {
 #[derive(Debug, PartialEq)]
 struct Facts {
     page: String,
+    /// The front page as a real browser renders it (headless Chromium).
+    rendered: String,
     prices_type: String,
     rows: String,
     secret_in_db: Vec<u8>,
@@ -179,6 +181,7 @@ fn facts(shop: &Shop) -> Facts {
     };
     Facts {
         page: shop.wait_serving(),
+        rendered: browse(shop.port, "/cgi-bin/index"),
         prices_type: shop.exec(
             "web",
             "wget -S -q -O /dev/null http://127.0.0.1/static/today.prices 2>&1 | grep -i content-type",
@@ -214,6 +217,24 @@ fn expected(shop: &Shop) -> Facts {
         "the proxy reaches the web service only: {want:?}"
     );
     want
+}
+
+/// The page at `path` as headless Chromium renders it (its DOM), from this host.
+fn browse(port: u16, path: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("running chromium (installed by scripts/services)");
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && dom.contains("<h1 id=\"title\">Corner Shop</h1>"),
+        "chromium rendered: {dom}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dom
 }
 
 /// The shop with orders in its database and a file in its uploads volume.
