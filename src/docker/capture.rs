@@ -607,7 +607,26 @@ fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<Ca
                 .map(PathBuf::from),
         );
     }
-    // The compose project travels when its directory is on this host (a local engine).
+    add_project_and_files(engine, &mut containers, &mut trees, skip_file_binds)?;
+    Ok(CapturedSite {
+        containers,
+        ids,
+        trees,
+        addresses,
+        upper_dirs,
+        healthy,
+    })
+}
+
+/// The trees of the site's single files and, when its directory is on this host (a
+/// local engine), of its compose project; `trees` sorted by name after.
+fn add_project_and_files(
+    engine: &Engine,
+    containers: &mut [ContainerSpec],
+    trees: &mut Vec<TreeSpec>,
+    skip_file_binds: bool,
+) -> Result<()> {
+    let local = engine.is_local();
     let mounts = || containers.iter().flat_map(|c| &c.mounts);
     let binds: Vec<PathBuf> = mounts()
         .filter(|m| m.kind == "bind" && m.file.is_none() && !m.host)
@@ -622,19 +641,12 @@ fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<Ca
         .filter(|_| local && !skip_file_binds)
         .find_map(|c| super::project::find(&c.config["Labels"], &binds, &files));
     let mirror_of = (!local).then_some(engine.endpoint.host.as_str());
-    place_files(&mut containers, &mut trees, project.as_ref(), mirror_of)?;
+    place_files(containers, trees, project.as_ref(), mirror_of)?;
     if let Some(p) = &project {
         trees.push(p.tree(&binds)?);
     }
     trees.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(CapturedSite {
-        containers,
-        ids,
-        trees,
-        addresses,
-        upper_dirs,
-        healthy,
-    })
+    Ok(())
 }
 
 /// The health check of a container that is healthy now.
@@ -1330,6 +1342,54 @@ struct Held {
     stopped: bool,
 }
 
+/// Registers the interrupt cleanup that resumes what `held` lists (or, when the engine
+/// cannot be reached, says what to resume by hand); returns its id.
+fn resume_on_interrupt(engine: &Engine, held: Arc<Mutex<Vec<Held>>>) -> u64 {
+    let endpoint = engine.endpoint.clone();
+    let cli = engine.flavor.cli();
+    crate::interrupt::on_interrupt(Box::new(move || {
+        // Held throughout: the main thread is not pausing or resuming meanwhile.
+        let mut list = held.lock().unwrap_or_else(|e| e.into_inner());
+        if list.is_empty() {
+            return;
+        }
+        let Ok(engine) = Engine::connect_to(&endpoint) else {
+            eprintln!("freezer: could not reach the Docker engine to resume the site; resume these containers by hand:");
+            for h in list.iter() {
+                let how = if h.stopped { "start" } else { "unpause" };
+                eprintln!("freezer:   {} ({cli} {how})", h.name);
+            }
+            return;
+        };
+        for e in release(&engine, &list) {
+            eprintln!("freezer: {e}");
+        }
+        let names: Vec<&str> = list.iter().map(|h| h.name.as_str()).collect();
+        eprintln!("freezer: resumed {}", names.join(", "));
+        list.clear();
+    }))
+}
+
+/// Pauses one container, or with `stop` stops it (with its own stop timeout).
+fn hold_one(engine: &Engine, spec: &ContainerSpec, id: &str, stop: bool) -> Result<()> {
+    let (cid, name) = (id.to_string(), spec.name.clone());
+    if stop {
+        let timeout = spec.config["StopTimeout"].as_i64().unwrap_or(10) as i32;
+        engine.call(&format!("stopping container {name}"), |d| async move {
+            d.stop_container(
+                &cid,
+                Some(StopContainerOptionsBuilder::new().t(timeout).build()),
+            )
+            .await
+        })?;
+    } else {
+        engine.call(&format!("pausing container {name}"), |d| async move {
+            d.pause_container(&cid).await
+        })?;
+    }
+    Ok(())
+}
+
 /// Pauses (or with `stop`, stops) every running container of the site, runs `copy`, and
 /// returns every container to the state it had, also when `copy` fails or the run is
 /// interrupted (SIGINT/SIGTERM).
@@ -1341,32 +1401,7 @@ pub fn hold<T>(
     copy: impl FnOnce() -> Result<T>,
 ) -> Result<(T, WindowReport)> {
     let held: Arc<Mutex<Vec<Held>>> = Arc::default();
-    let cleanup = {
-        let held = held.clone();
-        let endpoint = engine.endpoint.clone();
-        let cli = engine.flavor.cli();
-        crate::interrupt::on_interrupt(Box::new(move || {
-            // Held throughout: the main thread is not pausing or resuming meanwhile.
-            let mut list = held.lock().unwrap_or_else(|e| e.into_inner());
-            if list.is_empty() {
-                return;
-            }
-            let Ok(engine) = Engine::connect_to(&endpoint) else {
-                eprintln!("freezer: could not reach the Docker engine to resume the site; resume these containers by hand:");
-                for h in list.iter() {
-                    let how = if h.stopped { "start" } else { "unpause" };
-                    eprintln!("freezer:   {} ({cli} {how})", h.name);
-                }
-                return;
-            };
-            for e in release(&engine, &list) {
-                eprintln!("freezer: {e}");
-            }
-            let names: Vec<&str> = list.iter().map(|h| h.name.as_str()).collect();
-            eprintln!("freezer: resumed {}", names.join(", "));
-            list.clear();
-        }))
-    };
+    let cleanup = resume_on_interrupt(engine, held.clone());
     let started = Instant::now();
     // Not even SIGKILL may leave the site paused: a watchdog process resumes what is
     // still held if this one dies (see guard.rs).
@@ -1383,27 +1418,13 @@ pub fn hold<T>(
             // so no container is paused after the cleanup has resumed the others.
             let mut list = held.lock().unwrap_or_else(|e| e.into_inner());
             cancel.check(|| format!("pausing container {}", spec.name))?;
-            let (cid, name) = (id.clone(), spec.name.clone());
-            if stop {
-                let timeout = spec.config["StopTimeout"].as_i64().unwrap_or(10) as i32;
-                engine.call(&format!("stopping container {name}"), |d| async move {
-                    d.stop_container(
-                        &cid,
-                        Some(StopContainerOptionsBuilder::new().t(timeout).build()),
-                    )
-                    .await
-                })?;
-            } else {
-                engine.call(&format!("pausing container {name}"), |d| async move {
-                    d.pause_container(&cid).await
-                })?;
-            }
+            hold_one(engine, spec, id, stop)?;
             if let Some(g) = guard.as_mut() {
-                g.held(id, &name, stop)?;
+                g.held(id, &spec.name, stop)?;
             }
             list.push(Held {
                 id: id.clone(),
-                name,
+                name: spec.name.clone(),
                 stopped: stop,
             });
         }

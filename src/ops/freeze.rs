@@ -567,6 +567,84 @@ fn read_parent(repo: &Repository, plan: &FreezePlan, warnings: &mut Vec<String>)
 }
 
 /// The freeze itself, under the lock, between the hooks.
+/// The snapshot's record: its manifests and the annotations that describe it.
+fn snapshot_record(
+    plan: &FreezePlan,
+    manifests: Vec<Descriptor>,
+    created: SystemTime,
+) -> ImageIndex {
+    let mut record = ImageIndex {
+        schema_version: 2,
+        media_type: MT_INDEX.into(),
+        manifests,
+        annotations: Annotations::new(),
+    };
+    let mut nonce = [0u8; 8];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut nonce);
+    let a = &mut record.annotations;
+    a.insert(A_FORMAT.into(), REPO_FORMAT_VERSION.to_string());
+    a.insert(A_SITE.into(), plan.site.clone());
+    a.insert(A_MODE.into(), plan.mode().as_str().into());
+    a.insert(A_HOST.into(), hostname());
+    a.insert(A_CREATED.into(), rfc3339(created));
+    a.insert(A_NONCE.into(), hex::encode(nonce));
+    if let Some(p) = &plan.parent {
+        a.insert(A_PARENT.into(), p.clone());
+    }
+    record
+}
+
+/// A Docker site: the containers' images first (outside the window), then the volumes
+/// while the site is held still (a remote engine's mirrored here first, inside it).
+fn freeze_docker(
+    repo: &Repository,
+    plan: &FreezePlan,
+    d: &DockerFreeze,
+    (prev, parent_containers): (&HashMap<PathBuf, PrevTree>, &[ImageManifest]),
+    progress: &Progress,
+    warnings: &mut Vec<String>,
+    manifests: &mut Vec<Descriptor>,
+) -> Result<(
+    Vec<TreeReport>,
+    Option<crate::docker::capture::WindowReport>,
+)> {
+    progress.set_label("storing container configurations".to_string());
+    let mut known = KnownImages::default();
+    for m in parent_containers {
+        if let Ok(k) = KnownImages::read(repo, m) {
+            known.extend(k);
+        }
+    }
+    for spec in &d.site.containers {
+        manifests.push(
+            store_container(repo, &d.engine, spec, d.with_images, &mut known)
+                .map_err(|e| prefix(e, &format!("storing container {}", spec.name)))?,
+        );
+    }
+    let pull = || -> Result<()> {
+        if !d.engine.is_local() {
+            progress.set_label("copying the volumes through the engine".to_string());
+            d.site.pull_mirrors(&d.engine)?;
+        }
+        Ok(())
+    };
+    if !d.hold {
+        pull()?;
+        return Ok((
+            freeze_trees(repo, plan, prev, progress, warnings, manifests)?,
+            None,
+        ));
+    }
+    let mut tree_manifests = Vec::new();
+    let (trees, w) =
+        crate::docker::capture::hold(&d.engine, &d.site, d.stop, progress.cancel(), || {
+            pull()?;
+            freeze_trees(repo, plan, prev, progress, warnings, &mut tree_manifests)
+        })?;
+    manifests.extend(tree_manifests);
+    Ok((trees, Some(w)))
+}
+
 fn freeze_locked(
     repo: &Repository,
     plan: &FreezePlan,
@@ -585,58 +663,20 @@ fn freeze_locked(
     // A Docker site: the containers' images first (outside the window), then the volumes
     // while the site is held still.
     let mut manifests = Vec::new();
-    let mut window = None;
-    let trees = match &plan.docker {
-        None => freeze_trees(repo, plan, &prev, progress, &mut warnings, &mut manifests)?,
-        Some(d) => {
-            progress.set_label("storing container configurations".to_string());
-            let mut known = KnownImages::default();
-            for m in &parent_containers {
-                if let Ok(k) = KnownImages::read(repo, m) {
-                    known.extend(k);
-                }
-            }
-            for spec in &d.site.containers {
-                manifests.push(
-                    store_container(repo, &d.engine, spec, d.with_images, &mut known)
-                        .map_err(|e| prefix(e, &format!("storing container {}", spec.name)))?,
-                );
-            }
-            // A remote engine's volumes are mirrored here first (inside the window).
-            let pull = || -> Result<()> {
-                if !d.engine.is_local() {
-                    progress.set_label("copying the volumes through the engine".to_string());
-                    d.site.pull_mirrors(&d.engine)?;
-                }
-                Ok(())
-            };
-            if d.hold {
-                let mut tree_manifests = Vec::new();
-                let (trees, w) = crate::docker::capture::hold(
-                    &d.engine,
-                    &d.site,
-                    d.stop,
-                    progress.cancel(),
-                    || {
-                        pull()?;
-                        freeze_trees(
-                            repo,
-                            plan,
-                            &prev,
-                            progress,
-                            &mut warnings,
-                            &mut tree_manifests,
-                        )
-                    },
-                )?;
-                manifests.extend(tree_manifests);
-                window = Some(w);
-                trees
-            } else {
-                pull()?;
-                freeze_trees(repo, plan, &prev, progress, &mut warnings, &mut manifests)?
-            }
-        }
+    let (trees, mut window) = match &plan.docker {
+        None => (
+            freeze_trees(repo, plan, &prev, progress, &mut warnings, &mut manifests)?,
+            None,
+        ),
+        Some(d) => freeze_docker(
+            repo,
+            plan,
+            d,
+            (&prev, &parent_containers),
+            progress,
+            &mut warnings,
+            &mut manifests,
+        )?,
     };
 
     let databases = dump_databases(
@@ -648,25 +688,8 @@ fn freeze_locked(
         &mut manifests,
     )?;
 
-    let mut record = ImageIndex {
-        schema_version: 2,
-        media_type: MT_INDEX.into(),
-        manifests,
-        annotations: Annotations::new(),
-    };
-    let mut nonce = [0u8; 8];
-    rand::Rng::fill(&mut rand::thread_rng(), &mut nonce);
-    let a = &mut record.annotations;
-    a.insert(A_FORMAT.into(), REPO_FORMAT_VERSION.to_string());
-    a.insert(A_SITE.into(), plan.site.clone());
     let mode = plan.mode();
-    a.insert(A_MODE.into(), mode.as_str().into());
-    a.insert(A_HOST.into(), hostname());
-    a.insert(A_CREATED.into(), rfc3339(created));
-    a.insert(A_NONCE.into(), hex::encode(nonce));
-    if let Some(p) = &plan.parent {
-        a.insert(A_PARENT.into(), p.clone());
-    }
+    let record = snapshot_record(plan, manifests, created);
     // Last: the record makes the snapshot visible, and every blob it names exists by now.
     // Not after a signal: an interrupted freeze records nothing.
     progress.check(|| "recording the snapshot".into())?;

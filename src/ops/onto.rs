@@ -152,6 +152,52 @@ impl OntoPlan {
 }
 
 /// Matches the snapshot's services to the target's and checks everything. Changes nothing.
+/// Every service `--map` names exists: OLD in the snapshot (`ours`), NEW in the target
+/// (`theirs`).
+fn check_map(
+    snap: &Snapshot,
+    opts: &OntoOptions,
+    ours: &[String],
+    theirs: &[String],
+) -> Result<()> {
+    for (from, to) in &opts.map {
+        if !ours.contains(from) {
+            return Err(Error::usage(format!(
+                "--map names service {from}, which snapshot {}:{} does not have; its services are {}",
+                snap.site,
+                snap.id,
+                ours.join(", ")
+            )));
+        }
+        if !theirs.contains(to) {
+            return Err(Error::usage(format!(
+                "--map names service {to}, which site {} does not have; its services are {}",
+                opts.project,
+                theirs.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The snapshot's dumps, which `--onto` can load only when they are MySQL/MariaDB ones.
+fn mysql_dumps(snap: &Snapshot, dumps: Vec<crate::db::Dump>) -> Result<Vec<crate::db::DbManifest>> {
+    let mut out = Vec::new();
+    for d in dumps {
+        match d {
+            crate::db::Dump::Mysql(m) => out.push(*m),
+            crate::db::Dump::Postgres(m) => {
+                return Err(Error::usage(format!(
+                    "snapshot {}:{} holds PostgreSQL database {}; --onto loads MySQL and MariaDB dumps only, for now",
+                    snap.site, snap.id, m.database
+                ))
+                .with_hint("thaw the snapshot as a site of its own (--as NAME), or load the database with thaw --db postgres://…"))
+            }
+        }
+    }
+    Ok(out)
+}
+
 pub fn plan(
     repo: &Repository,
     engine: &Engine,
@@ -173,23 +219,7 @@ pub fn plan(
     };
     let ours = services(&mut parts.specs.iter().map(|(s, _, _)| s));
     let theirs = services(&mut captured.containers.iter());
-    for (from, to) in &opts.map {
-        if !ours.contains(from) {
-            return Err(Error::usage(format!(
-                "--map names service {from}, which snapshot {}:{} does not have; its services are {}",
-                snap.site,
-                snap.id,
-                ours.join(", ")
-            )));
-        }
-        if !theirs.contains(to) {
-            return Err(Error::usage(format!(
-                "--map names service {to}, which site {} does not have; its services are {}",
-                opts.project,
-                theirs.join(", ")
-            )));
-        }
-    }
+    check_map(&snap, opts, &ours, &theirs)?;
     let mut plan = OntoPlan {
         site: snap.site.clone(),
         snapshot: snap.id.clone(),
@@ -210,19 +240,7 @@ pub fn plan(
         captured: captured.clone(),
     };
     let mut trees = parts.trees;
-    let mut dumps = Vec::new();
-    for d in parts.dumps {
-        match d {
-            crate::db::Dump::Mysql(m) => dumps.push(*m),
-            crate::db::Dump::Postgres(m) => {
-                return Err(Error::usage(format!(
-                    "snapshot {}:{} holds PostgreSQL database {}; --onto loads MySQL and MariaDB dumps only, for now",
-                    snap.site, snap.id, m.database
-                ))
-                .with_hint("thaw the snapshot as a site of its own (--as NAME), or load the database with thaw --db postgres://…"))
-            }
-        }
-    }
+    let dumps = mysql_dumps(&snap, parts.dumps)?;
     let mut scratch_of = Vec::new();
     for (spec, _, _) in &parts.specs {
         let scratch = plan_service(engine, &mut plan, spec, &dumps, &mut trees, opts, &theirs)?;

@@ -159,6 +159,15 @@ pub fn plan_site_thaw(repo: &Repository, req: ThawRequest) -> Result<SiteThawPla
             hooks: req.hooks,
         });
     }
+    plan_files_thaw(repo, snapshot, req)
+}
+
+/// A thaw of a snapshot of directories and databases (no containers), onto this machine.
+fn plan_files_thaw(
+    repo: &Repository,
+    snapshot: Snapshot,
+    req: ThawRequest,
+) -> Result<SiteThawPlan> {
     if let Some(h) = req.host.filter(|h| h != "local") {
         return Err(Error::usage(format!(
             "snapshot {}:{} holds no containers; only Docker sites thaw onto a host (@{h})",

@@ -120,28 +120,7 @@ pub fn plan(
     let facts = engine_facts(engine)?;
     let arch = &facts.arch;
     let existing = check_engine(engine, &specs, arch, &target, opts)?;
-    let mut plan = SitePlan {
-        site: site.clone(),
-        snapshot: snap.id.clone(),
-        target: target.clone(),
-        engine: engine.endpoint.host.clone(),
-        replaces: existing.clone(),
-        replaced_paths: vec![],
-        images: vec![],
-        networks: vec![],
-        volumes: vec![],
-        binds: vec![],
-        project: None,
-        anonymous: vec![],
-        containers: vec![],
-        checks: vec![],
-        databases: vec![],
-        specs: vec![],
-        dumps: vec![],
-        trees: HashMap::new(),
-        snap: snap.clone(),
-        network_specs: BTreeMap::new(),
-    };
+    let mut plan = empty_plan(&snap, &target, engine, existing.clone());
     let project_from = specs
         .iter()
         .find_map(|(s, _, _)| label_paths(&s.config["Labels"]))
@@ -205,6 +184,32 @@ pub fn plan(
     plan.checks = checks;
     plan.trees = trees;
     Ok(plan)
+}
+
+/// A plan with nothing in it yet: `existing` are the target site's containers now.
+fn empty_plan(snap: &Snapshot, target: &str, engine: &Engine, existing: Vec<String>) -> SitePlan {
+    SitePlan {
+        site: snap.site.clone(),
+        snapshot: snap.id.clone(),
+        target: target.to_string(),
+        engine: engine.endpoint.host.clone(),
+        replaces: existing,
+        replaced_paths: vec![],
+        images: vec![],
+        networks: vec![],
+        volumes: vec![],
+        binds: vec![],
+        project: None,
+        anonymous: vec![],
+        containers: vec![],
+        checks: vec![],
+        databases: vec![],
+        specs: vec![],
+        dumps: vec![],
+        trees: HashMap::new(),
+        snap: snap.clone(),
+        network_specs: BTreeMap::new(),
+    }
 }
 
 /// The engine can take the site: the containers' CPU architecture (unless `--image`
