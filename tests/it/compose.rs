@@ -9,9 +9,18 @@ use crate::hydrated::{address, docker, docker_try, freezer_on, host_a, mariadb_i
 
 /// Removes what a test made on engine `host`: the containers, volumes and network of
 /// each project, also when it failed halfway.
-struct Projects {
+pub struct Projects {
     host: String,
     names: Vec<String>,
+}
+
+impl Projects {
+    pub fn on(host: &str, names: &[&String]) -> Projects {
+        Projects {
+            host: host.to_string(),
+            names: names.iter().map(|n| n.to_string()).collect(),
+        }
+    }
 }
 
 impl Drop for Projects {
@@ -44,10 +53,7 @@ fn a_database_whose_password_is_a_secret_file_is_dumped_and_loaded_back() {
     let name = unique("sec");
     let copy = unique("secc");
     let broken = unique("secb");
-    let _cleanup = Projects {
-        host: a.clone(),
-        names: vec![name.clone(), copy.clone(), broken.clone()],
-    };
+    let _cleanup = Projects::on(&a, &[&name, &copy, &broken]);
     // The project directory: the secret (as `echo pw > file` writes it, with a newline)
     // and the server's configuration.
     let project = tempfile::tempdir().unwrap();
@@ -185,10 +191,7 @@ fn a_hydrated_freeze_leaves_healthy_containers_healthy() {
     let a = host_a();
     let repo = TestRepo::local().init();
     let name = unique("hc");
-    let _cleanup = Projects {
-        host: a.clone(),
-        names: vec![name.clone()],
-    };
+    let _cleanup = Projects::on(&a, &[&name]);
     let label = format!("com.docker.compose.project={name}");
     let image = crate::hydrated::image();
     let health = |c: &str| docker(&a, &["inspect", "-f", "{{.State.Health.Status}}", c]);
@@ -242,10 +245,7 @@ fn single_file_binds_are_frozen_and_come_back_in_place_and_in_a_copy() {
     let repo = TestRepo::local().init();
     let name = unique("fb");
     let copy = unique("fbc");
-    let _cleanup = Projects {
-        host: a.clone(),
-        names: vec![name.clone(), copy.clone()],
-    };
+    let _cleanup = Projects::on(&a, &[&name, &copy]);
     let project = tempfile::tempdir().unwrap();
     let dir = project.path().join("site");
     fs::create_dir_all(dir.join("conf")).unwrap();
@@ -417,10 +417,7 @@ fn a_thaw_onto_an_engine_without_the_built_images_names_the_services() {
     let (a, b) = (host_a(), crate::hydrated::host_b());
     let repo = TestRepo::local().init();
     let name = unique("bi");
-    let _cleanup = Projects {
-        host: a.clone(),
-        names: vec![name.clone()],
-    };
+    let _cleanup = Projects::on(&a, &[&name]);
     let label = format!("com.docker.compose.project={name}");
     let mut images = Vec::new();
     for service in ["web", "worker"] {
@@ -465,10 +462,7 @@ fn compose_settings_survive_a_thaw() {
     let repo = TestRepo::local().init();
     let name = unique("cs");
     let copy = unique("csc");
-    let _cleanup = Projects {
-        host: a.clone(),
-        names: vec![name.clone(), copy.clone()],
-    };
+    let _cleanup = Projects::on(&a, &[&name, &copy]);
     let label = format!("com.docker.compose.project={name}");
     let net = format!("{name}_default");
     docker(&a, &["network", "create", "--label", &label, &net]);
@@ -574,10 +568,7 @@ fn an_anonymous_volume_comes_back_anonymous() {
     let repo = TestRepo::local().init();
     let name = unique("av");
     let copy = unique("avc");
-    let _cleanup = Projects {
-        host: a.clone(),
-        names: vec![name.clone(), copy.clone()],
-    };
+    let _cleanup = Projects::on(&a, &[&name, &copy]);
     let label = format!("com.docker.compose.project={name}");
     let app = format!("{name}-app-1");
     #[rustfmt::skip]
@@ -662,10 +653,7 @@ fn a_service_that_needs_a_healthy_one_starts_after_it() {
     let repo = TestRepo::local().init();
     let name = unique("do");
     let copy = unique("doc");
-    let _cleanup = Projects {
-        host: a.clone(),
-        names: vec![name.clone(), copy.clone()],
-    };
+    let _cleanup = Projects::on(&a, &[&name, &copy]);
     let label = format!("com.docker.compose.project={name}");
     let image = crate::hydrated::image();
     // Named so that the snapshot lists the app first.
@@ -717,10 +705,7 @@ fn a_copy_keeps_which_service_reaches_which() {
     let repo = TestRepo::local().init();
     let name = unique("nw");
     let copy = unique("nwc");
-    let _cleanup = Projects {
-        host: a.clone(),
-        names: vec![name.clone(), copy.clone()],
-    };
+    let _cleanup = Projects::on(&a, &[&name, &copy]);
     let label = format!("com.docker.compose.project={name}");
     for n in ["front", "back"] {
         docker(
@@ -798,14 +783,8 @@ fn a_failed_thaw_removes_the_images_it_loaded() {
     let (a, b) = (host_a(), crate::hydrated::host_b());
     let repo = TestRepo::local().init();
     let name = unique("fi");
-    let _cleanup = Projects {
-        host: a.clone(),
-        names: vec![name.clone()],
-    };
-    let _cleanup_b = Projects {
-        host: b.clone(),
-        names: vec![name.clone()],
-    };
+    let _cleanup = Projects::on(&a, &[&name]);
+    let _cleanup_b = Projects::on(&b, &[&name]);
     // Its database image exists on this engine only, as one compose built would.
     let built = format!("{name}-db");
     docker(&a, &["tag", &mariadb_image(), &built]);

@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use crate::compose::Projects;
 use crate::hydrated::{
     address, docker, docker_try, free_port, freezer_on, host_a, host_b, http_get, sql_at,
 };
@@ -138,23 +139,39 @@ impl Drop for Shop {
         if self.dir.is_dir() {
             let _ = self.compose_try(&["down", "-v", "--remove-orphans"]);
         }
-        let filter = format!("label=com.docker.compose.project={}", self.name);
-        for id in docker(&self.host, &["ps", "-aq", "--filter", &filter]).lines() {
-            let _ = docker_try(&self.host, &["rm", "-f", "-v", id]);
-        }
+        // Containers (with their anonymous volumes), named volumes, networks.
+        drop(Projects::on(&self.host, &[&self.name]));
+        // Anonymous volumes compose handed on by name when it recreated a container.
         for v in volumes {
             let _ = docker_try(&self.host, &["volume", "rm", &v]);
-        }
-        for n in ["frontnet", "backnet"] {
-            let _ = docker_try(
-                &self.host,
-                &["network", "rm", &format!("{}_{n}", self.name)],
-            );
         }
         for i in ["web", "proxy"] {
             let _ = docker_try(&self.host, &["rmi", &format!("{}_{i}", self.name)]);
         }
     }
+}
+
+/// Thaws the newest snapshot of `of` as a copy (`--as`, its port published elsewhere)
+/// through the engine `env` names, which is `host`; the copy's project goes beside the
+/// original's, renamed as the site is.
+fn thaw_copy(repo: &TestRepo, of: &Shop, host: &str, env: &[(&str, &str)]) -> Shop {
+    let name = unique("shopc");
+    let port = free_port();
+    let publish = format!("{}={port}", of.port);
+    let args = [
+        "thaw",
+        &of.name,
+        "--repo",
+        &repo.url,
+        "--as",
+        &name,
+        "--publish",
+        &publish,
+    ];
+    let out = freezer_env(&args, env);
+    let copy = Shop::made(host, &name, &of.dir.with_file_name(&name), port);
+    ok(&out);
+    copy
 }
 
 /// What a user of the shop sees and what its containers hold, for comparing copies.
@@ -483,26 +500,7 @@ fn a_dehydrated_copy_of_a_compose_project_is_the_same_shop_and_compose_removes_a
     assert!(!String::from_utf8_lossy(&out.stdout).contains("corner-shop-secret"));
     assert!(!stderr(&out).contains("corner-shop-secret"));
 
-    let copy_name = unique("shopc");
-    let port = free_port();
-    let publish = format!("{}={port}", shop.port);
-    let out = freezer_on(
-        &a,
-        &[
-            "thaw",
-            &name,
-            "--repo",
-            &repo.url,
-            "--as",
-            &copy_name,
-            "--publish",
-            &publish,
-        ],
-    );
-    // The project goes beside the original, renamed as the site is.
-    let copy_dir = shop.dir.with_file_name(&copy_name);
-    let copy = Shop::made(&a, &copy_name, &copy_dir, port);
-    ok(&out);
+    let copy = thaw_copy(&repo, &shop, &a, &[("DOCKER_HOST", a.as_str())]);
     assert_eq!(facts(&copy), want);
     // Its database is in an anonymous volume again, as the original's.
     let mounts = docker(
@@ -531,7 +529,7 @@ fn a_dehydrated_copy_of_a_compose_project_is_the_same_shop_and_compose_removes_a
         let out = docker_try(&a, &["volume", "inspect", &v]);
         assert!(!out.status.success(), "volume {v} of the copy is left");
     }
-    let _ = std::fs::remove_dir_all(&copy_dir);
+    let _ = std::fs::remove_dir_all(&copy.dir);
 }
 
 #[test]
@@ -560,24 +558,7 @@ fn a_thaw_through_tcp_with_tls_gives_the_same_shop_as_through_the_unix_socket() 
     ];
     let mut copies = Vec::new();
     for (how, env) in through {
-        let copy_name = unique("shopc");
-        let port = free_port();
-        let publish = format!("{}={port}", shop.port);
-        let out = freezer_env(
-            &[
-                "thaw",
-                &name,
-                "--repo",
-                &repo.url,
-                "--as",
-                &copy_name,
-                "--publish",
-                &publish,
-            ],
-            &env,
-        );
-        let copy = Shop::made(&b, &copy_name, &shop.dir.with_file_name(&copy_name), port);
-        ok(&out);
+        let copy = thaw_copy(&repo, &shop, &b, &env);
         assert_eq!(facts(&copy), want, "the copy thawed through {how}");
         copies.push(copy);
     }
@@ -593,25 +574,7 @@ fn a_thaw_through_tcp_with_tls_gives_the_same_shop_as_through_the_unix_socket() 
         &["freeze", &remote.name, "--repo", &repo.url],
         &env,
     ));
-    let again = unique("shopr");
-    let port = free_port();
-    let publish = format!("{}={port}", remote.port);
-    let out = freezer_on(
-        &b,
-        &[
-            "thaw",
-            &remote.name,
-            "--repo",
-            &repo.url,
-            "--as",
-            &again,
-            "--publish",
-            &publish,
-        ],
-    );
-    let dir = remote.dir.with_file_name(&again);
-    let copy = Shop::made(&b, &again, &dir, port);
-    ok(&out);
+    let copy = thaw_copy(&repo, remote, &b, &[("DOCKER_HOST", b.as_str())]);
     assert_eq!(
         facts(&copy),
         want,
