@@ -110,18 +110,6 @@ fn start_shop(name: &str, port: u16, password: &str) -> Site {
     site
 }
 
-/// None of `secrets` is in a run's output.
-fn assert_no_secret(out: &std::process::Output, secrets: &[&str]) {
-    for text in [
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    ] {
-        for s in secrets {
-            assert!(!text.contains(s), "a secret was printed: {text}");
-        }
-    }
-}
-
 /// Freezes site `name` on engine `host` (with `extra` flags); returns the snapshot id.
 fn freeze_id(host: &str, name: &str, repo: &TestRepo, extra: &[&str]) -> String {
     let mut args = vec!["freeze", name, "--repo", &repo.url, "--json"];

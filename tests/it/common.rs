@@ -649,3 +649,15 @@ pub fn forge_table_checksum(repo: &Path, site: &str, id: &str) -> (String, Strin
     let table = config["tables"][0]["name"].as_str().unwrap().to_string();
     (new_id, table)
 }
+
+/// Neither output of a run holds any of `secrets`.
+pub fn assert_no_secret(out: &std::process::Output, secrets: &[&str]) {
+    for text in [
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    ] {
+        for s in secrets {
+            assert!(!text.contains(s), "a secret was printed: {text}");
+        }
+    }
+}

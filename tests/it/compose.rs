@@ -5,7 +5,9 @@
 use std::fs;
 
 use crate::common::*;
-use crate::hydrated::{address, docker, docker_try, freezer_on, host_a, mariadb_image, sql_at};
+use crate::hydrated::{
+    address, docker, docker_try, freeze_dehydrated, freezer_on, host_a, mariadb_image, sql_at,
+};
 
 /// Removes what a test made on engine `host`: the containers, volumes and network of
 /// each project, also when it failed halfway.
@@ -96,30 +98,9 @@ fn a_database_whose_password_is_a_secret_file_is_dumped_and_loaded_back() {
     );
     let sums = |ip: &str| sql_at(ip, "root", &password, "shop", "CHECKSUM TABLE t EXTENDED");
     let want = sums(&ip);
-    let no_secret = |out: &std::process::Output| {
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            !text.contains(&password),
-            "the password was printed: {text}"
-        );
-    };
+    let no_secret = |out: &std::process::Output| assert_no_secret(out, &[&password]);
 
-    let out = freezer_on(
-        &a,
-        &[
-            "freeze",
-            &name,
-            "--repo",
-            &repo.url,
-            "--mode",
-            "dehydrated",
-            "--json",
-        ],
-    );
+    let out = freeze_dehydrated(&a, &name, &repo, &["--json"]);
     no_secret(&out);
     ok_report(&out);
     let report = result_line(&out.stdout);
@@ -802,18 +783,7 @@ fn a_failed_thaw_removes_the_images_it_loaded() {
         "shop",
         "SELECT 1",
     );
-    let out = freezer_on(
-        &a,
-        &[
-            "freeze",
-            &name,
-            "--repo",
-            &repo.url,
-            "--mode",
-            "dehydrated",
-            "--with-images",
-        ],
-    );
+    let out = freeze_dehydrated(&a, &name, &repo, &["--with-images"]);
     assert_ok(&out);
     // On the other engine, its server cannot start (its password file is missing).
     let out = freezer_on(

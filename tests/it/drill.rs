@@ -23,18 +23,7 @@ fn a_drill_passes_on_a_good_snapshot_and_fails_on_damage() {
     let site = start_site(&a, &name, &image(), port);
     let password = format!("pw{}", unique("d"));
     add_shop_database(&site, &password);
-    let id = json(&freezer_on(
-        &a,
-        &[
-            "freeze",
-            &name,
-            "--repo",
-            &repo.url,
-            "--mode",
-            "dehydrated",
-            "--json",
-        ],
-    ))["snapshot"]
+    let id = json(&freeze_dehydrated(&a, &name, &repo, &["--json"]))["snapshot"]
         .as_str()
         .unwrap()
         .to_string();

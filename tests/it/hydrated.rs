@@ -247,6 +247,13 @@ pub fn freezer_on(host: &str, args: &[&str]) -> Output {
     freezer_env(args, &[("DOCKER_HOST", host)])
 }
 
+/// `freezer freeze SITE --mode dehydrated` (with `extra` flags) of a site on engine `host`.
+pub fn freeze_dehydrated(host: &str, site: &str, repo: &TestRepo, extra: &[&str]) -> Output {
+    let mut args = vec!["freeze", site, "--repo", &repo.url, "--mode", "dehydrated"];
+    args.extend_from_slice(extra);
+    freezer_on(host, &args)
+}
+
 #[test]
 fn hydrated_round_trip_a_renamed_copy_and_replace() {
     let a = host_a();
@@ -890,18 +897,7 @@ fn a_docker_site_with_its_database_container_dehydrated_and_hydrated() {
 
     // Dehydrated: the database is found from its container and dumped; its volume is not
     // copied.
-    let out = freezer_on(
-        &a,
-        &[
-            "freeze",
-            &name,
-            "--repo",
-            &repo.url,
-            "--mode",
-            "dehydrated",
-            "--json",
-        ],
-    );
+    let out = freeze_dehydrated(&a, &name, &repo, &["--json"]);
     no_secret(&out);
     let report = json(&out);
     assert_eq!(report["mode"], "dehydrated");

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use crate::compose::Projects;
 use crate::hydrated::{
-    address, docker, docker_try, free_port, freezer_on, host_a, host_b, http_get, sql_at,
+    address, docker, docker_try, free_port, freeze_dehydrated, freezer_on, host_a, host_b,
+    http_get, sql_at,
 };
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/compose-shop");
@@ -484,21 +485,9 @@ fn a_dehydrated_copy_of_a_compose_project_is_the_same_shop_and_compose_removes_a
     let name = unique("shopd");
     let shop = seeded(&a, &name);
     let want = expected(&shop);
-    let out = freezer_on(
-        &a,
-        &[
-            "freeze",
-            &name,
-            "--repo",
-            &repo.url,
-            "--mode",
-            "dehydrated",
-            "--json",
-        ],
-    );
+    let out = freeze_dehydrated(&a, &name, &repo, &["--json"]);
     ok(&out);
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("corner-shop-secret"));
-    assert!(!stderr(&out).contains("corner-shop-secret"));
+    assert_no_secret(&out, &["corner-shop-secret"]);
 
     let copy = thaw_copy(&repo, &shop, &a, &[("DOCKER_HOST", a.as_str())]);
     assert_eq!(facts(&copy), want);

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use crate::common::*;
 use crate::database::{drop_db, sql};
-use crate::hydrated::{address, docker, freezer_on, host_a, mariadb_image, sql_at};
+use crate::hydrated::{
+    address, docker, freeze_dehydrated, freezer_on, host_a, mariadb_image, sql_at,
+};
 
 /// A MariaDB container (root by password only, as compose files often have it) with
 /// database `db`, removed on drop.
@@ -281,18 +283,7 @@ fn a_compose_site_s_database_is_its_container_s_not_the_host_s() {
 
     let result = std::panic::catch_unwind(|| {
         // Dehydrated: the dump is the container's.
-        let out = freezer_on(
-            &a,
-            &[
-                "freeze",
-                &project,
-                "--repo",
-                &repo.url,
-                "--mode",
-                "dehydrated",
-                "--json",
-            ],
-        );
+        let out = freeze_dehydrated(&a, &project, &repo, &["--json"]);
         let r = ok_report(&out);
         assert_eq!(r["databases"][0]["rows"], 5, "{r}");
         let snap = format!("{project}:{}", r["snapshot"].as_str().unwrap());
