@@ -395,29 +395,16 @@ pub fn write_through_helper(
         }),
         _ => serde_json::json!({ "Mounts": [mount] }),
     };
-    let mut b = [0u8; 4];
-    rand::Rng::fill(&mut rand::thread_rng(), &mut b);
-    let helper = format!("freezer-restore-{}", hex::encode(b));
-    let body: bollard::models::ContainerCreateBody = serde_json::from_value(serde_json::json!({
-        "Image": image,
-        "User": "0",
-        "Entrypoint": ["sh", "-c"],
-        "Cmd": [format!("rm -rf {AT}/..?* {AT}/.[!.]* {AT}/*")],
-        "HostConfig": host_config,
-    }))
-    .map_err(|e| Error::other(format!("a helper container: {e}")))?;
-    let name = helper.clone();
-    engine.call("creating a helper container", |d| async move {
-        d.create_container(
-            Some(
-                bollard::query_parameters::CreateContainerOptionsBuilder::new()
-                    .name(&name)
-                    .build(),
-            ),
-            body,
-        )
-        .await
-    })?;
+    let helper = create_helper(
+        engine,
+        serde_json::json!({
+            "Image": image,
+            "User": "0",
+            "Entrypoint": ["sh", "-c"],
+            "Cmd": [format!("rm -rf {AT}/..?* {AT}/.[!.]* {AT}/*")],
+            "HostConfig": host_config,
+        }),
+    )?;
     let result = (|| {
         if clear {
             run_to_end(engine, &helper).map_err(|e| {
@@ -431,6 +418,56 @@ pub fn write_through_helper(
     })();
     let _ = engine.remove_container_and_volumes(&helper);
     result
+}
+
+/// Creates a helper container (`freezer-restore-<random>`) from `body`; returns its name.
+fn create_helper(engine: &Engine, body: serde_json::Value) -> Result<String> {
+    let mut b = [0u8; 4];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut b);
+    let helper = format!("freezer-restore-{}", hex::encode(b));
+    let body: bollard::models::ContainerCreateBody = serde_json::from_value(body)
+        .map_err(|e| Error::other(format!("a helper container: {e}")))?;
+    let name = helper.clone();
+    engine.call("creating a helper container", |d| async move {
+        d.create_container(
+            Some(
+                bollard::query_parameters::CreateContainerOptionsBuilder::new()
+                    .name(&name)
+                    .build(),
+            ),
+            body,
+        )
+        .await
+    })?;
+    Ok(helper)
+}
+
+/// Whether `rel` exists in the directory `dir` of the engine's host, seen through a
+/// helper container of `image` that mounts the directory read-only (created, never
+/// started, removed). A directory that is not there holds nothing: the engine refuses
+/// a `Mounts` bind of a missing source ("bind source path does not exist"), which is
+/// the answer.
+pub fn exists_on_host(engine: &Engine, image: &str, dir: &str, rel: &str) -> Result<bool> {
+    const AT: &str = "/freezer-look";
+    let body = serde_json::json!({
+        "Image": image,
+        "Cmd": ["true"],
+        "Entrypoint": [],
+        "HostConfig": {"Mounts": [
+            {"Type": "bind", "Source": dir, "Target": AT, "ReadOnly": true}
+        ]},
+    });
+    let helper = match create_helper(engine, body) {
+        Err(e) if e.message.contains("does not exist") => return Ok(false),
+        r => r?,
+    };
+    let found = archive_head(engine, &helper, &format!("{AT}/{rel}"));
+    let _ = engine.remove_container_and_volumes(&helper);
+    match found {
+        Ok(entries) => Ok(!entries.is_empty()),
+        Err(e) if e.kind == crate::error::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Starts a created container and waits for it to exit 0.

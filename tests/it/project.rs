@@ -545,6 +545,32 @@ fn a_thaw_through_tcp_with_tls_gives_the_same_shop_as_through_the_unix_socket() 
             ],
         ),
     ];
+    // A secret file where the copy's would go is another's: refused, left as it was.
+    let taken = unique("shopx");
+    let taken_dir = shop.dir.with_file_name(&taken);
+    std::fs::create_dir_all(&taken_dir).unwrap();
+    std::fs::write(taken_dir.join("db-password.txt"), "not yours\n").unwrap();
+    let publish = format!("{}={}", shop.port, free_port());
+    let args = [
+        "thaw",
+        &name,
+        "--repo",
+        &repo.url,
+        "--as",
+        &taken,
+        "--publish",
+        &publish,
+    ];
+    let out = freezer_env(&args, &through[1].1);
+    let _guard = Shop::made(&b, &taken, &taken_dir, shop.port);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stderr(&out).contains("db-password.txt"), "{}", stderr(&out));
+    let filter = format!("label=com.docker.compose.project={taken}");
+    assert_eq!(docker(&b, &["ps", "-aq", "--filter", &filter]), "");
+    assert_eq!(
+        std::fs::read(taken_dir.join("db-password.txt")).unwrap(),
+        b"not yours\n"
+    );
     let mut copies = Vec::new();
     for (how, env) in through {
         let copy = thaw_copy(&repo, &shop, &b, &env);

@@ -63,6 +63,9 @@ struct Created {
     files: Vec<PathBuf>,
     /// Images loaded from the snapshot (the engine lacked them).
     images: Vec<String>,
+    /// Single files written on a remote engine's host where there were none: named, not
+    /// removed, when the thaw fails.
+    remote_files: Vec<PathBuf>,
 }
 
 /// Applies a plan. `safety` freezes the existing site before it is replaced and returns
@@ -148,6 +151,18 @@ pub fn execute(
                     ))
                 }
             }
+            if !created.remote_files.is_empty() {
+                let files: Vec<String> = created
+                    .remote_files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect();
+                e.hint = Some(format!(
+                    "{}; but these files it wrote on the engine's host stay: {}",
+                    e.hint.unwrap_or_default(),
+                    files.join(", ")
+                ));
+            }
             Err(e)
         }
     }
@@ -184,7 +199,7 @@ fn apply(
     rewrite_project(plan)?;
     let written = match engine.is_local() {
         true => vec![],
-        false => write_files_first(engine, plan, &mut report.trees, progress)?,
+        false => write_files_first(engine, plan, &mut report.trees, &track)?,
     };
     create_containers(engine, plan, &track)?;
     report
@@ -777,12 +792,13 @@ fn push_through_helper(
 /// Through a remote engine, the single files containers bind must be on the engine's
 /// host before those containers are created (the engine would make a missing bind
 /// source a directory): each tree of files goes into its directory there, through a
-/// helper container of an image that mounts one of them. Returns the trees written.
+/// helper container of an image that mounts one of them. A file that is there already
+/// is refused unless --replace. Returns the trees written.
 fn write_files_first(
     engine: &Engine,
     plan: &SitePlan,
     trees: &mut [crate::ops::ThawTreeReport],
-    progress: &Progress,
+    track: &Tracker,
 ) -> Result<Vec<String>> {
     let mut written = Vec::new();
     for step in plan.binds.iter().filter(|b| !b.files.is_empty()) {
@@ -797,8 +813,25 @@ fn write_files_first(
             .iter()
             .find(|(s, _, _)| s.mounts.iter().any(|m| &m.tree == tree))
             .expect("a planned tree is mounted");
-        progress.set_label(format!("writing {tree} through the engine"));
-        let mount = json!({"Type": "bind", "Source": dir.display().to_string()});
+        track
+            .progress
+            .set_label(format!("writing {tree} through the engine"));
+        let host_dir = dir.display().to_string();
+        let mut new = Vec::new();
+        for f in &step.files {
+            if !crate::docker::remote::exists_on_host(engine, &spec.image, &host_dir, f)? {
+                new.push(dir.join(f));
+            } else if step.action != Action::Replace {
+                return Err(Error::conflict(format!(
+                    "{} exists on the engine's host ({})",
+                    dir.join(f).display(),
+                    engine.endpoint.host
+                ))
+                .with_hint("pass --replace to replace it, or thaw with --as NAME"));
+            }
+        }
+        track.lock()?.remote_files.extend(new);
+        let mount = json!({"Type": "bind", "Source": host_dir});
         crate::docker::remote::write_through_helper(engine, &spec.image, mount, &t.dest, false)
             .map_err(|e| {
                 crate::error::prefix(
@@ -1111,9 +1144,7 @@ impl CopyGuard {
             containers: report.containers.clone(),
             volumes: report.volumes.clone(),
             networks: report.networks.clone(),
-            dirs: vec![],
-            files: vec![],
-            images: vec![],
+            ..Default::default()
         })));
         let endpoint = engine.endpoint.clone();
         let target = report.target.clone();

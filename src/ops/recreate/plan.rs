@@ -557,7 +557,7 @@ fn plan_volume(
 /// comes back with that directory. Otherwise its tree (`files.<dir>`) is restored into
 /// the directory the file goes to, with only the site's files in it replaced: the
 /// directory's other contents are never touched. A file that exists is replaced only
-/// with --replace (through a remote engine, where freezer cannot look, it is replaced).
+/// with --replace.
 fn plan_file(
     plan: &mut SitePlan,
     spec: &ContainerSpec,
@@ -573,8 +573,11 @@ fn plan_file(
     let file = PathBuf::from(&m.source);
     let action = if !local {
         // Written on the engine's host through a helper container, before the
-        // containers that mount it are created; an existing file there is replaced.
-        Action::Write
+        // containers that mount it are created; whether one is there is seen then.
+        match opts.replace {
+            true => Action::Replace,
+            false => Action::Write,
+        }
     } else if !file.exists() {
         Action::Create
     } else if opts.replace {
