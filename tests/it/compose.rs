@@ -678,6 +678,80 @@ fn a_service_that_needs_a_healthy_one_starts_after_it() {
     );
 }
 
+/// `depends_on: {migrate: {condition: service_completed_successfully}}`: a one-shot that
+/// was running at the freeze runs to its end in the copy before the app starts; one that
+/// fails fails the thaw, naming both, with its last lines.
+#[test]
+fn a_service_that_needs_a_one_shot_starts_after_it_completes() {
+    let a = host_a();
+    let repo = TestRepo::local().init();
+    let name = unique("oc");
+    let (copy, broken) = (unique("occ"), unique("ocb"));
+    let _cleanup = Projects::on(&a, &[&name, &copy, &broken]);
+    let label = format!("com.docker.compose.project={name}");
+    let image = crate::hydrated::image();
+    // Named so that the snapshot lists the app first. The one-shot waits 8 s (so that
+    // it runs while the site is frozen), then exits with the status its file says.
+    #[rustfmt::skip]
+    docker(&a, &[
+        "run", "-d", "--name", &format!("{name}-app-1"), "--label", &label,
+        "--label", "com.docker.compose.service=app",
+        "--label", "com.docker.compose.depends_on=zmigrate:service_completed_successfully:false",
+        &image, "sleep", "600",
+    ]);
+    #[rustfmt::skip]
+    docker(&a, &[
+        "run", "-d", "--name", &format!("{name}-zmigrate-1"), "--label", &label,
+        "--label", "com.docker.compose.service=zmigrate",
+        "-v", &format!("{name}_state:/state"), &image, "sh", "-c", "sleep 8; echo migrated; exit $(cat /state/status 2>/dev/null || echo 0)",
+    ]);
+    let freeze = || {
+        let out = freezer_on(&a, &["freeze", &name, "--repo", &repo.url, "--json"]);
+        json(&out)["snapshot"].as_str().unwrap().to_string()
+    };
+    // The snapshot's one-shot was running; in a second snapshot's volume it fails.
+    let first = freeze();
+    #[rustfmt::skip]
+    docker(&a, &["exec", &format!("{name}-zmigrate-1"), "sh", "-c", "echo 3 > /state/status"]);
+    let failing = freeze();
+
+    let target = format!("{name}:{first}");
+    assert_ok(&freezer_on(
+        &a,
+        &["thaw", &target, "--repo", &repo.url, "--as", &copy],
+    ));
+    let (app, migrate) = (format!("{copy}-app-1"), format!("{copy}-zmigrate-1"));
+    let finished = docker(
+        &a,
+        &[
+            "inspect",
+            "-f",
+            "{{.State.FinishedAt}} {{.State.ExitCode}}",
+            &migrate,
+        ],
+    );
+    let (finished, code) = finished.split_once(' ').unwrap();
+    assert_eq!(code, "0");
+    let started = docker(&a, &["inspect", "-f", "{{.State.StartedAt}}", &app]);
+    assert!(
+        nanos_of_day(&started) >= nanos_of_day(finished),
+        "{app} started at {started}, before {migrate} finished at {finished}"
+    );
+
+    let target = format!("{name}:{failing}");
+    let out = freezer_on(&a, &["thaw", &target, "--repo", &repo.url, "--as", &broken]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("exited with status 3")
+            && err.contains("migrated")
+            && err.contains(&format!("{broken}-app-1")),
+        "{err}"
+    );
+    let filter = format!("label=com.docker.compose.project={broken}");
+    assert_eq!(docker(&a, &["ps", "-aq", "--filter", &filter]), "");
+}
+
 /// Two networks as compose files split them: the proxy reaches the web service by its
 /// alias, and not the database, in the copy as in the original.
 #[test]

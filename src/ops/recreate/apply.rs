@@ -694,21 +694,28 @@ fn start_containers(engine: &Engine, plan: &SitePlan, track: &Tracker) -> Result
             continue;
         }
         for (service, condition) in spec.depends_on() {
-            if condition != "service_healthy" {
-                continue;
-            }
-            // Those of the service this thaw started (an exited one is left as it was).
+            let healthy = match condition.as_str() {
+                "service_healthy" => true,
+                "service_completed_successfully" => false,
+                _ => continue,
+            };
+            // Those of the service this thaw started (an exited one is left as it was:
+            // what a finished one-shot did is in the restored data).
             let started = plan.specs.iter().filter(|(o, _, _)| {
                 o.service() == service
                     && o.name != spec.name
                     && matches!(o.state.as_str(), "running" | "paused")
             });
             for (dep, _, _) in started {
+                let until = if healthy { "healthy" } else { "done" };
                 track.progress.set_label(format!(
-                    "waiting for {} to be healthy before starting {}",
+                    "waiting for {} to be {until} before starting {}",
                     dep.name, spec.name
                 ));
-                wait_healthy(engine, &dep.name, &spec.name)?;
+                match healthy {
+                    true => wait_healthy(engine, &dep.name, &spec.name)?,
+                    false => wait_completed(engine, &dep.name, &spec.name)?,
+                }
             }
         }
         let name = spec.name.clone();
@@ -755,6 +762,33 @@ fn wait_healthy(engine: &Engine, container: &str, dependent: &str) -> Result<()>
             "container {container} {waited}, and {dependent} depends on it being healthy (compose depends_on: service_healthy)"
         ))
         .with_hint(format!("`{} inspect {container}` shows its last health checks", engine.flavor.cli())));
+    }
+}
+
+/// Waits until `container` has exited with status 0, as compose's `condition:
+/// service_completed_successfully` does before starting `dependent` (a one-shot such as
+/// a migration); up to 5 minutes. Another status fails it, with the last log lines.
+fn wait_completed(engine: &Engine, container: &str, dependent: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let state = engine
+            .inspect_container(container)?
+            .state
+            .unwrap_or_default();
+        let code = state.exit_code.unwrap_or(0);
+        let failed = match (state.running == Some(true), code) {
+            (false, 0) => return Ok(()),
+            (false, _) => format!("exited with status {code}"),
+            _ if std::time::Instant::now() > deadline => "did not finish within 5 minutes".into(),
+            _ => {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                continue;
+            }
+        };
+        return Err(Error::other(format!(
+            "container {container} {failed}, and {dependent} depends on it completing successfully (compose depends_on: service_completed_successfully); its last lines:\n{}",
+            engine.log_tail(container, 20)
+        )));
     }
 }
 
