@@ -381,11 +381,17 @@ impl CapturedSite {
                 .collect();
             let (spec, id, m) = mounts[0];
             let copied = match &m.file {
-                // A directory's files, each through a container that mounts it.
-                Some(_) => mounts.iter().try_for_each(|(spec, id, m)| {
-                    let file = t.path.join(m.file.as_deref().unwrap_or_default());
-                    super::remote::pull_file(engine, id, &spec.name, &m.destination, &file)
-                }),
+                // A directory's files, each once, through a container that mounts it.
+                Some(_) => {
+                    let mut seen = std::collections::HashSet::new();
+                    mounts
+                        .iter()
+                        .filter(|(_, _, m)| seen.insert(m.file.clone()))
+                        .try_for_each(|(spec, id, m)| {
+                            let file = t.path.join(m.file.as_deref().unwrap_or_default());
+                            super::remote::pull_file(engine, id, &spec.name, &m.destination, &file)
+                        })
+                }
                 None => super::remote::pull(engine, id, &spec.name, &m.destination, &t.path),
             };
             copied.map_err(|e| {

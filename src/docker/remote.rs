@@ -442,12 +442,17 @@ fn create_helper(engine: &Engine, body: serde_json::Value) -> Result<String> {
     Ok(helper)
 }
 
-/// Whether `rel` exists in the directory `dir` of the engine's host, seen through a
+/// Which of `rels` exist in the directory `dir` of the engine's host, seen through one
 /// helper container of `image` that mounts the directory read-only (created, never
 /// started, removed). A directory that is not there holds nothing: the engine refuses
 /// a `Mounts` bind of a missing source ("bind source path does not exist"), which is
 /// the answer.
-pub fn exists_on_host(engine: &Engine, image: &str, dir: &str, rel: &str) -> Result<bool> {
+pub fn existing_on_host<'a>(
+    engine: &Engine,
+    image: &str,
+    dir: &str,
+    rels: &'a [String],
+) -> Result<Vec<&'a String>> {
     const AT: &str = "/freezer-look";
     let body = serde_json::json!({
         "Image": image,
@@ -458,16 +463,21 @@ pub fn exists_on_host(engine: &Engine, image: &str, dir: &str, rel: &str) -> Res
         ]},
     });
     let helper = match create_helper(engine, body) {
-        Err(e) if e.message.contains("does not exist") => return Ok(false),
+        Err(e) if e.message.contains("does not exist") => return Ok(vec![]),
         r => r?,
     };
-    let found = archive_head(engine, &helper, &format!("{AT}/{rel}"));
+    let found = rels
+        .iter()
+        .map(
+            |rel| match archive_head(engine, &helper, &format!("{AT}/{rel}")) {
+                Ok(entries) => Ok((!entries.is_empty()).then_some(rel)),
+                Err(e) if e.kind == crate::error::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            },
+        )
+        .collect::<Result<Vec<_>>>();
     let _ = engine.remove_container_and_volumes(&helper);
-    match found {
-        Ok(entries) => Ok(!entries.is_empty()),
-        Err(e) if e.kind == crate::error::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
+    Ok(found?.into_iter().flatten().collect())
 }
 
 /// Starts a created container and waits for it to exit 0.

@@ -851,20 +851,18 @@ fn write_files_first(
             .progress
             .set_label(format!("writing {tree} through the engine"));
         let host_dir = dir.display().to_string();
-        let mut new = Vec::new();
-        for f in &step.files {
-            if !crate::docker::remote::exists_on_host(engine, &spec.image, &host_dir, f)? {
-                new.push(dir.join(f));
-            } else if step.action != Action::Replace {
-                return Err(Error::conflict(format!(
-                    "{} exists on the engine's host ({})",
-                    dir.join(f).display(),
-                    engine.endpoint.host
-                ))
-                .with_hint("pass --replace to replace it, or thaw with --as NAME"));
-            }
+        let there =
+            crate::docker::remote::existing_on_host(engine, &spec.image, &host_dir, &step.files)?;
+        if let (Some(f), false) = (there.first(), step.action == Action::Replace) {
+            return Err(Error::conflict(format!(
+                "{} exists on the engine's host ({})",
+                dir.join(f).display(),
+                engine.endpoint.host
+            ))
+            .with_hint("pass --replace to replace it, or thaw with --as NAME"));
         }
-        track.lock()?.remote_files.extend(new);
+        let new = step.files.iter().filter(|f| !there.contains(f));
+        track.lock()?.remote_files.extend(new.map(|f| dir.join(f)));
         let mount = json!({"Type": "bind", "Source": host_dir});
         crate::docker::remote::write_through_helper(engine, &spec.image, mount, &t.dest, false)
             .map_err(|e| {
