@@ -119,14 +119,16 @@ impl Shop {
 
     /// Every volume its containers mount (named and anonymous).
     fn volumes(&self) -> Vec<String> {
+        self.of_containers("{{range .Mounts}}{{.Name}} {{end}}")
+    }
+
+    /// What `format` (of `docker inspect`) gives for its containers, word by word.
+    fn of_containers(&self, format: &str) -> Vec<String> {
         let filter = format!("label=com.docker.compose.project={}", self.name);
         let mut out = Vec::new();
         for id in docker(&self.host, &["ps", "-aq", "--filter", &filter]).lines() {
-            let names = docker(
-                &self.host,
-                &["inspect", "-f", "{{range .Mounts}}{{.Name}} {{end}}", id],
-            );
-            out.extend(names.split_whitespace().map(str::to_string));
+            let words = docker(&self.host, &["inspect", "-f", format, id]);
+            out.extend(words.split_whitespace().map(str::to_string));
         }
         out.sort();
         out.dedup();
@@ -137,6 +139,10 @@ impl Shop {
 impl Drop for Shop {
     fn drop(&mut self) {
         let volumes = self.volumes();
+        // The images compose built for the project it is a copy of, too (loaded from
+        // the snapshot); never the shared test images.
+        let mut images = self.of_containers("{{.Config.Image}}");
+        images.retain(|i| i.ends_with("_web") || i.ends_with("_proxy"));
         if self.dir.is_dir() {
             let _ = self.compose_try(&["down", "-v", "--remove-orphans"]);
         }
@@ -146,8 +152,12 @@ impl Drop for Shop {
         for v in volumes {
             let _ = docker_try(&self.host, &["volume", "rm", &v]);
         }
-        for i in ["web", "proxy"] {
-            let _ = docker_try(&self.host, &["rmi", &format!("{}_{i}", self.name)]);
+        for i in ["web", "proxy"]
+            .map(|s| format!("{}_{s}", self.name))
+            .into_iter()
+            .chain(images)
+        {
+            let _ = docker_try(&self.host, &["rmi", &i]);
         }
     }
 }
@@ -306,6 +316,11 @@ fn a_compose_project_travels_to_another_engine_and_compose_runs_it_there() {
     let bad = "proxy=wget -q -O - http://127.0.0.1/cgi-bin/index | grep -q 'Database: down'";
     let out = freezer_on(&a, &["drill", &name, "--repo", &repo.url, "--probe", bad]);
     assert!(!out.status.success(), "a failing probe fails the drill");
+
+    // A copy beside it on this engine is the same shop.
+    let beside = thaw_copy(&repo, &shop, &a, &[("DOCKER_HOST", a.as_str())]);
+    assert_eq!(facts(&beside), want, "the copy on this engine");
+    drop(beside);
 
     // The project is in the snapshot: what compose needs, not the bind directory.
     let ls = freezer_on(&a, &["ls", &name, "--repo", &repo.url, "project"]);
@@ -485,12 +500,17 @@ fn a_dehydrated_copy_of_a_compose_project_is_the_same_shop_and_compose_removes_a
     let name = unique("shopd");
     let shop = seeded(&a, &name);
     let want = expected(&shop);
-    let out = freeze_dehydrated(&a, &name, &repo, &["--json"]);
+    let out = freeze_dehydrated(&a, &name, &repo, &["--json", "--with-images"]);
     ok(&out);
     assert_no_secret(&out, &["corner-shop-secret"]);
 
     let copy = thaw_copy(&repo, &shop, &a, &[("DOCKER_HOST", a.as_str())]);
     assert_eq!(facts(&copy), want);
+    // And on the second engine, which has never seen its images.
+    let b = host_b();
+    let far = thaw_copy(&repo, &shop, &b, &[("DOCKER_HOST", b.as_str())]);
+    assert_eq!(facts(&far), want, "the copy on the second engine");
+    drop(far);
     // Its database is in an anonymous volume again, as the original's.
     let mounts = docker(
         &a,
