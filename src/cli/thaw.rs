@@ -303,12 +303,22 @@ pub(super) fn site_plan_text(plan: &SitePlan) -> String {
             b.tree.as_deref().unwrap_or("")
         );
     }
+    for a in &plan.anonymous {
+        let what = format!("{}:{}", a.container, a.destination);
+        match &a.tree {
+            Some(t) => w!(out, "  anonymous {what:<24} new, from tree {t}"),
+            None => w!(
+                out,
+                "  anonymous {what:<24} new, empty (its database is loaded from the dump)"
+            ),
+        }
+    }
     if let Some(p) = &plan.project {
         match (p.written, p.rewrite.is_empty()) {
             (true, true) => w!(out, "  project   {} from {}", p.to.display(), p.from),
             (true, false) => w!(
                 out,
-                "  project   {} from {}; {} rewritten to name it",
+                "  project   {} from {}; the old path rewritten in {}",
                 p.to.display(),
                 p.from,
                 p.rewrite
