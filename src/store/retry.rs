@@ -12,12 +12,21 @@
 //! timeout, which would cut long downloads), and a tap on every failed attempt, so that
 //! retries and their causes show in the progress output and the JSON result
 //! ([`RetryLog`]).
+//!
+//! object_store bounds each request on its own, from when that request began. A run
+//! makes many requests one after another (the upload, then aborting it, then releasing
+//! the lock), and each would get the whole `retry_for` again, so a store that stays down
+//! would hold the run for a multiple of its bound. [`Health`] is the store's state as
+//! the whole run sees it: since when every attempt has failed. [`bounded`] ends any
+//! operation once that streak is `retry_for` long, and an operation started after that
+//! (clean-up) gets one short try.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -63,6 +72,97 @@ impl RetryPolicy {
             max_retries: usize::MAX,
             retry_timeout: self.retry_for,
         }
+    }
+}
+
+/// What one store client has seen of its store: since when every attempt has failed
+/// (none since: `None`), and the cause of the latest failure.
+#[derive(Debug, Default)]
+pub(super) struct Health {
+    state: Mutex<HealthState>,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    /// When the first failed attempt of the current streak was sent. A hung store is
+    /// only known as such once an attempt has waited out its timeout; dating the streak
+    /// from the send keeps the bound measured from when the store went away.
+    failing_since: Option<Instant>,
+    last_cause: Option<String>,
+}
+
+/// How long an operation begun after the run gave up on its store may still try (the
+/// clean-up: aborting an upload, releasing the lock). A refused connection fails at
+/// once; a hung store costs this much per clean-up step.
+const LAST_TRY: Duration = Duration::from_secs(3);
+
+impl Health {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn failed(&self, sent: Instant, cause: &str) {
+        let mut s = self.lock();
+        s.failing_since.get_or_insert(sent);
+        s.last_cause = Some(cause.to_string());
+    }
+
+    fn answered(&self) {
+        self.lock().failing_since = None;
+    }
+
+    /// How long every attempt has failed, if the latest one did.
+    pub(super) fn down_for(&self) -> Option<Duration> {
+        self.lock().failing_since.map(|t| t.elapsed())
+    }
+
+    /// The latest failure's cause ("Connection refused", "no answer within 10s").
+    pub(super) fn last_cause(&self) -> Option<String> {
+        self.lock().last_cause.clone()
+    }
+
+    /// Whether the run should stop trying: the store has been failing for `retry_for`.
+    pub(super) fn given_up(&self, policy: &RetryPolicy) -> bool {
+        self.down_for().is_some_and(|d| d >= policy.retry_for)
+    }
+}
+
+/// The error an operation ends with when [`bounded`] stops it.
+#[derive(Debug)]
+pub(super) struct GaveUp;
+
+impl fmt::Display for GaveUp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the store stayed unreachable")
+    }
+}
+
+impl std::error::Error for GaveUp {}
+
+/// Runs one store operation (a request and its retries, or a stream of them) until it
+/// ends or the store has been failing for `retry_for`; in the latter case it ends with
+/// [`GaveUp`] (an operation begun after that point first gets [`LAST_TRY`]).
+pub(super) async fn bounded<T>(
+    health: &Health,
+    policy: &RetryPolicy,
+    op: impl Future<Output = object_store::Result<T>>,
+) -> object_store::Result<T> {
+    let started = Instant::now();
+    let late = health.given_up(policy);
+    let watch = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if health.given_up(policy) && (!late || started.elapsed() >= LAST_TRY) {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        r = op => r,
+        () = watch => Err(object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(GaveUp),
+        }),
     }
 }
 
@@ -143,6 +243,7 @@ impl RetryLog {
 pub(super) struct Connector {
     pub policy: RetryPolicy,
     pub allow_http: bool,
+    pub health: Arc<Health>,
 }
 
 impl HttpConnector for Connector {
@@ -162,6 +263,7 @@ impl HttpConnector for Connector {
         Ok(HttpClient::new(Tap {
             client,
             request_timeout: self.policy.request_timeout,
+            health: self.health.clone(),
         }))
     }
 }
@@ -171,6 +273,7 @@ impl HttpConnector for Connector {
 struct Tap {
     client: reqwest::Client,
     request_timeout: Duration,
+    health: Arc<Health>,
 }
 
 #[async_trait::async_trait]
@@ -182,6 +285,7 @@ impl HttpService for Tap {
         // up to the response head as well (the body is streamed later, under the read
         // timeout).
         let limit = self.request_timeout + CONNECT_TIMEOUT;
+        let sent = Instant::now();
         let result = match tokio::time::timeout(limit, self.client.call(req)).await {
             Ok(r) => r,
             Err(_) => Err(HttpError::new(
@@ -191,13 +295,18 @@ impl HttpService for Tap {
         };
         match result {
             Err(e) => {
-                log().record(&request, &cause_of(&e, self.request_timeout));
+                let cause = cause_of(&e, self.request_timeout);
+                self.health.failed(sent, &cause);
+                log().record(&request, &cause);
                 Err(e)
             }
             Ok(r) => {
                 let s = r.status();
                 if s.is_server_error() || s.as_u16() == 429 || s.as_u16() == 408 {
+                    self.health.failed(sent, &s.to_string());
                     log().record(&request, &s.to_string());
+                } else {
+                    self.health.answered();
                 }
                 // A body that breaks off is resumed by object_store (a ranged GET from the
                 // last byte); count it like any other failed attempt.
@@ -206,6 +315,7 @@ impl HttpService for Tap {
                     body,
                     request,
                     timeout: self.request_timeout,
+                    health: self.health.clone(),
                 };
                 Ok(HttpResponse::from_parts(parts, HttpResponseBody::new(body)))
             }
@@ -217,6 +327,7 @@ struct TappedBody {
     body: HttpResponseBody,
     request: String,
     timeout: Duration,
+    health: Arc<Health>,
 }
 
 impl http_body::Body for TappedBody {
@@ -229,7 +340,13 @@ impl http_body::Body for TappedBody {
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let r = Pin::new(&mut self.body).poll_frame(cx);
         if let Poll::Ready(Some(Err(e))) = &r {
-            log().record(&self.request, &cause_of(e, self.timeout));
+            let cause = cause_of(e, self.timeout);
+            // A stalled body was last heard of one timeout ago.
+            let since = Instant::now()
+                .checked_sub(self.timeout)
+                .unwrap_or_else(Instant::now);
+            self.health.failed(since, &cause);
+            log().record(&self.request, &cause);
         }
         r
     }
@@ -260,8 +377,14 @@ fn cause_of(e: &HttpError, timeout: Duration) -> String {
     if e.kind() == HttpErrorKind::Timeout {
         return Stalled(timeout).to_string();
     }
+    deepest_cause(e)
+}
+
+/// The innermost message of an error chain, without "(os error N)": what went wrong,
+/// not the layers it went through (object_store's retry wrapper would add its counters).
+pub(super) fn deepest_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut deepest = e.to_string();
-    let mut cur = std::error::Error::source(e);
+    let mut cur = e.source();
     while let Some(c) = cur {
         deepest = c.to_string();
         cur = c.source();

@@ -16,7 +16,9 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjPath;
 use object_store::{GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart};
 
-use super::retry::{Connector, RetryPolicy};
+use std::sync::Arc;
+
+use super::retry::{bounded, deepest_cause, Connector, GaveUp, Health, RetryPolicy};
 use super::{check_key, ObjectInfo, Store};
 use crate::error::{into_io, Error, ErrorKind, IoContext, Result};
 
@@ -65,6 +67,8 @@ pub struct S3Store {
     prefix: String,
     rt: &'static tokio::runtime::Runtime,
     retry: RetryPolicy,
+    /// Since when the store has failed every attempt: bounds the run, not each request.
+    health: Arc<Health>,
     /// Whether the spool directory was swept of dead runs' files yet (once per process).
     swept: std::sync::atomic::AtomicBool,
 }
@@ -91,6 +95,7 @@ impl S3Store {
             .as_deref()
             .is_some_and(|e| e.starts_with("http://"));
         let allow_http = opts.allow_http.unwrap_or(http);
+        let health = Arc::new(Health::default());
         let mut b = AmazonS3Builder::new()
             .with_bucket_name(bucket)
             .with_region(opts.region.as_deref().unwrap_or("us-east-1"))
@@ -100,6 +105,7 @@ impl S3Store {
             .with_http_connector(Connector {
                 policy: opts.retry,
                 allow_http,
+                health: health.clone(),
             })
             .with_allow_http(allow_http);
         if let Some(endpoint) = &opts.endpoint {
@@ -125,6 +131,7 @@ impl S3Store {
             prefix: prefix.to_string(),
             rt,
             retry: opts.retry,
+            health,
             swept: Default::default(),
         })
     }
@@ -151,14 +158,44 @@ impl S3Store {
     /// `started`: when the operation began, to tell a store that stayed down from one
     /// that refused at once.
     fn err(&self, what: &str, key: &str, e: object_store::Error, started: Instant) -> Error {
-        map_error(what, &self.url(key), &self.bucket, self.retry, started, e)
+        map_error(
+            what,
+            &self.url(key),
+            &self.bucket,
+            &self.health,
+            self.retry,
+            started,
+            e,
+        )
+    }
+
+    /// Runs one store operation on the runtime, within the run's bound ([`bounded`]).
+    fn run<T>(
+        &self,
+        op: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> object_store::Result<T> {
+        self.rt.block_on(bounded(&self.health, &self.retry, op))
     }
 }
+
+/// The cause under a store error, as words (object_store's retry wrapper would print
+/// its counters: "max_retries: 18446744073709551615").
+#[derive(Debug)]
+struct Cause(String);
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Cause {}
 
 fn map_error(
     what: &str,
     url: &str,
     bucket: &str,
+    health: &Health,
     retry: RetryPolicy,
     started: Instant,
     e: object_store::Error,
@@ -176,19 +213,32 @@ fn map_error(
                 .with_source(e)
                 .with_hint("check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the key's permissions on the bucket")
         }
-        other if started.elapsed() >= retry.retry_for => Error::new(
-            ErrorKind::Unreachable,
-            format!(
-                "{what} {url} failed: the store did not recover while freezer retried for {}s",
-                retry.retry_for.as_secs()
-            ),
-        )
-        .with_source(other)
-        .with_hint("check that the S3 endpoint (AWS_ENDPOINT_URL) is up and reachable; to wait longer, raise --retry-for, FREEZER_RETRY_FOR or retry_for in [s3] of freezer.toml"),
+        other
+            if is_gave_up(&other)
+                || health.given_up(&retry)
+                || started.elapsed() >= retry.retry_for =>
+        {
+            let cause = health
+                .last_cause()
+                .unwrap_or_else(|| deepest_cause(&other));
+            Error::new(
+                ErrorKind::Unreachable,
+                format!(
+                    "{what} {url} failed: the store did not recover while freezer retried for {}s",
+                    retry.retry_for.as_secs()
+                ),
+            )
+            .with_source(Cause(cause))
+            .with_hint("check that the S3 endpoint (AWS_ENDPOINT_URL) is up and reachable; to wait longer, raise --retry-for, FREEZER_RETRY_FOR or retry_for in [s3] of freezer.toml")
+        }
         other => Error::new(ErrorKind::Unreachable, format!("{what} {url} failed"))
-            .with_source(other)
+            .with_source(Cause(deepest_cause(&other)))
             .with_hint("check that the S3 endpoint (AWS_ENDPOINT_URL) is reachable and the credentials are right"),
     }
+}
+
+fn is_gave_up(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::Generic { source, .. } if source.is::<GaveUp>())
 }
 
 impl Store for S3Store {
@@ -203,18 +253,10 @@ impl Store for S3Store {
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         let t = Instant::now();
         let path = self.path(key)?;
-        self.rt.block_on(async {
-            let r = self
-                .client
-                .get(&path)
-                .await
-                .map_err(|e| self.err("reading", key, e, t))?;
-            let bytes = r
-                .bytes()
-                .await
-                .map_err(|e| self.err("reading", key, e, t))?;
-            Ok(bytes.to_vec())
-        })
+        let bytes = self
+            .run(async { self.client.get(&path).await?.bytes().await })
+            .map_err(|e| self.err("reading", key, e, t))?;
+        Ok(bytes.to_vec())
     }
 
     fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>> {
@@ -224,8 +266,7 @@ impl Store for S3Store {
             return Ok(Vec::new());
         }
         let bytes = self
-            .rt
-            .block_on(self.client.get_range(&path, start..start + len))
+            .run(self.client.get_range(&path, start..start + len))
             .map_err(|e| self.err("reading", key, e, t))?;
         Ok(bytes.to_vec())
     }
@@ -234,8 +275,7 @@ impl Store for S3Store {
         let t = Instant::now();
         let path = self.path(key)?;
         let r = self
-            .rt
-            .block_on(self.client.get(&path))
+            .run(self.client.get(&path))
             .map_err(|e| self.err("reading", key, e, t))?;
         Ok(Box::new(StreamReader {
             rt: self.rt,
@@ -248,13 +288,14 @@ impl Store for S3Store {
             url: self.url(key),
             bucket: self.bucket.clone(),
             retry: self.retry,
+            health: self.health.clone(),
         }))
     }
 
     fn size(&self, key: &str) -> Result<Option<u64>> {
         let t = Instant::now();
         let path = self.path(key)?;
-        match self.rt.block_on(self.client.head(&path)) {
+        match self.run(self.client.head(&path)) {
             Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.err("checking", key, e, t)),
@@ -265,8 +306,7 @@ impl Store for S3Store {
         let t = Instant::now();
         let path = self.path(key)?;
         let payload = PutPayload::from(Bytes::copy_from_slice(data));
-        self.rt
-            .block_on(self.client.put(&path, payload))
+        self.run(self.client.put(&path, payload))
             .map_err(|e| self.err("writing", key, e, t))?;
         Ok(())
     }
@@ -287,8 +327,7 @@ impl Store for S3Store {
         } else {
             let _guard = self.rt.enter();
             let upload = self
-                .rt
-                .block_on(self.client.put_multipart(&path))
+                .run(self.client.put_multipart(&path))
                 .map_err(|e| self.err("starting upload of", key, e, t))?;
             let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
             let mut buf = vec![0u8; PART_SIZE];
@@ -298,22 +337,20 @@ impl Store for S3Store {
                 if n == 0 {
                     return Ok(());
                 }
-                self.rt
-                    .block_on(w.wait_for_capacity(PARTS_IN_FLIGHT))
+                self.run(w.wait_for_capacity(PARTS_IN_FLIGHT))
                     .map_err(|e| self.err("uploading", key, e, t))?;
                 w.write(&buf[..n]);
                 fault_point_in_multipart(self.rt, &mut w);
             })();
             match result {
                 Ok(()) => {
-                    self.rt
-                        .block_on(w.finish())
+                    self.run(w.finish())
                         .map_err(|e| self.err("finishing upload of", key, e, t))?;
                 }
                 Err(e) => {
                     // Best effort: an abandoned upload only costs space until the bucket's
                     // lifecycle rule (or prune) removes it.
-                    let _ = self.rt.block_on(w.abort());
+                    let _ = self.run(w.abort());
                     return Err(e);
                 }
             }
@@ -331,21 +368,23 @@ impl Store for S3Store {
         };
         let full = format!("{base}{}", prefix.trim_end_matches('/'));
         let list_path = ObjPath::from(full.as_str());
-        let mut out = self.rt.block_on(async {
-            let mut stream = self.client.list(Some(&list_path));
-            let mut out = Vec::new();
-            while let Some(item) = stream.next().await {
-                let meta = item.map_err(|e| self.err("listing", prefix, e, t))?;
-                if let Some(key) = meta.location.as_ref().strip_prefix(&base) {
-                    out.push(ObjectInfo {
-                        key: key.to_string(),
-                        size: meta.size,
-                        modified: Some(meta.last_modified.into()),
-                    });
+        let mut out = self
+            .run(async {
+                let mut stream = self.client.list(Some(&list_path));
+                let mut out = Vec::new();
+                while let Some(item) = stream.next().await {
+                    let meta = item?;
+                    if let Some(key) = meta.location.as_ref().strip_prefix(&base) {
+                        out.push(ObjectInfo {
+                            key: key.to_string(),
+                            size: meta.size,
+                            modified: Some(meta.last_modified.into()),
+                        });
+                    }
                 }
-            }
-            Ok::<_, Error>(out)
-        })?;
+                Ok(out)
+            })
+            .map_err(|e| self.err("listing", prefix, e, t))?;
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
@@ -353,7 +392,7 @@ impl Store for S3Store {
     fn delete(&self, key: &str) -> Result<()> {
         let t = Instant::now();
         let path = self.path(key)?;
-        match self.rt.block_on(self.client.delete(&path)) {
+        match self.run(self.client.delete(&path)) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.err("deleting", key, e, t)),
         }
@@ -409,6 +448,7 @@ struct StreamReader {
     url: String,
     bucket: String,
     retry: RetryPolicy,
+    health: Arc<Health>,
 }
 
 impl StreamReader {
@@ -417,6 +457,7 @@ impl StreamReader {
             "reading",
             &self.url,
             &self.bucket,
+            &self.health,
             self.retry,
             since,
             e,
@@ -436,7 +477,10 @@ impl StreamReader {
                     | object_store::Error::PermissionDenied { .. }
                     | object_store::Error::Unauthenticated { .. }
             );
-            if permanent || since.elapsed() >= self.retry.retry_for {
+            if permanent
+                || since.elapsed() >= self.retry.retry_for
+                || self.health.given_up(&self.retry)
+            {
                 return Err(self.error(last, since));
             }
             std::thread::sleep(wait);
@@ -447,7 +491,12 @@ impl StreamReader {
                 if_match: self.e_tag.clone(),
                 ..Default::default()
             };
-            match self.rt.block_on(self.client.get_opts(&self.path, opts)) {
+            let reopen = bounded(
+                &self.health,
+                &self.retry,
+                self.client.get_opts(&self.path, opts),
+            );
+            match self.rt.block_on(reopen) {
                 Ok(r) => {
                     self.stream = r.into_stream();
                     return Ok(());

@@ -150,6 +150,108 @@ fn a_store_that_stays_down_fails_with_exit_3_within_the_bound() {
     assert!(stderr(&out).contains("retried for 2s"), "{}", stderr(&out));
 }
 
+/// Runs `args` while `fault` happens to the store 1.5 s in; returns each run's exit code
+/// and how long after the fault it ended, with its stderr.
+fn runs_through_fault(
+    runs: &[Vec<String>],
+    env: &[(String, String)],
+    fault: impl FnOnce(),
+) -> Vec<(Option<i32>, Duration, String)> {
+    let children: Vec<Child> = runs
+        .iter()
+        .map(|a| spawn(&a.iter().map(String::as_str).collect::<Vec<_>>(), env))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    fault();
+    let at = Instant::now();
+    let waiters: Vec<_> = children
+        .into_iter()
+        .map(|c| {
+            std::thread::spawn(move || {
+                let out = c.wait_with_output().unwrap();
+                (out.status.code(), at.elapsed(), stderr(&out))
+            })
+        })
+        .collect();
+    waiters.into_iter().map(|w| w.join().unwrap()).collect()
+}
+
+#[test]
+fn a_failing_run_gives_up_within_one_bound_clean_up_included() {
+    // The store goes away in the middle of a freeze (a multipart upload in flight, whose
+    // abort and the lock's release come after) and of a thaw. The bound is the run's,
+    // not each request's: retry_for + one request timeout (+5 s for connect and exit).
+    let mut g = Garage::start(1);
+    let proxy = FaultProxy::start(&g.s3_addr(0));
+    // 1 MiB/s per connection and direction: the 22 MiB the runs move take seconds.
+    proxy.throttle(1 << 20);
+    let env = with(
+        g.env(&proxy.endpoint()),
+        &[("FREEZER_REQUEST_TIMEOUT", "10s")],
+    );
+    let repo = g.repo_url("bound");
+    assert_ok(&run(&["init", "--repo", &repo], &env));
+    let src = tempfile::tempdir().unwrap();
+    site_tree(src.path(), 24);
+    let path = src.path().display().to_string();
+    assert_ok(&run(
+        &["freeze", "site", "--repo", &repo, "--path", &path],
+        &env,
+    ));
+    let dest = tempfile::tempdir().unwrap();
+    let args = |cmd: &str, n: u64| -> Vec<String> {
+        let mut a: Vec<String> = match cmd {
+            "freeze" => vec!["freeze", "site", "--repo", &repo, "--path", &path],
+            _ => vec!["thaw", "site", "--repo", &repo, "--into"],
+        }
+        .into_iter()
+        .map(String::from)
+        .collect();
+        if cmd == "thaw" {
+            a.push(dest.path().join(n.to_string()).display().to_string());
+        }
+        a.extend(["--retry-for".to_string(), "20s".to_string()]);
+        a
+    };
+    let check = |results: Vec<(Option<i32>, Duration, String)>, bound: Duration, what: &str| {
+        for (code, took, err) in results {
+            eprintln!("{what}: exit {code:?} {took:?} after the fault");
+            assert_eq!(code, Some(3), "{what}: {err}");
+            assert!(
+                took <= bound,
+                "{what}: the run ended {took:?} after the store went away, past its bound {bound:?}: {err}"
+            );
+            assert!(
+                err.contains("retried for 20s") && !err.contains("max_retries"),
+                "{what}: the message should say how long freezer tried, in words: {err}"
+            );
+        }
+    };
+
+    // Hung (SIGSTOP: connections accepted, nothing answered), for longer than the runs.
+    std::fs::write(src.path().join("data/big.bin"), noise(22 << 20, 77)).unwrap();
+    let results = runs_through_fault(&[args("freeze", 1), args("thaw", 1)], &env, || g.pause(0));
+    check(results, Duration::from_secs(35), "store hung");
+    g.resume(0);
+
+    // Refusing connections: nothing waits out a timeout, so retry_for + 5 s.
+    std::fs::write(src.path().join("data/big.bin"), noise(22 << 20, 78)).unwrap();
+    let results = runs_through_fault(&[args("freeze", 2), args("thaw", 2)], &env, || g.kill(0));
+    check(
+        results,
+        Duration::from_secs(25),
+        "store refusing connections",
+    );
+    g.restart(0);
+
+    // Nothing of the failed runs is in the way of the next night.
+    assert_ok(&run(
+        &["freeze", "site", "--repo", &repo, "--path", &path],
+        &env,
+    ));
+    assert_ok(&run(&["verify", "site", "--repo", &repo], &env));
+}
+
 #[test]
 fn slowdown_resets_stalls_and_cut_bodies_are_retried() {
     // The shared Garage, through a proxy of this test's own.
