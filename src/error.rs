@@ -105,7 +105,7 @@ impl Error {
     pub fn io(what: impl fmt::Display, err: std::io::Error) -> Self {
         let hint = match err.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
-                Some("the disk is full: free space (or point TMPDIR elsewhere) and run again")
+                Some("the disk is full: free space on it and run again")
             }
             Some(libc::EACCES) | Some(libc::EPERM) => {
                 Some("permission denied: run as a user that may read and write these paths")

@@ -458,7 +458,7 @@ impl Repository {
 
     /// Downloads a blob to a temporary file, verified, for data that is read several times.
     pub fn fetch_blob(&self, digest: &Digest) -> Result<tempfile::NamedTempFile> {
-        let mut tmp = tempfile::NamedTempFile::new().ctx(|| "creating a temporary file".into())?;
+        let mut tmp = crate::sys::temp_file()?;
         let mut r = self.open_blob(digest)?;
         std::io::copy(&mut r, tmp.as_file_mut()).ctx(|| format!("downloading {}", digest.key()))?;
         tmp.as_file_mut()
@@ -634,15 +634,21 @@ impl Repository {
         })
     }
 
+    /// The error for a site the repository has no snapshot of (a typo in a monitored
+    /// command must not pass as "nothing to do"): exit 6.
+    pub fn no_snapshots_of(&self, site: &str) -> Error {
+        Error::not_found(format!(
+            "site {site} has no snapshots in {}",
+            self.location()
+        ))
+        .with_hint("list what the repository holds with: freezer snapshots")
+    }
+
     /// Finds `SITE[:SNAPSHOT]`: the latest snapshot, or the one whose id is or starts with `snap`.
     pub fn find_snapshot(&self, site: &str, snap: Option<&str>) -> Result<Snapshot> {
         let all = self.list_snapshots(Some(site))?;
         if all.is_empty() {
-            return Err(Error::not_found(format!(
-                "site {site} has no snapshots in {}",
-                self.location()
-            ))
-            .with_hint("list what the repository holds with: freezer snapshots"));
+            return Err(self.no_snapshots_of(site));
         }
         let chosen = match snap {
             None | Some("latest") => self.latest(&all)?,

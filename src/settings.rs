@@ -406,8 +406,25 @@ impl Settings {
         }
         let mut out: Vec<TreeSpec> = Vec::new();
         for (name, dir) in named {
-            let path = std::fs::canonicalize(&dir)
-                .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+            let path = std::fs::canonicalize(&dir).map_err(|e| {
+                let named = if path_flags.is_empty() {
+                    let file = self
+                        .config_path
+                        .as_deref()
+                        .unwrap_or(Path::new("freezer.toml"));
+                    format!("[sites.{site}] in {}", file.display())
+                } else {
+                    "--path".to_string()
+                };
+                match e.kind() {
+                    std::io::ErrorKind::NotFound => Error::usage(format!(
+                        "{named} names {}, which does not exist",
+                        dir.display()
+                    ))
+                    .with_hint("give the directory to back up (or fix the path), and run again"),
+                    _ => Error::io(format!("{named}: reading {}", dir.display()), e),
+                }
+            })?;
             let name = match name {
                 Some(n) => check_tree_name(&n)?,
                 None => {

@@ -168,6 +168,39 @@ pub fn owned_prefix(tag: &str) -> String {
     format!("{tag}+{}+{}+", std::process::id(), hostname())
 }
 
+/// The tag of freezer's scratch files and directories in TMPDIR ([`temp_file`],
+/// [`temp_dir`]).
+const TEMP_TAG: &str = "freezer-tmp";
+
+/// A scratch file in TMPDIR, named after its owner so that the next run removes it if
+/// this one is killed ([`sweep_temp`]). Removed when dropped.
+pub fn temp_file() -> crate::error::Result<tempfile::NamedTempFile> {
+    let dir = std::env::temp_dir();
+    tempfile::Builder::new()
+        .prefix(&owned_prefix(TEMP_TAG))
+        .tempfile_in(&dir)
+        .map_err(|e| crate::error::Error::io(format!("creating a file in {}", dir.display()), e))
+}
+
+/// A scratch directory in TMPDIR for `what` ("the mount's cache"), owned as
+/// [`temp_file`] is. Removed with its content when dropped.
+pub fn temp_dir(what: &str) -> crate::error::Result<tempfile::TempDir> {
+    let dir = std::env::temp_dir();
+    tempfile::Builder::new()
+        .prefix(&owned_prefix(TEMP_TAG))
+        .tempdir_in(&dir)
+        .map_err(|e| crate::error::Error::io(format!("creating {what} in {}", dir.display()), e))
+}
+
+/// Removes the scratch files and directories that killed runs on this host left in
+/// TMPDIR; once per process, before the run makes its own. Returns what it removed.
+pub fn sweep_temp() -> Vec<(std::path::PathBuf, u64)> {
+    static SWEPT: OnceLock<Vec<(std::path::PathBuf, u64)>> = OnceLock::new();
+    SWEPT
+        .get_or_init(|| remove_dead_leftovers(&std::env::temp_dir(), TEMP_TAG))
+        .clone()
+}
+
 /// The entries of `dir` named by [`owned_prefix`] with `tag` whose process, on this host,
 /// is gone. Entries of live processes, of other hosts and of other names are left out.
 pub fn dead_leftovers(dir: &Path, tag: &str) -> Vec<std::path::PathBuf> {

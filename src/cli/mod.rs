@@ -123,6 +123,8 @@ pub fn run(cli: Cli) -> i32 {
     };
     monitor.start();
     announce_retries(progress_mode(&cli.global));
+    // What killed runs left in TMPDIR goes before this run makes its own.
+    crate::sys::sweep_temp();
     let started = std::time::Instant::now();
     let monitor = Arc::new(monitor);
     {

@@ -8,6 +8,13 @@ use crate::ops::{self, DbThawFlags, SiteThawReport, ThawKind, ThawRequest};
 use crate::progress::bytes;
 
 pub fn run(ctx: &Ctx, a: ThawArgs) -> Result<i32> {
+    if let Some(into) = a.into.as_deref().filter(|p| p.exists() && !p.is_dir()) {
+        return Err(crate::error::Error::usage(format!(
+            "--into {} is a file, not a directory",
+            into.display()
+        ))
+        .with_hint("give a directory (made if it does not exist) to thaw into"));
+    }
     let (target, host) = split_host(&a.target);
     let (site, snap) = split_target(target);
     let host_settings = ctx.settings.host(host)?;

@@ -1231,7 +1231,7 @@ fn save_image(
     engine: &Engine,
     spec: &ContainerSpec,
 ) -> Result<(Vec<(Digest, Descriptor)>, String)> {
-    let dir = tempfile::tempdir().ctx(|| "creating a temporary directory".into())?;
+    let dir = crate::sys::temp_dir("a directory for the image archive")?;
     let archive = dir.path().join("image.tar");
     let mut file =
         std::fs::File::create(&archive).ctx(|| format!("creating {}", archive.display()))?;

@@ -46,10 +46,7 @@ fn parse(url: &str) -> Result<(String, Option<u16>, String)> {
 impl Tunnel {
     pub fn open(url: &str) -> Result<Tunnel> {
         let (dest, port, remote) = parse(url)?;
-        let dir = tempfile::Builder::new()
-            .prefix("freezer-ssh.")
-            .tempdir()
-            .map_err(|e| Error::io("creating a directory for the SSH tunnel's socket", e))?;
+        let dir = crate::sys::temp_dir("a directory for the SSH tunnel's socket")?;
         let socket = dir.path().join("docker.sock");
         let log = dir.path().join("ssh.log");
         let mut args: Vec<String> = vec![

@@ -249,10 +249,7 @@ pub fn write_file(
         return Ok(n);
     }
     let file = file.path.clone();
-    let dir = tempfile::Builder::new()
-        .prefix("freezer-cat.")
-        .tempdir()
-        .map_err(|e| Error::io("creating a temporary directory", e))?;
+    let dir = crate::sys::temp_dir("a temporary directory")?;
     let only = crate::tree::exclude::Selection::of([file.clone()]);
     crate::tree::thaw_tree(repo, plan, dir.path(), Some(&only), progress)?;
     let restored = dir.path().join(std::ffi::OsStr::from_bytes(&file));

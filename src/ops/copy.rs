@@ -84,11 +84,7 @@ pub fn select(src: &Repository, req: &CopyRequest) -> Result<Vec<SnapshotRef>> {
             None => src.list_snapshots(Some(site))?,
         };
         if found.is_empty() {
-            return Err(Error::not_found(format!(
-                "site {site} has no snapshots in {}",
-                src.location()
-            ))
-            .with_hint("list what the repository holds with: freezer snapshots"));
+            return Err(src.no_snapshots_of(site));
         }
         out.extend(found);
     }

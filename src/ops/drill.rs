@@ -127,10 +127,7 @@ pub fn drill_docker(
     let started = Instant::now();
     let mut report = DrillReport::new(&snapshot, opts.keep);
     let target = report.target.clone();
-    let binds = tempfile::Builder::new()
-        .prefix("freezer-drill.")
-        .tempdir()
-        .map_err(|e| Error::io("creating a directory for the drill's bind mounts", e))?;
+    let binds = crate::sys::temp_dir("a directory for the drill's bind mounts")?;
     let site_opts = SiteOptions {
         rename: Some(target.clone()),
         publish: vec![],
@@ -420,10 +417,7 @@ pub fn drill_files(
         targets.push(format!("{db}={base}/{name}"));
         scratch.push(server.with_database(&name));
     }
-    let dir = tempfile::Builder::new()
-        .prefix("freezer-drill.")
-        .tempdir()
-        .map_err(|e| Error::io("creating the drill's directory", e))?;
+    let dir = crate::sys::temp_dir("the drill's directory")?;
     let flags = DbThawFlags {
         targets,
         skip: false,

@@ -42,10 +42,7 @@ pub fn forget(
     }
     let refs = repo.list_snapshots(Some(site))?;
     if refs.is_empty() {
-        return Err(Error::not_found(format!(
-            "site {site} has no snapshots in {}",
-            repo.location()
-        )));
+        return Err(repo.no_snapshots_of(site));
     }
     // The creation time (nanoseconds) orders snapshots taken within the same second.
     let mut snapshots = Vec::new();

@@ -167,10 +167,7 @@ impl View {
             children.push(("latest".into(), nodes.len() as u64));
             nodes[site_ino as usize - 1].children = Some(children);
         }
-        let dir = tempfile::Builder::new()
-            .prefix("freezer-mount.")
-            .tempdir()
-            .map_err(|e| Error::io("creating the mount's cache directory", e))?;
+        let dir = crate::sys::temp_dir("the mount's cache directory")?;
         Ok(View {
             repo,
             state: Mutex::new(State {
@@ -704,11 +701,65 @@ fn process_gid() -> u32 {
 }
 
 /// Where a mount point is: an existing empty directory.
+/// A mount point whose FUSE server is gone (a `freezer mount` that was killed) answers
+/// every access with ENOTCONN until it is unmounted. freezer's own is unmounted here
+/// (lazily, so a shell still inside it does not keep it); another file system's is left
+/// for its owner, with the command that would do it.
+fn unmount_stale(p: &Path) -> Result<()> {
+    let how = format!("fusermount3 -u {0}  (as root: umount -l {0})", p.display());
+    let ours = std::fs::read_to_string("/proc/mounts").is_ok_and(|m| {
+        let at = p.display().to_string();
+        m.lines().any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            // Mounted by root the type is plain `fuse`; the source is freezer's name.
+            f.len() > 2 && f[0] == "freezer" && f[1] == at && f[2].starts_with("fuse")
+        })
+    });
+    if !ours {
+        return Err(Error::usage(format!(
+            "{} is a mount point whose file system no longer answers (Transport endpoint is not connected)",
+            p.display()
+        ))
+        .with_hint(format!("unmount it, then mount again: {how}")));
+    }
+    let unmounted = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .arg(p)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if unmounted("fusermount3", &["-u", "-z"]) || unmounted("umount", &["-l"]) {
+        return Ok(());
+    }
+    Err(Error::usage(format!(
+        "{} is still mounted by a freezer mount that is gone, and unmounting it failed",
+        p.display()
+    ))
+    .with_hint(format!("unmount it, then mount again: {how}")))
+}
+
 pub fn check_mountpoint(p: &Path) -> Result<PathBuf> {
-    let meta =
-        std::fs::metadata(p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
+    let meta = match std::fs::metadata(p) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            unmount_stale(p)?;
+            std::fs::metadata(p)
+        }
+        other => other,
+    };
+    let meta = meta.map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            Error::usage(format!("mount point {} does not exist", p.display()))
+                .with_hint(format!("create it first: mkdir -p {}", p.display()))
+        }
+        _ => Error::io(format!("reading {}", p.display()), e),
+    })?;
     if !meta.is_dir() {
-        return Err(Error::usage(format!("{} is not a directory", p.display())));
+        return Err(
+            Error::usage(format!("mount point {} is not a directory", p.display()))
+                .with_hint("mount on an empty directory"),
+        );
     }
     let empty = std::fs::read_dir(p)
         .map_err(|e| Error::io(format!("reading {}", p.display()), e))?

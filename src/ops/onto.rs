@@ -572,10 +572,7 @@ fn scratch_plan(
     snap: Snapshot,
     containers: Vec<String>,
 ) -> Result<(SitePlan, tempfile::TempDir)> {
-    let binds = tempfile::Builder::new()
-        .prefix("freezer-onto.")
-        .tempdir()
-        .map_err(|e| Error::io("creating a directory for the scratch copy's bind mounts", e))?;
+    let binds = crate::sys::temp_dir("a directory for the scratch copy's bind mounts")?;
     let opts = SiteOptions {
         rename: Some(recreate::scratch_name("onto", &snap.site)),
         isolated: true,
@@ -670,10 +667,7 @@ fn restore_trees(
     if trees.is_empty() {
         return Ok(vec![]);
     }
-    let stage = tempfile::Builder::new()
-        .prefix("freezer-onto.")
-        .tempdir()
-        .map_err(|e| Error::io("creating a staging directory", e))?;
+    let stage = crate::sys::temp_dir("a staging directory")?;
     let remote = !engine.is_local();
     if remote {
         for t in &mut trees {
@@ -789,10 +783,7 @@ fn dump_scratch(
     })?;
     let copy = recreate::CopyGuard::new(engine, &report);
     let result = (|| {
-        let tmp = tempfile::Builder::new()
-            .prefix("freezer-onto.")
-            .tempdir()
-            .map_err(|e| Error::io("creating a temporary repository", e))?;
+        let tmp = crate::sys::temp_dir("a temporary repository")?;
         let store = crate::store::LocalStore::new(tmp.path().to_path_buf());
         let scratch_repo = Repository::init(Box::new(store))?;
         let mut out = Vec::new();

@@ -89,7 +89,11 @@ impl From<&Snapshot> for SnapshotInfo {
 
 pub fn snapshots(repo: &Repository, site: Option<&str>) -> Result<Vec<SnapshotInfo>> {
     let mut out = Vec::new();
-    for r in repo.list_snapshots(site)? {
+    let refs = repo.list_snapshots(site)?;
+    if let (Some(site), true) = (site, refs.is_empty()) {
+        return Err(repo.no_snapshots_of(site));
+    }
+    for r in refs {
         out.push(SnapshotInfo::from(&repo.read_snapshot(&r)?));
     }
     out.sort_by(|a, b| (&a.site, &a.created).cmp(&(&b.site, &b.created)));

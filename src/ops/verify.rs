@@ -45,11 +45,7 @@ pub fn verify(
     };
     // A typo in a monitored `verify SITE` must not pass as "0 snapshots, all intact".
     if let (Some(site), true) = (site, refs.is_empty()) {
-        return Err(Error::not_found(format!(
-            "site {site} has no snapshots in {}",
-            repo.location()
-        ))
-        .with_hint("`freezer snapshots` lists the sites and their snapshots"));
+        return Err(repo.no_snapshots_of(site));
     }
     let mut report = VerifyReport::default();
     let mut checked: HashMap<Digest, Option<String>> = HashMap::new();

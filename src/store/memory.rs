@@ -124,12 +124,7 @@ impl Store for MemoryStore {
     fn spool_dir(&self) -> Result<PathBuf> {
         let mut spool = self.spool.lock().unwrap();
         if spool.is_none() {
-            *spool = Some(
-                tempfile::Builder::new()
-                    .prefix("freezer-memory-spool.")
-                    .tempdir()
-                    .map_err(|e| Error::io("creating the memory store's spool directory", e))?,
-            );
+            *spool = Some(crate::sys::temp_dir("the memory store's spool directory")?);
         }
         Ok(spool.as_ref().unwrap().path().to_path_buf())
     }

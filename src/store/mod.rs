@@ -110,6 +110,13 @@ impl StoreUrl {
 /// Opens the store behind a URL. S3 settings come from `s3` (config file and `AWS_*`).
 pub fn open(url: &StoreUrl, s3: &S3Options) -> Result<Box<dyn Store>> {
     Ok(match url {
+        StoreUrl::Local(path) if path.exists() && !path.is_dir() => {
+            return Err(Error::usage(format!(
+                "the repository path {} is a file, not a directory",
+                path.display()
+            ))
+            .with_hint("point --repo (or FREEZER_REPO, or repo in freezer.toml) at a repository directory, or at a new path for freezer init"))
+        }
         StoreUrl::Local(path) => Box::new(LocalStore::new(path.clone())),
         StoreUrl::S3 { bucket, prefix } => Box::new(S3Store::new(bucket, prefix, s3)?),
     })
@@ -135,9 +142,17 @@ pub fn write_error(dir: &Path, what: impl std::fmt::Display, e: std::io::Error) 
     let free = crate::sys::free_space(dir)
         .map(|b| format!(" ({} free)", crate::progress::bytes(b)))
         .unwrap_or_default();
-    Error::io(format!("the disk holding {} is full{free}", dir.display()), e).with_hint(
-        "free space there (for an S3 repository, or to spool elsewhere, point TMPDIR at a larger disk) and run again; nothing was recorded, and what was uploaded is reused",
+    // Only the spool of an S3 repository lives in TMPDIR; a local repository's is its own.
+    let hint = if dir == std::env::temp_dir() {
+        "free space there, or point TMPDIR at a larger disk, and run again; nothing was recorded, and what was uploaded is reused"
+    } else {
+        "free space there and run again; nothing was recorded, and what was stored is reused"
+    };
+    Error::io(
+        format!("the disk holding {} is full{free}", dir.display()),
+        e,
     )
+    .with_hint(hint)
 }
 
 /// Removes the spooled files of runs on this host that died (SIGKILL, power loss), which

@@ -259,7 +259,7 @@ pub fn describe(db: &str) -> BTreeMap<String, String> {
     m
 }
 
-fn assert_same_db(source: &str, copy: &str) {
+pub(crate) fn assert_same_db(source: &str, copy: &str) {
     let (a, b) = (describe(source), describe(copy));
     assert_eq!(
         a.keys().collect::<Vec<_>>(),

@@ -19,6 +19,7 @@ mod hooks;
 mod hostile;
 mod hydrated;
 mod integrity;
+mod killed;
 mod monitor;
 mod mount;
 mod podman;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 /// Whether `dir` is a mount point now (listed in /proc/mounts).
-fn mounted(dir: &Path) -> bool {
+pub(crate) fn mounted(dir: &Path) -> bool {
     let mounts = fs::read_to_string("/proc/mounts").unwrap();
     let dir = dir.display().to_string();
     mounts

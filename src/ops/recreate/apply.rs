@@ -190,10 +190,7 @@ fn apply(
     create_networks(engine, plan, &track)?;
     // Through a remote engine, trees are restored here first, then written into the
     // created containers.
-    let stage = tempfile::Builder::new()
-        .prefix("freezer-thaw.")
-        .tempdir()
-        .ctx(|| "creating a staging directory".into())?;
+    let stage = crate::sys::temp_dir("a staging directory")?;
     let mountpoints = create_volumes(engine, plan, &track, stage.path())?;
     let mut report = restore_trees(repo, engine, plan, &mountpoints, stage.path(), &track)?;
     rewrite_project(plan)?;
@@ -1050,7 +1047,7 @@ fn load_image(
     spec: &ContainerSpec,
     manifest: &ImageManifest,
 ) -> Result<()> {
-    let dir = tempfile::tempdir().ctx(|| "creating a temporary directory".into())?;
+    let dir = crate::sys::temp_dir("a directory for the image archive")?;
     let archive = dir.path().join("image.tar");
     {
         let file =
