@@ -357,6 +357,9 @@ pub struct CapturedSite {
     pub upper_dirs: Vec<Option<PathBuf>>,
     /// Each container's health check, when it has one and was healthy at capture.
     pub healthy: Vec<Option<HealthCheck>>,
+    /// Containers a dead run had left paused or stopped, put back before they were read
+    /// (one note each, for the run's warnings).
+    pub recovered: Vec<String>,
 }
 
 /// A container's health check, as far as a freeze needs it.
@@ -531,7 +534,17 @@ pub fn capture_dirs(engine: &Engine, site: &str) -> Result<CapturedSite> {
 }
 
 fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<CapturedSite> {
-    let list = engine.site_containers(site)?;
+    let mut list = engine.site_containers(site)?;
+    // What a dead run left paused or stopped is put back before any state is read: a
+    // snapshot never records a state that freezer caused.
+    let ids: Vec<(String, String)> = list
+        .iter()
+        .map(|c| (c.id.clone(), c.name.clone()))
+        .collect();
+    let recovered = super::journal::recover(engine, &ids)?;
+    if !recovered.is_empty() {
+        list = engine.site_containers(site)?;
+    }
     if list.is_empty() {
         return Err(Error::not_found(format!(
             "the Docker engine at {} has no containers of site {site}",
@@ -621,6 +634,7 @@ fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<Ca
         addresses,
         upper_dirs,
         healthy,
+        recovered,
     })
 }
 
@@ -1424,7 +1438,12 @@ pub fn hold<T>(
             // so no container is paused after the cleanup has resumed the others.
             let mut list = held.lock().unwrap_or_else(|e| e.into_inner());
             cancel.check(|| format!("pausing container {}", spec.name))?;
-            hold_one(engine, spec, id, stop)?;
+            // On disk first: if this run and its watchdog both die, the next run finds it.
+            super::journal::record(engine, id, &spec.name, stop)?;
+            if let Err(e) = hold_one(engine, spec, id, stop) {
+                super::journal::clear(id);
+                return Err(e);
+            }
             if let Some(g) = guard.as_mut() {
                 g.held(id, &spec.name, stop)?;
             }
@@ -1547,9 +1566,12 @@ fn release(engine: &Engine, held: &[Held]) -> Vec<String> {
             })
         };
         match r {
-            Ok(()) => {}
+            Ok(()) => super::journal::clear(&h.id),
             // Someone else resumed it already.
-            Err(e) if e.kind == ErrorKind::Conflict && e.message.contains("not paused") => {}
+            Err(e) if e.kind == ErrorKind::Conflict && e.message.contains("not paused") => {
+                super::journal::clear(&h.id)
+            }
+            // The journal keeps it: the next run resumes it.
             Err(e) => errors.push(e.message),
         }
     }

@@ -129,8 +129,11 @@ pub fn run() -> i32 {
     let (mut resumed, mut failed) = (Vec::new(), Vec::new());
     for (id, name, stopped) in held.iter().rev() {
         match resume(&engine, id, *stopped) {
-            Ok(true) => resumed.push(name.as_str()),
-            Ok(false) => {}
+            Ok(true) => {
+                resumed.push(name.as_str());
+                super::journal::clear(id);
+            }
+            Ok(false) => super::journal::clear(id),
             Err(e) => {
                 eprintln!("freezer guard: resuming {name}: {e}");
                 failed.push((id.clone(), name.clone(), *stopped));
@@ -153,7 +156,7 @@ pub fn run() -> i32 {
 
 /// Puts one container back unless it is no longer held (the freeze released it before it
 /// ended, or someone else did); true if it had to.
-fn resume(engine: &Engine, id: &str, stopped: bool) -> Result<bool> {
+pub(super) fn resume(engine: &Engine, id: &str, stopped: bool) -> Result<bool> {
     use bollard::models::ContainerStateStatusEnum as S;
     let status = engine.inspect_container(id)?.state.and_then(|s| s.status);
     let id = id.to_string();

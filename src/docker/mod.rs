@@ -7,6 +7,7 @@
 
 pub mod capture;
 pub mod guard;
+pub mod journal;
 pub mod project;
 pub mod rebase;
 pub mod remote;

@@ -652,7 +652,11 @@ fn freeze_locked(
 ) -> Result<FreezeReport> {
     let started = Instant::now();
     let created = SystemTime::now();
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<String> = plan
+        .docker
+        .iter()
+        .flat_map(|d| d.site.recovered.iter().cloned())
+        .collect();
 
     let Parent {
         trees: prev,

@@ -645,14 +645,95 @@ fn an_interrupted_freeze_leaves_every_container_as_it_was() {
         assert_eq!(states(), before, "after SIG{signal} during {flag:?}");
         assert_eq!(http_get(port, "/index.html"), site.marker());
     }
-    let list = json(&freezer(&[
-        "snapshots",
-        &name,
-        "--repo",
-        &repo.url,
-        "--json",
-    ]));
-    assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
+    // No snapshot was recorded: the site is unknown to the repository (exit 6).
+    let list = freezer(&["snapshots", &name, "--repo", &repo.url]);
+    assert_eq!(list.status.code(), Some(6), "{}", stderr(&list));
+
+    // freezer and its watchdog both killed (kill -9 of the whole session): nobody puts
+    // the site back then. The next freeze does, before it reads the site; it says so,
+    // and records the site's own states, not the ones freezer caused.
+    for (flag, held_state, word) in [
+        (None, "paused", "paused"),
+        (Some("--stop"), "exited", "stopped"),
+    ] {
+        let mut args = vec!["freeze", name.as_str(), "--repo", &repo.url];
+        args.extend(flag);
+        let mut child = spawn_freezer(
+            &args,
+            &[
+                ("DOCKER_HOST", &a),
+                ("FREEZER_FAULT_HOLD_WINDOW_MS", "60000"),
+            ],
+        );
+        wait_for_state(&a, &site.c("web"), held_state);
+        let guard = String::from_utf8(
+            Command::new("pgrep")
+                .args(["-P", &child.id().to_string()])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        let guard = guard.trim();
+        assert!(!guard.is_empty(), "no watchdog under the freeze");
+        let st = Command::new("kill")
+            .args(["-KILL", guard, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        child.wait().unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(state(&a, &site.c("web")), held_state, "someone resumed it");
+
+        let out = freezer_on(&a, &["freeze", &name, "--repo", &repo.url, "--json"]);
+        let report = json(&out);
+        let warnings = report["warnings"].to_string();
+        assert!(
+            warnings.contains(&site.c("web")) && warnings.contains(&format!("left {word}")),
+            "the freeze should say it put the site back: {report}"
+        );
+        assert_eq!(
+            states(),
+            before,
+            "after a freeze that followed a dead {flag:?} freeze"
+        );
+        assert_eq!(http_get(port, "/index.html"), site.marker());
+        let id = report["snapshot"].as_str().unwrap();
+        let plan = freezer_on(
+            &a,
+            &[
+                "thaw",
+                &format!("{name}:{id}"),
+                "--repo",
+                &repo.url,
+                "--as",
+                &unique("pl"),
+                "--publish",
+                &format!("{port}={}", free_port()),
+                "--dry-run",
+            ],
+        );
+        assert_ok(&plan);
+        let plan = String::from_utf8_lossy(&plan.stdout).to_string();
+        let recorded: Vec<&str> = plan
+            .lines()
+            .filter(|l| l.trim_start().starts_with("container "))
+            .map(|l| {
+                l.rsplit("-> ")
+                    .next()
+                    .unwrap()
+                    .split(',')
+                    .next()
+                    .unwrap()
+                    .trim()
+            })
+            .collect();
+        let mut recorded = recorded;
+        recorded.sort();
+        let mut want = before.clone();
+        want.sort();
+        assert_eq!(recorded, want, "the snapshot records these states:\n{plan}");
+    }
 
     // A thaw interrupted after creating the site's containers removes what it created.
     let id = json(&freezer_on(
