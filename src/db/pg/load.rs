@@ -115,18 +115,77 @@ pub fn check_target(url: &PgUrl, manifest: &PgManifest, replace: bool) -> Result
             ))
             .with_hint("install them on that server (Debian: postgresql-contrib or the extension's package), then thaw again"));
         }
-        let objects = target_objects(url).await?;
-        match objects {
-            Some(n) if n > 0 && !replace => Err(Error::conflict(format!(
-                "database {} on {} exists and holds {n} objects",
-                url.database,
-                url.server()
-            ))
-            .with_hint("pass --replace to drop and recreate it, or load into another database")),
-            Some(n) => Ok(n > 0),
+        match target(url).await? {
+            Some(t) => t.may_load(url, manifest, replace).map(|()| t.objects > 0 && t.marker.is_none()),
             None => Ok(false),
         }
     })
+}
+
+/// What a thaw writes as the comment of the database it is loading, until the load is
+/// complete: an interrupted thaw (killed, the server gone) leaves it, and the next thaw
+/// of the same dump loads the database again from the start (SPEC.md §7).
+const LOADING: &str = "freezer: a thaw is loading this database from the dump of ";
+
+fn loading_marker(m: &PgManifest) -> String {
+    format!(
+        "{LOADING}{} at {} (snapshot {})",
+        m.database, m.at, m.snapshot
+    )
+}
+
+/// The target database as a load finds it.
+struct Target {
+    /// Tables, views, sequences and functions it holds.
+    objects: i64,
+    /// The comment of an interrupted thaw, if it has one.
+    marker: Option<String>,
+}
+
+impl Target {
+    /// Whether a load of `m` may go ahead: the database is empty, holds what an
+    /// interrupted thaw of this same dump left (loaded again from the start), or
+    /// `replace` was given.
+    fn may_load(&self, url: &PgUrl, m: &PgManifest, replace: bool) -> Result<()> {
+        if replace || self.objects == 0 {
+            return Ok(());
+        }
+        match &self.marker {
+            Some(mark) if *mark == loading_marker(m) => Ok(()),
+            Some(_) => Err(Error::conflict(format!(
+                "database {} on {} holds an interrupted thaw of another snapshot",
+                url.database,
+                url.server()
+            ))
+            .with_hint("pass --replace to drop it and load this one, or thaw that snapshot again to complete it")),
+            None => Err(Error::conflict(format!(
+                "database {} on {} exists and holds {} objects",
+                url.database,
+                url.server(),
+                self.objects
+            ))
+            .with_hint("pass --replace to drop and recreate it, or load into another database")),
+        }
+    }
+}
+
+/// The target database: None when it does not exist.
+async fn target(url: &PgUrl) -> Result<Option<Target>> {
+    let admin = url.with_database("postgres").connect().await?;
+    let row = admin
+        .query_opt(
+            "SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+            &[&url.database],
+        )
+        .await
+        .map_err(|e| pg_error(e, &format!("looking for database {}", url.database)))?;
+    let Some(row) = row else { return Ok(None) };
+    let comment: Option<String> = row.get(0);
+    let objects = target_objects(url).await?.unwrap_or(0);
+    Ok(Some(Target {
+        objects,
+        marker: comment.filter(|c| c.starts_with(LOADING)),
+    }))
 }
 
 /// How many tables, views, sequences and functions the target database holds; None
@@ -170,31 +229,31 @@ pub fn load_database(
     let started = Instant::now();
     let rt = crate::sys::runtime()?;
     let m = &p.manifest;
-    let partly = |e: Error| {
-        let hint = format!(
-            "database {} on {} is partly loaded; run the same thaw with --replace to load it again",
+    // From the CREATE DATABASE on, a failure leaves a partly loaded database: the
+    // message says so first, whatever the cause (a server that went away included).
+    let partly = |mut e: Error| {
+        e.message = format!(
+            "database {} on {} is partly loaded: {}",
             url.database,
-            url.server()
+            url.server(),
+            e.message
         );
-        if e.hint.is_none() {
-            e.with_hint(hint)
-        } else {
-            e
-        }
+        let again = "run the same thaw again: it loads the database again from the start";
+        e.hint = Some(match e.hint.take() {
+            Some(h) => format!("{h}; then {again}"),
+            None => again.to_string(),
+        });
+        e
     };
-    rt.block_on(async {
+    let mark = loading_marker(m);
+    let restarted = rt.block_on(async {
         // A fresh database from template0: nothing the server's template1 holds.
         let admin = url.with_database("postgres").connect().await?;
         let db = quote_ident(&url.database);
-        if let Some(n) = target_objects(url).await? {
-            if n > 0 && !opts.replace {
-                return Err(Error::conflict(format!(
-                    "database {} on {} holds {n} objects",
-                    url.database,
-                    url.server()
-                ))
-                .with_hint("pass --replace to drop and recreate it"));
-            }
+        let mut restarted = false;
+        if let Some(t) = target(url).await? {
+            t.may_load(url, m, opts.replace)?;
+            restarted = t.marker.is_some();
             admin
                 .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
                 .await
@@ -206,12 +265,25 @@ pub fn load_database(
             ))
             .await
             .map_err(|e| pg_error(e, &format!("creating database {}", url.database)))?;
-        Ok::<(), Error>(())
+        admin
+            .batch_execute(&format!(
+                "COMMENT ON DATABASE {db} IS {}",
+                super::quote_literal(&mark)
+            ))
+            .await
+            .map_err(|e| partly(pg_error(e, &format!("marking database {}", url.database))))?;
+        Ok::<bool, Error>(restarted)
     })?;
     let result = (|| {
         progress.set_label(format!("loading the schema of {}", url.database));
         let c = rt.block_on(url.connect())?;
         let mut warnings = Vec::new();
+        if restarted {
+            warnings.push(format!(
+                "database {} held an interrupted thaw of this snapshot; it was loaded again from the start",
+                url.database
+            ));
+        }
         let mut accounts = Vec::new();
         // With users: the roles first, then the schema that names them as owners.
         let (pre_data, post_data) = match (&m.users, opts.with_users) {
@@ -258,6 +330,9 @@ pub fn load_database(
         warnings.extend(rt.block_on(release_autovacuum(&c, &held)));
         // A transaction with an id, committed synchronously, flushes the WAL of every
         // commit before it: the rows (loaded with synchronous_commit off) are on disk.
+        // Complete: the interrupted-thaw marker goes.
+        let done = format!("COMMENT ON DATABASE {} IS NULL", quote_ident(&url.database));
+        run_script(rt, &c, done.as_bytes(), "clearing the thaw's marker", url)?;
         let flush = "BEGIN; SELECT pg_catalog.txid_current(); COMMIT";
         run_script(rt, &c, flush.as_bytes(), "a WAL flush", url)?;
         Ok(LoadReport {

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use super::PgUrl;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// Runs a program in a container: `(argv, env)` to its exit code (None: it did not
 /// finish in time; 126/127: it is not there), stdout and stderr. The ops layer builds it
@@ -163,11 +163,21 @@ impl<'a> PgDump<'a> {
         if let Some(p) = url.password() {
             env.push(("PGPASSWORD", p.to_string()));
         }
-        let failed = |detail: String| {
-            Error::other(format!(
-                "pg_dump --section={section} of {url} ({}) failed: {detail}",
-                self.used
-            ))
+        let failed = |stderr: String| {
+            let (kind, detail) = pg_dump_failure(&stderr);
+            let e = Error::new(
+                kind,
+                format!(
+                    "pg_dump --section={section} of {url} ({}) failed: {detail}",
+                    self.used
+                ),
+            );
+            match kind {
+                ErrorKind::Unreachable => e.with_hint(
+                    "the PostgreSQL server went away or refused the connection: check that it runs (and its log), then run again; nothing was recorded",
+                ),
+                _ => e,
+            }
         };
         let stdout = match &self.runner {
             Runner::Host(path) => {
@@ -212,6 +222,53 @@ impl<'a> PgDump<'a> {
     }
 }
 
+/// What a failed `pg_dump` said, as the kind of failure and one line: its first error
+/// without the query text it quotes (`detail: Query was: …`), the libpq continuation
+/// lines or its `pg_dump:` prefixes. A server that closed the connection, went down or
+/// refused it is "unreachable" (exit 3), as for the driver's own connections.
+fn pg_dump_failure(stderr: &str) -> (ErrorKind, String) {
+    const GONE: &[&str] = &[
+        "server closed the connection unexpectedly",
+        "terminating connection due to administrator command",
+        "the database system is shutting down",
+        "the database system is starting up",
+        "the database system is in recovery mode",
+        "Connection refused",
+        "Connection reset by peer",
+        "could not connect to server",
+        "no connection to the server",
+        "SSL SYSCALL error",
+        "could not receive data from server",
+        "could not send data to server",
+        "timeout expired",
+    ];
+    let kind = if GONE.iter().any(|g| stderr.contains(g)) {
+        ErrorKind::Unreachable
+    } else {
+        ErrorKind::Other
+    };
+    let first = stderr
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("pg_dump: error:"))
+        .or_else(|| stderr.lines().map(str::trim).find(|l| !l.is_empty()))
+        .unwrap_or("no message");
+    let mut line = first
+        .trim_start_matches("pg_dump: error:")
+        .trim()
+        .to_string();
+    // "query failed: server closed …" or "Dumping the contents of table "t" failed:
+    // PQgetResult() failed." — the cause is the libpq line, when there is one.
+    if kind == ErrorKind::Unreachable {
+        if let Some(g) = GONE.iter().find(|g| stderr.contains(*g)) {
+            if !line.contains(g) {
+                line = format!("{line} ({g})");
+            }
+        }
+    }
+    (kind, line)
+}
+
 /// The connection string `pg_dump -d` gets: every part named, so that nothing is taken
 /// from the environment (a container's `PGHOSTADDR` would otherwise win over `-h`), and
 /// a database name with `=` in it stays a name. An address is also given as `hostaddr`,
@@ -244,6 +301,26 @@ mod tests {
             conninfo("db.example", 5433, "o'neil", "a=b c\\d"),
             "host='db.example' port=5433 user='o\\'neil' dbname='a=b c\\\\d'"
         );
+    }
+
+    #[test]
+    fn a_server_gone_mid_dump_is_unreachable_and_its_query_is_not_repeated() {
+        let stderr = "pg_dump: error: query failed: server closed the connection unexpectedly\n\tThis probably means the server terminated abnormally\n\tbefore or while processing the request.\npg_dump: detail: Query was: SELECT secret_column FROM \"public\".\"t\"\n";
+        let (kind, line) = pg_dump_failure(stderr);
+        assert_eq!(kind, ErrorKind::Unreachable);
+        assert_eq!(
+            line,
+            "query failed: server closed the connection unexpectedly"
+        );
+        let (kind, line) = pg_dump_failure(
+            "pg_dump: error: connection to server at \"127.0.0.1\", port 5433 failed: Connection refused\n\tIs the server running on that host and accepting TCP/IP connections?\n",
+        );
+        assert_eq!(kind, ErrorKind::Unreachable);
+        assert!(line.starts_with("connection to server at"), "{line}");
+        let (kind, line) =
+            pg_dump_failure("pg_dump: error: aborting because of server version mismatch\n");
+        assert_eq!(kind, ErrorKind::Other);
+        assert_eq!(line, "aborting because of server version mismatch");
     }
 
     #[test]

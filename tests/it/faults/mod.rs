@@ -5,6 +5,7 @@
 
 mod garage;
 mod mariadb;
+mod postgres;
 pub(crate) mod proxy;
 
 use std::path::Path;
@@ -496,6 +497,89 @@ fn a_database_server_killed_mid_dump_and_mid_load() {
     db.restart();
     assert_ok(&freezer(&thaw));
     assert_eq!(db_checksum(&db, "shop_copy"), before);
+}
+
+#[test]
+fn a_postgresql_server_killed_mid_dump_and_mid_load() {
+    let pg = postgres::PgServer::start();
+    pg.sql("postgres", "CREATE DATABASE shop");
+    // Many tables, so that the stock pg_dump of the schema takes a while, and one big
+    // one, so that the load does.
+    pg.sql(
+        "shop",
+        "DO $$ BEGIN FOR i IN 1..500 LOOP \
+           EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY, note text, secret_col int)', i); \
+         END LOOP; END $$; \
+         CREATE TABLE big_rows (id int PRIMARY KEY, pad text NOT NULL); \
+         INSERT INTO big_rows SELECT g, repeat(md5(g::text), 6) FROM generate_series(1, 200000) g;",
+    );
+    let server = pg.server_url();
+    let before = crate::postgres::facts_at(&server, "", "shop").1;
+    let repo = TestRepo::local().init();
+    let url = pg.url("shop");
+    let args = [
+        "freeze",
+        "shop",
+        "--repo",
+        &repo.url,
+        "--db",
+        &url,
+        "--chunk-size",
+        "1M",
+    ];
+
+    // Killed while the stock pg_dump reads the schema: exit 3 with the hint, and none
+    // of pg_dump's query text.
+    let child = spawn(&args, &[]);
+    pg.wait_for_process(&format!("pg_dump.*port={}", pg.port));
+    pg.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("hint:"), "{err}");
+    assert!(
+        !err.contains("Query was") && !err.contains("SELECT") && !err.contains("secret_col"),
+        "the message repeats the query: {err}"
+    );
+    assert!(err.lines().count() <= 3, "one error and its hint: {err}");
+    eprintln!("killed mid pg_dump: {err}");
+    pg.restart();
+    assert_ok(&freezer(&args));
+
+    // Killed during a load, once rows are committed: "partly loaded"; the same command
+    // again completes, and the copy is exact.
+    let target = pg.url("shop_copy");
+    let thaw = ["thaw", "shop", "--repo", &repo.url, "--db", &target];
+    let child = spawn(&thaw, &[]);
+    pg.wait_for_rows("shop_copy", "big_rows");
+    pg.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("shop_copy on")
+            && err.contains("is partly loaded")
+            && err.contains("run the same thaw again"),
+        "the message says what state the target is in and what to do: {err}"
+    );
+    pg.restart();
+    let again = freezer(&[
+        "thaw", "shop", "--repo", &repo.url, "--db", &target, "--json",
+    ]);
+    let r = json(&again);
+    assert!(
+        r["databases"][0]["warnings"]
+            .to_string()
+            .contains("interrupted thaw"),
+        "{r}"
+    );
+    assert_eq!(
+        crate::postgres::facts_at(&server, "", "shop_copy").1,
+        before
+    );
+    // Complete now: a further run refuses to load over it.
+    let more = freezer(&thaw);
+    assert_eq!(more.status.code(), Some(7), "{}", stderr(&more));
 }
 
 fn db_checksum(db: &mariadb::MariaDb, name: &str) -> String {
