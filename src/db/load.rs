@@ -300,11 +300,19 @@ pub fn check_target(
             objects = 0;
         }
         let mut what = format!("{objects} tables or other objects");
+        let mut hint = match tables {
+            None => "load into a new database (--db NAME=mysql://…/NEWDB), or pass --replace to drop and reload it",
+            Some(_) => "load into another database, or pass --replace to drop and reload only the tables named",
+        };
         if let (Some(tables), true) = (tables, exists) {
             let present = existing_tables(&mut c, &target.database, tables).await?;
             objects = present.len() as u64;
             let names: Vec<String> = present.iter().map(|t| ident(t)).collect();
             what = format!("table {}", names.join(", "));
+            if let Some((t, since)) = resume::read_tables_mark(&mut c, &target.database).await? {
+                what = format!("{what}; a thaw --table interrupted since {since} left {t} partly loaded");
+                hint = "run the same thaw with --replace to load them again";
+            }
         }
         let packet: u64 = super::conn::query_strings(
             &mut c,
@@ -333,10 +341,6 @@ pub fn check_target(
             }
         }
         if objects > 0 && !replace {
-            let hint = match tables {
-                None => "load into a new database (--db NAME=mysql://…/NEWDB), or pass --replace to drop and reload it",
-                Some(_) => "load into another database, or pass --replace to drop and reload only the tables named",
-            };
             return Err(Error::conflict(format!(
                 "database {} at {} has {what}",
                 ident(&target.database),
@@ -576,9 +580,13 @@ async fn load_tables(
         true => existing_tables(&mut conn0, db, tables).await?,
         false => vec![],
     };
+    let interrupted = match exists {
+        true => resume::read_tables_mark(&mut conn0, db).await?,
+        false => None,
+    };
     if !present.is_empty() && !opts.replace {
         let names: Vec<String> = present.iter().map(|t| ident(t)).collect();
-        return Err(Error::conflict(format!(
+        let mut e = Error::conflict(format!(
             "database {} at {} already has table {}",
             ident(db),
             target.server(),
@@ -586,6 +594,20 @@ async fn load_tables(
         ))
         .with_hint(
             "pass --replace to replace only these tables, or load them into another database",
+        );
+        if let Some((t, since)) = &interrupted {
+            e.message = format!(
+                "{}; a thaw --table interrupted since {since} left {t} partly loaded",
+                e.message
+            );
+            e.hint = Some("run the same thaw with --replace to load them again".into());
+        }
+        return Err(e);
+    }
+    if let Some((t, since)) = &interrupted {
+        warnings.push(format!(
+            "a thaw --table interrupted since {since} had left {t} of database {} partly loaded; loaded again",
+            ident(db)
         ));
     }
     if !exists {
@@ -617,6 +639,8 @@ async fn load_tables(
     );
     crate::interrupt::note_partial(note.clone());
     let result = async {
+        // Before anything is dropped: the next run must know these may be partly loaded.
+        resume::write_tables_mark(&mut conn0, &list.join(", ")).await?;
         exec(
             &mut conn0,
             "SET SESSION foreign_key_checks=0",
@@ -635,7 +659,7 @@ async fn load_tables(
             record: false,
             done: None,
         };
-        load_into(
+        let r = load_into(
             p,
             files,
             target,
@@ -645,7 +669,9 @@ async fn load_tables(
             &mut warnings,
             none,
         )
-        .await
+        .await?;
+        resume::clear_tables_mark(&mut conn0).await?;
+        Ok::<_, Error>(r)
     }
     .await;
     crate::interrupt::clear_partial(&note);

@@ -25,6 +25,73 @@ use crate::format::Digest;
 /// The progress table's name (a snapshot with a table of that name loads without one).
 pub const TABLE: &str = "_freezer_thaw_progress";
 
+/// The marker of a `thaw --table` at work: one row naming the tables it replaces and
+/// since when, written before they are dropped and removed (with the table) once they
+/// are loaded and verified. A run that finds it knows the tables may be partly loaded.
+pub const TABLES_MARK: &str = "_freezer_thaw_tables";
+
+/// An interrupted `thaw --table` found in the target: (tables, since).
+pub async fn read_tables_mark(conn: &mut Conn, db: &str) -> Result<Option<(String, String)>> {
+    let what = format!("looking for an interrupted thaw --table in {}", ident(db));
+    let present = query_strings(
+        conn,
+        &format!(
+            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_NAME = '{TABLES_MARK}'",
+            super::sql::string_literal(db)
+        ),
+        &what,
+    )
+    .await?;
+    if present.first().and_then(|r| r.first()).map(String::as_str) != Some("1") {
+        return Ok(None);
+    }
+    let rows = query_strings(
+        conn,
+        &format!(
+            "SELECT tables, since FROM {}.{TABLES_MARK} LIMIT 1",
+            ident(db)
+        ),
+        &what,
+    )
+    .await?;
+    Ok(rows
+        .into_iter()
+        .next()
+        .map(|r| (r[0].clone(), r[1].clone())))
+}
+
+/// Notes, in the selected database, that `tables` are about to be replaced.
+pub async fn write_tables_mark(conn: &mut Conn, tables: &str) -> Result<()> {
+    let what = "marking the tables as being replaced";
+    exec(
+        conn,
+        &format!("CREATE TABLE IF NOT EXISTS {TABLES_MARK} (tables TEXT NOT NULL, since VARCHAR(40) NOT NULL) ENGINE=InnoDB"),
+        what,
+    )
+    .await?;
+    exec(conn, &format!("DELETE FROM {TABLES_MARK}"), what).await?;
+    exec(
+        conn,
+        &format!(
+            "INSERT INTO {TABLES_MARK} VALUES ({}, {})",
+            super::sql::string_literal(tables),
+            super::sql::string_literal(&crate::format::rfc3339(std::time::SystemTime::now()))
+        ),
+        what,
+    )
+    .await
+}
+
+/// The tables are loaded and verified: the marker goes.
+pub async fn clear_tables_mark(conn: &mut Conn) -> Result<()> {
+    exec(
+        conn,
+        &format!("DROP TABLE IF EXISTS {TABLES_MARK}"),
+        "removing the thaw's marker",
+    )
+    .await
+}
+
 /// What an earlier, interrupted load of the same dump has done.
 #[derive(Debug, Default)]
 pub struct Done {

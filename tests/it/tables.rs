@@ -165,3 +165,84 @@ fn one_table_thaws_into_a_new_database_and_replaces_only_itself_in_the_live_one(
     drop_db(&fresh);
     drop_db(&src);
 }
+
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (scripts/test)"
+)]
+fn a_table_thaw_killed_mid_load_is_noticed_and_completed_by_the_same_command() {
+    let src = unique("wpk").replace('-', "_");
+    drop_db(&src);
+    sql(
+        None,
+        &format!("CREATE DATABASE `{src}` CHARACTER SET utf8mb4;"),
+    );
+    sql(Some(&src), WP);
+    let posts_sum = checksum(&src, "wp_posts");
+    let repo = TestRepo::local().init();
+    let url = db_url(&src);
+    // Small chunks: the table spans several, so a load can stop between them.
+    assert_ok(&freezer(&[
+        "freeze",
+        "shop",
+        "--repo",
+        &repo.url,
+        "--db",
+        &url,
+        "--chunk-size",
+        "256K",
+        "-q",
+    ]));
+    sql(
+        Some(&src),
+        "SET foreign_key_checks=0; DELETE FROM wp_posts WHERE ID > 10;",
+    );
+    let before = objects(&src);
+    let args = [
+        "thaw",
+        "shop",
+        "--repo",
+        &repo.url,
+        "--db",
+        &url,
+        "--table",
+        "wp_posts",
+        "--replace",
+    ];
+
+    // Killed (abort, as kill -9) after two chunks of the table went in.
+    let out = freezer_env(&args, &[("FREEZER_FAULT_ABORT_AFTER_CHUNKS", "2")]);
+    assert!(stderr(&out).contains("fault injection"), "{}", stderr(&out));
+    let rows: u64 = one(&src, "SELECT COUNT(*) FROM wp_posts;").parse().unwrap();
+    assert!(
+        rows > 0 && rows < 3000,
+        "{rows} rows: not a partly loaded table"
+    );
+
+    // Without --replace, the next run says what state the table is in.
+    let out = freezer(&args[..args.len() - 1]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("interrupted") && stderr(&out).contains("partly loaded"),
+        "{}",
+        stderr(&out)
+    );
+    // The same command again: it says so too, and completes.
+    let mut again: Vec<&str> = args.to_vec();
+    again.push("--json");
+    let r = json(&freezer(&again));
+    assert!(
+        r["databases"][0]["warnings"]
+            .to_string()
+            .contains("interrupted"),
+        "{r}"
+    );
+    assert_eq!(checksum(&src, "wp_posts"), posts_sum);
+    assert_eq!(
+        objects(&src),
+        before,
+        "the marker or another object was left"
+    );
+    drop_db(&src);
+}
