@@ -585,24 +585,7 @@ async fn load_tables(
         false => None,
     };
     if !present.is_empty() && !opts.replace {
-        let names: Vec<String> = present.iter().map(|t| ident(t)).collect();
-        let mut e = Error::conflict(format!(
-            "database {} at {} already has table {}",
-            ident(db),
-            target.server(),
-            names.join(", ")
-        ))
-        .with_hint(
-            "pass --replace to replace only these tables, or load them into another database",
-        );
-        if let Some((t, since)) = &interrupted {
-            e.message = format!(
-                "{}; a thaw --table interrupted since {since} left {t} partly loaded",
-                e.message
-            );
-            e.hint = Some("run the same thaw with --replace to load them again".into());
-        }
-        return Err(e);
+        return Err(tables_present(target, &present, interrupted.as_ref()));
     }
     if let Some((t, since)) = &interrupted {
         warnings.push(format!(
@@ -610,26 +593,7 @@ async fn load_tables(
             ident(db)
         ));
     }
-    if !exists {
-        let create = format!(
-            "CREATE DATABASE {} CHARACTER SET {} COLLATE {}",
-            ident(db),
-            string_literal(&m.charset),
-            string_literal(&m.collation)
-        );
-        exec(
-            &mut conn0,
-            &create,
-            &format!("creating database {}", ident(db)),
-        )
-        .await?;
-    }
-    exec(
-        &mut conn0,
-        &format!("USE {}", ident(db)),
-        "selecting the database",
-    )
-    .await?;
+    create_and_use(&mut conn0, m, db, exists).await?;
     let list: Vec<String> = tables.iter().map(|t| ident(t)).collect();
     let note = format!(
         "table {} of database {} at {} partly loaded: run the thaw again with --replace to complete it",
@@ -694,6 +658,51 @@ async fn load_tables(
         (data, index, verify),
         warnings,
     ))
+}
+
+/// Creates database `db` (with the dump's character set) unless it `exists`, and
+/// selects it.
+async fn create_and_use(conn: &mut Conn, m: &DbManifest, db: &str, exists: bool) -> Result<()> {
+    if !exists {
+        let create = format!(
+            "CREATE DATABASE {} CHARACTER SET {} COLLATE {}",
+            ident(db),
+            string_literal(&m.charset),
+            string_literal(&m.collation)
+        );
+        exec(conn, &create, &format!("creating database {}", ident(db))).await?;
+    }
+    exec(
+        conn,
+        &format!("USE {}", ident(db)),
+        "selecting the database",
+    )
+    .await
+}
+
+/// The refusal of a `thaw --table` without `--replace` whose tables are there; it says
+/// when an interrupted one left them partly loaded.
+fn tables_present(
+    target: &DbUrl,
+    present: &[String],
+    interrupted: Option<&(String, String)>,
+) -> Error {
+    let names: Vec<String> = present.iter().map(|t| ident(t)).collect();
+    let message = format!(
+        "database {} at {} already has table {}",
+        ident(&target.database),
+        target.server(),
+        names.join(", ")
+    );
+    match interrupted {
+        Some((t, since)) => Error::conflict(format!(
+            "{message}; a thaw --table interrupted since {since} left {t} partly loaded"
+        ))
+        .with_hint("run the same thaw with --replace to load them again"),
+        None => Error::conflict(message).with_hint(
+            "pass --replace to replace only these tables, or load them into another database",
+        ),
+    }
 }
 
 /// Whether a load keeps a progress record ([`resume`]), and what an earlier,

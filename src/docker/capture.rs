@@ -533,18 +533,27 @@ pub fn capture_dirs(engine: &Engine, site: &str) -> Result<CapturedSite> {
     capture_with(engine, site, true)
 }
 
-fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<CapturedSite> {
-    let mut list = engine.site_containers(site)?;
-    // What a dead run left paused or stopped is put back before any state is read: a
-    // snapshot never records a state that freezer caused.
+/// The site's containers, after what a dead run left paused or stopped was put back
+/// ([`super::journal::recover`]): a snapshot never records a state that freezer caused.
+/// Also returns a note for each container put back.
+fn site_containers_as_they_are(
+    engine: &Engine,
+    site: &str,
+) -> Result<(Vec<super::ContainerInfo>, Vec<String>)> {
+    let list = engine.site_containers(site)?;
     let ids: Vec<(String, String)> = list
         .iter()
         .map(|c| (c.id.clone(), c.name.clone()))
         .collect();
     let recovered = super::journal::recover(engine, &ids)?;
-    if !recovered.is_empty() {
-        list = engine.site_containers(site)?;
+    if recovered.is_empty() {
+        return Ok((list, recovered));
     }
+    Ok((engine.site_containers(site)?, recovered))
+}
+
+fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<CapturedSite> {
+    let (list, recovered) = site_containers_as_they_are(engine, site)?;
     if list.is_empty() {
         return Err(Error::not_found(format!(
             "the Docker engine at {} has no containers of site {site}",

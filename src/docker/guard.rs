@@ -128,7 +128,7 @@ pub fn run() -> i32 {
     };
     let (mut resumed, mut failed) = (Vec::new(), Vec::new());
     for (id, name, stopped) in held.iter().rev() {
-        match resume(&engine, id, *stopped) {
+        match super::journal::resume(&engine, id, *stopped) {
             Ok(true) => {
                 resumed.push(name.as_str());
                 super::journal::clear(id);
@@ -151,23 +151,6 @@ pub fn run() -> i32 {
     } else {
         say_by_hand(&failed);
         1
-    }
-}
-
-/// Puts one container back unless it is no longer held (the freeze released it before it
-/// ended, or someone else did); true if it had to.
-pub(super) fn resume(engine: &Engine, id: &str, stopped: bool) -> Result<bool> {
-    use bollard::models::ContainerStateStatusEnum as S;
-    let status = engine.inspect_container(id)?.state.and_then(|s| s.status);
-    let id = id.to_string();
-    match (stopped, status) {
-        (false, Some(S::PAUSED)) => engine
-            .call("unpausing the container", |d| async move {
-                d.unpause_container(&id).await
-            })
-            .map(|()| true),
-        (true, Some(S::EXITED | S::CREATED)) => engine.start_container(&id).map(|()| true),
-        _ => Ok(false),
     }
 }
 

@@ -128,7 +128,7 @@ pub fn recover(engine: &Engine, ids: &[(String, String)]) -> Result<Vec<String>>
             )
             .with_hint("wait for that run to end, and run again"));
         }
-        match super::guard::resume(engine, id, e.stopped) {
+        match resume(engine, id, e.stopped) {
             Ok(true) => notes.push(format!(
                 "container {name} was left {} by a freezer run that died (pid {} on {}, since {}); it was {} before this run read the site",
                 if e.stopped { "stopped" } else { "paused" },
@@ -159,4 +159,21 @@ pub fn recover(engine: &Engine, ids: &[(String, String)]) -> Result<Vec<String>>
         clear(id);
     }
     Ok(notes)
+}
+
+/// Puts one container back unless it is no longer held (the freeze released it before it
+/// ended, or someone else did); true if it had to.
+pub(super) fn resume(engine: &Engine, id: &str, stopped: bool) -> Result<bool> {
+    use bollard::models::ContainerStateStatusEnum as S;
+    let status = engine.inspect_container(id)?.state.and_then(|s| s.status);
+    let id = id.to_string();
+    match (stopped, status) {
+        (false, Some(S::PAUSED)) => engine
+            .call("unpausing the container", |d| async move {
+                d.unpause_container(&id).await
+            })
+            .map(|()| true),
+        (true, Some(S::EXITED | S::CREATED)) => engine.start_container(&id).map(|()| true),
+        _ => Ok(false),
+    }
 }

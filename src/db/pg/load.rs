@@ -245,35 +245,7 @@ pub fn load_database(
         });
         e
     };
-    let mark = loading_marker(m);
-    let restarted = rt.block_on(async {
-        // A fresh database from template0: nothing the server's template1 holds.
-        let admin = url.with_database("postgres").connect().await?;
-        let db = quote_ident(&url.database);
-        let mut restarted = false;
-        if let Some(t) = target(url).await? {
-            t.may_load(url, m, opts.replace)?;
-            restarted = t.marker.is_some();
-            admin
-                .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
-                .await
-                .map_err(|e| pg_error(e, &format!("dropping database {}", url.database)))?;
-        }
-        admin
-            .batch_execute(&format!(
-                "CREATE DATABASE {db} TEMPLATE template0 ENCODING 'UTF8'"
-            ))
-            .await
-            .map_err(|e| pg_error(e, &format!("creating database {}", url.database)))?;
-        admin
-            .batch_execute(&format!(
-                "COMMENT ON DATABASE {db} IS {}",
-                super::quote_literal(&mark)
-            ))
-            .await
-            .map_err(|e| partly(pg_error(e, &format!("marking database {}", url.database))))?;
-        Ok::<bool, Error>(restarted)
-    })?;
+    let restarted = rt.block_on(create_target(url, m, opts.replace, partly))?;
     let result = (|| {
         progress.set_label(format!("loading the schema of {}", url.database));
         let c = rt.block_on(url.connect())?;
@@ -352,6 +324,42 @@ pub fn load_database(
         })
     })();
     result.map_err(partly)
+}
+
+/// Creates the target database afresh (dropping the one there, which [`Target::may_load`]
+/// allows) and marks it as being loaded. True when it held an interrupted thaw of `m`.
+async fn create_target(
+    url: &PgUrl,
+    m: &PgManifest,
+    replace: bool,
+    partly: impl Fn(Error) -> Error,
+) -> Result<bool> {
+    // A fresh database from template0: nothing the server's template1 holds.
+    let admin = url.with_database("postgres").connect().await?;
+    let db = quote_ident(&url.database);
+    let mut restarted = false;
+    if let Some(t) = target(url).await? {
+        t.may_load(url, m, replace)?;
+        restarted = t.marker.is_some();
+        admin
+            .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+            .await
+            .map_err(|e| pg_error(e, &format!("dropping database {}", url.database)))?;
+    }
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE {db} TEMPLATE template0 ENCODING 'UTF8'"
+        ))
+        .await
+        .map_err(|e| pg_error(e, &format!("creating database {}", url.database)))?;
+    admin
+        .batch_execute(&format!(
+            "COMMENT ON DATABASE {db} IS {}",
+            super::quote_literal(&loading_marker(m))
+        ))
+        .await
+        .map_err(|e| partly(pg_error(e, &format!("marking database {}", url.database))))?;
+    Ok(restarted)
 }
 
 /// Turns autovacuum off on the tables about to be loaded (those whose snapshot does not
