@@ -483,7 +483,11 @@ impl StreamReader {
             {
                 return Err(self.error(last, since));
             }
-            std::thread::sleep(wait);
+            // In steps: the run's bound may end while it waits.
+            let until = Instant::now() + wait;
+            while Instant::now() < until && !self.health.given_up(&self.retry) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
             wait = (wait * 2).min(Duration::from_secs(10));
             let opts = GetOptions {
                 range: Some(GetRange::Offset(self.offset)),

@@ -74,7 +74,7 @@ fn pings_say_start_success_and_failure() {
         "--ping",
         &url,
     ]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let seen = seen.lock().unwrap().clone();
     let paths: Vec<(&str, &str)> = seen
         .iter()
@@ -164,8 +164,8 @@ fn the_metrics_textfile_tracks_each_site_and_keeps_the_last_success() {
         "--metrics-file",
         m,
     ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(sample("freezer_last_exit_code", "a"), Some(1.0));
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(sample("freezer_last_exit_code", "a"), Some(2.0));
     assert_eq!(
         sample("freezer_last_success_timestamp_seconds", "a"),
         Some(success_a)

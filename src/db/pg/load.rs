@@ -238,7 +238,13 @@ pub fn load_database(
             url.server(),
             e.message
         );
-        let again = "run the same thaw again: it loads the database again from the start";
+        let again = match e.kind {
+            // The same dump would fail the same way.
+            crate::error::ErrorKind::Integrity => {
+                "thaw another snapshot into it with --replace, or drop it"
+            }
+            _ => "run the same thaw again: it loads the database again from the start",
+        };
         e.hint = Some(match e.hint.take() {
             Some(h) => format!("{h}; then {again}"),
             None => again.to_string(),

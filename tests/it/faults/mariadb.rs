@@ -31,11 +31,7 @@ impl MariaDb {
             "mariadb-install-db: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::hydrated::free_port();
         let mut db = MariaDb {
             dir,
             port,

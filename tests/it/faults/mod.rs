@@ -56,21 +56,53 @@ fn retries(result: &serde_json::Value) -> u64 {
         .unwrap_or_else(|| panic!("no store_retries in the result: {result}"))
 }
 
+/// A Garage of the test's own behind a throttled fault proxy, a repository on it
+/// (`prefix`), and a 24 MiB site to freeze.
+struct Throttled {
+    g: Garage,
+    proxy: FaultProxy,
+    env: Vec<(String, String)>,
+    repo: String,
+    src: tempfile::TempDir,
+    path: String,
+}
+
+impl Throttled {
+    fn start(bytes_per_sec: usize, request_timeout: &str, prefix: &str) -> Throttled {
+        let g = Garage::start(1);
+        let proxy = FaultProxy::start(&g.s3_addr(0));
+        proxy.throttle(bytes_per_sec);
+        let env = with(
+            g.env(&proxy.endpoint()),
+            &[("FREEZER_REQUEST_TIMEOUT", request_timeout)],
+        );
+        let repo = g.repo_url(prefix);
+        assert_ok(&run(&["init", "--repo", &repo], &env));
+        let src = tempfile::tempdir().unwrap();
+        site_tree(src.path(), 24);
+        let path = src.path().display().to_string();
+        Throttled {
+            g,
+            proxy,
+            env,
+            repo,
+            src,
+            path,
+        }
+    }
+}
+
 #[test]
 fn a_store_restart_and_a_hang_are_ridden_through() {
-    let mut g = Garage::start(1);
     // Throttled, so that the store goes away while the freeze and the thaw are moving data.
-    let proxy = FaultProxy::start(&g.s3_addr(0));
-    proxy.throttle(6 << 20);
-    let env = with(
-        g.env(&proxy.endpoint()),
-        &[("FREEZER_REQUEST_TIMEOUT", "3s")],
-    );
-    let repo = g.repo_url("restart");
-    assert_ok(&run(&["init", "--repo", &repo], &env));
-    let src = tempfile::tempdir().unwrap();
-    site_tree(src.path(), 24);
-    let path = src.path().display().to_string();
+    let Throttled {
+        mut g,
+        proxy: _proxy,
+        env,
+        repo,
+        src,
+        path,
+    } = Throttled::start(6 << 20, "3s", "restart");
 
     // Freeze: the store is killed a second in and comes back 3 seconds later.
     let child = spawn(
@@ -182,19 +214,15 @@ fn a_failing_run_gives_up_within_one_bound_clean_up_included() {
     // The store goes away in the middle of a freeze (a multipart upload in flight, whose
     // abort and the lock's release come after) and of a thaw. The bound is the run's,
     // not each request's: retry_for + one request timeout (+5 s for connect and exit).
-    let mut g = Garage::start(1);
-    let proxy = FaultProxy::start(&g.s3_addr(0));
     // 1 MiB/s per connection and direction: the 22 MiB the runs move take seconds.
-    proxy.throttle(1 << 20);
-    let env = with(
-        g.env(&proxy.endpoint()),
-        &[("FREEZER_REQUEST_TIMEOUT", "10s")],
-    );
-    let repo = g.repo_url("bound");
-    assert_ok(&run(&["init", "--repo", &repo], &env));
-    let src = tempfile::tempdir().unwrap();
-    site_tree(src.path(), 24);
-    let path = src.path().display().to_string();
+    let Throttled {
+        mut g,
+        proxy: _proxy,
+        env,
+        repo,
+        src,
+        path,
+    } = Throttled::start(1 << 20, "10s", "bound");
     assert_ok(&run(
         &["freeze", "site", "--repo", &repo, "--path", &path],
         &env,

@@ -40,11 +40,7 @@ impl PgServer {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::hydrated::free_port();
         let pg = PgServer { dir, port };
         pg.spawn();
         pg
