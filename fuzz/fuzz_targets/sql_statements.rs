@@ -5,7 +5,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let range = data.as_ptr_range();
-    for s in freezer::db::sql::statements(data) {
+    for s in freezer::db::mysql::sql::statements(data) {
         let r = s.as_ptr_range();
         assert!(s.is_empty() || (range.start <= r.start && r.end <= range.end));
     }

@@ -386,11 +386,7 @@ fn say_site(ctx: &Ctx, r: &SiteReport) {
 }
 
 /// The lines a thaw prints for what it restored.
-fn say_restored(
-    ctx: &Ctx,
-    trees: &[ops::ThawTreeReport],
-    databases: &[crate::db::load::LoadReport],
-) {
+fn say_restored(ctx: &Ctx, trees: &[ops::ThawTreeReport], databases: &[crate::db::LoadReport]) {
     for t in trees {
         ctx.say(format!(
             "  {:<12} -> {}  ({} files, {})",

@@ -1,24 +1,18 @@
-//! Logical dumps of MySQL and MariaDB databases: the data of a dehydrated snapshot.
-//!
-//! A database is stored as one OCI image manifest (SPEC.md §10) whose config is a
-//! [`DbManifest`] and whose layers are zstd-compressed SQL files in load order:
-//! `schema.sql`, the data chunks, `indexes.sql`, `objects.sql`. Each file loads with the
-//! stock `mariadb` client, so a dump outlives freezer.
+//! Databases: the data of a dehydrated snapshot. Each engine has a module of its own
+//! (`mysql`, `pg`) with its dump, its load and its stored form; what they share is in
+//! [`model`]; which engine a URL or a stored dump is, is decided here, in one place
+//! ([`Dump`], [`Prepared`]).
 
-pub mod conn;
-pub mod dump;
-pub mod load;
+pub mod model;
+pub mod mysql;
 pub mod pg;
-pub mod resume;
-pub mod schema;
-pub mod select;
-pub mod sql;
 
-use serde::{Deserialize, Serialize};
+pub use model::{Chunk, FileRef, LoadOptions, LoadReport, RowSum};
+pub use mysql::conn::DbUrl;
+pub use mysql::DbManifest;
 
 use crate::format::Digest;
-
-pub use conn::DbUrl;
+use mysql::load;
 
 pub use crate::format::MT_DB_CONFIG;
 pub const MT_SQL_ZSTD: &str = "application/vnd.freezer.sql.v1+zstd";
@@ -29,137 +23,6 @@ pub const A_DB_ROWS: &str = "dev.freezer.db.rows";
 /// On each layer: `schema`, `data`, `indexes` or `objects`.
 pub const A_SQL_PART: &str = "dev.freezer.sql.part";
 pub const A_SQL_TABLE: &str = "dev.freezer.sql.table";
-
-/// The config blob of a database image: everything needed to load and verify it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DbManifest {
-    pub format: u32,
-    pub database: String,
-    pub server: ServerInfo,
-    pub charset: String,
-    pub collation: String,
-    pub consistency: Consistency,
-    pub schema: FileRef,
-    pub indexes: FileRef,
-    pub objects_file: FileRef,
-    pub tables: Vec<TableEntry>,
-    /// Routines, views, triggers and events, in load order.
-    pub objects: Vec<schema::Object>,
-    /// Objects that exist in the source but are not in the dump (sequences, for now).
-    #[serde(default)]
-    pub skipped: Vec<String>,
-    /// `users.sql` (freeze `--with-users`): the accounts with privileges on the database
-    /// and those privileges. Loaded only on request (thaw `--with-users`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub users: Option<FileRef>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub accounts: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ServerInfo {
-    /// `SELECT VERSION()`, e.g. `10.11.6-MariaDB-0+deb12u1`.
-    pub version: String,
-    /// The source server's global sql_mode and time_zone, for the record; data is
-    /// dumped and loaded in UTC with [`schema::LOAD_SQL_MODE`].
-    pub sql_mode: String,
-    pub time_zone: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Consistency {
-    /// How the shared snapshot was taken: `lock-tables` (every table of the database
-    /// read-locked while each connection starts its transaction).
-    pub method: String,
-    /// How long the site's tables were read-locked, in milliseconds.
-    pub lock_ms: u64,
-    /// The server's GTID position at the snapshot, where it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gtid: Option<String>,
-    /// `file:position` of the binary log at the snapshot, where readable.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub binlog: Option<String>,
-    /// When the snapshot was taken (RFC 3339).
-    pub at: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileRef {
-    pub digest: Digest,
-    /// Compressed size.
-    pub size: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TableEntry {
-    pub name: String,
-    pub engine: String,
-    pub columns: Vec<schema::Column>,
-    /// Chunk boundaries follow this key; empty for a table without one.
-    pub key: Vec<String>,
-    /// How rows were cut into chunks (SPEC.md §10.2): `key-range` (a chunk per key range
-    /// of width 2^chunk_bits), `key-hash` (a chunk starts at a key whose hash has its low
-    /// chunk_bits bits zero) or `row-hash` (a chunk ends after such a row).
-    pub chunking: String,
-    pub chunk_bits: u32,
-    pub rows: u64,
-    /// The longest single value (string or BLOB) in bytes: a target server whose
-    /// max_allowed_packet is smaller cannot hold it.
-    #[serde(default)]
-    pub max_value_bytes: u64,
-    /// [`sql::RowSum`] of every row, as 32 hex digits.
-    pub checksum: String,
-    pub chunks: Vec<Chunk>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Chunk {
-    pub digest: Digest,
-    pub size: u64,
-    pub rows: u64,
-    /// Uncompressed SQL bytes.
-    pub sql_bytes: u64,
-    /// SHA-256 of the uncompressed SQL: the next freeze reuses this chunk without
-    /// compressing it again when its text hashes the same.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sql_digest: Option<Digest>,
-}
-
-pub const DB_FORMAT_VERSION: u32 = 1;
-
-/// Stores a database image, of either kind: its config (of media type `config_type`) and
-/// the image manifest listing `layers` in load order. Returns the snapshot record's
-/// descriptor of it, which names the database and counts its tables and rows.
-pub fn store_image(
-    repo: &crate::repo::Repository,
-    config_type: &str,
-    config: &[u8],
-    layers: Vec<crate::format::Descriptor>,
-    database: &str,
-    tables: usize,
-    rows: u64,
-) -> crate::error::Result<crate::format::Descriptor> {
-    use crate::format::*;
-    let (cd, cs) = repo.put_blob(config)?;
-    let mut ann = Annotations::new();
-    ann.insert(A_DB_NAME.into(), database.to_string());
-    ann.insert(A_TITLE.into(), database.to_string());
-    let image = ImageManifest {
-        schema_version: 2,
-        media_type: MT_MANIFEST.into(),
-        config: Descriptor::new(config_type, cd, cs),
-        layers,
-        annotations: ann,
-    };
-    let (md, ms) = repo.put_blob(&to_json(&image))?;
-    let mut desc = Descriptor::new(MT_MANIFEST, md, ms);
-    let a = &mut desc.annotations;
-    a.insert(A_DB_NAME.into(), database.to_string());
-    a.insert(A_DB_TABLES.into(), tables.to_string());
-    a.insert(A_DB_ROWS.into(), rows.to_string());
-    a.insert(A_REF_NAME.into(), format!("db-{database}"));
-    Ok(desc)
-}
 
 /// A database dump of a snapshot, of either kind.
 #[derive(Debug, Clone)]
@@ -206,7 +69,7 @@ impl Dump {
             crate::db::pg::load::manifest_of(repo, digest, &image)
                 .map(|m| Dump::Postgres(Box::new(m)))
         } else {
-            load::manifest_of(repo, digest, &image).map(|m| Dump::Mysql(Box::new(m)))
+            mysql::load::manifest_of(repo, digest, &image).map(|m| Dump::Mysql(Box::new(m)))
         }
     }
 
@@ -240,9 +103,9 @@ impl Prepared {
     pub fn load(
         &self,
         url: &DbUrl,
-        opts: &load::LoadOptions,
+        opts: &LoadOptions,
         progress: &crate::progress::Progress,
-    ) -> crate::error::Result<load::LoadReport> {
+    ) -> crate::error::Result<LoadReport> {
         match (self, url.postgres()) {
             (Prepared::Postgres(p), Some(pg)) => {
                 crate::db::pg::load::load_database(p, pg, opts, progress)

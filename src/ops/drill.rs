@@ -234,7 +234,7 @@ fn hook_check(h: &hooks::HookReport) -> Check {
 /// database its row counts and checksums.
 fn restored_checks(
     trees: &[crate::ops::ThawTreeReport],
-    databases: &[crate::db::load::LoadReport],
+    databases: &[crate::db::LoadReport],
 ) -> Vec<Check> {
     let trees = trees.iter().map(|t| {
         check(
@@ -469,7 +469,7 @@ fn drop_database(url: &DbUrl) -> Result<()> {
     }
     rt.block_on(async {
         let mut c = url.connect_server().await?;
-        crate::db::conn::exec(
+        crate::db::mysql::conn::exec(
             &mut c,
             &format!(
                 "DROP DATABASE IF EXISTS `{}`",

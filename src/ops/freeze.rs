@@ -11,7 +11,8 @@ use serde::Serialize;
 
 use super::hooks::{self, HookEnv, HookReport, HostHooks, When};
 use super::*;
-use crate::db::dump::{freeze_database, DbReport, DumpOptions};
+use crate::db::model::{DbReport, DumpOptions};
+use crate::db::mysql::dump::freeze_database;
 use crate::db::pg::tool::PgDumpAt;
 use crate::db::{DbUrl, Dump};
 use crate::docker::capture::{store_container, CapturedSite, KnownImages, WindowReport};

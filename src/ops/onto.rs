@@ -18,8 +18,9 @@ use serde::Serialize;
 
 use super::recreate::{self, SiteOptions, SitePlan};
 use super::{Action, ThawPlan, ThawTree};
-use crate::db::load::{LoadOptions, LoadReport, PreparedDb};
+use crate::db::mysql::load::PreparedDb;
 use crate::db::DbManifest;
+use crate::db::{LoadOptions, LoadReport};
 use crate::docker::capture::{CapturedSite, ContainerSpec, MountSpec};
 use crate::docker::Engine;
 use crate::error::{Error, ErrorKind, Result};
@@ -535,12 +536,12 @@ fn plan_database(
     if target.state == "running" {
         let url = recreate::container_database(engine, target)?.expect("has credentials");
         occupied = Some(match dump {
-            Some(m) => crate::db::load::check_target(&url, m, replace, None)?,
+            Some(m) => crate::db::mysql::load::check_target(&url, m, replace, None)?,
             None => {
                 let rt = crate::sys::runtime()?;
                 let objects = rt.block_on(async {
                     let mut c = url.connect_server().await?;
-                    let state = crate::db::load::target_state(&mut c, &into).await;
+                    let state = crate::db::mysql::load::target_state(&mut c, &into).await;
                     let _ = c.disconnect().await;
                     state
                 })?;
@@ -596,7 +597,7 @@ pub fn execute(
     // Everything read and verified before the target is touched.
     let mut prepared: Vec<PreparedDb> = Vec::new();
     for m in &plan.dumps {
-        prepared.push(crate::db::load::fetch(repo, m.clone(), progress)?);
+        prepared.push(crate::db::mysql::load::fetch(repo, m.clone(), progress)?);
     }
     if let Some(s) = plan.scratch.take() {
         prepared.extend(dump_scratch(repo, engine, s, &plan.services, progress)?);
@@ -743,7 +744,7 @@ fn load_databases(
             with_users: false,
             tables: None,
         };
-        let r = crate::db::load::load_database(p, &url, &opts, progress).map_err(|e| {
+        let r = crate::db::mysql::load::load_database(p, &url, &opts, progress).map_err(|e| {
             crate::error::prefix(
                 e,
                 &format!(
@@ -813,15 +814,19 @@ fn dump_scratch(
                 spec.name
             ));
             recreate::wait_for_database(engine, &url, &spec.name)?;
-            let (desc, _) = crate::db::dump::freeze_database(
+            let (desc, _) = crate::db::mysql::dump::freeze_database(
                 &scratch_repo,
                 &url,
                 None,
                 &Default::default(),
                 progress,
             )?;
-            let (_, manifest) = crate::db::load::read_manifest(&scratch_repo, &desc.digest)?;
-            out.push(crate::db::load::fetch(&scratch_repo, manifest, progress)?);
+            let (_, manifest) = crate::db::mysql::load::read_manifest(&scratch_repo, &desc.digest)?;
+            out.push(crate::db::mysql::load::fetch(
+                &scratch_repo,
+                manifest,
+                progress,
+            )?);
         }
         Ok(out)
     })();

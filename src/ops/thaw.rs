@@ -10,8 +10,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::*;
-use crate::db::load::{LoadOptions, LoadReport};
 use crate::db::{DbUrl, Dump};
+use crate::db::{LoadOptions, LoadReport};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
 use crate::progress::Progress;
@@ -235,11 +235,11 @@ fn plan_database(
                 .with_hint("load it with --db mysql://USER@HOST[:PORT]/DATABASE"));
             }
             let manifest = match &tables {
-                Some(t) => Box::new(crate::db::select::restrict(&manifest, t)?),
+                Some(t) => Box::new(crate::db::mysql::select::restrict(&manifest, t)?),
                 None => manifest,
             };
             let replaces =
-                crate::db::load::check_target(&target, &manifest, replace, tables.as_ref())?;
+                crate::db::mysql::load::check_target(&target, &manifest, replace, tables.as_ref())?;
             (Dump::Mysql(manifest), replaces)
         }
     };

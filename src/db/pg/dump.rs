@@ -14,8 +14,8 @@ use super::tool::{PgDump, PgDumpAt};
 use super::{
     pg_error, quote_ident, quote_literal, PgManifest, PgTable, PgUrl, PgUsers, MT_PG_CONFIG,
 };
-use crate::db::dump::{reusable, with_uploads, DbReport, DumpOptions};
-use crate::db::sql::RowSum;
+use crate::db::model::{reusable, with_uploads, DbReport, DumpOptions};
+use crate::db::RowSum;
 use crate::db::{Chunk, FileRef, A_SQL_PART, A_SQL_TABLE, MT_SQL_ZSTD};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::*;
@@ -36,10 +36,10 @@ struct Table {
 }
 
 /// A stored chunk: (table, (part of the table, sequence number in the part), chunk).
-type StoredChunk = crate::db::dump::Stored<(u32, u32)>;
+type StoredChunk = crate::db::model::Stored<(u32, u32)>;
 
 /// A chunk's SQL on its way to compression and upload.
-type ChunkOut = crate::db::dump::ChunkOut<(u32, u32)>;
+type ChunkOut = crate::db::model::ChunkOut<(u32, u32)>;
 
 /// Dumps the URL's database into the repository: the descriptor of its image (for the
 /// snapshot record) and a report. `prev` is the same database's manifest from the
@@ -284,7 +284,7 @@ fn read_rows(
 fn store_image(repo: &Repository, manifest: &PgManifest) -> Result<(Descriptor, u64)> {
     let layers = image_layers(manifest);
     let stored_bytes: u64 = layers.iter().map(|l| l.size).sum();
-    let desc = crate::db::store_image(
+    let desc = crate::db::model::store_image(
         repo,
         MT_PG_CONFIG,
         &to_json(manifest),

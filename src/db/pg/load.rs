@@ -10,9 +10,9 @@ use std::time::Instant;
 use futures::{SinkExt, StreamExt};
 
 use super::{pg_error, quote_ident, PgManifest, PgTable, PgUrl, MT_PG_CONFIG, PG_FORMAT_VERSION};
-use crate::db::load::{Fetched, LoadOptions, LoadReport};
-use crate::db::sql::RowSum;
+use crate::db::model::{Fetched, LoadOptions, LoadReport};
 use crate::db::FileRef;
+use crate::db::RowSum;
 use crate::error::{Error, Result};
 use crate::format::*;
 use crate::progress::Progress;

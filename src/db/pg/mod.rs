@@ -81,7 +81,7 @@ pub struct PgTable {
     pub chunking: String,
     pub chunk_bits: u32,
     pub rows: u64,
-    /// [`crate::db::sql::RowSum`] of every row's COPY text line, 32 hex digits.
+    /// [`crate::db::RowSum`] of every row's COPY text line, 32 hex digits.
     pub checksum: String,
     pub chunks: Vec<Chunk>,
 }

@@ -33,7 +33,7 @@ pub struct SiteReport {
     #[serde(skip)]
     pub states: Vec<(String, String)>,
     pub trees: Vec<crate::ops::ThawTreeReport>,
-    pub databases: Vec<crate::db::load::LoadReport>,
+    pub databases: Vec<crate::db::LoadReport>,
     /// Volumes and networks this thaw created.
     pub volumes: Vec<String>,
     pub networks: Vec<String>,
@@ -46,7 +46,7 @@ pub struct SiteReport {
 type Applied = (
     Vec<String>,
     Vec<crate::ops::ThawTreeReport>,
-    Vec<crate::db::load::LoadReport>,
+    Vec<crate::db::LoadReport>,
 );
 
 /// Things created so far, removed again if the thaw fails.
@@ -642,7 +642,7 @@ fn load_databases(
     plan: &SitePlan,
     prepared: &[crate::db::Prepared],
     track: &Tracker,
-) -> Result<Vec<crate::db::load::LoadReport>> {
+) -> Result<Vec<crate::db::LoadReport>> {
     let mut db_reports = Vec::new();
     for (step, p) in plan.databases.iter().zip(prepared) {
         let (spec, _, _) = plan
@@ -661,7 +661,7 @@ fn load_databases(
             .progress
             .set_label(format!("waiting for the database in {}", spec.name));
         wait_for_database(engine, &url, &spec.name)?;
-        let opts = crate::db::load::LoadOptions {
+        let opts = crate::db::LoadOptions {
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
             replace: false,
             with_users: false,
@@ -944,7 +944,7 @@ pub(crate) fn wait_for_database(
         };
         match tried {
             Ok(()) => return Ok(()),
-            Err(e) if crate::db::conn::is_wrong_server(&e) => return Err(e),
+            Err(e) if crate::db::mysql::conn::is_wrong_server(&e) => return Err(e),
             Err(e) if std::time::Instant::now() > deadline => {
                 return Err(e.with_hint(format!(
                     "the database in container {container} did not accept connections within 5 minutes; `docker logs {container}` says why"

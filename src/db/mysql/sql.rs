@@ -188,31 +188,6 @@ pub fn push_row(out: &mut Vec<u8>, row: &[Value], kinds: &[ColumnKind]) {
     out.push(b')');
 }
 
-/// The content checksum of a table: the sum, modulo 2^128, of the XXH3-128 hash of each
-/// row's text as [`push_row`] writes it. A sum is independent of row order and, unlike
-/// XOR, does not cancel out duplicate rows in a table without a key.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RowSum {
-    pub rows: u64,
-    pub sum: u128,
-}
-
-impl RowSum {
-    pub fn add_row(&mut self, row_text: &[u8]) {
-        self.rows += 1;
-        self.sum = self
-            .sum
-            .wrapping_add(twox_hash::XxHash3_128::oneshot(row_text));
-    }
-    pub fn merge(&mut self, other: RowSum) {
-        self.rows += other.rows;
-        self.sum = self.sum.wrapping_add(other.sum);
-    }
-    pub fn hex(&self) -> String {
-        format!("{:032x}", self.sum)
-    }
-}
-
 /// The statements of a dump file. Data chunks hold one statement per line, ending in
 /// `;` (their bytes need not be UTF-8: they carry each column's stored bytes). Schema
 /// files start with `DELIMITER ;;` (bodies of triggers and routines contain `;`) and end

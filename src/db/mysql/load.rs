@@ -5,19 +5,19 @@
 //! first), indexes.sql (one ALTER per table, in parallel), objects.sql, and finally a
 //! re-read of every table whose row count and checksum must match the manifest.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
-use serde::Serialize;
 
 use super::conn::{db_error, exec, exec_strings, DbUrl};
 use super::resume::{self, Step};
 use super::schema::strip_definer;
-use super::sql::{ident, push_row, statements, string_literal, ColumnKind, RowSum};
+use super::sql::{ident, push_row, statements, string_literal, ColumnKind};
 use super::*;
+use crate::db::model::*;
 use crate::error::{Error, Result};
 use crate::format::{from_json, Digest, ImageManifest};
 use crate::progress::Progress;
@@ -27,76 +27,6 @@ use crate::repo::Repository;
 pub struct PreparedDb {
     pub manifest: DbManifest,
     files: Fetched,
-}
-
-/// The files of a dump, downloaded (each checked against its digest as it streams) into
-/// temporary files, compressed: the whole dump is known to be good before a target is
-/// touched, and only the chunks being loaded are in memory.
-pub(crate) struct Fetched {
-    files: HashMap<Digest, tempfile::NamedTempFile>,
-}
-
-impl Fetched {
-    /// Downloads `refs` (of the dump of `database`), after checking that the temporary
-    /// directory has room for them.
-    pub(crate) fn fetch(
-        repo: &Repository,
-        refs: &[FileRef],
-        database: &str,
-        progress: &Progress,
-    ) -> Result<Fetched> {
-        let need: u64 = refs.iter().map(|f| f.size).sum();
-        let tmp = std::env::temp_dir();
-        if let Ok(free) = crate::sys::free_space(&tmp) {
-            if free < need + need / 10 {
-                return Err(Error::other(format!(
-                    "not enough space in {} for the dump of {database}: it needs {}, {} is free",
-                    tmp.display(),
-                    crate::progress::bytes(need),
-                    crate::progress::bytes(free)
-                ))
-                .with_hint("set TMPDIR to a directory on a file system with more free space"));
-            }
-        }
-        let mut files = HashMap::new();
-        for f in refs {
-            if files.contains_key(&f.digest) {
-                continue;
-            }
-            progress.set_label(format!("fetching {}", &f.digest.hex()[..12]));
-            files.insert(f.digest.clone(), repo.fetch_blob(&f.digest)?);
-        }
-        Ok(Fetched { files })
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.files.len()
-    }
-
-    /// One file, decompressed.
-    pub(crate) fn text(&self, f: &FileRef) -> Result<Vec<u8>> {
-        let tmp = self.files.get(&f.digest).expect("fetched");
-        let data =
-            std::fs::read(tmp.path()).map_err(|e| Error::io("reading a fetched dump file", e))?;
-        let damaged = |e: std::io::Error| {
-            Error::integrity(format!(
-                "dump file {} does not decompress: {e}",
-                f.digest.key()
-            ))
-        };
-        // Into a buffer of the size the frame header gives (freezer writes it): growing
-        // one as decode_all does copied every chunk several times (7% of a thaw's CPU).
-        // Streamed when the header has no size or an implausible one, or the file holds
-        // more than one frame (the first frame's size is then too small).
-        let sized = match zstd::zstd_safe::get_frame_content_size(&data) {
-            Ok(Some(n)) if n <= 256 << 20 => zstd::bulk::decompress(&data, n as usize).ok(),
-            _ => None,
-        };
-        match sized {
-            Some(text) => Ok(text),
-            None => zstd::stream::decode_all(data.as_slice()).map_err(damaged),
-        }
-    }
 }
 
 /// Reads a database image's manifest and config and checks that they agree. Cheap: no
@@ -175,20 +105,6 @@ pub fn fetch(repo: &Repository, manifest: DbManifest, progress: &Progress) -> Re
     Ok(PreparedDb { manifest, files })
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct LoadOptions {
-    pub jobs: usize,
-    /// Drop and recreate a target database that has objects.
-    pub replace: bool,
-    /// Create the dump's accounts (if it has them) and grant them their privileges on
-    /// the target database.
-    pub with_users: bool,
-    /// `thaw --table`: load only these tables (the prepared manifest is restricted to
-    /// them, [`super::select::restrict`]) into the target, which may hold other tables;
-    /// with `replace` only these are dropped and loaded again.
-    pub tables: Option<BTreeSet<String>>,
-}
-
 /// The schema files of a load: whole, or only what belongs to the selected tables.
 struct SchemaFiles {
     schema: Vec<u8>,
@@ -227,29 +143,6 @@ impl SchemaFiles {
                 .collect(),
         })
     }
-}
-
-#[derive(Debug, Serialize)]
-pub struct LoadReport {
-    pub source: String,
-    pub target: String,
-    pub tables: usize,
-    pub rows: u64,
-    pub chunks: usize,
-    /// Chunks an interrupted load of the same dump had loaded (and committed) already:
-    /// not loaded again.
-    pub resumed_chunks: usize,
-    pub objects: usize,
-    /// Accounts created or granted privileges (thaw --with-users).
-    pub accounts: Vec<String>,
-    pub seconds: f64,
-    /// Of which: loading rows, building indexes, verifying. A PostgreSQL thaw reads the
-    /// tables back while it builds the indexes: its verification counts from the start
-    /// of the indexes to the last read, within `index_seconds`.
-    pub data_seconds: f64,
-    pub index_seconds: f64,
-    pub verify_seconds: f64,
-    pub warnings: Vec<String>,
 }
 
 /// What the target holds now: whether the database exists and how many objects it has.

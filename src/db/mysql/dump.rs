@@ -21,71 +21,22 @@ use std::time::{Instant, SystemTime};
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Value};
-use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::conn::{db_error, exec, query_strings, DbUrl};
 use super::schema::{read_schema, schema_files, Schema, Table};
-use super::sql::{ident, push_row, string_literal, ColumnKind, RowSum};
+use super::sql::{ident, push_row, string_literal, ColumnKind};
 use super::*;
+use crate::db::model::*;
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::{rfc3339, to_json, Descriptor, Digest, A_TITLE};
+use crate::format::{rfc3339, to_json, Descriptor, A_TITLE};
 use crate::progress::Progress;
 use crate::repo::Repository;
-
-#[derive(Debug, Clone)]
-pub struct DumpOptions {
-    /// Connections reading in parallel.
-    pub jobs: usize,
-    /// Average uncompressed size of a data chunk.
-    pub chunk_bytes: u64,
-    /// How long to wait for the table locks before giving up, in seconds.
-    pub lock_wait_timeout: u64,
-    /// Also dump the accounts with privileges on the database, and those privileges.
-    pub with_users: bool,
-}
-
-impl Default for DumpOptions {
-    fn default() -> Self {
-        DumpOptions {
-            jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            chunk_bytes: 2 << 20,
-            lock_wait_timeout: 60,
-            with_users: false,
-        }
-    }
-}
 
 /// INSERT statements are cut at this size, far below any server's max_allowed_packet
 /// default (16 MiB in MariaDB, 64 MiB in MySQL). A single larger row gets a statement
 /// of its own.
 const STATEMENT_BYTES: usize = 1 << 20;
-
-/// zstd level of data chunks. Measured on sysbench data (scripts/bench db): level 1 is
-/// 1.7x faster than level 3 and, on SQL text, no larger.
-const CHUNK_ZSTD_LEVEL: i32 = 1;
-
-#[derive(Debug, Serialize)]
-pub struct DbReport {
-    pub database: String,
-    pub url: String,
-    pub tables: usize,
-    pub rows: u64,
-    pub chunks: usize,
-    pub sql_bytes: u64,
-    pub stored_bytes: u64,
-    pub lock_ms: u64,
-    pub consistency: String,
-    /// The program that wrote the schema, and where it ran (PostgreSQL:
-    /// "pg_dump 15.18 in container site-db-1").
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub schema_by: Option<String>,
-    /// Tables read on several connections at once, as `name (N parts)` (PostgreSQL).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub split: Vec<String>,
-    pub seconds: f64,
-    pub warnings: Vec<String>,
-}
 
 /// Dumps the URL's database into the repository. Returns the descriptor of its image
 /// (for the snapshot record) and a report. `prev` is the same database's manifest from
@@ -183,7 +134,7 @@ pub fn freeze_database(
         .map(|c| c.sql_bytes)
         .sum();
     let stored_bytes: u64 = layers.iter().map(|l| l.size).sum();
-    let desc = super::store_image(
+    let desc = store_image(
         repo,
         MT_DB_CONFIG,
         &to_json(&manifest),
@@ -261,9 +212,6 @@ enum Outcome {
     SchemaChanged(Vec<String>),
 }
 
-/// A stored chunk: (table, its place in the table, chunk).
-pub(crate) type Stored<S> = (usize, S, Chunk);
-
 /// A stored chunk of a MySQL table, placed by (range, part).
 type StoredChunk = Stored<(u32, u32)>;
 
@@ -277,82 +225,6 @@ struct Dumped {
     /// Per table: how it was cut into chunks, and the bits of that method.
     chunking: Vec<(&'static str, u32)>,
     users_sql: Option<String>,
-}
-
-/// One chunk's SQL on its way to compression and upload: its table, its place in the
-/// table (`S` sorts the chunks of a table into key order; MySQL: (range, part)), its text
-/// and rows.
-pub(crate) struct ChunkOut<S> {
-    pub table: usize,
-    pub seq: S,
-    pub sql: Vec<u8>,
-    pub rows: u64,
-}
-
-/// Runs `read` (the readers, which send chunks on the channel it is given) while `jobs`
-/// plain threads compress and store the chunks: the store has its own runtime, which
-/// must not be entered from the readers'. A chunk whose text is in `reuse` (last night's
-/// chunks by the digest of their text) is not compressed again. Returns what `read`
-/// returned and the stored chunks as (table, place, chunk). An upload failure sets the
-/// flag `read` is given (the readers stop) and is the error returned, whatever the
-/// readers then say.
-pub(crate) fn with_uploads<S: Send, R>(
-    repo: &Repository,
-    reuse: &HashMap<Digest, (Digest, u64)>,
-    jobs: usize,
-    read: impl FnOnce(mpsc::Sender<ChunkOut<S>>, Arc<AtomicBool>) -> Result<R>,
-) -> Result<(R, Vec<Stored<S>>)> {
-    let (tx, rx) = mpsc::channel::<ChunkOut<S>>(jobs * 2);
-    let rx = Mutex::new(rx);
-    let stored = Mutex::new(Vec::new());
-    let upload_error: Mutex<Option<Error>> = Mutex::new(None);
-    let cancel = Arc::new(AtomicBool::new(false));
-    let read_result = std::thread::scope(|s| {
-        for _ in 0..jobs {
-            s.spawn(|| loop {
-                let Some(c) = rx.lock().unwrap().blocking_recv() else {
-                    break;
-                };
-                if upload_error.lock().unwrap().is_some() {
-                    continue; // keep draining so the readers never block
-                }
-                let sql_digest = Digest::of(&c.sql);
-                match store_chunk(repo, &c.sql, &sql_digest, reuse) {
-                    Ok((digest, size)) => stored.lock().unwrap().push((
-                        c.table,
-                        c.seq,
-                        Chunk {
-                            digest,
-                            size,
-                            rows: c.rows,
-                            sql_bytes: c.sql.len() as u64,
-                            sql_digest: Some(sql_digest),
-                        },
-                    )),
-                    Err(e) => {
-                        cancel.store(true, Ordering::Relaxed);
-                        *upload_error.lock().unwrap() = Some(e);
-                    }
-                }
-            });
-        }
-        // The sender is dropped by the time `read` returns: that ends the threads, and
-        // the scope joins them.
-        read(tx, cancel.clone())
-    });
-    if let Some(e) = upload_error.into_inner().unwrap() {
-        return Err(e);
-    }
-    Ok((read_result?, stored.into_inner().unwrap()))
-}
-
-/// Last night's chunks by the digest of their text: (blob digest, stored size).
-pub(crate) fn reusable<'a>(
-    chunks: impl Iterator<Item = &'a Chunk>,
-) -> HashMap<Digest, (Digest, u64)> {
-    chunks
-        .filter_map(|c| Some((c.sql_digest.clone()?, (c.digest.clone(), c.size))))
-        .collect()
 }
 
 fn dump_once(
@@ -374,26 +246,6 @@ fn dump_once(
         }
         other => other,
     })
-}
-
-/// Stores one chunk: reused without compressing when last night's dump had the same SQL
-/// text and its blob is still in the repository, else compressed and uploaded (unless a
-/// blob with that content is already there).
-pub(crate) fn store_chunk(
-    repo: &Repository,
-    sql: &[u8],
-    sql_digest: &Digest,
-    reuse: &HashMap<Digest, (Digest, u64)>,
-) -> Result<(Digest, u64)> {
-    if let Some((digest, size)) = reuse.get(sql_digest) {
-        if repo.blob_size(digest)? == Some(*size) {
-            repo.count_reused(*size);
-            return Ok((digest.clone(), *size));
-        }
-    }
-    let z = zstd::bulk::compress(sql, CHUNK_ZSTD_LEVEL)
-        .map_err(|e| Error::io("compressing a dump chunk", e))?;
-    repo.put_blob(&z)
 }
 
 /// How many low hash bits must be zero for a row to start a chunk: about `target`
