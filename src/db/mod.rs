@@ -92,6 +92,124 @@ impl Dump {
     }
 }
 
+/// Where a database's own tools run: on this machine, or in the site's database
+/// container through the engine. PostgreSQL writes its schema with the server's own
+/// `pg_dump`; MySQL needs no tool.
+pub use pg::tool::{PgDumpAt as ToolsAt, Ran};
+
+/// Dumps the URL's database, of whichever engine, into the repository. `prev` is the
+/// same database's dump in the previous snapshot: its unchanged chunks are reused, and
+/// its chunk boundaries kept.
+pub fn freeze_database(
+    repo: &crate::repo::Repository,
+    url: &DbUrl,
+    at: &ToolsAt,
+    prev: Option<&Dump>,
+    opts: &model::DumpOptions,
+    progress: &crate::progress::Progress,
+) -> crate::error::Result<(crate::format::Descriptor, model::DbReport)> {
+    match (url.postgres(), prev) {
+        (Some(pg), prev) => {
+            let prev = match prev {
+                Some(Dump::Postgres(m)) => Some(&**m),
+                _ => None,
+            };
+            pg::dump::freeze_database(repo, pg, at, prev, opts, progress)
+        }
+        (None, prev) => {
+            let prev = match prev {
+                Some(Dump::Mysql(m)) => Some(&**m),
+                _ => None,
+            };
+            mysql::dump::freeze_database(repo, url, prev, opts, progress)
+        }
+    }
+}
+
+/// Waits for nothing: one connection to the URL's database, opened and closed (whether
+/// a server accepts the application's login yet).
+pub fn try_connect(url: &DbUrl) -> crate::error::Result<()> {
+    let rt = crate::sys::runtime()?;
+    match url.postgres() {
+        Some(pg) => rt.block_on(pg.connect()).map(drop),
+        None => rt
+            .block_on(url.connect())
+            .map(|c| drop(rt.block_on(c.disconnect()))),
+    }
+}
+
+/// Whether `e` says the URL reached another server than the one it names (a database
+/// container's port answered by the host's own server): waiting does not help.
+pub use mysql::conn::is_wrong_server;
+
+/// Drops the URL's database if it exists (a drill's scratch database), also while
+/// something is connected to it.
+pub fn drop_database(url: &DbUrl) -> crate::error::Result<()> {
+    let rt = crate::sys::runtime()?;
+    if let Some(pg) = url.postgres() {
+        return rt.block_on(pg::load::drop_database(pg));
+    }
+    rt.block_on(async {
+        let mut c = url.connect_server().await?;
+        mysql::conn::exec(
+            &mut c,
+            &format!(
+                "DROP DATABASE IF EXISTS {}",
+                mysql::sql::ident(&url.database)
+            ),
+            "dropping the scratch database",
+        )
+        .await
+    })
+}
+
+impl Dump {
+    /// Checks the dump against its target before anything is read or loaded: the
+    /// engines match, `tables` (`thaw --table`, MySQL only) are in the dump, and the
+    /// target is empty unless `replace`. `what` names the dump in errors. Returns the
+    /// dump to load (restricted to `tables`) and whether it replaces something.
+    pub fn check_target(
+        self,
+        what: &str,
+        target: &DbUrl,
+        tables: Option<&std::collections::BTreeSet<String>>,
+        replace: bool,
+    ) -> crate::error::Result<(Dump, bool)> {
+        use crate::error::Error;
+        match self {
+            Dump::Postgres(m) => {
+                let Some(pg) = target.postgres() else {
+                    return Err(Error::usage(format!(
+                        "{what} is a PostgreSQL dump; {target} is not a PostgreSQL database"
+                    ))
+                    .with_hint("load it with --db postgres://USER@HOST[:PORT]/DATABASE"));
+                };
+                if tables.is_some() {
+                    return Err(Error::usage(format!(
+                        "{what} is a PostgreSQL dump; --table applies to MySQL and MariaDB dumps only, for now"
+                    )));
+                }
+                let replaces = pg::load::check_target(pg, &m, replace)?;
+                Ok((Dump::Postgres(m), replaces))
+            }
+            Dump::Mysql(m) => {
+                if target.postgres().is_some() {
+                    return Err(Error::usage(format!(
+                        "{what} is a MySQL/MariaDB dump; {target} is a PostgreSQL database"
+                    ))
+                    .with_hint("load it with --db mysql://USER@HOST[:PORT]/DATABASE"));
+                }
+                let m = match tables {
+                    Some(t) => Box::new(mysql::select::restrict(&m, t)?),
+                    None => m,
+                };
+                let replaces = mysql::load::check_target(target, &m, replace, tables)?;
+                Ok((Dump::Mysql(m), replaces))
+            }
+        }
+    }
+}
+
 /// A dump read and checked, ready to load.
 pub enum Prepared {
     Mysql(Box<load::PreparedDb>),

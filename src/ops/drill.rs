@@ -454,29 +454,10 @@ pub fn drill_files(
         let _ = dir.keep();
     } else {
         for url in &scratch {
-            let _ = drop_database(url);
+            let _ = crate::db::drop_database(url);
         }
     }
     report.ok = report.error.is_none() && report.checks.iter().all(|c| c.ok);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
-}
-
-fn drop_database(url: &DbUrl) -> Result<()> {
-    let rt = crate::sys::runtime()?;
-    if let Some(pg) = url.postgres() {
-        return rt.block_on(crate::db::pg::load::drop_database(pg));
-    }
-    rt.block_on(async {
-        let mut c = url.connect_server().await?;
-        crate::db::mysql::conn::exec(
-            &mut c,
-            &format!(
-                "DROP DATABASE IF EXISTS `{}`",
-                url.database.replace('`', "``")
-            ),
-            "dropping the drill's scratch database",
-        )
-        .await
-    })
 }

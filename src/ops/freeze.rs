@@ -12,8 +12,7 @@ use serde::Serialize;
 use super::hooks::{self, HookEnv, HookReport, HostHooks, When};
 use super::*;
 use crate::db::model::{DbReport, DumpOptions};
-use crate::db::mysql::dump::freeze_database;
-use crate::db::pg::tool::PgDumpAt;
+use crate::db::ToolsAt;
 use crate::db::{DbUrl, Dump};
 use crate::docker::capture::{store_container, CapturedSite, KnownImages, WindowReport};
 use crate::error::{Error, ErrorKind, IoContext, Result};
@@ -823,35 +822,20 @@ fn dump_databases(
     };
     for url in &plan.databases {
         let prev = prev_db.get(&url.database);
-        let (desc, report) = match url.postgres() {
-            Some(pg) => {
-                let prev = match prev {
-                    Some(Dump::Postgres(m)) => Some(&**m),
-                    _ => None,
-                };
-                // A Docker site's database is dumped with its container's own pg_dump.
-                let container = plan.docker.as_ref().and_then(|d| {
-                    let name = d.site.database_container(&url.database)?;
-                    Some((name.to_string(), exec_in(&d.engine, name)))
-                });
-                let at = match &container {
-                    Some((name, exec)) => PgDumpAt::Container {
-                        name: name.clone(),
-                        exec,
-                    },
-                    None => PgDumpAt::Host,
-                };
-                crate::db::pg::dump::freeze_database(repo, pg, &at, prev, &db_opts, progress)
-            }
-            None => {
-                let prev = match prev {
-                    Some(Dump::Mysql(m)) => Some(&**m),
-                    _ => None,
-                };
-                freeze_database(repo, url, prev, &db_opts, progress)
-            }
-        }
-        .map_err(|e| prefix(e, &format!("dumping {url}")))?;
+        // A Docker site's database is dumped with its container's own tools.
+        let container = plan.docker.as_ref().and_then(|d| {
+            let name = d.site.database_container(&url.database)?;
+            Some((name.to_string(), exec_in(&d.engine, name)))
+        });
+        let at = match &container {
+            Some((name, exec)) => ToolsAt::Container {
+                name: name.clone(),
+                exec,
+            },
+            None => ToolsAt::Host,
+        };
+        let (desc, report) = crate::db::freeze_database(repo, url, &at, prev, &db_opts, progress)
+            .map_err(|e| prefix(e, &format!("dumping {url}")))?;
         warnings.extend(report.warnings.iter().cloned());
         manifests.push(desc);
         reports.push(report);
@@ -864,7 +848,7 @@ fn dump_databases(
 fn exec_in<'a>(
     engine: &'a crate::docker::Engine,
     name: &'a str,
-) -> impl Fn(Vec<String>, Vec<String>) -> Result<crate::db::pg::tool::Ran> + 'a {
+) -> impl Fn(Vec<String>, Vec<String>) -> Result<crate::db::Ran> + 'a {
     move |argv, env| {
         let hour = std::time::Duration::from_secs(3600);
         let (code, output) = engine.exec_argv(name, argv, env, None, hour)?;

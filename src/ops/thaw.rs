@@ -211,38 +211,7 @@ fn plan_database(
     replace: bool,
 ) -> Result<ThawDb> {
     let dump = Dump::read(repo, digest).map_err(|e| prefix(e, what))?;
-    let (manifest, replaces) = match dump {
-        Dump::Postgres(m) => {
-            let Some(pg) = target.postgres() else {
-                return Err(Error::usage(format!(
-                    "{what} is a PostgreSQL dump; {target} is not a PostgreSQL database"
-                ))
-                .with_hint("load it with --db postgres://USER@HOST[:PORT]/DATABASE"));
-            };
-            if tables.is_some() {
-                return Err(Error::usage(format!(
-                "{what} is a PostgreSQL dump; --table applies to MySQL and MariaDB dumps only, for now"
-            )));
-            }
-            let replaces = crate::db::pg::load::check_target(pg, &m, replace)?;
-            (Dump::Postgres(m), replaces)
-        }
-        Dump::Mysql(manifest) => {
-            if target.postgres().is_some() {
-                return Err(Error::usage(format!(
-                    "{what} is a MySQL/MariaDB dump; {target} is a PostgreSQL database"
-                ))
-                .with_hint("load it with --db mysql://USER@HOST[:PORT]/DATABASE"));
-            }
-            let manifest = match &tables {
-                Some(t) => Box::new(crate::db::mysql::select::restrict(&manifest, t)?),
-                None => manifest,
-            };
-            let replaces =
-                crate::db::mysql::load::check_target(&target, &manifest, replace, tables.as_ref())?;
-            (Dump::Mysql(manifest), replaces)
-        }
-    };
+    let (manifest, replaces) = dump.check_target(what, &target, tables.as_ref(), replace)?;
     Ok(ThawDb {
         source,
         target,

@@ -933,18 +933,11 @@ pub(crate) fn wait_for_database(
     url: &crate::db::DbUrl,
     container: &str,
 ) -> Result<()> {
-    let rt = crate::sys::runtime()?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     loop {
-        let tried = match url.postgres() {
-            Some(pg) => rt.block_on(pg.connect()).map(drop),
-            None => rt
-                .block_on(url.connect())
-                .map(|c| drop(rt.block_on(c.disconnect()))),
-        };
-        match tried {
+        match crate::db::try_connect(url) {
             Ok(()) => return Ok(()),
-            Err(e) if crate::db::mysql::conn::is_wrong_server(&e) => return Err(e),
+            Err(e) if crate::db::is_wrong_server(&e) => return Err(e),
             Err(e) if std::time::Instant::now() > deadline => {
                 return Err(e.with_hint(format!(
                     "the database in container {container} did not accept connections within 5 minutes; `docker logs {container}` says why"
