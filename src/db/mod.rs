@@ -142,6 +142,22 @@ pub fn try_connect(url: &DbUrl) -> crate::error::Result<()> {
 /// container's port answered by the host's own server): waiting does not help.
 pub use mysql::conn::is_wrong_server;
 
+/// How many tables and other objects (views, routines, …) the URL's database holds; 0
+/// when it does not exist.
+pub fn target_objects(url: &DbUrl) -> crate::error::Result<u64> {
+    let rt = crate::sys::runtime()?;
+    if let Some(pg) = url.postgres() {
+        let n = rt.block_on(pg::load::target_objects(pg))?;
+        return Ok(n.map_or(0, |n| n.max(0) as u64));
+    }
+    rt.block_on(async {
+        let mut c = url.connect_server().await?;
+        let state = mysql::load::target_state(&mut c, &url.database).await;
+        let _ = c.disconnect().await;
+        state.map(|(_, n)| n)
+    })
+}
+
 /// Drops the URL's database if it exists (a drill's scratch database), also while
 /// something is connected to it.
 pub fn drop_database(url: &DbUrl) -> crate::error::Result<()> {
@@ -217,6 +233,14 @@ pub enum Prepared {
 }
 
 impl Prepared {
+    /// The source database's name.
+    pub fn database(&self) -> &str {
+        match self {
+            Prepared::Mysql(p) => &p.manifest.database,
+            Prepared::Postgres(p) => &p.manifest.database,
+        }
+    }
+
     /// Loads it into `url`'s database, which must be of the dump's kind.
     pub fn load(
         &self,

@@ -845,7 +845,7 @@ fn dump_databases(
 
 /// A program run in container `name` through the engine, for the database layer: exit
 /// code, stdout, stderr.
-fn exec_in<'a>(
+pub(crate) fn exec_in<'a>(
     engine: &'a crate::docker::Engine,
     name: &'a str,
 ) -> impl Fn(Vec<String>, Vec<String>) -> Result<crate::db::Ran> + 'a {

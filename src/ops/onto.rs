@@ -18,9 +18,7 @@ use serde::Serialize;
 
 use super::recreate::{self, SiteOptions, SitePlan};
 use super::{Action, ThawPlan, ThawTree};
-use crate::db::mysql::load::PreparedDb;
-use crate::db::DbManifest;
-use crate::db::{LoadOptions, LoadReport};
+use crate::db::{Dump, LoadOptions, LoadReport, Prepared};
 use crate::docker::capture::{CapturedSite, ContainerSpec, MountSpec};
 use crate::docker::Engine;
 use crate::error::{Error, ErrorKind, Result};
@@ -66,7 +64,7 @@ pub struct OntoPlan {
     #[serde(skip)]
     trees: Vec<ThawTree>,
     #[serde(skip)]
-    dumps: Vec<DbManifest>,
+    dumps: Vec<Dump>,
     /// Hydrated: the scratch copy of the snapshot's database containers.
     #[serde(skip)]
     scratch: Option<SitePlan>,
@@ -181,24 +179,6 @@ fn check_map(
     Ok(())
 }
 
-/// The snapshot's dumps, which `--onto` can load only when they are MySQL/MariaDB ones.
-fn mysql_dumps(snap: &Snapshot, dumps: Vec<crate::db::Dump>) -> Result<Vec<crate::db::DbManifest>> {
-    let mut out = Vec::new();
-    for d in dumps {
-        match d {
-            crate::db::Dump::Mysql(m) => out.push(*m),
-            crate::db::Dump::Postgres(m) => {
-                return Err(Error::usage(format!(
-                    "snapshot {}:{} holds PostgreSQL database {}; --onto loads MySQL and MariaDB dumps only, for now",
-                    snap.site, snap.id, m.database
-                ))
-                .with_hint("thaw the snapshot as a site of its own (--as NAME), or load the database with thaw --db postgres://…"))
-            }
-        }
-    }
-    Ok(out)
-}
-
 pub fn plan(
     repo: &Repository,
     engine: &Engine,
@@ -241,7 +221,7 @@ pub fn plan(
         captured: captured.clone(),
     };
     let mut trees = parts.trees;
-    let dumps = mysql_dumps(&snap, parts.dumps)?;
+    let dumps = parts.dumps;
     let mut scratch_of = Vec::new();
     for (spec, _, _) in &parts.specs {
         let scratch = plan_service(engine, &mut plan, spec, &dumps, &mut trees, opts, &theirs)?;
@@ -298,7 +278,7 @@ fn plan_service(
     engine: &Engine,
     plan: &mut OntoPlan,
     spec: &ContainerSpec,
-    dumps: &[DbManifest],
+    dumps: &[Dump],
     trees: &mut HashMap<String, TreePlan>,
     opts: &OntoOptions,
     theirs: &[String],
@@ -306,7 +286,7 @@ fn plan_service(
     let dump = spec
         .database
         .as_ref()
-        .and_then(|db| dumps.iter().find(|d| &d.database == db));
+        .and_then(|db| dumps.iter().find(|d| d.database() == db));
     // A hydrated database container's files stand for its database: they go in through
     // SQL, from a scratch copy, never over the target's server files.
     let scratch = dumps.is_empty() && spec.database.is_some();
@@ -513,20 +493,20 @@ fn plan_database(
     engine: &Engine,
     spec: &ContainerSpec,
     target: &ContainerSpec,
-    dump: Option<&DbManifest>,
+    dump: Option<&Dump>,
     replace: bool,
 ) -> Result<DbMap> {
     let db = spec.database.clone().unwrap_or_default();
     let into = target.database.clone().ok_or_else(|| {
         Error::usage(format!(
-            "container {} holds database {db}; its counterpart {} names no database in its environment (MARIADB_DATABASE or MYSQL_DATABASE)",
+            "container {} holds database {db}; its counterpart {} names no database in its environment (MARIADB_DATABASE, MYSQL_DATABASE or POSTGRES_DB)",
             spec.name, target.name
         ))
         .with_hint("map the service to the target's database service with --map")
     })?;
     if !target.has_database_login() {
         return Err(Error::usage(format!(
-            "container {} holds database {into}, but its environment has no credentials (MARIADB_USER/MARIADB_PASSWORD or MARIADB_ROOT_PASSWORD, or their _FILE forms) to load it with",
+            "container {} holds database {into}, but its environment has no credentials (MARIADB_USER/MARIADB_PASSWORD, MARIADB_ROOT_PASSWORD or POSTGRES_PASSWORD, or their _FILE forms) to load it with",
             target.name
         )));
     }
@@ -536,23 +516,20 @@ fn plan_database(
     if target.state == "running" {
         let url = recreate::container_database(engine, target)?.expect("has credentials");
         occupied = Some(match dump {
-            Some(m) => crate::db::mysql::load::check_target(&url, m, replace, None)?,
+            Some(m) => {
+                let what = format!("the dump of {db}");
+                m.clone().check_target(&what, &url, None, replace)?.1
+            }
             None => {
-                let rt = crate::sys::runtime()?;
-                let objects = rt.block_on(async {
-                    let mut c = url.connect_server().await?;
-                    let state = crate::db::mysql::load::target_state(&mut c, &into).await;
-                    let _ = c.disconnect().await;
-                    state
-                })?;
-                if objects.1 > 0 && !replace {
+                let objects = crate::db::target_objects(&url)?;
+                if objects > 0 && !replace {
                     return Err(Error::conflict(format!(
-                        "database {into} of container {} has {} tables or other objects",
-                        target.name, objects.1
+                        "database {into} of container {} has {objects} tables or other objects",
+                        target.name
                     ))
                     .with_hint("pass --replace to replace it (the target site is frozen first, as a safety snapshot)"));
                 }
-                objects.1 > 0
+                objects > 0
             }
         });
     }
@@ -595,9 +572,9 @@ pub fn execute(
 ) -> Result<OntoReport> {
     let started = Instant::now();
     // Everything read and verified before the target is touched.
-    let mut prepared: Vec<PreparedDb> = Vec::new();
+    let mut prepared: Vec<Prepared> = Vec::new();
     for m in &plan.dumps {
-        prepared.push(crate::db::mysql::load::fetch(repo, m.clone(), progress)?);
+        prepared.push(m.fetch(repo, progress)?);
     }
     if let Some(s) = plan.scratch.take() {
         prepared.extend(dump_scratch(repo, engine, s, &plan.services, progress)?);
@@ -715,7 +692,7 @@ fn restore_trees(
 fn load_databases(
     engine: &Engine,
     plan: &OntoPlan,
-    prepared: &[PreparedDb],
+    prepared: &[Prepared],
     progress: &Progress,
 ) -> Result<Vec<LoadReport>> {
     let mut reports = Vec::new();
@@ -723,7 +700,7 @@ fn load_databases(
         let Some(d) = &s.database else { continue };
         let p = prepared
             .iter()
-            .find(|p| p.manifest.database == d.database)
+            .find(|p| p.database() == d.database)
             .expect("prepared for every database step");
         let target = plan
             .captured
@@ -744,7 +721,7 @@ fn load_databases(
             with_users: false,
             tables: None,
         };
-        let r = crate::db::mysql::load::load_database(p, &url, &opts, progress).map_err(|e| {
+        let r = p.load(&url, &opts, progress).map_err(|e| {
             crate::error::prefix(
                 e,
                 &format!(
@@ -776,7 +753,7 @@ fn dump_scratch(
     scratch: SitePlan,
     services: &[ServiceMap],
     progress: &Progress,
-) -> Result<Vec<PreparedDb>> {
+) -> Result<Vec<Prepared>> {
     let name = scratch.target.clone();
     let specs: Vec<ContainerSpec> = scratch.container_specs().cloned().collect();
     let report = recreate::execute(repo, engine, scratch, progress, || {
@@ -814,19 +791,22 @@ fn dump_scratch(
                 spec.name
             ));
             recreate::wait_for_database(engine, &url, &spec.name)?;
-            let (desc, _) = crate::db::mysql::dump::freeze_database(
+            // With the scratch container's own tools (PostgreSQL: its pg_dump).
+            let exec = super::freeze::exec_in(engine, &spec.name);
+            let at = crate::db::ToolsAt::Container {
+                name: spec.name.clone(),
+                exec: &exec,
+            };
+            let (desc, _) = crate::db::freeze_database(
                 &scratch_repo,
                 &url,
+                &at,
                 None,
                 &Default::default(),
                 progress,
             )?;
-            let (_, manifest) = crate::db::mysql::load::read_manifest(&scratch_repo, &desc.digest)?;
-            out.push(crate::db::mysql::load::fetch(
-                &scratch_repo,
-                manifest,
-                progress,
-            )?);
+            let dump = Dump::read(&scratch_repo, &desc.digest)?;
+            out.push(dump.fetch(&scratch_repo, progress)?);
         }
         Ok(out)
     })();

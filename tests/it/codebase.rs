@@ -406,7 +406,10 @@ fn a_snapshot_loaded_onto_another_compose_project() {
     let password = format!("pw-{}", unique("s"));
     let site = start_shop(&name, free_port(), &password);
     let facts = shop_sums(&address(&a, &site.c("db")), "shop", &password, "shop");
-    let hydrated = freeze_id(&a, &name, &repo, &[]);
+    // Stopped, not paused, for the copy: a clean shutdown. (A paused server's files are
+    // crash-consistent: on start PostgreSQL empties unlogged tables and moves sequences
+    // past the values it had logged ahead, so its rows would not be the source's.)
+    let hydrated = freeze_id(&a, &name, &repo, &["--stop"]);
     let snap = format!("{name}:{hydrated}");
 
     let port = free_port();
@@ -547,7 +550,10 @@ fn a_snapshot_loaded_onto_a_project_on_a_remote_engine() {
     let password = format!("pw-{}", unique("s"));
     let site = start_shop(&name, free_port(), &password);
     let facts = shop_sums(&address(&a, &site.c("db")), "shop", &password, "shop");
-    let hydrated = freeze_id(&a, &name, &repo, &[]);
+    // Stopped, not paused, for the copy: a clean shutdown. (A paused server's files are
+    // crash-consistent: on start PostgreSQL empties unlogged tables and moves sequences
+    // past the values it had logged ahead, so its rows would not be the source's.)
+    let hydrated = freeze_id(&a, &name, &repo, &["--stop"]);
     images_on_b(&[V2, &mariadb_image()]);
     let port = free_port();
     let dev = start_dev(&b, port);
@@ -635,4 +641,110 @@ fn site_port(host: &str, site: &Site) -> u16 {
     let p = docker(host, &["port", &site.c("web"), "80/tcp"]);
     let first = p.lines().next().unwrap();
     first.rsplit(':').next().unwrap().trim().parse().unwrap()
+}
+
+/// A PostgreSQL container as the official image is driven (POSTGRES_USER,
+/// POSTGRES_PASSWORD, POSTGRES_DB), service `service` of compose project `project`, with
+/// its data in a volume; returns once it accepts the login.
+fn start_pg(a: &str, project: &str, service: &str, user: &str, password: &str, db: &str) -> String {
+    let image = std::env::var("FREEZER_TEST_POSTGRES_IMAGE").expect("set by scripts/services");
+    let name = format!("{project}-{service}-1");
+    #[rustfmt::skip]
+    docker(a, &[
+        "run", "-d", "--name", &name, "--label", &format!("com.docker.compose.project={project}"),
+        "--label", &format!("com.docker.compose.service={service}"),
+        "-v", &format!("{project}_{service}:/var/lib/postgresql/data"),
+        "-e", &format!("POSTGRES_PASSWORD={password}"), "-e", &format!("POSTGRES_USER={user}"),
+        "-e", &format!("POSTGRES_DB={db}"), &image,
+    ]);
+    let url = format!("postgres://{user}@{}:5432", address(a, &name));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !crate::postgres::psql_at(&url, password, db)
+        .args(["-c", "SELECT 1"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "PostgreSQL in {name} did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    name
+}
+
+fn remove_pg(a: &str, project: &str, service: &str) {
+    let _ = docker_try(a, &["rm", "-f", "-v", &format!("{project}-{service}-1")]);
+    let _ = docker_try(a, &["volume", "rm", &format!("{project}_{service}")]);
+}
+
+/// `thaw --onto` with PostgreSQL: a site whose database is PostgreSQL, frozen dehydrated
+/// and hydrated, loaded into another project's PostgreSQL service under that project's
+/// own user, password and database name; rows, sequences and schema as the source's.
+#[test]
+fn a_postgres_snapshot_loaded_onto_another_project() {
+    use crate::postgres::facts_at;
+    let a = host_a();
+    let repo = TestRepo::local().init();
+    let (name, dev) = (unique("onpg"), unique("devpg"));
+    let (password, dev_password) = (format!("pw-{}", unique("s")), "dev-pg-pw-9".to_string());
+    start_pg(&a, &name, "db", "app", &password, "shop");
+    let src = format!(
+        "postgres://app@{}:5432",
+        address(&a, &format!("{name}-db-1"))
+    );
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pg-fixture.sql");
+    let out = crate::postgres::psql_at(&src, &password, "shop")
+        .arg("-f")
+        .arg(&fixture)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let facts = facts_at(&src, &password, "shop").1;
+    let dehydrated = freeze_id(&a, &name, &repo, &["--mode", "dehydrated"]);
+    // Stopped, not paused, for the copy: a clean shutdown. (A paused server's files are
+    // crash-consistent: on start PostgreSQL empties unlogged tables and moves sequences
+    // past the values it had logged ahead, so its rows would not be the source's.)
+    let hydrated = freeze_id(&a, &name, &repo, &["--stop"]);
+
+    for (snap, replace) in [(dehydrated, false), (hydrated, true)] {
+        start_pg(&a, &dev, "pgsql", "dev", &dev_password, "devshop");
+        let target = format!(
+            "postgres://dev@{}:5432",
+            address(&a, &format!("{dev}-pgsql-1"))
+        );
+        if replace {
+            // Something to replace: the hydrated one loads over it (after a safety snapshot).
+            let out = crate::postgres::psql_at(&target, &dev_password, "devshop")
+                .args(["-c", "CREATE TABLE old_stuff (id int)"])
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+        }
+        let snapshot = format!("{name}:{snap}");
+        let mut args = vec![
+            "thaw", &snapshot, "--repo", &repo.url, "--onto", &dev, "--map", "db=pgsql", "--json",
+        ];
+        if replace {
+            args.push("--replace");
+        }
+        let out = freezer_on(&a, &args);
+        assert_no_secret(&out, &[&password, &dev_password]);
+        let report = result_line(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{report:#}\n{}", stderr(&out));
+        assert_eq!(report["databases"][0]["source"], "shop", "{report:#}");
+        assert_eq!(
+            facts_at(&target, &dev_password, "devshop").1,
+            facts,
+            "from {snapshot} (hydrated: {replace})"
+        );
+        remove_pg(&a, &dev, "pgsql");
+    }
+    remove_pg(&a, &name, "db");
 }

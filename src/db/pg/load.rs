@@ -190,7 +190,7 @@ async fn target(url: &PgUrl) -> Result<Option<Target>> {
 
 /// How many tables, views, sequences and functions the target database holds; None
 /// when it does not exist.
-async fn target_objects(url: &PgUrl) -> Result<Option<i64>> {
+pub(crate) async fn target_objects(url: &PgUrl) -> Result<Option<i64>> {
     let admin = url.with_database("postgres").connect().await?;
     let exists = admin
         .query_opt(
