@@ -3,6 +3,7 @@
 //! [`model`]; which engine a URL or a stored dump is, is decided here, in one place
 //! ([`Dump`], [`Prepared`]).
 
+pub mod container;
 pub mod model;
 pub mod mysql;
 pub mod pg;

@@ -137,122 +137,35 @@ impl ContainerSpec {
         })
     }
 
-    /// A credential as the official images take it: the variable, or `<VAR>_FILE`
-    /// naming a file in the container that holds it (a compose secret); the first of
-    /// `names` set either way.
-    fn credential(&self, names: &[&str]) -> Option<Credential> {
-        names.iter().find_map(|n| {
-            self.env(n).map(Credential::Value).or_else(|| {
-                self.env(&format!("{n}_FILE"))
-                    .filter(|p| !p.is_empty())
-                    .map(|path| Credential::File {
-                        var: format!("{n}_FILE"),
-                        path,
-                    })
-            })
-        })
-    }
-
     /// The database its environment names (see [`ContainerSpec::database`]).
     fn database_name(&self) -> Option<String> {
-        let mysql = ["MARIADB_DATABASE", "MYSQL_DATABASE"]
-            .iter()
-            .find_map(|k| self.env(k))
-            .filter(|d| !d.is_empty());
-        mysql.or_else(|| {
-            self.credential(&["POSTGRES_PASSWORD"])?;
-            Some(
-                ["POSTGRES_DB", "POSTGRES_USER"]
-                    .iter()
-                    .find_map(|k| self.env(k))
-                    .filter(|d| !d.is_empty())
-                    .unwrap_or_else(|| "postgres".into()),
-            )
-        })
-    }
-
-    fn is_postgres(&self) -> bool {
-        self.env("MARIADB_DATABASE").is_none() && self.env("MYSQL_DATABASE").is_none()
-    }
-
-    /// The user and password its environment gives a database client: for
-    /// MariaDB/MySQL the application user if there is one, else root; for PostgreSQL
-    /// `POSTGRES_USER` (default `postgres`).
-    fn database_login(&self) -> Option<(Credential, Credential)> {
-        self.database.as_ref()?;
-        if self.is_postgres() {
-            let password = self.credential(&["POSTGRES_PASSWORD"])?;
-            let user = self
-                .credential(&["POSTGRES_USER"])
-                .filter(|u| !matches!(u, Credential::Value(v) if v.is_empty()))
-                .unwrap_or_else(|| Credential::Value("postgres".into()));
-            return Some((user, password));
-        }
-        let user = self
-            .credential(&["MARIADB_USER", "MYSQL_USER"])
-            .filter(|u| !matches!(u, Credential::Value(v) if v.is_empty()));
-        let password = self.credential(&["MARIADB_PASSWORD", "MYSQL_PASSWORD"]);
-        match (user, password) {
-            (Some(u), Some(p)) => Some((u, p)),
-            _ => Some((
-                Credential::Value("root".into()),
-                self.credential(&["MARIADB_ROOT_PASSWORD", "MYSQL_ROOT_PASSWORD"])?,
-            )),
-        }
+        crate::db::container::database_name(&|k| self.env(k))
     }
 
     /// Whether its environment gives a database client a login (see [`Self::database_url`]).
     pub fn has_database_login(&self) -> bool {
-        self.database_login().is_some()
+        self.database.is_some() && crate::db::container::has_login(&|k| self.env(k))
     }
 
     /// The database endpoint of a database container at `address`, with the login its
-    /// environment gives ([`Self::database_login`]). A credential kept in a file
-    /// (`MARIADB_ROOT_PASSWORD_FILE=/run/secrets/db-password`) is read with `read_file`
-    /// (in the running container), trailing newlines dropped as the images' entrypoints
-    /// do; never printed. None: its environment names no database or no login.
+    /// environment gives ([`crate::db::container::url`]; a credential in a file is read
+    /// with `read_file`). None: its environment names no database or no login.
     pub fn database_url(
         &self,
         address: &str,
         read_file: &dyn Fn(&str) -> Result<String>,
     ) -> Result<Option<DbUrl>> {
-        let (Some(db), Some((user, password))) = (&self.database, self.database_login()) else {
+        let Some(db) = &self.database else {
             return Ok(None);
         };
-        let get = |c: Credential| -> Result<String> {
-            match c {
-                Credential::Value(v) => Ok(v),
-                Credential::File { var, path } => read_file(&path)
-                    .map(|v| v.trim_end_matches(['\n', '\r']).to_string())
-                    .map_err(|e| {
-                        crate::error::prefix(
-                            e,
-                            &format!("reading {var} of container {}", self.name),
-                        )
-                    }),
-            }
-        };
-        let (user, password) = (get(user)?, get(password)?);
-        Ok(Some(if self.is_postgres() {
-            DbUrl::from_postgres(crate::db::pg::PgUrl::from_parts(
-                address, 5432, &user, &password, db,
-            ))
-        } else {
-            DbUrl::from_parts(address, 3306, &user, &password, db)
-        }))
+        crate::db::container::url(&|k| self.env(k), &self.name, db, address, read_file)
     }
 
     /// The mount destinations that hold a database container's data: the images' data
     /// directory (`/var/lib/mysql`; `PGDATA`, else `/var/lib/postgresql/data`) and the
     /// volumes its image declares. A dump stands for them; nothing else.
     fn data_dirs(&self) -> Vec<String> {
-        let mut dirs = vec![if self.is_postgres() {
-            self.env("PGDATA")
-                .filter(|d| !d.is_empty())
-                .unwrap_or_else(|| "/var/lib/postgresql/data".into())
-        } else {
-            "/var/lib/mysql".into()
-        }];
+        let mut dirs = vec![crate::db::container::data_dir(&|k| self.env(k))];
         if let Some(v) = self
             .image_config
             .as_ref()
@@ -262,13 +175,6 @@ impl ContainerSpec {
         }
         dirs
     }
-}
-
-/// A credential of a container's environment: its value, or the file in the container
-/// that holds it and the variable that named the file.
-enum Credential {
-    Value(String),
-    File { var: String, path: String },
 }
 
 /// Whether a mount at `destination` holds (part of) a data directory in `dirs`: the

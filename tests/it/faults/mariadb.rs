@@ -120,15 +120,24 @@ impl MariaDb {
         }
     }
 
-    /// Waits until another session runs a statement that contains `fragment`.
-    pub fn wait_for_query(&self, fragment: &str) {
+    /// The server's count of SELECT statements so far (`SHOW` statements, which this
+    /// reads it with, are not counted).
+    pub fn selects(&self) -> u64 {
+        let out = self.sql("SHOW GLOBAL STATUS LIKE 'Com_select'");
+        out.split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("Com_select: {out:?}"))
+    }
+
+    /// Waits until `n` more SELECT statements than `since` ran: a dump in progress has
+    /// read that many chunks. (Catching one of its queries in PROCESSLIST missed them
+    /// all under load: each chunk's query runs for milliseconds.)
+    pub fn wait_for_selects(&self, since: u64, n: u64) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let probe = format!(
-            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND INFO LIKE '%{fragment}%'"
-        );
-        while self.sql(&probe).trim() == "0" {
-            assert!(Instant::now() < deadline, "no query with {fragment:?} ran");
-            std::thread::sleep(Duration::from_millis(20));
+        while self.selects() < since + n {
+            assert!(Instant::now() < deadline, "fewer than {n} SELECTs ran");
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 

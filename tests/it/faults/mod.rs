@@ -486,8 +486,10 @@ fn a_database_server_killed_mid_dump_and_mid_load() {
         "256K",
     ];
 
+    // Killed once the dump is well into the table's 200-odd chunks (a query each).
+    let since = db.selects();
     let child = spawn(&args, &[]);
-    db.wait_for_query("big_rows");
+    db.wait_for_selects(since, 60);
     db.kill();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
