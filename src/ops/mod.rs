@@ -2,7 +2,8 @@
 //!
 //! Each takes explicit arguments and returns a report; printing is the binary's job.
 //!
-//! One module per command; everything is re-exported here, so callers name `ops::X`.
+//! One module per command; what callers use is re-exported here by name, so callers name
+//! `ops::X` and each item says where it comes from.
 
 mod browse;
 mod copy;
@@ -21,18 +22,23 @@ mod snapshots;
 mod thaw;
 mod verify;
 
-pub use browse::*;
-pub use copy::*;
-pub use export::*;
-pub use forget::*;
-pub use freeze::*;
-pub use keys::*;
-pub use site::*;
-pub use snapshots::*;
-pub use thaw::*;
-pub use verify::*;
-
 pub use crate::format::{A_TREE_BYTES, A_TREE_FILES};
+pub use browse::{cat, diff, ls, write_file, EntryInfo, Listing};
+pub use copy::{copy, CopyRequest};
+pub use export::{export, LayerCompression};
+pub use forget::forget;
+pub use freeze::{
+    freeze, freeze_before_replace, plan_site, preview_excludes, FreezePlan, FreezeReport,
+    FreezeRequest, TreeExcluded,
+};
+pub use keys::{change_keys, init, KeyChange, KeyReport, NewKeys};
+pub use site::{drill_site, plan_site_thaw, thaw_site, SiteThawReport, ThawKind, ThawRequest};
+pub use snapshots::{snapshots, SnapshotInfo};
+pub use thaw::{
+    excluded_by, plan_thaw, thaw, DbThawFlags, Replace, ThawPlan, ThawPlanView, ThawReport,
+    ThawTree, ThawTreeReport,
+};
+pub use verify::verify;
 
 pub(crate) use crate::error::prefix;
 
