@@ -350,3 +350,36 @@ pub fn store_image(
     a.insert(A_REF_NAME.into(), format!("db-{database}"));
     Ok(desc)
 }
+
+/// The config of database image `image` (read from `digest`), after the two checks every
+/// engine makes: the config is of `media_type`, and of format `version` (`format` reads
+/// it). `image_kind` and `dump_kind` name the engine's images and dumps in the errors
+/// ("PostgreSQL database", "PostgreSQL dump").
+pub(crate) fn image_config<T: serde::de::DeserializeOwned>(
+    repo: &Repository,
+    digest: &Digest,
+    image: &crate::format::ImageManifest,
+    (media_type, version, format): (&str, u32, fn(&T) -> u32),
+    (image_kind, dump_kind): (&str, &str),
+) -> Result<T> {
+    if image.config.media_type != media_type {
+        return Err(Error::integrity(format!(
+            "{} is not a {image_kind} image (config type {})",
+            digest.key(),
+            image.config.media_type
+        )));
+    }
+    let config: T = crate::format::from_json(
+        &repo.read_blob(&image.config.digest)?,
+        &image.config.digest.key(),
+    )?;
+    if format(&config) != version {
+        return Err(Error::integrity(format!(
+            "{dump_kind} {} has format {}; this freezer reads format {version}",
+            image.config.digest.key(),
+            format(&config)
+        ))
+        .with_hint("use a freezer release that reads this format"));
+    }
+    Ok(config)
+}

@@ -48,25 +48,13 @@ pub fn manifest_of(
     manifest_digest: &Digest,
     image: &ImageManifest,
 ) -> Result<DbManifest> {
-    if image.config.media_type != MT_DB_CONFIG {
-        return Err(Error::integrity(format!(
-            "{} is not a database image (config type {})",
-            manifest_digest.key(),
-            image.config.media_type
-        )));
-    }
-    let m: DbManifest = from_json(
-        &repo.read_blob(&image.config.digest)?,
-        &image.config.digest.key(),
+    let m: DbManifest = image_config(
+        repo,
+        manifest_digest,
+        image,
+        (MT_DB_CONFIG, DB_FORMAT_VERSION, |m: &DbManifest| m.format),
+        ("database", "database dump"),
     )?;
-    if m.format != DB_FORMAT_VERSION {
-        return Err(Error::integrity(format!(
-            "database dump {} has format {}; this freezer reads format {DB_FORMAT_VERSION}",
-            image.config.digest.key(),
-            m.format
-        ))
-        .with_hint("use a freezer release that reads this format"));
-    }
     let layers: BTreeSet<&Digest> = image.layers.iter().map(|l| &l.digest).collect();
     for d in files_of(&m) {
         if !layers.contains(&d.digest) {

@@ -103,19 +103,7 @@ pub fn freeze_database(
         let (digest, size) = repo.put_blob(&z)?;
         Ok(FileRef { digest, size })
     };
-    let mut by_table: Vec<Vec<((u32, u32), Chunk)>> = vec![Vec::new(); s.tables.len()];
-    for (t, seq, c) in stored {
-        by_table[t].push((seq, c));
-    }
-    let mut entries = Vec::new();
-    for ((t, mut list), sum) in s.tables.into_iter().zip(by_table).zip(sums) {
-        list.sort_by_key(|(seq, _)| *seq);
-        let mut e = t.entry;
-        e.rows = sum.rows;
-        e.checksum = sum.hex();
-        e.chunks = list.into_iter().map(|(_, c)| c).collect();
-        entries.push(e);
-    }
+    let entries = table_entries(s.tables, stored, sums);
     let manifest = PgManifest {
         format: super::PG_FORMAT_VERSION,
         database: url.database.clone(),
@@ -256,6 +244,25 @@ fn set_chunk_bits(tables: &mut [Table], prev: Option<&PgManifest>, chunk_bytes: 
 /// Reads every table's rows in the snapshot while plain threads compress and upload
 /// the chunks ([`with_uploads`]). Returns each table's row sum and the stored chunks as
 /// (table, (part, sequence number), chunk).
+/// Each table's entry for the manifest: its rows, checksum and stored chunks in key
+/// order.
+fn table_entries(tables: Vec<Table>, stored: Vec<StoredChunk>, sums: Vec<RowSum>) -> Vec<PgTable> {
+    let mut by_table: Vec<Vec<((u32, u32), Chunk)>> = vec![Vec::new(); tables.len()];
+    for (t, seq, c) in stored {
+        by_table[t].push((seq, c));
+    }
+    let mut entries = Vec::new();
+    for ((t, mut list), sum) in tables.into_iter().zip(by_table).zip(sums) {
+        list.sort_by_key(|(seq, _)| *seq);
+        let mut e = t.entry;
+        e.rows = sum.rows;
+        e.checksum = sum.hex();
+        e.chunks = list.into_iter().map(|(_, c)| c).collect();
+        entries.push(e);
+    }
+    entries
+}
+
 fn read_rows(
     repo: &Repository,
     url: &PgUrl,

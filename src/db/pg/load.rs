@@ -30,26 +30,13 @@ pub fn manifest_of(
     digest: &Digest,
     image: &ImageManifest,
 ) -> Result<PgManifest> {
-    if image.config.media_type != MT_PG_CONFIG {
-        return Err(Error::integrity(format!(
-            "{} is not a PostgreSQL database image (config type {})",
-            digest.key(),
-            image.config.media_type
-        )));
-    }
-    let m: PgManifest = from_json(
-        &repo.read_blob(&image.config.digest)?,
-        &image.config.digest.key(),
-    )?;
-    if m.format != PG_FORMAT_VERSION {
-        return Err(Error::integrity(format!(
-            "PostgreSQL dump {} has format {}; this freezer reads format {PG_FORMAT_VERSION}",
-            image.config.digest.key(),
-            m.format
-        ))
-        .with_hint("use a freezer release that reads this format"));
-    }
-    Ok(m)
+    crate::db::model::image_config(
+        repo,
+        digest,
+        image,
+        (MT_PG_CONFIG, PG_FORMAT_VERSION, |m: &PgManifest| m.format),
+        ("PostgreSQL database", "PostgreSQL dump"),
+    )
 }
 
 /// A dump with every file downloaded and checked against its digest (kept compressed in
@@ -229,28 +216,7 @@ pub fn load_database(
     let started = Instant::now();
     let rt = crate::sys::runtime()?;
     let m = &p.manifest;
-    // From the CREATE DATABASE on, a failure leaves a partly loaded database: the
-    // message says so first, whatever the cause (a server that went away included).
-    let partly = |mut e: Error| {
-        e.message = format!(
-            "database {} on {} is partly loaded: {}",
-            url.database,
-            url.server(),
-            e.message
-        );
-        let again = match e.kind {
-            // The same dump would fail the same way.
-            crate::error::ErrorKind::Integrity => {
-                "thaw another snapshot into it with --replace, or drop it"
-            }
-            _ => "run the same thaw again: it loads the database again from the start",
-        };
-        e.hint = Some(match e.hint.take() {
-            Some(h) => format!("{h}; then {again}"),
-            None => again.to_string(),
-        });
-        e
-    };
+    let partly = |e: Error| partly_loaded(url, e);
     let restarted = rt.block_on(create_target(url, m, opts.replace, partly))?;
     let result = (|| {
         progress.set_label(format!("loading the schema of {}", url.database));
@@ -306,11 +272,11 @@ pub fn load_database(
         let index_seconds = index_started.elapsed().as_secs_f64();
         run_script(rt, &c, &p.text(&m.finish)?, "finish.sql", url)?;
         warnings.extend(rt.block_on(release_autovacuum(&c, &held)));
-        // A transaction with an id, committed synchronously, flushes the WAL of every
-        // commit before it: the rows (loaded with synchronous_commit off) are on disk.
         // Complete: the interrupted-thaw marker goes.
         let done = format!("COMMENT ON DATABASE {} IS NULL", quote_ident(&url.database));
         run_script(rt, &c, done.as_bytes(), "clearing the thaw's marker", url)?;
+        // A transaction with an id, committed synchronously, flushes the WAL of every
+        // commit before it: the rows (loaded with synchronous_commit off) are on disk.
         let flush = "BEGIN; SELECT pg_catalog.txid_current(); COMMIT";
         run_script(rt, &c, flush.as_bytes(), "a WAL flush", url)?;
         Ok(LoadReport {
@@ -330,6 +296,30 @@ pub fn load_database(
         })
     })();
     result.map_err(partly)
+}
+
+/// A failure from the CREATE DATABASE on leaves a partly loaded database: the message
+/// says so first, whatever the cause (a server that went away included), and the hint
+/// what to do about it.
+fn partly_loaded(url: &PgUrl, mut e: Error) -> Error {
+    e.message = format!(
+        "database {} on {} is partly loaded: {}",
+        url.database,
+        url.server(),
+        e.message
+    );
+    let again = match e.kind {
+        // The same dump would fail the same way.
+        crate::error::ErrorKind::Integrity => {
+            "thaw another snapshot into it with --replace, or drop it"
+        }
+        _ => "run the same thaw again: it loads the database again from the start",
+    };
+    e.hint = Some(match e.hint.take() {
+        Some(h) => format!("{h}; then {again}"),
+        None => again.to_string(),
+    });
+    e
 }
 
 /// Creates the target database afresh (dropping the one there, which [`Target::may_load`]

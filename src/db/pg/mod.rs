@@ -455,6 +455,12 @@ pub fn pg_error(e: tokio_postgres::Error, what: &str) -> Error {
             ErrorKind::Other,
             Some("the user needs to read every table of the database (e.g. pg_read_all_data) to dump it, and to create databases to load one"),
         ),
+        // The server shutting down, crashed or restarting (57P01–57P03), or the
+        // connection failing (class 08): as a server that went away.
+        Some(c) if c.code().starts_with("57P") || c.code().starts_with("08") => (
+            ErrorKind::Unreachable,
+            Some("the PostgreSQL server went away or is restarting: check that it runs (and its log), then run again"),
+        ),
         None if e.as_db_error().is_none() => (
             ErrorKind::Unreachable,
             Some("is the PostgreSQL server running and reachable at that address?"),

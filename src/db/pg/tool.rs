@@ -230,6 +230,8 @@ fn pg_dump_failure(stderr: &str) -> (ErrorKind, String) {
     const GONE: &[&str] = &[
         "server closed the connection unexpectedly",
         "terminating connection due to administrator command",
+        "terminating connection due to unexpected postmaster exit",
+        "server sent an error response during SSL exchange",
         "the database system is shutting down",
         "the database system is starting up",
         "the database system is in recovery mode",
