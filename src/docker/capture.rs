@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-use super::Engine;
+use super::{ContainerEngine, Engine};
 use crate::db::DbUrl;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
@@ -405,7 +405,7 @@ impl CapturedSite {
 
 /// The contents of the file at `path` in the running container `container` (a
 /// credential: never printed; an error says only why it could not be read).
-pub fn read_file_in(engine: &Engine, container: &str, path: &str) -> Result<String> {
+pub fn read_file_in(engine: &dyn ContainerEngine, container: &str, path: &str) -> Result<String> {
     let argv = ["cat", "--", path].map(str::to_string).to_vec();
     let timeout = std::time::Duration::from_secs(60);
     let (code, output) = engine.exec_argv(container, argv, vec![], None, timeout)?;
@@ -1073,6 +1073,45 @@ pub fn store_container(
         diff_ids = ids;
         history = image_history(engine, spec);
     }
+    let image = StoredImage {
+        with_image,
+        layers,
+        diff_ids,
+        history,
+        defaults: image_config,
+    };
+    container_manifest(repo, spec, image)
+}
+
+/// What of a container's image a snapshot holds: its layers (none without
+/// `--with-images`) and the engine's record of it.
+#[derive(Default)]
+pub struct StoredImage {
+    /// Stored with `--with-images`: the layers are the whole image.
+    pub with_image: bool,
+    pub layers: Vec<Descriptor>,
+    pub diff_ids: Vec<Digest>,
+    /// The engine's history of the build (Null when it cannot say).
+    pub history: Value,
+    /// The image's own defaults as JSON text (`IMAGE_CONFIG_KEY`).
+    pub defaults: Option<String>,
+}
+
+/// Stores a container as an OCI image manifest: its configuration (the spec, under
+/// `CONFIG_KEY`) and `image`'s layers. Needs no engine: what the engine said is in
+/// `spec` and `image` by now.
+pub fn container_manifest(
+    repo: &Repository,
+    spec: &ContainerSpec,
+    image: StoredImage,
+) -> Result<Descriptor> {
+    let StoredImage {
+        with_image,
+        layers,
+        diff_ids,
+        history,
+        defaults: image_config,
+    } = image;
     let mut oci = serde_json::Map::new();
     for key in [
         "User",

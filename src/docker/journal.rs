@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::Engine;
+use super::{ContainerEngine, Engine};
 use crate::error::{Error, ErrorKind, Result};
 
 /// One held container.

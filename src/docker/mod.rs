@@ -5,7 +5,10 @@
 //! [`capture`] reads a site's containers into [`ContainerSpec`]s and holds the site still
 //! while its volumes are copied; [`recreate`] brings a captured site back on an engine.
 
+pub mod api;
 pub mod capture;
+#[cfg(test)]
+pub mod fake;
 pub mod guard;
 pub mod journal;
 pub mod project;
@@ -22,6 +25,7 @@ use bollard::Docker;
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
+pub use api::ContainerEngine;
 
 /// A label that puts a container in a site explicitly; it wins over the compose project.
 pub const SITE_LABEL: &str = "dev.freezer.site";
@@ -236,31 +240,6 @@ impl Engine {
         Ok(engine)
     }
 
-    /// True when the engine runs on this machine, so a volume's mount point is a path
-    /// freezer can read and write directly.
-    pub fn is_local(&self) -> bool {
-        self.endpoint.host.starts_with("unix://")
-    }
-
-    /// Refuses to copy the files of volumes and bind mounts of a rootless engine. Its
-    /// files on disk belong to the ids of its user namespace (the container's root is
-    /// the user, its other users subordinate ids), so read in place their owners would
-    /// be wrong, and read through the engine they are too (Podman 4.3's archive API
-    /// gives every file to root).
-    pub fn refuse_rootless_files(&self, what: &str) -> Result<()> {
-        if !self.flavor.rootless {
-            return Ok(());
-        }
-        Err(Error::usage(format!(
-            "the engine at {} is rootless: {what} would get its files' owners wrong (they are shifted by the engine's user namespace, which freezer does not map)",
-            self.endpoint.host
-        ))
-        .with_hint(format!(
-            "freeze and thaw sites with volumes or bind mounts on a rootful engine ({} as root); a dehydrated freeze of a site whose only state is its database, and sites without volumes, work",
-            self.flavor.cli()
-        )))
-    }
-
     /// Runs one engine call; `what` names it in errors ("inspecting container web").
     pub fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
     where
@@ -282,157 +261,6 @@ impl Engine {
             d.inspect_container(
                 &n,
                 None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
-        })
-    }
-
-    /// The last `lines` lines a container wrote (stdout and stderr), for messages about
-    /// a container that stopped; empty when the engine has none to give.
-    pub fn log_tail(&self, name: &str, lines: usize) -> String {
-        let n = name.to_string();
-        let tail = lines.to_string();
-        let got = self.block_on(async {
-            use futures::StreamExt;
-            let opts = bollard::query_parameters::LogsOptionsBuilder::new()
-                .stdout(true)
-                .stderr(true)
-                .tail(&tail)
-                .build();
-            let mut s = self.docker.logs(&n, Some(opts));
-            let mut out = Vec::new();
-            while let Some(Ok(chunk)) = s.next().await {
-                out.extend_from_slice(&chunk.into_bytes());
-            }
-            Ok::<_, Error>(out)
-        });
-        got.map(|b| String::from_utf8_lossy(&b).trim_end().to_string())
-            .unwrap_or_default()
-    }
-
-    /// An error for a container that is not running when it should be (it exited, or
-    /// was never started): its state, exit code and last log lines. None while it runs.
-    pub fn not_running(&self, name: &str, what: &str) -> Result<Option<Error>> {
-        let info = self.inspect_container(name)?;
-        let state = info.state.unwrap_or_default();
-        if state.running == Some(true) {
-            return Ok(None);
-        }
-        let status = state
-            .status
-            .map_or("stopped".to_string(), |s| s.to_string());
-        let code = state.exit_code.unwrap_or(0);
-        // In the message, not a hint: a caller's clean-up hint takes that place.
-        let logs = match self.log_tail(name, 20) {
-            l if l.is_empty() => format!("`{} logs {name}` says why", self.flavor.cli()),
-            l => format!("its last log lines:\n{l}"),
-        };
-        Ok(Some(Error::other(format!(
-            "container {name} is {status} (exit code {code}) {what}; {logs}"
-        ))))
-    }
-
-    /// Runs `sh -c command` in a running container (as `user` when given) and waits up
-    /// to `timeout` for it: its exit code (None when it did not finish in time) and its
-    /// output, stdout and stderr interleaved.
-    pub fn exec(
-        &self,
-        container: &str,
-        command: &str,
-        user: Option<&str>,
-        timeout: std::time::Duration,
-    ) -> Result<(Option<i64>, String)> {
-        let argv = ["sh", "-c", command].map(str::to_string).to_vec();
-        let (code, output) = self.exec_argv(container, argv, vec![], user, timeout)?;
-        let bytes: Vec<u8> = output.into_iter().flat_map(|(_, b)| b).collect();
-        Ok((code, String::from_utf8_lossy(&bytes).into_owned()))
-    }
-
-    /// Runs `argv` (no shell) in a running container with `env` added to its
-    /// environment, and waits up to `timeout` for it: its exit code (None when it did not
-    /// finish in time; 126/127 when the program is not there) and what it wrote, in order,
-    /// each piece marked true when it came on stderr.
-    pub fn exec_argv(
-        &self,
-        container: &str,
-        argv: Vec<String>,
-        env: Vec<String>,
-        user: Option<&str>,
-        timeout: std::time::Duration,
-    ) -> Result<(Option<i64>, Vec<Output>)> {
-        let (c, user) = (container.to_string(), user.map(str::to_string));
-        let program = argv.first().cloned().unwrap_or_default();
-        self.call(
-            &format!("running {program} in container {container}"),
-            |d| async move {
-                use bollard::container::LogOutput;
-                use futures::StreamExt;
-                let exec = d
-                    .create_exec(
-                        &c,
-                        bollard::models::ExecConfig {
-                            attach_stdout: Some(true),
-                            attach_stderr: Some(true),
-                            user,
-                            env: (!env.is_empty()).then_some(env),
-                            cmd: Some(argv),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                let mut output = Vec::new();
-                let run = async {
-                    if let bollard::exec::StartExecResults::Attached { output: mut s, .. } =
-                        d.start_exec(&exec.id, None).await?
-                    {
-                        while let Some(chunk) = s.next().await {
-                            output.push(match chunk? {
-                                LogOutput::StdErr { message } => (true, message.to_vec()),
-                                other => (false, other.into_bytes().to_vec()),
-                            });
-                        }
-                    }
-                    Ok::<_, bollard::errors::Error>(())
-                };
-                match tokio::time::timeout(timeout, run).await {
-                    Err(_) => return Ok((None, output)),
-                    Ok(r) => r?,
-                }
-                let inspect = d.inspect_exec(&exec.id).await?;
-                Ok((Some(inspect.exit_code.unwrap_or(-1)), output))
-            },
-        )
-    }
-
-    pub fn start_container(&self, name: &str) -> Result<()> {
-        let n = name.to_string();
-        self.call(&format!("starting container {name}"), |d| async move {
-            d.start_container(&n, None::<bollard::query_parameters::StartContainerOptions>)
-                .await
-        })
-    }
-
-    /// Removes a container whatever its state (its named volumes stay).
-    pub fn remove_container(&self, name: &str) -> Result<()> {
-        self.remove(name, false)
-    }
-
-    /// Removes a container with its anonymous volumes (named ones stay).
-    pub fn remove_container_and_volumes(&self, name: &str) -> Result<()> {
-        self.remove(name, true)
-    }
-
-    fn remove(&self, name: &str, volumes: bool) -> Result<()> {
-        let n = name.to_string();
-        self.call(&format!("removing container {name}"), |d| async move {
-            d.remove_container(
-                &n,
-                Some(
-                    bollard::query_parameters::RemoveContainerOptionsBuilder::new()
-                        .force(true)
-                        .v(volumes)
-                        .build(),
-                ),
             )
             .await
         })
@@ -489,16 +317,6 @@ impl Engine {
             s.containers.sort_by(|a, b| a.name.cmp(&b.name));
         }
         Ok(out)
-    }
-
-    /// The containers of one site (an empty list when the engine has none).
-    pub fn site_containers(&self, site: &str) -> Result<Vec<ContainerInfo>> {
-        Ok(self
-            .list_sites()?
-            .into_iter()
-            .find(|s| s.name == site)
-            .map(|s| s.containers)
-            .unwrap_or_default())
     }
 }
 

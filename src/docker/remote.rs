@@ -12,12 +12,10 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use bollard::query_parameters::{
-    DownloadFromContainerOptionsBuilder, UploadToContainerOptionsBuilder,
-};
+use bollard::query_parameters::DownloadFromContainerOptionsBuilder;
 use sha2::{Digest as _, Sha256};
 
-use super::Engine;
+use super::{ContainerEngine, Engine};
 use crate::error::{Error, IoContext, Result};
 
 /// Where the mirror of one volume of one engine lives: `FREEZER_CACHE_DIR`, else
@@ -291,7 +289,7 @@ fn pack<W: Write>(
 
 /// Writes a restored directory into a created container at `dest` (a volume or bind
 /// mount), as the archive endpoint extracts it: owners, modes and times kept.
-pub fn push(engine: &Engine, container: &str, dest: &str, dir: &Path) -> Result<()> {
+pub fn push(engine: &dyn ContainerEngine, container: &str, dest: &str, dir: &Path) -> Result<()> {
     let mut tmp = tempfile::tempfile().ctx(|| "creating a temporary file".into())?;
     {
         let mut b = tar::Builder::new(&mut tmp);
@@ -307,45 +305,18 @@ pub fn push(engine: &Engine, container: &str, dest: &str, dir: &Path) -> Result<
     }
     use std::io::Seek;
     tmp.rewind().ctx(|| "reading a temporary file".into())?;
-    let body = bollard::body_try_stream(super::file_stream(tmp));
-    engine.call(
-        &format!("writing {dest} of container {container}"),
-        |d| async move {
-            d.upload_to_container(
-                container,
-                Some(UploadToContainerOptionsBuilder::new().path(dest).build()),
-                body,
-            )
-            .await
-        },
-    )
+    engine.upload(container, dest, tmp)
 }
 
 /// The first entries of `dest`'s archive in a container (running or not): the path's own
 /// entry, then the first inside it, if any. Only the start of the archive is read.
-fn archive_head(engine: &Engine, container: &str, dest: &str) -> Result<Vec<tar::EntryType>> {
-    let head = engine.block_on(async {
-        use futures::StreamExt;
-        let mut s = engine.docker.download_from_container(
-            container,
-            Some(
-                DownloadFromContainerOptionsBuilder::new()
-                    .path(dest)
-                    .build(),
-            ),
-        );
-        let mut head = Vec::new();
-        // Two headers, with room for extension headers (long names, PAX) before them.
-        while head.len() < 64 << 10 {
-            match s.next().await {
-                Some(chunk) => head.extend_from_slice(&chunk.map_err(|e| {
-                    engine.error(&format!("reading {dest} of container {container}"), e)
-                })?),
-                None => break,
-            }
-        }
-        Ok::<_, Error>(head)
-    })?;
+fn archive_head(
+    engine: &dyn ContainerEngine,
+    container: &str,
+    dest: &str,
+) -> Result<Vec<tar::EntryType>> {
+    // Two headers, with room for extension headers (long names, PAX) before them.
+    let head = engine.archive_head(container, dest, 64 << 10)?;
     let mut archive = tar::Archive::new(std::io::Cursor::new(head));
     let mut types = Vec::new();
     if let Ok(list) = archive.entries() {
@@ -362,12 +333,12 @@ fn archive_head(engine: &Engine, container: &str, dest: &str) -> Result<Vec<tar:
 }
 
 /// Whether `dest` in a container is an empty directory (or nothing).
-pub fn is_empty(engine: &Engine, container: &str, dest: &str) -> Result<bool> {
+pub fn is_empty(engine: &dyn ContainerEngine, container: &str, dest: &str) -> Result<bool> {
     Ok(archive_head(engine, container, dest)?.len() <= 1)
 }
 
 /// Whether `dest` in a container is a directory.
-pub fn is_dir(engine: &Engine, container: &str, dest: &str) -> Result<bool> {
+pub fn is_dir(engine: &dyn ContainerEngine, container: &str, dest: &str) -> Result<bool> {
     Ok(archive_head(engine, container, dest)?.first() == Some(&tar::EntryType::Directory))
 }
 
@@ -379,7 +350,7 @@ pub fn is_dir(engine: &Engine, container: &str, dest: &str) -> Result<bool> {
 /// helper runs `sh -c 'rm -rf …'`, which the image must have. The helper is removed, with
 /// the anonymous volumes its image gave it.
 pub fn write_through_helper(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     image: &str,
     mount: serde_json::Value,
     dir: &Path,
@@ -416,29 +387,18 @@ pub fn write_through_helper(
         }
         push(engine, &helper, AT, dir)
     })();
-    let _ = engine.remove_container_and_volumes(&helper);
+    let _ = engine.remove_container(&helper, true);
     result
 }
 
 /// Creates a helper container (`freezer-restore-<random>`) from `body`; returns its name.
-fn create_helper(engine: &Engine, body: serde_json::Value) -> Result<String> {
+fn create_helper(engine: &dyn ContainerEngine, body: serde_json::Value) -> Result<String> {
     let mut b = [0u8; 4];
     rand::Rng::fill(&mut rand::thread_rng(), &mut b);
     let helper = format!("freezer-restore-{}", hex::encode(b));
-    let body: bollard::models::ContainerCreateBody = serde_json::from_value(body)
-        .map_err(|e| Error::other(format!("a helper container: {e}")))?;
-    let name = helper.clone();
-    engine.call("creating a helper container", |d| async move {
-        d.create_container(
-            Some(
-                bollard::query_parameters::CreateContainerOptionsBuilder::new()
-                    .name(&name)
-                    .build(),
-            ),
-            body,
-        )
-        .await
-    })?;
+    engine
+        .create_container(&helper, &body)
+        .map_err(|e| crate::error::prefix(e, "creating a helper container"))?;
     Ok(helper)
 }
 
@@ -448,7 +408,7 @@ fn create_helper(engine: &Engine, body: serde_json::Value) -> Result<String> {
 /// a `Mounts` bind of a missing source ("bind source path does not exist"), which is
 /// the answer.
 pub fn existing_on_host<'a>(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     image: &str,
     dir: &str,
     rels: &'a [String],
@@ -476,27 +436,14 @@ pub fn existing_on_host<'a>(
             },
         )
         .collect::<Result<Vec<_>>>();
-    let _ = engine.remove_container_and_volumes(&helper);
+    let _ = engine.remove_container(&helper, true);
     Ok(found?.into_iter().flatten().collect())
 }
 
 /// Starts a created container and waits for it to exit 0.
-fn run_to_end(engine: &Engine, container: &str) -> Result<()> {
+fn run_to_end(engine: &dyn ContainerEngine, container: &str) -> Result<()> {
     engine.start_container(container)?;
-    let code = engine.block_on(async {
-        use futures::StreamExt;
-        let mut s = engine.docker.wait_container(
-            container,
-            None::<bollard::query_parameters::WaitContainerOptions>,
-        );
-        match s.next().await {
-            Some(Ok(r)) => Ok(r.status_code),
-            // The engine reports a non-zero exit as an error carrying the code.
-            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
-            Some(Err(e)) => Err(engine.error(&format!("waiting for container {container}"), e)),
-            None => Ok(0),
-        }
-    })?;
+    let code = engine.wait_container(container)?;
     if code != 0 {
         return Err(Error::other(format!(
             "container {container} exited with code {code}"

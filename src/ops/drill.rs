@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::db::DbUrl;
-use crate::docker::Engine;
+use crate::docker::ContainerEngine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ops::recreate::{self, SiteOptions};
 use crate::ops::{self, hooks, DbThawFlags};
@@ -119,7 +119,7 @@ fn failed(report: &mut DrillReport, e: Error) {
 /// Runs a drill of a Docker site's snapshot on `engine`.
 pub fn drill_docker(
     repo: &Repository,
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     snapshot: Snapshot,
     opts: &DrillOptions,
     progress: &Progress,
@@ -263,7 +263,7 @@ fn restored_checks(
 /// Every container that was running must be running (and healthy, if it has a
 /// healthcheck) within `timeout`, and still be running a moment later.
 fn container_checks(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     thawed: &recreate::SiteReport,
     timeout: Duration,
 ) -> Vec<Check> {
@@ -275,18 +275,8 @@ fn container_checks(
         let deadline = Instant::now() + timeout;
         let mut stable = 0;
         let result = loop {
-            let info = engine.inspect_container(name);
-            let (status, health) = match info {
-                Ok(i) => {
-                    let st = i.state.unwrap_or_default();
-                    (
-                        st.status.map(|s| s.to_string()).unwrap_or_default(),
-                        st.health
-                            .and_then(|h| h.status)
-                            .map(|s| s.to_string())
-                            .filter(|s| !s.is_empty() && s != "none"),
-                    )
-                }
+            let (status, health) = match engine.container(name) {
+                Ok(c) => (c.status, c.health),
                 Err(e) => break Err(e.to_string()),
             };
             let good = status == "running" && health.as_deref().is_none_or(|h| h == "healthy");
@@ -325,7 +315,7 @@ fn container_checks(
 
 /// Runs `sh -c COMMAND` in the container of the given compose service (or name suffix).
 fn probe(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     thawed: &recreate::SiteReport,
     target: &str,
     service: &str,

@@ -15,6 +15,7 @@ use crate::db::model::{DbReport, DumpOptions};
 use crate::db::ToolsAt;
 use crate::db::{DbUrl, Dump};
 use crate::docker::capture::{store_container, CapturedSite, KnownImages, WindowReport};
+use crate::docker::ContainerEngine;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
 use crate::progress::Progress;
@@ -568,8 +569,9 @@ fn read_parent(repo: &Repository, plan: &FreezePlan, warnings: &mut Vec<String>)
 
 /// The freeze itself, under the lock, between the hooks.
 /// The snapshot's record: its manifests and the annotations that describe it.
-fn snapshot_record(
-    plan: &FreezePlan,
+/// The record that makes a snapshot of `site` out of its parts' manifests.
+pub(crate) fn snapshot_record(
+    (site, mode, parent): (&str, Mode, Option<&str>),
     manifests: Vec<Descriptor>,
     created: SystemTime,
 ) -> ImageIndex {
@@ -583,13 +585,13 @@ fn snapshot_record(
     rand::Rng::fill(&mut rand::thread_rng(), &mut nonce);
     let a = &mut record.annotations;
     a.insert(A_FORMAT.into(), REPO_FORMAT_VERSION.to_string());
-    a.insert(A_SITE.into(), plan.site.clone());
-    a.insert(A_MODE.into(), plan.mode().as_str().into());
+    a.insert(A_SITE.into(), site.to_string());
+    a.insert(A_MODE.into(), mode.as_str().into());
     a.insert(A_HOST.into(), hostname());
     a.insert(A_CREATED.into(), rfc3339(created));
     a.insert(A_NONCE.into(), hex::encode(nonce));
-    if let Some(p) = &plan.parent {
-        a.insert(A_PARENT.into(), p.clone());
+    if let Some(p) = parent {
+        a.insert(A_PARENT.into(), p.to_string());
     }
     record
 }
@@ -693,7 +695,11 @@ fn freeze_locked(
     )?;
 
     let mode = plan.mode();
-    let record = snapshot_record(plan, manifests, created);
+    let record = snapshot_record(
+        (&plan.site, mode, plan.parent.as_deref()),
+        manifests,
+        created,
+    );
     // Last: the record makes the snapshot visible, and every blob it names exists by now.
     // Not after a signal: an interrupted freeze records nothing.
     progress.check(|| "recording the snapshot".into())?;
@@ -740,60 +746,66 @@ fn freeze_trees(
     for t in &plan.trees {
         progress.set_label(format!("freezing {}", t.name));
         progress.add_total(dir_size_hint(prev, &t.path));
-        let mut ann = Annotations::new();
-        ann.insert(A_TREE_NAME.into(), t.name.clone());
-        ann.insert(A_TREE_PATH.into(), t.path.display().to_string());
-        ann.insert(A_TITLE.into(), t.name.clone());
-        let matcher = match t.excludes.is_empty() {
-            true => None,
-            false => {
-                ann.insert(
-                    A_TREE_EXCLUDES.into(),
-                    serde_json::to_string(&t.excludes).expect("rules serialize"),
-                );
-                Some(t.excludes.matcher()?)
-            }
-        };
-        let (mut desc, stats) = freeze_tree(
-            repo,
-            &t.path,
-            prev.get(&t.path),
-            matcher.as_ref(),
-            ann,
-            progress,
-        )
-        .map_err(|e| prefix(e, &format!("freezing {}", t.path.display())))?;
-        if stats.changed_during_read > 0 {
-            warnings.push(format!(
-                "{} files in {} changed while being read; they are stored as read and will be read again next time",
-                stats.changed_during_read,
-                t.path.display()
-            ));
-        }
-        if stats.skipped_sockets > 0 {
-            warnings.push(format!(
-                "{} sockets in {} were skipped",
-                stats.skipped_sockets,
-                t.path.display()
-            ));
-        }
-        desc.platform = Some(Platform::host());
-        desc.annotations.insert(A_REF_NAME.into(), t.name.clone());
-        desc.annotations.insert(A_TREE_NAME.into(), t.name.clone());
-        desc.annotations
-            .insert(A_TREE_PATH.into(), t.path.display().to_string());
-        desc.annotations
-            .insert(A_TREE_FILES.into(), stats.files.to_string());
-        desc.annotations
-            .insert(A_TREE_BYTES.into(), stats.bytes.to_string());
+        let (desc, report) = freeze_one_tree(repo, t, prev.get(&t.path), progress, warnings)?;
         manifests.push(desc);
-        trees.push(TreeReport {
-            name: t.name.clone(),
-            path: t.path.clone(),
-            stats,
-        });
+        trees.push(report);
     }
     Ok(trees)
+}
+
+/// Freezes one tree: its manifest, annotated as a snapshot's tree, and what was read.
+pub(crate) fn freeze_one_tree(
+    repo: &Repository,
+    t: &TreeSpec,
+    prev: Option<&PrevTree>,
+    progress: &Progress,
+    warnings: &mut Vec<String>,
+) -> Result<(Descriptor, TreeReport)> {
+    let mut ann = Annotations::new();
+    ann.insert(A_TREE_NAME.into(), t.name.clone());
+    ann.insert(A_TREE_PATH.into(), t.path.display().to_string());
+    ann.insert(A_TITLE.into(), t.name.clone());
+    let matcher = match t.excludes.is_empty() {
+        true => None,
+        false => {
+            ann.insert(
+                A_TREE_EXCLUDES.into(),
+                serde_json::to_string(&t.excludes).expect("rules serialize"),
+            );
+            Some(t.excludes.matcher()?)
+        }
+    };
+    let (mut desc, stats) = freeze_tree(repo, &t.path, prev, matcher.as_ref(), ann, progress)
+        .map_err(|e| prefix(e, &format!("freezing {}", t.path.display())))?;
+    if stats.changed_during_read > 0 {
+        warnings.push(format!(
+            "{} files in {} changed while being read; they are stored as read and will be read again next time",
+            stats.changed_during_read,
+            t.path.display()
+        ));
+    }
+    if stats.skipped_sockets > 0 {
+        warnings.push(format!(
+            "{} sockets in {} were skipped",
+            stats.skipped_sockets,
+            t.path.display()
+        ));
+    }
+    desc.platform = Some(Platform::host());
+    desc.annotations.insert(A_REF_NAME.into(), t.name.clone());
+    desc.annotations.insert(A_TREE_NAME.into(), t.name.clone());
+    desc.annotations
+        .insert(A_TREE_PATH.into(), t.path.display().to_string());
+    desc.annotations
+        .insert(A_TREE_FILES.into(), stats.files.to_string());
+    desc.annotations
+        .insert(A_TREE_BYTES.into(), stats.bytes.to_string());
+    let report = TreeReport {
+        name: t.name.clone(),
+        path: t.path.clone(),
+        stats,
+    };
+    Ok((desc, report))
 }
 
 /// A progress total: the size the tree had last time (0 on a first freeze, when the
@@ -846,7 +858,7 @@ fn dump_databases(
 /// A program run in container `name` through the engine, for the database layer: exit
 /// code, stdout, stderr.
 pub(crate) fn exec_in<'a>(
-    engine: &'a crate::docker::Engine,
+    engine: &'a dyn ContainerEngine,
     name: &'a str,
 ) -> impl Fn(Vec<String>, Vec<String>) -> Result<crate::db::Ran> + 'a {
     move |argv, env| {

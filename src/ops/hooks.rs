@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::docker::capture::ContainerSpec;
-use crate::docker::Engine;
+use crate::docker::ContainerEngine;
 use crate::error::{Error, Result};
 
 /// When a hook runs.
@@ -282,7 +282,7 @@ fn labelled(name: &str, labels: &serde_json::Value, when: When) -> Result<Option
 /// Runs the after-thaw hooks of a thawed site's running containers, each once its
 /// container is running and, when it has a healthcheck, healthy (waiting up to `ready`).
 pub fn after_thaw_in_containers(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     containers: &[(String, String)],
     ready: Duration,
     progress: &crate::progress::Progress,
@@ -292,10 +292,8 @@ pub fn after_thaw_in_containers(
         if state != "running" {
             continue;
         }
-        let labels = match engine.inspect_container(name) {
-            Ok(info) => {
-                serde_json::to_value(info.config.and_then(|c| c.labels)).unwrap_or_default()
-            }
+        let labels = match engine.container(name) {
+            Ok(c) => serde_json::to_value(c.labels).unwrap_or_default(),
             Err(_) => continue,
         };
         let hook = match labelled(name, &labels, When::AfterThaw) {
@@ -332,24 +330,15 @@ fn failed_to_start(when: When, place: &str, command: &str, why: String) -> HookR
 
 /// Waits until `container` runs and, if it has a healthcheck, is healthy.
 fn wait_ready(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     container: &str,
     ready: Duration,
 ) -> std::result::Result<(), String> {
     let started = Instant::now();
     loop {
-        let state = engine
-            .inspect_container(container)
-            .map_err(|e| e.to_string())?
-            .state
-            .unwrap_or_default();
-        let running = state.running == Some(true);
-        let health = state
-            .health
-            .and_then(|h| h.status)
-            .map(|s| s.to_string())
-            .unwrap_or_default();
-        if running && (health.is_empty() || health == "none" || health == "healthy") {
+        let state = engine.container(container).map_err(|e| e.to_string())?;
+        let health = state.health.unwrap_or_default();
+        if state.running && (health.is_empty() || health == "healthy") {
             return Ok(());
         }
         if started.elapsed() >= ready {
@@ -368,7 +357,7 @@ fn wait_ready(
 }
 
 /// Runs one container hook through the engine.
-pub fn run_in_container(engine: &Engine, when: When, h: &ContainerHook) -> HookReport {
+pub fn run_in_container(engine: &dyn ContainerEngine, when: When, h: &ContainerHook) -> HookReport {
     let started = Instant::now();
     let mut report = HookReport {
         hook: when,

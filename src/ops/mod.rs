@@ -19,6 +19,8 @@ pub mod prune;
 pub mod recreate;
 mod site;
 mod snapshots;
+#[cfg(test)]
+pub(crate) mod testkit;
 mod thaw;
 mod verify;
 

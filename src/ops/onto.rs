@@ -20,7 +20,7 @@ use super::recreate::{self, SiteOptions, SitePlan};
 use super::{Action, ThawPlan, ThawTree};
 use crate::db::{Dump, LoadOptions, LoadReport, Prepared};
 use crate::docker::capture::{CapturedSite, ContainerSpec, MountSpec};
-use crate::docker::Engine;
+use crate::docker::{ContainerEngine, Engine};
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Progress;
 use crate::repo::{Repository, Snapshot};
@@ -206,7 +206,7 @@ pub fn plan(
         snapshot: snap.id.clone(),
         mode: snap.annotation(crate::format::A_MODE).to_string(),
         target: opts.project.clone(),
-        engine: engine.endpoint.host.clone(),
+        engine: engine.endpoint().host.clone(),
         services: vec![],
         skipped: vec![],
         stops: vec![],
@@ -257,7 +257,7 @@ pub fn plan(
         format!(
             "site {} on the engine at {}: {}",
             opts.project,
-            engine.endpoint.host,
+            engine.endpoint().host,
             theirs.join(", ")
         ),
         "every service with state matched, every mount path found in its target".into(),
@@ -275,7 +275,7 @@ pub fn plan(
 /// its mounts, its database. Returns the container's name when its database comes from a
 /// scratch copy.
 fn plan_service(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     plan: &mut OntoPlan,
     spec: &ContainerSpec,
     dumps: &[Dump],
@@ -420,7 +420,7 @@ fn serves_load(plan: &OntoPlan, container: &str) -> bool {
 /// Where a mount of the snapshot's container goes: what the target container mounts at
 /// the same path.
 fn plan_mount(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     spec: &ContainerSpec,
     m: &MountSpec,
     target: &ContainerSpec,
@@ -443,8 +443,8 @@ fn plan_mount(
     let (label, path, source) = match t.kind.as_str() {
         "volume" => {
             let name = t.name.clone().unwrap_or_default();
-            let v = engine.inspect_volume(&name)?;
-            (format!("volume {name}"), PathBuf::from(v.mountpoint), name)
+            let path = engine.volume_mountpoint(&name)?;
+            (format!("volume {name}"), path, name)
         }
         _ => (
             format!("directory {}", t.source),
@@ -490,7 +490,7 @@ fn plan_mount(
 /// The target container's database, which must be named and reachable with the
 /// credentials in its environment.
 fn plan_database(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     spec: &ContainerSpec,
     target: &ContainerSpec,
     dump: Option<&Dump>,
@@ -546,7 +546,7 @@ fn plan_database(
 /// a name of its own, dumped, removed.
 fn scratch_plan(
     repo: &Repository,
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     snap: Snapshot,
     containers: Vec<String>,
 ) -> Result<(SitePlan, tempfile::TempDir)> {
@@ -637,7 +637,7 @@ pub fn execute(
 /// through the engine (staged here, then written by a helper container) on a remote one.
 fn restore_trees(
     repo: &Repository,
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     plan: &OntoPlan,
     mut trees: Vec<ThawTree>,
     progress: &Progress,
@@ -690,7 +690,7 @@ fn restore_trees(
 /// Loads each database into its target container (started for the load if it was not
 /// running, and stopped again after).
 fn load_databases(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     plan: &OntoPlan,
     prepared: &[Prepared],
     progress: &Progress,
@@ -731,13 +731,7 @@ fn load_databases(
             )
         });
         if !was_running {
-            let _ = engine.call(&format!("stopping container {}", target.name), |dk| {
-                let n = target.name.clone();
-                async move {
-                    dk.stop_container(&n, None::<bollard::query_parameters::StopContainerOptions>)
-                        .await
-                }
-            });
+            let _ = engine.stop_container(&target.name);
         }
         reports.push(r?);
     }
@@ -749,7 +743,7 @@ fn load_databases(
 /// is removed in any case.
 fn dump_scratch(
     repo: &Repository,
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     scratch: SitePlan,
     services: &[ServiceMap],
     progress: &Progress,

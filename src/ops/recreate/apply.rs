@@ -5,14 +5,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use bollard::models::{ContainerCreateBody, EndpointSettings, NetworkConnectRequest};
-use bollard::query_parameters::{CreateContainerOptionsBuilder, ImportImageOptionsBuilder};
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::*;
 use crate::docker::capture::ContainerSpec;
-use crate::docker::Engine;
+use crate::docker::{ContainerEngine, Engine};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
 use crate::ops::{ThawPlan, ThawTree};
@@ -72,7 +70,7 @@ struct Created {
 /// the snapshot id (the caller owns freezing, which needs the repository's lock).
 pub fn execute(
     repo: &Repository,
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     mut plan: SitePlan,
     progress: &Progress,
     safety: impl FnOnce() -> Result<String>,
@@ -84,7 +82,7 @@ pub fn execute(
         let id = safety()?;
         safety_snapshot = Some(id.clone());
         for name in &plan.replaces {
-            engine.remove_container(name).map_err(|e| {
+            engine.remove_container(name, false).map_err(|e| {
                 let mut e = e.with_hint(format!(
                     "site {} is frozen as {}:{id}; thaw that to get it back",
                     plan.target, plan.target
@@ -99,7 +97,7 @@ pub fn execute(
     let cleanup = {
         let created = created.clone();
         let target = plan.target.clone();
-        let endpoint = engine.endpoint.clone();
+        let endpoint = engine.endpoint().clone();
         crate::interrupt::on_interrupt(Box::new(move || {
             // Taken: the main thread, unwinding after this, finds nothing left to undo.
             let created = std::mem::take(&mut *created.lock().unwrap_or_else(|e| e.into_inner()));
@@ -147,7 +145,7 @@ pub fn execute(
                 None => {
                     e.hint = Some(format!(
                         "what this thaw created on {} was removed; nothing else was changed",
-                        engine.endpoint.host
+                        engine.endpoint().host
                     ))
                 }
             }
@@ -170,7 +168,7 @@ pub fn execute(
 
 fn apply(
     repo: &Repository,
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     plan: &mut SitePlan,
     progress: &Progress,
     created: &Mutex<Created>,
@@ -248,7 +246,7 @@ impl Tracker<'_> {
 /// Step 1: Images the engine lacks, from the snapshot.
 fn load_images(
     repo: &Repository,
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     plan: &SitePlan,
     track: &Tracker,
 ) -> Result<Vec<String>> {
@@ -273,25 +271,14 @@ fn load_images(
 }
 
 /// Step 2: Networks.
-fn create_networks(engine: &Engine, plan: &SitePlan, track: &Tracker) -> Result<()> {
+fn create_networks(engine: &dyn ContainerEngine, plan: &SitePlan, track: &Tracker) -> Result<()> {
     for step in &plan.networks {
         if step.action != Action::Create {
             continue;
         }
         let ns = &plan.network_specs[&step.name];
-        let body: bollard::models::NetworkCreateRequest = serde_json::from_value(json!({
-            "Name": step.name,
-            "Driver": ns.driver,
-            "Internal": ns.internal,
-            "Attachable": ns.attachable,
-            "Labels": ns.labels,
-            "Options": ns.options,
-        }))
-        .map_err(|e| Error::other(format!("network {}: {e}", step.name)))?;
         let mut list = track.lock()?;
-        engine.call(&format!("creating network {}", step.name), |d| async move {
-            d.create_network(body).await
-        })?;
+        engine.create_network(&step.name, ns)?;
         list.networks.push(step.name.clone());
     }
     Ok(())
@@ -300,7 +287,7 @@ fn create_networks(engine: &Engine, plan: &SitePlan, track: &Tracker) -> Result<
 /// Step 2: Volumes; returns where each is filled (its mount point, or for a remote engine a
 /// directory under `stage`).
 fn create_volumes(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     plan: &SitePlan,
     track: &Tracker,
     stage: &Path,
@@ -314,28 +301,16 @@ fn create_volumes(
             .find(|m| m.name.as_deref() == Some(step.name.as_str()))
             .expect("planned from a mount");
         if step.action == Action::Recreate {
-            let n = step.name.clone();
-            engine.call(&format!("removing volume {}", step.name), |d| async move {
-                d.remove_volume(&n, None::<bollard::query_parameters::RemoveVolumeOptions>)
-                    .await
-            })?;
+            engine.remove_volume(&step.name)?;
         }
         if step.action == Action::Create || step.action == Action::Recreate {
-            let body: bollard::models::VolumeCreateOptions = serde_json::from_value(json!({
-                "Name": step.name,
-                "Driver": m.driver.clone().unwrap_or_else(|| "local".into()),
-                "DriverOpts": m.options,
-                "Labels": m.labels,
-            }))
-            .map_err(|e| Error::other(format!("volume {}: {e}", step.name)))?;
+            let driver = m.driver.as_deref().unwrap_or("local");
             let mut list = track.lock()?;
-            engine.call(&format!("creating volume {}", step.name), |d| async move {
-                d.create_volume(body).await
-            })?;
+            engine.create_volume(&step.name, driver, &m.options, &m.labels)?;
             list.volumes.push(step.name.clone());
         }
-        let v = engine.inspect_volume(&step.name)?;
-        mountpoints.insert(step.name.clone(), PathBuf::from(v.mountpoint));
+        let v = engine.volume_mountpoint(&step.name)?;
+        mountpoints.insert(step.name.clone(), v);
         if !engine.is_local() {
             mountpoints.insert(step.name.clone(), stage.join(&step.name));
         }
@@ -347,7 +322,7 @@ fn create_volumes(
 /// then moved into place all together).
 fn restore_trees(
     repo: &Repository,
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     plan: &mut SitePlan,
     mountpoints: &HashMap<String, PathBuf>,
     stage: &Path,
@@ -474,7 +449,7 @@ fn replace_path(text: &str, from: &str, to: &str) -> String {
 /// local engine: written where the engine keeps the volume, as named ones are).
 fn fill_anonymous(
     repo: &Repository,
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     plan: &mut SitePlan,
     progress: &Progress,
 ) -> Result<Vec<crate::ops::ThawTreeReport>> {
@@ -484,13 +459,12 @@ fn fill_anonymous(
         let Some(tp) = plan.trees.remove(tree) else {
             continue;
         };
-        let info = engine.inspect_container(&step.container)?;
-        let source = info
+        let source = engine
+            .container(&step.container)?
             .mounts
-            .unwrap_or_default()
             .into_iter()
-            .find(|m| m.destination.as_deref() == Some(step.destination.as_str()))
-            .and_then(|m| m.source)
+            .find(|(dest, _)| *dest == step.destination)
+            .map(|(_, source)| source)
             .ok_or_else(|| {
                 Error::other(format!(
                     "container {} has no volume at {} after it was created",
@@ -556,39 +530,18 @@ fn created_by_binds(plan: &SitePlan) -> (Vec<(PathBuf, bool)>, Vec<PathBuf>) {
 }
 
 /// Step 4: Containers, created (not started) and attached to their networks.
-fn create_containers(engine: &Engine, plan: &SitePlan, track: &Tracker) -> Result<()> {
+fn create_containers(engine: &dyn ContainerEngine, plan: &SitePlan, track: &Tracker) -> Result<()> {
     for (spec, _, _) in &plan.specs {
         track
             .progress
             .set_label(format!("creating container {}", spec.name));
         let body = create_body(spec)?;
-        let name = spec.name.clone();
         let mut list = track.lock()?;
-        engine.call(
-            &format!("creating container {}", spec.name),
-            |d| async move {
-                d.create_container(
-                    Some(CreateContainerOptionsBuilder::new().name(&name).build()),
-                    body,
-                )
-                .await
-            },
-        )?;
+        engine.create_container(&spec.name, &body)?;
         list.containers.push(spec.name.clone());
         drop(list);
         for (net, ns) in spec.networks.iter().skip(1) {
-            let req = NetworkConnectRequest {
-                container: Some(spec.name.clone()),
-                endpoint_config: Some(EndpointSettings {
-                    aliases: Some(ns.aliases.clone()),
-                    ..Default::default()
-                }),
-            };
-            let n = net.clone();
-            engine.call(
-                &format!("connecting {} to network {net}", spec.name),
-                |d| async move { d.connect_network(&n, req).await },
-            )?;
+            engine.connect_network(&spec.name, net, &ns.aliases)?;
         }
     }
     Ok(())
@@ -597,7 +550,7 @@ fn create_containers(engine: &Engine, plan: &SitePlan, track: &Tracker) -> Resul
 /// Writable layers into the created containers' own (not yet started) upper directories.
 fn restore_writable_layers(
     repo: &Repository,
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     plan: &mut SitePlan,
     progress: &Progress,
 ) -> Result<Vec<crate::ops::ThawTreeReport>> {
@@ -609,17 +562,12 @@ fn restore_writable_layers(
         let Some(tp) = plan.trees.remove(tree) else {
             continue;
         };
-        let info = engine.inspect_container(&spec.name)?;
-        let upper = info
-            .graph_driver
-            .filter(|g| g.name == "overlay2")
-            .and_then(|g| g.data.get("UpperDir").cloned())
-            .ok_or_else(|| {
-                Error::usage(format!(
-                    "container {} has no overlay2 upper directory to restore its writable layer into",
-                    spec.name
-                ))
-            })?;
+        let upper = engine.container(&spec.name)?.upper_dir.ok_or_else(|| {
+            Error::usage(format!(
+                "container {} has no overlay2 upper directory to restore its writable layer into",
+                spec.name
+            ))
+        })?;
         layers.push(ThawTree {
             name: tree.clone(),
             source: PathBuf::from(&upper),
@@ -638,7 +586,7 @@ fn restore_writable_layers(
 
 /// Step 5: Database containers first: started, waited for, loaded with their dumps.
 fn load_databases(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     plan: &SitePlan,
     prepared: &[crate::db::Prepared],
     track: &Tracker,
@@ -683,7 +631,7 @@ fn load_databases(
 
 /// Step 6: The other containers, in their captured state, each after what it depends
 /// on (see `join_order`), waiting as compose does for a dependency that must be healthy.
-fn start_containers(engine: &Engine, plan: &SitePlan, track: &Tracker) -> Result<()> {
+fn start_containers(engine: &dyn ContainerEngine, plan: &SitePlan, track: &Tracker) -> Result<()> {
     for (spec, _, _) in &plan.specs {
         if !matches!(spec.state.as_str(), "running" | "paused")
             || plan.databases.iter().any(|d| d.container == spec.name)
@@ -719,11 +667,7 @@ fn start_containers(engine: &Engine, plan: &SitePlan, track: &Tracker) -> Result
         let _held = track.lock()?;
         engine.start_container(&name)?;
         if spec.state == "paused" {
-            let name = spec.name.clone();
-            engine.call(
-                &format!("pausing container {}", spec.name),
-                |d| async move { d.pause_container(&name).await },
-            )?;
+            engine.pause_container(&spec.name)?;
         }
     }
     Ok(())
@@ -733,47 +677,44 @@ fn start_containers(engine: &Engine, plan: &SitePlan, track: &Tracker) -> Result
 /// `condition: service_healthy` does before starting `dependent`; up to 5 minutes. One
 /// that stops or turns unhealthy fails it; one without a check is not waited for
 /// (compose refuses such a project before it starts anything).
-fn wait_healthy(engine: &Engine, container: &str, dependent: &str) -> Result<()> {
-    use bollard::models::HealthStatusEnum;
+fn wait_healthy(engine: &dyn ContainerEngine, container: &str, dependent: &str) -> Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     loop {
         let what = format!("before {dependent}, which depends on it being healthy, could start");
         if let Some(e) = engine.not_running(container, &what)? {
             return Err(e);
         }
-        let health = engine
-            .inspect_container(container)?
-            .state
-            .and_then(|s| s.health)
-            .and_then(|h| h.status);
-        let waited = match health {
-            Some(HealthStatusEnum::HEALTHY) | None | Some(HealthStatusEnum::NONE) => return Ok(()),
-            Some(HealthStatusEnum::UNHEALTHY) => "is unhealthy",
+        let c = engine.container(container)?;
+        let waited = match c.health.as_deref() {
+            Some("healthy") | None => return Ok(()),
+            Some("unhealthy") => "is unhealthy",
             _ if std::time::Instant::now() > deadline => "was not healthy within 5 minutes",
             _ => {
                 std::thread::sleep(std::time::Duration::from_millis(250));
                 continue;
             }
         };
+        // In the message: the thaw removes the container, and its health log with it.
+        let said = match c.last_check.filter(|o| !o.is_empty()) {
+            Some(o) => format!("; its last health check said: {o}"),
+            None => String::new(),
+        };
         return Err(Error::other(format!(
-            "container {container} {waited}, and {dependent} depends on it being healthy (compose depends_on: service_healthy)"
+            "container {container} {waited}, and {dependent} depends on it being healthy (compose depends_on: service_healthy){said}"
         ))
-        .with_hint(format!("`{} inspect {container}` shows its last health checks", engine.flavor.cli())));
+        .with_hint(format!("`{} inspect {container}` shows its last health checks", engine.flavor().cli())));
     }
 }
 
 /// Waits until `container` has exited with status 0, as compose's `condition:
 /// service_completed_successfully` does before starting `dependent` (a one-shot such as
 /// a migration); up to 5 minutes. Another status fails it, with the last log lines.
-fn wait_completed(engine: &Engine, container: &str, dependent: &str) -> Result<()> {
+fn wait_completed(engine: &dyn ContainerEngine, container: &str, dependent: &str) -> Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     loop {
-        let state = engine
-            .inspect_container(container)?
-            .state
-            .unwrap_or_default();
-        let code = state.exit_code.unwrap_or(0);
-        let failed = match (state.running == Some(true), code) {
+        let state = engine.container(container)?;
+        let code = state.exit_code;
+        let failed = match (state.running, code) {
             (false, 0) => return Ok(()),
             (false, _) => format!("exited with status {code}"),
             _ if std::time::Instant::now() > deadline => "did not finish within 5 minutes".into(),
@@ -802,7 +743,7 @@ fn writer(plan: &SitePlan, tree: &str) -> Option<(String, String)> {
 /// Writes a tree that every container mounts read-only: through a helper container of
 /// the same image that mounts it writable (see [`crate::docker::remote::write_through_helper`]).
 fn push_through_helper(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     plan: &SitePlan,
     tree: &str,
     dir: &Path,
@@ -826,7 +767,7 @@ fn push_through_helper(
 /// helper container of an image that mounts one of them. A file that is there already
 /// is refused unless --replace. Returns the trees written.
 fn write_files_first(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     plan: &SitePlan,
     trees: &mut [crate::ops::ThawTreeReport],
     track: &Tracker,
@@ -854,7 +795,7 @@ fn write_files_first(
             return Err(Error::conflict(format!(
                 "{} exists on the engine's host ({})",
                 dir.join(f).display(),
-                engine.endpoint.host
+                engine.endpoint().host
             ))
             .with_hint("pass --replace to replace it, or thaw with --as NAME"));
         }
@@ -868,7 +809,7 @@ fn write_files_first(
                     &format!("writing {} on the engine's host", dir.display()),
                 )
             })?;
-        t.dest = PathBuf::from(format!("{}:{}", engine.endpoint.host, dir.display()));
+        t.dest = PathBuf::from(format!("{}:{}", engine.endpoint().host, dir.display()));
         written.push(tree.clone());
     }
     Ok(written)
@@ -876,19 +817,10 @@ fn write_files_first(
 
 /// The container's address on its first network and its hostname, as the engine has
 /// them now.
-fn container_endpoint(engine: &Engine, name: &str) -> Result<(String, String)> {
-    let n = name.to_string();
-    let info = engine.inspect_container(&n)?;
-    let hostname = info.config.and_then(|c| c.hostname).unwrap_or_default();
-    let address = info
-        .network_settings
-        .and_then(|n| n.networks)
-        .and_then(|n| {
-            n.into_values()
-                .find_map(|e| e.ip_address.filter(|a| !a.is_empty()))
-        });
-    match address {
-        Some(a) => Ok((a, hostname)),
+fn container_endpoint(engine: &dyn ContainerEngine, name: &str) -> Result<(String, String)> {
+    let info = engine.container(name)?;
+    match info.addresses.into_iter().next() {
+        Some(a) => Ok((a, info.hostname)),
         None => Err(exited_or(
             engine,
             name,
@@ -899,7 +831,7 @@ fn container_endpoint(engine: &Engine, name: &str) -> Result<(String, String)> {
 
 /// `e`, or when container `name` is no longer running (it exited while it was being
 /// set up: a wrong setting, a missing secret), that, with its last log lines.
-fn exited_or(engine: &Engine, name: &str, e: Error) -> Error {
+fn exited_or(engine: &dyn ContainerEngine, name: &str, e: Error) -> Error {
     // The failure may come a moment before the engine has seen the exit.
     for _ in 0..5 {
         match engine.not_running(name, "where its database should be running") {
@@ -915,7 +847,7 @@ fn exited_or(engine: &Engine, name: &str, e: Error) -> Error {
 /// has no credentials): its address, and its hostname, which the server must report
 /// (a connection that lands on another server is refused, see [`crate::db::DbUrl`]).
 pub(crate) fn container_database(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     spec: &ContainerSpec,
 ) -> Result<Option<crate::db::DbUrl>> {
     let (address, hostname) = container_endpoint(engine, &spec.name)?;
@@ -929,7 +861,7 @@ pub(crate) fn container_database(
 /// Waits until the database server in a new container accepts the application's login
 /// (its first start initializes the data directory; that takes seconds to minutes).
 pub(crate) fn wait_for_database(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     url: &crate::db::DbUrl,
     container: &str,
 ) -> Result<()> {
@@ -958,7 +890,7 @@ pub(crate) fn wait_for_database(
 /// The engine's create request for a captured container: its `Config`, its `HostConfig`
 /// with the mounts pointing at the (renamed) volumes and directories, and its first
 /// network (the others are connected after creation, as API 1.41 requires).
-fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody> {
+fn create_body(spec: &ContainerSpec) -> Result<Value> {
     let mut body = spec.config.clone();
     body["Image"] = Value::String(spec.image.clone());
     // In another container's network namespace the hostname is that container's: the
@@ -1024,19 +956,14 @@ fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody> {
     if let Some((net, ns)) = spec.networks.iter().next() {
         body["NetworkingConfig"] = json!({"EndpointsConfig": {net: {"Aliases": ns.aliases}}});
     }
-    serde_json::from_value(body).map_err(|e| {
-        Error::integrity(format!(
-            "the configuration of container {} cannot be used: {e}",
-            spec.name
-        ))
-    })
+    Ok(body)
 }
 
 /// Loads a container's image from the snapshot into the engine (`docker load` of a
 /// docker-archive built from the stored layers), tagged with the container's reference.
 fn load_image(
     repo: &Repository,
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     spec: &ContainerSpec,
     manifest: &ImageManifest,
 ) -> Result<()> {
@@ -1093,27 +1020,7 @@ fn load_image(
             .and_then(|mut w| w.flush())
             .ctx(|| format!("writing {}", archive.display()))?;
     }
-    let file = std::fs::File::open(&archive).ctx(|| format!("reading {}", archive.display()))?;
-    let body = bollard::body_try_stream(crate::docker::file_stream(file));
-    engine.block_on(async {
-        use futures::StreamExt;
-        let mut s = engine.docker.import_image(
-            ImportImageOptionsBuilder::new().quiet(true).build(),
-            body,
-            None,
-        );
-        while let Some(item) = s.next().await {
-            let item =
-                item.map_err(|e| engine.error(&format!("loading image {}", spec.image), e))?;
-            if let Some(err) = item.error {
-                return Err(Error::other(format!(
-                    "loading image {} into the Docker engine at {}: {err}",
-                    spec.image, engine.endpoint.host
-                )));
-            }
-        }
-        Ok(())
-    })
+    engine.load_image(&archive, &spec.image)
 }
 
 /// The config of the image to load, from the container image's config: the image's own
@@ -1161,14 +1068,14 @@ pub struct CopyGuard {
 }
 
 impl CopyGuard {
-    pub fn new(engine: &Engine, report: &SiteReport) -> CopyGuard {
+    pub fn new(engine: &dyn ContainerEngine, report: &SiteReport) -> CopyGuard {
         let copy = Arc::new(Mutex::new(Some(Created {
             containers: report.containers.clone(),
             volumes: report.volumes.clone(),
             networks: report.networks.clone(),
             ..Default::default()
         })));
-        let endpoint = engine.endpoint.clone();
+        let endpoint = engine.endpoint().clone();
         let target = report.target.clone();
         let shared = copy.clone();
         let cleanup = crate::interrupt::on_interrupt(Box::new(move || {
@@ -1186,7 +1093,7 @@ impl CopyGuard {
     }
 
     /// Removes the copy now (unless an interrupt's cleanup did).
-    pub fn remove(self, engine: &Engine) {
+    pub fn remove(self, engine: &dyn ContainerEngine) {
         let mut held = self.copy.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(created) = held.take() {
             undo(engine, &created);
@@ -1205,7 +1112,7 @@ impl CopyGuard {
 }
 
 /// Removes what a failed thaw created, newest first; best effort.
-fn undo(engine: &Engine, created: &Created) {
+fn undo(engine: &dyn ContainerEngine, created: &Created) {
     for f in &created.files {
         let _ = std::fs::remove_file(f);
     }
@@ -1217,31 +1124,16 @@ fn undo(engine: &Engine, created: &Created) {
     }
     for c in created.containers.iter().rev() {
         // With the anonymous volumes the engine made for it.
-        let _ = engine.remove_container_and_volumes(c);
+        let _ = engine.remove_container(c, true);
     }
     for v in created.volumes.iter().rev() {
-        let n = v.clone();
-        let _ = engine.call("removing a volume", |d| async move {
-            d.remove_volume(&n, None::<bollard::query_parameters::RemoveVolumeOptions>)
-                .await
-        });
+        let _ = engine.remove_volume(v);
     }
     for image in &created.images {
-        let i = image.clone();
-        let _ = engine.call("removing an image", |d| async move {
-            d.remove_image(
-                &i,
-                None::<bollard::query_parameters::RemoveImageOptions>,
-                None,
-            )
-            .await
-        });
+        let _ = engine.remove_image(image);
     }
     for net in created.networks.iter().rev() {
-        let n = net.clone();
-        let _ = engine.call("removing a network", |d| async move {
-            d.remove_network(&n).await
-        });
+        let _ = engine.remove_network(net);
     }
 }
 

@@ -216,3 +216,6 @@ pub fn rename_path(path: &str, old: &str, new: &str) -> String {
     }
     parts.join("/")
 }
+
+#[cfg(test)]
+mod tests;

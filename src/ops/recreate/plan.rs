@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::docker::capture::{ContainerSpec, CONFIG_KEY};
 use crate::docker::project::{label_paths, rebase, PATH_LABELS, PROJECT_TREE};
-use crate::docker::{Engine, COMPOSE_PROJECT, SITE_LABEL};
+use crate::docker::{ContainerEngine, COMPOSE_PROJECT, SITE_LABEL};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::*;
 use crate::repo::{Repository, Snapshot};
@@ -78,16 +78,18 @@ pub(super) struct EngineFacts {
 }
 
 /// Asks the engine for its properties: reachable, and of which architecture.
-pub(super) fn engine_facts(engine: &Engine) -> Result<EngineFacts> {
-    let info = engine.call("asking the engine for its properties", |d| async move {
-        d.info().await
-    })?;
-    let arch = docker_arch(info.architecture.as_deref().unwrap_or(""));
-    let root = info.docker_root_dir.clone().unwrap_or_default();
+pub(super) fn engine_facts(engine: &dyn ContainerEngine) -> Result<EngineFacts> {
+    let info = engine.info()?;
+    let arch = docker_arch(&info.architecture);
+    let root = info.root;
+    let version = if info.version.is_empty() {
+        "?"
+    } else {
+        &info.version
+    };
     let checks = vec![format!(
-        "engine {} answers: Docker {}, {arch}, data in {root}",
-        engine.endpoint.host,
-        info.server_version.as_deref().unwrap_or("?"),
+        "engine {} answers: Docker {version}, {arch}, data in {root}",
+        engine.endpoint().host,
     )];
     Ok(EngineFacts { arch, root, checks })
 }
@@ -105,7 +107,7 @@ fn docker_arch(kernel: &str) -> String {
 /// Reads the snapshot's containers and trees and checks the engine: nothing is changed.
 pub fn plan(
     repo: &Repository,
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     snap: Snapshot,
     opts: &SiteOptions,
 ) -> Result<SitePlan> {
@@ -187,12 +189,17 @@ pub fn plan(
 }
 
 /// A plan with nothing in it yet: `existing` are the target site's containers now.
-fn empty_plan(snap: &Snapshot, target: &str, engine: &Engine, existing: Vec<String>) -> SitePlan {
+fn empty_plan(
+    snap: &Snapshot,
+    target: &str,
+    engine: &dyn ContainerEngine,
+    existing: Vec<String>,
+) -> SitePlan {
     SitePlan {
         site: snap.site.clone(),
         snapshot: snap.id.clone(),
         target: target.to_string(),
-        engine: engine.endpoint.host.clone(),
+        engine: engine.endpoint().host.clone(),
         replaces: existing,
         replaced_paths: vec![],
         images: vec![],
@@ -216,7 +223,7 @@ fn empty_plan(snap: &Snapshot, target: &str, engine: &Engine, existing: Vec<Stri
 /// moves them), and the target site not there unless `--replace`. Returns the target
 /// site's containers on the engine now.
 fn check_engine(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     specs: &[(ContainerSpec, ImageManifest, Digest)],
     arch: &str,
     target: &str,
@@ -229,7 +236,9 @@ fn check_engine(
     {
         return Err(Error::conflict(format!(
             "container {} was frozen on {}; the Docker engine at {} runs {arch}",
-            spec.name, spec.platform.architecture, engine.endpoint.host
+            spec.name,
+            spec.platform.architecture,
+            engine.endpoint().host
         ))
         .with_hint("thaw onto a host of the same CPU architecture"));
     }
@@ -237,7 +246,7 @@ fn check_engine(
     if !existing.is_empty() && !opts.replace {
         return Err(Error::conflict(format!(
             "site {target} exists on the Docker engine at {} ({})",
-            engine.endpoint.host,
+            engine.endpoint().host,
             existing.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
         ))
         .with_hint(
@@ -277,7 +286,7 @@ fn dumps_in_load_order(
 /// not hold, naming every one: images compose built, of a snapshot frozen without
 /// `--with-images`.
 fn refuse_missing_images(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     plan: &SitePlan,
     missing: &[(String, String)],
 ) -> Result<()> {
@@ -290,7 +299,7 @@ fn refuse_missing_images(
         .collect();
     Err(Error::not_found(format!(
         "the Docker engine at {} lacks the images of services {}, and snapshot {}:{} does not hold them",
-        engine.endpoint.host,
+        engine.endpoint().host,
         list.join(", "),
         plan.site,
         plan.snapshot
@@ -341,7 +350,7 @@ fn join_order(specs: &mut [(ContainerSpec, ImageManifest, Digest)]) {
 
 /// A container of another site with this name is never touched.
 fn check_name_free(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     spec: &ContainerSpec,
     existing: &[String],
     target: &str,
@@ -349,10 +358,10 @@ fn check_name_free(
     if existing.contains(&spec.name) {
         return Ok(());
     }
-    match engine.inspect_container(&spec.name) {
+    match engine.container(&spec.name) {
         Ok(_) => Err(Error::conflict(format!(
             "a container named {} exists on the Docker engine at {} and is not part of site {target}",
-            spec.name, engine.endpoint.host
+            spec.name, engine.endpoint().host
         ))
         .with_hint("remove or rename it, or thaw with --as NAME")),
         Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
@@ -362,7 +371,7 @@ fn check_name_free(
 
 /// The container's image: on the engine, or loaded from the snapshot. False: neither.
 fn plan_image(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     plan: &mut SitePlan,
     spec: &ContainerSpec,
     manifest: &ImageManifest,
@@ -370,10 +379,7 @@ fn plan_image(
     if plan.images.iter().any(|i| i.image == spec.image) {
         return Ok(true);
     }
-    let image = spec.image.clone();
-    let action = match engine.call(&format!("inspecting image {image}"), |d| async move {
-        d.inspect_image(&image).await
-    }) {
+    let action = match engine.image(&spec.image) {
         Ok(_) => Action::Present,
         Err(e) if e.kind == ErrorKind::NotFound => {
             if manifest.layers.is_empty() {
@@ -391,19 +397,18 @@ fn plan_image(
 }
 
 /// Its networks: reused when the engine has them, else created.
-fn plan_networks(engine: &Engine, plan: &mut SitePlan, spec: &ContainerSpec) -> Result<()> {
+fn plan_networks(
+    engine: &dyn ContainerEngine,
+    plan: &mut SitePlan,
+    spec: &ContainerSpec,
+) -> Result<()> {
     for (net, ns) in &spec.networks {
         if plan.network_specs.contains_key(net) {
             continue;
         }
-        let n = net.clone();
-        let action = match engine.call(&format!("inspecting network {net}"), |d| async move {
-            d.inspect_network(&n, None::<bollard::query_parameters::InspectNetworkOptions>)
-                .await
-        }) {
-            Ok(_) => Action::Reuse,
-            Err(e) if e.kind == ErrorKind::NotFound => Action::Create,
-            Err(e) => return Err(e),
+        let action = match engine.network_exists(net)? {
+            true => Action::Reuse,
+            false => Action::Create,
         };
         plan.networks.push(Step {
             name: net.clone(),
@@ -420,7 +425,7 @@ fn plan_networks(engine: &Engine, plan: &mut SitePlan, spec: &ContainerSpec) -> 
 /// Its volumes and bind-mounted directories: created, reused when empty, replaced with
 /// --replace, else refused.
 fn plan_mounts(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     plan: &mut SitePlan,
     spec: &ContainerSpec,
     trees: &HashMap<String, TreePlan>,
@@ -499,7 +504,7 @@ fn plan_mounts(
 
 /// A named volume: created, reused when empty, replaced with --replace, else refused.
 fn plan_volume(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     plan: &mut SitePlan,
     m: &crate::docker::capture::MountSpec,
     existing: &[String],
@@ -510,23 +515,21 @@ fn plan_volume(
     if plan.volumes.iter().any(|v| v.name == name) {
         return Ok(());
     }
-    let action = match engine.inspect_volume(&name) {
-        Ok(v) if local && dir_is_empty(Path::new(&v.mountpoint)) => Action::Reuse,
+    let action = match engine.volume_mountpoint(&name) {
+        Ok(v) if local && dir_is_empty(&v) => Action::Reuse,
         // Through a remote engine a volume is replaced whole, and only when
         // the containers it belongs to are frozen first.
         Ok(_) if !local && opts.replace && !existing.is_empty() => Action::Recreate,
         Ok(_) if !local => {
             return Err(Error::conflict(format!(
                 "volume {name} exists on the Docker engine at {}",
-                engine.endpoint.host
+                engine.endpoint().host
             ))
             .with_hint("remove it, or thaw with --as NAME"))
         }
         Ok(v) if opts.replace => {
-            plan.replaced_paths.push((
-                crate::docker::capture::tree_name("volume", &name),
-                PathBuf::from(&v.mountpoint),
-            ));
+            plan.replaced_paths
+                .push((crate::docker::capture::tree_name("volume", &name), v));
             if m.tree.is_empty() {
                 Action::Recreate
             } else {
@@ -536,7 +539,7 @@ fn plan_volume(
         Ok(_) => {
             return Err(Error::conflict(format!(
                 "volume {name} exists on the Docker engine at {} and is not empty",
-                engine.endpoint.host
+                engine.endpoint().host
             ))
             .with_hint("pass --replace to replace its contents, or thaw with --as NAME"))
         }
@@ -620,7 +623,11 @@ fn plan_file(
 
 /// Pre-flight: a host port that is taken would fail the start after everything else is
 /// created. (A replaced site's own ports are freed when it is removed.)
-fn check_ports(engine: &Engine, spec: &ContainerSpec, existing: &[String]) -> Result<()> {
+fn check_ports(
+    engine: &dyn ContainerEngine,
+    spec: &ContainerSpec,
+    existing: &[String],
+) -> Result<()> {
     if !existing.is_empty() || !engine.is_local() {
         return Ok(());
     }
@@ -672,7 +679,7 @@ fn plan_database(
 
 /// Room for every tree: volumes under the engine's data root, directories where they go.
 fn check_space(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     plan: &SitePlan,
     trees: &HashMap<String, TreePlan>,
     root: &str,
@@ -857,7 +864,7 @@ fn project_move(
 /// that stays is written only where it is missing, else left as it is. Through a remote
 /// engine it is not written (its directory is on the other host).
 fn plan_project(
-    engine: &Engine,
+    engine: &dyn ContainerEngine,
     plan: &mut SitePlan,
     trees: &HashMap<String, TreePlan>,
     from: Option<String>,
@@ -891,7 +898,7 @@ fn plan_project(
         if opts.project_dir.is_some() {
             return Err(Error::usage(format!(
                 "--project-dir writes the compose project on this host; the engine at {} is remote",
-                engine.endpoint.host
+                engine.endpoint().host
             ))
             .with_hint("thaw with freezer on the engine's own host, through its unix socket"));
         }

@@ -3,7 +3,7 @@
 
 use crate::docker::capture::ContainerSpec;
 use crate::docker::rebase::{self, FieldChange};
-use crate::docker::Engine;
+use crate::docker::ContainerEngine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Digest, ImageManifest};
 
@@ -50,7 +50,7 @@ impl<'a> Retargets<'a> {
     /// what changes in its configuration.
     pub fn apply(
         &mut self,
-        engine: &Engine,
+        engine: &dyn ContainerEngine,
         spec: &mut ContainerSpec,
         arch: &str,
     ) -> Result<Vec<FieldChange>> {
@@ -75,7 +75,7 @@ impl<'a> Retargets<'a> {
 
     fn move_to(
         &mut self,
-        engine: &Engine,
+        engine: &dyn ContainerEngine,
         spec: &mut ContainerSpec,
         image: &str,
         arch: &str,
@@ -84,32 +84,29 @@ impl<'a> Retargets<'a> {
             Some(c) => c.clone(),
             None => old_image_defaults(engine, spec)?,
         };
-        let img = image.to_string();
         let new = engine
-            .call(&format!("inspecting image {image}"), |d| async move {
-                d.inspect_image(&img).await
-            })
+            .image(image)
             .map_err(|e| match e.kind {
                 ErrorKind::NotFound => Error::not_found(format!(
                     "image {image}, named by --image for service {}, is not on the Docker engine at {}",
                     spec.service(),
-                    engine.endpoint.host
+                    engine.endpoint().host
                 ))
                 .with_hint(format!(
                     "pull it there (docker pull {image}) or load it (docker load -i FILE), then thaw again"
                 )),
                 _ => e,
             })?;
-        let new_arch = new.architecture.clone().unwrap_or_default();
+        let new_arch = new.architecture.clone();
         if !arch.is_empty() && !new_arch.is_empty() && new_arch != arch {
             return Err(Error::conflict(format!(
                 "image {image} (--image for service {}) is built for {new_arch}; the Docker engine at {} runs {arch}",
                 spec.service(),
-                engine.endpoint.host
+                engine.endpoint().host
             ))
             .with_hint("name an image of the engine's architecture"));
         }
-        let defaults = rebase::defaults_of(&new);
+        let defaults = rebase::image_defaults(&new.config);
         let changes = rebase::rebase(&mut spec.config, &old, &defaults, image);
         self.checks.push(format!(
             "image {image} for service {} on the engine ({})",
@@ -117,7 +114,7 @@ impl<'a> Retargets<'a> {
             if new_arch.is_empty() { "?" } else { &new_arch }
         ));
         spec.image = image.to_string();
-        spec.image_id = new.id.unwrap_or_default();
+        spec.image_id = new.id;
         if !new_arch.is_empty() {
             spec.platform.architecture = new_arch;
         }
@@ -133,19 +130,19 @@ impl<'a> Retargets<'a> {
 
 /// A snapshot written before image defaults were recorded: the old image, if the engine
 /// still has it, says what they were.
-fn old_image_defaults(engine: &Engine, spec: &ContainerSpec) -> Result<serde_json::Value> {
-    let id = spec.image_id.clone();
+fn old_image_defaults(
+    engine: &dyn ContainerEngine,
+    spec: &ContainerSpec,
+) -> Result<serde_json::Value> {
     let img = engine
-        .call(&format!("inspecting image {}", spec.image), |d| async move {
-            d.inspect_image(&id).await
-        })
+        .image(&spec.image_id)
         .map_err(|e| match e.kind {
             ErrorKind::NotFound => Error::not_found(format!(
                 "container {} was frozen before freezer recorded its image's defaults, and its image {} ({}) is not on the Docker engine at {} to read them from",
-                spec.name, spec.image, spec.image_id, engine.endpoint.host
+                spec.name, spec.image, spec.image_id, engine.endpoint().host
             ))
             .with_hint("load the old image on that engine, or freeze the site again and thaw that snapshot"),
             _ => e,
         })?;
-    Ok(rebase::defaults_of(&img))
+    Ok(rebase::image_defaults(&img.config))
 }
