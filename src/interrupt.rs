@@ -5,133 +5,210 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-/// (path, whole tree?): staging directories are removed whole, the parent directories a
-/// thaw created only when empty.
-static STAGING: Mutex<Vec<(PathBuf, bool)>> = Mutex::new(Vec::new());
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-/// What is being changed that cannot be rolled back (a database being loaded), to be
-/// reported if the run is interrupted.
-static PARTIAL: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-/// Locks to release on interruption: (store, key, the released lock's bytes).
-type HeldLock = (std::sync::Arc<dyn crate::store::Store>, String, Vec<u8>);
-static LOCKS: Mutex<Vec<HeldLock>> = Mutex::new(Vec::new());
+/// What releases a held lock (writes it released); run when a signal ends the run.
+pub type Release = Box<dyn Fn() + Send>;
 
 /// Actions that put things back (resume a paused site), run first on interruption.
-type Cleanup = Box<dyn Fn() + Send>;
-static CLEANUPS: Mutex<Vec<(u64, Cleanup)>> = Mutex::new(Vec::new());
-static NEXT_CLEANUP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub type Cleanup = Box<dyn Fn() + Send>;
 
 /// What the run does last when a signal ends it (the failure ping and metrics).
-type Finish = Box<dyn Fn(i32) + Send + Sync>;
-static FINISH: std::sync::OnceLock<Finish> = std::sync::OnceLock::new();
-
-/// Sets what runs last, with the exit code, when a signal ends the run: an interrupted
-/// backup must still be reported as a failed one.
-pub fn on_exit(f: Finish) {
-    let _ = FINISH.set(f);
-}
-
-/// Registers an action to run if the run is interrupted; returns its handle.
-pub fn on_interrupt(f: Cleanup) -> u64 {
-    let id = NEXT_CLEANUP.fetch_add(1, Ordering::SeqCst);
-    CLEANUPS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((id, f));
-    id
-}
-
-/// Forgets an action registered with [`on_interrupt`] (its work was done normally).
-pub fn remove_cleanup(id: u64) {
-    CLEANUPS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|(i, _)| *i != id);
-}
-
-/// Registers a held lock, released if the run is interrupted.
-pub fn track_lock(store: std::sync::Arc<dyn crate::store::Store>, key: String, released: Vec<u8>) {
-    LOCKS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((store, key, released));
-}
-
-pub fn untrack_lock(key: &str) {
-    LOCKS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|(_, k, _)| k != key);
-}
-
-/// Registers a target that an interruption leaves partly written, with what to do.
-pub fn note_partial(what: String) {
-    PARTIAL.lock().unwrap_or_else(|e| e.into_inner()).push(what);
-}
-
-/// Forgets a target (it was completed, or its failure was reported).
-pub fn clear_partial(what: &str) {
-    PARTIAL
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|p| p != what);
-}
-
-/// True once a signal arrived: errors after that are consequences of the cleanup, and the
-/// signal thread reports and exits.
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
+pub type Finish = Box<dyn Fn(i32) + Send + Sync>;
 
 /// Exit code for a run ended by a signal (128 + SIGINT, as shells report it).
 pub const EXIT_INTERRUPTED: i32 = 130;
 
-/// Registers a directory to remove, with its contents, if the run is interrupted.
-pub fn track(path: PathBuf) {
-    STAGING
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((path, true));
-}
-
-/// Registers a directory to remove if the run is interrupted while it is still empty.
-pub fn track_if_empty(path: PathBuf) {
-    STAGING
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((path, false));
-}
-
-/// Forgets a directory (it was installed or cleaned up normally).
-pub fn untrack(path: &std::path::Path) {
-    STAGING
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|(p, _)| p != path);
-}
-
-/// What the run is doing, for the report ("interrupted during freeze").
-static WHAT: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
-/// Set by whoever ends an interrupted run: the main thread once it has unwound, or the
-/// signal thread when it could not wait any longer. The other one then stays quiet.
-static EXITING: AtomicBool = AtomicBool::new(false);
-
 /// How long the signal thread waits for the run to stop at its next checkpoint before it
-/// cleans up and exits on its own (a request that hangs, a long statement).
+/// cleans up and ends the run on its own (a request that hangs, a long statement).
 const GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Starts a thread that waits for SIGINT or SIGTERM. The first one cancels `cancel`, runs
-/// the urgent cleanups (a held site is resumed at once), and gives the run [`GRACE`] to
-/// stop at a checkpoint and unwind through its guards; the main thread then reports with
-/// [`finish_interrupted`]. A second signal, or the end of the grace period, cleans up
-/// what is still tracked and exits 130 from here.
-pub fn install(what: &'static str, cancel: crate::progress::Cancel) {
-    let _ = WHAT.set(what);
+/// What one run must put back, remove or report if a signal ends it before it has
+/// unwound: a held site to resume, staging directories, locks, partly loaded databases.
+/// It travels in the run's [`crate::progress::Cancel`] token, so whatever is given the
+/// run's progress registers here; every registration is a [`Registered`] guard, and
+/// dropping the guard (the work finished, or was undone normally) takes it back.
+#[derive(Default)]
+pub struct Scope {
+    /// A signal arrived: errors after that are consequences of the cleanup.
+    interrupted: AtomicBool,
+    /// Set by whoever ends an interrupted run: the main thread once it has unwound, or
+    /// the signal thread when it could not wait any longer. The other stays quiet.
+    exiting: AtomicBool,
+    entries: Mutex<Entries>,
+}
+
+#[derive(Default)]
+struct Entries {
+    next: u64,
+    /// (path, whole tree?): staging directories are removed whole, the parent
+    /// directories a thaw created only when empty.
+    staging: Vec<(u64, PathBuf, bool)>,
+    /// What is being changed that cannot be rolled back (a database being loaded).
+    partial: Vec<(u64, String)>,
+    locks: Vec<(u64, Release)>,
+    cleanups: Vec<(u64, Cleanup)>,
+}
+
+impl Entries {
+    fn forget(&mut self, id: u64) {
+        self.staging.retain(|(i, _, _)| *i != id);
+        self.partial.retain(|(i, _)| *i != id);
+        self.locks.retain(|(i, _)| *i != id);
+        self.cleanups.retain(|(i, _)| *i != id);
+    }
+}
+
+/// One registration in a [`Scope`]; dropping it takes it back.
+#[must_use = "dropping it at once takes the registration back"]
+pub struct Registered {
+    scope: Arc<Scope>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.scope.entries().forget(self.id);
+    }
+}
+
+impl Scope {
+    fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(self: &Arc<Self>, add: impl FnOnce(&mut Entries, u64)) -> Registered {
+        let mut e = self.entries();
+        let id = e.next;
+        e.next += 1;
+        add(&mut e, id);
+        Registered {
+            scope: self.clone(),
+            id,
+        }
+    }
+
+    /// An action to run at once if the run is interrupted (resume a held site).
+    pub fn on_interrupt(self: &Arc<Self>, f: Cleanup) -> Registered {
+        self.register(|e, id| e.cleanups.push((id, f)))
+    }
+
+    /// A directory to remove, with its contents, if the run is interrupted.
+    pub fn staging(self: &Arc<Self>, path: PathBuf) -> Registered {
+        self.register(|e, id| e.staging.push((id, path, true)))
+    }
+
+    /// A directory to remove if the run is interrupted while it is still empty.
+    pub fn created_dir(self: &Arc<Self>, path: PathBuf) -> Registered {
+        self.register(|e, id| e.staging.push((id, path, false)))
+    }
+
+    /// A target an interruption leaves partly written, with what to do.
+    pub fn partial(self: &Arc<Self>, what: String) -> Registered {
+        self.register(|e, id| e.partial.push((id, what)))
+    }
+
+    /// A held lock, released by `release` if the run is interrupted.
+    pub fn lock(self: &Arc<Self>, release: Release) -> Registered {
+        self.register(|e, id| e.locks.push((id, release)))
+    }
+
+    /// True once a signal arrived: errors after that are consequences of the cleanup.
+    pub fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
+    }
+
+    /// Ends an interrupted run from the main thread, once it has unwound: removes what
+    /// is still registered (normally nothing: the guards did) and says what state things
+    /// are in. False when the signal thread is already ending the run.
+    pub fn finish_interrupted(&self, what: &str) -> bool {
+        if self.exiting.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        self.remove_registered();
+        self.report(what);
+        true
+    }
+
+    /// Claims the end of a run that completed although a signal came late: the signal
+    /// thread must not end it. False when the signal thread is already doing so.
+    pub fn claim_exit(&self) -> bool {
+        !self.exiting.swap(true, Ordering::SeqCst)
+    }
+
+    /// Staging directories and locks still registered: removed and released.
+    fn remove_registered(&self) {
+        let dirs: Vec<(PathBuf, bool)> = (self.entries().staging.iter())
+            .map(|(_, p, w)| (p.clone(), *w))
+            .collect();
+        // Newest first: staging directories before the parents created for them.
+        for (d, whole) in dirs.iter().rev() {
+            if !whole {
+                let _ = std::fs::remove_dir(d);
+                continue;
+            }
+            // Writers may still be adding files for a moment: try a few times.
+            for _ in 0..5 {
+                if std::fs::remove_dir_all(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+        for (_, release) in self.entries().locks.iter() {
+            release();
+        }
+    }
+
+    /// What an interrupted run tells its user on stderr.
+    fn report(&self, what: &str) {
+        eprintln!("freezer: interrupted during {what}");
+        let partial: Vec<String> = self
+            .entries()
+            .partial
+            .iter()
+            .map(|(_, p)| p.clone())
+            .collect();
+        for p in &partial {
+            eprintln!("freezer: {p}");
+        }
+        match what {
+            "thaw" if !partial.is_empty() => {
+                eprintln!(
+                    "freezer: the directories were not changed; unfinished restores were removed"
+                )
+            }
+            "thaw" => eprintln!(
+                "freezer: the destinations were not changed; unfinished restores were removed"
+            ),
+            "freeze" => eprintln!(
+            "freezer: no snapshot was recorded; the next freeze reuses what was already uploaded"
+        ),
+            _ => {}
+        }
+    }
+}
+
+/// Starts a thread that waits for SIGINT or SIGTERM. The first one marks the run
+/// interrupted, cancels it, runs the urgent cleanups (a held site is resumed at once),
+/// and gives the run [`GRACE`] to stop at a checkpoint and unwind through its guards;
+/// the main thread then reports with [`Scope::finish_interrupted`]. A second signal, or
+/// the end of the grace period, removes what is still registered, reports, runs
+/// `finish`, and sends the exit code on `ended`: whoever waits there ends the process.
+pub fn install(
+    what: &str,
+    scope: Arc<Scope>,
+    cancel: impl Fn() + Send + 'static,
+    finish: Finish,
+    ended: std::sync::mpsc::Sender<i32>,
+) {
+    let what = what.to_string();
     std::thread::spawn(move || {
-        let Ok(rt) = crate::sys::runtime() else {
+        // A runtime of its own: waiting for signals must not depend on the run's.
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
             return;
         };
         let Ok((mut int, mut term)) = rt.block_on(async {
@@ -149,10 +226,10 @@ pub fn install(what: &'static str, cancel: crate::progress::Cancel) {
                 _ = term.recv() => {}
             }
         });
-        INTERRUPTED.store(true, Ordering::SeqCst);
-        cancel.cancel();
+        scope.interrupted.store(true, Ordering::SeqCst);
+        cancel();
         // Most urgent first: a paused site is down until it is resumed.
-        for (_, f) in CLEANUPS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for (_, f) in scope.entries().cleanups.iter() {
             f();
         }
         eprintln!("\nfreezer: stopping {what} (interrupt again to stop at once)");
@@ -163,79 +240,13 @@ pub fn install(what: &'static str, cancel: crate::progress::Cancel) {
                 _ = tokio::time::sleep(GRACE) => {}
             }
         });
-        if EXITING.swap(true, Ordering::SeqCst) {
+        if !scope.claim_exit() {
             // The main thread is ending the run.
-            loop {
-                std::thread::park();
-            }
+            return;
         }
-        remove_tracked();
-        report(what);
-        if let Some(finish) = FINISH.get() {
-            finish(EXIT_INTERRUPTED);
-        }
-        std::process::exit(EXIT_INTERRUPTED);
+        scope.remove_registered();
+        scope.report(&what);
+        finish(EXIT_INTERRUPTED);
+        let _ = ended.send(EXIT_INTERRUPTED);
     });
-}
-
-/// Ends an interrupted run from the main thread, once it has unwound: removes what is
-/// still tracked (normally nothing: the guards did) and says what state things are in.
-/// False when the signal thread is already ending the run; the caller then waits for it.
-pub fn finish_interrupted() -> bool {
-    if EXITING.swap(true, Ordering::SeqCst) {
-        return false;
-    }
-    remove_tracked();
-    report(WHAT.get().copied().unwrap_or("the command"));
-    true
-}
-
-/// Claims the end of a run that completed although a signal came late: the signal
-/// thread must not exit under it. False when the signal thread is already exiting.
-pub fn claim_exit() -> bool {
-    !EXITING.swap(true, Ordering::SeqCst)
-}
-
-/// Staging directories and locks still registered: removed and released.
-fn remove_tracked() {
-    let dirs: Vec<(PathBuf, bool)> = STAGING.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    // Newest first: staging directories before the parents created for them.
-    for (d, whole) in dirs.iter().rev() {
-        if !whole {
-            let _ = std::fs::remove_dir(d);
-            continue;
-        }
-        // Writers may still be adding files for a moment: try a few times.
-        for _ in 0..5 {
-            if std::fs::remove_dir_all(d).is_ok() || !d.exists() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    }
-    let locks: Vec<HeldLock> = LOCKS.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    for (store, key, released) in locks {
-        let _ = store.put(&key, &released);
-    }
-}
-
-/// What an interrupted run tells its user on stderr.
-fn report(what: &str) {
-    eprintln!("freezer: interrupted during {what}");
-    let partial: Vec<String> = PARTIAL.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    for p in &partial {
-        eprintln!("freezer: {p}");
-    }
-    match what {
-        "thaw" if !partial.is_empty() => {
-            eprintln!("freezer: the directories were not changed; unfinished restores were removed")
-        }
-        "thaw" => eprintln!(
-            "freezer: the destinations were not changed; unfinished restores were removed"
-        ),
-        "freeze" => eprintln!(
-            "freezer: no snapshot was recorded; the next freeze reuses what was already uploaded"
-        ),
-        _ => {}
-    }
 }

@@ -8,10 +8,10 @@ use std::path::Path;
 /// Top-level modules by layer, lowest first.
 const LAYERS: &[&[&str]] = &[
     // Foundations every layer may use.
-    &["error", "sys", "progress", "fault"],
+    &["error", "sys", "progress", "fault", "interrupt"],
     // Storage and the repository's format.
     &["store", "format"],
-    &["crypto", "interrupt"],
+    &["crypto"],
     &["repo"],
     // Sources and formats: file trees, databases, the Docker engine adapter, locks.
     &["tree", "db", "docker", "lock", "retention"],

@@ -82,6 +82,8 @@ pub struct Lock {
     /// Prune (which may delete) removes its lock object; a freeze (which need not be
     /// allowed to delete) overwrites it as released.
     delete_on_release: bool,
+    /// Released by the run's interrupt scope if a signal ends the run before this drops.
+    registered: Option<crate::interrupt::Registered>,
 }
 
 /// Takes a lock for a freeze of `site`, or for a prune (`site` None). While a prune holds
@@ -103,7 +105,14 @@ pub fn acquire_waiting(
     let mut ties = 0;
     loop {
         match try_acquire(repo, kind, site, &key) {
-            Ok(lock) => return Ok(lock),
+            Ok(mut lock) => {
+                let (store, key) = (lock.store.clone(), lock.key.clone());
+                let released = release_bytes(&lock.info);
+                lock.registered = Some(progress.cancel().scope().lock(Box::new(move || {
+                    let _ = store.put(&key, &released);
+                })));
+                return Ok(lock);
+            }
             Err(c)
                 if c.1.as_ref().is_some_and(|o| o.kind == "prune")
                     && started.elapsed() < wait_for_prune =>
@@ -124,14 +133,13 @@ pub fn acquire_waiting(
 }
 
 /// Takes a lock, failing at once on any conflict.
-pub fn acquire(repo: &Repository, kind: &str, site: Option<&str>) -> Result<Lock> {
-    acquire_waiting(
-        repo,
-        kind,
-        site,
-        Duration::ZERO,
-        &crate::progress::Progress::default(),
-    )
+pub fn acquire(
+    repo: &Repository,
+    kind: &str,
+    site: Option<&str>,
+    progress: &crate::progress::Progress,
+) -> Result<Lock> {
+    acquire_waiting(repo, kind, site, Duration::ZERO, progress)
 }
 
 fn lock_key(kind: &str, site: Option<&str>) -> String {
@@ -182,6 +190,7 @@ fn try_acquire(
         heartbeat: None,
         written,
         delete_on_release: kind == "prune",
+        registered: None,
     };
     for o in &listed {
         if o.key == lock.key || o.modified.is_some_and(|m| m + STALE < written) {
@@ -250,11 +259,6 @@ fn try_acquire(
             }
         }
     }));
-    crate::interrupt::track_lock(
-        lock.store.clone(),
-        lock.key.clone(),
-        release_bytes(&lock.info),
-    );
     Ok(lock)
 }
 
@@ -280,6 +284,6 @@ impl Drop for Lock {
         if !(self.delete_on_release && self.store.delete(&self.key).is_ok()) {
             let _ = self.store.put(&self.key, &release_bytes(&self.info));
         }
-        crate::interrupt::untrack_lock(&self.key);
+        self.registered.take();
     }
 }

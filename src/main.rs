@@ -2,5 +2,5 @@ use clap::Parser;
 
 fn main() {
     let cli = freezer::cli::Cli::parse();
-    std::process::exit(freezer::cli::run(cli));
+    std::process::exit(freezer::cli::main(cli));
 }

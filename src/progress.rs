@@ -9,12 +9,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::interrupt::Scope;
+
 /// A run's cancel token: set once, when a signal asks the run to stop; the long
 /// operations look at it between steps (a file, a chunk, a blob) and stop with an
 /// `Interrupted` error, which unwinds through their guards (staging removed, locks
 /// released, a held site resumed).
+///
+/// It also carries the run's [`Scope`]: what a signal that ends the run before it has
+/// unwound must still put back, remove or report.
 #[derive(Clone, Default)]
-pub struct Cancel(Arc<AtomicBool>);
+pub struct Cancel(Arc<AtomicBool>, Arc<Scope>);
 
 impl Cancel {
     pub fn cancel(&self) {
@@ -23,6 +28,11 @@ impl Cancel {
 
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::SeqCst)
+    }
+
+    /// Where the run registers what an interruption must undo.
+    pub fn scope(&self) -> &Arc<Scope> {
+        &self.1
     }
 
     /// An `Interrupted` error once the run was asked to stop; `what` names the step.

@@ -108,8 +108,31 @@ impl Ctx {
     }
 }
 
-/// Runs a parsed command line; returns the process exit code.
-pub fn run(cli: Cli) -> i32 {
+/// Runs a parsed command line to its end; returns the process exit code. The command
+/// runs on a thread of its own, so that a signal whose grace period runs out (a call
+/// that hangs) ends the run here, where `main` exits, however stuck the command is.
+pub fn main(cli: Cli) -> i32 {
+    let (done, ended) = std::sync::mpsc::channel();
+    let signalled = done.clone();
+    let worker = std::thread::Builder::new()
+        .name("run".into())
+        // As much stack as a main thread has.
+        .stack_size(8 << 20)
+        .spawn(move || {
+            let run = std::panic::AssertUnwindSafe(|| run(cli, signalled));
+            // A panic has printed its message; 101 as Rust's own main reports it.
+            let _ = done.send(std::panic::catch_unwind(run).unwrap_or(101));
+        });
+    if let Err(e) = worker {
+        eprintln!("freezer: starting the run's thread: {e}");
+        return 1;
+    }
+    ended.recv().unwrap_or(101)
+}
+
+/// Runs a parsed command line; returns the process exit code. `ended` is where the
+/// signal thread says the run is over when it could not wait for it.
+fn run(cli: Cli, ended: std::sync::mpsc::Sender<i32>) -> i32 {
     if let Command::Guard = cli.command {
         return crate::docker::guard::run();
     }
@@ -127,21 +150,28 @@ pub fn run(cli: Cli) -> i32 {
     crate::sys::sweep_temp();
     let started = std::time::Instant::now();
     let monitor = Arc::new(monitor);
+    let cancel = Cancel::default();
+    let scope = cancel.scope().clone();
+    let what = interrupted_what(&cli.command);
     {
+        // An interrupted backup must still be reported as a failed one.
         let monitor = monitor.clone();
-        crate::interrupt::on_exit(Box::new(move |code| {
+        let finish = Box::new(move |code| {
             monitor.finish(
                 code,
                 started.elapsed(),
                 format!("freezer {command}: exit {code}: interrupted by a signal"),
             )
-        }));
+        });
+        let stop = cancel.clone();
+        let stop = move || stop.cancel();
+        crate::interrupt::install(what, scope.clone(), stop, finish, ended);
     }
-    match dispatch(cli) {
+    match dispatch(cli, cancel) {
         Ok(code) => {
             // A signal that came after the work was done: the run still ended well,
             // unless the signal thread is already ending it.
-            if crate::interrupt::interrupted() && !crate::interrupt::claim_exit() {
+            if scope.interrupted() && !scope.claim_exit() {
                 wait_for_exit();
             }
             monitor.finish(
@@ -152,8 +182,8 @@ pub fn run(cli: Cli) -> i32 {
             code
         }
         // Stopped by a signal: whatever the error says, it is the consequence.
-        Err(e) if e.kind == ErrorKind::Interrupted || crate::interrupt::interrupted() => {
-            if !crate::interrupt::finish_interrupted() {
+        Err(e) if e.kind == ErrorKind::Interrupted || scope.interrupted() => {
+            if !scope.finish_interrupted(what) {
                 wait_for_exit();
             }
             if e.kind != ErrorKind::Interrupted {
@@ -190,29 +220,30 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
-/// The signal thread is ending the run (exit 130, with its own report): wait for it.
+/// The signal thread is ending the run (exit 130, with its own report): wait for it
+/// (`main` returns its code).
 fn wait_for_exit() -> ! {
     loop {
         std::thread::park();
     }
 }
 
-fn dispatch(cli: Cli) -> Result<i32> {
-    let cancel = Cancel::default();
-    crate::interrupt::install(
-        match &cli.command {
-            Command::Freeze(_) => "freeze",
-            Command::Thaw(_) => "thaw",
-            Command::Drill(_) => "drill",
-            Command::Verify(_) => "verify",
-            Command::Export(_) => "export",
-            Command::Copy(_) => "copy",
-            Command::Mount(_) => "mount",
-            Command::Prune(_) => "prune",
-            _ => "the command",
-        },
-        cancel.clone(),
-    );
+/// What an interrupted run says it was doing ("interrupted during freeze").
+fn interrupted_what(command: &Command) -> &'static str {
+    match command {
+        Command::Freeze(_) => "freeze",
+        Command::Thaw(_) => "thaw",
+        Command::Drill(_) => "drill",
+        Command::Verify(_) => "verify",
+        Command::Export(_) => "export",
+        Command::Copy(_) => "copy",
+        Command::Mount(_) => "mount",
+        Command::Prune(_) => "prune",
+        _ => "the command",
+    }
+}
+
+fn dispatch(cli: Cli, cancel: Cancel) -> Result<i32> {
     let g = &cli.global;
     let settings = Settings::load(g.config.as_deref(), g.repo.as_deref(), g.retry_for)?;
     let ctx = Ctx {

@@ -1317,11 +1317,15 @@ struct Held {
 }
 
 /// Registers the interrupt cleanup that resumes what `held` lists (or, when the engine
-/// cannot be reached, says what to resume by hand); returns its id.
-fn resume_on_interrupt(engine: &Engine, held: Arc<Mutex<Vec<Held>>>) -> u64 {
+/// cannot be reached, says what to resume by hand), for as long as the guard lives.
+fn resume_on_interrupt(
+    engine: &Engine,
+    held: Arc<Mutex<Vec<Held>>>,
+    cancel: &crate::progress::Cancel,
+) -> crate::interrupt::Registered {
     let endpoint = engine.endpoint.clone();
     let cli = engine.flavor.cli();
-    crate::interrupt::on_interrupt(Box::new(move || {
+    cancel.scope().on_interrupt(Box::new(move || {
         // Held throughout: the main thread is not pausing or resuming meanwhile.
         let mut list = held.lock().unwrap_or_else(|e| e.into_inner());
         if list.is_empty() {
@@ -1375,7 +1379,7 @@ pub fn hold<T>(
     copy: impl FnOnce() -> Result<T>,
 ) -> Result<(T, WindowReport)> {
     let held: Arc<Mutex<Vec<Held>>> = Arc::default();
-    let cleanup = resume_on_interrupt(engine, held.clone());
+    let cleanup = resume_on_interrupt(engine, held.clone(), cancel);
     let started = Instant::now();
     // Not even SIGKILL may leave the site paused: a watchdog process resumes what is
     // still held if this one dies (see guard.rs).
@@ -1417,7 +1421,7 @@ pub fn hold<T>(
         list.clear();
         (names, errors)
     };
-    crate::interrupt::remove_cleanup(cleanup);
+    drop(cleanup);
     if errors.is_empty() {
         if let Some(g) = guard {
             g.done();

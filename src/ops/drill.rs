@@ -154,7 +154,7 @@ pub fn drill_docker(
         }
     };
     // Ctrl-C while the copy is up removes it.
-    let copy = recreate::CopyGuard::new(engine, &thawed);
+    let copy = recreate::CopyGuard::new(engine, &thawed, progress.cancel());
     report.checks.push(check(
         "restore",
         true,

@@ -753,7 +753,7 @@ fn dump_scratch(
     let report = recreate::execute(repo, engine, scratch, progress, || {
         Err(Error::other("a scratch copy never replaces anything"))
     })?;
-    let copy = recreate::CopyGuard::new(engine, &report);
+    let copy = recreate::CopyGuard::new(engine, &report, progress.cancel());
     let result = (|| {
         let tmp = crate::sys::temp_dir("a temporary repository")?;
         let store = crate::store::LocalStore::new(tmp.path().to_path_buf());

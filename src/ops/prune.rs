@@ -55,7 +55,7 @@ pub fn prune(
     dry_run: bool,
     progress: &Progress,
 ) -> Result<PruneReport> {
-    let lock = crate::lock::acquire(repo, "prune", None)?;
+    let lock = crate::lock::acquire(repo, "prune", None, progress)?;
     // The store's clock, not this machine's, decides ages.
     let now = lock.written;
     let store = repo.store();

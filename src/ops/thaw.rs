@@ -14,6 +14,7 @@ use crate::db::{DbUrl, Dump};
 use crate::db::{LoadOptions, LoadReport};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
+use crate::interrupt::Registered;
 use crate::progress::Progress;
 use crate::repo::{Repository, Snapshot};
 use crate::sys::{check_free_space, existing_ancestor};
@@ -427,6 +428,11 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
     let started = Instant::now();
     let mut staged: Vec<PathBuf> = Vec::new();
     let mut created_dirs: Vec<PathBuf> = Vec::new();
+    // Removed if a signal ends the run before this function has: the staging
+    // directories (until installed) and the parents made for them (while empty).
+    let scope = progress.cancel().scope();
+    let mut staging_registered: Vec<Option<Registered>> = Vec::new();
+    let mut parents_registered: Vec<Registered> = Vec::new();
     let mut removed_leftovers = Vec::new();
     // Every file of every dump is downloaded and verified before any target is touched.
     let mut prepared = Vec::new();
@@ -454,7 +460,9 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
                 .dest
                 .parent()
                 .ok_or_else(|| Error::usage(format!("cannot thaw onto {}", t.dest.display())))?;
-            create_parents(parent, &mut created_dirs)?;
+            for d in create_parents(parent, &mut created_dirs)? {
+                parents_registered.push(scope.created_dir(d));
+            }
             sweep_leftovers(parent, &t.dest, &mut removed_leftovers);
             let staging = parent.join(format!(
                 "{}{}",
@@ -466,7 +474,7 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
                 .create(&staging)
                 .ctx(|| format!("creating {}", staging.display()))?;
             staged.push(staging.clone());
-            crate::interrupt::track(staging.clone());
+            staging_registered.push(Some(scope.staging(staging.clone())));
             let stats =
                 thaw_tree(repo, &t.plan, &staging, t.only.as_ref(), progress).map_err(|e| {
                     prefix(
@@ -510,8 +518,8 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
         Err(mut e) => {
             for s in &staged {
                 let _ = fs::remove_dir_all(s);
-                crate::interrupt::untrack(s);
             }
+            staging_registered.clear();
             for d in created_dirs.iter().rev() {
                 let _ = fs::remove_dir(d);
             }
@@ -558,7 +566,7 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
             });
             return Err(e);
         }
-        crate::interrupt::untrack(staging);
+        staging_registered[i].take();
         installed.push(t.dest.display().to_string());
     }
     Ok(ThawReport {
@@ -644,7 +652,8 @@ fn sweep_leftovers(parent: &Path, dest: &Path, out: &mut Vec<Leftover>) {
     }
 }
 
-fn create_parents(dir: &Path, created: &mut Vec<PathBuf>) -> Result<()> {
+/// Creates `dir` and the parents it lacks, adding them to `created`; returns those.
+fn create_parents(dir: &Path, created: &mut Vec<PathBuf>) -> Result<Vec<PathBuf>> {
     let mut missing = Vec::new();
     let mut p = dir.to_path_buf();
     while !p.exists() {
@@ -653,12 +662,13 @@ fn create_parents(dir: &Path, created: &mut Vec<PathBuf>) -> Result<()> {
             break;
         }
     }
+    let mut made = Vec::new();
     for d in missing.into_iter().rev() {
         fs::create_dir(&d).ctx(|| format!("creating {}", d.display()))?;
-        crate::interrupt::track_if_empty(d.clone());
+        made.push(d.clone());
         created.push(d);
     }
-    Ok(())
+    Ok(made)
 }
 
 /// Moves a complete staging directory to its destination. An existing destination is

@@ -334,7 +334,7 @@ async fn load(
         ident(db),
         target.server()
     );
-    crate::interrupt::note_partial(note.clone());
+    let partial = progress.cancel().scope().partial(note.clone());
     let result = load_into(
         p,
         &files,
@@ -346,7 +346,7 @@ async fn load(
         Resume { record, done },
     )
     .await;
-    crate::interrupt::clear_partial(&note);
+    drop(partial);
     let (data_seconds, index_seconds, verify_seconds, resumed_chunks) = result?;
     let mut accounts = Vec::new();
     if opts.with_users {
@@ -482,7 +482,7 @@ async fn load_tables(
         ident(db),
         target.server()
     );
-    crate::interrupt::note_partial(note.clone());
+    let partial = progress.cancel().scope().partial(note.clone());
     let result = async {
         // Before anything is dropped: the next run must know these may be partly loaded.
         resume::write_tables_mark(&mut conn0, &list.join(", ")).await?;
@@ -519,7 +519,7 @@ async fn load_tables(
         Ok::<_, Error>(r)
     }
     .await;
-    crate::interrupt::clear_partial(&note);
+    drop(partial);
     let (data, index, verify, _) = result.map_err(|mut e| {
         if !present.is_empty() {
             e.hint = Some(format!(

@@ -98,7 +98,7 @@ pub fn execute(
         let created = created.clone();
         let target = plan.target.clone();
         let endpoint = engine.endpoint().clone();
-        crate::interrupt::on_interrupt(Box::new(move || {
+        progress.cancel().scope().on_interrupt(Box::new(move || {
             // Taken: the main thread, unwinding after this, finds nothing left to undo.
             let created = std::mem::take(&mut *created.lock().unwrap_or_else(|e| e.into_inner()));
             if let Ok(engine) = Engine::connect_to(&endpoint) {
@@ -110,7 +110,7 @@ pub fn execute(
         }))
     };
     let result = apply(repo, engine, &mut plan, progress, &created);
-    crate::interrupt::remove_cleanup(cleanup);
+    drop(cleanup);
     let created = std::mem::take(&mut *created.lock().unwrap_or_else(|e| e.into_inner()));
     match result {
         Ok((images_loaded, trees, databases)) => Ok(SiteReport {
@@ -1064,11 +1064,17 @@ fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, name: &str, data: &[u8]) ->
 pub struct CopyGuard {
     copy: Arc<Mutex<Option<Created>>>,
     target: String,
-    cleanup: u64,
+    cleanup: crate::interrupt::Registered,
+    /// A signal came: removing the copy is then said on stderr.
+    cancel: crate::progress::Cancel,
 }
 
 impl CopyGuard {
-    pub fn new(engine: &dyn ContainerEngine, report: &SiteReport) -> CopyGuard {
+    pub fn new(
+        engine: &dyn ContainerEngine,
+        report: &SiteReport,
+        cancel: &crate::progress::Cancel,
+    ) -> CopyGuard {
         let copy = Arc::new(Mutex::new(Some(Created {
             containers: report.containers.clone(),
             volumes: report.volumes.clone(),
@@ -1078,7 +1084,7 @@ impl CopyGuard {
         let endpoint = engine.endpoint().clone();
         let target = report.target.clone();
         let shared = copy.clone();
-        let cleanup = crate::interrupt::on_interrupt(Box::new(move || {
+        let cleanup = cancel.scope().on_interrupt(Box::new(move || {
             let mut held = shared.lock().unwrap_or_else(|e| e.into_inner());
             if let (Some(created), Ok(engine)) = (held.take(), Engine::connect_to(&endpoint)) {
                 undo(&engine, &created);
@@ -1089,6 +1095,7 @@ impl CopyGuard {
             copy,
             target: report.target.clone(),
             cleanup,
+            cancel: cancel.clone(),
         }
     }
 
@@ -1097,17 +1104,17 @@ impl CopyGuard {
         let mut held = self.copy.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(created) = held.take() {
             undo(engine, &created);
-            if crate::interrupt::interrupted() {
+            if self.cancel.scope().interrupted() {
                 eprintln!("freezer: removed the copy {}", self.target);
             }
         }
         drop(held);
-        crate::interrupt::remove_cleanup(self.cleanup);
+        drop(self.cleanup);
     }
 
     /// Leaves the copy in place (`drill --keep`).
     pub fn keep(self) {
-        crate::interrupt::remove_cleanup(self.cleanup);
+        drop(self.cleanup);
     }
 }
 
