@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::*;
 use crate::db::{DbUrl, Dump};
-use crate::db::{LoadOptions, LoadReport};
+use crate::db::{LoadOptions, LoadReport, Prepared};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
 use crate::interrupt::Registered;
@@ -266,6 +266,12 @@ pub fn plan_thaw(
     let mut need: HashMap<PathBuf, u64> = HashMap::new();
     // `--table` alone restores tables only; with `--include`, those paths too.
     let trees_wanted = db.tables.is_empty() || include.is_some();
+    let wanted = TreeWanted {
+        into: into.as_deref(),
+        include: include.as_ref(),
+        replace,
+        replace_excluded,
+    };
     for part in snapshot.parts().filter(|_| trees_wanted) {
         let Part::Tree {
             name,
@@ -275,55 +281,10 @@ pub fn plan_thaw(
         else {
             continue;
         };
-        let name = name.to_string();
-        let source = PathBuf::from(path);
-        if !source.is_absolute() {
-            return Err(Error::integrity(format!(
-                "snapshot {site}:{} names tree path {source:?}, which is not absolute",
-                snapshot.id
-            )));
+        if let Some(t) = plan_tree(repo, &snapshot, (name, path, &m.digest), &wanted)? {
+            *need.entry(existing_ancestor(&t.dest)).or_default() += t.plan.trailer.bytes;
+            trees.push(t);
         }
-        let dest = match &into {
-            Some(root) => root.join(source.strip_prefix("/").expect("absolute")),
-            None => source.clone(),
-        };
-        let replaces = match fs::symlink_metadata(&dest) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-            Err(e) => return Err(Error::io(format!("reading {}", dest.display()), e)),
-            Ok(meta) if meta.is_dir() => fs::read_dir(&dest)
-                .ctx(|| format!("reading {}", dest.display()))?
-                .next()
-                .is_some(),
-            Ok(_) => true,
-        };
-        if replaces && !replace {
-            return Err(Error::conflict(format!("{} exists and is not empty", dest.display())).with_hint(
-                "thaw into a new directory with --into DIR, or pass --replace to replace it (the old contents are removed only after the new ones are complete)",
-            ));
-        }
-        let plan = TreePlan::load(repo, &m.digest)
-            .map_err(|e| prefix(e, &format!("snapshot {site}:{} tree {name}", snapshot.id)))?;
-        let only = match &include {
-            Some(m) => match plan.select(m)? {
-                s if s.is_empty() => continue, // nothing of this tree is asked for
-                s => Some(s),
-            },
-            None => None,
-        };
-        *need.entry(existing_ancestor(&dest)).or_default() += plan.trailer.bytes;
-        let keep = match replaces && !replace_excluded {
-            true => excluded_by(&plan, &name)?,
-            false => None,
-        };
-        trees.push(ThawTree {
-            name,
-            source,
-            dest,
-            replaces,
-            plan,
-            keep,
-            only,
-        });
     }
     if include.is_some() && trees.is_empty() {
         return Err(Error::not_found(format!(
@@ -343,6 +304,73 @@ pub fn plan_thaw(
         db_jobs: db.jobs.max(1),
         db_with_users: db.with_users,
     })
+}
+
+/// How a thaw wants the trees: where, which paths, and what it may replace.
+struct TreeWanted<'a> {
+    into: Option<&'a Path>,
+    include: Option<&'a crate::tree::exclude::Matcher>,
+    replace: bool,
+    replace_excluded: bool,
+}
+
+/// One tree of the snapshot as the thaw will restore it; None when `--include` asks
+/// for nothing of it.
+fn plan_tree(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    (name, path, digest): (&str, &str, &Digest),
+    wanted: &TreeWanted,
+) -> Result<Option<ThawTree>> {
+    let site = &snapshot.site;
+    let name = name.to_string();
+    let source = PathBuf::from(path);
+    if !source.is_absolute() {
+        return Err(Error::integrity(format!(
+            "snapshot {site}:{} names tree path {source:?}, which is not absolute",
+            snapshot.id
+        )));
+    }
+    let dest = match wanted.into {
+        Some(root) => root.join(source.strip_prefix("/").expect("absolute")),
+        None => source.clone(),
+    };
+    let replaces = match fs::symlink_metadata(&dest) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(Error::io(format!("reading {}", dest.display()), e)),
+        Ok(meta) if meta.is_dir() => fs::read_dir(&dest)
+            .ctx(|| format!("reading {}", dest.display()))?
+            .next()
+            .is_some(),
+        Ok(_) => true,
+    };
+    if replaces && !wanted.replace {
+        return Err(Error::conflict(format!("{} exists and is not empty", dest.display())).with_hint(
+            "thaw into a new directory with --into DIR, or pass --replace to replace it (the old contents are removed only after the new ones are complete)",
+        ));
+    }
+    let plan = TreePlan::load(repo, digest)
+        .map_err(|e| prefix(e, &format!("snapshot {site}:{} tree {name}", snapshot.id)))?;
+    let only = match wanted.include {
+        Some(m) => match plan.select(m)? {
+            s if s.is_empty() => return Ok(None),
+            s => Some(s),
+        },
+        None => None,
+    };
+    let keep = match replaces && !wanted.replace_excluded {
+        true => excluded_by(&plan, &name)?,
+        false => None,
+    };
+    Ok(Some(ThawTree {
+        name,
+        source,
+        dest,
+        replaces,
+        plan,
+        keep,
+        only,
+    }))
 }
 
 /// `--table [DB.]TABLE` flags by database of the snapshot; a bare TABLE is of the
@@ -426,15 +454,39 @@ pub struct ThawTreeReport {
 /// directories are removed and the destinations are exactly as they were.
 pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<ThawReport> {
     let started = Instant::now();
-    let mut staged: Vec<PathBuf> = Vec::new();
-    let mut created_dirs: Vec<PathBuf> = Vec::new();
-    // Removed if a signal ends the run before this function has: the staging
-    // directories (until installed) and the parents made for them (while empty).
-    let scope = progress.cancel().scope();
-    let mut staging_registered: Vec<Option<Registered>> = Vec::new();
-    let mut parents_registered: Vec<Registered> = Vec::new();
-    let mut removed_leftovers = Vec::new();
     // Every file of every dump is downloaded and verified before any target is touched.
+    let prepared = fetch_dumps(repo, plan, progress)?;
+    let mut staging = Staging::new(progress);
+    let mut db_reports = Vec::new();
+    let result = (|| -> Result<Vec<ThawTreeReport>> {
+        let reports = staging.fill(repo, plan, progress)?;
+        db_reports = load_databases(plan, &prepared, progress)?;
+        Ok(reports)
+    })();
+    let reports = match result {
+        Ok(r) => r,
+        Err(mut e) => {
+            staging.remove();
+            if e.hint.is_none() {
+                e.hint = Some("nothing was changed at the destination".into());
+            }
+            return Err(e);
+        }
+    };
+    staging.install(plan)?;
+    Ok(ThawReport {
+        site: plan.snapshot.site.clone(),
+        snapshot: plan.snapshot.id.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+        trees: reports,
+        databases: db_reports,
+        removed_leftovers: staging.removed_leftovers,
+        hooks: vec![],
+    })
+}
+
+/// Each dump of the plan, downloaded and verified.
+fn fetch_dumps(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<Vec<Prepared>> {
     let mut prepared = Vec::new();
     for d in &plan.databases {
         prepared.push(d.manifest.fetch(repo, progress).map_err(|e| {
@@ -448,33 +500,78 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
             .with_hint("nothing was changed at the destination")
         })?);
     }
-    let mut db_reports = Vec::new();
-    let result = (|| -> Result<Vec<ThawTreeReport>> {
+    Ok(prepared)
+}
+
+/// Loads each dump into its target, in the plan's order.
+fn load_databases(
+    plan: &ThawPlan,
+    prepared: &[Prepared],
+    progress: &Progress,
+) -> Result<Vec<LoadReport>> {
+    let opts = LoadOptions {
+        jobs: plan.db_jobs,
+        replace: false,
+        with_users: plan.db_with_users,
+        tables: None,
+    };
+    let mut reports = Vec::new();
+    for (d, p) in plan.databases.iter().zip(prepared) {
+        let opts = LoadOptions {
+            replace: d.replaces,
+            tables: d.tables.clone(),
+            ..opts.clone()
+        };
+        let r = p.load(&d.target, &opts, progress).map_err(|e| {
+            prefix(
+                e,
+                &format!("loading database {} into {}", d.source, d.target),
+            )
+        })?;
+        reports.push(r);
+    }
+    Ok(reports)
+}
+
+/// The staging directories of a thaw, one beside each destination, and the parent
+/// directories made for them. Each is registered with the run's interrupt scope, so a
+/// signal that ends the run first still removes them: a staging directory until it is
+/// installed, a parent while it is empty.
+struct Staging {
+    scope: std::sync::Arc<crate::interrupt::Scope>,
+    dirs: Vec<PathBuf>,
+    registered: Vec<Option<Registered>>,
+    created_dirs: Vec<PathBuf>,
+    _parents: Vec<Registered>,
+    removed_leftovers: Vec<Leftover>,
+}
+
+impl Staging {
+    fn new(progress: &Progress) -> Staging {
+        Staging {
+            scope: progress.cancel().scope().clone(),
+            dirs: vec![],
+            registered: vec![],
+            created_dirs: vec![],
+            _parents: vec![],
+            removed_leftovers: vec![],
+        }
+    }
+
+    /// Restores every tree of the plan into a staging directory of its own.
+    fn fill(
+        &mut self,
+        repo: &Repository,
+        plan: &ThawPlan,
+        progress: &Progress,
+    ) -> Result<Vec<ThawTreeReport>> {
         let mut reports = Vec::new();
         for t in &plan.trees {
             progress.add_total(t.plan.trailer.bytes);
         }
         for t in &plan.trees {
             progress.set_label(format!("thawing {}", t.name));
-            let parent = t
-                .dest
-                .parent()
-                .ok_or_else(|| Error::usage(format!("cannot thaw onto {}", t.dest.display())))?;
-            for d in create_parents(parent, &mut created_dirs)? {
-                parents_registered.push(scope.created_dir(d));
-            }
-            sweep_leftovers(parent, &t.dest, &mut removed_leftovers);
-            let staging = parent.join(format!(
-                "{}{}",
-                crate::sys::owned_prefix(STAGING_TAG),
-                random_suffix()
-            ));
-            // Private while it fills; the snapshot's root mode is applied at the end.
-            std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
-                .create(&staging)
-                .ctx(|| format!("creating {}", staging.display()))?;
-            staged.push(staging.clone());
-            staging_registered.push(Some(scope.staging(staging.clone())));
+            let staging = self.make_beside(&t.dest)?;
             let stats =
                 thaw_tree(repo, &t.plan, &staging, t.only.as_ref(), progress).map_err(|e| {
                     prefix(
@@ -491,93 +588,96 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
                 stats,
             });
         }
-        let opts = LoadOptions {
-            jobs: plan.db_jobs,
-            replace: false,
-            with_users: plan.db_with_users,
-            tables: None,
-        };
-        for (d, p) in plan.databases.iter().zip(&prepared) {
-            let opts = LoadOptions {
-                replace: d.replaces,
-                tables: d.tables.clone(),
-                ..opts.clone()
-            };
-            let r = p.load(&d.target, &opts, progress).map_err(|e| {
-                prefix(
-                    e,
-                    &format!("loading database {} into {}", d.source, d.target),
-                )
-            })?;
-            db_reports.push(r);
-        }
         Ok(reports)
-    })();
-    let reports = match result {
-        Ok(r) => r,
-        Err(mut e) => {
-            for s in &staged {
-                let _ = fs::remove_dir_all(s);
-            }
-            staging_registered.clear();
-            for d in created_dirs.iter().rev() {
-                let _ = fs::remove_dir(d);
-            }
-            if e.hint.is_none() {
-                e.hint = Some("nothing was changed at the destination".into());
-            }
-            return Err(e);
-        }
-    };
-    // Every tree is complete and verified; now move them into place. This step can still
-    // fail (a destination that is a mount point, permissions); then say exactly which
-    // trees are restored and which are not, and leave no staging directory behind.
-    let mut installed: Vec<String> = Vec::new();
-    for (i, (t, staging)) in plan.trees.iter().zip(&staged).enumerate() {
-        let installed_one = match &t.only {
-            Some(sel) if t.replaces => install_selected(staging, &t.dest, sel),
-            _ => install(staging, &t.dest, t.keep.as_ref()),
-        };
-        if let Err(mut e) = installed_one {
-            for s in &staged[i..] {
-                let _ = fs::remove_dir_all(s);
-            }
-            let rest: Vec<String> = plan.trees[i..]
-                .iter()
-                .map(|t| t.dest.display().to_string())
-                .collect();
-            if !installed.is_empty() || !plan.databases.is_empty() {
-                // Some of the snapshot is in place (trees before this one, databases).
-                e.kind = ErrorKind::Partial;
-            }
-            e.hint = Some(if installed.is_empty() && plan.databases.is_empty() {
-                "nothing was changed at the destinations".to_string()
-            } else if installed.is_empty() {
-                format!(
-                    "partially restored: the databases are loaded; {} are not restored; run the thaw again with --replace",
-                    rest.join(", ")
-                )
-            } else {
-                format!(
-                    "partially restored: {} are restored, {} are not; run the thaw again with --replace",
-                    installed.join(", "),
-                    rest.join(", ")
-                )
-            });
-            return Err(e);
-        }
-        staging_registered[i].take();
-        installed.push(t.dest.display().to_string());
     }
-    Ok(ThawReport {
-        site: plan.snapshot.site.clone(),
-        snapshot: plan.snapshot.id.clone(),
-        seconds: started.elapsed().as_secs_f64(),
-        trees: reports,
-        databases: db_reports,
-        removed_leftovers,
-        hooks: vec![],
-    })
+
+    /// A new, private staging directory beside `dest` (its parents made as needed, and
+    /// what a killed run left there dealt with).
+    fn make_beside(&mut self, dest: &Path) -> Result<PathBuf> {
+        let parent = dest
+            .parent()
+            .ok_or_else(|| Error::usage(format!("cannot thaw onto {}", dest.display())))?;
+        for d in create_parents(parent, &mut self.created_dirs)? {
+            self._parents.push(self.scope.created_dir(d));
+        }
+        sweep_leftovers(parent, dest, &mut self.removed_leftovers);
+        let staging = parent.join(format!(
+            "{}{}",
+            crate::sys::owned_prefix(STAGING_TAG),
+            random_suffix()
+        ));
+        // Private while it fills; the snapshot's root mode is applied at the end.
+        std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
+            .create(&staging)
+            .ctx(|| format!("creating {}", staging.display()))?;
+        self.dirs.push(staging.clone());
+        self.registered
+            .push(Some(self.scope.staging(staging.clone())));
+        Ok(staging)
+    }
+
+    /// Removes the staging directories and the parents made for them: the destinations
+    /// are as they were.
+    fn remove(&mut self) {
+        for s in &self.dirs {
+            let _ = fs::remove_dir_all(s);
+        }
+        self.registered.clear();
+        for d in self.created_dirs.iter().rev() {
+            let _ = fs::remove_dir(d);
+        }
+    }
+
+    /// Every tree is complete and verified; now moves them into place. This step can
+    /// still fail (a destination that is a mount point, permissions); then it says
+    /// exactly which trees are restored and which are not, and leaves no staging
+    /// directory behind.
+    fn install(&mut self, plan: &ThawPlan) -> Result<()> {
+        let mut installed: Vec<String> = Vec::new();
+        for (i, (t, staging)) in plan.trees.iter().zip(&self.dirs).enumerate() {
+            let installed_one = match &t.only {
+                Some(sel) if t.replaces => install_selected(staging, &t.dest, sel),
+                _ => install(staging, &t.dest, t.keep.as_ref()),
+            };
+            if let Err(e) = installed_one {
+                for s in &self.dirs[i..] {
+                    let _ = fs::remove_dir_all(s);
+                }
+                return Err(partly_installed(e, plan, i, &installed));
+            }
+            self.registered[i].take();
+            installed.push(t.dest.display().to_string());
+        }
+        Ok(())
+    }
+}
+
+/// The error of an install that failed at tree `failed`, saying which trees are in
+/// place (those in `installed`, and the databases) and which are not.
+fn partly_installed(mut e: Error, plan: &ThawPlan, failed: usize, installed: &[String]) -> Error {
+    let rest: Vec<String> = plan.trees[failed..]
+        .iter()
+        .map(|t| t.dest.display().to_string())
+        .collect();
+    if !installed.is_empty() || !plan.databases.is_empty() {
+        // Some of the snapshot is in place (trees before this one, databases).
+        e.kind = ErrorKind::Partial;
+    }
+    e.hint = Some(if installed.is_empty() && plan.databases.is_empty() {
+        "nothing was changed at the destinations".to_string()
+    } else if installed.is_empty() {
+        format!(
+            "partially restored: the databases are loaded; {} are not restored; run the thaw again with --replace",
+            rest.join(", ")
+        )
+    } else {
+        format!(
+            "partially restored: {} are restored, {} are not; run the thaw again with --replace",
+            installed.join(", "),
+            rest.join(", ")
+        )
+    });
+    e
 }
 
 /// Scratch directories beside a destination: a tree being restored, and the old
