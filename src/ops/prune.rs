@@ -70,7 +70,7 @@ pub fn prune(
     report.referenced_blobs = referenced.len() as u64;
 
     progress.set_label("listing blobs");
-    let blobs: HashMap<String, (u64, Option<SystemTime>)> = store
+    let blobs: Blobs = store
         .list(BLOBS_PREFIX)?
         .into_iter()
         .filter_map(|o| {
@@ -83,7 +83,63 @@ pub fn prune(
         blobs.keys().filter(|h| !referenced.contains(*h)).collect();
     report.unreferenced_blobs = unreferenced.len() as u64;
 
-    // Sweep: plans older than the grace period.
+    let (mut pending, deleted) = sweep(
+        store,
+        (&blobs, &unreferenced),
+        (now, grace, dry_run),
+        progress,
+        &mut report,
+    )?;
+    // Mark: every unreferenced blob not deleted now and not in a plan still waiting.
+    let fresh: Vec<String> = unreferenced
+        .iter()
+        .filter(|h| !deleted.contains(**h) && !pending.contains(**h))
+        .map(|h| (*h).clone())
+        .collect();
+    report.marked_blobs = fresh.len() as u64;
+    if !fresh.is_empty() && !dry_run {
+        let mut rand = [0u8; 4];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut rand);
+        let key = format!(
+            "{PRUNE_PREFIX}{}-{}.json",
+            compact_time(SystemTime::now()),
+            hex::encode(rand)
+        );
+        let mut sorted = fresh.clone();
+        sorted.sort();
+        store.put(
+            &key,
+            &to_json(&Plan {
+                format: 1,
+                blobs: sorted,
+            }),
+        )?;
+    }
+    pending.extend(fresh);
+    report.pending_blobs = pending.len() as u64;
+    report.pending_bytes = pending
+        .iter()
+        .filter_map(|h| blobs.get(h).map(|b| b.0))
+        .sum();
+
+    remove_leftovers(store, now, dry_run, &mut report)?;
+    drop(lock);
+    Ok(report)
+}
+
+/// Blobs a prune found, by hex digest: (size, last modified).
+type Blobs = HashMap<String, (u64, Option<SystemTime>)>;
+
+/// Sweeps the prune plans older than the grace period: their blobs still unreferenced
+/// and not rewritten since are deleted. Returns the blobs of plans still waiting, and
+/// those deleted.
+fn sweep(
+    store: &dyn crate::store::Store,
+    (blobs, unreferenced): (&Blobs, &HashSet<&String>),
+    (now, grace, dry_run): (SystemTime, Duration, bool),
+    progress: &Progress,
+    report: &mut PruneReport,
+) -> Result<(HashSet<String>, HashSet<String>)> {
     let mut pending: HashSet<String> = HashSet::new();
     let mut deleted: HashSet<String> = HashSet::new();
     for p in store.list(PRUNE_PREFIX)? {
@@ -117,39 +173,16 @@ pub fn prune(
         }
     }
 
-    // Mark: every unreferenced blob not deleted now and not in a plan still waiting.
-    let fresh: Vec<String> = unreferenced
-        .iter()
-        .filter(|h| !deleted.contains(**h) && !pending.contains(**h))
-        .map(|h| (*h).clone())
-        .collect();
-    report.marked_blobs = fresh.len() as u64;
-    if !fresh.is_empty() && !dry_run {
-        let mut rand = [0u8; 4];
-        rand::Rng::fill(&mut rand::thread_rng(), &mut rand);
-        let key = format!(
-            "{PRUNE_PREFIX}{}-{}.json",
-            compact_time(SystemTime::now()),
-            hex::encode(rand)
-        );
-        let mut sorted = fresh.clone();
-        sorted.sort();
-        store.put(
-            &key,
-            &to_json(&Plan {
-                format: 1,
-                blobs: sorted,
-            }),
-        )?;
-    }
-    pending.extend(fresh);
-    report.pending_blobs = pending.len() as u64;
-    report.pending_bytes = pending
-        .iter()
-        .filter_map(|h| blobs.get(h).map(|b| b.0))
-        .sum();
+    Ok((pending, deleted))
+}
 
-    // Leftovers: released or dead locks, and staging files of runs that died (local store).
+/// Removes released or dead locks, and staging files of runs that died (local store).
+fn remove_leftovers(
+    store: &dyn crate::store::Store,
+    now: SystemTime,
+    dry_run: bool,
+    report: &mut PruneReport,
+) -> Result<()> {
     for o in store.list(LOCKS_PREFIX)? {
         let stale = o.modified.is_some_and(|m| m + STALE < now);
         let info = store
@@ -174,8 +207,7 @@ pub fn prune(
             report.removed_leftovers += 1;
         }
     }
-    drop(lock);
-    Ok(report)
+    Ok(())
 }
 
 /// Every blob any snapshot references: manifests, configs, layers, tree indexes.

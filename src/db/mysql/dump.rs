@@ -51,28 +51,7 @@ pub fn freeze_database(
     let started = Instant::now();
     let rt = crate::sys::runtime()?;
     let mut warnings = Vec::new();
-    let mut attempt = 0;
-    let dumped = loop {
-        attempt += 1;
-        match dump_once(rt, repo, url, prev, opts, progress)? {
-            Outcome::Done(d) => break *d,
-            Outcome::SchemaChanged(what) if attempt == 1 => warnings.push(format!(
-                "the schema of {} changed during the dump ({}); dumped again",
-                url,
-                what.join(", ")
-            )),
-            Outcome::SchemaChanged(what) => {
-                return Err(Error::conflict(format!(
-                    "the schema of {} changed during the dump, twice ({}); nothing was recorded",
-                    url,
-                    what.join(", ")
-                ))
-                .with_hint(
-                    "run the freeze again when no schema change (deploy, migration) is running",
-                ));
-            }
-        }
-    };
+    let dumped = dump_consistent(rt, repo, url, prev, opts, progress, &mut warnings)?;
     let Dumped {
         schema,
         manifest,
@@ -101,27 +80,7 @@ pub fn freeze_database(
     if let Some(users_sql) = &users_sql {
         manifest.users = Some(put_sql(users_sql)?);
     }
-    let mut by_table: Vec<Vec<((u32, u32), Chunk)>> = vec![Vec::new(); schema.tables.len()];
-    for (t, seq, c) in chunks {
-        by_table[t].push((seq, c));
-    }
-    for (i, t) in schema.tables.iter().enumerate() {
-        let mut list = std::mem::take(&mut by_table[i]);
-        list.sort_by_key(|(seq, _)| *seq);
-        let sum = sums[i];
-        manifest.tables.push(TableEntry {
-            name: t.name.clone(),
-            engine: t.engine.clone(),
-            columns: t.columns.clone(),
-            key: t.key.clone(),
-            chunking: chunking[i].0.to_string(),
-            chunk_bits: chunking[i].1,
-            rows: sum.rows,
-            max_value_bytes: max_values[i],
-            checksum: sum.hex(),
-            chunks: list.into_iter().map(|(_, c)| c).collect(),
-        });
-    }
+    manifest.tables = table_entries(&schema, chunks, &sums, &max_values, &chunking);
 
     let layers = image_layers(&manifest);
 
@@ -159,6 +118,75 @@ pub fn freeze_database(
         warnings,
     };
     Ok((desc, report))
+}
+
+/// Dumps the database once; when its schema changed meanwhile, once more (with a
+/// warning), and then gives up.
+fn dump_consistent(
+    rt: &tokio::runtime::Runtime,
+    repo: &Repository,
+    url: &DbUrl,
+    prev: Option<&DbManifest>,
+    opts: &DumpOptions,
+    progress: &Progress,
+    warnings: &mut Vec<String>,
+) -> Result<Dumped> {
+    let mut attempt = 0;
+    let dumped = loop {
+        attempt += 1;
+        match dump_once(rt, repo, url, prev, opts, progress)? {
+            Outcome::Done(d) => break *d,
+            Outcome::SchemaChanged(what) if attempt == 1 => warnings.push(format!(
+                "the schema of {} changed during the dump ({}); dumped again",
+                url,
+                what.join(", ")
+            )),
+            Outcome::SchemaChanged(what) => {
+                return Err(Error::conflict(format!(
+                    "the schema of {} changed during the dump, twice ({}); nothing was recorded",
+                    url,
+                    what.join(", ")
+                ))
+                .with_hint(
+                    "run the freeze again when no schema change (deploy, migration) is running",
+                ));
+            }
+        }
+    };
+    Ok(dumped)
+}
+
+/// The manifest's tables: each with its chunks in order, row count and checksum.
+fn table_entries(
+    schema: &Schema,
+    chunks: Vec<StoredChunk>,
+    sums: &[RowSum],
+    max_values: &[u64],
+    chunking: &[(&str, u32)],
+) -> Vec<TableEntry> {
+    let mut entries = Vec::new();
+    let mut by_table: Vec<Vec<((u32, u32), Chunk)>> = vec![Vec::new(); schema.tables.len()];
+    for (t, seq, c) in chunks {
+        by_table[t].push((seq, c));
+    }
+    for (i, t) in schema.tables.iter().enumerate() {
+        let mut list = std::mem::take(&mut by_table[i]);
+        list.sort_by_key(|(seq, _)| *seq);
+        let sum = sums[i];
+        entries.push(TableEntry {
+            name: t.name.clone(),
+            engine: t.engine.clone(),
+            columns: t.columns.clone(),
+            key: t.key.clone(),
+            chunking: chunking[i].0.to_string(),
+            chunk_bits: chunking[i].1,
+            rows: sum.rows,
+            max_value_bytes: max_values[i],
+            checksum: sum.hex(),
+            chunks: list.into_iter().map(|(_, c)| c).collect(),
+        });
+    }
+    entries
 }
 
 /// The image's layers: every file of the dump in load order (schema, data chunks
@@ -390,13 +418,7 @@ async fn dump(
     progress.set_label(format!("dumping {db}"));
     progress.add_total(before.tables.iter().map(|t| t.est_bytes).sum());
 
-    let n_workers = opts.jobs.max(1);
-    let mut workers = Vec::new();
-    for _ in 0..n_workers {
-        let mut c = url.connect().await?;
-        session_setup(&mut c, &format!("setting up a session on {url}")).await?;
-        workers.push(c);
-    }
+    let mut workers = worker_sessions(url, opts.jobs.max(1)).await?;
     session_setup(&mut conn0, &format!("setting up a session on {url}")).await?;
 
     let shared = Shared {
@@ -446,11 +468,43 @@ async fn dump(
     let chunking = shared.chunking.into_inner().unwrap();
     drop(shared.tx);
 
+    let manifest = empty_manifest(db, &info, &before, window, accounts);
+    Ok(Outcome::Done(Box::new(Dumped {
+        schema: before,
+        manifest,
+        chunks: vec![],
+        sums,
+        max_values,
+        chunking,
+        users_sql,
+    })))
+}
+
+/// `n` more connections to the database, each set up for a consistent read.
+async fn worker_sessions(url: &DbUrl, n: usize) -> Result<Vec<Conn>> {
+    let mut workers = Vec::new();
+    for _ in 0..n {
+        let mut c = url.connect().await?;
+        session_setup(&mut c, &format!("setting up a session on {url}")).await?;
+        workers.push(c);
+    }
+    Ok(workers)
+}
+
+/// The manifest of a dump before its files are stored: the server, character set, lock
+/// window, objects and accounts; `info` is the server's version, sql_mode and time zone.
+fn empty_manifest(
+    db: String,
+    info: &[String],
+    before: &Schema,
+    window: Consistency,
+    accounts: Vec<String>,
+) -> DbManifest {
     let empty = FileRef {
         digest: crate::format::Digest::of(b""),
         size: 0,
     };
-    let manifest = DbManifest {
+    DbManifest {
         format: DB_FORMAT_VERSION,
         database: db,
         server: ServerInfo {
@@ -469,16 +523,7 @@ async fn dump(
         skipped: before.skipped.clone(),
         users: None,
         accounts,
-    };
-    Ok(Outcome::Done(Box::new(Dumped {
-        schema: before,
-        manifest,
-        chunks: vec![],
-        sums,
-        max_values,
-        chunking,
-        users_sql,
-    })))
+    }
 }
 
 /// The lock window, from asking for the locks to releasing them: every table locked,

@@ -273,53 +273,7 @@ async fn load(
     if let Some(tables) = &opts.tables {
         return load_tables(p, target, opts, tables, &files, progress, conn0, started).await;
     }
-    let (mut exists, objects) = target_state(&mut conn0, db).await?;
-    // An interrupted load of this dump continues (unless --replace asks to start over);
-    // one that stopped before its tables were all created starts over.
-    let mut done = match objects > 0 && !opts.replace {
-        true => resume::read(&mut conn0, db, m).await?,
-        false => None,
-    };
-    if objects > 0 && done.as_ref().is_none_or(|d| !d.schema) {
-        if !opts.replace && done.is_none() {
-            return Err(Error::conflict(format!(
-                "database {} at {} is not empty",
-                ident(db),
-                target.server()
-            ))
-            .with_hint("pass --replace to drop and reload it"));
-        }
-        exec(
-            &mut conn0,
-            &format!("DROP DATABASE {}", ident(db)),
-            &format!("dropping database {} to replace it", ident(db)),
-        )
-        .await?;
-        (exists, done) = (false, None);
-    }
-    let charset = format!(
-        "CHARACTER SET {} COLLATE {}",
-        string_literal(&m.charset),
-        string_literal(&m.collation)
-    );
-    if done.is_none() {
-        let create = match exists {
-            true => format!("ALTER DATABASE {} {charset}", ident(db)),
-            false => format!("CREATE DATABASE {} {charset}", ident(db)),
-        };
-        exec(
-            &mut conn0,
-            &create,
-            &format!("creating database {}", ident(db)),
-        )
-        .await?;
-    }
-    exec(
-        &mut conn0,
-        &format!("USE {}", ident(db)),
-        "selecting the database",
-    )
-    .await?;
+    let done = prepare_target(&mut conn0, target, m, opts).await?;
 
     // From here on a failure leaves a partly loaded database: say so, also on Ctrl-C.
     let record = resume::enabled(m);
@@ -348,31 +302,7 @@ async fn load(
     .await;
     drop(partial);
     let (data_seconds, index_seconds, verify_seconds, resumed_chunks) = result?;
-    let mut accounts = Vec::new();
-    if opts.with_users {
-        match &m.users {
-            Some(f) => {
-                // The grants name the source database; they now apply to the target.
-                let text = String::from_utf8_lossy(&p.text(f)?).replace(
-                    &format!("{}.", ident(&m.database)),
-                    &format!("{}.", ident(db)),
-                );
-                run_file(
-                    &mut conn0,
-                    text.as_bytes(),
-                    "users.sql",
-                    &mut warnings,
-                    None,
-                )
-                .await?;
-                accounts = m.accounts.clone();
-            }
-            None => warnings.push(format!(
-                "the snapshot of {} has no accounts (it was not frozen --with-users)",
-                ident(&m.database)
-            )),
-        }
-    }
+    let accounts = load_accounts(p, db, opts, &mut conn0, &mut warnings).await?;
     if record {
         resume::finish(&mut conn0).await?;
     }
@@ -387,6 +317,89 @@ async fn load(
     );
     report.resumed_chunks = resumed_chunks;
     Ok(report)
+}
+
+/// Makes the target database ready for this dump and selects it: created (or altered
+/// to the dump's character set), or dropped first with `--replace`. What an interrupted
+/// load of the same dump already did is returned, and kept.
+async fn prepare_target(
+    conn0: &mut Conn,
+    target: &DbUrl,
+    m: &DbManifest,
+    opts: &LoadOptions,
+) -> Result<Option<resume::Done>> {
+    let db = &target.database;
+    let (mut exists, objects) = target_state(conn0, db).await?;
+    // An interrupted load of this dump continues (unless --replace asks to start over);
+    // one that stopped before its tables were all created starts over.
+    let mut done = match objects > 0 && !opts.replace {
+        true => resume::read(conn0, db, m).await?,
+        false => None,
+    };
+    if objects > 0 && done.as_ref().is_none_or(|d| !d.schema) {
+        if !opts.replace && done.is_none() {
+            return Err(Error::conflict(format!(
+                "database {} at {} is not empty",
+                ident(db),
+                target.server()
+            ))
+            .with_hint("pass --replace to drop and reload it"));
+        }
+        exec(
+            conn0,
+            &format!("DROP DATABASE {}", ident(db)),
+            &format!("dropping database {} to replace it", ident(db)),
+        )
+        .await?;
+        (exists, done) = (false, None);
+    }
+    let charset = format!(
+        "CHARACTER SET {} COLLATE {}",
+        string_literal(&m.charset),
+        string_literal(&m.collation)
+    );
+    if done.is_none() {
+        let create = match exists {
+            true => format!("ALTER DATABASE {} {charset}", ident(db)),
+            false => format!("CREATE DATABASE {} {charset}", ident(db)),
+        };
+        exec(conn0, &create, &format!("creating database {}", ident(db))).await?;
+    }
+    exec(
+        conn0,
+        &format!("USE {}", ident(db)),
+        "selecting the database",
+    )
+    .await?;
+    Ok(done)
+}
+
+/// With `--with-users`: the dump's accounts and their grants, moved to database `db`.
+async fn load_accounts(
+    p: &PreparedDb,
+    db: &str,
+    opts: &LoadOptions,
+    conn0: &mut Conn,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<String>> {
+    let m = &p.manifest;
+    if !opts.with_users {
+        return Ok(vec![]);
+    }
+    let Some(f) = &m.users else {
+        warnings.push(format!(
+            "the snapshot of {} has no accounts (it was not frozen --with-users)",
+            ident(&m.database)
+        ));
+        return Ok(vec![]);
+    };
+    // The grants name the source database; they now apply to the target.
+    let text = String::from_utf8_lossy(&p.text(f)?).replace(
+        &format!("{}.", ident(&m.database)),
+        &format!("{}.", ident(db)),
+    );
+    run_file(conn0, text.as_bytes(), "users.sql", warnings, None).await?;
+    Ok(m.accounts.clone())
 }
 
 impl LoadReport {
@@ -678,12 +691,28 @@ async fn load_into(
         .await
         .map_err(partial)?;
 
-    // Verify: the target must hold exactly what the manifest says. (Reading each table
-    // back right after its index build, beside the other builds, measured slower on the
-    // bench: 12.1 s for both instead of 9.6 s; the builds and the reads compete for the
-    // same cores and disk.)
     let verify_started = Instant::now();
     progress.set_label(format!("verifying {db}"));
+    verify_loaded(conns, conn0, m, files, db).await?;
+    Ok((
+        data_seconds,
+        index_seconds,
+        verify_started.elapsed().as_secs_f64(),
+        resumed,
+    ))
+}
+
+/// The target must hold exactly what the manifest says: every table's rows and
+/// checksum, and every view, routine and trigger. (Reading each table back right after
+/// its index build, beside the other builds, measured slower on the bench: 12.1 s for
+/// both instead of 9.6 s; the builds and the reads compete for the same cores and disk.)
+async fn verify_loaded(
+    mut conns: Vec<Conn>,
+    conn0: &mut Conn,
+    m: &DbManifest,
+    files: &SchemaFiles,
+    db: &str,
+) -> Result<()> {
     let mut problems = verify_tables(&mut conns, m).await?;
     for c in conns {
         let _ = c.disconnect().await;
@@ -697,12 +726,7 @@ async fn load_into(
         ))
         .with_hint("the loaded database differs from the snapshot; do not use it. Report this, with the server versions of source and target"));
     }
-    Ok((
-        data_seconds,
-        index_seconds,
-        verify_started.elapsed().as_secs_f64(),
-        resumed,
-    ))
+    Ok(())
 }
 
 /// Loads `chunks` over the connections (a thread each), each taking the next from one

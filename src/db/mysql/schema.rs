@@ -160,29 +160,7 @@ pub async fn read_schema(conn: &mut Conn, db: &str) -> Result<Schema> {
         &what("TABLES"),
     )
     .await?;
-    let cols = exec_strings(
-        conn,
-        "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, IS_NULLABLE, EXTRA, COALESCE(IS_GENERATED, 'NEVER') \
-         FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME, ORDINAL_POSITION",
-        p(),
-        &what("COLUMNS"),
-    )
-    .await
-    .or_else(|_| Ok::<_, Error>(Vec::new()))?;
-    let cols = if cols.is_empty() {
-        // MySQL has no IS_GENERATED column; GENERATION_EXPRESSION tells the same.
-        exec_strings(
-            conn,
-            "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, IS_NULLABLE, EXTRA, \
-             IF(COALESCE(GENERATION_EXPRESSION, '') = '', 'NEVER', 'ALWAYS') \
-             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME, ORDINAL_POSITION",
-            p(),
-            &what("COLUMNS"),
-        )
-        .await?
-    } else {
-        cols
-    };
+    let cols = read_columns(conn, db).await?;
     let stats = exec_strings(
         conn,
         "SELECT TABLE_NAME, INDEX_NAME, NON_UNIQUE, COLUMN_NAME, SEQ_IN_INDEX, COALESCE(SUB_PART, 0) \
@@ -208,24 +186,7 @@ pub async fn read_schema(conn: &mut Conn, db: &str) -> Result<Schema> {
                 continue;
             }
         }
-        let mut columns = Vec::new();
-        let mut nullable = BTreeSet::new();
-        let mut auto_increment_column = None;
-        for c in cols.iter().filter(|c| &c[0] == name) {
-            if c[3] == "YES" {
-                nullable.insert(c[1].clone());
-            }
-            if c[4].to_ascii_lowercase().contains("auto_increment") {
-                auto_increment_column = Some(c[1].clone());
-            }
-            if c[5] == "ALWAYS" {
-                continue;
-            }
-            columns.push(Column {
-                name: c[1].clone(),
-                data_type: c[2].clone(),
-            });
-        }
+        let (columns, nullable, auto_increment_column) = table_columns(&cols, name);
         let key = choose_key(stats.iter().filter(|s| &s[0] == name), &nullable, &columns);
         let create = show_create(conn, "TABLE", name, 1).await?;
         tables.push(Table {
@@ -248,6 +209,63 @@ pub async fn read_schema(conn: &mut Conn, db: &str) -> Result<Schema> {
         objects,
         skipped,
     })
+}
+
+/// Every column of every table of `db`: table, column, type, nullable, extra, and
+/// whether it is generated (`ALWAYS`) or not (`NEVER`).
+async fn read_columns(conn: &mut Conn, db: &str) -> Result<Vec<Vec<String>>> {
+    let what = |s: &str| format!("reading the schema of {}: {s}", ident(db));
+    let p = || vec![mysql_async::Value::from(db)];
+    let cols = exec_strings(
+        conn,
+        "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, IS_NULLABLE, EXTRA, COALESCE(IS_GENERATED, 'NEVER') \
+         FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME, ORDINAL_POSITION",
+        p(),
+        &what("COLUMNS"),
+    )
+    .await
+    .or_else(|_| Ok::<_, Error>(Vec::new()))?;
+    Ok(if cols.is_empty() {
+        // MySQL has no IS_GENERATED column; GENERATION_EXPRESSION tells the same.
+        exec_strings(
+            conn,
+            "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, IS_NULLABLE, EXTRA, \
+             IF(COALESCE(GENERATION_EXPRESSION, '') = '', 'NEVER', 'ALWAYS') \
+             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME, ORDINAL_POSITION",
+            p(),
+            &what("COLUMNS"),
+        )
+        .await?
+    } else {
+        cols
+    })
+}
+
+/// Table `name`'s stored columns (generated ones are computed again on load), the
+/// nullable ones, and its auto-increment column.
+fn table_columns(
+    cols: &[Vec<String>],
+    name: &str,
+) -> (Vec<Column>, BTreeSet<String>, Option<String>) {
+    let mut columns = Vec::new();
+    let mut nullable = BTreeSet::new();
+    let mut auto_increment_column = None;
+    for c in cols.iter().filter(|c| c[0] == name) {
+        if c[3] == "YES" {
+            nullable.insert(c[1].clone());
+        }
+        if c[4].to_ascii_lowercase().contains("auto_increment") {
+            auto_increment_column = Some(c[1].clone());
+        }
+        if c[5] == "ALWAYS" {
+            continue;
+        }
+        columns.push(Column {
+            name: c[1].clone(),
+            data_type: c[2].clone(),
+        });
+    }
+    (columns, nullable, auto_increment_column)
 }
 
 /// The routines, views (in dependency order), triggers and events of `db` (the

@@ -141,9 +141,21 @@ pub async fn read(c: &tokio_postgres::Client, url: &PgUrl) -> Result<Roles> {
             if m.get(2) { " WITH ADMIN OPTION" } else { "" }
         );
     }
-    // The database's own owner and grants, for whatever name the target has. Each
-    // statement goes through format() with the database's name; a '%' in a role's name
-    // is doubled for it.
+    sql += &database_grants(c, url).await?;
+    Ok(Roles {
+        sql,
+        names,
+        warning,
+    })
+}
+
+/// The statements that give the database's owner and grants back, for whatever name
+/// the target database has.
+async fn database_grants(c: &tokio_postgres::Client, url: &PgUrl) -> Result<String> {
+    let what = |s: &str| format!("{s} of {url}");
+    let mut sql = String::new();
+    // Each statement goes through format() with the database's name; a '%' in a role's
+    // name is doubled for it.
     let exec = |statement: String| {
         format!(
             "DO $freezer$BEGIN EXECUTE format({}, current_database()); END$freezer$;\n",
@@ -180,9 +192,5 @@ pub async fn read(c: &tokio_postgres::Client, url: &PgUrl) -> Result<Roles> {
             role(g.get(1))
         ));
     }
-    Ok(Roles {
-        sql,
-        names,
-        warning,
-    })
+    Ok(sql)
 }
