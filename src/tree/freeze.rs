@@ -139,48 +139,14 @@ pub fn freeze_tree(
         count: 0,
     })?;
 
-    let finished: Vec<FinishedPart> = std::thread::scope(|scope| -> Result<Vec<FinishedPart>> {
-        // Parts travel to the uploader through a one-slot channel: at most one finished
-        // part waits on local disk while the next is written.
-        let (tx, rx) = mpsc::sync_channel::<FinishedPart>(1);
-        let uploader = scope.spawn(move || -> Result<Vec<FinishedPart>> {
-            let mut done = Vec::new();
-            for part in rx {
-                repo.put_spooled(part.path.as_ref(), &part.digest, part.size)?;
-                done.push(part);
-            }
-            Ok(done)
-        });
-        let mut m = Merge {
-            layers: LayerSink {
-                repo,
-                spool: spool.clone(),
-                current: None,
-                next_ordinal: base,
-                tx,
-                done_frames: Default::default(),
-            },
-            index: &mut index,
-            stats: &mut stats,
-            gone_dir: None,
-            leaders: Default::default(),
-            progress,
-            pending: Default::default(),
-        };
-        let walk_result = m.run(root, incremental, excludes);
-        let close_result = walk_result
-            .and_then(|()| m.layers.finish_part())
-            .and_then(|()| m.drain());
-        debug_assert!(close_result.is_err() || m.pending.is_empty());
-        drop(m);
-        let uploaded = uploader
-            .join()
-            .map_err(|_| Error::other("the upload thread panicked"))?;
-        // An upload error explains the walk's "upload thread stopped", so it comes first.
-        let uploaded = uploaded?;
-        close_result?;
-        Ok(uploaded)
-    })?;
+    let walk = Walk {
+        root,
+        incremental,
+        excludes,
+        base,
+        spool: &spool,
+    };
+    let finished = walk_and_upload(repo, walk, &mut index, &mut stats, progress)?;
 
     stats.new_layers = finished.len() as u64;
     for part in finished {
@@ -213,6 +179,69 @@ pub fn freeze_tree(
     let index = Descriptor::new(MT_TREE_INDEX, index_digest, index_size);
     let manifest = store_tree_image(repo, layers, diff_ids, &index, annotations)?;
     Ok((manifest, stats))
+}
+
+/// What a freeze walks: the tree, the previous snapshot's when incremental, what is
+/// excluded, the first new layer's ordinal, and where parts are spooled.
+struct Walk<'a> {
+    root: &'a Path,
+    incremental: Option<&'a PrevTree>,
+    excludes: Option<&'a Matcher>,
+    base: u32,
+    spool: &'a Path,
+}
+
+/// Walks the tree into new layer parts and the index; each finished part is uploaded on
+/// a thread of its own while the next is written. Returns the parts, in order.
+fn walk_and_upload(
+    repo: &Repository,
+    walk: Walk,
+    index: &mut IndexWriter<HashedFile>,
+    stats: &mut FreezeStats,
+    progress: &Progress,
+) -> Result<Vec<FinishedPart>> {
+    std::thread::scope(|scope| -> Result<Vec<FinishedPart>> {
+        // Parts travel to the uploader through a one-slot channel: at most one finished
+        // part waits on local disk while the next is written.
+        let (tx, rx) = mpsc::sync_channel::<FinishedPart>(1);
+        let uploader = scope.spawn(move || -> Result<Vec<FinishedPart>> {
+            let mut done = Vec::new();
+            for part in rx {
+                repo.put_spooled(part.path.as_ref(), &part.digest, part.size)?;
+                done.push(part);
+            }
+            Ok(done)
+        });
+        let mut m = Merge {
+            layers: LayerSink {
+                repo,
+                spool: walk.spool.to_path_buf(),
+                current: None,
+                next_ordinal: walk.base,
+                tx,
+                done_frames: Default::default(),
+            },
+            index,
+            stats,
+            gone_dir: None,
+            leaders: Default::default(),
+            progress,
+            pending: Default::default(),
+        };
+        let walk_result = m.run(walk.root, walk.incremental, walk.excludes);
+        let close_result = walk_result
+            .and_then(|()| m.layers.finish_part())
+            .and_then(|()| m.drain());
+        debug_assert!(close_result.is_err() || m.pending.is_empty());
+        drop(m);
+        let uploaded = uploader
+            .join()
+            .map_err(|_| Error::other("the upload thread panicked"))?;
+        // An upload error explains the walk's "upload thread stopped", so it comes first.
+        let uploaded = uploaded?;
+        close_result?;
+        Ok(uploaded)
+    })
 }
 
 /// Stores a tree's OCI config and manifest (§5 of SPEC.md) for layers and an index that
@@ -364,62 +393,19 @@ impl Merge<'_> {
         Ok(())
     }
 
-    fn entry(&mut self, w: Walked, old: Option<Entry>) -> Result<()> {
-        let ft = w.meta.file_type();
-        let kind = if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_file() {
-            Kind::File
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else if ft.is_fifo() {
-            Kind::Fifo
-        } else if ft.is_char_device() {
-            Kind::CharDev
-        } else if ft.is_block_device() {
-            Kind::BlockDev
-        } else {
+    fn entry(&mut self, mut w: Walked, old: Option<Entry>) -> Result<()> {
+        let Some(mut e) = entry_of(&w.meta, std::mem::take(&mut w.rel)) else {
             // Sockets belong to a running process and cannot be restored meaningfully.
             self.stats.skipped_sockets += 1;
             return Ok(());
         };
-        let m = &w.meta;
-        let mut e = Entry {
-            path: w.rel,
-            kind,
-            mode: m.mode() & 0o7777,
-            uid: m.uid(),
-            gid: m.gid(),
-            mtime: (m.mtime(), m.mtime_nsec() as u32),
-            size: if kind == Kind::File { m.size() } else { 0 },
-            layer: None,
-            link: Vec::new(),
-            rdev: if matches!(kind, Kind::CharDev | Kind::BlockDev) {
-                m.rdev()
-            } else {
-                0
-            },
-            xattrs: Vec::new(),
-            leader: false,
-            ino: m.ino(),
-            ctime: (m.ctime(), m.ctime_nsec() as u32),
-            frame: None,
-        };
+        let (kind, m) = (e.kind, &w.meta);
         let multi = kind == Kind::File && m.nlink() > 1;
         let inode = (m.dev(), m.ino());
 
         if let Some(o) = old {
             let same_kind = o.kind == kind || (o.kind == Kind::HardLink && kind == Kind::File);
-            let unchanged = same_kind
-                && o.mode == e.mode
-                && o.uid == e.uid
-                && o.gid == e.gid
-                && (o.kind == Kind::HardLink || o.size == e.size)
-                && o.mtime == e.mtime
-                && o.ctime == e.ctime
-                && o.ino == e.ino
-                && o.rdev == e.rdev;
-            if unchanged {
+            if same_kind && unchanged(&o, &e) {
                 if o.leader {
                     self.leaders.insert(inode, o.path.clone());
                 }
@@ -478,6 +464,61 @@ impl Merge<'_> {
         self.layers.maybe_cut()?;
         self.drain()
     }
+}
+
+/// The index entry of what the walk found, as it is on disk now (not yet compared with
+/// the previous snapshot, no xattrs or link target read yet). None for a socket.
+fn entry_of(m: &std::fs::Metadata, path: Vec<u8>) -> Option<Entry> {
+    let ft = m.file_type();
+    let kind = if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_file() {
+        Kind::File
+    } else if ft.is_symlink() {
+        Kind::Symlink
+    } else if ft.is_fifo() {
+        Kind::Fifo
+    } else if ft.is_char_device() {
+        Kind::CharDev
+    } else if ft.is_block_device() {
+        Kind::BlockDev
+    } else {
+        return None;
+    };
+    Some(Entry {
+        path,
+        kind,
+        mode: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+        mtime: (m.mtime(), m.mtime_nsec() as u32),
+        size: if kind == Kind::File { m.size() } else { 0 },
+        layer: None,
+        link: Vec::new(),
+        rdev: if matches!(kind, Kind::CharDev | Kind::BlockDev) {
+            m.rdev()
+        } else {
+            0
+        },
+        xattrs: Vec::new(),
+        leader: false,
+        ino: m.ino(),
+        ctime: (m.ctime(), m.ctime_nsec() as u32),
+        frame: None,
+    })
+}
+
+/// Nothing about the file changed since the previous snapshot's entry `o` (of the same
+/// kind): its metadata, size, times and inode are the same.
+fn unchanged(o: &Entry, e: &Entry) -> bool {
+    o.mode == e.mode
+        && o.uid == e.uid
+        && o.gid == e.gid
+        && (o.kind == Kind::HardLink || o.size == e.size)
+        && o.mtime == e.mtime
+        && o.ctime == e.ctime
+        && o.ino == e.ino
+        && o.rdev == e.rdev
 }
 
 /// Extended attributes worth keeping. overlayfs' own `trusted.overlay.*` describe the

@@ -215,6 +215,28 @@ pub fn thaw_tree(
     };
 
     // 1. Directories and the entries that carry no data.
+    create_entries(plan, staging, &wanted, root_owner, &mut stats)?;
+    // 2. File contents, one pass per layer.
+    extract_files(repo, plan, staging, only, &wanted, root_owner, progress)?;
+    // 3. Hard links, to files that now exist.
+    link_hard_links(plan, staging, &wanted)?;
+    // 4. Directory metadata, children before parents.
+    apply_dir_meta(plan, staging, &wanted, root_owner)?;
+    Ok(stats)
+}
+
+/// Which entries of the index a thaw restores.
+type Wanted<'a> = dyn Fn(&Entry) -> bool + 'a;
+
+/// Creates the directories and the entries that carry no data (links, devices), and
+/// counts the files.
+fn create_entries(
+    plan: &TreePlan,
+    staging: &Path,
+    wanted: &Wanted,
+    root_owner: bool,
+    stats: &mut ThawStats,
+) -> Result<()> {
     for e in plan.entries()? {
         let e = e?;
         if !wanted(&e) {
@@ -251,10 +273,23 @@ pub fn thaw_tree(
         }
     }
 
-    // 2. File contents, one pass per layer. Creating files is what costs most (a create
-    // on ext4 takes far longer than writing a small file's bytes), so small files go to a
-    // pool of writer threads, each owning a share of the directories (creates in one
-    // directory serialize on its lock in the kernel anyway).
+    Ok(())
+}
+
+/// Writes the files' contents, one pass per layer.
+fn extract_files(
+    repo: &Repository,
+    plan: &TreePlan,
+    staging: &Path,
+    only: Option<&super::exclude::Selection>,
+    wanted: &Wanted,
+    root_owner: bool,
+    progress: &Progress,
+) -> Result<()> {
+    // Creating files is what costs most (a create on ext4 takes far longer than writing
+    // a small file's bytes), so small files go to a pool of writer threads, each owning a
+    // share of the directories (creates in one directory serialize on its lock in the
+    // kernel anyway).
     let owner = Owner::current(root_owner);
     // A partial thaw reads only the layers that hold something it restores: found in one
     // pass over the index, not one per layer.
@@ -280,9 +315,11 @@ pub fn thaw_tree(
             extract_layer(repo, layer, files, staging, &owner, progress, writers)?;
         }
         Ok(())
-    })?;
+    })
+}
 
-    // 3. Hard links, to files that now exist.
+/// Hard links, to files that exist by now.
+fn link_hard_links(plan: &TreePlan, staging: &Path, wanted: &Wanted) -> Result<()> {
     for e in plan.entries()? {
         let e = e?;
         if e.kind == Kind::HardLink && wanted(&e) {
@@ -292,7 +329,17 @@ pub fn thaw_tree(
         }
     }
 
-    // 4. Directory metadata, children before parents.
+    Ok(())
+}
+
+/// Directory metadata (modes, owners, times), children before parents: creating a
+/// child changes its parent's times.
+fn apply_dir_meta(
+    plan: &TreePlan,
+    staging: &Path,
+    wanted: &Wanted,
+    root_owner: bool,
+) -> Result<()> {
     let mut open: Vec<Entry> = Vec::new();
     for e in plan.entries()? {
         let e = e?;
@@ -310,7 +357,7 @@ pub fn thaw_tree(
     while let Some(d) = open.pop() {
         apply_path_meta(&at(staging, &d.path), &d, root_owner)?;
     }
-    Ok(stats)
+    Ok(())
 }
 
 /// Files up to this size are read into memory and handed to a writer thread.
