@@ -242,13 +242,20 @@ fn try_acquire(
         }
     }
     lock.info.since_ns = Some(ns(written));
+    lock.heartbeat = Some(heartbeat(&lock));
+    Ok(lock)
+}
+
+/// A thread that rewrites the lock every [`HEARTBEAT`] until the lock stops it, so other
+/// runs see it is alive.
+fn heartbeat(lock: &Lock) -> std::thread::JoinHandle<()> {
     let (store, key, info, stop) = (
         lock.store.clone(),
         lock.key.clone(),
         lock.info.clone(),
         lock.stop.clone(),
     );
-    lock.heartbeat = Some(std::thread::spawn(move || {
+    std::thread::spawn(move || {
         // Parked, not sleeping: the release unparks it, so a run ends without waiting.
         let mut last = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
@@ -258,8 +265,7 @@ fn try_acquire(
                 let _ = store.put(&key, &crate::format::to_json(&info));
             }
         }
-    }));
-    Ok(lock)
+    })
 }
 
 fn ns(t: SystemTime) -> u128 {

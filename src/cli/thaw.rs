@@ -287,39 +287,7 @@ pub(super) fn site_plan_text(plan: &SitePlan) -> String {
     for n in &plan.networks {
         w!(out, "  network   {:<24} {}", n.name, n.action);
     }
-    for v in &plan.volumes {
-        match &v.tree {
-            Some(t) => w!(out, "  volume    {:<24} {} from tree {t}", v.name, v.action),
-            None => w!(
-                out,
-                "  volume    {:<24} {} empty (its database is loaded from the dump)",
-                v.name,
-                v.action
-            ),
-        }
-    }
-    for b in &plan.binds {
-        w!(
-            out,
-            "  directory {:<24} {} from tree {}",
-            b.path
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            b.action,
-            b.tree.as_deref().unwrap_or("")
-        );
-    }
-    for a in &plan.anonymous {
-        let what = format!("{}:{}", a.container, a.destination);
-        match &a.tree {
-            Some(t) => w!(out, "  anonymous {what:<24} new, from tree {t}"),
-            None => w!(
-                out,
-                "  anonymous {what:<24} new, empty (its database is loaded from the dump)"
-            ),
-        }
-    }
+    mounts_text(plan, &mut out);
     if let Some(p) = &plan.project {
         match (p.written, p.rewrite.is_empty()) {
             (true, true) => w!(out, "  project   {} from {}", p.to.display(), p.from),
@@ -365,6 +333,45 @@ pub(super) fn site_plan_text(plan: &SitePlan) -> String {
         }
     }
     out
+}
+
+/// The plan's lines for what the containers mount: volumes, directories, anonymous
+/// volumes.
+fn mounts_text(plan: &SitePlan, out: &mut String) {
+    use std::fmt::Write as _;
+    for v in &plan.volumes {
+        match &v.tree {
+            Some(t) => w!(out, "  volume    {:<24} {} from tree {t}", v.name, v.action),
+            None => w!(
+                out,
+                "  volume    {:<24} {} empty (its database is loaded from the dump)",
+                v.name,
+                v.action
+            ),
+        }
+    }
+    for b in &plan.binds {
+        w!(
+            out,
+            "  directory {:<24} {} from tree {}",
+            b.path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            b.action,
+            b.tree.as_deref().unwrap_or("")
+        );
+    }
+    for a in &plan.anonymous {
+        let what = format!("{}:{}", a.container, a.destination);
+        match &a.tree {
+            Some(t) => w!(out, "  anonymous {what:<24} new, from tree {t}"),
+            None => w!(
+                out,
+                "  anonymous {what:<24} new, empty (its database is loaded from the dump)"
+            ),
+        }
+    }
 }
 
 fn say_site(ctx: &Ctx, r: &SiteReport) {

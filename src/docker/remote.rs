@@ -174,6 +174,12 @@ fn sync(tar: impl Read, mirror: &Path) -> Result<()> {
     // What the volume no longer has.
     remove_unseen(mirror, Path::new(""), &seen)?;
     // Directory metadata last, deepest first (writing into a directory moves its mtime).
+    set_dir_meta(dirs, root_owner)
+}
+
+/// Gives the mirror's directories the archive's modes, owners (as root) and mtimes,
+/// deepest first, changing only what differs: (path, mode, uid, gid, mtime).
+fn set_dir_meta(mut dirs: Vec<(PathBuf, u32, u64, u64, i64)>, root_owner: bool) -> Result<()> {
     dirs.sort_by(|a, b| b.0.cmp(&a.0));
     for (dir, mode, uid, gid, mtime) in dirs {
         let meta = fs::metadata(&dir).ctx(|| format!("reading {}", dir.display()))?;

@@ -4,7 +4,6 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -67,29 +66,12 @@ pub fn export(
         blobs: 0,
         bytes: 0,
     };
-    let mut copied: BTreeSet<Digest> = BTreeSet::new();
-    let (blobs, bytes) = (AtomicU64::new(0), AtomicU64::new(0));
-    let count = |n: u64| {
-        blobs.fetch_add(1, Ordering::Relaxed);
-        bytes.fetch_add(n, Ordering::Relaxed);
-    };
-    let mut copy = |d: &Digest| -> Result<()> {
-        if !copied.insert(d.clone()) {
-            return Ok(());
-        }
-        let dest = blob_dir.join(d.hex());
-        let mut tmp = tempfile::NamedTempFile::new_in(&blob_dir)
-            .ctx(|| format!("creating a file in {}", blob_dir.display()))?;
-        let mut r = repo.open_blob(d)?;
-        let n =
-            std::io::copy(&mut r, tmp.as_file_mut()).ctx(|| format!("exporting {}", d.key()))?;
-        tmp.as_file_mut()
-            .flush()
-            .ctx(|| format!("writing {}", dest.display()))?;
-        tmp.persist(&dest)
-            .map_err(|e| Error::io(format!("writing {}", dest.display()), e.error))?;
-        count(n);
-        Ok(())
+    let mut out = Exporter {
+        repo,
+        blob_dir,
+        copied: BTreeSet::new(),
+        blobs: 0,
+        bytes: 0,
     };
     let mut index = ImageIndex {
         schema_version: 2,
@@ -98,37 +80,7 @@ pub fn export(
         annotations: Annotations::new(),
     };
     for m in &snapshot.record.manifests {
-        let mut manifest: ImageManifest = from_json(&repo.read_blob(&m.digest)?, &m.digest.key())?;
-        let (blobs, err) = image_blobs(&manifest);
-        if let Some(e) = err {
-            return Err(e);
-        }
-        let mut d = m.clone();
-        if compression == LayerCompression::Gzip && !manifest.layers.is_empty() {
-            // The same layers (same diff_ids, so the config stays), compressed anew: a new
-            // manifest names them.
-            for l in &mut manifest.layers {
-                if l.media_type == MT_LAYER_ZSTD {
-                    *l = regzip(repo, l, &blob_dir)?;
-                    count(l.size);
-                }
-            }
-            for b in blobs.iter().filter(|b| b.media_type != MT_LAYER_ZSTD) {
-                copy(&b.digest)?;
-            }
-            let data = to_json(&manifest);
-            let digest = Digest::of(&data);
-            fs::write(blob_dir.join(digest.hex()), &data)
-                .ctx(|| format!("writing {}", blob_dir.join(digest.hex()).display()))?;
-            count(data.len() as u64);
-            d.digest = digest;
-            d.size = data.len() as u64;
-        } else {
-            copy(&m.digest)?;
-            for b in &blobs {
-                copy(&b.digest)?;
-            }
-        }
+        let mut d = out.part(m, compression)?;
         d.annotations.insert(A_SITE.into(), site.into());
         d.annotations
             .insert("dev.freezer.snapshot".into(), snapshot.id.clone());
@@ -140,13 +92,87 @@ pub fn export(
         }
         index.manifests.push(d);
     }
-    report.blobs = blobs.into_inner();
-    report.bytes = bytes.into_inner();
+    report.blobs = out.blobs;
+    report.bytes = out.bytes;
     fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
         .ctx(|| format!("writing {}/oci-layout", dir.display()))?;
     fs::write(dir.join("index.json"), to_json(&index))
         .ctx(|| format!("writing {}/index.json", dir.display()))?;
     Ok(report)
+}
+
+/// Copies a snapshot's blobs into an OCI layout's `blobs/sha256`, each once.
+struct Exporter<'a> {
+    repo: &'a Repository,
+    blob_dir: PathBuf,
+    copied: BTreeSet<Digest>,
+    blobs: u64,
+    bytes: u64,
+}
+
+impl Exporter<'_> {
+    /// One part of the snapshot (its manifest and every blob it names); returns the
+    /// descriptor the layout's index lists for it.
+    fn part(&mut self, m: &Descriptor, compression: LayerCompression) -> Result<Descriptor> {
+        let repo = self.repo;
+        let mut manifest: ImageManifest = from_json(&repo.read_blob(&m.digest)?, &m.digest.key())?;
+        let (blobs, err) = image_blobs(&manifest);
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let mut d = m.clone();
+        if compression == LayerCompression::Gzip && !manifest.layers.is_empty() {
+            // The same layers (same diff_ids, so the config stays), compressed anew: a new
+            // manifest names them.
+            for l in &mut manifest.layers {
+                if l.media_type == MT_LAYER_ZSTD {
+                    *l = regzip(repo, l, &self.blob_dir)?;
+                    self.count(l.size);
+                }
+            }
+            for b in blobs.iter().filter(|b| b.media_type != MT_LAYER_ZSTD) {
+                self.copy(&b.digest)?;
+            }
+            let data = to_json(&manifest);
+            let digest = Digest::of(&data);
+            let path = self.blob_dir.join(digest.hex());
+            fs::write(&path, &data).ctx(|| format!("writing {}", path.display()))?;
+            self.count(data.len() as u64);
+            d.digest = digest;
+            d.size = data.len() as u64;
+        } else {
+            self.copy(&m.digest)?;
+            for b in &blobs {
+                self.copy(&b.digest)?;
+            }
+        }
+        Ok(d)
+    }
+
+    fn count(&mut self, n: u64) {
+        self.blobs += 1;
+        self.bytes += n;
+    }
+
+    /// Blob `d`, verified as it streams, unless it was copied already.
+    fn copy(&mut self, d: &Digest) -> Result<()> {
+        if !self.copied.insert(d.clone()) {
+            return Ok(());
+        }
+        let dest = self.blob_dir.join(d.hex());
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.blob_dir)
+            .ctx(|| format!("creating a file in {}", self.blob_dir.display()))?;
+        let mut r = self.repo.open_blob(d)?;
+        let n =
+            std::io::copy(&mut r, tmp.as_file_mut()).ctx(|| format!("exporting {}", d.key()))?;
+        tmp.as_file_mut()
+            .flush()
+            .ctx(|| format!("writing {}", dest.display()))?;
+        tmp.persist(&dest)
+            .map_err(|e| Error::io(format!("writing {}", dest.display()), e.error))?;
+        self.count(n);
+        Ok(())
+    }
 }
 
 /// Writes a zstd layer of the repository into `blob_dir` as a gzip layer (verified as it
