@@ -42,13 +42,15 @@ pub struct State {
     pub images: BTreeMap<String, ImageFacts>,
     /// Calls that fail: a call fails when it starts with one of these.
     pub failing: Vec<String>,
-    /// What `exec_argv` answers, by program: exit code and stdout.
+    /// What `exec_argv` answers when its command line contains the key: exit code and
+    /// output (else 0 and nothing).
     pub exec_answers: BTreeMap<String, (i64, String)>,
     /// Archives uploaded: container, destination, the entries' paths.
     pub uploads: Vec<(String, String, Vec<String>)>,
-    /// Containers (by name, once created) that exit with this code when started.
+    /// Containers (by the end of their name, once created) that exit with this code
+    /// when started.
     pub exits: BTreeMap<String, i64>,
-    /// Containers (by name, once started) whose health check says this.
+    /// Containers (by the end of their name, once started) whose health check says this.
     pub health: BTreeMap<String, String>,
     next_volume: usize,
 }
@@ -105,16 +107,23 @@ impl FakeEngine {
         dir
     }
 
-    /// Container `name`, once created, exits with `code` as soon as it is started.
+    /// A container whose name ends with `name`, once created, exits with `code` as soon
+    /// as it is started.
     pub fn exit_on_start(&self, name: &str, code: i64) {
         self.state().exits.insert(name.to_string(), code);
     }
 
-    /// Container `name`'s health check says `health` once it runs.
+    /// The health check of a container whose name ends with `name` says `health` once it
+    /// runs.
     pub fn health_on_start(&self, name: &str, health: &str) {
         self.state()
             .health
             .insert(name.to_string(), health.to_string());
+    }
+
+    /// Makes `exec` answer `code` and `output` when its command line contains `line`.
+    pub fn answer(&self, line: &str, code: i64, output: &str) {
+        (self.state().exec_answers).insert(line.to_string(), (code, output.to_string()));
     }
 
     /// Makes every later call starting with `call` fail (`create_container db`).
@@ -147,6 +156,13 @@ impl FakeEngine {
         }
         Ok(st)
     }
+}
+
+/// The value whose key `name` ends with.
+fn ends_with<'a, T>(map: &'a BTreeMap<String, T>, name: &str) -> Option<&'a T> {
+    map.iter()
+        .find(|(k, _)| name.ends_with(k.as_str()))
+        .map(|(_, v)| v)
 }
 
 fn missing(what: &str, name: &str) -> Error {
@@ -281,7 +297,7 @@ impl ContainerEngine for FakeEngine {
             upper_dir: None,
             ..ContainerFacts::default()
         };
-        let exits_with = st.exits.get(name).copied();
+        let exits_with = ends_with(&st.exits, name).copied();
         st.containers.insert(
             name.to_string(),
             FakeContainer {
@@ -306,7 +322,7 @@ impl ContainerEngine for FakeEngine {
 
     fn start_container(&self, name: &str) -> Result<()> {
         let mut st = self.enter(format!("start_container {name}"))?;
-        let health = st.health.get(name).cloned();
+        let health = ends_with(&st.health, name).cloned();
         let c = st.container(name)?;
         match c.exits_with {
             Some(code) => {
@@ -381,11 +397,10 @@ impl ContainerEngine for FakeEngine {
                 "container {container} is not running"
             )));
         }
-        let program = argv.first().cloned().unwrap_or_default();
-        let (code, out) = st
-            .exec_answers
-            .get(&program)
-            .cloned()
+        let line = argv.join(" ");
+        let (code, out) = (st.exec_answers.iter())
+            .find(|(k, _)| line.contains(k.as_str()))
+            .map(|(_, a)| a.clone())
             .unwrap_or((0, String::new()));
         Ok((Some(code), vec![(false, out.into_bytes())]))
     }

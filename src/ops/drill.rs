@@ -275,8 +275,8 @@ fn container_checks(
         let deadline = Instant::now() + timeout;
         let mut stable = 0;
         let result = loop {
-            let (status, health) = match engine.container(name) {
-                Ok(c) => (c.status, c.health),
+            let (status, health, code) = match engine.container(name) {
+                Ok(c) => (c.status, c.health, c.exit_code),
                 Err(e) => break Err(e.to_string()),
             };
             let good = status == "running" && health.as_deref().is_none_or(|h| h == "healthy");
@@ -292,7 +292,15 @@ fn container_checks(
             } else {
                 stable = 0;
                 if status == "exited" || status == "dead" {
-                    break Err(format!("{status}; `docker logs {name}` says why"));
+                    // Said here: the copy, and its log with it, is removed after the drill.
+                    let said = match engine.log_tail(name, 3) {
+                        l if l.is_empty() => String::new(),
+                        l => format!(
+                            "; its last lines: {}",
+                            l.lines().collect::<Vec<_>>().join(" | ")
+                        ),
+                    };
+                    break Err(format!("{status} with exit code {code}{said}"));
                 }
             }
             if Instant::now() > deadline {
@@ -450,4 +458,191 @@ pub fn drill_files(
     report.ok = report.error.is_none() && report.checks.iter().all(|c| c.ok);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::capture::ContainerSpec;
+    use crate::docker::fake::FakeEngine;
+    use crate::ops::testkit::{service, with_volume, Kit};
+
+    const WEB: &str = "shop/web:1";
+    const DB: &str = "mariadb:11";
+
+    fn options() -> DrillOptions {
+        DrillOptions {
+            probes: vec![],
+            images: vec![],
+            env: vec![],
+            keep: false,
+            timeout: Duration::from_secs(5),
+            db_server: None,
+            jobs: 1,
+            hooks: Default::default(),
+        }
+    }
+
+    fn shop(kit: &Kit, web: ContainerSpec) -> Snapshot {
+        let web = with_volume(web, "shop_www", "/var/www/uploads");
+        let db = with_volume(service("shop", "db", DB), "shop_db", "/var/lib/mysql");
+        kit.freeze(
+            "shop",
+            &[web, db],
+            &[("volume.shop_www", "cat.jpg", "a cat")],
+        )
+    }
+
+    fn drill(kit: &Kit, snap: Snapshot, opts: &DrillOptions) -> DrillReport {
+        drill_docker(&kit.repo, &kit.engine, snap, opts, &Progress::default()).unwrap()
+    }
+
+    fn check_of<'a>(r: &'a DrillReport, name: &str) -> &'a Check {
+        r.checks
+            .iter()
+            .find(|c| c.name.contains(name))
+            .unwrap_or_else(|| panic!("no check {name} in {:?}", r.checks))
+    }
+
+    fn nothing_left(engine: &FakeEngine) {
+        let st = engine.state();
+        assert!(st.containers.is_empty(), "{:?}", st.containers.keys());
+        assert!(st.volumes.is_empty(), "{:?}", st.volumes.keys());
+        assert!(st.networks.is_empty(), "{:?}", st.networks);
+    }
+
+    #[test]
+    fn a_drill_restores_a_copy_checks_it_and_removes_it() {
+        let kit = Kit::new(&[WEB, DB]);
+        let snap = shop(&kit, service("shop", "web", WEB));
+        let r = drill(&kit, snap, &options());
+        assert!(r.ok, "{:?}", r.checks);
+        assert_eq!(r.exit_code(), 0);
+        assert!(r.target.starts_with("drill-shop-"), "{}", r.target);
+        assert!(check_of(&r, "restore").ok);
+        let web = check_of(&r, "-web-1");
+        assert!(web.ok && web.detail == "running", "{web:?}");
+        // The copy lived under its own names, never the site's, and is gone.
+        let created = kit.engine.calls("create_container");
+        assert_eq!(created.len(), 2);
+        assert!(created.iter().all(|c| c.contains(&r.target)), "{created:?}");
+        nothing_left(&kit.engine);
+    }
+
+    #[test]
+    fn keep_leaves_the_copy_in_place() {
+        let kit = Kit::new(&[WEB, DB]);
+        let snap = shop(&kit, service("shop", "web", WEB));
+        let r = drill(
+            &kit,
+            snap,
+            &DrillOptions {
+                keep: true,
+                ..options()
+            },
+        );
+        assert!(r.ok && r.kept);
+        let st = kit.engine.state();
+        assert_eq!(st.containers.len(), 2);
+        assert!(st.containers.keys().all(|c| c.starts_with(&r.target)));
+    }
+
+    #[test]
+    fn a_container_that_exits_fails_the_drill_with_exit_4_and_its_last_lines() {
+        let kit = Kit::new(&[WEB, DB]);
+        let snap = shop(&kit, service("shop", "web", WEB));
+        kit.engine.exit_on_start("-web-1", 2);
+        let r = drill(&kit, snap, &options());
+        assert!(!r.ok);
+        assert_eq!(r.exit_code(), 4);
+        let web = check_of(&r, "-web-1");
+        assert!(!web.ok, "{web:?}");
+        assert!(web.detail.contains("exited with exit code 2"), "{web:?}");
+        assert!(web.detail.contains("(the log of drill-shop-"), "{web:?}");
+        nothing_left(&kit.engine);
+    }
+
+    #[test]
+    fn an_unhealthy_container_fails_the_drill_after_the_timeout() {
+        let kit = Kit::new(&[WEB, DB]);
+        let snap = shop(&kit, service("shop", "web", WEB));
+        kit.engine.health_on_start("-db-1", "unhealthy");
+        let opts = DrillOptions {
+            timeout: Duration::from_secs(1),
+            ..options()
+        };
+        let r = drill(&kit, snap, &opts);
+        let db = check_of(&r, "-db-1");
+        assert!(!db.ok, "{db:?}");
+        assert!(db.detail.contains("health unhealthy"), "{db:?}");
+        assert_eq!(r.exit_code(), 4);
+    }
+
+    #[test]
+    fn a_probe_runs_in_the_service_s_container_and_its_exit_code_counts() {
+        let kit = Kit::new(&[WEB, DB]);
+        let snap = shop(&kit, service("shop", "web", WEB));
+        kit.engine
+            .answer("curl -fs localhost/health", 7, "curl: (7) refused");
+        let opts = DrillOptions {
+            probes: vec![
+                ("web".into(), "curl -fs localhost/health".into()),
+                ("db".into(), "mariadb -e 'SELECT 1'".into()),
+                ("cache".into(), "redis-cli ping".into()),
+            ],
+            ..options()
+        };
+        let r = drill(&kit, snap, &opts);
+        let failed: Vec<&Check> = r.checks.iter().filter(|c| !c.ok).collect();
+        assert_eq!(failed.len(), 2, "{:?}", r.checks);
+        assert!(
+            failed[0].detail.starts_with("exit 7 in drill-shop-"),
+            "{:?}",
+            failed[0]
+        );
+        assert!(
+            failed[0].detail.ends_with(": curl: (7) refused"),
+            "{:?}",
+            failed[0]
+        );
+        assert!(
+            failed[1].detail.contains("no container of service cache"),
+            "{:?}",
+            failed[1]
+        );
+        assert_eq!(r.exit_code(), 4);
+    }
+
+    #[test]
+    fn a_restore_that_fails_is_reported_with_its_own_exit_code_and_leaves_nothing() {
+        let kit = Kit::new(&[WEB, DB]);
+        let snap = shop(&kit, service("shop", "web", WEB));
+        kit.engine.fail("create_container");
+        let r = drill(&kit, snap, &options());
+        assert!(!r.ok);
+        let e = r.error.as_ref().expect("the restore's error");
+        assert!(e.message.contains("create_container"), "{e:?}");
+        assert_eq!(r.exit_code(), e.exit_code);
+        assert_ne!(r.exit_code(), 0);
+        nothing_left(&kit.engine);
+    }
+
+    #[test]
+    fn the_site_s_after_thaw_hook_runs_in_the_copy_and_its_failure_counts() {
+        let kit = Kit::new(&[WEB, DB]);
+        let mut web = service("shop", "web", WEB);
+        web.config["Labels"]["dev.freezer.hook.after-thaw"] = "php artisan cache:clear".into();
+        let snap = shop(&kit, web);
+        kit.engine
+            .answer("php artisan cache:clear", 1, "Class not found");
+        let r = drill(&kit, snap, &options());
+        let hook = check_of(&r, "hook after-thaw");
+        assert!(!hook.ok, "{hook:?}");
+        assert!(hook.name.contains(&r.target), "{hook:?}");
+        assert!(hook.detail.contains("Class not found"), "{hook:?}");
+        let ran = kit.engine.calls("exec ");
+        assert_eq!(ran.len(), 1, "{ran:?}");
+        assert!(ran[0].contains("sh -c php artisan cache:clear"), "{ran:?}");
+        assert_eq!(r.exit_code(), 4);
+    }
 }
