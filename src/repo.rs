@@ -298,9 +298,38 @@ impl Repository {
         }
     }
 
+    /// A new blob, written through the store's spool directory (sealed as it is written
+    /// in an encrypted repository), hashed and counted as it goes; its digest is known at
+    /// the end. [`Repository::put_written`] moves it into the repository.
+    pub fn blob_writer(&self) -> Result<BlobWriter> {
+        let spool = self.store.spool_dir()?;
+        let staged = crate::store::spool_file(&spool)?;
+        let file = staged.reopen().ctx(|| "reopening a spool file".into())?;
+        let out = self.spool_writer(file, staged.path());
+        Ok(BlobWriter {
+            staged: staged.into_temp_path(),
+            out,
+            hasher: Sha256::new(),
+            count: 0,
+        })
+    }
+
+    /// Ends a blob written through [`Repository::blob_writer`] and moves it into the
+    /// repository: its digest and size.
+    pub fn put_written(&self, w: BlobWriter) -> Result<(Digest, u64)> {
+        let blob = w.stage()?;
+        self.put_staged(&blob)?;
+        Ok((blob.digest, blob.size))
+    }
+
+    /// Moves a staged blob into the repository (unless one with its digest is there).
+    pub fn put_staged(&self, blob: &StagedBlob) -> Result<()> {
+        self.put_spooled(&blob.path, &blob.digest, blob.size)
+    }
+
     /// A writer for a blob staged in the spool directory: sealed as it is written in an
     /// encrypted repository, so the file is ready for [`Repository::put_spooled`].
-    pub fn spool_writer(&self, file: std::fs::File, path: &Path) -> SpoolWriter {
+    fn spool_writer(&self, file: std::fs::File, path: &Path) -> SpoolWriter {
         let file = SpoolFile {
             file,
             path: path.to_path_buf(),
@@ -314,7 +343,7 @@ impl Repository {
 
     /// Moves a blob written through [`Repository::spool_writer`] into the repository
     /// (unless one with that digest is there already).
-    pub fn put_spooled(&self, file: &Path, digest: &Digest, size: u64) -> Result<()> {
+    fn put_spooled(&self, file: &Path, digest: &Digest, size: u64) -> Result<()> {
         let key = self.blob_key(digest);
         if self.store.size(&key)? == Some(self.stored_size(size)) {
             let _ = std::fs::remove_file(file);
@@ -842,6 +871,61 @@ impl<R: Read> Read for VerifyingReader<R> {
 }
 
 /// A staged blob's file: plain, or sealed as it is written (encrypted repositories).
+/// A blob being written (see [`Repository::blob_writer`]).
+pub struct BlobWriter {
+    staged: tempfile::TempPath,
+    out: SpoolWriter,
+    hasher: Sha256,
+    count: u64,
+}
+
+/// A blob written and named, staged on local disk, not yet in the repository.
+pub struct StagedBlob {
+    path: tempfile::TempPath,
+    pub digest: Digest,
+    /// Its size in the repository's terms (before sealing).
+    pub size: u64,
+}
+
+impl BlobWriter {
+    /// Bytes written so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Ends the blob on local disk: its digest and size, for [`Repository::put_staged`]
+    /// (from any thread).
+    pub fn stage(self) -> Result<StagedBlob> {
+        let BlobWriter {
+            staged,
+            out,
+            hasher,
+            count,
+            ..
+        } = self;
+        out.finish()
+            .map_err(|e| Error::io(format!("writing {}", staged.display()), e))?;
+        Ok(StagedBlob {
+            path: staged,
+            digest: Digest::from_hasher(hasher),
+            size: count,
+        })
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 pub enum SpoolWriter {
     Plain(std::io::BufWriter<SpoolFile>),
     Sealed(Box<Sealer<'static, std::io::BufWriter<SpoolFile>>>),

@@ -1258,10 +1258,7 @@ fn save_image(
 /// encrypted repository); returns its diff_id and descriptor.
 fn store_layer(repo: &Repository, tar: &Path) -> Result<(Digest, Descriptor)> {
     let mut input = std::fs::File::open(tar).ctx(|| format!("reading {}", tar.display()))?;
-    let spool = repo.store().spool_dir()?;
-    let staged = crate::store::spool_file(&spool)?;
-    let file = staged.reopen().ctx(|| "reopening a spool file".into())?;
-    let mut out = HashCount::new(repo.spool_writer(file, staged.path()));
+    let mut out = repo.blob_writer()?;
     let diff = {
         let z = zstd::Encoder::new(&mut out, 3).ctx(|| "starting zstd".into())?;
         let mut plain = HashCount::new(z);
@@ -1269,9 +1266,7 @@ fn store_layer(repo: &Repository, tar: &Path) -> Result<(Digest, Descriptor)> {
         plain.inner.finish().ctx(|| "compressing a layer".into())?;
         plain.hasher
     };
-    let (digest, size) = (Digest::from_hasher(out.hasher), out.count);
-    out.inner.finish().ctx(|| "writing a layer".into())?;
-    repo.put_spooled(&staged.into_temp_path(), &digest, size)?;
+    let (digest, size) = repo.put_written(out)?;
     Ok((
         Digest::from_hasher(diff),
         Descriptor::new(MT_LAYER_ZSTD, digest, size),

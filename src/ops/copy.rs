@@ -299,10 +299,7 @@ fn copy_blob(
         progress.add_done(b.size);
         return Ok(());
     }
-    let spool = dst.store().spool_dir()?;
-    let staged = crate::store::spool_file(&spool)?;
-    let file = staged.reopen().ctx(|| "reopening a spool file".into())?;
-    let mut w = dst.spool_writer(file, staged.path());
+    let mut w = dst.blob_writer()?;
     let mut r = src.open_blob(&b.digest)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -318,6 +315,7 @@ fn copy_blob(
             .ctx(|| format!("staging {}", b.digest.key()))?;
         progress.add_done(n as u64);
     }
-    w.finish().ctx(|| format!("staging {}", b.digest.key()))?;
-    dst.put_spooled(&staged.into_temp_path(), &b.digest, r.bytes_read())
+    // The reader checked the digest at the end of the stream; the writer's is the same.
+    dst.put_written(w)?;
+    Ok(())
 }

@@ -26,7 +26,7 @@ use super::walk::{Walked, Walker};
 use crate::error::{Error, IoContext, Result};
 use crate::format::*;
 use crate::progress::Progress;
-use crate::repo::Repository;
+use crate::repo::{BlobWriter, Repository, StagedBlob};
 
 /// Uncompressed tar bytes per layer part.
 pub const PART_BYTES: u64 = 256 << 20;
@@ -127,30 +127,21 @@ pub fn freeze_tree(
     };
     let base = layers.len() as u32;
 
-    let spool = repo.store().spool_dir()?;
-    let index_tmp = crate::store::spool_file(&spool)?;
     // Hashed as it is written, so the index is never read back just to name it.
-    let mut index = IndexWriter::new(HashCount {
-        inner: repo.spool_writer(
-            index_tmp.reopen().ctx(|| "reopening the index".into())?,
-            index_tmp.path(),
-        ),
-        hasher: Sha256::new(),
-        count: 0,
-    })?;
+    let mut index = IndexWriter::new(repo.blob_writer()?)?;
 
     let walk = Walk {
         root,
         incremental,
         excludes,
         base,
-        spool: &spool,
     };
     let finished = walk_and_upload(repo, walk, &mut index, &mut stats, progress)?;
 
     stats.new_layers = finished.len() as u64;
     for part in finished {
-        let mut d = Descriptor::new(MT_LAYER_ZSTD, part.digest, part.size);
+        let blob = &part.staged;
+        let mut d = Descriptor::new(MT_LAYER_ZSTD, blob.digest.clone(), blob.size);
         d.annotations.insert(
             A_LAYER_KIND.into(),
             if base == 0 && part.ordinal == 0 {
@@ -167,14 +158,10 @@ pub fn freeze_tree(
     stats.layers = layers.len() as u64;
 
     let (w, trailer) = index.finish(layer_content)?;
-    let index_digest = Digest::from_hasher(w.hasher);
-    let index_size = w.count;
-    w.inner.finish().ctx(|| "writing the tree index".into())?;
+    let (index_digest, index_size) = repo.put_written(w)?;
     stats.entries = trailer.entries;
     stats.files = trailer.files;
     stats.bytes = trailer.bytes;
-
-    repo.put_spooled(&index_tmp.into_temp_path(), &index_digest, index_size)?;
 
     let index = Descriptor::new(MT_TREE_INDEX, index_digest, index_size);
     let manifest = store_tree_image(repo, layers, diff_ids, &index, annotations)?;
@@ -182,13 +169,12 @@ pub fn freeze_tree(
 }
 
 /// What a freeze walks: the tree, the previous snapshot's when incremental, what is
-/// excluded, the first new layer's ordinal, and where parts are spooled.
+/// excluded, and the first new layer's ordinal.
 struct Walk<'a> {
     root: &'a Path,
     incremental: Option<&'a PrevTree>,
     excludes: Option<&'a Matcher>,
     base: u32,
-    spool: &'a Path,
 }
 
 /// Walks the tree into new layer parts and the index; each finished part is uploaded on
@@ -196,7 +182,7 @@ struct Walk<'a> {
 fn walk_and_upload(
     repo: &Repository,
     walk: Walk,
-    index: &mut IndexWriter<HashedFile>,
+    index: &mut IndexWriter<BlobWriter>,
     stats: &mut FreezeStats,
     progress: &Progress,
 ) -> Result<Vec<FinishedPart>> {
@@ -207,7 +193,7 @@ fn walk_and_upload(
         let uploader = scope.spawn(move || -> Result<Vec<FinishedPart>> {
             let mut done = Vec::new();
             for part in rx {
-                repo.put_spooled(part.path.as_ref(), &part.digest, part.size)?;
+                repo.put_staged(&part.staged)?;
                 done.push(part);
             }
             Ok(done)
@@ -215,7 +201,6 @@ fn walk_and_upload(
         let mut m = Merge {
             layers: LayerSink {
                 repo,
-                spool: walk.spool.to_path_buf(),
                 current: None,
                 next_ordinal: walk.base,
                 tx,
@@ -278,7 +263,7 @@ pub fn store_tree_image(
 
 struct Merge<'a> {
     layers: LayerSink<'a>,
-    index: &'a mut IndexWriter<HashedFile>,
+    index: &'a mut IndexWriter<BlobWriter>,
     stats: &'a mut FreezeStats,
     /// A directory of the previous snapshot that is gone: its old children need no whiteouts.
     gone_dir: Option<Vec<u8>>,
@@ -543,9 +528,8 @@ fn read_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
 
 struct FinishedPart {
     ordinal: u32,
-    path: tempfile::TempPath,
-    digest: Digest,
-    size: u64,
+    /// The compressed layer, staged for upload.
+    staged: StagedBlob,
     diff_id: Digest,
     content: u64,
 }
@@ -579,13 +563,12 @@ impl<W: Write> Write for HashCount<W> {
     }
 }
 
-/// A spool file that hashes and counts what is written to it.
-type HashedFile = HashCount<crate::repo::SpoolWriter>;
-type TarOut = BufWriter<HashCount<Compressor<HashedFile>>>;
+/// What a layer part's tar is written into: hashed (its diff_id), compressed, then a
+/// blob of its own.
+type TarOut = BufWriter<HashCount<Compressor<BlobWriter>>>;
 
 struct Part {
     ordinal: u32,
-    path: tempfile::TempPath,
     tar: tar::Builder<TarOut>,
     content: u64,
     /// The frames compressed so far, in order.
@@ -638,7 +621,6 @@ struct FrameRef {
 
 struct LayerSink<'r> {
     repo: &'r Repository,
-    spool: PathBuf,
     current: Option<Part>,
     next_ordinal: u32,
     tx: mpsc::SyncSender<FinishedPart>,
@@ -649,13 +631,7 @@ struct LayerSink<'r> {
 impl LayerSink<'_> {
     fn part(&mut self) -> Result<&mut Part> {
         if self.current.is_none() {
-            let tmp = crate::store::spool_file(&self.spool)?;
-            let file = tmp.reopen().ctx(|| "reopening a spool file".into())?;
-            let compressed = HashCount {
-                inner: self.repo.spool_writer(file, tmp.path()),
-                hasher: Sha256::new(),
-                count: 0,
-            };
+            let compressed = self.repo.blob_writer()?;
             let enc = Compressor::new(compressed, 3).ctx(|| "starting zstd".into())?;
             let plain = HashCount {
                 inner: enc,
@@ -666,7 +642,6 @@ impl LayerSink<'_> {
             tar.mode(tar::HeaderMode::Complete);
             self.current = Some(Part {
                 ordinal: self.next_ordinal,
-                path: tmp.into_temp_path(),
                 tar,
                 content: 0,
                 closed: Vec::new(),
@@ -734,14 +709,9 @@ impl LayerSink<'_> {
         let (compressed, rest) = plain.inner.finish().ctx(|| "finishing zstd".into())?;
         part.closed.extend(rest);
         self.done_frames.insert(part.ordinal, part.closed);
-        let digest = Digest::from_hasher(compressed.hasher);
-        let size = compressed.count;
-        compressed.inner.finish().ctx(|| "writing a layer".into())?;
         let finished = FinishedPart {
             ordinal: part.ordinal,
-            path: part.path,
-            digest,
-            size,
+            staged: compressed.stage()?,
             diff_id,
             content: part.content,
         };
