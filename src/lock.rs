@@ -268,6 +268,38 @@ fn heartbeat(lock: &Lock) -> std::thread::JoinHandle<()> {
     })
 }
 
+/// What finished or dead runs left in the store, by key, as of `now` (the store's
+/// clock): released locks, locks of this host whose process is gone, locks and staging
+/// files (a local store's `tmp/`) untouched for longer than [`STALE`].
+pub fn leftovers(repo: &Repository, now: SystemTime) -> Result<Vec<String>> {
+    let store = repo.shared_store();
+    let mut out = Vec::new();
+    for o in store.list(LOCKS_PREFIX)? {
+        let stale = o.modified.is_some_and(|m| m + STALE < now);
+        let info = store
+            .get(&o.key)
+            .ok()
+            .and_then(|d| serde_json::from_slice::<LockInfo>(&d).ok());
+        let released = info
+            .as_ref()
+            .is_some_and(|l| l.released || l.is_dead_here());
+        if stale || released {
+            out.push(o.key);
+        }
+    }
+    for o in store.list("tmp/")? {
+        if o.modified.is_some_and(|m| m + STALE < now) {
+            out.push(o.key);
+        }
+    }
+    Ok(out)
+}
+
+/// Removes one of the [`leftovers`].
+pub fn remove_leftover(repo: &Repository, key: &str) -> Result<()> {
+    repo.shared_store().delete(key)
+}
+
 fn ns(t: SystemTime) -> u128 {
     t.duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()

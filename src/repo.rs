@@ -250,7 +250,7 @@ impl Repository {
 
     /// The store key of a blob: its digest, or in an encrypted repository its keyed name.
     pub fn blob_key(&self, digest: &Digest) -> String {
-        format!("blobs/sha256/{}", self.blob_name(digest))
+        format!("{BLOBS_PREFIX}{}", self.blob_name(digest))
     }
 
     /// The name (last key component) a blob is stored under.
@@ -268,6 +268,62 @@ impl Repository {
             None => site.to_string(),
             Some(k) => k.site_dir(site),
         }
+    }
+
+    /// Every blob object in the store by its stored name: size and when it was written.
+    pub fn stored_blobs(&self) -> Result<StoredBlobs> {
+        Ok(self
+            .store
+            .list(BLOBS_PREFIX)?
+            .into_iter()
+            .filter_map(|o| {
+                let name = o.key.strip_prefix(BLOBS_PREFIX)?.to_string();
+                Some((name, (o.size, o.modified)))
+            })
+            .collect())
+    }
+
+    /// Deletes a blob object by its stored name (prune only).
+    pub fn delete_blob(&self, name: &str) -> Result<()> {
+        self.store.delete(&format!("{BLOBS_PREFIX}{name}"))
+    }
+
+    /// The prune marks in the store (SPEC.md §11): the blobs an earlier prune found
+    /// unreferenced, and when.
+    pub fn prune_marks(&self) -> Result<Vec<PruneMark>> {
+        let mut out = Vec::new();
+        for o in self.store.list(PRUNE_PREFIX)? {
+            let mark: PruneMarkFile = from_json(&self.store.get(&o.key)?, &o.key)?;
+            out.push(PruneMark {
+                key: o.key,
+                marked: o.modified,
+                blobs: mark.blobs,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Writes a prune mark of `blobs` (stored names, sorted here).
+    pub fn write_prune_mark(&self, mut blobs: Vec<String>) -> Result<()> {
+        let mut rand = [0u8; 4];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut rand);
+        let key = format!(
+            "{PRUNE_PREFIX}{}-{}.json",
+            compact_time(SystemTime::now()),
+            hex::encode(rand)
+        );
+        blobs.sort();
+        self.store
+            .put(&key, &to_json(&PruneMarkFile { format: 1, blobs }))
+    }
+
+    pub fn delete_prune_mark(&self, mark: &PruneMark) -> Result<()> {
+        self.store.delete(&mark.key)
+    }
+
+    /// Removes a snapshot record (its blobs stay until a prune).
+    pub fn delete_record(&self, r: &SnapshotRef) -> Result<()> {
+        self.store.delete(&self.record_key(r))
     }
 
     /// The store key of a snapshot record.
@@ -871,6 +927,29 @@ impl<R: Read> Read for VerifyingReader<R> {
 }
 
 /// A staged blob's file: plain, or sealed as it is written (encrypted repositories).
+/// Where blob objects live in the store.
+const BLOBS_PREFIX: &str = "blobs/sha256/";
+/// Where prune marks live.
+pub const PRUNE_PREFIX: &str = "prune/";
+
+/// Blob objects by stored name: size, and when written (by the store's clock).
+pub type StoredBlobs = std::collections::HashMap<String, (u64, Option<SystemTime>)>;
+
+/// A prune mark as stored.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PruneMarkFile {
+    format: u32,
+    /// Stored names of the marked blobs.
+    blobs: Vec<String>,
+}
+
+/// The blobs an earlier prune found unreferenced, and when (by the store's clock).
+pub struct PruneMark {
+    key: String,
+    pub marked: Option<SystemTime>,
+    pub blobs: Vec<String>,
+}
+
 /// A blob being written (see [`Repository::blob_writer`]).
 pub struct BlobWriter {
     staged: tempfile::TempPath,

@@ -14,7 +14,11 @@ pub fn run(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
         weekly: a.keep_weekly,
         monthly: a.keep_monthly,
     };
-    let report = ops::forget(&repo, &a.site, &policy, a.dry_run)?;
+    let plan = ops::plan_forget(&repo, &a.site, &policy)?;
+    let report = match a.dry_run {
+        true => plan,
+        false => ops::forget(&repo, plan)?,
+    };
     if ctx.json() {
         print_json(&report);
         return Ok(0);

@@ -44,7 +44,13 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<i32> {
 
 pub fn prune(ctx: &Ctx, a: PruneArgs) -> Result<i32> {
     let repo = ctx.open_repo()?;
-    let report = ctx.with_progress(|p| ops::prune::prune(&repo, a.grace, a.dry_run, p))?;
+    let report = ctx.with_progress(|p| {
+        let plan = ops::prune::plan_prune(&repo, a.grace, p)?;
+        match a.dry_run {
+            true => Ok(plan.report),
+            false => ops::prune::prune(&repo, plan, p),
+        }
+    })?;
     if ctx.json() {
         print_json(&report);
         return Ok(0);

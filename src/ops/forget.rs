@@ -23,15 +23,9 @@ pub struct ForgetEntry {
     pub reasons: Vec<&'static str>,
 }
 
-/// Removes the snapshot records of `site` that `policy` does not keep (SPEC.md §11). The
-/// blobs stay until `prune`, so a forget is cheap and a mistaken one is undone by
-/// writing the record back.
-pub fn forget(
-    repo: &Repository,
-    site: &str,
-    policy: &Policy,
-    dry_run: bool,
-) -> Result<ForgetReport> {
+/// What a forget will do: the snapshots of `site` that `policy` keeps (with the rules
+/// that keep them) and those whose records it removes. Nothing is changed.
+pub fn plan_forget(repo: &Repository, site: &str, policy: &Policy) -> Result<ForgetReport> {
     if policy.is_empty() {
         return Err(Error::usage(format!(
             "refusing to forget every snapshot of {site}: no --keep-* option was given"
@@ -50,26 +44,31 @@ pub fn forget(
         let created = repo.read_snapshot(r)?.annotation(A_CREATED).to_string();
         snapshots.push((r.id.clone(), created));
     }
-    let mut report = ForgetReport {
+    let mut plan = ForgetReport {
         site: site.to_string(),
         policy: *policy,
-        dry_run,
+        dry_run: true,
         kept: vec![],
         removed: vec![],
     };
     for (id, reasons) in crate::retention::apply(policy, &snapshots) {
-        if reasons.is_empty() {
-            if !dry_run {
-                let r = SnapshotRef {
-                    site: site.to_string(),
-                    id: id.clone(),
-                };
-                repo.store().delete(&repo.record_key(&r))?;
-            }
-            report.removed.push(ForgetEntry { id, reasons });
-        } else {
-            report.kept.push(ForgetEntry { id, reasons });
+        match reasons.is_empty() {
+            true => plan.removed.push(ForgetEntry { id, reasons }),
+            false => plan.kept.push(ForgetEntry { id, reasons }),
         }
     }
-    Ok(report)
+    Ok(plan)
+}
+
+/// Removes the records a forget plan names (SPEC.md §11). The blobs stay until `prune`,
+/// so a forget is cheap and a mistaken one is undone by writing the record back.
+pub fn forget(repo: &Repository, mut plan: ForgetReport) -> Result<ForgetReport> {
+    for e in &plan.removed {
+        repo.delete_record(&SnapshotRef {
+            site: plan.site.clone(),
+            id: e.id.clone(),
+        })?;
+    }
+    plan.dry_run = false;
+    Ok(plan)
 }

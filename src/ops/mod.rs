@@ -28,7 +28,7 @@ pub use crate::format::{A_TREE_BYTES, A_TREE_FILES};
 pub use browse::{cat, diff, ls, write_file, EntryInfo, Listing};
 pub use copy::{copy, CopyRequest};
 pub use export::{export, LayerCompression};
-pub use forget::forget;
+pub use forget::{forget, plan_forget};
 pub use freeze::{
     freeze, freeze_before_replace, plan_site, preview_excludes, FreezePlan, FreezeReport,
     FreezeRequest, TreeExcluded,

@@ -8,26 +8,16 @@
 //! everything is decided from a fresh listing of the records. A record that cannot be read
 //! stops the prune before anything is deleted: prune never guesses.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::format::*;
-use crate::lock::{LockInfo, LOCKS_PREFIX, STALE};
+use crate::lock::Lock;
 use crate::progress::Progress;
-use crate::repo::Repository;
-
-pub const PRUNE_PREFIX: &str = "prune/";
-const BLOBS_PREFIX: &str = "blobs/sha256/";
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Plan {
-    format: u32,
-    /// Hex digests of the marked blobs.
-    blobs: Vec<String>,
-}
+use crate::repo::{PruneMark, Repository, StoredBlobs};
 
 #[derive(Debug, Default, Serialize)]
 pub struct PruneReport {
@@ -49,18 +39,30 @@ pub struct PruneReport {
     pub removed_leftovers: u64,
 }
 
-pub fn prune(
-    repo: &Repository,
-    grace: Duration,
-    dry_run: bool,
-    progress: &Progress,
-) -> Result<PruneReport> {
+/// What a prune will do, decided under the prune lock, which it holds until it is
+/// carried out ([`prune`]) or dropped (`--dry-run`): no freeze writes in between.
+pub struct PrunePlan {
+    _lock: Lock,
+    /// Blobs whose grace period is over: deleted.
+    delete: Vec<String>,
+    /// Marks whose blobs are all dealt with: removed.
+    done_marks: Vec<PruneMark>,
+    /// Unreferenced blobs in no mark yet: marked now.
+    mark: Vec<String>,
+    /// Locks of finished or dead runs, and staging leftovers: removed.
+    leftovers: Vec<String>,
+    /// What it will do, in numbers.
+    pub report: PruneReport,
+}
+
+/// Decides a prune from a fresh listing of the records, blobs and marks (SPEC.md §11).
+/// Nothing is changed.
+pub fn plan_prune(repo: &Repository, grace: Duration, progress: &Progress) -> Result<PrunePlan> {
     let lock = crate::lock::acquire(repo, "prune", None, progress)?;
     // The store's clock, not this machine's, decides ages.
     let now = lock.written;
-    let store = repo.store();
     let mut report = PruneReport {
-        dry_run,
+        dry_run: true,
         grace_seconds: grace.as_secs(),
         ..PruneReport::default()
     };
@@ -70,147 +72,116 @@ pub fn prune(
     report.referenced_blobs = referenced.len() as u64;
 
     progress.set_label("listing blobs");
-    let blobs: Blobs = store
-        .list(BLOBS_PREFIX)?
-        .into_iter()
-        .filter_map(|o| {
-            let hex = o.key.strip_prefix(BLOBS_PREFIX)?.to_string();
-            Some((hex, (o.size, o.modified)))
-        })
-        .collect();
+    let blobs = repo.stored_blobs()?;
     report.blobs = blobs.len() as u64;
     let unreferenced: HashSet<&String> =
         blobs.keys().filter(|h| !referenced.contains(*h)).collect();
     report.unreferenced_blobs = unreferenced.len() as u64;
 
-    let (mut pending, deleted) = sweep(
-        store,
-        (&blobs, &unreferenced),
-        (now, grace, dry_run),
-        progress,
-        &mut report,
-    )?;
-    // Mark: every unreferenced blob not deleted now and not in a plan still waiting.
-    let fresh: Vec<String> = unreferenced
+    let swept = sweep(repo, (&blobs, &unreferenced), (now, grace), &mut report)?;
+    let Swept {
+        delete,
+        done_marks,
+        mut pending,
+    } = swept;
+    // Mark: every unreferenced blob not deleted now and not in a mark still waiting.
+    let deleted: HashSet<&String> = delete.iter().collect();
+    let mark: Vec<String> = unreferenced
         .iter()
         .filter(|h| !deleted.contains(**h) && !pending.contains(**h))
         .map(|h| (*h).clone())
         .collect();
-    report.marked_blobs = fresh.len() as u64;
-    if !fresh.is_empty() && !dry_run {
-        let mut rand = [0u8; 4];
-        rand::Rng::fill(&mut rand::thread_rng(), &mut rand);
-        let key = format!(
-            "{PRUNE_PREFIX}{}-{}.json",
-            compact_time(SystemTime::now()),
-            hex::encode(rand)
-        );
-        let mut sorted = fresh.clone();
-        sorted.sort();
-        store.put(
-            &key,
-            &to_json(&Plan {
-                format: 1,
-                blobs: sorted,
-            }),
-        )?;
-    }
-    pending.extend(fresh);
+    report.marked_blobs = mark.len() as u64;
+    pending.extend(mark.iter().cloned());
     report.pending_blobs = pending.len() as u64;
     report.pending_bytes = pending
         .iter()
         .filter_map(|h| blobs.get(h).map(|b| b.0))
         .sum();
 
-    remove_leftovers(store, now, dry_run, &mut report)?;
-    drop(lock);
+    let leftovers = crate::lock::leftovers(repo, now)?;
+    report.removed_leftovers = leftovers.len() as u64;
+    Ok(PrunePlan {
+        _lock: lock,
+        delete,
+        done_marks,
+        mark,
+        leftovers,
+        report,
+    })
+}
+
+/// Carries a prune plan out: deletes the blobs whose grace period is over, writes the
+/// new mark, removes the leftovers; then releases the lock.
+pub fn prune(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Result<PruneReport> {
+    for name in &plan.delete {
+        progress.set_label(format!("deleting {}", &name[..name.len().min(12)]));
+        repo.delete_blob(name)?;
+    }
+    // Their blobs are deleted, referenced again, or marked again below.
+    for m in &plan.done_marks {
+        repo.delete_prune_mark(m)?;
+    }
+    if !plan.mark.is_empty() {
+        repo.write_prune_mark(plan.mark)?;
+    }
+    for key in &plan.leftovers {
+        crate::lock::remove_leftover(repo, key)?;
+    }
+    let mut report = plan.report;
+    report.dry_run = false;
     Ok(report)
 }
 
-/// Blobs a prune found, by hex digest: (size, last modified).
-type Blobs = HashMap<String, (u64, Option<SystemTime>)>;
+/// What the sweep of the marks decided.
+struct Swept {
+    delete: Vec<String>,
+    done_marks: Vec<PruneMark>,
+    /// Blobs of marks still in their grace period.
+    pending: HashSet<String>,
+}
 
-/// Sweeps the prune plans older than the grace period: their blobs still unreferenced
-/// and not rewritten since are deleted. Returns the blobs of plans still waiting, and
-/// those deleted.
+/// Sweeps the marks older than the grace period: their blobs still unreferenced and not
+/// written again since are to be deleted (a freeze that uploads the same content again
+/// refreshes a blob; it is marked again, in a fresh mark).
 fn sweep(
-    store: &dyn crate::store::Store,
-    (blobs, unreferenced): (&Blobs, &HashSet<&String>),
-    (now, grace, dry_run): (SystemTime, Duration, bool),
-    progress: &Progress,
+    repo: &Repository,
+    (blobs, unreferenced): (&StoredBlobs, &HashSet<&String>),
+    (now, grace): (SystemTime, Duration),
     report: &mut PruneReport,
-) -> Result<(HashSet<String>, HashSet<String>)> {
-    let mut pending: HashSet<String> = HashSet::new();
+) -> Result<Swept> {
+    let mut swept = Swept {
+        delete: vec![],
+        done_marks: vec![],
+        pending: HashSet::new(),
+    };
     let mut deleted: HashSet<String> = HashSet::new();
-    for p in store.list(PRUNE_PREFIX)? {
-        let plan: Plan = from_json(&store.get(&p.key)?, &p.key)?;
-        let marked = p.modified.unwrap_or(now);
+    for m in repo.prune_marks()? {
+        let marked = m.marked.unwrap_or(now);
         let ripe = marked + grace <= now;
-        for hex in plan.blobs {
-            let Some((size, modified)) = blobs.get(&hex) else {
+        for name in &m.blobs {
+            let Some((size, modified)) = blobs.get(name) else {
                 continue; // already gone
             };
-            if !unreferenced.contains(&hex) {
+            if !unreferenced.contains(name) {
                 continue; // referenced again: kept, and no longer marked
             }
-            let rewritten = modified.is_some_and(|m| m > marked);
+            let rewritten = modified.is_some_and(|t| t > marked);
             if !ripe {
-                pending.insert(hex);
-            } else if !rewritten {
-                if !dry_run {
-                    progress.set_label(format!("deleting {}", &hex[..12]));
-                    store.delete(&format!("{BLOBS_PREFIX}{hex}"))?;
-                }
+                swept.pending.insert(name.clone());
+            } else if !rewritten && deleted.insert(name.clone()) {
                 report.deleted_blobs += 1;
                 report.freed_bytes += size;
-                deleted.insert(hex);
+                swept.delete.push(name.clone());
             }
-            // A ripe plan's rewritten blob is marked again below, in a fresh plan.
         }
-        if ripe && !dry_run {
-            // Its blobs are deleted, referenced again, or re-marked below.
-            store.delete(&p.key)?;
+        if ripe {
+            swept.done_marks.push(m);
         }
     }
-
-    Ok((pending, deleted))
+    Ok(swept)
 }
 
-/// Removes released or dead locks, and staging files of runs that died (local store).
-fn remove_leftovers(
-    store: &dyn crate::store::Store,
-    now: SystemTime,
-    dry_run: bool,
-    report: &mut PruneReport,
-) -> Result<()> {
-    for o in store.list(LOCKS_PREFIX)? {
-        let stale = o.modified.is_some_and(|m| m + STALE < now);
-        let info = store
-            .get(&o.key)
-            .ok()
-            .and_then(|d| serde_json::from_slice::<LockInfo>(&d).ok());
-        let released = info
-            .as_ref()
-            .is_some_and(|l| l.released || l.is_dead_here());
-        if stale || released {
-            if !dry_run {
-                store.delete(&o.key)?;
-            }
-            report.removed_leftovers += 1;
-        }
-    }
-    for o in store.list("tmp/")? {
-        if o.modified.is_some_and(|m| m + STALE < now) {
-            if !dry_run {
-                store.delete(&o.key)?;
-            }
-            report.removed_leftovers += 1;
-        }
-    }
-    Ok(())
-}
-
-/// Every blob any snapshot references: manifests, configs, layers, tree indexes.
 fn referenced_blobs(repo: &Repository, report: &mut PruneReport) -> Result<HashSet<String>> {
     let mut out = HashSet::new();
     for r in repo.list_snapshots(None)? {
