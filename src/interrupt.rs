@@ -250,3 +250,62 @@ pub fn install(
         let _ = ended.send(EXIT_INTERRUPTED);
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn what_is_still_registered_is_removed_and_released_and_nothing_else() {
+        let scope = Arc::new(Scope::default());
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join("staging");
+        let installed = dir.path().join("installed");
+        let empty_parent = dir.path().join("parent");
+        let full_parent = dir.path().join("full");
+        for d in [&staging, &installed, &empty_parent, &full_parent] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(staging.join("half-written"), "x").unwrap();
+        std::fs::write(full_parent.join("kept"), "x").unwrap();
+        let released = Arc::new(AtomicUsize::new(0));
+        let r = released.clone();
+        let _a = scope.staging(staging.clone());
+        let b = scope.staging(installed.clone());
+        let _c = scope.created_dir(empty_parent.clone());
+        let _d = scope.created_dir(full_parent.clone());
+        let _e = scope.lock(Box::new(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        }));
+        let done = scope.lock(Box::new(|| panic!("a released lock is not released again")));
+        // Done normally: taken back.
+        drop(b);
+        drop(done);
+        assert!(scope.finish_interrupted("thaw"));
+        assert!(!staging.exists());
+        assert!(installed.exists());
+        assert!(!empty_parent.exists());
+        assert!(full_parent.join("kept").exists());
+        assert_eq!(released.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn only_one_of_the_main_thread_and_the_signal_thread_ends_the_run() {
+        let scope = Scope::default();
+        assert!(scope.claim_exit());
+        assert!(!scope.finish_interrupted("freeze"));
+        assert!(!scope.claim_exit());
+    }
+
+    #[test]
+    fn urgent_cleanups_are_taken_back_with_their_guard() {
+        let scope = Arc::new(Scope::default());
+        let a = scope.on_interrupt(Box::new(|| {}));
+        let _b = scope.on_interrupt(Box::new(|| {}));
+        assert_eq!(scope.entries().cleanups.len(), 2);
+        drop(a);
+        assert_eq!(scope.entries().cleanups.len(), 1);
+        assert!(!scope.interrupted());
+    }
+}

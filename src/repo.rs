@@ -1129,3 +1129,49 @@ mod tests {
         assert!(e.to_string().contains("authentication failed"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod blob_writer_tests {
+    use super::*;
+
+    fn repos() -> Vec<Repository> {
+        let plain = Repository::init(Box::new(crate::store::MemoryStore::default())).unwrap();
+        let sealed = Repository::init_with(
+            Box::new(crate::store::MemoryStore::default()),
+            Some((Keys::generate(), None)),
+        )
+        .unwrap();
+        vec![plain, sealed]
+    }
+
+    #[test]
+    fn a_written_blob_is_named_by_its_content_and_reads_back() {
+        for repo in repos() {
+            let data: Vec<u8> = (0..3_000_000u32).flat_map(|i| i.to_le_bytes()).collect();
+            let mut w = repo.blob_writer().unwrap();
+            for piece in data.chunks(65_537) {
+                w.write_all(piece).unwrap();
+            }
+            assert_eq!(w.count(), data.len() as u64);
+            let (digest, size) = repo.put_written(w).unwrap();
+            assert_eq!(digest, Digest::of(&data));
+            assert_eq!(size, data.len() as u64);
+            assert_eq!(repo.read_blob(&digest).unwrap(), data);
+        }
+    }
+
+    #[test]
+    fn a_blob_the_repository_has_is_not_stored_again() {
+        for repo in repos() {
+            for _ in 0..2 {
+                let mut w = repo.blob_writer().unwrap();
+                w.write_all(b"the same bytes").unwrap();
+                let staged = w.stage().unwrap();
+                repo.put_staged(&staged).unwrap();
+            }
+            assert_eq!(repo.stats.blobs_uploaded.load(Ordering::Relaxed), 1);
+            assert_eq!(repo.stats.blobs_reused.load(Ordering::Relaxed), 1);
+            assert_eq!(repo.stored_blobs().unwrap().len(), 1);
+        }
+    }
+}

@@ -72,3 +72,58 @@ pub fn forget(repo: &Repository, mut plan: ForgetReport) -> Result<ForgetReport>
     plan.dry_run = false;
     Ok(plan)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testkit::Kit;
+
+    #[test]
+    fn a_policy_that_keeps_nothing_is_refused() {
+        let kit = Kit::new(&[]);
+        kit.freeze_dir("shop", &kit.dir_with("a", &[("a.txt", "x")]));
+        let err = plan_forget(&kit.repo, "shop", &Policy::default())
+            .err()
+            .expect("refused");
+        assert_eq!(err.kind, crate::error::ErrorKind::Usage, "{err}");
+        assert_eq!(kit.repo.list_snapshots(Some("shop")).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_plan_names_what_goes_and_only_carrying_it_out_removes_it() {
+        let kit = Kit::new(&[]);
+        let dir = kit.dir_with("a", &[("a.txt", "x")]);
+        let snaps: Vec<String> = (0..3).map(|_| kit.freeze_dir("shop", &dir).id).collect();
+        let policy = Policy {
+            last: 1,
+            ..Default::default()
+        };
+        let plan = plan_forget(&kit.repo, "shop", &policy).unwrap();
+        assert!(plan.dry_run);
+        let kept: Vec<&str> = plan.kept.iter().map(|e| e.id.as_str()).collect();
+        let removed: Vec<&str> = plan.removed.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(kept, [snaps[2].as_str()]);
+        assert_eq!(removed.len(), 2);
+        assert_eq!(kit.repo.list_snapshots(Some("shop")).unwrap().len(), 3);
+        let report = forget(&kit.repo, plan).unwrap();
+        assert!(!report.dry_run);
+        let left: Vec<String> = (kit.repo.list_snapshots(Some("shop")).unwrap())
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(left, [snaps[2].clone()]);
+    }
+
+    #[test]
+    fn a_site_without_snapshots_is_named() {
+        let kit = Kit::new(&[]);
+        let policy = Policy {
+            last: 1,
+            ..Default::default()
+        };
+        let err = plan_forget(&kit.repo, "nope", &policy)
+            .err()
+            .expect("refused");
+        assert!(err.message.contains("nope"), "{err}");
+    }
+}

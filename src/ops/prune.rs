@@ -213,3 +213,123 @@ fn referenced_blobs(repo: &Repository, report: &mut PruneReport) -> Result<HashS
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testkit::Kit;
+
+    fn plan(kit: &Kit) -> PrunePlan {
+        plan_prune(&kit.repo, Duration::ZERO, &Progress::default()).unwrap()
+    }
+
+    fn run(kit: &Kit) -> PruneReport {
+        prune(&kit.repo, plan(kit), &Progress::default()).unwrap()
+    }
+
+    /// Every blob a snapshot names can be read, and matches its digest.
+    fn readable(kit: &Kit, snap: &crate::repo::Snapshot) {
+        for m in &snap.record.manifests {
+            let manifest: ImageManifest =
+                from_json(&kit.repo.read_blob(&m.digest).unwrap(), "manifest").unwrap();
+            let (blobs, err) = image_blobs(&manifest);
+            assert!(err.is_none());
+            for b in blobs {
+                kit.repo.read_blob(&b.digest).unwrap();
+            }
+        }
+    }
+
+    fn forget(kit: &Kit, snap: &crate::repo::Snapshot) {
+        (kit.repo)
+            .delete_record(&crate::repo::SnapshotRef {
+                site: snap.site.clone(),
+                id: snap.id.clone(),
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn unreferenced_blobs_are_marked_then_deleted_after_the_grace_period() {
+        let kit = Kit::new(&[]);
+        let old = kit.freeze_dir("shop", &kit.dir_with("a", &[("a.txt", "only in a")]));
+        let kept = kit.freeze_dir("shop", &kit.dir_with("b", &[("b.txt", "only in b")]));
+        forget(&kit, &old);
+        let first = run(&kit);
+        assert_eq!(first.snapshots, 1);
+        assert_eq!(first.deleted_blobs, 0);
+        assert!(first.marked_blobs > 0, "{first:?}");
+        let second = run(&kit);
+        assert_eq!(second.deleted_blobs, first.marked_blobs, "{second:?}");
+        assert!(second.freed_bytes > 0);
+        assert_eq!(second.unreferenced_blobs, second.deleted_blobs);
+        readable(&kit, &kept);
+        let third = run(&kit);
+        assert_eq!((third.unreferenced_blobs, third.deleted_blobs), (0, 0));
+    }
+
+    #[test]
+    fn a_blob_referenced_again_before_the_sweep_is_kept() {
+        let kit = Kit::new(&[]);
+        let dir = kit.dir_with("a", &[("a.txt", "the same bytes")]);
+        let old = kit.freeze_dir("shop", &dir);
+        forget(&kit, &old);
+        assert!(run(&kit).marked_blobs > 0);
+        // The same content frozen again names the marked blobs.
+        let again = kit.freeze_dir("shop", &dir);
+        let r = run(&kit);
+        assert_eq!(r.deleted_blobs, 0, "{r:?}");
+        readable(&kit, &again);
+    }
+
+    #[test]
+    fn a_dry_run_decides_and_changes_nothing() {
+        let kit = Kit::new(&[]);
+        let old = kit.freeze_dir("shop", &kit.dir_with("a", &[("a.txt", "x")]));
+        forget(&kit, &old);
+        let p = plan(&kit);
+        assert!(p.report.dry_run && p.report.marked_blobs > 0);
+        drop(p);
+        assert!(kit.repo.prune_marks().unwrap().is_empty());
+        // Nor does a dry run after the mark delete anything.
+        run(&kit);
+        let p = plan(&kit);
+        assert!(p.report.deleted_blobs > 0);
+        let would = p.report.deleted_blobs;
+        drop(p);
+        assert_eq!(run(&kit).deleted_blobs, would);
+    }
+
+    #[test]
+    fn a_freeze_in_progress_keeps_a_prune_out() {
+        let kit = Kit::new(&[]);
+        kit.freeze_dir("shop", &kit.dir_with("a", &[("a.txt", "x")]));
+        let progress = Progress::default();
+        let _freeze = crate::lock::acquire(&kit.repo, "freeze", Some("shop"), &progress).unwrap();
+        let err = plan_prune(&kit.repo, Duration::ZERO, &progress)
+            .err()
+            .expect("refused");
+        assert_eq!(err.kind, crate::error::ErrorKind::Locked, "{err}");
+    }
+
+    #[test]
+    fn a_snapshot_that_cannot_be_read_stops_the_prune_before_anything_is_deleted() {
+        let kit = Kit::new(&[]);
+        let old = kit.freeze_dir("shop", &kit.dir_with("a", &[("a.txt", "x")]));
+        let damaged = kit.freeze_dir("shop", &kit.dir_with("b", &[("b.txt", "y")]));
+        forget(&kit, &old);
+        run(&kit);
+        let manifest = kit.repo.blob_name(&damaged.record.manifests[0].digest);
+        kit.repo.delete_blob(&manifest).unwrap();
+        let before = kit.repo.stored_blobs().unwrap().len();
+        let err = plan_prune(&kit.repo, Duration::ZERO, &Progress::default())
+            .err()
+            .expect("refused");
+        assert!(
+            err.message
+                .contains("prune stopped before deleting anything"),
+            "{err}"
+        );
+        assert_eq!(kit.repo.stored_blobs().unwrap().len(), before);
+    }
+}

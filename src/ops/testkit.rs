@@ -86,6 +86,39 @@ impl Kit {
             .expect("the snapshot")
     }
 
+    /// A files snapshot of `site`: one tree, the directory `root` as it is now.
+    pub fn freeze_dir(&self, site: &str, root: &std::path::Path) -> Snapshot {
+        let spec = TreeSpec {
+            name: "files".into(),
+            path: root.to_path_buf(),
+            excludes: Default::default(),
+        };
+        let progress = Progress::default();
+        let (desc, _) =
+            super::freeze::freeze_one_tree(&self.repo, &spec, None, &progress, &mut vec![])
+                .expect("a frozen tree");
+        let created = SystemTime::now();
+        let record = super::freeze::snapshot_record((site, Mode::Files, None), vec![desc], created);
+        let r = (self.repo)
+            .write_record(site, &record, created)
+            .expect("a snapshot record");
+        self.repo
+            .find_snapshot(site, Some(&r.id))
+            .expect("the snapshot")
+    }
+
+    /// A directory under the kit's own, with `files` (path, text) in it.
+    pub fn dir_with(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let root = self.dir.path().join(name);
+        std::fs::create_dir_all(&root).expect("a directory");
+        for (path, text) in files {
+            let p = root.join(path);
+            std::fs::create_dir_all(p.parent().expect("a parent")).expect("a directory");
+            std::fs::write(&p, text).expect("a file");
+        }
+        root
+    }
+
     /// Where the engine keeps volume `name` (it must exist).
     pub fn volume(&self, name: &str) -> PathBuf {
         use crate::docker::ContainerEngine;
