@@ -82,9 +82,7 @@ mod tests {
     fn a_policy_that_keeps_nothing_is_refused() {
         let kit = Kit::new(&[]);
         kit.freeze_dir("shop", &kit.dir_with("a", &[("a.txt", "x")]));
-        let err = plan_forget(&kit.repo, "shop", &Policy::default())
-            .err()
-            .expect("refused");
+        let err = plan_forget(&kit.repo, "shop", &Policy::default()).expect_err("refused");
         assert_eq!(err.kind, crate::error::ErrorKind::Usage, "{err}");
         assert_eq!(kit.repo.list_snapshots(Some("shop")).unwrap().len(), 1);
     }
@@ -121,9 +119,7 @@ mod tests {
             last: 1,
             ..Default::default()
         };
-        let err = plan_forget(&kit.repo, "nope", &policy)
-            .err()
-            .expect("refused");
+        let err = plan_forget(&kit.repo, "nope", &policy).expect_err("refused");
         assert!(err.message.contains("nope"), "{err}");
     }
 }

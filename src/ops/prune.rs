@@ -55,6 +55,16 @@ pub struct PrunePlan {
     pub report: PruneReport,
 }
 
+impl std::fmt::Debug for PrunePlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrunePlan")
+            .field("delete", &self.delete.len())
+            .field("mark", &self.mark.len())
+            .field("leftovers", &self.leftovers)
+            .finish()
+    }
+}
+
 /// Decides a prune from a fresh listing of the records, blobs and marks (SPEC.md §11).
 /// Nothing is changed.
 pub fn plan_prune(repo: &Repository, grace: Duration, progress: &Progress) -> Result<PrunePlan> {
@@ -306,9 +316,7 @@ mod tests {
         kit.freeze_dir("shop", &kit.dir_with("a", &[("a.txt", "x")]));
         let progress = Progress::default();
         let _freeze = crate::lock::acquire(&kit.repo, "freeze", Some("shop"), &progress).unwrap();
-        let err = plan_prune(&kit.repo, Duration::ZERO, &progress)
-            .err()
-            .expect("refused");
+        let err = plan_prune(&kit.repo, Duration::ZERO, &progress).expect_err("refused");
         assert_eq!(err.kind, crate::error::ErrorKind::Locked, "{err}");
     }
 
@@ -322,9 +330,7 @@ mod tests {
         let manifest = kit.repo.blob_name(&damaged.record.manifests[0].digest);
         kit.repo.delete_blob(&manifest).unwrap();
         let before = kit.repo.stored_blobs().unwrap().len();
-        let err = plan_prune(&kit.repo, Duration::ZERO, &Progress::default())
-            .err()
-            .expect("refused");
+        let err = plan_prune(&kit.repo, Duration::ZERO, &Progress::default()).expect_err("refused");
         assert!(
             err.message
                 .contains("prune stopped before deleting anything"),
