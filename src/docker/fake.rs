@@ -83,6 +83,14 @@ impl FakeEngine {
         engine
     }
 
+    /// The same, as an engine on another machine (`tcp://`): its volumes are filled
+    /// through the archive API, not on this host's disk.
+    pub fn remote_with_images(images: &[&str]) -> FakeEngine {
+        let mut engine = FakeEngine::with_images(images);
+        engine.endpoint.host = "tcp://fake:2376".into();
+        engine
+    }
+
     pub fn add_image(&self, reference: &str) {
         self.state().images.insert(
             reference.to_string(),

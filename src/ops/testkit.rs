@@ -172,10 +172,37 @@ pub fn with_volume(mut spec: ContainerSpec, name: &str, dest: &str) -> Container
     spec
 }
 
+/// `spec` with the host directory `source` bind-mounted at `dest`, stored as its tree.
+pub fn with_bind(mut spec: ContainerSpec, source: &str, dest: &str) -> ContainerSpec {
+    spec.mounts.push(MountSpec {
+        kind: "bind".into(),
+        name: None,
+        source: source.to_string(),
+        destination: dest.to_string(),
+        read_only: false,
+        driver: None,
+        labels: Default::default(),
+        options: Default::default(),
+        tree: crate::docker::capture::tree_name("bind", source.trim_start_matches('/')),
+        file: None,
+        host: false,
+        anonymous: false,
+    });
+    spec
+}
+
 /// `spec` whose compose file says it starts after `other` is `condition`
 /// (`service_started`, `service_healthy`, `service_completed_successfully`).
 pub fn depending_on(mut spec: ContainerSpec, other: &str, condition: &str) -> ContainerSpec {
     spec.config["Labels"]["com.docker.compose.depends_on"] =
         json!(format!("{other}:{condition}:false"));
     spec
+}
+
+/// The error of what had to fail.
+pub fn failed<T>(r: crate::error::Result<T>) -> crate::error::Error {
+    match r {
+        Ok(_) => panic!("it did not fail"),
+        Err(e) => e,
+    }
 }

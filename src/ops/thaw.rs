@@ -467,9 +467,13 @@ pub fn thaw(repo: &Repository, plan: &ThawPlan, progress: &Progress) -> Result<T
         Ok(r) => r,
         Err(mut e) => {
             staging.remove();
-            if e.hint.is_none() {
-                e.hint = Some("nothing was changed at the destination".into());
-            }
+            // Said also beside another hint: whoever reads it wonders first about the site.
+            const UNCHANGED: &str = "nothing was changed at the destination";
+            e.hint = Some(match e.hint.take() {
+                Some(h) if !h.contains(UNCHANGED) => format!("{h}; {UNCHANGED}"),
+                Some(h) => h,
+                None => UNCHANGED.into(),
+            });
             return Err(e);
         }
     };
@@ -923,4 +927,146 @@ fn random_suffix() -> String {
     let mut b = [0u8; 4];
     rand::Rng::fill(&mut rand::thread_rng(), &mut b);
     hex::encode(b)
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+    use crate::ops::testkit::{failed, Kit};
+
+    fn plan(
+        kit: &Kit,
+        snap: &Snapshot,
+        into: Option<&Path>,
+        replace: Replace,
+        include: &[&str],
+    ) -> Result<ThawPlan> {
+        let include: Vec<String> = include.iter().map(|s| s.to_string()).collect();
+        let db = DbThawFlags::default();
+        plan_thaw(&kit.repo, snap.clone(), into, replace, &include, &db)
+    }
+
+    /// The names in `dir`, sorted, with what a killed run would leave (staging, old).
+    fn names(dir: &Path) -> Vec<String> {
+        let mut n: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    }
+
+    fn shop(kit: &Kit) -> (PathBuf, Snapshot) {
+        let dir = kit.dir_with(
+            "site",
+            &[("index.php", "<?php echo 1;"), ("uploads/cat.jpg", "a cat")],
+        );
+        let snap = kit.freeze_dir("shop", &dir);
+        (dir, snap)
+    }
+
+    #[test]
+    fn a_destination_with_data_is_refused_without_replace_and_nothing_is_written() {
+        let kit = Kit::new(&[]);
+        let (dir, snap) = shop(&kit);
+        let err = failed(plan(&kit, &snap, None, Replace::No, &[]));
+        assert_eq!(err.kind, ErrorKind::Conflict, "{err}");
+        assert!(err.message.contains(&dir.display().to_string()), "{err}");
+        assert!(
+            err.hint.as_deref().unwrap_or("").contains("--into"),
+            "{err:?}"
+        );
+        assert_eq!(names(&dir), ["index.php", "uploads"]);
+    }
+
+    #[test]
+    fn into_restores_under_a_new_root_with_the_same_bytes() {
+        let kit = Kit::new(&[]);
+        let (dir, snap) = shop(&kit);
+        let root = kit.dir.path().join("restore");
+        let p = plan(&kit, &snap, Some(&root), Replace::No, &[]).unwrap();
+        let dest = root.join(dir.strip_prefix("/").unwrap());
+        assert_eq!(p.trees[0].dest, dest);
+        thaw(&kit.repo, &p, &Progress::default()).unwrap();
+        assert_eq!(
+            fs::read_to_string(dest.join("uploads/cat.jpg")).unwrap(),
+            "a cat"
+        );
+        // Nothing of the thaw's own is left beside it.
+        assert_eq!(names(dest.parent().unwrap()), ["site"]);
+    }
+
+    #[test]
+    fn replace_swaps_the_old_contents_for_the_snapshot_s() {
+        let kit = Kit::new(&[]);
+        let (dir, snap) = shop(&kit);
+        fs::write(dir.join("uploads/cat.jpg"), "changed").unwrap();
+        fs::write(dir.join("new.txt"), "not in the snapshot").unwrap();
+        let p = plan(&kit, &snap, None, Replace::KeepExcluded, &[]).unwrap();
+        assert!(p.trees[0].replaces);
+        thaw(&kit.repo, &p, &Progress::default()).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join("uploads/cat.jpg")).unwrap(),
+            "a cat"
+        );
+        assert!(!dir.join("new.txt").exists());
+        assert_eq!(names(dir.parent().unwrap()), ["site"]);
+    }
+
+    #[test]
+    fn include_restores_only_the_paths_asked_for() {
+        let kit = Kit::new(&[]);
+        let (dir, snap) = shop(&kit);
+        let root = kit.dir.path().join("restore");
+        let p = plan(&kit, &snap, Some(&root), Replace::No, &["uploads/**"]).unwrap();
+        thaw(&kit.repo, &p, &Progress::default()).unwrap();
+        let dest = root.join(dir.strip_prefix("/").unwrap());
+        assert!(dest.join("uploads/cat.jpg").exists());
+        assert!(!dest.join("index.php").exists());
+    }
+
+    #[test]
+    fn include_that_matches_nothing_is_named_with_how_to_list_the_paths() {
+        let kit = Kit::new(&[]);
+        let (_, snap) = shop(&kit);
+        let root = kit.dir.path().join("restore");
+        let err = failed(plan(&kit, &snap, Some(&root), Replace::No, &["nothing/**"]));
+        assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
+        assert!(
+            err.hint.as_deref().unwrap_or("").contains("freezer ls"),
+            "{err:?}"
+        );
+        assert!(!root.exists());
+    }
+
+    #[test]
+    fn a_thaw_that_cannot_finish_leaves_the_destination_as_it_was() {
+        let kit = Kit::new(&[]);
+        let (dir, snap) = shop(&kit);
+        let p = plan(&kit, &snap, None, Replace::KeepExcluded, &[]).unwrap();
+        // A layer of the snapshot lost after the plan: the thaw fails midway.
+        let manifest: ImageManifest = from_json(
+            &kit.repo
+                .read_blob(&snap.record.manifests[0].digest)
+                .unwrap(),
+            "manifest",
+        )
+        .unwrap();
+        let layer = kit.repo.blob_name(&manifest.layers[0].digest);
+        kit.repo.delete_blob(&layer).unwrap();
+        fs::write(dir.join("index.php"), "the live site").unwrap();
+        let err = failed(thaw(&kit.repo, &p, &Progress::default()));
+        assert!(
+            err.hint
+                .as_deref()
+                .unwrap_or("")
+                .contains("nothing was changed"),
+            "{err:?}"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("index.php")).unwrap(),
+            "the live site"
+        );
+        assert_eq!(names(dir.parent().unwrap()), ["site"]);
+    }
 }

@@ -5,7 +5,7 @@ use super::{apply, plan, SiteOptions, SitePlan};
 use crate::docker::fake::FakeEngine;
 use crate::docker::ContainerEngine;
 use crate::error::ErrorKind;
-use crate::ops::testkit::{depending_on, service, with_volume, Kit};
+use crate::ops::testkit::{depending_on, failed, service, with_volume, Kit};
 use crate::ops::Action;
 use crate::progress::Progress;
 use crate::repo::Snapshot;
@@ -39,14 +39,6 @@ fn thaw(kit: &Kit, opts: &SiteOptions) -> crate::error::Result<apply::SiteReport
     apply::execute(&kit.repo, &kit.engine, plan, &Progress::default(), || {
         Ok("safety".into())
     })
-}
-
-/// The error of what had to fail.
-fn failed<T>(r: crate::error::Result<T>) -> crate::error::Error {
-    match r {
-        Ok(_) => panic!("it did not fail"),
-        Err(e) => e,
-    }
 }
 
 /// The calls that changed the engine, in order (inspections left out).
@@ -390,4 +382,148 @@ fn an_engine_that_does_not_answer_is_named_before_anything_is_read() {
     let err = failed(plan_of(&kit, snap, &SiteOptions::default()));
     assert!(err.message.contains("info"), "{err}");
     assert_eq!(changes(&kit.engine), Vec::<String>::new());
+}
+
+/// A port of this host nothing listens on (bound and let go).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn publishing(port: u16) -> crate::docker::capture::ContainerSpec {
+    let mut web = service("shop", "web", WEB);
+    web.host_config["PortBindings"] = serde_json::json!({
+        "80/tcp": [{"HostIp": "127.0.0.1", "HostPort": port.to_string()}]
+    });
+    web
+}
+
+#[test]
+fn publish_moves_a_published_port() {
+    let kit = Kit::new(&[WEB]);
+    let (from, to) = (free_port(), free_port());
+    kit.freeze("shop", &[publishing(from)], &[]);
+    let opts = SiteOptions {
+        publish: vec![(from.to_string(), to.to_string())],
+        ..Default::default()
+    };
+    thaw(&kit, &opts).unwrap();
+    let st = kit.engine.state();
+    let body = &st.containers["shop-web-1"].body;
+    assert_eq!(
+        body["HostConfig"]["PortBindings"]["80/tcp"][0]["HostPort"],
+        to.to_string()
+    );
+}
+
+#[test]
+fn a_published_port_in_use_is_refused_with_publish_as_the_way_out() {
+    let kit = Kit::new(&[WEB]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    kit.freeze("shop", &[publishing(port)], &[]);
+    let err = failed(thaw(&kit, &SiteOptions::default()));
+    assert_eq!(err.kind, ErrorKind::Conflict, "{err}");
+    assert!(err.message.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(
+        err.hint.as_deref().unwrap_or("").contains("--publish"),
+        "{err:?}"
+    );
+    assert_eq!(changes(&kit.engine), Vec::<String>::new());
+}
+
+#[test]
+fn an_isolated_copy_publishes_nothing_and_never_restarts() {
+    let kit = Kit::new(&[WEB]);
+    let mut web = publishing(free_port());
+    web.host_config["RestartPolicy"] = serde_json::json!({"Name": "always"});
+    kit.freeze("shop", &[web], &[]);
+    let opts = SiteOptions {
+        isolated: true,
+        rename: Some("copy".into()),
+        ..Default::default()
+    };
+    thaw(&kit, &opts).unwrap();
+    let st = kit.engine.state();
+    let hc = &st.containers["copy-web-1"].body["HostConfig"];
+    assert_eq!(hc["PortBindings"], serde_json::json!({}));
+    assert_eq!(hc["RestartPolicy"]["Name"], "no");
+}
+
+#[test]
+fn a_remote_engine_gets_its_volumes_through_the_archive_api() {
+    let kit = Kit {
+        engine: FakeEngine::remote_with_images(&[WEB, DB]),
+        ..Kit::new(&[])
+    };
+    shop(&kit);
+    thaw(&kit, &SiteOptions::default()).unwrap();
+    let st = kit.engine.state();
+    let uploads: Vec<&(String, String, Vec<String>)> = st.uploads.iter().collect();
+    let www = uploads
+        .iter()
+        .find(|(_, _, entries)| entries.iter().any(|e| e.ends_with("cat.jpg")))
+        .unwrap_or_else(|| panic!("no upload of shop_www: {uploads:?}"));
+    assert!(
+        www.2.iter().any(|e| e.ends_with("2026/12/dog.jpg")),
+        "{www:?}"
+    );
+    // Written through a container, which is gone again.
+    assert!(
+        st.containers.keys().all(|c| c.starts_with("shop-")),
+        "{:?}",
+        st.containers.keys()
+    );
+}
+
+#[test]
+fn into_restores_bind_mounted_directories_under_a_new_root() {
+    let kit = Kit::new(&[WEB]);
+    let web =
+        crate::ops::testkit::with_bind(service("shop", "web", WEB), "/srv/shop/conf", "/etc/shop");
+    kit.freeze(
+        "shop",
+        &[web],
+        &[("bind.srv.shop.conf", "site.conf", "debug = false")],
+    );
+    let root = kit.dir.path().join("binds");
+    let opts = SiteOptions {
+        bind_root: Some(root.clone()),
+        ..Default::default()
+    };
+    thaw(&kit, &opts).unwrap();
+    let conf = root.join("srv/shop/conf");
+    assert_eq!(
+        std::fs::read_to_string(conf.join("site.conf")).unwrap(),
+        "debug = false"
+    );
+    let st = kit.engine.state();
+    let binds = &st.containers["shop-web-1"].body["HostConfig"]["Binds"];
+    assert_eq!(binds[0], format!("{}:/etc/shop", conf.display()));
+}
+
+#[test]
+fn a_container_in_another_s_network_namespace_is_created_after_it() {
+    let kit = Kit::new(&[WEB]);
+    let mut sidecar = service("shop", "sidecar", WEB);
+    sidecar.host_config["NetworkMode"] = "container:shop-web-1".into();
+    sidecar.networks.clear();
+    kit.freeze("shop", &[sidecar, service("shop", "web", WEB)], &[]);
+    thaw(&kit, &SiteOptions::default()).unwrap();
+    let created = kit.engine.calls("create_container");
+    assert_eq!(
+        created,
+        [
+            "create_container shop-web-1",
+            "create_container shop-sidecar-1"
+        ]
+    );
+    let started = kit.engine.calls("start_container");
+    assert_eq!(
+        started,
+        [
+            "start_container shop-web-1",
+            "start_container shop-sidecar-1"
+        ]
+    );
 }
