@@ -68,6 +68,44 @@ fn referenced(code: &str, prefix: &str) -> BTreeSet<String> {
     out
 }
 
+/// The code before the file's tests (a test module's `super::` is the file itself).
+fn without_tests(code: &str) -> String {
+    match code.find("#[cfg(test)]") {
+        Some(i) => code[..i].to_string(),
+        None => code.to_string(),
+    }
+}
+
+/// The code of a mod.rs without its `mod` declarations and re-exports.
+fn without_declarations(code: &str) -> String {
+    code.lines()
+        .filter(|l| {
+            let l = l.trim_start();
+            let l = l
+                .strip_prefix("pub(crate) ")
+                .or(l.strip_prefix("pub "))
+                .unwrap_or(l);
+            !(l.starts_with("mod ") || l.starts_with("use "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The modules a folder holds: its files but mod.rs, and its folders.
+fn children(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            let name = p.file_stem()?.to_string_lossy().into_owned();
+            let child = (p.is_dir() && p.join("mod.rs").exists())
+                || (p.extension().is_some_and(|x| x == "rs") && name != "mod");
+            child.then_some(name)
+        })
+        .collect()
+}
+
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let p = e.path();
@@ -150,24 +188,39 @@ fn modules_use_only_lower_layers_and_form_no_circle() {
                 _ => wrong.push(format!("src/{} uses crate::{m}", rel.display())),
             }
         }
-        // Sibling files of one folder (mod.rs is the folder itself, which holds them).
-        if parts.len() >= 2 && parts.last().unwrap() != "mod" {
-            let folder = parts[..parts.len() - 1].join("/");
-            let me = parts.last().unwrap().clone();
+        // Files of one folder, its mod.rs among them: no circle. A child that names
+        // something of mod.rs's own depends on it; mod.rs depends on a child its code
+        // uses (declaring a child or re-exporting what it has is no use).
+        if parts.len() >= 2 {
             let dir = f.parent().unwrap();
-            let mut names = referenced(&code, "super::");
-            names.extend(referenced(
-                &code,
-                &format!("crate::{}::", parts[..parts.len() - 1].join("::")),
-            ));
-            let names: BTreeSet<String> = names
-                .into_iter()
-                .filter(|n| {
-                    *n != me
-                        && (dir.join(format!("{n}.rs")).exists()
-                            || dir.join(n).join("mod.rs").exists())
-                })
-                .collect();
+            let is_child = |n: &str| {
+                dir.join(format!("{n}.rs")).exists() || dir.join(n).join("mod.rs").exists()
+            };
+            let code = without_tests(&code);
+            let (folder, me, names) = if parts.last().unwrap() == "mod" {
+                let folder = parts[..parts.len() - 1].join("/");
+                let code = without_declarations(&code);
+                let names: BTreeSet<String> = children(dir)
+                    .into_iter()
+                    .filter(|c| !referenced(&code, &format!("{c}::")).is_empty())
+                    .collect();
+                (folder, "mod".to_string(), names)
+            } else {
+                let folder = parts[..parts.len() - 1].join("/");
+                let me = parts.last().unwrap().clone();
+                let mut names = referenced(&code, "super::");
+                names.extend(referenced(
+                    &code,
+                    &format!("crate::{}::", parts[..parts.len() - 1].join("::")),
+                ));
+                let names: BTreeSet<String> = names
+                    .into_iter()
+                    .filter(|n| *n != me && n != "super")
+                    .map(|n| if is_child(&n) { n } else { "mod".into() })
+                    .filter(|n| n != "mod" || dir.join("mod.rs").exists())
+                    .collect();
+                (folder, me, names)
+            };
             siblings.entry(folder).or_default().insert(me, names);
         }
     }

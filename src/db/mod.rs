@@ -8,22 +8,15 @@ pub mod model;
 pub mod mysql;
 pub mod pg;
 
-pub use model::{Chunk, FileRef, LoadOptions, LoadReport, RowSum};
+pub use model::{
+    Chunk, FileRef, LoadOptions, LoadReport, RowSum, A_DB_NAME, A_DB_ROWS, A_DB_TABLES, A_SQL_PART,
+    A_SQL_TABLE, MT_DB_CONFIG, MT_SQL_ZSTD,
+};
 pub use mysql::conn::DbUrl;
 pub use mysql::DbManifest;
 
 use crate::format::Digest;
 use mysql::load;
-
-pub use crate::format::MT_DB_CONFIG;
-pub const MT_SQL_ZSTD: &str = "application/vnd.freezer.sql.v1+zstd";
-/// On a snapshot record's descriptor and the manifest: the source database's name.
-pub use crate::format::A_DB_NAME;
-pub const A_DB_TABLES: &str = "dev.freezer.db.tables";
-pub const A_DB_ROWS: &str = "dev.freezer.db.rows";
-/// On each layer: `schema`, `data`, `indexes` or `objects`.
-pub const A_SQL_PART: &str = "dev.freezer.sql.part";
-pub const A_SQL_TABLE: &str = "dev.freezer.sql.table";
 
 /// A database dump of a snapshot, of either kind.
 #[derive(Debug, Clone)]

@@ -11,11 +11,20 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{A_DB_ROWS, A_DB_TABLES};
 use crate::error::{Error, Result};
 use crate::format::Digest;
 use crate::progress::Progress;
 use crate::repo::Repository;
+
+pub use crate::format::MT_DB_CONFIG;
+pub const MT_SQL_ZSTD: &str = "application/vnd.freezer.sql.v1+zstd";
+/// On a snapshot record's descriptor and the manifest: the source database's name.
+pub use crate::format::A_DB_NAME;
+pub const A_DB_TABLES: &str = "dev.freezer.db.tables";
+pub const A_DB_ROWS: &str = "dev.freezer.db.rows";
+/// On each layer: `schema`, `data`, `indexes` or `objects`.
+pub const A_SQL_PART: &str = "dev.freezer.sql.part";
+pub const A_SQL_TABLE: &str = "dev.freezer.sql.table";
 
 /// zstd level of data chunks. Measured on sysbench data (scripts/bench db): level 1 is
 /// 1.7x faster than level 3 and, on SQL text, no larger.

@@ -17,7 +17,7 @@ pub mod sql;
 use serde::{Deserialize, Serialize};
 
 pub use super::model::{Chunk, FileRef};
-pub use super::{A_SQL_PART, A_SQL_TABLE, MT_DB_CONFIG, MT_SQL_ZSTD};
+pub use super::model::{A_SQL_PART, A_SQL_TABLE, MT_DB_CONFIG, MT_SQL_ZSTD};
 
 /// The config blob of a database image: everything needed to load and verify it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
