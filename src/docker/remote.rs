@@ -457,3 +457,81 @@ fn run_to_end(engine: &dyn ContainerEngine, container: &str) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod fake_engine_tests {
+    use super::*;
+    use crate::docker::fake::FakeEngine;
+
+    fn restored(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (p, text) in files {
+            let p = dir.path().join(p);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, text).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn a_directory_is_written_through_a_helper_that_is_removed_after() {
+        let engine = FakeEngine::remote_with_images(&["shop/web:1"]);
+        let dir = restored(&[("cat.jpg", "a cat"), ("2026/dog.jpg", "a dog")]);
+        std::os::unix::fs::symlink("cat.jpg", dir.path().join("latest.jpg")).unwrap();
+        let mount = serde_json::json!({"Type": "volume", "Source": "shop_www"});
+        write_through_helper(&engine, "shop/web:1", mount, dir.path(), true).unwrap();
+        let st = engine.state();
+        assert!(st.containers.is_empty(), "{:?}", st.containers.keys());
+        let (helper, dest, entries) = &st.uploads[0];
+        assert!(helper.starts_with("freezer-restore-"), "{helper}");
+        assert_eq!(dest, "/freezer-restore");
+        for e in ["cat.jpg", "2026/dog.jpg", "latest.jpg"] {
+            assert!(entries.iter().any(|x| x.ends_with(e)), "{e} in {entries:?}");
+        }
+        // Emptied first: the helper ran (to its end) before the upload.
+        let calls: Vec<String> = st
+            .calls
+            .iter()
+            .filter(|c| !c.starts_with("container "))
+            .cloned()
+            .collect();
+        assert!(
+            calls[0].starts_with("create_container freezer-restore-"),
+            "{calls:?}"
+        );
+        assert!(calls[1].starts_with("start_container"), "{calls:?}");
+        assert!(calls[2].starts_with("wait_container"), "{calls:?}");
+        assert!(calls[3].starts_with("upload"), "{calls:?}");
+        assert!(calls[4].starts_with("remove_container"), "{calls:?}");
+    }
+
+    #[test]
+    fn a_helper_that_cannot_empty_the_volume_fails_before_anything_is_written() {
+        let engine = FakeEngine::remote_with_images(&["shop/web:1"]);
+        engine.exit_on_start("", 1);
+        let dir = restored(&[("cat.jpg", "a cat")]);
+        let mount = serde_json::json!({"Type": "volume", "Source": "shop_www"});
+        let err = write_through_helper(&engine, "shop/web:1", mount, dir.path(), true)
+            .expect_err("failed");
+        assert!(
+            err.message
+                .contains("emptying it through a helper container"),
+            "{err}"
+        );
+        assert!(err.message.contains("exited with code 1"), "{err}");
+        let st = engine.state();
+        assert!(st.uploads.is_empty());
+        assert!(st.containers.is_empty());
+    }
+
+    #[test]
+    fn a_helper_needs_its_image_on_the_engine() {
+        let engine = FakeEngine::remote_with_images(&[]);
+        let dir = restored(&[("cat.jpg", "a cat")]);
+        let mount = serde_json::json!({"Type": "volume", "Source": "shop_www"});
+        let err = write_through_helper(&engine, "shop/web:1", mount, dir.path(), false)
+            .expect_err("failed");
+        assert!(err.message.contains("creating a helper container"), "{err}");
+        assert!(err.message.contains("shop/web:1"), "{err}");
+    }
+}

@@ -473,3 +473,101 @@ fn diff_db(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testkit::{failed, Kit};
+    use crate::progress::Progress;
+
+    fn site(kit: &Kit, files: &[(&str, &str)]) -> Snapshot {
+        kit.freeze_dir("shop", &kit.dir_with("site", files))
+    }
+
+    #[test]
+    fn ls_lists_a_directory_or_everything_below_it() {
+        let kit = Kit::new(&[]);
+        let snap = site(
+            &kit,
+            &[("index.php", "1"), ("uploads/2026/cat.jpg", "a cat")],
+        );
+        let Listing::Tree { entries, .. } = ls(&kit.repo, &snap, Some("files"), false).unwrap()
+        else {
+            panic!("not a tree listing")
+        };
+        let names: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(names, ["index.php", "uploads"]);
+        let Listing::Tree { entries, .. } =
+            ls(&kit.repo, &snap, Some("files/uploads"), true).unwrap()
+        else {
+            panic!("not a tree listing")
+        };
+        let cat = entries
+            .iter()
+            .find(|e| e.path.ends_with("cat.jpg"))
+            .unwrap();
+        assert_eq!((cat.kind, cat.size), ("file", 5));
+    }
+
+    #[test]
+    fn ls_of_something_the_snapshot_lacks_is_named() {
+        let kit = Kit::new(&[]);
+        let snap = site(&kit, &[("index.php", "1")]);
+        let err = failed(ls(&kit.repo, &snap, Some("nothing"), false));
+        assert!(err.message.contains("nothing"), "{err}");
+    }
+
+    #[test]
+    fn cat_writes_one_file_s_bytes() {
+        let kit = Kit::new(&[]);
+        let snap = site(&kit, &[("a/b.txt", "the bytes"), ("c.txt", "other")]);
+        let mut out = Vec::new();
+        let n = cat(
+            &kit.repo,
+            &snap,
+            "files/a/b.txt",
+            &mut out,
+            &Progress::default(),
+        )
+        .unwrap();
+        assert_eq!((n, out.as_slice()), (9, &b"the bytes"[..]));
+        let err = failed(cat(
+            &kit.repo,
+            &snap,
+            "files/a",
+            &mut out,
+            &Progress::default(),
+        ));
+        assert!(err.message.contains("a"), "{err}");
+    }
+
+    #[test]
+    fn diff_says_what_was_added_removed_and_modified() {
+        let kit = Kit::new(&[]);
+        let dir = kit.dir_with(
+            "site",
+            &[("same.txt", "same"), ("gone.txt", "x"), ("edit.txt", "1")],
+        );
+        let a = kit.freeze_dir("shop", &dir);
+        std::fs::remove_file(dir.join("gone.txt")).unwrap();
+        std::fs::write(dir.join("edit.txt"), "22").unwrap();
+        std::fs::write(dir.join("new.txt"), "new").unwrap();
+        let b = kit.freeze_dir("shop", &dir);
+        let d = diff(&kit.repo, &a, &b).unwrap();
+        let changes: Vec<(&str, &str)> = d.trees[0]
+            .changes
+            .iter()
+            .map(|c| (c.path.as_str(), c.change))
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                ("edit.txt", "modified"),
+                ("gone.txt", "removed"),
+                ("new.txt", "added")
+            ]
+        );
+        let edit = &d.trees[0].changes[0];
+        assert!(edit.what.contains(&"content"), "{edit:?}");
+    }
+}

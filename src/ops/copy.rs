@@ -319,3 +319,47 @@ fn copy_blob(
     dst.put_written(w)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testkit::Kit;
+
+    fn request(dry_run: bool) -> CopyRequest {
+        CopyRequest {
+            targets: vec![("shop".into(), None)],
+            all: false,
+            dry_run,
+            lock_wait: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_copy_holds_the_same_snapshots_and_a_second_one_copies_nothing() {
+        let src = Kit::new(&[]);
+        let dir = src.dir_with("site", &[("a.txt", "x"), ("b.bin", &"y".repeat(5 << 20))]);
+        let snap = src.freeze_dir("shop", &dir);
+        let dst = Kit::new(&[]);
+        let r = copy(&src.repo, &dst.repo, &request(false), &Progress::default()).unwrap();
+        assert_eq!(r.snapshots.len(), 1);
+        assert_eq!(r.snapshots[0].status, "copied");
+        assert!(r.blobs_copied >= 3, "{r:?}");
+        let copied = dst.repo.find_snapshot("shop", Some(&snap.id)).unwrap();
+        assert_eq!(copied.record, snap.record);
+        let r = copy(&src.repo, &dst.repo, &request(false), &Progress::default()).unwrap();
+        assert_eq!(r.snapshots[0].status, "present");
+        assert_eq!(r.blobs_copied, 0);
+    }
+
+    #[test]
+    fn a_dry_run_counts_what_it_would_copy_and_writes_nothing() {
+        let src = Kit::new(&[]);
+        src.freeze_dir("shop", &src.dir_with("site", &[("a.txt", "x")]));
+        let dst = Kit::new(&[]);
+        let r = copy(&src.repo, &dst.repo, &request(true), &Progress::default()).unwrap();
+        assert_eq!(r.snapshots[0].status, "missing");
+        assert!(r.blobs_copied >= 3);
+        assert!(dst.repo.list_snapshots(None).unwrap().is_empty());
+        assert!(dst.repo.stored_blobs().unwrap().is_empty());
+    }
+}

@@ -223,3 +223,43 @@ fn regzip(repo: &Repository, layer: &Descriptor, blob_dir: &Path) -> Result<Desc
     d.annotations = layer.annotations.clone();
     Ok(d)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testkit::{failed, Kit};
+
+    #[test]
+    fn an_export_is_an_oci_layout_whose_blobs_match_their_names() {
+        let kit = Kit::new(&[]);
+        kit.freeze_dir("shop", &kit.dir_with("site", &[("a.txt", "x")]));
+        let out = kit.dir.path().join("export");
+        let r = export(&kit.repo, "shop", None, &out, LayerCompression::Zstd).unwrap();
+        assert!(r.blobs >= 3, "{r:?}");
+        assert!(out.join("oci-layout").is_file());
+        let index: ImageIndex =
+            from_json(&fs::read(out.join("index.json")).unwrap(), "index.json").unwrap();
+        assert_eq!(index.manifests.len(), 1);
+        for e in fs::read_dir(out.join("blobs/sha256")).unwrap() {
+            let e = e.unwrap();
+            let data = fs::read(e.path()).unwrap();
+            assert_eq!(Digest::of(&data).hex(), e.file_name().to_string_lossy());
+        }
+    }
+
+    #[test]
+    fn an_export_never_writes_into_a_directory_with_data() {
+        let kit = Kit::new(&[]);
+        kit.freeze_dir("shop", &kit.dir_with("site", &[("a.txt", "x")]));
+        let out = kit.dir_with("export", &[("mine.txt", "keep")]);
+        let err = failed(export(
+            &kit.repo,
+            "shop",
+            None,
+            &out,
+            LayerCompression::Zstd,
+        ));
+        assert_eq!(err.kind, crate::error::ErrorKind::Conflict, "{err}");
+        assert_eq!(fs::read_to_string(out.join("mine.txt")).unwrap(), "keep");
+    }
+}

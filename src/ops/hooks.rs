@@ -386,3 +386,131 @@ pub fn run_in_container(engine: &dyn ContainerEngine, when: When, h: &ContainerH
     report.seconds = started.elapsed().as_secs_f64();
     report
 }
+
+#[cfg(test)]
+mod fake_engine_tests {
+    use super::*;
+    use crate::docker::fake::FakeEngine;
+    use crate::ops::testkit::service;
+
+    fn labelled_spec(labels: &[(&str, &str)]) -> ContainerSpec {
+        let mut s = service("shop", "web", "shop/web:1");
+        for (k, v) in labels {
+            s.config["Labels"][*k] = (*v).into();
+        }
+        s
+    }
+
+    /// A running container of the fake engine with `labels`.
+    fn running(engine: &FakeEngine, name: &str, labels: &[(&str, &str)]) {
+        let labels: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).into()))
+            .collect();
+        let body = serde_json::json!({"Image": "shop/web:1", "Labels": labels});
+        engine.create_container(name, &body).unwrap();
+        engine.start_container(name).unwrap();
+    }
+
+    #[test]
+    fn labels_declare_a_hook_with_its_user_timeout_and_failure_policy() {
+        let s = labelled_spec(&[
+            (
+                "dev.freezer.hook.before-freeze",
+                "wp maintenance-mode activate",
+            ),
+            (LABEL_HOOK_USER, "www-data"),
+            (LABEL_HOOK_TIMEOUT, "90s"),
+            (LABEL_HOOK_ON_ERROR, "continue"),
+        ]);
+        let hooks = container_hooks(&[s], When::BeforeFreeze).unwrap();
+        assert_eq!(hooks.len(), 1);
+        let h = &hooks[0];
+        assert_eq!(h.command, "wp maintenance-mode activate");
+        assert_eq!(h.user.as_deref(), Some("www-data"));
+        assert_eq!(h.timeout, Duration::from_secs(90));
+        assert!(h.may_fail);
+        assert!(container_hooks(&[labelled_spec(&[])], When::BeforeFreeze)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn a_timeout_label_that_is_no_duration_is_named() {
+        let s = labelled_spec(&[
+            ("dev.freezer.hook.after-thaw", "true"),
+            (LABEL_HOOK_TIMEOUT, "soon"),
+        ]);
+        let err = container_hooks(&[s], When::AfterThaw)
+            .err()
+            .expect("refused");
+        assert!(err.message.contains("shop-web-1"), "{err}");
+        assert!(err.message.contains(LABEL_HOOK_TIMEOUT), "{err}");
+    }
+
+    #[test]
+    fn a_hook_s_exit_code_and_last_output_are_reported() {
+        let engine = FakeEngine::with_images(&["shop/web:1"]);
+        running(&engine, "web", &[]);
+        engine.answer(
+            "php artisan migrate",
+            3,
+            "line one\nSQLSTATE[42S02]: no such table",
+        );
+        let h = ContainerHook {
+            container: "web".into(),
+            command: "php artisan migrate".into(),
+            user: Some("www-data".into()),
+            timeout: Duration::from_secs(5),
+            may_fail: false,
+        };
+        let r = run_in_container(&engine, When::AfterThaw, &h);
+        assert!(!r.ok);
+        assert_eq!(r.exit_code, Some(3));
+        assert!(r.output.ends_with("no such table"), "{r:?}");
+        assert!(r.error.is_none());
+    }
+
+    #[test]
+    fn after_thaw_hooks_run_only_in_running_containers_that_declare_one() {
+        let engine = FakeEngine::with_images(&["shop/web:1"]);
+        running(
+            &engine,
+            "web",
+            &[("dev.freezer.hook.after-thaw", "wp cache flush")],
+        );
+        running(&engine, "db", &[]);
+        let states = vec![
+            ("web".to_string(), "running".to_string()),
+            ("db".to_string(), "running".to_string()),
+            ("job".to_string(), "exited".to_string()),
+        ];
+        let ran = after_thaw_in_containers(
+            &engine,
+            &states,
+            Duration::from_secs(1),
+            &crate::progress::Progress::default(),
+        );
+        assert_eq!(ran.len(), 1);
+        assert!(ran[0].ok && ran[0].place == "web", "{ran:?}");
+        assert_eq!(engine.calls("exec "), ["exec web sh -c wp cache flush"]);
+    }
+
+    #[test]
+    fn an_after_thaw_hook_waits_for_health_and_gives_up_when_it_never_comes() {
+        let engine = FakeEngine::with_images(&["shop/web:1"]);
+        engine.health_on_start("web", "unhealthy");
+        running(&engine, "web", &[("dev.freezer.hook.after-thaw", "true")]);
+        let states = vec![("web".to_string(), "running".to_string())];
+        let ran = after_thaw_in_containers(
+            &engine,
+            &states,
+            Duration::from_millis(300),
+            &crate::progress::Progress::default(),
+        );
+        assert!(!ran[0].ok);
+        let why = ran[0].error.as_deref().unwrap_or("");
+        assert!(why.contains("not running and healthy"), "{why}");
+        assert!(engine.calls("exec ").is_empty());
+    }
+}

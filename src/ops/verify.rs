@@ -122,3 +122,32 @@ fn check_blob(repo: &Repository, d: &Descriptor, progress: &Progress) -> Result<
     }
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testkit::Kit;
+
+    #[test]
+    fn an_intact_repository_verifies_and_a_missing_blob_is_named() {
+        let kit = Kit::new(&[]);
+        let snap = kit.freeze_dir("shop", &kit.dir_with("site", &[("a.txt", "x")]));
+        let r = verify(&kit.repo, None, None, &Progress::default()).unwrap();
+        assert!(r.ok && r.problems.is_empty(), "{r:?}");
+        assert_eq!(r.snapshots, 1);
+        let manifest: crate::format::ImageManifest = crate::format::from_json(
+            &kit.repo
+                .read_blob(&snap.record.manifests[0].digest)
+                .unwrap(),
+            "m",
+        )
+        .unwrap();
+        let layer = &manifest.layers[0].digest;
+        kit.repo.delete_blob(&kit.repo.blob_name(layer)).unwrap();
+        let r = verify(&kit.repo, None, None, &Progress::default()).unwrap();
+        assert!(!r.ok);
+        assert_eq!(r.problems.len(), 1, "{r:?}");
+        assert!(r.problems[0].object.contains(layer.hex()), "{r:?}");
+        assert!(r.problems[0].snapshot.contains(&snap.id), "{r:?}");
+    }
+}
