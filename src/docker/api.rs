@@ -212,37 +212,7 @@ impl ContainerEngine for Engine {
     }
 
     fn container(&self, name: &str) -> Result<ContainerFacts> {
-        let info = self.inspect_container(name)?;
-        let state = info.state.unwrap_or_default();
-        let config = info.config.unwrap_or_default();
-        let last_check = (state.health.as_ref())
-            .and_then(|h| h.log.as_ref()?.last()?.output.clone())
-            .map(|o| o.trim().to_string());
-        Ok(ContainerFacts {
-            running: state.running == Some(true),
-            status: state.status.map(|s| s.to_string()).unwrap_or_default(),
-            exit_code: state.exit_code.unwrap_or(0),
-            health: state
-                .health
-                .and_then(|h| h.status)
-                .map(|s| s.to_string())
-                .filter(|s| !s.is_empty() && s != "none"),
-            last_check,
-            hostname: config.hostname.unwrap_or_default(),
-            labels: config.labels.unwrap_or_default().into_iter().collect(),
-            mounts: (info.mounts.unwrap_or_default().into_iter())
-                .filter_map(|m| Some((m.destination?, m.source?)))
-                .collect(),
-            upper_dir: info
-                .graph_driver
-                .filter(|g| g.name == "overlay2")
-                .and_then(|g| g.data.get("UpperDir").cloned()),
-            addresses: (info.network_settings.and_then(|n| n.networks))
-                .into_iter()
-                .flatten()
-                .filter_map(|(_, e)| e.ip_address.filter(|a| !a.is_empty()))
-                .collect(),
-        })
+        Ok(facts_of(self.inspect_container(name)?))
     }
 
     fn site_containers(&self, site: &str) -> Result<Vec<ContainerInfo>> {
@@ -558,5 +528,108 @@ impl ContainerEngine for Engine {
             .await
         })?;
         Ok(())
+    }
+}
+
+/// A container as freezer needs to know it, from the engine's inspection of it.
+fn facts_of(info: bollard::models::ContainerInspectResponse) -> ContainerFacts {
+    let state = info.state.unwrap_or_default();
+    let config = info.config.unwrap_or_default();
+    let last_check = (state.health.as_ref())
+        .and_then(|h| h.log.as_ref()?.last()?.output.clone())
+        .map(|o| o.trim().to_string());
+    ContainerFacts {
+        running: state.running == Some(true),
+        status: state.status.map(|s| s.to_string()).unwrap_or_default(),
+        exit_code: state.exit_code.unwrap_or(0),
+        health: state
+            .health
+            .and_then(|h| h.status)
+            .map(|s| s.to_string())
+            .filter(|s| !s.is_empty() && s != "none"),
+        last_check,
+        hostname: config.hostname.unwrap_or_default(),
+        labels: config.labels.unwrap_or_default().into_iter().collect(),
+        mounts: (info.mounts.unwrap_or_default().into_iter())
+            .filter_map(|m| Some((m.destination?, m.source?)))
+            .collect(),
+        upper_dir: info
+            .graph_driver
+            .filter(|g| g.name == "overlay2")
+            .and_then(|g| g.data.get("UpperDir").cloned()),
+        addresses: (info.network_settings.and_then(|n| n.networks))
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, e)| e.ip_address.filter(|a| !a.is_empty()))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Engine API inspection, trimmed to what freezer reads, as Docker 26 answers it.
+    fn inspected(
+        state: serde_json::Value,
+        driver: &str,
+    ) -> bollard::models::ContainerInspectResponse {
+        serde_json::from_value(serde_json::json!({
+            "Id": "9f2c", "Name": "/shop-web-1",
+            "State": state,
+            "Config": {"Hostname": "9f2c0e1b", "Labels": {"com.docker.compose.service": "web"}},
+            "Mounts": [
+                {"Type": "volume", "Name": "shop_www", "Source": "/var/lib/docker/volumes/shop_www/_data",
+                 "Destination": "/var/www/uploads", "RW": true},
+                {"Type": "bind", "Source": "/srv/shop/php.ini", "Destination": "/usr/local/etc/php/php.ini", "RW": false}
+            ],
+            "GraphDriver": {"Name": driver, "Data": {"UpperDir": "/var/lib/docker/overlay2/abc/diff"}},
+            "NetworkSettings": {"Networks": {
+                "shop_default": {"IPAddress": "172.20.0.3"},
+                "shop_back": {"IPAddress": ""}
+            }}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_running_healthy_container_is_read_with_its_mounts_layer_and_address() {
+        let f = facts_of(inspected(
+            serde_json::json!({"Status": "running", "Running": true, "ExitCode": 0,
+                "Health": {"Status": "healthy", "Log": [{"ExitCode": 0, "Output": "ok\n"}]}}),
+            "overlay2",
+        ));
+        assert!(f.running);
+        assert_eq!(f.status, "running");
+        assert_eq!(f.health.as_deref(), Some("healthy"));
+        assert_eq!(f.last_check.as_deref(), Some("ok"));
+        assert_eq!(f.hostname, "9f2c0e1b");
+        assert_eq!(f.labels["com.docker.compose.service"], "web");
+        assert_eq!(f.mounts[0].0, "/var/www/uploads");
+        assert_eq!(f.mounts[1].1, "/srv/shop/php.ini");
+        assert_eq!(
+            f.upper_dir.as_deref(),
+            Some("/var/lib/docker/overlay2/abc/diff")
+        );
+        assert_eq!(f.addresses, ["172.20.0.3"]);
+    }
+
+    #[test]
+    fn an_exited_container_without_a_check_has_no_health_and_its_code() {
+        let f = facts_of(inspected(
+            serde_json::json!({"Status": "exited", "Running": false, "ExitCode": 137,
+                "Health": {"Status": "none"}}),
+            "overlay2",
+        ));
+        assert!(!f.running);
+        assert_eq!((f.status.as_str(), f.exit_code), ("exited", 137));
+        assert_eq!(f.health, None);
+        assert_eq!(f.last_check, None);
+    }
+
+    #[test]
+    fn a_writable_layer_is_found_only_on_overlay2() {
+        let state = serde_json::json!({"Status": "running", "Running": true});
+        assert_eq!(facts_of(inspected(state, "vfs")).upper_dir, None);
     }
 }

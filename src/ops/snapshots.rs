@@ -99,3 +99,44 @@ pub fn snapshots(repo: &Repository, site: Option<&str>) -> Result<Vec<SnapshotIn
     out.sort_by(|a, b| (&a.site, &a.created).cmp(&(&b.site, &b.created)));
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testkit::{failed, service, with_volume, Kit};
+
+    #[test]
+    fn snapshots_list_each_site_s_parts_oldest_first() {
+        let kit = Kit::new(&[]);
+        let dir = kit.dir_with("site", &[("a.txt", "x")]);
+        let first = kit.freeze_dir("blog", &dir);
+        let second = kit.freeze_dir("blog", &dir);
+        let web = with_volume(service("shop", "web", "shop/web:1"), "shop_www", "/var/www");
+        kit.freeze("shop", &[web], &[("volume.shop_www", "cat.jpg", "a cat")]);
+        let all = snapshots(&kit.repo, None).unwrap();
+        let ids: Vec<(&str, &str)> = all
+            .iter()
+            .map(|s| (s.site.as_str(), s.mode.as_str()))
+            .collect();
+        assert_eq!(
+            ids,
+            [("blog", "files"), ("blog", "files"), ("shop", "hydrated")]
+        );
+        assert_eq!(
+            (all[0].id.as_str(), all[1].id.as_str()),
+            (first.id.as_str(), second.id.as_str())
+        );
+        assert_eq!(all[0].trees[0].path, dir.display().to_string());
+        assert_eq!(all[2].containers, ["shop-web-1"]);
+        let blog = snapshots(&kit.repo, Some("blog")).unwrap();
+        assert_eq!(blog.len(), 2);
+    }
+
+    #[test]
+    fn a_site_without_snapshots_is_an_error_that_names_it() {
+        let kit = Kit::new(&[]);
+        let err = failed(snapshots(&kit.repo, Some("nowhere")));
+        assert!(err.message.contains("nowhere"), "{err}");
+        assert!(snapshots(&kit.repo, None).unwrap().is_empty());
+    }
+}

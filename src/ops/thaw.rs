@@ -1040,6 +1040,22 @@ mod plan_tests {
     }
 
     #[test]
+    fn a_cancelled_thaw_stops_with_interrupted_and_leaves_no_staging() {
+        let kit = Kit::new(&[]);
+        let (dir, snap) = shop(&kit);
+        let p = plan(&kit, &snap, None, Replace::KeepExcluded, &[]).unwrap();
+        let progress = Progress::default();
+        progress.cancel().cancel();
+        let err = failed(thaw(&kit.repo, &p, &progress));
+        assert_eq!(err.kind, ErrorKind::Interrupted, "{err}");
+        assert_eq!(names(dir.parent().unwrap()), ["site"]);
+        assert_eq!(
+            fs::read_to_string(dir.join("index.php")).unwrap(),
+            "<?php echo 1;"
+        );
+    }
+
+    #[test]
     fn a_thaw_that_cannot_finish_leaves_the_destination_as_it_was() {
         let kit = Kit::new(&[]);
         let (dir, snap) = shop(&kit);

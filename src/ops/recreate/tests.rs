@@ -527,3 +527,21 @@ fn a_container_in_another_s_network_namespace_is_created_after_it() {
         ]
     );
 }
+
+#[test]
+fn a_cancelled_thaw_removes_what_it_had_created() {
+    let kit = Kit::new(&[WEB, DB]);
+    let snap = shop(&kit);
+    let plan = plan_of(&kit, snap, &SiteOptions::default()).unwrap();
+    let progress = Progress::default();
+    progress.cancel().cancel();
+    let err = failed(apply::execute(
+        &kit.repo,
+        &kit.engine,
+        plan,
+        &progress,
+        || Ok("safety".into()),
+    ));
+    assert_eq!(err.kind, ErrorKind::Interrupted, "{err}");
+    nothing_left(&kit.engine);
+}
