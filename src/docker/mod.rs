@@ -10,6 +10,7 @@ pub mod capture;
 #[cfg(test)]
 pub mod fake;
 pub mod guard;
+pub mod images;
 pub mod journal;
 pub mod project;
 pub mod rebase;

@@ -10,11 +10,12 @@ use std::time::{Instant, SystemTime};
 use serde::Serialize;
 
 use super::hooks::{self, HookEnv, HookReport, HostHooks, When};
+use super::images::{store_container, KnownImages};
 use super::*;
 use crate::db::model::{DbReport, DumpOptions};
 use crate::db::ToolsAt;
 use crate::db::{DbUrl, Dump};
-use crate::docker::capture::{store_container, CapturedSite, KnownImages, WindowReport};
+use crate::docker::capture::{CapturedSite, WindowReport};
 use crate::docker::ContainerEngine;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;

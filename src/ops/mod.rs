@@ -12,6 +12,7 @@ mod export;
 mod forget;
 mod freeze;
 pub mod hooks;
+mod images;
 mod keys;
 pub mod mount;
 pub mod onto;

@@ -7,7 +7,8 @@ use std::time::SystemTime;
 
 use serde_json::json;
 
-use crate::docker::capture::{container_manifest, ContainerSpec, MountSpec, StoredImage};
+use super::images::{container_manifest, StoredImage};
+use crate::docker::capture::{ContainerSpec, MountSpec};
 use crate::docker::fake::FakeEngine;
 use crate::docker::{COMPOSE_PROJECT, COMPOSE_SERVICE};
 use crate::format::Mode;
