@@ -59,6 +59,12 @@ pub const MT_PG_CONFIG: &str = "application/vnd.freezer.pg.config.v1+json";
 pub const A_DB_NAME: &str = "dev.freezer.db.name";
 /// Names the container a record's container image holds.
 pub const A_CONTAINER_NAME: &str = "dev.freezer.container.name";
+/// On a record's database image: its tables and rows.
+pub const A_DB_TABLES: &str = "dev.freezer.db.tables";
+pub const A_DB_ROWS: &str = "dev.freezer.db.rows";
+/// On a record's container image: the container's image reference and state.
+pub const A_CONTAINER_IMAGE: &str = "dev.freezer.container.image";
+pub const A_CONTAINER_STATE: &str = "dev.freezer.container.state";
 
 /// A `sha256:<64 hex>` content digest.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -357,6 +363,37 @@ impl<'a> Part<'a> {
                 image: d,
             }
         }
+    }
+
+    /// What a record's descriptor of a tree image says of it, for [`Part::of`].
+    pub fn tree_annotations(name: &str, path: &str, files: u64, bytes: u64) -> Annotations {
+        Annotations::from([
+            (A_REF_NAME.into(), name.to_string()),
+            (A_TREE_NAME.into(), name.to_string()),
+            (A_TREE_PATH.into(), path.to_string()),
+            (A_TREE_FILES.into(), files.to_string()),
+            (A_TREE_BYTES.into(), bytes.to_string()),
+        ])
+    }
+
+    /// What a record's descriptor of a database image says of it.
+    pub fn database_annotations(name: &str, tables: usize, rows: u64) -> Annotations {
+        Annotations::from([
+            (A_DB_NAME.into(), name.to_string()),
+            (A_DB_TABLES.into(), tables.to_string()),
+            (A_DB_ROWS.into(), rows.to_string()),
+            (A_REF_NAME.into(), format!("db-{name}")),
+        ])
+    }
+
+    /// What a record's descriptor of a container image says of it.
+    pub fn container_annotations(name: &str, image: &str, state: &str) -> Annotations {
+        Annotations::from([
+            (A_REF_NAME.into(), name.to_string()),
+            (A_CONTAINER_NAME.into(), name.to_string()),
+            (A_CONTAINER_IMAGE.into(), image.to_string()),
+            (A_CONTAINER_STATE.into(), state.to_string()),
+        ])
     }
 
     /// The descriptor of the part's image manifest.

@@ -20,8 +20,7 @@ pub use crate::format::MT_DB_CONFIG;
 pub const MT_SQL_ZSTD: &str = "application/vnd.freezer.sql.v1+zstd";
 /// On a snapshot record's descriptor and the manifest: the source database's name.
 pub use crate::format::A_DB_NAME;
-pub const A_DB_TABLES: &str = "dev.freezer.db.tables";
-pub const A_DB_ROWS: &str = "dev.freezer.db.rows";
+pub use crate::format::{A_DB_ROWS, A_DB_TABLES};
 /// On each layer: `schema`, `data`, `indexes` or `objects`.
 pub const A_SQL_PART: &str = "dev.freezer.sql.part";
 pub const A_SQL_TABLE: &str = "dev.freezer.sql.table";
@@ -352,11 +351,7 @@ pub fn store_image(
     };
     let (md, ms) = repo.put_blob(&to_json(&image))?;
     let mut desc = Descriptor::new(MT_MANIFEST, md, ms);
-    let a = &mut desc.annotations;
-    a.insert(A_DB_NAME.into(), database.to_string());
-    a.insert(A_DB_TABLES.into(), tables.to_string());
-    a.insert(A_DB_ROWS.into(), rows.to_string());
-    a.insert(A_REF_NAME.into(), format!("db-{database}"));
+    desc.annotations = Part::database_annotations(database, tables, rows);
     Ok(desc)
 }
 

@@ -49,9 +49,7 @@ fn label_excludes(labels: &Value) -> crate::tree::exclude::Excludes {
 /// (Kept here for its callers.)
 pub use super::canonical;
 /// Manifest and record annotations of a container image.
-pub use crate::format::A_CONTAINER_NAME;
-pub const A_CONTAINER_IMAGE: &str = "dev.freezer.container.image";
-pub const A_CONTAINER_STATE: &str = "dev.freezer.container.state";
+pub use crate::format::{A_CONTAINER_IMAGE, A_CONTAINER_NAME, A_CONTAINER_STATE};
 /// With `--with-images`: the image's own config, its exact text (so a host that loads the
 /// image from the snapshot gets the same image, with the same id, and not one made of the
 /// container's configuration: its labels and environment, secrets included).

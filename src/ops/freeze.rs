@@ -793,14 +793,8 @@ pub(crate) fn freeze_one_tree(
         ));
     }
     desc.platform = Some(Platform::host());
-    desc.annotations.insert(A_REF_NAME.into(), t.name.clone());
-    desc.annotations.insert(A_TREE_NAME.into(), t.name.clone());
-    desc.annotations
-        .insert(A_TREE_PATH.into(), t.path.display().to_string());
-    desc.annotations
-        .insert(A_TREE_FILES.into(), stats.files.to_string());
-    desc.annotations
-        .insert(A_TREE_BYTES.into(), stats.bytes.to_string());
+    let path = t.path.display().to_string();
+    desc.annotations = Part::tree_annotations(&t.name, &path, stats.files, stats.bytes);
     let report = TreeReport {
         name: t.name.clone(),
         path: t.path.clone(),

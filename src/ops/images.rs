@@ -7,10 +7,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::docker::capture::{
-    ContainerSpec, A_CONTAINER_IMAGE, A_CONTAINER_STATE, A_CONTAINER_WITH_IMAGE, CONFIG_KEY,
-    IMAGE_CONFIG_KEY,
-};
+use crate::docker::capture::{ContainerSpec, A_CONTAINER_WITH_IMAGE, CONFIG_KEY, IMAGE_CONFIG_KEY};
 use crate::docker::{canonical, Engine};
 use crate::error::{Error, IoContext, Result};
 use crate::format::*;
@@ -184,11 +181,7 @@ pub fn container_manifest(
     let (digest, size) = repo.put_blob(&to_json(&manifest))?;
     let mut desc = Descriptor::new(MT_MANIFEST, digest, size);
     desc.platform = Some(spec.platform.clone());
-    let a = &mut desc.annotations;
-    a.insert(A_REF_NAME.into(), spec.name.clone());
-    a.insert(A_CONTAINER_NAME.into(), spec.name.clone());
-    a.insert(A_CONTAINER_IMAGE.into(), spec.image.clone());
-    a.insert(A_CONTAINER_STATE.into(), spec.state.clone());
+    desc.annotations = Part::container_annotations(&spec.name, &spec.image, &spec.state);
     Ok(desc)
 }
 
