@@ -185,7 +185,6 @@ pub fn plan(
     snap: Snapshot,
     opts: &OntoOptions,
 ) -> Result<OntoPlan> {
-    let parts = recreate::read_parts(repo, &snap)?;
     let captured = crate::docker::capture::capture_dirs(engine, &opts.project).map_err(|e| {
         match e.kind {
             ErrorKind::NotFound => e.with_hint(format!(
@@ -195,6 +194,18 @@ pub fn plan(
             _ => e,
         }
     })?;
+    plan_captured(repo, engine, snap, captured, opts)
+}
+
+/// [`plan`], once the target site is captured: the engine is only asked, never changed.
+fn plan_captured(
+    repo: &Repository,
+    engine: &dyn ContainerEngine,
+    snap: Snapshot,
+    captured: CapturedSite,
+    opts: &OntoOptions,
+) -> Result<OntoPlan> {
+    let parts = recreate::read_parts(repo, &snap)?;
     let services = |specs: &mut dyn Iterator<Item = &ContainerSpec>| {
         specs.map(|s| s.service().to_string()).collect::<Vec<_>>()
     };
@@ -218,7 +229,7 @@ pub fn plan(
         dumps: vec![],
         scratch: None,
         scratch_binds: None,
-        captured: captured.clone(),
+        captured,
     };
     let mut trees = parts.trees;
     let dumps = parts.dumps;
@@ -247,8 +258,7 @@ pub fn plan(
     }
     // Stopped for the swap: the target's running containers, but for the database
     // servers, which must run to be loaded.
-    plan.stops = captured
-        .containers
+    plan.stops = (plan.captured.containers)
         .iter()
         .filter(|c| c.state == "running" && !serves_load(&plan, &c.name))
         .map(|c| c.name.clone())
@@ -812,4 +822,123 @@ fn dump_scratch(
             &format!("dumping the snapshot's database from the scratch copy {name}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testkit::{failed, service, with_volume, Kit};
+
+    const WEB: &str = "shop/web:1";
+
+    /// The target site as a capture finds it: `containers`, all running.
+    fn target(containers: Vec<ContainerSpec>) -> CapturedSite {
+        let n = containers.len();
+        CapturedSite {
+            ids: containers.iter().map(|c| c.name.clone()).collect(),
+            containers,
+            trees: vec![],
+            addresses: vec![None; n],
+            upper_dirs: vec![None; n],
+            healthy: vec![None; n],
+            recovered: vec![],
+        }
+    }
+
+    fn options(map: &[(&str, &str)]) -> OntoOptions {
+        OntoOptions {
+            project: "other".into(),
+            map: map
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            replace: false,
+        }
+    }
+
+    /// A shop with uploads, and a target project whose web service has a volume there.
+    fn shop_and_other(kit: &Kit) -> (Snapshot, CapturedSite) {
+        let web = with_volume(service("shop", "web", WEB), "shop_www", "/var/www/uploads");
+        let snap = kit.freeze("shop", &[web], &[("volume.shop_www", "cat.jpg", "a cat")]);
+        kit.engine.add_volume("other_www");
+        let theirs = with_volume(
+            service("other", "app", WEB),
+            "other_www",
+            "/var/www/uploads",
+        );
+        let other = target(vec![theirs, service("other", "cache", WEB)]);
+        (snap, other)
+    }
+
+    #[test]
+    fn a_volume_goes_into_the_matching_service_s_volume_and_its_containers_stop() {
+        let kit = Kit::new(&[WEB]);
+        let (snap, other) = shop_and_other(&kit);
+        let plan = plan_captured(
+            &kit.repo,
+            &kit.engine,
+            snap,
+            other,
+            &options(&[("web", "app")]),
+        )
+        .unwrap();
+        assert_eq!(plan.services.len(), 1, "{:?}", plan.services);
+        let s = &plan.services[0];
+        assert_eq!(
+            (s.service.as_str(), s.target_container.as_str()),
+            ("web", "other-app-1")
+        );
+        assert_eq!(plan.trees.len(), 1);
+        assert_eq!(plan.trees[0].dest, kit.volume("other_www"));
+        assert_eq!(plan.stops, ["other-app-1", "other-cache-1"]);
+    }
+
+    #[test]
+    fn a_map_that_names_a_service_neither_side_has_is_refused() {
+        let kit = Kit::new(&[WEB]);
+        let (snap, other) = shop_and_other(&kit);
+        let err = failed(plan_captured(
+            &kit.repo,
+            &kit.engine,
+            snap.clone(),
+            other,
+            &options(&[("web", "nope")]),
+        ));
+        assert_eq!(err.kind, ErrorKind::Usage, "{err}");
+        assert!(err.message.contains("app, cache"), "{err}");
+        let (_, other) = shop_and_other(&Kit::new(&[WEB]));
+        let err = failed(plan_captured(
+            &kit.repo,
+            &kit.engine,
+            snap,
+            other,
+            &options(&[("nope", "app")]),
+        ));
+        assert!(
+            err.message.contains("does not have; its services are web"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_target_volume_with_data_is_refused_without_replace() {
+        let kit = Kit::new(&[WEB]);
+        let (snap, other) = shop_and_other(&kit);
+        std::fs::write(kit.volume("other_www").join("theirs.jpg"), "x").unwrap();
+        let err = failed(plan_captured(
+            &kit.repo,
+            &kit.engine,
+            snap,
+            other,
+            &options(&[("web", "app")]),
+        ));
+        assert!(
+            err.message.contains("other_www") || err.message.contains("not empty"),
+            "{err}"
+        );
+        assert!(
+            err.hint.as_deref().unwrap_or("").contains("--replace"),
+            "{err:?}"
+        );
+    }
 }
