@@ -84,6 +84,22 @@ impl Snapshot {
         Mode::parse(self.annotation(A_MODE))
     }
 
+    /// Its mode as the record names it (`files`, `dehydrated`, `hydrated`), for messages
+    /// and reports: also a value this version does not know.
+    pub fn mode_name(&self) -> &str {
+        self.annotation(A_MODE)
+    }
+
+    /// When it was taken: RFC 3339 with nanoseconds, so the text orders snapshots.
+    pub fn created(&self) -> &str {
+        self.annotation(A_CREATED)
+    }
+
+    /// The snapshot whose indexes its freeze used to skip unchanged files, if any.
+    pub fn parent(&self) -> Option<&str> {
+        self.record.annotations.get(A_PARENT).map(String::as_str)
+    }
+
     pub fn annotation(&self, key: &str) -> &str {
         self.record
             .annotations
@@ -770,7 +786,7 @@ impl Repository {
         }
         let mut best: Option<(String, &SnapshotRef)> = None;
         for r in same {
-            let created = self.read_snapshot(r)?.annotation(A_CREATED).to_string();
+            let created = self.read_snapshot(r)?.created().to_string();
             if best.as_ref().is_none_or(|(c, _)| created > *c) {
                 best = Some((created, r));
             }

@@ -84,8 +84,9 @@ pub fn export(
         d.annotations.insert(A_SITE.into(), site.into());
         d.annotations
             .insert("dev.freezer.snapshot".into(), snapshot.id.clone());
-        if let Some(c) = snapshot.record.annotations.get(A_CREATED) {
-            d.annotations.insert(A_CREATED.into(), c.clone());
+        if !snapshot.created().is_empty() {
+            d.annotations
+                .insert(A_CREATED.into(), snapshot.created().to_string());
         }
         if let Some(name) = d.annotations.get(A_REF_NAME) {
             report.refs.push(name.clone());

@@ -3,7 +3,6 @@
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::format::*;
 use crate::repo::{Repository, SnapshotRef};
 use crate::retention::Policy;
 
@@ -41,7 +40,7 @@ pub fn plan_forget(repo: &Repository, site: &str, policy: &Policy) -> Result<For
     // The creation time (nanoseconds) orders snapshots taken within the same second.
     let mut snapshots = Vec::new();
     for r in &refs {
-        let created = repo.read_snapshot(r)?.annotation(A_CREATED).to_string();
+        let created = repo.read_snapshot(r)?.created().to_string();
         snapshots.push((r.id.clone(), created));
     }
     let mut plan = ForgetReport {

@@ -215,7 +215,7 @@ fn plan_captured(
     let mut plan = OntoPlan {
         site: snap.site.clone(),
         snapshot: snap.id.clone(),
-        mode: snap.annotation(crate::format::A_MODE).to_string(),
+        mode: snap.mode_name().to_string(),
         target: opts.project.clone(),
         engine: engine.endpoint().host.clone(),
         services: vec![],

@@ -185,7 +185,7 @@ fn plan_files_thaw(
             "--as, --project-dir, --publish, --image and --env apply to Docker sites; snapshot {}:{} is a {} snapshot",
             snapshot.site,
             snapshot.id,
-            snapshot.annotation(crate::format::A_MODE)
+            snapshot.mode_name()
         )));
     }
     let replace = match (req.replace, req.replace_excluded) {
@@ -231,7 +231,7 @@ pub fn thaw_site(
             let mut report = super::thaw(repo, &plan, progress)?;
             env.site = report.site.clone();
             env.snapshot = Some(report.snapshot.clone());
-            env.mode = Some(plan.snapshot.annotation(crate::format::A_MODE).to_string());
+            env.mode = Some(plan.snapshot.mode_name().to_string());
             report.hooks.extend(after_thaw(&env));
             Ok(SiteThawReport::Files(report))
         }

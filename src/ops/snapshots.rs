@@ -50,10 +50,10 @@ impl From<&Snapshot> for SnapshotInfo {
         SnapshotInfo {
             site: s.site.clone(),
             id: s.id.clone(),
-            created: s.annotation(A_CREATED).into(),
+            created: s.created().into(),
             host: s.annotation(A_HOST).into(),
-            mode: s.annotation(A_MODE).into(),
-            parent: s.record.annotations.get(A_PARENT).cloned(),
+            mode: s.mode_name().into(),
+            parent: s.parent().map(str::to_string),
             databases: s
                 .databases()
                 .map(|(name, d)| DbInfo {

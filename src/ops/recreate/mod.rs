@@ -165,7 +165,7 @@ impl SitePlan {
 
     /// What the snapshot holds, as its record says (`hydrated`, `dehydrated`).
     pub fn mode(&self) -> String {
-        self.snap.annotation(A_MODE).to_string()
+        self.snap.mode_name().to_string()
     }
 }
 
