@@ -18,6 +18,7 @@ pub mod mount;
 pub mod onto;
 pub mod prune;
 pub mod recreate;
+mod restore;
 mod site;
 mod snapshots;
 #[cfg(test)]

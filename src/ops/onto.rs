@@ -17,8 +17,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::recreate::{self, SiteOptions, SitePlan};
-use super::{Action, ThawPlan, ThawTree};
-use crate::db::{Dump, LoadOptions, LoadReport, Prepared};
+use super::{Action, ThawTree};
+use crate::db::{Dump, LoadReport, Prepared};
 use crate::docker::capture::{CapturedSite, ContainerSpec, MountSpec};
 use crate::docker::{ContainerEngine, Engine};
 use crate::error::{Error, ErrorKind, Result};
@@ -665,14 +665,7 @@ fn restore_trees(
             t.keep = None;
         }
     }
-    let thaw = ThawPlan {
-        snapshot: plan.snap.clone(),
-        trees,
-        databases: vec![],
-        db_jobs: 1,
-        db_with_users: false,
-    };
-    let mut reports = super::thaw(repo, &thaw, progress)?.trees;
+    let mut reports = super::restore::trees(repo, &plan.snap, trees, progress)?.trees;
     if remote {
         for r in &mut reports {
             let m = plan
@@ -722,24 +715,7 @@ fn load_databases(
         if !was_running {
             engine.start_container(&target.name)?;
         }
-        let url = recreate::container_database(engine, target)?.expect("checked by plan");
-        progress.set_label(format!("waiting for the database in {}", target.name));
-        recreate::wait_for_database(engine, &url, &target.name)?;
-        let opts = LoadOptions {
-            jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            replace: plan.replace,
-            with_users: false,
-            tables: None,
-        };
-        let r = p.load(&url, &opts, progress).map_err(|e| {
-            crate::error::prefix(
-                e,
-                &format!(
-                    "loading database {} into container {}",
-                    d.database, target.name
-                ),
-            )
-        });
+        let r = super::restore::database_into_container(engine, target, p, plan.replace, progress);
         if !was_running {
             let _ = engine.stop_container(&target.name);
         }

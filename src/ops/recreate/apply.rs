@@ -13,7 +13,7 @@ use crate::docker::capture::ContainerSpec;
 use crate::docker::{ContainerEngine, Engine};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
-use crate::ops::{ThawPlan, ThawTree};
+use crate::ops::ThawTree;
 use crate::progress::Progress;
 use crate::repo::Repository;
 
@@ -496,14 +496,7 @@ fn thaw_trees(
     trees: Vec<ThawTree>,
     progress: &Progress,
 ) -> Result<crate::ops::ThawReport> {
-    let thaw = ThawPlan {
-        snapshot: plan.snap.clone(),
-        trees,
-        databases: vec![],
-        db_jobs: 1,
-        db_with_users: false,
-    };
-    crate::ops::thaw(repo, &thaw, progress)
+    crate::ops::restore::trees(repo, &plan.snap, trees, progress)
 }
 
 /// What the bind steps will create, for a failed thaw to remove: directories where there
@@ -604,26 +597,8 @@ fn load_databases(
         let held = track.lock()?;
         engine.start_container(&name)?;
         drop(held);
-        let url = container_database(engine, spec)?.expect("checked by plan");
-        track
-            .progress
-            .set_label(format!("waiting for the database in {}", spec.name));
-        wait_for_database(engine, &url, &spec.name)?;
-        let opts = crate::db::LoadOptions {
-            jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            replace: false,
-            with_users: false,
-            tables: None,
-        };
-        let r = p.load(&url, &opts, track.progress).map_err(|e| {
-            crate::error::prefix(
-                e,
-                &format!(
-                    "loading database {} into container {}",
-                    step.database, spec.name
-                ),
-            )
-        })?;
+        let r =
+            crate::ops::restore::database_into_container(engine, spec, p, false, track.progress)?;
         db_reports.push(r);
     }
     Ok(db_reports)
