@@ -198,7 +198,7 @@ impl Scope {
 pub fn install(
     what: &str,
     scope: Arc<Scope>,
-    cancel: impl Fn() + Send + 'static,
+    cancel: Box<dyn Fn() + Send>,
     finish: Finish,
     ended: std::sync::mpsc::Sender<i32>,
 ) {

@@ -164,7 +164,7 @@ fn run(cli: Cli, ended: std::sync::mpsc::Sender<i32>) -> i32 {
             )
         });
         let stop = cancel.clone();
-        let stop = move || stop.cancel();
+        let stop = Box::new(move || stop.cancel());
         crate::interrupt::install(what, scope.clone(), stop, finish, ended);
     }
     match dispatch(cli, cancel) {
