@@ -374,6 +374,16 @@ impl Repository {
     /// in an encrypted repository), hashed and counted as it goes; its digest is known at
     /// the end. [`Repository::put_written`] moves it into the repository.
     pub fn blob_writer(&self) -> Result<BlobWriter> {
+        self.writer(None)
+    }
+
+    /// A writer for a blob whose digest is known and checked as it is read (a copy from
+    /// another repository): it is not hashed a second time.
+    pub fn blob_writer_for(&self, digest: &Digest) -> Result<BlobWriter> {
+        self.writer(Some(digest.clone()))
+    }
+
+    fn writer(&self, known: Option<Digest>) -> Result<BlobWriter> {
         let spool = self.store.spool_dir()?;
         let staged = crate::store::spool_file(&spool)?;
         let file = staged.reopen().ctx(|| "reopening a spool file".into())?;
@@ -381,7 +391,10 @@ impl Repository {
         Ok(BlobWriter {
             staged: staged.into_temp_path(),
             out,
-            hasher: Sha256::new(),
+            hasher: match known {
+                Some(d) => Err(d),
+                None => Ok(Sha256::new()),
+            },
             count: 0,
         })
     }
@@ -970,7 +983,8 @@ pub struct PruneMark {
 pub struct BlobWriter {
     staged: tempfile::TempPath,
     out: SpoolWriter,
-    hasher: Sha256,
+    /// Hashing what is written, or the digest the caller already knows.
+    hasher: std::result::Result<Sha256, Digest>,
     count: u64,
 }
 
@@ -1002,7 +1016,7 @@ impl BlobWriter {
             .map_err(|e| Error::io(format!("writing {}", staged.display()), e))?;
         Ok(StagedBlob {
             path: staged,
-            digest: Digest::from_hasher(hasher),
+            digest: hasher.map_or_else(|known| known, Digest::from_hasher),
             size: count,
         })
     }
@@ -1011,7 +1025,9 @@ impl BlobWriter {
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.out.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Ok(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.count += n as u64;
         Ok(n)
     }

@@ -299,7 +299,7 @@ fn copy_blob(
         progress.add_done(b.size);
         return Ok(());
     }
-    let mut w = dst.blob_writer()?;
+    let mut w = dst.blob_writer_for(&b.digest)?;
     let mut r = src.open_blob(&b.digest)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -315,7 +315,7 @@ fn copy_blob(
             .ctx(|| format!("staging {}", b.digest.key()))?;
         progress.add_done(n as u64);
     }
-    // The reader checked the digest at the end of the stream; the writer's is the same.
+    // The reader checks the digest at the end of the stream, before this.
     dst.put_written(w)?;
     Ok(())
 }

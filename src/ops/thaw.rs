@@ -546,7 +546,7 @@ struct Staging {
     dirs: Vec<PathBuf>,
     registered: Vec<Option<Registered>>,
     created_dirs: Vec<PathBuf>,
-    _parents: Vec<Registered>,
+    parents: Vec<Registered>,
     removed_leftovers: Vec<Leftover>,
 }
 
@@ -557,7 +557,7 @@ impl Staging {
             dirs: vec![],
             registered: vec![],
             created_dirs: vec![],
-            _parents: vec![],
+            parents: vec![],
             removed_leftovers: vec![],
         }
     }
@@ -602,7 +602,7 @@ impl Staging {
             .parent()
             .ok_or_else(|| Error::usage(format!("cannot thaw onto {}", dest.display())))?;
         for d in create_parents(parent, &mut self.created_dirs)? {
-            self._parents.push(self.scope.created_dir(d));
+            self.parents.push(self.scope.created_dir(d));
         }
         sweep_leftovers(parent, dest, &mut self.removed_leftovers);
         let staging = parent.join(format!(

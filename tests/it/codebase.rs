@@ -658,20 +658,7 @@ fn start_pg(a: &str, project: &str, service: &str, user: &str, password: &str, d
         "-e", &format!("POSTGRES_DB={db}"), &image,
     ]);
     let url = format!("postgres://{user}@{}:5432", address(a, &name));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !crate::postgres::psql_at(&url, password, db)
-        .args(["-c", "SELECT 1"])
-        .output()
-        .unwrap()
-        .status
-        .success()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "PostgreSQL in {name} did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
+    crate::postgres::wait_for_psql(&url, password, db, &name);
     name
 }
 

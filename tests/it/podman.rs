@@ -355,21 +355,7 @@ fn a_postgres_site_frozen_dehydrated_on_docker_runs_on_podman() {
         "-e", "POSTGRES_DB=shop", &pg_image,
     ]);
     let url = |host: &str| format!("postgres://app@{}:5432", address(host, &site.c("db")));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !psql_at(&url(&a), &password, "shop")
-        .args(["-c", "SELECT 1"])
-        .output()
-        .unwrap()
-        .status
-        .success()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "PostgreSQL in {} did not start",
-            site.c("db")
-        );
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
+    crate::postgres::wait_for_psql(&url(&a), &password, "shop", &site.c("db"));
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pg-fixture.sql");
     let out = psql_at(&url(&a), &password, "shop")
         .arg("-f")

@@ -63,6 +63,25 @@ fn psql_cmd(db: &str) -> Command {
 }
 
 /// psql on database `db` of the server at `url` (postgres://USER@HOST:PORT).
+/// Waits up to a minute for the PostgreSQL at `url` (in container `name`) to accept
+/// `SELECT 1` on `db`.
+pub fn wait_for_psql(url: &str, pass: &str, db: &str, name: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !psql_at(url, pass, db)
+        .args(["-c", "SELECT 1"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "PostgreSQL in {name} did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
 pub fn psql_at(url: &str, pass: &str, db: &str) -> Command {
     let mut c = Command::new("psql");
     c.arg(format!("{url}/{db}"))
