@@ -137,6 +137,14 @@ pub struct SiteSection {
     /// Host commands around freezes and thaws of the site.
     #[serde(default)]
     pub hooks: HooksSection,
+    /// false: SQLite databases in the site's trees are copied as files, not through
+    /// SQLite (SPEC.md §5.5). Default true.
+    pub sqlite: Option<bool>,
+    /// How long a locked SQLite database is waited for, e.g. "30s" (the default).
+    pub sqlite_wait: Option<String>,
+    /// What a freeze does with a database still locked after the wait: "copy" it as
+    /// files with a warning (the default), or "fail".
+    pub sqlite_locked: Option<String>,
 }
 
 /// `[sites.NAME.hooks]`: commands run with `sh -c` on this host (SPEC.md §9, "Hooks").
@@ -370,6 +378,32 @@ impl Settings {
         }
     }
 
+    /// How the site's SQLite databases are copied while it runs (freezer.toml).
+    pub fn site_sqlite(&self, site: &str) -> Result<crate::tree::sqlite::Sqlite> {
+        use crate::tree::sqlite::{OnLocked, Sqlite, DEFAULT_WAIT};
+        let Some(s) = self.config.sites.get(site) else {
+            return Ok(Sqlite::default());
+        };
+        if s.sqlite == Some(false) {
+            return Ok(Sqlite::AsFiles);
+        }
+        let wait = match &s.sqlite_wait {
+            Some(w) => parse_duration(w)
+                .map_err(|e| Error::usage(format!("[sites.{site}] sqlite_wait: {e}")))?,
+            None => DEFAULT_WAIT,
+        };
+        let locked = match s.sqlite_locked.as_deref() {
+            None | Some("copy") => OnLocked::Copy,
+            Some("fail") => OnLocked::Fail,
+            Some(other) => {
+                return Err(Error::usage(format!(
+                    "[sites.{site}] sqlite_locked = {other:?}: expected \"copy\" or \"fail\""
+                )))
+            }
+        };
+        Ok(Sqlite::Consistent { wait, locked })
+    }
+
     /// Whether the config file asks for the site's database accounts.
     pub fn database_users(&self, site: &str) -> bool {
         self.config
@@ -446,6 +480,7 @@ impl Settings {
                 name,
                 path,
                 excludes: Default::default(),
+                sqlite_as_files: false,
             });
         }
         Ok(out)

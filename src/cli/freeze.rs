@@ -45,6 +45,7 @@ pub fn run(ctx: &Ctx, a: FreezeArgs) -> Result<i32> {
             .site_excludes(site)
             .merged(&excludes(&a.excludes)?),
         hooks: ctx.settings.site_hooks(site)?,
+        sqlite: ctx.settings.site_sqlite(site)?,
     };
     let repo = ctx.open_repo()?;
     let plan = ops::plan_site(&repo, req)?;

@@ -30,6 +30,7 @@ fn site(root: &Path) -> Vec<TreeSpec> {
             name: name.into(),
             path: dir,
             excludes: Default::default(),
+            sqlite_as_files: false,
         });
     }
     trees
@@ -52,6 +53,7 @@ fn request(site: &str, trees: Vec<TreeSpec>) -> FreezeRequest {
         lock_wait: std::time::Duration::from_secs(1),
         excludes: Default::default(),
         hooks: Default::default(),
+        sqlite: Default::default(),
     }
 }
 

@@ -24,6 +24,9 @@ use crate::tree::TreeSpec;
 pub const LABEL_EXCLUDE: &str = "dev.freezer.exclude";
 pub const LABEL_EXCLUDE_CACHES: &str = "dev.freezer.exclude-caches";
 pub const LABEL_EXCLUDE_IF_PRESENT: &str = "dev.freezer.exclude-if-present";
+/// `false`: the SQLite databases in the container's volumes and bind mounts are copied as
+/// files, not through SQLite (SPEC.md §5.5).
+pub const LABEL_SQLITE: &str = "dev.freezer.sqlite";
 
 /// The exclusion rules a container's labels declare for its mounts.
 fn label_excludes(labels: &Value) -> crate::tree::exclude::Excludes {
@@ -364,6 +367,7 @@ impl CapturedSite {
                 name: tree.clone(),
                 path: upper.clone(),
                 excludes: Default::default(),
+                sqlite_as_files: false,
             });
             spec.writable_layer = Some(tree);
         }
@@ -825,6 +829,9 @@ fn add_tree(
         name: tree.to_string(),
         path,
         excludes: label_excludes(labels),
+        sqlite_as_files: labels[LABEL_SQLITE]
+            .as_str()
+            .is_some_and(|v| matches!(v, "false" | "0" | "no" | "off")),
     });
     Ok(true)
 }
@@ -945,6 +952,7 @@ fn place_files(
                     name: tree.clone(),
                     path,
                     excludes: crate::tree::exclude::Excludes::only_files([name.as_str()]),
+                    sqlite_as_files: false,
                 }),
             }
             m.tree = tree;

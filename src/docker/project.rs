@@ -120,6 +120,7 @@ impl Project {
                 patterns: walk.patterns,
                 ..Default::default()
             },
+            sqlite_as_files: false,
         })
     }
 }

@@ -22,6 +22,8 @@ use crate::format::*;
 use crate::progress::Progress;
 use crate::repo::{Repository, SnapshotRef};
 use crate::sys::hostname;
+use crate::tree::freeze::ReadRules;
+use crate::tree::sqlite::{How, Sqlite};
 use crate::tree::{freeze_tree, FreezeStats, PrevTree, TreeSpec};
 
 #[derive(Debug, Serialize)]
@@ -46,6 +48,16 @@ pub struct FreezePlan {
     pub docker: Option<DockerFreeze>,
     /// The site's host commands around the freeze (its containers' come from labels).
     pub hooks: HostHooks,
+    /// How SQLite databases in trees read while the site runs are copied.
+    #[serde(serialize_with = "sqlite_rule")]
+    pub sqlite: Sqlite,
+}
+
+fn sqlite_rule<S: serde::Serializer>(r: &Sqlite, s: S) -> std::result::Result<S::Ok, S::Error> {
+    match r {
+        Sqlite::AsFiles => s.serialize_str("as-files"),
+        Sqlite::Consistent { .. } => s.serialize_str("consistent"),
+    }
 }
 
 /// A Docker site to freeze hydrated.
@@ -124,6 +136,8 @@ pub struct FreezeRequest {
     pub excludes: crate::tree::exclude::Excludes,
     /// The site's host hooks (freezer.toml).
     pub hooks: HostHooks,
+    /// How SQLite databases are copied from a running site (freezer.toml).
+    pub sqlite: Sqlite,
 }
 
 /// Decides how a site is frozen and plans it. A site with neither trees nor databases
@@ -216,6 +230,7 @@ pub fn plan_site(repo: &Repository, req: FreezeRequest) -> Result<FreezePlan> {
     plan.db_with_users = req.db_with_users;
     plan.lock_wait = req.lock_wait;
     plan.hooks = req.hooks;
+    plan.sqlite = req.sqlite;
     Ok(plan)
 }
 
@@ -275,6 +290,7 @@ pub fn freeze_before_replace(
                         name: name.clone(),
                         path: path.clone(),
                         excludes: Default::default(),
+                        sqlite_as_files: false,
                     });
                     continue;
                 }
@@ -290,6 +306,7 @@ pub fn freeze_before_replace(
                         name: name.clone(),
                         path: dir.to_path_buf(),
                         excludes: crate::tree::exclude::Excludes::only_files([&*file]),
+                        sqlite_as_files: false,
                     }),
                 }
             }
@@ -360,6 +377,7 @@ pub fn plan_freeze(
         parent,
         docker,
         hooks: HostHooks::default(),
+        sqlite: Sqlite::default(),
     })
 }
 
@@ -744,10 +762,30 @@ fn freeze_trees(
     manifests: &mut Vec<Descriptor>,
 ) -> Result<Vec<TreeReport>> {
     let mut trees = Vec::new();
+    // A site held still is copied as files, its databases with it. A remote engine's
+    // volumes are mirrored here through its archive API while the site runs, so no
+    // SQLite lock guards that copy: its databases are copied as files, and named.
+    let (held, mirrored) = match &plan.docker {
+        Some(d) => (d.hold, !d.engine.is_local()),
+        None => (false, false),
+    };
     for t in &plan.trees {
         progress.set_label(format!("freezing {}", t.name));
         progress.add_total(dir_size_hint(prev, &t.path));
-        let (desc, report) = freeze_one_tree(repo, t, prev.get(&t.path), progress, warnings)?;
+        let sqlite = match held || mirrored || t.sqlite_as_files {
+            true => Sqlite::AsFiles,
+            false => plan.sqlite,
+        };
+        let (desc, report) =
+            freeze_one_tree(repo, t, prev.get(&t.path), sqlite, progress, warnings)?;
+        if mirrored && !held && !t.sqlite_as_files {
+            for f in report.stats.sqlite.iter().filter(|f| f.how == How::AsFiles) {
+                warnings.push(format!(
+                    "SQLite database {} in {} was copied through the remote engine while the site ran, as files: the copy may be torn (freeze hydrated for a consistent copy)",
+                    f.path, t.name
+                ));
+            }
+        }
         manifests.push(desc);
         trees.push(report);
     }
@@ -759,6 +797,7 @@ pub(crate) fn freeze_one_tree(
     repo: &Repository,
     t: &TreeSpec,
     prev: Option<&PrevTree>,
+    sqlite: Sqlite,
     progress: &Progress,
     warnings: &mut Vec<String>,
 ) -> Result<(Descriptor, TreeReport)> {
@@ -776,8 +815,19 @@ pub(crate) fn freeze_one_tree(
             Some(t.excludes.matcher()?)
         }
     };
-    let (mut desc, stats) = freeze_tree(repo, &t.path, prev, matcher.as_ref(), ann, progress)
+    let rules = ReadRules {
+        excludes: matcher.as_ref(),
+        sqlite,
+    };
+    let (mut desc, stats) = freeze_tree(repo, &t.path, prev, &rules, ann, progress)
         .map_err(|e| prefix(e, &format!("freezing {}", t.path.display())))?;
+    for f in stats.sqlite.iter().filter(|f| f.how == How::Locked) {
+        warnings.push(format!(
+            "SQLite database {} in {} stayed locked, so it was copied as files: the copy may be torn",
+            f.path,
+            t.path.display()
+        ));
+    }
     if stats.changed_during_read > 0 {
         warnings.push(format!(
             "{} files in {} changed while being read; they are stored as read and will be read again next time",

@@ -69,10 +69,17 @@ impl Kit {
                 name: tree.to_string(),
                 path: root,
                 excludes: Default::default(),
+                sqlite_as_files: false,
             };
-            let (desc, _) =
-                super::freeze::freeze_one_tree(&self.repo, &spec, None, &progress, &mut vec![])
-                    .expect("a frozen tree");
+            let (desc, _) = super::freeze::freeze_one_tree(
+                &self.repo,
+                &spec,
+                None,
+                Default::default(),
+                &progress,
+                &mut vec![],
+            )
+            .expect("a frozen tree");
             manifests.push(desc);
         }
         let created = SystemTime::now();
@@ -93,11 +100,18 @@ impl Kit {
             name: "files".into(),
             path: root.to_path_buf(),
             excludes: Default::default(),
+            sqlite_as_files: false,
         };
         let progress = Progress::default();
-        let (desc, _) =
-            super::freeze::freeze_one_tree(&self.repo, &spec, None, &progress, &mut vec![])
-                .expect("a frozen tree");
+        let (desc, _) = super::freeze::freeze_one_tree(
+            &self.repo,
+            &spec,
+            None,
+            Default::default(),
+            &progress,
+            &mut vec![],
+        )
+        .expect("a frozen tree");
         let created = SystemTime::now();
         let record = super::freeze::snapshot_record((site, Mode::Files, None), vec![desc], created);
         let r = (self.repo)

@@ -22,6 +22,7 @@ use sha2::{Digest as _, Sha256};
 use super::exclude::Matcher;
 use super::frames::{ClosedFrame, Compressor, FRAME_BYTES, OWN_FRAME};
 use super::index::{cmp_paths, is_within, Entry, Frame, IndexReader, IndexWriter, Kind, Trailer};
+use super::sqlite::{self, Sqlite};
 use super::walk::{Walked, Walker};
 use crate::error::{Error, IoContext, Result};
 use crate::format::*;
@@ -102,6 +103,16 @@ pub struct FreezeStats {
     pub skipped_sockets: u64,
     /// Paths the exclusion rules left out (the top-most of each excluded subtree).
     pub excluded: u64,
+    /// The SQLite databases found, and how each was copied ([`sqlite`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sqlite: Vec<sqlite::Found>,
+}
+
+/// How a tree is read: what is left out, and how its SQLite databases are copied.
+#[derive(Default)]
+pub struct ReadRules<'a> {
+    pub excludes: Option<&'a Matcher>,
+    pub sqlite: Sqlite,
 }
 
 /// Freezes `root`, returning the descriptor of the tree's image manifest (already stored).
@@ -109,7 +120,7 @@ pub fn freeze_tree(
     repo: &Repository,
     root: &Path,
     prev: Option<&PrevTree>,
-    excludes: Option<&Matcher>,
+    rules: &ReadRules,
     annotations: Annotations,
     progress: &Progress,
 ) -> Result<(Descriptor, FreezeStats)> {
@@ -133,7 +144,8 @@ pub fn freeze_tree(
     let walk = Walk {
         root,
         incremental,
-        excludes,
+        excludes: rules.excludes,
+        sqlite: rules.sqlite,
         base,
     };
     let finished = walk_and_upload(repo, walk, &mut index, &mut stats, progress)?;
@@ -174,6 +186,7 @@ struct Walk<'a> {
     root: &'a Path,
     incremental: Option<&'a PrevTree>,
     excludes: Option<&'a Matcher>,
+    sqlite: Sqlite,
     base: u32,
 }
 
@@ -212,6 +225,8 @@ fn walk_and_upload(
             leaders: Default::default(),
             progress,
             pending: Default::default(),
+            sqlite: walk.sqlite,
+            copied_dbs: Default::default(),
         };
         let walk_result = m.run(walk.root, walk.incremental, walk.excludes);
         let close_result = walk_result
@@ -272,6 +287,10 @@ struct Merge<'a> {
     progress: &'a Progress,
     /// Entries waiting for the frame of a file among them to close, in index order.
     pending: std::collections::VecDeque<(Entry, Option<FrameRef>)>,
+    sqlite: Sqlite,
+    /// The databases stored as copies made through SQLite: their `-wal`, `-shm` and
+    /// `-journal`, which come after them in the walk, are not stored.
+    copied_dbs: std::collections::HashSet<Vec<u8>>,
 }
 
 /// Entries held back for an open frame before it is closed early: bounds the memory a
@@ -362,6 +381,72 @@ impl Merge<'_> {
         Ok(())
     }
 
+    /// `X-wal`, `X-shm` or `X-journal` of a database `X` this walk copied through SQLite.
+    fn is_companion_of_copy(&self, path: &[u8]) -> bool {
+        let name = super::index::file_name(path);
+        sqlite::database_of(name).is_some_and(|db| {
+            let parent = super::index::parent(path);
+            let db_path = match parent {
+                b"." => db.to_vec(),
+                p => super::index::join(p, db),
+            };
+            self.copied_dbs.contains(&db_path)
+        })
+    }
+
+    fn found(&mut self, path: &[u8], how: sqlite::How) {
+        let path = String::from_utf8_lossy(path).into_owned();
+        self.stats.sqlite.push(sqlite::Found { path, how });
+    }
+
+    /// For a file that is a SQLite database, read while its site runs: a copy of it made
+    /// through SQLite, with `e` made its entry (size, stamp). None: the file is read as
+    /// it is (not a database, copied as files, or locked beyond the wait with
+    /// [`sqlite::OnLocked::Copy`]).
+    fn database_copy(
+        &mut self,
+        e: &mut Entry,
+        w: &Walked,
+    ) -> Result<Option<tempfile::NamedTempFile>> {
+        if !sqlite::is_database(&w.abs, &w.meta) {
+            return Ok(None);
+        }
+        let Sqlite::Consistent { wait, locked } = self.sqlite else {
+            self.found(&e.path, sqlite::How::AsFiles);
+            return Ok(None);
+        };
+        if w.meta.nlink() > 1 {
+            self.found(&e.path, sqlite::How::AsFiles);
+            return Ok(None);
+        }
+        match sqlite::backup(&w.abs, wait, self.progress)? {
+            Some(sqlite::Copy { file: copy, stamp }) => {
+                e.size = copy
+                    .as_file()
+                    .metadata()
+                    .ctx(|| format!("reading the copy of {}", w.abs.display()))?
+                    .len();
+                e.sqlite = Some(stamp);
+                self.found(&e.path, sqlite::How::Consistent);
+                self.copied_dbs.insert(e.path.clone());
+                Ok(Some(copy))
+            }
+            None if locked == sqlite::OnLocked::Fail => Err(Error::new(
+                crate::error::ErrorKind::Locked,
+                format!(
+                    "SQLite database {} stayed locked for {} s; nothing was recorded",
+                    w.abs.display(),
+                    wait.as_secs()
+                ),
+            )
+            .with_hint("freeze again when its writer is done, or let a locked database be copied as files with a warning (sqlite_locked = \"copy\")")),
+            None => {
+                self.found(&e.path, sqlite::How::Locked);
+                Ok(None)
+            }
+        }
+    }
+
     fn deleted(&mut self, o: &Entry) -> Result<()> {
         if self
             .gone_dir
@@ -387,15 +472,45 @@ impl Merge<'_> {
         let (kind, m) = (e.kind, &w.meta);
         let multi = kind == Kind::File && m.nlink() > 1;
         let inode = (m.dev(), m.ino());
+        if self.is_companion_of_copy(&e.path) {
+            // In the database's copy; an earlier snapshot's raw copy of it goes.
+            return match old {
+                Some(o) => self.deleted(&o),
+                None => Ok(()),
+            };
+        }
+        let live_db = kind == Kind::File && !multi && self.sqlite != Sqlite::AsFiles;
 
         if let Some(o) = old {
             let same_kind = o.kind == kind || (o.kind == Kind::HardLink && kind == Kind::File);
-            if same_kind && unchanged(&o, &e) {
+            let carried = same_kind
+                && match (&o.sqlite, live_db) {
+                    (Some(stamp), true) => {
+                        unchanged(
+                            &o,
+                            &Entry {
+                                size: o.size,
+                                ..e.clone()
+                            },
+                        ) && *stamp == sqlite::stamp(&w.abs, m)
+                    }
+                    // A database's raw copy beside its -wal may be torn: made again.
+                    (None, true) => {
+                        unchanged(&o, &e) && !sqlite::companion(&w.abs, "-wal").exists()
+                    }
+                    (Some(_), false) => false,
+                    (None, false) => unchanged(&o, &e),
+                };
+            if carried {
                 if o.leader {
                     self.leaders.insert(inode, o.path.clone());
                 }
                 if o.kind == Kind::File {
                     self.progress.add_done(o.size);
+                }
+                if o.sqlite.is_some() {
+                    self.found(&o.path, sqlite::How::Consistent);
+                    self.copied_dbs.insert(o.path.clone());
                 }
                 return self.push(o, None);
             }
@@ -434,7 +549,9 @@ impl Merge<'_> {
                     e.leader = true;
                     self.leaders.insert(inode, e.path.clone());
                 }
-                let (at, changed) = self.layers.file(&e, &w.abs, self.progress)?;
+                let copy = self.database_copy(&mut e, &w)?;
+                let from = copy.as_ref().map_or(w.abs.as_path(), |c| c.path());
+                let (at, changed) = self.layers.file(&e, from, self.progress)?;
                 e.layer = Some(at.ordinal);
                 frame = Some(at);
                 self.stats.files_read += 1;
@@ -490,6 +607,7 @@ fn entry_of(m: &std::fs::Metadata, path: Vec<u8>) -> Option<Entry> {
         ino: m.ino(),
         ctime: (m.ctime(), m.ctime_nsec() as u32),
         frame: None,
+        sqlite: None,
     })
 }
 

@@ -87,6 +87,10 @@ pub struct Entry {
     /// For regular files: the zstd frame of the layer that holds the file's tar entry,
     /// so one file can be read without the rest of its layer (SPEC.md §6).
     pub frame: Option<Frame>,
+    /// For a SQLite database copied through SQLite ([`super::sqlite`]): the state of its
+    /// files when it was copied, which change detection compares instead of the size
+    /// (the copy's size is not the file's). Not restored.
+    pub sqlite: Option<String>,
 }
 
 /// Where a file's tar entry is in its layer: the layer is a sequence of independent
@@ -167,6 +171,9 @@ struct Line {
     ct: i64,
     #[serde(default, skip_serializing_if = "is_zero32")]
     cn: u32,
+    /// A SQLite database's stamp (see [`Entry::sqlite`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sq: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     end: Option<Trailer>,
 }
@@ -235,6 +242,7 @@ impl Entry {
             ino: self.ino,
             ct: self.ctime.0,
             cn: self.ctime.1,
+            sq: self.sqlite.clone(),
             end: None,
         }
     }
@@ -288,6 +296,7 @@ impl Entry {
             ino: line.ino,
             ctime: (line.ct, line.cn),
             frame,
+            sqlite: line.sq,
         })
     }
 
@@ -518,6 +527,7 @@ mod tests {
             ino: 7,
             ctime: (5, 6),
             frame: None,
+            sqlite: None,
         }
     }
 
@@ -641,11 +651,12 @@ mod tests {
             ctime in (any::<i64>(), 0u32..1_000_000_000),
             target in path(),
             frame in proptest::option::of((any::<u64>(), any::<u64>(), any::<u64>(), any::<[u8; 32]>())),
+            sqlite in proptest::option::of("[0-9a-z:. -]{0,40}"),
         ) -> Entry {
             // A hard link names the file it shares an inode with: a path in the tree.
             let link = if kind == Kind::HardLink { target } else { link };
             let frame = frame.map(|(offset, len, skip, sha256)| Frame { offset, len, skip, sha256 });
-            Entry { path, kind, mode, uid, gid, mtime, size, layer, link, rdev, xattrs, leader, ino, ctime, frame }
+            Entry { path, kind, mode, uid, gid, mtime, size, layer, link, rdev, xattrs, leader, ino, ctime, frame, sqlite }
         }
     }
 

@@ -10,6 +10,7 @@ pub mod exclude;
 pub mod frames;
 pub mod freeze;
 pub mod index;
+pub mod sqlite;
 pub mod thaw;
 pub mod walk;
 
@@ -24,4 +25,8 @@ pub struct TreeSpec {
     /// What the freeze leaves out of it.
     #[serde(skip_serializing_if = "exclude::Excludes::is_empty")]
     pub excludes: exclude::Excludes,
+    /// Its SQLite databases are copied as files even while the site runs (the container
+    /// label `dev.freezer.sqlite=false`; see [`sqlite`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sqlite_as_files: bool,
 }

@@ -20,17 +20,22 @@ fn tree_index_fixture_reads_and_writes_back_byte_for_byte() {
         entries.push(e);
     }
     let trailer = r.trailer().unwrap();
-    assert_eq!(entries.len(), 10);
-    assert_eq!(entries[9].path, b"bad-\xff");
+    assert_eq!(entries.len(), 11);
+    assert_eq!(entries[10].path, b"bad-\xff");
+    assert_eq!(
+        entries[3].sqlite.as_deref(),
+        Some("4096 -wal:32992:1700000010.5:12 -journal:-"),
+        "a SQLite database's stamp"
+    );
     let frame = entries[2].frame.as_ref().expect("bin/tool has a frame");
     assert_eq!((frame.offset, frame.len, frame.skip), (0, 96, 1024));
     assert_eq!(frame.sha256[..2], [0x5c, 0x4b]);
     assert!(
-        entries[5].frame.is_none(),
+        entries[6].frame.is_none(),
         "an entry without a frame reads as one"
     );
     assert_eq!(
-        entries[7].xattrs,
+        entries[8].xattrs,
         vec![("user.note".to_string(), b"value".to_vec())]
     );
     let mut w = IndexWriter::new(Vec::new()).unwrap();

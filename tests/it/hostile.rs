@@ -29,6 +29,7 @@ fn entry(path: &[u8], kind: Kind) -> Entry {
         ino: 0,
         ctime: (0, 0),
         frame: None,
+        sqlite: None,
     }
 }
 

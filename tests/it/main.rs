@@ -28,5 +28,6 @@ mod project;
 mod retention;
 mod roundtrip;
 mod servers;
+mod sqlite;
 mod store;
 mod tables;

@@ -1,0 +1,423 @@
+//! SQLite databases frozen while an application writes them: a bank whose writer moves
+//! money between 20,000 accounts in transactions, so the sum never changes. A copy that
+//! is not a state the database was ever in shows as a wrong sum (or a failed
+//! integrity check).
+
+use std::fs;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::hydrated::{docker, docker_try, freeze_dehydrated, host_a, mountpoint};
+
+const ACCOUNTS: u32 = 20_000;
+const TOTAL: u64 = 20_000_000;
+
+/// Runs the host's sqlite3 on `db` with `sql`; its output.
+fn sqlite3(db: &Path, sql: &str) -> String {
+    let out = Command::new("sqlite3").arg(db).arg(sql).output().unwrap();
+    assert!(
+        out.status.success(),
+        "sqlite3 {}: {}",
+        db.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A bank of 20,000 accounts holding 1,000 each, in WAL mode, about 45 MB (each row
+/// carries 2 kB of padding, so a transfer dirties pages far apart).
+fn make_bank(db: &Path) {
+    sqlite3(
+        db,
+        &format!(
+            "PRAGMA journal_mode=WAL; PRAGMA page_size=4096;
+             CREATE TABLE acct(id INTEGER PRIMARY KEY, bal INTEGER NOT NULL, pad BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < {ACCOUNTS})
+             INSERT INTO acct SELECT i, 1000, randomblob(2000) FROM n;"
+        ),
+    );
+}
+
+/// The shell pipeline of the writer: awk prints transfers between random accounts, one
+/// transaction each, and sqlite3 commits them; the WAL is checkpointed every 50 pages.
+fn writer_script(db: &str) -> String {
+    format!(
+        "awk 'BEGIN {{ srand(); print \"PRAGMA busy_timeout=60000; PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=50;\"; \
+         while (1) {{ a = int(rand()*{ACCOUNTS})+1; b = int(rand()*{ACCOUNTS})+1; v = int(rand()*100)+1; \
+         printf \"BEGIN; UPDATE acct SET bal=bal-%d WHERE id=%d; UPDATE acct SET bal=bal+%d WHERE id=%d; COMMIT;\\n\", v, a, v, b; fflush() }} }}' \
+         | sqlite3 {db} >/dev/null"
+    )
+}
+
+/// A writer on this host, killed with its pipeline when dropped.
+struct Writer(Child);
+
+impl Writer {
+    fn start(db: &Path) -> Writer {
+        let child = Command::new("setsid")
+            .args(["sh", "-c", &writer_script(db.to_str().unwrap())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Writer(child)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // The whole session: sh, awk and sqlite3.
+        unsafe_kill_group(self.0.id());
+        let _ = self.0.wait();
+    }
+}
+
+fn unsafe_kill_group(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .status();
+}
+
+/// Waits until the writer has committed at least `n` more transfers (the WAL or the
+/// database changes), so every freeze below runs against a busy writer.
+fn wait_for_writes(db: &Path) {
+    let wal = db.with_extension("db-wal");
+    let stamp = || {
+        let m = |p: &Path| fs::metadata(p).map(|m| (m.len(), m.modified().ok())).ok();
+        (m(db), m(&wal))
+    };
+    let before = stamp();
+    let t = Instant::now();
+    while stamp() == before {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the writer does not write"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What a copy of the bank holds: integrity_check's verdict and the sum of balances
+/// (None when the copy does not even open as a database).
+fn audit(db: &Path) -> (String, Option<u64>) {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg("PRAGMA integrity_check; SELECT sum(bal) FROM acct;")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let check = lines.next().unwrap_or("").to_string();
+    let sum = lines.last().and_then(|l| l.trim().parse().ok());
+    if !out.status.success() {
+        return (
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            None,
+        );
+    }
+    (check, sum)
+}
+
+fn is_consistent(db: &Path) -> bool {
+    audit(db) == ("ok".to_string(), Some(TOTAL))
+}
+
+#[test]
+fn a_sqlite_database_frozen_while_written_comes_back_as_one_state() {
+    let src = tempfile::tempdir().unwrap();
+    let db = src.path().join("bank.db");
+    make_bank(&db);
+    fs::write(src.path().join("notes.txt"), b"not a database\n").unwrap();
+    assert!(is_consistent(&db));
+    let repo = TestRepo::local().init();
+    let site = unique("bank");
+    let writer = Writer::start(&db);
+    wait_for_writes(&db);
+    for i in 0..20 {
+        wait_for_writes(&db);
+        let report = freeze(&repo, &site, &[src.path()]);
+        let found = &report["trees"][0]["sqlite"];
+        assert_eq!(
+            found,
+            &serde_json::json!([{"path": "bank.db", "how": "consistent"}]),
+            "freeze {i}: {report}"
+        );
+        let into = tempfile::tempdir().unwrap();
+        let out = thaw_into(&repo, &site, into.path());
+        assert_ok(&out);
+        let restored = under(into.path(), src.path());
+        for c in ["-wal", "-shm", "-journal"] {
+            assert!(
+                !restored.join(format!("bank.db{c}")).exists(),
+                "copy {i} has bank.db{c}"
+            );
+        }
+        assert_eq!(
+            audit(&restored.join("bank.db")),
+            ("ok".into(), Some(TOTAL)),
+            "copy {i}"
+        );
+    }
+    drop(writer);
+
+    // Unchanged since: the database is not read again.
+    freeze(&repo, &site, &[src.path()]);
+    let report = freeze(&repo, &site, &[src.path()]);
+    assert_eq!(report["trees"][0]["files_read"], 0, "{report}");
+    assert_eq!(report["trees"][0]["sqlite"][0]["how"], "consistent");
+}
+
+/// The same writer with the rule turned off (`sqlite = false`): the files are copied one
+/// after the other, and some copies are states the bank was never in. This is what the
+/// test above would see if freezer copied the database as files.
+#[test]
+fn with_the_sqlite_rule_off_a_copy_made_while_written_can_be_torn() {
+    let src = tempfile::tempdir().unwrap();
+    let db = src.path().join("bank.db");
+    make_bank(&db);
+    let repo = TestRepo::local().init();
+    let site = unique("bank");
+    let config = src.path().join("../freezer-off.toml");
+    let config = config.with_file_name(format!("{site}.toml"));
+    fs::write(
+        &config,
+        format!(
+            "[sites.{site}]\npaths = [\"{}\"]\nsqlite = false\n",
+            src.path().display()
+        ),
+    )
+    .unwrap();
+    let _writer = Writer::start(&db);
+    let mut torn = Vec::new();
+    for i in 0..10 {
+        wait_for_writes(&db);
+        let out = freezer(&[
+            "freeze",
+            &site,
+            "--repo",
+            &repo.url,
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+        ]);
+        let report = ok_report(&out);
+        assert_eq!(
+            report["trees"][0]["sqlite"][0]["how"], "as-files",
+            "{report}"
+        );
+        let into = tempfile::tempdir().unwrap();
+        assert_ok(&thaw_into(&repo, &site, into.path()));
+        let (check, sum) = audit(&under(into.path(), src.path()).join("bank.db"));
+        if check != "ok" || sum != Some(TOTAL) {
+            torn.push(format!("copy {i}: {check:.80} sum {sum:?}"));
+            break;
+        }
+    }
+    let _ = fs::remove_file(&config);
+    assert!(
+        !torn.is_empty(),
+        "no torn copy in 10 freezes with the rule off: the test above could not fail"
+    );
+    eprintln!("torn with the rule off: {torn:?}");
+}
+
+/// A Docker site frozen dehydrated (its MariaDB dumped) while its application container
+/// writes a SQLite database in a volume.
+#[test]
+fn a_docker_site_s_sqlite_database_frozen_dehydrated_while_written() {
+    let host = host_a();
+    let name = unique("sqsite");
+    let project = format!("com.docker.compose.project={name}");
+    docker(
+        &host,
+        &[
+            "network",
+            "create",
+            "--label",
+            &project,
+            &format!("{name}_default"),
+        ],
+    );
+    let volume = format!("{name}_state");
+    docker(&host, &["volume", "create", "--label", &project, &volume]);
+    let state = mountpoint(&host, &volume);
+    make_bank(&state.join("bank.db"));
+    let cleanup = Cleanup {
+        host: host.clone(),
+        name: name.clone(),
+    };
+    #[rustfmt::skip]
+    docker(&host, &[
+        "run", "-d", "--name", &format!("{name}-app-1"), "--label", &project,
+        "--label", "com.docker.compose.service=app", "--network", &format!("{name}_default"),
+        "-v", &format!("{volume}:/state"), "freezer-test/sqlite:latest",
+        "sh", "-c", &writer_script("/state/bank.db"),
+    ]);
+    #[rustfmt::skip]
+    docker(&host, &[
+        "run", "-d", "--name", &format!("{name}-db-1"), "--label", &project,
+        "--label", "com.docker.compose.service=db", "--network", &format!("{name}_default"),
+        "-e", "MARIADB_ROOT_PASSWORD=root-pw", "-e", "MARIADB_DATABASE=app",
+        "-e", "MARIADB_USER=app", "-e", "MARIADB_PASSWORD=app-pw",
+        &crate::hydrated::mariadb_image(),
+    ]);
+    let ip = crate::hydrated::address(&host, &format!("{name}-db-1"));
+    crate::hydrated::sql_at(&ip, "app", "app-pw", "app", "SELECT 1");
+    let repo = TestRepo::local().init();
+    let db = state.join("bank.db");
+    for i in 0..10 {
+        wait_for_writes(&db);
+        let out = freeze_dehydrated(&host, &name, &repo, &["--json"]);
+        let report = ok_report(&out);
+        let tree = report["trees"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["path"].as_str() == Some(state.to_str().unwrap()))
+            .unwrap_or_else(|| panic!("no tree of {volume}: {report}"));
+        assert_eq!(
+            tree["sqlite"],
+            serde_json::json!([{"path": "bank.db", "how": "consistent"}]),
+            "freeze {i}"
+        );
+        assert_eq!(
+            report["window"],
+            serde_json::Value::Null,
+            "a dehydrated freeze holds nothing still"
+        );
+        // The bytes a thaw writes: the file as the snapshot's index and layer hold it.
+        let snap = report["snapshot"].as_str().unwrap();
+        let out = freezer(&[
+            "cat",
+            &format!("{name}:{snap}"),
+            &format!("{}/bank.db", tree["name"].as_str().unwrap()),
+            "--repo",
+            &repo.url,
+        ]);
+        assert_ok(&out);
+        let copy = tempfile::tempdir().unwrap();
+        let restored = copy.path().join("bank.db");
+        fs::write(&restored, &out.stdout).unwrap();
+        assert_eq!(audit(&restored), ("ok".into(), Some(TOTAL)), "copy {i}");
+        let target = format!("{name}:{snap}");
+        let tree_name = tree["name"].as_str().unwrap();
+        let ls = freezer(&["ls", &target, tree_name, "-R", "--repo", &repo.url]);
+        assert_ok(&ls);
+        let listing = String::from_utf8_lossy(&ls.stdout);
+        assert!(listing.contains("bank.db"), "{listing}");
+        assert!(
+            !listing.contains("bank.db-wal"),
+            "the -wal is in the copy, not beside it: {listing}"
+        );
+    }
+    // The application keeps writing after every freeze: nothing was left locked.
+    wait_for_writes(&db);
+    drop(cleanup);
+}
+
+struct Cleanup {
+    host: String,
+    name: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in ["app", "db"] {
+            let _ = docker_try(&self.host, &["rm", "-fv", &format!("{}-{c}-1", self.name)]);
+        }
+        let _ = docker_try(
+            &self.host,
+            &["volume", "rm", &format!("{}_state", self.name)],
+        );
+        let _ = docker_try(
+            &self.host,
+            &["network", "rm", &format!("{}_default", self.name)],
+        );
+    }
+}
+
+/// A database whose writer keeps it locked (rollback mode, an exclusive transaction left
+/// open) past `sqlite_wait`: by default copied as files with a warning that names it;
+/// with `sqlite_locked = "fail"` the freeze fails with exit 5 and records nothing.
+#[test]
+fn a_database_locked_past_the_wait_is_named_and_copied_as_files_or_fails() {
+    let src = tempfile::tempdir().unwrap();
+    let db = src.path().join("locked.db");
+    sqlite3(&db, "CREATE TABLE t(x); INSERT INTO t VALUES (1);");
+    let mut holder = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "(echo 'BEGIN EXCLUSIVE; INSERT INTO t VALUES (2);'; sleep 60) | sqlite3 {}",
+                db.display()
+            ),
+        ])
+        .spawn()
+        .unwrap();
+    // The -journal appears once the transaction holds its lock.
+    let t = Instant::now();
+    while !src.path().join("locked.db-journal").exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no lock taken");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let repo = TestRepo::local().init();
+    let site = unique("locked");
+    let config = |locked: &str| {
+        let path = std::env::temp_dir().join(format!("{site}-{locked}.toml"));
+        fs::write(
+            &path,
+            format!(
+                "[sites.{site}]\npaths = [\"{}\"]\nsqlite_wait = \"1s\"\nsqlite_locked = \"{locked}\"\n",
+                src.path().display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (copy, fail) = (config("copy"), config("fail"));
+    let freeze_with = |config: &Path| {
+        freezer(&[
+            "freeze",
+            &site,
+            "--repo",
+            &repo.url,
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+        ])
+    };
+    let out = freeze_with(&fail);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let err = result_line(&out.stdout);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("locked.db"),
+        "{err}"
+    );
+    let out = freezer(&["snapshots", &site, "--repo", &repo.url]);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "nothing recorded: {}",
+        stderr(&out)
+    );
+
+    let report = ok_report(&freeze_with(&copy));
+    assert_eq!(report["trees"][0]["sqlite"][0]["how"], "locked", "{report}");
+    let warnings = report["warnings"].to_string();
+    assert!(
+        warnings.contains("locked.db") && warnings.contains("may be torn"),
+        "{warnings}"
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let _ = Command::new("pkill")
+        .args(["-f", &format!("sqlite3 {}", db.display())])
+        .status();
+    let _ = fs::remove_file(copy);
+    let _ = fs::remove_file(fail);
+}
