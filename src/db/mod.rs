@@ -7,6 +7,7 @@ pub mod container;
 pub mod model;
 pub mod mysql;
 pub mod pg;
+pub mod redis;
 
 pub use model::{
     Chunk, FileRef, LoadOptions, LoadReport, RowSum, A_DB_NAME, A_DB_ROWS, A_DB_TABLES, A_SQL_PART,

@@ -125,6 +125,22 @@ impl ContainerSpec {
             .collect()
     }
 
+    /// The program it runs: its entrypoint followed by its command.
+    pub fn argv(&self) -> Vec<String> {
+        let list = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut argv = list(&self.config["Entrypoint"]);
+        argv.extend(list(&self.config["Cmd"]));
+        argv
+    }
+
     /// The value of an environment variable as the container has it.
     pub fn env(&self, key: &str) -> Option<String> {
         self.config["Env"].as_array()?.iter().find_map(|e| {

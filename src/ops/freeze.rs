@@ -396,6 +396,9 @@ pub struct FreezeReport {
     pub window: Option<WindowReport>,
     pub trees: Vec<TreeReport>,
     pub databases: Vec<DbReport>,
+    /// The Redis servers that saved a point-in-time copy before their volumes were copied.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redis: Vec<crate::db::redis::Saved>,
     pub blobs_uploaded: u64,
     pub bytes_uploaded: u64,
     pub blobs_reused: u64,
@@ -625,10 +628,7 @@ fn freeze_docker(
     progress: &Progress,
     warnings: &mut Vec<String>,
     manifests: &mut Vec<Descriptor>,
-) -> Result<(
-    Vec<TreeReport>,
-    Option<crate::docker::capture::WindowReport>,
-)> {
+) -> Result<SiteCopy> {
     progress.set_label("storing container configurations".to_string());
     let mut known = KnownImages::default();
     for m in parent_containers {
@@ -642,6 +642,8 @@ fn freeze_docker(
                 .map_err(|e| prefix(e, &format!("storing container {}", spec.name)))?,
         );
     }
+    // Redis servers write a point-in-time copy first, which the volumes' copy then holds.
+    let redis = save_redis(d, progress, warnings)?;
     let pull = || -> Result<()> {
         if !d.engine.is_local() {
             progress.set_label("copying the volumes through the engine".to_string());
@@ -651,10 +653,11 @@ fn freeze_docker(
     };
     if !d.hold {
         pull()?;
-        return Ok((
-            freeze_trees(repo, plan, prev, progress, warnings, manifests)?,
-            None,
-        ));
+        return Ok(SiteCopy {
+            trees: freeze_trees(repo, plan, prev, progress, warnings, manifests)?,
+            window: None,
+            redis,
+        });
     }
     let mut tree_manifests = Vec::new();
     let (trees, w) =
@@ -663,7 +666,66 @@ fn freeze_docker(
             freeze_trees(repo, plan, prev, progress, warnings, &mut tree_manifests)
         })?;
     manifests.extend(tree_manifests);
-    Ok((trees, Some(w)))
+    Ok(SiteCopy {
+        trees,
+        window: Some(w),
+        redis,
+    })
+}
+
+/// What the copy of a site's trees did.
+#[derive(Default)]
+struct SiteCopy {
+    trees: Vec<TreeReport>,
+    window: Option<WindowReport>,
+    redis: Vec<crate::db::redis::Saved>,
+}
+
+/// How long a Redis server may take to save its data set.
+const REDIS_SAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Asks each running Redis server of the site for a point-in-time copy and waits for it
+/// ([`crate::db::redis`]). A server that cannot save is named in a warning, and its
+/// files are copied as they are.
+fn save_redis(
+    d: &DockerFreeze,
+    progress: &Progress,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<crate::db::redis::Saved>> {
+    let mut saved = Vec::new();
+    for spec in d.site.containers.iter().filter(|c| c.state == "running") {
+        let read = |path: &str| crate::docker::capture::read_file_in(&d.engine, &spec.name, path);
+        let env = |k: &str| spec.env(k);
+        let Some(server) = crate::db::redis::detect(&spec.name, &spec.argv(), &env, &read) else {
+            continue;
+        };
+        progress.check(|| format!("saving Redis in container {}", spec.name))?;
+        progress.set_label(format!("saving Redis in container {}", spec.name));
+        let exec = exec_in(&d.engine, &spec.name);
+        match server.save(&exec, REDIS_SAVE_TIMEOUT) {
+            Ok(s) => {
+                let on_volume = s.file.as_deref().is_none_or(|f| {
+                    spec.mounts.iter().any(|m| {
+                        !m.tree.is_empty()
+                            && f.starts_with(&format!("{}/", m.destination.trim_end_matches('/')))
+                    })
+                });
+                if !on_volume {
+                    warnings.push(format!(
+                        "Redis in container {} saves to {}, which is on none of its volumes: the snapshot does not hold its data",
+                        spec.name,
+                        s.file.as_deref().unwrap_or_default()
+                    ));
+                }
+                saved.push(s);
+            }
+            Err(e) => warnings.push(format!(
+                "{}; its files are copied as they are, as of its last save",
+                e.message
+            )),
+        }
+    }
+    Ok(saved)
 }
 
 fn freeze_locked(
@@ -688,11 +750,15 @@ fn freeze_locked(
     // A Docker site: the containers' images first (outside the window), then the volumes
     // while the site is held still.
     let mut manifests = Vec::new();
-    let (trees, mut window) = match &plan.docker {
-        None => (
-            freeze_trees(repo, plan, &prev, progress, &mut warnings, &mut manifests)?,
-            None,
-        ),
+    let SiteCopy {
+        trees,
+        mut window,
+        redis,
+    } = match &plan.docker {
+        None => SiteCopy {
+            trees: freeze_trees(repo, plan, &prev, progress, &mut warnings, &mut manifests)?,
+            ..Default::default()
+        },
         Some(d) => freeze_docker(
             repo,
             plan,
@@ -743,6 +809,7 @@ fn freeze_locked(
         window,
         trees,
         databases,
+        redis,
         blobs_uploaded: s.blobs_uploaded.load(Ordering::Relaxed),
         bytes_uploaded: s.bytes_uploaded.load(Ordering::Relaxed),
         blobs_reused: s.blobs_reused.load(Ordering::Relaxed),

@@ -25,6 +25,7 @@ mod mount;
 mod podman;
 mod postgres;
 mod project;
+mod redis;
 mod retention;
 mod roundtrip;
 mod servers;

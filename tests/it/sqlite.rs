@@ -247,6 +247,8 @@ fn a_docker_site_s_sqlite_database_frozen_dehydrated_while_written() {
     let cleanup = Cleanup {
         host: host.clone(),
         name: name.clone(),
+        services: vec!["app", "db"],
+        volumes: vec!["state"],
     };
     #[rustfmt::skip]
     docker(&host, &[
@@ -317,24 +319,25 @@ fn a_docker_site_s_sqlite_database_frozen_dehydrated_while_written() {
     drop(cleanup);
 }
 
-struct Cleanup {
-    host: String,
-    name: String,
+/// Removes a compose-like test site (containers `NAME-SERVICE-1`, volumes `NAME_VOLUME`,
+/// network `NAME_default`) when dropped.
+pub struct Cleanup {
+    pub host: String,
+    pub name: String,
+    pub services: Vec<&'static str>,
+    pub volumes: Vec<&'static str>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        for c in ["app", "db"] {
-            let _ = docker_try(&self.host, &["rm", "-fv", &format!("{}-{c}-1", self.name)]);
+        let (host, name) = (&self.host, &self.name);
+        for c in &self.services {
+            let _ = docker_try(host, &["rm", "-fv", &format!("{name}-{c}-1")]);
         }
-        let _ = docker_try(
-            &self.host,
-            &["volume", "rm", &format!("{}_state", self.name)],
-        );
-        let _ = docker_try(
-            &self.host,
-            &["network", "rm", &format!("{}_default", self.name)],
-        );
+        for v in &self.volumes {
+            let _ = docker_try(host, &["volume", "rm", &format!("{name}_{v}")]);
+        }
+        let _ = docker_try(host, &["network", "rm", &format!("{name}_default")]);
     }
 }
 
