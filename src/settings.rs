@@ -145,6 +145,10 @@ pub struct SiteSection {
     /// What a freeze does with a database still locked after the wait: "copy" it as
     /// files with a warning (the default), or "fail".
     pub sqlite_locked: Option<String>,
+    /// Per service (or container) of a Docker site: how a dehydrated freeze copies its
+    /// volumes: "live", "pause", "stop" or "hook" (as the label dev.freezer.consistency).
+    #[serde(default)]
+    pub consistency: BTreeMap<String, String>,
 }
 
 /// `[sites.NAME.hooks]`: commands run with `sh -c` on this host (SPEC.md §9, "Hooks").
@@ -402,6 +406,26 @@ impl Settings {
             }
         };
         Ok(Sqlite::Consistent { wait, locked })
+    }
+
+    /// `[sites.NAME.consistency]`: how a dehydrated freeze copies each service's volumes.
+    pub fn site_consistency(
+        &self,
+        site: &str,
+    ) -> Result<BTreeMap<String, crate::docker::capture::Consistency>> {
+        let mut out = BTreeMap::new();
+        let Some(s) = self.config.sites.get(site) else {
+            return Ok(out);
+        };
+        for (service, v) in &s.consistency {
+            let mode = crate::docker::capture::Consistency::parse(v).ok_or_else(|| {
+                Error::usage(format!(
+                    "[sites.{site}.consistency] {service} = {v:?}: expected \"live\", \"pause\", \"stop\" or \"hook\""
+                ))
+            })?;
+            out.insert(service.clone(), mode);
+        }
+        Ok(out)
     }
 
     /// Whether the config file asks for the site's database accounts.

@@ -46,6 +46,7 @@ pub fn run(ctx: &Ctx, a: FreezeArgs) -> Result<i32> {
             .merged(&excludes(&a.excludes)?),
         hooks: ctx.settings.site_hooks(site)?,
         sqlite: ctx.settings.site_sqlite(site)?,
+        consistency: ctx.settings.site_consistency(site)?,
     };
     let repo = ctx.open_repo()?;
     let plan = ops::plan_site(&repo, req)?;

@@ -54,6 +54,7 @@ fn request(site: &str, trees: Vec<TreeSpec>) -> FreezeRequest {
         excludes: Default::default(),
         hooks: Default::default(),
         sqlite: Default::default(),
+        consistency: Default::default(),
     }
 }
 

@@ -27,6 +27,36 @@ pub const LABEL_EXCLUDE_IF_PRESENT: &str = "dev.freezer.exclude-if-present";
 /// `false`: the SQLite databases in the container's volumes and bind mounts are copied as
 /// files, not through SQLite (SPEC.md §5.5).
 pub const LABEL_SQLITE: &str = "dev.freezer.sqlite";
+/// How a dehydrated freeze copies the container's volumes while the rest of the site
+/// runs: `live` (the default), `pause` or `stop` it for the copy of its own volumes, or
+/// `hook` (live; its freeze hooks make its files consistent). See [`Consistency`].
+pub const LABEL_CONSISTENCY: &str = "dev.freezer.consistency";
+
+/// How one container's volumes are copied in a freeze that does not hold the whole site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Copied while it runs (its SQLite databases through SQLite, its Redis saved first).
+    Live,
+    /// Paused for the copy of its own volumes.
+    Pause,
+    /// Stopped for the copy of its own volumes, then started again.
+    Stop,
+    /// Copied while it runs; its own `dev.freezer.hook.before-freeze` makes it consistent.
+    Hook,
+}
+
+impl Consistency {
+    pub fn parse(s: &str) -> Option<Consistency> {
+        match s.trim() {
+            "live" => Some(Consistency::Live),
+            "pause" => Some(Consistency::Pause),
+            "stop" => Some(Consistency::Stop),
+            "hook" => Some(Consistency::Hook),
+            _ => None,
+        }
+    }
+}
 
 /// The exclusion rules a container's labels declare for its mounts.
 fn label_excludes(labels: &Value) -> crate::tree::exclude::Excludes {
@@ -291,6 +321,22 @@ pub struct HealthCheck {
 }
 
 impl CapturedSite {
+    /// The same site with only the containers named `names` (to hold those alone).
+    pub fn only(&self, names: &[&str]) -> CapturedSite {
+        let keep: Vec<usize> = (0..self.containers.len())
+            .filter(|&i| names.contains(&self.containers[i].name.as_str()))
+            .collect();
+        CapturedSite {
+            containers: keep.iter().map(|&i| self.containers[i].clone()).collect(),
+            ids: keep.iter().map(|&i| self.ids[i].clone()).collect(),
+            trees: vec![],
+            addresses: keep.iter().map(|&i| self.addresses[i].clone()).collect(),
+            upper_dirs: keep.iter().map(|&i| self.upper_dirs[i].clone()).collect(),
+            healthy: keep.iter().map(|&i| self.healthy[i].clone()).collect(),
+            recovered: vec![],
+        }
+    }
+
     /// Brings every tree's mirror up to date from the engine (the site is held still).
     pub fn pull_mirrors(&self, engine: &Engine) -> Result<()> {
         let site = self;

@@ -1,7 +1,7 @@
 //! `freezer freeze`: plan what a site is made of (trees, databases, containers), then
 //! store it as one snapshot record.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -15,7 +15,7 @@ use super::*;
 use crate::db::model::{DbReport, DumpOptions};
 use crate::db::ToolsAt;
 use crate::db::{DbUrl, Dump};
-use crate::docker::capture::{CapturedSite, WindowReport};
+use crate::docker::capture::{CapturedSite, Consistency, WindowReport, LABEL_CONSISTENCY};
 use crate::docker::ContainerEngine;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
@@ -75,6 +75,10 @@ pub struct DockerFreeze {
     pub stop: bool,
     /// Also store each container's image layers.
     pub with_images: bool,
+    /// Dehydrated: the containers paused or stopped for the copy of their own volumes
+    /// while the rest of the site runs (by name; the others are copied live).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub consistency: BTreeMap<String, Consistency>,
 }
 
 impl std::fmt::Debug for DockerFreeze {
@@ -138,6 +142,37 @@ pub struct FreezeRequest {
     pub hooks: HostHooks,
     /// How SQLite databases are copied from a running site (freezer.toml).
     pub sqlite: Sqlite,
+    /// Per service or container name: how its volumes are copied in a dehydrated freeze
+    /// (freezer.toml; the container label `dev.freezer.consistency` otherwise).
+    pub consistency: BTreeMap<String, Consistency>,
+}
+
+/// The containers of a dehydrated freeze that are held for the copy of their own
+/// volumes: the site's setting for the service (or container), else the label.
+fn consistency_of(
+    site: &CapturedSite,
+    settings: &BTreeMap<String, Consistency>,
+) -> Result<BTreeMap<String, Consistency>> {
+    let mut out = BTreeMap::new();
+    for c in &site.containers {
+        let label = c.config["Labels"][LABEL_CONSISTENCY].as_str();
+        let mode = match settings.get(c.service()).or(settings.get(&c.name)) {
+            Some(m) => *m,
+            None => match label {
+                None => Consistency::Live,
+                Some(v) => Consistency::parse(v).ok_or_else(|| {
+                    Error::usage(format!(
+                        "container {} has label {LABEL_CONSISTENCY}={v:?}: expected live, pause, stop or hook",
+                        c.name
+                    ))
+                })?,
+            },
+        };
+        if matches!(mode, Consistency::Pause | Consistency::Stop) {
+            out.insert(c.name.clone(), mode);
+        }
+    }
+    Ok(out)
 }
 
 /// Decides how a site is frozen and plans it. A site with neither trees nor databases
@@ -202,6 +237,10 @@ pub fn plan_site(repo: &Repository, req: FreezeRequest) -> Result<FreezePlan> {
             engine.refuse_rootless_files(&format!("copying {} of site {site}", t.name))?;
         }
         trees = captured.trees.clone();
+        let consistency = match hydrated {
+            true => BTreeMap::new(),
+            false => consistency_of(&captured, &req.consistency)?,
+        };
         docker = Some(DockerFreeze {
             engine_host: engine.endpoint.host.clone(),
             engine,
@@ -209,6 +248,7 @@ pub fn plan_site(repo: &Repository, req: FreezeRequest) -> Result<FreezePlan> {
             hold: hydrated,
             stop: req.stop,
             with_images: req.with_images,
+            consistency,
         });
     }
     match req.mode {
@@ -279,6 +319,7 @@ pub fn freeze_before_replace(
                 hold: true,
                 stop: false,
                 with_images: false,
+                consistency: BTreeMap::new(),
             };
             plan_freeze(repo, target, trees, vec![], 1, Some(docker))?
         }
@@ -394,6 +435,10 @@ pub struct FreezeReport {
     /// How long the site was paused or stopped (Docker sites).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<WindowReport>,
+    /// A dehydrated freeze: how long the containers held by their consistency setting
+    /// were paused or stopped, for the copy of their own volumes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<WindowReport>,
     pub trees: Vec<TreeReport>,
     pub databases: Vec<DbReport>,
     /// The Redis servers that saved a point-in-time copy before their volumes were copied.
@@ -652,23 +697,24 @@ fn freeze_docker(
         Ok(())
     };
     if !d.hold {
-        pull()?;
+        let (trees, windows) = copy_live(repo, plan, d, prev, &pull, (progress, warnings))?;
         return Ok(SiteCopy {
-            trees: freeze_trees(repo, plan, prev, progress, warnings, manifests)?,
+            trees: in_plan_order(trees, manifests),
             window: None,
+            windows,
             redis,
         });
     }
-    let mut tree_manifests = Vec::new();
+    let all: Vec<usize> = (0..plan.trees.len()).collect();
     let (trees, w) =
         crate::docker::capture::hold(&d.engine, &d.site, d.stop, progress.cancel(), || {
             pull()?;
-            freeze_trees(repo, plan, prev, progress, warnings, &mut tree_manifests)
+            freeze_trees(repo, plan, &all, true, prev, progress, warnings)
         })?;
-    manifests.extend(tree_manifests);
     Ok(SiteCopy {
-        trees,
+        trees: in_plan_order(trees, manifests),
         window: Some(w),
+        windows: vec![],
         redis,
     })
 }
@@ -678,7 +724,103 @@ fn freeze_docker(
 struct SiteCopy {
     trees: Vec<TreeReport>,
     window: Option<WindowReport>,
+    windows: Vec<WindowReport>,
     redis: Vec<crate::db::redis::Saved>,
+}
+
+/// Trees copied, each with its place in the plan.
+type Copied = Vec<(usize, Descriptor, TreeReport)>;
+
+/// The trees' reports in the plan's order; their descriptors appended to `manifests`.
+fn in_plan_order(mut copied: Copied, manifests: &mut Vec<Descriptor>) -> Vec<TreeReport> {
+    copied.sort_by_key(|(i, _, _)| *i);
+    let mut reports = Vec::new();
+    for (_, desc, report) in copied {
+        manifests.push(desc);
+        reports.push(report);
+    }
+    reports
+}
+
+/// Copies a running site's trees: those of containers held by their consistency
+/// setting ([`DockerFreeze::consistency`]) while only those containers are paused or
+/// stopped (one window each group that shares trees), the others live. A remote engine's
+/// mirrors are pulled in one go, so there the held containers are held for all of it.
+fn copy_live(
+    repo: &Repository,
+    plan: &FreezePlan,
+    d: &DockerFreeze,
+    prev: &HashMap<PathBuf, PrevTree>,
+    pull: &dyn Fn() -> Result<()>,
+    (progress, warnings): (&Progress, &mut Vec<String>),
+) -> Result<(Copied, Vec<WindowReport>)> {
+    let all: Vec<usize> = (0..plan.trees.len()).collect();
+    if d.consistency.is_empty() {
+        pull()?;
+        let copied = freeze_trees(repo, plan, &all, false, prev, progress, warnings)?;
+        return Ok((copied, vec![]));
+    }
+    // The held containers that mount each tree; trees grouped by that set.
+    let holders = |t: &TreeSpec| -> Vec<&str> {
+        d.site
+            .containers
+            .iter()
+            .filter(|c| c.state == "running" && d.consistency.contains_key(&c.name))
+            .filter(|c| c.mounts.iter().any(|m| m.tree == t.name))
+            .map(|c| c.name.as_str())
+            .collect()
+    };
+    let mut groups: Vec<(Vec<&str>, Vec<usize>)> = Vec::new();
+    if d.engine.is_local() {
+        for (i, t) in plan.trees.iter().enumerate() {
+            let h = holders(t);
+            match groups.iter_mut().find(|g| g.0 == h) {
+                Some(g) => g.1.push(i),
+                None => groups.push((h, vec![i])),
+            }
+        }
+    } else {
+        let mut h: Vec<&str> = plan.trees.iter().flat_map(holders).collect();
+        h.sort();
+        h.dedup();
+        groups.push((h, all));
+    }
+    let mut copied = Vec::new();
+    let mut windows = Vec::new();
+    for (held, trees) in groups {
+        let held_still = !held.is_empty();
+        let copy = |warnings: &mut Vec<String>| -> Result<Copied> {
+            if !d.engine.is_local() {
+                pull()?;
+            }
+            freeze_trees(repo, plan, &trees, held_still, prev, progress, warnings)
+        };
+        if held.is_empty() {
+            copied.extend(copy(warnings)?);
+            continue;
+        }
+        let by = |m: Consistency| -> Vec<&str> {
+            held.iter()
+                .copied()
+                .filter(|n| d.consistency[*n] == m)
+                .collect()
+        };
+        let (paused, stopped) = (by(Consistency::Pause), by(Consistency::Stop));
+        let cancel = progress.cancel();
+        use crate::docker::capture::hold;
+        // Stopped ones first (a clean shutdown), then the paused ones: one window each.
+        let (stop_site, pause_site) = (d.site.only(&stopped), d.site.only(&paused));
+        let ((got, w_pause), w_stop) = hold(&d.engine, &stop_site, true, cancel, || {
+            hold(&d.engine, &pause_site, false, cancel, || copy(warnings))
+        })?;
+        copied.extend(got);
+        windows.extend(
+            [w_stop, w_pause]
+                .into_iter()
+                .filter(|w| !w.containers.is_empty()),
+        );
+    }
+    Ok((copied, windows))
 }
 
 /// How long a Redis server may take to save its data set.
@@ -753,12 +895,17 @@ fn freeze_locked(
     let SiteCopy {
         trees,
         mut window,
+        mut windows,
         redis,
     } = match &plan.docker {
-        None => SiteCopy {
-            trees: freeze_trees(repo, plan, &prev, progress, &mut warnings, &mut manifests)?,
-            ..Default::default()
-        },
+        None => {
+            let all: Vec<usize> = (0..plan.trees.len()).collect();
+            let copied = freeze_trees(repo, plan, &all, false, &prev, progress, &mut warnings)?;
+            SiteCopy {
+                trees: in_plan_order(copied, &mut manifests),
+                ..Default::default()
+            }
+        }
         Some(d) => freeze_docker(
             repo,
             plan,
@@ -790,9 +937,11 @@ fn freeze_locked(
     progress.check(|| "recording the snapshot".into())?;
     let r = repo.write_record(&plan.site, &record, created)?;
     // The snapshot is safe; the site is given back as healthy as it was found.
-    if let (Some(d), Some(w)) = (&plan.docker, window.as_mut()) {
-        progress.set_label("waiting for the containers' health checks".to_string());
-        warnings.extend(crate::docker::capture::await_health(&d.engine, &d.site, w));
+    if let Some(d) = &plan.docker {
+        for w in window.iter_mut().chain(windows.iter_mut()) {
+            progress.set_label("waiting for the containers' health checks".to_string());
+            warnings.extend(crate::docker::capture::await_health(&d.engine, &d.site, w));
+        }
     }
     let s = &repo.stats;
     Ok(FreezeReport {
@@ -807,6 +956,7 @@ fn freeze_locked(
             .map(|d| d.site.containers.iter().map(|c| c.name.clone()).collect())
             .unwrap_or_default(),
         window,
+        windows,
         trees,
         databases,
         redis,
@@ -823,20 +973,19 @@ fn freeze_locked(
 fn freeze_trees(
     repo: &Repository,
     plan: &FreezePlan,
+    which: &[usize],
+    held: bool,
     prev: &HashMap<PathBuf, PrevTree>,
     progress: &Progress,
     warnings: &mut Vec<String>,
-    manifests: &mut Vec<Descriptor>,
-) -> Result<Vec<TreeReport>> {
+) -> Result<Copied> {
     let mut trees = Vec::new();
     // A site held still is copied as files, its databases with it. A remote engine's
     // volumes are mirrored here through its archive API while the site runs, so no
     // SQLite lock guards that copy: its databases are copied as files, and named.
-    let (held, mirrored) = match &plan.docker {
-        Some(d) => (d.hold, !d.engine.is_local()),
-        None => (false, false),
-    };
-    for t in &plan.trees {
+    let mirrored = plan.docker.as_ref().is_some_and(|d| !d.engine.is_local());
+    for &i in which {
+        let t = &plan.trees[i];
         progress.set_label(format!("freezing {}", t.name));
         progress.add_total(dir_size_hint(prev, &t.path));
         let sqlite = match held || mirrored || t.sqlite_as_files {
@@ -853,8 +1002,7 @@ fn freeze_trees(
                 ));
             }
         }
-        manifests.push(desc);
-        trees.push(report);
+        trees.push((i, desc, report));
     }
     Ok(trees)
 }
