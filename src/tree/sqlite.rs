@@ -158,32 +158,29 @@ pub fn backup(path: &Path, wait: Duration, progress: &Progress) -> Result<Option
         Error::other(format!("{what} SQLite database {}: {e}", path.display()))
             .with_hint("the file starts like a SQLite database; if SQLite cannot read it, copy it as a file: `sqlite = false` in the site's section of freezer.toml, or the container label dev.freezer.sqlite=false")
     };
-    // Read-only: nothing of the database changes, and closing it neither checkpoints
-    // nor removes its -wal. A hot journal left by a crashed writer needs a read-write
-    // connection to be rolled back, as the application's next reader would do.
-    let open = |flags| Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX);
-    let src = open(OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| sqlite_err("opening", e))?;
-    let started = Instant::now();
-    // The first read opens (or makes) the -wal and -shm, so the stamp taken after it
-    // is the one the next freeze sees when nothing was written in between.
-    let src = match first_read(&src, wait) {
-        Err(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::ReadOnly => {
-            drop(src);
-            let rw =
-                open(OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(|e| sqlite_err("opening", e))?;
-            match first_read(&rw, wait) {
-                Ok(true) => rw,
-                Ok(false) => return Ok(None),
-                Err(e) => return Err(sqlite_err("reading", e)),
-            }
-        }
-        Err(e) => return Err(sqlite_err("reading", e)),
-        Ok(false) => return Ok(None),
-        Ok(true) => src,
-    };
+    // Stamped before the copy: a commit in between is in the copy, and makes the next
+    // freeze copy it again rather than miss it.
     let meta =
         std::fs::metadata(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     let stamp = stamp(path, &meta);
+    // Opened as any client of it is (read-write, never created), so that it leaves the
+    // directory as it found it: the -wal and -shm its first read makes when the
+    // application is not running are removed again when it closes, as by the
+    // application's own last connection. Reading may roll back a hot journal or
+    // checkpoint a -wal a crashed writer left, as the application's next reader would. A
+    // database on a read-only mount is read read-only. As root, SQLite gives any file it
+    // creates the database's owner.
+    let open = |flags| Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX);
+    let src = match open(OpenFlags::SQLITE_OPEN_READ_WRITE) {
+        Ok(c) => c,
+        Err(_) => open(OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| sqlite_err("opening", e))?,
+    };
+    let started = Instant::now();
+    match first_read(&src, wait) {
+        Ok(true) => {}
+        Ok(false) => return Ok(None),
+        Err(e) => return Err(sqlite_err("reading", e)),
+    }
     let file = crate::sys::temp_file()?;
     let mut dst = Connection::open(file.path()).map_err(|e| sqlite_err("copying", e))?;
     let done = {
