@@ -32,6 +32,8 @@ pub const MT_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 pub const MT_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// freezer's per-tree file index: zstd-compressed JSON lines (see `tree::index`).
 pub const MT_TREE_INDEX: &str = "application/vnd.freezer.tree.index.v1.jsonl+zstd";
+/// A page map or a pack of a file stored by its units (SPEC.md §5.6).
+pub const MT_TREE_PAGES: &str = "application/vnd.freezer.tree.pages.v1+zstd";
 
 pub const A_CREATED: &str = "org.opencontainers.image.created";
 pub const A_REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -46,6 +48,9 @@ pub const A_TREE_NAME: &str = "dev.freezer.tree.name";
 pub const A_TREE_PATH: &str = "dev.freezer.tree.path";
 pub const A_TREE_INDEX: &str = "dev.freezer.tree.index";
 pub const A_TREE_INDEX_SIZE: &str = "dev.freezer.tree.index.size";
+/// The page maps and packs of the tree's files stored by their units (SPEC.md §5.6), as
+/// compact JSON `[["sha256:…", size], …]`.
+pub const A_TREE_PAGES: &str = "dev.freezer.tree.pages";
 pub const A_LAYER_KIND: &str = "dev.freezer.layer.kind";
 pub const A_TREE_FILES: &str = "dev.freezer.tree.files";
 /// The exclusion rules a tree was frozen with (JSON, SPEC.md §6); absent when none.
@@ -425,6 +430,20 @@ pub fn image_blobs(manifest: &ImageManifest) -> (Vec<Descriptor>, Option<Error>)
                 blobs.push(Descriptor::new(MT_TREE_INDEX, d, size));
             }
             Err(e) => err = Some(e),
+        }
+        if let Some(list) = manifest.annotations.get(A_TREE_PAGES) {
+            match serde_json::from_str::<Vec<(Digest, u64)>>(list) {
+                Ok(pages) => blobs.extend(
+                    pages
+                        .into_iter()
+                        .map(|(d, size)| Descriptor::new(MT_TREE_PAGES, d, size)),
+                ),
+                Err(e) => {
+                    err = Some(Error::integrity(format!(
+                        "tree manifest: bad {A_TREE_PAGES} annotation: {e}"
+                    )))
+                }
+            }
         }
     }
     blobs.extend(manifest.layers.iter().cloned());

@@ -398,10 +398,15 @@ fn diff_tree(
                 if x.kind != y.kind {
                     what.push("type");
                 } else if x.kind == Kind::File
-                    && (x.size != y.size || x.ctime != y.ctime || x.ino != y.ino)
+                    && (x.size != y.size
+                        || x.ctime != y.ctime
+                        || x.ino != y.ino
+                        || x.sqlite != y.sqlite
+                        || x.pages != y.pages)
                 {
-                    // The stat data the freeze compares (SPEC.md §5.2): content may have
-                    // changed; a file rewritten in place is stored again.
+                    // The stat data the freeze compares (SPEC.md §5.2, a SQLite
+                    // database's stamp, §5.5): content may have changed; a file rewritten
+                    // in place is stored again.
                     what.push("content");
                 }
                 if x.mode != y.mode {

@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -122,17 +123,25 @@ impl Exporter<'_> {
             return Err(e);
         }
         let mut d = m.clone();
-        if compression == LayerCompression::Gzip && !manifest.layers.is_empty() {
+        let regzipped = compression == LayerCompression::Gzip && !manifest.layers.is_empty();
+        let paged = manifest.annotations.contains_key(A_TREE_PAGES);
+        if regzipped || paged {
             // The same layers (same diff_ids, so the config stays), compressed anew: a new
             // manifest names them.
-            for l in &mut manifest.layers {
+            for l in manifest.layers.iter_mut().filter(|_| regzipped) {
                 if l.media_type == MT_LAYER_ZSTD {
                     *l = regzip(repo, l, &self.blob_dir)?;
                     self.count(l.size);
                 }
             }
-            for b in blobs.iter().filter(|b| b.media_type != MT_LAYER_ZSTD) {
+            for b in blobs
+                .iter()
+                .filter(|b| !regzipped || b.media_type != MT_LAYER_ZSTD)
+            {
                 self.copy(&b.digest)?;
+            }
+            if paged {
+                self.add_pages_layer(m, &mut manifest, compression)?;
             }
             let data = to_json(&manifest);
             let digest = Digest::of(&data);
@@ -148,6 +157,88 @@ impl Exporter<'_> {
             }
         }
         Ok(d)
+    }
+
+    /// A tree with files stored by their units (SPEC.md §5.6): one more layer, last, that
+    /// holds them whole, so stock tools applying the layers get the whole tree; a new
+    /// config lists its diff_id.
+    fn add_pages_layer(
+        &mut self,
+        m: &Descriptor,
+        manifest: &mut ImageManifest,
+        compression: LayerCompression,
+    ) -> Result<()> {
+        let repo = self.repo;
+        let plan = crate::tree::thaw::TreePlan::load(repo, &m.digest)?;
+        let plain = tempfile::NamedTempFile::new_in(&self.blob_dir)
+            .ctx(|| format!("creating a file in {}", self.blob_dir.display()))?;
+        let mut tar = tar::Builder::new(std::io::BufWriter::new(plain.as_file()));
+        for e in plan.entries()? {
+            let e = e?;
+            let Some(map) = &e.pages else { continue };
+            let name = e.display_path();
+            let map = crate::tree::pages::PageMap::load(repo, map)?;
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(e.mode);
+            h.set_uid(u64::from(e.uid));
+            h.set_gid(u64::from(e.gid));
+            h.set_mtime(e.mtime.0.max(0) as u64);
+            h.set_size(map.size);
+            let r = crate::tree::pages::Reader::open(repo, map, &name)?;
+            let path = std::ffi::OsStr::from_bytes(&e.path);
+            tar.append_data(&mut h, path, r)
+                .ctx(|| format!("exporting {name}"))?;
+        }
+        tar.into_inner()
+            .and_then(|mut w| w.flush())
+            .ctx(|| "writing the exported layer".into())?;
+        let diff_id = sha256_of(plain.path())?;
+        let packed = tempfile::NamedTempFile::new_in(&self.blob_dir)
+            .ctx(|| format!("creating a file in {}", self.blob_dir.display()))?;
+        let mut src = fs::File::open(plain.path()).ctx(|| "reading the exported layer".into())?;
+        let media_type = match compression {
+            LayerCompression::Gzip => {
+                let mut gz =
+                    flate2::write::GzEncoder::new(packed.as_file(), flate2::Compression::fast());
+                std::io::copy(&mut src, &mut gz)
+                    .and_then(|_| gz.finish().map(drop))
+                    .ctx(|| "compressing the exported layer".into())?;
+                MT_LAYER_GZIP
+            }
+            _ => {
+                zstd::stream::copy_encode(&mut src, packed.as_file(), 3)
+                    .ctx(|| "compressing the exported layer".into())?;
+                MT_LAYER_ZSTD
+            }
+        };
+        let digest = sha256_of(packed.path())?;
+        let size = packed
+            .as_file()
+            .metadata()
+            .ctx(|| "reading the exported layer".into())?
+            .len();
+        let dest = self.blob_dir.join(digest.hex());
+        packed
+            .persist(&dest)
+            .map_err(|e| Error::io(format!("writing {}", dest.display()), e.error))?;
+        self.count(size);
+        manifest
+            .layers
+            .push(Descriptor::new(media_type, digest, size));
+
+        let mut config: ImageConfig = from_json(
+            &repo.read_blob(&manifest.config.digest)?,
+            &manifest.config.digest.key(),
+        )?;
+        config.rootfs.diff_ids.push(diff_id);
+        let data = to_json(&config);
+        let digest = Digest::of(&data);
+        let path = self.blob_dir.join(digest.hex());
+        fs::write(&path, &data).ctx(|| format!("writing {}", path.display()))?;
+        self.count(data.len() as u64);
+        manifest.config = Descriptor::new(&manifest.config.media_type, digest, data.len() as u64);
+        Ok(())
     }
 
     fn count(&mut self, n: u64) {
@@ -174,6 +265,14 @@ impl Exporter<'_> {
         self.count(n);
         Ok(())
     }
+}
+
+/// The SHA-256 of a file.
+fn sha256_of(path: &Path) -> Result<Digest> {
+    let mut f = fs::File::open(path).ctx(|| format!("reading {}", path.display()))?;
+    let mut hash = <sha2::Sha256 as sha2::Digest>::new();
+    std::io::copy(&mut f, &mut hash).ctx(|| format!("reading {}", path.display()))?;
+    Ok(Digest::from_hasher(hash))
 }
 
 /// Writes a zstd layer of the repository into `blob_dir` as a gzip layer (verified as it

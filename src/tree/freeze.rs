@@ -22,6 +22,7 @@ use sha2::{Digest as _, Sha256};
 use super::exclude::Matcher;
 use super::frames::{ClosedFrame, Compressor, FRAME_BYTES, OWN_FRAME};
 use super::index::{cmp_paths, is_within, Entry, Frame, IndexReader, IndexWriter, Kind, Trailer};
+use super::pages;
 use super::sqlite::{self, Sqlite};
 use super::walk::{Walked, Walker};
 use crate::error::{Error, IoContext, Result};
@@ -106,6 +107,14 @@ pub struct FreezeStats {
     /// The SQLite databases found, and how each was copied ([`sqlite`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sqlite: Vec<sqlite::Found>,
+    /// Of the files stored by their units ([`pages`]): the bytes of the units that
+    /// changed, and so were stored (the rest point into earlier packs).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub pages_new_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// How a tree is read: what is left out, and how its SQLite databases are copied.
@@ -148,7 +157,7 @@ pub fn freeze_tree(
         sqlite: rules.sqlite,
         base,
     };
-    let finished = walk_and_upload(repo, walk, &mut index, &mut stats, progress)?;
+    let (finished, page_blobs) = walk_and_upload(repo, walk, &mut index, &mut stats, progress)?;
 
     stats.new_layers = finished.len() as u64;
     for part in finished {
@@ -176,6 +185,14 @@ pub fn freeze_tree(
     stats.bytes = trailer.bytes;
 
     let index = Descriptor::new(MT_TREE_INDEX, index_digest, index_size);
+    let mut annotations = annotations;
+    if !page_blobs.is_empty() {
+        let list: Vec<(&Digest, &u64)> = page_blobs.iter().collect();
+        annotations.insert(
+            A_TREE_PAGES.into(),
+            serde_json::to_string(&list).expect("digests serialize"),
+        );
+    }
     let manifest = store_tree_image(repo, layers, diff_ids, &index, annotations)?;
     Ok((manifest, stats))
 }
@@ -198,8 +215,8 @@ fn walk_and_upload(
     index: &mut IndexWriter<BlobWriter>,
     stats: &mut FreezeStats,
     progress: &Progress,
-) -> Result<Vec<FinishedPart>> {
-    std::thread::scope(|scope| -> Result<Vec<FinishedPart>> {
+) -> Result<(Vec<FinishedPart>, PageBlobs)> {
+    std::thread::scope(|scope| -> Result<(Vec<FinishedPart>, PageBlobs)> {
         // Parts travel to the uploader through a one-slot channel: at most one finished
         // part waits on local disk while the next is written.
         let (tx, rx) = mpsc::sync_channel::<FinishedPart>(1);
@@ -227,12 +244,14 @@ fn walk_and_upload(
             pending: Default::default(),
             sqlite: walk.sqlite,
             copied_dbs: Default::default(),
+            page_blobs: Default::default(),
         };
         let walk_result = m.run(walk.root, walk.incremental, walk.excludes);
         let close_result = walk_result
             .and_then(|()| m.layers.finish_part())
             .and_then(|()| m.drain());
         debug_assert!(close_result.is_err() || m.pending.is_empty());
+        let page_blobs = std::mem::take(&mut m.page_blobs);
         drop(m);
         let uploaded = uploader
             .join()
@@ -240,7 +259,7 @@ fn walk_and_upload(
         // An upload error explains the walk's "upload thread stopped", so it comes first.
         let uploaded = uploaded?;
         close_result?;
-        Ok(uploaded)
+        Ok((uploaded, page_blobs))
     })
 }
 
@@ -291,7 +310,12 @@ struct Merge<'a> {
     /// The databases stored as copies made through SQLite: their `-wal`, `-shm` and
     /// `-journal`, which come after them in the walk, are not stored.
     copied_dbs: std::collections::HashSet<Vec<u8>>,
+    /// The page maps and packs of the files stored by their units, with their sizes.
+    page_blobs: PageBlobs,
 }
+
+/// Blobs of files stored by their units ([`pages`]): digest and size.
+type PageBlobs = std::collections::BTreeMap<Digest, u64>;
 
 /// Entries held back for an open frame before it is closed early: bounds the memory a
 /// frame of many unchanged (carried-over) entries can take.
@@ -394,6 +418,37 @@ impl Merge<'_> {
         })
     }
 
+    /// Stores the database copy at `copy` by its units, reusing those of its previous
+    /// page map `prev` that did not change; `e` becomes its entry.
+    fn store_pages(&mut self, e: &mut Entry, copy: &Path, prev: Option<&Digest>) -> Result<()> {
+        let repo = self.layers.repo;
+        // A previous map that cannot be read only costs the reuse.
+        let prev = prev.and_then(|d| pages::PageMap::load(repo, d).ok());
+        let stored = pages::store(repo, copy, prev.as_ref(), self.progress)
+            .map_err(|err| crate::error::prefix(err, &format!("storing {}", e.display_path())))?;
+        self.stats.pages_new_bytes += stored.new_bytes;
+        self.page_blobs
+            .insert(stored.map_digest.clone(), stored.map_size);
+        for p in stored.map.blobs() {
+            self.page_blobs.insert(p.digest.clone(), p.size);
+        }
+        e.pages = Some(stored.map_digest);
+        e.layer = None;
+        e.frame = None;
+        Ok(())
+    }
+
+    /// An unchanged file stored by its units: its map and packs stay in the tree.
+    fn keep_pages(&mut self, map: &Digest) -> Result<()> {
+        let repo = self.layers.repo;
+        let (m, size) = pages::PageMap::load_sized(repo, map)?;
+        self.page_blobs.insert(map.clone(), size);
+        for p in m.blobs() {
+            self.page_blobs.insert(p.digest.clone(), p.size);
+        }
+        Ok(())
+    }
+
     fn found(&mut self, path: &[u8], how: sqlite::How) {
         let path = String::from_utf8_lossy(path).into_owned();
         self.stats.sqlite.push(sqlite::Found { path, how });
@@ -480,6 +535,7 @@ impl Merge<'_> {
             };
         }
         let live_db = kind == Kind::File && !multi && self.sqlite != Sqlite::AsFiles;
+        let old_pages = old.as_ref().and_then(|o| o.pages.clone());
 
         if let Some(o) = old {
             let same_kind = o.kind == kind || (o.kind == Kind::HardLink && kind == Kind::File);
@@ -511,6 +567,9 @@ impl Merge<'_> {
                 if o.sqlite.is_some() {
                     self.found(&o.path, sqlite::How::Consistent);
                     self.copied_dbs.insert(o.path.clone());
+                }
+                if let Some(map) = &o.pages {
+                    self.keep_pages(map)?;
                 }
                 return self.push(o, None);
             }
@@ -550,6 +609,13 @@ impl Merge<'_> {
                     self.leaders.insert(inode, e.path.clone());
                 }
                 let copy = self.database_copy(&mut e, &w)?;
+                if let Some(c) = copy.as_ref().filter(|_| e.size >= pages::MIN_SIZE) {
+                    self.store_pages(&mut e, c.path(), old_pages.as_ref())?;
+                    self.stats.files_read += 1;
+                    self.stats.bytes_read += e.size;
+                    self.push(e, None)?;
+                    return self.drain();
+                }
                 let from = copy.as_ref().map_or(w.abs.as_path(), |c| c.path());
                 let (at, changed) = self.layers.file(&e, from, self.progress)?;
                 e.layer = Some(at.ordinal);
@@ -608,6 +674,7 @@ fn entry_of(m: &std::fs::Metadata, path: Vec<u8>) -> Option<Entry> {
         ctime: (m.ctime(), m.ctime_nsec() as u32),
         frame: None,
         sqlite: None,
+        pages: None,
     })
 }
 

@@ -91,6 +91,9 @@ pub struct Entry {
     /// files when it was copied, which change detection compares instead of the size
     /// (the copy's size is not the file's). Not restored.
     pub sqlite: Option<String>,
+    /// For a regular file stored by its units outside the layers ([`super::pages`]): its
+    /// page map. Such a file has no `layer` and no `frame`.
+    pub pages: Option<crate::format::Digest>,
 }
 
 /// Where a file's tar entry is in its layer: the layer is a sequence of independent
@@ -174,6 +177,9 @@ struct Line {
     /// A SQLite database's stamp (see [`Entry::sqlite`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sq: Option<String>,
+    /// The page map of a file stored by its units (see [`Entry::pages`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pg: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     end: Option<Trailer>,
 }
@@ -243,6 +249,7 @@ impl Entry {
             ct: self.ctime.0,
             cn: self.ctime.1,
             sq: self.sqlite.clone(),
+            pg: self.pages.as_ref().map(|d| d.to_string()),
             end: None,
         }
     }
@@ -275,6 +282,13 @@ impl Entry {
             }
             _ => return Err(Error::integrity("tree index: a frame without its digest")),
         };
+        let pages =
+            match line.pg {
+                None => None,
+                Some(d) => Some(d.parse().map_err(|_| {
+                    Error::integrity(format!("tree index: bad page map digest {d:?}"))
+                })?),
+            };
         // Every reader gets only paths that stay under a root: an index may be hostile.
         check_relative(&path)?;
         if kind == Kind::HardLink {
@@ -297,6 +311,7 @@ impl Entry {
             ctime: (line.ct, line.cn),
             frame,
             sqlite: line.sq,
+            pages,
         })
     }
 
@@ -528,6 +543,7 @@ mod tests {
             ctime: (5, 6),
             frame: None,
             sqlite: None,
+            pages: None,
         }
     }
 
@@ -652,11 +668,13 @@ mod tests {
             target in path(),
             frame in proptest::option::of((any::<u64>(), any::<u64>(), any::<u64>(), any::<[u8; 32]>())),
             sqlite in proptest::option::of("[0-9a-z:. -]{0,40}"),
+            pages in proptest::option::of(any::<[u8; 32]>()),
         ) -> Entry {
             // A hard link names the file it shares an inode with: a path in the tree.
             let link = if kind == Kind::HardLink { target } else { link };
             let frame = frame.map(|(offset, len, skip, sha256)| Frame { offset, len, skip, sha256 });
-            Entry { path, kind, mode, uid, gid, mtime, size, layer, link, rdev, xattrs, leader, ino, ctime, frame, sqlite }
+            let pages = pages.map(|h| format!("sha256:{}", hex::encode(h)).parse().unwrap());
+            Entry { path, kind, mode, uid, gid, mtime, size, layer, link, rdev, xattrs, leader, ino, ctime, frame, sqlite, pages }
         }
     }
 

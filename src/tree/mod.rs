@@ -10,6 +10,7 @@ pub mod exclude;
 pub mod frames;
 pub mod freeze;
 pub mod index;
+pub mod pages;
 pub mod sqlite;
 pub mod thaw;
 pub mod walk;

@@ -159,6 +159,8 @@ fn check_index(mut r: IndexReader<File>, layers: usize) -> Result<Trailer> {
         }
         match e.kind {
             Kind::Dir => dirs.push(e.path.clone()),
+            // Stored by its units outside the layers (SPEC.md §5.6).
+            Kind::File if e.pages.is_some() && e.layer.is_none() => {}
             Kind::File => {
                 let l = e.layer.unwrap_or(u32::MAX) as usize;
                 if l >= layers {
@@ -315,7 +317,37 @@ fn extract_files(
             extract_layer(repo, layer, files, staging, &owner, progress, writers)?;
         }
         Ok(())
-    })
+    })?;
+    // Files stored by their units, each from its page map and packs.
+    for e in plan.entries()? {
+        let e = e?;
+        let Some(map) = e
+            .pages
+            .as_ref()
+            .filter(|_| e.kind == Kind::File && wanted(&e))
+        else {
+            continue;
+        };
+        let name = e.display_path();
+        let map = super::pages::PageMap::load(repo, map)?;
+        if map.size != e.size {
+            return Err(Error::integrity(format!(
+                "{name}: its page map holds {} bytes, its index says {}",
+                map.size, e.size
+            )));
+        }
+        let mut r = super::pages::Reader::open(repo, map, &name)?;
+        let damaged = |err: std::io::Error| Error::integrity(format!("{name}: {err}"));
+        write_file(
+            &mut r,
+            &at(staging, &e.path),
+            &e,
+            &owner,
+            progress,
+            &damaged,
+        )?;
+    }
+    Ok(())
 }
 
 /// Hard links, to files that exist by now.

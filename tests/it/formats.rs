@@ -10,6 +10,24 @@ fn formats() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/formats/v1"))
 }
 
+/// SPEC.md §5.6: a page map of a 20,480-byte file in two units, the first in the second
+/// pack, the second at offset 515 of the first.
+#[test]
+fn sqlite_page_map_fixture_reads_and_writes_back_byte_for_byte() {
+    let text = std::fs::read_to_string(formats().join("sqlite-pagemap.json")).unwrap();
+    let map: freezer::tree::pages::PageMap = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (map.format.as_str(), map.version),
+        ("freezer-sqlite-pages", 1)
+    );
+    assert_eq!((map.size, map.unit), (20480, 16384));
+    assert_eq!(map.units.len() as u64, map.size.div_ceil(map.unit));
+    assert_eq!(map.units[1].0, 0);
+    assert_eq!((map.units[1].1, map.units[1].2), (515, 97));
+    assert_eq!(map.packs[1].size, 97);
+    assert_eq!(serde_json::to_string(&map).unwrap(), text.trim_end());
+}
+
 #[test]
 fn tree_index_fixture_reads_and_writes_back_byte_for_byte() {
     let text = std::fs::read(formats().join("tree-index.jsonl")).unwrap();

@@ -30,6 +30,7 @@ fn entry(path: &[u8], kind: Kind) -> Entry {
         ctime: (0, 0),
         frame: None,
         sqlite: None,
+        pages: None,
     }
 }
 

@@ -18,7 +18,7 @@ pub(crate) fn mounted(dir: &Path) -> bool {
 
 /// A running `freezer mount`. Dropped (a failed test) it is stopped and unmounted, so
 /// no mount outlives the test.
-struct Mounted {
+pub(crate) struct Mounted {
     child: Option<std::process::Child>,
     at: std::path::PathBuf,
 }
@@ -39,7 +39,7 @@ impl Drop for Mounted {
 }
 
 /// `freezer mount` in the background; returns once the view is up.
-fn mount(repo: &TestRepo, at: &Path) -> Mounted {
+pub(crate) fn mount(repo: &TestRepo, at: &Path) -> Mounted {
     mount_with(repo, at, &[])
 }
 

@@ -431,3 +431,119 @@ fn a_database_locked_past_the_wait_is_named_and_copied_as_files_or_fails() {
     let _ = fs::remove_file(copy);
     let _ = fs::remove_file(fail);
 }
+
+/// A 41 MB database is stored by its 16 KiB units: after 1% of its rows change, the
+/// night's upload is a small fraction of it, the restored copy is the changed database,
+/// an OCI export holds it whole for stock tools, and prune keeps what it needs.
+#[test]
+fn a_large_database_is_stored_by_its_units_and_a_changed_one_uploads_little() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let db = src.join("bank.db");
+    make_bank(&db);
+    fs::write(src.join("notes.txt"), b"notes\n").unwrap();
+    let size = fs::metadata(&db).unwrap().len();
+    let repo = TestRepo::s3().init();
+    let site = unique("paged");
+    let first = freeze(&repo, &site, &[&src]);
+    assert_eq!(first["trees"][0]["pages_new_bytes"], size, "{first}");
+
+    // 1% of the accounts, chosen at random, get a transfer.
+    sqlite3(
+        &db,
+        "UPDATE acct SET bal = bal + 7 WHERE id IN (SELECT abs(random()) % 20000 + 1 FROM acct LIMIT 200);",
+    );
+    let sum: u64 = sqlite3(&db, "SELECT sum(bal) FROM acct;")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(sum > TOTAL);
+    let second = freeze(&repo, &site, &[&src]);
+    let new = second["trees"][0]["pages_new_bytes"].as_u64().unwrap();
+    let uploaded = second["bytes_uploaded"].as_u64().unwrap();
+    eprintln!(
+        "a {size}-byte database, 1% of rows changed: {new} bytes of units stored anew, {uploaded} bytes uploaded ({:.1}% of the file)",
+        100.0 * uploaded as f64 / size as f64
+    );
+    assert!(new > 0 && new < size / 5, "{second}");
+    assert!(uploaded < size / 10, "{second}");
+
+    // Restored: the changed database, whole.
+    let into = work.path().join("thawed");
+    assert_ok(&thaw_into(&repo, &site, &into));
+    let restored = under(&into, &src).join("bank.db");
+    assert_eq!(audit(&restored), ("ok".into(), Some(sum)));
+    let bytes = fs::read(&restored).unwrap();
+    let cat = freezer(&[
+        "cat",
+        &site,
+        &format!("{}/bank.db", second["trees"][0]["name"].as_str().unwrap()),
+        "--repo",
+        &repo.url,
+    ]);
+    assert_ok(&cat);
+    assert!(cat.stdout == bytes, "cat gives the thawed bytes");
+
+    // The mount reads it too.
+    let at = work.path().join("mnt");
+    fs::create_dir(&at).unwrap();
+    {
+        let _m = crate::mount::mount(&repo, &at);
+        let id = second["snapshot"].as_str().unwrap();
+        let viewed = fs::read(at.join(&site).join(id).join("src/bank.db")).unwrap();
+        assert!(viewed == bytes, "the mount gives the thawed bytes");
+    }
+
+    // Stock tools: the exported layers, applied in order by GNU tar, hold it too.
+    let oci = work.path().join("oci");
+    assert_ok(&freezer(&[
+        "export",
+        &site,
+        "--repo",
+        &repo.url,
+        "--oci",
+        oci.to_str().unwrap(),
+    ]));
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(oci.join("index.json")).unwrap()).unwrap();
+    let blob = |d: &str| oci.join("blobs/sha256").join(&d[7..]);
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let unpacked = work.path().join("unpacked");
+    fs::create_dir(&unpacked).unwrap();
+    for l in manifest["layers"].as_array().unwrap() {
+        let st = Command::new("tar")
+            .args(["--zstd", "-xf"])
+            .arg(blob(l["digest"].as_str().unwrap()))
+            .arg("-C")
+            .arg(&unpacked)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    assert!(
+        fs::read(unpacked.join("bank.db")).unwrap() == bytes,
+        "the export holds the database whole"
+    );
+    assert_eq!(fs::read(unpacked.join("notes.txt")).unwrap(), b"notes\n");
+
+    // The first snapshot forgotten and pruned: the second still verifies and thaws.
+    assert_ok(&freezer(&[
+        "forget",
+        &site,
+        "--repo",
+        &repo.url,
+        "--keep-last",
+        "1",
+    ]));
+    for _ in 0..2 {
+        assert_ok(&freezer(&["prune", "--repo", &repo.url, "--grace", "0"]));
+    }
+    assert_ok(&freezer(&["verify", "--repo", &repo.url]));
+    let again = work.path().join("again");
+    assert_ok(&thaw_into(&repo, &site, &again));
+    assert!(fs::read(under(&again, &src).join("bank.db")).unwrap() == bytes);
+}
