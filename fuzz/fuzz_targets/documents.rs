@@ -1,5 +1,6 @@
 //! The JSON documents of a repository: snapshot records and image indexes, manifests,
-//! configs, database manifests and the repository config. Errors, never a panic.
+//! configs, database manifests, SQLite page maps and the repository config. Errors, never
+//! a panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -13,4 +14,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = from_json::<ImageConfig>(data, "fuzz");
     let _ = from_json::<RepoConfig>(data, "fuzz");
     let _ = from_json::<freezer::db::DbManifest>(data, "fuzz");
+    let _ = freezer::tree::pages::PageMap::parse(data, "fuzz");
 });

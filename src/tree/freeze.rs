@@ -462,8 +462,9 @@ impl Merge<'_> {
         &mut self,
         e: &mut Entry,
         w: &Walked,
+        f: &File,
     ) -> Result<Option<tempfile::NamedTempFile>> {
-        if !sqlite::is_database(&w.abs, &w.meta) {
+        if !sqlite::is_database(&w.abs, &w.meta, f) {
             return Ok(None);
         }
         let Sqlite::Consistent { wait, locked } = self.sqlite else {
@@ -552,7 +553,9 @@ impl Merge<'_> {
                     }
                     // A database's raw copy beside its -wal may be torn: made again.
                     (None, true) => {
-                        unchanged(&o, &e) && !sqlite::companion(&w.abs, "-wal").exists()
+                        unchanged(&o, &e)
+                            && (!sqlite::could_be_database(o.size)
+                                || !sqlite::companion(&w.abs, "-wal").exists())
                     }
                     (Some(_), false) => false,
                     (None, false) => unchanged(&o, &e),
@@ -608,7 +611,10 @@ impl Merge<'_> {
                     e.leader = true;
                     self.leaders.insert(inode, e.path.clone());
                 }
-                let copy = self.database_copy(&mut e, &w)?;
+                self.progress
+                    .check(|| format!("reading {}", w.abs.display()))?;
+                let f = open_noatime(&w.abs).ctx(|| format!("opening {}", w.abs.display()))?;
+                let copy = self.database_copy(&mut e, &w, &f)?;
                 if let Some(c) = copy.as_ref().filter(|_| e.size >= pages::MIN_SIZE) {
                     self.store_pages(&mut e, c.path(), old_pages.as_ref())?;
                     self.stats.files_read += 1;
@@ -616,8 +622,14 @@ impl Merge<'_> {
                     self.push(e, None)?;
                     return self.drain();
                 }
-                let from = copy.as_ref().map_or(w.abs.as_path(), |c| c.path());
-                let (at, changed) = self.layers.file(&e, from, self.progress)?;
+                let (at, changed) = match &copy {
+                    Some(c) => {
+                        let f = File::open(c.path())
+                            .ctx(|| format!("reading the copy of {}", w.abs.display()))?;
+                        self.layers.file(&e, &w.abs, f, self.progress)?
+                    }
+                    None => self.layers.file(&e, &w.abs, f, self.progress)?,
+                };
                 e.layer = Some(at.ordinal);
                 frame = Some(at);
                 self.stats.files_read += 1;
@@ -945,11 +957,16 @@ impl LayerSink<'_> {
             })
     }
 
-    /// Appends a regular file, reading exactly the size the walk saw. Returns where it
-    /// went and whether the file changed while it was read.
-    fn file(&mut self, e: &Entry, abs: &Path, progress: &Progress) -> Result<(FrameRef, bool)> {
-        progress.check(|| format!("reading {}", abs.display()))?;
-        let f = open_noatime(abs).ctx(|| format!("opening {}", abs.display()))?;
+    /// Appends a regular file read from `f` (the file at `abs`, or the copy made of it),
+    /// reading exactly the size the entry says. Returns where it went and whether the
+    /// file changed while it was read.
+    fn file(
+        &mut self,
+        e: &Entry,
+        abs: &Path,
+        f: File,
+        progress: &Progress,
+    ) -> Result<(FrameRef, bool)> {
         // Fewer blocks than bytes: holes, which are skipped instead of read.
         let sparse = f
             .metadata()

@@ -67,10 +67,17 @@ impl PageMap {
 
     /// [`PageMap::load`], with the map blob's size.
     pub fn load_sized(repo: &Repository, digest: &Digest) -> Result<(PageMap, u64)> {
-        let bad = |why: String| Error::integrity(format!("page map {}: {why}", digest.key()));
         let data = repo.read_blob(digest)?;
-        let json = zstd::decode_all(&data[..]).map_err(|e| bad(format!("not zstd: {e}")))?;
-        let map: PageMap = crate::format::from_json(&json, &digest.key())?;
+        let json = zstd::decode_all(&data[..])
+            .map_err(|e| Error::integrity(format!("page map {}: not zstd: {e}", digest.key())))?;
+        Ok((Self::parse(&json, &digest.key())?, data.len() as u64))
+    }
+
+    /// A page map from its JSON, checked: every unit in a listed pack, within it, and as
+    /// many units as the size needs. `name` names it in errors.
+    pub fn parse(json: &[u8], name: &str) -> Result<PageMap> {
+        let bad = |why: String| Error::integrity(format!("page map {name}: {why}"));
+        let map: PageMap = crate::format::from_json(json, name)?;
         if map.format != FORMAT || map.version != 1 {
             return Err(bad(format!(
                 "format {} version {} is not {FORMAT} version 1",
@@ -94,7 +101,7 @@ impl PageMap {
                 return Err(bad(format!("a unit lies beyond the end of pack {pack}")));
             }
         }
-        Ok((map, data.len() as u64))
+        Ok(map)
     }
 
     /// The blobs a file stored this way needs besides its map: its packs.

@@ -87,25 +87,36 @@ pub enum How {
     Locked,
 }
 
-/// Whether the file at `path` (of `meta`) is a SQLite database: its header says so, or it
-/// is still empty and its `-wal` holds its first transactions (a new database in WAL
-/// mode before its first checkpoint).
-pub fn is_database(path: &Path, meta: &std::fs::Metadata) -> bool {
-    use std::io::Read;
-    let starts_with = |p: &Path, magic: &[u8]| {
+/// Whether the file at `path` (of `meta`, open as `file`) is a SQLite database: its
+/// header says so, or it is still empty and its `-wal` holds its first transactions (a
+/// new database in WAL mode before its first checkpoint).
+pub fn is_database(path: &Path, meta: &std::fs::Metadata, file: &std::fs::File) -> bool {
+    use std::os::unix::fs::FileExt;
+    let starts_with = |f: &std::fs::File, magic: &[u8]| {
         let mut buf = [0u8; 16];
         let n = magic.len();
-        std::fs::File::open(p)
-            .and_then(|mut f| f.read_exact(&mut buf[..n]))
+        f.read_exact_at(&mut buf[..n], 0)
             .is_ok_and(|()| &buf[..n] == magic)
     };
+    if !could_be_database(meta.len()) {
+        return false;
+    }
     if meta.len() >= 512 {
-        return starts_with(path, HEADER);
+        return starts_with(file, HEADER);
     }
     // A WAL file starts with 0x377f0682 or 0x377f0683 (big-endian).
     meta.len() == 0
-        && (starts_with(&companion(path, "-wal"), &[0x37, 0x7f, 0x06, 0x82])
-            || starts_with(&companion(path, "-wal"), &[0x37, 0x7f, 0x06, 0x83]))
+        && std::fs::File::open(companion(path, "-wal")).is_ok_and(|wal| {
+            starts_with(&wal, &[0x37, 0x7f, 0x06, 0x82])
+                || starts_with(&wal, &[0x37, 0x7f, 0x06, 0x83])
+        })
+}
+
+/// Whether a file of `size` bytes can be a database: a whole number of pages (each a
+/// power of two of at least 512 bytes), or empty. Most files are not, and are not opened
+/// to look.
+pub fn could_be_database(size: u64) -> bool {
+    size % 512 == 0
 }
 
 /// `X-wal` for `X` and `-wal`.
@@ -241,7 +252,7 @@ mod tests {
         let p = db(dir.path(), true);
         assert!(companion(&p, "-wal").exists());
         let meta = std::fs::metadata(&p).unwrap();
-        assert!(is_database(&p, &meta));
+        assert!(is_database(&p, &meta, &std::fs::File::open(&p).unwrap()));
         let copy = backup(&p, DEFAULT_WAIT, &Progress::default())
             .unwrap()
             .unwrap();
@@ -283,6 +294,11 @@ mod tests {
         assert_ne!(before, after, "a commit into the WAL changes the stamp");
         let plain = dir.path().join("plain");
         std::fs::write(&plain, vec![0u8; 4096]).unwrap();
-        assert!(!is_database(&plain, &std::fs::metadata(&plain).unwrap()));
+        let f = std::fs::File::open(&plain).unwrap();
+        assert!(!is_database(
+            &plain,
+            &std::fs::metadata(&plain).unwrap(),
+            &f
+        ));
     }
 }

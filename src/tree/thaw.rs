@@ -532,10 +532,11 @@ fn with_writers(
     })
 }
 
-/// For fuzzing (`cargo fuzz`, which sets `cfg(fuzzing)`): extracts `files` (paths in
-/// index order, and sizes) from `layer` bytes into `staging`, whose parent directories
-/// the caller made, as a thaw would.
-#[cfg(fuzzing)]
+/// For fuzzing (fuzz/fuzz_targets/tar_layer.rs): extracts `files` (paths in index order,
+/// and sizes) from `layer` bytes into `staging`, whose parent directories the caller
+/// made, as a thaw would. Always compiled, so that a change that breaks it breaks the
+/// build, not only the next fuzzing run.
+#[doc(hidden)]
 pub fn fuzz_extract(layer: &[u8], files: &[(&[u8], u64)], staging: &Path) -> Result<()> {
     let owner = Owner::current(false);
     let progress = Progress::default();
@@ -556,6 +557,8 @@ pub fn fuzz_extract(layer: &[u8], files: &[(&[u8], u64)], staging: &Path) -> Res
             ino: 0,
             ctime: (0, 0),
             frame: None,
+            sqlite: None,
+            pages: None,
         })
     });
     with_writers(1, &owner, &progress, |writers| {
