@@ -2,12 +2,13 @@
 
 use super::args::{split_host, ExcludeArgs, FreezeArgs};
 use super::{jobs, print_json, Ctx};
-use crate::docker::capture::HoldMode;
+use crate::docker::capture::{Consistency, HoldMode};
 use crate::error::Result;
 use crate::ops::hooks::{self, When};
 use crate::ops::{self, FreezePlan, FreezeReport, FreezeRequest};
 use crate::progress::bytes;
 use crate::tree::exclude::Excludes;
+use crate::tree::sqlite::{How, Sqlite};
 
 /// The `--exclude…` flags as rules.
 fn excludes(a: &ExcludeArgs) -> Result<Excludes> {
@@ -109,11 +110,28 @@ pub(super) fn plan_text(plan: &FreezePlan) -> String {
             if d.with_images { "; images stored" } else { "" }
         );
         for c in &d.site.containers {
-            w!(out, "  container {:<16} {} ({})", c.name, c.image, c.state);
+            let held = match d.consistency.get(&c.name) {
+                Some(Consistency::Stop) => ", stopped for the copy of its own volumes",
+                Some(Consistency::Pause) => ", paused for the copy of its own volumes",
+                _ => "",
+            };
+            w!(
+                out,
+                "  container {:<16} {} ({}){held}",
+                c.name,
+                c.image,
+                c.state
+            );
         }
     }
     for t in &plan.trees {
         w!(out, "  tree {:<16} {}", t.name, t.path.display());
+        if t.sqlite_as_files || plan.sqlite == Sqlite::AsFiles {
+            w!(
+                out,
+                "    SQLite databases copied as files (the rule is off)"
+            );
+        }
         let x = &t.excludes;
         if !x.patterns.is_empty() {
             w!(out, "    exclude {}", x.patterns.join(" "));
@@ -218,6 +236,38 @@ fn summary(ctx: &Ctx, r: &FreezeReport) {
             s.layers,
             s.new_layers,
             if s.rebased { ", rebased" } else { "" }
+        ));
+        for f in &s.sqlite {
+            let how = match f.how {
+                How::Consistent => "copied through SQLite",
+                How::AsFiles => "copied as files",
+                How::Locked => "locked: copied as files",
+            };
+            ctx.say(format!("    SQLite {}: {how}", f.path));
+        }
+        if s.pages_new_bytes > 0 {
+            ctx.say(format!(
+                "    {} of databases stored by their units changed",
+                bytes(s.pages_new_bytes)
+            ));
+        }
+    }
+    for w in &r.windows {
+        ctx.say(format!(
+            "  {} {} for {} ms while its volumes were copied",
+            w.containers.join(", "),
+            if w.mode == HoldMode::Stop {
+                "stopped"
+            } else {
+                "paused"
+            },
+            w.ms
+        ));
+    }
+    for s in &r.redis {
+        ctx.say(format!(
+            "  Redis in {} saved {} keys in {} ms before its volume was copied",
+            s.container, s.keys, s.ms
         ));
     }
     for d in &r.databases {
