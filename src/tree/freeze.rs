@@ -535,46 +535,11 @@ impl Merge<'_> {
                 None => Ok(()),
             };
         }
-        let live_db = kind == Kind::File && !multi && self.sqlite != Sqlite::AsFiles;
         let old_pages = old.as_ref().and_then(|o| o.pages.clone());
-
         if let Some(o) = old {
             let same_kind = o.kind == kind || (o.kind == Kind::HardLink && kind == Kind::File);
-            let carried = same_kind
-                && match (&o.sqlite, live_db) {
-                    (Some(stamp), true) => {
-                        unchanged(
-                            &o,
-                            &Entry {
-                                size: o.size,
-                                ..e.clone()
-                            },
-                        ) && *stamp == sqlite::stamp(&w.abs, m)
-                    }
-                    // A database's raw copy beside its -wal may be torn: made again.
-                    (None, true) => {
-                        unchanged(&o, &e)
-                            && (!sqlite::could_be_database(o.size)
-                                || !sqlite::companion(&w.abs, "-wal").exists())
-                    }
-                    (Some(_), false) => false,
-                    (None, false) => unchanged(&o, &e),
-                };
-            if carried {
-                if o.leader {
-                    self.leaders.insert(inode, o.path.clone());
-                }
-                if o.kind == Kind::File {
-                    self.progress.add_done(o.size);
-                }
-                if o.sqlite.is_some() {
-                    self.found(&o.path, sqlite::How::Consistent);
-                    self.copied_dbs.insert(o.path.clone());
-                }
-                if let Some(map) = &o.pages {
-                    self.keep_pages(map)?;
-                }
-                return self.push(o, None);
+            if same_kind && self.still_the_same(&o, &e, &w, multi) {
+                return self.carry_over(o, inode);
             }
             if !same_kind {
                 // A type change: remove the old entry (and, for a directory, its contents).
@@ -611,38 +576,90 @@ impl Merge<'_> {
                     e.leader = true;
                     self.leaders.insert(inode, e.path.clone());
                 }
-                self.progress
-                    .check(|| format!("reading {}", w.abs.display()))?;
-                let f = open_noatime(&w.abs).ctx(|| format!("opening {}", w.abs.display()))?;
-                let copy = self.database_copy(&mut e, &w, &f)?;
-                if let Some(c) = copy.as_ref().filter(|_| e.size >= pages::MIN_SIZE) {
-                    self.store_pages(&mut e, c.path(), old_pages.as_ref())?;
-                    self.stats.files_read += 1;
-                    self.stats.bytes_read += e.size;
-                    self.push(e, None)?;
-                    return self.drain();
-                }
-                let (at, changed) = match &copy {
-                    Some(c) => {
-                        let f = File::open(c.path())
-                            .ctx(|| format!("reading the copy of {}", w.abs.display()))?;
-                        self.layers.file(&e, &w.abs, f, self.progress)?
-                    }
-                    None => self.layers.file(&e, &w.abs, f, self.progress)?,
-                };
-                e.layer = Some(at.ordinal);
-                frame = Some(at);
-                self.stats.files_read += 1;
-                self.stats.bytes_read += e.size;
-                if changed {
-                    self.stats.changed_during_read += 1;
-                }
+                frame = self.regular_file(&mut e, &w, old_pages.as_ref())?;
             }
             Kind::HardLink => unreachable!("the walk never yields hard links"),
         }
         self.push(e, frame)?;
         self.layers.maybe_cut()?;
         self.drain()
+    }
+
+    /// Whether the previous snapshot's entry `o` (of the same kind) stands for what the
+    /// walk found (`e`, at `w`) without reading it. A SQLite database copied through
+    /// SQLite compares its stamp instead of its size; one copied as files beside a
+    /// `-wal` is read again (the raw copy may be torn).
+    fn still_the_same(&self, o: &Entry, e: &Entry, w: &Walked, multi: bool) -> bool {
+        let live_db = e.kind == Kind::File && !multi && self.sqlite != Sqlite::AsFiles;
+        match (&o.sqlite, live_db) {
+            (Some(stamp), true) => {
+                let same_size = Entry {
+                    size: o.size,
+                    ..e.clone()
+                };
+                unchanged(o, &same_size) && *stamp == sqlite::stamp(&w.abs, &w.meta)
+            }
+            (None, true) => {
+                unchanged(o, e)
+                    && (!sqlite::could_be_database(o.size)
+                        || !sqlite::companion(&w.abs, "-wal").exists())
+            }
+            (Some(_), false) => false,
+            (None, false) => unchanged(o, e),
+        }
+    }
+
+    /// Keeps the previous snapshot's entry `o` as it is: nothing is read.
+    fn carry_over(&mut self, o: Entry, inode: (u64, u64)) -> Result<()> {
+        if o.leader {
+            self.leaders.insert(inode, o.path.clone());
+        }
+        if o.kind == Kind::File {
+            self.progress.add_done(o.size);
+        }
+        if o.sqlite.is_some() {
+            self.found(&o.path, sqlite::How::Consistent);
+            self.copied_dbs.insert(o.path.clone());
+        }
+        if let Some(map) = &o.pages {
+            self.keep_pages(map)?;
+        }
+        self.push(o, None)
+    }
+
+    /// Reads a regular file into the current layer (a SQLite database through a copy made
+    /// by SQLite, a large one by its units instead); returns its frame, None for a file
+    /// stored by its units.
+    fn regular_file(
+        &mut self,
+        e: &mut Entry,
+        w: &Walked,
+        old_pages: Option<&Digest>,
+    ) -> Result<Option<FrameRef>> {
+        self.progress
+            .check(|| format!("reading {}", w.abs.display()))?;
+        let f = open_noatime(&w.abs).ctx(|| format!("opening {}", w.abs.display()))?;
+        let copy = self.database_copy(e, w, &f)?;
+        self.stats.files_read += 1;
+        if let Some(c) = copy.as_ref().filter(|_| e.size >= pages::MIN_SIZE) {
+            self.store_pages(e, c.path(), old_pages)?;
+            self.stats.bytes_read += e.size;
+            return Ok(None);
+        }
+        let (at, changed) = match &copy {
+            Some(c) => {
+                let f = File::open(c.path())
+                    .ctx(|| format!("reading the copy of {}", w.abs.display()))?;
+                self.layers.file(e, &w.abs, f, self.progress)?
+            }
+            None => self.layers.file(e, &w.abs, f, self.progress)?,
+        };
+        e.layer = Some(at.ordinal);
+        self.stats.bytes_read += e.size;
+        if changed {
+            self.stats.changed_during_read += 1;
+        }
+        Ok(Some(at))
     }
 }
 

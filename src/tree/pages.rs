@@ -131,7 +131,7 @@ pub fn store(
     let mut f = File::open(path).ctx(ctx)?;
     let size = f.metadata().ctx(ctx)?.len();
     let prev = prev.filter(|p| p.unit == UNIT);
-    // Read once: each unit's hash, and whether the previous map has it.
+    // Read once for each unit's hash; then only the changed units again.
     let mut hashes = Vec::with_capacity(size.div_ceil(UNIT) as usize);
     let mut buf = vec![0u8; UNIT as usize];
     for i in 0..size.div_ceil(UNIT) {
@@ -143,19 +143,7 @@ pub fn store(
     let reused = |i: usize| -> Option<&(u32, u64, u64, String)> {
         prev?.units.get(i).filter(|u| u.3 == hashes[i])
     };
-    // Rewrite when reusing would leave too many packs, or packs mostly dead.
-    let rewrite = prev.is_none_or(|p| {
-        let mut live = vec![0u64; p.packs.len()];
-        for i in 0..hashes.len() {
-            if let Some(u) = reused(i) {
-                live[u.0 as usize] += u.2;
-            }
-        }
-        let used: Vec<usize> = (0..live.len()).filter(|&k| live[k] > 0).collect();
-        let total: u64 = used.iter().map(|&k| p.packs[k].size).sum();
-        let live: u64 = live.iter().sum();
-        used.len() + 1 > MAX_PACKS || (live as f64) < MIN_LIVE * total as f64
-    });
+    let rewrite = prev.is_none_or(|p| needs_rewrite(p, (0..hashes.len()).filter_map(reused)));
     // The packs still used keep their order, so an unchanged file maps the same.
     let mut old_to_new: BTreeMap<u32, u32> = BTreeMap::new();
     let mut packs: Vec<Pack> = Vec::new();
@@ -221,6 +209,19 @@ pub fn store(
         map,
         new_bytes,
     })
+}
+
+/// Whether keeping the units `kept` of map `p` where they are would leave the file on
+/// too many packs, or on packs mostly dead: then every unit goes into one new pack.
+fn needs_rewrite<'a>(p: &PageMap, kept: impl Iterator<Item = &'a (u32, u64, u64, String)>) -> bool {
+    let mut live = vec![0u64; p.packs.len()];
+    for u in kept {
+        live[u.0 as usize] += u.2;
+    }
+    let used: Vec<usize> = (0..live.len()).filter(|&k| live[k] > 0).collect();
+    let total: u64 = used.iter().map(|&k| p.packs[k].size).sum();
+    let live: u64 = live.iter().sum();
+    used.len() + 1 > MAX_PACKS || (live as f64) < MIN_LIVE * total as f64
 }
 
 fn read_at(f: &File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
