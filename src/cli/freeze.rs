@@ -242,6 +242,7 @@ fn summary(ctx: &Ctx, r: &FreezeReport) {
                 How::Consistent => "copied through SQLite",
                 How::AsFiles => "copied as files",
                 How::Locked => "locked: copied as files",
+                How::Unreadable => "unreadable to SQLite: copied as files",
             };
             ctx.say(format!("    SQLite {}: {how}", f.path));
         }

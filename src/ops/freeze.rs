@@ -1036,9 +1036,14 @@ pub(crate) fn freeze_one_tree(
     };
     let (mut desc, stats) = freeze_tree(repo, &t.path, prev, &rules, ann, progress)
         .map_err(|e| prefix(e, &format!("freezing {}", t.path.display())))?;
-    for f in stats.sqlite.iter().filter(|f| f.how == How::Locked) {
+    for f in &stats.sqlite {
+        let why = match (f.how, &f.error) {
+            (How::Locked, _) => "stayed locked".to_string(),
+            (How::Unreadable, Some(e)) => format!("could not be read by SQLite ({e})"),
+            _ => continue,
+        };
         warnings.push(format!(
-            "SQLite database {} in {} stayed locked, so it was copied as files: the copy may be torn",
+            "SQLite database {} in {} {why}, so it was copied as files: the copy may be torn",
             f.path,
             t.path.display()
         ));

@@ -451,7 +451,11 @@ impl Merge<'_> {
 
     fn found(&mut self, path: &[u8], how: sqlite::How) {
         let path = String::from_utf8_lossy(path).into_owned();
-        self.stats.sqlite.push(sqlite::Found { path, how });
+        self.stats.sqlite.push(sqlite::Found {
+            path,
+            how,
+            error: None,
+        });
     }
 
     /// For a file that is a SQLite database, read while its site runs: a copy of it made
@@ -475,7 +479,20 @@ impl Merge<'_> {
             self.found(&e.path, sqlite::How::AsFiles);
             return Ok(None);
         }
-        match sqlite::backup(&w.abs, wait, self.progress)? {
+        let copied = match sqlite::backup(&w.abs, wait, self.progress) {
+            Err(err) if err.kind == crate::error::ErrorKind::Interrupted => return Err(err),
+            // Its bytes are still worth keeping (a damaged database, one this user may
+            // read but SQLite may not open): copied as files, and said.
+            Err(err) => {
+                self.found(&e.path, sqlite::How::Unreadable);
+                if let Some(f) = self.stats.sqlite.last_mut() {
+                    f.error = Some(err.message);
+                }
+                return Ok(None);
+            }
+            Ok(c) => c,
+        };
+        match copied {
             Some(sqlite::Copy { file: copy, stamp }) => {
                 e.size = copy
                     .as_file()

@@ -74,6 +74,9 @@ pub struct Found {
     /// Its path relative to the tree's root.
     pub path: String,
     pub how: How,
+    /// Why SQLite could not copy it ([`How::Unreadable`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -85,6 +88,9 @@ pub enum How {
     AsFiles,
     /// Copied as files because it stayed locked: may be torn.
     Locked,
+    /// Copied as files because SQLite could not read it (damaged, or not open to this
+    /// user): may be torn.
+    Unreadable,
 }
 
 /// Whether the file at `path` (of `meta`, open as `file`) is a SQLite database: its

@@ -547,3 +547,26 @@ fn a_large_database_is_stored_by_its_units_and_a_changed_one_uploads_little() {
     assert_ok(&thaw_into(&repo, &site, &again));
     assert!(fs::read(under(&again, &src).join("bank.db")).unwrap() == bytes);
 }
+
+/// A file that starts like a SQLite database but is not one SQLite can read (a damaged
+/// database) is kept byte for byte, with a warning that says why; the freeze succeeds.
+#[test]
+fn a_file_sqlite_cannot_read_is_copied_as_it_is_with_a_warning() {
+    let src = tempfile::tempdir().unwrap();
+    let mut bytes = b"SQLite format 3\0".to_vec();
+    bytes.extend(noise(8192 - 16, 7));
+    fs::write(src.path().join("broken.db"), &bytes).unwrap();
+    let repo = TestRepo::local().init();
+    let site = unique("broken");
+    let report = freeze(&repo, &site, &[src.path()]);
+    let found = &report["trees"][0]["sqlite"][0];
+    assert_eq!(found["how"], "unreadable", "{report}");
+    let warnings = report["warnings"].to_string();
+    assert!(
+        warnings.contains("broken.db") && warnings.contains("could not be read by SQLite"),
+        "{warnings}"
+    );
+    let into = tempfile::tempdir().unwrap();
+    assert_ok(&thaw_into(&repo, &site, into.path()));
+    assert!(fs::read(under(into.path(), src.path()).join("broken.db")).unwrap() == bytes);
+}
