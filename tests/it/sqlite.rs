@@ -323,6 +323,24 @@ fn a_docker_site_s_sqlite_database_frozen_dehydrated_while_written() {
     }
     // The application keeps writing after every freeze: nothing was left locked.
     wait_for_writes(&db);
+
+    // The last snapshot thawed as a copy of the site: its application starts on the
+    // restored volume, whose bank is whole and keeps its sum while it writes again.
+    let copy = unique("sqcopy");
+    let _copy = Cleanup {
+        host: host.clone(),
+        name: copy.clone(),
+        services: vec!["app", "db"],
+        volumes: vec!["state"],
+    };
+    let out = crate::hydrated::freezer_on(
+        &host,
+        &["thaw", &name, "--repo", &repo.url, "--as", &copy, "--json"],
+    );
+    assert_ok(&out);
+    let restored = mountpoint(&host, &format!("{copy}_state")).join("bank.db");
+    wait_for_writes(&restored);
+    assert_eq!(audit(&restored), ("ok".into(), Some(TOTAL)));
     drop(cleanup);
 }
 
