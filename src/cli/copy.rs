@@ -26,10 +26,13 @@ pub fn run(ctx: &Ctx, a: CopyArgs) -> Result<i32> {
             })
             .collect(),
         all: a.all,
-        dry_run: a.dry_run,
         lock_wait: a.lock_wait,
     };
-    let report = ctx.with_progress(|p| ops::copy(&src, &dst, &req, p))?;
+    let plan = ops::plan_copy(&src, &dst, &req)?;
+    let report = match a.dry_run {
+        true => ctx.with_progress(|p| ops::preview_copy(&src, &dst, plan, p))?,
+        false => ctx.with_progress(|p| ops::copy(&src, &dst, plan, p))?,
+    };
     if ctx.json() {
         print_json(&report);
         return Ok(0);

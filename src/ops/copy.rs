@@ -34,10 +34,18 @@ pub struct CopyRequest {
     pub targets: Vec<(String, Option<String>)>,
     /// Every snapshot of every site.
     pub all: bool,
-    /// Say what would be copied, and copy nothing.
-    pub dry_run: bool,
     /// How long to wait for a prune of the target to finish.
     pub lock_wait: Duration,
+}
+
+/// What a copy will do: the snapshots it names, grouped by site (each site's copied
+/// under the target's lock for it). Carried out by [`copy`], or counted without writing
+/// by [`preview_copy`] (`--dry-run`). What the target lacks is decided as each snapshot
+/// is copied, under its site's lock: the target may change until then.
+#[derive(Debug)]
+pub struct CopyPlan {
+    pub sites: Vec<(String, Vec<SnapshotRef>)>,
+    lock_wait: Duration,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -122,45 +130,74 @@ fn check_pair(src: &Repository, dst: &Repository) -> Result<()> {
     Ok(())
 }
 
+/// Plans a copy from `src` into `dst`: refuses a pair that would lose a promise of the
+/// source, and names the snapshots.
+pub fn plan_copy(src: &Repository, dst: &Repository, req: &CopyRequest) -> Result<CopyPlan> {
+    check_pair(src, dst)?;
+    let mut sites: Vec<(String, Vec<SnapshotRef>)> = Vec::new();
+    for r in select(src, req)? {
+        match sites.last_mut() {
+            Some((site, list)) if *site == r.site => list.push(r),
+            _ => sites.push((r.site.clone(), vec![r])),
+        }
+    }
+    Ok(CopyPlan {
+        sites,
+        lock_wait: req.lock_wait,
+    })
+}
+
+/// Copies what `plan` names: each site under the target's lock for it.
 pub fn copy(
     src: &Repository,
     dst: &Repository,
-    req: &CopyRequest,
+    plan: CopyPlan,
     progress: &Progress,
 ) -> Result<CopyReport> {
-    check_pair(src, dst)?;
-    let refs = select(src, req)?;
+    run(src, dst, plan, true, progress)
+}
+
+/// What [`copy`] would copy of `plan`, counted; the target is not written to.
+pub fn preview_copy(
+    src: &Repository,
+    dst: &Repository,
+    plan: CopyPlan,
+    progress: &Progress,
+) -> Result<CopyReport> {
+    run(src, dst, plan, false, progress)
+}
+
+fn run(
+    src: &Repository,
+    dst: &Repository,
+    plan: CopyPlan,
+    write: bool,
+    progress: &Progress,
+) -> Result<CopyReport> {
     let mut report = CopyReport {
         from: src.location(),
         to: dst.location(),
-        dry_run: req.dry_run,
+        dry_run: !write,
         encrypted: dst.is_encrypted(),
         ..Default::default()
     };
     // Blobs this run has seen in the target (copied or present), across snapshots.
     let mut done: HashSet<Digest> = HashSet::new();
-    let mut by_site: Vec<(&str, Vec<&SnapshotRef>)> = Vec::new();
-    for r in &refs {
-        match by_site.last_mut() {
-            Some((site, list)) if *site == r.site => list.push(r),
-            _ => by_site.push((&r.site, vec![r])),
-        }
-    }
-    for (site, list) in by_site {
+    for (site, list) in &plan.sites {
         // As for a freeze: no prune of the target and no other write of this site while
         // blobs are in the target that no record references yet.
-        let _lock = match req.dry_run {
-            true => None,
-            false => Some(crate::lock::acquire_waiting(
+        let _lock = match write {
+            false => None,
+            true => Some(crate::lock::acquire_waiting(
                 dst,
                 "copy",
                 Some(site),
-                req.lock_wait,
+                plan.lock_wait,
                 progress,
             )?),
         };
         for r in list {
-            let one = copy_snapshot(src, dst, r, req.dry_run, &mut done, progress)?;
+            let one = copy_snapshot(src, dst, r, write, &mut done, progress)?;
             report.blobs_copied += one.blobs_copied;
             report.bytes_copied += one.bytes_copied;
             report.snapshots.push(one);
@@ -175,7 +212,7 @@ fn copy_snapshot(
     src: &Repository,
     dst: &Repository,
     r: &SnapshotRef,
-    dry_run: bool,
+    write: bool,
     done: &mut HashSet<Digest>,
     progress: &Progress,
 ) -> Result<CopiedSnapshot> {
@@ -222,7 +259,7 @@ fn copy_snapshot(
     }
     out.blobs_copied = missing.len() as u64;
     out.bytes_copied = missing.iter().map(|b| b.size).sum();
-    if dry_run {
+    if !write {
         for (m, _) in &manifests {
             if !dst.has_blob(m)? {
                 out.blobs_copied += 1;
@@ -325,13 +362,17 @@ mod tests {
     use super::*;
     use crate::ops::testkit::Kit;
 
-    fn request(dry_run: bool) -> CopyRequest {
+    fn request() -> CopyRequest {
         CopyRequest {
             targets: vec![("shop".into(), None)],
             all: false,
-            dry_run,
             lock_wait: Duration::ZERO,
         }
+    }
+
+    fn copy_all(src: &Kit, dst: &Kit) -> CopyReport {
+        let plan = plan_copy(&src.repo, &dst.repo, &request()).unwrap();
+        copy(&src.repo, &dst.repo, plan, &Progress::default()).unwrap()
     }
 
     #[test]
@@ -340,13 +381,13 @@ mod tests {
         let dir = src.dir_with("site", &[("a.txt", "x"), ("b.bin", &"y".repeat(5 << 20))]);
         let snap = src.freeze_dir("shop", &dir);
         let dst = Kit::new(&[]);
-        let r = copy(&src.repo, &dst.repo, &request(false), &Progress::default()).unwrap();
+        let r = copy_all(&src, &dst);
         assert_eq!(r.snapshots.len(), 1);
         assert_eq!(r.snapshots[0].status, "copied");
         assert!(r.blobs_copied >= 3, "{r:?}");
         let copied = dst.repo.find_snapshot("shop", Some(&snap.id)).unwrap();
         assert_eq!(copied.record, snap.record);
-        let r = copy(&src.repo, &dst.repo, &request(false), &Progress::default()).unwrap();
+        let r = copy_all(&src, &dst);
         assert_eq!(r.snapshots[0].status, "present");
         assert_eq!(r.blobs_copied, 0);
     }
@@ -356,7 +397,8 @@ mod tests {
         let src = Kit::new(&[]);
         src.freeze_dir("shop", &src.dir_with("site", &[("a.txt", "x")]));
         let dst = Kit::new(&[]);
-        let r = copy(&src.repo, &dst.repo, &request(true), &Progress::default()).unwrap();
+        let plan = plan_copy(&src.repo, &dst.repo, &request()).unwrap();
+        let r = preview_copy(&src.repo, &dst.repo, plan, &Progress::default()).unwrap();
         assert_eq!(r.snapshots[0].status, "missing");
         assert!(r.blobs_copied >= 3);
         assert!(dst.repo.list_snapshots(None).unwrap().is_empty());

@@ -28,7 +28,7 @@ mod verify;
 
 pub use crate::format::{A_TREE_BYTES, A_TREE_FILES};
 pub use browse::{cat, diff, ls, write_file, EntryInfo, Listing};
-pub use copy::{copy, CopyRequest};
+pub use copy::{copy, plan_copy, preview_copy, CopyPlan, CopyRequest};
 pub use export::{export, LayerCompression};
 pub use forget::{forget, plan_forget};
 pub use freeze::{
