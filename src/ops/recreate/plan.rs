@@ -39,8 +39,8 @@ pub(crate) fn read_parts(repo: &Repository, snap: &Snapshot) -> Result<SnapshotP
             parts.dumps.push(dump);
             continue;
         }
-        let manifest: ImageManifest = from_json(&repo.read_blob(&m.digest)?, &m.digest.key())?;
         if let Part::Container { .. } = part {
+            let manifest: ImageManifest = from_json(&repo.read_blob(&m.digest)?, &m.digest.key())?;
             let config: Value = from_json(
                 &repo.read_blob(&manifest.config.digest)?,
                 &manifest.config.digest.key(),
@@ -54,6 +54,7 @@ pub(crate) fn read_parts(repo: &Repository, snap: &Snapshot) -> Result<SnapshotP
                 })?;
             parts.specs.push((spec, manifest, m.digest.clone()));
         } else if let Part::Tree { name: tree, .. } = part {
+            // Reads the manifest itself: each part's manifest is read once.
             let plan = TreePlan::load(repo, &m.digest)
                 .map_err(|e| crate::error::prefix(e, &format!("{what} tree {tree}")))?;
             parts.trees.insert(tree.to_string(), plan);
