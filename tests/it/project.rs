@@ -615,4 +615,40 @@ fn a_thaw_through_tcp_with_tls_gives_the_same_shop_as_through_the_unix_socket() 
         want,
         "the copy of the copy frozen through tcp"
     );
+
+    // Dehydrated through the remote engine, a SQLite database in a volume is read through
+    // the engine's archive API, which no SQLite lock guards: copied as files, and named.
+    let uploads = crate::hydrated::mountpoint(&b, &format!("{}_uploads", remote.name));
+    let db = uploads.join("cache.db");
+    let st = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = freezer_env(
+        &[
+            "freeze",
+            &remote.name,
+            "--repo",
+            &repo.url,
+            "--mode",
+            "dehydrated",
+            "--json",
+        ],
+        &env,
+    );
+    let report = json(&out);
+    let warnings = report["warnings"].to_string();
+    assert!(
+        warnings.contains("cache.db") && warnings.contains("through the remote engine"),
+        "{report}"
+    );
+    let tree = report["trees"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == format!("volume.{}_uploads", remote.name))
+        .unwrap_or_else(|| panic!("no uploads tree: {report}"));
+    assert_eq!(tree["sqlite"][0]["how"], "as-files", "{report}");
 }
