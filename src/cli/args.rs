@@ -63,6 +63,12 @@ pub enum Command {
     /// The pause watchdog of a hydrated freeze (started by freezer itself).
     #[command(hide = true)]
     Guard,
+    /// Print a shell completion script: `freezer completions bash >
+    /// /etc/bash_completion.d/freezer` (also zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Write a man page for freezer and each of its commands into DIR (scripts/manpages).
+    #[command(hide = true)]
+    Manpages(ManpagesArgs),
     /// Create a new, empty repository.
     Init(InitArgs),
     /// Who can open an encrypted repository: list, add or remove keys. Data is not
@@ -606,4 +612,16 @@ pub struct CatArgs {
     /// The file, as TREE/PATH.
     #[arg(value_name = "TREE/PATH")]
     pub path: String,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManpagesArgs {
+    /// Where the pages go (created if missing).
+    pub dir: PathBuf,
 }

@@ -130,11 +130,37 @@ pub fn main(cli: Cli) -> i32 {
     ended.recv().unwrap_or(101)
 }
 
+/// Prints the completion script for `shell`.
+fn completions(shell: clap_complete::Shell) -> i32 {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    clap_complete::generate(shell, &mut cmd, "freezer", &mut std::io::stdout());
+    0
+}
+
+/// Writes `freezer.1` and a `freezer-COMMAND.1` per command into `dir`.
+fn manpages(dir: &std::path::Path) -> i32 {
+    use clap::CommandFactory;
+    let written =
+        std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(Cli::command(), dir));
+    match written {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("freezer: writing man pages into {}: {e}", dir.display());
+            1
+        }
+    }
+}
+
 /// Runs a parsed command line; returns the process exit code. `ended` is where the
 /// signal thread says the run is over when it could not wait for it.
 fn run(cli: Cli, ended: std::sync::mpsc::Sender<i32>) -> i32 {
-    if let Command::Guard = cli.command {
-        return crate::docker::guard::run();
+    match &cli.command {
+        Command::Guard => return crate::docker::guard::run(),
+        // From the command line's definition alone: no repository, no monitoring.
+        Command::Completions(a) => return completions(a.shell),
+        Command::Manpages(a) => return manpages(&a.dir),
+        _ => {}
     }
     let json = cli.global.json;
     let (command, site) = describe(&cli.command);
@@ -254,6 +280,8 @@ fn dispatch(cli: Cli, cancel: Cancel) -> Result<i32> {
     match cli.command {
         // Handled in `run` before anything else starts.
         Command::Guard => Ok(crate::docker::guard::run()),
+        Command::Completions(a) => Ok(completions(a.shell)),
+        Command::Manpages(a) => Ok(manpages(&a.dir)),
         Command::Init(a) => keys::init(&ctx, a),
         Command::Key(a) => keys::key(&ctx, a),
         Command::Freeze(a) => freeze::run(&ctx, a),
@@ -279,6 +307,8 @@ fn describe(c: &Command) -> (&'static str, String) {
     let site_of = |t: &str| split_target(split_host(t).0).0.to_string();
     match c {
         Command::Guard => ("guard", String::new()),
+        Command::Completions(_) => ("completions", String::new()),
+        Command::Manpages(_) => ("manpages", String::new()),
         Command::Init(_) => ("init", String::new()),
         Command::Key(_) => ("key", String::new()),
         Command::Freeze(a) => ("freeze", site_of(&a.site)),

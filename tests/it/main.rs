@@ -5,6 +5,7 @@ mod browse;
 mod chunks;
 mod codebase;
 mod common;
+mod completions;
 mod compose;
 mod copy;
 mod database;
