@@ -205,6 +205,14 @@ pub(super) fn excluded_text(trees: &[ops::TreeExcluded]) -> String {
     out
 }
 
+/// How a window held its containers, as the summary says it.
+fn held(mode: HoldMode) -> &'static str {
+    match mode {
+        HoldMode::Stop => "stopped",
+        HoldMode::Pause => "paused",
+    }
+}
+
 fn summary(ctx: &Ctx, r: &FreezeReport) {
     ctx.say(format!(
         "froze {} as snapshot {} in {:.1}s",
@@ -215,11 +223,7 @@ fn summary(ctx: &Ctx, r: &FreezeReport) {
             "  {} containers ({}), {} for {} ms while the volumes were copied",
             r.containers.len(),
             r.containers.join(", "),
-            if w.mode == HoldMode::Stop {
-                "stopped"
-            } else {
-                "paused"
-            },
+            held(w.mode),
             w.ms
         ));
     }
@@ -257,11 +261,7 @@ fn summary(ctx: &Ctx, r: &FreezeReport) {
         ctx.say(format!(
             "  {} {} for {} ms while its volumes were copied",
             w.containers.join(", "),
-            if w.mode == HoldMode::Stop {
-                "stopped"
-            } else {
-                "paused"
-            },
+            held(w.mode),
             w.ms
         ));
     }

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::error::{Error, IoContext, Result};
 use crate::format::*;
 use crate::repo::Repository;
+use crate::tree::freeze::HashCount;
 
 #[derive(Debug, Serialize)]
 pub struct ExportReport {
@@ -170,54 +171,42 @@ impl Exporter<'_> {
     ) -> Result<()> {
         let repo = self.repo;
         let plan = crate::tree::thaw::TreePlan::load(repo, &m.digest)?;
-        let plain = tempfile::NamedTempFile::new_in(&self.blob_dir)
-            .ctx(|| format!("creating a file in {}", self.blob_dir.display()))?;
-        let mut tar = tar::Builder::new(std::io::BufWriter::new(plain.as_file()));
-        for e in plan.entries()? {
-            let e = e?;
-            let Some(map) = &e.pages else { continue };
-            let name = e.display_path();
-            let map = crate::tree::pages::PageMap::load(repo, map)?;
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_mode(e.mode);
-            h.set_uid(u64::from(e.uid));
-            h.set_gid(u64::from(e.gid));
-            h.set_mtime(e.mtime.0.max(0) as u64);
-            h.set_size(map.size);
-            let r = crate::tree::pages::Reader::open(repo, map, &name)?;
-            let path = std::ffi::OsStr::from_bytes(&e.path);
-            tar.append_data(&mut h, path, r)
-                .ctx(|| format!("exporting {name}"))?;
-        }
-        tar.into_inner()
-            .and_then(|mut w| w.flush())
-            .ctx(|| "writing the exported layer".into())?;
-        let diff_id = sha256_of(plain.path())?;
         let packed = tempfile::NamedTempFile::new_in(&self.blob_dir)
             .ctx(|| format!("creating a file in {}", self.blob_dir.display()))?;
-        let mut src = fs::File::open(plain.path()).ctx(|| "reading the exported layer".into())?;
-        let media_type = match compression {
+        // Hashed as it is written, plain (the diff_id) and compressed (the digest): the
+        // layer is never read back.
+        let out = HashCount {
+            inner: std::io::BufWriter::new(
+                packed
+                    .as_file()
+                    .try_clone()
+                    .ctx(|| "writing the exported layer".into())?,
+            ),
+            hasher: <sha2::Sha256 as sha2::Digest>::new(),
+            count: 0,
+        };
+        let compressing = || "compressing the exported layer".to_string();
+        let (media_type, diff_id, out) = match compression {
             LayerCompression::Gzip => {
-                let mut gz =
-                    flate2::write::GzEncoder::new(packed.as_file(), flate2::Compression::fast());
-                std::io::copy(&mut src, &mut gz)
-                    .and_then(|_| gz.finish().map(drop))
-                    .ctx(|| "compressing the exported layer".into())?;
-                MT_LAYER_GZIP
+                let gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+                let (diff_id, gz) = pages_tar(repo, &plan, gz)?;
+                (MT_LAYER_GZIP, diff_id, gz.finish().ctx(compressing)?)
             }
             _ => {
-                zstd::stream::copy_encode(&mut src, packed.as_file(), 3)
-                    .ctx(|| "compressing the exported layer".into())?;
-                MT_LAYER_ZSTD
+                let z = zstd::Encoder::new(out, 3).ctx(compressing)?;
+                let (diff_id, z) = pages_tar(repo, &plan, z)?;
+                (MT_LAYER_ZSTD, diff_id, z.finish().ctx(compressing)?)
             }
         };
-        let digest = sha256_of(packed.path())?;
-        let size = packed
-            .as_file()
-            .metadata()
-            .ctx(|| "reading the exported layer".into())?
-            .len();
+        let HashCount {
+            inner,
+            hasher,
+            count: size,
+        } = out;
+        inner
+            .into_inner()
+            .map_err(|e| Error::io("writing the exported layer", e.into_error()))?;
+        let digest = Digest::from_hasher(hasher);
         let dest = self.blob_dir.join(digest.hex());
         packed
             .persist(&dest)
@@ -267,12 +256,39 @@ impl Exporter<'_> {
     }
 }
 
-/// The SHA-256 of a file.
-fn sha256_of(path: &Path) -> Result<Digest> {
-    let mut f = fs::File::open(path).ctx(|| format!("reading {}", path.display()))?;
-    let mut hash = <sha2::Sha256 as sha2::Digest>::new();
-    std::io::copy(&mut f, &mut hash).ctx(|| format!("reading {}", path.display()))?;
-    Ok(Digest::from_hasher(hash))
+/// A tar of the files of `plan` stored by their units (SPEC.md §5.6), whole, written
+/// into `out`; returns its SHA-256 (the layer's diff_id) and `out`.
+fn pages_tar<W: Write>(
+    repo: &Repository,
+    plan: &crate::tree::thaw::TreePlan,
+    out: W,
+) -> Result<(Digest, W)> {
+    let mut tar = tar::Builder::new(HashCount {
+        inner: out,
+        hasher: <sha2::Sha256 as sha2::Digest>::new(),
+        count: 0,
+    });
+    for e in plan.entries()? {
+        let e = e?;
+        let Some(map) = &e.pages else { continue };
+        let name = e.display_path();
+        let map = crate::tree::pages::PageMap::load(repo, map)?;
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(e.mode);
+        h.set_uid(u64::from(e.uid));
+        h.set_gid(u64::from(e.gid));
+        h.set_mtime(e.mtime.0.max(0) as u64);
+        h.set_size(map.size);
+        let r = crate::tree::pages::Reader::open(repo, map, &name)?;
+        let path = std::ffi::OsStr::from_bytes(&e.path);
+        tar.append_data(&mut h, path, r)
+            .ctx(|| format!("exporting {name}"))?;
+    }
+    let plain = tar
+        .into_inner()
+        .ctx(|| "writing the exported layer".into())?;
+    Ok((Digest::from_hasher(plain.hasher), plain.inner))
 }
 
 /// Writes a zstd layer of the repository into `blob_dir` as a gzip layer (verified as it

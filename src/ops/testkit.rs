@@ -11,7 +11,7 @@ use super::images::{container_manifest, StoredImage};
 use crate::docker::capture::{ContainerSpec, MountSpec};
 use crate::docker::fake::FakeEngine;
 use crate::docker::{COMPOSE_PROJECT, COMPOSE_SERVICE};
-use crate::format::Mode;
+use crate::format::{Descriptor, Mode};
 use crate::progress::Progress;
 use crate::repo::{Repository, Snapshot};
 use crate::tree::TreeSpec;
@@ -56,7 +56,6 @@ impl Kit {
             .collect();
         trees.sort();
         trees.dedup();
-        let progress = Progress::default();
         for tree in trees {
             let root = self.dir.path().join("frozen").join(site).join(tree);
             std::fs::create_dir_all(&root).expect("a tree directory");
@@ -65,22 +64,7 @@ impl Kit {
                 std::fs::create_dir_all(p.parent().expect("a parent")).expect("a directory");
                 std::fs::write(&p, text).expect("a file");
             }
-            let spec = TreeSpec {
-                name: tree.to_string(),
-                path: root,
-                excludes: Default::default(),
-                sqlite_as_files: false,
-            };
-            let (desc, _) = super::freeze::freeze_one_tree(
-                &self.repo,
-                &spec,
-                None,
-                Default::default(),
-                &progress,
-                &mut vec![],
-            )
-            .expect("a frozen tree");
-            manifests.push(desc);
+            manifests.push(self.tree(tree, &root));
         }
         let created = SystemTime::now();
         let record =
@@ -94,24 +78,29 @@ impl Kit {
             .expect("the snapshot")
     }
 
-    /// A files snapshot of `site`: one tree, the directory `root` as it is now.
-    pub fn freeze_dir(&self, site: &str, root: &std::path::Path) -> Snapshot {
+    /// The directory `root` frozen as tree `name` (no previous snapshot).
+    fn tree(&self, name: &str, root: &std::path::Path) -> Descriptor {
         let spec = TreeSpec {
-            name: "files".into(),
+            name: name.to_string(),
             path: root.to_path_buf(),
             excludes: Default::default(),
             sqlite_as_files: false,
         };
-        let progress = Progress::default();
         let (desc, _) = super::freeze::freeze_one_tree(
             &self.repo,
             &spec,
             None,
             Default::default(),
-            &progress,
+            &Progress::default(),
             &mut vec![],
         )
         .expect("a frozen tree");
+        desc
+    }
+
+    /// A files snapshot of `site`: one tree, the directory `root` as it is now.
+    pub fn freeze_dir(&self, site: &str, root: &std::path::Path) -> Snapshot {
+        let desc = self.tree("files", root);
         let created = SystemTime::now();
         let record = super::freeze::snapshot_record((site, Mode::Files, None), vec![desc], created);
         let r = (self.repo)
