@@ -229,6 +229,13 @@ fn modules_use_only_lower_layers_and_form_no_circle() {
         "uses of a higher layer:\n  {}",
         wrong.join("\n  ")
     );
+    // The engine adapter knows neither the tree nor the database formats: what it reads
+    // of a site becomes trees and database endpoints in `ops::sources`.
+    let adapter = same_layer.get("docker").cloned().unwrap_or_default();
+    assert!(
+        !adapter.contains("tree") && !adapter.contains("db"),
+        "src/docker uses {adapter:?}; shape sources in ops::sources"
+    );
     if let Some(c) = find_cycle(&same_layer) {
         panic!("modules of one layer form a circle: {}", c.join(" → "));
     }

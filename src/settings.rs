@@ -500,12 +500,7 @@ impl Settings {
                     candidate
                 }
             };
-            out.push(TreeSpec {
-                name,
-                path,
-                excludes: Default::default(),
-                sqlite_as_files: false,
-            });
+            out.push(TreeSpec::new(name, path));
         }
         Ok(out)
     }

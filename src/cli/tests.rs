@@ -26,12 +26,7 @@ fn site(root: &Path) -> Vec<TreeSpec> {
         for i in 0..files {
             std::fs::write(dir.join("sub").join(format!("f{i}")), vec![b'x'; 100 * i]).unwrap();
         }
-        trees.push(TreeSpec {
-            name: name.into(),
-            path: dir,
-            excludes: Default::default(),
-            sqlite_as_files: false,
-        });
+        trees.push(TreeSpec::new(name, dir));
     }
     trees
 }

@@ -1,5 +1,6 @@
-//! Reading a Docker site: each container's configuration as a [`ContainerSpec`], its
-//! volumes and bind mounts as file trees, optionally its image's layers; and holding the
+//! Reading a Docker site: each container's configuration as a [`ContainerSpec`], the
+//! directories it mounts as [`SiteDir`]s (which `ops::sources` makes file trees with
+//! their rules, and database endpoints of the database containers); and holding the
 //! whole site still (paused or stopped) while the trees are copied.
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,10 +14,8 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use super::{ContainerEngine, Engine};
-use crate::db::DbUrl;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::format::*;
-use crate::tree::TreeSpec;
 
 /// Container labels that leave things out of the container's volumes and bind mounts:
 /// patterns (separated by newlines or commas), CACHEDIR.TAG directories, and directories
@@ -58,27 +57,6 @@ impl Consistency {
     }
 }
 
-/// The exclusion rules a container's labels declare for its mounts.
-fn label_excludes(labels: &Value) -> crate::tree::exclude::Excludes {
-    let list = |k: &str| -> Vec<String> {
-        labels[k]
-            .as_str()
-            .unwrap_or("")
-            .split(['\n', ','])
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(str::to_string)
-            .collect()
-    };
-    crate::tree::exclude::Excludes {
-        patterns: list(LABEL_EXCLUDE),
-        caches: labels[LABEL_EXCLUDE_CACHES]
-            .as_str()
-            .is_some_and(|v| matches!(v, "true" | "1" | "yes")),
-        if_present: list(LABEL_EXCLUDE_IF_PRESENT),
-    }
-}
-
 /// (Kept here for its callers.)
 pub use super::canonical;
 /// Manifest and record annotations of a container image.
@@ -116,7 +94,7 @@ pub struct ContainerSpec {
     pub mounts: Vec<MountSpec>,
     /// A database container: the database its environment names, as the official
     /// images read it (MariaDB/MySQL: `MARIADB_DATABASE`/`MYSQL_DATABASE`; PostgreSQL:
-    /// `POSTGRES_DB`, else `POSTGRES_USER`, else `postgres`, when `POSTGRES_PASSWORD` is set).
+    /// `POSTGRES_DB`, else `POSTGRES_USER`, else `postgres`, when `POSTGRES_PASSWORD` is set; set by `ops::sources::capture`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
     /// The tree holding the container's writable layer (`--with-writable-layer`).
@@ -180,55 +158,6 @@ impl ContainerSpec {
                 .map(str::to_string)
         })
     }
-
-    /// The database its environment names (see [`ContainerSpec::database`]).
-    fn database_name(&self) -> Option<String> {
-        crate::db::container::database_name(&|k| self.env(k))
-    }
-
-    /// Whether its environment gives a database client a login (see [`Self::database_url`]).
-    pub fn has_database_login(&self) -> bool {
-        self.database.is_some() && crate::db::container::has_login(&|k| self.env(k))
-    }
-
-    /// The database endpoint of a database container at `address`, with the login its
-    /// environment gives ([`crate::db::container::url`]; a credential in a file is read
-    /// with `read_file`). None: its environment names no database or no login.
-    pub fn database_url(
-        &self,
-        address: &str,
-        read_file: &dyn Fn(&str) -> Result<String>,
-    ) -> Result<Option<DbUrl>> {
-        let Some(db) = &self.database else {
-            return Ok(None);
-        };
-        crate::db::container::url(&|k| self.env(k), &self.name, db, address, read_file)
-    }
-
-    /// The mount destinations that hold a database container's data: the images' data
-    /// directory (`/var/lib/mysql`; `PGDATA`, else `/var/lib/postgresql/data`) and the
-    /// volumes its image declares. A dump stands for them; nothing else.
-    fn data_dirs(&self) -> Vec<String> {
-        let mut dirs = vec![crate::db::container::data_dir(&|k| self.env(k))];
-        if let Some(v) = self
-            .image_config
-            .as_ref()
-            .and_then(|c| c["Volumes"].as_object())
-        {
-            dirs.extend(v.keys().cloned());
-        }
-        dirs
-    }
-}
-
-/// Whether a mount at `destination` holds (part of) a data directory in `dirs`: the
-/// directory itself, one above it, or one inside it.
-fn holds_data(destination: &str, dirs: &[String]) -> bool {
-    let d = destination.trim_end_matches('/');
-    dirs.iter().any(|x| {
-        let x = x.trim_end_matches('/');
-        d == x || x.starts_with(&format!("{d}/")) || d.starts_with(&format!("{x}/"))
-    })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -299,8 +228,9 @@ pub struct CapturedSite {
     pub containers: Vec<ContainerSpec>,
     /// Engine ids, in the order of `containers`.
     pub ids: Vec<String>,
-    /// One tree per distinct volume or bind source.
-    pub trees: Vec<TreeSpec>,
+    /// One directory per distinct volume or bind source (a tree of the snapshot each;
+    /// `ops::sources` gives them their rules).
+    pub trees: Vec<SiteDir>,
     /// Each container's address on its first network (for reaching its database).
     pub addresses: Vec<Option<String>>,
     /// Each container's writable layer on this machine (overlay2's upper directory).
@@ -310,6 +240,34 @@ pub struct CapturedSite {
     /// Containers a dead run had left paused or stopped, put back before they were read
     /// (one note each, for the run's warnings).
     pub recovered: Vec<String>,
+}
+
+/// A directory of the site, copied as one tree of the snapshot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SiteDir {
+    /// The tree's name ([`tree_name`]).
+    pub name: String,
+    /// Where it is read: the host path, or a remote engine's mirror of it.
+    pub path: PathBuf,
+    pub holds: Holds,
+}
+
+/// What of a [`SiteDir`] is copied.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Holds {
+    /// All of it (a volume or a bind-mounted directory), under the rules the labels of
+    /// the container that mounts it declare ([`LABEL_EXCLUDE`], [`LABEL_SQLITE`], …).
+    Mount { labels: Value },
+    /// Only these files of it: the site's single-file binds in this directory.
+    Files(Vec<String>),
+    /// The compose project ([`super::project`]): the files it `named` (relative) kept
+    /// whatever their size, and the bind-mounted directories `binds` left out.
+    Project {
+        named: Vec<PathBuf>,
+        binds: Vec<PathBuf>,
+    },
+    /// A container's writable layer, all of it.
+    WritableLayer,
 }
 
 /// A container's health check, as far as a freeze needs it.
@@ -373,39 +331,6 @@ impl CapturedSite {
         Ok(())
     }
 
-    /// The databases of the site's database containers, reachable from this host.
-    pub fn databases(&self, engine: &Engine) -> Result<Vec<DbUrl>> {
-        let mut out = Vec::new();
-        for ((spec, addr), id) in self.containers.iter().zip(&self.addresses).zip(&self.ids) {
-            let Some(db) = &spec.database else { continue };
-            if spec.state != "running" {
-                return Err(Error::usage(format!(
-                    "container {} holds database {db} but is {}; a dump needs it running",
-                    spec.name, spec.state
-                )));
-            }
-            // The server must answer as the container it was found in: its hostname, or
-            // the engine's default, the short id (left out of the recorded config).
-            let hostname = spec.config["Hostname"]
-                .as_str()
-                .unwrap_or(&id[..12.min(id.len())]);
-            let unknown = || {
-                Error::usage(format!(
-                    "container {} holds database {db}, but its address or credentials are not known (MARIADB_USER/MARIADB_PASSWORD or MARIADB_ROOT_PASSWORD, or their _FILE forms)",
-                    spec.name
-                ))
-            };
-            let address = addr.as_deref().ok_or_else(unknown)?;
-            let read = |path: &str| read_file_in(engine, &spec.name, path);
-            let url = spec
-                .database_url(address, &read)?
-                .ok_or_else(unknown)?
-                .expecting_hostname(hostname);
-            out.push(url);
-        }
-        Ok(out)
-    }
-
     /// The container that holds `database` (see [`ContainerSpec::database`]).
     pub fn database_container(&self, database: &str) -> Option<&str> {
         self.containers
@@ -425,42 +350,15 @@ impl CapturedSite {
                 )));
             };
             let tree = tree_name("writable", &spec.name);
-            self.trees.push(TreeSpec {
+            self.trees.push(SiteDir {
                 name: tree.clone(),
                 path: upper.clone(),
-                excludes: Default::default(),
-                sqlite_as_files: false,
+                holds: Holds::WritableLayer,
             });
             spec.writable_layer = Some(tree);
         }
         self.trees.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(())
-    }
-
-    /// Dehydrated: the database containers' data directories are not copied (the dump
-    /// stands for them; thaw creates them empty and loads the dump). Their other mounts
-    /// (configuration, secret files, directories shared with other services) are kept
-    /// like any other tree.
-    pub fn drop_database_data(&mut self) {
-        let mut dropped = Vec::new();
-        for spec in &mut self.containers {
-            if spec.database.is_some() {
-                let dirs = spec.data_dirs();
-                for m in &mut spec.mounts {
-                    if holds_data(&m.destination, &dirs) {
-                        dropped.push(std::mem::take(&mut m.tree));
-                    }
-                }
-            }
-        }
-        let used: Vec<&str> = self
-            .containers
-            .iter()
-            .flat_map(|c| &c.mounts)
-            .map(|m| m.tree.as_str())
-            .collect();
-        self.trees
-            .retain(|t| !dropped.contains(&t.name) || used.contains(&t.name.as_str()));
     }
 }
 
@@ -540,7 +438,7 @@ fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<Ca
     let mut addresses = Vec::new();
     let mut upper_dirs = Vec::new();
     let mut healthy = Vec::new();
-    let mut trees: Vec<TreeSpec> = Vec::new();
+    let mut trees: Vec<SiteDir> = Vec::new();
     let names_by_id: Vec<(String, String)> = list
         .iter()
         .map(|c| (c.id.clone(), c.name.clone()))
@@ -570,7 +468,7 @@ fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<Ca
             capture_mounts(engine, &info, &c.name, &config, &mut trees, skip_file_binds)?;
         mounts.sort_by(|a, b| a.destination.cmp(&b.destination));
         let image_config = Some(super::rebase::defaults_of(&img));
-        let mut spec = ContainerSpec {
+        let spec = ContainerSpec {
             name: c.name.clone(),
             image,
             image_id,
@@ -589,7 +487,6 @@ fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<Ca
             writable_layer: None,
             image_config,
         };
-        spec.database = spec.database_name();
         containers.push(spec);
         ids.push(c.id);
         addresses.push(address);
@@ -619,7 +516,7 @@ fn capture_with(engine: &Engine, site: &str, skip_file_binds: bool) -> Result<Ca
 fn add_project_and_files(
     engine: &Engine,
     containers: &mut [ContainerSpec],
-    trees: &mut Vec<TreeSpec>,
+    trees: &mut Vec<SiteDir>,
     skip_file_binds: bool,
 ) -> Result<()> {
     let local = engine.is_local();
@@ -639,7 +536,14 @@ fn add_project_and_files(
     let mirror_of = (!local).then_some(engine.endpoint.host.as_str());
     place_files(containers, trees, project.as_ref(), mirror_of)?;
     if let Some(p) = &project {
-        trees.push(p.tree(&binds)?);
+        trees.push(SiteDir {
+            name: super::project::PROJECT_TREE.into(),
+            path: p.dir.clone(),
+            holds: Holds::Project {
+                named: p.named.clone(),
+                binds,
+            },
+        });
     }
     trees.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(())
@@ -741,7 +645,7 @@ fn capture_mounts(
     info: &bollard::models::ContainerInspectResponse,
     container: &str,
     config: &Value,
-    trees: &mut Vec<TreeSpec>,
+    trees: &mut Vec<SiteDir>,
     skip_file_binds: bool,
 ) -> Result<Vec<MountSpec>> {
     let local = engine.is_local();
@@ -849,7 +753,7 @@ fn is_anonymous(name: &str, info: &bollard::models::ContainerInspectResponse) ->
 /// `skip_file_binds` ([`capture_dirs`]).
 fn add_tree(
     engine: &Engine,
-    trees: &mut Vec<TreeSpec>,
+    trees: &mut Vec<SiteDir>,
     tree: &str,
     path: PathBuf,
     (container, destination): (&str, &str),
@@ -887,13 +791,12 @@ fn add_tree(
             path.display()
         )));
     }
-    trees.push(TreeSpec {
+    trees.push(SiteDir {
         name: tree.to_string(),
         path,
-        excludes: label_excludes(labels),
-        sqlite_as_files: labels[LABEL_SQLITE]
-            .as_str()
-            .is_some_and(|v| matches!(v, "false" | "0" | "no" | "off")),
+        holds: Holds::Mount {
+            labels: labels.clone(),
+        },
     });
     Ok(true)
 }
@@ -966,7 +869,7 @@ fn is_host_file(source: &str) -> bool {
 /// of that directory (everything else excluded).
 fn place_files(
     containers: &mut [ContainerSpec],
-    trees: &mut Vec<TreeSpec>,
+    trees: &mut Vec<SiteDir>,
     project: Option<&super::project::Project>,
     mirror_of: Option<&str>,
 ) -> Result<()> {
@@ -1009,12 +912,18 @@ fn place_files(
                 None => dir.to_path_buf(),
             };
             match trees.iter_mut().find(|t| t.name == tree) {
-                Some(t) => t.excludes.keep_file(&name),
-                None => trees.push(TreeSpec {
+                Some(SiteDir {
+                    holds: Holds::Files(names),
+                    ..
+                }) => {
+                    if !names.contains(&name) {
+                        names.push(name.clone())
+                    }
+                }
+                _ => trees.push(SiteDir {
                     name: tree.clone(),
                     path,
-                    excludes: crate::tree::exclude::Excludes::only_files([name.as_str()]),
-                    sqlite_as_files: false,
+                    holds: Holds::Files(vec![name.clone()]),
                 }),
             }
             m.tree = tree;
@@ -1344,104 +1253,5 @@ mod fixture {
         old_format.as_object_mut().unwrap().remove("image_config");
         let spec: ContainerSpec = serde_json::from_value(old_format).unwrap();
         assert!(spec.image_config.is_none());
-    }
-}
-
-#[cfg(test)]
-mod credentials {
-    use super::*;
-    use serde_json::json;
-
-    fn spec(env: &[&str], volumes: &[&str]) -> ContainerSpec {
-        let mut v: Value =
-            serde_json::from_str(include_str!("../../formats/v1/container-config.json")).unwrap();
-        v["config"]["Env"] = json!(env);
-        let vols: serde_json::Map<String, Value> =
-            volumes.iter().map(|k| (k.to_string(), json!({}))).collect();
-        v["image_config"] = json!({ "Volumes": vols });
-        let mut s: ContainerSpec = serde_json::from_value(v).unwrap();
-        s.database = s.database_name();
-        s
-    }
-
-    fn url(s: &ContainerSpec) -> Option<String> {
-        let read = |path: &str| Ok(format!("secret from {path}\n\n"));
-        s.database_url("10.0.0.2", &read)
-            .unwrap()
-            .map(|u| format!("{u} {}", u.user()))
-    }
-
-    #[test]
-    fn passwords_come_from_the_variable_or_the_file_it_names() {
-        let s = spec(
-            &[
-                "MARIADB_DATABASE=shop",
-                "MARIADB_ROOT_PASSWORD_FILE=/run/secrets/pw",
-            ],
-            &[],
-        );
-        assert!(s.has_database_login());
-        assert_eq!(url(&s).unwrap(), "mysql://root@10.0.0.2:3306/shop root");
-        // The application user wins over root, from files as from variables.
-        let s = spec(
-            &[
-                "MYSQL_DATABASE=shop",
-                "MYSQL_USER_FILE=/run/secrets/user",
-                "MYSQL_PASSWORD_FILE=/run/secrets/pw",
-                "MYSQL_ROOT_PASSWORD=r",
-            ],
-            &[],
-        );
-        assert_eq!(url(&s).unwrap(), "mysql://secret from /run/secrets/user@10.0.0.2:3306/shop secret from /run/secrets/user");
-        // PostgreSQL is recognized by its password file too.
-        let s = spec(
-            &["POSTGRES_PASSWORD_FILE=/run/secrets/pg", "POSTGRES_DB=app"],
-            &[],
-        );
-        assert_eq!(s.database.as_deref(), Some("app"));
-        assert_eq!(
-            url(&s).unwrap(),
-            "postgres://postgres@10.0.0.2:5432/app postgres"
-        );
-        // No login at all: none.
-        let s = spec(&["MARIADB_DATABASE=shop"], &[]);
-        assert!(!s.has_database_login());
-        assert_eq!(url(&s), None);
-        // A file that cannot be read fails, naming the variable, not its contents.
-        let s = spec(
-            &["MARIADB_DATABASE=shop", "MARIADB_ROOT_PASSWORD_FILE=/nope"],
-            &[],
-        );
-        let read = |_: &str| Err(Error::usage("could not read /nope"));
-        let e = s.database_url("10.0.0.2", &read).unwrap_err();
-        assert!(e.to_string().contains("MARIADB_ROOT_PASSWORD_FILE"), "{e}");
-    }
-
-    #[test]
-    fn only_the_data_directory_is_left_to_the_dump() {
-        let s = spec(
-            &["MARIADB_DATABASE=shop", "MARIADB_ROOT_PASSWORD=x"],
-            &["/var/lib/mysql"],
-        );
-        let dirs = s.data_dirs();
-        for data in [
-            "/var/lib/mysql",
-            "/var/lib/mysql/",
-            "/var/lib",
-            "/var/lib/mysql/x",
-        ] {
-            assert!(holds_data(data, &dirs), "{data}");
-        }
-        for other in [
-            "/etc/mysql/conf.d",
-            "/run/secrets",
-            "/var/lib/mysql-files",
-            "/docker-entrypoint-initdb.d",
-        ] {
-            assert!(!holds_data(other, &dirs), "{other}");
-        }
-        let s = spec(&["POSTGRES_PASSWORD=x", "PGDATA=/srv/pg"], &[]);
-        assert!(holds_data("/srv/pg", &s.data_dirs()));
-        assert!(!holds_data("/var/lib/postgresql/data", &s.data_dirs()));
     }
 }

@@ -7,15 +7,12 @@
 //! of the project directory up to [`FILE_LIMIT`] each, [`TOTAL_LIMIT`] and
 //! [`ENTRY_LIMIT`] in all, walked in name order. Left out: `.git`, directories the
 //! containers bind-mount (trees of their own), and whatever is over the limits; each is
-//! an exclusion rule of the tree, so `freeze --dry-run` lists them.
+//! an exclusion rule of the tree, so `freeze --dry-run` lists them. This module finds
+//! the project; `ops::sources` walks it into those rules.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-
-use crate::error::{IoContext, Result};
-use crate::tree::exclude::{escape_pattern, Excludes};
-use crate::tree::TreeSpec;
 
 /// The snapshot tree holding the project.
 pub const PROJECT_TREE: &str = "project";
@@ -97,94 +94,6 @@ pub fn find(labels: &Value, binds: &[PathBuf], files: &[PathBuf]) -> Option<Proj
     Some(Project { dir, named })
 }
 
-impl Project {
-    /// The tree that freezes it: the project directory with exclusion rules for what is
-    /// left out (see the module's documentation); `binds` as for [`find`].
-    pub fn tree(&self, binds: &[PathBuf]) -> Result<TreeSpec> {
-        let skip: Vec<PathBuf> = binds
-            .iter()
-            .filter_map(|b| b.strip_prefix(&self.dir).ok().map(Path::to_path_buf))
-            .collect();
-        let mut walk = Walk {
-            named: &self.named,
-            skip: &skip,
-            total: 0,
-            entries: 0,
-            patterns: Vec::new(),
-        };
-        walk.dir(&self.dir, Path::new(""))?;
-        Ok(TreeSpec {
-            name: PROJECT_TREE.into(),
-            path: self.dir.clone(),
-            excludes: Excludes {
-                patterns: walk.patterns,
-                ..Default::default()
-            },
-            sqlite_as_files: false,
-        })
-    }
-}
-
-struct Walk<'a> {
-    named: &'a [PathBuf],
-    skip: &'a [PathBuf],
-    total: u64,
-    entries: usize,
-    patterns: Vec<String>,
-}
-
-impl Walk<'_> {
-    fn dir(&mut self, root: &Path, rel: &Path) -> Result<()> {
-        let dir = root.join(rel);
-        let mut names: Vec<_> = std::fs::read_dir(&dir)
-            .ctx(|| format!("reading the compose project directory {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.file_name()))
-            .collect();
-        names.sort();
-        for name in names {
-            let r = rel.join(&name);
-            let pattern = anchored(&r);
-            if r == Path::new(".git") || self.skip.contains(&r) {
-                self.patterns.push(pattern);
-                continue;
-            }
-            let Ok(meta) = std::fs::symlink_metadata(root.join(&r)) else {
-                continue;
-            };
-            self.entries += 1;
-            let within = self.entries <= ENTRY_LIMIT && self.total < TOTAL_LIMIT;
-            if meta.is_dir() {
-                // Over the limits only what holds a named file is walked; the rest of
-                // it (and any bind directory inside, a tree of its own) is left out.
-                if within || self.named.iter().any(|f| f.starts_with(&r)) {
-                    self.dir(root, &r)?;
-                } else {
-                    self.patterns.push(pattern);
-                }
-            } else if self.named.contains(&r) {
-                // Kept whatever its size.
-            } else {
-                let size = if meta.is_file() { meta.len() } else { 0 };
-                if within && size <= FILE_LIMIT && self.total + size <= TOTAL_LIMIT {
-                    self.total += size;
-                } else {
-                    self.patterns.push(pattern);
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The gitignore pattern that matches exactly `rel` below the tree's root.
-fn anchored(rel: &Path) -> String {
-    let parts: Vec<String> = rel
-        .iter()
-        .map(|c| escape_pattern(&c.to_string_lossy()))
-        .collect();
-    format!("/{}", parts.join("/"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,35 +130,5 @@ mod tests {
             ]
         );
         assert!(label_paths(&serde_json::json!({ WORKING_DIR: "rel" })).is_none());
-    }
-
-    #[test]
-    fn the_walk_keeps_named_files_and_small_ones_and_leaves_out_the_rest() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path();
-        std::fs::create_dir_all(p.join(".git")).unwrap();
-        std::fs::create_dir_all(p.join("html")).unwrap();
-        std::fs::create_dir_all(p.join("web")).unwrap();
-        std::fs::write(p.join("docker-compose.yml"), "services: {}\n").unwrap();
-        std::fs::write(p.join("web/Dockerfile"), "FROM x\n").unwrap();
-        let big = vec![0u8; (FILE_LIMIT + 1) as usize];
-        std::fs::write(p.join("dump.sql"), &big).unwrap();
-        std::fs::write(p.join("big.ini"), &big).unwrap();
-        let project = Project {
-            dir: p.to_path_buf(),
-            named: vec![
-                PathBuf::from("big.ini"),
-                PathBuf::from("docker-compose.yml"),
-            ],
-        };
-        let mut walk = Walk {
-            named: &project.named,
-            skip: &[PathBuf::from("html")],
-            total: 0,
-            entries: 0,
-            patterns: Vec::new(),
-        };
-        walk.dir(p, Path::new("")).unwrap();
-        assert_eq!(walk.patterns, ["/.git", "/dump.sql", "/html"]);
     }
 }

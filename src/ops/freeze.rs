@@ -210,7 +210,7 @@ pub fn plan_site(repo: &Repository, req: FreezeRequest) -> Result<FreezePlan> {
     let mut docker = None;
     if let Some(hydrated) = docker_mode {
         let engine = crate::docker::Engine::connect_to(&req.engine)?;
-        let mut captured = crate::docker::capture::capture(&engine, &site)?;
+        let mut captured = super::sources::capture(&engine, &site)?;
         if hydrated {
             databases.clear();
             if !req.stop && !engine.flavor.can_pause {
@@ -224,19 +224,19 @@ pub fn plan_site(repo: &Repository, req: FreezeRequest) -> Result<FreezePlan> {
                 captured.include_writable_layers()?;
             }
         } else {
-            databases = captured.databases(&engine)?;
+            databases = super::sources::databases(&engine, &captured)?;
             if databases.is_empty() {
                 return Err(Error::usage(format!(
                     "Docker site {site} has no database container (MariaDB or MySQL whose environment names MARIADB_DATABASE or MYSQL_DATABASE, PostgreSQL with POSTGRES_PASSWORD) to dump"
                 ))
                 .with_hint("freeze it hydrated (--mode hydrated), or pass --db URL"));
             }
-            captured.drop_database_data();
+            super::sources::drop_database_data(&mut captured);
         }
         if let Some(t) = captured.trees.first() {
             engine.refuse_rootless_files(&format!("copying {} of site {site}", t.name))?;
         }
-        trees = captured.trees.clone();
+        trees = super::sources::trees(&captured)?;
         let consistency = match hydrated {
             true => BTreeMap::new(),
             false => consistency_of(&captured, &req.consistency)?,
@@ -308,10 +308,10 @@ pub fn freeze_before_replace(
     progress: &Progress,
 ) -> Result<String> {
     let engine = crate::docker::Engine::connect_to(engine)?;
-    let captured = crate::docker::capture::capture(&engine, target);
+    let captured = super::sources::capture(&engine, target);
     let plan = match captured {
         Ok(captured) => {
-            let trees = captured.trees.clone();
+            let trees = super::sources::trees(&captured)?;
             let docker = DockerFreeze {
                 engine_host: engine.endpoint.host.clone(),
                 engine,
@@ -327,12 +327,7 @@ pub fn freeze_before_replace(
             let mut trees: Vec<TreeSpec> = Vec::new();
             for (name, path) in replaced {
                 if path.is_dir() {
-                    trees.push(TreeSpec {
-                        name: name.clone(),
-                        path: path.clone(),
-                        excludes: Default::default(),
-                        sqlite_as_files: false,
-                    });
+                    trees.push(TreeSpec::new(name.clone(), path.clone()));
                     continue;
                 }
                 // A replaced file: kept in a tree of its directory that holds only the
@@ -344,10 +339,8 @@ pub fn freeze_before_replace(
                 match trees.iter_mut().find(|t| t.name == *name && t.path == dir) {
                     Some(t) => t.excludes.keep_file(&file),
                     None => trees.push(TreeSpec {
-                        name: name.clone(),
-                        path: dir.to_path_buf(),
                         excludes: crate::tree::exclude::Excludes::only_files([&*file]),
-                        sqlite_as_files: false,
+                        ..TreeSpec::new(name.clone(), dir.to_path_buf())
                     }),
                 }
             }

@@ -21,6 +21,7 @@ pub mod recreate;
 mod restore;
 mod site;
 mod snapshots;
+mod sources;
 #[cfg(test)]
 pub(crate) mod testkit;
 mod thaw;

@@ -185,7 +185,7 @@ pub fn plan(
     snap: Snapshot,
     opts: &OntoOptions,
 ) -> Result<OntoPlan> {
-    let captured = crate::docker::capture::capture_dirs(engine, &opts.project).map_err(|e| {
+    let captured = super::sources::capture_dirs(engine, &opts.project).map_err(|e| {
         match e.kind {
             ErrorKind::NotFound => e.with_hint(format!(
                 "--onto loads into a site that exists; to create one from the snapshot, thaw it --as {}",
@@ -514,7 +514,7 @@ fn plan_database(
         ))
         .with_hint("map the service to the target's database service with --map")
     })?;
-    if !target.has_database_login() {
+    if !super::sources::has_database_login(target) {
         return Err(Error::usage(format!(
             "container {} holds database {into}, but its environment has no credentials (MARIADB_USER/MARIADB_PASSWORD, MARIADB_ROOT_PASSWORD or POSTGRES_PASSWORD, or their _FILE forms) to load it with",
             target.name

@@ -80,12 +80,7 @@ impl Kit {
 
     /// The directory `root` frozen as tree `name` (no previous snapshot).
     fn tree(&self, name: &str, root: &std::path::Path) -> Descriptor {
-        let spec = TreeSpec {
-            name: name.to_string(),
-            path: root.to_path_buf(),
-            excludes: Default::default(),
-            sqlite_as_files: false,
-        };
+        let spec = TreeSpec::new(name.to_string(), root.to_path_buf());
         let (desc, _) = super::freeze::freeze_one_tree(
             &self.repo,
             &spec,

@@ -31,3 +31,15 @@ pub struct TreeSpec {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub sqlite_as_files: bool,
 }
+
+impl TreeSpec {
+    /// The whole directory at `path`, stored as `name`, nothing left out.
+    pub fn new(name: impl Into<String>, path: impl Into<std::path::PathBuf>) -> TreeSpec {
+        TreeSpec {
+            name: name.into(),
+            path: path.into(),
+            excludes: Default::default(),
+            sqlite_as_files: false,
+        }
+    }
+}

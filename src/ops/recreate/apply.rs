@@ -827,8 +827,7 @@ pub(crate) fn container_database(
 ) -> Result<Option<crate::db::DbUrl>> {
     let (address, hostname) = container_endpoint(engine, &spec.name)?;
     let read = |path: &str| crate::docker::capture::read_file_in(engine, &spec.name, path);
-    let url = spec
-        .database_url(&address, &read)
+    let url = crate::ops::sources::database_url(spec, &address, &read)
         .map_err(|e| exited_or(engine, &spec.name, e))?;
     Ok(url.map(|u| u.expecting_hostname(&hostname)))
 }

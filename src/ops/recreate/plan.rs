@@ -663,7 +663,7 @@ fn plan_database(
     let Some(d) = dumps.iter().find(|d| d.database() == db) else {
         return Ok(());
     };
-    if !spec.has_database_login() {
+    if !crate::ops::sources::has_database_login(spec) {
         return Err(Error::usage(format!(
             "container {} holds database {db}, but its environment has no credentials (MARIADB_USER/MARIADB_PASSWORD, MARIADB_ROOT_PASSWORD or POSTGRES_PASSWORD, or their _FILE forms) to load it with",
             spec.name
