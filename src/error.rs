@@ -33,6 +33,11 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Its name in `--json` errors and run records: `usage`, `unreachable`, …
+    pub fn name(self) -> String {
+        format!("{self:?}").to_lowercase()
+    }
+
     /// Documented exit codes (README "Exit codes").
     pub fn exit_code(self) -> i32 {
         match self {

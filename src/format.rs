@@ -23,6 +23,8 @@ pub const REPO_CONFIG_KEY: &str = "freezer.json";
 pub const OCI_LAYOUT_KEY: &str = "oci-layout";
 pub const OCI_INDEX_KEY: &str = "index.json";
 pub const SNAPSHOTS_PREFIX: &str = "snapshots/";
+/// Run records (SPEC.md §15): `runs/<site>/<time>-<command>-<exit>-<rand>.json`.
+pub const RUNS_PREFIX: &str = "runs/";
 
 pub const MT_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -274,6 +276,40 @@ pub fn compact_time(t: std::time::SystemTime) -> String {
     format!("{y:04}{mo:02}{da:02}T{h:02}{mi:02}{s:02}Z")
 }
 
+/// The time a [`compact_time`] text names (None: not one).
+pub fn parse_compact_time(s: &str) -> Option<std::time::SystemTime> {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| -> Option<u32> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let (y, mo, d) = (digits(0..4)?, digits(4..6)?, digits(6..8)?);
+    let (h, mi, sec) = (digits(9..11)?, digits(11..13)?, digits(13..15)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let days = days_from_civil(i64::from(y), mo, d);
+    let secs = days * 86_400 + i64::from(h * 3600 + mi * 60 + sec);
+    let secs = u64::try_from(secs).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+/// Days since 1970-01-01 (Howard Hinnant's days_from_civil).
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Seconds since the epoch to (year, month, day, hour, minute, second), UTC.
 /// Howard Hinnant's days-from-civil inverse; avoids a date crate for one function.
 fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
@@ -457,6 +493,103 @@ pub fn tree_index_digest(manifest: &ImageManifest) -> Result<Digest> {
         .get(A_TREE_INDEX)
         .ok_or_else(|| Error::integrity(format!("tree manifest has no {A_TREE_INDEX} annotation")))?
         .parse()
+}
+
+/// A run record (SPEC.md §15): what one run of a command did to a site, written into
+/// the repository when the run ends, failed runs included. Never holds a secret: the
+/// error message is the one the run printed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Always [`RUN_FORMAT`]; a reader skips a record of a version it does not know.
+    pub format: u32,
+    /// The site; empty for a run over the whole repository (`prune`, `verify`).
+    pub site: String,
+    /// `freeze`, `thaw`, `drill`, `verify`, `copy`, `prune` or `forget`.
+    pub command: String,
+    /// The machine it ran on.
+    pub host: String,
+    /// RFC 3339 UTC.
+    pub started: String,
+    pub ended: String,
+    /// Its exit status (SPEC.md §9).
+    pub exit: i32,
+    /// Why it failed: the error's kind (`store`, `usage`, …) and message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RunError>,
+    /// The snapshot it wrote (freeze) or read (thaw, drill).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// A freeze's mode: `files`, `dehydrated` or `hydrated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// What it read, added to and removed from the repository.
+    #[serde(default, skip_serializing_if = "RunBytes::is_empty")]
+    pub bytes: RunBytes,
+    /// A drill's checks and timings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<RunDrill>,
+    /// How many warnings it printed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub warnings: u64,
+}
+
+/// The version of [`RunRecord`] this freezer writes.
+pub const RUN_FORMAT: u32 = 1;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunError {
+    pub kind: String,
+    pub message: String,
+}
+
+/// Byte counts of a run; absent fields are zero.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunBytes {
+    /// Bytes of the site's files and dumps that the snapshot holds (freeze: what a
+    /// restore gives back; thaw, drill: what was restored).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub read: u64,
+    /// Bytes the snapshot takes in the repository, compressed, counting whole the blobs
+    /// it shares with earlier snapshots (freeze).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stored: u64,
+    /// Bytes uploaded that the repository did not hold (after compression).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub added: u64,
+    /// Bytes of blobs the snapshot shares with earlier ones (not uploaded again).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reused: u64,
+    /// Bytes deleted from the store (prune).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deleted: u64,
+}
+
+impl RunBytes {
+    pub fn is_empty(&self) -> bool {
+        *self == RunBytes::default()
+    }
+}
+
+/// What a drill found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunDrill {
+    pub ok: bool,
+    /// How long the restore took, and the whole drill.
+    pub restore_seconds: f64,
+    pub seconds: f64,
+    pub checks: Vec<RunCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunCheck {
+    pub name: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
 }
 
 #[cfg(test)]

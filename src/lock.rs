@@ -268,6 +268,26 @@ fn heartbeat(lock: &Lock) -> std::thread::JoinHandle<()> {
     })
 }
 
+/// The locks live now: not released, not stale, not of a dead process of this host.
+pub fn held(repo: &Repository) -> Result<Vec<LockInfo>> {
+    let store = repo.shared_store();
+    let now = SystemTime::now();
+    let mut out = Vec::new();
+    for o in store.list(LOCKS_PREFIX)? {
+        if o.modified.is_some_and(|m| m + STALE < now) {
+            continue;
+        }
+        let info = store
+            .get(&o.key)
+            .ok()
+            .and_then(|d| serde_json::from_slice::<LockInfo>(&d).ok());
+        if let Some(l) = info.filter(|l| !l.released && !l.is_dead_here()) {
+            out.push(l);
+        }
+    }
+    Ok(out)
+}
+
 /// What finished or dead runs left in the store, by key, as of `now` (the store's
 /// clock): released locks, locks of this host whose process is gone, locks and staging
 /// files (a local store's `tmp/`) untouched for longer than [`STALE`].

@@ -1,12 +1,17 @@
 //! Telling the outside world how a run went, for unattended use: a healthchecks-style
-//! ping URL (`--ping`) and a Prometheus textfile (`--metrics-file`). Neither can fail the
-//! run: a ping that does not get through, or a metrics file that cannot be written, is a
-//! warning on stderr.
+//! ping URL (`--ping`), a Prometheus textfile (`--metrics-file`), and a run record in the
+//! repository itself (SPEC.md §15; [`RunLog`]). None can fail the run: a ping that does
+//! not get through, a metrics file that cannot be written or a record that cannot be
+//! stored is a warning on stderr (the record then waits on this machine for the next run).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::format::{rfc3339, RunBytes, RunDrill, RunError, RunRecord, RUN_FORMAT};
+use crate::repo::Repository;
 
 static BYTES_UPLOADED: AtomicU64 = AtomicU64::new(u64::MAX);
 
@@ -20,6 +25,8 @@ pub struct Monitor {
     pub metrics_file: Option<PathBuf>,
     pub command: &'static str,
     pub site: String,
+    /// The run's record for the repository.
+    pub runs: RunLog,
 }
 
 impl Monitor {
@@ -33,8 +40,18 @@ impl Monitor {
         }
     }
 
-    /// Pings `URL` (success) or `URL/fail` with a message, and updates the metrics file.
-    pub fn finish(&self, exit_code: i32, duration: Duration, message: String) {
+    /// Pings `URL` (success) or `URL/fail` with a message, updates the metrics file and
+    /// writes the run record (`error`: why it failed). `local`: the process is about to
+    /// exit (a signal): the record is kept on this machine for the next run to store.
+    pub fn finish(
+        &self,
+        exit_code: i32,
+        duration: Duration,
+        message: String,
+        error: Option<&crate::error::Error>,
+        local: bool,
+    ) {
+        self.runs.finish(exit_code, error, local);
         if let Some(url) = &self.ping {
             let url = url.trim_end_matches('/');
             if exit_code == 0 {
@@ -179,4 +196,174 @@ fn redact_url(url: &str) -> String {
         Some((scheme, rest)) => format!("{scheme}://{}/…", rest.split('/').next().unwrap_or("")),
         None => "the ping URL".into(),
     }
+}
+
+/// The record of one run (SPEC.md §15). Commands add what they did ([`RunLog::note`]);
+/// [`Monitor::finish`] writes it into the repository the run opened, together with the
+/// records earlier runs could not store. A record that cannot be stored now (the store
+/// is down, the run is ending on a signal, the repository never opened) is kept in
+/// `STATE_DIR/runs/<repository>/`, and the next run that reaches the repository stores
+/// it: a failed night leaves its trace even when the failure was the store's.
+pub struct RunLog {
+    command: &'static str,
+    site: String,
+    /// Whether this run keeps a record at all (not a dry run, not a reading command).
+    recorded: bool,
+    started: SystemTime,
+    state: Mutex<LogState>,
+}
+
+#[derive(Default)]
+struct LogState {
+    repo: Option<Repository>,
+    /// Where records wait for the repository (per repository URL).
+    outbox: Option<PathBuf>,
+    snapshot: Option<String>,
+    mode: Option<String>,
+    bytes: RunBytes,
+    drill: Option<RunDrill>,
+    warnings: u64,
+    error: Option<RunError>,
+}
+
+/// What a command says it did, for its run record.
+#[derive(Default)]
+pub struct RunNote {
+    pub snapshot: Option<String>,
+    pub mode: Option<String>,
+    pub bytes: RunBytes,
+    pub drill: Option<RunDrill>,
+    pub warnings: u64,
+    /// Why it failed, when it ends with a failing exit status but no error (a drill
+    /// whose checks failed, a verify that found damage).
+    pub error: Option<RunError>,
+}
+
+impl RunLog {
+    pub fn new(command: &'static str, site: String, recorded: bool) -> RunLog {
+        RunLog {
+            command,
+            site,
+            recorded,
+            started: crate::sys::now(),
+            state: Mutex::default(),
+        }
+    }
+
+    /// The repository at `url` is the run's: records wait for it under a name of its
+    /// URL when they cannot be stored.
+    pub fn set_repository_url(&self, url: &str) {
+        use sha2::Digest as _;
+        let id = hex::encode(&sha2::Sha256::digest(url.as_bytes())[..8]);
+        self.state.lock().unwrap().outbox = Some(crate::sys::state_dir().join("runs").join(id));
+    }
+
+    /// The run opened its repository: its record goes there.
+    pub fn opened(&self, repo: &Repository) {
+        let mut st = self.state.lock().unwrap();
+        if st.repo.is_none() {
+            st.repo = Some(repo.handle());
+        }
+    }
+
+    /// Adds what the command did.
+    pub fn note(&self, note: RunNote) {
+        let mut st = self.state.lock().unwrap();
+        st.snapshot = note.snapshot.or(st.snapshot.take());
+        st.mode = note.mode.or(st.mode.take());
+        if !note.bytes.is_empty() {
+            st.bytes = note.bytes;
+        }
+        st.drill = note.drill.or(st.drill.take());
+        st.warnings += note.warnings;
+        st.error = note.error.or(st.error.take());
+    }
+
+    fn finish(&self, exit: i32, error: Option<&crate::error::Error>, local: bool) {
+        if !self.recorded {
+            return;
+        }
+        let mut st = self.state.lock().unwrap();
+        let ended = crate::sys::now();
+        let run = RunRecord {
+            format: RUN_FORMAT,
+            site: self.site.clone(),
+            command: self.command.to_string(),
+            host: crate::sys::hostname(),
+            started: rfc3339(self.started),
+            ended: rfc3339(ended),
+            exit,
+            error: match error {
+                Some(e) => Some(RunError {
+                    kind: e.kind.name(),
+                    message: e.message.clone(),
+                }),
+                None => st.error.take().filter(|_| exit != 0),
+            },
+            snapshot: st.snapshot.take(),
+            mode: st.mode.take(),
+            bytes: std::mem::take(&mut st.bytes),
+            drill: st.drill.take(),
+            warnings: st.warnings,
+        };
+        let name = Repository::run_name(&run, ended);
+        let repo = st.repo.take().filter(|_| !local);
+        let outbox = st.outbox.clone();
+        let Some(repo) = repo else {
+            keep(outbox.as_deref(), &name, &run, false);
+            return;
+        };
+        // Those that waited first, oldest first; each is removed here once stored.
+        if let Some(dir) = &outbox {
+            for (path, waiting) in waiting_runs(dir) {
+                let file = path.file_name().unwrap_or_default().to_string_lossy();
+                if repo.put_run(&waiting, &file).is_ok() {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        if let Err(e) = repo.put_run(&run, &name) {
+            eprintln!("freezer: warning: could not store this run's record: {e}");
+            keep(outbox.as_deref(), &name, &run, true);
+        }
+    }
+}
+
+/// Keeps a record on this machine until a run can store it (`say`: tell where).
+fn keep(outbox: Option<&Path>, name: &str, run: &RunRecord, say: bool) {
+    let Some(dir) = outbox else {
+        return;
+    };
+    let written = std::fs::create_dir_all(dir).and_then(|()| {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, crate::format::to_json(run))?;
+        std::fs::rename(&tmp, dir.join(name))
+    });
+    match written {
+        Ok(()) if say => eprintln!(
+            "freezer: this run's record is kept in {} until a run reaches the repository",
+            dir.display()
+        ),
+        Ok(()) => {}
+        Err(e) => eprintln!(
+            "freezer: warning: could not keep this run's record in {}: {e}",
+            dir.display()
+        ),
+    }
+}
+
+/// The records waiting in `dir`, by name (oldest first); unreadable files are left.
+fn waiting_runs(dir: &Path) -> Vec<(PathBuf, RunRecord)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|x| x == "json"));
+    files.sort();
+    files
+        .into_iter()
+        .filter_map(|p| {
+            let run = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+            Some((p, run))
+        })
+        .collect()
 }

@@ -208,6 +208,23 @@ fn render(p: &Progress, elapsed: Duration) -> String {
     line
 }
 
+/// Human durations, to the two largest units: `45s`, `12m`, `3h20m`, `2d4h`.
+pub fn duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => match s % 3600 / 60 {
+            0 => format!("{}h", s / 3600),
+            m => format!("{}h{m:02}m", s / 3600),
+        },
+        _ => match s % 86_400 / 3600 {
+            0 => format!("{}d", s / 86_400),
+            h => format!("{}d{h}h", s / 86_400),
+        },
+    }
+}
+
 /// Human byte counts: `512 B`, `1.5 MiB`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

@@ -6,6 +6,7 @@
 //! freezer.json                    repository config: format version, id, encryption
 //! blobs/sha256/<hex>              content-addressed blobs (layers, configs, manifests, indexes)
 //! snapshots/<site>/<id>.json      one record per snapshot, an OCI image index
+//! runs/<site>/<time>-<command>-<exit>-<rand>.json  one record per run ([`runs`])
 //! ```
 //!
 //! Nothing is ever overwritten: blobs are named by their digest and records by their time
@@ -23,6 +24,9 @@ use crate::crypto::{Credentials, Keys, Sealer, BLOB_AAD};
 use crate::error::{into_io, Error, ErrorKind, IoContext, Result};
 use crate::format::*;
 use crate::store::Store;
+
+mod runs;
+pub use runs::RunRef;
 
 /// Counters for the summary of a run ("uploaded 3 blobs, 12 MB; reused 40").
 #[derive(Debug, Default)]
@@ -184,6 +188,18 @@ impl Repository {
             stats: Default::default(),
             keys: keys.map(|(k, _)| k),
         })
+    }
+
+    /// The same repository for another user in this process (the run's record): the
+    /// same store and keys, counters of its own.
+    pub fn handle(&self) -> Repository {
+        Repository {
+            listed_records: Default::default(),
+            store: self.store.clone(),
+            config: self.config.clone(),
+            stats: Default::default(),
+            keys: self.keys.clone(),
+        }
     }
 
     /// Opens a repository that is not encrypted (an encrypted one asks for a key).

@@ -6,6 +6,7 @@
 //! calendar month. A snapshot is kept if any rule keeps it. Days are UTC, taken from the
 //! snapshot id (its creation time), so no record needs to be read.
 
+use crate::format::days_from_civil;
 use serde::Serialize;
 
 #[derive(Debug, Default, Clone, Copy, Serialize)]
@@ -33,17 +34,6 @@ pub fn id_date(id: &str) -> Option<(i64, u32, u32)> {
         d[4..6].parse().ok()?,
         d[6..8].parse().ok()?,
     ))
-}
-
-/// Days since 1970-01-01 (Howard Hinnant's days_from_civil).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// The ISO 8601 week of a date: (week-based year, week number).

@@ -26,6 +26,8 @@ pub struct ConfigFile {
     /// Other repositories, by name: where `freezer copy --to NAME` copies to.
     #[serde(default)]
     pub repos: BTreeMap<String, RepoSection>,
+    /// How long forget and prune keep run records, e.g. "400d" (the default).
+    pub keep_runs: Option<String>,
 }
 
 /// A second repository (`[repos.NAME]`), e.g. an off-site copy at another provider. The
@@ -149,6 +151,9 @@ pub struct SiteSection {
     /// volumes: "live", "pause", "stop" or "hook" (as the label dev.freezer.consistency).
     #[serde(default)]
     pub consistency: BTreeMap<String, String>,
+    /// How often a snapshot is expected, e.g. "24h": `freezer status` calls the site
+    /// LATE when its newest is older. Default 26h (a nightly job, with slack).
+    pub expect: Option<String>,
 }
 
 /// `[sites.NAME.hooks]`: commands run with `sh -c` on this host (SPEC.md §9, "Hooks").
@@ -368,6 +373,33 @@ impl Settings {
             timeout,
             continue_on_error: h.continue_on_error,
         })
+    }
+
+    /// How often each configured site expects a snapshot ([`crate::ops::status::DEFAULT_EXPECT`] for the
+    /// others), for `freezer status`.
+    pub fn expectations(&self) -> Result<BTreeMap<String, std::time::Duration>> {
+        let mut out = BTreeMap::new();
+        for (site, s) in &self.config.sites {
+            if let Some(e) = &s.expect {
+                let d = parse_duration(e)
+                    .map_err(|e| Error::usage(format!("[sites.{site}] expect: {e}")))?;
+                out.insert(site.clone(), d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The sites the config file names.
+    pub fn configured_sites(&self) -> Vec<String> {
+        self.config.sites.keys().cloned().collect()
+    }
+
+    /// How long run records are kept (`keep_runs`, default [`crate::ops::status::DEFAULT_KEEP_RUNS`]).
+    pub fn keep_runs(&self) -> Result<std::time::Duration> {
+        match &self.config.keep_runs {
+            Some(k) => parse_duration(k).map_err(|e| Error::usage(format!("keep_runs: {e}"))),
+            None => Ok(crate::ops::status::DEFAULT_KEEP_RUNS),
+        }
     }
 
     /// What the config file leaves out of every tree of the site.

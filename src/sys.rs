@@ -276,6 +276,37 @@ pub fn end_with_parent(cmd: &mut std::process::Command) {
     }
 }
 
+/// freezer's state on this machine (what held containers and unstored run records
+/// need to outlive a run): `$FREEZER_STATE_DIR`; by default `/var/lib/freezer` for root,
+/// else `$XDG_STATE_HOME/freezer` (`~/.local/state/freezer`).
+pub fn state_dir() -> std::path::PathBuf {
+    use std::path::{Path, PathBuf};
+    match std::env::var_os("FREEZER_STATE_DIR").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None if is_root() => PathBuf::from("/var/lib/freezer"),
+        None => std::env::var_os("XDG_STATE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/state")))
+            .unwrap_or_else(std::env::temp_dir)
+            .join("freezer"),
+    }
+}
+
+/// The time now. Test builds (feature `fault-injection`) take it from
+/// `FREEZER_FAKE_NOW` (seconds since the epoch) when set, so a test can play a month of
+/// nights in minutes; release builds have no such hook.
+pub fn now() -> std::time::SystemTime {
+    #[cfg(feature = "fault-injection")]
+    if let Some(secs) = std::env::var("FREEZER_FAKE_NOW")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        return std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    }
+    std::time::SystemTime::now()
+}
+
 /// freezer's cache on this machine (remote-engine mirrors, keyring epochs):
 /// `FREEZER_CACHE_DIR`, else `$XDG_CACHE_HOME/freezer`, else `~/.cache/freezer`.
 pub fn cache_dir() -> std::path::PathBuf {

@@ -96,6 +96,14 @@ pub enum Command {
     Diff(DiffArgs),
     /// List the snapshots in the repository, of every site or of one.
     Snapshots(SnapshotsArgs),
+    /// Is every site backed up? One row per site: OK, LATE (its newest snapshot is older
+    /// than expected) or FAILING (its last freeze or drill failed), with its last runs,
+    /// last good drill and what it stores. Exit 0 all OK, 10 a site late, 11 failing.
+    Status(StatusArgs),
+    /// Write the backup health of every site as one self-contained HTML page: the
+    /// status table, and per site its last days of snapshots, failures, drills and
+    /// stored bytes, and the repository's growth.
+    Report(ReportArgs),
     /// List the sites on this host's Docker engine (DOCKER_HOST): containers grouped by
     /// the dev.freezer.site label, else by docker compose project.
     Sites(SitesArgs),
@@ -326,6 +334,24 @@ pub struct DrillArgs {
 #[derive(Args, Debug)]
 pub struct SnapshotsArgs {
     pub site: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Only these sites (default: every site of the repository and the config file).
+    pub sites: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Where to write the page.
+    #[arg(long, value_name = "FILE")]
+    pub html: PathBuf,
+    /// How many days of history it shows.
+    #[arg(long, default_value_t = 90)]
+    pub days: u64,
+    /// Only these sites (default: every site of the repository and the config file).
+    pub sites: Vec<String>,
 }
 
 #[derive(Args, Debug)]

@@ -11,6 +11,10 @@ pub fn run(ctx: &Ctx, a: DrillArgs) -> Result<i32> {
     let engine = ctx.settings.host(host)?.docker;
     let repo = ctx.open_repo()?;
     let snapshot = repo.find_snapshot(site, snap)?;
+    ctx.note(crate::monitor::RunNote {
+        snapshot: Some(snapshot.id.clone()),
+        ..Default::default()
+    });
     let opts = DrillOptions {
         probes: a.probes,
         images: a.images.images,
@@ -22,6 +26,34 @@ pub fn run(ctx: &Ctx, a: DrillArgs) -> Result<i32> {
         hooks: ctx.settings.site_hooks(site)?,
     };
     let report = ctx.with_progress(|p| ops::drill_site(&repo, snapshot, &engine, &opts, p))?;
+    ctx.note(crate::monitor::RunNote {
+        drill: Some(crate::format::RunDrill {
+            ok: report.ok,
+            restore_seconds: report.restore_seconds,
+            seconds: report.seconds,
+            checks: (report.checks.iter())
+                .map(|c| crate::format::RunCheck {
+                    name: c.name.clone(),
+                    ok: c.ok,
+                    detail: c.detail.clone(),
+                })
+                .collect(),
+        }),
+        error: match &report.error {
+            Some(e) => Some(crate::format::RunError {
+                kind: e.kind.clone(),
+                message: e.message.clone(),
+            }),
+            None => (!report.ok).then(|| crate::format::RunError {
+                kind: crate::error::ErrorKind::Integrity.name(),
+                message: (report.checks.iter().filter(|c| !c.ok))
+                    .map(|c| format!("{}: {}", c.name, c.detail))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }),
+        },
+        ..Default::default()
+    });
     if ctx.json() {
         print_json(&report);
     } else if !ctx.global.quiet || !report.ok || report.kept {

@@ -14,7 +14,7 @@ pub fn run(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
         weekly: a.keep_weekly,
         monthly: a.keep_monthly,
     };
-    let plan = ops::plan_forget(&repo, &a.site, &policy)?;
+    let plan = ops::plan_forget(&repo, &a.site, &policy, ctx.settings.keep_runs()?)?;
     let report = match a.dry_run {
         true => plan,
         false => ops::forget(&repo, plan)?,

@@ -72,6 +72,25 @@ pub fn run(ctx: &Ctx, a: FreezeArgs) -> Result<i32> {
     }
     let report = ctx.with_progress(|p| ops::freeze(&repo, &plan, p))?;
     crate::monitor::note_bytes_uploaded(report.bytes_uploaded);
+    ctx.note(crate::monitor::RunNote {
+        snapshot: Some(report.snapshot.clone()),
+        mode: Some(report.mode.as_str().to_string()),
+        bytes: crate::format::RunBytes {
+            read: report.trees.iter().map(|t| t.stats.bytes).sum::<u64>()
+                + report.databases.iter().map(|d| d.sql_bytes).sum::<u64>(),
+            stored: report
+                .trees
+                .iter()
+                .map(|t| t.stats.stored_bytes)
+                .sum::<u64>()
+                + report.databases.iter().map(|d| d.stored_bytes).sum::<u64>(),
+            added: report.bytes_uploaded,
+            reused: report.bytes_reused,
+            deleted: 0,
+        },
+        warnings: report.warnings.len() as u64,
+        ..Default::default()
+    });
     for w in &report.warnings {
         ctx.warn(w);
     }

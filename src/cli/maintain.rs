@@ -26,6 +26,17 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<i32> {
         );
     }
     if !report.ok {
+        ctx.note(crate::monitor::RunNote {
+            error: Some(crate::format::RunError {
+                kind: ErrorKind::Integrity.name(),
+                message: format!(
+                    "{} problems in {} snapshots",
+                    report.problems.len(),
+                    report.snapshots
+                ),
+            }),
+            ..Default::default()
+        });
         eprintln!(
             "freezer: verification failed: {} problems in {} snapshots",
             report.problems.len(),
@@ -45,12 +56,19 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<i32> {
 pub fn prune(ctx: &Ctx, a: PruneArgs) -> Result<i32> {
     let repo = ctx.open_repo()?;
     let report = ctx.with_progress(|p| {
-        let plan = ops::prune::plan_prune(&repo, a.grace, p)?;
+        let plan = ops::prune::plan_prune(&repo, (a.grace, ctx.settings.keep_runs()?), p)?;
         match a.dry_run {
             true => Ok(plan.report),
             false => ops::prune::prune(&repo, plan, p),
         }
     })?;
+    ctx.note(crate::monitor::RunNote {
+        bytes: crate::format::RunBytes {
+            deleted: report.freed_bytes,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
     if ctx.json() {
         print_json(&report);
         return Ok(0);

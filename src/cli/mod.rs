@@ -47,6 +47,8 @@ mod keys;
 mod list;
 mod maintain;
 mod mount;
+mod report;
+mod status;
 #[cfg(test)]
 mod tests;
 mod thaw;
@@ -60,6 +62,8 @@ pub struct Ctx {
     pub settings: Settings,
     /// Set when a signal asks the run to stop; every long operation is given it.
     pub cancel: Cancel,
+    /// Pings, metrics and the run's record.
+    pub monitor: Arc<crate::monitor::Monitor>,
 }
 
 impl Ctx {
@@ -79,8 +83,16 @@ impl Ctx {
         eprintln!("freezer: warning: {msg}");
     }
 
+    /// Opens the repository; the run's record goes there.
     fn open_repo(&self) -> Result<Repository> {
-        self.settings.open_repo(&self.credentials()?)
+        let repo = self.settings.open_repo(&self.credentials()?)?;
+        self.monitor.runs.opened(&repo);
+        Ok(repo)
+    }
+
+    /// Adds to the run's record what the command did.
+    fn note(&self, note: crate::monitor::RunNote) {
+        self.monitor.runs.note(note);
     }
 
     fn credentials(&self) -> Result<crate::crypto::Credentials> {
@@ -168,6 +180,7 @@ fn run(cli: Cli, ended: std::sync::mpsc::Sender<i32>) -> i32 {
         ping: cli.global.ping.clone(),
         metrics_file: cli.global.metrics_file.clone(),
         command,
+        runs: crate::monitor::RunLog::new(command, site.clone(), recorded(&cli.command)),
         site,
     };
     monitor.start();
@@ -183,17 +196,20 @@ fn run(cli: Cli, ended: std::sync::mpsc::Sender<i32>) -> i32 {
         // An interrupted backup must still be reported as a failed one.
         let monitor = monitor.clone();
         let finish = Box::new(move |code| {
+            let e = Error::new(ErrorKind::Interrupted, "interrupted by a signal");
             monitor.finish(
                 code,
                 started.elapsed(),
                 format!("freezer {command}: exit {code}: interrupted by a signal"),
+                Some(&e),
+                true,
             )
         });
         let stop = cancel.clone();
         let stop = Box::new(move || stop.cancel());
         crate::interrupt::install(what, scope.clone(), stop, finish, ended);
     }
-    match dispatch(cli, cancel) {
+    match dispatch(cli, cancel, monitor.clone()) {
         Ok(code) => {
             // A signal that came after the work was done: the run still ended well,
             // unless the signal thread is already ending it.
@@ -204,6 +220,8 @@ fn run(cli: Cli, ended: std::sync::mpsc::Sender<i32>) -> i32 {
                 code,
                 started.elapsed(),
                 format!("freezer {command}: exit {code}"),
+                None,
+                false,
             );
             code
         }
@@ -230,6 +248,8 @@ fn run(cli: Cli, ended: std::sync::mpsc::Sender<i32>) -> i32 {
                 code,
                 started.elapsed(),
                 format!("freezer {command}: exit {code}: interrupted by a signal"),
+                Some(&e),
+                true,
             );
             code
         }
@@ -240,7 +260,7 @@ fn run(cli: Cli, ended: std::sync::mpsc::Sender<i32>) -> i32 {
             if let Some(h) = &e.hint {
                 msg.push_str(&format!("\nhint: {h}"));
             }
-            monitor.finish(code, started.elapsed(), msg);
+            monitor.finish(code, started.elapsed(), msg, Some(&e), false);
             code
         }
     }
@@ -269,13 +289,23 @@ fn interrupted_what(command: &Command) -> &'static str {
     }
 }
 
-fn dispatch(cli: Cli, cancel: Cancel) -> Result<i32> {
+fn dispatch(cli: Cli, cancel: Cancel, monitor: Arc<crate::monitor::Monitor>) -> Result<i32> {
     let g = &cli.global;
     let settings = Settings::load(g.config.as_deref(), g.repo.as_deref(), g.retry_for)?;
+    if let Ok(url) = settings.repo_url() {
+        // What names the repository on this machine, for records that wait for it (not
+        // the endpoint: a store that moves keeps its records).
+        let name = match url {
+            crate::store::StoreUrl::Local(p) => format!("{:?}", p.canonicalize().unwrap_or(p)),
+            s3 => format!("{s3:?}"),
+        };
+        monitor.runs.set_repository_url(&name);
+    }
     let ctx = Ctx {
         global: cli.global,
         settings,
         cancel,
+        monitor,
     };
     match cli.command {
         // Handled in `run` before anything else starts.
@@ -292,12 +322,28 @@ fn dispatch(cli: Cli, cancel: Cancel) -> Result<i32> {
         Command::Cat(a) => browse::cat(&ctx, a),
         Command::Snapshots(a) => list::snapshots(&ctx, a),
         Command::Sites(a) => list::sites(&ctx, a),
+        Command::Status(a) => status::status(&ctx, a),
+        Command::Report(a) => status::report(&ctx, a),
         Command::Forget(a) => forget::run(&ctx, a),
         Command::Verify(a) => maintain::verify(&ctx, a),
         Command::Prune(a) => maintain::prune(&ctx, a),
         Command::Export(a) => export::run(&ctx, a),
         Command::Copy(a) => copy::run(&ctx, a),
         Command::Mount(a) => mount::run(&ctx, a),
+    }
+}
+
+/// Whether a run of the command keeps a record in the repository (SPEC.md §15): the
+/// commands that change a site's backups or prove them, unless they only preview.
+fn recorded(c: &Command) -> bool {
+    match c {
+        Command::Freeze(a) => !a.dry_run,
+        Command::Thaw(a) => !a.dry_run,
+        Command::Forget(a) => !a.dry_run,
+        Command::Prune(a) => !a.dry_run,
+        Command::Copy(a) => !a.dry_run,
+        Command::Drill(_) | Command::Verify(_) => true,
+        _ => false,
     }
 }
 
@@ -319,6 +365,8 @@ fn describe(c: &Command) -> (&'static str, String) {
         Command::Cat(a) => ("cat", site_of(&a.target)),
         Command::Snapshots(a) => ("snapshots", a.site.clone().unwrap_or_default()),
         Command::Sites(_) => ("sites", String::new()),
+        Command::Status(_) => ("status", String::new()),
+        Command::Report(_) => ("report", String::new()),
         Command::Forget(a) => ("forget", a.site.clone()),
         Command::Verify(a) => (
             "verify",
@@ -352,7 +400,7 @@ pub fn report_error(e: &Error, json: bool) {
         }
         let out = Out {
             error: Inner {
-                kind: format!("{:?}", e.kind).to_lowercase(),
+                kind: e.kind.name(),
                 exit_code: e.kind.exit_code(),
                 message: e.to_string(),
                 hint: e.hint.as_deref(),

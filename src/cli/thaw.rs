@@ -69,6 +69,10 @@ pub fn run(ctx: &Ctx, a: ThawArgs) -> Result<i32> {
         }
         return Ok(0);
     }
+    ctx.note(crate::monitor::RunNote {
+        snapshot: Some(plan.snapshot().to_string()),
+        ..Default::default()
+    });
     let report = ctx.with_progress(|p| ops::thaw_site(&repo, plan, p))?;
     let hooks = match &report {
         SiteThawReport::Files(r) => &r.hooks,

@@ -12,7 +12,7 @@
 //! what a dead run held, says so, and only then reads the containers' state; a
 //! container held by a run that is still alive is refused.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -38,17 +38,7 @@ pub struct Entry {
 /// Where entries live: `$FREEZER_STATE_DIR/held`; by default `/var/lib/freezer/held` for
 /// root, else `$XDG_STATE_HOME/freezer/held` (`~/.local/state/freezer/held`).
 pub fn dir() -> PathBuf {
-    let base = match std::env::var_os("FREEZER_STATE_DIR").filter(|v| !v.is_empty()) {
-        Some(d) => PathBuf::from(d),
-        None if crate::sys::is_root() => PathBuf::from("/var/lib/freezer"),
-        None => std::env::var_os("XDG_STATE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/state")))
-            .unwrap_or_else(std::env::temp_dir)
-            .join("freezer"),
-    };
-    base.join("held")
+    crate::sys::state_dir().join("held")
 }
 
 fn path(id: &str) -> PathBuf {

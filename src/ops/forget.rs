@@ -13,6 +13,10 @@ pub struct ForgetReport {
     pub dry_run: bool,
     pub kept: Vec<ForgetEntry>,
     pub removed: Vec<ForgetEntry>,
+    /// Run records of the site older than the time they are kept (SPEC.md §15).
+    pub removed_runs: usize,
+    #[serde(skip)]
+    runs: Vec<crate::repo::RunRef>,
 }
 
 #[derive(Debug, Serialize)]
@@ -23,8 +27,14 @@ pub struct ForgetEntry {
 }
 
 /// What a forget will do: the snapshots of `site` that `policy` keeps (with the rules
-/// that keep them) and those whose records it removes. Nothing is changed.
-pub fn plan_forget(repo: &Repository, site: &str, policy: &Policy) -> Result<ForgetReport> {
+/// that keep them) and those whose records it removes, and the site's run records older
+/// than `keep_runs`. Nothing is changed.
+pub fn plan_forget(
+    repo: &Repository,
+    site: &str,
+    policy: &Policy,
+    keep_runs: std::time::Duration,
+) -> Result<ForgetReport> {
     if policy.is_empty() {
         return Err(Error::usage(format!(
             "refusing to forget every snapshot of {site}: no --keep-* option was given"
@@ -49,7 +59,10 @@ pub fn plan_forget(repo: &Repository, site: &str, policy: &Policy) -> Result<For
         dry_run: true,
         kept: vec![],
         removed: vec![],
+        removed_runs: 0,
+        runs: super::status::expired_runs(repo, Some(site), keep_runs, crate::sys::now())?,
     };
+    plan.removed_runs = plan.runs.len();
     for (id, reasons) in crate::retention::apply(policy, &snapshots) {
         match reasons.is_empty() {
             true => plan.removed.push(ForgetEntry { id, reasons }),
@@ -68,6 +81,9 @@ pub fn forget(repo: &Repository, mut plan: ForgetReport) -> Result<ForgetReport>
             id: e.id.clone(),
         })?;
     }
+    for r in &plan.runs {
+        repo.delete_run(r)?;
+    }
     plan.dry_run = false;
     Ok(plan)
 }
@@ -77,11 +93,13 @@ mod tests {
     use super::*;
     use crate::ops::testkit::Kit;
 
+    const KEEP: std::time::Duration = crate::ops::status::DEFAULT_KEEP_RUNS;
+
     #[test]
     fn a_policy_that_keeps_nothing_is_refused() {
         let kit = Kit::new(&[]);
         kit.freeze_dir("shop", &kit.dir_with("a", &[("a.txt", "x")]));
-        let err = plan_forget(&kit.repo, "shop", &Policy::default()).expect_err("refused");
+        let err = plan_forget(&kit.repo, "shop", &Policy::default(), KEEP).expect_err("refused");
         assert_eq!(err.kind, crate::error::ErrorKind::Usage, "{err}");
         assert_eq!(kit.repo.list_snapshots(Some("shop")).unwrap().len(), 1);
     }
@@ -95,7 +113,7 @@ mod tests {
             last: 1,
             ..Default::default()
         };
-        let plan = plan_forget(&kit.repo, "shop", &policy).unwrap();
+        let plan = plan_forget(&kit.repo, "shop", &policy, KEEP).unwrap();
         assert!(plan.dry_run);
         let kept: Vec<&str> = plan.kept.iter().map(|e| e.id.as_str()).collect();
         let removed: Vec<&str> = plan.removed.iter().map(|e| e.id.as_str()).collect();
@@ -118,7 +136,7 @@ mod tests {
             last: 1,
             ..Default::default()
         };
-        let err = plan_forget(&kit.repo, "nope", &policy).expect_err("refused");
+        let err = plan_forget(&kit.repo, "nope", &policy, KEEP).expect_err("refused");
         assert!(err.message.contains("nope"), "{err}");
     }
 }

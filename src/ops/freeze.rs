@@ -869,7 +869,7 @@ fn freeze_locked(
     progress: &Progress,
 ) -> Result<FreezeReport> {
     let started = Instant::now();
-    let created = SystemTime::now();
+    let created = crate::sys::now();
     let mut warnings: Vec<String> = plan
         .docker
         .iter()

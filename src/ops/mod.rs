@@ -22,6 +22,7 @@ mod restore;
 mod site;
 mod snapshots;
 mod sources;
+pub mod status;
 #[cfg(test)]
 pub(crate) mod testkit;
 mod thaw;

@@ -37,6 +37,8 @@ pub struct PruneReport {
     pub pending_bytes: u64,
     /// Lock objects of finished or dead runs, and staging leftovers, removed.
     pub removed_leftovers: u64,
+    /// Run records older than the time they are kept (SPEC.md §15), removed.
+    pub removed_runs: u64,
 }
 
 /// What a prune will do, decided under the prune lock, which it holds until it is
@@ -51,6 +53,8 @@ pub struct PrunePlan {
     mark: Vec<String>,
     /// Locks of finished or dead runs, and staging leftovers: removed.
     leftovers: Vec<String>,
+    /// Run records past their time: removed.
+    runs: Vec<crate::repo::RunRef>,
     /// What it will do, in numbers.
     pub report: PruneReport,
 }
@@ -65,9 +69,13 @@ impl std::fmt::Debug for PrunePlan {
     }
 }
 
-/// Decides a prune from a fresh listing of the records, blobs and marks (SPEC.md §11).
-/// Nothing is changed.
-pub fn plan_prune(repo: &Repository, grace: Duration, progress: &Progress) -> Result<PrunePlan> {
+/// Decides a prune from a fresh listing of the records, blobs and marks (SPEC.md §11),
+/// and which run records are older than `keep_runs`. Nothing is changed.
+pub fn plan_prune(
+    repo: &Repository,
+    (grace, keep_runs): (Duration, Duration),
+    progress: &Progress,
+) -> Result<PrunePlan> {
     let lock = crate::lock::acquire(repo, "prune", None, progress)?;
     // The store's clock, not this machine's, decides ages.
     let now = lock.written;
@@ -111,12 +119,16 @@ pub fn plan_prune(repo: &Repository, grace: Duration, progress: &Progress) -> Re
 
     let leftovers = crate::lock::leftovers(repo, now)?;
     report.removed_leftovers = leftovers.len() as u64;
+    // Run records are named by their runs' clocks, not the store's.
+    let runs = super::status::expired_runs(repo, None, keep_runs, crate::sys::now())?;
+    report.removed_runs = runs.len() as u64;
     Ok(PrunePlan {
         _lock: lock,
         delete,
         done_marks,
         mark,
         leftovers,
+        runs,
         report,
     })
 }
@@ -137,6 +149,9 @@ pub fn prune(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Result<
     }
     for key in &plan.leftovers {
         crate::lock::remove_leftover(repo, key)?;
+    }
+    for r in &plan.runs {
+        repo.delete_run(r)?;
     }
     let mut report = plan.report;
     report.dry_run = false;
@@ -230,7 +245,12 @@ mod tests {
     use crate::ops::testkit::Kit;
 
     fn plan(kit: &Kit) -> PrunePlan {
-        plan_prune(&kit.repo, Duration::ZERO, &Progress::default()).unwrap()
+        plan_prune(
+            &kit.repo,
+            (Duration::ZERO, crate::ops::status::DEFAULT_KEEP_RUNS),
+            &Progress::default(),
+        )
+        .unwrap()
     }
 
     fn run(kit: &Kit) -> PruneReport {
@@ -316,7 +336,12 @@ mod tests {
         kit.freeze_dir("shop", &kit.dir_with("a", &[("a.txt", "x")]));
         let progress = Progress::default();
         let _freeze = crate::lock::acquire(&kit.repo, "freeze", Some("shop"), &progress).unwrap();
-        let err = plan_prune(&kit.repo, Duration::ZERO, &progress).expect_err("refused");
+        let err = plan_prune(
+            &kit.repo,
+            (Duration::ZERO, crate::ops::status::DEFAULT_KEEP_RUNS),
+            &progress,
+        )
+        .expect_err("refused");
         assert_eq!(err.kind, crate::error::ErrorKind::Locked, "{err}");
     }
 
@@ -330,7 +355,12 @@ mod tests {
         let manifest = kit.repo.blob_name(&damaged.record.manifests[0].digest);
         kit.repo.delete_blob(&manifest).unwrap();
         let before = kit.repo.stored_blobs().unwrap().len();
-        let err = plan_prune(&kit.repo, Duration::ZERO, &Progress::default()).expect_err("refused");
+        let err = plan_prune(
+            &kit.repo,
+            (Duration::ZERO, crate::ops::status::DEFAULT_KEEP_RUNS),
+            &Progress::default(),
+        )
+        .expect_err("refused");
         assert!(
             err.message
                 .contains("prune stopped before deleting anything"),

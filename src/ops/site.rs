@@ -59,6 +59,17 @@ pub struct SiteThawPlan {
     pub hooks: HostHooks,
 }
 
+impl SiteThawPlan {
+    /// The id of the snapshot it restores.
+    pub fn snapshot(&self) -> &str {
+        match &self.kind {
+            ThawKind::Files(p) => &p.snapshot.id,
+            ThawKind::Docker(d) => &d.plan.snapshot,
+            ThawKind::Onto(o) => &o.plan.snapshot,
+        }
+    }
+}
+
 /// What a thaw restores onto.
 pub enum ThawKind {
     /// Trees and databases onto this machine.

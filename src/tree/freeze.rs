@@ -111,6 +111,9 @@ pub struct FreezeStats {
     /// changed, and so were stored (the rest point into earlier packs).
     #[serde(skip_serializing_if = "is_zero")]
     pub pages_new_bytes: u64,
+    /// What the tree's snapshot takes in the repository (its layers, index and page
+    /// blobs, compressed; blobs it shares with earlier snapshots counted whole).
+    pub stored_bytes: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -185,6 +188,8 @@ pub fn freeze_tree(
     stats.bytes = trailer.bytes;
 
     let index = Descriptor::new(MT_TREE_INDEX, index_digest, index_size);
+    stats.stored_bytes =
+        layers.iter().map(|l| l.size).sum::<u64>() + index_size + page_blobs.values().sum::<u64>();
     let mut annotations = annotations;
     if !page_blobs.is_empty() {
         let list: Vec<(&Digest, &u64)> = page_blobs.iter().collect();

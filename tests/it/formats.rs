@@ -28,6 +28,24 @@ fn sqlite_page_map_fixture_reads_and_writes_back_byte_for_byte() {
     assert_eq!(serde_json::to_string(&map).unwrap(), text.trim_end());
 }
 
+/// SPEC.md §15: the record of a failed drill.
+#[test]
+fn run_record_fixture_reads_and_writes_back_byte_for_byte() {
+    let text = std::fs::read_to_string(formats().join("run-record.json")).unwrap();
+    let run: freezer::format::RunRecord = serde_json::from_str(&text).unwrap();
+    assert_eq!((run.format, run.site.as_str()), (1, "shop"));
+    assert_eq!((run.command.as_str(), run.exit), ("drill", 4));
+    assert_eq!(run.error.as_ref().unwrap().kind, "integrity");
+    assert_eq!(run.bytes.read, 1_048_576);
+    let drill = run.drill.as_ref().unwrap();
+    assert_eq!((drill.ok, drill.checks.len()), (false, 2));
+    assert!(run.mode.is_none(), "absent fields read as absent");
+    assert_eq!(serde_json::to_string(&run).unwrap(), text.trim_end());
+    // A record with a field a later version adds still reads.
+    let later = text.replace("\"warnings\":1", "\"warnings\":1,\"new\":true");
+    let _: freezer::format::RunRecord = serde_json::from_str(&later).unwrap();
+}
+
 #[test]
 fn tree_index_fixture_reads_and_writes_back_byte_for_byte() {
     let text = std::fs::read(formats().join("tree-index.jsonl")).unwrap();

@@ -31,5 +31,6 @@ mod retention;
 mod roundtrip;
 mod servers;
 mod sqlite;
+mod status;
 mod store;
 mod tables;

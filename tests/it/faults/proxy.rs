@@ -97,6 +97,11 @@ impl FaultProxy {
         });
     }
 
+    /// Drops every fault still waiting: requests pass again.
+    pub fn clear(&self) {
+        self.rules.lock().unwrap().clear();
+    }
+
     /// Limits the bytes per second passed in each direction (0: no limit).
     pub fn throttle(&self, bytes_per_sec: usize) {
         self.rate.store(bytes_per_sec, Ordering::SeqCst);
