@@ -307,12 +307,17 @@ impl RunLog {
             warnings: st.warnings,
         };
         let name = Repository::run_name(&run, ended);
-        let repo = st.repo.take().filter(|_| !local);
         let outbox = st.outbox.clone();
+        // A run that failed because the store is down does not wait on it again.
+        let store_down = error.is_some_and(|e| e.kind == crate::error::ErrorKind::Unreachable);
+        let repo = st.repo.take().filter(|_| !local && !store_down);
         let Some(repo) = repo else {
-            keep(outbox.as_deref(), &name, &run, false);
+            keep(outbox.as_deref(), &name, &run, store_down);
             return;
         };
+        // The command's output is complete: retries of these writes are not announced
+        // (a `--json` run's last line stays its result).
+        crate::store::retry::hush();
         // Those that waited first, oldest first; each is removed here once stored.
         if let Some(dir) = &outbox {
             for (path, waiting) in waiting_runs(dir) {

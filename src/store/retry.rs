@@ -189,6 +189,7 @@ pub type Announce = Box<dyn Fn(&str, &str) + Send + Sync>;
 
 static LOG: OnceLock<RetryLog> = OnceLock::new();
 static ANNOUNCE: OnceLock<Announce> = OnceLock::new();
+static HUSHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The process's retry log.
 pub fn log() -> &'static RetryLog {
@@ -199,6 +200,11 @@ pub fn log() -> &'static RetryLog {
 /// Without it they are only counted.
 pub fn announce_with(f: Announce) {
     let _ = ANNOUNCE.set(f);
+}
+
+/// From now on failed attempts are only counted (the run has printed its result).
+pub fn hush() {
+    HUSHED.store(true, Ordering::Relaxed);
 }
 
 impl RetryLog {
@@ -230,7 +236,7 @@ impl RetryLog {
         if !repeat {
             *last = Some((cause.to_string(), Instant::now()));
             drop(last);
-            if let Some(say) = ANNOUNCE.get() {
+            if let Some(say) = ANNOUNCE.get().filter(|_| !HUSHED.load(Ordering::Relaxed)) {
                 say(request, cause);
             }
         }

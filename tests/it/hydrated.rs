@@ -69,12 +69,23 @@ pub fn mountpoint(host: &str, volume: &str) -> PathBuf {
     .into()
 }
 
+/// A loopback port nothing listens on, never the same twice in this process: a port a
+/// container of another test publishes through the engine's NAT rules is not bound on
+/// the host, so binding alone cannot tell it is taken.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// GET over plain HTTP/1.0; retries while the server starts (up to 15 s).
