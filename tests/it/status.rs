@@ -330,7 +330,8 @@ fn blob_belongs_to(m: &Month, site: &str, key: &str) -> bool {
     owners.len() == 1 && owners.contains(site)
 }
 
-/// `freezer report --html` in headless Chromium, at 1280×800 and 390×844, with no network:
+/// `freezer report --html` in headless Chromium, at 1280×800 and 390×844 (and dark), with
+/// no network:
 /// the screenshots are saved under target/report/, the DOM names each site, its state
 /// and its last drill, and Chromium's own network log shows no request but the file.
 fn report_renders_offline(m: &Month, morning: u64) {
@@ -408,13 +409,23 @@ fn report_renders_offline(m: &Month, morning: u64) {
             );
         }
     }
-    for (w, h) in [(1280, 800), (390, 844)] {
-        let shot = dir.join(format!("report-{w}x{h}.png"));
+    // Light at a desk and on a phone, and dark (the page follows prefers-color-scheme).
+    let dark = [
+        "--force-dark-mode",
+        "--blink-settings=preferredColorScheme=0",
+    ];
+    for (w, h, scheme) in [(1280, 800, ""), (390, 844, ""), (1280, 800, "-dark")] {
+        let shot = dir.join(format!("report-{w}x{h}{scheme}.png"));
         let _ = std::fs::remove_file(&shot);
-        let out = chromium(&[
-            &format!("--screenshot={}", shot.display()),
-            &format!("--window-size={w},{h}"),
-        ]);
+        let mut args = vec![
+            format!("--screenshot={}", shot.display()),
+            format!("--window-size={w},{h}"),
+        ];
+        if !scheme.is_empty() {
+            args.extend(dark.map(String::from));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = chromium(&args);
         assert!(
             out.status.success(),
             "{}",
