@@ -280,7 +280,9 @@ impl RunLog {
     }
 
     fn finish(&self, exit: i32, error: Option<&crate::error::Error>, local: bool) {
-        if !self.recorded {
+        // A site name the repository cannot hold (the usage error said so) has no record.
+        let invalid = !self.site.is_empty() && crate::repo::check_site_name(&self.site).is_err();
+        if !self.recorded || invalid {
             return;
         }
         let mut st = self.state.lock().unwrap();
