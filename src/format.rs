@@ -544,6 +544,9 @@ fn is_zero(n: &u64) -> bool {
 pub struct RunError {
     pub kind: String,
     pub message: String,
+    /// What to do about it, as the run said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 /// Byte counts of a run; absent fields are zero.

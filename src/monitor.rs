@@ -299,6 +299,7 @@ impl RunLog {
                 Some(e) => Some(RunError {
                     kind: e.kind.name(),
                     message: e.message.clone(),
+                    hint: e.hint.clone(),
                 }),
                 None => st.error.take().filter(|_| exit != 0),
             },
@@ -310,11 +311,12 @@ impl RunLog {
         };
         let name = Repository::run_name(&run, ended);
         let outbox = st.outbox.clone();
-        // A run that failed because the store is down does not wait on it again.
-        let store_down = error.is_some_and(|e| e.kind == crate::error::ErrorKind::Unreachable);
+        // A run whose store stopped answering does not wait on it again.
+        let store_down = st.repo.as_ref().is_some_and(Repository::store_failing);
         let repo = st.repo.take().filter(|_| !local && !store_down);
         let Some(repo) = repo else {
-            keep(outbox.as_deref(), &name, &run, store_down);
+            let unreachable = error.is_some_and(|e| e.kind == crate::error::ErrorKind::Unreachable);
+            keep(outbox.as_deref(), &name, &run, store_down || unreachable);
             return;
         };
         // The command's output is complete: retries of these writes are not announced

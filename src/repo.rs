@@ -190,6 +190,11 @@ impl Repository {
         })
     }
 
+    /// Whether the latest attempt to reach its store failed.
+    pub fn store_failing(&self) -> bool {
+        self.store.failing()
+    }
+
     /// The same repository for another user in this process (the run's record): the
     /// same store and keys, counters of its own.
     pub fn handle(&self) -> Repository {

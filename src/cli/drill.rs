@@ -43,6 +43,7 @@ pub fn run(ctx: &Ctx, a: DrillArgs) -> Result<i32> {
             Some(e) => Some(crate::format::RunError {
                 kind: e.kind.clone(),
                 message: e.message.clone(),
+                hint: e.hint.clone(),
             }),
             None => (!report.ok).then(|| crate::format::RunError {
                 kind: crate::error::ErrorKind::Integrity.name(),
@@ -50,6 +51,7 @@ pub fn run(ctx: &Ctx, a: DrillArgs) -> Result<i32> {
                     .map(|c| format!("{}: {}", c.name, c.detail))
                     .collect::<Vec<_>>()
                     .join("; "),
+                hint: None,
             }),
         },
         ..Default::default()

@@ -34,6 +34,7 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<i32> {
                     report.problems.len(),
                     report.snapshots
                 ),
+                hint: None,
             }),
             ..Default::default()
         });

@@ -374,6 +374,7 @@ mod tests {
             error: (exit != 0).then(|| RunError {
                 kind: "unreachable".into(),
                 message: "the store did not answer".into(),
+                hint: None,
             }),
             snapshot: snapshot.map(str::to_string),
             mode: None,

@@ -196,6 +196,7 @@ mod tests {
             error: (exit != 0).then(|| RunError {
                 kind: "store".into(),
                 message: "the store did not answer".into(),
+                hint: None,
             }),
             snapshot: None,
             mode: None,

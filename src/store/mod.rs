@@ -61,6 +61,11 @@ pub trait Store: Send + Sync {
     /// Where to stage files before `put_file`; for a local store this is inside the
     /// repository, so that `put_file` is a rename.
     fn spool_dir(&self) -> Result<PathBuf>;
+    /// Whether the latest attempt to reach the store failed (a store that retries
+    /// tracks this; others are never failing).
+    fn failing(&self) -> bool {
+        false
+    }
 }
 
 /// A repository address as the user writes it.

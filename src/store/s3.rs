@@ -242,6 +242,10 @@ fn is_gave_up(e: &object_store::Error) -> bool {
 }
 
 impl Store for S3Store {
+    fn failing(&self) -> bool {
+        self.health.down_for().is_some()
+    }
+
     fn location(&self) -> String {
         if self.prefix.is_empty() {
             format!("s3://{}", self.bucket)
