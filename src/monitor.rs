@@ -6,19 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::format::{rfc3339, RunBytes, RunDrill, RunError, RunRecord, RUN_FORMAT};
 use crate::repo::Repository;
-
-static BYTES_UPLOADED: AtomicU64 = AtomicU64::new(u64::MAX);
-
-/// Records what a freeze uploaded, for the metrics.
-pub fn note_bytes_uploaded(n: u64) {
-    BYTES_UPLOADED.store(n, Ordering::Relaxed);
-}
 
 pub struct Monitor {
     pub ping: Option<String>,
@@ -51,6 +43,8 @@ impl Monitor {
         error: Option<&crate::error::Error>,
         local: bool,
     ) {
+        // Read before the record takes what the command noted.
+        let uploaded = self.runs.uploaded();
         self.runs.finish(exit_code, error, local);
         if let Some(url) = &self.ping {
             let url = url.trim_end_matches('/');
@@ -61,7 +55,7 @@ impl Monitor {
             }
         }
         if let Some(path) = &self.metrics_file {
-            if let Err(e) = self.write_metrics(path, exit_code, duration) {
+            if let Err(e) = self.write_metrics(path, exit_code, duration, uploaded) {
                 eprintln!(
                     "freezer: warning: could not write metrics to {}: {e}",
                     path.display()
@@ -77,6 +71,7 @@ impl Monitor {
         path: &Path,
         exit_code: i32,
         duration: Duration,
+        uploaded: Option<u64>,
     ) -> std::io::Result<()> {
         let mut samples = read_samples(path);
         let labels = format!(
@@ -96,8 +91,7 @@ impl Monitor {
         set("freezer_last_duration_seconds", duration.as_secs_f64());
         if exit_code == 0 {
             set("freezer_last_success_timestamp_seconds", now);
-            let bytes = BYTES_UPLOADED.load(Ordering::Relaxed);
-            if bytes != u64::MAX {
+            if let Some(bytes) = uploaded {
                 set("freezer_last_bytes_uploaded", bytes as f64);
             }
         }
@@ -264,6 +258,12 @@ impl RunLog {
         if st.repo.is_none() {
             st.repo = Some(repo.handle());
         }
+    }
+
+    /// What a freeze uploaded, once it noted its snapshot (for the metrics).
+    fn uploaded(&self) -> Option<u64> {
+        let st = self.state.lock().unwrap();
+        (self.command == "freeze" && st.snapshot.is_some()).then_some(st.bytes.added)
     }
 
     /// Adds what the command did.

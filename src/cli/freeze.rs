@@ -71,7 +71,6 @@ pub fn run(ctx: &Ctx, a: FreezeArgs) -> Result<i32> {
         return Ok(0);
     }
     let report = ctx.with_progress(|p| ops::freeze(&repo, &plan, p))?;
-    crate::monitor::note_bytes_uploaded(report.bytes_uploaded);
     ctx.note(crate::monitor::RunNote {
         snapshot: Some(report.snapshot.clone()),
         mode: Some(report.mode.as_str().to_string()),

@@ -166,6 +166,11 @@ pub fn status(repo: &Repository, req: &StatusRequest) -> Result<Status> {
     })
 }
 
+/// When the snapshot of id `YYYYMMDDTHHMMSSZ-…` was taken (to the second).
+fn id_time(id: &str) -> Option<SystemTime> {
+    parse_compact_time(id.get(..16)?)
+}
+
 fn age(now: SystemTime, then: SystemTime) -> u64 {
     now.duration_since(then).unwrap_or_default().as_secs()
 }
@@ -192,11 +197,17 @@ fn site_status(
 ) -> Result<SiteStatus> {
     let snapshots = repo.list_snapshots(Some(site))?;
     let runs = repo.list_runs(Some(site))?;
-    let read = |r: &RunRef| repo.read_run(r).ok();
+    // Each record read once: the last run is often the last freeze too.
+    let cache = std::cell::RefCell::new(BTreeMap::<String, Option<RunRecord>>::new());
+    let read = |r: &RunRef| {
+        let mut cache = cache.borrow_mut();
+        let run = cache.entry(r.key.clone());
+        run.or_insert_with(|| repo.read_run(r).ok()).clone()
+    };
     let last = |pred: &dyn Fn(&RunRef) -> bool| runs.iter().rev().find(|r| pred(r));
     let with_record = |r: &RunRef| summary(r, read(r).as_ref(), now);
     let newest = snapshots.last().map(|r| {
-        let created = parse_compact_time(r.id.get(..16).unwrap_or("")).unwrap_or(now);
+        let created = id_time(&r.id).unwrap_or(now);
         Newest {
             id: r.id.clone(),
             created: rfc3339(created),
@@ -214,9 +225,7 @@ fn site_status(
     );
     // What the kept snapshots stored, from the records of the freezes that made them.
     let kept: BTreeSet<&str> = snapshots.iter().map(|r| r.id.as_str()).collect();
-    let oldest = snapshots
-        .first()
-        .and_then(|r| parse_compact_time(r.id.get(..16).unwrap_or("")));
+    let oldest = snapshots.first().and_then(|r| id_time(&r.id));
     let (mut added, mut logical, mut measured) = (0, 0, 0);
     let mut newest_freeze = None;
     for r in runs.iter().filter(|r| r.command == "freeze" && r.exit == 0) {
@@ -331,7 +340,7 @@ pub fn history(repo: &Repository, status: &Status, since: SystemTime) -> Result<
         let snapshots = snapshots
             .into_iter()
             .filter_map(|r| {
-                let t = parse_compact_time(r.id.get(..16)?)?;
+                let t = id_time(&r.id)?;
                 (t >= since).then(|| (r.id.clone(), rfc3339(t)))
             })
             .collect();
