@@ -1,13 +1,15 @@
 //! Repository locks, without conditional writes (Garage ignores them).
 //!
 //! A lock is an object `locks/<kind>-<scope>-<random>.json`. To take one, a run writes its
-//! object, then lists `locks/`: if it sees a live lock it conflicts with, it releases its
-//! own and fails. Two runs that race both write before they list, so at least one of them
+//! object, then lists `locks/` and reads those that could conflict with it (a freeze: its
+//! site's and the prunes'): if it sees a live lock it conflicts with, it releases its own
+//! and fails. Two runs that race both write before they list, so at least one of them
 //! sees the other (listing is read-after-write consistent on S3 and Garage). A live lock
 //! is rewritten every [`HEARTBEAT`]; one whose object is older than [`STALE`] by the
 //! store's own clock belongs to a run that died, and is ignored, so a crash never blocks
-//! the next night; so is, at once, a lock of this host whose process no longer exists. Released locks are overwritten as released rather than deleted, so a
-//! freeze needs no delete permission; prune removes them.
+//! the next night; so is, at once, a lock of this host whose process no longer exists.
+//! Released locks are overwritten as released rather than deleted, so a freeze needs no
+//! delete permission; prune removes them.
 //!
 //! Freezes of different sites run side by side; a freeze of the same site, or a prune,
 //! conflicts.
@@ -152,6 +154,26 @@ fn lock_key(kind: &str, site: Option<&str>) -> String {
     )
 }
 
+/// Whether the lock object `key` could conflict with a lock of `site` (None: a prune)
+/// without reading it: a freeze's or copy's key names its site (SPEC.md §12), so a
+/// freeze reads only the locks of its own site and the prunes', and its cost does not
+/// grow with the other sites' runs (whose released locks stay until prune).
+fn may_conflict(key: &str, site: Option<&str>) -> bool {
+    let Some(site) = site else {
+        return true;
+    };
+    let name = key.strip_prefix(LOCKS_PREFIX).unwrap_or(key);
+    let name = name.strip_suffix(".json").unwrap_or(name);
+    // `<kind>-<scope>-<random>`: the kind and the random part hold no dash, a site may.
+    let parsed = name
+        .split_once('-')
+        .and_then(|(kind, rest)| Some((kind, rest.rsplit_once('-')?.0)));
+    match parsed {
+        Some(("freeze" | "copy", scope)) => scope == site,
+        _ => true,
+    }
+}
+
 /// A failed attempt: the error, and the lock that conflicts (when there is one).
 type Conflict = Box<(Error, Option<LockInfo>)>;
 
@@ -193,7 +215,8 @@ fn try_acquire(
         registered: None,
     };
     for o in &listed {
-        if o.key == lock.key || o.modified.is_some_and(|m| m + STALE < written) {
+        let stale = o.modified.is_some_and(|m| m + STALE < written);
+        if o.key == lock.key || stale || !may_conflict(&o.key, site) {
             continue;
         }
         let Ok(data) = store.get(&o.key) else {
@@ -343,5 +366,37 @@ impl Drop for Lock {
             let _ = self.store.put(&self.key, &release_bytes(&self.info));
         }
         self.registered.take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_conflict;
+
+    #[test]
+    fn a_freeze_reads_only_its_own_sites_locks_and_the_prunes() {
+        let shop = Some("shop");
+        assert!(may_conflict("locks/freeze-shop-0123456789ab.json", shop));
+        assert!(may_conflict("locks/copy-shop-0123456789ab.json", shop));
+        assert!(may_conflict(
+            "locks/prune-repository-0123456789ab.json",
+            shop
+        ));
+        assert!(!may_conflict("locks/freeze-blog-0123456789ab.json", shop));
+        // Site names may hold dashes: shop-2 is not shop, and shop-2's own key matches.
+        assert!(!may_conflict("locks/freeze-shop-2-0123456789ab.json", shop));
+        assert!(may_conflict(
+            "locks/freeze-shop-2-0123456789ab.json",
+            Some("shop-2")
+        ));
+        assert!(!may_conflict(
+            "locks/copy-shop-0123456789ab.json",
+            Some("shop-2")
+        ));
+        // A kind this version does not know, or a key it cannot parse, is read.
+        assert!(may_conflict("locks/thaw-blog-0123456789ab.json", shop));
+        assert!(may_conflict("locks/odd.json", shop));
+        // A prune reads every lock.
+        assert!(may_conflict("locks/freeze-blog-0123456789ab.json", None));
     }
 }

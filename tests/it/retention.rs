@@ -261,6 +261,31 @@ fn locks_keep_prune_and_freezes_of_one_site_apart() {
     assert_ok(&freezer(&[
         "freeze", "y", "--repo", &repo.url, "--path", path,
     ]));
+    // A freeze lists only the locks of its own site and the prunes' by key prefix. Keys
+    // of site y-2 begin like y's, yet its lock stops y-2 alone; x's lock does not stop x-2.
+    store
+        .put(
+            "locks/freeze-y-2-cccc.json",
+            &lock("freeze", Some("y-2"), false),
+        )
+        .unwrap();
+    assert_ok(&freezer(&[
+        "freeze", "y", "--repo", &repo.url, "--path", path,
+    ]));
+    assert_ok(&freezer(&[
+        "freeze", "x-2", "--repo", &repo.url, "--path", path,
+    ]));
+    let out = freezer(&["freeze", "y-2", "--repo", &repo.url, "--path", path]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    store.delete("locks/freeze-y-2-cccc.json").unwrap();
+    // A copy into this repository holds site y as a freeze would.
+    store
+        .put("locks/copy-y-dddd.json", &lock("copy", Some("y"), false))
+        .unwrap();
+    let out = freezer(&["freeze", "y", "--repo", &repo.url, "--path", path]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("copy"), "{}", stderr(&out));
+    store.delete("locks/copy-y-dddd.json").unwrap();
     // Released: both proceed, and prune removes the released lock object.
     store
         .put("locks/freeze-x-aaaa.json", &lock("freeze", Some("x"), true))
