@@ -8,8 +8,8 @@
 //! is rewritten every [`HEARTBEAT`]; one whose object is older than [`STALE`] by the
 //! store's own clock belongs to a run that died, and is ignored, so a crash never blocks
 //! the next night; so is, at once, a lock of this host whose process no longer exists.
-//! Released locks are overwritten as released rather than deleted, so a freeze needs no
-//! delete permission; prune removes them.
+//! A freeze's lock is first overwritten as released, then deleted: where it may not
+//! delete, the released lock stays for prune, so a freeze needs no delete permission.
 //!
 //! Freezes of different sites run side by side; a freeze of the same site, or a prune,
 //! conflicts.
@@ -362,8 +362,19 @@ impl Drop for Lock {
             t.thread().unpark();
             let _ = t.join();
         }
-        if !(self.delete_on_release && self.store.delete(&self.key).is_ok()) {
-            let _ = self.store.put(&self.key, &release_bytes(&self.info));
+        if self.delete_on_release && self.store.delete(&self.key).is_ok() {
+            // A prune may delete.
+        } else if self
+            .store
+            .put(&self.key, &release_bytes(&self.info))
+            .is_ok()
+        {
+            // Released; now removed too where the store allows this run to delete, so
+            // that `locks/` (which every freeze lists) does not grow with every night
+            // until a prune. A store that refuses leaves the released lock for prune.
+            if !self.store.failing() {
+                let _ = self.store.delete(&self.key);
+            }
         }
         self.registered.take();
     }
