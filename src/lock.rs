@@ -8,8 +8,9 @@
 //! is rewritten every [`HEARTBEAT`]; one whose object is older than [`STALE`] by the
 //! store's own clock belongs to a run that died, and is ignored, so a crash never blocks
 //! the next night; so is, at once, a lock of this host whose process no longer exists.
-//! A freeze's lock is first overwritten as released, then deleted: where it may not
-//! delete, the released lock stays for prune, so a freeze needs no delete permission.
+//! A run deletes its lock at the end; where the store refuses it the delete, it
+//! overwrites the lock as released, which prune removes: a freeze needs no delete
+//! permission.
 //!
 //! Freezes of different sites run side by side; a freeze of the same site, or a prune,
 //! conflicts.
@@ -81,9 +82,6 @@ pub struct Lock {
     heartbeat: Option<std::thread::JoinHandle<()>>,
     /// When the lock object was written, by the store's clock.
     pub written: SystemTime,
-    /// Prune (which may delete) removes its lock object; a freeze (which need not be
-    /// allowed to delete) overwrites it as released.
-    delete_on_release: bool,
     /// Released by the run's interrupt scope if a signal ends the run before this drops.
     registered: Option<crate::interrupt::Registered>,
 }
@@ -211,7 +209,6 @@ fn try_acquire(
         stop: Arc::new(AtomicBool::new(false)),
         heartbeat: None,
         written,
-        delete_on_release: kind == "prune",
         registered: None,
     };
     for o in &listed {
@@ -362,19 +359,11 @@ impl Drop for Lock {
             t.thread().unpark();
             let _ = t.join();
         }
-        if self.delete_on_release && self.store.delete(&self.key).is_ok() {
-            // A prune may delete.
-        } else if self
-            .store
-            .put(&self.key, &release_bytes(&self.info))
-            .is_ok()
-        {
-            // Released; now removed too where the store allows this run to delete, so
-            // that `locks/` (which every freeze lists) does not grow with every night
-            // until a prune. A store that refuses leaves the released lock for prune.
-            if !self.store.failing() {
-                let _ = self.store.delete(&self.key);
-            }
+        // Deleted, so that `locks/` (which every run lists) does not grow with every
+        // night until a prune; where the store refuses this run a delete (a freeze needs
+        // no delete permission), overwritten as released and left for prune.
+        if self.store.delete(&self.key).is_err() {
+            let _ = self.store.put(&self.key, &release_bytes(&self.info));
         }
         self.registered.take();
     }
