@@ -13,6 +13,7 @@ pub mod guard;
 pub mod images;
 pub mod journal;
 pub mod project;
+mod raw;
 pub mod rebase;
 pub mod remote;
 mod ssh;
@@ -65,6 +66,8 @@ pub struct Engine {
     pub endpoint: Endpoint,
     /// What answers there: Docker or Podman, rootful or rootless.
     pub flavor: Flavor,
+    /// How plain HTTP reads reach the engine (see [`raw`]); none behind TLS.
+    raw: Option<raw::Route>,
     /// The SSH tunnel to an `ssh://` engine; last, so the client goes first.
     _tunnel: Option<ssh::Tunnel>,
 }
@@ -113,23 +116,6 @@ impl Flavor {
             "docker"
         }
     }
-}
-
-/// `GET /info` over a local engine socket, the answer as JSON.
-fn raw_info(path: &str) -> std::io::Result<serde_json::Value> {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(path)?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
-    s.write_all(b"GET /info HTTP/1.0\r\nHost: engine\r\n\r\n")?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let bad = |what: &str| std::io::Error::other(format!("its /info answer {what}"));
-    let end = memchr::memmem::find(&buf, b"\r\n\r\n").ok_or_else(|| bad("has no HTTP header"))?;
-    if !buf.starts_with(b"HTTP/1.0 200") && !buf.starts_with(b"HTTP/1.1 200") {
-        let status = String::from_utf8_lossy(&buf[..end.min(80)]).into_owned();
-        return Err(bad(&format!("is {status}")));
-    }
-    serde_json::from_slice(&buf[end + 4..]).map_err(|e| bad(&format!("is not JSON ({e})")))
 }
 
 /// How to reach an engine: `unix:///PATH`, `ssh://[USER@]HOST[:PORT][/SOCKET]` or
@@ -210,33 +196,37 @@ impl Engine {
             )));
         }
         .map_err(|e| unreachable(&host, e))?;
+        let raw = match (&tunnel, host.split_once("://")) {
+            (Some(t), _) => Some(raw::Route::Unix(t.socket().into())),
+            (None, Some(("unix", path))) => Some(raw::Route::Unix(path.into())),
+            (None, Some(("tcp" | "http", addr))) if endpoint.tls.is_none() => {
+                Some(raw::Route::Tcp(addr.trim_end_matches('/').to_string()))
+            }
+            _ => None,
+        };
         let mut engine = Engine {
             rt,
             docker,
             endpoint: endpoint.clone(),
             flavor: Flavor::default(),
+            raw,
             _tunnel: tunnel,
         };
         let version = engine.call("asking the engine for its version", |d| async move {
             d.version().await
         })?;
         // Podman says it is rootless only in a field of its own (`Rootless`), which the
-        // client's typed answer drops; a local socket's answer is read as it is.
-        let info = match host.strip_prefix("unix://") {
-            Some(path) => raw_info(path).map_err(|e| {
-                Error::new(
-                    ErrorKind::Unreachable,
-                    format!("asking the Docker engine at {host} about itself: {e}"),
-                )
-                .with_hint(reach_hint(&host))
-            })?,
-            None => {
-                let i = engine.call("asking the engine about itself", |d| async move {
-                    d.info().await
-                })?;
-                serde_json::to_value(i).unwrap_or_default()
-            }
-        };
+        // client's typed answer drops; a plain read keeps it.
+        let info: serde_json::Value = engine.get_lenient(
+            "asking the engine about itself",
+            "/info",
+            |v| v,
+            |d| async move {
+                d.info()
+                    .await
+                    .map(|i| serde_json::to_value(i).unwrap_or_default())
+            },
+        )?;
         engine.flavor = Flavor::of(&version, &info);
         Ok(engine)
     }
@@ -258,13 +248,56 @@ impl Engine {
         name: &str,
     ) -> Result<bollard::models::ContainerInspectResponse> {
         let n = name.to_string();
-        self.call(&format!("inspecting container {name}"), |d| async move {
-            d.inspect_container(
-                &n,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
-        })
+        self.get_lenient(
+            &format!("inspecting container {name}"),
+            &format!("/containers/{}/json", raw::path_segment(name)),
+            raw::normalize_inspection,
+            |d| async move {
+                d.inspect_container(
+                    &n,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+            },
+        )
+    }
+
+    /// One GET as JSON: read plainly and put right by `normalize` where the engine has a
+    /// plain route (see [`raw`]), else through bollard's `typed` call.
+    fn get_lenient<T, F, Fut>(
+        &self,
+        what: &str,
+        path: &str,
+        normalize: fn(serde_json::Value) -> serde_json::Value,
+        typed: F,
+    ) -> Result<T>
+    where
+        T: serde::de::DeserializeOwned,
+        F: FnOnce(Docker) -> Fut,
+        Fut: Future<Output = std::result::Result<T, bollard::errors::Error>>,
+    {
+        let Some(route) = &self.raw else {
+            return self.call(what, typed);
+        };
+        let host = &self.endpoint.host;
+        let (status_code, body) = raw::get(route, path).map_err(|e| {
+            Error::new(ErrorKind::Unreachable, format!("{what} on {host}: {e}"))
+                .with_hint(reach_hint(host))
+        })?;
+        let json = serde_json::from_slice::<serde_json::Value>(&body);
+        if status_code != 200 {
+            let message = match json.as_ref().ok().and_then(|j| j["message"].as_str()) {
+                Some(m) => m.to_string(),
+                None => String::from_utf8_lossy(&body).trim().to_string(),
+            };
+            let e = bollard::errors::Error::DockerResponseServerError {
+                status_code,
+                message,
+            };
+            return Err(engine_error(host, what, e));
+        }
+        json.and_then(|j| serde_json::from_value(normalize(j)))
+            .map_err(|e| Error::other(format!("{what} on {host}: unexpected answer: {e}")))
     }
 
     pub fn inspect_volume(&self, name: &str) -> Result<bollard::models::Volume> {
@@ -285,10 +318,15 @@ impl Engine {
 
     /// Every site on the engine, by name.
     pub fn list_sites(&self) -> Result<Vec<DockerSite>> {
-        let containers = self.call("listing containers", |d| async move {
-            d.list_containers(Some(ListContainersOptionsBuilder::new().all(true).build()))
-                .await
-        })?;
+        let containers: Vec<bollard::models::ContainerSummary> = self.get_lenient(
+            "listing containers",
+            "/containers/json?all=1",
+            raw::normalize_listing,
+            |d| async move {
+                d.list_containers(Some(ListContainersOptionsBuilder::new().all(true).build()))
+                    .await
+            },
+        )?;
         let mut sites: BTreeMap<String, DockerSite> = BTreeMap::new();
         for c in containers {
             let labels = c.labels.clone().unwrap_or_default();

@@ -155,6 +155,60 @@ fn a_site_moves_from_docker_to_podman_and_back() {
     }
 }
 
+/// Podman answers with container states of its own where Docker's API has none:
+/// `stopping` while a stop waits out its timeout, `stopped` until the exit is cleaned up.
+/// One container caught in such a state must not break the listing of the host's sites,
+/// nor a freeze of another site there (bollard's typed answer refused the whole list).
+#[test]
+fn a_container_stopping_on_podman_breaks_no_listing_or_freeze() {
+    let p = host_p();
+    let repo = TestRepo::local().init();
+    let name = unique("pms");
+    let site = start_site(&p, &name, &image(), free_port());
+    site.made(&p, &name);
+    // busybox's sleep, as a container's first process, ignores the stop signal: the stop
+    // waits its whole timeout, and the container is `stopping` all that time.
+    let slow = unique("pmslow");
+    let label = format!("dev.freezer.site={slow}");
+    #[rustfmt::skip]
+    docker(&p, &["run", "-d", "--name", &slow, "--label", &label, &image(), "sleep", "1000"]);
+    let mut stop = std::process::Command::new("docker")
+        .args(["stop", "-t", "120", &slow])
+        .env("DOCKER_HOST", &p)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_state(&p, &slow, "stopping");
+
+    let sites = json(&freezer_on(&p, &["sites", "--json"]));
+    let find = |site: &str| {
+        sites
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == site)
+            .unwrap_or_else(|| panic!("{site} is not listed: {sites}"))
+            .clone()
+    };
+    // Still running until the stop is done, in Docker's words.
+    assert_eq!(find(&slow)["containers"][0]["state"], "running");
+    assert_eq!(find(&name)["containers"].as_array().unwrap().len(), 3);
+
+    let out = freezer_on(&p, &["freeze", &name, "--repo", &repo.url, "--json"]);
+    assert_ok(&out);
+    assert_eq!(state(&p, &site.c("web")), "running");
+    // The other container was stopping the whole time (else this test proved nothing).
+    assert_eq!(state(&p, &slow), "stopping");
+
+    // Ends the stop now instead of after its timeout: the process is killed on the host.
+    let pid = docker(&p, &["inspect", "-f", "{{.State.Pid}}", &slow]);
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status();
+    let _ = stop.wait();
+    docker(&p, &["rm", "-f", &slow]);
+}
+
 /// A compose-like site with a MariaDB container, frozen dehydrated on Docker, thaws on
 /// Podman: a fresh database container there gets the dump, and the data is the same.
 #[test]
