@@ -106,11 +106,13 @@ pub fn acquire_waiting(
     loop {
         match try_acquire(repo, kind, site, &key) {
             Ok(mut lock) => {
-                let (store, key) = (lock.store.clone(), lock.key.clone());
-                let released = release_bytes(&lock.info);
-                lock.registered = Some(progress.cancel().scope().lock(Box::new(move || {
-                    let _ = store.put(&key, &released);
-                })));
+                let (store, key, info) = (lock.store.clone(), lock.key.clone(), lock.info.clone());
+                lock.registered = Some(
+                    progress
+                        .cancel()
+                        .scope()
+                        .lock(Box::new(move || release(&*store, &key, &info))),
+                );
                 return Ok(lock);
             }
             Err(c)
@@ -359,13 +361,18 @@ impl Drop for Lock {
             t.thread().unpark();
             let _ = t.join();
         }
-        // Deleted, so that `locks/` (which every run lists) does not grow with every
-        // night until a prune; where the store refuses this run a delete (a freeze needs
-        // no delete permission), overwritten as released and left for prune.
-        if self.store.delete(&self.key).is_err() {
-            let _ = self.store.put(&self.key, &release_bytes(&self.info));
-        }
+        release(&*self.store, &self.key, &self.info);
         self.registered.take();
+    }
+}
+
+/// Ends a run's lock, as the run ends or as a signal ends it: deleted, so that `locks/`
+/// (which every run lists) does not grow with every night until a prune; where the
+/// store refuses this run a delete (a freeze needs no delete permission), overwritten as
+/// released and left for prune.
+fn release(store: &dyn Store, key: &str, info: &LockInfo) {
+    if store.delete(key).is_err() {
+        let _ = store.put(key, &release_bytes(info));
     }
 }
 

@@ -560,17 +560,17 @@ fn database_errors_say_what_failed() {
     // Each failed run left its record in the repository (SPEC.md §15), saying what
     // failed, and none holds a password.
     let dir = repo.local.as_ref().unwrap().join("runs/x");
-    let records: Vec<String> = std::fs::read_dir(&dir)
+    let (names, records): (Vec<String>, Vec<String>) = std::fs::read_dir(&dir)
         .unwrap()
-        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
-        .collect();
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(e.path()).unwrap())
+        })
+        .unzip();
     assert_eq!(records.len(), 4, "{records:#?}");
     let all = records.join("\n");
     for code in ["-freeze-3-", "-freeze-6-"] {
-        let names: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
         assert!(names.iter().any(|n| n.contains(code)), "{names:?}");
     }
     assert!(all.contains("no_such_database_here"), "{all}");

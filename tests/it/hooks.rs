@@ -265,6 +265,9 @@ fn an_interrupted_freeze_still_runs_the_after_hook() {
     assert_eq!(state(a, &site.web()), "running");
     let log = fs::read_to_string(site.volume().join(".hooks")).unwrap();
     assert_eq!(log, "paused\nresumed\n");
+    // The interrupted run deleted its lock, as a finished run does (SPEC.md §12).
+    let locks = repo.store().list("locks/").unwrap();
+    assert!(locks.is_empty(), "{locks:?}");
 }
 
 #[test]
