@@ -1038,11 +1038,32 @@ fn hold_one(engine: &Engine, spec: &ContainerSpec, id: &str, stop: bool) -> Resu
             .await
         })?;
     } else {
-        engine.call(&format!("pausing container {name}"), |d| async move {
-            d.pause_container(&cid).await
-        })?;
+        engine
+            .call(&format!("pausing container {name}"), |d| async move {
+                d.pause_container(&cid).await
+            })
+            .map_err(|e| changed_state(e, &spec.name))?;
     }
     Ok(())
+}
+
+/// A container that left `running` after the site was read (stopping, restarting, or
+/// paused by something else) is a conflict a later run will not meet, not a broken
+/// engine: exit 7, with what to do. Docker and Podman say so in these words.
+fn changed_state(mut e: Error, name: &str) -> Error {
+    const SAYS: [&str; 4] = [
+        "is not running",
+        "state improper",
+        "is restarting",
+        "is already paused",
+    ];
+    if SAYS.iter().any(|s| e.message.contains(s)) {
+        e.kind = ErrorKind::Conflict;
+        e.hint = Some(format!(
+            "container {name} changed state as the freeze began (stopping, restarting, or paused by something else); nothing was recorded and the site's other containers run as before: wait until it runs or has stopped, then freeze again"
+        ));
+    }
+    e
 }
 
 /// Pauses (or with `stop`, stops) every running container of the site, runs `copy`, and
@@ -1253,5 +1274,32 @@ mod fixture {
         old_format.as_object_mut().unwrap().remove("image_config");
         let spec: ContainerSpec = serde_json::from_value(old_format).unwrap();
         assert!(spec.image_config.is_none());
+    }
+}
+
+#[cfg(test)]
+mod changed_state_tests {
+    use super::changed_state;
+    use crate::error::{Error, ErrorKind};
+
+    #[test]
+    fn a_container_that_left_running_is_a_conflict_with_a_hint() {
+        // As Docker and Podman word a pause refused for the container's state.
+        for says in [
+            "pausing container web on unix:///run/docker.sock: Container 0a1b is not running",
+            "pausing container web on unix:///run/docker.sock: Container 0a1b is restarting, wait until the container is running",
+            "pausing container web on unix:///run/podman.sock: \"stopping\" is not running, can't pause: container state improper",
+        ] {
+            let e = changed_state(Error::other(says), "web");
+            assert_eq!(e.kind, ErrorKind::Conflict, "{says}");
+            assert!(e.hint.unwrap().contains("container web changed state"));
+        }
+        // Anything else keeps its kind and has no such hint.
+        let e = changed_state(
+            Error::other("pausing container web: cgroups v1 cannot freeze"),
+            "web",
+        );
+        assert_eq!(e.kind, ErrorKind::Other);
+        assert!(e.hint.is_none());
     }
 }

@@ -200,6 +200,29 @@ fn a_container_stopping_on_podman_breaks_no_listing_or_freeze() {
     // The other container was stopping the whole time (else this test proved nothing).
     assert_eq!(state(&p, &slow), "stopping");
 
+    // Its own site cannot be paused mid-stop: a conflict to retry later (exit 7), saying
+    // which container and what to do, and nothing recorded or changed.
+    let out = freezer_on(&p, &["freeze", &slow, "--repo", &repo.url]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("container {slow} changed state")),
+        "{err}"
+    );
+    assert!(err.contains("then freeze again"), "{err}");
+    assert_eq!(state(&p, &slow), "stopping");
+    let listed = json(&freezer_on(
+        &p,
+        &["snapshots", "--repo", &repo.url, "--json"],
+    ));
+    let sites: Vec<&serde_json::Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["site"])
+        .collect();
+    assert_eq!(sites, [&serde_json::json!(name)], "{listed}");
+
     // Ends the stop now instead of after its timeout: the process is killed on the host.
     let pid = docker(&p, &["inspect", "-f", "{{.State.Pid}}", &slow]);
     let _ = std::process::Command::new("kill")
