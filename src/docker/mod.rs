@@ -144,6 +144,26 @@ impl Endpoint {
         });
         Endpoint { host, tls }
     }
+
+    /// `tcp://HOST` without a port is, as for the docker CLI, port 2376 with TLS and
+    /// 2375 without (bollard would take HTTP's 80).
+    fn with_default_port(&self) -> Endpoint {
+        let mut out = self.clone();
+        let Some(rest) = self.host.strip_prefix("tcp://") else {
+            return out;
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        let has_port = match authority.rsplit_once(']') {
+            Some((_, after)) => after.starts_with(':'),
+            None => authority.contains(':'),
+        };
+        if !has_port && !authority.is_empty() {
+            let port = if self.tls.is_some() { 2376 } else { 2375 };
+            let path = &rest[authority.len()..];
+            out.host = format!("tcp://{authority}:{port}{path}");
+        }
+        out
+    }
 }
 
 impl Engine {
@@ -155,6 +175,7 @@ impl Engine {
 
     /// Connects to the engine at `endpoint` and checks that it answers.
     pub fn connect_to(endpoint: &Endpoint) -> Result<Engine> {
+        let endpoint = &endpoint.with_default_port();
         let rt = crate::sys::runtime()?;
         let host = endpoint.host.clone();
         // An ssh:// engine is reached through a tunnel to its socket, and then read and
@@ -192,7 +213,7 @@ impl Engine {
             Docker::connect_with_http(&host, 300, bollard::API_DEFAULT_VERSION)
         } else {
             return Err(Error::usage(format!(
-                "Docker endpoint {host} is not unix:///PATH, tcp://HOST:PORT or ssh://[USER@]HOST[:PORT]"
+                "Docker endpoint {host} is not unix:///PATH, tcp://HOST[:PORT] or ssh://[USER@]HOST[:PORT]"
             )));
         }
         .map_err(|e| unreachable(&host, e))?;
@@ -442,6 +463,38 @@ pub fn canonical(v: serde_json::Value) -> serde_json::Value {
         }
         Value::Array(a) => Value::Array(a.into_iter().map(canonical).collect()),
         v => v,
+    }
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::Endpoint;
+
+    #[test]
+    fn a_tcp_endpoint_without_a_port_gets_the_docker_cli_s() {
+        let port = |host: &str, tls: bool| {
+            let e = Endpoint {
+                host: host.into(),
+                tls: tls.then(|| "/certs".into()),
+            };
+            e.with_default_port().host
+        };
+        assert_eq!(port("tcp://10.0.0.5", false), "tcp://10.0.0.5:2375");
+        assert_eq!(
+            port("tcp://docker.example", true),
+            "tcp://docker.example:2376"
+        );
+        assert_eq!(port("tcp://[fd00::1]", true), "tcp://[fd00::1]:2376");
+        assert_eq!(port("tcp://h/", false), "tcp://h:2375/");
+        for kept in [
+            "tcp://h:1234",
+            "tcp://[fd00::1]:99",
+            "unix:///run/docker.sock",
+            "ssh://u@h",
+            "tcp://",
+        ] {
+            assert_eq!(port(kept, true), kept);
+        }
     }
 }
 

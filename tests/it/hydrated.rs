@@ -1304,6 +1304,19 @@ fn a_site_on_a_remote_engine_through_the_engine_api() {
         ],
     );
     assert!(json(&out).to_string().contains(&name), "{}", stderr(&out));
+    // `tcp://HOST` without a port is the docker CLI's 2376 with TLS: a relay on
+    // 127.0.0.1:2376 to the engine's TLS port stands for an engine listening there.
+    let relayed = tcp_relay("127.0.0.1:2376", tcp.trim_start_matches("tcp://"));
+    let out = freezer_env(
+        &["sites", "--json"],
+        &[
+            ("DOCKER_HOST", "tcp://127.0.0.1"),
+            ("DOCKER_TLS_VERIFY", "1"),
+            ("DOCKER_CERT_PATH", &certs),
+        ],
+    );
+    assert!(json(&out).to_string().contains(&name), "{}", stderr(&out));
+    assert!(relayed.load(std::sync::atomic::Ordering::SeqCst) > 0);
 
     let report = json(&run(&["freeze", &format!("{name}@far"), "--json"]));
     assert_eq!(report["window"]["mode"], "pause");
