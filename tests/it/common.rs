@@ -666,8 +666,7 @@ pub fn assert_no_secret(out: &std::process::Output, secrets: &[&str]) {
 /// the test process: an engine on a well-known port without moving the engine. Counts
 /// the connections it took.
 pub fn tcp_relay(listen: &str, upstream: &str) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
-    use std::net::{Shutdown, TcpListener, TcpStream};
-    let listener = TcpListener::bind(listen).unwrap_or_else(|e| {
+    let listener = std::net::TcpListener::bind(listen).unwrap_or_else(|e| {
         panic!("binding {listen} for a relay: {e} (does something else listen there?)")
     });
     let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -676,19 +675,24 @@ pub fn tcp_relay(listen: &str, upstream: &str) -> std::sync::Arc<std::sync::atom
     std::thread::spawn(move || {
         for client in listener.incoming().flatten() {
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let Ok(server) = TcpStream::connect(&upstream) else {
-                continue;
-            };
-            for (mut from, mut to) in [
-                (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                (server, client),
-            ] {
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut from, &mut to);
-                    let _ = to.shutdown(Shutdown::Write);
-                });
+            if let Ok(server) = std::net::TcpStream::connect(&upstream) {
+                splice(client, server);
             }
         }
     });
     taken
+}
+
+/// Copies bytes both ways between two connections, a thread each way, until either
+/// side closes; then closes both.
+pub fn splice(client: std::net::TcpStream, server: std::net::TcpStream) {
+    for (mut from, mut into) in [
+        (client.try_clone().unwrap(), server.try_clone().unwrap()),
+        (server, client),
+    ] {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut into);
+            let _ = into.shutdown(std::net::Shutdown::Both);
+        });
+    }
 }

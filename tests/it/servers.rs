@@ -4,7 +4,6 @@
 //! checks that every freeze reads the container's rows, every thaw writes into the
 //! container, and the host's server is left exactly as it was.
 
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -194,22 +193,8 @@ fn round_robin(upstreams: Vec<String>) -> u16 {
     std::thread::spawn(move || {
         for client in listener.incoming().flatten() {
             let to = &upstreams[next.fetch_add(1, Ordering::SeqCst) % upstreams.len()];
-            let Ok(server) = TcpStream::connect(to) else {
-                continue;
-            };
-            for (mut from, mut into) in [
-                (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                (server, client),
-            ] {
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 16384];
-                    while let Ok(n) = from.read(&mut buf) {
-                        if n == 0 || into.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = into.shutdown(std::net::Shutdown::Both);
-                });
+            if let Ok(server) = TcpStream::connect(to) {
+                splice(client, server);
             }
         }
     });
